@@ -1,0 +1,25 @@
+"""``xvla-edge checkpoint OUT_DIR --size tiny|small|full``: write a random-weight checkpoint.
+
+Example: ``xvla-edge checkpoint /tmp/ckpt --size tiny --action-mode ee6d``
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from xvla.config import ACTION_MODES
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out_dir", help="directory to create (must not exist or be empty)")
+    p.add_argument("--size", default="tiny", choices=["tiny", "small", "full"])
+    p.add_argument("--action-mode", default="ee6d", choices=ACTION_MODES)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def run(args: argparse.Namespace) -> int:
+    from xvla.random_checkpoint import write_random_checkpoint
+
+    out = write_random_checkpoint(args.out_dir, args.size, seed=args.seed, action_mode=args.action_mode)
+    print(f"wrote {args.size} checkpoint ({args.action_mode}) to {out}")
+    return 0

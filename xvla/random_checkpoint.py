@@ -1,0 +1,149 @@
+"""Write random-weight X-VLA checkpoints in the official file layout, at named sizes.
+
+The files are what an official checkpoint directory holds: ``config.json`` (XVLAConfig fields with the
+nested ``florence_config``), ``model.safetensors`` with the official key names, ``preprocessor_config.json``
+and a BART-style byte-level BPE tokenizer (trained here on a few instructions: the real vocabulary cannot
+be downloaded, but the file format and the special-token ids are the real ones). They load through
+:func:`xvla.load_checkpoint` like a released checkpoint.
+
+Sizes: ``tiny`` (seconds on a CPU; 64² images), ``small`` (the real token layout: 224² images, 50 tokens
+per view, 262-token action sequence, narrow layers) and ``full`` (the published 0.9B configuration).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from xvla.action_head import DomainAwareLinear
+from xvla.config import TextConfig, VisionConfig, XVLAConfig
+from xvla.keymap import to_official
+from xvla.model import XVLA
+from xvla.preprocessing import ImageProcessor
+
+SIZES: dict[str, tuple[XVLAConfig, int]] = {
+    "tiny": (
+        XVLAConfig(
+            vision=VisionConfig(embed_dim=(16, 32, 64, 128), depths=(1, 1, 2, 1), num_heads=(1, 1, 2, 4),
+                                num_groups=(1, 1, 2, 4), window_size=3),
+            text=TextConfig(vocab_size=1000, d_model=32, encoder_layers=2, encoder_attention_heads=4,
+                            encoder_ffn_dim=64, max_position_embeddings=64),
+            projection_dim=32, hidden_size=32, depth=2, num_heads=4,
+        ),
+        64,
+    ),
+    "small": (
+        XVLAConfig(
+            vision=VisionConfig(embed_dim=(32, 64, 128, 256), depths=(1, 1, 3, 1), num_heads=(1, 2, 4, 8),
+                                num_groups=(1, 2, 4, 8), window_size=12),
+            text=TextConfig(vocab_size=51289, d_model=256, encoder_layers=4, encoder_attention_heads=8,
+                            encoder_ffn_dim=1024, max_position_embeddings=1024),
+            projection_dim=256, hidden_size=256, depth=6, num_heads=8,
+        ),
+        224,
+    ),
+    "full": (XVLAConfig(), 224),
+}
+
+INSTRUCTIONS = [
+    "pick up the red block and place it in the bowl", "open the top drawer", "close the microwave door",
+    "put the spoon on the towel", "fold the cloth", "push the T into the target", "stack the green cube on the blue cube",
+    "wipe the table with the sponge", "turn on the stove", "move the eggplant into the pot",
+    "pick the bottle and put it in the basket", "lift the lid off the pan", "place the mug on the plate",
+]
+
+
+def size_config(size: str, **overrides: object) -> tuple[XVLAConfig, int]:
+    """(config, image side) of a named size, with XVLAConfig fields overridden (e.g. action_mode)."""
+    if size not in SIZES:
+        raise ValueError(f"unknown checkpoint size {size!r}; expected one of {sorted(SIZES)}")
+    cfg, image_size = SIZES[size]
+    if overrides:
+        from dataclasses import replace
+
+        cfg = replace(cfg, **overrides)
+    return cfg, image_size
+
+
+@torch.no_grad()
+def randomize(model: nn.Module, seed: int) -> None:
+    """Give every parameter seeded, non-trivial values at a scale that keeps activations O(1).
+
+    Non-trivial matters: a LayerNorm left at weight 1 / bias 0 or a zero soft prompt would hide a wrong
+    key mapping or a transposed matrix from the parity tests.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    def fill(p: torch.Tensor, std: float, mean: float = 0.0) -> None:
+        p.copy_(torch.randn(p.shape, generator=gen) * std + mean)
+    done: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, DomainAwareLinear):  # rows are [in, out] matrices
+            fill(module.fc.weight, 1.0 / math.sqrt(module.in_features))
+            fill(module.bias.weight, 0.05)
+            done.update((id(module.fc.weight), id(module.bias.weight)))
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if id(p) in done:
+                continue
+            if isinstance(module, nn.LayerNorm):
+                fill(p, 0.1, 1.0 if name == "weight" else 0.0)
+            elif isinstance(module, nn.Embedding) or p.dim() < 2 or name == "pos_emb":
+                fill(p, 0.02)
+            else:  # Linear / Conv weights: fan-in scaling
+                fill(p, 1.0 / math.sqrt(p[0].numel()))
+
+
+def write_tokenizer(out_dir: Path, vocab_size: int) -> None:
+    """A BART-style byte-level BPE tokenizer: ids 0..3 = <s>, <pad>, </s>, <unk>; ``<s> text </s>``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=min(vocab_size, 600), special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(INSTRUCTIONS * 4, trainer=trainer)
+    tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), add_prefix_space=False)
+    tok.save(str(out_dir / "tokenizer.json"))
+    (out_dir / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "BartTokenizer", "model_max_length": 1024, "bos_token": "<s>", "eos_token": "</s>",
+        "unk_token": "<unk>", "pad_token": "<pad>", "add_prefix_space": False,
+    }, indent=2))
+
+
+def write_random_checkpoint(out_dir: str | Path, size: str = "tiny", *, seed: int = 0,
+                            **overrides: object) -> Path:
+    """Write a random-weight checkpoint of a named size to ``out_dir`` (created; must not exist or be empty)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir}: exists and is not empty")
+    cfg, image_size = size_config(size, **overrides)
+    torch.manual_seed(seed)
+    model = XVLA(cfg)
+    randomize(model, seed)
+    state = to_official({k: v.contiguous() for k, v in model.state_dict().items()})
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".xvla-ckpt-", dir=out_dir.parent))
+    try:
+        (tmp / "config.json").write_text(json.dumps(cfg.to_official_dict(), indent=2))
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        proc = ImageProcessor(height=image_size, width=image_size, crop_height=image_size, crop_width=image_size)
+        (tmp / "preprocessor_config.json").write_text(json.dumps(proc.to_dict(), indent=2))
+        write_tokenizer(tmp, cfg.text.vocab_size)
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
