@@ -16,6 +16,7 @@ from typing import Callable
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("xvla.demo", "run the whole pipeline on CPU with random weights"),
     "checkpoint": ("xvla.checkpoint_cli", "write a random-weight checkpoint in the official layout"),
+    "export": ("export.cli", "export a checkpoint to a verified per-robot bundle (ONNX + manifest)"),
 }
 
 

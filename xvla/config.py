@@ -2,8 +2,11 @@
 
 The official checkpoint stores ``XVLAConfig`` fields at the top level with a nested ``florence_config``
 written with the field names of the vendored Florence-2 code (``dim_embed``, ``image_pos_embed`` ...).
-LeRobot checkpoints carry ``"type": "xvla"`` and their own field names (``chunk_size``, ``max_state_dim``
-...). Both are normalised here; nothing else in the project reads a raw config dict.
+LeRobot checkpoints carry ``"type": "xvla"`` and their own field names (``chunk_size`` for num_actions,
+``tokenizer_max_length`` for the instruction length, ``max_state_dim`` for the proprio width, the real
+action width of ``auto`` mode in ``output_features.action.shape``). Both are normalised here; nothing
+else in the project reads a raw config dict. LeRobot's proprio padding (``max_state_dim`` wider than the
+action) is not supported: such a config is rejected by name.
 """
 
 from __future__ import annotations
@@ -88,6 +91,7 @@ class XVLAConfig:
     action_mode: str = "ee6d"
     max_action_dim: int = 20
     real_action_dim: int = 20
+    text_tokens: int = 50  # instruction length after padding/truncation (official processor: 50)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -139,7 +143,8 @@ class XVLAConfig:
             )
         if self.hidden_size % self.num_heads:
             raise ConfigError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
-        for name in ("depth", "num_domains", "len_soft_prompts", "dim_time", "max_len_seq", "num_actions"):
+        for name in ("depth", "num_domains", "len_soft_prompts", "dim_time", "max_len_seq", "num_actions",
+                     "text_tokens"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.use_hetero_proj:
@@ -279,12 +284,16 @@ def config_from_dict(d: dict[str, Any], source: str = "config.json") -> XVLAConf
         max_len_seq=int(val("max_len_seq")), use_hetero_proj=bool(val("use_hetero_proj")),
         num_actions=num_actions, action_mode=action_mode,
         max_action_dim=int(val("max_action_dim")), real_action_dim=int(val("real_action_dim")),
+        text_tokens=int(d.get("tokenizer_max_length", dflt["text_tokens"].default)),
     )
     try:
         cfg = XVLAConfig(**kwargs)
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
     if lerobot:
+        if action_mode == "auto":
+            real = (d.get("output_features") or {}).get("action", {}).get("shape", [cfg.max_action_dim])[-1]
+            cfg = dataclasses.replace(cfg, real_action_dim=int(real))
         state_dim = d.get("max_state_dim")
         if state_dim is not None and int(state_dim) != cfg.dim_action:
             raise ConfigError(

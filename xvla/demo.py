@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), None, rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)]
     pixels, mask = ImageProcessor.from_dir(ckpt)(images)
-    ids = TextTokenizer(ckpt)("pick up the red block and place it in the bowl")
+    ids = TextTokenizer(ckpt, model.config.text_tokens)("pick up the red block and place it in the bowl")
     proprio = np.zeros(model.config.dim_action, np.float32)
     t3 = time.perf_counter()
     chunk = model.generate_actions(

@@ -77,6 +77,7 @@ class XVLA(nn.Module):
                  f"{(NUM_VIEWS - 1) * n_img} aux tokens = {seq} exceeds max_len_seq {cfg.max_len_seq}")
 
     # ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
     def encode(self, input_ids: torch.Tensor, image_input: torch.Tensor,
                image_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(vlm_features, aux_visual_inputs): everything computed once per observation."""

@@ -164,6 +164,7 @@ class TextTokenizer:
     """The checkpoint's BART tokenizer, fixed to ``max_length`` tokens (pad, never a mask)."""
 
     def __init__(self, ckpt_dir: str | Path, max_length: int = MAX_TOKENS) -> None:
+        """``max_length``: the checkpoint's ``XVLAConfig.text_tokens`` (50 for every official release)."""
         from tokenizers import Tokenizer
         from tokenizers.processors import RobertaProcessing
 
