@@ -1,0 +1,192 @@
+"""Checkpoint → bundle: export the graphs, verify them in ONNX Runtime, write the manifest, atomically.
+
+Everything is written into a temporary directory beside ``out``; the bundle appears under its name only
+after every graph exported and passed its parity check. A failure (or Ctrl-C) leaves ``out`` as it was:
+absent, or the previous bundle when ``force`` replaces one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from export.domains import domain_defaults
+from export.graphs import DenoiseStepGraph, EncoderGraph
+from export.onnx_graphs import OPSET, convert_fp16, export_graph, io_specs
+from export.verify import measure_parity
+from runtime.manifest import MANIFEST_FILE, SCHEMA_VERSION, sha256_file
+from xvla.checkpoint import INDEX_FILE, WEIGHTS_FILE, load_checkpoint
+from xvla.config import load_config
+from xvla.model import NUM_VIEWS
+from xvla.preprocessing import ImageProcessor
+
+PRECISIONS = ("fp32", "fp16")
+CHECKPOINT_SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
+                         "special_tokens_map.json", "preprocessor_config.json")
+
+
+class ExportError(RuntimeError):
+    """The export could not be done; nothing was written to the bundle directory."""
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    domain_id: int
+    embodiment: str | None = None
+    precision: str = "fp32"
+    views: int = NUM_VIEWS
+    chunk_seconds: float | None = None
+    steps: int = 10
+    rot6d_layout: str = "rows"
+    force: bool = False
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("xvla-edge", "torch", "transformers", "onnx", "onnxscript", "onnxruntime"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def check_options(ckpt_dir: Path, out: Path, opts: ExportOptions) -> None:
+    """Fail before any work on arguments that cannot succeed."""
+    if not ckpt_dir.is_dir():
+        raise ExportError(f"checkpoint {ckpt_dir}: directory not found")
+    cfg = load_config(ckpt_dir)
+    if not 0 <= opts.domain_id < cfg.num_domains:
+        raise ExportError(f"--domain-id {opts.domain_id} is out of range: this checkpoint has domains "
+                          f"0..{cfg.num_domains - 1}")
+    if opts.precision not in PRECISIONS:
+        raise ExportError(f"--precision {opts.precision!r} is not supported; expected one of {list(PRECISIONS)} "
+                          "(INT8 bundles are made from an fp32 bundle by `xvla-edge quantize`)")
+    if not 1 <= opts.views <= NUM_VIEWS:
+        raise ExportError(f"--views {opts.views} is out of range; expected 1..{NUM_VIEWS}")
+    if opts.steps < 1:
+        raise ExportError(f"--steps {opts.steps} must be >= 1")
+    if opts.chunk_seconds is not None and not opts.chunk_seconds > 0:
+        raise ExportError(f"--chunk-seconds {opts.chunk_seconds} must be > 0")
+    if out.exists() and not opts.force:
+        raise ExportError(f"{out} already exists; pass --force to replace it (the old bundle is kept until the "
+                          "new one is complete)")
+    parent = out.parent
+    if not parent.is_dir():
+        raise ExportError(f"cannot write {out}: {parent} is not an existing directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ExportError(f"cannot write {out}: no write permission in {parent}")
+
+
+def export_bundle(ckpt_dir: str | Path, out: str | Path, opts: ExportOptions,
+                  progress: Callable[[str], None] = print) -> dict:
+    """Export ``ckpt_dir`` for one domain into the bundle directory ``out``; returns the manifest."""
+    ckpt_dir, out = Path(ckpt_dir), Path(out)
+    check_options(ckpt_dir, out, opts)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        manifest = _build(ckpt_dir, tmp, opts, progress)
+        _swap_in(tmp, out)
+        return manifest
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def _step(progress: Callable[[str], None], label: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    progress(f"  {label} ...")
+    yield
+    progress(f"  {label}: done in {time.perf_counter() - t0:.1f} s")
+
+
+def _build(ckpt_dir: Path, tmp: Path, opts: ExportOptions, progress: Callable[[str], None]) -> dict:
+    with _step(progress, f"loading checkpoint {ckpt_dir}"):
+        model = load_checkpoint(ckpt_dir)
+    cfg = model.config
+    size = ImageProcessor.from_dir(ckpt_dir).output_size[0]
+    V, A, T = opts.views, cfg.dim_action, cfg.num_actions
+    enc_args = (torch.zeros(1, V, 3, size, size), torch.ones(1, V, dtype=torch.bool),
+                torch.ones(1, cfg.text_tokens, dtype=torch.long))
+    encoder = EncoderGraph(model, V)
+    with torch.no_grad():
+        context = encoder(*enc_args)
+    den_args = (context, torch.zeros(1, T, A), torch.zeros(1, T, A), torch.zeros(1, A), torch.ones(1))
+    enc_path, den_path = tmp / "encoder.onnx", tmp / "denoise.onnx"
+    with _step(progress, "tracing encoder (DaViT + BART encoder + context projections)"):
+        export_graph(encoder, enc_args, enc_path, ["pixel_values", "image_mask", "input_ids"], ["context"])
+    with _step(progress, f"tracing denoise step (domain {opts.domain_id} folded in)"):
+        export_graph(DenoiseStepGraph(model, opts.domain_id), den_args, den_path,
+                     ["context", "x1", "prev", "proprio", "t"], ["x0", "action"])
+    if opts.precision == "fp16":
+        with _step(progress, "converting to fp16"):
+            convert_fp16(enc_path)
+            convert_fp16(den_path, ["x1", "prev", "proprio", "t"])
+    with _step(progress, "verifying in ONNX Runtime against PyTorch"):
+        parity = measure_parity(model, ckpt_dir, enc_path, den_path, domain_id=opts.domain_id, views=V,
+                                steps=opts.steps, precision=opts.precision, rot6d_layout=opts.rot6d_layout)
+    if not parity["passed"]:
+        raise ExportError(f"parity check failed ({opts.precision}): {'; '.join(parity['failures'])}. "
+                          f"Figures: {json.dumps(parity['max_abs'])}. Nothing was written.")
+    for name in CHECKPOINT_SIDE_FILES:
+        if (ckpt_dir / name).is_file():
+            shutil.copy2(ckpt_dir / name, tmp / name)
+    manifest = _manifest(ckpt_dir, tmp, cfg, opts, size, parity)
+    (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def _manifest(ckpt_dir: Path, tmp: Path, cfg, opts: ExportOptions, image_size: int, parity: dict) -> dict:
+    name, seconds = domain_defaults(opts.domain_id)
+    weights = ckpt_dir / WEIGHTS_FILE if (ckpt_dir / WEIGHTS_FILE).is_file() else ckpt_dir / INDEX_FILE
+    graphs = {}
+    for key in ("encoder", "denoise"):
+        inputs, outputs = io_specs(tmp / f"{key}.onnx")
+        graphs[key] = {"file": f"{key}.onnx", "inputs": inputs, "outputs": outputs}
+    files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+             for p in sorted(tmp.iterdir()) if p.is_file() and p.name != MANIFEST_FILE}
+    space_gripper = {"ee6d": [9, 19], "joint": [6, 13]}.get(cfg.action_mode, [])
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "source": {"checkpoint": str(ckpt_dir.resolve()), "config_sha256": sha256_file(ckpt_dir / "config.json"),
+                   "weights_sha256": sha256_file(weights)},
+        "embodiment": opts.embodiment or name, "domain_id": opts.domain_id,
+        "action": {"mode": cfg.action_mode, "dim": cfg.dim_action,
+                   "output_dim": cfg.real_action_dim if cfg.action_mode == "auto" else cfg.dim_action,
+                   "chunk_length": cfg.num_actions, "chunk_seconds": opts.chunk_seconds or seconds,
+                   "gripper_channels": space_gripper, "rot6d_layout": opts.rot6d_layout},
+        "sampler": {"default_steps": opts.steps},
+        "inputs": {"token_length": cfg.text_tokens, "image_size": image_size, "view_slots": NUM_VIEWS,
+                   "views": opts.views, "proprio_dim": cfg.dim_action},
+        "precision": opts.precision,
+        "export": {"opset": OPSET, "exporter": "torch.onnx.export(dynamo=True)", "versions": _versions()},
+        "graphs": graphs, "files": files, "parity": parity,
+    }
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Rename the finished bundle into place; an existing one is replaced only after that succeeds."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

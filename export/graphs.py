@@ -1,0 +1,84 @@
+"""The two torch modules a bundle is exported from: the per-observation encoder and one denoising step.
+
+``EncoderGraph``  (pixel_values [1, V, 3, S, S], image_mask [1, V] bool, input_ids [1, L] int64)
+                  → context [1, C, D]: DaViT + projector on the robot's V views (features × mask, so a
+                  masked view contributes zero features), BART encoder over [main view | text],
+                  ``vlm_proj`` / ``aux_visual_proj``, constant zero features for the 3 − V view slots the
+                  robot does not have, and the positional embedding of the context tokens.
+``DenoiseStepGraph`` (context, x1 [1, T, A], prev [1, T, A], proprio [1, A], t [1])
+                  → (x0 [1, T, A], action [1, T, out]): the re-noise x_t = t·x1 + (1 − t)·prev, the
+                  action mode's gripper masking, the transformer with the chosen domain's soft prompt and
+                  per-domain encoder/decoder weights folded in as constants (no domain-id input; the
+                  other domains' rows are not in the graph), and the action mode's post-processing
+                  (``action``; the runtime returns it after the last step and feeds ``x0`` back as ``prev``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from xvla.action_head import timestep_embedding
+from xvla.model import NUM_VIEWS, XVLA
+
+
+class EncoderGraph(nn.Module):
+    def __init__(self, model: XVLA, num_views: int) -> None:
+        super().__init__()
+        if not 1 <= num_views <= NUM_VIEWS:
+            raise ValueError(f"views must be 1..{NUM_VIEWS}; got {num_views}")
+        self.vlm = model.vlm
+        self.head = model.transformer
+        self.num_views = num_views
+        self.num_actions = model.config.num_actions
+
+    def forward(self, pixel_values: torch.Tensor, image_mask: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        B, V = pixel_values.shape[:2]
+        feats = self.vlm.encode_images(pixel_values.flatten(0, 1))  # [B·V, N, P]
+        N, P = feats.shape[1:]
+        feats = feats.view(B, V, N, P) * image_mask.to(feats.dtype)[:, :, None, None]
+        text = self.vlm.language_encoder.embed_tokens(input_ids)
+        vlm_features = self.vlm.encode_text(torch.cat([feats[:, 0], text], dim=1))
+        aux = feats[:, 1:].reshape(B, (V - 1) * N, P)
+        if V < NUM_VIEWS:
+            aux = torch.cat([aux, feats.new_zeros(B, (NUM_VIEWS - V) * N, P)], dim=1)
+        return self.head.context(vlm_features, aux, self.num_actions)
+
+
+class DenoiseStepGraph(nn.Module):
+    def __init__(self, model: XVLA, domain_id: int) -> None:
+        super().__init__()
+        cfg, head, space = model.config, model.transformer, model.action_space
+        if not 0 <= domain_id < cfg.num_domains:
+            raise ValueError(f"domain_id must be in 0..{cfg.num_domains - 1}; got {domain_id}")
+        d = torch.tensor([domain_id])
+        with torch.no_grad():
+            w_enc, b_enc = head.action_encoder.domain_weights(d)
+            w_dec, b_dec = head.action_decoder.domain_weights(d)
+            self.register_buffer("w_enc", w_enc[0].clone())  # [2A + dim_time, D]
+            self.register_buffer("b_enc", (b_enc[0] + head.pos_emb[0, : cfg.num_actions]).clone())  # bias + positions
+            self.register_buffer("w_dec", w_dec[0].clone())  # [D, A]
+            self.register_buffer("b_dec", b_dec[0].clone())
+            self.register_buffer("prompts", head.prompts(d).clone())  # [1, len_soft_prompts, D]
+        self.register_buffer("keep", space.keep_mask())  # 0 on gripper channels
+        self.blocks = head.blocks
+        self.norm = head.norm
+        self.dim_time = cfg.dim_time
+        self.squash_gripper = bool(space.gripper_channels)
+        self.output_dim = space.output_dim
+
+    def forward(self, context: torch.Tensor, x1: torch.Tensor, prev: torch.Tensor, proprio: torch.Tensor,
+                t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, T, _ = x1.shape
+        tt = t.view(-1, 1, 1)
+        x_t = (x1 * tt + prev * (1 - tt)) * self.keep
+        proprio = proprio * self.keep
+        temb = timestep_embedding(t, self.dim_time)
+        feats = torch.cat([x_t, proprio[:, None, :].expand(B, T, -1), temb[:, None, :].expand(B, T, -1)], dim=-1)
+        tokens = feats @ self.w_enc + self.b_enc
+        x = torch.cat([tokens, context, self.prompts.expand(B, -1, -1)], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        x0 = self.norm(x[:, :T]) @ self.w_dec + self.b_dec
+        action = x0 * self.keep + torch.sigmoid(x0) * (1 - self.keep) if self.squash_gripper else x0
+        return x0, action[..., : self.output_dim]

@@ -1,0 +1,87 @@
+"""Trace the bundle graphs to ONNX and convert them to fp16.
+
+Exporter: ``torch.onnx.export(dynamo=True)`` at opset 18 (LayerNormalization as one op; within what
+TensorRT 10.3+ parses). Weights go to ``<graph>.onnx.data`` beside each graph (the full encoder is over
+protobuf's 2 GB limit).
+
+fp16: onnxruntime's converter (``onnxruntime.transformers.float16``), fp32 inputs and outputs, with these
+kept in fp32 because fp16 is known to go wrong there: LayerNormalization (variance), Softmax, Sigmoid (the
+gripper squash), and in the denoise graph every node between the graph inputs and the first MatMul (the
+re-noise t·x1 + (1 − t)·prev, the gripper mask and the time embedding's cos/sin). The converter takes
+node names for the last part; :func:`upstream_of_matmul` finds them — that is the one place we go beyond
+what the converter does by itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import onnx
+import torch
+
+OPSET = 18
+FP32_OPS = ["LayerNormalization", "Softmax", "Sigmoid"]
+
+
+def export_graph(module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path, input_names: list[str],
+                 output_names: list[str]) -> None:
+    """Trace ``module`` at the example ``args`` (static shapes, batch 1) into ``path`` (+ ``.data``)."""
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # torchvision ops
+    with torch.no_grad():
+        program = torch.onnx.export(module.eval(), args, dynamo=True, opset_version=OPSET,
+                                    input_names=input_names, output_names=output_names,
+                                    external_data=True, verbose=False)
+    program.save(str(path), external_data=True)
+
+
+def upstream_of_matmul(model: onnx.ModelProto, input_names: list[str]) -> list[str]:
+    """Names of the nodes reachable from ``input_names`` without passing through a MatMul/Gemm."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    found: dict[str, None] = {}
+    frontier = list(input_names)
+    while frontier:
+        tensor = frontier.pop()
+        for node in consumers.get(tensor, []):
+            if node.op_type in ("MatMul", "Gemm") or node.name in found:
+                continue
+            found[node.name] = None
+            frontier.extend(node.output)
+    return list(found)
+
+
+def convert_fp16(path: Path, keep_fp32_from: list[str] = ()) -> None:
+    """Rewrite the fp32 graph at ``path`` (+ ``.data``) as fp16 with fp32 I/O; the ops above stay fp32."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    model = onnx.load(str(path))  # weights are read into memory, so the files can be rewritten
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = f"node_{i}_{node.op_type}"
+    blocked_nodes = upstream_of_matmul(model, list(keep_fp32_from)) if keep_fp32_from else []
+    half = convert_float_to_float16(model, keep_io_types=True, op_block_list=DEFAULT_OP_BLOCK_LIST + FP32_OPS,
+                                    node_block_list=blocked_nodes)
+    remove_graph(path)
+    onnx.save_model(half, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=path.name + ".data", size_threshold=1024)
+
+
+def remove_graph(path: Path) -> None:
+    """Delete a graph file and its external data."""
+    for p in (path, path.with_name(path.name + ".data")):
+        if p.exists():
+            os.remove(p)
+
+
+def io_specs(path: Path) -> tuple[list[dict], list[dict]]:
+    """(inputs, outputs) of an ONNX file as [{name, shape, dtype}]."""
+    model = onnx.load(str(path), load_external_data=False)
+    def spec(v: onnx.ValueInfoProto) -> dict:
+        t = v.type.tensor_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
+        return {"name": v.name, "shape": [d.dim_value for d in t.shape.dim], "dtype": dtype}
+    return [spec(v) for v in model.graph.input], [spec(v) for v in model.graph.output]

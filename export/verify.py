@@ -1,0 +1,103 @@
+"""Export-time parity: run the bundle's graphs in ONNX Runtime (CPU) against the PyTorch model.
+
+Same generated observations, same noise, same steps. Records the max abs error of each output (context,
+x0, action) and, through :mod:`calibration.metrics`, the chunk error in physical units.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from calibration.metrics import TOLERANCES, ChunkErrors, accumulate
+from xvla.model import XVLA
+from xvla.preprocessing import ImageProcessor, TextTokenizer
+from xvla.random_checkpoint import INSTRUCTIONS
+
+
+@dataclass(frozen=True)
+class Observation:
+    pixels: np.ndarray  # [3, 3, S, S] float32
+    mask: np.ndarray  # [3] bool
+    input_ids: np.ndarray  # [L] int64
+    proprio: np.ndarray  # [A] float32
+    noise: np.ndarray  # [T, A] float32
+
+
+def generated_observations(ckpt_dir: Path, model: XVLA, views: int, count: int = 3, seed: int = 0) -> list[Observation]:
+    """Random images through the checkpoint's own preprocessing, real instructions, varied view masks."""
+    rng = np.random.default_rng(seed)
+    proc, tok = ImageProcessor.from_dir(ckpt_dir), TextTokenizer(ckpt_dir, model.config.text_tokens)
+    cfg = model.config
+    masks = [[True] * views, [True] + [False] * (views - 1), [True, False, True][:views]]
+    out = []
+    for i in range(count):
+        present = masks[i % len(masks)]
+        images = [rng.integers(0, 256, (120 + 40 * v, 160, 3), dtype=np.uint8) if p else None
+                  for v, p in enumerate(present)]
+        pixels, mask = proc(images)
+        out.append(Observation(
+            pixels=pixels, mask=mask, input_ids=tok(INSTRUCTIONS[i % len(INSTRUCTIONS)]),
+            proprio=rng.normal(0, 0.3, cfg.dim_action).astype(np.float32),
+            noise=rng.standard_normal((cfg.num_actions, cfg.dim_action)).astype(np.float32),
+        ))
+    return out
+
+
+def ort_session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def run_bundle_graphs(encoder: ort.InferenceSession, denoise: ort.InferenceSession, obs: Observation, views: int,
+                      steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(context, x0, action) of one observation through the ONNX graphs."""
+    context = encoder.run(None, {"pixel_values": obs.pixels[None, :views], "image_mask": obs.mask[None, :views],
+                                 "input_ids": obs.input_ids[None]})[0]
+    x1 = obs.noise[None]
+    x0 = np.zeros_like(x1)
+    for i in range(steps, 0, -1):
+        x0, action = denoise.run(None, {"context": context, "x1": x1, "prev": x0, "proprio": obs.proprio[None],
+                                        "t": np.array([i / steps], np.float32)})
+    return context, x0, action
+
+
+@torch.no_grad()
+def reference(model: XVLA, obs: Observation, domain_id: int, steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(context, x0, action) of the PyTorch model for the same observation and noise."""
+    ids, px = torch.from_numpy(obs.input_ids)[None], torch.from_numpy(obs.pixels)[None]
+    mask, d = torch.from_numpy(obs.mask)[None], torch.tensor([domain_id])
+    proprio, x1 = torch.from_numpy(obs.proprio)[None], torch.from_numpy(obs.noise)[None]
+    enc = model.encode(ids, px, mask)
+    context = model.transformer.context(*enc, model.config.num_actions)
+    a = torch.zeros_like(x1)
+    for i in range(steps, 0, -1):
+        t = torch.full((1,), i / steps)
+        a = model.denoise_step(enc, x1 * t + a * (1 - t), proprio, t, d)
+    action = model.generate_actions(ids, px, mask, d, proprio, steps=steps, noise=x1)
+    return context.numpy(), a.numpy(), action.numpy()
+
+
+def measure_parity(model: XVLA, ckpt_dir: Path, encoder_path: Path, denoise_path: Path, *, domain_id: int,
+                   views: int, steps: int, precision: str, rot6d_layout: str = "rows") -> dict:
+    """Parity figures of a pair of graphs; ``passed`` and ``failures`` against the precision's tolerance."""
+    encoder, denoise = ort_session(encoder_path), ort_session(denoise_path)
+    observations = generated_observations(ckpt_dir, model, views)
+    max_abs = {"context": 0.0, "x0": 0.0, "action": 0.0}
+    errors = ChunkErrors()
+    for obs in observations:
+        ours = run_bundle_graphs(encoder, denoise, obs, views, steps)
+        ref = reference(model, obs, domain_id, steps)
+        for name, a, b in zip(max_abs, ours, ref):
+            max_abs[name] = max(max_abs[name], float(np.max(np.abs(a - b))))
+        accumulate(errors, ref[2], ours[2], model.config.action_mode, rot6d_layout)
+    tolerance = TOLERANCES[precision]
+    failures = errors.failures(tolerance)
+    return {
+        "observations": len(observations), "steps": steps, "max_abs": max_abs, "chunk": errors.summary(),
+        "tolerance": {k: v for k, v in vars(tolerance).items() if v is not None},
+        "passed": not failures, "failures": failures,
+    }
