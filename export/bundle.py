@@ -47,6 +47,7 @@ class ExportOptions:
     precision: str = "fp32"
     views: int = NUM_VIEWS
     chunk_seconds: float | None = None
+    arms: int | None = None
     steps: int = 10
     rot6d_layout: str = "rows"
     force: bool = False
@@ -75,6 +76,8 @@ def check_options(ckpt_dir: Path, out: Path, opts: ExportOptions) -> None:
                           "(INT8 bundles are made from an fp32 bundle by `xvla-edge quantize`)")
     if not 1 <= opts.views <= NUM_VIEWS:
         raise ExportError(f"--views {opts.views} is out of range; expected 1..{NUM_VIEWS}")
+    if opts.arms not in (None, 1, 2):
+        raise ExportError(f"--arms {opts.arms} must be 1 or 2")
     if opts.steps < 1:
         raise ExportError(f"--steps {opts.steps} must be >= 1")
     if opts.chunk_seconds is not None and not opts.chunk_seconds > 0:
@@ -149,7 +152,7 @@ def _build(ckpt_dir: Path, tmp: Path, opts: ExportOptions, progress: Callable[[s
 
 
 def _manifest(ckpt_dir: Path, tmp: Path, cfg, opts: ExportOptions, image_size: int, parity: dict) -> dict:
-    name, seconds = domain_defaults(opts.domain_id)
+    name, seconds, arms = domain_defaults(opts.domain_id)
     weights = ckpt_dir / WEIGHTS_FILE if (ckpt_dir / WEIGHTS_FILE).is_file() else ckpt_dir / INDEX_FILE
     graphs = {}
     for key in ("encoder", "denoise"):
@@ -167,7 +170,8 @@ def _manifest(ckpt_dir: Path, tmp: Path, cfg, opts: ExportOptions, image_size: i
         "action": {"mode": cfg.action_mode, "dim": cfg.dim_action,
                    "output_dim": cfg.real_action_dim if cfg.action_mode == "auto" else cfg.dim_action,
                    "chunk_length": cfg.num_actions, "chunk_seconds": opts.chunk_seconds or seconds,
-                   "gripper_channels": space_gripper, "rot6d_layout": opts.rot6d_layout},
+                   "gripper_channels": space_gripper, "rot6d_layout": opts.rot6d_layout,
+                   "arms": opts.arms or arms},
         "sampler": {"default_steps": opts.steps},
         "inputs": {"token_length": cfg.text_tokens, "image_size": image_size, "view_slots": NUM_VIEWS,
                    "views": opts.views, "proprio_dim": cfg.dim_action},

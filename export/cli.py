@@ -21,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32", help=f"one of {', '.join(PRECISIONS)}")
     p.add_argument("--views", type=int, default=3, help="camera views the robot has (1..3); others get zero features")
     p.add_argument("--chunk-seconds", type=float, default=None, help="time span of one chunk (default: per domain)")
+    p.add_argument("--arms", type=int, default=None, help="arms the robot has, 1 or 2 (default: per domain)")
     p.add_argument("--steps", type=int, default=10, help="default denoising steps")
     p.add_argument("--rot6d-layout", default="rows", choices=["rows", "columns"],
                    help="rot6d layout the checkpoint speaks (LIBERO: columns)")
@@ -30,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     opts = ExportOptions(domain_id=args.domain_id, embodiment=args.embodiment, precision=args.precision,
-                         views=args.views, chunk_seconds=args.chunk_seconds, steps=args.steps,
+                         views=args.views, chunk_seconds=args.chunk_seconds, arms=args.arms, steps=args.steps,
                          rot6d_layout=args.rot6d_layout, force=args.force)
     t0 = time.perf_counter()
     print(f"exporting {args.checkpoint} → {args.out} ({args.precision}, domain {args.domain_id}, {args.views} views)")

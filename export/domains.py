@@ -8,17 +8,18 @@ Domains without a published handler fall back to the pretraining span (4 s); pas
 
 from __future__ import annotations
 
-# domain id → (name, seconds spanned by one chunk)
-DOMAINS: dict[int, tuple[str, float]] = {
-    0: ("bridge-widowx", 5.0), 1: ("rt1-google-robot", 10.0), 2: ("calvin-franka", 1.0), 3: ("libero-franka", 1.0),
-    4: ("widowx-air", 5.0), 5: ("air-agilex-hq", 2.0), 6: ("robotwin2-agilex", 1.0), 7: ("robocasa-human", 1.0),
-    8: ("vlabench", 1.0), 9: ("agibot-challenge", 4.0), 10: ("air-agilex", 2.0), 11: ("robomind-franka", 4.0),
-    12: ("robomind-ur", 4.0), 13: ("droid-left", 4.0), 14: ("droid-right", 4.0), 15: ("agibot", 4.0),
-    16: ("robomind-agilex", 4.0), 17: ("robomind-franka-dual", 4.0), 18: ("airbot", 3.0),
+# domain id → (name, seconds spanned by one chunk, arms)
+DOMAINS: dict[int, tuple[str, float, int]] = {
+    0: ("bridge-widowx", 5.0, 1), 1: ("rt1-google-robot", 10.0, 1), 2: ("calvin-franka", 1.0, 1),
+    3: ("libero-franka", 1.0, 1), 4: ("widowx-air", 5.0, 1), 5: ("air-agilex-hq", 2.0, 2),
+    6: ("robotwin2-agilex", 1.0, 2), 7: ("robocasa-human", 1.0, 1), 8: ("vlabench", 1.0, 1),
+    9: ("agibot-challenge", 4.0, 2), 10: ("air-agilex", 2.0, 2), 11: ("robomind-franka", 4.0, 1),
+    12: ("robomind-ur", 4.0, 1), 13: ("droid-left", 4.0, 1), 14: ("droid-right", 4.0, 1), 15: ("agibot", 4.0, 2),
+    16: ("robomind-agilex", 4.0, 2), 17: ("robomind-franka-dual", 4.0, 2), 18: ("airbot", 3.0, 1),
 }
 DEFAULT_CHUNK_SECONDS = 4.0
 
 
-def domain_defaults(domain_id: int) -> tuple[str, float]:
-    """(embodiment name, chunk seconds) for a domain id; ``domain-N`` and 4 s for unpublished rows."""
-    return DOMAINS.get(domain_id, (f"domain-{domain_id}", DEFAULT_CHUNK_SECONDS))
+def domain_defaults(domain_id: int) -> tuple[str, float, int]:
+    """(embodiment name, chunk seconds, arms) of a domain id; ``domain-N``, 4 s, 1 arm for unpublished rows."""
+    return DOMAINS.get(domain_id, (f"domain-{domain_id}", DEFAULT_CHUNK_SECONDS, 1))

@@ -67,7 +67,10 @@ def run_bundle_graphs(encoder: ort.InferenceSession, denoise: ort.InferenceSessi
 
 @torch.no_grad()
 def reference(model: XVLA, obs: Observation, domain_id: int, steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(context, x0, action) of the PyTorch model for the same observation and noise."""
+    """(context, x0, action) of the PyTorch model for the same observation and noise.
+
+    The loop is the sampler of :meth:`XVLA.generate_actions`, written out to keep the last x0.
+    """
     ids, px = torch.from_numpy(obs.input_ids)[None], torch.from_numpy(obs.pixels)[None]
     mask, d = torch.from_numpy(obs.mask)[None], torch.tensor([domain_id])
     proprio, x1 = torch.from_numpy(obs.proprio)[None], torch.from_numpy(obs.noise)[None]
@@ -77,8 +80,7 @@ def reference(model: XVLA, obs: Observation, domain_id: int, steps: int) -> tupl
     for i in range(steps, 0, -1):
         t = torch.full((1,), i / steps)
         a = model.denoise_step(enc, x1 * t + a * (1 - t), proprio, t, d)
-    action = model.generate_actions(ids, px, mask, d, proprio, steps=steps, noise=x1)
-    return context.numpy(), a.numpy(), action.numpy()
+    return context.numpy(), a.numpy(), model.action_space.postprocess(a).numpy()
 
 
 def measure_parity(model: XVLA, ckpt_dir: Path, encoder_path: Path, denoise_path: Path, *, domain_id: int,

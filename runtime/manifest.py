@@ -7,7 +7,7 @@ Written by ``xvla-edge export``, read by everything else; nobody guesses a shape
 | ``schema_version`` | 1 |
 | ``source`` | ``checkpoint`` path, ``config_sha256``, ``weights_sha256`` of the checkpoint exported |
 | ``embodiment``, ``domain_id`` | the robot and the domain row folded into ``denoise.onnx`` |
-| ``action`` | ``mode``, ``dim`` (network width), ``output_dim``, ``chunk_length``, ``chunk_seconds`` (time span of one chunk), ``gripper_channels``, ``rot6d_layout`` |
+| ``action`` | ``mode``, ``dim`` (network width), ``output_dim``, ``chunk_length``, ``chunk_seconds`` (time span of one chunk), ``gripper_channels``, ``rot6d_layout``, ``arms`` (1 or 2) |
 | ``sampler`` | ``default_steps`` |
 | ``inputs`` | ``token_length``, ``image_size``, ``view_slots`` (3), ``views`` (slots the encoder computes; the rest get zero features), ``proprio_dim`` |
 | ``precision`` | ``fp32`` / ``fp16`` / ``int8`` |

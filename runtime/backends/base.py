@@ -1,0 +1,36 @@
+"""The interface every backend implements; the Policy depends on nothing else."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from runtime.manifest import Manifest
+
+
+class BackendError(RuntimeError):
+    """A backend could not be created or run as asked (wrong provider, missing engine, ...)."""
+
+
+class Backend(ABC):
+    """Runs one bundle. Arrays in and out are numpy, batch 1, shapes from the manifest.
+
+    Returned arrays may be reused by the next call: copy what you keep.
+    """
+
+    name: str
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+
+    @abstractmethod
+    def encode(self, pixel_values: np.ndarray, image_mask: np.ndarray, input_ids: np.ndarray) -> None:
+        """Compute the context of one observation ([1, V, 3, S, S] float32, [1, V] bool, [1, L] int64)."""
+
+    @abstractmethod
+    def denoise(self, x1: np.ndarray, proprio: np.ndarray, steps: int) -> np.ndarray:
+        """The whole N-step loop on the last encoded context → post-processed actions [1, T, out]."""
+
+    def close(self) -> None:
+        """Release sessions, engines and device memory."""

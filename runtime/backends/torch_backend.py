@@ -1,0 +1,90 @@
+"""The reference backend: the PyTorch model of the bundle's source checkpoint (debugging and parity).
+
+Eager on CPU and GPU. On CUDA, ``cuda_graph=True`` captures the whole N-step loop in one
+``torch.cuda.CUDAGraph`` per step count (static input buffers, warm-up on a side stream, capture,
+then copy-in and replay per chunk).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from runtime.backends.base import Backend, BackendError
+from runtime.manifest import Manifest
+from xvla.checkpoint import load_checkpoint
+from xvla.model import NUM_VIEWS
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self, manifest: Manifest, bundle_dir: str | Path, *, device: str = "cpu",
+                 checkpoint: str | Path | None = None, dtype: str = "float32", cuda_graph: bool = False) -> None:
+        super().__init__(manifest)
+        ckpt = Path(checkpoint or manifest.raw["source"]["checkpoint"])
+        if not ckpt.is_dir():
+            raise BackendError(f"torch backend needs the bundle's source checkpoint; {ckpt} is not a directory "
+                               "(pass checkpoint=PATH)")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise BackendError("device 'cuda' requested but torch has no CUDA device")
+        if cuda_graph and device != "cuda":
+            raise BackendError("cuda_graph=True needs device='cuda'")
+        self.device = torch.device(device)
+        self.dtype = getattr(torch, dtype)
+        self.model = load_checkpoint(ckpt, device=self.device, dtype=self.dtype)
+        self.domain = torch.tensor([manifest.domain_id], device=self.device)
+        self.use_graph = cuda_graph
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        T, A = int(manifest.action["chunk_length"]), int(manifest.action["dim"])
+        self.x1 = torch.zeros(1, T, A, device=self.device, dtype=self.dtype)
+        self.proprio = torch.zeros(1, A, device=self.device, dtype=self.dtype)
+        self.enc: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def encode(self, pixel_values: np.ndarray, image_mask: np.ndarray, input_ids: np.ndarray) -> None:
+        V = pixel_values.shape[1]
+        px = torch.zeros(1, NUM_VIEWS, *pixel_values.shape[2:], dtype=self.dtype, device=self.device)
+        px[:, :V] = torch.from_numpy(pixel_values).to(self.device, self.dtype)
+        mask = torch.zeros(1, NUM_VIEWS, dtype=torch.bool, device=self.device)
+        mask[:, :V] = torch.from_numpy(image_mask).to(self.device)
+        enc = self.model.encode(torch.from_numpy(input_ids).to(self.device), px, mask)
+        if self.enc is None or self.enc[0].shape != enc[0].shape:
+            self.enc = (enc[0].clone(), enc[1].clone())
+            self.graphs.clear()  # captured graphs read the old buffers
+        else:  # keep the addresses a captured graph reads
+            self.enc[0].copy_(enc[0])
+            self.enc[1].copy_(enc[1])
+
+    @torch.no_grad()
+    def _loop(self, steps: int) -> torch.Tensor:
+        a = torch.zeros_like(self.x1)
+        for i in range(steps, 0, -1):
+            t = torch.full((1,), i / steps, device=self.device, dtype=self.dtype)
+            a = self.model.denoise_step(self.enc, self.x1 * t + a * (1 - t), self.proprio, t, self.domain)
+        return self.model.action_space.postprocess(a)
+
+    def _graphed(self, steps: int) -> torch.Tensor:
+        if steps not in self.graphs:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):  # warm-up outside capture (allocator, kernels' lazy init)
+                    self._loop(steps)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = self._loop(steps)
+            self.graphs[steps] = (graph, out)
+        graph, out = self.graphs[steps]
+        graph.replay()
+        return out
+
+    def denoise(self, x1: np.ndarray, proprio: np.ndarray, steps: int) -> np.ndarray:
+        if self.enc is None:
+            raise BackendError("denoise() called before encode()")
+        self.x1.copy_(torch.from_numpy(x1))
+        self.proprio.copy_(torch.from_numpy(proprio))
+        out = self._graphed(steps) if self.use_graph else self._loop(steps)
+        return out.float().cpu().numpy()

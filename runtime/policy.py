@@ -1,0 +1,150 @@
+"""The robot-side API: a bundle + a backend → ``policy.act(observation) -> ActionChunk``.
+
+    policy = Policy.load("bundles/widowx")                 # onnxruntime on the CPU
+    chunk = policy.act(Observation(images=[rgb], instruction="put the spoon on the towel",
+                                   proprio=state, timestamp=t_capture))
+    future = policy.act_async(next_obs)                     # start the next chunk while this one executes
+
+Preprocessing is the checkpoint's own (:mod:`xvla.preprocessing`: numpy + Pillow + tokenizers); the
+instruction's token ids are cached while it does not change. This module imports neither torch nor
+``export``.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from runtime.backends.base import Backend, BackendError
+from runtime.decode import chunk_timestamps, decode_arms
+from runtime.manifest import BundleError, Manifest
+from runtime.types import ActionChunk, Observation
+from xvla.errors import InputError
+from xvla.preprocessing import NUM_VIEWS, ImageProcessor, TextTokenizer
+
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
+
+
+def create_backend(manifest: Manifest, bundle_dir: Path, backend: str, device: str, **options: object) -> Backend:
+    """Instantiate a backend by name (``auto``: tensorrt when its engines and ``tensorrt`` are present)."""
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown backend {backend!r}; available: {list(BACKENDS)}")
+    if backend == "auto":
+        from runtime.backends import tensorrt_available
+
+        backend = "tensorrt" if device == "cuda" and tensorrt_available(bundle_dir) else "onnxruntime"
+    if backend == "onnxruntime":
+        from runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(manifest, bundle_dir, device=device, **options)  # type: ignore[arg-type]
+    if backend == "torch":
+        from runtime.backends.torch_backend import TorchBackend
+
+        return TorchBackend(manifest, bundle_dir, device=device, **options)  # type: ignore[arg-type]
+    raise BackendError("the tensorrt backend is not implemented in this version; use onnxruntime (see README, "
+                       "'Verified where')")
+
+
+class Policy:
+    """Observation → action chunk for one bundle. Not thread-safe: one chunk at a time."""
+
+    def __init__(self, manifest: Manifest, bundle_dir: Path, backend: Backend) -> None:
+        self.manifest = manifest
+        self.bundle_dir = bundle_dir
+        self.backend = backend
+        inputs = manifest.inputs
+        self.views = int(inputs["views"])
+        self.images = ImageProcessor.from_dir(bundle_dir)
+        if self.images.output_size != (inputs["image_size"], inputs["image_size"]):
+            raise BundleError(f"{bundle_dir}/preprocessor_config.json gives {self.images.output_size} images; "
+                              f"the manifest says {inputs['image_size']}")
+        self.tokenizer = TextTokenizer(bundle_dir, int(inputs["token_length"]))
+        self._instruction: str | None = None
+        self._ids: np.ndarray | None = None
+        action = manifest.action
+        self.chunk_shape = (1, int(action["chunk_length"]), int(action["dim"]))
+        self._rng = np.random.default_rng()
+        self._executor: ThreadPoolExecutor | None = None
+
+    @classmethod
+    def load(cls, bundle_dir: str | Path, backend: str = "auto", device: str = "cpu", *, verify: bool = True,
+             **options: object) -> Policy:
+        """Load a bundle; ``verify`` checks every file's sha256 against the manifest first."""
+        bundle_dir = Path(bundle_dir)
+        manifest = Manifest.load(bundle_dir)
+        if verify:
+            manifest.verify_files(bundle_dir)
+        return cls(manifest, bundle_dir, create_backend(manifest, bundle_dir, backend, device, **options))
+
+    # ----------------------------------------------------------------------------------------------
+    def token_ids(self, instruction: str) -> np.ndarray:
+        if instruction != self._instruction:
+            self._ids = self.tokenizer(instruction)[None]
+            self._instruction = instruction
+        return self._ids  # type: ignore[return-value]
+
+    def preprocess(self, obs: Observation) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(pixel_values, image_mask, input_ids, proprio, x1) for the backend, after checking ``obs``."""
+        images = list(obs.images)
+        if len(images) > NUM_VIEWS:
+            raise InputError(f"observation.images: at most {NUM_VIEWS} views, got {len(images)}")
+        extra = [i for i, img in enumerate(images) if i >= self.views and img is not None]
+        if extra:
+            raise InputError(f"observation.images[{extra[0]}]: this bundle was exported for {self.views} view(s); "
+                             f"views {self.views}..{NUM_VIEWS - 1} must be None")
+        pixels, mask = self.images(images)
+        proprio = np.asarray(obs.proprio, dtype=np.float32)
+        dim = int(self.manifest.inputs["proprio_dim"])
+        if proprio.shape != (dim,):
+            raise InputError(f"observation.proprio: expected {dim} values, got shape {proprio.shape}")
+        if not np.isfinite(proprio).all():
+            raise InputError("observation.proprio: contains NaN or Inf")
+        if obs.noise is None:
+            x1 = self._rng.standard_normal(self.chunk_shape, dtype=np.float32)
+        else:
+            x1 = np.asarray(obs.noise, dtype=np.float32)
+            if x1.shape not in (self.chunk_shape, self.chunk_shape[1:]):
+                raise InputError(f"observation.noise: expected shape {self.chunk_shape[1:]}, got {x1.shape}")
+            x1 = x1.reshape(self.chunk_shape)
+        return (pixels[None, : self.views], mask[None, : self.views], self.token_ids(obs.instruction),
+                proprio[None], x1)
+
+    def act(self, obs: Observation, *, steps: int | None = None) -> ActionChunk:
+        """One action chunk for ``obs`` (``steps`` defaults to the manifest's)."""
+        steps = self.manifest.default_steps if steps is None else int(steps)
+        if steps < 1:
+            raise InputError(f"steps must be >= 1; got {steps}")
+        t0 = time.perf_counter()
+        pixels, mask, ids, proprio, x1 = self.preprocess(obs)
+        t1 = time.perf_counter()
+        self.backend.encode(pixels, mask, ids)
+        t2 = time.perf_counter()
+        actions = np.array(self.backend.denoise(x1, proprio, steps)[0])
+        t3 = time.perf_counter()
+        action = self.manifest.action
+        return ActionChunk(
+            actions=actions,
+            timestamps=chunk_timestamps(obs.timestamp, float(action["chunk_seconds"]), actions.shape[0]),
+            arms=decode_arms(actions, action), observation_timestamp=obs.timestamp,
+            timings={"preprocess_s": t1 - t0, "encode_s": t2 - t1, "denoise_s": t3 - t2, "total_s": t3 - t0},
+        )
+
+    def act_async(self, obs: Observation, *, steps: int | None = None) -> Future[ActionChunk]:
+        """Start :meth:`act` on a worker thread (the backends release the GIL while they compute)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xvla-policy")
+        return self._executor.submit(self.act, obs, steps=steps)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        self.backend.close()
+
+    def __enter__(self) -> Policy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

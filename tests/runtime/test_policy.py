@@ -1,0 +1,185 @@
+"""Policy over ONNX Runtime (and the torch reference backend) against the PyTorch model, on CPU."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from calibration.metrics import ChunkErrors, Tolerance, accumulate
+from runtime.backends.base import BackendError
+from runtime.manifest import BundleError
+from runtime.policy import Policy
+from runtime.types import Observation
+from xvla import load_checkpoint, write_random_checkpoint
+from xvla.cli import main
+from xvla.errors import InputError
+from xvla.preprocessing import ImageProcessor, TextTokenizer
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    work = tmp_path_factory.mktemp("runtime")
+    ckpt = write_random_checkpoint(work / "ckpt", "tiny", seed=21)
+    for name, args in {"fp32": ["--views", "3"], "fp16": ["--views", "2", "--precision", "fp16"]}.items():
+        assert main(["export", str(ckpt), "--domain-id", "6", "--out", str(work / name), *args]) == 0
+    return work, ckpt, load_checkpoint(ckpt)
+
+
+def obs(seed=0, views=3, shape=(33, 257, 3), missing=(), instruction="wipe the table with the sponge"):
+    rng = np.random.default_rng(seed)
+    images = [None if v in missing else rng.integers(0, 256, shape, dtype=np.uint8) for v in range(views)]
+    return Observation(images=images, instruction=instruction, proprio=rng.normal(0, 0.2, 20).astype(np.float32),
+                       timestamp=100.0, noise=rng.standard_normal((30, 20)).astype(np.float32))
+
+
+def reference(ckpt, model, o: Observation, domain=6, steps=10) -> np.ndarray:
+    pixels, mask = ImageProcessor.from_dir(ckpt)(o.images)
+    ids = TextTokenizer(ckpt)(o.instruction)
+    return model.generate_actions(torch.from_numpy(ids)[None], torch.from_numpy(pixels)[None],
+                                  torch.from_numpy(mask)[None], torch.tensor([domain]),
+                                  torch.from_numpy(o.proprio)[None], steps=steps,
+                                  noise=torch.from_numpy(o.noise)[None])[0].numpy()
+
+
+@pytest.mark.parametrize("case", [dict(), dict(missing=(1,)), dict(missing=(0, 2)), dict(shape=(480, 640, 3)),
+                                  dict(shape=(64, 64, 3), seed=4)])
+def test_onnxruntime_fp32_matches_the_model(setup, case) -> None:
+    work, ckpt, model = setup
+    o = obs(**case)
+    with Policy.load(work / "fp32") as policy:
+        chunk = policy.act(o)
+    np.testing.assert_allclose(chunk.actions, reference(ckpt, model, o), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_step_count_is_honoured(setup, steps) -> None:
+    work, ckpt, model = setup
+    o = obs(seed=2)
+    with Policy.load(work / "fp32") as policy:
+        np.testing.assert_allclose(policy.act(o, steps=steps).actions, reference(ckpt, model, o, steps=steps), atol=1e-5)
+
+
+def test_onnxruntime_fp16_within_the_recorded_tolerance(setup) -> None:
+    work, ckpt, model = setup
+    policy = Policy.load(work / "fp16")
+    tol = Tolerance(**policy.manifest.raw["parity"]["tolerance"])
+    errors = ChunkErrors()
+    for seed in range(3):
+        o = obs(seed=seed, views=2)
+        accumulate(errors, reference(ckpt, model, o)[None], policy.act(o).actions[None], "ee6d")
+    assert not errors.failures(tol), errors.summary()
+    assert errors.max_abs > 1e-6  # it really is fp16
+
+
+def test_torch_backend_matches_onnxruntime(setup) -> None:
+    work, _, _ = setup
+    o = obs(seed=7, missing=(2,))
+    a = Policy.load(work / "fp32", backend="onnxruntime").act(o).actions
+    b = Policy.load(work / "fp32", backend="torch").act(o).actions
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_chunk_timestamps_and_decoded_poses(setup) -> None:
+    from scipy.spatial.transform import Rotation
+
+    from xvla.rotations import rot6d_to_matrix
+
+    work, _, _ = setup
+    policy = Policy.load(work / "fp32")
+    chunk = policy.act(obs())
+    seconds = policy.manifest.action["chunk_seconds"]
+    assert seconds == 1.0  # domain 6 (RoboTwin2): 30 actions over 1 s
+    np.testing.assert_allclose(chunk.timestamps, 100.0 + np.arange(1, 31) / 30 * seconds)
+    assert len(chunk.arms) == 2  # domain 6 is bimanual
+    for arm, base in zip(chunk.arms, (0, 10)):
+        np.testing.assert_array_equal(arm.position, chunk.actions[:, base : base + 3])
+        np.testing.assert_allclose(arm.rotation, rot6d_to_matrix(chunk.actions[:, base + 3 : base + 9]), atol=1e-12)
+        np.testing.assert_allclose(Rotation.from_quat(arm.quaternion).as_matrix(), arm.rotation, atol=1e-9)
+        np.testing.assert_allclose(np.einsum("tij,tkj->tik", arm.rotation, arm.rotation), np.broadcast_to(np.eye(3), (30, 3, 3)), atol=1e-9)
+        np.testing.assert_array_equal(arm.gripper, chunk.actions[:, base + 9])
+
+
+def test_act_async_gives_the_same_chunk(setup) -> None:
+    work, _, _ = setup
+    with Policy.load(work / "fp32") as policy:
+        o = obs(seed=9)
+        np.testing.assert_array_equal(policy.act_async(o).result(timeout=60).actions, policy.act(o).actions)
+
+
+def test_instruction_tokens_are_cached(setup, monkeypatch) -> None:
+    work, _, _ = setup
+    policy = Policy.load(work / "fp32")
+    calls = []
+    real = policy.tokenizer.__call__
+    monkeypatch.setattr(type(policy.tokenizer), "__call__", lambda self, text: calls.append(text) or real(text))
+    for _ in range(3):
+        policy.act(obs(instruction="open the top drawer"), steps=1)
+    policy.act(obs(instruction="close the microwave door"), steps=1)
+    assert calls == ["open the top drawer", "close the microwave door"]
+
+
+def test_tampered_and_incomplete_bundles_are_refused(setup, tmp_path) -> None:
+    work, _, _ = setup
+    bundle = shutil.copytree(work / "fp32", tmp_path / "b")
+    data = bytearray((bundle / "denoise.onnx.data").read_bytes())
+    data[100] ^= 0xFF
+    (bundle / "denoise.onnx.data").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"denoise.onnx.data: sha256 .* does not match manifest.json"):
+        Policy.load(bundle)
+    (bundle / "denoise.onnx.data").unlink()
+    with pytest.raises(BundleError, match="denoise.onnx.data: listed in manifest.json but missing"):
+        Policy.load(bundle)
+    man = json.loads((bundle / "manifest.json").read_text())
+    man["schema_version"] = 99
+    (bundle / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(BundleError, match="schema_version is 99; this runtime reads 1"):
+        Policy.load(bundle)
+    with pytest.raises(BundleError, match="not found"):
+        Policy.load(tmp_path / "nothing")
+
+
+def test_bad_observations_are_named(setup) -> None:
+    work, _, _ = setup
+    policy = Policy.load(work / "fp16")  # exported for 2 views
+    good = obs(views=2)
+    cases = [
+        (dict(proprio=np.zeros(7, np.float32)), r"observation.proprio: expected 20 values, got shape \(7,\)"),
+        (dict(proprio=np.full(20, np.nan, np.float32)), "NaN or Inf"),
+        (dict(noise=np.zeros((30, 14), np.float32)), r"observation.noise: expected shape \(30, 20\)"),
+        (dict(images=[np.zeros((8, 8), np.uint8)]), r"images\[0\]: expected shape \(H, W, 3\)"),
+        (dict(images=[np.zeros((8, 8, 3), np.float64)]), r"images\[0\]: expected dtype uint8"),
+        (dict(images=[None, None, np.zeros((8, 8, 3), np.uint8)]), r"images\[2\]: this bundle was exported for 2 view"),
+    ]
+    for change, message in cases:
+        bad = Observation(**{**good.__dict__, **change})
+        with pytest.raises(InputError, match=message):
+            policy.act(bad)
+    with pytest.raises(InputError, match="steps must be >= 1"):
+        policy.act(good, steps=0)
+
+
+def test_requested_provider_must_be_the_one_in_use(setup) -> None:
+    import onnxruntime as ort
+
+    work, _, _ = setup
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA; the CPU-only refusal cannot be shown here")
+    with pytest.raises(BackendError, match=r"no CUDAExecutionProvider in this install \(available: \["):
+        Policy.load(work / "fp32", backend="onnxruntime", device="cuda")
+    with pytest.raises(BackendError, match="unknown backend 'openvino'"):
+        Policy.load(work / "fp32", backend="openvino")
+
+
+def test_runtime_does_not_import_torch_or_export() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, runtime.policy, runtime.backends.onnxruntime, runtime.decode; "
+            "bad = [m for m in ('torch', 'export', 'transformers') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[2])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
