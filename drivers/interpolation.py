@@ -1,0 +1,171 @@
+"""Sample a :class:`~drivers.trajectory.Trajectory` at any time, for streaming at the control rate.
+
+Position (EE xyz, or joint positions) uses a cubic Hermite spline whose knot slopes are the monotone
+PCHIP slopes (Fritsch-Carlson, as in ``scipy.interpolate.PchipInterpolator``), with two changes:
+
+- the slope at the last waypoint is 0, so a trajectory that runs out comes to rest on its last
+  waypoint instead of stopping with a velocity step;
+- the slope at the first waypoint is the trajectory's ``initial_velocity`` when it has one (a spliced
+  trajectory continuing a motion), limited per axis to the monotone range ``[0, 3 * secant]``.
+
+Why PCHIP and not a C2 cubic spline or linear segments: it is C1 (no velocity steps at waypoints, unlike
+linear), and with every slope in the Fritsch-Carlson range each segment is monotone per axis, so the
+path never overshoots: it stays, axis by axis, between the two waypoints of each segment, hence inside
+the waypoints' bounding box and the workspace that contains them. A C2 spline rings past the data when a
+chunk stops or turns, which is motion the model never asked for. Slopes are local (three waypoints), so
+one noisy waypoint does not move the whole chunk.
+
+Rotation uses slerp between consecutive waypoints (:func:`drivers.quaternion.slerp`, checked against
+``scipy.spatial.transform.Slerp`` in the tests): constant angular velocity per segment on the shortest arc.
+It is C0 in angular velocity (a step at each waypoint), which the safety envelope's angular acceleration
+limit bounds.
+
+Gripper values are not interpolated: the value of the latest waypoint at or before ``t`` applies (zero-
+order hold), and :class:`GripperPolicy` turns it into a command, by default open/closed with hysteresis.
+Before the first waypoint and after the last, every field holds its end value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional, Tuple
+
+import numpy as np
+from scipy.interpolate import PchipInterpolator
+
+from drivers import quaternion
+from drivers.arm import ArmConfigError, Target
+from drivers.trajectory import Trajectory
+
+
+def monotone_slopes(times: np.ndarray, values: np.ndarray, initial: Optional[np.ndarray] = None) -> np.ndarray:
+    """Knot slopes [N, D] for a monotone, overshoot-free C1 Hermite cubic (see the module docstring)."""
+    with np.errstate(divide="ignore", over="ignore"):  # near-flat segments: scipy's harmonic mean gives 0
+        slopes = PchipInterpolator(times, values, axis=0).derivative()(times)
+    slopes[-1] = 0.0
+    if initial is not None:
+        secant = (values[1] - values[0]) / (times[1] - times[0])
+        # Same sign as the secant (else 0) and at most 3x its size: the first segment stays monotone.
+        limited = np.sign(secant) * np.minimum(np.abs(initial), 3 * np.abs(secant))
+        slopes[0] = np.where(initial * secant > 0, limited, 0.0)
+    return slopes
+
+
+class TrajectorySampler:
+    """Evaluates one trajectory. Build once per trajectory (computes knot slopes), then :meth:`sample`.
+
+    Evaluation is plain numpy on the two knots around ``t`` (a few microseconds), so it fits a 500 Hz tick.
+    """
+
+    def __init__(self, trajectory: Trajectory) -> None:
+        traj = trajectory
+        self.trajectory = traj
+        self._t = traj.times
+        values = traj.joints if traj.space == "joint" else traj.position.reshape(traj.n_waypoints, -1)
+        self._shape = values.shape[1:] if traj.space == "joint" else (traj.n_arms, 3)
+        self._y = values
+        self._d = np.zeros_like(values)
+        if traj.n_waypoints >= 2:
+            initial = None if traj.initial_velocity is None else traj.initial_velocity.reshape(-1)
+            self._d = monotone_slopes(self._t, values, initial)
+
+    def _segment(self, t: float) -> Tuple[int, float, float]:
+        """Index ``k`` of the segment holding ``t`` (clamped to the span), its length and the fraction in it."""
+        times = self._t
+        if self.trajectory.n_waypoints < 2:
+            return 0, 1.0, 0.0
+        tc = min(max(float(t), times[0]), times[-1])
+        k = min(int(np.searchsorted(times, tc, side="right")) - 1, times.shape[0] - 2)
+        h = times[k + 1] - times[k]
+        return k, h, (tc - times[k]) / h
+
+    def position(self, t: float) -> np.ndarray:
+        """Interpolated EE position [A, 3] or joint positions [J] at ``t`` (cubic Hermite)."""
+        k, h, s = self._segment(t)
+        if self.trajectory.n_waypoints < 2:
+            return self._y[0].reshape(self._shape).copy()
+        s2, s3 = s * s, s * s * s
+        y = (
+            (2 * s3 - 3 * s2 + 1) * self._y[k]
+            + (s3 - 2 * s2 + s) * h * self._d[k]
+            + (-2 * s3 + 3 * s2) * self._y[k + 1]
+            + (s3 - s2) * h * self._d[k + 1]
+        )
+        return y.reshape(self._shape)
+
+    def velocity(self, t: float) -> np.ndarray:
+        """Position derivative at ``t`` (zero outside the trajectory's time span)."""
+        if self.trajectory.n_waypoints < 2 or not self.trajectory.covers(t):
+            return np.zeros(self._shape)
+        k, h, s = self._segment(t)
+        s2 = s * s
+        v = (
+            (6 * s2 - 6 * s) * (self._y[k] - self._y[k + 1]) / h
+            + (3 * s2 - 4 * s + 1) * self._d[k]
+            + (3 * s2 - 2 * s) * self._d[k + 1]
+        )
+        return v.reshape(self._shape)
+
+    def quaternion(self, t: float) -> np.ndarray:
+        """Slerped quaternions [A, 4] (x, y, z, w) at ``t`` (EE trajectories only)."""
+        quats = self.trajectory.quaternion
+        k, _, s = self._segment(t)
+        if self.trajectory.n_waypoints < 2:
+            return quats[0].copy()
+        return quaternion.slerp(quats[k], quats[k + 1], s)
+
+    def gripper(self, t: float) -> np.ndarray:
+        """Raw gripper [A] of the latest waypoint at or before ``t`` (the first one before the start)."""
+        k = max(int(np.searchsorted(self._t, t, side="right")) - 1, 0)
+        return self.trajectory.gripper[k].copy()
+
+    def sample(self, t: float) -> Target:
+        """The raw (pre-gripper-policy, pre-safety) target at ``t``."""
+        if self.trajectory.space == "ee":
+            return Target.ee(self.position(t), self.quaternion(t), self.gripper(t))
+        return Target.joint(self.position(t), self.gripper(t))
+
+
+@dataclass(frozen=True)
+class GripperPolicy:
+    """How a raw gripper value (0 closed ... 1 open) becomes a command.
+
+    ``"binary"``: open (``open_value``) / closed (``closed_value``) with hysteresis: a closed gripper opens
+    when the raw value rises above ``open_above``; an open one closes when it falls below ``close_below``.
+    X-VLA's gripper output is a probability thresholded at 0.5, so the band around 0.5 keeps a value that
+    hovers there from chattering. ``"continuous"``: the raw value passes through (the safety envelope
+    still limits its rate).
+    """
+
+    mode: Literal["binary", "continuous"] = "binary"
+    close_below: float = 0.4
+    open_above: float = 0.6
+    closed_value: float = 0.0
+    open_value: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("binary", "continuous"):
+            raise ArmConfigError(f"GripperPolicy.mode: expected 'binary' or 'continuous', got {self.mode!r}")
+        if not 0.0 <= self.close_below <= self.open_above <= 1.0:
+            raise ArmConfigError(
+                f"GripperPolicy: need 0 <= close_below ({self.close_below}) <= open_above ({self.open_above}) <= 1"
+            )
+        if not 0.0 <= self.closed_value < self.open_value <= 1.0:
+            raise ArmConfigError(
+                f"GripperPolicy: need 0 <= closed_value ({self.closed_value}) < open_value ({self.open_value}) <= 1"
+            )
+
+
+class GripperLatch:
+    """Applies a :class:`GripperPolicy` sample by sample, remembering each arm's open/closed state."""
+
+    def __init__(self, policy: GripperPolicy, current: np.ndarray) -> None:
+        self.policy = policy
+        self._open = np.asarray(current, dtype=np.float64) > 0.5 * (policy.closed_value + policy.open_value)
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        p = self.policy
+        if p.mode == "continuous":
+            return np.asarray(raw, dtype=np.float64).copy()
+        self._open = np.where(self._open, raw >= p.close_below, raw > p.open_above)
+        return np.where(self._open, p.open_value, p.closed_value)

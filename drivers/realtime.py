@@ -1,0 +1,135 @@
+"""Pacing for the control-loop process: absolute-deadline sleep, real-time priority, period statistics.
+
+Why sleep and never spin: on a stock (non-PREEMPT_RT) kernel a SCHED_FIFO task that spins is throttled by
+``sched_rt_runtime_us`` (by default it loses the CPU for ~50 ms every second), far worse than any sleep
+jitter; a spinning SCHED_OTHER task also steals the core from inference. So each tick sleeps to an
+absolute deadline.
+
+Why ``clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME)`` (through ctypes) when libc has it: the deadline
+is absolute, so a preemption between reading the clock and going to sleep does not push the wake-up
+later, and deadlines never drift because each one is the previous one plus the period. ``time.monotonic``
+reads the same clock on Linux. Elsewhere, ``time.sleep(deadline - now)`` is the fallback (same deadline
+arithmetic, one extra race).
+
+SCHED_FIFO (``os.sched_setscheduler``) needs CAP_SYS_NICE or an RLIMIT_RTPRIO grant (systemd
+``LimitRTPRIO=``); without it the loop runs as SCHED_OTHER with the timer slack lowered to 1 ns
+(``prctl(PR_SET_TIMERSLACK)``; FIFO tasks have zero slack anyway).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import time
+from typing import Callable, Dict, Optional
+
+import numpy as np
+
+_CLOCK_MONOTONIC = 1
+_TIMER_ABSTIME = 1
+_PR_SET_TIMERSLACK = 29
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def _load_libc() -> Optional[ctypes.CDLL]:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(name, use_errno=True)
+        libc.clock_nanosleep.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(_Timespec), ctypes.c_void_p]
+        libc.clock_nanosleep.restype = ctypes.c_int
+        libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+        libc.prctl.restype = ctypes.c_int
+    except (OSError, AttributeError):  # no libc, or it lacks these functions (not Linux)
+        return None
+    return libc
+
+
+_LIBC = _load_libc()
+
+
+def _sleep_fallback(deadline: float) -> None:
+    remaining = deadline - time.monotonic()
+    if remaining > 0:
+        time.sleep(remaining)
+
+
+def _sleep_abstime(deadline: float) -> None:
+    sec = int(deadline)
+    ts = _Timespec(sec, int((deadline - sec) * 1e9))
+    while _LIBC.clock_nanosleep(_CLOCK_MONOTONIC, _TIMER_ABSTIME, ctypes.byref(ts), None) == errno.EINTR:
+        pass
+
+
+#: Sleep until ``time.monotonic()`` reaches the given deadline (returns at once if it has passed).
+sleep_until: Callable[[float], None] = _sleep_fallback if _LIBC is None else _sleep_abstime
+
+
+def enable_realtime(priority: int, cpu: Optional[int] = None) -> str:
+    """Best-effort real-time set-up of the calling process; returns a description of what it got.
+
+    ``priority`` 1-99 asks for SCHED_FIFO at that priority (0 = do not ask); ``cpu`` pins the process.
+    """
+    notes = []
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+        notes.append(f"cpu {cpu}")
+    if priority > 0 and hasattr(os, "SCHED_FIFO"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+            return ", ".join([f"SCHED_FIFO {priority}"] + notes)
+        except PermissionError:
+            notes.append("SCHED_FIFO not permitted")
+    if _LIBC is not None and _LIBC.prctl(_PR_SET_TIMERSLACK, 1, 0, 0, 0) == 0:
+        notes.append("timer slack 1 ns")
+    return ", ".join(["SCHED_OTHER"] + notes)
+
+
+class PeriodStats:
+    """Per-tick timing over a sliding window, plus totals.
+
+    ``period error`` is the wake-up time minus the tick's absolute deadline (>= 0: late). ``busy`` is the
+    time from wake-up to the end of the tick's work. An **overrun** is a tick whose work ended after the
+    next deadline; the deadlines it passed are **missed** and skipped, not caught up in a burst.
+    """
+
+    def __init__(self, window: int) -> None:
+        self._error = np.zeros(window)
+        self._busy = np.zeros(window)
+        self.ticks = 0
+        self.overruns = 0
+        self.missed = 0
+        self.max_error = 0.0
+
+    def record(self, error: float, busy: float, missed: int) -> None:
+        i = self.ticks % self._error.shape[0]
+        self._error[i], self._busy[i] = error, busy
+        self.ticks += 1
+        self.max_error = max(self.max_error, error)
+        if missed:
+            self.overruns += 1
+            self.missed += missed
+
+    def summary(self) -> Dict[str, float]:
+        """Percentiles over the window (seconds), all-time max error and the counters."""
+        n = min(self.ticks, self._error.shape[0])
+        err, busy = (self._error[:n], self._busy[:n]) if n else (np.zeros(1), np.zeros(1))
+        return {
+            "ticks": self.ticks,
+            "window": n,
+            "period_error_p50": float(np.percentile(err, 50)),
+            "period_error_p99": float(np.percentile(err, 99)),
+            "period_error_max": float(err.max()),
+            "period_error_max_all": self.max_error,
+            "busy_p50": float(np.percentile(busy, 50)),
+            "busy_p99": float(np.percentile(busy, 99)),
+            "busy_max": float(busy.max()),
+            "overruns": self.overruns,
+            "missed_deadlines": self.missed,
+        }

@@ -1,0 +1,320 @@
+"""The safety envelope: the one function every command passes before it reaches an arm.
+
+:func:`enforce` is pure: given the wanted target, the previous safe command (with its velocity) and the
+time step, it returns the command to send, the new envelope state and what it changed. Nothing here talks
+to an arm or keeps counters; :class:`InterventionCounter` tallies results for reporting.
+
+A target is **rejected** (the arm holds the previous safe command, velocity reset to zero) when it has
+the wrong space, arm count or joint count (``"shape"``), any non-finite value (``"nonfinite"``), or a
+value no limit can repair: a quaternion norm outside 0.9 ... 1.1 or a gripper outside 0 ... 1
+(``"range"``). Otherwise it is **clipped**, in this order (each kind reported once per call):
+
+EE targets, per arm:
+  1. position into the workspace box (``"workspace"``);
+  2. step length to ``max_linear_speed * dt``, direction kept (``"linear_speed"``);
+  3. change of velocity to ``max_linear_accel * dt`` (``"linear_accel"``);
+  4. position into the workspace box again, since step 3 may carry the arm past a wall: the workspace wins
+     over the acceleration limit. If the previous command was outside the box (an arm that starts outside
+     it), an axis may stay outside, but never further out than before, so the arm is walked back in at the
+     speed limit instead of jumping;
+  5. rotation step angle to ``max_angular_speed * dt`` (``"angular_speed"``), then change of angular
+     velocity to ``max_angular_accel * dt`` (``"angular_accel"``), both on the world-frame rotation vector;
+  6. gripper change to ``max_gripper_rate * dt`` (``"gripper_rate"``).
+
+Joint targets:
+  1. each joint into ``[lower, upper]`` (``"joint_limit"``);
+  2. step scaled uniformly (direction in joint space kept) so every joint is within its ``max_velocity``
+     (``"joint_speed"``);
+  3. change of velocity scaled uniformly to ``max_joint_accel * dt`` per joint (``"joint_accel"``);
+  4. into ``[lower, upper]`` again (same rule as EE step 4);
+  5. gripper rate as above.
+
+Speeds and accelerations are finite differences over ``dt``: velocity = (new - previous) / dt. Because
+the acceleration steps only move the velocity toward the speed-limited one, the speed limit still holds
+after them. A stop (reject or hold) is always allowed, whatever the acceleration limit.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, fields, replace
+from functools import cached_property
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+from drivers import quaternion
+from drivers.arm import ArmCapabilities, ArmConfigError, Box, JointLimit, Target
+
+REJECT_KINDS = ("shape", "nonfinite", "range")
+CLIP_KINDS = (
+    "workspace",
+    "linear_speed",
+    "linear_accel",
+    "angular_speed",
+    "angular_accel",
+    "gripper_rate",
+    "joint_limit",
+    "joint_speed",
+    "joint_accel",
+)
+_QUAT_NORM_RANGE = (0.9, 1.1)
+_EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class SafetyLimits:
+    """Limits for one controller. Rates are per second; every limit must be finite and > 0.
+
+    ``workspaces`` (one :class:`~drivers.arm.Box` per arm) and ``joint_limits`` (one
+    :class:`~drivers.arm.JointLimit` per joint) may be left empty here and come from the controller:
+    :meth:`for_arm` merges both sources, keeping the tighter value of each.
+    """
+
+    max_linear_speed: float = 0.5  # m/s
+    max_angular_speed: float = 1.5  # rad/s
+    max_linear_accel: float = 5.0  # m/s^2
+    max_angular_accel: float = 30.0  # rad/s^2
+    max_gripper_rate: float = 2.0  # full range per second
+    max_joint_accel: float = 20.0  # rad/s^2 (or m/s^2), every joint
+    workspaces: Tuple[Box, ...] = ()
+    joint_limits: Tuple[JointLimit, ...] = ()
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name.startswith("max_") and not (np.isfinite(value) and value > 0):
+                raise ArmConfigError(f"SafetyLimits.{f.name} must be finite and > 0, got {value!r}")
+        object.__setattr__(self, "workspaces", tuple(self.workspaces))
+        object.__setattr__(self, "joint_limits", tuple(self.joint_limits))
+
+    def for_arm(self, caps: ArmCapabilities) -> "SafetyLimits":
+        """These limits intersected with what the controller reports; checks they fit ``caps``.
+
+        EE controllers need a workspace box per arm from either source; joint controllers need joint limits
+        (they always report them). An empty intersection is an error.
+        """
+        boxes = _merge_boxes(self.workspaces, caps.workspaces, caps.n_arms)
+        joints = _merge_joints(self.joint_limits, caps.joint_limits)
+        if caps.space == "ee" and not boxes:
+            raise ArmConfigError("SafetyLimits: an EE arm needs a workspace box per arm (config or controller)")
+        if caps.space == "joint" and len(joints) != caps.n_joints:
+            raise ArmConfigError(f"SafetyLimits.joint_limits: expected {caps.n_joints} joints, got {len(joints)}")
+        return replace(self, workspaces=boxes, joint_limits=joints)
+
+    @cached_property
+    def box_arrays(self) -> Tuple[np.ndarray, np.ndarray]:
+        """Workspace lower and upper corners as [A, 3] arrays."""
+        return np.array([b.lower for b in self.workspaces]), np.array([b.upper for b in self.workspaces])
+
+    @cached_property
+    def joint_arrays(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Joint lower limits, upper limits and velocity limits as [J] arrays."""
+        limits = self.joint_limits
+        return (np.array([j.lower for j in limits]), np.array([j.upper for j in limits]),
+                np.array([j.max_velocity for j in limits]))
+
+
+def _merge_boxes(mine: Tuple[Box, ...], theirs: Tuple[Box, ...], n_arms: int) -> Tuple[Box, ...]:
+    for name, boxes in (("SafetyLimits.workspaces", mine), ("controller workspaces", theirs)):
+        if boxes and len(boxes) != n_arms:
+            raise ArmConfigError(f"{name}: expected {n_arms} boxes (one per arm), got {len(boxes)}")
+    if not (mine and theirs):
+        return mine or theirs
+    merged = []
+    for arm, (a, b) in enumerate(zip(mine, theirs)):
+        lo, hi = np.maximum(a.lower, b.lower), np.minimum(a.upper, b.upper)
+        if (lo >= hi).any():
+            raise ArmConfigError(f"workspace of arm {arm}: config {a} and controller {b} do not overlap")
+        merged.append(Box(tuple(lo), tuple(hi)))
+    return tuple(merged)
+
+
+def _merge_joints(mine: Tuple[JointLimit, ...], theirs: Tuple[JointLimit, ...]) -> Tuple[JointLimit, ...]:
+    if not (mine and theirs):
+        return mine or theirs
+    if len(mine) != len(theirs):
+        raise ArmConfigError(f"SafetyLimits.joint_limits: controller has {len(theirs)} joints, config {len(mine)}")
+    merged = []
+    for j, (a, b) in enumerate(zip(mine, theirs)):
+        lo, hi = max(a.lower, b.lower), min(a.upper, b.upper)
+        if lo >= hi:
+            raise ArmConfigError(f"joint {j}: config range {a.lower}..{a.upper} and controller range "
+                                 f"{b.lower}..{b.upper} do not overlap")
+        merged.append(JointLimit(lo, hi, min(a.max_velocity, b.max_velocity)))
+    return tuple(merged)
+
+
+@dataclass(frozen=True)
+class EnvelopeState:
+    """The last safe command and its finite-difference velocities (zero after a stop).
+
+    ``velocity`` is [A, 3] m/s (EE) or [J] (joint); ``angular_velocity`` is [A, 3] rad/s (EE only).
+    """
+
+    target: Target
+    velocity: np.ndarray
+    angular_velocity: np.ndarray
+
+    @classmethod
+    def at_rest(cls, target: Target) -> "EnvelopeState":
+        if target.space == "ee":
+            zero = np.zeros((target.n_arms, 3))
+            return cls(target, zero, zero.copy())
+        return cls(target, np.zeros(target.joints.shape), np.zeros((0, 3)))
+
+
+@dataclass(frozen=True)
+class SafetyResult:
+    """What :func:`enforce` decided: send ``target``; carry ``state`` to the next call."""
+
+    target: Target
+    state: EnvelopeState
+    clipped: Tuple[str, ...] = ()
+    rejected: Optional[str] = None
+
+
+def enforce(wanted: Target, state: EnvelopeState, *, dt: float, limits: SafetyLimits) -> SafetyResult:
+    """The safe command for ``wanted`` one step of ``dt`` seconds after ``state`` (see the module docstring).
+
+    ``limits`` must already fit the arm (:meth:`SafetyLimits.for_arm`). Never raises on bad ``wanted``
+    values; raises ``ArmConfigError`` only for a non-positive ``dt``.
+    """
+    if not (np.isfinite(dt) and dt > 0):
+        raise ArmConfigError(f"enforce: dt must be finite and > 0 s, got {dt!r}")
+    with np.errstate(over="ignore", invalid="ignore"):  # huge inputs are rejected or clipped, not warned about
+        return _enforce(wanted, state, dt, limits)
+
+
+def _enforce(wanted: Target, state: EnvelopeState, dt: float, limits: SafetyLimits) -> SafetyResult:
+    reason = _rejection(wanted, state.target, limits)
+    if reason is not None:
+        return SafetyResult(state.target, EnvelopeState.at_rest(state.target), rejected=reason)
+    clipped: list = []
+    if wanted.space == "ee":
+        pos, vel = _clip_position(wanted.position, state, dt, limits, clipped)
+        quat, omega = _clip_rotation(wanted.quaternion, state, dt, limits, clipped)
+        grip = _clip_gripper(wanted.gripper, state.target.gripper, dt, limits, clipped)
+        target = Target.ee(pos, quat, grip)
+        return SafetyResult(target, EnvelopeState(target, vel, omega), tuple(clipped))
+    joints, vel = _clip_joints(wanted.joints, state, dt, limits, clipped)
+    grip = _clip_gripper(wanted.gripper, state.target.gripper, dt, limits, clipped)
+    target = Target.joint(joints, grip)
+    return SafetyResult(target, EnvelopeState(target, vel, state.angular_velocity), tuple(clipped))
+
+
+def _rejection(wanted: Target, previous: Target, limits: SafetyLimits) -> Optional[str]:
+    if wanted.space != previous.space or wanted.n_arms != previous.n_arms:
+        return "shape"
+    if wanted.space == "joint" and wanted.joints.shape != (len(limits.joint_limits),):
+        return "shape"
+    values = wanted.to_vector()
+    if not np.isfinite(values).all():
+        return "nonfinite"
+    if ((wanted.gripper < 0) | (wanted.gripper > 1)).any():
+        return "range"
+    if wanted.space == "ee":
+        norm = np.linalg.norm(wanted.quaternion, axis=1)
+        if ((norm < _QUAT_NORM_RANGE[0]) | (norm > _QUAT_NORM_RANGE[1])).any():
+            return "range"
+    return None
+
+
+def _scale_to(step: np.ndarray, limit: float) -> Tuple[np.ndarray, bool]:
+    """Rows of ``step`` [A, 3] shortened to length ``limit``; True if any was."""
+    norm = np.sqrt(np.einsum("ai,ai->a", step, step))[:, None]
+    over = norm > limit * (1 + _EPS)
+    if not over.any():
+        return step, False
+    return np.where(over, step * (limit / np.maximum(norm, _EPS)), step), True
+
+
+def _clip_box(x: np.ndarray, lower: np.ndarray, upper: np.ndarray, previous: np.ndarray) -> np.ndarray:
+    """``x`` into [lower, upper] widened to contain ``previous`` (never further out than before)."""
+    return np.clip(x, np.minimum(lower, previous), np.maximum(upper, previous))
+
+
+def _clip_position(
+    wanted: np.ndarray, state: EnvelopeState, dt: float, limits: SafetyLimits, clipped: list
+) -> Tuple[np.ndarray, np.ndarray]:
+    prev = state.target.position
+    lower, upper = limits.box_arrays
+    pos = np.clip(wanted, lower, upper)
+    box_hit = bool((pos != wanted).any())
+    step, hit = _scale_to(pos - prev, limits.max_linear_speed * dt)
+    if hit:
+        clipped.append("linear_speed")
+    dv, hit = _scale_to(step / dt - state.velocity, limits.max_linear_accel * dt)
+    if hit:
+        clipped.append("linear_accel")
+    unclipped = prev + (state.velocity + dv) * dt
+    pos = _clip_box(unclipped, lower, upper, prev)
+    if box_hit or (pos != unclipped).any():
+        clipped.insert(0, "workspace")
+    return pos, (pos - prev) / dt
+
+
+def _clip_rotation(
+    wanted: np.ndarray, state: EnvelopeState, dt: float, limits: SafetyLimits, clipped: list
+) -> Tuple[np.ndarray, np.ndarray]:
+    prev = state.target.quaternion
+    step = quaternion.step(prev, wanted)  # world frame; to_rotvec normalises
+    step, hit = _scale_to(step, limits.max_angular_speed * dt)
+    if hit:
+        clipped.append("angular_speed")
+    d_omega, hit = _scale_to(step / dt - state.angular_velocity, limits.max_angular_accel * dt)
+    if hit:
+        clipped.append("angular_accel")
+    omega = state.angular_velocity + d_omega
+    return quaternion.apply_step(omega * dt, prev), omega
+
+
+def _clip_gripper(wanted: np.ndarray, prev: np.ndarray, dt: float, limits: SafetyLimits, clipped: list) -> np.ndarray:
+    max_step = limits.max_gripper_rate * dt
+    grip = np.clip(wanted, prev - max_step, prev + max_step)
+    if (grip != wanted).any():
+        clipped.append("gripper_rate")
+    return grip
+
+
+def _clip_joints(
+    wanted: np.ndarray, state: EnvelopeState, dt: float, limits: SafetyLimits, clipped: list
+) -> Tuple[np.ndarray, np.ndarray]:
+    prev = state.target.joints
+    lower, upper, max_vel = limits.joint_arrays
+    q = np.clip(wanted, lower, upper)
+    limit_hit = bool((q != wanted).any())
+    step = q - prev
+    ratio = np.max(np.abs(step) / (max_vel * dt))
+    if ratio > 1 + _EPS:
+        step = step / ratio
+        clipped.append("joint_speed")
+    dv = step / dt - state.velocity
+    ratio = np.max(np.abs(dv)) / (limits.max_joint_accel * dt)
+    if ratio > 1 + _EPS:
+        dv = dv / ratio
+        clipped.append("joint_accel")
+    unclipped = prev + (state.velocity + dv) * dt
+    q = _clip_box(unclipped, lower, upper, prev)
+    if limit_hit or (q != unclipped).any():
+        clipped.insert(0, "joint_limit")
+    return q, (q - prev) / dt
+
+
+class InterventionCounter:
+    """Counts every rejection and clip by kind, for stats and logs."""
+
+    def __init__(self) -> None:
+        self.counts: Counter = Counter()
+        self.commands = 0
+
+    def add(self, result: SafetyResult) -> None:
+        self.commands += 1
+        if result.rejected is not None:
+            self.counts[f"rejected_{result.rejected}"] += 1
+        self.counts.update(result.clipped)
+
+    def as_dict(self) -> Dict[str, int]:
+        """``commands`` checked, then the count of every kind (``rejected_<reason>``, then each clip kind)."""
+        kinds = [f"rejected_{r}" for r in REJECT_KINDS] + list(CLIP_KINDS)
+        return {"commands": self.commands, **{k: self.counts[k] for k in kinds}}

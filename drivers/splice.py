@@ -1,0 +1,180 @@
+"""Switch from the executing trajectory to a newly arrived chunk without a jump.
+
+:func:`splice` turns a new chunk into the trajectory to execute from ``now`` on:
+
+1. **Latency.** ``latency = now - obs_timestamp`` (the chunk carries the time of the observation it was
+   predicted from). A chunk older than ``max_latency_s`` is rejected (``"too_late"``), one from the future
+   too (``"future_observation"``: clocks disagree). With ``anchor="observation"`` the chunk keeps its
+   times, so the waypoints meant for the time spent in inference fall in the past; with
+   ``anchor="arrival"`` it is shifted later by its latency, so it starts as if observed now and is executed
+   in full (X-VLA's own client works this way).
+2. **Drop the past.** Waypoints at or before ``now`` are dropped; if none are left the chunk is rejected
+   (``"stale"``) and the executing trajectory goes on.
+3. **Velocity-limited start.** The new trajectory starts at ``now`` from the last safe command (so position
+   is continuous) with the executing trajectory's velocity (see ``initial_velocity`` in
+   :mod:`drivers.interpolation`). If the first remaining waypoint is too close in time to be reached
+   within the speed limits (times ``speed_margin``, the peak-to-mean speed ratio of a rest-to-rest cubic),
+   the whole remaining chunk is delayed until it can be.
+4. **Policy.**
+   - ``"replace"``: from ``now`` on, only the new chunk counts.
+   - ``"blend"``: over ``blend_window_s`` the command moves from the executing trajectory to the new one:
+     ``(1 - a) * old(t) + a * new(t)`` for position (slerp by ``a`` for rotation; the gripper switches at
+     ``a = 0.5``), with ``a`` the smoothstep ``3s^2 - 2s^3`` of the window fraction ``s``, so the hand-over
+     itself adds no velocity step. The blend is sampled every ``blend_step_s`` into ordinary waypoints.
+     Without an executing trajectory it is the same as ``"replace"``.
+
+Whatever this produces still passes the safety envelope, which bounds speed and acceleration per tick.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import numpy as np
+
+from drivers import quaternion
+from drivers.arm import ArmConfigError, ArmError, Target
+from drivers.interpolation import TrajectorySampler
+from drivers.safety import SafetyLimits
+from drivers.trajectory import Trajectory
+
+_FUTURE_TOLERANCE_S = 1e-3
+
+
+class SpliceRejected(ArmError):
+    """A chunk was not accepted; ``reason`` is one of ``too_late``, ``future_observation``, ``stale``, ``shape``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class SplicePolicy:
+    """How new chunks take over (see the module docstring)."""
+
+    mode: Literal["replace", "blend"] = "replace"
+    blend_window_s: float = 0.2
+    blend_step_s: float = 0.01
+    anchor: Literal["observation", "arrival"] = "observation"
+    max_latency_s: float = 1.0
+    speed_margin: float = 1.5
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("replace", "blend"):
+            raise ArmConfigError(f"SplicePolicy.mode: expected 'replace' or 'blend', got {self.mode!r}")
+        if self.anchor not in ("observation", "arrival"):
+            raise ArmConfigError(f"SplicePolicy.anchor: expected 'observation' or 'arrival', got {self.anchor!r}")
+        for name in ("blend_window_s", "blend_step_s", "max_latency_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ArmConfigError(f"SplicePolicy.{name} must be finite and > 0, got {value!r}")
+        if not (math.isfinite(self.speed_margin) and self.speed_margin >= 1):
+            raise ArmConfigError(f"SplicePolicy.speed_margin must be finite and >= 1, got {self.speed_margin!r}")
+
+
+@dataclass(frozen=True)
+class SpliceResult:
+    """The trajectory to execute, starting at ``now``, and what happened to the chunk on the way."""
+
+    trajectory: Trajectory
+    latency: float  # now - obs_timestamp, s
+    dropped: int  # waypoints of the chunk that were already in the past
+    delay: float  # s the chunk was postponed so its first segment respects the speed limits
+
+
+def min_duration(start: Target, end: Target, limits: SafetyLimits) -> float:
+    """Shortest time to go from ``start`` to ``end`` without exceeding any speed limit (mean speed)."""
+    if start.space == "ee":
+        dist = float(np.max(np.linalg.norm(end.position - start.position, axis=1)))
+        angle = float(np.max(quaternion.angle_between(start.quaternion, end.quaternion)))
+        return max(dist / limits.max_linear_speed, angle / limits.max_angular_speed)
+    return float(np.max(np.abs(end.joints - start.joints) / limits.joint_arrays[2]))
+
+
+def splice(
+    new: Trajectory,
+    *,
+    now: float,
+    obs_timestamp: float,
+    command: Target,
+    current: Optional[TrajectorySampler],
+    limits: SafetyLimits,
+    policy: SplicePolicy,
+) -> SpliceResult:
+    """The trajectory that takes over at ``now`` from the last safe ``command`` (module docstring).
+
+    ``current`` samples the executing trajectory, or is ``None``. Raises :class:`SpliceRejected`.
+    """
+    arm_joints = 0 if command.joints is None else command.joints.shape[0]
+    if (new.space, new.n_arms, new.n_joints) != (command.space, command.n_arms, arm_joints):
+        raise SpliceRejected(
+            "shape",
+            f"chunk is {new.space!r} with {new.n_arms} arm(s) and {new.n_joints} joint(s); "
+            f"the arm takes {command.space!r} with {command.n_arms} arm(s) and {arm_joints} joint(s)",
+        )
+    latency = now - obs_timestamp
+    if latency < -_FUTURE_TOLERANCE_S:
+        raise SpliceRejected("future_observation", f"obs_timestamp {obs_timestamp:.6f} is {-latency:.4f} s after now")
+    if latency > policy.max_latency_s:
+        raise SpliceRejected("too_late", f"chunk latency {latency:.3f} s exceeds max_latency_s={policy.max_latency_s}")
+    if policy.anchor == "arrival":
+        new = new.shifted(max(latency, 0.0))
+    kept = new.after(now)
+    if kept is None:
+        raise SpliceRejected("stale", f"all {new.n_waypoints} waypoints are past (the last {now - new.end:.3f} s ago)")
+    dropped = new.n_waypoints - kept.n_waypoints
+    reach = now + policy.speed_margin * min_duration(command, kept.waypoint(0), limits)
+    delay = max(reach - kept.start, 0.0)
+    if delay > 0:
+        kept = kept.shifted(delay)
+    velocity = None if current is None else current.velocity(now)
+    replaced = kept.prepend(now, command, initial_velocity=velocity)
+    if policy.mode == "replace" or current is None:
+        return SpliceResult(replaced, latency, dropped, delay)
+    blended = _blend(current, TrajectorySampler(replaced), now=now, policy=policy, velocity=velocity, command=command)
+    return SpliceResult(blended, latency, dropped, delay)
+
+
+def _smoothstep(s: np.ndarray) -> np.ndarray:
+    return s * s * (3.0 - 2.0 * s)
+
+
+def _blend(
+    old: TrajectorySampler,
+    new: TrajectorySampler,
+    *,
+    now: float,
+    policy: SplicePolicy,
+    velocity: np.ndarray,
+    command: Target,
+) -> Trajectory:
+    steps = max(math.ceil(policy.blend_window_s / policy.blend_step_s), 1)
+    times = now + policy.blend_window_s * np.arange(steps + 1) / steps
+    alphas = _smoothstep(np.arange(steps + 1) / steps)
+    knots = [command] + [_mix(old.sample(t), new.sample(t), a) for t, a in zip(times[1:], alphas[1:])]
+    rest = new.trajectory.after(times[-1])
+    if rest is not None:
+        times = np.concatenate([times, rest.times])
+        knots += [rest.waypoint(k) for k in range(rest.n_waypoints)]
+    gripper = np.stack([k.gripper for k in knots])
+    if command.space == "joint":
+        return Trajectory.joint(times, np.stack([k.joints for k in knots]), gripper, initial_velocity=velocity)
+    return Trajectory.ee(
+        times,
+        np.stack([k.position for k in knots]),
+        np.stack([k.quaternion for k in knots]),
+        gripper,
+        initial_velocity=velocity,
+    )
+
+
+def _mix(old: Target, new: Target, alpha: float) -> Target:
+    """``old`` moved the fraction ``alpha`` toward ``new`` (linear, slerp for rotation, gripper switch)."""
+    gripper = new.gripper if alpha >= 0.5 else old.gripper
+    if old.space == "joint":
+        return Target.joint((1 - alpha) * old.joints + alpha * new.joints, gripper)
+    quat = quaternion.slerp(old.quaternion, new.quaternion, alpha)
+    return Target.ee((1 - alpha) * old.position + alpha * new.position, quat, gripper)

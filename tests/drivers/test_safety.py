@@ -1,0 +1,210 @@
+"""The safety envelope: each limit clips exactly as documented, bad input is rejected, counts add up."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.spatial.transform import Rotation
+
+from drivers.arm import ArmCapabilities, ArmConfigError, Box, JointLimit, Target
+from drivers.safety import EnvelopeState, InterventionCounter, SafetyLimits, enforce
+
+IDENTITY = [0.0, 0.0, 0.0, 1.0]
+BOX = Box((-0.5, -0.5, 0.0), (0.5, 0.5, 1.0))
+BIG = 1e6  # effectively no limit, to isolate the one under test
+DT = 0.01
+
+
+def loose(**kw) -> SafetyLimits:
+    base = dict(max_linear_speed=BIG, max_angular_speed=BIG, max_linear_accel=BIG, max_angular_accel=BIG,
+                max_gripper_rate=BIG, max_joint_accel=BIG, workspaces=(BOX,))
+    base.update(kw)
+    return SafetyLimits(**base)
+
+
+def ee(pos=(0.0, 0.0, 0.5), quat=IDENTITY, grip=1.0) -> Target:
+    return Target.ee([pos], [quat], [grip])
+
+
+def rest(target: Target) -> EnvelopeState:
+    return EnvelopeState.at_rest(target)
+
+
+def test_workspace_clip():
+    r = enforce(ee((0.7, -0.1, -0.2)), rest(ee()), dt=DT, limits=loose())
+    np.testing.assert_allclose(r.target.position, [[0.5, -0.1, 0.0]])
+    assert r.clipped == ("workspace",) and r.rejected is None
+
+
+def test_linear_speed_keeps_direction():
+    r = enforce(ee((0.3, 0.4, 0.5)), rest(ee()), dt=DT, limits=loose(max_linear_speed=0.5))
+    np.testing.assert_allclose(r.target.position, [[0.003, 0.004, 0.5]], atol=1e-15)
+    np.testing.assert_allclose(r.state.velocity, [[0.3, 0.4, 0.0]])
+    assert r.clipped == ("linear_speed",)
+
+
+def test_linear_accel():
+    state = EnvelopeState(ee(), np.array([[0.1, 0.0, 0.0]]), np.zeros((1, 3)))
+    r = enforce(ee((0.004, 0.0, 0.5)), state, dt=DT, limits=loose(max_linear_accel=5.0))  # wants 0.4 m/s
+    np.testing.assert_allclose(r.state.velocity, [[0.15, 0.0, 0.0]])  # 0.1 + 5 * 0.01
+    np.testing.assert_allclose(r.target.position, [[0.0015, 0.0, 0.5]])
+    assert r.clipped == ("linear_accel",)
+
+
+def test_angular_speed_and_accel():
+    wanted = Rotation.from_rotvec([0, 0, 0.5]).as_quat()
+    r = enforce(ee(quat=wanted), rest(ee()), dt=DT, limits=loose(max_angular_speed=1.5))
+    np.testing.assert_allclose(Rotation.from_quat(r.target.quaternion).as_rotvec(), [[0, 0, 0.015]], atol=1e-12)
+    assert r.clipped == ("angular_speed",)
+    r = enforce(ee(quat=wanted), rest(ee()), dt=DT, limits=loose(max_angular_accel=30.0))
+    np.testing.assert_allclose(r.state.angular_velocity, [[0, 0, 0.3]], atol=1e-12)
+    np.testing.assert_allclose(Rotation.from_quat(r.target.quaternion).as_rotvec(), [[0, 0, 0.003]], atol=1e-12)
+    assert r.clipped == ("angular_accel",)
+
+
+def test_gripper_rate():
+    r = enforce(ee(grip=0.0), rest(ee(grip=1.0)), dt=DT, limits=loose(max_gripper_rate=2.0))
+    np.testing.assert_allclose(r.target.gripper, [0.98])
+    assert r.clipped == ("gripper_rate",)
+
+
+def test_within_limits_is_untouched():
+    wanted = ee((0.0004, 0.0, 0.5), Rotation.from_rotvec([0, 0.001, 0]).as_quat(), 0.99)
+    r = enforce(wanted, rest(ee()), dt=DT, limits=SafetyLimits(workspaces=(BOX,)))
+    assert r.clipped == () and r.rejected is None
+    np.testing.assert_allclose(r.target.to_vector(), wanted.to_vector(), atol=1e-12)
+
+
+def test_previous_command_outside_box_is_walked_back_not_jumped():
+    outside = ee((0.9, 0.0, 0.5))
+    r = enforce(ee((0.9, 0.0, 0.5)), rest(outside), dt=DT, limits=loose(max_linear_speed=0.5))
+    np.testing.assert_allclose(r.target.position, [[0.895, 0.0, 0.5]])
+    assert r.clipped == ("workspace", "linear_speed")
+
+
+@pytest.mark.parametrize(
+    "wanted, reason",
+    [
+        (ee((np.nan, 0.0, 0.5)), "nonfinite"),
+        (ee(grip=np.inf), "nonfinite"),
+        (ee(quat=[0, 0, 0, np.nan]), "nonfinite"),
+        (ee(grip=1.2), "range"),
+        (ee(quat=[0, 0, 0, 0.5]), "range"),
+        (Target.ee([[0, 0, 0.5]] * 2, [IDENTITY] * 2, [1, 1]), "shape"),
+        (Target.joint([0.0], [1.0]), "shape"),
+    ],
+)
+def test_rejected_input_holds_the_previous_command(wanted, reason):
+    state = EnvelopeState(ee((0.1, 0.1, 0.5)), np.array([[0.2, 0, 0]]), np.array([[0, 0, 0.1]]))
+    r = enforce(wanted, state, dt=DT, limits=SafetyLimits(workspaces=(BOX,)))
+    assert r.rejected == reason and r.clipped == ()
+    np.testing.assert_array_equal(r.target.to_vector(), state.target.to_vector())
+    np.testing.assert_array_equal(r.state.velocity, 0.0)
+    np.testing.assert_array_equal(r.state.angular_velocity, 0.0)
+
+
+JOINTS = (JointLimit(-1.0, 1.0, 1.0), JointLimit(-2.0, 2.0, 2.0))
+
+
+def jt(q, grip=1.0) -> Target:
+    return Target.joint(q, [grip])
+
+
+def test_joint_limits_speed_and_accel():
+    lim = loose(joint_limits=JOINTS, workspaces=())
+    r = enforce(jt([1.5, -2.5]), rest(jt([0.99, -1.99])), dt=DT, limits=lim)
+    np.testing.assert_allclose(r.target.joints, [1.0, -2.0])
+    assert r.clipped == ("joint_limit",)
+    # joint 0 wants 10x its speed, joint 1 2.5x: both scaled by 10 so the direction is kept
+    r = enforce(jt([0.1, 0.05]), rest(jt([0.0, 0.0])), dt=DT, limits=lim)
+    np.testing.assert_allclose(r.target.joints, [0.01, 0.005])
+    assert r.clipped == ("joint_speed",)
+    r = enforce(jt([0.01, 0.0]), rest(jt([0.0, 0.0])), dt=DT, limits=loose(joint_limits=JOINTS, max_joint_accel=20.0))
+    np.testing.assert_allclose(r.state.velocity, [0.2, 0.0])
+    np.testing.assert_allclose(r.target.joints, [0.002, 0.0])
+    assert r.clipped == ("joint_accel",)
+    r = enforce(jt([np.nan, 0.0]), rest(jt([0.0, 0.0])), dt=DT, limits=lim)
+    assert r.rejected == "nonfinite"
+
+
+def test_counter_tallies_by_kind():
+    counter = InterventionCounter()
+    lim = loose(max_linear_speed=0.1)
+    for wanted in (ee((0.4, 0, 0.5)), ee((np.nan, 0, 0.5)), ee((0.9, 0, 0.5)), ee()):
+        counter.add(enforce(wanted, rest(ee()), dt=DT, limits=lim))
+    counts = counter.as_dict()
+    nonzero = {k: v for k, v in counts.items() if v}
+    assert nonzero == {"commands": 4, "linear_speed": 2, "rejected_nonfinite": 1, "workspace": 1}
+    assert list(counts)[:4] == ["commands", "rejected_shape", "rejected_nonfinite", "rejected_range"]
+    assert counts["joint_accel"] == 0
+
+
+def test_limits_validation_and_merge():
+    with pytest.raises(ArmConfigError, match="max_linear_speed must be finite and > 0, got inf"):
+        SafetyLimits(max_linear_speed=float("inf"))
+    caps = ArmCapabilities("ee", 1, workspaces=(Box((0.0, -1.0, 0.0), (1.0, 1.0, 1.0)),))
+    merged = SafetyLimits(workspaces=(BOX,)).for_arm(caps)
+    assert merged.workspaces == (Box((0.0, -0.5, 0.0), (0.5, 0.5, 1.0)),)
+    with pytest.raises(ArmConfigError, match="needs a workspace box per arm"):
+        SafetyLimits().for_arm(ArmCapabilities("ee", 1))
+    with pytest.raises(ArmConfigError, match="do not overlap"):
+        SafetyLimits(workspaces=(Box((2, 2, 2), (3, 3, 3)),)).for_arm(caps)
+    jcaps = ArmCapabilities("joint", 1, joint_limits=(JointLimit(-3, 3, 5), JointLimit(-3, 3, 1)))
+    merged = SafetyLimits(joint_limits=JOINTS).for_arm(jcaps)
+    assert merged.joint_limits == (JointLimit(-1, 1, 1), JointLimit(-2, 2, 1))
+    with pytest.raises(ArmConfigError, match="controller has 2 joints, config 1"):
+        SafetyLimits(joint_limits=JOINTS[:1]).for_arm(jcaps)
+
+
+# -- properties ---------------------------------------------------------------------------------------
+
+LIMITS = SafetyLimits(workspaces=(BOX,))
+any_float = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.floats(-2.0, 2.0))
+vec3 = st.tuples(any_float, any_float, any_float)
+quat4 = st.tuples(any_float, any_float, any_float, any_float)
+inside = st.tuples(st.floats(-0.5, 0.5), st.floats(-0.5, 0.5), st.floats(0.0, 1.0))
+unit_vel = st.tuples(st.floats(-1, 1), st.floats(-1, 1), st.floats(-1, 1)).map(
+    lambda v: np.asarray(v) / max(1.0, np.linalg.norm(v))
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(pos=vec3, quat=quat4, grip=any_float, prev=inside, v=unit_vel, w=unit_vel,
+       prev_rot=st.tuples(st.floats(-3, 3), st.floats(-3, 3), st.floats(-3, 3)), prev_grip=st.floats(0, 1),
+       dt=st.floats(0.001, 0.05))
+def test_ee_output_always_inside_the_envelope(pos, quat, grip, prev, v, w, prev_rot, prev_grip, dt):
+    prev_q = Rotation.from_rotvec(prev_rot).as_quat()
+    velocity, omega = v[None] * LIMITS.max_linear_speed, w[None] * LIMITS.max_angular_speed
+    state = EnvelopeState(ee(prev, prev_q, prev_grip), velocity, omega)
+    r = enforce(Target.ee([pos], [quat], [grip]), state, dt=dt, limits=LIMITS)
+    out = r.target
+    assert np.isfinite(out.to_vector()).all()
+    assert np.all(out.position >= np.array(BOX.lower) - 1e-12) and np.all(out.position <= np.array(BOX.upper) + 1e-12)
+    assert np.linalg.norm(out.position - state.target.position) <= LIMITS.max_linear_speed * dt * (1 + 1e-9) + 1e-15
+    assert np.linalg.norm(out.quaternion) == pytest.approx(1.0, abs=1e-9)
+    angle = (Rotation.from_quat(out.quaternion) * Rotation.from_quat(prev_q).inv()).magnitude()[0]
+    assert angle <= LIMITS.max_angular_speed * dt * (1 + 1e-6) + 1e-12
+    assert 0.0 <= out.gripper[0] <= 1.0
+    assert abs(out.gripper[0] - prev_grip) <= LIMITS.max_gripper_rate * dt * (1 + 1e-9)
+    if r.rejected is None and "workspace" not in r.clipped:
+        dv = np.linalg.norm(r.state.velocity - state.velocity)
+        assert dv <= LIMITS.max_linear_accel * dt * (1 + 1e-6) + 1e-12
+
+
+JLIMITS = SafetyLimits(joint_limits=JOINTS)
+
+
+@settings(max_examples=200, deadline=None)
+@given(q=st.tuples(any_float, any_float), grip=any_float, prev=st.tuples(st.floats(-1, 1), st.floats(-2, 2)),
+       v=st.tuples(st.floats(-1, 1), st.floats(-2, 2)), dt=st.floats(0.001, 0.05))
+def test_joint_output_always_inside_the_envelope(q, grip, prev, v, dt):
+    state = EnvelopeState(jt(prev, 0.5), np.asarray(v), np.zeros((0, 3)))
+    r = enforce(Target.joint(q, [grip]), state, dt=dt, limits=JLIMITS)
+    out = r.target.joints
+    assert np.isfinite(r.target.to_vector()).all()
+    assert -1.0 <= out[0] <= 1.0 and -2.0 <= out[1] <= 2.0
+    step = np.abs(out - np.asarray(prev))
+    assert np.all(step <= np.array([1.0, 2.0]) * dt * (1 + 1e-9) + 1e-15)
+    assert 0.0 <= r.target.gripper[0] <= 1.0

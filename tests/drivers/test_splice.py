@@ -1,0 +1,149 @@
+"""Splicing a new chunk into the executing trajectory: continuity, latency, rejections, policies."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from drivers.arm import ArmConfigError, Box, JointLimit, Target
+from drivers.interpolation import TrajectorySampler
+from drivers.safety import SafetyLimits
+from drivers.splice import SplicePolicy, SpliceRejected, min_duration, splice
+from drivers.trajectory import Trajectory
+
+IDENTITY = [0.0, 0.0, 0.0, 1.0]
+LIMITS = SafetyLimits(max_linear_speed=0.5, max_angular_speed=1.5, workspaces=(Box((-1, -1, -1), (1, 1, 1)),))
+SPAN = 1.0  # s for 30 waypoints: 33 ms apart
+
+
+def chunk(t_obs: float, start=(0.0, 0.0, 0.3), end=(0.1, 0.0, 0.3), grip=None) -> Trajectory:
+    pos = np.linspace(start, end, 31)[1:]
+    return Trajectory.from_chunk(t_obs, SPAN, position=pos, rotation=np.tile(IDENTITY, (30, 1)),
+                                 gripper=np.ones(30) if grip is None else grip)
+
+
+def command(pos=(0.0, 0.0, 0.3), grip=1.0) -> Target:
+    return Target.ee([pos], [IDENTITY], [grip])
+
+
+def run(new, *, now, obs, cmd=None, current=None, **policy):
+    return splice(new, now=now, obs_timestamp=obs, command=cmd or command(), current=current, limits=LIMITS,
+                  policy=SplicePolicy(**policy))
+
+
+def test_replace_starts_at_the_command_and_drops_past_waypoints():
+    new = chunk(10.0, end=(0.03, 0.0, 0.3))
+    res = run(new, now=10.1, obs=10.0)  # 100 ms of inference: waypoints 1..3 are past
+    traj = res.trajectory
+    assert res.latency == pytest.approx(0.1) and res.dropped == 3 and res.delay == 0.0
+    assert traj.start == 10.1
+    np.testing.assert_array_equal(traj.position[0], [[0.0, 0.0, 0.3]])
+    np.testing.assert_allclose(traj.times[1:], new.times[3:])  # anchored to the observation
+    np.testing.assert_allclose(TrajectorySampler(traj).position(10.1), [[0.0, 0.0, 0.3]])
+
+
+def test_late_chunk_is_shifted_by_its_latency_with_arrival_anchor():
+    new = chunk(10.0)
+    res = run(new, now=10.25, obs=10.0, anchor="arrival")
+    assert res.dropped == 0
+    np.testing.assert_allclose(res.trajectory.times[1:], new.times + 0.25)
+
+
+@pytest.mark.parametrize(
+    "now, obs, policy, reason",
+    [
+        (12.0, 10.0, {}, "too_late"),  # latency 2 s > max_latency_s 1 s
+        (10.0, 10.5, {}, "future_observation"),
+        (11.5, 10.0, {"max_latency_s": 5.0}, "stale"),  # the whole chunk ended at 11.0
+    ],
+)
+def test_rejections(now, obs, policy, reason):
+    with pytest.raises(SpliceRejected) as err:
+        run(chunk(10.0), now=now, obs=obs, **policy)
+    assert err.value.reason == reason
+
+
+def test_shape_mismatch_is_rejected():
+    joint = Trajectory.joint([1.0, 2.0], np.zeros((2, 6)), [1.0, 1.0])
+    with pytest.raises(SpliceRejected, match="chunk is 'joint' with 1 arm\\(s\\) and 6 joint\\(s\\)") as err:
+        run(joint, now=0.9, obs=0.9)
+    assert err.value.reason == "shape"
+
+
+def test_far_first_waypoint_is_delayed_to_respect_the_speed_limit():
+    new = chunk(10.0, start=(0.3, 0.0, 0.3), end=(0.4, 0.0, 0.3))  # first waypoint 0.3 m away, 33 ms later
+    res = run(new, now=10.0, obs=10.0)
+    need = 1.5 * np.linalg.norm([0.3 + 0.1 / 30, 0, 0]) / 0.5
+    assert res.delay == pytest.approx(10.0 + need - new.start)
+    assert res.trajectory.times[1] == pytest.approx(10.0 + need)
+    np.testing.assert_allclose(res.trajectory.times[2:] - res.trajectory.times[1], new.times[1:] - new.start)
+
+
+def test_min_duration_uses_the_slowest_axis():
+    a, b = command(), Target.ee([[0.1, 0, 0.3]], [Rotation.from_rotvec([0, 0, 0.3]).as_quat()], [1.0])
+    assert min_duration(a, b, LIMITS) == pytest.approx(max(0.1 / 0.5, 0.3 / 1.5))
+    lim = SafetyLimits(joint_limits=(JointLimit(-3, 3, 1.0), JointLimit(-3, 3, 0.1)))
+    assert min_duration(Target.joint([0, 0], [1]), Target.joint([0.5, 0.1], [1]), lim) == pytest.approx(1.0)
+
+
+def test_switch_continues_the_executing_velocity():
+    old = TrajectorySampler(run(chunk(10.0), now=10.0, obs=10.0).trajectory)
+    now = 10.5
+    cmd = Target.ee(old.position(now), old.quaternion(now), [1.0])
+    new = chunk(10.4, start=tuple(old.position(10.4)[0]), end=(0.2, 0.0, 0.3))
+    traj = run(new, now=now, obs=10.4, cmd=cmd, current=old).trajectory
+    sampler = TrajectorySampler(traj)
+    np.testing.assert_allclose(sampler.position(now), old.position(now))
+    np.testing.assert_allclose(sampler.velocity(now), old.velocity(now), atol=1e-9)
+
+
+def test_blend_goes_from_old_to_new_without_jumps():
+    old_traj = run(chunk(10.0), now=10.0, obs=10.0).trajectory  # x: 0 -> 0.1 over 1 s
+    old = TrajectorySampler(old_traj)
+    now = 10.3
+    cmd = Target.ee(old.position(now), old.quaternion(now), [1.0])
+    new = chunk(10.3, start=(0.03, 0.02, 0.3), end=(0.03, 0.12, 0.3), grip=np.zeros(30))  # turns to +y
+    res = run(new, now=now, obs=10.3, cmd=cmd, current=old, mode="blend", blend_window_s=0.2)
+    blended = TrajectorySampler(res.trajectory)
+    replaced = TrajectorySampler(run(new, now=now, obs=10.3, cmd=cmd, current=old).trajectory)
+    np.testing.assert_allclose(blended.position(now), cmd.position)
+    for t in (10.5, 10.7, 11.2):  # after the window: the new chunk only
+        np.testing.assert_allclose(blended.position(t), replaced.position(t), atol=1e-12)
+    # mid-window: a mix of both, and the gripper switched at alpha = 0.5
+    mid = blended.position(10.4)[0]
+    a, b = old.position(10.4)[0], replaced.position(10.4)[0]
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    assert np.all(mid >= lo - 1e-3) and np.all(mid <= hi + 1e-3)
+    assert blended.gripper(10.35)[0] == 1.0 and blended.gripper(10.45)[0] == 0.0
+    # no step larger than the speed limit allows at 500 Hz
+    ts = np.arange(now, now + 0.4, 0.002)
+    steps = np.linalg.norm(np.diff([blended.position(t)[0] for t in ts], axis=0), axis=1)
+    assert steps.max() <= LIMITS.max_linear_speed * 0.002
+
+
+def test_blend_without_executing_trajectory_is_replace():
+    a = run(chunk(10.0), now=10.05, obs=10.0, mode="blend").trajectory
+    b = run(chunk(10.0), now=10.05, obs=10.0).trajectory
+    np.testing.assert_array_equal(a.times, b.times)
+
+
+def test_joint_blend():
+    limits = SafetyLimits(joint_limits=(JointLimit(-3, 3, 2.0),) * 2)
+    old = Trajectory.joint(np.linspace(0.1, 1.0, 10), np.outer(np.linspace(0.1, 1.0, 10), [1, -1]), np.ones(10))
+    new = Trajectory.joint(np.linspace(0.5, 1.5, 10), np.zeros((10, 2)) + 0.3, np.ones(10))
+    cmd = Target.joint(TrajectorySampler(old).position(0.5), [1.0])
+    res = splice(new, now=0.5, obs_timestamp=0.45, command=cmd, current=TrajectorySampler(old), limits=limits,
+                 policy=SplicePolicy(mode="blend", blend_window_s=0.1))
+    sampler = TrajectorySampler(res.trajectory)
+    np.testing.assert_allclose(sampler.position(0.5), cmd.joints)
+    np.testing.assert_allclose(sampler.position(1.2), [0.3, 0.3], atol=1e-9)
+
+
+def test_policy_validation():
+    with pytest.raises(ArmConfigError, match="SplicePolicy.mode"):
+        SplicePolicy(mode="ensemble")
+    with pytest.raises(ArmConfigError, match="blend_window_s must be finite and > 0, got 0"):
+        SplicePolicy(blend_window_s=0)
+    with pytest.raises(ArmConfigError, match="anchor"):
+        SplicePolicy(anchor="now")

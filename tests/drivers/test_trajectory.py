@@ -1,0 +1,107 @@
+"""Trajectory construction, validation messages and derived trajectories."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from drivers.arm import Target
+from drivers.trajectory import Trajectory, TrajectoryError, chunk_times
+
+IDENTITY = np.array([0.0, 0.0, 0.0, 1.0])
+
+
+def ee(n: int = 3, **kw) -> Trajectory:
+    fields = dict(times=np.arange(n, dtype=float), position=np.zeros((n, 3)), rotation=np.tile(IDENTITY, (n, 1)),
+                  gripper=np.ones(n))
+    fields.update(kw)
+    return Trajectory.ee(fields["times"], fields["position"], fields["rotation"], fields["gripper"])
+
+
+def test_chunk_times_spread_after_the_observation():
+    times = chunk_times(10.0, 2.0, 30)
+    assert times[0] == pytest.approx(10.0 + 2.0 / 30)
+    assert times[-1] == pytest.approx(12.0)
+    np.testing.assert_allclose(np.diff(times), 2.0 / 30)
+
+
+def test_from_chunk_ee_single_arm_is_promoted():
+    rot = Rotation.from_euler("z", np.linspace(0, 1, 30)[:, None]).as_matrix()
+    traj = Trajectory.from_chunk(5.0, 1.0, position=np.zeros((30, 3)), rotation=rot, gripper=np.ones(30))
+    assert (traj.n_waypoints, traj.n_arms, traj.space) == (30, 1, "ee")
+    assert traj.position.shape == (30, 1, 3) and traj.quaternion.shape == (30, 1, 4)
+    np.testing.assert_allclose(Rotation.from_quat(traj.quaternion[:, 0]).as_matrix(), rot, atol=1e-12)
+    assert traj.start == pytest.approx(5.0 + 1 / 30) and traj.end == pytest.approx(6.0)
+
+
+def test_from_chunk_joint():
+    traj = Trajectory.from_chunk(0.0, 3.0, joints=np.zeros((30, 7)), gripper=np.zeros((30, 1)))
+    assert (traj.space, traj.n_joints, traj.n_arms) == ("joint", 7, 1)
+
+
+def test_quaternions_are_normalised_and_hemisphere_continuous():
+    quats = np.array([IDENTITY, -IDENTITY * 2, [0, 0, np.sin(0.1), -np.cos(0.1)]])
+    traj = ee(rotation=quats)
+    q = traj.quaternion[:, 0]
+    np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1.0)
+    assert np.all(np.einsum("ij,ij->i", q[1:], q[:-1]) > 0)
+
+
+def test_arrays_are_read_only():
+    traj = ee()
+    with pytest.raises(ValueError):
+        traj.position[0, 0, 0] = 1.0
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(times=[0.0, 1.0, 1.0]), r"times: must be strictly increasing, but times\[2\] = 1.0 <= times\[1\] = 1.0"),
+        (dict(times=[0.0, np.nan, 2.0]), r"times: non-finite value nan at index \(1,\)"),
+        (dict(position=np.zeros((3, 2))), r"position: expected shape \(3, n_arms, 3\), got \(3, 2\)"),
+        (
+            dict(position=np.array([[0, 0, 0], [0, np.inf, 0], [0, 0, 0]])),
+            r"position: non-finite value inf at index \(1, 0, 1\)",
+        ),
+        (dict(gripper=[0.0, 1.5, 1.0]), r"gripper: value 1.5 at index \(1, 0\) is outside 0..1"),
+        (dict(rotation=np.zeros((3, 4))), r"rotation: quaternion at index \(0, 0\) has zero norm"),
+        (
+            dict(rotation=np.tile(np.diag([1.0, 1.0, -1.0]), (3, 1, 1))),
+            r"rotation: matrix at index \(0, 0\) is not a rotation",
+        ),
+        (dict(rotation=np.tile(np.eye(3) * 1.1, (3, 1, 1))), r"not a rotation"),
+        (dict(gripper=np.ones((3, 2))), r"position: has 1 arms but gripper has 2"),
+    ],
+)
+def test_validation_names_the_field(kw, match):
+    with pytest.raises(TrajectoryError, match=match):
+        ee(**kw)
+
+
+def test_joint_validation():
+    with pytest.raises(TrajectoryError, match=r"joints: expected shape \(2, n_joints\), got \(3, 6\)"):
+        Trajectory.joint([0.0, 1.0], np.zeros((3, 6)), [1.0, 1.0])
+    with pytest.raises(TrajectoryError, match=r"initial_velocity: expected shape \(6,\), got \(5,\)"):
+        Trajectory.joint([0.0, 1.0], np.zeros((2, 6)), [1.0, 1.0], initial_velocity=np.zeros(5))
+    with pytest.raises(TrajectoryError, match="chunk span must be finite and > 0"):
+        Trajectory.from_chunk(0.0, 0.0, joints=np.zeros((30, 6)), gripper=np.ones(30))
+
+
+def test_after_shifted_prepend():
+    traj = ee(5, position=np.arange(15, dtype=float).reshape(5, 3))
+    tail = traj.after(2.0)
+    np.testing.assert_array_equal(tail.times, [3.0, 4.0])
+    assert traj.after(4.0) is None
+    np.testing.assert_array_equal(traj.shifted(0.5).times, traj.times + 0.5)
+    start = Target.ee([[9.0, 9.0, 9.0]], [IDENTITY], [0.0])
+    joined = tail.prepend(2.5, start, initial_velocity=np.ones((1, 3)))
+    np.testing.assert_array_equal(joined.times, [2.5, 3.0, 4.0])
+    np.testing.assert_array_equal(joined.position[0, 0], [9.0, 9.0, 9.0])
+    np.testing.assert_array_equal(joined.initial_velocity, np.ones((1, 3)))
+    wp = joined.waypoint(1)
+    np.testing.assert_array_equal(wp.position, [[9.0, 10.0, 11.0]])
+    with pytest.raises(TrajectoryError, match="times: must be strictly increasing"):
+        tail.prepend(3.0, start)
+    with pytest.raises(TrajectoryError, match="prepend: target is 'joint'"):
+        tail.prepend(2.0, Target.joint([0.0], [1.0]))
