@@ -58,13 +58,17 @@ def convert_fp16(path: Path, keep_fp32_from: list[str] = ()) -> None:
     """Rewrite the fp32 graph at ``path`` (+ ``.data``) as fp16 with fp32 I/O; the ops above stay fp32."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    model = onnx.load(str(path))  # weights are read into memory, so the files can be rewritten
+    # Shape inference on the file, not in memory: a full-size encoder is over protobuf's 2 GB limit.
+    inferred = path.with_name(path.stem + ".inferred.onnx")
+    onnx.shape_inference.infer_shapes_path(str(path), str(inferred))
+    model = onnx.load(str(inferred))  # weights are read into memory, so the files can be rewritten
+    inferred.unlink()
     for i, node in enumerate(model.graph.node):
         if not node.name:
             node.name = f"node_{i}_{node.op_type}"
     blocked_nodes = upstream_of_matmul(model, list(keep_fp32_from)) if keep_fp32_from else []
     half = convert_float_to_float16(model, keep_io_types=True, op_block_list=DEFAULT_OP_BLOCK_LIST + FP32_OPS,
-                                    node_block_list=blocked_nodes)
+                                    node_block_list=blocked_nodes, disable_shape_infer=True)
     remove_graph(path)
     onnx.save_model(half, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=path.name + ".data", size_threshold=1024)
