@@ -92,6 +92,11 @@ def measure_parity(model: XVLA, ckpt_dir: Path, encoder_path: Path, denoise_path
     errors = ChunkErrors()
     for obs in observations:
         ours = run_bundle_graphs(encoder, denoise, obs, views, steps)
+        for name, value in zip(max_abs, ours):
+            if not np.isfinite(value).all():
+                return {"observations": len(observations), "steps": steps, "max_abs": max_abs, "chunk": {},
+                        "tolerance": {}, "passed": False,
+                        "failures": [f"the {precision} graphs produced non-finite values in '{name}' (overflow)"]}
         ref = reference(model, obs, domain_id, steps)
         for name, a, b in zip(max_abs, ours, ref):
             max_abs[name] = max(max_abs[name], float(np.max(np.abs(a - b))))

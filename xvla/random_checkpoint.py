@@ -73,12 +73,17 @@ def size_config(size: str, **overrides: object) -> tuple[XVLAConfig, int]:
     return cfg, image_size
 
 
+_RESIDUAL_OUTPUTS = ("proj", "fc2", "out_proj")  # last layer of an attention or MLP branch
+
+
 @torch.no_grad()
 def randomize(model: nn.Module, seed: int) -> None:
     """Give every parameter seeded, non-trivial values at a scale that keeps activations O(1).
 
     Non-trivial matters: a LayerNorm left at weight 1 / bias 0 or a zero soft prompt would hide a wrong
-    key mapping or a transposed matrix from the parity tests.
+    key mapping or a transposed matrix from the parity tests. Residual branches (DaViT's depthwise convs,
+    attention output and MLP fc2 projections) start small, as in trained networks: otherwise the
+    full-size DaViT's residual stream grows to ~1e6 and fp16 overflows on values no real checkpoint has.
     """
     gen = torch.Generator().manual_seed(seed)
     def fill(p: torch.Tensor, std: float, mean: float = 0.0) -> None:
@@ -89,7 +94,7 @@ def randomize(model: nn.Module, seed: int) -> None:
             fill(module.fc.weight, 1.0 / math.sqrt(module.in_features))
             fill(module.bias.weight, 0.05)
             done.update((id(module.fc.weight), id(module.bias.weight)))
-    for module in model.modules():
+    for module_name, module in model.named_modules():
         for name, p in module.named_parameters(recurse=False):
             if id(p) in done:
                 continue
@@ -97,8 +102,11 @@ def randomize(model: nn.Module, seed: int) -> None:
                 fill(p, 0.1, 1.0 if name == "weight" else 0.0)
             elif isinstance(module, nn.Embedding) or p.dim() < 2 or name == "pos_emb":
                 fill(p, 0.02)
-            else:  # Linear / Conv weights: fan-in scaling
-                fill(p, 1.0 / math.sqrt(p[0].numel()))
+            elif isinstance(module, nn.Conv2d) and module.groups > 1:  # depthwise residual convs
+                fill(p, 0.02)
+            else:  # fan-in scaling; residual-branch outputs 5x smaller
+                residual = module_name.rsplit(".", 1)[-1] in _RESIDUAL_OUTPUTS
+                fill(p, (0.2 if residual else 1.0) / math.sqrt(p[0].numel()))
     if isinstance(model, XVLA):
         _pose_like_decoder(model, gen)
 

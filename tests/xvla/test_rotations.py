@@ -286,7 +286,8 @@ def test_property_round_trips(q: np.ndarray, layout: str, seq: str) -> None:
     v = rot.quat_to_rot6d(q, layout)
     np.testing.assert_allclose(rot.rot6d_to_matrix(v, layout), m, atol=1e-12)
     v_euler = rot.euler_to_rot6d(rot.rot6d_to_euler(v, layout, seq), layout, seq)
-    assert rot.geodesic_angle(rot.rot6d_to_matrix(v_euler, layout), m) < 1e-7
+    # Euler angles near gimbal lock (and the arccos inside the angle) are good to ~1e-7 rad, not 1e-12
+    assert rot.geodesic_angle(rot.rot6d_to_matrix(v_euler, layout), m) < 1e-6
     np.testing.assert_allclose(rot.rotvec_to_rot6d(rot.rot6d_to_rotvec(v, layout), layout), v, atol=1e-12)
     qq = rot.rot6d_to_quat(v, layout)
     assert abs(abs(np.dot(qq, q / np.linalg.norm(q))) - 1.0) < 1e-12
