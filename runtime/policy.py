@@ -44,8 +44,9 @@ def create_backend(manifest: Manifest, bundle_dir: Path, backend: str, device: s
         from runtime.backends.torch_backend import TorchBackend
 
         return TorchBackend(manifest, bundle_dir, device=device, **options)  # type: ignore[arg-type]
-    raise BackendError("the tensorrt backend is not implemented in this version; use onnxruntime (see README, "
-                       "'Verified where')")
+    from runtime.backends.tensorrt import TensorRTBackend
+
+    return TensorRTBackend(manifest, bundle_dir, device=device, **options)  # type: ignore[arg-type]
 
 
 class Policy:

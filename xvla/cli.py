@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("xvla.demo", "run the whole pipeline on CPU with random weights"),
     "checkpoint": ("xvla.checkpoint_cli", "write a random-weight checkpoint in the official layout"),
     "export": ("export.cli", "export a checkpoint to a verified per-robot bundle (ONNX + manifest)"),
+    "bench": ("xvla.bench_cli", "latency benchmarks against physical floors (and the official implementation)"),
+    "build": ("runtime.build_cli", "build a bundle's TensorRT engines on this machine (the target)"),
 }
 
 

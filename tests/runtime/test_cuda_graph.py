@@ -1,0 +1,354 @@
+"""runtime.cuda_graph: checked calls, buffers and graph capture over a fake runtime; one GPU test."""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+from types import SimpleNamespace
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+from runtime import cuda_graph
+from runtime.cuda_graph import CudaError, CudaGraphs, DeviceBuffer, Stream, cuda_call
+
+
+class Err(enum.IntEnum):
+    cudaSuccess = 0
+    cudaErrorInvalidValue = 1
+    cudaErrorMemoryAllocation = 2
+    cudaErrorInsufficientDriver = 35
+    cudaErrorStreamCaptureInvalidated = 901
+
+
+class FakeRuntime:
+    """A stand-in for ``cuda.bindings.runtime`` that records calls and simulates what the helpers rely on.
+
+    Device memory is bytearrays at fake 256-aligned addresses; host memory is real (numpy pointers). Work on
+    a stream runs at once, except while the stream is capturing: then it is recorded, and a graph launch
+    replays the recording. Kernels (a TensorRT enqueue, in the backend tests) go through :meth:`enqueue`.
+    ``fail[name] = Err.x`` makes the next calls of ``name`` return that error.
+    """
+
+    cudaStreamNonBlocking = 1
+    cudaMemcpyKind = SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2, cudaMemcpyDeviceToDevice=3)
+    cudaStreamCaptureMode = SimpleNamespace(cudaStreamCaptureModeThreadLocal=1)
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.fail: dict[str, Err] = {}
+        self.memory: dict[int, bytearray] = {}
+        self.streams: set[int] = set()
+        self.capturing: dict[int, list[Callable[[], None]]] = {}
+        self.graphs: dict[int, list[Callable[[], None]]] = {}
+        self.execs: dict[int, list[Callable[[], None]]] = {}
+        self._next = 0x10000
+
+    # -- helpers for the tests -----------------------------------------------------------------------------
+    def _handle(self) -> int:
+        self._next += 0x10000
+        return self._next
+
+    def _failed(self, name: str, values: int) -> tuple[Any, ...] | None:
+        self.calls.append(name)
+        return (self.fail[name], *([None] * values)) if name in self.fail else None
+
+    def _locate(self, ptr: int, count: int) -> tuple[bytearray, int]:
+        for base, mem in self.memory.items():
+            if base <= ptr and ptr + count <= base + len(mem):
+                return mem, ptr - base
+        raise AssertionError(f"{ptr:#x}+{count} is not inside any device allocation")
+
+    def read(self, ptr: int, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        count = int(np.prod(shape)) * dtype.itemsize
+        mem, offset = self._locate(ptr, count)
+        return np.frombuffer(bytes(mem[offset:offset + count]), dtype=dtype).reshape(shape).copy()
+
+    def write(self, ptr: int, value: np.ndarray) -> None:
+        data = np.ascontiguousarray(value).tobytes()
+        mem, offset = self._locate(ptr, len(data))
+        mem[offset:offset + len(data)] = data
+
+    def enqueue(self, stream: int, op: Callable[[], None]) -> None:
+        assert stream in self.streams, f"unknown stream {stream:#x}"
+        if stream in self.capturing:
+            self.capturing[stream].append(op)
+        else:
+            op()
+
+    # -- the runtime API used by runtime.cuda_graph ---------------------------------------------------------
+    def cudaMalloc(self, size: int) -> tuple[Any, ...]:
+        if r := self._failed("cudaMalloc", 1):
+            return r
+        ptr = self._handle()
+        self.memory[ptr] = bytearray(size)
+        return Err.cudaSuccess, ptr
+
+    def cudaFree(self, ptr: int) -> tuple[Any, ...]:
+        if r := self._failed("cudaFree", 0):
+            return r
+        del self.memory[ptr]
+        return (Err.cudaSuccess,)
+
+    def cudaStreamCreateWithFlags(self, flags: int) -> tuple[Any, ...]:
+        if r := self._failed("cudaStreamCreateWithFlags", 1):
+            return r
+        assert flags == self.cudaStreamNonBlocking
+        handle = self._handle()
+        self.streams.add(handle)
+        return Err.cudaSuccess, handle
+
+    def cudaStreamDestroy(self, stream: int) -> tuple[Any, ...]:
+        self.calls.append("cudaStreamDestroy")
+        self.streams.remove(stream)
+        return (Err.cudaSuccess,)
+
+    def cudaStreamSynchronize(self, stream: int) -> tuple[Any, ...]:
+        if r := self._failed("cudaStreamSynchronize", 0):
+            return r
+        assert stream not in self.capturing, "synchronize during capture is illegal"
+        return (Err.cudaSuccess,)
+
+    def cudaMemcpyAsync(self, dst: int, src: int, count: int, kind: int, stream: int) -> tuple[Any, ...]:
+        if r := self._failed("cudaMemcpyAsync", 0):
+            return r
+        k = self.cudaMemcpyKind
+        if kind == k.cudaMemcpyHostToDevice:
+            assert stream not in self.capturing, "a pageable host copy inside a captured graph"
+            op = lambda: self.write(dst, np.frombuffer(ctypes.string_at(src, count), np.uint8))  # noqa: E731
+        elif kind == k.cudaMemcpyDeviceToHost:
+            assert stream not in self.capturing, "a pageable host copy inside a captured graph"
+            op = lambda: ctypes.memmove(dst, bytes(self.read(src, (count,), np.uint8)), count)  # noqa: E731
+        else:
+            op = lambda: self.write(dst, self.read(src, (count,), np.uint8))  # noqa: E731
+        self.enqueue(stream, op)
+        return (Err.cudaSuccess,)
+
+    def cudaMemsetAsync(self, ptr: int, value: int, count: int, stream: int) -> tuple[Any, ...]:
+        if r := self._failed("cudaMemsetAsync", 0):
+            return r
+        self.enqueue(stream, lambda: self.write(ptr, np.full(count, value, np.uint8)))
+        return (Err.cudaSuccess,)
+
+    def cudaStreamBeginCapture(self, stream: int, mode: int) -> tuple[Any, ...]:
+        if r := self._failed("cudaStreamBeginCapture", 0):
+            return r
+        assert stream not in self.capturing
+        self.capturing[stream] = []
+        return (Err.cudaSuccess,)
+
+    def cudaStreamEndCapture(self, stream: int) -> tuple[Any, ...]:
+        ops = self.capturing.pop(stream)  # capture ends even when the call reports an error
+        if r := self._failed("cudaStreamEndCapture", 1):
+            return r
+        graph = self._handle()
+        self.graphs[graph] = ops
+        return Err.cudaSuccess, graph
+
+    def cudaGraphInstantiate(self, graph: int, flags: int) -> tuple[Any, ...]:
+        if r := self._failed("cudaGraphInstantiate", 1):
+            return r
+        graph_exec = self._handle()
+        self.execs[graph_exec] = list(self.graphs[graph])
+        return Err.cudaSuccess, graph_exec
+
+    def cudaGraphDestroy(self, graph: int) -> tuple[Any, ...]:
+        self.calls.append("cudaGraphDestroy")
+        del self.graphs[graph]
+        return (Err.cudaSuccess,)
+
+    def cudaGraphExecDestroy(self, graph_exec: int) -> tuple[Any, ...]:
+        self.calls.append("cudaGraphExecDestroy")
+        del self.execs[graph_exec]
+        return (Err.cudaSuccess,)
+
+    def cudaGraphLaunch(self, graph_exec: int, stream: int) -> tuple[Any, ...]:
+        if r := self._failed("cudaGraphLaunch", 0):
+            return r
+        for op in self.execs[graph_exec]:
+            self.enqueue(stream, op)
+        return (Err.cudaSuccess,)
+
+
+@pytest.fixture
+def rt(monkeypatch: pytest.MonkeyPatch) -> FakeRuntime:
+    fake = FakeRuntime()
+    monkeypatch.setattr(cuda_graph, "runtime", lambda: fake)
+    return fake
+
+
+# -- cuda_call ---------------------------------------------------------------------------------------------
+def test_cuda_call_unpacks_values(rt: FakeRuntime) -> None:
+    assert isinstance(cuda_call(rt.cudaMalloc, 16), int)
+    stream = cuda_call(rt.cudaStreamCreateWithFlags, rt.cudaStreamNonBlocking)
+    assert cuda_call(rt.cudaStreamSynchronize, stream) is None
+    assert cuda_call(lambda: (Err.cudaSuccess, 1, 2)) == (1, 2)
+
+
+def test_cuda_call_error_names_function_and_error(rt: FakeRuntime) -> None:
+    rt.fail["cudaMalloc"] = Err.cudaErrorMemoryAllocation
+    with pytest.raises(CudaError, match=r"cudaMalloc failed: cudaErrorMemoryAllocation \(2\)"):
+        DeviceBuffer(1024)
+    rt.fail["cudaStreamCreateWithFlags"] = Err.cudaErrorInsufficientDriver
+    with pytest.raises(CudaError, match="cudaStreamCreateWithFlags failed: cudaErrorInsufficientDriver.*JetPack 6"):
+        Stream()
+
+
+def test_missing_cuda_python_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    for name in ("cuda", "cuda.bindings", "cuda.bindings.runtime", "cuda.cudart"):
+        monkeypatch.setitem(sys.modules, name, None)  # makes the import fail
+    with pytest.raises(CudaError, match=r"pip install 'xvla-edge\[cuda\]'"):
+        cuda_graph.runtime()
+    assert cuda_graph.device_count() == 0
+
+
+def test_device_count_is_zero_without_a_driver(rt: FakeRuntime) -> None:
+    rt.cudaGetDeviceCount = lambda: (Err.cudaErrorInsufficientDriver, None)  # type: ignore[attr-defined]
+    assert cuda_graph.device_count() == 0
+
+
+def test_current_device_reads_name_and_compute_capability(rt: FakeRuntime) -> None:
+    props = SimpleNamespace(name=b"Orin\0\0garbage", major=8, minor=7)
+    rt.cudaGetDevice = lambda: (Err.cudaSuccess, 0)  # type: ignore[attr-defined]
+    rt.cudaGetDeviceProperties = lambda i: (Err.cudaSuccess, props)  # type: ignore[attr-defined]
+    assert cuda_graph.current_device() == cuda_graph.Device(0, "Orin", "8.7")
+
+
+# -- buffers and streams -----------------------------------------------------------------------------------
+def test_buffer_round_trip_and_explicit_free(rt: FakeRuntime) -> None:
+    stream = Stream()
+    buf = DeviceBuffer(4 * 6)
+    host = np.arange(6, dtype=np.float32)
+    buf.upload(host, stream)
+    out = np.zeros_like(host)
+    buf.download(out, stream)
+    np.testing.assert_array_equal(out, host)
+    buf.memset(stream)
+    buf.download(out, stream)
+    assert not out.any()
+    buf.free()
+    buf.free()  # idempotent
+    stream.free()
+    assert rt.memory == {} and rt.streams == set()
+    assert rt.calls.count("cudaFree") == 1
+
+
+def test_buffer_refuses_a_host_array_of_another_size(rt: FakeRuntime) -> None:
+    stream, buf = Stream(), DeviceBuffer(16)
+    with pytest.raises(ValueError, match="12 bytes.*16-byte"):
+        buf.upload(np.zeros(3, np.float32), stream)
+    with pytest.raises(ValueError, match="contiguous: False"):
+        buf.download(np.zeros((4, 2), np.float32)[:, 0], stream)
+
+
+# -- graphs ------------------------------------------------------------------------------------------------
+def _counter_workload(rt: FakeRuntime, stream: Stream) -> tuple[DeviceBuffer, DeviceBuffer, Callable[[int], None]]:
+    """``record(v)``: memset a to v, copy a → b (what the GPU test captures too)."""
+    a, b = DeviceBuffer(64), DeviceBuffer(64)
+
+    def record(value: int) -> None:
+        a.memset(stream, value)
+        cuda_call(rt.cudaMemcpyAsync, b.ptr, a.ptr, 64, rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice, stream.handle)
+
+    return a, b, record
+
+
+def test_capture_once_per_key_and_replay_per_call(rt: FakeRuntime) -> None:
+    stream = Stream()
+    _, b, record = _counter_workload(rt, stream)
+    graphs = CudaGraphs(stream)
+    recorded = []
+    out = np.zeros(64, np.uint8)
+    for _ in range(3):
+        graphs.launch("k7", lambda: (recorded.append(7), record(7)))
+        b.memset(stream)  # clear between launches: the replay must write b again
+        graphs.launch("k7", lambda: (recorded.append(7), record(7)))
+        b.download(out, stream)
+        assert (out == 7).all()
+    assert recorded == [7, 7]  # warm-up + capture, then replays only
+    assert rt.calls.count("cudaStreamBeginCapture") == 1
+    assert rt.calls.count("cudaGraphInstantiate") == 1
+    assert rt.calls.count("cudaGraphLaunch") == 6
+    assert rt.calls.count("cudaGraphDestroy") == 1  # the graph template, once instantiated
+    assert graphs.keys == ("k7",)
+
+
+def test_recapture_on_key_change_keeps_one_graph_per_key(rt: FakeRuntime) -> None:
+    stream = Stream()
+    _, b, record = _counter_workload(rt, stream)
+    graphs = CudaGraphs(stream, capacity=2)
+    out = np.zeros(64, np.uint8)
+    for value in (1, 2, 1, 2):
+        graphs.launch(value, lambda v=value: record(v))
+        b.download(out, stream)
+        assert (out == value).all()
+    assert rt.calls.count("cudaStreamBeginCapture") == 2
+    assert graphs.keys == (1, 2) and len(rt.execs) == 2
+    graphs.launch(3, lambda: record(3))  # over capacity: the least recently launched graph (1) is freed
+    assert graphs.keys == (2, 3) and len(rt.execs) == 2
+    assert rt.calls.count("cudaGraphExecDestroy") == 1
+    graphs.launch(1, lambda: record(1))
+    assert rt.calls.count("cudaStreamBeginCapture") == 4
+    graphs.clear()
+    assert rt.execs == {} and graphs.keys == ()
+
+
+def test_a_failure_inside_capture_ends_capture_and_keeps_no_graph(rt: FakeRuntime) -> None:
+    stream = Stream()
+    graphs = CudaGraphs(stream, warmup=0)
+
+    def bad() -> None:
+        raise RuntimeError("enqueue failed")
+
+    with pytest.raises(RuntimeError, match="enqueue failed"):
+        graphs.launch("k", bad)
+    assert stream.handle not in rt.capturing  # the stream is usable again
+    assert rt.graphs == {} and graphs.keys == ()
+    rt.fail["cudaGraphInstantiate"] = Err.cudaErrorStreamCaptureInvalidated
+    with pytest.raises(CudaError, match="cudaGraphInstantiate failed: cudaErrorStreamCaptureInvalidated"):
+        graphs.launch("k", lambda: None)
+    assert rt.graphs == {} and graphs.keys == ()  # the template was destroyed
+
+
+def test_capacity_must_be_positive(rt: FakeRuntime) -> None:
+    with pytest.raises(ValueError, match="capacity"):
+        CudaGraphs(Stream(), capacity=0)
+
+
+# -- on a real GPU -----------------------------------------------------------------------------------------
+@pytest.mark.gpu
+def test_graph_replay_matches_eager_on_a_gpu() -> None:
+    if cuda_graph.device_count() == 0:
+        pytest.skip("no CUDA device (needs cuda-python matching the driver and an NVIDIA GPU)")
+    rt = cuda_graph.runtime()
+    stream = Stream()
+    a, b = DeviceBuffer(1 << 20), DeviceBuffer(1 << 20)
+    graphs = CudaGraphs(stream, capacity=1)
+    eager, replayed = np.empty(1 << 20, np.uint8), np.empty(1 << 20, np.uint8)
+
+    def record(value: int) -> None:
+        a.memset(stream, value)
+        cuda_call(rt.cudaMemcpyAsync, b.ptr, a.ptr, b.nbytes, rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice,
+                  stream.handle)
+
+    try:
+        for value in (3, 250, 3):
+            record(value)
+            b.download(eager, stream)
+            stream.synchronize()
+            b.memset(stream)
+            graphs.launch(value, lambda v=value: record(v))
+            b.download(replayed, stream)
+            stream.synchronize()
+            np.testing.assert_array_equal(replayed, eager)
+            assert (replayed == value).all()
+        assert graphs.keys == (3,)  # capacity 1: each key change re-captured and freed the old graph
+    finally:
+        graphs.clear()
+        a.free()
+        b.free()
+        stream.free()

@@ -1,0 +1,714 @@
+"""The TensorRT backend and ``xvla-edge build`` around the TensorRT calls: stamps, engines.json, the build's
+atomic swap, the memory plan and the captured denoising loop, with TensorRT and CUDA replaced by fakes.
+The tests marked ``tensorrt`` run the real thing on a machine with TensorRT and a GPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any, Mapping
+
+import numpy as np
+import pytest
+from test_cuda_graph import FakeRuntime
+
+from runtime import cuda_graph, trt_api
+from runtime.backends import tensorrt_available
+from runtime.backends import tensorrt as trt_backend
+from runtime.backends.base import BackendError
+from runtime.backends.tensorrt import (ENGINES_DIR, ENGINES_FILE, GRAPHS, SLOT_BYTES, TIMING_CACHE, EngineRecord,
+                                       TensorRTBackend, check_engines, engine_file, graph_sources, io_mismatches,
+                                       step_bindings, t_schedule, write_engines_json)
+from runtime.manifest import Manifest
+from runtime.policy import create_backend
+from xvla.cli import main
+
+MACHINE = {"tensorrt": "10.3.0.30", "gpu": "Orin", "compute_capability": "8.7"}
+T, A, C, D, V, L, S = 6, 4, 3, 4, 2, 5, 4  # chunk, action dim, context tokens, width, views, tokens, image size
+
+
+def _specs(*specs: tuple[str, list[int], str]) -> list[dict[str, Any]]:
+    return [{"name": n, "shape": s, "dtype": d} for n, s, d in specs]
+
+
+def make_bundle(root: Path, precision: str = "fp16") -> Path:
+    """A bundle directory with a real manifest (tiny shapes) and stand-in graph files."""
+    bundle = root / "bundle"
+    bundle.mkdir()
+    files = {}
+    for name in ("encoder.onnx", "encoder.onnx.data", "denoise.onnx", "denoise.onnx.data", "tokenizer.json"):
+        data = f"stand-in for {name}".encode()
+        (bundle / name).write_bytes(data)
+        files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    context = ("context", [1, C, D], "float32")
+    manifest = {
+        "schema_version": 1, "domain_id": 0, "embodiment": "test",
+        "action": {"mode": "ee6d", "dim": A, "output_dim": A, "chunk_length": T, "chunk_seconds": 1.0},
+        "sampler": {"default_steps": 10},
+        "inputs": {"token_length": L, "image_size": S, "view_slots": 3, "views": V, "proprio_dim": A},
+        "precision": precision,
+        "graphs": {
+            "encoder": {"file": "encoder.onnx",
+                        "inputs": _specs(("pixel_values", [1, V, 3, S, S], "float32"), ("image_mask", [1, V], "bool"),
+                                         ("input_ids", [1, L], "int64")),
+                        "outputs": _specs(context)},
+            "denoise": {"file": "denoise.onnx",
+                        "inputs": _specs(context, ("x1", [1, T, A], "float32"), ("prev", [1, T, A], "float32"),
+                                         ("proprio", [1, A], "float32"), ("t", [1], "float32")),
+                        "outputs": _specs(("x0", [1, T, A], "float32"), ("action", [1, T, A], "float32"))},
+        },
+        "files": files,
+    }
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    return bundle
+
+
+def add_engines(bundle: Path, machine: Mapping[str, str] = MACHINE) -> None:
+    """Engines and engines.json as ``xvla-edge build`` leaves them (the plans are stand-ins)."""
+    manifest = Manifest.load(bundle)
+    directory = bundle / ENGINES_DIR
+    directory.mkdir()
+    records = {}
+    for graph in GRAPHS:
+        (directory / engine_file(graph)).write_bytes(f"plan of {graph}".encode())
+        records[graph] = EngineRecord(file=engine_file(graph), bytes=len(f"plan of {graph}"), **machine,
+                                      onnx=graph_sources(manifest, graph))
+    write_engines_json(directory, records)
+
+
+@pytest.fixture
+def bundle(tmp_path: Path) -> Path:
+    return make_bundle(tmp_path)
+
+
+def test_the_tensorrt_modules_import_without_torch_tensorrt_or_cuda() -> None:
+    code = ("import sys, runtime.build_cli, runtime.backends.tensorrt, runtime.trt_api, runtime.cuda_graph; "
+            "print(sorted(m for m in ('torch', 'export', 'tensorrt', 'cuda') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parents[2]).stdout
+    assert out.strip() == "[]"
+
+
+# -- stamps and engines.json ---------------------------------------------------------------------------------
+def test_matching_engines_are_accepted(bundle: Path) -> None:
+    add_engines(bundle)
+    paths = check_engines(bundle, Manifest.load(bundle), MACHINE)
+    assert paths == {g: bundle / ENGINES_DIR / engine_file(g) for g in GRAPHS}
+    record = json.loads((bundle / ENGINES_DIR / ENGINES_FILE).read_text())["engines"]["denoise"]
+    files = Manifest.load(bundle).files
+    assert record["onnx"] == {n: files[n]["sha256"] for n in ("denoise.onnx", "denoise.onnx.data")}
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("gpu", "Thor", "built for TensorRT 10.3.0.30 on Orin .*this machine has TensorRT 10.3.0.30 on Thor"),
+    ("compute_capability", "8.6", r"\(compute capability 8.7\); this machine has .*\(compute capability 8.6\)"),
+    ("tensorrt", "10.13.3.9", "built for TensorRT 10.3.0.30 .*this machine has TensorRT 10.13.3.9"),
+])
+def test_an_engine_from_another_machine_is_refused(bundle: Path, key: str, value: str, expected: str) -> None:
+    add_engines(bundle)
+    with pytest.raises(BackendError, match=expected) as e:
+        check_engines(bundle, Manifest.load(bundle), {**MACHINE, key: value})
+    assert f"`xvla-edge build {bundle} --force`" in str(e.value)
+
+
+def test_engines_of_a_re_exported_bundle_are_refused(bundle: Path) -> None:
+    add_engines(bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"]["encoder.onnx.data"]["sha256"] = "0" * 64
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BackendError, match="built from another encoder.onnx .*re-exported.*xvla-edge build"):
+        check_engines(bundle, Manifest.load(bundle), MACHINE)
+
+
+def test_missing_engines_say_how_to_build_them(bundle: Path) -> None:
+    with pytest.raises(BackendError, match=rf"no TensorRT engines; .*`xvla-edge build {bundle}`"):
+        check_engines(bundle, Manifest.load(bundle), MACHINE)
+    add_engines(bundle)
+    (bundle / ENGINES_DIR / "denoise.engine").unlink()
+    with pytest.raises(BackendError, match="denoise.engine: listed in engines.json but missing"):
+        check_engines(bundle, Manifest.load(bundle), MACHINE)
+
+
+def test_a_truncated_engine_is_refused(bundle: Path) -> None:
+    add_engines(bundle)
+    (bundle / ENGINES_DIR / "encoder.engine").write_bytes(b"plan")
+    with pytest.raises(BackendError, match="4 bytes, engines.json records 15 .*--force"):
+        check_engines(bundle, Manifest.load(bundle), MACHINE)
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"schema_version": 2, "engines": {}}',
+                                     '{"schema_version": 1, "engines": {"encoder": {"file": "x"}}}', "[]"])
+def test_an_unreadable_engines_json_asks_for_a_rebuild(bundle: Path, content: str) -> None:
+    add_engines(bundle)
+    (bundle / ENGINES_DIR / ENGINES_FILE).write_text(content)
+    with pytest.raises(BackendError, match="engines.json: unreadable .*--force"):
+        check_engines(bundle, Manifest.load(bundle), MACHINE)
+
+
+def test_tensorrt_available_checks_engines_and_stamp(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if importlib.util.find_spec("tensorrt") is None:
+        assert not tensorrt_available(bundle)
+        real = importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object() if n == "tensorrt" else real(n, *a))
+    monkeypatch.setattr(trt_api, "machine_stamp", lambda: dict(MACHINE))
+    assert not tensorrt_available(bundle)  # no engines directory
+    add_engines(bundle)
+    assert tensorrt_available(bundle)
+    monkeypatch.setattr(trt_api, "machine_stamp", lambda: {**MACHINE, "gpu": "Thor"})
+    with pytest.warns(UserWarning, match="not using the TensorRT engines .*built for .* on Orin"):
+        assert not tensorrt_available(bundle)
+
+
+# -- xvla-edge build ------------------------------------------------------------------------------------------
+def test_build_without_tensorrt_says_to_run_on_the_target(bundle: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` fails, as on this machine
+    assert main(["build", str(bundle)]) == 2
+    err = capsys.readouterr().err
+    assert "`import tensorrt` failed" in err and "built and run on the target" in err and "Jetson" in err
+    assert sorted(p.name for p in bundle.iterdir() if p.is_dir()) == []  # nothing left behind
+
+
+def test_build_refuses_an_int8_bundle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bundle = make_bundle(tmp_path, precision="int8")
+    assert main(["build", str(bundle)]) == 2
+    assert "is a int8 bundle; TensorRT engines are built from fp16 or fp32 bundles" in capsys.readouterr().err
+
+
+@pytest.fixture
+def fake_builder(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
+    """Replace TensorRT's build with one that writes a stand-in plan and grows the timing cache."""
+    state = SimpleNamespace(builds=[], fail_denoise=False)
+
+    def build_engine(onnx_path: Path, input_shapes: Mapping[str, tuple[int, ...]], out: Path, *,
+                     timing_cache: Path, workspace_bytes: int | None = None) -> None:
+        state.builds.append({"onnx": onnx_path.name, "shapes": dict(input_shapes), "workspace": workspace_bytes,
+                             "cache_before": timing_cache.read_text() if timing_cache.is_file() else None})
+        if onnx_path.name == "denoise.onnx" and state.fail_denoise:
+            raise trt_api.TensorRTError(f"{onnx_path}: TensorRT could not build an engine")
+        out.write_bytes(b"plan from " + onnx_path.read_bytes())
+        with open(timing_cache, "a") as f:
+            f.write(f"{onnx_path.name};")
+
+    monkeypatch.setattr(trt_api, "build_engine", build_engine)
+    monkeypatch.setattr(trt_api, "machine_stamp", lambda: dict(MACHINE))
+    return state
+
+
+def test_build_writes_engines_and_their_stamps(bundle: Path, fake_builder: SimpleNamespace,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    manifest_before = (bundle / "manifest.json").read_bytes()
+    assert main(["build", str(bundle), "--workspace-gb", "1.5"]) == 0
+    builds = fake_builder.builds
+    assert [b["onnx"] for b in builds] == ["encoder.onnx", "denoise.onnx"]
+    assert builds[0]["shapes"] == {"pixel_values": (1, V, 3, S, S), "image_mask": (1, V), "input_ids": (1, L)}
+    assert builds[0]["workspace"] == int(1.5 * 2**30)
+    assert builds[1]["cache_before"] == "encoder.onnx;"  # one timing cache across both builds
+    engines = bundle / ENGINES_DIR
+    assert sorted(p.name for p in engines.iterdir()) == ["denoise.engine", "encoder.engine", ENGINES_FILE,
+                                                        TIMING_CACHE]
+    assert check_engines(bundle, Manifest.load(bundle), MACHINE)  # stamps match this machine and bundle
+    assert (bundle / "manifest.json").read_bytes() == manifest_before
+    Manifest.load(bundle).verify_files(bundle)  # the bundle's checksums still hold
+    out = capsys.readouterr().out
+    assert "building encoder.engine from encoder.onnx (fp16, strongly typed)" in out and "Orin" in out
+    assert [p.name for p in bundle.iterdir() if p.name.startswith(".")] == []
+
+
+def test_build_needs_force_to_replace_engines_and_keeps_the_timing_cache(
+        bundle: Path, fake_builder: SimpleNamespace, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["build", str(bundle)]) == 0
+    assert main(["build", str(bundle)]) == 2
+    assert "engines already exists; pass --force" in capsys.readouterr().err
+    assert main(["build", str(bundle), "--force"]) == 0
+    assert fake_builder.builds[-2]["cache_before"] == "encoder.onnx;denoise.onnx;"  # the previous build's cache
+    assert (bundle / ENGINES_DIR / TIMING_CACHE).read_text().count("encoder.onnx;") == 2
+
+
+def test_a_failed_build_leaves_no_half_engines(bundle: Path, fake_builder: SimpleNamespace,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    fake_builder.fail_denoise = True
+    assert main(["build", str(bundle)]) == 1
+    assert "build failed: " in capsys.readouterr().err
+    assert sorted(p.name for p in bundle.iterdir() if p.is_dir()) == []
+    fake_builder.fail_denoise = False
+    assert main(["build", str(bundle)]) == 0
+    before = {p.name: p.read_bytes() for p in (bundle / ENGINES_DIR).iterdir()}
+    fake_builder.fail_denoise = True
+    assert main(["build", str(bundle), "--force"]) == 1
+    assert {p.name: p.read_bytes() for p in (bundle / ENGINES_DIR).iterdir()} == before  # old engines intact
+    assert [p.name for p in bundle.iterdir() if p.name.startswith(".")] == []
+
+
+def test_build_verifies_the_bundle_first(bundle: Path, fake_builder: SimpleNamespace,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    (bundle / "denoise.onnx.data").write_bytes(b"stand-in for denoise.onnx.dat!")
+    assert main(["build", str(bundle)]) == 2
+    assert "denoise.onnx.data: sha256" in capsys.readouterr().err
+    assert fake_builder.builds == []  # nothing built
+
+
+# -- memory plan ---------------------------------------------------------------------------------------------
+def test_step_bindings_ping_pong_and_own_t_slot() -> None:
+    plan = step_bindings(3)
+    assert [(b.prev, b.out) for b in plan] == [(0, 1), (1, 0), (0, 1)]
+    assert [b.t_offset for b in plan] == [0, SLOT_BYTES, 2 * SLOT_BYTES]
+    assert all(b.t_offset % 256 == 0 for b in step_bindings(10))
+
+
+def test_t_schedule_matches_the_sampler() -> None:
+    slots = t_schedule(4, np.float32)
+    assert slots.nbytes == 4 * SLOT_BYTES
+    flat = slots.reshape(-1)
+    np.testing.assert_array_equal(flat[[k * SLOT_BYTES // 4 for k in range(4)]],
+                                  np.array([i / 4 for i in range(4, 0, -1)], np.float32))
+    assert np.count_nonzero(flat) == 4
+
+
+def test_io_mismatches_name_each_difference(bundle: Path) -> None:
+    spec = Manifest.load(bundle).denoise
+    info = {s.name: trt_api.TensorInfo(s.name, s.shape, np.dtype(s.dtype), s in spec.inputs)
+            for s in (*spec.inputs, *spec.outputs)}
+    inputs = [s.name for s in spec.inputs]
+    assert io_mismatches("denoise", (*spec.inputs, *spec.outputs), inputs, info) == []
+    info["t"] = trt_api.TensorInfo("t", (1,), np.dtype(np.float16), True)
+    info["x0"] = trt_api.TensorInfo("x0", (1, T, A), np.dtype(np.float32), True)
+    del info["action"]
+    info["extra"] = trt_api.TensorInfo("extra", (1,), np.dtype(np.float32), False)
+    assert io_mismatches("denoise", (*spec.inputs, *spec.outputs), inputs, info) == [
+        "denoise: the manifest has 'action', the engine does not",
+        "denoise: the engine has 'extra', the manifest does not",
+        "denoise: 't' is float16[1] in the engine, float32[1] in the manifest",
+        "denoise: 'x0' is an input of the engine",
+    ]
+
+
+# -- the backend over a fake runtime and fake engines --------------------------------------------------------
+def encoder_fn(px: np.ndarray, mask: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    return np.full((1, C, D), px.mean() + mask.sum() + 0.01 * ids.sum(), np.float32)
+
+
+def denoise_fn(context: np.ndarray, x1: np.ndarray, prev: np.ndarray, proprio: np.ndarray,
+               t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x0 = (0.5 * prev + t[0] * x1 + context.mean() + proprio.mean()).astype(np.float32)
+    return x0, (2 * x0 + 1).astype(np.float32)
+
+
+def reference(px: np.ndarray, mask: np.ndarray, ids: np.ndarray, x1: np.ndarray, proprio: np.ndarray,
+              steps: int) -> np.ndarray:
+    """The sampler as the ONNX Runtime backend runs it."""
+    context = encoder_fn(px, mask, ids)
+    prev = np.zeros_like(x1)
+    for i in range(steps, 0, -1):
+        prev, action = denoise_fn(context, x1, prev, proprio, np.array([i / steps], np.float32))
+    return action
+
+
+@pytest.fixture
+def fakes(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """A fake CUDA runtime and engines that compute encoder_fn / denoise_fn on the fake device memory."""
+    rt = FakeRuntime()
+    monkeypatch.setattr(cuda_graph, "runtime", lambda: rt)
+    monkeypatch.setattr(trt_api, "machine_stamp", lambda: dict(MACHINE))
+    manifest = Manifest.load(bundle)
+    executed: list[str] = []
+
+    class FakeEngine:
+        def __init__(self, path: Path, input_shapes: Mapping[str, tuple[int, ...]]) -> None:
+            self.graph = path.stem
+            spec = getattr(manifest, self.graph)
+            assert input_shapes == {s.name: s.shape for s in spec.inputs}
+            self.tensors = {s.name: trt_api.TensorInfo(s.name, s.shape, np.dtype(s.dtype), s in spec.inputs)
+                            for s in (*spec.inputs, *spec.outputs)}
+            self.addresses: dict[str, int] = {}
+            self.closed = False
+
+        def set_address(self, name: str, ptr: int) -> None:
+            assert name in self.tensors and ptr % 256 == 0, (name, ptr)
+            self.addresses[name] = ptr
+
+        def execute(self, stream: int) -> None:
+            executed.append(self.graph)
+            bound = dict(self.addresses)  # what a captured launch freezes
+            assert set(bound) == set(self.tensors), f"unbound: {set(self.tensors) - set(bound)}"
+
+            def run() -> None:
+                x = {n: rt.read(bound[n], i.shape, i.dtype) for n, i in self.tensors.items() if i.is_input}
+                if self.graph == "encoder":
+                    rt.write(bound["context"], encoder_fn(x["pixel_values"], x["image_mask"], x["input_ids"]))
+                else:
+                    x0, action = denoise_fn(x["context"], x["x1"], x["prev"], x["proprio"], x["t"])
+                    rt.write(bound["x0"], x0)
+                    rt.write(bound["action"], action)
+
+            rt.enqueue(stream, run)
+
+        def close(self) -> None:
+            self.closed = True
+
+    monkeypatch.setattr(trt_api, "Engine", FakeEngine)
+    add_engines(bundle)
+    return {"rt": rt, "manifest": manifest, "executed": executed}
+
+
+def _inputs(seed: int) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    return (rng.random((1, V, 3, S, S), np.float32), np.array([[True, False]]), rng.integers(0, 9, (1, L)),
+            rng.standard_normal((1, T, A), np.float32), rng.standard_normal((1, A), np.float32))
+
+
+def test_backend_runs_the_whole_loop_as_one_graph_per_step_count(bundle: Path, fakes: dict[str, Any]) -> None:
+    rt, executed = fakes["rt"], fakes["executed"]
+    backend = create_backend(fakes["manifest"], bundle, "tensorrt", "cuda")
+    assert isinstance(backend, TensorRTBackend)
+    seen: set[int] = set()
+    for seed, steps in [(0, 3), (1, 3), (2, 5), (3, 3), (4, 1)]:
+        px, mask, ids, x1, proprio = _inputs(seed)
+        backend.encode(px, mask, ids)
+        executed.clear()
+        actions = backend.denoise(x1, proprio, steps)
+        np.testing.assert_allclose(actions, reference(px, mask, ids, x1, proprio, steps), rtol=1e-6)
+        # first use of a step count: the loop runs eagerly once (warm-up) and once under capture; after
+        # that a chunk is one graph replay and the host enqueues nothing
+        assert executed == ([] if steps in seen else ["denoise"] * 2 * steps)
+        seen.add(steps)
+    assert rt.calls.count("cudaStreamBeginCapture") == 3
+    assert rt.calls.count("cudaGraphLaunch") == 5
+    backend.close()
+    assert rt.memory == {} and rt.execs == {} and rt.streams == set()
+
+
+def test_the_loop_writes_nothing_from_the_host(bundle: Path, fakes: dict[str, Any]) -> None:
+    """Every copy from the host happens before the graph launch; the fake runtime fails host copies in a capture."""
+    rt = fakes["rt"]
+    backend = TensorRTBackend(fakes["manifest"], bundle)
+    px, mask, ids, x1, proprio = _inputs(0)
+    backend.encode(px, mask, ids)
+    backend.denoise(x1, proprio, 4)
+    captured = next(iter(rt.execs.values()))
+    assert len(captured) == 1 + 4  # the memset of x0[0] and one launch per step
+    backend.close()
+
+
+def test_backend_refuses_a_cpu_device_and_engines_that_do_not_match(bundle: Path, fakes: dict[str, Any],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(BackendError, match="runs on CUDA only; got device='cpu'"):
+        create_backend(fakes["manifest"], bundle, "tensorrt", "cpu")
+    monkeypatch.setattr(trt_api, "machine_stamp", lambda: {**MACHINE, "tensorrt": "10.13.3.9"})
+    with pytest.raises(BackendError, match="this machine has TensorRT 10.13.3.9"):
+        TensorRTBackend(fakes["manifest"], bundle)
+    monkeypatch.setattr(trt_api, "machine_stamp", lambda: dict(MACHINE))
+    engine_cls = trt_api.Engine
+
+    def wrong_engine(path: Path, shapes: Mapping[str, tuple[int, ...]]) -> Any:
+        engine = engine_cls(path, shapes)
+        if engine.graph == "denoise":
+            engine.tensors["t"] = trt_api.TensorInfo("t", (2,), np.dtype(np.float32), True)
+        return engine
+
+    monkeypatch.setattr(trt_api, "Engine", wrong_engine)
+    with pytest.raises(BackendError, match=r"'t' is float32\[2\] in the engine, float32\[1\] in the manifest"):
+        TensorRTBackend(fakes["manifest"], bundle)
+
+    def failing_bind(path: Path, shapes: Mapping[str, tuple[int, ...]]) -> Any:
+        engine = engine_cls(path, shapes)
+        engine.set_address = lambda name, ptr: (_ for _ in ()).throw(trt_api.TensorRTError(f"bind {name}"))
+        return engine
+
+    monkeypatch.setattr(trt_api, "Engine", failing_bind)  # fails after every buffer is allocated
+    with pytest.raises(BackendError, match="bind pixel_values"):
+        TensorRTBackend(fakes["manifest"], bundle)
+    assert fakes["rt"].memory == {} and fakes["rt"].streams == set()  # the failed load freed what it took
+    assert fakes["rt"].calls.count("cudaMalloc") > 0
+
+
+def test_denoise_before_encode_is_an_error(bundle: Path, fakes: dict[str, Any]) -> None:
+    backend = TensorRTBackend(fakes["manifest"], bundle)
+    with pytest.raises(BackendError, match="before encode"):
+        backend.denoise(*_inputs(0)[3:], 2)
+    backend.close()
+
+
+def test_auto_picks_tensorrt_when_its_engines_fit(bundle: Path, fakes: dict[str, Any],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object() if n == "tensorrt" else real(n, *a))
+    backend = create_backend(fakes["manifest"], bundle, "auto", "cuda")
+    assert isinstance(backend, TensorRTBackend)
+    backend.close()
+    assert trt_backend.engines_problem(bundle) is None
+
+
+# -- trt_api's control flow over a fake ``tensorrt`` module (what it asks of TensorRT, not what TensorRT does) --
+class FakeTensorRT(ModuleType):
+    """The parts of the ``tensorrt`` module trt_api uses. Dtypes are numpy dtypes (``nptype`` is identity)."""
+
+    __version__ = "10.3.0.30"
+
+    def __init__(self, inputs: dict[str, tuple[int, ...]], tensors: dict[str, tuple[tuple[int, ...], str, bool]]):
+        super().__init__("tensorrt")
+        fake = self
+        self.log: list[Any] = []
+        self.fail_build = False
+        self.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, severity: None})
+        self.NetworkDefinitionCreationFlag = SimpleNamespace(STRONGLY_TYPED=5)
+        self.MemoryPoolType = SimpleNamespace(WORKSPACE="WORKSPACE")
+        self.TensorIOMode = SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
+        self.nptype = lambda dtype: dtype
+        self.IProgressMonitor = type("IProgressMonitor", (), {"__init__": lambda self: None})
+
+        class Cache:
+            def __init__(self, data: bytes) -> None:
+                self.data = bytes(data)
+
+            def serialize(self) -> bytes:
+                return self.data + b"+tuned;"
+
+        class Config:
+            progress_monitor: Any = None
+
+            def set_memory_pool_limit(self, pool: str, size: int) -> None:
+                fake.log.append(("pool", pool, size))
+
+            def add_optimization_profile(self, profile: Any) -> None:
+                fake.log.append(("profile", profile.shapes))
+
+            def create_timing_cache(self, data: bytes) -> Cache:
+                return Cache(data)
+
+            def set_timing_cache(self, cache: Cache, ignore_mismatch: bool) -> bool:
+                fake.log.append(("cache", cache.data, ignore_mismatch))
+                self.cache = cache
+                return cache.data != b"from another GPU"
+
+            def get_timing_cache(self) -> Cache:
+                return self.cache
+
+        class Builder:
+            def __init__(self, logger: Any) -> None:
+                pass
+
+            def create_network(self, flags: int) -> Any:
+                fake.log.append(("flags", flags))
+                return SimpleNamespace(num_inputs=len(inputs), get_input=lambda i: SimpleNamespace(
+                    name=list(inputs)[i], shape=list(inputs.values())[i]))
+
+            def create_builder_config(self) -> Config:
+                return Config()
+
+            def create_optimization_profile(self) -> Any:
+                profile = SimpleNamespace(shapes={})
+                profile.set_shape = lambda name, lo, opt, hi: profile.shapes.__setitem__(name, (lo, opt, hi))
+                return profile
+
+            def build_serialized_network(self, network: Any, config: Config) -> bytes | None:
+                monitor = config.progress_monitor
+                monitor.phase_start("Building engine", None, 2)
+                monitor.phase_start("Tactic selection", "Building engine", 7)
+                assert monitor.step_complete("Tactic selection", 0) is True
+                monitor.phase_finish("Tactic selection")
+                monitor.phase_finish("Building engine")
+                return None if fake.fail_build else b"serialized plan"
+
+        def parser_error(i: int) -> Any:
+            return SimpleNamespace(node=lambda: i, node_name=lambda: f"/blocks.{i}/Mul", node_operator=lambda: "Mul",
+                                   desc=lambda: "unsupported data type")
+
+        class OnnxParser:
+            def __init__(self, network: Any, logger: Any) -> None:
+                self.num_errors = 0
+
+            def parse_from_file(self, path: str) -> bool:
+                self.num_errors = 2 if Path(path).read_bytes() == b"bad" else 0
+                return self.num_errors == 0
+
+            def get_error(self, i: int) -> Any:
+                return parser_error(i)
+
+        class Context:
+            def __init__(self) -> None:
+                self.shapes = {n: s for n, (s, _, _) in tensors.items()}
+
+            def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+                self.shapes[name] = shape
+                return True
+
+            def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+                return self.shapes[name]
+
+            def set_tensor_address(self, name: str, ptr: int) -> bool:
+                fake.log.append(("address", name, ptr))
+                return ptr != 0
+
+            def execute_async_v3(self, stream: int) -> bool:
+                fake.log.append(("execute", stream))
+                return stream != 0
+
+        class CudaEngine:
+            num_io_tensors = len(tensors)
+            get_tensor_name = staticmethod(lambda i: list(tensors)[i])
+            get_tensor_mode = staticmethod(lambda n: "INPUT" if tensors[n][2] else "OUTPUT")
+            get_tensor_shape = staticmethod(lambda n: tensors[n][0])
+            get_tensor_dtype = staticmethod(lambda n: tensors[n][1])
+            create_execution_context = staticmethod(Context)
+
+        class Runtime:
+            def __init__(self, logger: Any) -> None:
+                pass
+
+            def deserialize_cuda_engine(self, data: bytes) -> Any:
+                return CudaEngine() if data == b"serialized plan" else None
+
+        self.Builder, self.OnnxParser, self.Runtime = Builder, OnnxParser, Runtime
+
+
+@pytest.fixture
+def fake_trt(monkeypatch: pytest.MonkeyPatch) -> FakeTensorRT:
+    trt = FakeTensorRT(inputs={"x": (1, -1, 4), "mask": (1, 2)},
+                       tensors={"x": ((1, -1, 4), "float32", True), "y": ((1, 3), "float16", False)})
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    return trt
+
+
+def test_build_engine_asks_for_a_strongly_typed_batch_1_engine(tmp_path: Path, fake_trt: FakeTensorRT) -> None:
+    onnx = tmp_path / "g.onnx"
+    onnx.write_bytes(b"graph")
+    cache, lines = tmp_path / TIMING_CACHE, []
+    trt_api.build_engine(onnx, {"x": (1, 3, 4), "mask": (1, 2)}, tmp_path / "g.engine", timing_cache=cache,
+                         workspace_bytes=2**30, log=lines.append)
+    assert (tmp_path / "g.engine").read_bytes() == b"serialized plan"
+    assert fake_trt.log[0] == ("flags", 1 << 5)  # STRONGLY_TYPED, nothing else
+    assert ("pool", "WORKSPACE", 2**30) in fake_trt.log
+    assert ("profile", {"x": ((1, 3, 4),) * 3}) in fake_trt.log  # only the dynamic input, pinned at min=opt=max
+    assert ("cache", b"", False) in fake_trt.log and cache.read_bytes() == b"+tuned;"
+    assert lines[0] == "  Building engine (2 steps)" and lines[1] == "    Tactic selection (7 steps)"
+    assert lines[2].startswith("  Building engine done in ")
+    trt_api.build_engine(onnx, {"x": (1, 3, 4), "mask": (1, 2)}, tmp_path / "g.engine", timing_cache=cache,
+                         log=lines.append)
+    assert ("cache", b"+tuned;", False) in fake_trt.log and cache.read_bytes() == b"+tuned;+tuned;"
+
+
+def test_build_engine_starts_a_new_cache_when_the_old_one_does_not_fit(tmp_path: Path,
+                                                                       fake_trt: FakeTensorRT) -> None:
+    (tmp_path / "g.onnx").write_bytes(b"graph")
+    cache, lines = tmp_path / TIMING_CACHE, []
+    cache.write_bytes(b"from another GPU")
+    trt_api.build_engine(tmp_path / "g.onnx", {"x": (1, 3, 4), "mask": (1, 2)}, tmp_path / "g.engine",
+                         timing_cache=cache, log=lines.append)
+    assert "is from another GPU or TensorRT version; starting a new one" in lines[0]
+    assert cache.read_bytes() == b"+tuned;"
+
+
+def test_build_engine_reports_each_parser_error_and_shape_mismatches(tmp_path: Path, fake_trt: FakeTensorRT) -> None:
+    onnx = tmp_path / "g.onnx"
+    onnx.write_bytes(b"bad")
+    with pytest.raises(trt_api.TensorRTError, match=r"parser failed:\n  node 0 \(/blocks.0/Mul, Mul\): unsupported "
+                                                    r"data type\n  node 1 \(/blocks.1/Mul"):
+        trt_api.build_engine(onnx, {}, tmp_path / "g.engine", timing_cache=tmp_path / TIMING_CACHE)
+    onnx.write_bytes(b"graph")
+    for shapes, message in [({"x": (1, 3, 5), "mask": (1, 2)}, r"input 'x' has shape \(1, -1, 4\); the manifest "
+                                                                r"says \(1, 3, 5\)"),
+                            ({"x": (1, 3, 4)}, r"input 'mask' is not in the manifest"),
+                            ({"x": (1, 3, 4), "mask": (1, 2), "z": (1,)}, r"lists inputs \['z'\] the graph lacks")]:
+        with pytest.raises(trt_api.TensorRTError, match=message):
+            trt_api.build_engine(onnx, shapes, tmp_path / "g.engine", timing_cache=tmp_path / TIMING_CACHE)
+    fake_trt.fail_build = True
+    with pytest.raises(trt_api.TensorRTError, match="g.onnx: TensorRT could not build an engine"):
+        trt_api.build_engine(onnx, {"x": (1, 3, 4), "mask": (1, 2)}, tmp_path / "g.engine",
+                             timing_cache=tmp_path / TIMING_CACHE, log=lambda line: None)
+    assert not (tmp_path / "g.engine").exists()
+
+
+def test_engine_binds_by_name_and_names_the_tensor_on_failure(tmp_path: Path, fake_trt: FakeTensorRT) -> None:
+    path = tmp_path / "g.engine"
+    path.write_bytes(b"serialized plan")
+    engine = trt_api.Engine(path, {"x": (1, 3, 4)})
+    assert engine.tensors == {"x": trt_api.TensorInfo("x", (1, 3, 4), np.dtype(np.float32), True),
+                              "y": trt_api.TensorInfo("y", (1, 3), np.dtype(np.float16), False)}
+    engine.set_address("x", 0x1000)
+    engine.execute(0x2000)
+    assert fake_trt.log[-2:] == [("address", "x", 0x1000), ("execute", 0x2000)]
+    with pytest.raises(trt_api.TensorRTError, match=r"g.engine: set_tensor_address\('y', 0x0\) failed"):
+        engine.set_address("y", 0)
+    with pytest.raises(trt_api.TensorRTError, match="no I/O tensor 'z'"):
+        engine.set_address("z", 0x1000)
+    with pytest.raises(trt_api.TensorRTError, match="execute_async_v3 failed"):
+        engine.execute(0)
+    with pytest.raises(trt_api.TensorRTError, match=r"cannot set the shape of input 'x' to None"):
+        trt_api.Engine(path, {})
+    path.write_bytes(b"garbage")
+    with pytest.raises(trt_api.TensorRTError, match="could not deserialize .*xvla-edge build BUNDLE --force"):
+        trt_api.Engine(path, {"x": (1, 3, 4)})
+
+
+def test_machine_stamp(fake_trt: FakeTensorRT, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cuda_graph, "current_device", lambda: cuda_graph.Device(0, "Orin", "8.7"))
+    assert trt_api.machine_stamp() == MACHINE
+
+
+# -- the real thing (TensorRT + GPU) ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def built_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("tensorrt", reason="needs TensorRT (`import tensorrt`): run on the Jetson or a GPU machine")
+    if cuda_graph.device_count() == 0:
+        pytest.skip("needs a CUDA device")
+    pytest.importorskip("torch", reason="exporting the test bundle needs the [export] extra")
+    from xvla import write_random_checkpoint
+
+    work = tmp_path_factory.mktemp("trt")
+    ckpt = write_random_checkpoint(work / "ckpt", "tiny", seed=5)
+    assert main(["export", str(ckpt), "--domain-id", "0", "--precision", "fp16", "--views", "2",
+                 "--out", str(work / "b16")]) == 0
+    assert main(["build", str(work / "b16")]) == 0
+    return work / "b16"
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+def test_tensorrt_matches_onnxruntime_on_a_fp16_bundle(built_bundle: Path) -> None:
+    """Same fp16 graphs, two runtimes: within the bundle's fp16 tolerance (mm, degrees, gripper flips)."""
+    from calibration.metrics import ChunkErrors, Tolerance, accumulate
+    from runtime.policy import Policy
+    from runtime.types import Observation
+
+    with Policy.load(built_bundle, backend="onnxruntime") as ort_policy, \
+            Policy.load(built_bundle, backend="tensorrt", device="cuda") as trt_policy:
+        tol = Tolerance(**trt_policy.manifest.raw["parity"]["tolerance"])
+        errors = ChunkErrors()
+        for seed, steps in [(0, 10), (1, 3), (2, 10)]:
+            rng = np.random.default_rng(seed)
+            obs = Observation(images=[rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(2)],
+                              instruction="pick up the cup", proprio=rng.normal(0, 0.2, 20).astype(np.float32),
+                              timestamp=0.0, noise=rng.standard_normal((30, 20)).astype(np.float32))
+            accumulate(errors, ort_policy.act(obs, steps=steps).actions[None],
+                       trt_policy.act(obs, steps=steps).actions[None], "ee6d")
+        assert not errors.failures(tol), errors.summary()
+        assert trt_policy.backend.graphs.keys == (3, 10)
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+def test_engine_errors_name_the_tensor(built_bundle: Path) -> None:
+    manifest = Manifest.load(built_bundle)
+    engine = trt_api.Engine(built_bundle / ENGINES_DIR / "denoise.engine",
+                            {s.name: s.shape for s in manifest.denoise.inputs})
+    try:
+        with pytest.raises(trt_api.TensorRTError, match="no I/O tensor 'nope'"):
+            engine.set_address("nope", 0)
+    finally:
+        engine.close()
+
+
+@pytest.mark.tensorrt
+def test_parser_errors_are_reported_per_node(tmp_path: Path) -> None:
+    pytest.importorskip("tensorrt", reason="needs TensorRT (`import tensorrt`): run on the Jetson or a GPU machine")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx model")
+    with pytest.raises(trt_api.TensorRTError, match="ONNX parser failed:\n  node "):
+        trt_api.build_engine(bad, {}, tmp_path / "bad.engine", timing_cache=tmp_path / TIMING_CACHE)
