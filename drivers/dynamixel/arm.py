@@ -1,0 +1,277 @@
+"""A joint-space :class:`~drivers.arm.Arm` on X-series Dynamixel servos (WidowX, Koch, ALOHA-style arms).
+
+Per tick: one Sync Read of Present_Velocity + Present_Position (addresses 128-135) and one Sync Write
+of Goal_Position. The servos' own deadman, Bus_Watchdog, is armed on connect: if the host stops
+sending instructions for ``watchdog_ms``, every servo stops where it is and refuses goal writes until
+the next :meth:`DynamixelArm.connect`. Torque is enabled on connect and never disabled here.
+
+It runs on :mod:`.bus`, our own Protocol 2.0 implementation on pyserial, not on the vendor DynamixelSDK: the
+SDK opens ports with ``serial.Serial`` and so cannot use pyserial URLs (``loop://``, ``socket://``,
+``spy://``) or be pointed at an emulator without patching, and dynamixel-sdk 4.x changed its API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+from typing import Iterator, Union
+
+import numpy as np
+
+from drivers.arm import (
+    Arm,
+    ArmCapabilities,
+    ArmConfigError,
+    ArmFault,
+    ArmLinkError,
+    ArmState,
+    FaultFlag,
+    JointLimit,
+    Target,
+)
+from drivers.dynamixel import tables as t
+from drivers.dynamixel.bus import Bus, DynamixelLinkError, ServoError
+from drivers.dynamixel.calibration import ArmCalibration, CalibrationError
+
+_HW_TO_FAULT = {
+    t.HardwareError.INPUT_VOLTAGE: FaultFlag.SUPPLY_VOLTAGE,
+    t.HardwareError.OVERHEATING: FaultFlag.OVER_TEMPERATURE,
+    t.HardwareError.MOTOR_ENCODER: FaultFlag.ENCODER,
+    t.HardwareError.ELECTRICAL_SHOCK: FaultFlag.SUPPLY_VOLTAGE,
+    t.HardwareError.OVERLOAD: FaultFlag.OVER_CURRENT,
+}
+_AT_LIMIT_RAD = 0.01
+_RAD_S_PER_UNIT = t.VELOCITY_UNIT_RPM * 2 * math.pi / 60
+
+
+def hardware_faults(bits: int) -> FaultFlag:
+    """Arm fault flags for a Hardware_Error_Status value."""
+    flags = FaultFlag(0)
+    for hw, flag in _HW_TO_FAULT.items():
+        if bits & hw:
+            flags |= flag
+    return flags
+
+
+class DynamixelArm(Arm):
+    """One arm (joints + gripper) on one Dynamixel bus.
+
+    ``watchdog_ms`` (20-2540, rounded up to 20 ms steps) is the Bus_Watchdog time; the watchdog
+    register is polled every ``watchdog_check_every`` state reads.
+    """
+
+    def __init__(
+        self,
+        port: str,
+        calibration: Union[ArmCalibration, str, Path],
+        *,
+        baudrate: int = 1_000_000,
+        watchdog_ms: int = 100,
+        timeout_s: float = 0.05,
+        retries: int = 2,
+        watchdog_check_every: int = 10,
+    ) -> None:
+        self.calibration = calibration if isinstance(calibration, ArmCalibration) else ArmCalibration.load(calibration)
+        units = math.ceil(watchdog_ms / (t.WATCHDOG_UNIT_S * 1000))
+        if not 1 <= units <= 127:
+            raise ArmConfigError(f"DynamixelArm.watchdog_ms: expected 20..2540, got {watchdog_ms}")
+        self._watchdog_units = units
+        self._check_every = max(1, watchdog_check_every)
+        self.bus = Bus(port, baudrate=baudrate, timeout_s=timeout_s, retries=retries)
+        self._ids = self.calibration.motor_ids
+        self._caps: ArmCapabilities | None = None
+        self._reads = 0
+        self._estopped = False
+        self._hw_errors: dict[int, int] = {}
+        self._tripped: list[int] = []
+
+    # ---- Arm interface ---------------------------------------------------------------------------
+
+    @property
+    def capabilities(self) -> ArmCapabilities:
+        if self._caps is None:
+            raise ArmConfigError(f"DynamixelArm({self.bus.port}) is not connected. Run `.connect()` first.")
+        return self._caps
+
+    def connect(self) -> ArmCapabilities:
+        with self._errors("connect"):
+            self.bus.open()
+            for motor_id in self._ids:
+                self.bus.ping(motor_id)
+            self._check_modes_and_limits()
+            self._hw_errors = {i: v for i, v in self.bus.sync_read(t.HARDWARE_ERROR_STATUS, self._ids).items() if v}
+            self.bus.alerts.clear()
+            if self._hw_errors:
+                raise self._fault("connect")
+            # The watchdogs are cleared and armed by broadcasts: a servo counts only instructions for its own id
+            # (or broadcast), so one-by-one writes could trip an armed servo while the others are being written.
+            self._set_watchdogs(0)  # also clears a tripped watchdog, so goals are accepted again
+            self._tripped = []
+            self.bus.sync_write(t.GOAL_POSITION, self.bus.sync_read(t.PRESENT_POSITION, self._ids))
+            for motor_id in self._ids:
+                self.bus.write(motor_id, t.TORQUE_ENABLE, 1)
+            self._set_watchdogs(self._watchdog_units)
+        self._caps = ArmCapabilities(
+            space="joint",
+            n_arms=1,
+            joint_limits=tuple(JointLimit(j.lower, j.upper, j.max_velocity) for j in self.calibration.joints),
+        )
+        return self._caps
+
+    def read_state(self) -> ArmState:
+        self._connected()
+        with self._errors("read state"):
+            raw = self.bus.sync_read_bytes(t.PRESENT_VELOCITY.address, 8, self._ids, name="Present_Velocity+Position")
+            stamp = time.monotonic()
+            self._reads += 1
+            if self.bus.alerts:
+                self._read_hardware_errors()
+            if self._reads % self._check_every == 0:
+                watchdog = self.bus.sync_read(t.BUS_WATCHDOG, self._ids)
+                self._tripped = [i for i, v in watchdog.items() if v == t.WATCHDOG_TRIPPED]
+        ticks = {i: t.PRESENT_POSITION.decode(data[4:]) for i, data in raw.items()}
+        units = {i: t.PRESENT_VELOCITY.decode(data[:4]) for i, data in raw.items()}
+        joints = self.calibration.joints
+        q = np.array([j.to_rad(ticks[j.motor_id]) for j in joints])
+        qd = np.array([j.direction * units[j.motor_id] * _RAD_S_PER_UNIT for j in joints])
+        gripper = self.calibration.gripper
+        return ArmState(
+            timestamp=stamp,
+            faults=self._faults(q),
+            position=np.full((1, 3), np.nan),
+            quaternion=np.full((1, 4), np.nan),
+            gripper=np.array([gripper.to_opening(ticks[gripper.motor_id])]),
+            joint_positions=q,
+            joint_velocities=qd,
+            mode=self._mode(),
+        )
+
+    def send_target(self, target: Target) -> None:
+        self._connected()
+        if target.space != "joint" or target.joints is None:
+            raise ArmConfigError(f"DynamixelArm({self.bus.port}) takes joint targets, got a {target.space!r} target")
+        joints = self.calibration.joints
+        if target.joints.shape != (len(joints),) or target.n_arms != 1:
+            raise ArmConfigError(
+                f"DynamixelArm({self.bus.port}): expected {len(joints)} joints and 1 gripper, "
+                f"got {target.joints.shape[0]} joints and {target.n_arms} gripper values"
+            )
+        self._refuse_if_blocked()
+        try:
+            goals = {j.motor_id: j.to_ticks(float(q)) for j, q in zip(joints, target.joints)}
+            gripper = self.calibration.gripper
+            goals[gripper.motor_id] = gripper.to_ticks(float(target.gripper[0]))
+        except CalibrationError as exc:
+            raise ArmFault(f"DynamixelArm({self.bus.port}): refusing target: {exc}", reason="out_of_limits") from exc
+        with self._errors("send target"):
+            self.bus.sync_write(t.GOAL_POSITION, goals)
+
+    def hold(self) -> None:
+        self._connected()
+        with self._errors("hold"):
+            self.bus.sync_write(t.GOAL_POSITION, self.bus.sync_read(t.PRESENT_POSITION, self._ids))
+
+    def estop(self) -> None:
+        self._estopped = True
+        self.hold()
+
+    def clear_estop(self) -> None:
+        self._estopped = False
+
+    def close(self) -> None:
+        if self._caps is not None:
+            with contextlib.suppress(ArmLinkError, ArmFault):
+                self.hold()
+        self._caps = None
+        self.bus.close()
+
+    # ---- helpers ---------------------------------------------------------------------------------
+
+    def _connected(self) -> None:
+        if self._caps is None:
+            raise ArmConfigError(f"DynamixelArm({self.bus.port}) is not connected. Run `.connect()` first.")
+
+    @contextlib.contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except DynamixelLinkError as exc:
+            raise ArmLinkError(f"DynamixelArm {what}: {exc}") from exc
+        except ServoError as exc:
+            raise ArmFault(f"DynamixelArm {what}: {exc}", reason="servo_error") from exc
+
+    def _check_modes_and_limits(self) -> None:
+        modes = self.bus.sync_read(t.OPERATING_MODE, self._ids)
+        lows = self.bus.sync_read(t.MIN_POSITION_LIMIT, self._ids)
+        highs = self.bus.sync_read(t.MAX_POSITION_LIMIT, self._ids)
+        for motor_id, mode in modes.items():
+            if mode not in t.POSITION_MODES:
+                raise ArmConfigError(
+                    f"motor {motor_id}: Operating_Mode is {mode}; expected a position mode "
+                    f"{[int(m) for m in t.POSITION_MODES]} (set it with the torque off)"
+                )
+        for j in self.calibration.joints:
+            ends = sorted(j.to_ticks(v) for v in (j.lower, j.upper))
+            low, high = lows[j.motor_id], highs[j.motor_id]
+            if modes[j.motor_id] == t.OperatingMode.POSITION and not low <= ends[0] <= ends[1] <= high:
+                raise ArmConfigError(
+                    f"joint {j.name!r} (motor {j.motor_id}): calibrated range {ends} ticks exceeds the servo's "
+                    f"Min/Max_Position_Limit [{low}, {high}]; goals outside it would be dropped silently"
+                )
+
+    def _set_watchdogs(self, units: int) -> None:
+        self.bus.sync_write(t.BUS_WATCHDOG, {i: units for i in self._ids})
+        wrong = {i: v for i, v in self.bus.sync_read(t.BUS_WATCHDOG, self._ids).items() if v != units}
+        if wrong:
+            raise DynamixelLinkError(f"Bus_Watchdog should read {units} after a sync write, got {wrong}")
+
+    def _read_hardware_errors(self) -> None:
+        for motor_id in sorted(self.bus.alerts):
+            self._hw_errors[motor_id] = self.bus.read(motor_id, t.HARDWARE_ERROR_STATUS)
+        self.bus.alerts.clear()
+
+    def _faults(self, q: np.ndarray) -> FaultFlag:
+        flags = FaultFlag.ESTOP if self._estopped else FaultFlag(0)
+        if self._tripped:
+            flags |= FaultFlag.HOST_TIMEOUT
+        flags |= self._hw_flags()
+        lower = np.array([j.lower for j in self.calibration.joints])
+        upper = np.array([j.upper for j in self.calibration.joints])
+        if np.any(q <= lower + _AT_LIMIT_RAD) or np.any(q >= upper - _AT_LIMIT_RAD):
+            flags |= FaultFlag.AT_LIMIT
+        return flags
+
+    def _mode(self) -> str:
+        if self._estopped:
+            return "ESTOPPED"
+        if self._hw_errors:
+            return "FAULT"
+        return "WATCHDOG_TRIPPED" if self._tripped else "TRACKING"
+
+    def _fault(self, what: str) -> ArmFault:
+        errors = ", ".join(f"motor {i}: {t.describe_hardware_error(v)}" for i, v in sorted(self._hw_errors.items()))
+        return ArmFault(
+            f"DynamixelArm {what}: hardware error ({errors}); fix the cause, then reboot the servo(s)",
+            flags=self._hw_flags(),
+            reason="faulted",
+        )
+
+    def _hw_flags(self) -> FaultFlag:
+        flags = FaultFlag(0)
+        for bits in self._hw_errors.values():
+            flags |= hardware_faults(bits)
+        return flags
+
+    def _refuse_if_blocked(self) -> None:
+        if self._estopped:
+            raise ArmFault(f"DynamixelArm({self.bus.port}): e-stop latch is set; call clear_estop() first",
+                           flags=FaultFlag.ESTOP, reason="estopped")
+        if self._hw_errors:
+            raise self._fault("send target")
+        if self._tripped:
+            raise ArmLinkError(
+                f"DynamixelArm({self.bus.port}): Bus_Watchdog tripped on motor(s) {self._tripped} (host silent for "
+                f"more than {self._watchdog_units * 20} ms); the servos hold and refuse goals; call connect() again"
+            )

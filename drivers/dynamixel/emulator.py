@@ -1,0 +1,347 @@
+"""Emulated chain of X-series Dynamixel servos behind a pty, for tests and bring-up without hardware.
+
+Runs in its own process (see :mod:`drivers.xvla_serial.ptyproc`)::
+
+    python -m drivers.dynamixel.emulator --config '{"ids": [1, 2, 3, 4, 5, 6]}'    # prints /dev/pts/N
+
+Modelled: PING (unicast and broadcast), READ, WRITE (unicast and broadcast), SYNC READ, SYNC WRITE
+and REBOOT with status packets after each servo's Return_Delay_Time; Status_Return_Level; control
+table memory per id holding the registers of :mod:`.tables` (writes must cover whole registers;
+read-only registers and EEPROM-with-torque-on refuse with ACCESS_ERROR); first-order motion of
+Present_Position toward Goal_Position while torque is on, clamped to Min/Max_Position_Limit in
+position mode (goals outside them are refused with DATA_LIMIT_ERROR); torque enable resets the goal to
+the present position; Bus_Watchdog (e-Manual "Bus Watchdog(98)": with torque on, when no instruction
+for this id or broadcast arrives within the set time, the servo stops, the register reads -1 and goal
+writes fail with DATA_RANGE_ERROR until 0 is written); hardware errors (alert bit in every status,
+torque off when the bit is in Shutdown; torque cannot come back until REBOOT).
+
+Fault injection (control commands): ``drop_replies``, ``corrupt_replies``, ``silence``,
+``hardware_error``, ``echo`` (a half-duplex adapter that echoes TX), ``set_register``; ``snapshot``
+returns every servo's registers and counters. Not modelled: wire timing at the baud rate, CRC_ERROR
+replies (corrupted instructions are dropped), REG_WRITE/ACTION, bulk and fast sync read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import random
+from typing import Any
+
+from drivers.dynamixel import protocol as p
+from drivers.dynamixel import tables as t
+from drivers.xvla_serial.ptyproc import EmulatorProcess, run
+
+MEMORY_SIZE = 256
+_BY_ADDRESS = {reg.address: reg for reg in t.X_SERIES}
+_E = p.ResultError
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainConfig:
+    """The emulated servos and how they move."""
+
+    ids: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
+    model_number: int = 1020  # XM430-W350
+    firmware: int = 48
+    start_ticks: int = 2048
+    return_delay: int = 250  # factory default: 500 us
+    tau_s: float = 0.02
+    max_speed_ticks_s: float = 4096.0
+
+
+class Servo:
+    """One servo: control-table memory plus the continuous present position."""
+
+    def __init__(self, motor_id: int, config: ChainConfig) -> None:
+        self.id = motor_id
+        self.config = config
+        self.memory = bytearray(MEMORY_SIZE)
+        self.present = float(config.start_ticks)
+        self.last_instruction = 0.0
+        self.silent = False
+        self.limit_refusals = 0  # goal writes outside Min/Max_Position_Limit
+        self.watchdog_refusals = 0  # goal writes while the Bus_Watchdog is tripped
+        for reg, value in (
+            (t.MODEL_NUMBER, config.model_number), (t.FIRMWARE_VERSION, config.firmware), (t.ID, motor_id),
+            (t.BAUD_RATE, 3), (t.RETURN_DELAY_TIME, config.return_delay),
+            (t.OPERATING_MODE, t.OperatingMode.POSITION), (t.VELOCITY_LIMIT, 265),
+            (t.MAX_POSITION_LIMIT, t.TICKS_PER_REV - 1), (t.MIN_POSITION_LIMIT, 0), (t.SHUTDOWN, 0x34),
+        ):
+            self.set(reg, value)
+        self.reboot()
+
+    def get(self, reg: t.Register) -> int:
+        return reg.decode(bytes(self.memory[reg.address : reg.address + reg.size]))
+
+    def set(self, reg: t.Register, value: int) -> None:
+        self.memory[reg.address : reg.address + reg.size] = reg.encode(value)
+
+    def reboot(self) -> None:
+        """RAM back to defaults: torque off, watchdog off, hardware errors cleared, goal = present."""
+        self.memory[t.EEPROM_END :] = bytes(MEMORY_SIZE - t.EEPROM_END)
+        for reg, value in (
+            (t.STATUS_RETURN_LEVEL, 2), (t.POSITION_P_GAIN, 800), (t.PRESENT_INPUT_VOLTAGE, 120),
+            (t.PRESENT_TEMPERATURE, 30),
+        ):
+            self.set(reg, value)
+        self._sync_present(0.0)
+        self.set(t.GOAL_POSITION, round(self.present))
+
+    @property
+    def torque(self) -> bool:
+        return bool(self.get(t.TORQUE_ENABLE))
+
+    @property
+    def error_byte(self) -> int:
+        return p.ALERT_BIT if self.get(t.HARDWARE_ERROR_STATUS) else 0
+
+    # ---- instructions ----------------------------------------------------------------------------
+
+    def read(self, address: int, length: int) -> tuple[int, bytes]:
+        if address + length > MEMORY_SIZE or length == 0:
+            return _E.DATA_RANGE_ERROR, b""
+        return _E.NONE, bytes(self.memory[address : address + length])
+
+    def write(self, address: int, data: bytes) -> int:
+        """Apply a write atomically; returns the result code."""
+        regs = []
+        cursor, end = address, address + len(data)
+        while cursor < end:
+            reg = _BY_ADDRESS.get(cursor)
+            if reg is None:
+                return _E.ACCESS_ERROR
+            if cursor + reg.size > end:
+                return _E.DATA_LENGTH_ERROR
+            regs.append(reg)
+            cursor += reg.size
+        values = {reg: reg.decode(data[reg.address - address : reg.address - address + reg.size]) for reg in regs}
+        for reg, value in values.items():
+            error = self._check_write(reg, value)
+            if error == _E.DATA_LIMIT_ERROR:
+                self.limit_refusals += 1
+            elif error and reg in t.GOAL_REGISTERS:
+                self.watchdog_refusals += 1
+            if error:
+                return error
+        for reg, value in values.items():
+            if reg is t.TORQUE_ENABLE and value and not self.torque:
+                self.set(t.GOAL_POSITION, round(self.present))
+            self.set(reg, value)
+        return _E.NONE
+
+    def _check_write(self, reg: t.Register, value: int) -> int:
+        if not reg.writable or (reg.eeprom and self.torque):
+            return _E.ACCESS_ERROR
+        if reg in t.GOAL_REGISTERS and self.get(t.BUS_WATCHDOG) == t.WATCHDOG_TRIPPED:
+            return _E.DATA_RANGE_ERROR
+        if reg is t.BUS_WATCHDOG and value < 0:
+            return _E.DATA_RANGE_ERROR
+        if reg is t.TORQUE_ENABLE and value and self.get(t.HARDWARE_ERROR_STATUS):
+            return _E.RESULT_FAIL
+        if reg is t.GOAL_POSITION and self.get(t.OPERATING_MODE) == t.OperatingMode.POSITION:
+            if not self.get(t.MIN_POSITION_LIMIT) <= value <= self.get(t.MAX_POSITION_LIMIT):
+                return _E.DATA_LIMIT_ERROR
+        return _E.NONE
+
+    # ---- time ------------------------------------------------------------------------------------
+
+    def tick(self, now: float, dt: float) -> None:
+        watchdog = self.get(t.BUS_WATCHDOG)
+        if self.torque and watchdog > 0 and now - self.last_instruction > watchdog * t.WATCHDOG_UNIT_S:
+            self.set(t.BUS_WATCHDOG, t.WATCHDOG_TRIPPED)
+            self.set(t.GOAL_POSITION, round(self.present))  # stop where it is
+        before = self.present
+        if self.torque and dt > 0:
+            goal = self.get(t.GOAL_POSITION)
+            step = (goal - self.present) * (1.0 - math.exp(-dt / self.config.tau_s))
+            limit = self.config.max_speed_ticks_s * dt
+            self.present += max(-limit, min(limit, step))
+            if abs(goal - self.present) < 0.5:
+                self.present = float(goal)
+        self._sync_present((self.present - before) / dt if dt > 0 else 0.0)
+
+    def _sync_present(self, ticks_per_s: float) -> None:
+        self.set(t.PRESENT_POSITION, round(self.present))
+        self.set(t.PRESENT_VELOCITY, round(ticks_per_s * 60 / t.TICKS_PER_REV / t.VELOCITY_UNIT_RPM))
+        self.set(t.MOVING, int(abs(self.get(t.GOAL_POSITION) - self.present) > 1 and self.torque))
+
+    def snapshot(self) -> dict[str, Any]:
+        out: dict[str, Any] = {reg.name: self.get(reg) for reg in t.X_SERIES}
+        out.update(present_exact=self.present, limit_refusals=self.limit_refusals,
+                   watchdog_refusals=self.watchdog_refusals, silent=self.silent)
+        return out
+
+
+class ServoChain:
+    """All servos on one bus (implements ``ptyproc.Device``)."""
+
+    def __init__(self, config: ChainConfig | None = None, *, seed: int | None = None) -> None:
+        self.config = config or ChainConfig()
+        self.servos = {i: Servo(i, self.config) for i in self.config.ids}
+        self.outbox: list[tuple[float, bytes]] = []
+        self._parser = p.PacketParser()
+        self._rng = random.Random(seed)
+        self._last_tick: float | None = None
+        self._drop = self._corrupt = 0
+        self._echo = False
+
+    def feed(self, data: bytes, now: float) -> None:
+        if self._echo:
+            self._queue(now, data)
+        for packet in self._parser.feed(data):
+            if packet.instruction != p.Instruction.STATUS:
+                self._handle(packet, now)
+
+    def tick(self, now: float) -> None:
+        dt = 0.0 if self._last_tick is None else min(now - self._last_tick, 0.05)
+        self._last_tick = now
+        for servo in self.servos.values():
+            servo.tick(now, dt)
+
+    # ---- instruction handling --------------------------------------------------------------------
+
+    def _live(self, motor_id: int) -> Servo | None:
+        servo = self.servos.get(motor_id)
+        return None if servo is None or servo.silent else servo
+
+    def _handle(self, packet: p.Packet, now: float) -> None:
+        broadcast = packet.id == p.BROADCAST_ID
+        addressed = [s for s in self.servos.values() if not s.silent and (broadcast or s.id == packet.id)]
+        for servo in addressed:
+            servo.last_instruction = now
+        inst, params = packet.instruction, packet.params
+        if inst == p.Instruction.SYNC_READ and broadcast:
+            self._sync_read(params, now)
+        elif inst == p.Instruction.SYNC_WRITE and broadcast:
+            self._sync_write(params)
+        elif inst == p.Instruction.PING:
+            for servo in addressed:
+                model = t.MODEL_NUMBER.encode(servo.get(t.MODEL_NUMBER))
+                self._status(servo, now, data=model + bytes([servo.get(t.FIRMWARE_VERSION)]), level=0)
+        elif broadcast and inst == p.Instruction.WRITE and len(params) > 2:
+            for servo in addressed:
+                servo.write(int.from_bytes(params[:2], "little"), params[2:])
+        elif not broadcast and addressed:
+            self._unicast(addressed[0], inst, params, now)
+
+    def _unicast(self, servo: Servo, inst: int, params: bytes, now: float) -> None:
+        if inst == p.Instruction.READ:
+            if len(params) != 4:
+                return self._status(servo, now, error=_E.DATA_LENGTH_ERROR, level=1)
+            error, data = servo.read(int.from_bytes(params[:2], "little"), int.from_bytes(params[2:], "little"))
+            return self._status(servo, now, error=error, data=data, level=1)
+        if inst == p.Instruction.WRITE:
+            if len(params) < 3:
+                return self._status(servo, now, error=_E.DATA_LENGTH_ERROR)
+            return self._status(servo, now, error=servo.write(int.from_bytes(params[:2], "little"), params[2:]))
+        if inst == p.Instruction.REBOOT:
+            self._status(servo, now)
+            return servo.reboot()
+        return self._status(servo, now, error=_E.INSTRUCTION_ERROR)
+
+    def _sync_read(self, params: bytes, now: float) -> None:
+        if len(params) < 5:
+            return
+        address, length = int.from_bytes(params[:2], "little"), int.from_bytes(params[2:4], "little")
+        for motor_id in params[4:]:
+            servo = self._live(motor_id)
+            if servo is not None:
+                error, data = servo.read(address, length)
+                self._status(servo, now, error=error, data=data, level=1)
+
+    def _sync_write(self, params: bytes) -> None:
+        if len(params) < 4:
+            return
+        address, length = int.from_bytes(params[:2], "little"), int.from_bytes(params[2:4], "little")
+        blocks = params[4:]
+        if length == 0 or len(blocks) % (length + 1):
+            return
+        for start in range(0, len(blocks), length + 1):
+            servo = self._live(blocks[start])
+            if servo is not None:
+                servo.write(address, blocks[start + 1 : start + 1 + length])
+
+    def _status(self, servo: Servo, now: float, *, error: int = 0, data: bytes = b"", level: int = 2) -> None:
+        """Queue a status packet after the servo's return delay, if its Status_Return_Level allows."""
+        if servo.get(t.STATUS_RETURN_LEVEL) < level:
+            return
+        wire = p.Status(servo.id, error | servo.error_byte, data).to_packet().encode()
+        if self._drop:
+            self._drop -= 1
+            return
+        if self._corrupt:
+            self._corrupt -= 1
+            index = self._rng.randrange(len(wire))
+            wire = wire[:index] + bytes([wire[index] ^ (1 << self._rng.randrange(8))]) + wire[index + 1 :]
+        self._queue(now + servo.get(t.RETURN_DELAY_TIME) * t.RETURN_DELAY_UNIT_S, wire)
+
+    def _queue(self, due: float, data: bytes) -> None:
+        if self.outbox:
+            due = max(due, self.outbox[-1][0])  # the bus is half-duplex: one reply after the other
+        self.outbox.append((due, data))
+
+    # ---- control commands from the test ----------------------------------------------------------
+
+    def control(self, command: str, args: dict[str, Any]) -> Any:
+        handler = getattr(self, f"_ctl_{command}", None)
+        if handler is None:
+            raise ValueError(f"unknown emulator command {command!r}")
+        return handler(**args)
+
+    def _servo(self, motor_id: int) -> Servo:
+        if motor_id not in self.servos:
+            raise ValueError(f"no emulated servo with id {motor_id} (ids: {sorted(self.servos)})")
+        return self.servos[motor_id]
+
+    def _ctl_snapshot(self) -> dict[str, Any]:
+        return {str(i): servo.snapshot() for i, servo in self.servos.items()}
+
+    def _ctl_drop_replies(self, n: int = 1) -> None:
+        self._drop = n
+
+    def _ctl_corrupt_replies(self, n: int = 1) -> None:
+        self._corrupt = n
+
+    def _ctl_silence(self, motor_id: int, on: bool = True) -> None:
+        self._servo(motor_id).silent = on
+
+    def _ctl_echo(self, on: bool = True) -> None:
+        self._echo = on
+
+    def _ctl_hardware_error(self, motor_id: int, bits: int) -> None:
+        servo = self._servo(motor_id)
+        servo.set(t.HARDWARE_ERROR_STATUS, bits)
+        if bits & servo.get(t.SHUTDOWN):
+            servo.set(t.TORQUE_ENABLE, 0)
+
+    def _ctl_set_register(self, motor_id: int, name: str, value: int) -> None:
+        regs = {reg.name: reg for reg in t.X_SERIES}
+        if name not in regs:
+            raise ValueError(f"unknown register {name!r}; known: {sorted(regs)}")
+        self._servo(motor_id).set(regs[name], value)
+
+
+def start(config: ChainConfig | None = None, *, seed: int | None = None) -> EmulatorProcess:
+    """Start an emulated servo chain in a child process; ``.port`` is its pty path. Stop with ``.stop()``."""
+    args = ["--config", json.dumps(dataclasses.asdict(config or ChainConfig()))]
+    proc = EmulatorProcess("drivers.dynamixel.emulator", args + ([] if seed is None else ["--seed", str(seed)]))
+    proc.start()
+    return proc
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="{}", help='ChainConfig fields as JSON, e.g. \'{"ids": [1, 2, 3]}\'')
+    parser.add_argument("--seed", type=int, default=None, help="seed for fault injection")
+    args = parser.parse_args(argv)
+    fields = json.loads(args.config)
+    if "ids" in fields:
+        fields["ids"] = tuple(fields["ids"])
+    run(ServoChain(ChainConfig(**fields), seed=args.seed))
+
+
+if __name__ == "__main__":
+    main()
