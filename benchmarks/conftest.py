@@ -1,0 +1,132 @@
+"""Session plumbing of the latency suites: machine details in the benchmark JSON, a floor table at the end.
+
+Only results recorded in :data:`benchmarks.harness.RESULTS` (the X-VLA latency suites) are printed; other benchmark
+files in this directory are unaffected.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+if os.environ.get("XVLA_BENCH_THREADS"):  # BLAS/OpenMP read these once, when numpy or torch is first imported
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, os.environ["XVLA_BENCH_THREADS"])
+
+import pytest  # noqa: E402
+
+from benchmarks import floor, harness  # noqa: E402
+from benchmarks.harness import RESULTS, SESSION  # noqa: E402
+
+PACKAGES = ("numpy", "onnxruntime", "torch", "transformers", "onnx", "pytest-benchmark", "matplotlib")
+
+
+def cpu_model() -> str:
+    """The CPU model as the kernel names it (``model name``; ``Hardware``/``Model`` on some ARM boards)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    return fields.get("model name") or fields.get("Model") or fields.get("Hardware") or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.split(":")[0].strip() in ("flags", "Features"):
+                    return line.split(":", 1)[1].split()
+    except OSError:
+        pass
+    return []
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in PACKAGES:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    SESSION["loadavg_start"] = list(os.getloadavg())
+
+
+_FINAL: list[floor.Machine] = []
+
+
+def finalize() -> floor.Machine:
+    """Measure the machine once more at the end and recompute every floor with the best rates seen."""
+    if not _FINAL:
+        _FINAL.append(harness.measure_machine())
+        for info in RESULTS:
+            harness.refloor(info, _FINAL[0])
+    return _FINAL[0]
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:
+    if not RESULTS:
+        return
+    finalize()
+    machine_info["xvla"] = {
+        "cpu_model": cpu_model(), "cores": os.cpu_count(), "flags": cpu_flags(), "versions": versions(),
+        **SESSION, "loadavg_end": list(os.getloadavg()),
+        "targets": target_floors(),
+    }
+
+
+def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list, output_json: dict[str, Any]) -> None:
+    """Write the final floors (best rates of the whole session) into the JSON's extra_info."""
+    if RESULTS:
+        machine = finalize()
+        for bench in output_json["benchmarks"]:
+            if "stage" in bench["extra_info"]:
+                harness.refloor(bench["extra_info"], machine)
+
+
+def target_floors() -> list[dict[str, Any]]:
+    """Predicted floors of the full model on the published deployment targets (fp16 weights)."""
+    from xvla.random_checkpoint import size_config
+
+    cfg, image_size = size_config("full")
+    out = []
+    for t in floor.TARGETS:
+        shapes = floor.Shapes(image_size, text_tokens=cfg.text_tokens, precision=t.precision)
+        f = floor.stage_floors(cfg, shapes, t, harness.steps())
+        out.append({"target": t.name, "size": "full", "precision": t.precision, "source": t.source,
+                    "tflops": t.flops_per_s / 1e12, "gbps": t.bytes_per_s / 1e9,
+                    **{f"{stage}_s": f[stage] for stage in ("encoder", "step", "chunk")}})
+    return out
+
+
+def _fmt(seconds: float) -> str:
+    return f"{seconds * 1e3:.2f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not RESULTS:
+        return
+    finalize()
+    tr = terminalreporter
+    tr.section("X-VLA latency against the physical floor (median; floor = max(FLOPs/rate, weight bytes/bandwidth))")
+    machine = SESSION.get("machine", {})
+    if machine:
+        tr.write_line(f"this machine: {machine['gflops']:.1f} GFLOP/s fp32 GEMM, {machine['gbps']:.1f} GB/s copy; "
+                      f"load average at start {SESSION['loadavg_start'][0]:.2f}")
+    official = {(r["size"], r["stage"]): r["median_s"] for r in RESULTS if r["backend"].startswith("official")}
+    header = ("stage", "size", "backend", "median", "floor", "ratio", "official/ours")
+    tr.write_line(f"{header[0]:<8} {header[1]:<6} {header[2]:<18} " + " ".join(f"{h:>10}" for h in header[3:]))
+    for r in RESULTS:
+        off = official.get((r["size"], r["stage"]))
+        rel = f"{off / r['median_s']:.2f}" if off and not r["backend"].startswith("official") else ""
+        tr.write_line(f"{r['stage']:<8} {r['size']:<6} {r['backend']:<18} {_fmt(r['median_s']):>10} "
+                      f"{_fmt(r['floor_s']):>10} {r['ratio']:>10.1f} {rel:>10}")
