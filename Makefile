@@ -21,5 +21,8 @@ test: $(VENV)/.installed
 slow-test: $(VENV)/.installed
 	XVLA_SLOW=1 $(BIN)/python -m pytest -q -m slow
 
+bench: $(VENV)/.installed
+	$(BIN)/xvla-edge bench --size tiny small
+
 clean-venv:
 	rm -rf $(VENV)

@@ -111,8 +111,9 @@ def _xvla_edge(*args: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "xvla.cli", *args], capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if proc.returncode:
-        errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()] or proc.stderr.splitlines()
-        raise BuildError(f"xvla-edge {args[0]} failed: {errors[-1] if errors else proc.returncode}")
+        lines = proc.stderr.splitlines()
+        errors = [line.split("error: ", 1)[1] for line in lines if "error: " in line] or lines[-1:]
+        raise BuildError(f"xvla-edge {args[0]} failed: {errors[-1] if errors else f'exit status {proc.returncode}'}")
 
 
 def checkpoint(size: str) -> Path:

@@ -12,12 +12,14 @@ accuracy-checked fp16 bundle; ONNX Runtime's CPU provider has no fast fp16 kerne
 slower), ``torch-fp32`` (eager reference) and ``official-fp32`` (the official implementation on the same
 weights, inputs and noise, in a worker process; skipped unless ``XVLA_OFFICIAL_SRC`` and
 ``XVLA_OFFICIAL_PYTHON`` are set). ``XVLA_BENCH_STEPS`` (default 10) sets the chunk's denoising steps and
-``XVLA_BENCH_ROUNDS`` overrides every stage's round count, ``XVLA_BENCH_THREADS`` (default: one per core)
+``XVLA_BENCH_ROUNDS`` overrides every stage's round count; ``XVLA_BENCH_THREADS`` (default: one per core)
 sets every backend's intra-op threads and the BLAS threads of the floor's GEMM measurement.
 
-Every benchmark stores its floor on this machine, the ratio median / floor, the size, backend, precision
-and steps in ``benchmark.extra_info``. Timings never fail a benchmark; a chunk that disagrees with the
-fp32 reference of another backend does (wrong weights or inputs, not slowness).
+Every benchmark stores its work (FLOPs, weight bytes), its floor on this machine, the ratio median / floor,
+the size, backend, precision and steps in ``benchmark.extra_info``. The machine's GEMM rate and bandwidth
+are measured before every case and at the end; the floors in the JSON and the closing table use the best
+of those measurements (the least disturbed by other processes). Timings never fail a benchmark; a chunk
+that disagrees with the fp32 chunk of another backend does (wrong weights or inputs, not slowness).
 """
 
 from __future__ import annotations

@@ -25,13 +25,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 SUITE = "benchmarks/test_xvla_latency.py"
 STAGES = ("encoder", "step", "chunk", "act")
-REFERENCE = "onnxruntime-fp32"  # the backend other chunks are compared with
+BACKENDS = ("onnxruntime-fp32", "onnxruntime-fp16", "torch-fp32", "official-fp32")
+REFERENCE = BACKENDS[0]  # the backend other chunks are compared with
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", nargs="+", default=["tiny", "small"], choices=["tiny", "small", "full"])
-    p.add_argument("--backend", nargs="+", default=None,
-                   help="onnxruntime-fp32, onnxruntime-fp16, torch-fp32, official-fp32 (default: all)")
+    p.add_argument("--backend", nargs="+", default=None, type=backend_names, metavar="BACKEND",
+                   help=f"{', '.join(BACKENDS)}, or a family (onnxruntime, torch, official); default: all")
     p.add_argument("--steps", type=int, default=10, help="denoising steps of a chunk")
     p.add_argument("--rounds", type=int, default=None, help="rounds of every benchmark (default: per size and stage)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads of each backend (default: one per core)")
@@ -43,6 +44,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--machine-id", default=None, help="results sub-directory (default: from the CPU)")
     p.add_argument("--render", type=Path, default=None, metavar="JSON",
                    help="only (re)write the results files from an earlier run's JSON")
+
+
+def backend_names(name: str) -> list[str]:
+    """A backend name, or every backend of a family (``onnxruntime`` → its fp32 and fp16 bundles)."""
+    names = [b for b in BACKENDS if name in (b, b.rsplit("-", 1)[0])]
+    if not names:
+        raise argparse.ArgumentTypeError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)} or a family")
+    return names
 
 
 def machine_id(cpu_model: str, cores: int, arch: str) -> str:
@@ -76,7 +85,7 @@ def run_suites(args: argparse.Namespace) -> tuple[dict[str, Any] | None, int]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "XVLA_BENCH_SIZES": ",".join(args.size),
            "XVLA_BENCH_STEPS": str(args.steps)}
     if args.backend:
-        env["XVLA_BENCH_BACKENDS"] = ",".join(args.backend)
+        env["XVLA_BENCH_BACKENDS"] = ",".join(dict.fromkeys(b for names in args.backend for b in names))
     if args.rounds:
         env["XVLA_BENCH_ROUNDS"] = str(args.rounds)
     if args.threads:
@@ -146,7 +155,8 @@ def markdown(data: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"{rows[0]['threads']} intra-op thread(s) per backend",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
         f"- Load average (1 min) {info['loadavg_start'][0]:.2f} at the start, {info['loadavg_end'][0]:.2f} at the "
-        f"end, {max(r['loadavg'][0] for r in rows):.2f} at most after a benchmark. **This machine is shared**: "
+        f"end, {max(r['loadavg'][0] for r in rows):.2f} at most after a benchmark (the benchmark itself accounts "
+        f"for up to {rows[0]['threads']}). **This machine is shared**: "
         "other processes may have run during the measurements, so absolute times are noisy; ratios taken "
         "in this one run (official / ours, fp16 / fp32) are the figures to compare.",
     ]
@@ -191,7 +201,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     sizes = [s for s in ("tiny", "small", "full") if any(r["size"] == s for r in rows)]
-    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    backends = [b for b in BACKENDS if any(r["backend"] == b for r in rows)]
     fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4.5), squeeze=False)
     width = 0.8 / len(backends)
     for ax, size in zip(axes[0], sizes):
@@ -201,7 +211,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
                 if r is None:
                     continue
                 x = i + (j - (len(backends) - 1) / 2) * width
-                ax.bar(x, r["median_s"], width, color=f"C{j}", label=backend)
+                ax.bar(x, r["median_s"], width, color=f"C{BACKENDS.index(backend)}", label=backend)
                 ax.hlines(r["floor_s"], x - width / 2, x + width / 2, colors="k", linewidth=2)
         ax.set_yscale("log")
         ax.set_xticks(range(len(STAGES)), STAGES)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
-from xvla.bench_cli import machine_id, write_results
+from xvla.bench_cli import backend_names, machine_id, write_results
 
 pytest.importorskip("matplotlib")
 
@@ -16,6 +18,13 @@ pytest.importorskip("matplotlib")
 ])
 def test_machine_id_is_a_short_slug(model: str, cores: int, arch: str, expected: str) -> None:
     assert machine_id(model, cores, arch) == expected
+
+
+def test_backend_families_expand() -> None:
+    assert backend_names("onnxruntime") == ["onnxruntime-fp32", "onnxruntime-fp16"]
+    assert backend_names("torch-fp32") == ["torch-fp32"]
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown backend 'tensorrt'"):
+        backend_names("tensorrt")
 
 
 def _benchmark(stage: str, backend: str, median: float, floor: float) -> dict:
