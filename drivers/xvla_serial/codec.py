@@ -5,6 +5,8 @@ Everything here is pure (no I/O). :class:`ProtocolError` is the only exception r
 
 from __future__ import annotations
 
+import binascii
+
 import enum
 import math
 import struct
@@ -91,24 +93,9 @@ class NackReason(enum.IntEnum):
     STALE_SEQUENCE = 10
 
 
-def _make_table() -> tuple[int, ...]:
-    table = []
-    for i in range(256):
-        crc = i << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
-        table.append(crc & 0xFFFF)
-    return tuple(table)
-
-
-_CRC_TABLE = _make_table()
-
-
 def crc16(data: bytes | bytearray, crc: int = 0xFFFF) -> int:
-    """CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF, not reflected, no final xor)."""
-    for byte in data:
-        crc = ((crc << 8) & 0xFFFF) ^ _CRC_TABLE[((crc >> 8) ^ byte) & 0xFF]
-    return crc
+    """CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF, not reflected, no final xor): the stdlib's crc_hqx."""
+    return binascii.crc_hqx(data, crc)
 
 
 def seq_newer(seq: int, reference: int) -> bool:
