@@ -15,27 +15,13 @@ The servos must keep Status_Return_Level = 2 (the default) so that writes are an
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import serial
 
+from drivers.transport import Transport
 from drivers.dynamixel import protocol as p
 from drivers.dynamixel.tables import FIRMWARE_VERSION, MODEL_NUMBER, Register
-
-
-class Transport(Protocol):
-    """The part of ``serial.Serial`` the bus uses."""
-
-    @property
-    def in_waiting(self) -> int: ...
-
-    def read(self, size: int = 1) -> bytes: ...
-
-    def write(self, data: bytes) -> int | None: ...
-
-    def reset_input_buffer(self) -> None: ...
-
-    def close(self) -> None: ...
 
 
 class DynamixelLinkError(p.DynamixelError, ConnectionError):

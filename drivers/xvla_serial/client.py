@@ -14,11 +14,12 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, TypeVar
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import serial
 
+from drivers.transport import Transport
 from drivers.arm import (
     Arm,
     ArmCapabilities,
@@ -38,21 +39,6 @@ from drivers.xvla_serial import codec as c
 R = TypeVar("R", c.CapabilitiesMsg, c.StateMsg, c.AckMsg)
 _MODES = {"ee": c.TargetMode.EE, "joint": c.TargetMode.JOINT}
 _LINK_NACKS = {c.NackReason.NOT_READY: "controller rebooted", c.NackReason.TIMED_OUT: "controller deadman fired"}
-
-
-class Transport(Protocol):
-    """The part of ``serial.Serial`` the client uses."""
-
-    @property
-    def in_waiting(self) -> int: ...
-
-    def read(self, size: int = 1) -> bytes: ...
-
-    def write(self, data: bytes) -> int | None: ...
-
-    def reset_input_buffer(self) -> None: ...
-
-    def close(self) -> None: ...
 
 
 @dataclass
