@@ -19,7 +19,6 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 import serial
 
-from drivers.transport import Transport
 from drivers.arm import (
     Arm,
     ArmCapabilities,
@@ -34,6 +33,7 @@ from drivers.arm import (
     Space,
     Target,
 )
+from drivers.transport import Transport
 from drivers.xvla_serial import codec as c
 
 R = TypeVar("R", c.CapabilitiesMsg, c.StateMsg, c.AckMsg)
