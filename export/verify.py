@@ -14,6 +14,7 @@ import onnxruntime as ort
 import torch
 
 from calibration.metrics import TOLERANCES, ChunkErrors, accumulate
+from runtime.backends.onnxruntime import create_session
 from xvla.model import XVLA
 from xvla.preprocessing import ImageProcessor, TextTokenizer
 from xvla.random_checkpoint import INSTRUCTIONS
@@ -49,7 +50,8 @@ def generated_observations(ckpt_dir: Path, model: XVLA, views: int, count: int =
 
 
 def ort_session(path: Path) -> ort.InferenceSession:
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    """A CPU session configured as the robot's runtime configures it."""
+    return create_session(path, "cpu", None)
 
 
 def run_bundle_graphs(encoder: ort.InferenceSession, denoise: ort.InferenceSession, obs: Observation, views: int,
