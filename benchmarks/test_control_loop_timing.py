@@ -24,7 +24,8 @@ import time
 import numpy as np
 import pytest
 
-from drivers.control_loop import ControlLoopClient, LoopConfig
+from drivers.control_loop import LoopConfig
+from drivers.loop_process import ControlLoopClient
 from drivers.sim_arm import SimArm
 from drivers.trajectory import Trajectory
 

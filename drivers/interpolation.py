@@ -114,6 +114,14 @@ class TrajectorySampler:
             return quats[0].copy()
         return quaternion.slerp(quats[k], quats[k + 1], s)
 
+    def angular_velocity(self, t: float) -> np.ndarray:
+        """World-frame angular velocity [A, 3] rad/s of the slerp at ``t`` (zero outside the time span)."""
+        traj = self.trajectory
+        if traj.n_waypoints < 2 or not traj.covers(t):
+            return np.zeros((traj.n_arms, 3))
+        k, h, _ = self._segment(t)
+        return quaternion.step(traj.quaternion[k], traj.quaternion[k + 1]) / h
+
     def gripper(self, t: float) -> np.ndarray:
         """Raw gripper [A] of the latest waypoint at or before ``t`` (the first one before the start)."""
         k = max(int(np.searchsorted(self._t, t, side="right")) - 1, 0)

@@ -1,8 +1,9 @@
 """The safety envelope: the one function every command passes before it reaches an arm.
 
-:func:`enforce` is pure: given the wanted target, the previous safe command (with its velocity) and the
-time step, it returns the command to send, the new envelope state and what it changed. Nothing here talks
-to an arm or keeps counters; :class:`InterventionCounter` tallies results for reporting.
+:func:`enforce` is pure: given the wanted target (and the trajectory's own velocity there), the previous
+safe command (with its velocity) and the time step, it returns the command to send, the new envelope state
+and what it changed. Nothing here talks to an arm or keeps counters; :class:`InterventionCounter` tallies
+results for reporting.
 
 A target is **rejected** (the arm holds the previous safe command, velocity reset to zero) when it has
 the wrong space, arm count or joint count (``"shape"``), any non-finite value (``"nonfinite"``), or a
@@ -11,23 +12,37 @@ value no limit can repair: a quaternion norm outside 0.9 ... 1.1 or a gripper ou
 
 EE targets, per arm:
   1. position into the workspace box (``"workspace"``);
-  2. step length to ``max_linear_speed * dt``, direction kept (``"linear_speed"``);
-  3. change of velocity to ``max_linear_accel * dt`` (``"linear_accel"``);
-  4. position into the workspace box again, since step 3 may carry the arm past a wall: the workspace wins
+  2. the approach (below), with the acceleration limit ``max_linear_accel`` (``"linear_accel"`` when the
+     braking bound applies);
+  3. step length to ``max_linear_speed * dt``, direction kept (``"linear_speed"``);
+  4. change of velocity to ``max_linear_accel * dt`` (``"linear_accel"``);
+  5. position into the workspace box again, since step 4 may carry the arm past a wall: the workspace wins
      over the acceleration limit. If the previous command was outside the box (an arm that starts outside
      it), an axis may stay outside, but never further out than before, so the arm is walked back in at the
      speed limit instead of jumping;
-  5. rotation step angle to ``max_angular_speed * dt`` (``"angular_speed"``), then change of angular
-     velocity to ``max_angular_accel * dt`` (``"angular_accel"``), both on the world-frame rotation vector;
-  6. gripper change to ``max_gripper_rate * dt`` (``"gripper_rate"``).
+  6. the same approach, speed and acceleration steps for rotation, on the world-frame rotation vector
+     (``"angular_accel"``, ``"angular_speed"``);
+  7. gripper change to ``max_gripper_rate * dt`` (``"gripper_rate"``).
 
 Joint targets:
   1. each joint into ``[lower, upper]`` (``"joint_limit"``);
-  2. step scaled uniformly (direction in joint space kept) so every joint is within its ``max_velocity``
+  2. the approach per joint with ``max_joint_accel`` (``"joint_accel"``);
+  3. step scaled uniformly (direction in joint space kept) so every joint is within its ``max_velocity``
      (``"joint_speed"``);
-  3. change of velocity scaled uniformly to ``max_joint_accel * dt`` per joint (``"joint_accel"``);
-  4. into ``[lower, upper]`` again (same rule as EE step 4);
-  5. gripper rate as above.
+  4. change of velocity clipped per joint to ``max_joint_accel * dt`` (``"joint_accel"``): per joint, not
+     scaled uniformly, so one joint that must accelerate hard cannot weaken another joint's braking;
+  5. into ``[lower, upper]`` again (same rule as EE step 5);
+  6. gripper rate as above.
+
+**The approach** (why commands never overshoot a target they fell behind): the wanted target moves with
+the trajectory's velocity ``v_ref`` (:class:`ReferenceVelocity`; zero when not given, e.g. a held pose).
+The step is ``v_ref * dt`` plus a correction toward the remaining error ``e = wanted - (previous + v_ref *
+dt)``, of length ``min(|e|, dt * v_stop(|e|))``, where ``v_stop`` is the speed from which steps of ``dt``
+under the acceleration limit ``a`` stop exactly at distance ``|e|`` (about ``sqrt(2 a |e|)``). While
+tracking, ``e`` is tiny and the first term wins: the command lands on the target. When the command has
+fallen behind (a speed or acceleration clip), the chase brakes in time instead of overshooting and
+ringing; a plain "error / dt" chase with only an acceleration limit overshoots by up to ``v^2 / 2a``. (The
+control loop also slows the trajectory's clock when the command falls behind: :mod:`drivers.streamer`.)
 
 Speeds and accelerations are finite differences over ``dt``: velocity = (new - previous) / dt. Because
 the acceleration steps only move the velocity toward the speed-limited one, the speed limit still holds
@@ -174,30 +189,50 @@ class SafetyResult:
     rejected: Optional[str] = None
 
 
-def enforce(wanted: Target, state: EnvelopeState, *, dt: float, limits: SafetyLimits) -> SafetyResult:
+@dataclass(frozen=True)
+class ReferenceVelocity:
+    """How the wanted target itself moves: ``linear`` [A, 3] m/s (EE) or [J] (joint), ``angular`` [A, 3]
+    rad/s world frame (EE; ignored for joints). Non-finite values count as zero."""
+
+    linear: np.ndarray
+    angular: np.ndarray
+
+
+def enforce(
+    wanted: Target,
+    state: EnvelopeState,
+    *,
+    dt: float,
+    limits: SafetyLimits,
+    reference: Optional[ReferenceVelocity] = None,
+) -> SafetyResult:
     """The safe command for ``wanted`` one step of ``dt`` seconds after ``state`` (see the module docstring).
 
-    ``limits`` must already fit the arm (:meth:`SafetyLimits.for_arm`). Never raises on bad ``wanted``
-    values; raises ``ArmConfigError`` only for a non-positive ``dt``.
+    ``reference`` is the velocity of the trajectory at ``wanted`` (default: at rest). ``limits`` must already
+    fit the arm (:meth:`SafetyLimits.for_arm`). Never raises on bad ``wanted`` values; raises
+    ``ArmConfigError`` only for a non-positive ``dt``.
     """
     if not (np.isfinite(dt) and dt > 0):
         raise ArmConfigError(f"enforce: dt must be finite and > 0 s, got {dt!r}")
     with np.errstate(over="ignore", invalid="ignore"):  # huge inputs are rejected or clipped, not warned about
-        return _enforce(wanted, state, dt, limits)
+        return _enforce(wanted, state, dt, limits, reference)
 
 
-def _enforce(wanted: Target, state: EnvelopeState, dt: float, limits: SafetyLimits) -> SafetyResult:
+def _enforce(
+    wanted: Target, state: EnvelopeState, dt: float, limits: SafetyLimits, reference: Optional[ReferenceVelocity]
+) -> SafetyResult:
     reason = _rejection(wanted, state.target, limits)
     if reason is not None:
         return SafetyResult(state.target, EnvelopeState.at_rest(state.target), rejected=reason)
+    ref = _reference(reference, state)
     clipped: list = []
     if wanted.space == "ee":
-        pos, vel = _clip_position(wanted.position, state, dt, limits, clipped)
-        quat, omega = _clip_rotation(wanted.quaternion, state, dt, limits, clipped)
+        pos, vel = _clip_position(wanted.position, ref.linear, state, dt, limits, clipped)
+        quat, omega = _clip_rotation(wanted.quaternion, ref.angular, state, dt, limits, clipped)
         grip = _clip_gripper(wanted.gripper, state.target.gripper, dt, limits, clipped)
         target = Target.ee(pos, quat, grip)
         return SafetyResult(target, EnvelopeState(target, vel, omega), tuple(clipped))
-    joints, vel = _clip_joints(wanted.joints, state, dt, limits, clipped)
+    joints, vel = _clip_joints(wanted.joints, ref.linear, state, dt, limits, clipped)
     grip = _clip_gripper(wanted.gripper, state.target.gripper, dt, limits, clipped)
     target = Target.joint(joints, grip)
     return SafetyResult(target, EnvelopeState(target, vel, state.angular_velocity), tuple(clipped))
@@ -220,6 +255,50 @@ def _rejection(wanted: Target, previous: Target, limits: SafetyLimits) -> Option
     return None
 
 
+def _reference(reference: Optional[ReferenceVelocity], state: EnvelopeState) -> ReferenceVelocity:
+    """``reference`` with the envelope's shapes, zero where missing, mis-shaped or non-finite."""
+    rest = EnvelopeState.at_rest(state.target)
+    if reference is None:
+        return ReferenceVelocity(rest.velocity, rest.angular_velocity)
+
+    def clean(value: np.ndarray, like: np.ndarray) -> np.ndarray:
+        value = np.asarray(value, dtype=np.float64)
+        if value.shape != like.shape:
+            return like
+        return np.where(np.isfinite(value), value, 0.0)
+
+    return ReferenceVelocity(clean(reference.linear, rest.velocity), clean(reference.angular, rest.angular_velocity))
+
+
+def _reach(distance: np.ndarray, dt: float, accel: float) -> np.ndarray:
+    """How far one step may go toward a target ``distance`` away and still stop exactly on it.
+
+    The fastest stop in steps of ``dt`` with speed changes of at most ``a dt`` uses the speeds
+    ``n a dt + r, (n - 1) a dt + r, ..., r`` (``0 <= r < a dt``), which cover ``dt (a dt n (n + 1) / 2 +
+    (n + 1) r)``; solving that for the largest ``n`` and then ``r`` gives the first speed. (The continuous
+    ``sqrt(2 a d)`` overshoots by up to ``a dt^2``.)
+    """
+    units = distance / (accel * dt * dt)
+    n = np.floor((np.sqrt(1 + 8 * units) - 1) / 2)
+    r = (distance / dt - accel * dt * n * (n + 1) / 2) / (n + 1)
+    return np.minimum(distance, dt * (n * accel * dt + r))
+
+
+def _approach_rows(error: np.ndarray, dt: float, accel: float) -> Tuple[np.ndarray, bool]:
+    """Correction step along each row of ``error`` [A, 3] (see :func:`_reach`); True if braking."""
+    norm = np.sqrt(np.einsum("ai,ai->a", error, error))[:, None]
+    reach = _reach(norm, dt, accel)
+    braking = bool((reach < norm * (1 - _EPS)).any())
+    return error * (reach / np.maximum(norm, _EPS)), braking
+
+
+def _approach_each(error: np.ndarray, dt: float, accel: float) -> Tuple[np.ndarray, bool]:
+    """:func:`_approach_rows` for every element of ``error`` on its own (joints)."""
+    size = np.abs(error)
+    reach = _reach(size, dt, accel)
+    return np.sign(error) * reach, bool((reach < size * (1 - _EPS)).any())
+
+
 def _scale_to(step: np.ndarray, limit: float) -> Tuple[np.ndarray, bool]:
     """Rows of ``step`` [A, 3] shortened to length ``limit``; True if any was."""
     norm = np.sqrt(np.einsum("ai,ai->a", step, step))[:, None]
@@ -235,17 +314,18 @@ def _clip_box(x: np.ndarray, lower: np.ndarray, upper: np.ndarray, previous: np.
 
 
 def _clip_position(
-    wanted: np.ndarray, state: EnvelopeState, dt: float, limits: SafetyLimits, clipped: list
+    wanted: np.ndarray, v_ref: np.ndarray, state: EnvelopeState, dt: float, limits: SafetyLimits, clipped: list
 ) -> Tuple[np.ndarray, np.ndarray]:
     prev = state.target.position
     lower, upper = limits.box_arrays
     pos = np.clip(wanted, lower, upper)
     box_hit = bool((pos != wanted).any())
-    step, hit = _scale_to(pos - prev, limits.max_linear_speed * dt)
+    correction, braking = _approach_rows(pos - prev - v_ref * dt, dt, limits.max_linear_accel)
+    step, hit = _scale_to(v_ref * dt + correction, limits.max_linear_speed * dt)
     if hit:
         clipped.append("linear_speed")
     dv, hit = _scale_to(step / dt - state.velocity, limits.max_linear_accel * dt)
-    if hit:
+    if hit or braking:
         clipped.append("linear_accel")
     unclipped = prev + (state.velocity + dv) * dt
     pos = _clip_box(unclipped, lower, upper, prev)
@@ -255,15 +335,16 @@ def _clip_position(
 
 
 def _clip_rotation(
-    wanted: np.ndarray, state: EnvelopeState, dt: float, limits: SafetyLimits, clipped: list
+    wanted: np.ndarray, w_ref: np.ndarray, state: EnvelopeState, dt: float, limits: SafetyLimits, clipped: list
 ) -> Tuple[np.ndarray, np.ndarray]:
     prev = state.target.quaternion
-    step = quaternion.step(prev, wanted)  # world frame; to_rotvec normalises
-    step, hit = _scale_to(step, limits.max_angular_speed * dt)
+    error = quaternion.step(prev, wanted) - w_ref * dt  # world frame; to_rotvec normalises
+    correction, braking = _approach_rows(error, dt, limits.max_angular_accel)
+    step, hit = _scale_to(w_ref * dt + correction, limits.max_angular_speed * dt)
     if hit:
         clipped.append("angular_speed")
     d_omega, hit = _scale_to(step / dt - state.angular_velocity, limits.max_angular_accel * dt)
-    if hit:
+    if hit or braking:
         clipped.append("angular_accel")
     omega = state.angular_velocity + d_omega
     return quaternion.apply_step(omega * dt, prev), omega
@@ -278,21 +359,21 @@ def _clip_gripper(wanted: np.ndarray, prev: np.ndarray, dt: float, limits: Safet
 
 
 def _clip_joints(
-    wanted: np.ndarray, state: EnvelopeState, dt: float, limits: SafetyLimits, clipped: list
+    wanted: np.ndarray, v_ref: np.ndarray, state: EnvelopeState, dt: float, limits: SafetyLimits, clipped: list
 ) -> Tuple[np.ndarray, np.ndarray]:
     prev = state.target.joints
     lower, upper, max_vel = limits.joint_arrays
     q = np.clip(wanted, lower, upper)
     limit_hit = bool((q != wanted).any())
-    step = q - prev
+    correction, braking = _approach_each(q - prev - v_ref * dt, dt, limits.max_joint_accel)
+    step = v_ref * dt + correction
     ratio = np.max(np.abs(step) / (max_vel * dt))
     if ratio > 1 + _EPS:
         step = step / ratio
         clipped.append("joint_speed")
-    dv = step / dt - state.velocity
-    ratio = np.max(np.abs(dv)) / (limits.max_joint_accel * dt)
-    if ratio > 1 + _EPS:
-        dv = dv / ratio
+    max_dv = limits.max_joint_accel * dt
+    dv = np.clip(step / dt - state.velocity, -max_dv, max_dv)
+    if braking or (dv != step / dt - state.velocity).any():
         clipped.append("joint_accel")
     unclipped = prev + (state.velocity + dv) * dt
     q = _clip_box(unclipped, lower, upper, prev)

@@ -17,7 +17,8 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from drivers.arm import Target
-from drivers.control_loop import ControlLoopClient, ControlLoopError, LoopConfig, LoopStats
+from drivers.control_loop import LoopConfig, LoopStats
+from drivers.loop_process import ControlLoopClient, ControlLoopError
 from drivers.interpolation import TrajectorySampler
 from drivers.sim_arm import SimArm
 from drivers.trajectory import Trajectory, TrajectoryError

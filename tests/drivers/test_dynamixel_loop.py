@@ -10,7 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from drivers.control_loop import ControlLoopClient, LoopConfig
+from drivers.control_loop import LoopConfig
+from drivers.loop_process import ControlLoopClient
 from drivers.dynamixel import emulator
 from drivers.dynamixel.arm import DynamixelArm
 from drivers.dynamixel.calibration import ArmCalibration, GripperCalibration, JointCalibration

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
 
 from drivers.arm import ArmCapabilities, ArmConfigError, Box, JointLimit, Target
-from drivers.safety import EnvelopeState, InterventionCounter, SafetyLimits, enforce
+from drivers import quaternion
+from drivers.safety import EnvelopeState, InterventionCounter, ReferenceVelocity, SafetyLimits, enforce
 
 IDENTITY = [0.0, 0.0, 0.0, 1.0]
 BOX = Box((-0.5, -0.5, 0.0), (0.5, 0.5, 1.0))
@@ -208,3 +209,60 @@ def test_joint_output_always_inside_the_envelope(q, grip, prev, v, dt):
     step = np.abs(out - np.asarray(prev))
     assert np.all(step <= np.array([1.0, 2.0]) * dt * (1 + 1e-9) + 1e-15)
     assert 0.0 <= r.target.gripper[0] <= 1.0
+
+
+def test_braking_stops_exactly_on_a_target_it_approaches_fast():
+    """Moving at 0.4 m/s toward a target 8 mm away (stopping needs 16 mm at 5 m/s^2): decelerate at the limit,
+    never pass it, and never come back (a plain "error / dt" chase would overshoot and ring)."""
+    lim = loose(max_linear_accel=5.0)
+    state = EnvelopeState(ee((0.0, 0.0, 0.5)), np.array([[0.4, 0.0, 0.0]]), np.zeros((1, 3)))
+    target, xs = ee((0.008, 0.0, 0.5)), []
+    for _ in range(200):
+        r = enforce(target, state, dt=DT, limits=lim)
+        dv = np.linalg.norm(r.state.velocity - state.velocity)
+        assert dv <= 5.0 * DT * (1 + 1e-9)
+        state = r.state
+        xs.append(state.target.position[0, 0])
+    xs = np.array(xs)
+    assert xs.max() > 0.008  # too fast to stop in time: some overshoot is physics ...
+    assert xs.max() - 0.008 < 0.016 - 0.008 + 5.0 * DT**2  # ... but no more than braking at the limit gives
+    assert xs[-1] == pytest.approx(0.008, abs=1e-12)
+    # a target far ahead: the discrete braking curve decelerates early enough to stop on it exactly
+    state, far, xs = rest(ee((0.0, 0.0, 0.5))), ee((0.2, 0.0, 0.5)), []
+    for _ in range(300):
+        state = enforce(far, state, dt=DT, limits=loose(max_linear_accel=5.0, max_linear_speed=0.5)).state
+        xs.append(state.target.position[0, 0])
+    assert max(xs) <= 0.2 + 1e-12 and (np.diff(xs) >= -1e-12).all() and xs[-1] == pytest.approx(0.2, abs=1e-12)
+
+
+def test_a_moving_reference_is_tracked_exactly_and_reported_clean():
+    """With the trajectory's velocity given, a target moving at 0.3 m/s and 1 rad/s is hit on every step."""
+    lim = loose(max_linear_accel=5.0, max_angular_accel=30.0, max_linear_speed=0.5, max_angular_speed=1.5)
+    v, w = np.array([[0.3, 0.0, 0.0]]), np.array([[0.0, 0.0, 1.0]])
+    state = EnvelopeState(ee(), v, w)
+    reference = ReferenceVelocity(v, w)
+    for k in range(1, 50):
+        quat = Rotation.from_rotvec([0, 0, k * DT]).as_quat()
+        r = enforce(ee((0.3 * k * DT, 0.0, 0.5), quat=quat), state, dt=DT, limits=lim, reference=reference)
+        np.testing.assert_allclose(r.target.position, [[0.3 * k * DT, 0.0, 0.5]], atol=1e-12)
+        assert quaternion.angle_between(r.target.quaternion, quat[None])[0] < 1e-9
+        assert r.clipped == ()
+        state = r.state
+    # without it the same target is treated as a pose to stop on: the command brakes and falls behind
+    r = enforce(ee((0.3 * 50 * DT, 0.0, 0.5)), EnvelopeState(ee((0.3 * 49 * DT, 0.0, 0.5)), v, w), dt=DT, limits=lim)
+    assert r.state.velocity[0, 0] < 0.3 and "linear_accel" in r.clipped
+
+
+def test_joint_accel_is_clipped_per_joint_so_braking_is_kept():
+    """Joint 0 must brake hard toward its target while joint 1 wants to accelerate: joint 0 still brakes at
+    the full limit (a uniform scale would weaken it by joint 1's demand and overshoot)."""
+    lim = loose(joint_limits=(JointLimit(-3.0, 3.0, 10.0),) * 2, workspaces=(), max_joint_accel=20.0)
+    state = EnvelopeState(jt([0.0, 0.0]), np.array([1.0, 0.0]), np.zeros((0, 3)))
+    r = enforce(jt([0.01, 2.0]), state, dt=DT, limits=lim)
+    np.testing.assert_allclose(r.state.velocity, [1.0 - 0.2, 0.2])  # both at |dv| = a dt (uniform: 0.99, 0.2)
+    assert r.clipped == ("joint_accel",)
+    q, positions = state, []
+    for _ in range(100):
+        q = enforce(jt([0.04, 0.0]), q, dt=DT, limits=lim).state  # stopping from 1 rad/s takes 0.03
+        positions.append(q.target.joints[0])
+    assert max(positions) <= 0.04 + 1e-12 and positions[-1] == pytest.approx(0.04, abs=1e-12)

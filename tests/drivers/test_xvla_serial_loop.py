@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from drivers.control_loop import ControlLoopClient, LoopConfig
+from drivers.control_loop import LoopConfig
+from drivers.loop_process import ControlLoopClient
 from drivers.trajectory import Trajectory
 from drivers.xvla_serial import emulator
 from drivers.xvla_serial.client import XvlaSerialArm
@@ -35,25 +36,25 @@ def chunk(space: str, t_obs: float) -> tuple[Trajectory, np.ndarray]:
 
 @pytest.mark.parametrize(("space", "rate_hz"), [("joint", 100), ("joint", 500), ("ee", 100), ("ee", 500)])
 def test_control_loop_streams_a_chunk(space: str, rate_hz: float) -> None:
-    """Every frame the loop sent arrived and every TARGET was acknowledged; the last command arrived intact.
-
-    Whether the arm ends on the chunk's last waypoint depends on the loop keeping its rate (on an overloaded
-    machine the safety envelope overshoots when ticks are missed), so it is not asserted here; the
-    direct-drive tests in test_xvla_serial_client.py check the following tolerance.
-    """
+    """Every frame the loop sent arrived and every TARGET was acknowledged; the arm came to rest on the last
+    waypoint. On a loaded machine ticks are missed and the trajectory runs late (never ahead of the
+    command, see drivers/streamer.py); the generous lag allowance keeps it from being dropped as stale."""
     emu = emulator.start(CONFIG, seed=2)
     factory = functools.partial(XvlaSerialArm, emu.port, space=space, timeout_ms=10_000, reply_timeout_s=0.5)
     try:
-        with ControlLoopClient(factory, LoopConfig(rate_hz=rate_hz, realtime_priority=0)) as loop:
+        config = LoopConfig(rate_hz=rate_hz, realtime_priority=0, max_trajectory_lag=10.0)
+        with ControlLoopClient(factory, config) as loop:
             t_obs = time.monotonic()
             trajectory, last = chunk(space, t_obs)
             loop.submit(trajectory, t_obs)
-            deadline = t_obs + SPAN_S + 3.0
-            while time.monotonic() < deadline:  # normally ends within ~0.2 s after the chunk
-                if np.abs(loop.stats().last_state.to_vector(space) - last).max() < 2e-3:
-                    break
+            deadline = t_obs + 11 * SPAN_S + 3.0
+            arrived = False
+            while time.monotonic() < deadline and not arrived:  # normally ends within ~0.2 s after the chunk
+                arrived = np.abs(loop.stats().last_state.to_vector(space) - last).max() < 2e-3
                 time.sleep(0.02)
             final = loop.stop()
+        assert arrived, f"the arm did not reach the last waypoint: {final.last_state} vs {last}"
+        np.testing.assert_allclose(final.last_command.to_vector(), last, atol=1e-9)  # the command ends on it
         assert final is not None and final.events.get("chunk_accepted") == 1
         assert not {"refused", "link_lost"} & set(final.events), final.events
         snap = emu.call("snapshot")

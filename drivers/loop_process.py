@@ -1,0 +1,296 @@
+"""The control loop's own process, and the client that starts it and talks to it.
+
+Why a separate process: the loop must not share a GIL with camera capture, inference or a web server.
+It is started with the ``spawn`` (or ``forkserver``) method, never ``fork``, so it is safe to start
+from a parent that already runs threads. The arm is built inside the child by a picklable factory, so
+serial ports are opened there. Between ticks the child sleeps to the next absolute deadline
+(:mod:`drivers.realtime`); chunks, stats requests and stop/e-stop commands arrive over a pipe and are
+handled right after the tick's command has been sent.
+
+On leaving the loop for any reason (stop, exception, SIGTERM, the parent going away) the arm is told to
+hold and the link is closed; power stays on.
+
+Typical use::
+
+    arm_factory = functools.partial(SimArm, space="ee")
+    with ControlLoopClient(arm_factory, LoopConfig(rate_hz=200)) as loop:
+        loop.submit(Trajectory.from_chunk(t_obs, 2.0, position=..., rotation=..., gripper=...), t_obs)
+        print(loop.stats())
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import math
+import multiprocessing as mp
+import signal
+import threading
+import time
+import traceback
+from typing import Any, Dict, Optional
+
+from drivers.arm import ArmCapabilities, ArmConfigError, ArmError, ArmFactory
+from drivers.control_loop import ControlLoop, LoopConfig, LoopStats
+from drivers.realtime import PeriodStats, enable_realtime, sleep_until
+from drivers.trajectory import Trajectory, TrajectoryError
+
+_MAX_MESSAGES_PER_TICK = 16
+
+
+class ControlLoopError(ArmError):
+    """The control-loop process failed or does not answer; the message carries its traceback if any."""
+
+
+# -- the child process ---------------------------------------------------------------------------------
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(f"control loop: signal {signum}")
+
+
+def _serve(conn: Any, arm_factory: ArmFactory, config: LoopConfig) -> None:
+    """Entry point of the control-loop process."""
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it then stops us
+    loop: Optional[ControlLoop] = None
+    try:
+        scheduler = enable_realtime(config.realtime_priority, config.cpu)
+        loop = ControlLoop(arm_factory(), config)
+        conn.send(("ready", loop.start()))
+        gc.collect()
+        gc.freeze()  # keep start-up objects out of the collector's way during the loop
+        _run(loop, conn, scheduler)
+    except BaseException:  # noqa: B902 - report anything, then hold in finally
+        try:
+            conn.send(("error", traceback.format_exc()))
+        except (OSError, ValueError):
+            pass
+    finally:
+        if loop is not None:
+            loop.shutdown()
+        conn.close()
+
+
+def _run(loop: ControlLoop, conn: Any, scheduler: str) -> None:
+    config = loop.config
+    period = config.period
+    timer = PeriodStats(max(int(config.stats_window_s * config.rate_hz), 1))
+    deadline = time.monotonic() + period
+    while True:
+        sleep_until(deadline)
+        wake = time.monotonic()
+        loop.tick(wake)
+        keep_going = _handle_messages(loop, conn, timer, scheduler)
+        done = time.monotonic()
+        error = wake - deadline
+        deadline += period
+        missed = 0
+        if done > deadline:
+            missed = int((done - deadline) // period) + 1
+            deadline += missed * period
+        timer.record(error, done - wake, missed)
+        if not keep_going:
+            return
+
+
+def _handle_messages(loop: ControlLoop, conn: Any, timer: PeriodStats, scheduler: str) -> bool:
+    """Handle pending client messages; False when the loop must stop."""
+    for _ in range(_MAX_MESSAGES_PER_TICK):
+        try:
+            if not conn.poll():
+                return True
+            message = conn.recv()
+        except (EOFError, OSError):
+            return False  # the parent is gone
+        kind = message[0]
+        if kind == "submit":
+            # "now" is read here, after the message arrived, so it is never before the client's obs_timestamp
+            loop.submit(message[1], message[2], time.monotonic())
+        elif kind == "estop":
+            loop.estop()
+        elif kind == "clear_estop":
+            loop.clear_estop()
+        elif kind == "reconnect":
+            loop.reconnect()
+        elif kind in ("stats", "stop"):
+            conn.send(("reply", message[1], loop.stats(timer.summary(), scheduler)))
+            if kind == "stop":
+                return False
+        elif kind == "trace":
+            conn.send(("reply", message[1], loop.trace()))
+        else:
+            raise ControlLoopError(f"unknown control-loop message {kind!r}")
+    return True
+
+
+# -- the parent side -------------------------------------------------------------------------------------
+
+
+class ControlLoopClient:
+    """Starts the control-loop process and talks to it. Thread-safe; use as a context manager.
+
+    ``arm_factory`` must be picklable (a class or ``functools.partial``; no lambdas) and is called in the
+    child. ``start_method`` is ``"spawn"`` (default) or ``"forkserver"``.
+    """
+
+    def __init__(
+        self, arm_factory: ArmFactory, config: Optional[LoopConfig] = None, *, start_method: str = "spawn"
+    ) -> None:
+        if start_method not in ("spawn", "forkserver"):
+            raise ArmConfigError(f"start_method: expected 'spawn' or 'forkserver', got {start_method!r}")
+        self.config = config or LoopConfig()
+        self._factory = arm_factory
+        self._ctx = mp.get_context(start_method)
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self._conn: Any = None
+        self._process: Optional[mp.process.BaseProcess] = None
+        self._caps: Optional[ArmCapabilities] = None
+        self._error = ""
+
+    def start(self, timeout: float = 30.0) -> ArmCapabilities:
+        """Start the process; returns the controller's capabilities once the arm is connected."""
+        if self._process is not None:
+            raise ControlLoopError("control loop already started")
+        self._conn, child = self._ctx.Pipe(duplex=True)
+        self._process = self._ctx.Process(
+            target=_serve, args=(child, self._factory, self.config), name="xvla-control-loop", daemon=True
+        )
+        try:
+            self._process.start()
+        except Exception as exc:  # typically a factory that cannot be pickled (a lambda, a local class)
+            self._process = None
+            self._kill()
+            raise ControlLoopError(f"cannot start the control loop (is the arm factory picklable?): {exc}") from exc
+        finally:
+            child.close()
+        try:
+            if not self._conn.poll(timeout):
+                raise ControlLoopError(f"control loop did not start within {timeout} s")
+            kind, payload = self._conn.recv()
+        except (EOFError, OSError) as exc:
+            kind, payload = "error", f"the process exited during start-up ({exc!r})"
+        except ControlLoopError:
+            self._kill()
+            raise
+        if kind != "ready":
+            self._kill()
+            raise ControlLoopError(f"control loop failed to start:\n{payload}")
+        self._caps = payload
+        return payload
+
+    @property
+    def capabilities(self) -> ArmCapabilities:
+        if self._caps is None:
+            raise ControlLoopError("control loop not started")
+        return self._caps
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.is_alive()
+
+    def submit(self, trajectory: Trajectory, obs_timestamp: float) -> None:
+        """Hand a chunk to the loop (returns at once; acceptance shows in :meth:`stats` events).
+
+        ``obs_timestamp`` is the ``time.monotonic()`` of the observation the chunk was predicted from.
+        Raises ``TrajectoryError`` when the chunk does not fit the arm.
+        """
+        caps = self.capabilities
+        if (trajectory.space, trajectory.n_arms) != (caps.space, caps.n_arms) or (
+            caps.space == "joint" and trajectory.n_joints != caps.n_joints
+        ):
+            raise TrajectoryError(
+                f"trajectory is {trajectory.space!r} with {trajectory.n_arms} arm(s) and {trajectory.n_joints} "
+                f"joint(s); the arm takes {caps.space!r} with {caps.n_arms} arm(s) and {caps.n_joints} joint(s)"
+            )
+        if not math.isfinite(obs_timestamp):
+            raise TrajectoryError(f"obs_timestamp must be finite, got {obs_timestamp!r}")
+        self._send(("submit", trajectory, float(obs_timestamp)))
+
+    def estop(self) -> None:
+        """Latch the e-stop: the arm holds and chunks are refused until :meth:`clear_estop`."""
+        self._send(("estop",))
+
+    def clear_estop(self) -> None:
+        self._send(("clear_estop",))
+
+    def reconnect(self) -> None:
+        """Ask the loop to handshake with the controller again (after link loss or a deadman timeout)."""
+        self._send(("reconnect",))
+
+    def stats(self, timeout: float = 2.0) -> LoopStats:
+        return self._request("stats", timeout)
+
+    def trace(self, timeout: float = 2.0) -> Dict[str, Any]:
+        """Recent per-tick commanded and measured values (see :meth:`ControlLoop.trace`)."""
+        return self._request("trace", timeout)
+
+    def stop(self, timeout: float = 5.0) -> Optional[LoopStats]:
+        """Stop the loop (the arm holds) and wait for the process; returns the final stats if it answered."""
+        if self._process is None:
+            return None
+        final = None
+        try:
+            if self._process.is_alive():
+                final = self._request("stop", timeout)
+        except ControlLoopError:
+            pass
+        self._process.join(timeout)
+        self._kill()
+        return final
+
+    def __enter__(self) -> "ControlLoopClient":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _send(self, message: tuple) -> None:
+        with self._lock:
+            if self._conn is None:
+                raise ControlLoopError("control loop not started")
+            try:
+                self._conn.send(message)
+            except (OSError, ValueError) as exc:
+                raise ControlLoopError(f"control loop pipe failed: {exc}{self._error_suffix()}") from exc
+
+    def _request(self, kind: str, timeout: float) -> Any:
+        with self._lock:
+            if self._conn is None:
+                raise ControlLoopError("control loop not started")
+            request_id = next(self._ids)
+            try:
+                self._conn.send((kind, request_id))
+                deadline = time.monotonic() + timeout
+                while self._conn.poll(max(deadline - time.monotonic(), 0.0)):
+                    reply = self._conn.recv()
+                    if reply[0] == "error":
+                        self._error = reply[1]
+                        break
+                    if reply[0] == "reply" and reply[1] == request_id:
+                        return reply[2]
+            except (EOFError, OSError) as exc:
+                raise ControlLoopError(f"control loop pipe failed: {exc}{self._error_suffix()}") from exc
+        raise ControlLoopError(f"control loop did not answer {kind!r} within {timeout} s{self._error_suffix()}")
+
+    def _error_suffix(self) -> str:
+        """The child's last words, if it sent any (read from the pipe when not read yet)."""
+        try:
+            while not self._error and self._conn is not None and self._conn.poll():
+                reply = self._conn.recv()
+                if reply[0] == "error":
+                    self._error = reply[1]
+        except (EOFError, OSError):
+            pass
+        return f"; it failed with:\n{self._error}" if self._error else ""
+
+    def _kill(self) -> None:
+        if self._process is not None and self._process.is_alive():
+            self._process.terminate()  # SIGTERM: the child holds the arm before exiting
+            self._process.join(2.0)
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self._process = None
