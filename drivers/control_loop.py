@@ -272,6 +272,17 @@ class ControlLoop:
         self.last_latency = result.latency
         return True
 
+    def hold(self) -> None:
+        """Drop the executing trajectory and hold the last safe command (not latched: a new chunk resumes).
+
+        Used when the inputs behind the trajectory went bad (a stale camera): the arm stops where the last
+        command put it instead of finishing a chunk computed from old images.
+        """
+        if self.watchdog.mode not in STOPPED_MODES:
+            self.streamer.reset(self.env.target)
+            self.env = EnvelopeState.at_rest(self.env.target)
+            self.events["hold_requested"] += 1
+
     def estop(self) -> None:
         """Latch the e-stop and tell the arm now (not at the next tick)."""
         self.watchdog.estop()

@@ -30,6 +30,7 @@ import time
 import traceback
 from typing import Any, Dict, Optional
 
+from drivers import sdnotify
 from drivers.arm import ArmCapabilities, ArmConfigError, ArmError, ArmFactory
 from drivers.control_loop import ControlLoop, LoopConfig, LoopStats
 from drivers.realtime import PeriodStats, enable_realtime, sleep_until
@@ -76,11 +77,17 @@ def _run(loop: ControlLoop, conn: Any, scheduler: str) -> None:
     config = loop.config
     period = config.period
     timer = PeriodStats(max(int(config.stats_window_s * config.rate_hz), 1))
+    interval = sdnotify.watchdog_interval()  # under systemd with WatchdogSec: ping at half the interval
+    ping_every = None if interval is None else interval / 2
+    next_ping = time.monotonic()
     deadline = time.monotonic() + period
     while True:
         sleep_until(deadline)
         wake = time.monotonic()
         loop.tick(wake)
+        if ping_every is not None and wake >= next_ping:
+            sdnotify.watchdog_ping()  # from the tick itself: a stuck loop stops the pings and systemd restarts us
+            next_ping = wake + ping_every
         keep_going = _handle_messages(loop, conn, timer, scheduler)
         done = time.monotonic()
         error = wake - deadline
@@ -107,6 +114,8 @@ def _handle_messages(loop: ControlLoop, conn: Any, timer: PeriodStats, scheduler
         if kind == "submit":
             # "now" is read here, after the message arrived, so it is never before the client's obs_timestamp
             loop.submit(message[1], message[2], time.monotonic())
+        elif kind == "hold":
+            loop.hold()
         elif kind == "estop":
             loop.estop()
         elif kind == "clear_estop":
@@ -207,6 +216,10 @@ class ControlLoopClient:
         if not math.isfinite(obs_timestamp):
             raise TrajectoryError(f"obs_timestamp must be finite, got {obs_timestamp!r}")
         self._send(("submit", trajectory, float(obs_timestamp)))
+
+    def hold(self) -> None:
+        """Drop the executing trajectory: the arm holds its last safe command until the next chunk."""
+        self._send(("hold",))
 
     def estop(self) -> None:
         """Latch the e-stop: the arm holds and chunks are refused until :meth:`clear_estop`."""

@@ -1,0 +1,1 @@
+"""The on-robot daemon: config, cameras, supervision, health/metrics, recorder (see service.py)."""
