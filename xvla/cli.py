@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("export.cli", "export a checkpoint to a verified per-robot bundle (ONNX + manifest)"),
     "bench": ("xvla.bench_cli", "latency benchmarks against physical floors (and the official implementation)"),
     "build": ("runtime.build_cli", "build a bundle's TensorRT engines on this machine (the target)"),
+    "run": ("runtime.daemon.run_cli", "the on-robot daemon: cameras, policy and arm, with health and metrics"),
+    "config": ("runtime.daemon.config_cli", "validate a robot.toml without running (config check FILE)"),
 }
 
 
