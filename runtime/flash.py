@@ -1,39 +1,51 @@
-"""``xvla-edge flash BUNDLE --robot DIR`` and ``xvla-edge rollback --robot DIR``: install bundles on a robot.
+"""Install bundles on a robot computer (``xvla-edge flash``) and switch back (``xvla-edge rollback``).
 
-Layout of a robot's bundle directory::
+Layout of a robot's bundle directory ``DIR``::
 
-    DIR/bundles/<embodiment>-d<domain>-<precision>-<12 hex of the manifest's sha256>/   installed bundles
-    DIR/current  -> bundles/...    the active bundle (point robot.toml's [bundle].path here)
-    DIR/previous -> bundles/...    what `rollback` switches back to
-    DIR/.staging-<pid>/            a flash in progress
-    DIR/.lock                      held (flock) by a flash or rollback
+    DIR/bundles/<embodiment>-d<domain>-<precision>-<12 hex of manifest.json's sha256>/   installed bundles
+    DIR/current  -> bundles/...    the active bundle (point robot.toml's [bundle].path at DIR/current)
+    DIR/previous -> bundles/...    what `rollback` makes active again
+    DIR/.staging-<pid>/            a flash in progress (and ``.staging-<pid>.<link>``: a link being swapped)
+    DIR/.lock                      flock'ed by the flash or rollback in progress; a second one is refused
 
-A flash verifies every file's sha256 against the manifest, copies the bundle into a staging directory,
-verifies the copy, builds TensorRT engines there when TensorRT is present, runs one smoke inference, and
-only then renames the staging directory into ``bundles/`` and swaps ``current`` — a new symlink renamed
-over the old one, which POSIX makes atomic. Any failure or kill before that rename leaves ``current`` and
-``previous`` untouched; leftover staging directories are removed by the next flash. Bundles other than
-``current`` and ``previous`` are pruned after a successful switch.
+A flash verifies every file's sha256 against the manifest, copies the bundle into ``DIR/.staging-<pid>``,
+verifies the copy, builds TensorRT engines there when TensorRT is installed, runs one smoke inference and the
+pre-switch ``checks``, fsyncs the copy, renames it into ``bundles/``, then repoints the links. Why this is
+safe:
+
+- ``current`` only ever changes by ``os.replace`` of a new symlink over it: rename(2) is atomic on POSIX, so
+  a reader (the daemon) sees the old bundle or the new one, never a missing or partial one.
+- Nothing under ``bundles/`` is written in place: a bundle arrives by one rename of a complete, verified,
+  fsynced directory. A bundle installed again while an older copy of it is still kept gets a ``.2`` suffix,
+  so no directory a link points at is ever replaced.
+- A failure or kill before the links change leaves ``current`` and ``previous`` as they were; what it left
+  (``.staging-*``, an unreferenced directory in ``bundles/``) is removed by the next flash or rollback, which
+  holds the lock, so no live flash owns it.
+- ``previous`` is repointed before ``current``, and put back if repointing ``current`` fails. Only a kill
+  between those two renames leaves ``previous`` = ``current`` (the active bundle unchanged; rollback says so).
+
+Installed bundles other than ``current`` and ``previous`` are pruned when the lock is taken and after each
+successful switch.
 """
 
 from __future__ import annotations
 
-import argparse
 import fcntl
-import json
 import os
 import shutil
-import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
 from runtime.manifest import MANIFEST_FILE, BundleError, Manifest, sha256_file
 from runtime.types import Observation
 
-CURRENT, PREVIOUS, BUNDLES = "current", "previous", "bundles"
+CURRENT, PREVIOUS, BUNDLES, LOCK, STAGING = "current", "previous", "bundles", ".lock", ".staging-"
+
+Check = Callable[[Path], None]
+"""A pre-switch check of the staged bundle directory (e.g. an accuracy gate); raising refuses the flash."""
 
 
 class FlashError(RuntimeError):
@@ -41,158 +53,230 @@ class FlashError(RuntimeError):
 
 
 def active_bundle(robot_dir: str | Path) -> Path:
-    """The bundle ``DIR/current`` points at."""
-    link = Path(robot_dir) / CURRENT
-    if not link.is_symlink():
-        raise FlashError(f"{link}: no active bundle (flash one with `xvla-edge flash BUNDLE --robot {robot_dir}`)")
-    return link.resolve()
+    """The bundle directory ``DIR/current`` points at."""
+    return _target(Path(robot_dir), CURRENT)
 
 
-def install_name(manifest_path: Path) -> str:
-    m = json.loads(manifest_path.read_text())
-    return (f"{m.get('embodiment', 'bundle')}-d{m.get('domain_id', 'x')}-{m.get('precision', 'x')}-"
-            f"{sha256_file(manifest_path)[:12]}")
+def _target(robot: Path, link: str) -> Path:
+    path = robot / link
+    if not path.is_symlink():
+        hint = f"flash one with `xvla-edge flash BUNDLE --robot {robot}`" if link == CURRENT else "flash another first"
+        raise FlashError(f"{path}: no {link} bundle (expected a symlink into {robot / BUNDLES}; {hint})")
+    target = path.resolve()
+    if not (target / MANIFEST_FILE).is_file():
+        raise FlashError(f"{path} -> {target}: not a bundle (no {MANIFEST_FILE})")
+    return target
+
+
+# -- the steps of a flash; each is a module-level function so that a test can make it fail ---------------
+
+
+def verify(bundle: Path) -> Manifest:
+    """The bundle's manifest, once every file it lists has its recorded size and sha256 (else BundleError)."""
+    manifest = Manifest.load(bundle)
+    manifest.verify_files(bundle)
+    return manifest
+
+
+def copy_file(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src, dst)
 
 
 def build_engines(staged: Path) -> Optional[str]:
-    """Build TensorRT engines in ``staged`` when TensorRT is importable; returns why not otherwise."""
+    """Build TensorRT engines in ``staged`` when TensorRT is installed; otherwise return why not."""
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        return "TensorRT is not installed here: no engines built (the bundle runs on ONNX Runtime)"
+        return "TensorRT is not installed here: no engines built (the bundle will run on ONNX Runtime)"
     from runtime import build_cli
 
     manifest = Manifest.load(staged)
     if manifest.precision not in build_cli.BUILDABLE_PRECISIONS:
-        return f"a {manifest.precision} bundle: no TensorRT engines built"
+        return f"a {manifest.precision} bundle: no TensorRT engines built (it runs on ONNX Runtime)"
     build_cli.build_engines(staged, build_cli.check_buildable(staged, force=True))
     return None
 
 
 def smoke_test(staged: Path, backend: str, device: str) -> None:
-    """One inference on a synthetic observation: finite actions of the manifest's shape."""
+    """One inference on a synthetic observation; the actions must be finite and of the manifest's shape."""
     from runtime.policy import Policy
 
-    with Policy.load(staged, backend=backend, device=device) as policy:
+    with Policy.load(staged, backend=backend, device=device, verify=False) as policy:
         inputs, action = policy.manifest.inputs, policy.manifest.action
         rng = np.random.default_rng(0)
-        images = [rng.integers(0, 256, (240, 320, 3), dtype=np.uint8) if v < int(inputs["views"]) else None
-                  for v in range(3)]
+        images = [rng.integers(0, 256, (120, 160, 3), dtype=np.uint8) if v < int(inputs["views"]) else None
+                  for v in range(int(inputs["view_slots"]))]
         chunk = policy.act(Observation(images=images, instruction="smoke test",
                                        proprio=np.zeros(int(inputs["proprio_dim"]), np.float32)))
     expected = (int(action["chunk_length"]), int(action["output_dim"]))
-    if chunk.actions.shape != expected or not np.isfinite(chunk.actions).all():
-        raise FlashError(f"smoke inference in {staged}: expected finite actions of shape {expected}, "
-                         f"got {chunk.actions.shape} (finite: {bool(np.isfinite(chunk.actions).all())})")
+    actions = np.asarray(chunk.actions)
+    if actions.shape != expected or not np.isfinite(actions).all():
+        raise FlashError(f"smoke inference of {staged}: expected finite actions of shape {expected}, got shape "
+                         f"{actions.shape} with {int((~np.isfinite(actions)).sum())} non-finite values")
 
 
-@contextmanager
-def _locked(robot_dir: Path) -> Iterator[None]:
-    robot_dir.mkdir(parents=True, exist_ok=True)
-    with open(robot_dir / ".lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise FlashError(f"{robot_dir}: another flash or rollback is running (lock {robot_dir / '.lock'})") from exc
-        yield
+def switch(robot: Path, current: Path, previous: Optional[Path]) -> None:
+    """Point ``previous`` then ``current`` (each atomically); ``previous`` is put back if ``current`` fails."""
+    old_previous = os.readlink(robot / PREVIOUS) if (robot / PREVIOUS).is_symlink() else None
+    if previous is not None:
+        _point(robot, PREVIOUS, previous)
+    try:
+        _point(robot, CURRENT, current)
+    except BaseException:
+        if old_previous is not None:
+            _point(robot, PREVIOUS, robot / old_previous)
+        elif previous is not None:
+            (robot / PREVIOUS).unlink()
+        raise
 
 
-def _point(robot_dir: Path, name: str, target: Path) -> None:
-    """Atomically make ``robot_dir/name`` a relative symlink to ``target``."""
-    tmp = robot_dir / f".{name}.{os.getpid()}"
-    if tmp.is_symlink():
-        tmp.unlink()
-    os.symlink(os.path.relpath(target, robot_dir), tmp)
-    os.replace(tmp, robot_dir / name)
-
-
-def _copy(src: Path, dst: Path, files: List[str]) -> None:
-    dst.mkdir(parents=True)
-    for name in [*files, MANIFEST_FILE]:
-        (dst / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src / name, dst / name)
+# -- flash and rollback ------------------------------------------------------------------------------------
 
 
 def flash(bundle: str | Path, robot_dir: str | Path, *, backend: str = "auto", device: str = "cpu",
-          checks: tuple[Callable[[Path], None], ...] = (), say: Callable[[str], None] = print) -> Path:
-    """Install ``bundle`` as ``robot_dir``'s active bundle (see the module docstring); returns its path.
+          checks: Sequence[Check] = (), say: Callable[[str], None] = print) -> Path:
+    """Install ``bundle`` as ``robot_dir``'s active bundle (see the module docstring); returns its directory.
 
-    ``checks`` run on the staged bundle after the smoke test (e.g. an accuracy gate); any exception refuses
-    the flash.
+    Raises BundleError (naming the file) for a bundle that fails its checksums, FlashError for any other
+    refusal or failure; either way ``current`` and ``previous`` are unchanged.
     """
     src, robot = Path(bundle), Path(robot_dir)
-    manifest = Manifest.load(src)
-    manifest.verify_files(src)  # BundleError names a tampered or missing file
-    name = install_name(src / MANIFEST_FILE)
+    manifest = verify(src)
+    digest = sha256_file(src / MANIFEST_FILE)
+    name = f"{manifest.embodiment}-d{manifest.domain_id}-{manifest.precision}-{digest[:12]}"
     with _locked(robot):
-        for stale in robot.glob(".staging-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        final = robot / BUNDLES / name
-        if (robot / CURRENT).is_symlink() and active_bundle(robot) == final.resolve():
-            say(f"{name} is already the active bundle; nothing to do")
-            return final
-        staged = robot / f".staging-{os.getpid()}"
+        old = _link_target(robot, CURRENT)
+        if old is not None and not (old / MANIFEST_FILE).is_file():
+            say(f"{robot / CURRENT} -> {old} is not a bundle; replacing it (it will not become {PREVIOUS})")
+            old = None
+        if old is not None and sha256_file(old / MANIFEST_FILE) == digest:
+            say(f"{src} is already the active bundle ({old}); nothing to do")
+            return old
+        staged, final = robot / f"{STAGING}{os.getpid()}", _free_path(robot / BUNDLES, name)
+        step = "copy"
         try:
-            _copy(src, staged, list(manifest.files))
-            Manifest.load(staged).verify_files(staged)
-            why = build_engines(staged)
-            if why:
-                say(why)
+            for file in [*manifest.files, MANIFEST_FILE]:
+                copy_file(src / file, staged / file)
+            step = "verification of the copy"
+            verify(staged)
+            if sha256_file(staged / MANIFEST_FILE) != digest:
+                raise BundleError(f"{staged / MANIFEST_FILE}: differs from {src / MANIFEST_FILE}, which changed "
+                                  "during the copy")
+            step = "TensorRT engine build"
+            why_not = build_engines(staged)
+            if why_not:
+                say(why_not)
+            step = "smoke inference"
             smoke_test(staged, backend, device)
             for check in checks:
+                step = f"pre-switch check {getattr(check, '__name__', check)!r}"
                 check(staged)
-            (robot / BUNDLES).mkdir(exist_ok=True)
-            if final.exists():
-                shutil.rmtree(final)  # an earlier install of the same bundle that is neither current nor previous
+            step = "switch"
+            _fsync_tree(staged)
+            final.parent.mkdir(exist_ok=True)
             os.rename(staged, final)
-        except BaseException:
-            shutil.rmtree(staged, ignore_errors=True)
+            _fsync(final.parent)
+            switch(robot, final, old)
+        except BaseException as exc:
+            _remove(staged)
+            if final.exists() and final.resolve() not in {_link_target(robot, link) for link in (CURRENT, PREVIOUS)}:
+                _remove(final)
+            if isinstance(exc, Exception) and not isinstance(exc, (BundleError, FlashError)):
+                raise FlashError(f"flash of {src} into {robot}: {step} failed: {exc}") from exc
             raise
-        old = active_bundle(robot) if (robot / CURRENT).is_symlink() else None
-        if old is not None:
-            _point(robot, PREVIOUS, old)
-        _point(robot, CURRENT, final)
-        _prune(robot)
-    say(f"flashed {name}" + (f" (previous: {old.name})" if old is not None else ""))
-    return final
+        _fsync(robot)
+        _clean(robot)
+    say(f"flashed {final.name} into {robot}" + (f" (previous: {old.name})" if old is not None else ""))
+    return final.resolve()
 
 
 def rollback(robot_dir: str | Path, *, say: Callable[[str], None] = print) -> Path:
-    """Swap ``current`` and ``previous``; returns the now active bundle."""
+    """Make ``previous`` the active bundle and the active one ``previous``; returns the now active bundle."""
     robot = Path(robot_dir)
+    if not robot.is_dir():
+        raise FlashError(f"{robot}: no such directory (expected a robot bundle directory made by `xvla-edge flash`)")
     with _locked(robot):
-        if not (robot / PREVIOUS).is_symlink():
-            raise FlashError(f"{robot / PREVIOUS}: no previous bundle to roll back to")
-        previous, current = (robot / PREVIOUS).resolve(), active_bundle(robot)
-        if not (previous / MANIFEST_FILE).exists():
-            raise FlashError(f"{robot / PREVIOUS} -> {previous}: the bundle is gone")
-        _point(robot, CURRENT, previous)
-        _point(robot, PREVIOUS, current)
+        current, previous = active_bundle(robot), _target(robot, PREVIOUS)
+        if previous == current:
+            raise FlashError(f"{robot / PREVIOUS} and {robot / CURRENT} both point at {current} (a flash was "
+                             "killed between its two link updates): nothing to roll back to")
+        try:
+            verify(previous)
+        except BundleError as exc:
+            raise FlashError(f"{robot / PREVIOUS} -> {previous} fails its checksums, not switching: {exc}") from None
+        switch(robot, previous, current)
+        _fsync(robot)
     say(f"rolled back to {previous.name} (previous: {current.name})")
     return previous
 
 
-def _prune(robot: Path) -> None:
-    keep = {(robot / link).resolve() for link in (CURRENT, PREVIOUS) if (robot / link).is_symlink()}
-    for path in (robot / BUNDLES).iterdir():
-        if path.resolve() not in keep:
-            shutil.rmtree(path, ignore_errors=True)
+# -- helpers -----------------------------------------------------------------------------------------------
 
 
-# -- command line -------------------------------------------------------------------------------------------
+@contextmanager
+def _locked(robot: Path) -> Iterator[None]:
+    """Hold ``DIR/.lock`` (or refuse), then remove what a killed flash or rollback left behind."""
+    robot.mkdir(parents=True, exist_ok=True)
+    with open(robot / LOCK, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FlashError(f"{robot}: another flash or rollback is running (it holds {robot / LOCK})") from None
+        _clean(robot)
+        yield
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("bundle", type=Path, help="the bundle directory to install")
-    p.add_argument("--robot", type=Path, required=True, help="the robot's bundle directory (holds `current`)")
-    p.add_argument("--backend", default="auto", help="backend for the smoke inference (default auto)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-
-
-def run(args: argparse.Namespace) -> int:
+def _point(robot: Path, link: str, target: Path) -> None:
+    """Atomically make ``robot/link`` a relative symlink to ``target``: a new link renamed over the old."""
+    tmp = robot / f"{STAGING}{os.getpid()}.{link}"
+    _remove(tmp)
+    os.symlink(os.path.relpath(target, robot), tmp)
     try:
-        flash(args.bundle, args.robot, backend=args.backend, device=args.device)
-    except (BundleError, FlashError) as exc:
-        print(f"xvla-edge flash: refused, the active bundle is unchanged: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        os.replace(tmp, robot / link)
+    except BaseException:
+        tmp.unlink()
+        raise
+
+
+def _link_target(robot: Path, link: str) -> Optional[Path]:
+    path = robot / link
+    return path.resolve() if path.is_symlink() else None
+
+
+def _free_path(bundles: Path, name: str) -> Path:
+    path, n = bundles / name, 1
+    while path.exists() or path.is_symlink():
+        n += 1
+        path = bundles / f"{name}.{n}"
+    return path
+
+
+def _clean(robot: Path) -> None:
+    """Remove staging leftovers and every installed bundle that neither ``current`` nor ``previous`` points at."""
+    keep = {_link_target(robot, CURRENT), _link_target(robot, PREVIOUS)}
+    bundles = list((robot / BUNDLES).iterdir()) if (robot / BUNDLES).is_dir() else []
+    for path in [*robot.glob(f"{STAGING}*"), *(b for b in bundles if b.resolve() not in keep)]:
+        _remove(path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.is_symlink() or path.exists():
+        path.unlink()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file and directory under ``root`` to disk, so a power cut after the rename loses nothing."""
+    for path in root.rglob("*"):
+        _fsync(path)
+    _fsync(root)

@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build": ("runtime.build_cli", "build a bundle's TensorRT engines on this machine (the target)"),
     "run": ("runtime.daemon.run_cli", "the on-robot daemon: cameras, policy and arm, with health and metrics"),
     "config": ("runtime.daemon.config_cli", "validate a robot.toml without running (config check FILE)"),
-    "flash": ("runtime.flash", "install a verified bundle on a robot (atomic switch, previous kept)"),
+    "flash": ("runtime.flash_cli", "install a verified bundle on a robot (atomic switch, previous kept)"),
     "rollback": ("runtime.rollback_cli", "make a robot's previous bundle active again"),
     "calibrate": ("calibration.cli", "calibration sets, and the accuracy gate of a bundle against its fp32 reference"),
     "quantize": ("calibration.quantize_cli", "an INT8 (Q/DQ) bundle from an fp32 bundle, calibrated and gated on a set"),

@@ -1,133 +1,307 @@
-"""Flash and rollback: atomic switch, previous kept, and the active bundle untouched by any failure."""
+"""Flash and rollback: atomic switch, previous kept, and the installed bundles untouched by any failure."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from runtime import flash as fl
 from runtime.manifest import BundleError
+from xvla.cli import main as cli
+
+REPO = Path(__file__).parents[2]
 
 
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory, tiny_checkpoint):
-    """Two honest bundles of one checkpoint (two domains, so two manifests)."""
+@pytest.fixture(scope="session")
+def bundles(tmp_path_factory, tiny_checkpoint) -> tuple[Path, Path]:
+    """Bundle ``a``, exported once; ``b`` is ``a`` with ``sampler.default_steps`` 10 → 4 in its manifest.
+
+    ``b`` is a distinct, valid bundle (the manifest records its files' hashes, not its own; installs are told
+    apart by the manifest's sha256), made without a second ~15 s export.
+    """
     from export.bundle import ExportOptions, export_bundle
 
     root = tmp_path_factory.mktemp("flash")
-    for domain in (3, 2):
-        export_bundle(tiny_checkpoint, root / f"d{domain}", ExportOptions(domain_id=domain, views=1),
-                      progress=lambda s: None)
-    return root / "d3", root / "d2"
+    a, b = root / "a", root / "b"
+    export_bundle(tiny_checkpoint, a, ExportOptions(domain_id=3, views=1), progress=lambda s: None)
+    shutil.copytree(a, b)
+    manifest = json.loads((b / "manifest.json").read_text())
+    manifest["sampler"]["default_steps"] = 4
+    (b / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return a, b
 
 
-def tree(path: Path) -> dict:
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(path.rglob("*")) if p.is_file()}
+@pytest.fixture
+def robot_ab(bundles, tmp_path) -> Path:
+    """A robot directory where ``a`` was flashed, then ``b``: current → b, previous → a."""
+    a, b = bundles
+    robot = tmp_path / "robot"
+    fl.flash(a, robot, say=quiet)
+    fl.flash(b, robot, say=quiet)
+    return robot
 
 
 def quiet(msg: str) -> None:
     pass
 
 
+def tree(path: Path) -> dict[str, str]:
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def state(robot: Path) -> tuple:
+    """Everything a flash may touch: the links, every installed byte, and the names in the robot directory."""
+    return (os.readlink(robot / "current"), os.readlink(robot / "previous"), tree(robot / "bundles"),
+            sorted(p.name for p in robot.iterdir()))
+
+
+def same_files(installed: Path, bundle: Path) -> bool:
+    return tree(installed) == tree(bundle)
+
+
 def test_flash_flash_rollback(bundles, tmp_path):
     a, b = bundles
     robot = tmp_path / "robot"
-    first = fl.flash(a, robot, say=quiet)
-    assert fl.active_bundle(robot) == first and tree(first) == tree(a)
-    assert not (robot / "previous").exists()
-    messages = []
-    assert fl.flash(a, robot, say=messages.append) == first and "already the active bundle" in messages[0]
+    said: list[str] = []
+    first = fl.flash(a, robot, say=said.append)
+    assert any("TensorRT is not installed" in m for m in said)
+    assert fl.active_bundle(robot) == first.resolve() and same_files(first, a)
+    assert first.parent == robot / "bundles" and not (robot / "previous").exists()
+    said.clear()
+    assert fl.flash(a, robot, say=said.append) == first.resolve() and "already the active bundle" in said[0]
+
     second = fl.flash(b, robot, say=quiet)
-    assert fl.active_bundle(robot) == second and (robot / "previous").resolve() == first
-    assert (robot / "current").is_symlink() and not Path(str((robot / "current").readlink())).is_absolute()
-    assert fl.rollback(robot, say=quiet) == first
-    assert fl.active_bundle(robot) == first and (robot / "previous").resolve() == second
+    assert fl.active_bundle(robot) == second.resolve() and same_files(second, b)
+    assert (robot / "previous").resolve() == first.resolve() and same_files(first, a)
+    assert not os.path.isabs(os.readlink(robot / "current"))  # the directory can move (e.g. a new disk)
+
+    assert fl.rollback(robot, say=quiet) == first.resolve()
+    assert fl.active_bundle(robot) == first.resolve() and (robot / "previous").resolve() == second.resolve()
+    assert fl.rollback(robot, say=quiet) == second.resolve()
     assert sorted(p.name for p in (robot / "bundles").iterdir()) == sorted([first.name, second.name])
+    assert sorted(p.name for p in robot.iterdir()) == [".lock", "bundles", "current", "previous"]
 
 
-@pytest.mark.parametrize("step", ["copy", "build", "smoke", "check", "switch"])
-def test_a_failure_at_any_step_leaves_the_active_bundle(bundles, tmp_path, monkeypatch, step):
-    a, b = bundles
-    robot = tmp_path / "robot"
-    active = fl.flash(a, robot, say=quiet)
-    before = tree(active)
+def test_older_bundles_are_pruned_and_a_reflash_of_previous_never_touches_it(robot_ab, bundles):
+    a, _ = bundles
+    old_a = (robot_ab / "previous").resolve()
+    b = fl.active_bundle(robot_ab)
+    new_a = fl.flash(a, robot_ab, say=quiet)  # the bundle `previous` holds, installed afresh beside it
+    assert new_a.name == f"{old_a.name}.2" and same_files(new_a, a)
+    assert fl.active_bundle(robot_ab) == new_a.resolve() and (robot_ab / "previous").resolve() == b
+    assert not old_a.exists()  # neither current nor previous: pruned
 
+
+def test_a_build_step_output_is_installed(bundles, tmp_path, monkeypatch):
+    a, _ = bundles
+
+    def fake_build(staged: Path) -> None:  # what TensorRT's build leaves: engines/ inside the staged bundle
+        (staged / "engines").mkdir()
+        (staged / "engines" / "engines.json").write_text("{}")
+
+    monkeypatch.setattr(fl, "build_engines", fake_build)
+    installed = fl.flash(a, tmp_path / "robot", say=quiet)
+    assert (installed / "engines" / "engines.json").read_text() == "{}"
+
+
+def _fail(step: str, monkeypatch: pytest.MonkeyPatch, robot: Path) -> tuple[tuple[fl.Check, ...], str]:
+    """Make ``step`` fail; returns the pre-switch checks to pass and the error expected."""
     def boom(*args, **kwargs):
         raise OSError(f"injected failure at {step}")
 
-    real_copy2 = shutil.copy2
-    calls = {"n": 0}
+    if step == "verify":  # the staged copy fails its checksums
+        real_verify = fl.verify
 
-    def copy_then_fail(src, dst):  # dies part-way through the copy
-        calls["n"] += 1
-        if calls["n"] > 2:
-            raise OSError("injected failure at copy")
-        return real_copy2(src, dst)
+        def verify(path: Path):
+            if ".staging-" in str(path):
+                raise BundleError(f"{path / 'encoder.onnx'}: injected")
+            return real_verify(path)
+        monkeypatch.setattr(fl, "verify", verify)
+        return (), r"\.staging-\d+/encoder\.onnx: injected"
+    if step == "copy":  # dies after two files
+        real_copy, copied = fl.copy_file, []
 
-    checks = ()
-    if step == "copy":
-        monkeypatch.setattr(fl.shutil, "copy2", copy_then_fail)
-    elif step == "build":
-        monkeypatch.setattr(fl, "build_engines", boom)
-    elif step == "smoke":
-        monkeypatch.setattr(fl, "smoke_test", boom)
-    elif step == "check":
-        checks = (boom,)
-    else:
-        real_rename = fl.os.rename
-        monkeypatch.setattr(fl.os, "rename", lambda s, d: boom() if ".staging-" in str(s) else real_rename(s, d))
-    with pytest.raises(OSError, match="injected"):
-        fl.flash(b, robot, checks=checks, say=quiet)
+        def copy_file(src: Path, dst: Path) -> None:
+            if len(copied) == 2:
+                boom()
+            real_copy(src, dst)
+            copied.append(dst)
+        monkeypatch.setattr(fl, "copy_file", copy_file)
+        return (), "copy failed: injected"
+    if step == "build":  # dies half-way through writing engines
+        def half_build(staged: Path) -> None:
+            (staged / "engines").mkdir()
+            (staged / "engines" / "encoder.engine").write_bytes(b"half")
+            boom()
+        monkeypatch.setattr(fl, "build_engines", half_build)
+        return (), "TensorRT engine build failed: injected"
+    if step == "smoke":  # the policy runs but its actions are NaN
+        from runtime.policy import Policy
+
+        real_act = Policy.act
+        monkeypatch.setattr(Policy, "act", lambda self, obs, **kw: dataclasses.replace(
+            real_act(self, obs, **kw), actions=np.full((30, 20), np.nan, np.float32)))
+        return (), r"smoke inference of .*: expected finite actions of shape \(30, 20\), got .* 600 non-finite"
+    if step == "check":
+        return (boom,), "pre-switch check 'boom' failed: injected"
+    real_replace = os.replace  # "switch": renaming the new `current` link into place fails
+    monkeypatch.setattr(os, "replace", lambda src, dst: boom() if Path(dst) == robot / "current"
+                        else real_replace(src, dst))
+    return (), "switch failed: injected"
+
+
+@pytest.mark.parametrize("step", ["verify", "copy", "build", "smoke", "check", "switch"])
+def test_a_failure_at_any_step_leaves_both_bundles_untouched(robot_ab, bundles, monkeypatch, step):
+    a, _ = bundles
+    before = state(robot_ab)
+    checks, expected = _fail(step, monkeypatch, robot_ab)
+    with pytest.raises((fl.FlashError, BundleError), match=expected):
+        fl.flash(a, robot_ab, checks=checks, say=quiet)
     monkeypatch.undo()
-    assert fl.active_bundle(robot) == active and tree(active) == before
-    assert not (robot / "previous").exists()
-    assert not list(robot.glob(".staging-*")) and [p.name for p in (robot / "bundles").iterdir()] == [active.name]
+    assert state(robot_ab) == before  # same links, same bytes, no staging directory, no half-installed bundle
+    fl.flash(a, robot_ab, say=quiet)
+    assert not list(robot_ab.glob(".staging-*")) and len(list((robot_ab / "bundles").iterdir())) == 2
 
 
-def test_a_killed_flash_is_cleaned_by_the_next(bundles, tmp_path):
-    a, b = bundles
-    robot = tmp_path / "robot"
-    fl.flash(a, robot, say=quiet)
-    (robot / ".staging-99999").mkdir()  # what a SIGKILL mid-copy leaves
-    (robot / ".staging-99999" / "denoise.onnx").write_bytes(b"half")
-    assert fl.active_bundle(robot).name.startswith("libero")
-    fl.flash(b, robot, say=quiet)
-    assert not list(robot.glob(".staging-*"))
-
-
-def test_tampered_bundles_are_refused_by_file(bundles, tmp_path):
+@pytest.mark.parametrize("tamper", ["bytes changed", "file missing", "manifest edited", "manifest not json"])
+def test_a_tampered_bundle_is_refused_naming_the_file(robot_ab, bundles, tmp_path, tamper):
     a, _ = bundles
     bad = tmp_path / "bad"
     shutil.copytree(a, bad)
-    name = next(iter(json.loads((a / "manifest.json").read_text())["files"]))
-    with open(bad / name, "r+b") as f:
-        f.seek(100)
-        f.write(b"\x00\x01")
-    robot = tmp_path / "robot"
-    with pytest.raises(BundleError, match=name):
-        fl.flash(bad, robot, say=quiet)
-    assert not (robot / "current").exists()
-    (bad / name).unlink()
-    with pytest.raises(BundleError, match=name):
-        fl.flash(bad, robot, say=quiet)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    name = "denoise.onnx.data"
+    if tamper == "bytes changed":
+        with open(bad / name, "r+b") as f:
+            f.seek(100)
+            f.write(bytes(b ^ 0xFF for b in f.read(2)))
+    elif tamper == "file missing":
+        (bad / name).unlink()
+    elif tamper == "manifest edited":
+        manifest["files"][name]["sha256"] = "0" * 64
+        (bad / "manifest.json").write_text(json.dumps(manifest))
+    else:
+        name = "manifest.json"
+        (bad / name).write_text("{ not json")
+    before = state(robot_ab)
+    with pytest.raises(BundleError, match=rf"{bad / name}: "):
+        fl.flash(bad, robot_ab, say=quiet)
+    assert state(robot_ab) == before
 
 
-def test_rollback_without_previous_and_concurrent_flash(bundles, tmp_path):
-    import fcntl
+KILLABLE_FLASH = """
+import sys, time
+from pathlib import Path
+from runtime import flash as fl
 
+real_copy, copied = fl.copy_file, []
+def slow_copy(src, dst):
+    real_copy(src, dst)
+    copied.append(dst)
+    if len(copied) == 2:  # two files in staging, the lock held: tell the test, then wait to be killed
+        Path(sys.argv[3]).touch()
+        time.sleep(60)
+fl.copy_file = slow_copy
+fl.flash(sys.argv[1], sys.argv[2], say=lambda m: None)
+"""
+
+
+def test_a_killed_flash_blocks_others_while_alive_and_is_cleaned_by_the_next(bundles, tmp_path):
     a, b = bundles
-    robot = tmp_path / "robot"
-    fl.flash(a, robot, say=quiet)
-    with pytest.raises(fl.FlashError, match="no previous bundle"):
-        fl.rollback(robot, say=quiet)
-    with open(robot / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    robot, marker = tmp_path / "robot", tmp_path / "copying"
+    first = fl.flash(a, robot, say=quiet)
+    proc = subprocess.Popen([sys.executable, "-c", KILLABLE_FLASH, str(b), str(robot), str(marker)], cwd=REPO)
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "the flash subprocess never reached the copy"
+            time.sleep(0.02)
         with pytest.raises(fl.FlashError, match="another flash or rollback is running"):
             fl.flash(b, robot, say=quiet)
-    with pytest.raises(fl.FlashError, match="no active bundle"):
+        with pytest.raises(fl.FlashError, match="another flash or rollback is running"):
+            fl.rollback(robot, say=quiet)
+    finally:
+        proc.kill()  # SIGKILL mid-copy: no cleanup runs
+        proc.wait()
+    assert [p.name for p in robot.glob(".staging-*")] == [f".staging-{proc.pid}"]
+    assert fl.active_bundle(robot) == first.resolve() and same_files(first, a) and not (robot / "previous").exists()
+    second = fl.flash(b, robot, say=quiet)
+    assert not list(robot.glob(".staging-*"))
+    assert fl.active_bundle(robot) == second.resolve() and (robot / "previous").resolve() == first.resolve()
+
+
+def test_rollback_and_active_bundle_errors(robot_ab, bundles, tmp_path):
+    a, _ = bundles
+    with pytest.raises(fl.FlashError, match=r"empty/current: no current bundle .*xvla-edge flash BUNDLE"):
         fl.active_bundle(tmp_path / "empty")
+    with pytest.raises(fl.FlashError, match="empty: no such directory"):
+        fl.rollback(tmp_path / "empty", say=quiet)
+    assert not (tmp_path / "empty").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(fl.FlashError, match="empty/current: no current bundle"):
+        fl.rollback(tmp_path / "empty", say=quiet)
+    one = tmp_path / "one"
+    fl.flash(a, one, say=quiet)
+    with pytest.raises(fl.FlashError, match=r"one/previous: no previous bundle"):
+        fl.rollback(one, say=quiet)
+
+    before = state(robot_ab)  # a previous bundle damaged on disk is not switched to
+    previous = (robot_ab / "previous").resolve()
+    (previous / "tokenizer.json").write_text("{}")
+    with pytest.raises(fl.FlashError, match=r"previous -> .* fails its checksums.*tokenizer\.json"):
+        fl.rollback(robot_ab, say=quiet)
+    assert state(robot_ab)[:2] == before[:2]
+
+    os.symlink(os.readlink(robot_ab / "current"), robot_ab / "tmp")  # a kill between the two link updates
+    os.replace(robot_ab / "tmp", robot_ab / "previous")
+    with pytest.raises(fl.FlashError, match="both point at"):
+        fl.rollback(robot_ab, say=quiet)
+
+
+def test_a_broken_current_link_is_replaced_and_not_kept_as_previous(robot_ab, bundles):
+    a, _ = bundles
+    previous = os.readlink(robot_ab / "previous")
+    shutil.rmtree(fl.active_bundle(robot_ab))
+    with pytest.raises(fl.FlashError, match=r"current -> .*: not a bundle \(no manifest.json\)"):
+        fl.active_bundle(robot_ab)
+    said: list[str] = []
+    installed = fl.flash(a, robot_ab, say=said.append)
+    assert any("is not a bundle; replacing it" in m for m in said)
+    assert fl.active_bundle(robot_ab) == installed.resolve() and os.readlink(robot_ab / "previous") == previous
+
+
+def test_cli_exit_codes(bundles, tmp_path, capsys):
+    a, b = bundles
+    robot = str(tmp_path / "robot")
+    assert cli(["rollback", "--robot", robot]) == 1
+    assert "robot: no such directory" in capsys.readouterr().err
+    assert cli(["flash", str(a), "--robot", robot]) == 0
+    assert cli(["flash", str(b), "--robot", robot, "--backend", "onnxruntime"]) == 0
+    assert cli(["rollback", "--robot", robot]) == 0
+    assert fl.active_bundle(robot).name.startswith("libero-franka-d3-fp32-")
+    bad = tmp_path / "bad"
+    shutil.copytree(b, bad)
+    (bad / "encoder.onnx").unlink()
+    capsys.readouterr()
+    assert cli(["flash", str(bad), "--robot", robot]) == 1
+    assert f"{bad / 'encoder.onnx'}: listed in manifest.json but missing" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        cli(["flash", str(a)])
+    assert usage.value.code == 2
+
+
+def test_the_flash_modules_import_without_torch_or_export() -> None:
+    code = ("import sys, runtime.flash, runtime.flash_cli, runtime.rollback_cli; "
+            "bad = [m for m in ('torch', 'export') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
