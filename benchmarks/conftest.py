@@ -95,7 +95,7 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list, output
 
 def target_floors() -> list[dict[str, Any]]:
     """Predicted floors of the full model on the published deployment targets (fp16 weights)."""
-    from xvla.random_checkpoint import size_config
+    from xvla.sizes import size_config
 
     cfg, image_size = size_config("full")
     out = []

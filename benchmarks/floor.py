@@ -31,8 +31,8 @@ import numpy as np
 
 from runtime.manifest import Manifest
 from xvla.config import XVLAConfig
+from xvla.constants import NUM_VIEWS
 
-NUM_VIEWS = 3  # view slots of the model; absent views still feed zero tokens to the action transformer
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1}
 
 
@@ -274,7 +274,7 @@ def _ms(seconds: float) -> str:
 
 def report(steps: int = 10) -> str:
     """Work and floors of every named size, on this machine and on the published targets."""
-    from xvla.random_checkpoint import size_config
+    from xvla.sizes import size_config
 
     here = measure_machine()
     lines = [f"this machine: {here.flops_per_s / 1e9:.1f} GFLOP/s fp32 GEMM, {here.bytes_per_s / 1e9:.1f} GB/s copy"]

@@ -25,7 +25,8 @@ import numpy as np
 
 from benchmarks import floor
 from xvla.config import XVLAConfig
-from xvla.preprocessing import NUM_VIEWS
+from xvla.errors import XVLAError
+from xvla.constants import NUM_VIEWS
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = ("tiny", "small", "full")
@@ -102,13 +103,13 @@ def official_setup() -> tuple[Path, Path] | None:
     return (Path(src), Path(python)) if src and python else None
 
 
-class BuildError(RuntimeError):
+class BuildError(XVLAError, RuntimeError):
     """A checkpoint or bundle could not be built; the message is the command's last error line."""
 
 
 def _xvla_edge(*args: str) -> None:
     """Run an ``xvla-edge`` command in a child process."""
-    proc = subprocess.run([sys.executable, "-m", "xvla.cli", *args], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "xvla_edge.cli", *args], capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if proc.returncode:
         lines = proc.stderr.splitlines()

@@ -60,7 +60,7 @@ class Case:
 def case(request: pytest.FixtureRequest):
     """One (size, backend): a loaded runner with its inputs bound and its stages run once."""
     from xvla.config import load_config
-    from xvla.random_checkpoint import size_config
+    from xvla.sizes import size_config
 
     size, backend = request.param
     cfg, image_size = load_config(harness.checkpoint(size)), size_config(size)[1]

@@ -4,5 +4,5 @@
 - :mod:`calibration.sets`, :mod:`calibration.capture`: calibration sets on disk and where they come from.
 - :mod:`calibration.check`, :mod:`calibration.report`: the accuracy gate and its table / JSON / PNG.
 - :mod:`calibration.quantize`: static INT8 (Q/DQ) bundles calibrated and gated on a set.
-- :mod:`calibration.cli`, :mod:`calibration.quantize_cli`: ``xvla-edge calibrate`` and ``xvla-edge quantize``.
+- :mod:`xvla_edge.commands.calibrate`, :mod:`xvla_edge.commands.quantize`: ``xvla-edge calibrate`` and ``xvla-edge quantize``.
 """

@@ -33,7 +33,7 @@ from PIL import Image, UnidentifiedImageError
 from calibration.errors import CalibrationError
 from calibration.sets import CalibrationSet
 from runtime.manifest import Manifest
-from xvla.preprocessing import NUM_VIEWS
+from xvla.constants import NUM_VIEWS
 
 RECORDING_FILE = "observations.npz"
 RECORDING_META = "meta.json"

@@ -29,8 +29,10 @@ import numpy as np
 from calibration.errors import CalibrationError
 from calibration.metrics import TOLERANCES, ChunkErrors, Tolerance, accumulate
 from calibration.sets import CalibrationSet
-from runtime.manifest import Manifest, sha256_file
+from runtime.manifest import Manifest
 from runtime.policy import Policy
+from xvla.constants import INDEX_FILE, WEIGHTS_FILE
+from xvla.files import sha256_file
 
 Progress = Callable[[str], None]
 
@@ -144,8 +146,6 @@ def reference_policy(manifest: Manifest, bundle: Path, *, checkpoint: str | Path
 
 
 def _check_weights(manifest: Manifest, ckpt: Path) -> None:
-    from xvla.checkpoint import INDEX_FILE, WEIGHTS_FILE
-
     expected = manifest.raw.get("source", {}).get("weights_sha256")
     weights = ckpt / WEIGHTS_FILE if (ckpt / WEIGHTS_FILE).is_file() else ckpt / INDEX_FILE
     if expected and weights.is_file() and sha256_file(weights) != expected:

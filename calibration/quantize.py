@@ -46,22 +46,23 @@ import onnxruntime as ort
 from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                       quantize_static)
 
-from calibration.atomic import atomic_directory, check_target
 from calibration.capture import evenly
 from calibration.check import GateReport, Progress, chunks, compare
 from calibration.errors import CalibrationError
 from calibration.metrics import TOLERANCES, Tolerance
 from calibration.sets import CalibrationSet
 from runtime.backends.onnxruntime import create_session
-from runtime.manifest import MANIFEST_FILE, Manifest, sha256_file
+from runtime.manifest import MANIFEST_FILE, Manifest
 from runtime.policy import Policy
+from xvla.errors import XVLAError
+from xvla.files import atomic_directory, check_target, inventory, sha256_file
 
 METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
            "percentile": CalibrationMethod.Percentile}
 GRAPHS = ("encoder", "denoise")
 
 
-class QuantizeFailed(RuntimeError):
+class QuantizeFailed(XVLAError, RuntimeError):
     """No INT8 configuration passed the gate; nothing was written."""
 
 
@@ -254,7 +255,7 @@ def quantize_bundle(bundle: str | Path, cset: CalibrationSet, out: str | Path,
         raise CalibrationError(f"--method {opts.method!r}; expected one of {sorted(METHODS)}")
     if out.resolve() == bundle.resolve() or bundle.resolve() in out.resolve().parents:
         raise CalibrationError(f"--out {out}: must not be the input bundle {bundle} or inside it")
-    check_target(out, opts.force)
+    check_target(out, force=opts.force)
     cset.check_bundle(manifest, bundle)
     steps = manifest.default_steps if opts.steps is None else opts.steps
     tolerance = replace(TOLERANCES["int8"], **opts.overrides)
@@ -378,8 +379,7 @@ def _manifest(manifest: Manifest, tmp: Path, cset: CalibrationSet, source: Path,
     del raw["parity"]
     raw["created"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     raw["precision"] = "int8"
-    raw["files"] = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-                    for p in sorted(tmp.iterdir()) if p.is_file() and p.name != MANIFEST_FILE}
+    raw["files"] = inventory(tmp, exclude=[MANIFEST_FILE])
     raw["quantization"] = {
         "tool": "onnxruntime.quantization.quantize_static", "onnxruntime": ort.__version__, "onnx": onnx.__version__,
         "format": "QDQ", "weights": "int8 symmetric per-channel", "activations": "int8 symmetric per-tensor",

@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from calibration.atomic import atomic_directory
 from calibration.errors import CalibrationError
-from runtime.manifest import Manifest, sha256_file
+from runtime.manifest import Manifest
 from runtime.types import Observation
-from xvla.preprocessing import NUM_VIEWS
+from xvla.constants import NUM_VIEWS
+from xvla.files import atomic_directory, file_entry, file_problem, sha256_file
 
 INDEX_FILE = "calibration.json"
 FORMAT = "xvla-edge calibration set"
@@ -149,7 +149,7 @@ def write_set(s: CalibrationSet, out: str | Path, *, force: bool = False) -> Pat
         for name, arr in _arrays(s).items():
             path = tmp / f"{name}.npy"
             np.save(path, np.ascontiguousarray(arr), allow_pickle=False)
-            files[path.name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+            files[path.name] = file_entry(path)
         index = {
             "format": FORMAT, "version": VERSION,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -220,15 +220,9 @@ def _read_array(set_dir: Path, index: dict, name: str, shape: tuple[int, ...], d
     entry = index["files"].get(file)
     if not isinstance(entry, dict):
         raise CalibrationError(f"{set_dir / INDEX_FILE}: files has no entry for {file} (needed for {name})")
-    if not path.is_file():
-        raise CalibrationError(f"{path}: listed in {INDEX_FILE} but missing")
-    size = path.stat().st_size
-    if size != entry.get("bytes"):
-        raise CalibrationError(f"{path}: {size} bytes; {INDEX_FILE} records {entry.get('bytes')} (file changed)")
-    digest = sha256_file(path)
-    if digest != entry.get("sha256"):
-        raise CalibrationError(f"{path}: sha256 {digest[:16]}… does not match {INDEX_FILE} "
-                               f"({str(entry.get('sha256'))[:16]}…): the file was modified or corrupted")
+    problem = file_problem(path, entry, INDEX_FILE)
+    if problem:
+        raise CalibrationError(problem)
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as e:

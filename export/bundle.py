@@ -10,11 +10,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-import os
 import shutil
-import tempfile
 import time
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Callable, Iterator
@@ -24,33 +21,21 @@ import torch
 from export.domains import domain_defaults
 from export.graphs import DenoiseStepGraph, EncoderGraph
 from export.onnx_graphs import OPSET, convert_fp16, export_graph, io_specs
+from export.options import PRECISIONS, ExportOptions
 from export.verify import measure_parity
-from runtime.manifest import MANIFEST_FILE, SCHEMA_VERSION, sha256_file
-from xvla.checkpoint import INDEX_FILE, WEIGHTS_FILE, load_checkpoint
+from runtime.manifest import MANIFEST_FILE, SCHEMA_VERSION
+from xvla.checkpoint import load_checkpoint
 from xvla.config import load_config
-from xvla.model import NUM_VIEWS
+from xvla.constants import CONFIG_FILE, INDEX_FILE, NUM_VIEWS, PREPROCESSOR_FILE, TOKENIZER_FILES, WEIGHTS_FILE
+from xvla.errors import XVLAError
+from xvla.files import atomic_directory, check_target, inventory, sha256_file
 from xvla.preprocessing import ImageProcessor
 
-PRECISIONS = ("fp32", "fp16")
-CHECKPOINT_SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
-                         "special_tokens_map.json", "preprocessor_config.json")
+__all__ = ["ExportError", "ExportOptions", "PRECISIONS", "export_bundle"]
 
 
-class ExportError(RuntimeError):
+class ExportError(XVLAError, RuntimeError):
     """The export could not be done; nothing was written to the bundle directory."""
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    domain_id: int
-    embodiment: str | None = None
-    precision: str = "fp32"
-    views: int = NUM_VIEWS
-    chunk_seconds: float | None = None
-    arms: int | None = None
-    steps: int = 10
-    rot6d_layout: str = "rows"
-    force: bool = False
 
 
 def _versions() -> dict[str, str]:
@@ -82,14 +67,7 @@ def check_options(ckpt_dir: Path, out: Path, opts: ExportOptions) -> None:
         raise ExportError(f"--steps {opts.steps} must be >= 1")
     if opts.chunk_seconds is not None and not opts.chunk_seconds > 0:
         raise ExportError(f"--chunk-seconds {opts.chunk_seconds} must be > 0")
-    if out.exists() and not opts.force:
-        raise ExportError(f"{out} already exists; pass --force to replace it (the old bundle is kept until the "
-                          "new one is complete)")
-    parent = out.parent
-    if not parent.is_dir():
-        raise ExportError(f"cannot write {out}: {parent} is not an existing directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ExportError(f"cannot write {out}: no write permission in {parent}")
+    check_target(out, force=opts.force)
 
 
 def export_bundle(ckpt_dir: str | Path, out: str | Path, opts: ExportOptions,
@@ -97,14 +75,8 @@ def export_bundle(ckpt_dir: str | Path, out: str | Path, opts: ExportOptions,
     """Export ``ckpt_dir`` for one domain into the bundle directory ``out``; returns the manifest."""
     ckpt_dir, out = Path(ckpt_dir), Path(out)
     check_options(ckpt_dir, out, opts)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        manifest = _build(ckpt_dir, tmp, opts, progress)
-        _swap_in(tmp, out)
-        return manifest
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with atomic_directory(out, force=opts.force) as tmp:
+        return _build(ckpt_dir, tmp, opts, progress)
 
 
 @contextlib.contextmanager
@@ -143,7 +115,7 @@ def _build(ckpt_dir: Path, tmp: Path, opts: ExportOptions, progress: Callable[[s
     if not parity["passed"]:
         raise ExportError(f"parity check failed ({opts.precision}): {'; '.join(parity['failures'])}. "
                           f"Figures: {json.dumps(parity['max_abs'])}. Nothing was written.")
-    for name in CHECKPOINT_SIDE_FILES:
+    for name in (*TOKENIZER_FILES, PREPROCESSOR_FILE):
         if (ckpt_dir / name).is_file():
             shutil.copy2(ckpt_dir / name, tmp / name)
     manifest = _manifest(ckpt_dir, tmp, cfg, opts, size, parity)
@@ -158,13 +130,12 @@ def _manifest(ckpt_dir: Path, tmp: Path, cfg, opts: ExportOptions, image_size: i
     for key in ("encoder", "denoise"):
         inputs, outputs = io_specs(tmp / f"{key}.onnx")
         graphs[key] = {"file": f"{key}.onnx", "inputs": inputs, "outputs": outputs}
-    files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-             for p in sorted(tmp.iterdir()) if p.is_file() and p.name != MANIFEST_FILE}
+    files = inventory(tmp, exclude=[MANIFEST_FILE])
     space_gripper = {"ee6d": [9, 19], "joint": [6, 13]}.get(cfg.action_mode, [])
     return {
         "schema_version": SCHEMA_VERSION,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "source": {"checkpoint": str(ckpt_dir.resolve()), "config_sha256": sha256_file(ckpt_dir / "config.json"),
+        "source": {"checkpoint": str(ckpt_dir.resolve()), "config_sha256": sha256_file(ckpt_dir / CONFIG_FILE),
                    "weights_sha256": sha256_file(weights)},
         "embodiment": opts.embodiment or name, "domain_id": opts.domain_id,
         "action": {"mode": cfg.action_mode, "dim": cfg.dim_action,
@@ -179,18 +150,3 @@ def _manifest(ckpt_dir: Path, tmp: Path, cfg, opts: ExportOptions, image_size: i
         "export": {"opset": OPSET, "exporter": "torch.onnx.export(dynamo=True)", "versions": _versions()},
         "graphs": graphs, "files": files, "parity": parity,
     }
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Rename the finished bundle into place; an existing one is replaced only after that succeeds."""
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from xvla.action_head import timestep_embedding
-from xvla.model import NUM_VIEWS, XVLA
+from xvla.constants import NUM_VIEWS
+from xvla.model import XVLA
 
 
 class EncoderGraph(nn.Module):

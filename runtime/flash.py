@@ -39,8 +39,10 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from runtime.manifest import MANIFEST_FILE, BundleError, Manifest, sha256_file
+from runtime.manifest import MANIFEST_FILE, BundleError, Manifest
 from runtime.types import Observation
+from xvla.errors import XVLAError
+from xvla.files import fsync_directory, fsync_tree, sha256_file
 
 CURRENT, PREVIOUS, BUNDLES, LOCK, STAGING = "current", "previous", "bundles", ".lock", ".staging-"
 
@@ -48,7 +50,7 @@ Check = Callable[[Path], None]
 """A pre-switch check of the staged bundle directory (e.g. an accuracy gate); raising refuses the flash."""
 
 
-class FlashError(RuntimeError):
+class FlashError(XVLAError, RuntimeError):
     """A flash or rollback was refused or failed; the active bundle is unchanged."""
 
 
@@ -89,12 +91,12 @@ def build_engines(staged: Path) -> Optional[str]:
         import tensorrt  # noqa: F401
     except ImportError:
         return "TensorRT is not installed here: no engines built (the bundle will run on ONNX Runtime)"
-    from runtime import build_cli
+    from runtime.backends.tensorrt import build
 
     manifest = Manifest.load(staged)
-    if manifest.precision not in build_cli.BUILDABLE_PRECISIONS:
+    if manifest.precision not in build.BUILDABLE_PRECISIONS:
         return f"a {manifest.precision} bundle: no TensorRT engines built (it runs on ONNX Runtime)"
-    build_cli.build_engines(staged, build_cli.check_buildable(staged, force=True))
+    build.build_engines(staged, build.check_buildable(staged, force=True))
     return None
 
 
@@ -173,10 +175,10 @@ def flash(bundle: str | Path, robot_dir: str | Path, *, backend: str = "auto", d
                 step = f"pre-switch check {getattr(check, '__name__', check)!r}"
                 check(staged)
             step = "switch"
-            _fsync_tree(staged)
+            fsync_tree(staged)
             final.parent.mkdir(exist_ok=True)
             os.rename(staged, final)
-            _fsync(final.parent)
+            fsync_directory(final.parent)
             switch(robot, final, old)
         except BaseException as exc:
             _remove(staged)
@@ -185,7 +187,7 @@ def flash(bundle: str | Path, robot_dir: str | Path, *, backend: str = "auto", d
             if isinstance(exc, Exception) and not isinstance(exc, (BundleError, FlashError)):
                 raise FlashError(f"flash of {src} into {robot}: {step} failed: {exc}") from exc
             raise
-        _fsync(robot)
+        fsync_directory(robot)
         _clean(robot)
     say(f"flashed {final.name} into {robot}" + (f" (previous: {old.name})" if old is not None else ""))
     return final.resolve()
@@ -206,7 +208,7 @@ def rollback(robot_dir: str | Path, *, say: Callable[[str], None] = print) -> Pa
         except BundleError as exc:
             raise FlashError(f"{robot / PREVIOUS} -> {previous} fails its checksums, not switching: {exc}") from None
         switch(robot, previous, current)
-        _fsync(robot)
+        fsync_directory(robot)
     say(f"rolled back to {previous.name} (previous: {current.name})")
     return previous
 
@@ -265,18 +267,3 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     elif path.is_symlink() or path.exists():
         path.unlink()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    """Flush every file and directory under ``root`` to disk, so a power cut after the rename loses nothing."""
-    for path in root.rglob("*"):
-        _fsync(path)
-    _fsync(root)

@@ -19,17 +19,19 @@ Written by ``xvla-edge export``, read by everything else; nobody guesses a shape
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from xvla.errors import XVLAError
+from xvla.files import file_problem
+
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 
 
-class BundleError(ValueError):
+class BundleError(XVLAError, ValueError):
     """A bundle is missing, malformed, or its files do not match its manifest."""
 
 
@@ -52,14 +54,6 @@ class GraphSpec:
     def to_dict(self) -> dict[str, Any]:
         return {"file": self.file, "inputs": [s.to_dict() for s in self.inputs],
                 "outputs": [s.to_dict() for s in self.outputs]}
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -134,16 +128,9 @@ class Manifest:
         """Check every listed file exists with its recorded size and sha256."""
         bundle_dir = Path(bundle_dir)
         for name, entry in self.files.items():
-            path = bundle_dir / name
-            if not path.is_file():
-                raise BundleError(f"{path}: listed in {MANIFEST_FILE} but missing")
-            size = path.stat().st_size
-            if size != entry.get("bytes"):
-                raise BundleError(f"{path}: {size} bytes; {MANIFEST_FILE} records {entry.get('bytes')} (file changed)")
-            digest = sha256_file(path)
-            if digest != entry.get("sha256"):
-                raise BundleError(f"{path}: sha256 {digest[:16]}… does not match {MANIFEST_FILE} "
-                                  f"({str(entry.get('sha256'))[:16]}…): the file was modified or corrupted")
+            problem = file_problem(bundle_dir / name, entry, MANIFEST_FILE)
+            if problem:
+                raise BundleError(problem)
 
 
 def _graph(graphs: Any, name: str, source: str) -> GraphSpec:

@@ -23,7 +23,8 @@ from runtime.decode import chunk_timestamps, decode_arms
 from runtime.manifest import BundleError, Manifest
 from runtime.types import ActionChunk, Observation
 from xvla.errors import InputError
-from xvla.preprocessing import NUM_VIEWS, ImageProcessor, TextTokenizer
+from xvla.constants import NUM_VIEWS
+from xvla.preprocessing import ImageProcessor, TextTokenizer
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 
@@ -41,10 +42,13 @@ def create_backend(manifest: Manifest, bundle_dir: Path, backend: str, device: s
 
         return OnnxRuntimeBackend(manifest, bundle_dir, device=device, **options)  # type: ignore[arg-type]
     if backend == "torch":
-        from runtime.backends.torch_backend import TorchBackend
-
+        try:
+            from runtime.backends.torch_backend import TorchBackend
+        except (ImportError, OSError) as exc:  # torch absent, or installed but its libraries do not load
+            raise BackendError(f"the torch backend needs PyTorch, which does not import here ({type(exc).__name__}: "
+                               f"{exc}); install it with: pip install 'xvla-edge[torch]'") from exc
         return TorchBackend(manifest, bundle_dir, device=device, **options)  # type: ignore[arg-type]
-    from runtime.backends.tensorrt import TensorRTBackend
+    from runtime.backends.tensorrt.backend import TensorRTBackend
 
     return TensorRTBackend(manifest, bundle_dir, device=device, **options)  # type: ignore[arg-type]
 

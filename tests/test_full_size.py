@@ -43,7 +43,7 @@ def test_full_configuration_round_trips_and_runs_a_chunk(full_checkpoint) -> Non
 def test_full_configuration_exports_and_passes_parity(full_checkpoint, tmp_path, precision) -> None:
     out = tmp_path / f"bundle-{precision}"
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "xvla.cli", "export", str(full_checkpoint), "--domain-id", "0",
+    proc = subprocess.run([sys.executable, "-m", "xvla_edge.cli", "export", str(full_checkpoint), "--domain-id", "0",
                            "--precision", precision, "--out", str(out)], capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6

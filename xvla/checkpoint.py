@@ -17,12 +17,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from xvla.config import load_config
+from xvla.constants import INDEX_FILE, WEIGHTS_FILE
 from xvla.errors import CheckpointError
 from xvla.keymap import to_ours
 from xvla.model import XVLA
 
-WEIGHTS_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
 # Buffers that are a pure function of the config; a checkpoint may or may not store them.
 _COMPUTED_BUFFERS = {"vlm.multi_modal_projector.visual_temporal_embed.pos_idx_to_embed"}
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xvla.constants import CONFIG_FILE
 from xvla.errors import ConfigError
 
 ACTION_MODES = ("ee6d", "joint", "agibot_ee6d", "auto")
@@ -307,7 +308,7 @@ def load_config(path: str | Path) -> XVLAConfig:
     """Read and validate ``config.json`` (a file path or a checkpoint directory)."""
     path = Path(path)
     if path.is_dir():
-        path = path / "config.json"
+        path = path / CONFIG_FILE
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found (a checkpoint directory holds config.json)")
     try:

@@ -1,12 +1,15 @@
-"""Exceptions raised for bad checkpoints, configs and inputs.
+"""The project's error root, and the errors of the model package.
 
-Every message names the file, key or value at fault and what was expected, so a user never has to read a
-traceback from deep inside torch to learn what went wrong.
+:class:`XVLAError` is the base of every error the project raises on purpose, in every package above this
+one too (bundles, backends, export, calibration, flash, the daemon's config), so a command catches one
+type. The drivers are a library of their own that imports nothing of the project: their root is
+:class:`drivers.arm.ArmError`. Every message names the file, key or value at fault and what was expected,
+so a user never has to read a traceback from deep inside torch to learn what went wrong.
 """
 
 
 class XVLAError(Exception):
-    """Base class of every error this package raises on purpose."""
+    """Base class of every error the project raises on purpose."""
 
 
 class ConfigError(XVLAError, ValueError):
@@ -19,3 +22,7 @@ class CheckpointError(XVLAError, ValueError):
 
 class InputError(XVLAError, ValueError):
     """An observation or model input has the wrong shape, dtype or length."""
+
+
+class OutputError(XVLAError):
+    """An output directory cannot be written (exists without --force, no parent, no permission)."""

@@ -14,10 +14,10 @@ from torch import nn
 from xvla.action_head import SoftPromptedTransformer
 from xvla.action_space import ActionSpace
 from xvla.config import XVLAConfig
+from xvla.constants import NUM_VIEWS
 from xvla.errors import InputError
 from xvla.florence import VisionLanguageEncoder
 
-NUM_VIEWS = 3
 
 
 class XVLA(nn.Module):

@@ -21,9 +21,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from xvla.constants import NUM_VIEWS, PREPROCESSOR_FILE
 from xvla.errors import CheckpointError, InputError
 
-NUM_VIEWS = 3
 MAX_TOKENS = 50
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -51,7 +51,7 @@ class ImageProcessor:
     @classmethod
     def from_dir(cls, ckpt_dir: str | Path) -> ImageProcessor:
         """Read ``preprocessor_config.json``; defaults (224², bicubic, ImageNet) when the file is absent."""
-        path = Path(ckpt_dir) / "preprocessor_config.json"
+        path = Path(ckpt_dir) / PREPROCESSOR_FILE
         if not path.is_file():
             return cls()
         try:

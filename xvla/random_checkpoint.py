@@ -6,17 +6,13 @@ and a BART-style byte-level BPE tokenizer (trained here on a few instructions: t
 be downloaded, but the file format and the special-token ids are the real ones). They load through
 :func:`xvla.load_checkpoint` like a released checkpoint.
 
-Sizes: ``tiny`` (seconds on a CPU; 64² images), ``small`` (the real token layout: 224² images, 50 tokens
-per view, 262-token action sequence, narrow layers) and ``full`` (the published 0.9B configuration).
+Sizes (``tiny``, ``small``, ``full``): :mod:`xvla.sizes`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -24,34 +20,13 @@ from safetensors.torch import save_file
 from torch import nn
 
 from xvla.action_head import DomainAwareLinear
-from xvla.config import TextConfig, VisionConfig, XVLAConfig
+from xvla.constants import CONFIG_FILE, PREPROCESSOR_FILE, WEIGHTS_FILE
+from xvla.errors import OutputError
+from xvla.files import atomic_directory
 from xvla.keymap import to_official
 from xvla.model import XVLA
 from xvla.preprocessing import ImageProcessor
-
-SIZES: dict[str, tuple[XVLAConfig, int]] = {
-    "tiny": (
-        XVLAConfig(
-            vision=VisionConfig(embed_dim=(16, 32, 64, 128), depths=(1, 1, 2, 1), num_heads=(1, 1, 2, 4),
-                                num_groups=(1, 1, 2, 4), window_size=3),
-            text=TextConfig(vocab_size=1000, d_model=32, encoder_layers=2, encoder_attention_heads=4,
-                            encoder_ffn_dim=64, max_position_embeddings=64),
-            projection_dim=32, hidden_size=32, depth=2, num_heads=4,
-        ),
-        64,
-    ),
-    "small": (
-        XVLAConfig(
-            vision=VisionConfig(embed_dim=(32, 64, 128, 256), depths=(1, 1, 3, 1), num_heads=(1, 2, 4, 8),
-                                num_groups=(1, 2, 4, 8), window_size=12),
-            text=TextConfig(vocab_size=51289, d_model=256, encoder_layers=4, encoder_attention_heads=8,
-                            encoder_ffn_dim=1024, max_position_embeddings=1024),
-            projection_dim=256, hidden_size=256, depth=6, num_heads=8,
-        ),
-        224,
-    ),
-    "full": (XVLAConfig(), 224),
-}
+from xvla.sizes import size_config
 
 INSTRUCTIONS = [
     "pick up the red block and place it in the bowl", "open the top drawer", "close the microwave door",
@@ -59,19 +34,6 @@ INSTRUCTIONS = [
     "wipe the table with the sponge", "turn on the stove", "move the eggplant into the pot",
     "pick the bottle and put it in the basket", "lift the lid off the pan", "place the mug on the plate",
 ]
-
-
-def size_config(size: str, **overrides: object) -> tuple[XVLAConfig, int]:
-    """(config, image side) of a named size, with XVLAConfig fields overridden (e.g. action_mode)."""
-    if size not in SIZES:
-        raise ValueError(f"unknown checkpoint size {size!r}; expected one of {sorted(SIZES)}")
-    cfg, image_size = SIZES[size]
-    if overrides:
-        from dataclasses import replace
-
-        cfg = replace(cfg, **overrides)
-    return cfg, image_size
-
 
 _RESIDUAL_OUTPUTS = ("proj", "fc2", "out_proj")  # last layer of an attention or MLP branch
 
@@ -160,24 +122,17 @@ def write_random_checkpoint(out_dir: str | Path, size: str = "tiny", *, seed: in
     """Write a random-weight checkpoint of a named size to ``out_dir`` (created; must not exist or be empty)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir}: exists and is not empty")
+        raise OutputError(f"{out_dir}: exists and is not empty; choose a new directory")
     cfg, image_size = size_config(size, **overrides)
     torch.manual_seed(seed)
     model = XVLA(cfg)
     randomize(model, seed)
     state = to_official({k: v.contiguous() for k, v in model.state_dict().items()})
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".xvla-ckpt-", dir=out_dir.parent))
-    try:
-        (tmp / "config.json").write_text(json.dumps(cfg.to_official_dict(), indent=2))
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    with atomic_directory(out_dir, force=out_dir.exists()) as tmp:  # only an empty directory gets here
+        (tmp / CONFIG_FILE).write_text(json.dumps(cfg.to_official_dict(), indent=2))
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         proc = ImageProcessor(height=image_size, width=image_size, crop_height=image_size, crop_width=image_size)
-        (tmp / "preprocessor_config.json").write_text(json.dumps(proc.to_dict(), indent=2))
+        (tmp / PREPROCESSOR_FILE).write_text(json.dumps(proc.to_dict(), indent=2))
         write_tokenizer(tmp, cfg.text.vocab_size)
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

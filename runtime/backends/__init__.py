@@ -15,7 +15,7 @@ def tensorrt_available(bundle_dir: Path) -> bool:
     """
     if importlib.util.find_spec("tensorrt") is None or not (Path(bundle_dir) / "engines").is_dir():
         return False
-    from runtime.backends.tensorrt import engines_problem
+    from runtime.backends.tensorrt.backend import engines_problem
 
     problem = engines_problem(Path(bundle_dir))
     if problem is not None:

@@ -7,9 +7,10 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from runtime.manifest import Manifest
+from xvla.errors import XVLAError
 
 
-class BackendError(RuntimeError):
+class BackendError(XVLAError, RuntimeError):
     """A backend could not be created or run as asked (wrong provider, missing engine, ...)."""
 
 

@@ -15,7 +15,7 @@ import torch
 from runtime.backends.base import Backend, BackendError
 from runtime.manifest import Manifest
 from xvla.checkpoint import load_checkpoint
-from xvla.model import NUM_VIEWS
+from xvla.constants import NUM_VIEWS
 
 
 class TorchBackend(Backend):

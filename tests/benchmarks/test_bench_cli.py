@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from xvla.bench_cli import backend_names, machine_id, write_results
+from xvla_edge.commands.bench import backend_names, machine_id, write_results
 
 pytest.importorskip("matplotlib")
 

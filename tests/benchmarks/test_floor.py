@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from export.graphs import DenoiseStepGraph, EncoderGraph  # noqa: E402
 from xvla.model import XVLA  # noqa: E402
-from xvla.random_checkpoint import size_config  # noqa: E402
+from xvla.sizes import size_config  # noqa: E402
 
 
 def _load_floor():

@@ -13,11 +13,12 @@ import torch
 from onnx import numpy_helper
 
 from calibration.sets import load_set
-from runtime.manifest import Manifest, sha256_file
+from runtime.manifest import Manifest
+from xvla.files import sha256_file
 from runtime.policy import Policy
 from runtime.types import Observation
 from xvla import load_checkpoint
-from xvla.cli import main
+from xvla_edge.cli import main
 from xvla.preprocessing import ImageProcessor, TextTokenizer
 
 

@@ -15,9 +15,10 @@ from calibration import quantize as q
 from calibration.errors import CalibrationError
 from calibration.sets import load_set
 from runtime.backends.onnxruntime import create_session
-from runtime.manifest import Manifest, sha256_file
+from runtime.manifest import Manifest
+from xvla.files import sha256_file
 from runtime.policy import Policy
-from xvla.cli import main
+from xvla_edge.cli import main
 
 
 def digests(bundle: Path) -> dict[str, str]:

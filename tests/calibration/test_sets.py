@@ -15,7 +15,8 @@ from calibration.capture import from_folder, from_recording, synthetic
 from calibration.errors import CalibrationError
 from calibration.sets import CalibrationSet, load_set, write_set
 from runtime.manifest import Manifest
-from xvla.cli import main
+from xvla.errors import OutputError
+from xvla_edge.cli import main
 
 
 def recording(directory: Path, frames: int = 9, slots: tuple[int, ...] = (0, 1), seed: int = 0, **overrides) -> Path:
@@ -52,7 +53,7 @@ def test_write_and_load_round_trip(fp32_bundle, tmp_path) -> None:
     assert not np.array_equal(loaded.noise(1, (30, 20)), loaded.noise(2, (30, 20)))
     obs = loaded.observation(4, (30, 20))
     assert obs.images[2] is None and obs.noise.shape == (30, 20) and obs.instruction == s.instructions[4]
-    with pytest.raises(CalibrationError, match="already exists; pass --force"):
+    with pytest.raises(OutputError, match="already exists; pass --force"):
         write_set(s, tmp_path / "s")
 
 
@@ -114,7 +115,7 @@ def test_set_that_does_not_fit_the_bundle_is_refused(fp32_bundle, tmp_path, caps
 
 def test_capture_from_a_recording(fp32_bundle, tmp_path) -> None:
     """A dump of the daemon's own recorder becomes a set: every 2nd of 9 frames, pixels and proprio unchanged."""
-    from runtime.daemon.recorder import Recorder
+    from xvla_edge.daemon.recorder import Recorder
 
     rng = np.random.default_rng(0)
     recorder = Recorder(60.0, tmp_path / "recordings", bundle=str(fp32_bundle))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ from onnx import numpy_helper
 
 from runtime.manifest import Manifest
 from xvla import load_checkpoint, write_random_checkpoint
-from xvla.cli import main
+from xvla_edge.cli import main
 from xvla.preprocessing import ImageProcessor, TextTokenizer
 
 
@@ -104,7 +103,7 @@ def test_files_and_manifest_are_consistent(bundles, checkpoints) -> None:
     assert [s.name for s in man.denoise.inputs] == ["context", "x1", "prev", "proprio", "t"]
     assert man.denoise.outputs[1].shape == (1, 30, 20)
     assert raw["parity"]["passed"] and raw["parity"]["max_abs"]["action"] <= 1e-5
-    from runtime.manifest import sha256_file
+    from xvla.files import sha256_file
     assert raw["source"]["weights_sha256"] == sha256_file(checkpoints["ee6d"] / "model.safetensors")
 
 

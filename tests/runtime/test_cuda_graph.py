@@ -1,4 +1,4 @@
-"""runtime.cuda_graph: checked calls, buffers and graph capture over a fake runtime; one GPU test."""
+"""runtime.backends.tensorrt.cuda_graph: checked calls, buffers and graph capture over a fake runtime; one GPU test."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from runtime import cuda_graph
-from runtime.cuda_graph import CudaError, CudaGraphs, DeviceBuffer, Stream, cuda_call
+from runtime.backends.tensorrt import cuda_graph
+from runtime.backends.tensorrt.cuda_graph import CudaError, CudaGraphs, DeviceBuffer, Stream, cuda_call
 
 
 class Err(enum.IntEnum):
@@ -78,7 +78,7 @@ class FakeRuntime:
         else:
             op()
 
-    # -- the runtime API used by runtime.cuda_graph ---------------------------------------------------------
+    # -- the runtime API used by runtime.backends.tensorrt.cuda_graph ---------------------------------------------------------
     def cudaMalloc(self, size: int) -> tuple[Any, ...]:
         if r := self._failed("cudaMalloc", 1):
             return r

@@ -17,7 +17,7 @@ import pytest
 
 from runtime import flash as fl
 from runtime.manifest import BundleError
-from xvla.cli import main as cli
+from xvla_edge.cli import main as cli
 
 REPO = Path(__file__).parents[2]
 
@@ -301,7 +301,7 @@ def test_cli_exit_codes(bundles, tmp_path, capsys):
 
 
 def test_the_flash_modules_import_without_torch_or_export() -> None:
-    code = ("import sys, runtime.flash, runtime.flash_cli, runtime.rollback_cli; "
+    code = ("import sys, runtime.flash, xvla_edge.commands.flash, xvla_edge.commands.rollback; "
             "bad = [m for m in ('torch', 'export') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -16,7 +16,7 @@ from runtime.manifest import BundleError
 from runtime.policy import Policy
 from runtime.types import Observation
 from xvla import load_checkpoint, write_random_checkpoint
-from xvla.cli import main
+from xvla_edge.cli import main
 from xvla.errors import InputError
 from xvla.preprocessing import ImageProcessor, TextTokenizer
 

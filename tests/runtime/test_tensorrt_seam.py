@@ -18,16 +18,16 @@ import numpy as np
 import pytest
 from test_cuda_graph import FakeRuntime
 
-from runtime import cuda_graph, trt_api
+from runtime.backends.tensorrt import api as trt_api, cuda_graph
 from runtime.backends import tensorrt_available
-from runtime.backends import tensorrt as trt_backend
+from runtime.backends.tensorrt import backend as trt_backend
 from runtime.backends.base import BackendError
-from runtime.backends.tensorrt import (ENGINES_DIR, ENGINES_FILE, GRAPHS, SLOT_BYTES, TIMING_CACHE, EngineRecord,
+from runtime.backends.tensorrt.backend import (ENGINES_DIR, ENGINES_FILE, GRAPHS, SLOT_BYTES, TIMING_CACHE, EngineRecord,
                                        TensorRTBackend, check_engines, engine_file, graph_sources, io_mismatches,
                                        step_bindings, t_schedule, write_engines_json)
 from runtime.manifest import Manifest
 from runtime.policy import create_backend
-from xvla.cli import main
+from xvla_edge.cli import main
 
 MACHINE = {"tensorrt": "10.3.0.30", "gpu": "Orin", "compute_capability": "8.7"}
 T, A, C, D, V, L, S = 6, 4, 3, 4, 2, 5, 4  # chunk, action dim, context tokens, width, views, tokens, image size
@@ -88,7 +88,7 @@ def bundle(tmp_path: Path) -> Path:
 
 
 def test_the_tensorrt_modules_import_without_torch_tensorrt_or_cuda() -> None:
-    code = ("import sys, runtime.build_cli, runtime.backends.tensorrt, runtime.trt_api, runtime.cuda_graph; "
+    code = ("import sys, runtime.backends.tensorrt.build, runtime.backends.tensorrt.backend, runtime.backends.tensorrt.api, runtime.backends.tensorrt.cuda_graph; "
             "print(sorted(m for m in ('torch', 'export', 'tensorrt', 'cuda') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).parents[2]).stdout

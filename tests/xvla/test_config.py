@@ -8,7 +8,7 @@ import pytest
 
 from xvla.config import XVLAConfig, config_from_dict, load_config
 from xvla.errors import ConfigError
-from xvla.random_checkpoint import size_config
+from xvla.sizes import size_config
 
 
 def official_dict(**top) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from xvla import load_checkpoint, write_random_checkpoint
 from xvla.action_head import timestep_embedding

@@ -1,0 +1,24 @@
+"""What ``xvla-edge export`` is asked to make (torch-free, so the command parses without torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xvla.constants import NUM_VIEWS
+
+PRECISIONS = ("fp32", "fp16")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """One bundle: the domain folded in, the robot's views and arms, precision and sampler defaults."""
+
+    domain_id: int
+    embodiment: str | None = None
+    precision: str = "fp32"
+    views: int = NUM_VIEWS
+    chunk_seconds: float | None = None
+    arms: int | None = None
+    steps: int = 10
+    rot6d_layout: str = "rows"
+    force: bool = False

@@ -1,0 +1,202 @@
+"""Every TensorRT call of xvla-edge: build an engine from ONNX, load it, bind tensors by address, enqueue.
+
+``tensorrt`` is imported on first use, so this module imports anywhere. Written against the TensorRT
+Python API of 10.3 (JetPack 6) and 10.13+ / 11.x (JetPack 7), from NVIDIA's documentation and binding
+sources, and **not run here** (the development machine has neither TensorRT nor a GPU); only the code
+around it is tested. Idioms: strongly typed networks (precision comes from the ONNX graph, no precision
+flags: TRT 11 removed them), named I/O tensors with ``set_tensor_address`` and ``execute_async_v3``.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from runtime.backends.tensorrt import cuda_graph
+from runtime.backends.base import BackendError
+
+Log = Callable[[str], None]
+
+
+class TensorRTError(BackendError):
+    """TensorRT failed to parse, build, load or run an engine."""
+
+
+class TensorRTUnavailable(TensorRTError):
+    """``import tensorrt`` does not work in this environment."""
+
+
+def tensorrt() -> ModuleType:
+    try:
+        import tensorrt as trt
+    except ImportError as e:
+        raise TensorRTUnavailable(
+            f"`import tensorrt` failed ({e}). TensorRT engines are built and run on the target: on a Jetson use "
+            "JetPack's TensorRT (python3-libnvinfer, or the TensorRT wheel from the Jetson AI Lab index), on an "
+            "x86 GPU machine `pip install tensorrt` from pypi.nvidia.com") from None
+    return trt
+
+
+@functools.cache
+def _logger() -> Any:
+    """One logger for every builder and runtime (TensorRT warns when they are given different ones)."""
+    trt = tensorrt()
+    return trt.Logger(trt.Logger.WARNING)
+
+
+def machine_stamp() -> dict[str, str]:
+    """What an engine is tied to on this machine: TensorRT version, GPU name and compute capability."""
+    trt = tensorrt()
+    device = cuda_graph.current_device()
+    return {"tensorrt": str(trt.__version__), "gpu": device.name, "compute_capability": device.compute_capability}
+
+
+# -- build ------------------------------------------------------------------------------------------------
+def build_engine(onnx_path: Path, input_shapes: Mapping[str, tuple[int, ...]], out: Path, *, timing_cache: Path,
+                 workspace_bytes: int | None = None, log: Log = print) -> None:
+    """Build ``onnx_path`` into a serialized engine at ``out`` for batch 1 at ``input_shapes``.
+
+    The timing cache at ``timing_cache`` is read when present and written back after the build.
+    """
+    trt = tensorrt()
+    logger = _logger()
+    builder = trt.Builder(logger)
+    # STRONGLY_TYPED: tensor types come from the ONNX graph (TRT 11 is always strongly typed and ignores it).
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    network = builder.create_network(0 if strongly_typed is None else 1 << int(strongly_typed))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise TensorRTError(f"{onnx_path}: TensorRT's ONNX parser failed:\n  " + "\n  ".join(errors))
+    config = builder.create_builder_config()
+    if workspace_bytes is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
+    profile = _profile(builder, network, input_shapes, onnx_path)
+    if profile is not None:
+        config.add_optimization_profile(profile)
+    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+    if not config.set_timing_cache(cache, False):
+        log(f"timing cache {timing_cache} is from another GPU or TensorRT version; starting a new one")
+        cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, False)
+    monitor = _progress_monitor(trt, log) if hasattr(trt, "IProgressMonitor") else None
+    if monitor is not None:
+        config.progress_monitor = monitor  # must outlive the build: held by ``monitor`` until we return
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise TensorRTError(f"{onnx_path}: TensorRT could not build an engine (its messages above say why)")
+    out.write_bytes(plan)
+    timing_cache.write_bytes(config.get_timing_cache().serialize())
+
+
+def _parser_error(err: Any) -> str:
+    return f"node {err.node()} ({err.node_name() or '?'}, {err.node_operator() or '?'}): {err.desc()}"
+
+
+def _profile(builder: Any, network: Any, shapes: Mapping[str, tuple[int, ...]], source: Path) -> Any:
+    """A batch-1 profile pinning every dynamic input at its manifest shape (None when all are static)."""
+    profile = None
+    names = set()
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        names.add(tensor.name)
+        if tensor.name not in shapes:
+            raise TensorRTError(f"{source}: input {tensor.name!r} is not in the manifest ({sorted(shapes)})")
+        want, have = tuple(shapes[tensor.name]), tuple(tensor.shape)
+        if len(have) != len(want) or any(h not in (-1, w) for h, w in zip(have, want, strict=True)):
+            raise TensorRTError(f"{source}: input {tensor.name!r} has shape {have}; the manifest says {want}")
+        if -1 in have:
+            profile = profile or builder.create_optimization_profile()
+            profile.set_shape(tensor.name, want, want, want)
+    if names != set(shapes):
+        raise TensorRTError(f"{source}: the manifest lists inputs {sorted(set(shapes) - names)} the graph lacks")
+    return profile
+
+
+def _progress_monitor(trt: ModuleType, log: Log) -> Any:
+    """A ``trt.IProgressMonitor`` logging the builder's top two phase levels with their durations."""
+
+    class Progress(trt.IProgressMonitor):  # type: ignore[name-defined]
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+            self._lock = threading.Lock()  # TensorRT may call from several threads
+            self._phases: dict[str, tuple[int, float]] = {}
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            with self._lock:
+                depth = self._phases[parent_phase][0] + 1 if parent_phase in self._phases else 0
+                self._phases[phase_name] = (depth, time.perf_counter())
+                if depth <= 1:
+                    log(f"{'  ' * (depth + 1)}{phase_name} ({num_steps} steps)")
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            return True  # never cancel
+
+        def phase_finish(self, phase_name: str) -> None:
+            with self._lock:
+                depth, t0 = self._phases.pop(phase_name, (0, time.perf_counter()))
+                if depth == 0:
+                    log(f"  {phase_name} done in {time.perf_counter() - t0:.1f} s")
+
+    return Progress()
+
+
+# -- execute ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TensorInfo:
+    """One I/O tensor of an engine."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    is_input: bool
+
+
+class Engine:
+    """A deserialized engine with one execution context; tensors are bound by name to device addresses."""
+
+    def __init__(self, path: Path, input_shapes: Mapping[str, tuple[int, ...]]) -> None:
+        trt = tensorrt()
+        self.path = Path(path)
+        self._runtime = trt.Runtime(_logger())
+        self._engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if self._engine is None:
+            raise TensorRTError(f"{self.path}: TensorRT could not deserialize this engine; "
+                                "rebuild it on this machine with `xvla-edge build BUNDLE --force`")
+        self._context = self._engine.create_execution_context()
+        if self._context is None:
+            raise TensorRTError(f"{self.path}: TensorRT could not create an execution context (out of memory?)")
+        self.tensors: dict[str, TensorInfo] = {}
+        for i in range(self._engine.num_io_tensors):
+            name = self._engine.get_tensor_name(i)
+            is_input = self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+            if is_input and -1 in tuple(self._engine.get_tensor_shape(name)):
+                if name not in input_shapes or not self._context.set_input_shape(name, tuple(input_shapes[name])):
+                    raise TensorRTError(f"{self.path}: cannot set the shape of input {name!r} "
+                                        f"to {input_shapes.get(name)}")
+            self.tensors[name] = TensorInfo(name, tuple(self._context.get_tensor_shape(name)),
+                                            np.dtype(trt.nptype(self._engine.get_tensor_dtype(name))), is_input)
+
+    def set_address(self, name: str, ptr: int) -> None:
+        if name not in self.tensors:
+            raise TensorRTError(f"{self.path.name}: no I/O tensor {name!r} (it has {sorted(self.tensors)})")
+        if not self._context.set_tensor_address(name, int(ptr)):
+            raise TensorRTError(f"{self.path.name}: set_tensor_address({name!r}, {int(ptr):#x}) failed")
+
+    def execute(self, stream: int) -> None:
+        """Enqueue one inference on the CUDA stream handle ``stream`` (capturable into a CUDA graph)."""
+        if not self._context.execute_async_v3(int(stream)):
+            raise TensorRTError(f"{self.path.name}: execute_async_v3 failed (TensorRT's messages above say why)")
+
+    def close(self) -> None:
+        """Release the context, then the engine, then the runtime."""
+        self._context = None
+        self._engine = None
+        self._runtime = None

@@ -1,0 +1,60 @@
+"""Build a bundle's TensorRT engines on this machine (the robot's Jetson); ``xvla-edge build`` runs it.
+
+Engines only run on the GPU and TensorRT version they were built with, so this runs on the target. Both
+engines are built into a temporary directory inside the bundle, which then replaces ``BUNDLE/engines/``
+(:func:`xvla.files.atomic_directory`: a failed build leaves the previous engines, or none, never half of
+them). ``engines/engines.json`` records each engine's stamp; ``manifest.json`` is left as exported. A timing
+cache kept in ``engines/timing.cache`` speeds up rebuilds on the same machine.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from runtime.backends.tensorrt import api as trt_api
+from runtime.backends.tensorrt.backend import (ENGINES_DIR, GRAPHS, TIMING_CACHE, EngineRecord, engine_file,
+                                               graph_sources, write_engines_json)
+from runtime.manifest import BundleError, Manifest
+from xvla.files import atomic_directory
+
+BUILDABLE_PRECISIONS = ("fp16", "fp32")
+
+
+def check_buildable(bundle_dir: Path, *, force: bool) -> Manifest:
+    """The bundle's manifest once TensorRT and a GPU are here and the bundle may be built."""
+    manifest = Manifest.load(bundle_dir)
+    if manifest.precision not in BUILDABLE_PRECISIONS:
+        raise BundleError(f"{bundle_dir} is a {manifest.precision} bundle; TensorRT engines are built from "
+                          f"{' or '.join(BUILDABLE_PRECISIONS)} bundles (export one with `--precision fp16`)")
+    if (bundle_dir / ENGINES_DIR).exists() and not force:
+        raise BundleError(f"{bundle_dir / ENGINES_DIR} already exists; pass --force to rebuild it")
+    machine = trt_api.machine_stamp()  # needs tensorrt and a CUDA device
+    print(f"building on {machine['gpu']} (compute capability {machine['compute_capability']}) "
+          f"with TensorRT {machine['tensorrt']}; checking {bundle_dir}'s checksums")
+    manifest.verify_files(bundle_dir)
+    return manifest
+
+
+def build_engines(bundle_dir: Path, manifest: Manifest, *, workspace_bytes: int | None = None) -> Path:
+    """Build both engines and swap them in as ``BUNDLE/engines`` (replacing any there); returns that path."""
+    target = Path(bundle_dir) / ENGINES_DIR
+    with atomic_directory(target, force=True) as tmp:
+        cache = tmp / TIMING_CACHE
+        if (target / TIMING_CACHE).is_file():
+            shutil.copyfile(target / TIMING_CACHE, cache)
+        machine = trt_api.machine_stamp()
+        records = {}
+        for graph in GRAPHS:
+            spec = getattr(manifest, graph)
+            out = tmp / engine_file(graph)
+            print(f"building {out.name} from {spec.file} ({manifest.precision}, strongly typed)")
+            t0 = time.perf_counter()
+            trt_api.build_engine(target.parent / spec.file, {s.name: s.shape for s in spec.inputs}, out,
+                                 timing_cache=cache, workspace_bytes=workspace_bytes)
+            print(f"  {out.name}: {out.stat().st_size / 1e6:.1f} MB in {time.perf_counter() - t0:.0f} s")
+            records[graph] = EngineRecord(file=out.name, bytes=out.stat().st_size, **machine,
+                                          onnx=graph_sources(manifest, graph))
+        write_engines_json(tmp, records)
+    return target

@@ -1,0 +1,195 @@
+"""CUDA through cuda-python: checked calls, owned device buffers and streams, and captured CUDA graphs.
+
+The TensorRT backend allocates every device buffer once and replays its whole denoising loop as one CUDA
+graph per step count (:class:`CudaGraphs`): the loop's launches are recorded by stream capture
+(``cudaStreamBeginCapture`` → ``cudaStreamEndCapture`` → ``cudaGraphInstantiate``) and each chunk is a
+single ``cudaGraphLaunch``.
+
+Written against cuda-python 12.6+ and 13.x (``cuda.bindings.runtime``; older 12.x ``cuda.cudart`` has the
+same calls). On the development machine only the CPU tests ran, over a fake runtime module; the GPU test
+(``tests/runtime/test_cuda_graph.py``) needs a CUDA device. cuda-python must match the driver's CUDA major
+version: 12.x on JetPack 6, 13.x on JetPack 7.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Callable, Hashable
+
+import numpy as np
+
+from xvla.errors import XVLAError
+
+
+class CudaError(XVLAError, RuntimeError):
+    """A CUDA runtime call failed, or cuda-python is missing."""
+
+
+def runtime() -> ModuleType:
+    """The cuda-python runtime module (imported on first use, so importing this module needs no CUDA)."""
+    try:
+        from cuda.bindings import runtime as rt
+    except ImportError:
+        try:
+            from cuda import cudart as rt  # cuda-python 12.x before the cuda.bindings layout
+        except ImportError:
+            raise CudaError("cuda-python is not installed: `pip install 'xvla-edge[cuda]'` "
+                            "(cuda-python 12.x on JetPack 6, 13.x on JetPack 7)") from None
+    return rt
+
+
+def cuda_call(fn: Callable[..., tuple[Any, ...]], *args: Any) -> Any:
+    """Call a cuda-python function, unpack its ``(err, *values)`` and raise :class:`CudaError` on failure.
+
+    Returns None, the single value, or the tuple of values.
+    """
+    err, *values = fn(*args)
+    if int(err) != 0:  # cudaSuccess
+        name = getattr(err, "name", str(err))
+        hint = (" (cuda-python is newer than the driver's CUDA: use cuda-python 12.x on JetPack 6)"
+                if name == "cudaErrorInsufficientDriver" else "")
+        raise CudaError(f"{fn.__name__} failed: {name} ({int(err)}){hint}")
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+@dataclass(frozen=True)
+class Device:
+    index: int
+    name: str
+    compute_capability: str  # "8.7" (Orin), "11.0" (Thor)
+
+
+def current_device() -> Device:
+    rt = runtime()
+    index = cuda_call(rt.cudaGetDevice)
+    props = cuda_call(rt.cudaGetDeviceProperties, index)
+    name = props.name.split(b"\0", 1)[0].decode() if isinstance(props.name, bytes) else str(props.name)
+    return Device(int(index), name, f"{props.major}.{props.minor}")
+
+
+def device_count() -> int:
+    """CUDA devices visible to this process; 0 without cuda-python or a driver."""
+    try:
+        rt = runtime()
+        return int(cuda_call(rt.cudaGetDeviceCount))
+    except CudaError:
+        return 0
+
+
+class Stream:
+    """One non-blocking CUDA stream; ``free()`` destroys it."""
+
+    def __init__(self) -> None:
+        self._rt = runtime()
+        self.handle: Any = cuda_call(self._rt.cudaStreamCreateWithFlags, self._rt.cudaStreamNonBlocking)
+
+    @property
+    def ptr(self) -> int:
+        """The handle as an integer (what TensorRT's ``execute_async_v3`` takes)."""
+        return int(self.handle)
+
+    def synchronize(self) -> None:
+        cuda_call(self._rt.cudaStreamSynchronize, self.handle)
+
+    def free(self) -> None:
+        if self.handle is not None:
+            cuda_call(self._rt.cudaStreamDestroy, self.handle)
+            self.handle = None
+
+
+class DeviceBuffer:
+    """``nbytes`` of device memory (``cudaMalloc``, so 256-byte aligned); ``free()`` releases it."""
+
+    def __init__(self, nbytes: int) -> None:
+        self._rt = runtime()
+        self.nbytes = int(nbytes)
+        self.ptr: int = int(cuda_call(self._rt.cudaMalloc, self.nbytes))
+
+    def _check(self, host: np.ndarray) -> None:
+        if host.nbytes != self.nbytes or not host.flags.c_contiguous:
+            raise ValueError(f"host array of {host.nbytes} bytes (contiguous: {host.flags.c_contiguous}) "
+                             f"does not fit a {self.nbytes}-byte device buffer")
+
+    def upload(self, host: np.ndarray, stream: Stream) -> None:
+        """Copy a contiguous host array of exactly ``nbytes`` to the device, ordered on ``stream``."""
+        self._check(host)
+        cuda_call(self._rt.cudaMemcpyAsync, self.ptr, host.ctypes.data, self.nbytes,
+                  self._rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream.handle)
+
+    def download(self, host: np.ndarray, stream: Stream) -> None:
+        """Copy the buffer into ``host``; valid once ``stream`` is synchronized."""
+        self._check(host)
+        cuda_call(self._rt.cudaMemcpyAsync, host.ctypes.data, self.ptr, self.nbytes,
+                  self._rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream.handle)
+
+    def memset(self, stream: Stream, value: int = 0) -> None:
+        cuda_call(self._rt.cudaMemsetAsync, self.ptr, value, self.nbytes, stream.handle)
+
+    def free(self) -> None:
+        if self.ptr:
+            cuda_call(self._rt.cudaFree, self.ptr)
+            self.ptr = 0
+
+
+class CudaGraphs:
+    """Replays a callable's launches on ``stream`` as CUDA graphs, one instantiated graph per key.
+
+    ``launch(key, record)`` captures ``record()`` the first time ``key`` is seen (after ``warmup`` eager
+    runs, which TensorRT needs before capture) and launches the graph. A captured graph freezes every
+    address and argument ``record`` used: inputs must be written in place into the buffers it reads, and
+    a change in shapes, addresses or step count needs another key. At most ``capacity`` graphs are kept;
+    the least recently launched one is freed first.
+    """
+
+    def __init__(self, stream: Stream, *, capacity: int = 4, warmup: int = 1) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1; got {capacity}")
+        self._rt = runtime()
+        self.stream = stream
+        self.capacity = capacity
+        self.warmup = warmup
+        self._execs: OrderedDict[Hashable, Any] = OrderedDict()
+
+    @property
+    def keys(self) -> tuple[Hashable, ...]:
+        """Keys with a captured graph, least recently launched first."""
+        return tuple(self._execs)
+
+    def launch(self, key: Hashable, record: Callable[[], None]) -> None:
+        """Launch the graph for ``key`` on the stream, capturing ``record`` first if there is none."""
+        if key in self._execs:
+            self._execs.move_to_end(key)
+        else:
+            while len(self._execs) >= self.capacity:
+                _, old = self._execs.popitem(last=False)
+                cuda_call(self._rt.cudaGraphExecDestroy, old)
+            self._execs[key] = self._capture(record)
+        cuda_call(self._rt.cudaGraphLaunch, self._execs[key], self.stream.handle)
+
+    def _capture(self, record: Callable[[], None]) -> Any:
+        rt, handle = self._rt, self.stream.handle
+        for _ in range(self.warmup):
+            record()
+        cuda_call(rt.cudaStreamBeginCapture, handle, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal)
+        try:
+            record()
+        except BaseException:
+            err, graph = rt.cudaStreamEndCapture(handle)  # leave the stream out of capture mode
+            if int(err) == 0 and graph is not None:
+                rt.cudaGraphDestroy(graph)
+            raise
+        graph = cuda_call(rt.cudaStreamEndCapture, handle)
+        try:
+            return cuda_call(rt.cudaGraphInstantiate, graph, 0)
+        finally:
+            cuda_call(rt.cudaGraphDestroy, graph)
+
+    def clear(self) -> None:
+        """Free every instantiated graph (before the buffers and TensorRT contexts they use)."""
+        while self._execs:
+            _, graph_exec = self._execs.popitem()
+            cuda_call(self._rt.cudaGraphExecDestroy, graph_exec)

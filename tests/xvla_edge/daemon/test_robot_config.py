@@ -1,0 +1,276 @@
+"""robot.toml: the shipped example is valid and documents the defaults; every kind of mistake is reported
+with file, key path, value and what is allowed, all of them at once; the driver objects it builds; the
+``xvla-edge config check`` exit codes. (Named test_robot_config.py: tests/xvla has a test_config.py.)"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from drivers.arm import Box, JointLimit
+from drivers.dynamixel.arm import DynamixelArm
+from drivers.interpolation import GripperPolicy
+from drivers.safety import SafetyLimits
+from drivers.sim_arm import SimArm
+from drivers.splice import SplicePolicy
+from drivers.xvla_serial.client import XvlaSerialArm
+from xvla_edge.daemon import config as config_module
+from xvla_edge.commands import config as config_cli
+from xvla_edge.daemon.config import ConfigError, ConfigFileError, load_config
+from xvla_edge.cli import COMMANDS
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+REPO = Path(__file__).resolve().parents[3]
+EXAMPLE = REPO / "xvla_edge" / "daemon" / "robot.example.toml"
+MINIMAL = """\
+instruction = "wave"
+[bundle]
+path = "bundle"
+[[cameras]]
+slot = 0
+source = "synthetic"
+[arm]
+driver = "sim"
+"""
+CALIBRATION = {"robot_id": "koch", "gripper": {"motor_id": 3, "closed": 2048, "open": 2900},
+               "joints": [{"name": "shoulder", "motor_id": 1, "lower": -1.5, "upper": 1.5, "max_velocity": 3.0},
+                          {"name": "elbow", "motor_id": 2, "lower": -1.0, "upper": 1.0, "max_velocity": 3.0}]}
+
+
+@pytest.fixture
+def write(tmp_path):
+    def write(text: str) -> Path:
+        path = tmp_path / "robot.toml"
+        path.write_text(text)
+        return path
+
+    return write
+
+
+def problems(path: Path) -> list:
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return str(info.value).splitlines()
+
+
+def test_the_example_is_valid_and_builds_the_driver_objects():
+    cfg = load_config(EXAMPLE)
+    assert cfg.cameras[0].source == "v4l2" and cfg.cameras[0].device == "/dev/video0" and cfg.cameras[0].name == "cam0"
+    loop = cfg.loop_config()
+    assert (loop.rate_hz, loop.limits, loop.splice, loop.gripper) == (cfg.control.rate_hz, cfg.safety, cfg.splice,
+                                                                      cfg.gripper)
+    factory = pickle.loads(pickle.dumps(cfg.arm_factory()))  # goes to the control-loop process
+    assert isinstance(factory, functools.partial) and factory.func is XvlaSerialArm
+    arm = factory()  # no I/O: the port opens on connect
+    assert (arm.port, arm.space) == ("/dev/ttyACM0", "ee")
+
+
+def test_the_example_shows_the_real_defaults_and_every_driver_field(write):
+    example, minimal = load_config(EXAMPLE), load_config(write(MINIMAL))
+    for section in ("control", "safety", "splice", "gripper", "inference", "health", "logging"):
+        assert getattr(example, section) == getattr(minimal, section), section
+    assert (example.recorder.seconds, example.recorder.on_fault, example.recorder.directory.name) == (
+        minimal.recorder.seconds, minimal.recorder.on_fault, minimal.recorder.directory.name)
+    assert (example.bundle.backend, example.bundle.device) == (minimal.bundle.backend, minimal.bundle.device)
+    shown = tomllib.loads(EXAMPLE.read_text())
+    for section, cls in (("safety", SafetyLimits), ("splice", SplicePolicy), ("gripper", GripperPolicy)):
+        assert set(shown[section]) == {f.name for f in dataclasses.fields(cls)}, section
+
+
+def test_defaults_and_relative_paths(write, tmp_path):
+    cfg = load_config(write(MINIMAL))
+    assert cfg.bundle.path == tmp_path / "bundle" and cfg.recorder.directory == tmp_path / "recordings"
+    assert cfg.bundle.steps is None and cfg.health.port == 8765 and cfg.health.host == "127.0.0.1"
+    assert cfg.cameras[0] == config_module.CameraSection(slot=0, source="synthetic")
+    assert cfg.inference.start_fraction == 0.5 and cfg.arm.space == "ee" and cfg.logging.level == "info"
+
+
+def test_backends_are_the_runtimes():
+    from runtime.policy import BACKENDS
+
+    assert set(config_module.BACKENDS) == set(BACKENDS)
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    ('driver = "sim"', 'driver = "dynamixl"',
+     '[arm].driver = "dynamixl": expected one of "sim", "xvla-serial", "dynamixel"'),
+    ('slot = 0', 'slot = 5', "[[cameras]] #1.slot = 5: expected a view slot 0 ... 2 (0: the main view)"),
+    ('source = "synthetic"', 'source = "synthetic"\nfsp = 30', '[[cameras]] #1.fsp: unknown key (did you mean "fps"?)'),
+    ('source = "synthetic"', 'source = "synthetic"\npipeline = "x ! appsink"',
+     '[[cameras]] #1.pipeline: not used here: only for source "gstreamer"'),
+    ('source = "synthetic"', 'source = "v4l2"', "[[cameras]] #1.device: missing: expected a device path"),
+    ('source = "synthetic"', 'source = "gstreamer"\npipeline = "videotestsrc ! fakesink"',
+     '[[cameras]] #1.pipeline = "videotestsrc ! fakesink": expected a GStreamer pipeline ending in appsink'),
+    ('source = "synthetic"', 'source = "folder"\npath = "nowhere"',
+     '[[cameras]] #1.path = "nowhere": expected an existing folder'),
+    ('source = "synthetic"', 'source = "synthetic"\nfps = 10\nmax_age_s = 0.05',
+     "[[cameras]] #1.max_age_s = 0.05: expected at least one frame period (1/fps = 0.1 s)"),
+    ('[[cameras]]', '[cameras]', "cameras = { slot = 0, source = \"synthetic\" }: expected 1 to 3 [[cameras]] tables"),
+    ('driver = "sim"', 'driver = "xvla-serial"', "[arm].port: missing: expected a serial device"),
+    ('driver = "sim"', 'driver = "sim"\nport = "/dev/ttyUSB0"',
+     '[arm].port: not used here: only for driver "xvla-serial" or "dynamixel"'),
+    ('driver = "sim"', 'driver = "sim"\nspace = "joint"', '[arm].space = "joint": the simulated joint arm takes'),
+    ('driver = "sim"', 'driver = "dynamixel"\nport = "/dev/ttyUSB0"\nspace = "ee"\ncalibration = "c.json"',
+     '[arm].space = "ee": expected one of "joint"'),
+    ('driver = "sim"', 'driver = "dynamixel"\nport = "/dev/ttyUSB0"\ncalibration = "c.json"',
+     '[arm].calibration = "c.json": expected an existing file'),
+    ('driver = "sim"', 'driver = "xvla-serial"\nport = "/dev/ttyACM0"\ntimeout_ms = 70000',
+     "[arm].timeout_ms = 70000: XvlaSerialArm.timeout_ms: expected 0..65535"),
+    ('[arm]', '[control]\nrate_hz = 1000\n[arm]', "[control].rate_hz = 1000: LoopConfig.rate_hz (1000.0) must be in 50..500"),
+    ('[arm]', '[control]\nrate_hz = "fast"\n[arm]', '[control].rate_hz = "fast": expected a finite number'),
+    ('[arm]', '[safety]\nmax_linear_speed = -1\n[arm]',
+     "[safety].max_linear_speed = -1: SafetyLimits.max_linear_speed must be finite and > 0"),
+    ('[arm]', '[safety]\nworkspaces = [{ lower = [0, 0, 0], upper = [1, 1, 0] }]\n[arm]',
+     "[safety].workspaces[0] = { lower = [0, 0, 0], upper = [1, 1, 0] }: Box: need finite lower < upper"),
+    ('[arm]', '[safety]\njoint_limits = [{ lower = 0, upper = 1 }]\n[arm]',
+     "[safety].joint_limits[0].max_velocity: missing: expected rad/s (or m/s) > 0"),
+    ('[arm]', '[splice]\nmode = "fade"\n[arm]', '[splice].mode = "fade": expected one of "replace", "blend"'),
+    ('[arm]', '[gripper]\nclose_below = 0.7\n[arm]', "[gripper].close_below = 0.7: GripperPolicy: need 0 <= close_below"),
+    ('[arm]', '[inference]\nstart_fraction = 1.5\n[arm]', "[inference].start_fraction = 1.5: expected a fraction 0 < f < 1"),
+    ('[arm]', '[health]\nport = 70000\n[arm]', "[health].port = 70000: expected a TCP port"),
+    ('[arm]', '[logging]\nlevel = "verbose"\n[arm]', '[logging].level = "verbose": expected one of "debug", "info"'),
+    ('[arm]', '[recorder]\non_fault = "yes"\n[arm]', '[recorder].on_fault = "yes": expected true or false'),
+    ('[bundle]', '[bundel]', 'bundel: unknown key (did you mean "bundle"?)'),
+    ('path = "bundle"', 'path = "bundle"\nbackend = "tensorrt"', '[bundle].device = "cpu": expected "cuda"'),
+])
+def test_each_mistake_is_named_with_file_key_value_and_what_is_allowed(write, old, new, expected):
+    path = write(MINIMAL.replace(old, new, 1))
+    lines = problems(path)
+    assert any(line.startswith(f"{path}: {expected}") for line in lines), lines
+
+
+def test_all_problems_are_reported_together_one_per_line(write):
+    text = (MINIMAL.replace('instruction = "wave"', 'instruction = ""').replace('driver = "sim"', 'driver = "sim"\nspeed = 3')
+            .replace("slot = 0", "slot = 1") + '[control]\nrate_hz = 1000\nrealtime_priority = 120\n')
+    lines = problems(write(text))
+    assert len(lines) == 5, lines
+    for part in ('instruction = ""', "[arm].speed: unknown key", "[[cameras]]: no camera has slot 0",
+                 "[control].rate_hz = 1000", "[control].realtime_priority = 120"):
+        assert sum(part in line for line in lines) == 1, (part, lines)
+
+
+def test_unreadable_and_malformed_files(tmp_path, write):
+    with pytest.raises(ConfigFileError, match="missing.toml: cannot read: No such file"):
+        load_config(tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match=r"robot.toml: not valid TOML: .*line 2") as info:
+        load_config(write('instruction = "wave"\n[bundle\n'))
+    assert not isinstance(info.value, ConfigFileError)
+    (tmp_path / "latin1.toml").write_bytes('instruction = "caf\xe9"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match="latin1.toml: not UTF-8 text"):
+        load_config(tmp_path / "latin1.toml")
+
+
+def test_cameras_per_source(write, tmp_path):
+    (tmp_path / "frames").mkdir()
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    cfg = load_config(write(MINIMAL + """
+[[cameras]]
+slot = 1
+source = "folder"
+path = "frames"
+loop = false
+max_age_s = 1.0
+[[cameras]]
+slot = 2
+source = "video"
+path = "clip.mp4"
+fps = 10
+"""))
+    assert [(c.slot, c.name, c.source) for c in cfg.cameras] == [(0, "cam0", "synthetic"), (1, "cam1", "folder"),
+                                                                 (2, "cam2", "video")]
+    assert (cfg.cameras[1].path, cfg.cameras[1].loop, cfg.cameras[2].fps) == (tmp_path / "frames", False, 10.0)
+    fourth = "\n[[cameras]]\nslot = 2\nsource = \"synthetic\"\n"
+    lines = problems(write(MINIMAL + fourth + fourth.replace("2", "1") + fourth))
+    assert any("cameras = [" in line and "expected 1 to 3 [[cameras]] tables" in line for line in lines), lines
+
+
+def test_v4l2_device_is_a_path_or_an_index(write):
+    for device, expected in (('"/dev/v4l/by-id/usb-cam-video-index0"', "/dev/v4l/by-id/usb-cam-video-index0"),
+                             ("2", 2)):
+        text = MINIMAL.replace('source = "synthetic"', f'source = "v4l2"\ndevice = {device}\nwidth = 1280\nheight = 720')
+        camera = load_config(write(text)).cameras[0]
+        assert (camera.device, camera.width, camera.height) == (expected, 1280, 720)
+    assert any("device = true: expected a device path" in line
+               for line in problems(write(MINIMAL.replace('source = "synthetic"', 'source = "v4l2"\ndevice = true'))))
+
+
+def test_serial_arm_factory(write):
+    cfg = load_config(write(MINIMAL.replace('driver = "sim"', 'driver = "xvla-serial"\nport = "socket://127.0.0.1:9"\n'
+                                                              'baud = 115200\ntimeout_ms = 300\nspace = "joint"')))
+    factory = cfg.arm_factory()
+    assert (factory.func, factory.args) == (XvlaSerialArm, ("socket://127.0.0.1:9",))
+    assert factory.keywords == {"space": "joint", "baudrate": 115200, "timeout_ms": 300}
+
+
+def test_dynamixel_arm_checks_its_calibration(write, tmp_path):
+    (tmp_path / "koch.json").write_text(json.dumps(CALIBRATION))
+    arm = 'driver = "dynamixel"\nport = "/dev/ttyUSB0"\ncalibration = "koch.json"'
+    cfg = load_config(write(MINIMAL.replace('driver = "sim"', arm + "\ntimeout_ms = 60")))
+    factory = pickle.loads(pickle.dumps(cfg.arm_factory()))
+    assert (factory.func, factory.args, factory.keywords) == (
+        DynamixelArm, ("/dev/ttyUSB0", tmp_path / "koch.json"), {"watchdog_ms": 60})
+    assert cfg.arm.space == "joint" and len(factory().calibration.joints) == 2
+    assert any(line.endswith("[arm].timeout_ms = 3000: DynamixelArm.watchdog_ms: expected 20..2540, got 3000")
+               for line in problems(write(MINIMAL.replace('driver = "sim"', arm + "\ntimeout_ms = 3000"))))
+    limits = '\n[safety]\njoint_limits = [{ lower = -1, upper = 1, max_velocity = 2 }]\n'
+    assert any("[safety].joint_limits: 1 entries, but the calibration koch.json has 2 joints" in line
+               for line in problems(write(MINIMAL.replace('driver = "sim"', arm) + limits)))
+    (tmp_path / "koch.json").write_text(json.dumps({**CALIBRATION, "joints": []}))
+    assert any('[arm].calibration = "koch.json": not a usable calibration' in line and "no joints" in line
+               for line in problems(write(MINIMAL.replace('driver = "sim"', arm))))
+
+
+def test_sim_arm_options_and_joint_space(write):
+    text = MINIMAL.replace('driver = "sim"', 'driver = "sim"\nspace = "joint"\n[arm.sim]\nn_arms = 1\n'
+                                             'time_constant = 0.05\ninitial_position = [0.2, 0.0, 0.3]')
+    text += '[safety]\njoint_limits = [{ lower = -1, upper = 1, max_velocity = 2 }, ' \
+            '{ lower = -2, upper = 2, max_velocity = 1 }]\n'
+    cfg = load_config(write(text))
+    factory = pickle.loads(pickle.dumps(cfg.arm_factory()))
+    assert factory.func is SimArm and factory.keywords["joint_limits"] == (JointLimit(-1, 1, 2), JointLimit(-2, 2, 1))
+    assert factory.keywords["time_constant"] == 0.05 and factory.keywords["initial_position"] == (0.2, 0.0, 0.3)
+    caps = factory().connect()
+    assert caps.space == "joint" and caps.n_joints == 2
+    boxes = '[safety]\nworkspaces = [{ lower = [0, 0, 0], upper = [1, 1, 1] }]\n'
+    two = MINIMAL.replace('driver = "sim"', 'driver = "sim"\n[arm.sim]\nn_arms = 2') + boxes
+    assert any("[safety].workspaces: 1 boxes, but [arm.sim].n_arms = 2" in line for line in problems(write(two)))
+    assert load_config(write(two.replace("n_arms = 2", "n_arms = 1"))).safety.workspaces == (Box((0, 0, 0), (1, 1, 1)),)
+
+
+def check(path: Path) -> int:
+    parser = argparse.ArgumentParser()
+    config_cli.add_arguments(parser)
+    return config_cli.run(parser.parse_args(["check", str(path)]))
+
+
+def test_config_check_command(write, capsys):
+    assert "config" in COMMANDS  # `xvla-edge config check FILE` (xvla_edge.commands.config)
+    assert check(EXAMPLE) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{EXAMPLE}: valid\n") and "xvla-serial on /dev/ttyACM0 (ee space)" in out
+    assert "cam0:" in out and "v4l2 /dev/video0 640x480 @ 30 fps, stale after 0.5 s" in out and len(out.splitlines()) < 25
+    bad = write(MINIMAL.replace("slot = 0", "slot = 1").replace('driver = "sim"', 'driver = "simm"'))
+    assert check(bad) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == f"{bad}: invalid (2 problems)" and len(err) == 3
+    assert check(bad.parent / "none.toml") == 2
+    assert "none.toml: cannot read" in capsys.readouterr().err
+
+
+def test_the_daemon_modules_import_no_torch_and_no_export():
+    code = ("import sys, xvla_edge.daemon.config, xvla_edge.daemon.cameras, xvla_edge.commands.config; "
+            "print([m for m in sys.modules if m.split('.')[0] in ('torch', 'export', 'cv2')])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr

@@ -1,0 +1,77 @@
+"""Between the policy's units and the arm's: measured arm state → proprio, action chunk → trajectory.
+
+The proprio layout is the bundle's action layout (``manifest.action``): ``ee6d`` / ``agibot_ee6d`` hold
+position (3), rot6d (6, the manifest's ``rot6d_layout``) and gripper (1) per arm at offsets 0 and 10;
+``joint`` holds 6 joints and a gripper per arm at offsets 0 and 7. Channels of arms the robot does not
+have stay zero, as in the training data of single-arm domains.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from drivers.arm import ArmState
+from drivers.trajectory import Trajectory
+from runtime.types import ActionChunk
+from xvla.errors import XVLAError
+from xvla.rotations import quat_to_rot6d
+
+_ARM_STRIDE = {"ee6d": 10, "agibot_ee6d": 10, "joint": 7}
+JOINTS_PER_ARM = 6
+
+
+class BridgeError(XVLAError, ValueError):
+    """The bundle's action layout and the arm do not fit together."""
+
+
+def arm_space(action: dict) -> str:
+    """The drivers' space (``"ee"`` or ``"joint"``) for a manifest ``action`` section."""
+    mode = action["mode"]
+    if mode not in _ARM_STRIDE:
+        raise BridgeError(f"manifest action.mode {mode!r} has no known arm layout; expected one of "
+                          f"{sorted(_ARM_STRIDE)} (an 'auto' bundle needs a robot-specific bridge)")
+    return "joint" if mode == "joint" else "ee"
+
+
+def check_arm(action: dict, space: str, n_arms: int, n_joints: int) -> None:
+    """Raise :class:`BridgeError` unless an arm with these capabilities can run the bundle's chunks."""
+    want_space, arms = arm_space(action), int(action.get("arms", 1))
+    if space != want_space:
+        raise BridgeError(f"the bundle's action mode {action['mode']!r} needs a {want_space!r} arm; the arm "
+                          f"controller takes {space!r} targets")
+    if space == "ee" and n_arms != arms:
+        raise BridgeError(f"the bundle drives {arms} arm(s); the controller has {n_arms}")
+    if space == "joint" and n_joints != JOINTS_PER_ARM * arms:
+        raise BridgeError(f"the bundle drives {arms} arm(s) of {JOINTS_PER_ARM} joints; the controller has "
+                          f"{n_joints} joints")
+
+
+def proprio_from_state(state: ArmState, action: dict, proprio_dim: int) -> np.ndarray:
+    """The proprio vector [proprio_dim] float32 for the measured ``state``."""
+    mode, arms = action["mode"], int(action.get("arms", 1))
+    stride = _ARM_STRIDE[mode]
+    out = np.zeros(proprio_dim, np.float32)
+    for arm in range(arms):
+        base = stride * arm
+        if mode == "joint":
+            out[base : base + 6] = state.joint_positions[JOINTS_PER_ARM * arm : JOINTS_PER_ARM * (arm + 1)]
+            out[base + 6] = state.gripper[arm]
+        else:
+            out[base : base + 3] = state.position[arm]
+            out[base + 3 : base + 9] = quat_to_rot6d(state.quaternion[arm], action.get("rot6d_layout", "rows"))
+            out[base + 9] = state.gripper[arm]
+    if not np.isfinite(out).all():
+        raise BridgeError(f"the arm reports a non-finite state for proprio: {out.tolist()}")
+    return out
+
+
+def chunk_to_trajectory(chunk: ActionChunk) -> Trajectory:
+    """The chunk's decoded poses at its time stamps (gripper clipped into 0..1)."""
+    arms = chunk.arms
+    gripper = np.clip(np.stack([a.gripper for a in arms], axis=1), 0.0, 1.0)
+    if arms[0].joints is not None:
+        joints = np.concatenate([a.joints for a in arms], axis=1)
+        return Trajectory.joint(chunk.timestamps, joints, gripper)
+    position = np.stack([a.position for a in arms], axis=1)
+    quaternion = np.stack([a.quaternion for a in arms], axis=1)
+    return Trajectory.ee(chunk.timestamps, position, quaternion, gripper)

@@ -1,0 +1,594 @@
+"""``robot.toml``: the daemon's configuration, read and validated once at start.
+
+Every problem is reported, all together, one per line, naming the file, the key path, the value and what
+is allowed, e.g. ``robot.toml: [arm].driver = "dynamixl": expected one of "sim", "xvla-serial",
+"dynamixel"``. Unknown keys are errors too (with a "did you mean" when one is close). Values that the
+drivers check themselves (:class:`~drivers.control_loop.LoopConfig`, :class:`~drivers.safety.SafetyLimits`,
+:class:`~drivers.splice.SplicePolicy`, :class:`~drivers.interpolation.GripperPolicy`, the arm driver's
+constructor) are checked by building those objects here, and their refusals are reported by key the same
+way. Relative paths are relative to the config file. Every key, its default, unit and allowed values:
+``xvla_edge/daemon/robot.example.toml``; ``xvla-edge config check FILE`` validates without running.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import json
+import math
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10 (JetPack 6)
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from drivers.arm import Arm, ArmConfigError, Box, JointLimit
+from drivers.control_loop import LoopConfig
+from drivers.dynamixel.arm import DynamixelArm
+from drivers.dynamixel.calibration import ArmCalibration
+from drivers.interpolation import GripperPolicy
+from drivers.safety import SafetyLimits
+from drivers.sim_arm import SimArm
+from drivers.splice import SplicePolicy
+from drivers.xvla_serial.client import XvlaSerialArm
+from xvla.errors import ConfigError
+
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
+DEVICES = ("cpu", "cuda")
+LEVELS = ("debug", "info", "warning", "error")
+MAX_CAMERAS = 3
+# Per camera source: the keys it takes besides ``slot``, ``source`` and ``max_age_s``; the first is required
+# for every source but ``synthetic``.
+CAMERA_KEYS: Dict[str, Tuple[str, ...]] = {
+    "synthetic": ("width", "height", "fps"),
+    "v4l2": ("device", "width", "height", "fps"),
+    "gstreamer": ("pipeline",),
+    "folder": ("path", "fps", "loop"),
+    "video": ("path", "fps", "loop"),
+}
+# Per arm driver: the keys of ``[arm]`` it takes besides ``driver``.
+ARM_KEYS: Dict[str, Tuple[str, ...]] = {
+    "sim": ("space", "sim"),
+    "xvla-serial": ("port", "baud", "space", "timeout_ms"),
+    "dynamixel": ("port", "baud", "space", "calibration", "timeout_ms"),
+}
+_CONTROL_KEYS = ("rate_hz", "realtime_priority", "cpu", "max_trajectory_lag")  # LoopConfig fields set here
+
+
+class ConfigFileError(ConfigError):
+    """The config file cannot be read at all (missing, a directory, not permitted)."""
+
+
+@dataclass(frozen=True)
+class BundleSection:
+    """``[bundle]``: which exported bundle to run, and how. ``steps``: denoising steps (None: the manifest's)."""
+
+    path: Path
+    backend: str = "auto"
+    device: str = "cpu"
+    steps: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class CameraSection:
+    """One ``[[cameras]]`` entry. ``slot``: the policy's view (0 is the main view). Only the keys of its
+    ``source`` (see :data:`CAMERA_KEYS`) are set; the others keep their defaults. ``device``: a
+    /dev/videoN path or an index. A newest frame older than ``max_age_s`` seconds is stale."""
+
+    slot: int
+    source: str
+    device: Union[int, str, None] = None
+    pipeline: Optional[str] = None
+    path: Optional[Path] = None
+    width: int = 640
+    height: int = 480
+    fps: float = 30.0
+    max_age_s: float = 0.5
+    loop: bool = True
+
+    @property
+    def name(self) -> str:
+        """The camera's name in logs, metrics and health reasons."""
+        return f"cam{self.slot}"
+
+
+@dataclass(frozen=True)
+class SimSection:
+    """``[arm.sim]``: options of the simulated arm (None: :class:`~drivers.sim_arm.SimArm`'s default)."""
+
+    n_arms: int = 1
+    time_constant: Optional[float] = None
+    initial_position: Optional[Tuple[float, float, float]] = None
+
+
+@dataclass(frozen=True)
+class ArmSection:
+    """``[arm]``: the driver and its link. ``baud`` and ``timeout_ms`` (the controller's deadman: the
+    xvla-serial timeout, the Dynamixel Bus_Watchdog) are None for the driver's default."""
+
+    driver: str
+    port: Optional[str] = None
+    baud: Optional[int] = None
+    space: str = "ee"
+    calibration: Optional[Path] = None
+    timeout_ms: Optional[int] = None
+    sim: SimSection = field(default_factory=SimSection)
+
+
+_LOOP = LoopConfig()
+
+
+@dataclass(frozen=True)
+class ControlSection:
+    """``[control]``: the control loop's process (see :class:`~drivers.control_loop.LoopConfig`)."""
+
+    rate_hz: float = _LOOP.rate_hz
+    realtime_priority: int = _LOOP.realtime_priority
+    cpu: Optional[int] = _LOOP.cpu
+    max_trajectory_lag: float = _LOOP.max_trajectory_lag
+
+
+@dataclass(frozen=True)
+class InferenceSection:
+    """``[inference]``: the next chunk starts when the executing one has ``start_fraction`` of its span
+    left; a chunk taking longer than ``max_latency_s`` seconds marks health degraded."""
+
+    start_fraction: float = 0.5
+    max_latency_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class HealthSection:
+    """``[health]``: the HTTP endpoint (/healthz, /metrics); ``port`` 0 turns it off."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+
+
+@dataclass(frozen=True)
+class LoggingSection:
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class RecorderSection:
+    """``[recorder]``: keep the last ``seconds``; dump to ``directory`` on request, and on faults if ``on_fault``."""
+
+    seconds: float = 30.0
+    directory: Path = Path("recordings")
+    on_fault: bool = True
+
+
+@dataclass(frozen=True)
+class RobotConfig:
+    """A validated ``robot.toml`` (``file``: where it was read from)."""
+
+    file: Path
+    instruction: str
+    bundle: BundleSection
+    cameras: Tuple[CameraSection, ...]
+    arm: ArmSection
+    control: ControlSection = ControlSection()
+    safety: SafetyLimits = SafetyLimits()
+    splice: SplicePolicy = SplicePolicy()
+    gripper: GripperPolicy = GripperPolicy()
+    inference: InferenceSection = InferenceSection()
+    health: HealthSection = HealthSection()
+    logging: LoggingSection = LoggingSection()
+    recorder: RecorderSection = RecorderSection()
+
+    def loop_config(self) -> LoopConfig:
+        """The control loop's settings: ``[control]``, ``[safety]``, ``[splice]`` and ``[gripper]``."""
+        c = self.control
+        return LoopConfig(rate_hz=c.rate_hz, limits=self.safety, splice=self.splice, gripper=self.gripper,
+                          realtime_priority=c.realtime_priority, cpu=c.cpu, max_trajectory_lag=c.max_trajectory_lag)
+
+    def arm_factory(self) -> Callable[[], Arm]:
+        """A picklable callable making the configured arm driver (called in the control-loop process)."""
+        return _arm_factory(self.arm, self.safety)
+
+
+def _arm_factory(a: ArmSection, safety: SafetyLimits) -> Callable[[], Arm]:
+    """The driver for ``a``; a simulated joint arm gets its joints from ``safety.joint_limits``."""
+    if a.driver == "sim":
+        options = {k: v for k, v in (("time_constant", a.sim.time_constant),
+                                     ("initial_position", a.sim.initial_position)) if v is not None}
+        joints = safety.joint_limits if a.space == "joint" else ()
+        return functools.partial(SimArm, space=a.space, n_arms=a.sim.n_arms, joint_limits=joints, **options)
+    if a.driver == "xvla-serial":
+        options = {k: v for k, v in (("baudrate", a.baud), ("timeout_ms", a.timeout_ms)) if v is not None}
+        return functools.partial(XvlaSerialArm, a.port, space=a.space, **options)
+    options = {k: v for k, v in (("baudrate", a.baud), ("watchdog_ms", a.timeout_ms)) if v is not None}
+    return functools.partial(DynamixelArm, a.port, a.calibration, **options)
+
+
+def load_config(path: Union[str, Path]) -> RobotConfig:
+    """Read and validate ``path``. Raises :class:`ConfigFileError` if it cannot be read, else
+    :class:`ConfigError` listing every problem."""
+    file = Path(path)
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise ConfigFileError(f"{file}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{file}: not UTF-8 text (byte {exc.start})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: not valid TOML: {exc}") from exc
+    return parse_config(data, file)
+
+
+def parse_config(data: Mapping[str, Any], file: Path) -> RobotConfig:
+    """Validate already-parsed TOML ``data`` (relative paths are taken relative to ``file``'s folder)."""
+    problems = _Problems(file)
+    root = _Table(problems, "", data)
+    instruction = root.take("instruction", str, "", required=True, check=lambda s: bool(s.strip()),
+                            expected="a non-empty instruction for the policy")
+    bundle = _bundle(root.table("bundle", required=True))
+    cameras = _cameras(root)
+    safety = _safety(root.table("safety"))
+    arm = _arm(root.table("arm", required=True), safety)
+    control = _control(root.table("control"))
+    splice = _policy(root.table("splice"), SplicePolicy)
+    gripper = _policy(root.table("gripper"), GripperPolicy)
+
+    t = root.table("inference")
+    inference = InferenceSection(
+        start_fraction=t.take("start_fraction", float, 0.5, check=lambda x: 0 < x < 1,
+                              expected="a fraction 0 < f < 1 of the chunk's span"),
+        max_latency_s=t.take("max_latency_s", float, 1.0, check=lambda x: x > 0, expected="seconds > 0"))
+    t.finish()
+    t = root.table("health")
+    health = HealthSection(host=t.take("host", str, "127.0.0.1", check=bool, expected="a host name or address"),
+                           port=t.take("port", int, 8765, check=lambda p: 0 <= p <= 65535,
+                                       expected="a TCP port 1 ... 65535, or 0 (off)"))
+    t.finish()
+    t = root.table("logging")
+    logging_ = LoggingSection(level=t.take("level", str, "info", choices=LEVELS))
+    t.finish()
+    t = root.table("recorder")
+    recorder = RecorderSection(
+        seconds=t.take("seconds", float, 30.0, check=lambda x: x > 0, expected="seconds > 0"),
+        directory=t.path("directory") or file.parent / "recordings",
+        on_fault=t.take("on_fault", bool, True))
+    t.finish()
+    root.finish()
+    if problems.lines:
+        raise ConfigError("\n".join(problems.lines))
+    return RobotConfig(file, instruction, bundle, cameras, arm, control, safety, splice, gripper, inference,
+                       health, logging_, recorder)
+
+
+# -- reading tables ------------------------------------------------------------------------------------
+
+_KINDS = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false", list: "an array",
+          dict: "a table"}
+
+
+def _show(value: Any) -> str:
+    """``value`` as written in TOML (shortened when long)."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, str):
+        text = json.dumps(value)
+    elif isinstance(value, list):
+        text = "[" + ", ".join(_show(v) for v in value) + "]"
+    elif isinstance(value, dict):
+        text = "{ " + ", ".join(f"{k} = {_show(v)}" for k, v in value.items()) + " }"
+    else:
+        text = str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _one_of(choices: Sequence[Any]) -> str:
+    return "one of " + ", ".join(_show(c) for c in choices)
+
+
+def _is(value: Any, kind: Union[type, Tuple[type, ...]]) -> bool:
+    if isinstance(value, bool) and kind is not bool:
+        return False
+    if kind is float:
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, kind)
+
+
+class _Problems:
+    """The problems found so far, one line each, each starting with the file name."""
+
+    def __init__(self, file: Path) -> None:
+        self.file = file
+        self.lines: List[str] = []
+
+    def value(self, key: str, value: Any, why: str) -> None:
+        self.lines.append(f"{self.file}: {key} = {_show(value)}: {why}")
+
+    def other(self, where: str, why: str) -> None:
+        self.lines.append(f"{self.file}: {where}: {why}")
+
+
+class _Table:
+    """One TOML table being read: typed look-ups that record problems (and fall back to the default)
+    instead of raising, and that remember which keys were read, so :meth:`finish` can name the others."""
+
+    def __init__(self, problems: _Problems, where: str, data: Mapping[str, Any]) -> None:
+        self.problems, self.where, self.data = problems, where, data
+        self.read: List[str] = []
+
+    def key(self, name: str) -> str:
+        return f"{self.where}{name}"
+
+    def take(self, name: str, kind: Union[type, Tuple[type, ...]], default: Any = None, *,
+             required: bool = False, choices: Sequence[Any] = (), check: Optional[Callable[[Any], bool]] = None,
+             expected: str = "") -> Any:
+        """The value of ``name``, or ``default`` (recording a problem) when missing and required, of
+        another ``kind``, not one of ``choices`` or failing ``check``; ``expected`` says what is allowed."""
+        self.read.append(name)
+        expected = expected or (_one_of(choices) if choices else _KINDS[kind])  # type: ignore[index]
+        if name not in self.data:
+            if required:
+                self.problems.other(self.key(name), f"missing: expected {expected}")
+            return default
+        value = self.data[name]
+        if not _is(value, kind) or (choices and value not in choices) or (check is not None and not check(value)):
+            self.problems.value(self.key(name), value, f"expected {expected}")
+            return default
+        return float(value) if kind is float else value
+
+    def table(self, name: str, *, required: bool = False) -> _Table:
+        data = self.take(name, dict, {}, required=required)
+        return _Table(self.problems, f"[{name}].", data)
+
+    def path(self, name: str, *, required: bool = False, kind: str = "") -> Optional[Path]:
+        """A path (``~`` expanded, relative to the config file); ``kind`` "dir"/"file" must exist as that."""
+        text = self.take(name, str, None, required=required, check=bool, expected="a path")
+        if text is None:
+            return None
+        path = Path(text).expanduser()
+        path = path if path.is_absolute() else self.problems.file.parent / path
+        if kind == "dir" and not path.is_dir():
+            self.problems.value(self.key(name), text, f"expected an existing folder ({path} is not one)")
+        elif kind == "file" and not path.is_file():
+            self.problems.value(self.key(name), text, f"expected an existing file ({path} is not one)")
+        return path
+
+    def finish(self, elsewhere: Optional[Mapping[str, str]] = None) -> None:
+        """Report every key not read; ``elsewhere`` maps keys valid in other cases to where they apply."""
+        for name in self.data:
+            if name in self.read:
+                continue
+            if elsewhere and name in elsewhere:
+                self.problems.other(self.key(name), f"not used here: {elsewhere[name]}")
+                continue
+            close = difflib.get_close_matches(name, self.read, n=1)
+            hint = f"did you mean {_show(close[0])}?" if close else "known keys: " + ", ".join(dict.fromkeys(self.read))
+            self.problems.other(self.key(name), f"unknown key ({hint})")
+
+
+def _build(t: _Table, cls: Callable[..., Any], values: Dict[str, Any]) -> Any:
+    """``cls(**values)`` (keys: the table's), checked by the drivers class itself. On refusal each value is
+    tried alone, so every refused key is reported by name; a refusal of the combination only (e.g. ``lower
+    < upper``) is reported for the table. Returns the defaults then."""
+    try:
+        return cls(**values)
+    except ArmConfigError as exc:
+        refused = False
+        for name, value in values.items():
+            try:
+                cls(**{name: value})
+            except ArmConfigError as alone:
+                t.problems.value(t.key(name), t.data[name], str(alone))
+                refused = True
+        if not refused:
+            t.problems.other(t.where.rstrip("."), str(exc))
+    return cls()
+
+
+# -- sections -------------------------------------------------------------------------------------------
+
+
+def _bundle(t: _Table) -> BundleSection:
+    section = BundleSection(
+        path=t.path("path", required=True) or Path(),
+        backend=t.take("backend", str, "auto", choices=BACKENDS),
+        device=t.take("device", str, "cpu", choices=DEVICES),
+        steps=t.take("steps", int, None, check=lambda n: n >= 1, expected="an integer >= 1"))
+    if section.backend == "tensorrt" and section.device != "cuda":
+        t.problems.value(t.key("device"), section.device, 'expected "cuda": backend "tensorrt" runs on the GPU')
+    t.finish()
+    return section
+
+
+def _cameras(root: _Table) -> Tuple[CameraSection, ...]:
+    entries = root.take("cameras", list, [], required=True, check=lambda c: 1 <= len(c) <= MAX_CAMERAS,
+                        expected=f"1 to {MAX_CAMERAS} [[cameras]] tables")
+    cameras: List[CameraSection] = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            root.problems.value(f"cameras[{i}]", entry, "expected a table: write each camera as [[cameras]]")
+            continue
+        t = _Table(root.problems, f"[[cameras]] #{i + 1}.", entry)
+        slot = t.take("slot", int, None, required=True, check=lambda s: 0 <= s < MAX_CAMERAS,
+                      expected=f"a view slot 0 ... {MAX_CAMERAS - 1} (0: the main view)")
+        if slot is not None and slot in [c.slot for c in cameras]:
+            t.problems.value(t.key("slot"), slot, "expected a slot no other camera uses")
+        source = t.take("source", str, None, required=True, choices=tuple(CAMERA_KEYS))
+        max_age_s = t.take("max_age_s", float, 0.5, check=lambda x: x > 0, expected="seconds > 0")
+        if source is None:
+            t.read += [k for keys in CAMERA_KEYS.values() for k in keys]  # no noise about keys of a bad source
+            t.finish()
+            continue
+        keys = CAMERA_KEYS[source]
+        values: Dict[str, Any] = {"max_age_s": max_age_s}
+        if "device" in keys:
+            values["device"] = t.take("device", (int, str), None, required=True,  # type: ignore[arg-type]
+                                      check=lambda d: d >= 0 if isinstance(d, int) else bool(d),
+                                      expected='a device path such as "/dev/video0", or an index >= 0')
+        if "pipeline" in keys:
+            values["pipeline"] = t.take("pipeline", str, None, required=True, check=_ends_in_appsink,
+                                        expected="a GStreamer pipeline ending in appsink")
+        if "path" in keys:
+            values["path"] = t.path("path", required=True, kind="dir" if source == "folder" else "file")
+        for name, kind, check, expected in (("width", int, lambda n: n > 0, "pixels > 0"),
+                                            ("height", int, lambda n: n > 0, "pixels > 0"),
+                                            ("fps", float, lambda x: x > 0, "frames per second > 0"),
+                                            ("loop", bool, None, "")):
+            if name in keys:
+                value = t.take(name, kind, None, check=check, expected=expected)
+                if value is not None:
+                    values[name] = value
+        camera = CameraSection(slot=-1 if slot is None else slot, source=source, **values)
+        if "fps" in keys and camera.max_age_s < 1.0 / camera.fps:
+            t.problems.value(t.key("max_age_s"), camera.max_age_s,
+                             f"expected at least one frame period (1/fps = {1.0 / camera.fps:.3g} s), "
+                             "else the camera is always stale")
+        t.finish({k: "only for source " + " or ".join(_show(s) for s, ks in CAMERA_KEYS.items() if k in ks)
+                  for keys in CAMERA_KEYS.values() for k in keys})
+        cameras.append(camera)
+    if cameras and 0 not in [c.slot for c in cameras]:
+        root.problems.other("[[cameras]]", "no camera has slot 0 (the main view)")
+    return tuple(cameras)
+
+
+def _ends_in_appsink(pipeline: str) -> bool:
+    last = pipeline.rsplit("!", 1)[-1].split()
+    return bool(last) and last[0] == "appsink"
+
+
+def _arm(t: _Table, safety: SafetyLimits) -> ArmSection:
+    before = len(t.problems.lines)
+    driver = t.take("driver", str, None, required=True, choices=tuple(ARM_KEYS))
+    if driver is None:
+        t.read += [k for keys in ARM_KEYS.values() for k in keys]  # no noise about keys of a bad driver
+        t.finish()
+        return ArmSection(driver="sim")
+    keys = ARM_KEYS[driver]
+    values: Dict[str, Any] = {}
+    if "port" in keys:
+        values["port"] = t.take("port", str, None, required=True, check=bool,
+                                expected=f'a serial device such as "/dev/ttyUSB0" or a pyserial URL (driver {_show(driver)})')
+        values["baud"] = t.take("baud", int, None, check=lambda b: b > 0, expected="a baud rate > 0")
+        values["timeout_ms"] = t.take("timeout_ms", int, None, check=lambda m: m >= 0, expected="milliseconds >= 0")
+    spaces = ("joint",) if driver == "dynamixel" else ("ee", "joint")
+    values["space"] = t.take("space", str, spaces[0], choices=spaces)
+    if "calibration" in keys:
+        values["calibration"] = calibration = t.path("calibration", required=True, kind="file")
+        if calibration is not None and calibration.is_file():
+            _check_calibration(t, calibration, safety)
+    if "sim" in keys:
+        values["sim"] = _sim(_Table(t.problems, "[arm.sim].", t.take("sim", dict, {})), safety)
+        if values["space"] == "joint" and not safety.joint_limits:
+            t.problems.value(t.key("space"), "joint", "the simulated joint arm takes its joints from "
+                             "[safety].joint_limits, which is empty")
+    t.finish({k: "only for driver " + " or ".join(_show(d) for d, ks in ARM_KEYS.items() if k in ks)
+              for keys in ARM_KEYS.values() for k in keys})
+    arm = ArmSection(driver=driver, **values)
+    if len(t.problems.lines) == before:  # the driver's own checks (no I/O: drivers open ports on connect)
+        try:
+            _arm_factory(arm, safety)()
+        except ArmConfigError as exc:  # "DynamixelArm.watchdog_ms: expected 20..2540, got 10"
+            match = re.match(r"\w+\.(\w+)", str(exc))
+            name = {"baudrate": "baud", "watchdog_ms": "timeout_ms"}.get(match.group(1), match.group(1)) if match else ""
+            if name in t.data:
+                t.problems.value(t.key(name), t.data[name], str(exc))
+            else:
+                t.problems.other("[arm]", str(exc))
+    return arm
+
+
+def _check_calibration(t: _Table, path: Path, safety: SafetyLimits) -> None:
+    try:
+        joints = len(ArmCalibration.load(path).joints)
+    except ArmConfigError as exc:
+        t.problems.value(t.key("calibration"), t.data["calibration"], f"not a usable calibration: {exc}")
+        return
+    if safety.joint_limits and len(safety.joint_limits) != joints:
+        t.problems.other("[safety].joint_limits", f"{len(safety.joint_limits)} entries, but the calibration "
+                         f"{path.name} has {joints} joints")
+
+
+def _sim(t: _Table, safety: SafetyLimits) -> SimSection:
+    position = t.take("initial_position", list, None, check=lambda v: len(v) == 3 and all(_is(x, float) for x in v),
+                      expected="[x, y, z] in metres")
+    sim = SimSection(
+        n_arms=t.take("n_arms", int, 1, check=lambda n: n >= 1, expected="an integer >= 1"),
+        time_constant=t.take("time_constant", float, None, check=lambda x: x > 0, expected="seconds > 0"),
+        initial_position=None if position is None else tuple(float(x) for x in position))  # type: ignore[arg-type]
+    if safety.workspaces and len(safety.workspaces) != sim.n_arms:
+        t.problems.other("[safety].workspaces", f"{len(safety.workspaces)} boxes, but [arm.sim].n_arms = "
+                         f"{sim.n_arms} (one box per arm)")
+    t.finish()
+    return sim
+
+
+def _control(t: _Table) -> ControlSection:
+    given = {"rate_hz": t.take("rate_hz", float), "realtime_priority": t.take("realtime_priority", int),
+             "cpu": t.take("cpu", int, check=lambda n: n >= 0, expected="a CPU index >= 0"),
+             "max_trajectory_lag": t.take("max_trajectory_lag", float)}
+    values = {name: value for name, value in given.items() if value is not None}
+    t.finish()
+    loop = _build(t, LoopConfig, values)
+    return ControlSection(**{name: getattr(loop, name) for name in _CONTROL_KEYS})
+
+
+def _safety(t: _Table) -> SafetyLimits:
+    rates = {}
+    for f in dataclasses.fields(SafetyLimits):
+        if f.name.startswith("max_"):
+            value = t.take(f.name, float, None)
+            if value is not None:
+                rates[f.name] = value
+    boxes = []
+    for i, entry in enumerate(t.take("workspaces", list, [], expected="an array of {lower=[x,y,z], upper=[x,y,z]}")):
+        box = _entry(t, f"workspaces[{i}]", entry, lambda e: Box(
+            e.take("lower", list, required=True, expected="[x, y, z] (m)"),
+            e.take("upper", list, required=True, expected="[x, y, z] (m)")))
+        boxes += [box] if box is not None else []
+    joints = []
+    for i, entry in enumerate(t.take("joint_limits", list, [],
+                                     expected="an array of {lower=, upper=, max_velocity=}, one per joint")):
+        joint = _entry(t, f"joint_limits[{i}]", entry, lambda e: JointLimit(
+            e.take("lower", float, required=True, expected="rad (or m)"),
+            e.take("upper", float, required=True, expected="rad (or m)"),
+            e.take("max_velocity", float, required=True, expected="rad/s (or m/s) > 0")))
+        joints += [joint] if joint is not None else []
+    t.finish()
+    limits = _build(t, SafetyLimits, rates)
+    return dataclasses.replace(limits, workspaces=tuple(boxes), joint_limits=tuple(joints))
+
+
+def _entry(t: _Table, name: str, entry: Any, build: Callable[[_Table], Any]) -> Any:
+    """One inline table of an array (a workspace box, a joint limit), or None when it has problems."""
+    if not isinstance(entry, dict):
+        t.problems.value(t.key(name), entry, "expected an inline table { ... }")
+        return None
+    e = _Table(t.problems, f"{t.key(name)}.", entry)
+    before = len(t.problems.lines)
+    try:
+        built = build(e)
+    except (ArmConfigError, TypeError, ValueError) as exc:
+        if len(t.problems.lines) == before:  # not already reported as a missing or mistyped key
+            t.problems.value(t.key(name), entry, str(exc))
+        built = None
+    e.finish()
+    return built if len(t.problems.lines) == before else None
+
+
+def _policy(t: _Table, cls: type) -> Any:
+    """A drivers policy dataclass whose fields are the table's keys (kinds and choices from its type hints)."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        choices = typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else ()
+        value = t.take(f.name, str if choices else hint, None, choices=choices)
+        if value is not None:
+            values[f.name] = value
+    t.finish()
+    return _build(t, cls, values)

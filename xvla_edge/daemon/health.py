@@ -1,0 +1,59 @@
+"""``/healthz``, ``/metrics`` and ``POST /record`` over HTTP on a background thread (loopback by default)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable, List, Optional, Tuple
+
+from xvla_edge.daemon.metrics import Registry
+
+Health = Callable[[], Tuple[str, List[str]]]
+
+
+class HealthServer:
+    """Serves until :meth:`close`. ``port`` 0 picks a free port (see :attr:`port`)."""
+
+    def __init__(self, host: str, port: int, health: Health, metrics: Registry,
+                 on_record: Optional[Callable[[], str]] = None) -> None:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                if self.path == "/healthz":
+                    status, reasons = health()
+                    body = {"status": status, "reasons": reasons} if reasons else {"status": status}
+                    self._send(200 if status == "ok" else 503, "application/json", json.dumps(body))
+                elif self.path == "/metrics":
+                    self._send(200, "text/plain; version=0.0.4; charset=utf-8", metrics.render())
+                else:
+                    self._send(404, "text/plain", "not found\n")
+
+            def do_POST(self) -> None:  # noqa: N802
+                if self.path == "/record" and on_record is not None:
+                    self._send(200, "application/json", json.dumps({"path": on_record()}))
+                else:
+                    self._send(404, "text/plain", "not found\n")
+
+            def _send(self, code: int, kind: str, text: str) -> None:
+                data = text.encode()
+                self.send_response(code)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:  # requests are not worth a log line each
+                pass
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=outer._server.serve_forever, name="xvla-health", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5.0)

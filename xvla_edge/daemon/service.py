@@ -1,0 +1,339 @@
+"""The on-robot daemon: cameras → policy → control loop, watched by health, metrics, recorder and systemd.
+
+Three kinds of work run side by side:
+
+- the **control loop** in its own process (:mod:`drivers.loop_process`): streams the executing chunk at the
+  control rate through the safety envelope, holds when no fresh trajectory covers now, pings the systemd
+  watchdog from its tick;
+- **inference** on a worker thread (:meth:`runtime.policy.Policy.act_async`): the next chunk is started when
+  the executing one has ``inference.start_fraction`` of its span left, so in steady state the arm never
+  waits for the model; each chunk carries the time stamp of its observation (the oldest camera frame),
+  and the control loop splices it in at its latency;
+- this **supervisor** (the caller's thread, :meth:`Daemon.run`): polls the loop's state at ``POLL_S``,
+  checks camera ages, starts and collects inference, updates metrics and health, feeds the recorder.
+
+Safe states: a stale camera (no frame younger than its ``max_age_s``) → the loop drops the executing chunk
+and holds, and no inference starts until every camera is fresh again; an inference stall → the chunk runs
+out and the watchdog holds; a link loss → the loop sends nothing (the controller's own deadman holds) and
+the supervisor asks it to reconnect every ``RECONNECT_S``; SIGTERM/SIGINT → :meth:`Daemon.close` stops the
+loop, which holds the arm before the process exits. Faults (and stale cameras, inference errors) dump the
+recorder when ``recorder.on_fault`` is set.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from drivers import sdnotify
+from drivers.control_loop import LoopStats
+from drivers.loop_process import ControlLoopClient
+from xvla_edge.daemon.bridge import check_arm, chunk_to_trajectory, proprio_from_state
+from xvla_edge.daemon.cameras import Camera, open_camera
+from xvla_edge.daemon.config import RobotConfig
+from xvla_edge.daemon.health import HealthServer
+from xvla_edge.daemon.metrics import DaemonMetrics
+from xvla_edge.daemon.recorder import Recorder
+from runtime.policy import Policy
+from runtime.types import ActionChunk, Observation
+
+POLL_S = 0.02
+RECONNECT_S = 1.0
+TRACE_EVERY_S = 1.0
+FAULT_MODES = ("fault", "estopped", "link_lost")
+log = logging.getLogger("xvla.daemon")
+
+
+@dataclass
+class Summary:
+    """What a run did, for the demo and for logs. Times in seconds."""
+
+    seconds: float
+    chunks: int
+    chunk_latency_p50: float
+    chunk_latency_p99: float
+    period_error_p50: float
+    period_error_p99: float
+    period_error_max: float
+    overruns: int
+    clamps: int
+    holds: int
+    camera_stalls: int
+    inference_errors: int
+    mode: str
+    scheduler: str
+    interventions: Dict[str, int] = field(default_factory=dict)
+    events: Dict[str, int] = field(default_factory=dict)
+
+    def lines(self) -> List[str]:
+        ms = 1e3
+        return [
+            f"ran {self.seconds:.1f} s, control loop {self.scheduler}, final mode {self.mode}",
+            f"chunks: {self.chunks}, latency p50 {self.chunk_latency_p50 * ms:.1f} ms, "
+            f"p99 {self.chunk_latency_p99 * ms:.1f} ms",
+            f"control period error: p50 {self.period_error_p50 * ms:.3f} ms, p99 {self.period_error_p99 * ms:.3f} ms, "
+            f"max {self.period_error_max * ms:.3f} ms, overruns {self.overruns}",
+            f"safety clamps: {self.clamps} ({', '.join(f'{k} {v}' for k, v in self.interventions.items() if v) or 'none'})",
+            f"watchdog holds: {self.holds}, camera stalls: {self.camera_stalls}, inference errors: {self.inference_errors}",
+        ]
+
+
+class Daemon:
+    """One robot's daemon. ``start`` → ``run`` (until ``stop`` is set or ``duration`` passes) → ``close``.
+
+    ``policy`` and ``cameras`` (slot → camera) may be given ready-made (tests, the demo); otherwise they are
+    built from ``config``.
+    """
+
+    def __init__(
+        self,
+        config: RobotConfig,
+        *,
+        policy: Optional[Policy] = None,
+        cameras: Optional[Dict[int, Camera]] = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.policy = policy
+        self.cameras = cameras
+        self.clock = clock
+        self.metrics = DaemonMetrics()
+        self.recorder = Recorder(config.recorder.seconds, config.recorder.directory, bundle=str(config.bundle.path))
+        self.loop: Optional[ControlLoopClient] = None
+        self.health_server: Optional[HealthServer] = None
+        self.latencies: deque = deque(maxlen=10_000)
+        self.stats: Optional[LoopStats] = None
+        self._future: Optional[Future] = None
+        self._future_obs: Optional[Observation] = None
+        self._future_started = 0.0
+        self._executing_end: Optional[float] = None
+        self._stale: Dict[str, float] = {}
+        self._camera_stalls = 0
+        self._inference_errors = 0
+        self._last_error: Tuple[float, str] = (-np.inf, "")
+        self._last_reconnect = -np.inf
+        self._last_trace = -np.inf
+        self._mode = "idle"
+        self._started = 0.0
+        self._lock = threading.Lock()
+
+    # -- life cycle -------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load the policy, open cameras, start the control loop, serve health; then tell systemd READY."""
+        cfg = self.config
+        if self.policy is None:
+            self.policy = Policy.load(cfg.bundle.path, backend=cfg.bundle.backend, device=cfg.bundle.device)
+        manifest = self.policy.manifest
+        if self.cameras is None:
+            self.cameras = {cam.slot: open_camera(cam) for cam in cfg.cameras}
+        views = int(manifest.inputs["views"])
+        extra = [slot for slot in self.cameras if slot >= views]
+        if extra:
+            raise ValueError(f"camera slot {extra[0]}: the bundle {cfg.bundle.path} was exported for {views} view(s)")
+        for camera in self.cameras.values():
+            camera.start()
+        self.loop = ControlLoopClient(cfg.arm_factory(), cfg.loop_config())
+        caps = self.loop.start()
+        try:
+            check_arm(manifest.action, caps.space, caps.n_arms, caps.n_joints)
+        except ValueError:
+            self.close()
+            raise
+        if cfg.health.port:
+            self.health_server = HealthServer(cfg.health.host, cfg.health.port, self.health, self.metrics.registry,
+                                              on_record=lambda: str(self.recorder.dump("request")))
+        self._started = self.clock()
+        sdnotify.ready()
+        log.info("daemon ready", extra={"event": "ready", "bundle": str(cfg.bundle.path), "arm": caps.space,
+                                        "health_port": self.health_server.port if self.health_server else 0})
+
+    def close(self) -> Optional[LoopStats]:
+        """Stop everything; the control loop holds the arm before its process exits. Never raises."""
+        sdnotify.stopping()
+        final = None
+        if self.loop is not None:
+            final = self.loop.stop()
+            self.stats = final or self.stats
+        for camera in (self.cameras or {}).values():
+            camera.stop()
+        if self.health_server is not None:
+            self.health_server.close()
+            self.health_server = None
+        if self.policy is not None:
+            self.policy.close()
+        log.info("daemon stopped; arm holding", extra={"event": "stopped"})
+        return final
+
+    # -- the supervisor ---------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, duration: Optional[float] = None) -> Summary:
+        """Supervise until ``stop`` is set (SIGTERM) or ``duration`` seconds passed; returns the summary."""
+        assert self.loop is not None and self.policy is not None, "call start() first"
+        end = None if duration is None else self.clock() + duration
+        while not stop.is_set() and (end is None or self.clock() < end):
+            self.step()
+            stop.wait(POLL_S)
+        return self.summary()
+
+    def step(self) -> None:
+        """One supervisor pass (also used by tests to drive the daemon)."""
+        assert self.loop is not None
+        now = self.clock()
+        self.stats = self.loop.stats()
+        self._watch_loop(self.stats, now)
+        frames = self._frames(now)
+        if self._future is not None:
+            self._collect(now)
+        elif frames is not None and self._mode not in FAULT_MODES and self._due(now):
+            self._start_inference(frames, self.stats)
+        if now - self._last_trace >= TRACE_EVERY_S:
+            self.recorder.add_commands(self.loop.trace())
+            self._last_trace = now
+
+    def _watch_loop(self, stats: LoopStats, now: float) -> None:
+        mode = stats.mode
+        if mode != self._mode:
+            log.info("control loop mode %s", mode, extra={"event": "mode", "mode": mode, "previous": self._mode})
+            if mode in FAULT_MODES:
+                self._fault(f"control loop {mode}: {stats.last_error}")
+            self._mode = mode
+        if mode == "link_lost" and now - self._last_reconnect >= RECONNECT_S:
+            self.loop.reconnect()  # type: ignore[union-attr]
+            self._last_reconnect = now
+        self.metrics.observe_loop(stats)
+
+    def _frames(self, now: float) -> Optional[Dict[int, "object"]]:
+        """Every camera's latest frame, or None (and the arm held) when any is missing or stale."""
+        frames, stale = {}, {}
+        for cam_cfg in self.config.cameras:
+            camera = self.cameras[cam_cfg.slot]  # type: ignore[index]
+            frame = camera.latest()
+            age = np.inf if frame is None else now - frame.timestamp
+            self.metrics.camera_age(camera.name, age)
+            if age > cam_cfg.max_age_s:
+                stale[camera.name] = age
+            frames[cam_cfg.slot] = frame
+        newly = set(stale) - set(self._stale)
+        if newly:
+            self._camera_stalls += len(newly)
+            for name in newly:
+                self.metrics.camera_stale(name)
+            self.loop.hold()  # type: ignore[union-attr]
+            self._executing_end = None
+            self._fault(f"camera stale: {', '.join(sorted(newly))}")
+        self._stale = stale
+        return None if stale else frames
+
+    def _due(self, now: float) -> bool:
+        if self._executing_end is None:
+            return True
+        span = float(self.policy.manifest.action["chunk_seconds"])  # type: ignore[union-attr]
+        return now >= self._executing_end - self.config.inference.start_fraction * span
+
+    def _start_inference(self, frames: Dict[int, "object"], stats: LoopStats) -> None:
+        if stats.last_state is None:
+            return
+        policy = self.policy
+        assert policy is not None
+        manifest = policy.manifest
+        images: List[Optional[np.ndarray]] = [None, None, None]
+        for slot, frame in frames.items():
+            images[slot] = frame.image  # type: ignore[attr-defined]
+        proprio = proprio_from_state(stats.last_state, manifest.action, int(manifest.inputs["proprio_dim"]))
+        obs = Observation(images=images, instruction=self.config.instruction, proprio=proprio,
+                          timestamp=min(f.timestamp for f in frames.values()))  # type: ignore[attr-defined]
+        self.recorder.add_observation(obs.timestamp, images, proprio, obs.instruction, int(manifest.domain_id))
+        self._future = policy.act_async(obs, steps=self.config.bundle.steps)
+        self._future_obs = obs
+        self._future_started = self.clock()
+
+    def _collect(self, now: float) -> None:
+        future, obs = self._future, self._future_obs
+        assert future is not None and obs is not None
+        if not future.done():
+            return
+        self._future = None
+        try:
+            chunk: ActionChunk = future.result()
+            trajectory = chunk_to_trajectory(chunk)
+        except Exception as exc:  # noqa: BLE001 - any inference failure: count, report, hold via the watchdog
+            self._inference_errors += 1
+            self.metrics.inference_error()
+            log.error("inference failed: %s", exc, extra={"event": "inference_error"})
+            self._fault(f"inference error: {exc}")
+            return
+        latency = self.clock() - obs.timestamp
+        self.latencies.append(latency)
+        self.metrics.chunk(latency)
+        self.recorder.add_chunk(obs.timestamp, chunk.actions, latency)
+        if self._stale:
+            return  # a camera went stale while the model ran: do not start moving on what it saw
+        self.loop.submit(trajectory, obs.timestamp)  # type: ignore[union-attr]
+        self._executing_end = float(chunk.timestamps[-1])
+        log.debug("chunk", extra={"event": "chunk", "latency_s": round(latency, 4)})
+
+    def _fault(self, reason: str) -> None:
+        self._last_error = (self.clock(), reason)
+        log.warning(reason, extra={"event": "fault"})
+        if self.config.recorder.on_fault:
+            try:
+                path = self.recorder.dump(reason.split(":")[0].replace(" ", "-"), force=False)
+            except Exception as exc:  # noqa: BLE001 - a full disk must not stop the daemon
+                log.error("recorder dump failed: %s", exc, extra={"event": "recorder_error"})
+            else:
+                if path is not None:
+                    log.info("recorder dump %s", path, extra={"event": "recording", "path": str(path)})
+
+    # -- reporting --------------------------------------------------------------------------------------
+
+    def health(self) -> Tuple[str, List[str]]:
+        """``("ok", [])`` or ``("degraded", reasons)``, for ``/healthz``."""
+        reasons = []
+        now = self.clock()
+        if self.loop is None or not self.loop.running:
+            reasons.append("control loop not running")
+        if self._mode in FAULT_MODES:
+            reasons.append(f"control loop {self._mode}")
+        reasons += [f"camera {name} stale ({age:.2f} s)" for name, age in sorted(self._stale.items())]
+        max_latency = self.config.inference.max_latency_s
+        if self._future is not None and now - self._future_started > max_latency:
+            reasons.append(f"inference stalled ({now - self._future_started:.1f} s)")
+        elif self.latencies and self.latencies[-1] > max_latency:
+            reasons.append(f"chunk latency {self.latencies[-1]:.2f} s over {max_latency} s")
+        when, error = self._last_error
+        if now - when < 10.0 and error.startswith("inference"):
+            reasons.append(error)
+        return ("degraded", reasons) if reasons else ("ok", [])
+
+    def summary(self) -> Summary:
+        stats = self.stats
+        timing = stats.timing if stats else {}
+        interventions = {k: v for k, v in (stats.interventions if stats else {}).items() if k != "commands"}
+        events = stats.events if stats else {}
+        lat = np.array(self.latencies) if self.latencies else np.zeros(1)
+        return Summary(
+            seconds=self.clock() - self._started,
+            chunks=len(self.latencies),
+            chunk_latency_p50=float(np.percentile(lat, 50)),
+            chunk_latency_p99=float(np.percentile(lat, 99)),
+            period_error_p50=float(timing.get("period_error_p50", np.nan)),
+            period_error_p99=float(timing.get("period_error_p99", np.nan)),
+            period_error_max=float(timing.get("period_error_max_all", np.nan)),
+            overruns=int(timing.get("overruns", 0)),
+            clamps=int(sum(interventions.values())),
+            holds=int(events.get("mode_holding", 0)),
+            camera_stalls=self._camera_stalls,
+            inference_errors=self._inference_errors,
+            mode=stats.mode if stats else "unknown",
+            scheduler=stats.scheduler if stats else "unknown",
+            interventions=interventions,
+            events=dict(events),
+        )

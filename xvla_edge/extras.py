@@ -1,0 +1,43 @@
+"""Optional dependencies of the commands: a missing one is one line naming the extra to install.
+
+The robot install (``pip install xvla-edge``) has numpy, scipy, Pillow, tokenizers, onnxruntime and
+pyserial; the rest comes with an extra of ``setup.cfg``. A command imports what an extra provides under
+:func:`needs`, so a missing package, or one that is installed but broken (a torch whose shared libraries
+fail to load raises ``OSError``), becomes :class:`MissingDependency`, which the CLI prints in one line
+with exit status 2 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+from xvla.errors import XVLAError
+
+EXTRAS = {
+    "torch": "the PyTorch model (torch, transformers, safetensors)",
+    "export": "exporting checkpoints to bundles (torch, transformers, onnx, onnxscript)",
+    "cuda": "CUDA through cuda-python (TensorRT itself comes with JetPack or NVIDIA's wheels)",
+    "cameras": "OpenCV cameras (on Jetson use JetPack's OpenCV instead)",
+    "test": "tests, benchmarks and plots (pytest, pytest-benchmark, matplotlib)",
+}
+
+
+class MissingDependency(XVLAError, ImportError):
+    """A command needs an optional package that is not installed (or does not import)."""
+
+    def __init__(self, extra: str, cause: BaseException) -> None:
+        super().__init__(f"needs the '{extra}' extra — {EXTRAS[extra]} — which does not import here "
+                         f"({type(cause).__name__}: {cause}); install it with: pip install 'xvla-edge[{extra}]'")
+        self.extra = extra
+
+
+@contextlib.contextmanager
+def needs(extra: str) -> Iterator[None]:
+    """Wrap the imports of an extra's packages: their failure raises :class:`MissingDependency`."""
+    if extra not in EXTRAS:
+        raise ValueError(f"unknown extra {extra!r}; expected one of {', '.join(EXTRAS)}")
+    try:
+        yield
+    except (ImportError, OSError) as exc:
+        raise MissingDependency(extra, exc) from exc
