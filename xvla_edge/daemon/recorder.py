@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import shutil
-import tempfile
 import threading
 from collections import deque
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any, Deque, Dict, List, Optional, Sequence
 import numpy as np
 
 from xvla.errors import XVLAError
+from xvla.files import atomic_directory
 
 NUM_SLOTS = 3
 
@@ -98,18 +98,13 @@ class Recorder:
         safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in reason)[:60]
         final = self.directory / f"{created:%Y%m%dT%H%M%S%fZ}-{safe}"
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".recording-", dir=self.directory))
-        try:
+        with atomic_directory(final) as tmp:
             np.savez(tmp / "observations.npz", **_observations(obs))
             np.savez(tmp / "chunks.npz", **_stack(chunks, ("obs_time", "actions", "latency_s")))
             np.savez(tmp / "commands.npz", **_stack(commands, ("time", "mode", "command", "measured")))
             meta.update(bundle=self.bundle, reason=reason, created=created.isoformat(),
                         observations=len(obs), chunks=len(chunks), commands=len(commands))
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-            tmp.rename(final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         self._prune()
         return final
 
