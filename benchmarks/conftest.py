@@ -21,6 +21,7 @@ import pytest  # noqa: E402
 
 from benchmarks import floor, harness  # noqa: E402
 from benchmarks.harness import RESULTS, SESSION  # noqa: E402
+from benchmarks.names import FLOOR_STAGES  # noqa: E402
 
 PACKAGES = ("numpy", "onnxruntime", "torch", "transformers", "onnx", "pytest-benchmark", "matplotlib")
 
@@ -104,7 +105,7 @@ def target_floors() -> list[dict[str, Any]]:
         f = floor.stage_floors(cfg, shapes, t, harness.steps())
         out.append({"target": t.name, "size": "full", "precision": t.precision, "source": t.source,
                     "tflops": t.flops_per_s / 1e12, "gbps": t.bytes_per_s / 1e9,
-                    **{f"{stage}_s": f[stage] for stage in ("encoder", "step", "chunk")}})
+                    **{f"{stage}_s": f[stage] for stage in FLOOR_STAGES}})
     return out
 
 

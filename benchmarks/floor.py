@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from benchmarks.names import SIZES, STAGES
 from runtime.manifest import Manifest
 from xvla.config import XVLAConfig
 from xvla.constants import NUM_VIEWS
@@ -210,7 +211,7 @@ def stage_floor(machine: Machine, encoder: Work, step: Work, stage: str, steps: 
 def stage_floors(cfg: XVLAConfig, shapes: Shapes, machine: Machine, steps: int) -> dict[str, float]:
     """Floor in seconds of each benchmarked stage (encoder, step, chunk, act)."""
     enc, step = encoder_work(cfg, shapes), step_work(cfg, shapes)
-    return {stage: stage_floor(machine, enc, step, stage, steps) for stage in ("encoder", "step", "chunk", "act")}
+    return {stage: stage_floor(machine, enc, step, stage, steps) for stage in STAGES}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -278,7 +279,7 @@ def report(steps: int = 10) -> str:
 
     here = measure_machine()
     lines = [f"this machine: {here.flops_per_s / 1e9:.1f} GFLOP/s fp32 GEMM, {here.bytes_per_s / 1e9:.1f} GB/s copy"]
-    for size in ("tiny", "small", "full"):
+    for size in SIZES:
         cfg, image_size = size_config(size)
         shapes = Shapes(image_size)
         enc, step = encoder_work(cfg, shapes), step_work(cfg, shapes)

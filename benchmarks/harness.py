@@ -1,9 +1,9 @@
 """What the latency suites run: cached checkpoints and bundles, fixed inputs, and one runner per backend.
 
-Checkpoints and bundles are built once into ``XVLA_BENCH_CACHE`` (default ``benchmarks/.cache``), keyed by
-size and precision (``<size>/checkpoint``, ``<size>/bundle-fp32`` ...), by the ``xvla-edge`` commands in
-a child process (the full-size export needs several GB that the benchmark process should not keep).
-Delete the directory to rebuild.
+Checkpoints and bundles are built once into ``XVLA_BENCH_CACHE`` (default ``benchmarks/.cache`` of the current
+directory), keyed by size and precision (``<size>/checkpoint``, ``<size>/bundle-fp32`` ...), by the
+``xvla-edge`` commands in a child process (the full-size export needs several GB that the benchmark process
+should not keep). Delete the directory to rebuild.
 
 Runners: ``onnxruntime-fp32`` / ``onnxruntime-fp16`` / ``torch-fp32`` (our :class:`runtime.policy.Policy`
 over each backend) and ``official-fp32`` (the official implementation in a worker process, see
@@ -24,13 +24,11 @@ from typing import Any
 import numpy as np
 
 from benchmarks import floor
+from benchmarks.names import BACKENDS, DEFAULT_SIZES, SIZES
 from xvla.config import XVLAConfig
 from xvla.errors import XVLAError
 from xvla.constants import NUM_VIEWS
 
-REPO = Path(__file__).resolve().parents[1]
-SIZES = ("tiny", "small", "full")
-BACKENDS = ("onnxruntime-fp32", "onnxruntime-fp16", "torch-fp32", "official-fp32")
 DOMAIN_ID = 0
 CAMERA_SHAPE = (480, 640, 3)  # raw images handed to Policy.act (resized by the checkpoint's preprocessing)
 
@@ -63,14 +61,14 @@ def refloor(info: dict[str, Any], machine: floor.Machine) -> None:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("XVLA_BENCH_CACHE", REPO / "benchmarks" / ".cache"))
+    return Path(os.environ.get("XVLA_BENCH_CACHE", Path.cwd() / "benchmarks" / ".cache"))
 
 
 def selected_sizes() -> list[str]:
     """``XVLA_BENCH_SIZES`` (comma-separated), else tiny and small, plus full with ``XVLA_BENCH_FULL=1``."""
     env = os.environ.get("XVLA_BENCH_SIZES")
     full = ["full"] if os.environ.get("XVLA_BENCH_FULL") == "1" else []
-    sizes = env.split(",") if env else ["tiny", "small", *full]
+    sizes = env.split(",") if env else [*DEFAULT_SIZES, *full]
     unknown = set(sizes) - set(SIZES)
     if unknown:
         raise ValueError(f"XVLA_BENCH_SIZES: unknown sizes {sorted(unknown)}; expected some of {SIZES}")
@@ -229,6 +227,18 @@ class OursRunner:
         self.policy.close()
 
 
+def worker_directory(parent: Path) -> Path:
+    """``parent/worker``, holding only a link to this package: the official worker's working directory.
+
+    ``python -m benchmarks.official_runner`` run there imports this package and nothing else of the project or of
+    its environment (the official interpreter has its own transformers and timm).
+    """
+    path = parent / "worker"
+    path.mkdir()
+    (path / "benchmarks").symlink_to(Path(__file__).resolve().parent, target_is_directory=True)
+    return path
+
+
 class OfficialRunner:
     """The official implementation in a worker process under ``XVLA_OFFICIAL_PYTHON``."""
 
@@ -242,12 +252,14 @@ class OfficialRunner:
     def prepare(self, inputs: Inputs) -> None:
         inputs.save_official(self.tmp / "inputs.npz")
         self.log = open(self.tmp / "worker.log", "w")
+        # the worker runs in another directory: paths are made absolute (a bare interpreter name is found on PATH)
+        python = self.python if len(self.python.parts) == 1 else self.python.absolute()
         self.proc = subprocess.Popen(
-            [str(self.python), str(REPO / "benchmarks" / "official_runner.py"), "--official-src", str(self.src),
-             "--checkpoint", str(self.ckpt), "--inputs", str(self.tmp / "inputs.npz"),
+            [str(python), "-m", "benchmarks.official_runner", "--official-src", str(self.src.resolve()),
+             "--checkpoint", str(self.ckpt.absolute()), "--inputs", str(self.tmp / "inputs.npz"),
              "--threads", str(threads())],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, bufsize=1,
-            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""},
+            cwd=worker_directory(self.tmp), env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""},
         )
         _, load_seconds, missing, libs = self._reply().split()
         SESSION["official"] = {"source": str(self.src), "python": str(self.python), "load_s": float(load_seconds),

@@ -1,10 +1,12 @@
 """Worker that runs the OFFICIAL X-VLA implementation for the side-by-side benchmarks.
 
 Run by the interpreter in ``XVLA_OFFICIAL_PYTHON`` (transformers 4.51.3, timm 1.0.12), never by the
-project's; the official ``models/`` package is imported at run time from ``--official-src`` (a checkout of
-official commit 6bc2513) and is not part of this repository. The model is loaded the way the official
-``deploy.py`` loads it (``XVLA.from_pretrained(dir, torch_dtype=float32)``) from one of our checkpoint
-directories, which are in the official file layout.
+project's, as ``python -m benchmarks.official_runner`` in a working directory that holds only this package
+(:func:`benchmarks.harness.worker_directory`; ``PYTHONPATH`` cleared); of the project it imports only
+:mod:`benchmarks.official`. The official ``models/`` package is loaded at run time from ``--official-src``
+(a checkout of official commit 6bc2513) and is not part of this repository. The model is loaded the way the
+official ``deploy.py`` loads it (``XVLA.from_pretrained(dir, torch_dtype=float32)``) from one of our
+checkpoint directories, which are in the official file layout.
 
 Line protocol on stdin/stdout, so that the benchmark process times each call with its own clock:
 
@@ -22,12 +24,10 @@ Everything else the official code prints goes to stderr.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -35,25 +35,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-@contextlib.contextmanager
-def fixed_noise(noise: torch.Tensor) -> Iterator[None]:
-    """Make the one ``torch.randn`` draw of ``generate_actions`` (x1) return ``noise``."""
-    original = torch.randn
-
-    def randn(*size: Any, **kwargs: Any) -> torch.Tensor:
-        shape = tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)) else size
-        if tuple(shape) != tuple(noise.shape):
-            raise RuntimeError(f"unexpected torch.randn{tuple(shape)}; the noise is {tuple(noise.shape)}")
-        return noise.clone().to(dtype=kwargs.get("dtype") or noise.dtype)
-
-    torch.randn = randn
-    try:
-        yield
-    finally:
-        torch.randn = original
+from benchmarks.official import fixed_noise, import_official  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,9 +49,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     out, sys.stdout = sys.stdout, sys.stderr  # the official code's prints must not reach the protocol stream
-
-    sys.path.insert(0, str(REPO / "tools"))
-    from make_official_fixtures import import_official  # the torchvision placeholder timm needs, then models/
 
     t0 = time.perf_counter()
     xvla_cls = import_official(args.official_src.resolve())["XVLA"]

@@ -1,10 +1,10 @@
-#!/usr/bin/env python3
 """Generate parity fixtures by running the OFFICIAL X-VLA code on tiny random weights.
 
 This is our own driver; the official implementation is NOT part of this repository. It is imported at
 run time from a separate checkout given with ``--official-src`` (the directory that contains the official
-``models/`` package, e.g. a ``git archive`` of official commit 6bc2513). Run it in a throwaway environment
-with the official dependency pins (torch CPU, transformers 4.51.3, timm 1.0.12), not in the project venv.
+``models/`` package, e.g. a ``git archive`` of official commit 6bc2513) by :mod:`benchmarks.official`. Run it
+from the repository root in a throwaway environment with the official dependency pins (torch CPU,
+transformers 4.51.3, timm 1.0.12), not in the project venv.
 
 For every action mode (ee6d, joint, agibot_ee6d, auto) it
 
@@ -19,7 +19,7 @@ For every action mode (ee6d, joint, agibot_ee6d, auto) it
 
 Usage::
 
-    HF_HUB_OFFLINE=1 /tmp/venv-official/bin/python tools/make_official_fixtures.py \
+    HF_HUB_OFFLINE=1 /tmp/venv-official/bin/python -m tools.make_official_fixtures \
         --official-src /tmp/xvla-official --out tests/fixtures/official_tiny
 """
 
@@ -27,15 +27,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.abc
-import importlib.machinery
 import json
 import os
 import shutil
 import sys
-import types
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -44,6 +41,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
+
+from benchmarks.official import fixed_noise, import_official  # noqa: E402
 
 ACTION_MODES: Dict[str, Dict[str, int]] = {
     # mode -> (model-facing) action dim, real dim returned by postprocess
@@ -77,81 +76,6 @@ INSTRUCTIONS = [
     "pour the water from the bottle into the glass",
     "grasp the handle and pull it",
 ]
-
-
-# --------------------------------------------------------------------------------------------------
-# environment helpers
-# --------------------------------------------------------------------------------------------------
-class _AnyAttrMeta(type):
-    """Dummy classes whose class attributes are again dummy classes (e.g. ``InterpolationMode.NEAREST``)."""
-
-    def __getattr__(cls, item: str) -> Any:
-        if item.startswith("__"):
-            raise AttributeError(item)
-        return _AnyAttrMeta(item, (), {})
-
-
-class _AnyAttrModule(types.ModuleType):
-    """Placeholder module: every missing attribute is a dummy class (import-time references only)."""
-
-    def __getattr__(self, item: str) -> Any:
-        if item.startswith("__"):
-            raise AttributeError(item)
-        return _AnyAttrMeta(item, (), {})
-
-
-class _TorchvisionStubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    def find_spec(self, fullname, path=None, target=None):  # noqa: D401
-        if fullname == "torchvision" or fullname.startswith("torchvision."):
-            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
-        return None
-
-    def create_module(self, spec):
-        mod = _AnyAttrModule(spec.name)
-        mod.__path__ = []
-        return mod
-
-    def exec_module(self, module):
-        return None
-
-
-def install_torchvision_stub_if_needed() -> bool:
-    """timm 1.0.12 imports torchvision at import time, the official model code never uses it.
-
-    The only torchvision wheels on this machine are CUDA builds that cannot load next to a CPU torch, so if
-    ``import torchvision`` fails we install an import-time placeholder. Must run AFTER transformers is
-    imported (so that transformers records torchvision as unavailable) and BEFORE timm is imported.
-    """
-    try:
-        import torchvision  # noqa: F401
-
-        return False
-    except Exception:  # noqa: BLE001 - any failure (missing, or broken CUDA build) -> stub
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-        sys.meta_path.insert(0, _TorchvisionStubFinder())
-        return True
-
-
-def import_official(src: Path) -> Dict[str, Any]:
-    import transformers  # noqa: F401  (import before the torchvision stub, see above)
-    import transformers.modeling_utils  # noqa: F401
-
-    stubbed = install_torchvision_stub_if_needed()
-    if not (src / "models" / "modeling_xvla.py").is_file():
-        raise SystemExit(f"{src} does not contain models/modeling_xvla.py")
-    sys.path.insert(0, str(src))
-    from models import action_hub, configuration_xvla, modeling_florence2, modeling_xvla, processing_xvla
-
-    return {
-        "XVLA": modeling_xvla.XVLA,
-        "XVLAConfig": configuration_xvla.XVLAConfig,
-        "XVLAProcessor": processing_xvla.XVLAProcessor,
-        "modeling_xvla": modeling_xvla,
-        "modeling_florence2": modeling_florence2,
-        "action_hub": action_hub,
-        "torchvision_stubbed": stubbed,
-    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -417,33 +341,6 @@ CASES: List[Dict[str, Any]] = [
 ]
 
 
-class NoiseFixer:
-    """Replace torch.randn during generate_actions so x1 equals a given tensor (exactly one draw expected)."""
-
-    def __init__(self, noise: torch.Tensor):
-        self.noise = noise
-        self.calls: List[tuple] = []
-        self._orig: Optional[Callable] = None
-
-    def __enter__(self):
-        self._orig = torch.randn
-
-        def fake_randn(*size, **kwargs):
-            shape = tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)) else size
-            self.calls.append((shape, kwargs.get("dtype")))
-            if tuple(shape) != tuple(self.noise.shape):
-                raise RuntimeError(f"unexpected randn shape {shape}, expected {tuple(self.noise.shape)}")
-            dtype = kwargs.get("dtype") or torch.get_default_dtype()
-            return self.noise.clone().to(dtype=dtype, device=kwargs.get("device") or "cpu")
-
-        torch.randn = fake_randn
-        return self
-
-    def __exit__(self, *exc):
-        torch.randn = self._orig
-        return False
-
-
 def run_case(model, inputs: Dict[str, torch.Tensor], noise: torch.Tensor, steps: int,
              capture_davit: bool, full: bool = True) -> Dict[str, np.ndarray]:
     """Run the official generate_actions with fixed noise and capture intermediates."""
@@ -501,15 +398,15 @@ def run_case(model, inputs: Dict[str, torch.Tensor], noise: torch.Tensor, steps:
             hooks.append(vt.convs[s].register_forward_hook(conv_hook))
             hooks.append(vt.blocks[s].register_forward_hook(block_hook))
     try:
-        with NoiseFixer(noise) as nf:
+        with fixed_noise(noise) as randn_calls:
             actions = model.generate_actions(**inputs, steps=steps)
     finally:
         for h in hooks:
             h.remove()
         del model.forward_vlm
         del model.vlm._encode_image
-    if len(nf.calls) != 1:
-        raise RuntimeError(f"expected exactly one torch.randn call, got {nf.calls}")
+    if len(randn_calls) != 1:
+        raise RuntimeError(f"expected exactly one torch.randn call, got {randn_calls}")
 
     out: Dict[str, np.ndarray] = {
         "actions": actions.detach().numpy(),
@@ -529,7 +426,7 @@ def run_case(model, inputs: Dict[str, torch.Tensor], noise: torch.Tensor, steps:
     for k, v in rec.items():
         if k.startswith("davit_"):
             out[k] = v.numpy()
-    out["_randn_dtype"] = np.array(str(nf.calls[0][1]))
+    out["_randn_dtype"] = np.array(str(randn_calls[0][1]))
     return out
 
 
@@ -761,7 +658,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--official-commit", default="6bc2513f5f1cbec715cc668b414392a6cae5c671",
                     help="recorded in the provenance notes (the source tree itself is not inspected for it)")
     args = ap.parse_args(argv)
-    command = " ".join([Path(sys.executable).name, *sys.argv]) if argv is None else " ".join(argv)
+    if argv is None:  # as run: python -m tools.make_official_fixtures ...
+        command = " ".join([Path(sys.executable).name, "-m", __spec__.name, *sys.argv[1:]])
+    else:
+        command = " ".join(argv)
 
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     off = import_official(args.official_src.resolve())

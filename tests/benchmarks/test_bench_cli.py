@@ -1,23 +1,27 @@
-"""``xvla-edge bench`` results files from a pytest-benchmark JSON (no benchmark is run here)."""
+"""``xvla-edge bench``: its parser, the suite's selection environment and ``--render`` (no benchmark is run here)."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
-from xvla_edge.commands.bench import backend_names, machine_id, write_results
+import benchmarks
+from benchmarks.suites import SUITE, suite_environment
+from xvla_edge import cli
+from xvla_edge.commands.bench import backend_names
 
-pytest.importorskip("matplotlib")
+RECORDED = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "x86_64-amd-epyc-2c" / "tiny-small.json"
+SELECTION = ("XVLA_BENCH_BACKENDS", "XVLA_BENCH_ROUNDS", "XVLA_BENCH_THREADS", "XVLA_OFFICIAL_SRC",
+             "XVLA_OFFICIAL_PYTHON")
 
 
-@pytest.mark.parametrize("model, cores, arch, expected", [
-    ("AMD EPYC", 2, "x86_64", "x86_64-amd-epyc-2c"),
-    ("Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz", 8, "x86_64", "x86_64-intel-xeon-platinum-8375c-8c"),
-    ("ARMv8 Processor rev 1 (v8l)", 12, "aarch64", "aarch64-armv8-rev-1-v8l-12c"),
-])
-def test_machine_id_is_a_short_slug(model: str, cores: int, arch: str, expected: str) -> None:
-    assert machine_id(model, cores, arch) == expected
+def parse(monkeypatch: pytest.MonkeyPatch, *args: str) -> argparse.Namespace:
+    for var in SELECTION:
+        monkeypatch.delenv(var, raising=False)
+    parser, _ = cli.build_parser()
+    return parser.parse_args(["bench", *args])
 
 
 def test_backend_families_expand() -> None:
@@ -27,32 +31,57 @@ def test_backend_families_expand() -> None:
         backend_names("tensorrt")
 
 
-def _benchmark(stage: str, backend: str, median: float, floor: float) -> dict:
-    info = {"stage": stage, "size": "tiny", "backend": backend, "precision": backend.rsplit("-", 1)[1],
-            "steps": {"encoder": 0, "step": 1}.get(stage, 10), "threads": 2, "floor_s": floor,
-            "loadavg": [1.5, 1.0, 1.0], "max_abs_diff_vs": {"onnxruntime-fp32": 1e-7} if stage == "chunk" else {}}
-    return {"extra_info": info, "stats": {"median": median, "iqr": median / 10, "rounds": 5}}
+def test_parser_accepts_the_documented_flags(monkeypatch) -> None:
+    args = parse(monkeypatch, "--size", "tiny", "full", "--backend", "onnxruntime", "torch-fp32", "--steps", "3",
+                 "--rounds", "2", "--threads", "1", "--official-src", "/src", "--official-python", "/py",
+                 "--out", "results", "--machine-id", "m", "--render", "run.json")
+    assert args.size == ["tiny", "full"]
+    assert args.backend == [["onnxruntime-fp32", "onnxruntime-fp16"], ["torch-fp32"]]
+    assert (args.steps, args.rounds, args.threads) == (3, 2, 1)
+    assert (args.official_src, args.official_python, args.machine_id) == ("/src", "/py", "m")
+    assert (args.out, args.render) == (Path("results"), Path("run.json"))
 
 
-def test_results_table_has_floor_ratio_and_official_ratio(tmp_path) -> None:
-    data = {
-        "datetime": "2026-01-01T00:00:00.000000", "commit_info": {"id": "0123456789abcdef", "dirty": False},
-        "machine_info": {"machine": "x86_64", "release": "6.1", "xvla": {
-            "cpu_model": "AMD EPYC", "cores": 2, "flags": ["sse2", "avx2", "fma"], "versions": {"numpy": "2"},
-            "machine": {"gflops": 100.0, "gbps": 10.0, "method": "test"},
-            "loadavg_start": [0.5], "loadavg_end": [2.0],
-            "targets": [{"target": "Orin", "size": "full", "encoder_s": 0.01, "step_s": 0.004, "chunk_s": 0.05,
-                         "tflops": 42.5, "gbps": 204.8, "source": "brief"}]}},
-        "benchmarks": [_benchmark("chunk", "onnxruntime-fp32", 0.02, 0.01),
-                       _benchmark("chunk", "official-fp32", 0.08, 0.01),
-                       _benchmark("encoder", "onnxruntime-fp32", 0.004, 0.002)],
-    }
-    out, label = write_results(data, tmp_path)
-    assert (out.name, label) == ("x86_64-amd-epyc-2c", "tiny")
-    md = (out / "tiny.md").read_text()
-    table = [line for line in md.splitlines() if line.startswith("| ")]
-    assert table[1] == "| encoder | tiny | onnxruntime-fp32 | 4 ms | 400 µs | 5 | 2 ms | 2.0 |  |"
-    assert table[2] == "| chunk | tiny | onnxruntime-fp32 | 20 ms | 2 ms | 5 | 10 ms | 2.0 | 4.00 |"
-    assert "avx2 fma" in md and "| Orin | 42.5 TFLOPS | 204.8 GB/s | 10 ms | 4 ms | 50 ms |" in md
-    assert "official-fp32: 1.0e-07" in md
-    assert (out / "tiny.png").stat().st_size > 0 and (out / "tiny.json").is_file()
+def test_parser_defaults_write_under_the_current_directory(monkeypatch) -> None:
+    args = parse(monkeypatch)
+    assert args.size == ["tiny", "small"] and args.backend is None and args.steps == 10
+    assert args.out == Path("benchmarks", "results") and not args.out.is_absolute()
+    assert args.official_src is None and args.render is None
+
+
+def test_help_documents_the_results_directory(monkeypatch, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse(monkeypatch, "--help")
+    assert exit_info.value.code == 0
+    assert "benchmarks/results in the current directory" in " ".join(capsys.readouterr().out.split())
+
+
+def test_the_suite_ships_in_the_package() -> None:
+    assert SUITE.is_file() and SUITE.parent == Path(benchmarks.__file__).resolve().parent
+
+
+def test_suite_environment_selects_the_cases(monkeypatch, tmp_path) -> None:
+    for var in SELECTION:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    env = suite_environment(["tiny", "small"], ["onnxruntime-fp32", "torch-fp32", "onnxruntime-fp32"], steps=3,
+                            rounds=2, threads=1, official=("src", "py"))
+    assert (env["XVLA_BENCH_SIZES"], env["XVLA_BENCH_BACKENDS"]) == ("tiny,small", "onnxruntime-fp32,torch-fp32")
+    assert (env["XVLA_BENCH_STEPS"], env["XVLA_BENCH_ROUNDS"], env["HF_HUB_OFFLINE"]) == ("3", "2", "1")
+    threads = ("XVLA_BENCH_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    assert {env[v] for v in threads} == {"1"}
+    assert (env["XVLA_OFFICIAL_SRC"], env["XVLA_OFFICIAL_PYTHON"]) == (str(tmp_path.resolve() / "src"), "py")
+    default = suite_environment(["tiny"])
+    assert (default["XVLA_BENCH_SIZES"], default["XVLA_BENCH_STEPS"]) == ("tiny", "10")
+    assert not set(SELECTION) & set(default)
+
+
+def test_render_writes_the_results_under_the_current_directory(monkeypatch, tmp_path, capsys) -> None:
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["bench", "--render", str(RECORDED)]) == 0
+    out = tmp_path / "benchmarks" / "results" / "x86_64-amd-epyc-2c"
+    assert sorted(p.name for p in out.iterdir()) == ["tiny-small.json", "tiny-small.md", "tiny-small.png"]
+    assert capsys.readouterr().out == f"results: {Path('benchmarks', 'results', out.name)}/tiny-small.{{json,md,png}}\n"
+    assert cli.main(["bench", "--render", str(RECORDED), "--out", str(tmp_path / "o"), "--machine-id", "m"]) == 0
+    assert (tmp_path / "o" / "m" / "tiny-small.md").read_text() == (out / "tiny-small.md").read_text()

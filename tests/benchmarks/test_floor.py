@@ -8,10 +8,6 @@ graph runs.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -19,22 +15,10 @@ torch = pytest.importorskip("torch")
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from benchmarks import floor  # noqa: E402
 from export.graphs import DenoiseStepGraph, EncoderGraph  # noqa: E402
 from xvla.model import XVLA  # noqa: E402
 from xvla.sizes import size_config  # noqa: E402
-
-
-def _load_floor():
-    """benchmarks/floor.py by path (``benchmarks`` is a repository directory, not an installed package)."""
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "floor.py"
-    spec = importlib.util.spec_from_file_location("xvla_bench_floor", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-floor = _load_floor()
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,14 @@
 
 Example: ``xvla-edge bench --size tiny small`` (add ``full`` for the 0.9B configuration: minutes per backend).
 
-Runs ``benchmarks/test_xvla_latency.py`` (a source checkout is needed) under pytest-benchmark and writes,
-under ``benchmarks/results/<machine-id>/`` (machine-id: architecture, CPU model and core count), named
-after the sizes run: ``<sizes>.json`` (pytest-benchmark's JSON with machine_info), ``<sizes>.md`` (machine
-details and a table of median, floor, ratio and official/ours per stage, size and backend) and
-``<sizes>.png``. The official implementation runs beside ours when ``--official-src`` and
-``--official-python`` (or ``XVLA_OFFICIAL_SRC`` / ``XVLA_OFFICIAL_PYTHON``) are given.
+Runs the latency suite of the installed :mod:`benchmarks` package (:mod:`benchmarks.suites`) under
+pytest-benchmark, in the current directory (its checkpoints and bundles are cached in ``./benchmarks/.cache``),
+and writes (:mod:`benchmarks.report`), under ``--out`` (default ``./benchmarks/results`` of the current
+directory) ``/<machine-id>/`` (machine-id: architecture, CPU model and core count), named after the sizes run:
+``<sizes>.json`` (pytest-benchmark's JSON with machine_info), ``<sizes>.md`` (machine details and a table of
+median, floor, ratio and official/ours per stage, size and backend) and ``<sizes>.png``. The official
+implementation runs beside ours when ``--official-src`` and ``--official-python`` (or ``XVLA_OFFICIAL_SRC`` /
+``XVLA_OFFICIAL_PYTHON``) are given.
 """
 
 from __future__ import annotations
@@ -15,22 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-SUITE = "benchmarks/test_xvla_latency.py"
-STAGES = ("encoder", "step", "chunk", "act")
-BACKENDS = ("onnxruntime-fp32", "onnxruntime-fp16", "torch-fp32", "official-fp32")
-REFERENCE = BACKENDS[0]  # the backend other chunks are compared with
+from benchmarks.names import BACKENDS, DEFAULT_SIZES, SIZES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--size", nargs="+", default=["tiny", "small"], choices=["tiny", "small", "full"])
+    p.add_argument("--size", nargs="+", default=list(DEFAULT_SIZES), choices=SIZES)
     p.add_argument("--backend", nargs="+", default=None, type=backend_names, metavar="BACKEND",
                    help=f"{', '.join(BACKENDS)}, or a family (onnxruntime, torch, official); default: all")
     p.add_argument("--steps", type=int, default=10, help="denoising steps of a chunk")
@@ -40,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="directory holding the official models/ package (commit 6bc2513)")
     p.add_argument("--official-python", default=os.environ.get("XVLA_OFFICIAL_PYTHON"),
                    help="python that imports the official code (transformers 4.51.3, timm 1.0.12)")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="results root")
+    p.add_argument("--out", type=Path, default=Path("benchmarks", "results"),
+                   help="results root (default: benchmarks/results in the current directory)")
     p.add_argument("--machine-id", default=None, help="results sub-directory (default: from the CPU)")
     p.add_argument("--render", type=Path, default=None, metavar="JSON",
                    help="only (re)write the results files from an earlier run's JSON")
@@ -54,23 +49,19 @@ def backend_names(name: str) -> list[str]:
     return names
 
 
-def machine_id(cpu_model: str, cores: int, arch: str) -> str:
-    """A short slug such as ``x86_64-amd-epyc-2c``."""
-    name = re.sub(r"\((r|tm)\)|\bcpu\b|\bprocessor\b|@.*$|\d+-core", "", cpu_model.lower())
-    slug = re.sub(r"[^a-z0-9]+", "-", name).strip("-")
-    return f"{arch}-{slug}-{cores}c"
-
-
 def run(args: argparse.Namespace) -> int:
+    from benchmarks.report import write_results
+    from benchmarks.suites import run_latency_suite, suite_environment
+
     if args.render:
         data, rc = json.loads(args.render.read_text()), 0
     else:
-        if not (REPO / SUITE).is_file():
-            print(f"xvla-edge bench: {REPO / SUITE} not found; the benchmarks run from a source checkout",
-                  file=sys.stderr)
-            return 2
-        data, rc = run_suites(args)
+        backends = [b for names in args.backend for b in names] if args.backend else None
+        official = (args.official_src, args.official_python) if args.official_src and args.official_python else None
+        data, rc = run_latency_suite(suite_environment(args.size, backends, args.steps, args.rounds, args.threads,
+                                                       official))
         if data is None:
+            print(f"xvla-edge bench: pytest exited with {rc} and wrote no results", file=sys.stderr)
             return rc or 1
     if "xvla" not in data["machine_info"]:
         print("xvla-edge bench: no X-VLA benchmark ran (all skipped?)", file=sys.stderr)
@@ -78,149 +69,3 @@ def run(args: argparse.Namespace) -> int:
     out, label = write_results(data, args.out, args.machine_id)
     print(f"results: {out}/{label}.{{json,md,png}}")
     return rc
-
-
-def run_suites(args: argparse.Namespace) -> tuple[dict[str, Any] | None, int]:
-    """Run the suites under pytest; (pytest-benchmark's JSON or None, pytest's exit status)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "XVLA_BENCH_SIZES": ",".join(args.size),
-           "XVLA_BENCH_STEPS": str(args.steps)}
-    if args.backend:
-        env["XVLA_BENCH_BACKENDS"] = ",".join(dict.fromkeys(b for names in args.backend for b in names))
-    if args.rounds:
-        env["XVLA_BENCH_ROUNDS"] = str(args.rounds)
-    if args.threads:
-        env.update({v: str(args.threads) for v in ("XVLA_BENCH_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                                    "MKL_NUM_THREADS")})
-    if args.official_src and args.official_python:
-        env.update(XVLA_OFFICIAL_SRC=str(Path(args.official_src).resolve()), XVLA_OFFICIAL_PYTHON=args.official_python)
-    with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp) / "benchmark.json"
-        rc = subprocess.call([sys.executable, "-m", "pytest", SUITE, "-p", "no:cacheprovider", "-q", "-rs",
-                              f"--benchmark-json={raw}"], cwd=REPO, env=env)
-        if not raw.is_file():
-            print(f"xvla-edge bench: pytest exited with {rc} and wrote no results", file=sys.stderr)
-            return None, rc
-        return json.loads(raw.read_text()), rc
-
-
-def write_results(data: dict[str, Any], root: Path, machine: str | None = None) -> tuple[Path, str]:
-    """``<root>/<machine-id>/<sizes>.{json,md,png}``; returns (directory, file stem)."""
-    info = data["machine_info"]["xvla"]
-    out = root / (machine or machine_id(info["cpu_model"], info["cores"], data["machine_info"]["machine"]))
-    out.mkdir(parents=True, exist_ok=True)
-    rows = result_rows(data)
-    label = "-".join(dict.fromkeys(r["size"] for r in rows))
-    (out / f"{label}.json").write_text(json.dumps(data, indent=2))
-    (out / f"{label}.md").write_text(markdown(data, rows))
-    plot(rows, out / f"{label}.png", f"X-VLA latency vs floor: {info['cpu_model']}, {info['cores']} cores")
-    return out, label
-
-
-def result_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per benchmark: extra_info, stats and the official/ours ratio of its (stage, size)."""
-    rows = [{**b["extra_info"], "median_s": b["stats"]["median"], "iqr_s": b["stats"]["iqr"],
-             "rounds": b["stats"]["rounds"]} for b in data["benchmarks"] if "stage" in b["extra_info"]]
-    official = {(r["stage"], r["size"]): r["median_s"] for r in rows if r["backend"].startswith("official")}
-    for r in rows:
-        r["ratio"] = r["median_s"] / r["floor_s"]
-        off = official.get((r["stage"], r["size"]))
-        r["official_over_ours"] = off / r["median_s"] if off and not r["backend"].startswith("official") else None
-    order = {s: i for i, s in enumerate(STAGES)}
-    return sorted(rows, key=lambda r: (["tiny", "small", "full"].index(r["size"]), order[r["stage"]]))
-
-
-def _t(seconds: float) -> str:
-    for scale, unit in ((1, "s"), (1e-3, "ms"), (1e-6, "µs")):
-        if seconds >= scale:
-            return f"{seconds / scale:.3g} {unit}"
-    return f"{seconds * 1e9:.3g} ns"
-
-
-def markdown(data: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    """Machine details, the results table, chunk agreement and the predicted floors on the targets."""
-    mi, info, commit = data["machine_info"], data["machine_info"]["xvla"], data["commit_info"]
-    m = info["machine"]
-    sizes = list(dict.fromkeys(r["size"] for r in rows))
-    steps = max(r["steps"] for r in rows)
-    interesting = [f for f in info["flags"] if re.match(r"avx|fma|f16c|amx|sve|asimd|neon|bf16|vnni", f)]
-    lines = [
-        f"# X-VLA latency: {info['cpu_model']}, {info['cores']} cores ({', '.join(sizes)})", "",
-        f"Measured {data['datetime'][:19]} UTC at commit `{commit.get('id', '?')[:10]}`"
-        f"{' (uncommitted changes)' if commit.get('dirty') else ''} with "
-        f"`xvla-edge bench --size {' '.join(sizes)}` ({steps}-step chunks), random weights.", "",
-        "## Machine", "",
-        f"- CPU: {info['cpu_model']} ({mi['machine']}), {info['cores']} cores; kernel {mi['release']}",
-        f"- SIMD flags: {' '.join(interesting) or 'none reported'}",
-        f"- Measured: **{m['gflops']:.1f} GFLOP/s** fp32 GEMM, **{m['gbps']:.1f} GB/s** copy ({m['method']}); "
-        f"{rows[0]['threads']} intra-op thread(s) per backend",
-        "- Versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
-        f"- Load average (1 min) {info['loadavg_start'][0]:.2f} at the start, {info['loadavg_end'][0]:.2f} at the "
-        f"end, {max(r['loadavg'][0] for r in rows):.2f} at most after a benchmark (the benchmark itself accounts "
-        f"for up to {rows[0]['threads']}). **This machine is shared**: "
-        "other processes may have run during the measurements, so absolute times are noisy; ratios taken "
-        "in this one run (official / ours, fp16 / fp32) are the figures to compare.",
-    ]
-    if "official" in info:
-        o = info["official"]
-        lines.append(f"- Official implementation: `{o['source']}` run by `{o['python']}` "
-                     f"({', '.join(f'{k} {v}' for k, v in o['versions'].items())}); loaded our checkpoint with "
-                     f"`XVLA.from_pretrained` (missing keys: {', '.join(o['missing_keys']) or 'none'})")
-    lines += [
-        "", "## Results", "",
-        "median of `rounds`; floor = max(FLOPs / GEMM rate, weight bytes / bandwidth) on this machine "
-        "(`benchmarks/floor.py`); ratio = median / floor; official / ours > 1: ours is faster. `act` is "
-        "`Policy.act` with preprocessing of three 480×640 camera images (the floor counts the network only).", "",
-        "| stage | size | backend | median | IQR | rounds | floor | ratio | official / ours |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        off = f"{r['official_over_ours']:.2f}" if r["official_over_ours"] else ""
-        lines.append(f"| {r['stage']} | {r['size']} | {r['backend']} | {_t(r['median_s'])} | {_t(r['iqr_s'])} | "
-                     f"{r['rounds']} | {_t(r['floor_s'])} | {r['ratio']:.1f} | {off} |")
-    agreement = [f"{r['size']} {r['backend']}: {r['max_abs_diff_vs'][REFERENCE]:.1e}" for r in rows
-                 if REFERENCE in r.get("max_abs_diff_vs", {})]
-    if agreement:
-        lines += ["", f"Chunk agreement with {REFERENCE} (max |Δaction|, same weights, inputs and noise): "
-                  + "; ".join(agreement)]
-    for case, why in info.get("not_measured", {}).items():
-        lines += ["", f"Not measured: {case}: {why}"]
-    targets = [t for t in info["targets"] if t["size"] == "full"]
-    lines += ["", f"## Predicted floors of the full model on the deployment targets ({steps}-step chunk, fp16 weights)",
-              "", "| target | peak | bandwidth | encoder | step | chunk |", "|---|---|---|---|---|---|"]
-    lines += [f"| {t['target']} | {t['tflops']:g} TFLOPS | {t['gbps']:g} GB/s | {_t(t['encoder_s'])} | "
-              f"{_t(t['step_s'])} | {_t(t['chunk_s'])} |" for t in targets]
-    lines += ["", "Sources: " + "; ".join(f"{t['target']}: {t['source']}" for t in targets) + "."]
-    return "\n".join(lines) + "\n"
-
-
-def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Medians (bars) and floors (black ticks) per stage and backend, one panel per size, log scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sizes = [s for s in ("tiny", "small", "full") if any(r["size"] == s for r in rows)]
-    backends = [b for b in BACKENDS if any(r["backend"] == b for r in rows)]
-    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4.5), squeeze=False)
-    width = 0.8 / len(backends)
-    for ax, size in zip(axes[0], sizes):
-        for j, backend in enumerate(backends):
-            for i, stage in enumerate(STAGES):
-                r = next((r for r in rows if (r["size"], r["backend"], r["stage"]) == (size, backend, stage)), None)
-                if r is None:
-                    continue
-                x = i + (j - (len(backends) - 1) / 2) * width
-                ax.bar(x, r["median_s"], width, color=f"C{BACKENDS.index(backend)}", label=backend)
-                ax.hlines(r["floor_s"], x - width / 2, x + width / 2, colors="k", linewidth=2)
-        ax.set_yscale("log")
-        ax.set_xticks(range(len(STAGES)), STAGES)
-        ax.set_title(size)
-        ax.set_ylabel("seconds (median; black: floor)")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    unique = dict(zip(labels, handles))
-    axes[0][0].legend(unique.values(), unique.keys(), loc="upper left", fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
