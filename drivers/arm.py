@@ -1,6 +1,6 @@
 """The interface every arm backend implements, and the values that cross it.
 
-A backend (the xvla-serial client, the Dynamixel bus arm, :class:`drivers.sim_arm.SimArm`) talks to one
+A backend (the xvla-serial arm, the Dynamixel bus arm, :class:`drivers.sim_arm.SimArm`) talks to one
 arm controller. The control loop (:mod:`drivers.control_loop`) is its only caller and uses it from a single
 thread at the control rate, so backends need no locking. The loop calls, in order::
 
@@ -33,6 +33,8 @@ from typing import Callable, Literal, Optional, Tuple
 
 import numpy as np
 
+from drivers.errors import ArmError
+
 Space = Literal["ee", "joint"]
 SPACES: Tuple[str, ...] = ("ee", "joint")
 
@@ -55,10 +57,6 @@ HARDWARE_FAULTS = (
 )
 #: Flags after which the control loop must not stream targets.
 BLOCKING_FAULTS = HARDWARE_FAULTS | FaultFlag.HOST_TIMEOUT | FaultFlag.ESTOP
-
-
-class ArmError(Exception):
-    """Base class of every error an arm backend raises on purpose."""
 
 
 class ArmConfigError(ArmError, ValueError):

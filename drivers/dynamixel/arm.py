@@ -33,7 +33,7 @@ from drivers.arm import (
 )
 from drivers.dynamixel import tables as t
 from drivers.dynamixel.bus import Bus, DynamixelLinkError, ServoError
-from drivers.dynamixel.calibration import ArmCalibration, CalibrationError
+from drivers.dynamixel.calibration import ArmCalibration, ArmCalibrationError
 
 _HW_TO_FAULT = {
     t.HardwareError.INPUT_VOLTAGE: FaultFlag.SUPPLY_VOLTAGE,
@@ -163,7 +163,7 @@ class DynamixelArm(Arm):
             goals = {j.motor_id: j.to_ticks(float(q)) for j, q in zip(joints, target.joints)}
             gripper = self.calibration.gripper
             goals[gripper.motor_id] = gripper.to_ticks(float(target.gripper[0]))
-        except CalibrationError as exc:
+        except ArmCalibrationError as exc:
             raise ArmFault(f"DynamixelArm({self.bus.port}): refusing target: {exc}", reason="out_of_limits") from exc
         with self._errors("send target"):
             self.bus.sync_write(t.GOAL_POSITION, goals)

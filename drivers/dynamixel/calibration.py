@@ -27,13 +27,13 @@ TICKS_PER_RAD = TICKS_PER_REV / (2 * math.pi)
 _TICK_RANGE = (0, TICKS_PER_REV - 1)  # Position Control Mode (3) range of Goal_Position
 
 
-class CalibrationError(ArmConfigError):
+class ArmCalibrationError(ArmConfigError):
     """A calibration file or value that cannot be used; the message names the joint and the limits."""
 
 
 def _check_id(where: str, motor_id: int) -> None:
     if not 0 <= motor_id <= MAX_ID:
-        raise CalibrationError(f"{where}: motor_id must be 0..{MAX_ID}, got {motor_id}")
+        raise ArmCalibrationError(f"{where}: motor_id must be 0..{MAX_ID}, got {motor_id}")
 
 
 @dataclass(frozen=True)
@@ -52,14 +52,14 @@ class JointCalibration:
         where = f"joint {self.name!r} (motor {self.motor_id})"
         _check_id(where, self.motor_id)
         if self.direction not in (1, -1):
-            raise CalibrationError(f"{where}: direction must be 1 or -1, got {self.direction}")
+            raise ArmCalibrationError(f"{where}: direction must be 1 or -1, got {self.direction}")
         if not (math.isfinite(self.lower) and math.isfinite(self.upper) and self.lower < self.upper):
-            raise CalibrationError(f"{where}: need finite lower < upper, got [{self.lower}, {self.upper}] rad")
+            raise ArmCalibrationError(f"{where}: need finite lower < upper, got [{self.lower}, {self.upper}] rad")
         if not (math.isfinite(self.max_velocity) and self.max_velocity > 0):
-            raise CalibrationError(f"{where}: max_velocity must be finite and > 0, got {self.max_velocity}")
+            raise ArmCalibrationError(f"{where}: max_velocity must be finite and > 0, got {self.max_velocity}")
         ends = sorted(self._raw_ticks(v) for v in (self.lower, self.upper))
         if ends[0] < _TICK_RANGE[0] or ends[1] > _TICK_RANGE[1]:
-            raise CalibrationError(
+            raise ArmCalibrationError(
                 f"{where}: limits [{self.lower}, {self.upper}] rad map to ticks {ends}, outside the servo range "
                 f"{list(_TICK_RANGE)} (check offset {self.offset})"
             )
@@ -68,9 +68,9 @@ class JointCalibration:
         return round(CENTER_TICK + self.offset + self.direction * rad * TICKS_PER_RAD)
 
     def to_ticks(self, rad: float) -> int:
-        """Goal ticks for ``rad``; raises :class:`CalibrationError` outside ``[lower, upper]`` or if not finite."""
+        """Goal ticks for ``rad``; raises :class:`ArmCalibrationError` outside ``[lower, upper]`` or if not finite."""
         if not (math.isfinite(rad) and self.lower <= rad <= self.upper):
-            raise CalibrationError(
+            raise ArmCalibrationError(
                 f"joint {self.name!r} (motor {self.motor_id}): {rad} rad is outside its limits "
                 f"[{self.lower}, {self.upper}] rad"
             )
@@ -92,15 +92,15 @@ class GripperCalibration:
         _check_id("gripper", self.motor_id)
         for name, ticks in (("closed", self.closed), ("open", self.open)):
             if not _TICK_RANGE[0] <= ticks <= _TICK_RANGE[1]:
-                raise CalibrationError(
+                raise ArmCalibrationError(
                     f"gripper (motor {self.motor_id}): {name} = {ticks} is outside {list(_TICK_RANGE)}"
                 )
         if self.closed == self.open:
-            raise CalibrationError(f"gripper (motor {self.motor_id}): closed and open are both {self.open} ticks")
+            raise ArmCalibrationError(f"gripper (motor {self.motor_id}): closed and open are both {self.open} ticks")
 
     def to_ticks(self, opening: float) -> int:
         if not (math.isfinite(opening) and 0.0 <= opening <= 1.0):
-            raise CalibrationError(f"gripper (motor {self.motor_id}): opening {opening} is outside [0, 1]")
+            raise ArmCalibrationError(f"gripper (motor {self.motor_id}): opening {opening} is outside [0, 1]")
         return round(self.closed + opening * (self.open - self.closed))
 
     def to_opening(self, ticks: int) -> float:
@@ -117,14 +117,14 @@ class ArmCalibration:
 
     def __post_init__(self) -> None:
         if not self.joints:
-            raise CalibrationError(f"calibration {self.robot_id!r}: no joints")
+            raise ArmCalibrationError(f"calibration {self.robot_id!r}: no joints")
         ids = [j.motor_id for j in self.joints] + [self.gripper.motor_id]
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
-            raise CalibrationError(f"calibration {self.robot_id!r}: motor ids used twice: {dupes}")
+            raise ArmCalibrationError(f"calibration {self.robot_id!r}: motor ids used twice: {dupes}")
         names = [j.name for j in self.joints]
         if len(set(names)) != len(names):
-            raise CalibrationError(f"calibration {self.robot_id!r}: joint names must be unique, got {names}")
+            raise ArmCalibrationError(f"calibration {self.robot_id!r}: joint names must be unique, got {names}")
 
     @property
     def motor_ids(self) -> list[int]:
@@ -135,12 +135,12 @@ class ArmCalibration:
     def from_dict(cls, data: dict[str, Any], *, source: str = "calibration") -> ArmCalibration:
         keys = {"robot_id", "joints", "gripper"}
         if set(data) != keys:
-            raise CalibrationError(
+            raise ArmCalibrationError(
                 f"{source}: expected keys {sorted(keys)}, missing {sorted(keys - set(data))}, "
                 f"unknown {sorted(set(data) - keys)}"
             )
         if not isinstance(data["joints"], list):
-            raise CalibrationError(f"{source}: joints must be a list, got {type(data['joints']).__name__}")
+            raise ArmCalibrationError(f"{source}: joints must be a list, got {type(data['joints']).__name__}")
         joints = tuple(
             _build(JointCalibration, entry, f"{source}: joints[{i}]") for i, entry in enumerate(data["joints"])
         )
@@ -151,9 +151,9 @@ class ArmCalibration:
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, ValueError) as exc:
-            raise CalibrationError(f"cannot read calibration {path}: {exc}") from exc
+            raise ArmCalibrationError(f"cannot read calibration {path}: {exc}") from exc
         if not isinstance(data, dict):
-            raise CalibrationError(f"{path}: expected a JSON object, got {type(data).__name__}")
+            raise ArmCalibrationError(f"{path}: expected a JSON object, got {type(data).__name__}")
         return cls.from_dict(data, source=str(path))
 
     def save(self, path: Union[str, Path]) -> None:
@@ -165,15 +165,15 @@ _JSON_TYPES = {"str": (str,), "int": (int,), "float": (int, float)}  # dataclass
 
 def _build(kind: type, entry: Any, where: str) -> Any:
     if not isinstance(entry, dict):
-        raise CalibrationError(f"{where}: expected an object, got {type(entry).__name__}")
+        raise ArmCalibrationError(f"{where}: expected an object, got {type(entry).__name__}")
     types = {f.name: str(f.type) for f in dataclasses.fields(kind)}
     unknown = set(entry) - set(types)
     if unknown:
-        raise CalibrationError(f"{where}: unknown keys {sorted(unknown)} (expected {sorted(types)})")
+        raise ArmCalibrationError(f"{where}: unknown keys {sorted(unknown)} (expected {sorted(types)})")
     for key, value in entry.items():
         if isinstance(value, bool) or not isinstance(value, _JSON_TYPES[types[key]]):
-            raise CalibrationError(f"{where}: {key} must be a JSON {types[key]}, got {value!r}")
+            raise ArmCalibrationError(f"{where}: {key} must be a JSON {types[key]}, got {value!r}")
     try:
         return kind(**entry)
     except TypeError as exc:  # a missing key
-        raise CalibrationError(f"{where}: {exc}") from None
+        raise ArmCalibrationError(f"{where}: {exc}") from None

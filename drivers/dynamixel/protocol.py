@@ -15,6 +15,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from drivers.errors import ArmError
+from drivers.stream_parser import StreamParser
+
 HEADER = b"\xff\xff\xfd\x00"
 BROADCAST_ID = 0xFE
 MAX_ID = 252
@@ -52,7 +55,7 @@ class ResultError(enum.IntEnum):
 ALERT_BIT = 0x80  # error byte bit 7: hardware error, read Hardware_Error_Status (70)
 
 
-class DynamixelError(Exception):
+class DynamixelError(ArmError):
     """Base class of every error raised by ``drivers.dynamixel``."""
 
 
@@ -183,55 +186,24 @@ def decode_packet(data: bytes) -> Packet:
     return packets[0]
 
 
-class PacketParser:
-    """Streaming decoder: feed raw bytes, get whole packets; resynchronises after garbage.
+class PacketParser(StreamParser[Packet]):
+    """Streaming packet decoder (see :class:`~drivers.stream_parser.StreamParser`): a bad reserved byte or a
+    LEN outside ``3 ... max_length`` rejects the head; a bad CRC or bad stuffing rejects the packet."""
 
-    Never raises on input. Bytes that cannot start a valid packet are dropped and counted in
-    ``discarded``; candidates with a bad CRC or bad stuffing are counted in ``corrupt`` and the search
-    restarts one byte after their header, so a packet hidden behind a corrupted length is still found.
-    """
+    HEADER = HEADER
+    HEAD_SIZE = _HEADER_SIZE
 
     def __init__(self, max_length: int = MAX_LENGTH) -> None:
-        self._buf = bytearray()
+        super().__init__()
         self._max_length = max_length
-        self.discarded = 0
-        self.corrupt = 0
 
-    @property
-    def pending(self) -> int:
-        """Bytes buffered but not yet part of a decoded packet."""
-        return len(self._buf)
+    def _frame_size(self, head: bytearray) -> int | None:
+        length = int.from_bytes(head[5:7], "little")
+        if head[4] == 0xFD or not 3 <= length <= self._max_length:
+            return None
+        return _HEADER_SIZE + length
 
-    def clear(self) -> None:
-        self._buf.clear()
-
-    def feed(self, data: bytes) -> list[Packet]:
-        self._buf += data
-        packets: list[Packet] = []
-        while True:
-            start = self._buf.find(HEADER)
-            if start < 0:
-                keep = self._partial_header_len()
-                self._drop(len(self._buf) - keep)
-                return packets
-            self._drop(start)
-            if len(self._buf) < _HEADER_SIZE:
-                return packets
-            length = int.from_bytes(self._buf[5:7], "little")
-            if self._buf[4] == 0xFD or not 3 <= length <= self._max_length:
-                self._reject()
-                continue
-            end = _HEADER_SIZE + length
-            if len(self._buf) < end:
-                return packets
-            packet = self._check(bytes(self._buf[:end]))
-            if packet is None:
-                self._reject()
-                continue
-            del self._buf[:end]
-            packets.append(packet)
-
-    def _check(self, raw: bytes) -> Packet | None:
+    def _decode(self, raw: bytes) -> Packet | None:
         if crc16(raw[:-2]) != int.from_bytes(raw[-2:], "little"):
             return None
         try:
@@ -241,20 +213,6 @@ class PacketParser:
         if not body:
             return None
         return Packet(raw[4], body[0], body[1:])
-
-    def _reject(self) -> None:
-        self.corrupt += 1
-        self._drop(1)
-
-    def _drop(self, n: int) -> None:
-        self.discarded += n
-        del self._buf[:n]
-
-    def _partial_header_len(self) -> int:
-        for n in range(min(len(HEADER) - 1, len(self._buf)), 0, -1):
-            if self._buf.endswith(HEADER[:n]):
-                return n
-        return 0
 
 
 # ---- instruction builders ------------------------------------------------------------------------

@@ -13,6 +13,9 @@ import struct
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar, Union
 
+from drivers.errors import ArmError
+from drivers.stream_parser import StreamParser
+
 VERSION = 1
 SYNC = b"\xa5\x5a"
 MAX_PAYLOAD = 512
@@ -31,7 +34,7 @@ _CAPS = struct.Struct("<BBBHHI")  # n_arms, n_joints, mode bits, timeout_ms, max
 _STATE = struct.Struct("<BBBHHII")  # mode, n_arms, n_joints, faults, last_target_seq, boot_id, uptime_ms
 
 
-class ProtocolError(Exception):
+class ProtocolError(ArmError):
     """Bytes or values that do not follow the xvla-serial protocol."""
 
 
@@ -138,58 +141,25 @@ def decode_frame(data: bytes) -> Frame:
     return frames[0]
 
 
-class FrameParser:
-    """Streaming frame decoder that resynchronises after garbage and never raises on input.
+class FrameParser(StreamParser[Frame]):
+    """Streaming frame decoder (see :class:`~drivers.stream_parser.StreamParser`): a bad header CRC or an
+    oversize length rejects the head, a bad frame CRC the frame; the scan then resumes one byte after the
+    candidate's first sync byte (PROTOCOL.md §2)."""
 
-    Rejected candidates (bad header CRC, oversize length, bad frame CRC) count in ``corrupt``; the
-    scan then resumes one byte after the candidate's first sync byte. Skipped bytes count in
-    ``discarded``.
-    """
+    HEADER = SYNC
+    HEAD_SIZE = HEADER_SIZE
 
-    def __init__(self) -> None:
-        self._buf = bytearray()
-        self.discarded = 0
-        self.corrupt = 0
+    def _frame_size(self, head: bytearray) -> int | None:
+        length = _U16.unpack_from(head, 6)[0]
+        if int.from_bytes(head[8:10], "little") != crc16(head[2:8]) or length > MAX_PAYLOAD:
+            return None
+        return HEADER_SIZE + length + 2
 
-    @property
-    def pending(self) -> int:
-        return len(self._buf)
-
-    def clear(self) -> None:
-        self._buf.clear()
-
-    def feed(self, data: bytes) -> list[Frame]:
-        self._buf += data
-        frames: list[Frame] = []
-        while True:
-            start = self._buf.find(SYNC)
-            if start < 0:
-                self._drop(len(self._buf) - (1 if self._buf.endswith(SYNC[:1]) else 0))
-                return frames
-            self._drop(start)
-            if len(self._buf) < HEADER_SIZE:
-                return frames
-            version, msg_type, seq, length = _HEAD.unpack_from(self._buf, 2)
-            hcrc = int.from_bytes(self._buf[8:10], "little")
-            if hcrc != crc16(self._buf[2:8]) or length > MAX_PAYLOAD:
-                self._reject()
-                continue
-            end = HEADER_SIZE + length + 2
-            if len(self._buf) < end:
-                return frames
-            if crc16(self._buf[2 : end - 2]) != int.from_bytes(self._buf[end - 2 : end], "little"):
-                self._reject()
-                continue
-            frames.append(Frame(msg_type, seq, bytes(self._buf[HEADER_SIZE : end - 2]), version))
-            del self._buf[:end]
-
-    def _reject(self) -> None:
-        self.corrupt += 1
-        self._drop(1)
-
-    def _drop(self, n: int) -> None:
-        self.discarded += n
-        del self._buf[:n]
+    def _decode(self, raw: bytes) -> Frame | None:
+        if crc16(raw[2:-2]) != int.from_bytes(raw[-2:], "little"):
+            return None
+        version, msg_type, seq, _length = _HEAD.unpack_from(raw, 2)
+        return Frame(msg_type, seq, raw[HEADER_SIZE:-2], version)
 
 
 # ---- payload helpers ------------------------------------------------------------------------------

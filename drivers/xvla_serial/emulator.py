@@ -1,6 +1,6 @@
 """Emulated xvla-serial arm controller (PROTOCOL.md), for tests and bring-up without hardware.
 
-Runs in its own process on a pty (see :mod:`ptyproc`)::
+Runs in its own process on a pty (see :mod:`drivers.pty_emulator`)::
 
     python -m drivers.xvla_serial.emulator --config '{"n_joints": 7}'    # prints /dev/pts/N
 
@@ -21,8 +21,8 @@ import random
 import time
 from typing import Any
 
+from drivers.pty_emulator import EmulatorProcess, run
 from drivers.xvla_serial import codec as c
-from drivers.xvla_serial.ptyproc import EmulatorProcess, run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +56,7 @@ class ControllerConfig:
 
 
 class ControllerEmulator:
-    """The controller's behaviour, independent of the transport (implements ``ptyproc.Device``)."""
+    """The controller's behaviour, independent of the transport (implements ``pty_emulator.Device``)."""
 
     def __init__(self, config: ControllerConfig | None = None, *, seed: int | None = None) -> None:
         self.config = config or ControllerConfig()

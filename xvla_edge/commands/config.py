@@ -49,11 +49,11 @@ def summary(config: RobotConfig) -> str:
                 "gstreamer": "pipeline", "folder": str(cam.path), "video": str(cam.path)}[cam.source]
         rate = "" if cam.source == "gstreamer" else f" @ {cam.fps:g} fps"
         lines.append(f"  {cam.name + ':':<10} slot {cam.slot}, {cam.source} {what}{rate}, stale after {cam.max_age_s:g} s")
-    a = c.arm
-    where = "" if a.driver == "sim" else f" on {a.port}"
-    deadman = "" if a.driver == "sim" else ", deadman " + (
-        "the driver's default" if a.timeout_ms is None else f"{a.timeout_ms} ms")
-    calibration = f", calibration {a.calibration}" if a.calibration else ""
+    a, o = c.arm, c.arm.options
+    where = f" on {o['port']}" if o.get("port") else ""
+    deadman = "" if "timeout_ms" not in o else ", deadman " + (
+        "the driver's default" if o["timeout_ms"] is None else f"{o['timeout_ms']} ms")
+    calibration = f", calibration {o['calibration']}" if o.get("calibration") else ""
     lines.append(f"  arm:       {a.driver}{where} ({a.space} space){deadman}{calibration}")
     k, s = c.control, c.safety
     lines.append(f"  control:   {k.rate_hz:g} Hz, realtime priority {k.realtime_priority or 'off'}, "

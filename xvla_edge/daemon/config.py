@@ -2,8 +2,9 @@
 
 Every problem is reported, all together, one per line, naming the file, the key path, the value and what
 is allowed, e.g. ``robot.toml: [arm].driver = "dynamixl": expected one of "sim", "xvla-serial",
-"dynamixel"``. Unknown keys are errors too (with a "did you mean" when one is close). Values that the
-drivers check themselves (:class:`~drivers.control_loop.LoopConfig`, :class:`~drivers.safety.SafetyLimits`,
+"dynamixel"``. Unknown keys are errors too (with a "did you mean" when one is close). ``[arm]`` is read
+from the driver's entry in :mod:`drivers.registry` (its keys, spaces and checks). Values that the drivers
+check themselves (:class:`~drivers.control_loop.LoopConfig`, :class:`~drivers.safety.SafetyLimits`,
 :class:`~drivers.splice.SplicePolicy`, :class:`~drivers.interpolation.GripperPolicy`, the arm driver's
 constructor) are checked by building those objects here, and their refusals are reported by key the same
 way. Relative paths are relative to the config file. Every key, its default, unit and allowed values:
@@ -14,10 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import functools
 import json
 import math
-import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,15 +27,12 @@ try:
 except ModuleNotFoundError:  # Python 3.10 (JetPack 6)
     import tomli as tomllib  # type: ignore[no-redef]
 
-from drivers.arm import Arm, ArmConfigError, Box, JointLimit
+from drivers import registry
+from drivers.arm import ArmConfigError, ArmFactory, Box, JointLimit
 from drivers.control_loop import LoopConfig
-from drivers.dynamixel.arm import DynamixelArm
-from drivers.dynamixel.calibration import ArmCalibration
 from drivers.interpolation import GripperPolicy
 from drivers.safety import SafetyLimits
-from drivers.sim_arm import SimArm
 from drivers.splice import SplicePolicy
-from drivers.xvla_serial.client import XvlaSerialArm
 from xvla.errors import ConfigError
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
@@ -51,12 +47,6 @@ CAMERA_KEYS: Dict[str, Tuple[str, ...]] = {
     "gstreamer": ("pipeline",),
     "folder": ("path", "fps", "loop"),
     "video": ("path", "fps", "loop"),
-}
-# Per arm driver: the keys of ``[arm]`` it takes besides ``driver``.
-ARM_KEYS: Dict[str, Tuple[str, ...]] = {
-    "sim": ("space", "sim"),
-    "xvla-serial": ("port", "baud", "space", "timeout_ms"),
-    "dynamixel": ("port", "baud", "space", "calibration", "timeout_ms"),
 }
 _CONTROL_KEYS = ("rate_hz", "realtime_priority", "cpu", "max_trajectory_lag")  # LoopConfig fields set here
 
@@ -99,26 +89,14 @@ class CameraSection:
 
 
 @dataclass(frozen=True)
-class SimSection:
-    """``[arm.sim]``: options of the simulated arm (None: :class:`~drivers.sim_arm.SimArm`'s default)."""
-
-    n_arms: int = 1
-    time_constant: Optional[float] = None
-    initial_position: Optional[Tuple[float, float, float]] = None
-
-
-@dataclass(frozen=True)
 class ArmSection:
-    """``[arm]``: the driver and its link. ``baud`` and ``timeout_ms`` (the controller's deadman: the
-    xvla-serial timeout, the Dynamixel Bus_Watchdog) are None for the driver's default."""
+    """``[arm]``: the driver (an entry of :mod:`drivers.registry`), its target space and the values of its
+    other keys (``options``: key → value, None when not given and without default, e.g. ``timeout_ms`` for
+    the driver's default deadman; a sub-table such as ``[arm.sim]`` as a mapping of its own)."""
 
     driver: str
-    port: Optional[str] = None
-    baud: Optional[int] = None
     space: str = "ee"
-    calibration: Optional[Path] = None
-    timeout_ms: Optional[int] = None
-    sim: SimSection = field(default_factory=SimSection)
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 _LOOP = LoopConfig()
@@ -189,23 +167,10 @@ class RobotConfig:
         return LoopConfig(rate_hz=c.rate_hz, limits=self.safety, splice=self.splice, gripper=self.gripper,
                           realtime_priority=c.realtime_priority, cpu=c.cpu, max_trajectory_lag=c.max_trajectory_lag)
 
-    def arm_factory(self) -> Callable[[], Arm]:
+    def arm_factory(self) -> ArmFactory:
         """A picklable callable making the configured arm driver (called in the control-loop process)."""
-        return _arm_factory(self.arm, self.safety)
-
-
-def _arm_factory(a: ArmSection, safety: SafetyLimits) -> Callable[[], Arm]:
-    """The driver for ``a``; a simulated joint arm gets its joints from ``safety.joint_limits``."""
-    if a.driver == "sim":
-        options = {k: v for k, v in (("time_constant", a.sim.time_constant),
-                                     ("initial_position", a.sim.initial_position)) if v is not None}
-        joints = safety.joint_limits if a.space == "joint" else ()
-        return functools.partial(SimArm, space=a.space, n_arms=a.sim.n_arms, joint_limits=joints, **options)
-    if a.driver == "xvla-serial":
-        options = {k: v for k, v in (("baudrate", a.baud), ("timeout_ms", a.timeout_ms)) if v is not None}
-        return functools.partial(XvlaSerialArm, a.port, space=a.space, **options)
-    options = {k: v for k, v in (("baudrate", a.baud), ("watchdog_ms", a.timeout_ms)) if v is not None}
-    return functools.partial(DynamixelArm, a.port, a.calibration, **options)
+        a = self.arm
+        return registry.lookup(a.driver).factory(a.space, a.options, self.safety)
 
 
 def load_config(path: Union[str, Path]) -> RobotConfig:
@@ -342,8 +307,17 @@ class _Table:
         return float(value) if kind is float else value
 
     def table(self, name: str, *, required: bool = False) -> _Table:
+        """The sub-table ``name``: ``[name]`` at the root, ``[arm.sim]`` for ``sim`` in ``[arm]``."""
         data = self.take(name, dict, {}, required=required)
-        return _Table(self.problems, f"[{name}].", data)
+        return _Table(self.problems, f"[{self.where[1:-2]}.{name}]." if self.where else f"[{name}].", data)
+
+    def report(self, where: str, why: str) -> None:
+        """A problem at ``where``: a key of this table (shown with its value), or a place written as
+        ``[section].key``."""
+        if where in self.data:
+            self.problems.value(self.key(where), self.data[where], why)
+        else:
+            self.problems.other(where if where.startswith("[") else self.key(where), why)
 
     def path(self, name: str, *, required: bool = False, kind: str = "") -> Optional[Path]:
         """A path (``~`` expanded, relative to the config file); ``kind`` "dir"/"file" must exist as that."""
@@ -463,68 +437,42 @@ def _ends_in_appsink(pipeline: str) -> bool:
 
 def _arm(t: _Table, safety: SafetyLimits) -> ArmSection:
     before = len(t.problems.lines)
-    driver = t.take("driver", str, None, required=True, choices=tuple(ARM_KEYS))
-    if driver is None:
-        t.read += [k for keys in ARM_KEYS.values() for k in keys]  # no noise about keys of a bad driver
+    drivers = registry.DRIVERS.values()
+    name = t.take("driver", str, None, required=True, choices=registry.names())
+    if name is None:
+        t.read += [k for d in drivers for k in d.keys]  # no noise about keys of a bad driver
         t.finish()
         return ArmSection(driver="sim")
-    keys = ARM_KEYS[driver]
-    values: Dict[str, Any] = {}
-    if "port" in keys:
-        values["port"] = t.take("port", str, None, required=True, check=bool,
-                                expected=f'a serial device such as "/dev/ttyUSB0" or a pyserial URL (driver {_show(driver)})')
-        values["baud"] = t.take("baud", int, None, check=lambda b: b > 0, expected="a baud rate > 0")
-        values["timeout_ms"] = t.take("timeout_ms", int, None, check=lambda m: m >= 0, expected="milliseconds >= 0")
-    spaces = ("joint",) if driver == "dynamixel" else ("ee", "joint")
-    values["space"] = t.take("space", str, spaces[0], choices=spaces)
-    if "calibration" in keys:
-        values["calibration"] = calibration = t.path("calibration", required=True, kind="file")
-        if calibration is not None and calibration.is_file():
-            _check_calibration(t, calibration, safety)
-    if "sim" in keys:
-        values["sim"] = _sim(_Table(t.problems, "[arm.sim].", t.take("sim", dict, {})), safety)
-        if values["space"] == "joint" and not safety.joint_limits:
-            t.problems.value(t.key("space"), "joint", "the simulated joint arm takes its joints from "
-                             "[safety].joint_limits, which is empty")
-    t.finish({k: "only for driver " + " or ".join(_show(d) for d, ks in ARM_KEYS.items() if k in ks)
-              for keys in ARM_KEYS.values() for k in keys})
-    arm = ArmSection(driver=driver, **values)
+    driver = registry.lookup(name)
+    space = t.take("space", str, driver.spaces[0], choices=driver.spaces)
+    options = _options(t, driver.options)
+    for where, why in driver.check(space, options, safety):
+        t.report(where, why)
+    t.finish({k: "only for driver " + " or ".join(_show(d.name) for d in drivers if k in d.keys)
+              for d in drivers for k in d.keys})
     if len(t.problems.lines) == before:  # the driver's own checks (no I/O: drivers open ports on connect)
         try:
-            _arm_factory(arm, safety)()
+            driver.factory(space, options, safety)()
         except ArmConfigError as exc:  # "DynamixelArm.watchdog_ms: expected 20..2540, got 10"
-            match = re.match(r"\w+\.(\w+)", str(exc))
-            name = {"baudrate": "baud", "watchdog_ms": "timeout_ms"}.get(match.group(1), match.group(1)) if match else ""
-            if name in t.data:
-                t.problems.value(t.key(name), t.data[name], str(exc))
-            else:
-                t.problems.other("[arm]", str(exc))
-    return arm
+            key = driver.refused_key(exc)
+            t.report(key if key in t.data else "[arm]", str(exc))
+    return ArmSection(name, space, options)
 
 
-def _check_calibration(t: _Table, path: Path, safety: SafetyLimits) -> None:
-    try:
-        joints = len(ArmCalibration.load(path).joints)
-    except ArmConfigError as exc:
-        t.problems.value(t.key("calibration"), t.data["calibration"], f"not a usable calibration: {exc}")
-        return
-    if safety.joint_limits and len(safety.joint_limits) != joints:
-        t.problems.other("[safety].joint_limits", f"{len(safety.joint_limits)} entries, but the calibration "
-                         f"{path.name} has {joints} joints")
-
-
-def _sim(t: _Table, safety: SafetyLimits) -> SimSection:
-    position = t.take("initial_position", list, None, check=lambda v: len(v) == 3 and all(_is(x, float) for x in v),
-                      expected="[x, y, z] in metres")
-    sim = SimSection(
-        n_arms=t.take("n_arms", int, 1, check=lambda n: n >= 1, expected="an integer >= 1"),
-        time_constant=t.take("time_constant", float, None, check=lambda x: x > 0, expected="seconds > 0"),
-        initial_position=None if position is None else tuple(float(x) for x in position))  # type: ignore[arg-type]
-    if safety.workspaces and len(safety.workspaces) != sim.n_arms:
-        t.problems.other("[safety].workspaces", f"{len(safety.workspaces)} boxes, but [arm.sim].n_arms = "
-                         f"{sim.n_arms} (one box per arm)")
-    t.finish()
-    return sim
+def _options(t: _Table, options: Sequence[registry.Option]) -> Dict[str, Any]:
+    """The values of a driver's ``options`` in ``t``; a sub-table's values as a dict of their own."""
+    values: Dict[str, Any] = {}
+    for o in options:
+        if o.table:
+            sub = t.table(o.name)
+            values[o.name] = _options(sub, o.table)
+            sub.finish()
+        elif o.kind is Path:
+            values[o.name] = t.path(o.name, required=o.required, kind="file")
+        else:
+            values[o.name] = t.take(o.name, o.kind, o.default, required=o.required, check=o.check,
+                                    expected=o.expected)
+    return values
 
 
 def _control(t: _Table) -> ControlSection:

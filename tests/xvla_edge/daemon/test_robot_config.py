@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from drivers import registry
 from drivers.arm import Box, JointLimit
 from drivers.dynamixel.arm import DynamixelArm
 from drivers.interpolation import GripperPolicy
 from drivers.safety import SafetyLimits
 from drivers.sim_arm import SimArm
 from drivers.splice import SplicePolicy
-from drivers.xvla_serial.client import XvlaSerialArm
+from drivers.xvla_serial.arm import XvlaSerialArm
 from xvla_edge.daemon import config as config_module
 from xvla_edge.commands import config as config_cli
 from xvla_edge.daemon.config import ConfigError, ConfigFileError, load_config
@@ -204,6 +205,17 @@ def test_v4l2_device_is_a_path_or_an_index(write):
         assert (camera.device, camera.width, camera.height) == (expected, 1280, 720)
     assert any("device = true: expected a device path" in line
                for line in problems(write(MINIMAL.replace('source = "synthetic"', 'source = "v4l2"\ndevice = true'))))
+
+
+def test_every_registered_driver_is_accepted(write):
+    """[arm] is read from drivers.registry: each driver there is a valid [arm].driver, with its own keys."""
+    for name in registry.names():
+        with pytest.raises(ConfigError) as info:  # the drivers' required keys are missing
+            load_config(write(MINIMAL.replace('driver = "sim"', f'driver = "{name}"\nzzz = 1')))
+        lines = str(info.value).splitlines()
+        assert not any("[arm].driver" in line for line in lines), lines
+        known = next(line for line in lines if "[arm].zzz: unknown key" in line)
+        assert known.endswith("known keys: driver, " + ", ".join(registry.lookup(name).keys) + ")"), known
 
 
 def test_serial_arm_factory(write):

@@ -14,7 +14,7 @@ from drivers.control_loop import LoopConfig
 from drivers.loop_process import ControlLoopClient
 from drivers.trajectory import Trajectory
 from drivers.xvla_serial import emulator
-from drivers.xvla_serial.client import XvlaSerialArm
+from drivers.xvla_serial.arm import XvlaSerialArm
 
 CONFIG = emulator.ControllerConfig(n_joints=6, n_arms=1, timeout_range_ms=(20, 10_000))  # long deadmans allowed
 SPAN_S = 0.6

@@ -43,7 +43,7 @@ _LINK_NACKS = {c.NackReason.NOT_READY: "controller rebooted", c.NackReason.TIMED
 
 @dataclass
 class LinkStats:
-    """Counters since the client was created."""
+    """Counters since the arm was created."""
 
     targets_sent: int = 0
     targets_acked: int = 0

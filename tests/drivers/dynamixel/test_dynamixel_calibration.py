@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from drivers.arm import ArmConfigError
-from drivers.dynamixel.calibration import ArmCalibration, CalibrationError, GripperCalibration, JointCalibration
+from drivers.dynamixel.calibration import ArmCalibration, ArmCalibrationError, GripperCalibration, JointCalibration
 
 ELBOW = JointCalibration("elbow", 3, lower=-1.5, upper=1.5, max_velocity=3.0, offset=100, direction=-1)
 GRIPPER = GripperCalibration(7, closed=2000, open=3000)
@@ -43,12 +43,12 @@ def test_roundtrip_within_one_tick(rad: float) -> None:
 @pytest.mark.parametrize("rad", [1.6, -1.51, math.nan, math.inf])
 def test_out_of_limits_names_joint_and_limits(rad: float) -> None:
     expected = rf"joint 'elbow' \(motor 3\): {rad} rad is outside its limits \[-1.5, 1.5\] rad"
-    with pytest.raises(CalibrationError, match=expected):
+    with pytest.raises(ArmCalibrationError, match=expected):
         ELBOW.to_ticks(rad)
 
 
 def test_gripper_opening_outside_unit_interval() -> None:
-    with pytest.raises(CalibrationError, match=r"gripper \(motor 7\): opening 1.5 is outside \[0, 1\]"):
+    with pytest.raises(ArmCalibrationError, match=r"gripper \(motor 7\): opening 1.5 is outside \[0, 1\]"):
         GRIPPER.to_ticks(1.5)
 
 
@@ -64,7 +64,7 @@ def test_gripper_opening_outside_unit_interval() -> None:
 )
 def test_joint_validation(kwargs: dict[str, Any], match: str) -> None:
     fields = {"name": "wrist", "motor_id": 5, "lower": -1.0, "upper": 1.0, "max_velocity": 2.0, **kwargs}
-    with pytest.raises(CalibrationError, match=match):
+    with pytest.raises(ArmCalibrationError, match=match):
         JointCalibration(**fields)
 
 
@@ -94,7 +94,7 @@ def test_bad_files_name_the_key(tmp_path: Path, mutate: Any, match: str) -> None
     mutate(data)
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(data))
-    with pytest.raises(CalibrationError, match=match) as info:
+    with pytest.raises(ArmCalibrationError, match=match) as info:
         ArmCalibration.load(path)
     assert str(path) in str(info.value) or "used twice" in str(info.value)
     assert isinstance(info.value, ArmConfigError)
@@ -102,9 +102,9 @@ def test_bad_files_name_the_key(tmp_path: Path, mutate: Any, match: str) -> None
 
 def test_unreadable_file(tmp_path: Path) -> None:
     (tmp_path / "x.json").write_text("{not json")
-    with pytest.raises(CalibrationError, match="cannot read calibration"):
+    with pytest.raises(ArmCalibrationError, match="cannot read calibration"):
         ArmCalibration.load(tmp_path / "x.json")
-    with pytest.raises(CalibrationError, match="cannot read calibration"):
+    with pytest.raises(ArmCalibrationError, match="cannot read calibration"):
         ArmCalibration.load(tmp_path / "missing.json")
 
 
@@ -129,5 +129,5 @@ files = st.fixed_dictionaries(
 def test_parser_only_raises_calibration_errors(data: dict[str, Any]) -> None:
     try:
         ArmCalibration.from_dict(data)
-    except CalibrationError:
+    except ArmCalibrationError:
         pass

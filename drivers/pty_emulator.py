@@ -19,7 +19,9 @@ import tty
 from pathlib import Path
 from typing import Any, Protocol
 
-_REPO_ROOT = Path(__file__).resolve().parents[2]
+from drivers.errors import ArmError
+
+_REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class Device(Protocol):
@@ -34,7 +36,7 @@ class Device(Protocol):
     def control(self, command: str, args: dict[str, Any]) -> Any: ...
 
 
-class EmulatorError(RuntimeError):
+class EmulatorError(ArmError, RuntimeError):
     """The emulator process failed to start, died, or rejected a control command."""
 
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from drivers.arm import ArmFault, ArmLinkError, ArmState, FaultFlag, Target
+from drivers.pty_emulator import EmulatorProcess, serve
 from drivers.xvla_serial import codec as c
 from drivers.xvla_serial import emulator
-from drivers.xvla_serial.client import XvlaSerialArm
-from drivers.xvla_serial.ptyproc import EmulatorProcess, serve
+from drivers.xvla_serial.arm import XvlaSerialArm
 
 CONFIG = emulator.ControllerConfig(n_joints=6, n_arms=1, timeout_range_ms=(20, 10_000))  # long deadmans allowed
 LIMIT = CONFIG.joint_limit_rad

@@ -13,7 +13,7 @@ from drivers.dynamixel import emulator
 from drivers.dynamixel import tables as t
 from drivers.dynamixel.arm import DynamixelArm
 from drivers.dynamixel.calibration import ArmCalibration, GripperCalibration, JointCalibration
-from drivers.xvla_serial.ptyproc import EmulatorProcess
+from drivers.pty_emulator import EmulatorProcess
 
 CAL = ArmCalibration(
     "test-arm",

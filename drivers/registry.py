@@ -1,0 +1,188 @@
+"""The arm drivers by name: each one's arm class, the ``[arm]`` keys of ``robot.toml`` it takes, its factory.
+
+The daemon validates ``[arm]`` from these entries and builds the arm from them, so adding an arm means adding
+a :class:`Driver` to :data:`DRIVERS`. An :class:`Option` says one key's TOML kind, default and what is
+allowed; :attr:`Driver.check` finds the problems that involve other sections (``[safety]``);
+:attr:`Driver.factory` makes the picklable :data:`~drivers.arm.ArmFactory` from the validated values.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, Tuple, Type, Union
+
+from drivers.arm import Arm, ArmConfigError, ArmFactory
+from drivers.dynamixel.arm import DynamixelArm
+from drivers.dynamixel.calibration import ArmCalibration
+from drivers.safety import SafetyLimits
+from drivers.sim_arm import SimArm
+from drivers.xvla_serial.arm import XvlaSerialArm
+
+Values = Mapping[str, Any]
+#: A problem found with other sections: (where, why). ``where`` is a key of ``[arm]`` (reported with its
+#: value) or another place written as in the file, e.g. ``"[safety].workspaces"``.
+Problem = Tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One key of ``[arm]``. ``kind``: its TOML type (``Path``: a path to an existing file, relative to the
+    config file; ``dict`` with ``table``: the sub-table ``[arm.<name>]`` holding those keys). A value missing
+    while ``required``, of another kind or failing ``check`` is a problem; ``expected`` says what is allowed
+    (default: the kind in words). ``argument``: the arm constructor's argument it becomes, if named otherwise."""
+
+    name: str
+    kind: Union[type, Tuple[type, ...]]
+    default: Any = None
+    required: bool = False
+    check: Optional[Callable[[Any], bool]] = None
+    expected: str = ""
+    table: Tuple[Option, ...] = ()
+    argument: str = ""
+
+
+def _no_problems(space: str, values: Values, limits: SafetyLimits) -> Iterable[Problem]:
+    return ()
+
+
+@dataclass(frozen=True)
+class Driver:
+    """One arm driver: its ``name`` (the value of ``[arm].driver``), the ``arm`` class, the target ``spaces`` it
+    streams (the first is the default of ``[arm].space``) and its other ``options``. ``factory(space, values,
+    limits)`` and ``check(space, values, limits)`` take the validated values (key → value, None when not
+    given and without default; a sub-table's as a mapping) and the ``[safety]`` limits."""
+
+    name: str
+    arm: Type[Arm]
+    spaces: Tuple[str, ...]
+    options: Tuple[Option, ...]
+    factory: Callable[[str, Values, SafetyLimits], ArmFactory]
+    check: Callable[[str, Values, SafetyLimits], Iterable[Problem]] = _no_problems
+
+    @property
+    def keys(self) -> Tuple[str, ...]:
+        """The keys of ``[arm]`` it takes besides ``driver``."""
+        return ("space", *(o.name for o in self.options))
+
+    def refused_key(self, exc: ArmConfigError) -> Optional[str]:
+        """The ``[arm]`` key behind the arm constructor's refusal ``exc``, whose message starts with
+        ``Class.argument`` (``"DynamixelArm.watchdog_ms: ..."`` → ``"timeout_ms"``); None if it names none."""
+        match = re.match(r"\w+\.(\w+)", str(exc))
+        if match is None:
+            return None
+        argument = match.group(1)
+        return next((o.name for o in self.options if (o.argument or o.name) == argument), argument)
+
+
+def _keywords(values: Values, options: Iterable[Option]) -> Dict[str, Any]:
+    """The constructor keywords of the ``options`` that have a value, named as the constructor names them."""
+    return {o.argument or o.name: values[o.name] for o in options if values.get(o.name) is not None}
+
+
+def _port(driver: str) -> Option:
+    return Option("port", str, required=True, check=bool,
+                  expected=f'a serial device such as "/dev/ttyUSB0" or a pyserial URL (driver "{driver}")')
+
+
+_BAUD = Option("baud", int, check=lambda b: b > 0, expected="a baud rate > 0", argument="baudrate")
+
+
+def _deadman(argument: str) -> Option:
+    """``timeout_ms``: the controller's deadman (the constructor's ``argument``); None: the driver's default."""
+    return Option("timeout_ms", int, check=lambda m: m >= 0, expected="milliseconds >= 0", argument=argument)
+
+
+# -- sim ------------------------------------------------------------------------------------------------
+
+
+def _is_xyz(value: list) -> bool:
+    return len(value) == 3 and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in value)
+
+
+_SIM = Option("sim", dict, table=(
+    Option("initial_position", list, check=_is_xyz, expected="[x, y, z] in metres"),
+    Option("n_arms", int, 1, check=lambda n: n >= 1, expected="an integer >= 1"),
+    Option("time_constant", float, check=lambda x: x > 0, expected="seconds > 0"),
+))
+
+
+def _sim_factory(space: str, values: Values, limits: SafetyLimits) -> ArmFactory:
+    """A simulated joint arm gets its joints from ``[safety].joint_limits``."""
+    sim = values["sim"]
+    options: Dict[str, Any] = {}
+    if sim["time_constant"] is not None:
+        options["time_constant"] = sim["time_constant"]
+    if sim["initial_position"] is not None:
+        options["initial_position"] = tuple(float(x) for x in sim["initial_position"])
+    joints = limits.joint_limits if space == "joint" else ()
+    return functools.partial(SimArm, space=space, n_arms=sim["n_arms"], joint_limits=joints, **options)
+
+
+def _sim_check(space: str, values: Values, limits: SafetyLimits) -> Iterator[Problem]:
+    n_arms = values["sim"]["n_arms"]
+    if limits.workspaces and len(limits.workspaces) != n_arms:
+        yield ("[safety].workspaces",
+               f"{len(limits.workspaces)} boxes, but [arm.sim].n_arms = {n_arms} (one box per arm)")
+    if space == "joint" and not limits.joint_limits:
+        yield "space", "the simulated joint arm takes its joints from [safety].joint_limits, which is empty"
+
+
+# -- xvla-serial ----------------------------------------------------------------------------------------
+
+_XVLA_SERIAL_LINK = (_BAUD, _deadman("timeout_ms"))
+
+
+def _xvla_serial_factory(space: str, values: Values, limits: SafetyLimits) -> ArmFactory:
+    return functools.partial(XvlaSerialArm, values["port"], space=space, **_keywords(values, _XVLA_SERIAL_LINK))
+
+
+# -- dynamixel ------------------------------------------------------------------------------------------
+
+_DYNAMIXEL_LINK = (_BAUD, _deadman("watchdog_ms"))
+
+
+def _dynamixel_factory(space: str, values: Values, limits: SafetyLimits) -> ArmFactory:
+    return functools.partial(DynamixelArm, values["port"], values["calibration"],
+                             **_keywords(values, _DYNAMIXEL_LINK))
+
+
+def _dynamixel_check(space: str, values: Values, limits: SafetyLimits) -> Iterator[Problem]:
+    path: Optional[Path] = values["calibration"]
+    if path is None or not path.is_file():  # already reported as missing or not a file
+        return
+    try:
+        joints = len(ArmCalibration.load(path).joints)
+    except ArmConfigError as exc:
+        yield "calibration", f"not a usable calibration: {exc}"
+        return
+    if limits.joint_limits and len(limits.joint_limits) != joints:
+        yield ("[safety].joint_limits",
+               f"{len(limits.joint_limits)} entries, but the calibration {path.name} has {joints} joints")
+
+
+DRIVERS: Dict[str, Driver] = {d.name: d for d in (
+    Driver("sim", SimArm, ("ee", "joint"), (_SIM,), _sim_factory, _sim_check),
+    Driver("xvla-serial", XvlaSerialArm, ("ee", "joint"), (_port("xvla-serial"), *_XVLA_SERIAL_LINK),
+           _xvla_serial_factory),
+    Driver("dynamixel", DynamixelArm, ("joint",),
+           (_port("dynamixel"), *_DYNAMIXEL_LINK, Option("calibration", Path, required=True)),
+           _dynamixel_factory, _dynamixel_check),
+)}
+
+
+def names() -> Tuple[str, ...]:
+    """Every driver's name, in the order of :data:`DRIVERS`."""
+    return tuple(DRIVERS)
+
+
+def lookup(name: str) -> Driver:
+    """The driver called ``name``; raises :class:`~drivers.arm.ArmConfigError` naming the available ones."""
+    try:
+        return DRIVERS[name]
+    except KeyError:
+        raise ArmConfigError(f"unknown driver {name!r}; available: {', '.join(DRIVERS)}") from None

@@ -1,0 +1,97 @@
+"""drivers.registry: lookup by name, the unknown-name error, each entry's factory building the arm class it
+names (picklable, for the control-loop process), the constructor refusals traced back to their keys."""
+
+from __future__ import annotations
+
+import functools
+import json
+import pickle
+from pathlib import Path
+from typing import Any, Dict
+
+import pytest
+
+from drivers import registry
+from drivers.arm import SPACES, ArmConfigError, Box, JointLimit
+from drivers.dynamixel.arm import DynamixelArm
+from drivers.safety import SafetyLimits
+from drivers.sim_arm import SimArm
+from drivers.xvla_serial.arm import XvlaSerialArm
+
+CALIBRATION = {"robot_id": "koch", "gripper": {"motor_id": 3, "closed": 2048, "open": 2900},
+               "joints": [{"name": "shoulder", "motor_id": 1, "lower": -1.5, "upper": 1.5, "max_velocity": 3.0},
+                          {"name": "elbow", "motor_id": 2, "lower": -1.0, "upper": 1.0, "max_velocity": 3.0}]}
+
+
+def samples(tmp_path: Path) -> Dict[str, Dict[str, Any]]:
+    """Validated values for every driver, as the daemon's config passes them (None: not given)."""
+    (tmp_path / "koch.json").write_text(json.dumps(CALIBRATION))
+    return {
+        "sim": {"sim": {"n_arms": 2, "time_constant": None, "initial_position": [0.1, 0.0, 0.2]}},
+        "xvla-serial": {"port": "loop://", "baud": None, "timeout_ms": 300},
+        "dynamixel": {"port": "loop://", "baud": 57600, "timeout_ms": None, "calibration": tmp_path / "koch.json"},
+    }
+
+
+def test_lookup_by_name():
+    assert registry.names() == ("sim", "xvla-serial", "dynamixel")
+    assert [registry.lookup(n).arm for n in registry.names()] == [SimArm, XvlaSerialArm, DynamixelArm]
+    assert registry.lookup("dynamixel").spaces == ("joint",) and registry.lookup("sim").spaces == ("ee", "joint")
+    for driver in registry.DRIVERS.values():
+        assert set(driver.spaces) <= set(SPACES) and len(set(driver.keys)) == len(driver.keys), driver.name
+
+
+def test_an_unknown_name_lists_the_available_drivers():
+    with pytest.raises(ArmConfigError, match=r"^unknown driver 'x'; available: sim, xvla-serial, dynamixel$"):
+        registry.lookup("x")
+
+
+def test_each_factory_is_picklable_and_builds_the_arm_class_it_names(tmp_path):
+    values = samples(tmp_path)
+    assert set(values) == set(registry.names())  # a new driver needs a sample here
+    for name, driver in registry.DRIVERS.items():
+        factory = pickle.loads(pickle.dumps(driver.factory(driver.spaces[0], values[name], SafetyLimits())))
+        assert isinstance(factory, functools.partial) and factory.func is driver.arm, name
+        assert isinstance(factory(), driver.arm), name  # no I/O: ports open on connect
+
+
+def test_the_sim_factory_makes_the_configured_arm(tmp_path):
+    sim = registry.lookup("sim")
+    ee = sim.factory("ee", samples(tmp_path)["sim"], SafetyLimits())()
+    caps = ee.connect()
+    assert (caps.space, caps.n_arms) == ("ee", 2) and ee.read_state().position[0].tolist() == [0.1, 0.0, 0.2]
+    joints = (JointLimit(-1, 1, 2), JointLimit(-2, 2, 1))
+    values = {"sim": {"n_arms": 1, "time_constant": 0.05, "initial_position": None}}
+    caps = sim.factory("joint", values, SafetyLimits(joint_limits=joints))().connect()
+    assert (caps.space, caps.n_arms, caps.joint_limits) == ("joint", 1, joints)
+
+
+def test_the_factories_pass_only_given_values_under_the_constructors_names(tmp_path):
+    values = samples(tmp_path)
+    serial = registry.lookup("xvla-serial").factory("ee", values["xvla-serial"], SafetyLimits())
+    assert (serial.args, serial.keywords) == (("loop://",), {"space": "ee", "timeout_ms": 300})
+    dxl = registry.lookup("dynamixel").factory("joint", values["dynamixel"], SafetyLimits())
+    assert (dxl.args, dxl.keywords) == (("loop://", tmp_path / "koch.json"), {"baudrate": 57600})
+
+
+def test_a_constructor_refusal_names_its_key():
+    dxl, serial = registry.lookup("dynamixel"), registry.lookup("xvla-serial")
+    assert dxl.refused_key(ArmConfigError("DynamixelArm.watchdog_ms: expected 20..2540, got 3000")) == "timeout_ms"
+    assert serial.refused_key(ArmConfigError("XvlaSerialArm.timeout_ms: expected 0..65535")) == "timeout_ms"
+    assert serial.refused_key(ArmConfigError("XvlaSerialArm.space: expected 'ee' or 'joint'")) == "space"
+    assert serial.refused_key(ArmConfigError("XvlaSerialArm: need reply_timeout_s > 0")) is None
+
+
+def test_checks_that_involve_the_safety_limits(tmp_path):
+    sim = registry.lookup("sim")
+    one_arm = {"sim": {"n_arms": 1, "time_constant": None, "initial_position": None}}
+    two_boxes = SafetyLimits(workspaces=(Box((0, 0, 0), (1, 1, 1)), Box((0, 0, 0), (1, 1, 1))))
+    assert list(sim.check("ee", one_arm, SafetyLimits())) == []
+    assert [where for where, _ in sim.check("joint", one_arm, two_boxes)] == ["[safety].workspaces", "space"]
+    dxl = registry.lookup("dynamixel")
+    values = samples(tmp_path)["dynamixel"]
+    assert list(dxl.check("joint", values, SafetyLimits())) == []
+    assert list(dxl.check("joint", values, SafetyLimits(joint_limits=(JointLimit(-1, 1, 2),)))) == [
+        ("[safety].joint_limits", "1 entries, but the calibration koch.json has 2 joints")]
+    (tmp_path / "koch.json").write_text("{}")
+    assert [where for where, _ in dxl.check("joint", values, SafetyLimits())] == ["calibration"]
