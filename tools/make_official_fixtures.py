@@ -43,6 +43,7 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 from benchmarks.official import fixed_noise, import_official  # noqa: E402
+from xvla.constants import NUM_VIEWS  # noqa: E402  (= XVLAProcessor.num_views)
 
 ACTION_MODES: Dict[str, Dict[str, int]] = {
     # mode -> (model-facing) action dim, real dim returned by postprocess
@@ -54,7 +55,6 @@ ACTION_MODES: Dict[str, Dict[str, int]] = {
 
 IMAGE_SIZE = 64
 TEXT_LEN = 50  # XVLAProcessor.language_max_length
-NUM_VIEWS = 3  # XVLAProcessor.num_views
 NUM_ACTIONS = 30
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]

@@ -52,6 +52,11 @@ def backend_names(name: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from benchmarks.report import write_results
     from benchmarks.suites import run_latency_suite, suite_environment
+    from xvla_edge.extras import needs
+
+    with needs("test"):  # the suites run under pytest-benchmark; the results are plotted with matplotlib
+        import matplotlib  # noqa: F401
+        import pytest_benchmark  # noqa: F401
 
     if args.render:
         data, rc = json.loads(args.render.read_text()), 0
