@@ -26,7 +26,8 @@ from export.verify import measure_parity
 from runtime.manifest import MANIFEST_FILE, SCHEMA_VERSION
 from xvla.checkpoint import load_checkpoint
 from xvla.config import load_config
-from xvla.constants import CONFIG_FILE, INDEX_FILE, NUM_VIEWS, PREPROCESSOR_FILE, TOKENIZER_FILES, WEIGHTS_FILE
+from xvla.constants import (CONFIG_FILE, GRIPPER_CHANNELS, INDEX_FILE, NUM_VIEWS, PREPROCESSOR_FILE,
+                            TOKENIZER_FILES, WEIGHTS_FILE)
 from xvla.errors import XVLAError
 from xvla.files import atomic_directory, check_target, inventory, sha256_file
 from xvla.preprocessing import ImageProcessor
@@ -131,7 +132,6 @@ def _manifest(ckpt_dir: Path, tmp: Path, cfg, opts: ExportOptions, image_size: i
         inputs, outputs = io_specs(tmp / f"{key}.onnx")
         graphs[key] = {"file": f"{key}.onnx", "inputs": inputs, "outputs": outputs}
     files = inventory(tmp, exclude=[MANIFEST_FILE])
-    space_gripper = {"ee6d": [9, 19], "joint": [6, 13]}.get(cfg.action_mode, [])
     return {
         "schema_version": SCHEMA_VERSION,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -141,7 +141,7 @@ def _manifest(ckpt_dir: Path, tmp: Path, cfg, opts: ExportOptions, image_size: i
         "action": {"mode": cfg.action_mode, "dim": cfg.dim_action,
                    "output_dim": cfg.real_action_dim if cfg.action_mode == "auto" else cfg.dim_action,
                    "chunk_length": cfg.num_actions, "chunk_seconds": opts.chunk_seconds or seconds,
-                   "gripper_channels": space_gripper, "rot6d_layout": opts.rot6d_layout,
+                   "gripper_channels": list(GRIPPER_CHANNELS[cfg.action_mode]), "rot6d_layout": opts.rot6d_layout,
                    "arms": opts.arms or arms},
         "sampler": {"default_steps": opts.steps},
         "inputs": {"token_length": cfg.text_tokens, "image_size": image_size, "view_slots": NUM_VIEWS,

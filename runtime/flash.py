@@ -2,11 +2,12 @@
 
 Layout of a robot's bundle directory ``DIR``::
 
-    DIR/bundles/<embodiment>-d<domain>-<precision>-<12 hex of manifest.json's sha256>/   installed bundles
+    DIR/bundles/<embodiment>-d<domain>-<precision>-<12 hex of the bundle id>/   installed bundles
     DIR/current  -> bundles/...    the active bundle (point robot.toml's [bundle].path at DIR/current)
     DIR/previous -> bundles/...    what `rollback` makes active again
     DIR/.staging-<pid>/            a flash in progress (and ``.staging-<pid>.<link>``: a link being swapped)
     DIR/.lock                      flock'ed by the flash or rollback in progress; a second one is refused
+    DIR/history.jsonl              one JSON line per flash or rollback: time, bundle id, installed name, previous
 
 A flash verifies every file's sha256 against the manifest, copies the bundle into ``DIR/.staging-<pid>``,
 verifies the copy, builds TensorRT engines there when TensorRT is installed, runs one smoke inference and the
@@ -30,7 +31,9 @@ successful switch.
 
 from __future__ import annotations
 
+import datetime as dt
 import fcntl
+import json
 import os
 import shutil
 from contextlib import contextmanager
@@ -45,6 +48,7 @@ from xvla.errors import XVLAError
 from xvla.files import fsync_directory, fsync_tree, sha256_file
 
 CURRENT, PREVIOUS, BUNDLES, LOCK, STAGING = "current", "previous", "bundles", ".lock", ".staging-"
+HISTORY = "history.jsonl"  # every flash and rollback: time, bundle id, installed name, previous
 
 Check = Callable[[Path], None]
 """A pre-switch check of the staged bundle directory (e.g. an accuracy gate); raising refuses the flash."""
@@ -146,14 +150,14 @@ def flash(bundle: str | Path, robot_dir: str | Path, *, backend: str = "auto", d
     src, robot = Path(bundle), Path(robot_dir)
     manifest = verify(src)
     digest = sha256_file(src / MANIFEST_FILE)
-    name = f"{manifest.embodiment}-d{manifest.domain_id}-{manifest.precision}-{digest[:12]}"
+    name = f"{manifest.embodiment}-d{manifest.domain_id}-{manifest.precision}-{manifest.bundle_id[:12]}"
     with _locked(robot):
         old = _link_target(robot, CURRENT)
         if old is not None and not (old / MANIFEST_FILE).is_file():
             say(f"{robot / CURRENT} -> {old} is not a bundle; replacing it (it will not become {PREVIOUS})")
             old = None
-        if old is not None and sha256_file(old / MANIFEST_FILE) == digest:
-            say(f"{src} is already the active bundle ({old}); nothing to do")
+        if old is not None and _bundle_id(old) == manifest.bundle_id:
+            say(f"{src} is already the active bundle ({old}, bundle {manifest.bundle_id}); nothing to do")
             return old
         staged, final = robot / f"{STAGING}{os.getpid()}", _free_path(robot / BUNDLES, name)
         step = "copy"
@@ -189,7 +193,9 @@ def flash(bundle: str | Path, robot_dir: str | Path, *, backend: str = "auto", d
             raise
         fsync_directory(robot)
         _clean(robot)
-    say(f"flashed {final.name} into {robot}" + (f" (previous: {old.name})" if old is not None else ""))
+        _record(robot, "flash", final, old)
+    say(f"flashed {final.name} (bundle {manifest.bundle_id}) into {robot}"
+        + (f" (previous: {old.name})" if old is not None else ""))
     return final.resolve()
 
 
@@ -209,11 +215,31 @@ def rollback(robot_dir: str | Path, *, say: Callable[[str], None] = print) -> Pa
             raise FlashError(f"{robot / PREVIOUS} -> {previous} fails its checksums, not switching: {exc}") from None
         switch(robot, previous, current)
         fsync_directory(robot)
+        _record(robot, "rollback", previous, current)
     say(f"rolled back to {previous.name} (previous: {current.name})")
     return previous
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
+
+
+def _bundle_id(bundle: Path) -> Optional[str]:
+    """The id of an installed bundle, or None when its manifest does not validate."""
+    try:
+        return Manifest.load(bundle).bundle_id
+    except BundleError:
+        return None
+
+
+def _record(robot: Path, action: str, active: Path, previous: Optional[Path]) -> None:
+    """Append what became active to ``DIR/history.jsonl`` (one JSON object per flash or rollback)."""
+    entry = {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "action": action,
+             "bundle_id": _bundle_id(active), "bundle": active.name,
+             "previous": None if previous is None else previous.name}
+    with open(robot / HISTORY, "a") as f:
+        f.write(json.dumps(entry) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 @contextmanager

@@ -1,6 +1,7 @@
 """The bundle manifest (``manifest.json``): what a bundle holds and how to run it.
 
-Written by ``xvla-edge export``, read by everything else; nobody guesses a shape. Schema version 1:
+Written by ``xvla-edge export``, read by everything else; nobody guesses a shape. Every field is validated
+on load (:mod:`runtime.manifest_schema`: types, ranges, shapes against each other). Schema version 1:
 
 | key | meaning |
 |---|---|
@@ -13,22 +14,25 @@ Written by ``xvla-edge export``, read by everything else; nobody guesses a shape
 | ``precision`` | ``fp32`` / ``fp16`` / ``int8`` |
 | ``export`` | ``opset``, ``exporter``, library ``versions`` |
 | ``graphs`` | ``encoder`` / ``denoise``: ``file`` and the ``inputs`` / ``outputs`` (name, shape, dtype) |
-| ``files`` | every file of the bundle except the manifest: ``sha256`` and ``bytes`` |
+| ``files`` | every file of the bundle except the manifest: ``sha256`` and ``bytes`` (nothing else may be in the directory but ``engines/``) |
 | ``parity`` | figures measured at export time against the PyTorch checkpoint, and the tolerances they met |
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runtime import manifest_schema
 from xvla.errors import XVLAError
 from xvla.files import file_problem
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
+ENGINES_DIR = "engines"  # TensorRT engines built on the target (not in the manifest: see verify_files)
 
 
 class BundleError(XVLAError, ValueError):
@@ -93,24 +97,23 @@ class Manifest:
     def files(self) -> dict[str, dict[str, Any]]:
         return self.raw["files"]
 
+    @property
+    def bundle_id(self) -> str:
+        """sha256 of the canonical manifest (sorted keys, no spaces): names this exact bundle everywhere
+        (``xvla-edge info``, the daemon's logs and ``/metrics``, flash)."""
+        return canonical_sha256(self.raw)
+
     # -- reading and checking ----------------------------------------------------------------------
     @classmethod
     def from_dict(cls, d: Any, source: str = MANIFEST_FILE) -> Manifest:
-        if not isinstance(d, dict):
-            raise BundleError(f"{source}: expected a JSON object")
-        version = d.get("schema_version")
-        if version != SCHEMA_VERSION:
+        """A validated manifest, or :class:`BundleError` listing every problem (see :mod:`runtime.manifest_schema`)."""
+        version = d.get("schema_version") if isinstance(d, dict) else None
+        if isinstance(d, dict) and version != SCHEMA_VERSION:
             raise BundleError(f"{source}: schema_version is {version!r}; this runtime reads {SCHEMA_VERSION}")
-        for key in ("domain_id", "embodiment", "action", "sampler", "inputs", "precision", "graphs", "files"):
-            if key not in d:
-                raise BundleError(f"{source}: missing required key {key!r}")
-        for key in ("mode", "dim", "output_dim", "chunk_length", "chunk_seconds"):
-            if key not in d["action"]:
-                raise BundleError(f"{source}: missing required key 'action.{key}'")
-        for key in ("token_length", "image_size", "view_slots", "views", "proprio_dim"):
-            if key not in d["inputs"]:
-                raise BundleError(f"{source}: missing required key 'inputs.{key}'")
-        graphs = {name: _graph(d["graphs"], name, source) for name in ("encoder", "denoise")}
+        found = manifest_schema.problems(d, MANIFEST_FILE)
+        if found:
+            raise BundleError("\n".join(f"{source}: {problem}" for problem in found))
+        graphs = {name: _graph(d["graphs"][name]) for name in ("encoder", "denoise")}
         return cls(raw=d, encoder=graphs["encoder"], denoise=graphs["denoise"])
 
     @classmethod
@@ -125,21 +128,34 @@ class Manifest:
         return cls.from_dict(d, str(path))
 
     def verify_files(self, bundle_dir: str | Path) -> None:
-        """Check every listed file exists with its recorded size and sha256."""
+        """Check the directory holds exactly the listed files, each with its recorded size and sha256.
+
+        Besides ``manifest.json``, only ``engines/`` may be there unlisted: TensorRT engines built on the
+        robot, which carry their own stamp (checked by the TensorRT backend).
+        """
         bundle_dir = Path(bundle_dir)
+        present = {p.name for p in bundle_dir.iterdir()}
+        extra = sorted(present - set(self.files) - {MANIFEST_FILE, ENGINES_DIR})
+        if extra:
+            raise BundleError(f"{bundle_dir}: {', '.join(extra)} not listed in {MANIFEST_FILE}: a bundle holds "
+                              "exactly the files its manifest lists")
         for name, entry in self.files.items():
-            problem = file_problem(bundle_dir / name, entry, MANIFEST_FILE)
+            path = bundle_dir / name
+            if path.is_symlink() or (path.exists() and not path.is_file()):
+                raise BundleError(f"{path}: listed in {MANIFEST_FILE} as a file, but it is a link or a directory")
+            problem = file_problem(path, entry, MANIFEST_FILE)
             if problem:
                 raise BundleError(problem)
 
 
-def _graph(graphs: Any, name: str, source: str) -> GraphSpec:
-    g = graphs.get(name) if isinstance(graphs, dict) else None
-    if not isinstance(g, dict) or "file" not in g:
-        raise BundleError(f"{source}: missing required key 'graphs.{name}.file'")
+def canonical_sha256(d: Any) -> str:
+    """sha256 of ``d`` as canonical JSON (sorted keys, no whitespace, UTF-8)."""
+    text = json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _graph(g: dict[str, Any]) -> GraphSpec:
     def specs(key: str) -> tuple[TensorSpec, ...]:
-        try:
-            return tuple(TensorSpec(s["name"], tuple(int(x) for x in s["shape"]), s["dtype"]) for s in g[key])
-        except (KeyError, TypeError, ValueError):
-            raise BundleError(f"{source}: graphs.{name}.{key} must be a list of {{name, shape, dtype}}") from None
+        return tuple(TensorSpec(s["name"], tuple(s["shape"]), s["dtype"]) for s in g[key])
+
     return GraphSpec(g["file"], specs("inputs"), specs("outputs"))

@@ -25,3 +25,13 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
     from xvla.random_checkpoint import write_random_checkpoint
 
     return write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", "tiny", seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint):
+    """A tiny fp32 bundle (domain 3, one view) exported from :func:`tiny_checkpoint`; copy it before changing it."""
+    from export.bundle import ExportOptions, export_bundle
+
+    out = tmp_path_factory.mktemp("bundle") / "tiny-fp32"
+    export_bundle(tiny_checkpoint, out, ExportOptions(domain_id=3, views=1), progress=lambda line: None)
+    return out

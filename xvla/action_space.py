@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from xvla.config import XVLAConfig
+from xvla.constants import GRIPPER_CHANNELS
 
-_GRIPPER_CHANNELS = {"ee6d": (9, 19), "joint": (6, 13), "agibot_ee6d": (), "auto": ()}
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class ActionSpace:
     @classmethod
     def from_config(cls, cfg: XVLAConfig) -> ActionSpace:
         output_dim = cfg.real_action_dim if cfg.action_mode == "auto" else cfg.dim_action
-        return cls(cfg.action_mode, cfg.dim_action, _GRIPPER_CHANNELS[cfg.action_mode], output_dim)
+        return cls(cfg.action_mode, cfg.dim_action, GRIPPER_CHANNELS[cfg.action_mode], output_dim)
 
     def keep_mask(self, dtype: torch.dtype = torch.float32, device: torch.device | None = None) -> torch.Tensor:
         """[dim] of ones with zeros on the gripper channels (all ones when the mode zeroes nothing)."""

@@ -21,7 +21,7 @@ from xvla.constants import CONFIG_FILE
 from xvla.errors import ConfigError
 
 ACTION_MODES = ("ee6d", "joint", "agibot_ee6d", "auto")
-_FIXED_ACTION_DIMS = {"ee6d": 20, "joint": 14, "agibot_ee6d": 20}
+FIXED_ACTION_DIMS = {"ee6d": 20, "joint": 14, "agibot_ee6d": 20}
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ class XVLAConfig:
         """Width of one action (and of proprio) as the network sees it."""
         if self.action_mode == "auto":
             return self.max_action_dim
-        return _FIXED_ACTION_DIMS[self.action_mode]
+        return FIXED_ACTION_DIMS[self.action_mode]
 
     def validate(self) -> None:
         """Reject inconsistent configs with a message naming the field."""

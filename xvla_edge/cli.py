@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "checkpoint": "write a random-weight checkpoint in the official layout",
     "export": "export a checkpoint to a verified per-robot bundle (ONNX + manifest)",
     "bench": "latency benchmarks against physical floors (and the official implementation)",
+    "info": "a bundle's id and what it holds, after validating its manifest (--verify: every file too)",
     "build": "build a bundle's TensorRT engines on this machine (the target)",
     "run": "the on-robot daemon: cameras, policy and arm, with health and metrics",
     "config": "validate a robot.toml without running (config check FILE)",

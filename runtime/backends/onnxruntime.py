@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from runtime.backends.base import Backend, BackendError
-from runtime.manifest import Manifest
+from runtime.manifest import GraphSpec, Manifest
 
 _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -53,6 +53,21 @@ def create_session(path: Path, device: str, threads: int | None) -> ort.Inferenc
     return sess
 
 
+_ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "int64": "tensor(int64)",
+              "int32": "tensor(int32)", "bool": "tensor(bool)"}
+
+
+def check_io(sess: ort.InferenceSession, graph: GraphSpec, path: Path) -> None:
+    """The graph file must declare exactly the inputs and outputs the manifest promises (name, shape, type)."""
+    declared = {t.name: (tuple(t.shape), t.type) for t in (*sess.get_inputs(), *sess.get_outputs())}
+    promised = {s.name: (s.shape, _ORT_TYPES[s.dtype]) for s in (*graph.inputs, *graph.outputs)}
+    wrong = [f"{name}: the graph declares {declared.get(name, 'nothing')}, the manifest {promised[name]}"
+             for name in promised if declared.get(name) != promised[name]]
+    wrong += [f"{name}: declared by the graph, not in the manifest" for name in declared.keys() - promised.keys()]
+    if wrong:
+        raise BackendError(f"{path} does not match manifest.json: " + "; ".join(sorted(wrong)))
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
@@ -63,6 +78,8 @@ class OnnxRuntimeBackend(Backend):
         self.device = device
         self.encoder = create_session(bundle_dir / manifest.encoder.file, device, threads)
         self.denoiser = create_session(bundle_dir / manifest.denoise.file, device, threads)
+        for sess, graph in ((self.encoder, manifest.encoder), (self.denoiser, manifest.denoise)):
+            check_io(sess, graph, bundle_dir / graph.file)
         spec = {s.name: s for s in (*manifest.encoder.inputs, *manifest.encoder.outputs,
                                     *manifest.denoise.inputs, *manifest.denoise.outputs)}
         buf = {name: np.zeros(s.shape, dtype=np.dtype(s.dtype)) for name, s in spec.items()}

@@ -23,17 +23,15 @@ REPO = Path(__file__).parents[2]
 
 
 @pytest.fixture(scope="session")
-def bundles(tmp_path_factory, tiny_checkpoint) -> tuple[Path, Path]:
-    """Bundle ``a``, exported once; ``b`` is ``a`` with ``sampler.default_steps`` 10 → 4 in its manifest.
+def bundles(tmp_path_factory, tiny_bundle) -> tuple[Path, Path]:
+    """Bundle ``a``, the session's tiny bundle copied; ``b`` is ``a`` with ``sampler.default_steps`` 10 → 4.
 
     ``b`` is a distinct, valid bundle (the manifest records its files' hashes, not its own; installs are told
     apart by the manifest's sha256), made without a second ~15 s export.
     """
-    from export.bundle import ExportOptions, export_bundle
-
     root = tmp_path_factory.mktemp("flash")
     a, b = root / "a", root / "b"
-    export_bundle(tiny_checkpoint, a, ExportOptions(domain_id=3, views=1), progress=lambda s: None)
+    shutil.copytree(tiny_bundle, a)
     shutil.copytree(a, b)
     manifest = json.loads((b / "manifest.json").read_text())
     manifest["sampler"]["default_steps"] = 4
@@ -90,7 +88,14 @@ def test_flash_flash_rollback(bundles, tmp_path):
     assert fl.active_bundle(robot) == first.resolve() and (robot / "previous").resolve() == second.resolve()
     assert fl.rollback(robot, say=quiet) == second.resolve()
     assert sorted(p.name for p in (robot / "bundles").iterdir()) == sorted([first.name, second.name])
-    assert sorted(p.name for p in robot.iterdir()) == [".lock", "bundles", "current", "previous"]
+    assert sorted(p.name for p in robot.iterdir()) == [".lock", "bundles", "current", "history.jsonl", "previous"]
+    ids = {bundle: hashlib.sha256(json.dumps(json.loads((bundle / "manifest.json").read_text()), sort_keys=True,
+                                             separators=(",", ":")).encode()).hexdigest() for bundle in (a, b)}
+    history = [json.loads(line) for line in (robot / "history.jsonl").read_text().splitlines()]
+    assert [(h["action"], h["bundle_id"], h["bundle"], h["previous"]) for h in history] == [
+        ("flash", ids[a], first.name, None), ("flash", ids[b], second.name, first.name),
+        ("rollback", ids[a], first.name, second.name), ("rollback", ids[b], second.name, first.name)]
+    assert first.name.endswith(ids[a][:12])  # installed under its bundle id
 
 
 def test_older_bundles_are_pruned_and_a_reflash_of_previous_never_touches_it(robot_ab, bundles):

@@ -30,7 +30,7 @@ from runtime.policy import create_backend
 from xvla_edge.cli import main
 
 MACHINE = {"tensorrt": "10.3.0.30", "gpu": "Orin", "compute_capability": "8.7"}
-T, A, C, D, V, L, S = 6, 4, 3, 4, 2, 5, 4  # chunk, action dim, context tokens, width, views, tokens, image size
+T, A, C, D, V, L, S = 6, 4, 3, 4, 2, 5, 16  # chunk, action dim, context tokens, width, views, tokens, image size
 
 
 def _specs(*specs: tuple[str, list[int], str]) -> list[dict[str, Any]]:
@@ -49,7 +49,8 @@ def make_bundle(root: Path, precision: str = "fp16") -> Path:
     context = ("context", [1, C, D], "float32")
     manifest = {
         "schema_version": 1, "domain_id": 0, "embodiment": "test",
-        "action": {"mode": "ee6d", "dim": A, "output_dim": A, "chunk_length": T, "chunk_seconds": 1.0},
+        "action": {"mode": "auto", "dim": A, "output_dim": A, "chunk_length": T, "chunk_seconds": 1.0,
+                   "gripper_channels": [], "rot6d_layout": "rows", "arms": 1},
         "sampler": {"default_steps": 10},
         "inputs": {"token_length": L, "image_size": S, "view_slots": 3, "views": V, "proprio_dim": A},
         "precision": precision,

@@ -125,6 +125,8 @@ class DaemonMetrics:
         self.camera_age_s = r.add(Gauge("xvla_camera_age_seconds", "Age of the newest frame, by camera."))
         self.camera_stale_n = r.add(Counter("xvla_camera_stale_total", "Times a camera went stale."))
         self.inference_errors = r.add(Counter("xvla_inference_errors_total", "Failed inferences."))
+        self.bundle = r.add(Gauge("xvla_bundle_info", "1 for the running bundle: its id (sha256 of the canonical "
+                                  "manifest), embodiment, domain and precision."))
 
     def observe_loop(self, stats: LoopStats) -> None:
         timing = stats.timing

@@ -132,6 +132,8 @@ class Daemon:
         if self.policy is None:
             self.policy = Policy.load(cfg.bundle.path, backend=cfg.bundle.backend, device=cfg.bundle.device)
         manifest = self.policy.manifest
+        self.metrics.bundle.set(1, bundle_id=manifest.bundle_id, embodiment=manifest.embodiment,
+                                domain=str(manifest.domain_id), precision=manifest.precision)
         if self.cameras is None:
             self.cameras = {cam.slot: open_camera(cam) for cam in cfg.cameras}
         views = int(manifest.inputs["views"])
@@ -152,7 +154,8 @@ class Daemon:
                                               on_record=lambda: str(self.recorder.dump("request")))
         self._started = self.clock()
         sdnotify.ready()
-        log.info("daemon ready", extra={"event": "ready", "bundle": str(cfg.bundle.path), "arm": caps.space,
+        log.info("daemon ready", extra={"event": "ready", "bundle": str(cfg.bundle.path),
+                                        "bundle_id": manifest.bundle_id, "arm": caps.space,
                                         "health_port": self.health_server.port if self.health_server else 0})
 
     def close(self) -> Optional[LoopStats]:

@@ -24,9 +24,8 @@ import numpy as np
 
 from runtime.backends.tensorrt import api as trt_api, cuda_graph
 from runtime.backends.base import Backend, BackendError
-from runtime.manifest import Manifest, TensorSpec
+from runtime.manifest import ENGINES_DIR, Manifest, TensorSpec
 
-ENGINES_DIR = "engines"
 ENGINES_FILE = "engines.json"
 TIMING_CACHE = "timing.cache"
 ENGINES_SCHEMA = 1

@@ -8,6 +8,7 @@ exits 0. Health, metrics and the recorder report each.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -31,12 +32,9 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory, tiny_checkpoint) -> Path:
-    from export.bundle import ExportOptions, export_bundle
-
-    out = tmp_path_factory.mktemp("daemon") / "bundle"
-    export_bundle(tiny_checkpoint, out, ExportOptions(domain_id=3, views=1), progress=lambda s: None)
-    return out
+def bundle(tiny_bundle) -> Path:
+    """The session's tiny bundle (domain 3, one view); the daemon only reads it."""
+    return tiny_bundle
 
 
 @pytest.fixture
@@ -108,6 +106,12 @@ def get(url: str) -> tuple[int, str]:
         return e.code, e.read().decode()
 
 
+def canonical_id(bundle: Path) -> str:
+    """The bundle id computed here: sha256 of the manifest as canonical JSON."""
+    raw = json.loads((Path(bundle) / "manifest.json").read_text())
+    return hashlib.sha256(json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()).hexdigest()
+
+
 @pytest.fixture
 def daemon(tmp_path, bundle, emu):
     port = free_port()
@@ -125,6 +129,9 @@ def test_drives_the_arm_within_the_envelope_and_reports(daemon, emu):
     status, metrics = get(daemon.health_url + "/metrics")
     chunks = [line for line in metrics.splitlines() if line.startswith("xvla_chunks_total")]
     assert status == 200 and chunks and float(chunks[0].split()[-1]) >= 4
+    info = [line for line in metrics.splitlines() if line.startswith("xvla_bundle_info{")]
+    assert len(info) == 1 and f'bundle_id="{canonical_id(daemon.config.bundle.path)}"' in info[0], info
+    assert float(info[0].rsplit(" ", 1)[1]) == 1 and 'precision="fp32"' in info[0]
     trace = daemon.loop.trace()
     sent = ~np.isnan(trace["command"][:, 0])
     pos, t = trace["command"][sent, :3], trace["time"][sent]
@@ -221,6 +228,7 @@ def test_sigterm_holds_the_arm_and_exits_cleanly(tmp_path, bundle, emu):
     assert "STOPPING=1" in rest
     logs = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
     assert any(entry.get("event") == "stopped" for entry in logs)
+    assert [e["bundle_id"] for e in logs if e.get("event") == "ready"] == [canonical_id(bundle)]
     assert emu.call("snapshot")["mode"] == "HOLDING"
     imported = {line.rsplit("|", 1)[1].strip().split(".")[0] for line in out.decode().splitlines()
                 if line.startswith("import time:")}

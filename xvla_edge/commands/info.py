@@ -1,0 +1,56 @@
+"""``xvla-edge info BUNDLE``: what a bundle is, by its id, after validating its manifest.
+
+Example: ``xvla-edge info /var/lib/xvla-edge/current --verify``
+
+The bundle id is the sha256 of the canonical manifest (:attr:`runtime.manifest.Manifest.bundle_id`); the
+daemon logs it and exports it in ``/metrics``, and flash records it. ``--verify`` also checks that the
+directory holds exactly the listed files with their sizes and sha256. Exit status: 0 valid, 1 invalid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from runtime.manifest import Manifest
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", type=Path, help="bundle directory (or a robot's `current` link)")
+    p.add_argument("--verify", action="store_true", help="also check every file's size and sha256")
+    p.add_argument("--json", action="store_true", help="print the id and the manifest's fields as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from runtime.manifest import Manifest
+
+    manifest = Manifest.load(args.bundle)
+    if args.verify:
+        manifest.verify_files(args.bundle)
+    if args.json:
+        print(json.dumps({"bundle_id": manifest.bundle_id, **manifest.raw}, indent=2))
+        return 0
+    print(summary(manifest, args.bundle, verified=args.verify))
+    return 0
+
+
+def summary(manifest: Manifest, bundle: Path, *, verified: bool) -> str:
+    """A few lines: id, robot, action, inputs, files, export-time parity."""
+    a, i = manifest.action, manifest.inputs
+    total = sum(entry["bytes"] for entry in manifest.files.values())
+    lines = [f"{bundle}: bundle {manifest.bundle_id}",
+             f"  robot:     {manifest.embodiment}, domain {manifest.domain_id}, {a['arms']} arm(s)",
+             f"  action:    {a['mode']} ({a['output_dim']} of {a['dim']} channels), {a['chunk_length']} steps over "
+             f"{a['chunk_seconds']:g} s, rot6d {a['rot6d_layout']}",
+             f"  inputs:    {i['views']} of {i['view_slots']} views at {i['image_size']}², {i['token_length']} tokens; "
+             f"{manifest.default_steps} denoising steps by default",
+             f"  precision: {manifest.precision}; {len(manifest.files)} files, {total / 1e6:.1f} MB"
+             + (" (sizes and sha256 verified)" if verified else "")]
+    parity = manifest.raw.get("parity")
+    if isinstance(parity, dict) and isinstance(parity.get("max_abs"), dict):
+        lines.append("  parity:    " + ", ".join(f"{k} max abs {v:.2e}" for k, v in parity["max_abs"].items()
+                                                  if isinstance(v, (int, float))))
+    return "\n".join(lines)
