@@ -31,7 +31,7 @@ from calibration.metrics import TOLERANCES, ChunkErrors, Tolerance, accumulate
 from calibration.sets import CalibrationSet
 from runtime.manifest import Manifest
 from runtime.policy import Policy
-from xvla.constants import INDEX_FILE, WEIGHTS_FILE
+from xvla.constants import INDEX_FILE, MAX_STEPS, WEIGHTS_FILE
 from xvla.files import sha256_file
 
 Progress = Callable[[str], None]
@@ -180,8 +180,8 @@ def run_gate(bundle: str | Path, cset: CalibrationSet, *, checkpoint: str | Path
     cset.check_bundle(manifest, bundle)
     tolerance = tolerance_for(manifest, overrides)
     steps = manifest.default_steps if steps is None else steps
-    if steps < 1:
-        raise CalibrationError(f"--steps {steps}: expected >= 1")
+    if not 1 <= steps <= MAX_STEPS:
+        raise CalibrationError(f"--steps {steps}: expected 1 ... {MAX_STEPS}")
     seconds = {}
     with Policy.load(bundle, backend=backend, device=device, verify=False) as candidate:
         backend_name = f"{candidate.backend.name}-{device}"

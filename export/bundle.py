@@ -26,7 +26,7 @@ from export.verify import measure_parity
 from runtime.manifest import MANIFEST_FILE, SCHEMA_VERSION
 from xvla.checkpoint import load_checkpoint
 from xvla.config import load_config
-from xvla.constants import (CONFIG_FILE, GRIPPER_CHANNELS, INDEX_FILE, NUM_VIEWS, PREPROCESSOR_FILE,
+from xvla.constants import (CONFIG_FILE, GRIPPER_CHANNELS, INDEX_FILE, MAX_STEPS, NUM_VIEWS, PREPROCESSOR_FILE,
                             TOKENIZER_FILES, WEIGHTS_FILE)
 from xvla.errors import XVLAError
 from xvla.files import atomic_directory, check_target, inventory, sha256_file
@@ -64,8 +64,8 @@ def check_options(ckpt_dir: Path, out: Path, opts: ExportOptions) -> None:
         raise ExportError(f"--views {opts.views} is out of range; expected 1..{NUM_VIEWS}")
     if opts.arms not in (None, 1, 2):
         raise ExportError(f"--arms {opts.arms} must be 1 or 2")
-    if opts.steps < 1:
-        raise ExportError(f"--steps {opts.steps} must be >= 1")
+    if not 1 <= opts.steps <= MAX_STEPS:
+        raise ExportError(f"--steps {opts.steps}: expected 1 ... {MAX_STEPS}")
     if opts.chunk_seconds is not None and not opts.chunk_seconds > 0:
         raise ExportError(f"--chunk-seconds {opts.chunk_seconds} must be > 0")
     check_target(out, force=opts.force)

@@ -34,8 +34,10 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import json
+import math
 import os
 import shutil
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
@@ -48,6 +50,7 @@ from xvla.errors import XVLAError
 from xvla.files import fsync_directory, fsync_tree, sha256_file
 
 CURRENT, PREVIOUS, BUNDLES, LOCK, STAGING = "current", "previous", "bundles", ".lock", ".staging-"
+SMOKE_TIMEOUT_S = 600.0  # the first TensorRT run of a full-size engine on a Jetson takes well under this
 HISTORY = "history.jsonl"  # every flash and rollback: time, bundle id, installed name, previous
 
 Check = Callable[[Path], None]
@@ -122,6 +125,26 @@ def smoke_test(staged: Path, backend: str, device: str) -> None:
                          f"{actions.shape} with {int((~np.isfinite(actions)).sum())} non-finite values")
 
 
+def _within(seconds: float, what: str, fn: Callable[..., None], *args: object) -> None:
+    """Run ``fn(*args)`` on a worker thread; :class:`FlashError` when it has not returned after ``seconds``
+    (the thread is a daemon: a hung backend cannot keep the flash, or its lock, forever)."""
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the flash thread below
+            failure.append(exc)
+
+    worker = threading.Thread(target=work, name="flash-smoke", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise FlashError(f"{what} did not finish within {seconds:g} s (a hung backend or device?)")
+    if failure:
+        raise failure[0]
+
+
 def switch(robot: Path, current: Path, previous: Optional[Path]) -> None:
     """Point ``previous`` then ``current`` (each atomically); ``previous`` is put back if ``current`` fails."""
     old_previous = os.readlink(robot / PREVIOUS) if (robot / PREVIOUS).is_symlink() else None
@@ -141,13 +164,18 @@ def switch(robot: Path, current: Path, previous: Optional[Path]) -> None:
 
 
 def flash(bundle: str | Path, robot_dir: str | Path, *, backend: str = "auto", device: str = "cpu",
-          checks: Sequence[Check] = (), say: Callable[[str], None] = print) -> Path:
+          checks: Sequence[Check] = (), smoke_timeout_s: float = SMOKE_TIMEOUT_S,
+          say: Callable[[str], None] = print) -> Path:
     """Install ``bundle`` as ``robot_dir``'s active bundle (see the module docstring); returns its directory.
+
+    The smoke inference runs on ``backend``/``device`` (the daemon's) and must finish within ``smoke_timeout_s``.
 
     Raises BundleError (naming the file) for a bundle that fails its checksums, FlashError for any other
     refusal or failure; either way ``current`` and ``previous`` are unchanged.
     """
     src, robot = Path(bundle), Path(robot_dir)
+    if not (math.isfinite(smoke_timeout_s) and smoke_timeout_s > 0):
+        raise FlashError(f"smoke timeout {smoke_timeout_s!r}: expected a finite number of seconds > 0")
     manifest = verify(src)
     digest = sha256_file(src / MANIFEST_FILE)
     name = f"{manifest.embodiment}-d{manifest.domain_id}-{manifest.precision}-{manifest.bundle_id[:12]}"
@@ -159,11 +187,12 @@ def flash(bundle: str | Path, robot_dir: str | Path, *, backend: str = "auto", d
         if old is not None and _bundle_id(old) == manifest.bundle_id:
             say(f"{src} is already the active bundle ({old}, bundle {manifest.bundle_id}); nothing to do")
             return old
-        staged, final = robot / f"{STAGING}{os.getpid()}", _free_path(robot / BUNDLES, name)
+        staged = _inside(robot, robot / f"{STAGING}{os.getpid()}")
+        final = _inside(robot, _free_path(robot / BUNDLES, name))
         step = "copy"
         try:
-            for file in [*manifest.files, MANIFEST_FILE]:
-                copy_file(src / file, staged / file)
+            for file in [*manifest.files, MANIFEST_FILE]:  # plain names (the manifest is validated)
+                copy_file(src / file, _inside(robot, staged / file))
             step = "verification of the copy"
             verify(staged)
             if sha256_file(staged / MANIFEST_FILE) != digest:
@@ -174,7 +203,7 @@ def flash(bundle: str | Path, robot_dir: str | Path, *, backend: str = "auto", d
             if why_not:
                 say(why_not)
             step = "smoke inference"
-            smoke_test(staged, backend, device)
+            _within(smoke_timeout_s, f"smoke inference on {backend}/{device}", smoke_test, staged, backend, device)
             for check in checks:
                 step = f"pre-switch check {getattr(check, '__name__', check)!r}"
                 check(staged)
@@ -245,7 +274,7 @@ def _record(robot: Path, action: str, active: Path, previous: Optional[Path]) ->
 @contextmanager
 def _locked(robot: Path) -> Iterator[None]:
     """Hold ``DIR/.lock`` (or refuse), then remove what a killed flash or rollback left behind."""
-    robot.mkdir(parents=True, exist_ok=True)
+    _check_robot(robot)
     with open(robot / LOCK, "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -253,6 +282,27 @@ def _locked(robot: Path) -> Iterator[None]:
             raise FlashError(f"{robot}: another flash or rollback is running (it holds {robot / LOCK})") from None
         _clean(robot)
         yield
+
+
+def _check_robot(robot: Path) -> None:
+    """The robot directory: a directory (created if missing) whose ``bundles`` is a real directory too, so
+    nothing written or pruned there can be led elsewhere by a link."""
+    if robot.exists() and not robot.is_dir():
+        raise FlashError(f"--robot {robot}: not a directory (expected the robot's bundle directory)")
+    try:
+        robot.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FlashError(f"--robot {robot}: cannot create it ({exc.strerror or exc})") from exc
+    bundles = robot / BUNDLES
+    if bundles.is_symlink() or (bundles.exists() and not bundles.is_dir()):
+        raise FlashError(f"{bundles}: expected the directory of installed bundles, found a link or a file; move it away")
+
+
+def _inside(robot: Path, path: Path) -> Path:
+    """``path``, once checked to lie inside ``robot`` with no link on the way leading out."""
+    if robot.resolve() not in (path.parent.resolve() / path.name).parents:
+        raise FlashError(f"{path}: outside {robot}; refusing to write there")
+    return path
 
 
 def _point(robot: Path, link: str, target: Path) -> None:

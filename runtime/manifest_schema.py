@@ -27,9 +27,8 @@ import re
 from typing import Any, Callable, Mapping
 
 from xvla.config import FIXED_ACTION_DIMS
-from xvla.constants import GRIPPER_CHANNELS, NUM_VIEWS
+from xvla.constants import GRIPPER_CHANNELS, MAX_STEPS, NUM_VIEWS
 
-MAX_STEPS = 100  # denoising steps of one chunk: the published models use 10
 MAX_TENSOR_ELEMENTS = 1 << 26  # 64 Mi elements (256 MB of fp32): far above any X-VLA tensor, far below a memory bomb
 PRECISIONS = ("fp32", "fp16", "int8")
 DTYPES = ("float32", "float16", "int64", "int32", "bool")

@@ -23,7 +23,7 @@ from runtime.decode import chunk_timestamps, decode_arms
 from runtime.manifest import BundleError, Manifest
 from runtime.types import ActionChunk, Observation
 from xvla.errors import InputError
-from xvla.constants import NUM_VIEWS
+from xvla.constants import MAX_STEPS, NUM_VIEWS
 from xvla.preprocessing import ImageProcessor, TextTokenizer
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
@@ -119,9 +119,10 @@ class Policy:
 
     def act(self, obs: Observation, *, steps: int | None = None) -> ActionChunk:
         """One action chunk for ``obs`` (``steps`` defaults to the manifest's)."""
-        steps = self.manifest.default_steps if steps is None else int(steps)
-        if steps < 1:
-            raise InputError(f"steps must be >= 1; got {steps}")
+        steps = self.manifest.default_steps if steps is None else steps
+        if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or not 1 <= steps <= MAX_STEPS:
+            raise InputError(f"steps = {steps!r}: expected an integer 1 ... {MAX_STEPS}")
+        steps = int(steps)
         t0 = time.perf_counter()
         pixels, mask, ids, proprio, x1 = self.preprocess(obs)
         t1 = time.perf_counter()

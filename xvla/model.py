@@ -14,7 +14,7 @@ from torch import nn
 from xvla.action_head import SoftPromptedTransformer
 from xvla.action_space import ActionSpace
 from xvla.config import XVLAConfig
-from xvla.constants import NUM_VIEWS
+from xvla.constants import MAX_STEPS, NUM_VIEWS
 from xvla.errors import InputError
 from xvla.florence import VisionLanguageEncoder
 
@@ -99,8 +99,8 @@ class XVLA(nn.Module):
         implementations). ``steps`` ≥ 1 network calls at t = 1, (steps−1)/steps, ..., 1/steps.
         """
         self.check_inputs(input_ids, image_input, image_mask, domain_id, proprio, noise)
-        if int(steps) < 1:
-            raise InputError(f"steps must be >= 1; got {steps}")
+        if not 1 <= int(steps) <= MAX_STEPS:
+            raise InputError(f"steps = {steps!r}: expected an integer 1 ... {MAX_STEPS}")
         steps = int(steps)
         enc = self.encode(input_ids, image_input, image_mask)
         B, cfg = input_ids.shape[0], self.config

@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from xvla.constants import NUM_VIEWS, PREPROCESSOR_FILE
+from xvla.constants import MAX_IMAGE_SIDE, NUM_VIEWS, PREPROCESSOR_FILE
 from xvla.errors import CheckpointError, InputError
 
 MAX_TOKENS = 50
@@ -118,6 +118,9 @@ class ImageProcessor:
             raise InputError(f"{name}: expected shape (H, W, 3) RGB, got {image.shape}")
         if image.dtype != np.uint8:
             raise InputError(f"{name}: expected dtype uint8 (0..255), got {image.dtype}")
+        if max(image.shape[:2]) > MAX_IMAGE_SIDE:
+            raise InputError(f"{name}: {image.shape[1]}x{image.shape[0]} pixels; at most {MAX_IMAGE_SIDE} per side "
+                             "(downscale it at the camera)")
         pil = Image.fromarray(np.ascontiguousarray(image))
         if self.do_resize and (pil.height, pil.width) != (self.height, self.width):
             pil = pil.resize((self.width, self.height), resample=_PIL_FILTERS[self.resample])

@@ -5,10 +5,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -310,3 +313,56 @@ def test_the_flash_modules_import_without_torch_or_export() -> None:
             "bad = [m for m in ('torch', 'export') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("field, value, named", [
+    ("embodiment", "../../escaped", "embodiment = '../../escaped': expected a plain name"),
+    ("files", "../outside.bin", "files: '../outside.bin' is not a plain file name"),
+    ("files", "/tmp/abs.bin", "files: '/tmp/abs.bin' is not a plain file name"),
+])
+def test_a_manifest_cannot_lead_flash_out_of_the_robot_directory(robot_ab, bundles, tmp_path, field, value, named):
+    a, _ = bundles
+    bad = shutil.copytree(a, tmp_path / "bad")
+    manifest = json.loads((bad / "manifest.json").read_text())
+    if field == "files":
+        manifest["files"][value] = manifest["files"]["tokenizer.json"]
+    else:
+        manifest[field] = value
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    before, outside = state(robot_ab), sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(BundleError, match=re.escape(named)):
+        fl.flash(bad, robot_ab, say=quiet)
+    assert state(robot_ab) == before and sorted(p.name for p in tmp_path.iterdir()) == outside
+    assert not (robot_ab.parent / "escaped").exists() and not Path("/tmp/abs.bin").exists()
+
+
+def test_robot_directories_that_are_not_safe_are_refused_by_name(bundles, tmp_path):
+    a, _ = bundles
+    plain = tmp_path / "plain"
+    plain.write_text("not a directory")
+    with pytest.raises(fl.FlashError, match=rf"--robot {plain}: not a directory"):
+        fl.flash(a, plain, say=quiet)
+    robot, elsewhere = tmp_path / "robot", tmp_path / "elsewhere"
+    robot.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "precious").write_text("kept")
+    (robot / "bundles").symlink_to(elsewhere)  # pruning through this link would delete `precious`
+    with pytest.raises(fl.FlashError, match="bundles: expected the directory of installed bundles, found a link"):
+        fl.flash(a, robot, say=quiet)
+    assert (elsewhere / "precious").read_text() == "kept"
+
+
+def test_a_hung_smoke_inference_is_refused_within_its_timeout(robot_ab, bundles, monkeypatch):
+    a, _ = bundles
+    release = threading.Event()
+    monkeypatch.setattr(fl, "smoke_test", lambda *args: release.wait(60))  # a backend that never returns
+    before = state(robot_ab)
+    try:
+        with pytest.raises(fl.FlashError, match="smoke inference on auto/cpu did not finish within 0.5 s"):
+            fl.flash(a, robot_ab, smoke_timeout_s=0.5, say=quiet)
+    finally:
+        release.set()
+    assert state(robot_ab) == before
+    for bad in (math.nan, -1.0, math.inf):
+        with pytest.raises(fl.FlashError, match="expected a finite number of seconds > 0"):
+            fl.flash(a, robot_ab, smoke_timeout_s=bad, say=quiet)

@@ -154,13 +154,15 @@ def test_bad_observations_are_named(setup) -> None:
         (dict(images=[np.zeros((8, 8), np.uint8)]), r"images\[0\]: expected shape \(H, W, 3\)"),
         (dict(images=[np.zeros((8, 8, 3), np.float64)]), r"images\[0\]: expected dtype uint8"),
         (dict(images=[None, None, np.zeros((8, 8, 3), np.uint8)]), r"images\[2\]: this bundle was exported for 2 view"),
+        (dict(images=[np.zeros((10, 10_000, 3), np.uint8)]), r"images\[0\]: 10000x10 pixels; at most 4096 per side"),
     ]
     for change, message in cases:
         bad = Observation(**{**good.__dict__, **change})
         with pytest.raises(InputError, match=message):
             policy.act(bad)
-    with pytest.raises(InputError, match="steps must be >= 1"):
-        policy.act(good, steps=0)
+    for steps in (0, 101, 10**9, 2.5, True):  # a hostile count is refused at once, never run
+        with pytest.raises(InputError, match=rf"steps = {steps!r}: expected an integer 1 \.\.\. 100"):
+            policy.act(good, steps=steps)
 
 
 def test_requested_provider_must_be_the_one_in_use(setup) -> None:

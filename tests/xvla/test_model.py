@@ -144,5 +144,7 @@ def test_sequence_longer_than_max_len_seq_is_named(tmp_path) -> None:
     m = load_checkpoint(write_random_checkpoint(tmp_path / "short", "tiny", max_len_seq=64))
     with pytest.raises(InputError, match=r"= 95 exceeds max_len_seq 64"):
         m.generate_actions(**inputs(m))
-    with pytest.raises(InputError, match="steps must be >= 1"):
-        load_checkpoint(write_random_checkpoint(tmp_path / "ok", "tiny")).generate_actions(**inputs(m), steps=0)
+    ok = load_checkpoint(write_random_checkpoint(tmp_path / "ok", "tiny"))
+    for steps in (0, 101, 10**9):
+        with pytest.raises(InputError, match=rf"steps = {steps}: expected an integer 1 \.\.\. 100"):
+            ok.generate_actions(**inputs(m), steps=steps)

@@ -64,6 +64,7 @@ def summary(config: RobotConfig) -> str:
     lines.append(f"  chunks:    next at {c.inference.start_fraction:g} of the span left, splice {c.splice.mode}, "
                  f"gripper {c.gripper.mode}, degraded above {c.inference.max_latency_s:g} s")
     h, r = c.health, c.recorder
-    lines.append(f"  health:    {f'http://{h.host}:{h.port}/healthz' if h.port else 'off'}; log level {c.logging.level}")
+    auth = "; POST needs the token" if h.token else ""
+    lines.append(f"  health:    {f'http://{h.host}:{h.port}/healthz' if h.port else 'off'}{auth}; log level {c.logging.level}")
     lines.append(f"  recorder:  last {r.seconds:g} s to {r.directory}{', on faults' if r.on_fault else ''}")
     return "\n".join(lines)

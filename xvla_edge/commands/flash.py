@@ -24,15 +24,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"],
                    help="backend of the smoke inference (default: tensorrt on cuda when engines were built)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device of the smoke inference")
+    p.add_argument("--smoke-timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="refuse the bundle when its smoke inference takes longer (default 600)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from runtime.flash import FlashError, flash
-    from runtime.manifest import BundleError
+    from runtime.flash import flash
+    from xvla.errors import XVLAError
 
     try:
-        flash(args.bundle, args.robot, backend=args.backend, device=args.device)
-    except (BundleError, FlashError) as exc:
+        flash(args.bundle, args.robot, backend=args.backend, device=args.device, smoke_timeout_s=args.smoke_timeout)
+    except XVLAError as exc:
         print(f"xvla-edge flash: refused, the active bundle is unchanged: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import json
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,12 +35,15 @@ from drivers.control_loop import LoopConfig
 from drivers.interpolation import GripperPolicy
 from drivers.safety import SafetyLimits
 from drivers.splice import SplicePolicy
+from xvla.constants import MAX_IMAGE_SIDE, MAX_STEPS
 from xvla.errors import ConfigError
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 DEVICES = ("cpu", "cuda")
 LEVELS = ("debug", "info", "warning", "error")
 MAX_CAMERAS = 3
+MIN_TOKEN_CHARS = 16
+MAX_FRAME_AGE_S = 5.0  # [[cameras]].max_age_s: a frame older than this says nothing about the arm's present
 # Per camera source: the keys it takes besides ``slot``, ``source`` and ``max_age_s``; the first is required
 # for every source but ``synthetic``.
 CAMERA_KEYS: Dict[str, Tuple[str, ...]] = {
@@ -52,7 +57,7 @@ _CONTROL_KEYS = ("rate_hz", "realtime_priority", "cpu", "max_trajectory_lag")  #
 
 
 class ConfigFileError(ConfigError):
-    """The config file cannot be read at all (missing, a directory, not permitted)."""
+    """The config file cannot be read at all (missing, a directory, not permitted, not UTF-8 text)."""
 
 
 @dataclass(frozen=True)
@@ -123,10 +128,12 @@ class InferenceSection:
 
 @dataclass(frozen=True)
 class HealthSection:
-    """``[health]``: the HTTP endpoint (/healthz, /metrics); ``port`` 0 turns it off."""
+    """``[health]``: the HTTP endpoint (/healthz, /metrics, POST /record); ``port`` 0 turns it off. ``token``
+    (read from ``token_file``): the bearer token POST requests must carry; required beyond loopback."""
 
     host: str = "127.0.0.1"
     port: int = 8765
+    token: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -184,7 +191,7 @@ def load_config(path: Union[str, Path]) -> RobotConfig:
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{file}: not UTF-8 text (byte {exc.start})") from exc
+        raise ConfigFileError(f"{file}: cannot read: not UTF-8 text (byte {exc.start})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{file}: not valid TOML: {exc}") from exc
     return parse_config(data, file)
@@ -208,19 +215,16 @@ def parse_config(data: Mapping[str, Any], file: Path) -> RobotConfig:
     inference = InferenceSection(
         start_fraction=t.take("start_fraction", float, 0.5, check=lambda x: 0 < x < 1,
                               expected="a fraction 0 < f < 1 of the chunk's span"),
-        max_latency_s=t.take("max_latency_s", float, 1.0, check=lambda x: x > 0, expected="seconds > 0"))
+        max_latency_s=t.take("max_latency_s", float, 1.0, check=lambda x: 0 < x <= 60, expected="seconds in (0, 60]"))
     t.finish()
-    t = root.table("health")
-    health = HealthSection(host=t.take("host", str, "127.0.0.1", check=bool, expected="a host name or address"),
-                           port=t.take("port", int, 8765, check=lambda p: 0 <= p <= 65535,
-                                       expected="a TCP port 1 ... 65535, or 0 (off)"))
-    t.finish()
+    health = _health(root.table("health"))
     t = root.table("logging")
     logging_ = LoggingSection(level=t.take("level", str, "info", choices=LEVELS))
     t.finish()
     t = root.table("recorder")
     recorder = RecorderSection(
-        seconds=t.take("seconds", float, 30.0, check=lambda x: x > 0, expected="seconds > 0"),
+        seconds=t.take("seconds", float, 30.0, check=lambda x: 0 < x <= 600,
+                       expected="seconds in (0, 600] (the ring buffer lives in memory)"),
         directory=t.path("directory") or file.parent / "recordings",
         on_fault=t.take("on_fault", bool, True))
     t.finish()
@@ -372,7 +376,7 @@ def _bundle(t: _Table) -> BundleSection:
         path=t.path("path", required=True) or Path(),
         backend=t.take("backend", str, "auto", choices=BACKENDS),
         device=t.take("device", str, "cpu", choices=DEVICES),
-        steps=t.take("steps", int, None, check=lambda n: n >= 1, expected="an integer >= 1"))
+        steps=t.take("steps", int, None, check=lambda n: 1 <= n <= MAX_STEPS, expected=f"an integer 1 ... {MAX_STEPS}"))
     if section.backend == "tensorrt" and section.device != "cuda":
         t.problems.value(t.key("device"), section.device, 'expected "cuda": backend "tensorrt" runs on the GPU')
     t.finish()
@@ -393,7 +397,8 @@ def _cameras(root: _Table) -> Tuple[CameraSection, ...]:
         if slot is not None and slot in [c.slot for c in cameras]:
             t.problems.value(t.key("slot"), slot, "expected a slot no other camera uses")
         source = t.take("source", str, None, required=True, choices=tuple(CAMERA_KEYS))
-        max_age_s = t.take("max_age_s", float, 0.5, check=lambda x: x > 0, expected="seconds > 0")
+        max_age_s = t.take("max_age_s", float, 0.5, check=lambda x: 0 < x <= MAX_FRAME_AGE_S,
+                           expected=f"seconds in (0, {MAX_FRAME_AGE_S:g}] (older frames are no view of the present)")
         if source is None:
             t.read += [k for keys in CAMERA_KEYS.values() for k in keys]  # no noise about keys of a bad source
             t.finish()
@@ -409,9 +414,9 @@ def _cameras(root: _Table) -> Tuple[CameraSection, ...]:
                                         expected="a GStreamer pipeline ending in appsink")
         if "path" in keys:
             values["path"] = t.path("path", required=True, kind="dir" if source == "folder" else "file")
-        for name, kind, check, expected in (("width", int, lambda n: n > 0, "pixels > 0"),
+        for name, kind, check, expected in (("width", int, lambda n: 0 < n <= MAX_IMAGE_SIDE, f"pixels 1 ... {MAX_IMAGE_SIDE}"),
                                             ("height", int, lambda n: n > 0, "pixels > 0"),
-                                            ("fps", float, lambda x: x > 0, "frames per second > 0"),
+                                            ("fps", float, lambda x: 0 < x <= 240, "frames per second in (0, 240]"),
                                             ("loop", bool, None, "")):
             if name in keys:
                 value = t.take(name, kind, None, check=check, expected=expected)
@@ -428,6 +433,52 @@ def _cameras(root: _Table) -> Tuple[CameraSection, ...]:
     if cameras and 0 not in [c.slot for c in cameras]:
         root.problems.other("[[cameras]]", "no camera has slot 0 (the main view)")
     return tuple(cameras)
+
+
+def _cpus() -> List[int]:
+    """The CPUs this process may run on (the control loop's ``cpu`` must be one of them)."""
+    return sorted(os.sched_getaffinity(0))
+
+
+def _health(t: _Table) -> HealthSection:
+    host = t.take("host", str, "127.0.0.1", check=bool, expected="a host name or address")
+    port = t.take("port", int, 8765, check=lambda p: 0 <= p <= 65535, expected="a TCP port 1 ... 65535, or 0 (off)")
+    token_file = t.path("token_file", kind="file")
+    token = _token(t, token_file) if token_file is not None and token_file.is_file() else None
+    if port and token is None and token_file is None and not is_loopback(host):
+        t.problems.value(t.key("host"), host, "binding beyond loopback exposes POST /record to the network: set "
+                         f"[health].token_file (a file only its owner reads, holding a secret of at least "
+                         f"{MIN_TOKEN_CHARS} characters), or listen on 127.0.0.1")
+    t.finish()
+    return HealthSection(host=host, port=port, token=token)
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1); names other than localhost are not."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _token(t: _Table, path: Path) -> Optional[str]:
+    """The secret in ``path``, or None (with the problem recorded)."""
+    shown = str(t.data["token_file"])
+    if path.stat().st_mode & 0o077:
+        t.problems.value(t.key("token_file"), shown, f"expected a file only its owner can read (chmod 600 {path})")
+        return None
+    try:
+        token = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        t.problems.value(t.key("token_file"), shown, f"cannot read it as text: {exc}")
+        return None
+    if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
+        t.problems.value(t.key("token_file"), shown, f"expected one secret of at least {MIN_TOKEN_CHARS} characters "
+                         "without spaces (e.g. from `openssl rand -hex 32`)")
+        return None
+    return token
 
 
 def _ends_in_appsink(pipeline: str) -> bool:
@@ -477,7 +528,7 @@ def _options(t: _Table, options: Sequence[registry.Option]) -> Dict[str, Any]:
 
 def _control(t: _Table) -> ControlSection:
     given = {"rate_hz": t.take("rate_hz", float), "realtime_priority": t.take("realtime_priority", int),
-             "cpu": t.take("cpu", int, check=lambda n: n >= 0, expected="a CPU index >= 0"),
+             "cpu": t.take("cpu", int, check=lambda n: n in _cpus(), expected=f"a CPU this process may use: {_cpus()}"),
              "max_trajectory_lag": t.take("max_trajectory_lag", float)}
     values = {name: value for name, value in given.items() if value is not None}
     t.finish()

@@ -151,7 +151,8 @@ class Daemon:
             raise
         if cfg.health.port:
             self.health_server = HealthServer(cfg.health.host, cfg.health.port, self.health, self.metrics.registry,
-                                              on_record=lambda: str(self.recorder.dump("request")))
+                                              on_record=lambda: str(self.recorder.dump("request")),
+                                              token=cfg.health.token)
         self._started = self.clock()
         sdnotify.ready()
         log.info("daemon ready", extra={"event": "ready", "bundle": str(cfg.bundle.path),

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from xvla_edge.daemon.cameras import CameraError, FolderCamera, SyntheticCamera
-from xvla_edge.daemon.health import HealthServer
+from xvla_edge.daemon.health import HealthError, HealthServer
 from xvla_edge.daemon.logs import JsonFormatter
 from xvla_edge.daemon.metrics import Counter, Gauge, Histogram, Registry
 from xvla_edge.daemon.recorder import Recorder, RecorderError
@@ -61,6 +61,29 @@ def test_health_server_endpoints():
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(url + "/nothing")
         assert info.value.code == 404
+    finally:
+        server.close()
+
+
+def test_posts_need_the_token_when_there_is_one_and_a_busy_port_is_named():
+    recorded = []
+    server = HealthServer("127.0.0.1", 0, lambda: ("ok", []), Registry(), on_record=lambda: recorded.append(1) or "/r",
+                          token="s3cret-0123456789ab")
+    url = f"http://127.0.0.1:{server.port}"
+    try:
+        for header in ({}, {"Authorization": "Bearer wrong-0123456789abc"}, {"Authorization": "s3cret-0123456789ab"}):
+            with pytest.raises(urllib.error.HTTPError) as info:
+                urllib.request.urlopen(urllib.request.Request(url + "/record", method="POST", headers=header))
+            assert info.value.code == 401 and info.value.headers["WWW-Authenticate"] == "Bearer"
+        assert recorded == []  # nothing changed without the token
+        request = urllib.request.Request(url + "/record", method="POST",
+                                         headers={"Authorization": "Bearer s3cret-0123456789ab"})
+        with urllib.request.urlopen(request) as r:
+            assert json.load(r) == {"path": "/r"} and recorded == [1]
+        with urllib.request.urlopen(url + "/healthz") as r:  # reading stays open
+            assert r.status == 200
+        with pytest.raises(HealthError, match=rf"\[health\] cannot listen on 127.0.0.1:{server.port}: .*\[health\].port"):
+            HealthServer("127.0.0.1", server.port, lambda: ("ok", []), Registry())
     finally:
         server.close()
 

@@ -169,8 +169,43 @@ def test_unreadable_and_malformed_files(tmp_path, write):
         load_config(write('instruction = "wave"\n[bundle\n'))
     assert not isinstance(info.value, ConfigFileError)
     (tmp_path / "latin1.toml").write_bytes('instruction = "caf\xe9"\n'.encode("latin-1"))
-    with pytest.raises(ConfigError, match="latin1.toml: not UTF-8 text"):
+    with pytest.raises(ConfigFileError, match="latin1.toml: cannot read: not UTF-8 text"):  # exit 2, like a missing file
         load_config(tmp_path / "latin1.toml")
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    ('path = "bundle"', 'path = "bundle"\nsteps = 1000000000', "[bundle].steps = 1000000000: expected an integer 1 ... 100"),
+    ('path = "bundle"', 'path = "bundle"\nsteps = 1e9', "[bundle].steps = 1000000000.0: expected an integer"),
+    ('source = "synthetic"', 'source = "synthetic"\nmax_age_s = inf', "[[cameras]] #1.max_age_s = inf: expected seconds in (0, 5]"),
+    ('source = "synthetic"', 'source = "synthetic"\nmax_age_s = 1e300', "[[cameras]] #1.max_age_s = 1e+300: expected seconds in (0, 5]"),
+    ('source = "synthetic"', 'source = "synthetic"\nwidth = 100000', "[[cameras]] #1.width = 100000: expected pixels 1 ... 4096"),
+    ('source = "synthetic"', 'source = "synthetic"\nfps = nan', "[[cameras]] #1.fps = nan: expected frames per second in (0, 240]"),
+    ('[arm]', '[control]\ncpu = 1000\n[arm]', "[control].cpu = 1000: expected a CPU this process may use: ["),
+    ('[arm]', '[health]\nhost = "0.0.0.0"\n[arm]', '[health].host = "0.0.0.0": binding beyond loopback exposes POST /record'),
+    ('[arm]', '[health]\nhost = "robot.local"\n[arm]', '[health].host = "robot.local": binding beyond loopback'),
+    ('[arm]', '[inference]\nmax_latency_s = 1e9\n[arm]', "[inference].max_latency_s = 1000000000.0: expected seconds in (0, 60]"),
+    ('[arm]', '[recorder]\nseconds = 1e7\n[arm]', "[recorder].seconds = 10000000.0: expected seconds in (0, 600]"),
+])
+def test_config_refuses_the_unsafe(write, old, new, expected):
+    """Hostile values that would disable a safeguard or exhaust the robot are refused by key, value and range."""
+    path = write(MINIMAL.replace(old, new, 1))
+    lines = problems(path)
+    assert any(line.startswith(f"{path}: {expected}") for line in lines), lines
+
+
+def test_health_beyond_loopback_needs_a_private_token_file(write, tmp_path):
+    token = tmp_path / "token"
+    token.write_text("0123456789abcdef0123456789abcdef\n")
+    text = MINIMAL + f'[health]\nhost = "0.0.0.0"\ntoken_file = "{token}"\n'
+    token.chmod(0o644)
+    assert any('token_file = "' in line and "only its owner can read (chmod 600" in line for line in problems(write(text)))
+    token.chmod(0o600)
+    config = load_config(write(text))
+    assert config.health.host == "0.0.0.0" and config.health.token == "0123456789abcdef0123456789abcdef"
+    token.write_text("short")
+    assert any("at least 16 characters" in line for line in problems(write(text)))
+    for host in ("127.0.0.1", "127.3.4.5", "::1", "localhost"):  # loopback needs no token
+        assert load_config(write(MINIMAL + f'[health]\nhost = "{host}"\n')).health.token is None
 
 
 def test_cameras_per_source(write, tmp_path):
