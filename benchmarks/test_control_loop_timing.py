@@ -1,4 +1,4 @@
-"""Control-loop timing: period error at 100/200/500 Hz, with and without a CPU-heavy neighbour.
+"""Control-loop timing: tick-interval error at 100/200/500 Hz, with and without a CPU-heavy neighbour.
 
 Not part of the test suite (``pytest tests`` does not collect ``benchmarks/``). Run::
 
@@ -6,9 +6,9 @@ Not part of the test suite (``pytest tests`` does not collect ``benchmarks/``). 
     .venv/bin/python -m pytest benchmarks/test_control_loop_timing.py -k "200 and busy" -s
 
 Each case starts the control loop (its own process, SimArm inside) streaming a slow 30-waypoint chunk for
-``XVLA_BENCH_SECONDS`` (default 5) s and reads its timing stats. **Period error** = wake-up time minus the
-tick's absolute deadline; ``busy`` = wake-up to end of the tick's work; an overrun is a tick whose work
-ended after the next deadline. The neighbour is one pure-Python busy process per core (what an inference
+``XVLA_BENCH_SECONDS`` (default 5) s and reads its timing stats. **Interval error** = time since the
+previous tick's wake-up minus the period (a skipped deadline counts one period); ``busy`` = wake-up to end
+of the tick's work; an overrun is a tick whose work ended after the next deadline. The neighbour is one pure-Python busy process per core (what an inference
 process does to the CPU). Figures go to ``benchmark.extra_info`` in microseconds, with the host, Python
 and scheduler, and are printed with ``-s``.
 """
@@ -77,7 +77,7 @@ def _measure(rate_hz: int, priority: int) -> dict:
         client.submit(traj, t0)
         time.sleep(SECONDS)
         stats = client.stats()
-    us = {k: round(v * 1e6, 1) for k, v in stats.timing.items() if k.startswith(("period_error", "busy"))}
+    us = {k: round(v * 1e6, 1) for k, v in stats.timing.items() if k.startswith(("interval_error", "busy"))}
     return {
         **us,
         "ticks": stats.timing["ticks"],
@@ -114,8 +114,8 @@ def test_period_error(benchmark, rate_hz, load, scheduler):
         python=platform.python_version(),
         numpy=np.__version__,
     )
-    print(f"\n{rate_hz} Hz, {load}, {result['scheduler']}: period error p50/p99/max "
-          f"{result['period_error_p50']}/{result['period_error_p99']}/{result['period_error_max']} us, "
+    print(f"\n{rate_hz} Hz, {load}, {result['scheduler']}: tick interval error p50/p99/max "
+          f"{result['interval_error_p50']}/{result['interval_error_p99']}/{result['interval_error_max']} us, "
           f"busy p50/p99 {result['busy_p50']}/{result['busy_p99']} us, "
           f"overruns {result['overruns']}/{result['ticks']} ticks")
     assert result["ticks"] > 0

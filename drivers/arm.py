@@ -5,8 +5,9 @@ arm controller. The control loop (:mod:`drivers.control_loop`) is its only calle
 thread at the control rate, so backends need no locking. The loop calls, in order::
 
     caps = arm.connect()          # once, in the control-loop process
-    state = arm.read_state()      # every tick
-    arm.send_target(target)       # every tick, after the safety envelope
+    state = arm.read_state()      # once after connect, and after a reconnect
+    state = arm.poll_state()      # every tick: never waits on the controller
+    arm.send_target(target)       # every tick, after the safety envelope: never waits on the controller
     arm.hold() / arm.estop()      # when the watchdog says so
     arm.close()                   # on exit, after hold()
 
@@ -29,7 +30,7 @@ from __future__ import annotations
 import abc
 import enum
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Optional, Tuple
+from typing import Callable, Dict, Literal, Optional, Tuple
 
 import numpy as np
 
@@ -259,12 +260,26 @@ class Arm(abc.ABC):
     def read_state(self) -> ArmState:
         """Measured state now. Raises ``ArmLinkError`` when no valid reply arrives in time."""
 
+    def poll_state(self) -> ArmState:
+        """The newest measured state, for the control tick: must return within a small, bounded time.
+
+        A backend whose state needs a round trip to the controller returns the newest state received (its
+        ``timestamp`` says when) and asks for the next one; it raises ``ArmLinkError`` once the newest state
+        is older than its link timeout. The default is :meth:`read_state`, for backends that read at once.
+        """
+        return self.read_state()
+
+    def counters(self) -> Dict[str, int]:
+        """Backend counters (frames lost, targets skipped under backpressure, ...) for the loop's stats."""
+        return {}
+
     @abc.abstractmethod
     def send_target(self, target: Target) -> None:
         """Command the arm toward ``target`` (already checked by the safety envelope).
 
-        Must not block longer than one control period on a healthy link. Raises ``ArmFault`` when the
-        controller refuses it, ``ArmLinkError`` on link loss, ``ArmConfigError`` on a space/shape mismatch.
+        Called from the control tick: must not wait on the controller (write what can be written, count
+        what cannot; the backend documents its backpressure policy). Raises ``ArmFault`` when the controller
+        refuses it, ``ArmLinkError`` on link loss, ``ArmConfigError`` on a space/shape mismatch.
         """
 
     @abc.abstractmethod

@@ -79,7 +79,8 @@ class LoopConfig:
 class LoopStats:
     """A snapshot of the loop. ``timing`` is :meth:`drivers.realtime.PeriodStats.summary` (seconds);
     ``interventions`` counts safety rejections/clips by kind; ``events`` counts chunks accepted/rejected
-    (``chunk_rejected_<reason>``), refused commands, link losses and mode entries (``mode_<name>``)."""
+    (``chunk_rejected_<reason>``), refused commands, link losses, mode entries (``mode_<name>``) and the
+    arm backend's own counters (``arm_<name>``, e.g. targets skipped under backpressure)."""
 
     mode: str
     scheduler: str
@@ -180,7 +181,7 @@ class ControlLoop:
         """The tick's work; returns the command sent, or ``None``."""
         if self.watchdog.link_down:
             return None  # nothing is sent until a reconnect
-        state = self.arm.read_state()
+        state = self.arm.poll_state()
         self.last_state = state
         previous = self.watchdog.mode
         dt = self._dt(now)
@@ -331,6 +332,7 @@ class ControlLoop:
     def stats(self, timing: Dict[str, float], scheduler: str) -> LoopStats:
         events = dict(self.events)
         events.update({f"mode_{k}": v for k, v in self.watchdog.report().items()})
+        events.update({f"arm_{k}": v for k, v in self.arm.counters().items()})
         return LoopStats(
             mode=self.watchdog.mode.value,
             scheduler=scheduler,

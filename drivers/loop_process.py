@@ -28,7 +28,7 @@ import signal
 import threading
 import time
 import traceback
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from drivers import sdnotify
 from drivers.arm import ArmCapabilities, ArmConfigError, ArmError, ArmFactory
@@ -73,35 +73,44 @@ def _serve(conn: Any, arm_factory: ArmFactory, config: LoopConfig) -> None:
         conn.close()
 
 
-def _run(loop: ControlLoop, conn: Any, scheduler: str) -> None:
+def _run(
+    loop: ControlLoop,
+    conn: Any,
+    scheduler: str,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = sleep_until,
+) -> None:
+    """Tick at the control rate until told to stop. ``clock`` and ``sleep`` (an absolute-deadline sleep)
+    are injectable so tests can force overruns without a loaded machine."""
     config = loop.config
     period = config.period
-    timer = PeriodStats(max(int(config.stats_window_s * config.rate_hz), 1))
+    timer = PeriodStats(period, max(int(config.stats_window_s * config.rate_hz), 1))
     interval = sdnotify.watchdog_interval()  # under systemd with WatchdogSec: ping at half the interval
     ping_every = None if interval is None else interval / 2
-    next_ping = time.monotonic()
-    deadline = time.monotonic() + period
+    next_ping = clock()
+    deadline = clock() + period
     while True:
-        sleep_until(deadline)
-        wake = time.monotonic()
+        sleep(deadline)
+        wake = clock()
         loop.tick(wake)
         if ping_every is not None and wake >= next_ping:
             sdnotify.watchdog_ping()  # from the tick itself: a stuck loop stops the pings and systemd restarts us
             next_ping = wake + ping_every
-        keep_going = _handle_messages(loop, conn, timer, scheduler)
-        done = time.monotonic()
-        error = wake - deadline
+        keep_going = _handle_messages(loop, conn, timer, scheduler, clock)
+        done = clock()
         deadline += period
         missed = 0
         if done > deadline:
             missed = int((done - deadline) // period) + 1
             deadline += missed * period
-        timer.record(error, done - wake, missed)
+        timer.record(wake, done - wake, missed)
         if not keep_going:
             return
 
 
-def _handle_messages(loop: ControlLoop, conn: Any, timer: PeriodStats, scheduler: str) -> bool:
+def _handle_messages(
+    loop: ControlLoop, conn: Any, timer: PeriodStats, scheduler: str, clock: Callable[[], float]
+) -> bool:
     """Handle pending client messages; False when the loop must stop."""
     for _ in range(_MAX_MESSAGES_PER_TICK):
         try:
@@ -113,7 +122,7 @@ def _handle_messages(loop: ControlLoop, conn: Any, timer: PeriodStats, scheduler
         kind = message[0]
         if kind == "submit":
             # "now" is read here, after the message arrived, so it is never before the client's obs_timestamp
-            loop.submit(message[1], message[2], time.monotonic())
+            loop.submit(message[1], message[2], clock())
         elif kind == "hold":
             loop.hold()
         elif kind == "estop":
@@ -127,7 +136,8 @@ def _handle_messages(loop: ControlLoop, conn: Any, timer: PeriodStats, scheduler
             if kind == "stop":
                 return False
         elif kind == "trace":
-            conn.send(("reply", message[1], loop.trace()))
+            conn.send(("reply", message[1], {**loop.trace(), "interval_error": timer.interval_errors(),
+                                             "timing": timer.summary()}))
         else:
             raise ControlLoopError(f"unknown control-loop message {kind!r}")
     return True
@@ -236,7 +246,9 @@ class ControlLoopClient:
         return self._request("stats", timeout)
 
     def trace(self, timeout: float = 2.0) -> Dict[str, Any]:
-        """Recent per-tick commanded and measured values (see :meth:`ControlLoop.trace`)."""
+        """Recent per-tick commanded and measured values (see :meth:`ControlLoop.trace`), plus, taken at the
+        same moment, ``interval_error`` (the stats window's tick-interval errors, seconds, oldest first) and
+        ``timing`` (:meth:`~drivers.realtime.PeriodStats.summary` of that window)."""
         return self._request("trace", timeout)
 
     def stop(self, timeout: float = 5.0) -> Optional[LoopStats]:

@@ -91,42 +91,70 @@ def enable_realtime(priority: int, cpu: Optional[int] = None) -> str:
     return ", ".join(["SCHED_OTHER"] + notes)
 
 
-class PeriodStats:
-    """Per-tick timing over a sliding window, plus totals.
+def interval_summary(interval_error: np.ndarray) -> Dict[str, float]:
+    """p50, p99 and max of tick-interval errors (seconds); the one definition the summary, ``/metrics`` and
+    the demo's plot all use. An empty array gives zeros."""
+    err = interval_error if interval_error.size else np.zeros(1)
+    return {
+        "interval_error_p50": float(np.percentile(err, 50)),
+        "interval_error_p99": float(np.percentile(err, 99)),
+        "interval_error_max": float(err.max()),
+    }
 
-    ``period error`` is the wake-up time minus the tick's absolute deadline (>= 0: late). ``busy`` is the
-    time from wake-up to the end of the tick's work. An **overrun** is a tick whose work ended after the
-    next deadline; the deadlines it passed are **missed** and skipped, not caught up in a burst.
+
+class PeriodStats:
+    """Per-tick timing over a sliding window of ``window`` ticks, plus totals.
+
+    The **interval error** of a tick is the time since the previous tick's wake-up minus the period. A tick
+    that wakes on time scores about 0; when the tick before it overran and its deadlines were skipped, it
+    scores about one period per skipped deadline. Missed deadlines therefore sit inside the percentiles
+    instead of vanishing from them (waking late against a re-based deadline would hide them). ``busy`` is
+    the time from wake-up to the end of the tick's work. An **overrun** is a tick whose work ended after
+    the next deadline; the deadlines it passed are **missed** and skipped, not caught up in a burst.
     """
 
-    def __init__(self, window: int) -> None:
-        self._error = np.zeros(window)
+    def __init__(self, period: float, window: int) -> None:
+        self.period = period
+        self._interval_error = np.zeros(window)
         self._busy = np.zeros(window)
+        self._last_wake: Optional[float] = None
         self.ticks = 0
+        self.intervals = 0
         self.overruns = 0
         self.missed = 0
-        self.max_error = 0.0
+        self.max_interval_error = 0.0
 
-    def record(self, error: float, busy: float, missed: int) -> None:
-        i = self.ticks % self._error.shape[0]
-        self._error[i], self._busy[i] = error, busy
+    def record(self, wake: float, busy: float, missed: int) -> None:
+        """One tick: it woke at ``wake``, worked ``busy`` seconds and made ``missed`` deadlines pass."""
+        i = self.ticks % self._busy.shape[0]
+        self._busy[i] = busy
         self.ticks += 1
-        self.max_error = max(self.max_error, error)
+        if self._last_wake is not None:
+            error = wake - self._last_wake - self.period
+            self._interval_error[self.intervals % self._interval_error.shape[0]] = error
+            self.intervals += 1
+            self.max_interval_error = max(self.max_interval_error, error)
+        self._last_wake = wake
         if missed:
             self.overruns += 1
             self.missed += missed
 
+    def interval_errors(self) -> np.ndarray:
+        """The window's interval errors (seconds), oldest first."""
+        n = self._interval_error.shape[0]
+        order = np.arange(max(self.intervals - n, 0), self.intervals) % n
+        return self._interval_error[order].copy()
+
     def summary(self) -> Dict[str, float]:
-        """Percentiles over the window (seconds), all-time max error and the counters."""
-        n = min(self.ticks, self._error.shape[0])
-        err, busy = (self._error[:n], self._busy[:n]) if n else (np.zeros(1), np.zeros(1))
+        """Interval-error and busy percentiles over the window (seconds), the all-time maximum interval
+        error, and the counters (``missed_deadlines`` all-time)."""
+        n = min(self.ticks, self._busy.shape[0])
+        busy = self._busy[:n] if n else np.zeros(1)
         return {
             "ticks": self.ticks,
-            "window": n,
-            "period_error_p50": float(np.percentile(err, 50)),
-            "period_error_p99": float(np.percentile(err, 99)),
-            "period_error_max": float(err.max()),
-            "period_error_max_all": self.max_error,
+            "window": min(self.intervals, self._interval_error.shape[0]),
+            **interval_summary(self.interval_errors()),
+            "interval_error_max_all": self.max_interval_error,
             "busy_p50": float(np.percentile(busy, 50)),
             "busy_p99": float(np.percentile(busy, 99)),
             "busy_max": float(busy.max()),

@@ -3,17 +3,41 @@
 The port is opened with ``serial.serial_for_url``, so real ports (``/dev/ttyACM0``), pty paths and
 pyserial URLs (``socket://host:port``, ``loop://``, ``spy://...``) all work.
 
-TARGETs are pipelined: :meth:`XvlaSerialArm.send_target` writes the frame, handles whatever replies
-have arrived and returns; it blocks only when ``max_in_flight`` TARGETs are unacknowledged. A NACK
-arriving later is raised by the next call. There is no background thread: the control loop's own
-TARGETs and state reads are the heartbeats, so a stalled loop lets the controller's deadman hold the arm.
+The control tick never waits on the controller. :meth:`XvlaSerialArm.send_target` and
+:meth:`XvlaSerialArm.poll_state` (what the tick calls) handle the replies that have already arrived, write
+their frame and return; they never wait for a reply. Both are pipelined:
+
+- **TARGETs**: up to ``max_in_flight`` may be unacknowledged. A NACK arriving later is raised by the next
+  call. A controller that answers slowly exerts **backpressure**; the policy is:
+
+  1. no free slot: the target is *not sent* (``LinkStats.targets_skipped`` counts it). Nothing is queued:
+     the next tick's target is newer, so the newest target is the one sent once an ACK frees a slot, and
+     the controller keeps tracking the last target it accepted meanwhile;
+  2. a TARGET unacknowledged for longer than ``ack_timeout_s`` (100 ms default) is a lost link:
+     ``ArmLinkError``, the control loop stops streaming, and the controller's deadman holds the arm
+     ``timeout_ms`` after the last frame it received.
+
+- **STATE**: :meth:`~XvlaSerialArm.poll_state` returns the newest STATE received (its ``timestamp`` is
+  when it arrived, normally one tick old) and sends one HEARTBEAT for the next one when none is
+  outstanding. A HEARTBEAT unanswered for ``reply_timeout_s`` is counted lost (``states_lost``) and
+  replaced; when no STATE has arrived for ``(retries + 1) * reply_timeout_s`` (150 ms default) the link is
+  lost (``ArmLinkError``), the bound :meth:`~XvlaSerialArm.read_state` applies too.
+
+:meth:`~XvlaSerialArm.read_state`, :meth:`~XvlaSerialArm.connect`, ``hold``, ``estop`` and ``clear_estop``
+wait for their reply (bounded by ``reply_timeout_s`` and ``retries``); the control loop calls them only
+outside the periodic tick's steady state (start-up, reconnect, mode changes). Frames are written with
+pyserial's blocking write, which returns at once unless the OS buffer is full (the peer reads nothing);
+``write_timeout_s`` bounds that case and a timed-out write is a lost link.
+
+There is no background thread: the control loop's own TARGETs and HEARTBEATs are the heartbeats, so a
+stalled loop lets the controller's deadman hold the arm.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, TypeVar
 
 import numpy as np
@@ -49,6 +73,8 @@ class LinkStats:
     targets_acked: int = 0
     targets_nacked: int = 0
     replies_lost: int = 0  # requests whose reply never came (a later reply overtook them)
+    targets_skipped: int = 0  # not sent: max_in_flight TARGETs were unacknowledged (backpressure)
+    states_lost: int = 0  # HEARTBEATs from poll_state unanswered within reply_timeout_s
     frames_echoed: int = 0  # host-type frames received: the port echoes what we send
     frames_malformed: int = 0  # valid CRCs, undecodable payload
     frames_corrupt: int = 0  # candidate frames rejected by a CRC or length check
@@ -60,8 +86,9 @@ class XvlaSerialArm(Arm):
 
     ``space`` picks the target space streamed ("ee" or "joint"; the controller must support it).
     ``timeout_ms`` is the controller deadman requested in HELLO. ``reply_timeout_s`` and ``retries`` apply to
-    HELLO/HEARTBEAT/HOLD/ESTOP; ``ack_timeout_s`` is how long :meth:`send_target` waits for a free slot when
-    ``max_in_flight`` TARGETs are unacknowledged. These three may be changed between calls.
+    HELLO/HEARTBEAT/HOLD/ESTOP and bound the age of :meth:`poll_state`'s newest STATE; ``ack_timeout_s`` is
+    how long a TARGET may stay unacknowledged before the link counts as lost. These three may be changed
+    between calls. ``clock`` is the time source (``time.monotonic``; tests inject their own).
     """
 
     def __init__(
@@ -75,6 +102,8 @@ class XvlaSerialArm(Arm):
         retries: int = 2,
         max_in_flight: int = 8,
         ack_timeout_s: float = 0.1,
+        write_timeout_s: float = 0.05,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if space not in _MODES:
             raise ArmConfigError(f"XvlaSerialArm.space: expected 'ee' or 'joint', got {space!r}")
@@ -82,10 +111,10 @@ class XvlaSerialArm(Arm):
             raise ArmConfigError(f"XvlaSerialArm.max_in_flight: expected 1..8 (PROTOCOL.md §3), got {max_in_flight}")
         if not 0 <= timeout_ms <= 0xFFFF:
             raise ArmConfigError(f"XvlaSerialArm.timeout_ms: expected 0..65535 (0: controller's), got {timeout_ms}")
-        if not (reply_timeout_s > 0 and ack_timeout_s > 0 and retries >= 0):
+        if not (reply_timeout_s > 0 and ack_timeout_s > 0 and write_timeout_s > 0 and retries >= 0):
             raise ArmConfigError(
-                f"XvlaSerialArm: need reply_timeout_s > 0, ack_timeout_s > 0, retries >= 0; got {reply_timeout_s}, "
-                f"{ack_timeout_s}, {retries}"
+                f"XvlaSerialArm: need reply_timeout_s, ack_timeout_s, write_timeout_s > 0 and retries >= 0; got "
+                f"{reply_timeout_s}, {ack_timeout_s}, {write_timeout_s}, {retries}"
             )
         self.port = port
         self.space = space
@@ -95,10 +124,14 @@ class XvlaSerialArm(Arm):
         self.retries = retries
         self._max_in_flight = max_in_flight
         self.ack_timeout_s = ack_timeout_s
+        self._write_timeout_s = write_timeout_s
+        self._clock = clock
         self._link: Transport | None = None
         self._parser = c.FrameParser()
         self._seq = 0
         self._pending: OrderedDict[int, float] = OrderedDict()  # TARGET seq -> send time
+        self._heartbeat: tuple[int, float] | None = None  # poll_state's outstanding HEARTBEAT: seq, send time
+        self._state: tuple[c.StateMsg, float] | None = None  # newest STATE and when it arrived
         self._deferred: ArmError | None = None
         self._estopped = False
         self._caps: c.CapabilitiesMsg | None = None
@@ -121,12 +154,15 @@ class XvlaSerialArm(Arm):
     def connect(self) -> ArmCapabilities:
         if self._link is None:
             try:
-                self._link = serial.serial_for_url(self.port, baudrate=self._baudrate, timeout=0.002, write_timeout=0.5)
+                self._link = serial.serial_for_url(
+                    self.port, baudrate=self._baudrate, timeout=0.002, write_timeout=self._write_timeout_s
+                )
             except (serial.SerialException, OSError, ValueError) as exc:
                 raise ArmLinkError(f"cannot open xvla-serial port {self.port!r}: {exc}") from exc
         self._io(self._link.reset_input_buffer)
         self._parser.clear()
         self._pending.clear()
+        self._heartbeat = self._state = None
         self._deferred = None
         reply = self._request(c.HelloMsg(self._timeout_ms), c.CapabilitiesMsg)
         self._caps = reply
@@ -134,8 +170,38 @@ class XvlaSerialArm(Arm):
         return self._arm_caps
 
     def read_state(self) -> ArmState:
+        """A fresh STATE: sends a HEARTBEAT and waits for its reply (bounded by the reply timeout and retries)."""
         caps = self._connected()
-        state = self._request(c.HeartbeatMsg(), c.StateMsg)
+        self._request(c.HeartbeatMsg(), c.StateMsg)
+        return self._arm_state(caps)
+
+    def poll_state(self) -> ArmState:
+        """The newest STATE received, without waiting (see the module docstring); asks for the next one."""
+        caps = self._connected()
+        self._pump(None)
+        now = self._clock()
+        if self._state is None:
+            return self.read_state()  # nothing streamed yet (right after connect): one bounded round trip
+        if self._heartbeat is not None and now - self._heartbeat[1] > self.reply_timeout_s:
+            self._heartbeat = None
+            self.stats.states_lost += 1
+        age = now - self._state[1]
+        if age > (self.retries + 1) * self.reply_timeout_s:
+            raise ArmLinkError(
+                f"{self.port}: no STATE for {age * 1000:.0f} ms (limit {self.retries + 1} x "
+                f"{self.reply_timeout_s * 1000:.0f} ms)"
+            )
+        if self._heartbeat is None:
+            self._heartbeat = (self._send(c.HeartbeatMsg()), now)
+        return self._arm_state(caps)
+
+    def counters(self) -> dict[str, int]:
+        return asdict(self.stats)
+
+    def _arm_state(self, caps: c.CapabilitiesMsg) -> ArmState:
+        """The newest STATE as an :class:`ArmState` stamped with its arrival time; checks the boot id."""
+        assert self._state is not None
+        state, received = self._state
         if state.boot_id != caps.boot_id:
             raise ArmLinkError(
                 f"{self.port}: controller rebooted (boot id {caps.boot_id:#010x} -> {state.boot_id:#010x}); "
@@ -143,7 +209,7 @@ class XvlaSerialArm(Arm):
             )
         ee = np.asarray(state.ee, dtype=np.float64).reshape(-1, c.EE_VALUES)
         return ArmState(
-            timestamp=time.monotonic(),
+            timestamp=received,
             faults=FaultFlag(int(state.faults)),
             position=ee[:, 0:3],
             quaternion=ee[:, 3:7],
@@ -155,23 +221,26 @@ class XvlaSerialArm(Arm):
 
     def send_target(self, target: Target) -> None:
         caps = self._connected()
-        self._raise_deferred()
         if self._estopped:
             raise ArmFault(f"{self.port}: e-stop latch is set; call clear_estop() first", flags=FaultFlag.ESTOP,
                            reason="estopped")
         message = self._to_message(target, caps)
-        self._pump(time.monotonic() + self.ack_timeout_s, until_free=True)
-        if len(self._pending) >= self._max_in_flight:
-            oldest, sent = next(iter(self._pending.items()))
-            self._pending.clear()
-            raise ArmLinkError(
-                f"{self.port}: {self._max_in_flight} TARGETs unacknowledged; the oldest (seq {oldest}) was sent "
-                f"{(time.monotonic() - sent) * 1000:.0f} ms ago"
-            )
-        seq = self._send(message)
-        self._pending[seq] = time.monotonic()
-        self.stats.targets_sent += 1
         self._pump(None)
+        self._raise_deferred()
+        now = self._clock()
+        if self._pending:
+            oldest, sent = next(iter(self._pending.items()))
+            if now - sent > self.ack_timeout_s:
+                self._pending.clear()
+                raise ArmLinkError(
+                    f"{self.port}: TARGETs unacknowledged; the oldest (seq {oldest}) was sent "
+                    f"{(now - sent) * 1000:.0f} ms ago (ack_timeout_s {self.ack_timeout_s * 1000:.0f} ms)"
+                )
+        if len(self._pending) >= self._max_in_flight:
+            self.stats.targets_skipped += 1  # backpressure: the next tick sends a newer target
+            return
+        self._pending[self._send(message)] = now
+        self.stats.targets_sent += 1
 
     def hold(self) -> None:
         self._request(c.HoldMsg(), c.AckMsg)
@@ -206,7 +275,7 @@ class XvlaSerialArm(Arm):
         """Send ``message`` and wait for its reply, retrying with a fresh seq; pending ACKs resolve meanwhile."""
         for _ in range(self.retries + 1):
             seq = self._send(message)
-            reply = self._pump(time.monotonic() + self.reply_timeout_s, want=seq)
+            reply = self._pump(self._clock() + self.reply_timeout_s, want=seq)
             if reply is None:
                 continue
             if isinstance(reply, c.NackMsg):
@@ -232,10 +301,10 @@ class XvlaSerialArm(Arm):
         self._io(lambda: link.write(wire))
         return self._seq
 
-    def _pump(self, deadline: float | None, *, want: int | None = None, until_free: bool = False) -> c.Message | None:
-        """Handle incoming frames; wait for ``want``'s reply or a free TARGET slot until ``deadline``.
+    def _pump(self, deadline: float | None, *, want: int | None = None) -> c.Message | None:
+        """Handle incoming frames; wait for ``want``'s reply until ``deadline``.
 
-        With ``deadline`` None it only handles what has already arrived.
+        With ``deadline`` None it only handles what has already arrived (never waits).
         """
         block = False
         while True:
@@ -243,9 +312,7 @@ class XvlaSerialArm(Arm):
                 reply = self._handle(frame)
                 if want is not None and frame.seq == want and reply is not None:
                     return reply
-            if until_free and len(self._pending) < self._max_in_flight:
-                return None
-            if deadline is None or time.monotonic() >= deadline:
+            if deadline is None or self._clock() >= deadline:
                 return None
             block = True
 
@@ -267,6 +334,10 @@ class XvlaSerialArm(Arm):
             self.stats.frames_malformed += 1
             return None
         self._resolve_pending(frame.seq, reply)
+        if self._heartbeat is not None and not c.seq_newer(self._heartbeat[0], frame.seq):
+            self._heartbeat = None  # answered, or overtaken by a later reply (replies come in order)
+        if isinstance(reply, c.StateMsg):
+            self._state = (reply, self._clock())
         return reply
 
     def _resolve_pending(self, seq: int, reply: c.Message) -> None:

@@ -8,7 +8,8 @@ Joints and end-effector poses follow their targets with first-order dynamics (ti
 ``tau_s``) capped at the advertised velocities; the EE and joint states are independent (the
 emulator has no kinematics). It enforces the limits it advertises, holds on its own host-silence
 timeout, and takes fault-injection commands (``drop_rx``, ``drop_tx``, ``corrupt_tx``, ``garbage``,
-``silence``, ``reboot``, ``press_estop``, ``set_fault``, ``clear_fault``) plus ``snapshot`` from the test.
+``silence``, ``latency``, ``reboot``, ``press_estop``, ``set_fault``, ``clear_fault``) plus ``snapshot``
+from the test.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class ControllerEmulator:
         self._rng = random.Random(seed)
         self._drop_rx = self._drop_tx = self._corrupt_tx = 0
         self._silent = False
+        self._latency_s = 0.0  # every reply leaves this long after its request arrived
         self.positions = [0.0] * self.config.n_joints
         self.velocities = [0.0] * self.config.n_joints
         self.ee = [list(self.config.home_ee) for _ in range(self.config.n_arms)]
@@ -130,7 +132,7 @@ class ControllerEmulator:
             self._corrupt_tx -= 1
             index = self._rng.randrange(len(wire))
             wire = wire[:index] + bytes([wire[index] ^ (1 << self._rng.randrange(8))]) + wire[index + 1 :]
-        self.outbox.append((now, wire))
+        self.outbox.append((now + self._latency_s, wire))
 
     def _handle(self, frame: c.Frame, now: float) -> c.Message:
         if frame.version != c.VERSION:
@@ -279,6 +281,10 @@ class ControllerEmulator:
 
     def _ctl_silence(self, on: bool = True) -> None:
         self._silent = on
+
+    def _ctl_latency(self, ms: float = 0.0) -> None:
+        """A slow controller: replies leave ``ms`` after their request arrived (still in order)."""
+        self._latency_s = ms / 1000
 
     def _ctl_reboot(self) -> None:
         self._boot(time.monotonic())

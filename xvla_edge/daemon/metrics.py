@@ -115,9 +115,14 @@ class DaemonMetrics:
         r = self.registry = Registry()
         self.latency = r.add(Histogram("xvla_chunk_latency_seconds", "Observation to chunk ready.", LATENCY_BUCKETS))
         self.chunks = r.add(Counter("xvla_chunks_total", "Chunks produced by the policy."))
-        self.period_error = r.add(Gauge("xvla_control_period_error_seconds",
-                                        "Control-loop wake-up lateness over the stats window, by quantile."))
+        self.interval_error = r.add(Gauge("xvla_control_interval_error_seconds",
+                                          "Control tick interval minus the period over the stats window, by "
+                                          "quantile; a missed deadline counts as one period late."))
+        self.missed = r.add(Counter("xvla_control_missed_deadlines_total",
+                                    "Control deadlines skipped because a tick ran past them."))
         self.overruns = r.add(Counter("xvla_control_overruns_total", "Control ticks that ran past their period."))
+        self.arm_link = r.add(Counter("xvla_arm_link_total", "Arm link counters by kind (targets_skipped: not "
+                                      "sent under controller backpressure; replies_lost, states_lost, ...)."))
         self.interventions = r.add(Counter("xvla_safety_interventions_total",
                                            "Commands the safety envelope rejected or clipped, by kind."))
         self.holds = r.add(Counter("xvla_watchdog_holds_total", "Entries into the holding mode (trajectory ran out)."))
@@ -130,10 +135,14 @@ class DaemonMetrics:
 
     def observe_loop(self, stats: LoopStats) -> None:
         timing = stats.timing
-        for q, key in (("0.5", "period_error_p50"), ("0.99", "period_error_p99"), ("1", "period_error_max")):
+        for q, key in (("0.5", "interval_error_p50"), ("0.99", "interval_error_p99"), ("1", "interval_error_max")):
             if key in timing:
-                self.period_error.set(timing[key], quantile=q)
+                self.interval_error.set(timing[key], quantile=q)
+        self.missed.set_total(timing.get("missed_deadlines", 0))
         self.overruns.set_total(timing.get("overruns", 0))
+        for name, n in stats.events.items():
+            if name.startswith("arm_"):
+                self.arm_link.set_total(n, kind=name[len("arm_"):])
         for kind, n in stats.interventions.items():
             if kind != "commands":
                 self.interventions.set_total(n, kind=kind)

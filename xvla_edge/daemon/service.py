@@ -59,10 +59,12 @@ class Summary:
     chunks: int
     chunk_latency_p50: float
     chunk_latency_p99: float
-    period_error_p50: float
-    period_error_p99: float
-    period_error_max: float
-    overruns: int
+    interval_error_p50: float
+    interval_error_p99: float
+    interval_error_max: float
+    interval_window: int
+    missed_deadlines: int
+    ticks: int
     clamps: int
     holds: int
     camera_stalls: int
@@ -78,8 +80,10 @@ class Summary:
             f"ran {self.seconds:.1f} s, control loop {self.scheduler}, final mode {self.mode}",
             f"chunks: {self.chunks}, latency p50 {self.chunk_latency_p50 * ms:.1f} ms, "
             f"p99 {self.chunk_latency_p99 * ms:.1f} ms",
-            f"control period error: p50 {self.period_error_p50 * ms:.3f} ms, p99 {self.period_error_p99 * ms:.3f} ms, "
-            f"max {self.period_error_max * ms:.3f} ms, overruns {self.overruns}",
+            f"control tick interval error (last {self.interval_window} intervals, missed deadlines included): "
+            f"p50 {self.interval_error_p50 * ms:.3f} ms, p99 {self.interval_error_p99 * ms:.3f} ms, "
+            f"max {self.interval_error_max * ms:.3f} ms; missed deadlines {self.missed_deadlines} of "
+            f"{self.ticks + self.missed_deadlines}",
             f"safety clamps: {self.clamps} ({', '.join(f'{k} {v}' for k, v in self.interventions.items() if v) or 'none'})",
             f"watchdog holds: {self.holds}, camera stalls: {self.camera_stalls}, inference errors: {self.inference_errors}",
         ]
@@ -317,9 +321,12 @@ class Daemon:
             reasons.append(error)
         return ("degraded", reasons) if reasons else ("ok", [])
 
-    def summary(self) -> Summary:
+    def summary(self, timing: Optional[Dict[str, float]] = None) -> Summary:
+        """The run so far. ``timing`` replaces the last polled loop timing (the demo passes the one taken
+        with its trace, so the printed figures and the plotted intervals come from one window)."""
         stats = self.stats
-        timing = stats.timing if stats else {}
+        if timing is None:
+            timing = stats.timing if stats else {}
         interventions = {k: v for k, v in (stats.interventions if stats else {}).items() if k != "commands"}
         events = stats.events if stats else {}
         lat = np.array(self.latencies) if self.latencies else np.zeros(1)
@@ -328,10 +335,12 @@ class Daemon:
             chunks=len(self.latencies),
             chunk_latency_p50=float(np.percentile(lat, 50)),
             chunk_latency_p99=float(np.percentile(lat, 99)),
-            period_error_p50=float(timing.get("period_error_p50", np.nan)),
-            period_error_p99=float(timing.get("period_error_p99", np.nan)),
-            period_error_max=float(timing.get("period_error_max_all", np.nan)),
-            overruns=int(timing.get("overruns", 0)),
+            interval_error_p50=float(timing.get("interval_error_p50", np.nan)),
+            interval_error_p99=float(timing.get("interval_error_p99", np.nan)),
+            interval_error_max=float(timing.get("interval_error_max_all", np.nan)),
+            interval_window=int(timing.get("window", 0)),
+            missed_deadlines=int(timing.get("missed_deadlines", 0)),
+            ticks=int(timing.get("ticks", 0)),
             clamps=int(sum(interventions.values())),
             holds=int(events.get("mode_holding", 0)),
             camera_stalls=self._camera_stalls,

@@ -244,8 +244,10 @@ def test_silent_controller_is_a_link_error_and_controller_holds(emu: EmulatorPro
     with pytest.raises(ArmLinkError, match=f"{emu.port}: no reply to HEARTBEAT after 2 tries"):
         arm.read_state()
     with pytest.raises(ArmLinkError, match="TARGETs unacknowledged"):
-        for _ in range(20):
+        for _ in range(200):  # one target per 5 ms tick; send_target never waits, so time passes here
             arm.send_target(joint(1.0))
+            time.sleep(0.005)
+    assert arm.stats.targets_skipped > 0  # once 8 were unacknowledged, later ones were not sent
     snap = wait_snapshot(emu, lambda s: s["mode"] == "HOLDING", "the deadman while silent")
     assert snap["joint_target"] == snap["positions"]
     assert_within_limits(snap)

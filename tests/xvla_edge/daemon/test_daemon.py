@@ -132,7 +132,16 @@ def test_drives_the_arm_within_the_envelope_and_reports(daemon, emu):
     info = [line for line in metrics.splitlines() if line.startswith("xvla_bundle_info{")]
     assert len(info) == 1 and f'bundle_id="{canonical_id(daemon.config.bundle.path)}"' in info[0], info
     assert float(info[0].rsplit(" ", 1)[1]) == 1 and 'precision="fp32"' in info[0]
+    timing = daemon.stats.timing  # what the metrics page was rendered from: same figures, same definition
+    for quantile, key in (("0.5", "interval_error_p50"), ("0.99", "interval_error_p99"), ("1", "interval_error_max")):
+        assert f'xvla_control_interval_error_seconds{{quantile="{quantile}"}} {timing[key]!r}' in metrics
+    assert f"xvla_control_missed_deadlines_total {float(timing['missed_deadlines'])!r}" in metrics
     trace = daemon.loop.trace()
+    summary = daemon.summary(timing=trace["timing"])  # the demo's summary and plot: one window
+    window = trace["interval_error"]
+    assert len(window) == trace["timing"]["window"] > 0
+    assert summary.interval_error_p99 == np.percentile(window, 99) and summary.interval_error_p50 == np.median(window)
+    assert summary.missed_deadlines == trace["timing"]["missed_deadlines"]
     sent = ~np.isnan(trace["command"][:, 0])
     pos, t = trace["command"][sent, :3], trace["time"][sent]
     limits = daemon.config.loop_config().limits
