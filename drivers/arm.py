@@ -35,6 +35,7 @@ from typing import Callable, Dict, Literal, Optional, Tuple
 import numpy as np
 
 from drivers.errors import ArmError
+from drivers.physical_ranges import MAX_JOINT, MAX_JOINT_VELOCITY, MAX_POSITION_M, check_rate
 
 Space = Literal["ee", "joint"]
 SPACES: Tuple[str, ...] = ("ee", "joint")
@@ -86,7 +87,8 @@ class ArmFault(ArmError):
 
 @dataclass(frozen=True)
 class JointLimit:
-    """Position range and speed limit of one joint (rad or m, and that unit per second)."""
+    """Position range and speed limit of one joint (rad or m, and that unit per second), within the physical
+    ranges of :mod:`drivers.physical_ranges` (``±MAX_JOINT``, ``max_velocity <= MAX_JOINT_VELOCITY``)."""
 
     lower: float
     upper: float
@@ -95,13 +97,18 @@ class JointLimit:
     def __post_init__(self) -> None:
         if not (np.isfinite(self.lower) and np.isfinite(self.upper) and self.lower < self.upper):
             raise ArmConfigError(f"JointLimit: need finite lower < upper, got lower={self.lower}, upper={self.upper}")
-        if not (np.isfinite(self.max_velocity) and self.max_velocity > 0):
-            raise ArmConfigError(f"JointLimit: max_velocity must be finite and > 0, got {self.max_velocity}")
+        if max(abs(self.lower), abs(self.upper)) > MAX_JOINT:
+            raise ArmConfigError(f"JointLimit: lower and upper must lie within ±{MAX_JOINT:.6g} (4π rad), "
+                                 f"got lower={self.lower}, upper={self.upper}")
+        why = check_rate("JointLimit: max_velocity", self.max_velocity, MAX_JOINT_VELOCITY, "rad/s (4π)")
+        if why:
+            raise ArmConfigError(why)
 
 
 @dataclass(frozen=True)
 class Box:
-    """Axis-aligned workspace box for one arm's end-effector position (m, arm base frame)."""
+    """Axis-aligned workspace box for one arm's end-effector position (m, arm base frame), within
+    ``±MAX_POSITION_M`` on every axis (:mod:`drivers.physical_ranges`)."""
 
     lower: Tuple[float, float, float]
     upper: Tuple[float, float, float]
@@ -112,6 +119,9 @@ class Box:
             raise ArmConfigError(f"Box: lower and upper must have 3 values, got {lo.shape} and {hi.shape}")
         if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi)) and np.all(lo < hi)):
             raise ArmConfigError(f"Box: need finite lower < upper on every axis, got {self.lower} .. {self.upper}")
+        if np.max(np.abs([lo, hi])) > MAX_POSITION_M:
+            raise ArmConfigError(f"Box: corners must lie within ±{MAX_POSITION_M:g} m on every axis, "
+                                 f"got {self.lower} .. {self.upper}")
         object.__setattr__(self, "lower", tuple(float(v) for v in lo))
         object.__setattr__(self, "upper", tuple(float(v) for v in hi))
 

@@ -8,7 +8,12 @@ results for reporting.
 A target is **rejected** (the arm holds the previous safe command, velocity reset to zero) when it has
 the wrong space, arm count or joint count (``"shape"``), any non-finite value (``"nonfinite"``), or a
 value no limit can repair: a quaternion norm outside 0.9 ... 1.1 or a gripper outside 0 ... 1
-(``"range"``). Otherwise it is **clipped**, in this order (each kind reported once per call):
+(``"range"``). It is also rejected as ``"nonfinite"`` when the arithmetic below meets an overflow, a
+division by zero or a non-finite intermediate (an extreme ``dt``): whatever the input, the result is either
+finite and inside every limit or the previous safe command. Absurd finite values cannot get that far: the
+wanted position is clipped into the workspace (joints into their limits) and the reference velocity into
+``±MAX_REFERENCE`` before any arithmetic. Otherwise the target is **clipped**, in this order (each kind
+reported once per call):
 
 EE targets, per arm:
   1. position into the workspace box (``"workspace"``);
@@ -60,6 +65,7 @@ import numpy as np
 
 from drivers import quaternion
 from drivers.arm import ArmCapabilities, ArmConfigError, Box, JointLimit, Target
+from drivers.physical_ranges import SAFETY_LIMIT_MAX, check_rate
 
 REJECT_KINDS = ("shape", "nonfinite", "range")
 CLIP_KINDS = (
@@ -73,13 +79,18 @@ CLIP_KINDS = (
     "joint_speed",
     "joint_accel",
 )
+#: Bound (m/s, rad/s, per component) a reference velocity is clipped into before use: far above every limit
+#: (:data:`drivers.physical_ranges.SAFETY_LIMIT_MAX`), far below where the arithmetic could overflow.
+MAX_REFERENCE = 1e3
 _QUAT_NORM_RANGE = (0.9, 1.1)
 _EPS = 1e-12
 
 
 @dataclass(frozen=True)
 class SafetyLimits:
-    """Limits for one controller. Rates are per second; every limit must be finite and > 0.
+    """Limits for one controller. Rates are per second; every limit must be finite, > 0 and within its
+    physical range (:data:`drivers.physical_ranges.SAFETY_LIMIT_MAX`: 3 m/s, 2π rad/s, 20 m/s², 50 rad/s²,
+    20 /s, 50 rad/s²), so that no configuration can switch the envelope off.
 
     ``workspaces`` (one :class:`~drivers.arm.Box` per arm) and ``joint_limits`` (one
     :class:`~drivers.arm.JointLimit` per joint) may be left empty here and come from the controller:
@@ -97,9 +108,10 @@ class SafetyLimits:
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name.startswith("max_") and not (np.isfinite(value) and value > 0):
-                raise ArmConfigError(f"SafetyLimits.{f.name} must be finite and > 0, got {value!r}")
+            if f.name.startswith("max_"):
+                why = check_rate(f"SafetyLimits.{f.name}", getattr(self, f.name), *SAFETY_LIMIT_MAX[f.name])
+                if why:
+                    raise ArmConfigError(why)
         object.__setattr__(self, "workspaces", tuple(self.workspaces))
         object.__setattr__(self, "joint_limits", tuple(self.joint_limits))
 
@@ -192,7 +204,8 @@ class SafetyResult:
 @dataclass(frozen=True)
 class ReferenceVelocity:
     """How the wanted target itself moves: ``linear`` [A, 3] m/s (EE) or [J] (joint), ``angular`` [A, 3]
-    rad/s world frame (EE; ignored for joints). Non-finite values count as zero."""
+    rad/s world frame (EE; ignored for joints). Non-finite values count as zero; the rest is clipped into
+    ``±MAX_REFERENCE``."""
 
     linear: np.ndarray
     angular: np.ndarray
@@ -208,23 +221,38 @@ def enforce(
 ) -> SafetyResult:
     """The safe command for ``wanted`` one step of ``dt`` seconds after ``state`` (see the module docstring).
 
-    ``reference`` is the velocity of the trajectory at ``wanted`` (default: at rest). ``limits`` must already
-    fit the arm (:meth:`SafetyLimits.for_arm`). Never raises on bad ``wanted`` values; raises
-    ``ArmConfigError`` only for a non-positive ``dt``.
+    ``reference`` is the velocity of the trajectory at ``wanted`` (default: at rest); each component is
+    clipped into ``±MAX_REFERENCE`` first. ``limits`` must already fit the arm (:meth:`SafetyLimits.for_arm`).
+    Never raises on bad ``wanted`` or ``reference`` values; raises ``ArmConfigError`` only for a non-positive
+    or non-finite ``dt``. Any overflow, division by zero or non-finite value met on the way (an extreme
+    ``dt``, say) rejects the target as ``"nonfinite"``: a non-finite command is never returned.
     """
     if not (np.isfinite(dt) and dt > 0):
         raise ArmConfigError(f"enforce: dt must be finite and > 0 s, got {dt!r}")
-    with np.errstate(over="ignore", invalid="ignore"):  # huge inputs are rejected or clipped, not warned about
-        return _enforce(wanted, state, dt, limits, reference)
+    with np.errstate(over="ignore", invalid="ignore"):  # huge inputs are rejected here, not warned about
+        reason = _rejection(wanted, state.target, limits)
+    if reason is None:
+        try:
+            with np.errstate(over="raise", invalid="raise", divide="raise"):
+                result = _clip(wanted, state, dt, limits, _reference(reference, state))
+        except ArithmeticError:  # numpy's FloatingPointError, or Python's own overflow / division by zero
+            reason = "nonfinite"
+        else:
+            if _finite(result):
+                return result
+            reason = "nonfinite"
+    return SafetyResult(state.target, EnvelopeState.at_rest(state.target), rejected=reason)
 
 
-def _enforce(
-    wanted: Target, state: EnvelopeState, dt: float, limits: SafetyLimits, reference: Optional[ReferenceVelocity]
+def _finite(result: SafetyResult) -> bool:
+    state = result.state
+    return bool(np.isfinite(result.target.to_vector()).all() and np.isfinite(state.velocity).all()
+                and np.isfinite(state.angular_velocity).all())
+
+
+def _clip(
+    wanted: Target, state: EnvelopeState, dt: float, limits: SafetyLimits, ref: ReferenceVelocity
 ) -> SafetyResult:
-    reason = _rejection(wanted, state.target, limits)
-    if reason is not None:
-        return SafetyResult(state.target, EnvelopeState.at_rest(state.target), rejected=reason)
-    ref = _reference(reference, state)
     clipped: list = []
     if wanted.space == "ee":
         pos, vel = _clip_position(wanted.position, ref.linear, state, dt, limits, clipped)
@@ -256,7 +284,8 @@ def _rejection(wanted: Target, previous: Target, limits: SafetyLimits) -> Option
 
 
 def _reference(reference: Optional[ReferenceVelocity], state: EnvelopeState) -> ReferenceVelocity:
-    """``reference`` with the envelope's shapes, zero where missing, mis-shaped or non-finite."""
+    """``reference`` with the envelope's shapes, zero where missing, mis-shaped or non-finite, and clipped
+    into ``±MAX_REFERENCE``."""
     rest = EnvelopeState.at_rest(state.target)
     if reference is None:
         return ReferenceVelocity(rest.velocity, rest.angular_velocity)
@@ -265,7 +294,7 @@ def _reference(reference: Optional[ReferenceVelocity], state: EnvelopeState) -> 
         value = np.asarray(value, dtype=np.float64)
         if value.shape != like.shape:
             return like
-        return np.where(np.isfinite(value), value, 0.0)
+        return np.clip(np.where(np.isfinite(value), value, 0.0), -MAX_REFERENCE, MAX_REFERENCE)
 
     return ReferenceVelocity(clean(reference.linear, rest.velocity), clean(reference.angular, rest.angular_velocity))
 

@@ -23,6 +23,12 @@
      itself adds no velocity step. The blend is sampled every ``blend_step_s`` into ordinary waypoints.
      Without an executing trajectory it is the same as ``"replace"``.
 
+A chunk that does not make a valid :class:`~drivers.trajectory.Trajectory` from the command (one that
+skipped validation, say an unpickled one with an absurd waypoint, or times that collapse when shifted) is
+rejected (``"invalid"``) and the executing trajectory goes on. A blend that would not be valid (the executing
+trajectory moves too fast for the mix to stay within the waypoint speed bounds) falls back to ``"replace"``,
+which always is: it starts from the command within the speed limits.
+
 Whatever this produces still passes the safety envelope, which bounds speed and acceleration per tick.
 """
 
@@ -38,13 +44,14 @@ from drivers import quaternion
 from drivers.arm import ArmConfigError, ArmError, Target
 from drivers.interpolation import TrajectorySampler
 from drivers.safety import SafetyLimits
-from drivers.trajectory import Trajectory
+from drivers.trajectory import Trajectory, TrajectoryError
 
 _FUTURE_TOLERANCE_S = 1e-3
 
 
 class SpliceRejected(ArmError):
-    """A chunk was not accepted; ``reason`` is one of ``too_late``, ``future_observation``, ``stale``, ``shape``."""
+    """A chunk was not accepted; ``reason`` is one of ``too_late``, ``future_observation``, ``stale``, ``shape``,
+    ``invalid``."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -120,21 +127,29 @@ def splice(
         raise SpliceRejected("future_observation", f"obs_timestamp {obs_timestamp:.6f} is {-latency:.4f} s after now")
     if latency > policy.max_latency_s:
         raise SpliceRejected("too_late", f"chunk latency {latency:.3f} s exceeds max_latency_s={policy.max_latency_s}")
-    if policy.anchor == "arrival":
-        new = new.shifted(max(latency, 0.0))
-    kept = new.after(now)
-    if kept is None:
-        raise SpliceRejected("stale", f"all {new.n_waypoints} waypoints are past (the last {now - new.end:.3f} s ago)")
-    dropped = new.n_waypoints - kept.n_waypoints
-    reach = now + policy.speed_margin * min_duration(command, kept.waypoint(0), limits)
-    delay = max(reach - kept.start, 0.0)
-    if delay > 0:
-        kept = kept.shifted(delay)
-    velocity = None if current is None else current.velocity(now)
-    replaced = kept.prepend(now, command, initial_velocity=velocity)
+    try:
+        if policy.anchor == "arrival":
+            new = new.shifted(max(latency, 0.0))
+        kept = new.after(now)
+        if kept is None:
+            past = f"all {new.n_waypoints} waypoints are past (the last {now - new.end:.3f} s ago)"
+            raise SpliceRejected("stale", past)
+        dropped = new.n_waypoints - kept.n_waypoints
+        reach = now + policy.speed_margin * min_duration(command, kept.waypoint(0), limits)
+        delay = max(reach - kept.start, 0.0)
+        if delay > 0:
+            kept = kept.shifted(delay)
+        velocity = None if current is None else current.velocity(now)
+        replaced = kept.prepend(now, command, initial_velocity=velocity)
+    except TrajectoryError as exc:
+        raise SpliceRejected("invalid", f"chunk does not make a valid trajectory from the command: {exc}") from exc
     if policy.mode == "replace" or current is None:
         return SpliceResult(replaced, latency, dropped, delay)
-    blended = _blend(current, TrajectorySampler(replaced), now=now, policy=policy, velocity=velocity, command=command)
+    try:
+        blended = _blend(current, TrajectorySampler(replaced), now=now, policy=policy, velocity=velocity,
+                         command=command)
+    except TrajectoryError:
+        return SpliceResult(replaced, latency, dropped, delay)
     return SpliceResult(blended, latency, dropped, delay)
 
 

@@ -7,9 +7,14 @@ controller, in one target space:
 - ``"joint"``: ``joints`` [N, J], ``gripper`` [N, A].
 
 Gripper values are the normalised opening, 0 closed ... 1 open. Construction validates everything and
-names the field at fault; a trajectory that exists is finite, strictly increasing in time and unit-
-quaternion. Quaternions are made hemisphere-continuous (each one on the side of its predecessor) so that
-slerp takes the short way.
+names the field, waypoint and value at fault; a trajectory that exists is finite, strictly increasing in
+time (no duplicate or backward timestamps, at least one waypoint), unit-quaternion, and physically
+meaningful: positions within ``MAX_POSITION_M`` (10 m per axis), joint values within ``MAX_JOINT`` (4π),
+and the speeds implied between consecutive waypoints within ``MAX_WAYPOINT_LINEAR_SPEED`` (100 m/s),
+``MAX_WAYPOINT_ANGULAR_SPEED`` and ``MAX_WAYPOINT_JOINT_SPEED`` (100 rad/s); the table of these bounds is in
+:mod:`drivers.physical_ranges`. So nothing downstream (interpolation, splice, the safety envelope) meets a
+value whose arithmetic can overflow. Quaternions are made hemisphere-continuous (each one on the side of its
+predecessor) so that slerp takes the short way.
 
 X-VLA chunks: waypoint ``k`` (1 ... 30) of a chunk predicted from an observation at ``t_obs`` belongs at
 ``t_obs + k * span / 30``, where ``span`` is the domain's chunk duration (1-10 s, so waypoints are
@@ -25,6 +30,13 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from drivers.arm import SPACES, ArmConfigError, Space, Target
+from drivers.physical_ranges import (
+    MAX_JOINT,
+    MAX_POSITION_M,
+    MAX_WAYPOINT_ANGULAR_SPEED,
+    MAX_WAYPOINT_JOINT_SPEED,
+    MAX_WAYPOINT_LINEAR_SPEED,
+)
 
 _QUAT_NORM_MIN = 1e-6
 _ORTHONORMAL_TOL = 1e-3
@@ -39,6 +51,42 @@ def _finite(name: str, arr: np.ndarray) -> None:
     if bad.any():
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
         raise TrajectoryError(f"{name}: non-finite value {arr[idx]} at index {idx}")
+
+
+def _within_positions(position: np.ndarray) -> None:
+    """``position`` [N, A, 3] within ``MAX_POSITION_M`` on every axis."""
+    bad = np.abs(position) > MAX_POSITION_M
+    if bad.any():
+        k, arm, axis = (int(i) for i in np.argwhere(bad)[0])
+        raise TrajectoryError(
+            f"position: waypoint {k} (arm {arm}) {'xyz'[axis]} = {float(position[k, arm, axis])!r} m is outside "
+            f"±{MAX_POSITION_M:g} m (MAX_POSITION_M)"
+        )
+
+
+def _within_joints(joints: np.ndarray) -> None:
+    """``joints`` [N, J] within ``MAX_JOINT``."""
+    bad = np.abs(joints) > MAX_JOINT
+    if bad.any():
+        k, j = (int(i) for i in np.argwhere(bad)[0])
+        raise TrajectoryError(
+            f"joints: waypoint {k} joint {j} = {float(joints[k, j])!r} is outside ±{MAX_JOINT:.6g} (4π, MAX_JOINT)"
+        )
+
+
+def _check_speeds(field: str, per: str, change: np.ndarray, steps: np.ndarray, bound: float, unit: str,
+                  name: str) -> None:
+    """``change`` [N-1, M] (distance, angle, joint change) between consecutive waypoints over their ``steps``
+    [N-1] s within ``bound``; the message names the field, the waypoints, the ``per`` item and ``name``."""
+    with np.errstate(over="ignore"):  # a denormal time step makes an infinite speed, which is refused
+        speed = change / steps[:, None]
+    bad = speed > bound
+    if bad.any():
+        k, m = (int(i) for i in np.argwhere(bad)[0])
+        raise TrajectoryError(
+            f"{field}: waypoints {k} -> {k + 1} ({per} {m}) imply {float(speed[k, m]):.4g} {unit}, "
+            f"beyond {bound:g} {unit} ({name})"
+        )
 
 
 def _readonly(arr: np.ndarray) -> np.ndarray:
@@ -70,13 +118,19 @@ def rotation_to_quaternion(rotation: object, n: int) -> np.ndarray:
     _finite("rotation", arr)
     n_arms = arr.shape[1]
     if not is_matrix:
-        norm = np.linalg.norm(arr, axis=-1, keepdims=True)
-        if (norm < _QUAT_NORM_MIN).any():
-            idx = tuple(int(i) for i in np.argwhere(norm[..., 0] < _QUAT_NORM_MIN)[0])
+        # scaled by the largest component first, so that neither 1e300 nor a denormal overflows or underflows
+        scale = np.abs(arr).max(axis=-1, keepdims=True)
+        unit = np.divide(arr, scale, out=np.zeros_like(arr), where=scale > 0)
+        norm = np.linalg.norm(unit, axis=-1, keepdims=True)
+        with np.errstate(over="ignore"):
+            tiny = (scale * norm)[..., 0] < _QUAT_NORM_MIN
+        if tiny.any():
+            idx = tuple(int(i) for i in np.argwhere(tiny)[0])
             raise TrajectoryError(f"rotation: quaternion at index {idx} has zero norm")
-        return arr / norm
+        return unit / norm
     flat = arr.reshape(-1, 3, 3)
-    err = np.abs(flat @ np.swapaxes(flat, 1, 2) - np.eye(3)).max(axis=(1, 2))
+    with np.errstate(over="ignore", invalid="ignore"):  # huge entries: an infinite error, refused below
+        err = np.abs(flat @ np.swapaxes(flat, 1, 2) - np.eye(3)).max(axis=(1, 2))
     det = np.linalg.det(flat)
     bad = (err > _ORTHONORMAL_TOL) | (det < 0)
     if bad.any():
@@ -167,12 +221,23 @@ class Trajectory:
             raise TrajectoryError("space 'ee' needs position and quaternion and no joints")
         position = _per_arm("position", self.position, n, (3,))
         _finite("position", position)
+        _within_positions(position)
         quat = rotation_to_quaternion(self.quaternion, n)
         for name, arr in (("position", position), ("quaternion", quat)):
             if arr.shape[1] != n_arms:
                 raise TrajectoryError(f"{name}: has {arr.shape[1]} arms but gripper has {n_arms}")
+        quat = _hemisphere_continuous(quat)
+        steps = np.diff(self.times)
+        distance = np.linalg.norm(np.diff(position, axis=0), axis=-1)
+        _check_speeds("position", "arm", distance, steps, MAX_WAYPOINT_LINEAR_SPEED, "m/s",
+                      "MAX_WAYPOINT_LINEAR_SPEED")
+        # unit quaternions on one hemisphere: the chord |q1 - q0| = 2 sin(angle / 4)
+        chord = np.linalg.norm(np.diff(quat, axis=0), axis=-1)
+        angle = 4 * np.arcsin(np.minimum(chord / 2, 1.0))
+        _check_speeds("rotation", "arm", angle, steps, MAX_WAYPOINT_ANGULAR_SPEED, "rad/s",
+                      "MAX_WAYPOINT_ANGULAR_SPEED")
         object.__setattr__(self, "position", _readonly(position))
-        object.__setattr__(self, "quaternion", _readonly(_hemisphere_continuous(quat)))
+        object.__setattr__(self, "quaternion", _readonly(quat))
         self._check_initial_velocity((n_arms, 3))
 
     def _check_joint(self, n: int) -> None:
@@ -182,6 +247,9 @@ class Trajectory:
         if joints.ndim != 2 or joints.shape[0] != n or joints.shape[1] < 1:
             raise TrajectoryError(f"joints: expected shape ({n}, n_joints), got {joints.shape}")
         _finite("joints", joints)
+        _within_joints(joints)
+        _check_speeds("joints", "joint", np.abs(np.diff(joints, axis=0)), np.diff(self.times),
+                      MAX_WAYPOINT_JOINT_SPEED, "rad/s", "MAX_WAYPOINT_JOINT_SPEED")
         object.__setattr__(self, "joints", _readonly(joints))
         self._check_initial_velocity((joints.shape[1],))
 

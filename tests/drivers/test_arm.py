@@ -62,6 +62,18 @@ def test_capabilities_and_limits_validation():
         JointLimit(0, 1, 0.0)
     with pytest.raises(ArmConfigError, match="need finite lower < upper on every axis"):
         Box((0, 0, 0), (1, 0, 1))
+    # physical ranges (drivers.physical_ranges): a config or controller cannot switch the envelope off
+    with pytest.raises(ArmConfigError, match=r"Box: corners must lie within ±10 m on every axis, "
+                                             r"got \(0, 0, 0\) \.\. \(1, 1000000000.0, 1\)"):
+        Box((0, 0, 0), (1, 1e9, 1))
+    with pytest.raises(ArmConfigError, match=r"JointLimit: lower and upper must lie within ±12.5664 \(4π rad\), "
+                                             r"got lower=-13.0, upper=1.0"):
+        JointLimit(-13.0, 1.0, 1.0)
+    with pytest.raises(ArmConfigError, match=r"JointLimit: max_velocity must be at most 12.5664 rad/s \(4π\), "
+                                             r"got 100.0 \(allowed 0 < value <= 12.5664 rad/s \(4π\)\)"):
+        JointLimit(-1.0, 1.0, 100.0)
+    assert Box((-10, -10, -10), (10, 10, 10)).upper == (10.0, 10.0, 10.0)
+    assert JointLimit(-4 * np.pi, 4 * np.pi, 4 * np.pi).max_velocity == 4 * np.pi
     caps = ArmCapabilities("joint", 1, joint_limits=(JointLimit(-1, 1, 2),) * 6)
     assert caps.n_joints == 6
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -10,17 +12,19 @@ from scipy.spatial.transform import Rotation
 
 from drivers.arm import ArmCapabilities, ArmConfigError, Box, JointLimit, Target
 from drivers import quaternion
+from drivers.physical_ranges import SAFETY_LIMIT_MAX
 from drivers.safety import EnvelopeState, InterventionCounter, ReferenceVelocity, SafetyLimits, enforce
 
 IDENTITY = [0.0, 0.0, 0.0, 1.0]
 BOX = Box((-0.5, -0.5, 0.0), (0.5, 0.5, 1.0))
-BIG = 1e6  # effectively no limit, to isolate the one under test
 DT = 0.01
+#: A step long enough that, with the loosest limits, only the limit under test binds.
+LONG_DT = 0.2
 
 
 def loose(**kw) -> SafetyLimits:
-    base = dict(max_linear_speed=BIG, max_angular_speed=BIG, max_linear_accel=BIG, max_angular_accel=BIG,
-                max_gripper_rate=BIG, max_joint_accel=BIG, workspaces=(BOX,))
+    """The loosest limits allowed (each at its physical maximum), to isolate the one under test."""
+    base = dict({name: maximum for name, (maximum, _) in SAFETY_LIMIT_MAX.items()}, workspaces=(BOX,))
     base.update(kw)
     return SafetyLimits(**base)
 
@@ -34,14 +38,14 @@ def rest(target: Target) -> EnvelopeState:
 
 
 def test_workspace_clip():
-    r = enforce(ee((0.7, -0.1, -0.2)), rest(ee()), dt=DT, limits=loose())
+    r = enforce(ee((0.7, -0.1, -0.2)), rest(ee()), dt=2.5 * LONG_DT, limits=loose())
     np.testing.assert_allclose(r.target.position, [[0.5, -0.1, 0.0]])
     assert r.clipped == ("workspace",) and r.rejected is None
 
 
 def test_linear_speed_keeps_direction():
-    r = enforce(ee((0.3, 0.4, 0.5)), rest(ee()), dt=DT, limits=loose(max_linear_speed=0.5))
-    np.testing.assert_allclose(r.target.position, [[0.003, 0.004, 0.5]], atol=1e-15)
+    r = enforce(ee((0.3, 0.4, 0.5)), rest(ee()), dt=LONG_DT, limits=loose(max_linear_speed=0.5))
+    np.testing.assert_allclose(r.target.position, [[0.06, 0.08, 0.5]], atol=1e-15)
     np.testing.assert_allclose(r.state.velocity, [[0.3, 0.4, 0.0]])
     assert r.clipped == ("linear_speed",)
 
@@ -56,8 +60,8 @@ def test_linear_accel():
 
 def test_angular_speed_and_accel():
     wanted = Rotation.from_rotvec([0, 0, 0.5]).as_quat()
-    r = enforce(ee(quat=wanted), rest(ee()), dt=DT, limits=loose(max_angular_speed=1.5))
-    np.testing.assert_allclose(Rotation.from_quat(r.target.quaternion).as_rotvec(), [[0, 0, 0.015]], atol=1e-12)
+    r = enforce(ee(quat=wanted), rest(ee()), dt=LONG_DT, limits=loose(max_angular_speed=1.5))
+    np.testing.assert_allclose(Rotation.from_quat(r.target.quaternion).as_rotvec(), [[0, 0, 0.3]], atol=1e-12)
     assert r.clipped == ("angular_speed",)
     r = enforce(ee(quat=wanted), rest(ee()), dt=DT, limits=loose(max_angular_accel=30.0))
     np.testing.assert_allclose(r.state.angular_velocity, [[0, 0, 0.3]], atol=1e-12)
@@ -80,8 +84,8 @@ def test_within_limits_is_untouched():
 
 def test_previous_command_outside_box_is_walked_back_not_jumped():
     outside = ee((0.9, 0.0, 0.5))
-    r = enforce(ee((0.9, 0.0, 0.5)), rest(outside), dt=DT, limits=loose(max_linear_speed=0.5))
-    np.testing.assert_allclose(r.target.position, [[0.895, 0.0, 0.5]])
+    r = enforce(ee((0.9, 0.0, 0.5)), rest(outside), dt=LONG_DT, limits=loose(max_linear_speed=0.5))
+    np.testing.assert_allclose(r.target.position, [[0.8, 0.0, 0.5]])
     assert r.clipped == ("workspace", "linear_speed")
 
 
@@ -115,12 +119,12 @@ def jt(q, grip=1.0) -> Target:
 
 def test_joint_limits_speed_and_accel():
     lim = loose(joint_limits=JOINTS, workspaces=())
-    r = enforce(jt([1.5, -2.5]), rest(jt([0.99, -1.99])), dt=DT, limits=lim)
+    r = enforce(jt([1.5, -2.5]), rest(jt([0.99, -1.99])), dt=2 * DT, limits=lim)
     np.testing.assert_allclose(r.target.joints, [1.0, -2.0])
     assert r.clipped == ("joint_limit",)
-    # joint 0 wants 10x its speed, joint 1 2.5x: both scaled by 10 so the direction is kept
-    r = enforce(jt([0.1, 0.05]), rest(jt([0.0, 0.0])), dt=DT, limits=lim)
-    np.testing.assert_allclose(r.target.joints, [0.01, 0.005])
+    # joint 0 wants 2x its speed, joint 1 0.5x: both scaled by 2 so the direction is kept
+    r = enforce(jt([0.1, 0.05]), rest(jt([0.0, 0.0])), dt=5 * DT, limits=lim)
+    np.testing.assert_allclose(r.target.joints, [0.05, 0.025])
     assert r.clipped == ("joint_speed",)
     r = enforce(jt([0.01, 0.0]), rest(jt([0.0, 0.0])), dt=DT, limits=loose(joint_limits=JOINTS, max_joint_accel=20.0))
     np.testing.assert_allclose(r.state.velocity, [0.2, 0.0])
@@ -134,7 +138,7 @@ def test_counter_tallies_by_kind():
     counter = InterventionCounter()
     lim = loose(max_linear_speed=0.1)
     for wanted in (ee((0.4, 0, 0.5)), ee((np.nan, 0, 0.5)), ee((0.9, 0, 0.5)), ee()):
-        counter.add(enforce(wanted, rest(ee()), dt=DT, limits=lim))
+        counter.add(enforce(wanted, rest(ee()), dt=LONG_DT, limits=lim))
     counts = counter.as_dict()
     nonzero = {k: v for k, v in counts.items() if v}
     assert nonzero == {"commands": 4, "linear_speed": 2, "rejected_nonfinite": 1, "workspace": 1}
@@ -145,6 +149,9 @@ def test_counter_tallies_by_kind():
 def test_limits_validation_and_merge():
     with pytest.raises(ArmConfigError, match="max_linear_speed must be finite and > 0, got inf"):
         SafetyLimits(max_linear_speed=float("inf"))
+    with pytest.raises(ArmConfigError, match=r"^SafetyLimits.max_linear_speed must be at most 3 m/s, got 1000000000.0 "
+                                             r"\(allowed 0 < value <= 3 m/s\)$"):
+        SafetyLimits(max_linear_speed=1e9)  # would switch the speed limit off
     caps = ArmCapabilities("ee", 1, workspaces=(Box((0.0, -1.0, 0.0), (1.0, 1.0, 1.0)),))
     merged = SafetyLimits(workspaces=(BOX,)).for_arm(caps)
     assert merged.workspaces == (Box((0.0, -0.5, 0.0), (0.5, 0.5, 1.0)),)
@@ -157,6 +164,16 @@ def test_limits_validation_and_merge():
     assert merged.joint_limits == (JointLimit(-1, 1, 1), JointLimit(-2, 2, 1))
     with pytest.raises(ArmConfigError, match="controller has 2 joints, config 1"):
         SafetyLimits(joint_limits=JOINTS[:1]).for_arm(jcaps)
+
+
+@pytest.mark.parametrize("name", list(SAFETY_LIMIT_MAX))
+def test_every_limit_is_refused_beyond_its_physical_range(name):
+    maximum, unit = SAFETY_LIMIT_MAX[name]
+    assert getattr(SafetyLimits(**{name: maximum}), name) == maximum
+    for value in (maximum * 1.001, 1e9, float("nan"), 0.0, -1.0):
+        allowed = re.escape(f"(allowed 0 < value <= {maximum:.6g} {unit})")
+        with pytest.raises(ArmConfigError, match=rf"^SafetyLimits.{name} must .*{allowed}$"):
+            SafetyLimits(**{name: value})
 
 
 # -- properties ---------------------------------------------------------------------------------------

@@ -147,3 +147,16 @@ def test_policy_validation():
         SplicePolicy(blend_window_s=0)
     with pytest.raises(ArmConfigError, match="anchor"):
         SplicePolicy(anchor="now")
+
+
+def test_a_blend_that_would_be_invalid_falls_back_to_replace():
+    """The executing trajectory races at 99 m/s (valid, if absurd) far from the command: mixing it in would
+    imply more than MAX_WAYPOINT_LINEAR_SPEED, so the new chunk replaces it instead of being refused."""
+    old = TrajectorySampler(Trajectory.ee([10.0, 10.2], [[-9.9, 0, 0.3], [9.9, 0, 0.3]], [IDENTITY] * 2, [1.0, 1.0]))
+    new = chunk(10.0)
+    blend = run(new, now=10.05, obs=10.0, current=old, mode="blend")
+    replace = run(new, now=10.05, obs=10.0, current=old, mode="replace")
+    np.testing.assert_array_equal(blend.trajectory.times, replace.trajectory.times)
+    np.testing.assert_array_equal(blend.trajectory.position, replace.trajectory.position)
+    assert blend.trajectory.n_waypoints < run(new, now=10.05, obs=10.0, current=TrajectorySampler(new),
+                                              mode="blend").trajectory.n_waypoints  # a real blend adds knots

@@ -46,6 +46,8 @@ def test_quaternions_are_normalised_and_hemisphere_continuous():
     q = traj.quaternion[:, 0]
     np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1.0)
     assert np.all(np.einsum("ij,ij->i", q[1:], q[:-1]) > 0)
+    huge = ee(rotation=[IDENTITY, [1e308] * 4, [1.7e308] * 4]).quaternion[:, 0]  # normalised without overflow
+    np.testing.assert_allclose(huge[1:], [[0.5] * 4, [0.5] * 4])
 
 
 def test_arrays_are_read_only():
@@ -72,6 +74,22 @@ def test_arrays_are_read_only():
         ),
         (dict(rotation=np.tile(np.eye(3) * 1.1, (3, 1, 1))), r"not a rotation"),
         (dict(gripper=np.ones((3, 2))), r"position: has 1 arms but gripper has 2"),
+        # physically meaningless values (drivers.physical_ranges), named by waypoint, field and value
+        (dict(position=[[0, 0, 0], [0, 0, 0], [0, -10.5, 0]]),
+         r"position: waypoint 2 \(arm 0\) y = -10.5 m is outside ±10 m \(MAX_POSITION_M\)"),
+        (dict(position=[[0, 0, 0], [1e308, 0, 0], [0, 0, 0]]), r"waypoint 1 \(arm 0\) x = 1e\+308 m is outside"),
+        (dict(times=[0.0, 1.0, 1.01], position=[[0, 0, 0], [0, 0, 0], [0, 0, 1.5]]),
+         r"position: waypoints 1 -> 2 \(arm 0\) imply 150 m/s, beyond 100 m/s \(MAX_WAYPOINT_LINEAR_SPEED\)"),
+        (dict(times=[0.0, 1.0, 1.0 + 2**-40], position=[[0, 0, 0], [0, 0, 0], [0, 0, 1e-9]]),
+         r"position: waypoints 1 -> 2 \(arm 0\) imply 1100 m/s, beyond 100 m/s"),
+        (dict(times=[0.0, 0.01, 0.02], rotation=[IDENTITY, IDENTITY, [0, 0, 1, 0]]),
+         r"rotation: waypoints 1 -> 2 \(arm 0\) imply 314.2 rad/s, beyond 100 rad/s \(MAX_WAYPOINT_ANGULAR_SPEED\)"),
+        (dict(rotation=[IDENTITY, [5e-324, 0, 0, 0], IDENTITY]),
+         r"rotation: quaternion at index \(1, 0\) has zero norm"),
+        (dict(times=[0.0, 1.0, 0.5]), r"times: must be strictly increasing, but times\[2\] = 0.5 <= times\[1\] = 1.0"),
+        (dict(times=[0.0, 1.0, np.inf]), r"times: non-finite value inf at index \(2,\)"),
+        (dict(times=[], position=np.zeros((0, 3)), rotation=np.zeros((0, 4)), gripper=[]),
+         r"times: expected shape \(N,\) with N >= 1, got \(0,\)"),
     ],
 )
 def test_validation_names_the_field(kw, match):
@@ -86,21 +104,29 @@ def test_joint_validation():
         Trajectory.joint([0.0, 1.0], np.zeros((2, 6)), [1.0, 1.0], initial_velocity=np.zeros(5))
     with pytest.raises(TrajectoryError, match="chunk span must be finite and > 0"):
         Trajectory.from_chunk(0.0, 0.0, joints=np.zeros((30, 6)), gripper=np.ones(30))
+    with pytest.raises(TrajectoryError, match="chunk must have at least 1 waypoint, got 0"):
+        Trajectory.from_chunk(0.0, 1.0, joints=np.zeros((0, 6)), gripper=np.ones(0))
+    with pytest.raises(TrajectoryError,
+                       match=r"joints: waypoint 1 joint 4 = -13.0 is outside ±12.5664 \(4π, MAX_JOINT\)"):
+        Trajectory.joint([0.0, 1.0], [[0.0] * 6, [0.0] * 4 + [-13.0, 0.0]], [1.0, 1.0])
+    with pytest.raises(TrajectoryError, match=r"joints: waypoints 0 -> 1 \(joint 2\) imply 200 rad/s, beyond 100 rad/s "
+                                              r"\(MAX_WAYPOINT_JOINT_SPEED\)"):
+        Trajectory.joint([0.0, 0.01], [[0.0] * 6, [0.0, 0.0, 2.0, 0.0, 0.0, 0.0]], [1.0, 1.0])
 
 
 def test_after_shifted_prepend():
-    traj = ee(5, position=np.arange(15, dtype=float).reshape(5, 3))
+    traj = ee(5, position=np.arange(15, dtype=float).reshape(5, 3) / 10)
     tail = traj.after(2.0)
     np.testing.assert_array_equal(tail.times, [3.0, 4.0])
     assert traj.after(4.0) is None
     np.testing.assert_array_equal(traj.shifted(0.5).times, traj.times + 0.5)
-    start = Target.ee([[9.0, 9.0, 9.0]], [IDENTITY], [0.0])
+    start = Target.ee([[0.9, 0.9, 0.9]], [IDENTITY], [0.0])
     joined = tail.prepend(2.5, start, initial_velocity=np.ones((1, 3)))
     np.testing.assert_array_equal(joined.times, [2.5, 3.0, 4.0])
-    np.testing.assert_array_equal(joined.position[0, 0], [9.0, 9.0, 9.0])
+    np.testing.assert_array_equal(joined.position[0, 0], [0.9, 0.9, 0.9])
     np.testing.assert_array_equal(joined.initial_velocity, np.ones((1, 3)))
     wp = joined.waypoint(1)
-    np.testing.assert_array_equal(wp.position, [[9.0, 10.0, 11.0]])
+    np.testing.assert_array_equal(wp.position, [[0.9, 1.0, 1.1]])
     with pytest.raises(TrajectoryError, match="times: must be strictly increasing"):
         tail.prepend(3.0, start)
     with pytest.raises(TrajectoryError, match="prepend: target is 'joint'"):

@@ -133,6 +133,12 @@ def test_backends_are_the_runtimes():
     ('[arm]', '[control]\nrate_hz = "fast"\n[arm]', '[control].rate_hz = "fast": expected a finite number'),
     ('[arm]', '[safety]\nmax_linear_speed = -1\n[arm]',
      "[safety].max_linear_speed = -1: SafetyLimits.max_linear_speed must be finite and > 0"),
+    ('[arm]', '[safety]\nmax_linear_speed = 1e9\n[arm]',  # would switch the speed limit off
+     "[safety].max_linear_speed = 1000000000.0: SafetyLimits.max_linear_speed must be at most 3 m/s, "
+     "got 1000000000.0 (allowed 0 < value <= 3 m/s)"),
+    ('[arm]', '[safety]\njoint_limits = [{ lower = -1, upper = 1, max_velocity = 100 }]\n[arm]',
+     "[safety].joint_limits[0] = { lower = -1, upper = 1, max_velocity = 100 }: JointLimit: max_velocity must be "
+     "at most 12.5664 rad/s (4π), got 100.0"),
     ('[arm]', '[safety]\nworkspaces = [{ lower = [0, 0, 0], upper = [1, 1, 0] }]\n[arm]',
      "[safety].workspaces[0] = { lower = [0, 0, 0], upper = [1, 1, 0] }: Box: need finite lower < upper"),
     ('[arm]', '[safety]\njoint_limits = [{ lower = 0, upper = 1 }]\n[arm]',
