@@ -84,3 +84,12 @@ def test_config_check_and_run_do_not_need_torch(tmp_path):
     assert run_cli(["config", "check", str(EXAMPLE)], prelude=BROKEN_TORCH).returncode == 0
     proc = run_cli(["run", "--config", str(tmp_path / "missing.toml")], prelude=BROKEN_TORCH)
     assert proc.returncode == 2 and "missing.toml" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    """``xvla-edge config check FILE | head -1``: a closed pipe is exit 141 without a traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "xvla_edge", "config", "check", str(EXAMPLE)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc.stdout.close()  # the reader is gone before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and "Traceback" not in err, err
