@@ -209,6 +209,11 @@ class ControlLoopClient:
     def running(self) -> bool:
         return self._process is not None and self._process.is_alive()
 
+    @property
+    def exitcode(self) -> Optional[int]:
+        """The process's exit code once it has exited (negative: the signal that killed it), else None."""
+        return None if self._process is None else self._process.exitcode
+
     def submit(self, trajectory: Trajectory, obs_timestamp: float) -> None:
         """Hand a chunk to the loop (returns at once; acceptance shows in :meth:`stats` events).
 

@@ -134,6 +134,11 @@ class EmulatorProcess:
         self.port = self._readline(self._start_timeout_s, "its pty path")
         return self.port
 
+    @property
+    def pid(self) -> int:
+        """The emulator process's id (for memory and fault tests)."""
+        return self._running("its pid").pid
+
     def call(self, command: str, timeout_s: float = 10.0, **args: Any) -> Any:
         """Run a control command in the emulator and return its result."""
         proc = self._running(command)

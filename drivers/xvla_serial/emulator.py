@@ -9,7 +9,8 @@ Joints and end-effector poses follow their targets with first-order dynamics (ti
 emulator has no kinematics). It enforces the limits it advertises, holds on its own host-silence
 timeout, and takes fault-injection commands (``drop_rx``, ``drop_tx``, ``corrupt_tx``, ``garbage``,
 ``silence``, ``latency``, ``reboot``, ``press_estop``, ``set_fault``, ``clear_fault``) plus ``snapshot``
-from the test.
+from the test. Its memory stays flat however long it runs: it counts accepted and refused TARGETs and keeps
+only the last :data:`HISTORY` of each.
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ import json
 import math
 import random
 import time
+from collections import deque
 from typing import Any
 
 from drivers.pty_emulator import EmulatorProcess, run
 from drivers.xvla_serial import codec as c
+
+HISTORY = 1000  # accepted sequence numbers and NACKs kept for ``snapshot`` (the counts cover every one)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,8 +74,10 @@ class ControllerEmulator:
         self.velocities = [0.0] * self.config.n_joints
         self.ee = [list(self.config.home_ee) for _ in range(self.config.n_arms)]
         self._last_tick: float | None = None
-        self.accepted_seqs: list[int] = []  # every accepted TARGET, across reboots
-        self.nacks: list[tuple[int, str]] = []
+        self.accepted = 0  # accepted TARGETs, across reboots
+        self.accepted_seqs: deque[int] = deque(maxlen=HISTORY)  # the last ones' sequence numbers
+        self.nacked = 0
+        self.nacks: deque[tuple[int, str]] = deque(maxlen=HISTORY)  # the last NACKs: (seq, reason)
         self.seq_gaps = 0  # host frames that never arrived, judged by gaps in the host's sequence numbers
         self.last_target: list[float] = []  # values of the last accepted TARGET
         self._last_rx_seq: int | None = None
@@ -157,6 +163,7 @@ class ControllerEmulator:
         return c.AckMsg(self.mode, self.faults)
 
     def _nack(self, frame: c.Frame, reason: c.NackReason, field: int = c.NO_FIELD) -> c.NackMsg:
+        self.nacked += 1
         self.nacks.append((frame.seq, reason.name))
         return c.NackMsg(reason, field, self.mode, self.faults)
 
@@ -195,6 +202,7 @@ class ControllerEmulator:
             for arm, gripper in zip(self.ee_target, values[n:]):
                 arm[7] = gripper
         self._last_target_seq = frame.seq
+        self.accepted += 1
         self.accepted_seqs.append(frame.seq)
         self.last_target = values
         self._base_mode = c.ControllerMode.TRACKING
@@ -259,7 +267,9 @@ class ControllerEmulator:
             "joint_target": list(self.joint_target),
             "ee": [list(arm) for arm in self.ee],
             "ee_target": [list(arm) for arm in self.ee_target],
+            "accepted": self.accepted,
             "accepted_seqs": list(self.accepted_seqs),
+            "nacked": self.nacked,
             "nacks": list(self.nacks),
             "seq_gaps": self.seq_gaps,
             "last_target": list(self.last_target),

@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         emu.stop()
     for line in summary.lines():
         print(f"[demo] {line}")
-    print(f"[demo] controller: {len(snapshot['accepted_seqs'])} targets accepted, {len(snapshot['nacks'])} refused, "
+    print(f"[demo] controller: {snapshot['accepted']} targets accepted, {snapshot['nacked']} refused, "
           f"{snapshot['seq_gaps']} frames lost")
     plot = work / "demo.png"
     _plot(trace, latencies, plot)

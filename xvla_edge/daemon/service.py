@@ -16,12 +16,23 @@ Safe states: a stale camera (no frame younger than its ``max_age_s``) → the lo
 and holds, and no inference starts until every camera is fresh again; an inference stall → the chunk runs
 out and the watchdog holds; a link loss → the loop sends nothing (the controller's own deadman holds) and
 the supervisor asks it to reconnect every ``RECONNECT_S``; SIGTERM/SIGINT → :meth:`Daemon.close` stops the
-loop, which holds the arm before the process exits. Faults (and stale cameras, inference errors) dump the
-recorder when ``recorder.on_fault`` is set.
+loop, which holds the arm before the process exits (during start-up: start-up stops at the next phase).
+Faults (and stale cameras, inference errors) dump the recorder when ``recorder.on_fault`` is set.
+
+Faults the daemon cannot recover from in-process end in a :class:`DaemonFault`, logged as one JSON line with
+its ``event``, and the command exits with the fault's ``exit_code`` so systemd restarts it:
+
+- the control-loop process dies or stops answering (:class:`ControlLoopLost`, exit 3): noticed within one
+  ``POLL_S`` pass (a dead process) or the stats timeout (a stuck one, which is then told to hold over its
+  pipe and stopped). A dead process took the arm link with it, so nothing can be sent; the controller's own
+  deadman (``[arm].timeout_ms``) holds the arm, and the log says so with its timeout;
+- inference fails ``MAX_INFERENCE_FAILURES`` times in a row, by raising or by its worker thread dying
+  (:class:`InferenceFailing`, exit 4): the loop is told to hold first.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import time
@@ -32,9 +43,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from drivers import sdnotify
+from drivers import registry, sdnotify
 from drivers.control_loop import LoopStats
-from drivers.loop_process import ControlLoopClient
+from drivers.loop_process import ControlLoopClient, ControlLoopError
 from xvla_edge.daemon.bridge import check_arm, chunk_to_trajectory, proprio_from_state
 from xvla_edge.daemon.cameras import Camera, open_camera
 from xvla_edge.daemon.config import RobotConfig
@@ -43,12 +54,53 @@ from xvla_edge.daemon.metrics import DaemonMetrics
 from xvla_edge.daemon.recorder import Recorder
 from runtime.policy import Policy
 from runtime.types import ActionChunk, Observation
+from xvla.errors import XVLAError
 
 POLL_S = 0.02
 RECONNECT_S = 1.0
 TRACE_EVERY_S = 1.0
 FAULT_MODES = ("fault", "estopped", "link_lost")
+MAX_INFERENCE_FAILURES = 5  # in a row: then hold and exit (InferenceFailing)
 log = logging.getLogger("xvla.daemon")
+
+
+class DaemonFault(XVLAError):
+    """A fault the daemon does not recover from in-process; ``xvla-edge run`` exits with ``exit_code``
+    (non-zero: systemd's ``Restart=on-failure`` restarts it) after logging ``event``."""
+
+    exit_code = 1
+    event = "fault"
+
+
+class ControlLoopLost(DaemonFault):
+    """The control-loop process died or stopped answering."""
+
+    exit_code = 3
+    event = "control_loop_lost"
+
+
+class InferenceFailing(DaemonFault):
+    """Inference failed ``MAX_INFERENCE_FAILURES`` times in a row (raised, or its worker thread died)."""
+
+    exit_code = 4
+    event = "inference_failing"
+
+
+class StartupInterrupted(XVLAError):
+    """SIGTERM/SIGINT arrived during :meth:`Daemon.start`; start-up stopped at the next phase (not a fault)."""
+
+
+def deadman_ms(config: RobotConfig) -> Optional[int]:
+    """The controller deadman the arm was configured with (``[arm].timeout_ms``, else the driver's default), in
+    ms; None when the driver has none (the simulated arm) or leaves it to the controller (0)."""
+    driver = registry.lookup(config.arm.driver)
+    option = next((o for o in driver.options if o.name == "timeout_ms"), None)
+    if option is None:
+        return None
+    value = config.arm.options.get("timeout_ms")
+    if value is None:
+        value = inspect.signature(driver.arm).parameters[option.argument or option.name].default
+    return int(value) or None
 
 
 @dataclass
@@ -121,6 +173,7 @@ class Daemon:
         self._stale: Dict[str, float] = {}
         self._camera_stalls = 0
         self._inference_errors = 0
+        self._failures_in_a_row = 0
         self._last_error: Tuple[float, str] = (-np.inf, "")
         self._last_reconnect = -np.inf
         self._last_trace = -np.inf
@@ -130,14 +183,25 @@ class Daemon:
 
     # -- life cycle -------------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Load the policy, open cameras, start the control loop, serve health; then tell systemd READY."""
+    def start(self, stop: Optional[threading.Event] = None) -> None:
+        """Load the policy, open cameras, start the control loop, serve health; then tell systemd READY.
+
+        When ``stop`` is set meanwhile (SIGTERM), raises :class:`StartupInterrupted` at the next phase; the
+        caller's :meth:`close` then holds the arm if the loop had started.
+        """
         cfg = self.config
+
+        def phase(name: str) -> None:
+            if stop is not None and stop.is_set():
+                raise StartupInterrupted(f"stop requested during start-up, before {name}")
+
+        phase("loading the policy")
         if self.policy is None:
             self.policy = Policy.load(cfg.bundle.path, backend=cfg.bundle.backend, device=cfg.bundle.device)
         manifest = self.policy.manifest
         self.metrics.bundle.set(1, bundle_id=manifest.bundle_id, embodiment=manifest.embodiment,
                                 domain=str(manifest.domain_id), precision=manifest.precision)
+        phase("opening the cameras")
         if self.cameras is None:
             self.cameras = {cam.slot: open_camera(cam) for cam in cfg.cameras}
         views = int(manifest.inputs["views"])
@@ -146,6 +210,7 @@ class Daemon:
             raise ValueError(f"camera slot {extra[0]}: the bundle {cfg.bundle.path} was exported for {views} view(s)")
         for camera in self.cameras.values():
             camera.start()
+        phase("starting the control loop")
         self.loop = ControlLoopClient(cfg.arm_factory(), cfg.loop_config())
         caps = self.loop.start()
         try:
@@ -153,10 +218,12 @@ class Daemon:
         except ValueError:
             self.close()
             raise
+        phase("serving health")
         if cfg.health.port:
             self.health_server = HealthServer(cfg.health.host, cfg.health.port, self.health, self.metrics.registry,
                                               on_record=lambda: str(self.recorder.dump("request")),
                                               token=cfg.health.token)
+        phase("telling systemd READY")
         self._started = self.clock()
         sdnotify.ready()
         log.info("daemon ready", extra={"event": "ready", "bundle": str(cfg.bundle.path),
@@ -183,7 +250,8 @@ class Daemon:
     # -- the supervisor ---------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event, duration: Optional[float] = None) -> Summary:
-        """Supervise until ``stop`` is set (SIGTERM) or ``duration`` seconds passed; returns the summary."""
+        """Supervise until ``stop`` is set (SIGTERM) or ``duration`` seconds passed; returns the summary.
+        Raises a :class:`DaemonFault` (after logging it) when a fault ends the run."""
         assert self.loop is not None and self.policy is not None, "call start() first"
         end = None if duration is None else self.clock() + duration
         while not stop.is_set() and (end is None or self.clock() < end):
@@ -192,16 +260,27 @@ class Daemon:
         return self.summary()
 
     def step(self) -> None:
-        """One supervisor pass (also used by tests to drive the daemon)."""
+        """One supervisor pass (also used by tests to drive the daemon). Raises a :class:`DaemonFault`."""
+        try:
+            self._step()
+        except ControlLoopError as exc:
+            raise self._loop_lost(exc) from exc
+
+    def _step(self) -> None:
         assert self.loop is not None
         now = self.clock()
+        if not self.loop.running:
+            raise ControlLoopError("the control-loop process exited")
         self.stats = self.loop.stats()
         self._watch_loop(self.stats, now)
         frames = self._frames(now)
         if self._future is not None:
             self._collect(now)
         elif frames is not None and self._mode not in FAULT_MODES and self._due(now):
-            self._start_inference(frames, self.stats)
+            try:
+                self._start_inference(frames, self.stats)
+            except RuntimeError as exc:  # the worker thread cannot be started or its executor is gone
+                self._inference_failed(exc)
         if now - self._last_trace >= TRACE_EVERY_S:
             self.recorder.add_commands(self.loop.trace())
             self._last_trace = now
@@ -272,12 +351,10 @@ class Daemon:
         try:
             chunk: ActionChunk = future.result()
             trajectory = chunk_to_trajectory(chunk)
-        except Exception as exc:  # noqa: BLE001 - any inference failure: count, report, hold via the watchdog
-            self._inference_errors += 1
-            self.metrics.inference_error()
-            log.error("inference failed: %s", exc, extra={"event": "inference_error"})
-            self._fault(f"inference error: {exc}")
+        except BaseException as exc:  # noqa: B902 - raised in the worker thread (even SystemExit): a failed chunk
+            self._inference_failed(exc)
             return
+        self._failures_in_a_row = 0
         latency = self.clock() - obs.timestamp
         self.latencies.append(latency)
         self.metrics.chunk(latency)
@@ -287,6 +364,50 @@ class Daemon:
         self.loop.submit(trajectory, obs.timestamp)  # type: ignore[union-attr]
         self._executing_end = float(chunk.timestamps[-1])
         log.debug("chunk", extra={"event": "chunk", "latency_s": round(latency, 4)})
+
+    def _inference_failed(self, exc: BaseException) -> None:
+        """Count a failed inference (the chunk runs out and the watchdog holds); hold and raise
+        :class:`InferenceFailing` after ``MAX_INFERENCE_FAILURES`` in a row."""
+        self._inference_errors += 1
+        self._failures_in_a_row += 1
+        self.metrics.inference_error()
+        what = f"{type(exc).__name__}: {exc}"
+        log.error("inference failed: %s", what, extra={"event": "inference_error"})
+        self._fault(f"inference error: {what}")
+        if self._failures_in_a_row >= MAX_INFERENCE_FAILURES:
+            self.loop.hold()  # type: ignore[union-attr]
+            message = (f"inference failed {self._failures_in_a_row} times in a row (last: {what}); "
+                       "the control loop holds the arm")
+            log.error(message, extra={"event": InferenceFailing.event, "failures": self._failures_in_a_row})
+            raise InferenceFailing(message)
+
+    def _loop_lost(self, exc: ControlLoopError) -> ControlLoopLost:
+        """The control-loop process is dead or does not answer: hold through what is left, log it, name it."""
+        loop = self.loop
+        assert loop is not None
+        held = False
+        if loop.running:
+            try:
+                loop.hold()  # stuck but still reading its pipe?
+                held = True
+            except ControlLoopError:  # the pipe is broken: the process is on its way out
+                end = time.monotonic() + 1.0
+                while loop.running and time.monotonic() < end:
+                    time.sleep(0.01)
+        status = _exit_status(loop.exitcode)
+        if loop.running:
+            loop.stop(timeout=1.0)  # ends with SIGTERM, on which the loop holds the arm as it exits
+        deadman = deadman_ms(self.config)
+        if held:
+            arm = "told it to hold over its pipe, then stopped it"
+        else:
+            arm = ("the arm link lived in that process, so nothing can be sent; the controller's deadman holds the "
+                   + (f"arm within {deadman} ms" if deadman else "arm (its timeout is the controller's)"))
+        message = f"control loop lost ({status}): {str(exc).splitlines()[0]}; {arm}"
+        log.error(message, extra={"event": ControlLoopLost.event, "held_by": "control loop" if held else "deadman",
+                                  "deadman_ms": deadman, "detail": str(exc)})
+        self._fault(message)
+        return ControlLoopLost(message)
 
     def _fault(self, reason: str) -> None:
         self._last_error = (self.clock(), reason)
@@ -350,3 +471,10 @@ class Daemon:
             interventions=interventions,
             events=dict(events),
         )
+
+
+def _exit_status(code: Optional[int]) -> str:
+    """A process exit code in words (negative: killed by that signal)."""
+    if code is None:
+        return "not answering"
+    return f"killed by signal {-code}" if code < 0 else f"exit code {code}"

@@ -100,7 +100,7 @@ def test_stream_joint_trajectory(emu: EmulatorProcess, rate_hz: int) -> None:
     assert arm.stats.replies_lost == arm.stats.targets_nacked == 0
     snap = emu.call("snapshot")
     seqs = snap["accepted_seqs"]
-    assert len(seqs) == len(ticks) and all((b - a) % 65536 >= 1 for a, b in zip(seqs, seqs[1:]))
+    assert snap["accepted"] == len(seqs) == len(ticks) and all((b - a) % 65536 >= 1 for a, b in zip(seqs, seqs[1:]))
     assert snap["seq_gaps"] == 0 and snap["nacks"] == []
     assert np.abs(state.joint_positions - waypoints[-1, :6]).max() < 0.2
     wait_state(arm, lambda s: np.abs(s.to_vector("joint") - waypoints[-1]).max() < 1e-3, "the arm to settle")
@@ -119,7 +119,7 @@ def test_stream_ee_trajectory(emu: EmulatorProcess, rate_hz: int) -> None:
     stream(arm, [Target.ee(v[None, :3], quat, v[3:]) for v in ticks], rate_hz)
     arm.read_state()
     assert arm.stats.targets_sent == arm.stats.targets_acked == len(ticks) and arm.stats.replies_lost == 0
-    assert len(emu.call("snapshot")["accepted_seqs"]) == len(ticks)
+    assert emu.call("snapshot")["accepted"] == len(ticks)
     final = wait_state(arm, lambda s: np.abs(np.r_[s.position[0], s.gripper] - waypoints[-1]).max() < 1e-4, "settled")
     assert np.allclose(final.quaternion[0], quat[0], atol=1e-4)
     arm.close()
@@ -144,7 +144,7 @@ def test_out_of_limit_target_never_reaches_the_wire(emu: EmulatorProcess) -> Non
         arm.send_target(joint(0.1, gripper=float("nan")))
     arm.read_state()
     snap = emu.call("snapshot")
-    assert snap["nacks"] == [] and snap["accepted_seqs"] == []
+    assert snap["nacks"] == [] and snap["accepted_seqs"] == [] and snap["accepted"] == 0
     assert arm.stats.targets_sent == 0
 
 
@@ -220,7 +220,7 @@ def test_dropped_frames_are_counted_not_fatal(emu: EmulatorProcess) -> None:
     arm.read_state()
     assert arm.stats.replies_lost == 2 and arm.stats.targets_acked == 2 and arm.in_flight == 0
     snap = emu.call("snapshot")
-    assert len(snap["accepted_seqs"]) == 3 and snap["seq_gaps"] == 1
+    assert snap["accepted"] == len(snap["accepted_seqs"]) == 3 and snap["seq_gaps"] == 1
 
 
 def test_corrupted_replies_are_never_accepted(emu: EmulatorProcess) -> None:

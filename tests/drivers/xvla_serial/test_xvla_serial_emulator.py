@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from drivers.xvla_serial import codec as c
-from drivers.xvla_serial.emulator import ControllerConfig, ControllerEmulator
+from drivers.xvla_serial.emulator import HISTORY, ControllerConfig, ControllerEmulator
 
 T0 = 1000.0
 
@@ -155,3 +155,25 @@ def test_reboot_forgets_session_and_keeps_pose(emu: ControllerEmulator) -> None:
     assert emu.boot_id != caps.boot_id and emu.mode == c.ControllerMode.NOT_READY
     emu.tick(T0 + 0.1)
     assert emu.positions == pose
+
+
+def test_retained_state_is_bounded_over_a_long_session() -> None:
+    """A 200 Hz session of 20,000 TARGETs (100 s) plus refusals: the history the emulator keeps is capped while
+    its counts stay exact (a soak once grew the emulator's memory by ~7 kB/s through an unbounded list)."""
+    emu = ControllerEmulator(ControllerConfig(), seed=2)
+    now = T0
+    emu.feed(c.encode(c.HelloMsg(0), 1), now)
+    frames = 20_000
+    for seq in range(2, frames + 2):
+        now += 0.005
+        emu.feed(c.encode(joint_target(0.1 + 1e-5 * (seq % 100)), seq & 0xFFFF), now)
+        if seq % 10 == 0:
+            emu.feed(c.encode(joint_target(), (seq - 5) & 0xFFFF), now)  # a stale sequence number: NACKed
+        emu.tick(now)
+        emu.outbox.clear()
+    snap = emu.control("snapshot", {})
+    assert snap["accepted"] == frames and snap["nacked"] == frames // 10
+    assert len(snap["accepted_seqs"]) == len(snap["nacks"]) == HISTORY
+    assert snap["accepted_seqs"][-1] == (frames + 1) & 0xFFFF and snap["nacks"][-1][1] == "STALE_SEQUENCE"
+    assert len(emu.accepted_seqs) == len(emu.nacks) == HISTORY
+    assert emu._parser.pending == 0 and emu.outbox == []
