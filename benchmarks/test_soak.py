@@ -4,7 +4,7 @@ Not part of the test suite (``pytest tests`` does not collect ``benchmarks/``). 
 
     .venv/bin/python -m pytest benchmarks/test_soak.py -s                                  # 60 s warm-up + 10 min
     XVLA_SOAK_SECONDS=60 XVLA_SOAK_WARMUP_S=20 .venv/bin/python -m pytest benchmarks/test_soak.py -s   # short
-    XVLA_SOAK_OUT=benchmarks/results/x86_64-amd-epyc-2c .venv/bin/python -m pytest benchmarks/test_soak.py -s
+    XVLA_SOAK_OUT=benchmarks/results/<machine-id> .venv/bin/python -m pytest benchmarks/test_soak.py -s
 
 A tiny random-weight bundle (domain 3: one arm, end effector, 1 s chunks), a synthetic camera, the emulator on
 a pty and the real ``xvla-edge run`` process, which starts the control-loop process (and multiprocessing's
