@@ -16,7 +16,6 @@ and scheduler, and are printed with ``-s``.
 from __future__ import annotations
 
 import functools
-import multiprocessing as mp
 import os
 import platform
 import time
@@ -24,36 +23,13 @@ import time
 import numpy as np
 import pytest
 
+from benchmarks.load import CpuHog
 from drivers.control_loop import LoopConfig
 from drivers.loop_process import ControlLoopClient
 from drivers.sim_arm import SimArm
 from drivers.trajectory import Trajectory
 
 SECONDS = float(os.environ.get("XVLA_BENCH_SECONDS", "5"))
-
-
-def _burn(stop) -> None:
-    while not stop.is_set():
-        sum(i * i for i in range(10_000))
-
-
-class Neighbour:
-    """One busy process per core until closed."""
-
-    def __init__(self) -> None:
-        ctx = mp.get_context("spawn")
-        self._stop = ctx.Event()
-        self._procs = [ctx.Process(target=_burn, args=(self._stop,), daemon=True) for _ in range(os.cpu_count() or 1)]
-
-    def __enter__(self) -> "Neighbour":
-        for p in self._procs:
-            p.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for p in self._procs:
-            p.join(5)
 
 
 def _cpu_model() -> str:
@@ -96,7 +72,7 @@ def test_period_error(benchmark, rate_hz, load, scheduler):
 
     def run() -> dict:
         if load == "busy":
-            with Neighbour():
+            with CpuHog(os.cpu_count() or 1):
                 time.sleep(0.5)  # let the neighbour spin up
                 return _measure(rate_hz, priority)
         return _measure(rate_hz, priority)

@@ -33,6 +33,7 @@ from typing import Dict, List
 import pytest
 
 from drivers.xvla_serial import emulator
+from xvla_edge.commands.demo import robot_toml
 
 SECONDS = float(os.environ.get("XVLA_SOAK_SECONDS", "600"))
 WARMUP_S = float(os.environ.get("XVLA_SOAK_WARMUP_S", "60"))
@@ -68,37 +69,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def config_text(bundle: Path, port: str, health_port: int, recordings: Path) -> str:
-    return f"""instruction = "pick up the red block and place it in the bowl"
-[bundle]
-path = "{bundle}"
-backend = "onnxruntime"
-[[cameras]]
-slot = 0
-source = "synthetic"
-width = 320
-height = 240
-fps = 30
-max_age_s = 0.5
-[arm]
-driver = "xvla-serial"
-port = "{port}"
-space = "ee"
-timeout_ms = 500
-[control]
-rate_hz = {RATE_HZ}
-[inference]
-start_fraction = 0.5
-[health]
-port = {health_port}
-[logging]
-level = "info"
-[recorder]
-directory = "{recordings}"
-on_fault = false
-"""
-
-
 def metric(text: str, name: str) -> float:
     values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " ")]
     return values[0] if values else float("nan")
@@ -119,7 +89,8 @@ def test_soak(bundle: Path, tmp_path: Path) -> None:
     emu = emulator.start(emulator.ControllerConfig(n_arms=1), seed=0)
     health = free_port()
     config = tmp_path / "robot.toml"
-    config.write_text(config_text(bundle, emu.port, health, tmp_path / "recordings"))
+    config.write_text(robot_toml(bundle, emu.port, tmp_path / "recordings", control={"rate_hz": RATE_HZ},
+                             health={"port": health}, logging={"level": "info"}, recorder={"on_fault": False}))
     log = tmp_path / "daemon.log"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     with log.open("wb") as sink:

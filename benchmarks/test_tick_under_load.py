@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import json
-import multiprocessing as mp
 import os
 import platform
 import time
@@ -31,6 +30,7 @@ import numpy as np
 import pytest
 
 from benchmarks.conftest import cpu_model
+from benchmarks.load import CpuHog
 from drivers.control_loop import LoopConfig
 from drivers.loop_process import ControlLoopClient
 from drivers.trajectory import Trajectory
@@ -44,30 +44,6 @@ HOG_PROCESSES = 2
 GOAL_MISSED_FRACTION = 0.001
 GOAL_INTERVAL_P99_S = 0.0005
 CASES: Dict[str, Dict[str, Any]] = {}
-
-
-def _spin(stop: Any) -> None:
-    while not stop.is_set():
-        sum(i * i for i in range(10_000))
-
-
-class CpuHog:
-    """``n`` pure-Python busy processes until closed."""
-
-    def __init__(self, n: int) -> None:
-        ctx = mp.get_context("spawn")
-        self._stop = ctx.Event()
-        self._procs = [ctx.Process(target=_spin, args=(self._stop,), daemon=True) for _ in range(n)]
-
-    def __enter__(self) -> "CpuHog":
-        for p in self._procs:
-            p.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for p in self._procs:
-            p.join(5)
 
 
 def _measure(priority: int) -> Dict[str, Any]:

@@ -15,6 +15,7 @@ Example: ``xvla-edge demo`` (about a minute on a 2-core machine; ``--seconds`` s
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import threading
 import time
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     emu = emulator.start(emulator.ControllerConfig(n_arms=1), seed=0)
     try:
         config_path = work / "robot.toml"
-        config_path.write_text(_config_text(bundle, emu.port, work))
+        config_path.write_text(robot_toml(bundle, emu.port, work / "recordings"))
         daemon = Daemon(load_config(config_path))
         daemon.start()
         print(f"[demo] daemon running for {args.seconds:g} s: arm emulator on {emu.port}, control loop {RATE_HZ} Hz")
@@ -86,40 +87,28 @@ def run(args: argparse.Namespace) -> int:
     return 0 if summary.chunks > 0 and not snapshot["nacks"] else 1
 
 
-def _config_text(bundle: Path, port: str, work: Path) -> str:
-    return f"""# written by xvla-edge demo
-instruction = "pick up the red block and place it in the bowl"
+def robot_toml(bundle: Path, port: str, recordings: Path, **sections: dict[str, object]) -> str:
+    """The demo's robot.toml: a synthetic camera, an emulated xvla-serial arm on ``port``, health off.
 
-[bundle]
-path = "{bundle}"
-backend = "onnxruntime"
-
-[[cameras]]
-slot = 0
-source = "synthetic"
-width = 320
-height = 240
-fps = 30
-max_age_s = 0.5
-
-[arm]
-driver = "xvla-serial"
-port = "{port}"
-space = "ee"
-timeout_ms = 500
-
-[control]
-rate_hz = {RATE_HZ}
-
-[inference]
-start_fraction = 0.5
-
-[health]
-port = 0
-
-[recorder]
-directory = "{work / 'recordings'}"
-"""
+    ``sections`` add or override keys per table, e.g. ``control={"rate_hz": 100}`` (the daemon tests and the
+    soak benchmark run the same set-up with other rates and sizes).
+    """
+    tables: dict[str, dict[str, object]] = {
+        "bundle": {"path": str(bundle), "backend": "onnxruntime"},
+        "cameras": {"slot": 0, "source": "synthetic", "width": 320, "height": 240, "fps": 30, "max_age_s": 0.5},
+        "arm": {"driver": "xvla-serial", "port": port, "space": "ee", "timeout_ms": 500},
+        "control": {"rate_hz": RATE_HZ},
+        "inference": {"start_fraction": 0.5},
+        "health": {"port": 0},
+        "recorder": {"directory": str(recordings)},
+    }
+    for name, values in sections.items():
+        tables.setdefault(name, {}).update(values)
+    lines = ["# written by xvla-edge demo", 'instruction = "pick up the red block and place it in the bowl"']
+    for name, values in tables.items():  # JSON scalars are TOML scalars (strings, numbers, true/false)
+        lines += ["", f"[[{name}]]" if name == "cameras" else f"[{name}]"]
+        lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+    return "\n".join(lines) + "\n"
 
 
 def _plot(trace: dict, latencies: np.ndarray, path: Path) -> None:
@@ -141,8 +130,8 @@ def _plot(trace: dict, latencies: np.ndarray, path: Path) -> None:
     axes[2].hist(trace["interval_error"] * ms, bins=50)
     axes[2].set_yscale("log")
     axes[2].set(xlabel="tick interval - period (ms)", ylabel="ticks",
-                title=f"control tick interval error ({RATE_HZ} Hz): p99 {timing['interval_error_p99'] * ms:.2f} ms, "
-                      f"missed {timing['missed_deadlines']}")
+                title=f"control tick interval error ({RATE_HZ} Hz)\np99 {timing['interval_error_p99'] * ms:.2f} ms, "
+                      f"missed deadlines {timing['missed_deadlines']}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -26,6 +26,7 @@ import pytest
 
 from drivers.xvla_serial import emulator
 from xvla_edge.daemon.config import load_config
+from xvla_edge.commands.demo import robot_toml
 from xvla_edge.daemon.service import Daemon
 
 REPO = Path(__file__).resolve().parents[3]
@@ -50,36 +51,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+SMALL_CAMERA = {"width": 96, "height": 64, "max_age_s": 0.3}
+SLOW_LOOP = {"rate_hz": 100, "realtime_priority": 0}
+
+
 def write_config(path: Path, bundle: Path, port: str, *, health_port: int = 0, max_latency: float = 1.0) -> Path:
-    path.write_text(f"""
-instruction = "put the block in the bowl"
-[bundle]
-path = "{bundle}"
-backend = "onnxruntime"
-[[cameras]]
-slot = 0
-source = "synthetic"
-width = 96
-height = 64
-fps = 30
-max_age_s = 0.3
-[arm]
-driver = "xvla-serial"
-port = "{port}"
-space = "ee"
-timeout_ms = 300
-[control]
-rate_hz = 100
-realtime_priority = 0
-[inference]
-start_fraction = 0.5
-max_latency_s = {max_latency}
-[health]
-port = {health_port}
-[recorder]
-seconds = 5
-directory = "{path.parent / 'recordings'}"
-""")
+    """The demo's set-up, smaller and slower: 96x64 images, 100 Hz without real-time priority, 300 ms deadman."""
+    path.write_text(robot_toml(bundle, port, path.parent / "recordings", cameras=SMALL_CAMERA,
+                               arm={"timeout_ms": 300}, control=SLOW_LOOP, inference={"max_latency_s": max_latency},
+                               health={"port": health_port}, recorder={"seconds": 5}))
     return path
 
 

@@ -21,8 +21,10 @@ import time
 from pathlib import Path
 
 import pytest
+from test_daemon import SLOW_LOOP, SMALL_CAMERA
 
 from drivers.xvla_serial import emulator
+from xvla_edge.commands.demo import robot_toml
 from xvla_edge.daemon.service import MAX_INFERENCE_FAILURES
 
 REPO = Path(__file__).resolve().parents[3]
@@ -76,32 +78,8 @@ def emu():
 
 
 def write_config(path: Path, bundle: Path, port: str) -> Path:
-    path.write_text(f"""
-instruction = "put the block in the bowl"
-[bundle]
-path = "{bundle}"
-backend = "onnxruntime"
-[[cameras]]
-slot = 0
-source = "synthetic"
-width = 96
-height = 64
-fps = 30
-max_age_s = 0.3
-[arm]
-driver = "xvla-serial"
-port = "{port}"
-space = "ee"
-timeout_ms = {DEADMAN_MS}
-[control]
-rate_hz = 100
-realtime_priority = 0
-[health]
-port = 0
-[recorder]
-seconds = 5
-directory = "{path.parent / 'recordings'}"
-""")
+    path.write_text(robot_toml(bundle, port, path.parent / "recordings", cameras=SMALL_CAMERA,
+                               arm={"timeout_ms": DEADMAN_MS}, control=SLOW_LOOP, recorder={"seconds": 5}))
     return path
 
 
