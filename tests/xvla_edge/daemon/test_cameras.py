@@ -47,13 +47,15 @@ def capture_threads(name: str) -> list:
 
 def test_a_slow_consumer_gets_the_newest_frame_not_a_queue():
     with SyntheticCamera("fast", 32, 24, fps=200) as cam:
-        assert until(lambda: cam.latest() is not None)
-        seen = []
-        for _ in range(3):
-            time.sleep(0.05)  # the consumer is 10 frame periods slow
-            frame = cam.latest()
-            seen.append(frame)
-            assert time.monotonic() - frame.timestamp < 0.03  # newest, not the oldest queued
+        assert until(lambda: cam.latest() is not None, timeout=10)
+        seen, read_at = [cam.latest()], [time.monotonic()]
+        for _ in range(3):  # a slow consumer: at least 3 frames are made between its reads
+            assert until(lambda: cam.latest().index >= seen[-1].index + 3, timeout=10)
+            seen.append(cam.latest())
+            read_at.append(time.monotonic())
+        # the newest, not the oldest queued: when frame k was read no later frame existed yet, so every frame
+        # from k + 2 on (k + 1 may have been stamped just before that read) was captured after it
+        assert all(frame.timestamp > t for frame, t in zip(seen[1:], read_at))
         assert all(b.index - a.index >= 3 for a, b in zip(seen, seen[1:]))  # frames in between were dropped
         frame = seen[-1]
         assert frame.image.shape == (24, 32, 3) and frame.image.dtype == np.uint8

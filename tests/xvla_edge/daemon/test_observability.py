@@ -154,20 +154,28 @@ def test_recorder_dump_is_atomic(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def until(predicate, timeout: float = 10.0) -> bool:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.002)
+    return True
+
+
 def test_synthetic_camera_latest_frame_wins_and_stalls():
-    with SyntheticCamera("cam0", 32, 24, fps=100) as cam:
-        time.sleep(0.2)
+    with SyntheticCamera("cam0", 32, 24, fps=100, max_age_s=0.1) as cam:
+        assert until(lambda: cam.latest() is not None and cam.latest().index >= 10)
         frame = cam.latest()
-        assert frame is not None and frame.image.shape == (24, 32, 3) and frame.image.dtype == np.uint8
-        assert frame.index >= 10 and time.monotonic() - frame.timestamp < 0.1  # newest, not queued
+        assert frame.image.shape == (24, 32, 3) and frame.image.dtype == np.uint8 and not cam.is_stale()
         cam.stall()
         time.sleep(0.05)
         stalled = cam.latest()
         time.sleep(0.2)
-        assert cam.latest() is stalled and time.monotonic() - stalled.timestamp > 0.2
+        assert cam.latest().index <= stalled.index + 1  # no frames while stalled (one may have been in flight)
+        assert cam.is_stale()  # its newest frame is older than max_age_s: the daemon holds the arm
         cam.resume()
-        time.sleep(0.1)
-        assert cam.latest().index > stalled.index
+        assert until(lambda: cam.latest().index > stalled.index + 1) and until(lambda: not cam.is_stale())
 
 
 def test_folder_camera_replays_in_order(tmp_path):
