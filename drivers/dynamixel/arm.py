@@ -1,9 +1,35 @@
 """A joint-space :class:`~drivers.arm.Arm` on X-series Dynamixel servos (WidowX, Koch, ALOHA-style arms).
 
-Per tick: one Sync Read of Present_Velocity + Present_Position (addresses 128-135) and one Sync Write
-of Goal_Position. The servos' own deadman, Bus_Watchdog, is armed on connect: if the host stops
-sending instructions for ``watchdog_ms``, every servo stops where it is and refuses goal writes until
-the next :meth:`DynamixelArm.connect`. Torque is enabled on connect and never disabled here.
+The control tick never waits on the bus. The bus is half-duplex, so the tick's reads are pipelined and
+ordered so that nothing the host sends can collide with the servos' replies:
+
+1. :meth:`DynamixelArm.poll_state` collects, without waiting, the statuses of the Sync Read sent in the
+   previous tick (the bytes already in the serial input buffer) and returns the newest state; its
+   ``timestamp`` is when those statuses were collected (normally one tick old);
+2. :meth:`DynamixelArm.send_target` writes the Goal_Position Sync Write and the next Sync Read in one write:
+   the servos answer after the goal, while the host sends nothing until the next tick.
+
+A tick that sends no target (a stopped mode) has ``poll_state`` send the next Sync Read itself; when
+``send_target`` follows such a read in the same tick, its replies may still be on the wire, so that goal is
+not sent (``targets_skipped``; the next tick's goal is newer). A read whose statuses have not all arrived by
+the next ``poll_state`` is a miss (``reads_missed``); its late replies are dropped when the next read is sent,
+or, arriving after that, skipped unless they have the next read's length (then taken for its own: data a
+tick older). No complete read for ``(retries + 1) * timeout_s`` (150 ms by default, the bound the blocking
+read has; measured on the arm's clock, so the same at any control rate) is a lost link (``ArmLinkError``):
+the control loop stops streaming and the servos' Bus_Watchdog holds the arm.
+
+Most pipelined reads are Present_Velocity + Present_Position (addresses 128-135). Every status carries
+the hardware-alert bit: after a status with it set, the next read is Hardware_Error_Status of the
+alerted servos; every ``watchdog_check_every``-th read is Bus_Watchdog (a tripped watchdog). Those
+ticks keep the previous state.
+
+:meth:`DynamixelArm.read_state`, ``connect``, ``hold`` and ``estop`` wait for their replies (bounded by
+``timeout_s`` and ``retries``, after the statuses of a pipelined read still on the wire); they are for
+start-up, reconnects and mode changes.
+
+The servos' own deadman, Bus_Watchdog, is armed on connect: if the host stops sending instructions for
+``watchdog_ms``, every servo stops where it is and refuses goal writes until the next
+:meth:`DynamixelArm.connect`. Torque is enabled on connect and never disabled here.
 
 It runs on :mod:`.bus`, our own Protocol 2.0 implementation on pyserial, not on the vendor DynamixelSDK: the
 SDK opens ports with ``serial.Serial`` and so cannot use pyserial URLs (``loop://``, ``socket://``,
@@ -15,8 +41,9 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Callable, Iterator, Union
 
 import numpy as np
 
@@ -31,8 +58,9 @@ from drivers.arm import (
     JointLimit,
     Target,
 )
+from drivers.dynamixel import protocol as p
 from drivers.dynamixel import tables as t
-from drivers.dynamixel.bus import Bus, DynamixelLinkError, ServoError
+from drivers.dynamixel.bus import Bus, DynamixelLinkError, PendingRead, ServoError, sync_write_packet
 from drivers.dynamixel.calibration import ArmCalibration, ArmCalibrationError
 
 _HW_TO_FAULT = {
@@ -44,6 +72,16 @@ _HW_TO_FAULT = {
 }
 _AT_LIMIT_RAD = 0.01
 _RAD_S_PER_UNIT = t.VELOCITY_UNIT_RPM * 2 * math.pi / 60
+
+
+@dataclass(frozen=True)
+class _Measured:
+    """The newest joint measurement and when its statuses arrived."""
+
+    timestamp: float
+    joint_positions: np.ndarray
+    joint_velocities: np.ndarray
+    gripper: float
 
 
 def hardware_faults(bits: int) -> FaultFlag:
@@ -59,7 +97,8 @@ class DynamixelArm(Arm):
     """One arm (joints + gripper) on one Dynamixel bus.
 
     ``watchdog_ms`` (20-2540, rounded up to 20 ms steps) is the Bus_Watchdog time; the watchdog
-    register is polled every ``watchdog_check_every`` state reads.
+    register is read every ``watchdog_check_every`` state reads. No complete pipelined read for
+    ``(retries + 1) * timeout_s`` is a lost link (see the module docstring). ``clock`` stamps the states.
     """
 
     def __init__(
@@ -72,6 +111,7 @@ class DynamixelArm(Arm):
         timeout_s: float = 0.05,
         retries: int = 2,
         watchdog_check_every: int = 10,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.calibration = calibration if isinstance(calibration, ArmCalibration) else ArmCalibration.load(calibration)
         units = math.ceil(watchdog_ms / (t.WATCHDOG_UNIT_S * 1000))
@@ -79,6 +119,9 @@ class DynamixelArm(Arm):
             raise ArmConfigError(f"DynamixelArm.watchdog_ms: expected 20..2540, got {watchdog_ms}")
         self._watchdog_units = units
         self._check_every = max(1, watchdog_check_every)
+        self.link_timeout_s = (retries + 1) * timeout_s
+        self._clock = clock
+        self._last_read = 0.0  # clock time of the last complete read
         self.bus = Bus(port, baudrate=baudrate, timeout_s=timeout_s, retries=retries)
         self._ids = self.calibration.motor_ids
         self._caps: ArmCapabilities | None = None
@@ -86,6 +129,12 @@ class DynamixelArm(Arm):
         self._estopped = False
         self._hw_errors: dict[int, int] = {}
         self._tripped: list[int] = []
+        self._measured: _Measured | None = None
+        self._pending: PendingRead | None = None  # the pipelined sync read on the wire
+        self._polled = False  # whether poll_state (not send_target) sent it
+        self._misses = 0  # consecutive
+        self._missed = ""  # why the last missed read missed
+        self._counters = {"reads_missed": 0, "targets_skipped": 0}
 
     # ---- Arm interface ---------------------------------------------------------------------------
 
@@ -98,6 +147,8 @@ class DynamixelArm(Arm):
     def connect(self) -> ArmCapabilities:
         with self._errors("connect"):
             self.bus.open()
+            self._settle()
+            self._measured, self._misses = None, 0
             for motor_id in self._ids:
                 self.bus.ping(motor_id)
             self._check_modes_and_limits()
@@ -121,32 +172,40 @@ class DynamixelArm(Arm):
         return self._caps
 
     def read_state(self) -> ArmState:
+        """Measured state now, waiting for the servos' replies (start-up and reconnect use)."""
         self._connected()
         with self._errors("read state"):
+            self._settle()
             raw = self.bus.sync_read_bytes(t.PRESENT_VELOCITY.address, 8, self._ids, name="Present_Velocity+Position")
-            stamp = time.monotonic()
+            self._measure(raw)
             self._reads += 1
             if self.bus.alerts:
                 self._read_hardware_errors()
             if self._reads % self._check_every == 0:
-                watchdog = self.bus.sync_read(t.BUS_WATCHDOG, self._ids)
-                self._tripped = [i for i, v in watchdog.items() if v == t.WATCHDOG_TRIPPED]
-        ticks = {i: t.PRESENT_POSITION.decode(data[4:]) for i, data in raw.items()}
-        units = {i: t.PRESENT_VELOCITY.decode(data[:4]) for i, data in raw.items()}
-        joints = self.calibration.joints
-        q = np.array([j.to_rad(ticks[j.motor_id]) for j in joints])
-        qd = np.array([j.direction * units[j.motor_id] * _RAD_S_PER_UNIT for j in joints])
-        gripper = self.calibration.gripper
-        return ArmState(
-            timestamp=stamp,
-            faults=self._faults(q),
-            position=np.full((1, 3), np.nan),
-            quaternion=np.full((1, 4), np.nan),
-            gripper=np.array([gripper.to_opening(ticks[gripper.motor_id])]),
-            joint_positions=q,
-            joint_velocities=qd,
-            mode=self._mode(),
-        )
+                self._check_watchdogs(self.bus.sync_read(t.BUS_WATCHDOG, self._ids))
+        return self._state()
+
+    def poll_state(self) -> ArmState:
+        """The newest state, without waiting: collects the previous tick's read (see the module docstring)."""
+        self._connected()
+        if self._measured is None:
+            return self.read_state()  # nothing measured since connect: one bounded round trip
+        with self._errors("poll state"):
+            pending, by_poll = self._pending, self._polled
+            if pending is not None:
+                self._take(pending)
+            silent = self._clock() - self._last_read
+            if self._misses and silent > self.link_timeout_s:
+                raise DynamixelLinkError(
+                    f"no complete sync read on {self.bus.port} for {silent * 1000:.0f} ms ({self._misses} in a row "
+                    f"without all their statuses by the next tick; the last one: {self._missed})"
+                )
+            if pending is None or by_poll:  # the previous tick sent no target: none will carry the next read
+                self._request()
+        return self._state()
+
+    def counters(self) -> dict[str, int]:
+        return dict(self._counters)
 
     def send_target(self, target: Target) -> None:
         self._connected()
@@ -166,11 +225,19 @@ class DynamixelArm(Arm):
         except ArmCalibrationError as exc:
             raise ArmFault(f"DynamixelArm({self.bus.port}): refusing target: {exc}", reason="out_of_limits") from exc
         with self._errors("send target"):
-            self.bus.sync_write(t.GOAL_POSITION, goals)
+            if self._pending is not None:  # a read is on the wire (poll_state sent it this tick): it may be answering
+                self.bus.collect(self._pending)
+                if not self._pending.complete:
+                    self._counters["targets_skipped"] += 1
+                    self._polled = False  # the next poll_state leaves the next read to the next target
+                    return
+                self._take(self._pending)
+            self._request(after=sync_write_packet(t.GOAL_POSITION, goals))
 
     def hold(self) -> None:
         self._connected()
         with self._errors("hold"):
+            self._settle()
             self.bus.sync_write(t.GOAL_POSITION, self.bus.sync_read(t.PRESENT_POSITION, self._ids))
 
     def estop(self) -> None:
@@ -185,6 +252,7 @@ class DynamixelArm(Arm):
             with contextlib.suppress(ArmLinkError, ArmFault):
                 self.hold()
         self._caps = None
+        self._pending = None
         self.bus.close()
 
     # ---- helpers ---------------------------------------------------------------------------------
@@ -220,6 +288,77 @@ class DynamixelArm(Arm):
                     f"joint {j.name!r} (motor {j.motor_id}): calibrated range {ends} ticks exceeds the servo's "
                     f"Min/Max_Position_Limit [{low}, {high}]; goals outside it would be dropped silently"
                 )
+
+    def _request(self, after: p.Packet | None = None) -> None:
+        """Send the next pipelined read (after ``after``): hardware errors of alerted servos, every
+        ``watchdog_check_every``-th time Bus_Watchdog, else Present_Velocity + Present_Position."""
+        if self.bus.alerts:
+            ids, reg = sorted(self.bus.alerts), t.HARDWARE_ERROR_STATUS
+        else:
+            self._reads += 1
+            ids = self._ids
+            reg = t.BUS_WATCHDOG if self._reads % self._check_every == 0 else None
+        if reg is None:
+            address, length, name = t.PRESENT_VELOCITY.address, 8, "Present_Velocity+Position"
+        else:
+            address, length, name = reg.address, reg.size, reg.name
+        self._pending = self.bus.request_sync_read(address, length, ids, name=name, after=after)
+        self._polled = after is None
+
+    def _take(self, pending: PendingRead) -> None:
+        """Use ``pending``'s statuses that have arrived, without waiting; an incomplete read is a miss."""
+        self._pending = None
+        self.bus.collect(pending)
+        raw = self.bus.result(pending)
+        if raw is None:  # its late replies, if any, are dropped by the next request
+            self._misses += 1
+            self._counters["reads_missed"] += 1
+            missing = [i for i in pending.motor_ids if i not in pending.statuses]
+            self._missed = f"no status from motor(s) {missing}" if missing else "a corrupted instruction (CRC_ERROR)"
+            return
+        self._misses, self._last_read = 0, self._clock()
+        if pending.address == t.HARDWARE_ERROR_STATUS.address:
+            self._hw_errors.update({i: t.HARDWARE_ERROR_STATUS.decode(v) for i, v in raw.items()})
+            self.bus.alerts.difference_update(raw)
+        elif pending.address == t.BUS_WATCHDOG.address:
+            self._check_watchdogs({i: t.BUS_WATCHDOG.decode(v) for i, v in raw.items()})
+        else:
+            self._measure(raw)
+
+    def _settle(self) -> None:
+        """Wait (up to ``timeout_s``) for the statuses of a pipelined read still on the wire, and drop it."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self.bus.collect(pending, wait_s=self.bus.timeout_s)
+
+    def _measure(self, raw: dict[int, bytes]) -> None:
+        ticks = {i: t.PRESENT_POSITION.decode(data[4:]) for i, data in raw.items()}
+        units = {i: t.PRESENT_VELOCITY.decode(data[:4]) for i, data in raw.items()}
+        joints = self.calibration.joints
+        self._measured = _Measured(
+            timestamp=self._clock(),
+            joint_positions=np.array([j.to_rad(ticks[j.motor_id]) for j in joints]),
+            joint_velocities=np.array([j.direction * units[j.motor_id] * _RAD_S_PER_UNIT for j in joints]),
+            gripper=self.calibration.gripper.to_opening(ticks[self.calibration.gripper.motor_id]),
+        )
+        self._last_read = self._measured.timestamp
+
+    def _state(self) -> ArmState:
+        m = self._measured
+        assert m is not None
+        return ArmState(
+            timestamp=m.timestamp,
+            faults=self._faults(m.joint_positions),
+            position=np.full((1, 3), np.nan),
+            quaternion=np.full((1, 4), np.nan),
+            gripper=np.array([m.gripper]),
+            joint_positions=m.joint_positions,
+            joint_velocities=m.joint_velocities,
+            mode=self._mode(),
+        )
+
+    def _check_watchdogs(self, values: dict[int, int]) -> None:
+        self._tripped = [i for i, v in values.items() if v == t.WATCHDOG_TRIPPED]
 
     def _set_watchdogs(self, units: int) -> None:
         self.bus.sync_write(t.BUS_WATCHDOG, {i: units for i in self._ids})

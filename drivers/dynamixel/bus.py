@@ -10,11 +10,16 @@ after the retries or the port fails; :class:`ServoError` when a servo answers wi
 Hardware alerts (status error bit 7) do not fail a transaction: the motor ids collect in
 :attr:`Bus.alerts` until the caller reads Hardware_Error_Status and clears them.
 The servos must keep Status_Return_Level = 2 (the default) so that writes are answered.
+
+For a control tick that must not wait, :meth:`Bus.request_sync_read` sends a sync read (optionally after a
+sync write, in one write) and returns a :class:`PendingRead`; :meth:`Bus.collect` adds the statuses that have
+arrived without waiting and :meth:`Bus.result` checks them once all are in.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import serial
@@ -34,6 +39,27 @@ class ServoError(p.DynamixelError, RuntimeError):
     def __init__(self, message: str, status: p.Status) -> None:
         super().__init__(message)
         self.status = status
+
+
+@dataclass
+class PendingRead:
+    """A sync read sent by :meth:`Bus.request_sync_read` whose statuses :meth:`Bus.collect` gathers."""
+
+    address: int
+    length: int | None  # data bytes per status; statuses of another length are stale replies, skipped
+    motor_ids: list[int]
+    what: str
+    statuses: dict[int, p.Status] = field(default_factory=dict)
+    parser: p.PacketParser = field(default_factory=p.PacketParser)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.statuses) == len(self.motor_ids)
+
+
+def sync_write_packet(reg: Register, values: dict[int, int]) -> p.Packet:
+    """The Sync Write instruction that broadcasts ``values`` to ``reg``."""
+    return p.sync_write(reg.address, reg.size, {i: reg.encode(v) for i, v in values.items()})
 
 
 class Bus:
@@ -92,8 +118,8 @@ class Bus:
 
     def sync_write(self, reg: Register, values: dict[int, int]) -> None:
         """Broadcast ``values`` to ``reg``; servos do not answer a sync write."""
-        packet = p.sync_write(reg.address, reg.size, {i: reg.encode(v) for i, v in values.items()})
-        self._write(packet.encode(), f"sync write {reg.name} ({reg.address}) to motors {list(values)}")
+        what = f"sync write {reg.name} ({reg.address}) to motors {list(values)}"
+        self._write(sync_write_packet(reg, values).encode(), what)
 
     def reboot(self, motor_id: int) -> None:
         self._transact(p.reboot(motor_id), [motor_id], f"reboot motor {motor_id}")
@@ -111,6 +137,47 @@ class Bus:
             _check_length(status, length, what)
         return {motor_id: statuses[motor_id].data for motor_id in motor_ids}
 
+    def request_sync_read(
+        self, address: int, length: int, motor_ids: list[int], *, name: str = "", after: p.Packet | None = None
+    ) -> PendingRead:
+        """Send a sync read (preceded by ``after``, e.g. a goal sync write, in the same write) without waiting
+        for its statuses; bytes left in the input buffer are dropped first."""
+        pending = PendingRead(address, length, list(motor_ids),
+                              f"sync read {name or 'address'} ({address}, {length} bytes) from motors {motor_ids}")
+        self._io(self._link_or_raise(pending.what).reset_input_buffer)
+        head = after.encode() if after is not None else b""
+        self._write(head + p.sync_read(address, length, motor_ids).encode(), pending.what)
+        return pending
+
+    def collect(self, pending: PendingRead, *, wait_s: float = 0.0) -> None:
+        """Add the statuses of ``pending`` that have arrived; waits up to ``wait_s`` for the rest (0: never)."""
+        link = self._link_or_raise(pending.what)
+        deadline = time.monotonic() + wait_s
+        wanted = set(pending.motor_ids)
+        while not pending.complete:
+            waiting = self._io(lambda: link.in_waiting)
+            if not waiting and time.monotonic() >= deadline:
+                return
+            for packet in pending.parser.feed(self._io(lambda: link.read(max(1, waiting)))):
+                if packet.instruction != p.Instruction.STATUS or packet.id not in wanted or not packet.params:
+                    continue  # our own echo on a half-duplex adapter, or a stray packet
+                status = p.Status.from_packet(packet)
+                if pending.length is not None and not status.result and len(status.data) != pending.length:
+                    continue  # a late reply to an earlier read
+                pending.statuses.setdefault(status.id, status)
+                if status.alert:
+                    self.alerts.add(status.id)
+
+    def result(self, pending: PendingRead) -> dict[int, bytes] | None:
+        """The data of a complete ``pending`` read; None while statuses are missing or a servo got a corrupted
+        instruction (CRC_ERROR). Raises :class:`ServoError` for another error status."""
+        if not pending.complete or any(s.result == p.ResultError.CRC_ERROR for s in pending.statuses.values()):
+            return None
+        for status in pending.statuses.values():
+            if status.result:
+                raise ServoError(f"{pending.what}: motor {status.id} answered {status.describe()}", status)
+        return {motor_id: pending.statuses[motor_id].data for motor_id in pending.motor_ids}
+
     # ---- transport -------------------------------------------------------------------------------
 
     def _transact(self, packet: p.Packet, motor_ids: list[int], what: str) -> dict[int, p.Status]:
@@ -119,7 +186,9 @@ class Bus:
         for _ in range(self.retries + 1):
             self._io(self._link_or_raise(what).reset_input_buffer)
             self._write(packet.encode(), what)
-            statuses = self._collect(motor_ids, time.monotonic() + self.timeout_s)
+            pending = PendingRead(address=0, length=None, motor_ids=motor_ids, what=what)  # any status
+            self.collect(pending, wait_s=self.timeout_s)
+            statuses = pending.statuses
             retry = [s for s in statuses.values() if s.result == p.ResultError.CRC_ERROR]
             missing = [i for i in motor_ids if i not in statuses]
             if not missing and not retry:
@@ -133,22 +202,6 @@ class Bus:
                 else f"motor(s) {[s.id for s in retry]} received a corrupted instruction (CRC_ERROR)"
             )
         raise DynamixelLinkError(f"{what} on {self.port}: failed after {self.retries + 1} tries: {problem}")
-
-    def _collect(self, motor_ids: list[int], deadline: float) -> dict[int, p.Status]:
-        wanted = set(motor_ids)
-        parser = p.PacketParser()
-        statuses: dict[int, p.Status] = {}
-        link = self._link_or_raise("read")
-        while len(statuses) < len(wanted) and time.monotonic() < deadline:
-            data = self._io(lambda: link.read(max(1, link.in_waiting)))
-            for packet in parser.feed(data):
-                if packet.instruction != p.Instruction.STATUS or packet.id not in wanted or not packet.params:
-                    continue  # our own echo on a half-duplex adapter, or a stray packet
-                status = p.Status.from_packet(packet)
-                statuses.setdefault(status.id, status)
-                if status.alert:
-                    self.alerts.add(status.id)
-        return statuses
 
     def _write(self, data: bytes, what: str) -> None:
         link = self._link_or_raise(what)
