@@ -1,8 +1,7 @@
 """The control tick's calls into DynamixelArm (poll_state, send_target) never wait on the bus.
 
-The emulated servo chain runs in-process behind a fake port on a fake clock: a read that asks for more bytes
-than have arrived (what pyserial would wait for) is counted and costs the port's 2 ms timeout on the clock,
-so "never blocks" is checked exactly, independent of how loaded the machine is.
+The emulated servo chain runs in-process behind :class:`drivers.virtual_port.VirtualPort` on a virtual clock,
+so "never blocks" is checked exactly (a read that would wait is counted), independent of machine load.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from drivers.dynamixel import emulator
 from drivers.dynamixel import tables as t
 from drivers.dynamixel.arm import DynamixelArm
 from drivers.dynamixel.calibration import ArmCalibration, GripperCalibration, JointCalibration
+from drivers.virtual_port import VirtualClock, VirtualPort
 
 CAL = ArmCalibration(
     "poll-arm",
@@ -28,61 +28,11 @@ PERIOD = 0.005  # 200 Hz
 PORT_TIMEOUT_S = 0.002  # what Bus opens the port with
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class EmulatedPort:
-    """The part of ``serial.Serial`` the bus uses, wired to an in-process servo chain; replies reach the
-    input buffer ``latency_s`` after the servos send them."""
-
-    def __init__(self, chain: emulator.ServoChain, clock: Clock) -> None:
-        self.chain, self.clock = chain, clock
-        self.rx = bytearray()
-        self.latency_s = 0.0
-        self.blocking_reads = 0
-
-    def _deliver(self) -> None:
-        now = self.clock()
-        self.chain.tick(now)
-        while self.chain.outbox and self.chain.outbox[0][0] + self.latency_s <= now:
-            self.rx += self.chain.outbox.pop(0)[1]
-
-    @property
-    def in_waiting(self) -> int:
-        self._deliver()
-        return len(self.rx)
-
-    def read(self, size: int = 1) -> bytes:
-        self._deliver()
-        if size > len(self.rx):  # a real port waits for the missing bytes, up to its timeout
-            self.blocking_reads += 1
-            self.clock.now += PORT_TIMEOUT_S
-            self._deliver()
-        data, self.rx = bytes(self.rx[:size]), self.rx[size:]
-        return data
-
-    def write(self, data: bytes) -> int:
-        self.chain.feed(data, self.clock())
-        return len(data)
-
-    def reset_input_buffer(self) -> None:
-        self._deliver()
-        self.rx.clear()
-
-    def close(self) -> None:
-        pass
-
-
 @pytest.fixture
-def rig(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[DynamixelArm, EmulatedPort, Clock]]:
-    clock = Clock()
+def rig(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[DynamixelArm, VirtualPort, VirtualClock]]:
+    clock = VirtualClock()
     chain = emulator.ServoChain(emulator.ChainConfig(ids=(1, 2, 3, 4, 5, 6)), seed=1)
-    port = EmulatedPort(chain, clock)
+    port = VirtualPort(chain, clock, timeout_s=PORT_TIMEOUT_S)
     monkeypatch.setattr(serial, "serial_for_url", lambda *args, **kwargs: port)
     arm = DynamixelArm("emulated", CAL, watchdog_ms=1000, clock=clock)
     arm.connect()
@@ -95,7 +45,7 @@ def target(q: float) -> Target:
     return Target.joint(np.full(5, q), [0.5])
 
 
-def tick(arm: DynamixelArm, port: EmulatedPort, clock: Clock, goal: Target | None) -> ArmState:
+def tick(arm: DynamixelArm, port: VirtualPort, clock: VirtualClock, goal: Target | None) -> ArmState:
     """One control tick (no target: a stopped mode); asserts it did not wait on the bus."""
     clock.now += PERIOD
     start, reads = clock.now, port.blocking_reads
@@ -106,11 +56,11 @@ def tick(arm: DynamixelArm, port: EmulatedPort, clock: Clock, goal: Target | Non
     return state
 
 
-def age(state: ArmState, clock: Clock) -> float:
+def age(state: ArmState, clock: VirtualClock) -> float:
     return clock.now - state.timestamp
 
 
-def test_state_advances_over_ticks_without_waiting(rig: tuple[DynamixelArm, EmulatedPort, Clock]) -> None:
+def test_state_advances_over_ticks_without_waiting(rig: tuple[DynamixelArm, VirtualPort, VirtualClock]) -> None:
     arm, port, clock = rig
     port.latency_s = 0.003  # replies arrive within the tick
     ages = [age(tick(arm, port, clock, target(min(0.002 * i, 0.3))), clock) for i in range(300)]
@@ -123,19 +73,19 @@ def test_state_advances_over_ticks_without_waiting(rig: tuple[DynamixelArm, Emul
     assert np.abs(state.joint_positions - 0.3).max() < 0.01 and state.mode == "TRACKING"
 
 
-def test_lost_replies_are_misses_and_the_state_ages(rig: tuple[DynamixelArm, EmulatedPort, Clock]) -> None:
+def test_lost_replies_are_misses_and_the_state_ages(rig: tuple[DynamixelArm, VirtualPort, VirtualClock]) -> None:
     arm, port, clock = rig
     tick(arm, port, clock, target(0.0))
-    port.chain.control("drop_replies", {"n": 6 * 3 + 2})  # three reads lose all statuses, the fourth two
+    port.device.control("drop_replies", {"n": 6 * 3 + 2})  # three reads lose all statuses, the fourth two
     ages = [age(tick(arm, port, clock, target(0.0)), clock) for _ in range(6)]
     assert ages == pytest.approx([0.0, PERIOD, 2 * PERIOD, 3 * PERIOD, 4 * PERIOD, 0.0])
     assert arm.counters() == {"reads_missed": 4, "targets_skipped": 0}
 
 
-def test_silent_bus_is_a_link_error_after_the_link_timeout(rig: tuple[DynamixelArm, EmulatedPort, Clock]) -> None:
+def test_silent_bus_is_a_link_error_after_the_link_timeout(rig: tuple[DynamixelArm, VirtualPort, VirtualClock]) -> None:
     arm, port, clock = rig
     assert arm.link_timeout_s == pytest.approx(0.15)  # (retries + 1) * timeout_s, whatever the control rate
-    port.chain.control("silence", {"motor_id": 4})
+    port.device.control("silence", {"motor_id": 4})
     last = tick(arm, port, clock, target(0.0)).timestamp  # collects the read sent before the silence
     ticks = 0
     with pytest.raises(ArmLinkError, match=r"no complete sync read .* for 1[5-9]\d ms .* no status from motor\(s\) \[4\]"):
@@ -146,9 +96,9 @@ def test_silent_bus_is_a_link_error_after_the_link_timeout(rig: tuple[DynamixelA
     assert arm.counters()["reads_missed"] == ticks + 1
 
 
-def test_hardware_error_is_detected_without_waiting(rig: tuple[DynamixelArm, EmulatedPort, Clock]) -> None:
+def test_hardware_error_is_detected_without_waiting(rig: tuple[DynamixelArm, VirtualPort, VirtualClock]) -> None:
     arm, port, clock = rig
-    port.chain.control("hardware_error", {"motor_id": 3, "bits": int(t.HardwareError.OVERLOAD)})
+    port.device.control("hardware_error", {"motor_id": 3, "bits": int(t.HardwareError.OVERLOAD)})
     assert not tick(arm, port, clock, target(0.0)).blocked  # collects the read sent before the error
     assert not tick(arm, port, clock, target(0.0)).blocked  # alert bit set: the next read is Hardware_Error_Status
     state = tick(arm, port, clock, None)
@@ -157,9 +107,9 @@ def test_hardware_error_is_detected_without_waiting(rig: tuple[DynamixelArm, Emu
         arm.send_target(target(0.0))
 
 
-def test_tripped_watchdog_is_read_in_the_pipeline(rig: tuple[DynamixelArm, EmulatedPort, Clock]) -> None:
+def test_tripped_watchdog_is_read_in_the_pipeline(rig: tuple[DynamixelArm, VirtualPort, VirtualClock]) -> None:
     arm, port, clock = rig
-    for servo in port.chain.servos.values():
+    for servo in port.device.servos.values():
         servo.set(t.BUS_WATCHDOG, t.WATCHDOG_TRIPPED)
     for _ in range(10):  # watchdog_check_every
         tick(arm, port, clock, None)
@@ -169,16 +119,16 @@ def test_tripped_watchdog_is_read_in_the_pipeline(rig: tuple[DynamixelArm, Emula
 
 
 def test_ticks_without_targets_keep_reading_and_the_first_target_after_them_is_skipped(
-    rig: tuple[DynamixelArm, EmulatedPort, Clock],
+    rig: tuple[DynamixelArm, VirtualPort, VirtualClock],
 ) -> None:
     arm, port, clock = rig
     ages = [age(tick(arm, port, clock, None), clock) for _ in range(5)]  # a stopped mode: poll_state reads
     # the first tick sends no read (a target was expected to carry it), then every tick has a fresh state
     assert ages == pytest.approx([0.0, PERIOD, 0.0, 0.0, 0.0])
-    goals = {i: s.get(t.GOAL_POSITION) for i, s in port.chain.servos.items()}
+    goals = {i: s.get(t.GOAL_POSITION) for i, s in port.device.servos.items()}
     tick(arm, port, clock, target(0.2))  # the read poll_state just sent may be answering: goal not sent
     assert arm.counters() == {"reads_missed": 0, "targets_skipped": 1}
-    assert {i: s.get(t.GOAL_POSITION) for i, s in port.chain.servos.items()} == goals
+    assert {i: s.get(t.GOAL_POSITION) for i, s in port.device.servos.items()} == goals
     tick(arm, port, clock, target(0.2))
-    assert port.chain.servos[1].get(t.GOAL_POSITION) == CAL.joints[0].to_ticks(0.2)
+    assert port.device.servos[1].get(t.GOAL_POSITION) == CAL.joints[0].to_ticks(0.2)
     assert arm.counters() == {"reads_missed": 0, "targets_skipped": 1}

@@ -1,8 +1,7 @@
 """The control tick's calls into XvlaSerialArm (poll_state, send_target) never wait on the controller.
 
-The emulated controller runs in-process behind a fake port on a fake clock: a read that asks for more bytes
-than have arrived (what pyserial would wait for) is counted and costs the port's 2 ms timeout on the clock,
-so "never blocks" is checked exactly, independent of how loaded the machine is.
+The emulated controller runs in-process behind :class:`drivers.virtual_port.VirtualPort` on a virtual clock,
+so "never blocks" is checked exactly (a read that would wait is counted), independent of machine load.
 """
 
 from __future__ import annotations
@@ -16,65 +15,18 @@ import serial
 from drivers.arm import ArmLinkError, Target
 from drivers.xvla_serial import emulator
 from drivers.xvla_serial.arm import XvlaSerialArm
+from drivers.virtual_port import VirtualClock, VirtualPort
 
 CONFIG = emulator.ControllerConfig(n_joints=6, n_arms=1)
 PERIOD = 0.005  # 200 Hz
 PORT_TIMEOUT_S = 0.002  # what XvlaSerialArm opens the port with
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class EmulatedPort:
-    """The part of ``serial.Serial`` the arm uses, wired to an in-process controller emulator."""
-
-    def __init__(self, controller: emulator.ControllerEmulator, clock: Clock) -> None:
-        self.controller, self.clock = controller, clock
-        self.rx = bytearray()
-        self.blocking_reads = 0
-
-    def _deliver(self) -> None:
-        now = self.clock()
-        self.controller.tick(now)
-        while self.controller.outbox and self.controller.outbox[0][0] <= now:
-            self.rx += self.controller.outbox.pop(0)[1]
-
-    @property
-    def in_waiting(self) -> int:
-        self._deliver()
-        return len(self.rx)
-
-    def read(self, size: int = 1) -> bytes:
-        self._deliver()
-        if size > len(self.rx):  # a real port waits for the missing bytes, up to its timeout
-            self.blocking_reads += 1
-            self.clock.now += PORT_TIMEOUT_S
-            self._deliver()
-        data, self.rx = bytes(self.rx[:size]), self.rx[size:]
-        return data
-
-    def write(self, data: bytes) -> int:
-        self.controller.feed(data, self.clock())
-        return len(data)
-
-    def reset_input_buffer(self) -> None:
-        self._deliver()
-        self.rx.clear()
-
-    def close(self) -> None:
-        pass
-
-
 @pytest.fixture
-def rig(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[XvlaSerialArm, EmulatedPort, Clock]]:
-    clock = Clock()
+def rig(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[XvlaSerialArm, VirtualPort, VirtualClock]]:
+    clock = VirtualClock()
     controller = emulator.ControllerEmulator(CONFIG, seed=1)
-    port = EmulatedPort(controller, clock)
+    port = VirtualPort(controller, clock, timeout_s=PORT_TIMEOUT_S)
     monkeypatch.setattr(serial, "serial_for_url", lambda *args, **kwargs: port)
     arm = XvlaSerialArm("emulated", space="joint", clock=clock)
     arm.connect()
@@ -86,7 +38,7 @@ def joint(value: float) -> Target:
     return Target.joint(np.full(CONFIG.n_joints, value), [0.5])
 
 
-def tick(arm: XvlaSerialArm, port: EmulatedPort, clock: Clock, target: Target) -> None:
+def tick(arm: XvlaSerialArm, port: VirtualPort, clock: VirtualClock, target: Target) -> None:
     """One control tick; asserts it did not wait on the port."""
     clock.now += PERIOD
     start, reads = clock.now, port.blocking_reads
@@ -95,9 +47,9 @@ def tick(arm: XvlaSerialArm, port: EmulatedPort, clock: Clock, target: Target) -
     assert (clock.now, port.blocking_reads) == (start, reads), "the tick waited on the controller"
 
 
-def test_slow_controller_never_blocks_the_tick(rig: tuple[XvlaSerialArm, EmulatedPort, Clock]) -> None:
+def test_slow_controller_never_blocks_the_tick(rig: tuple[XvlaSerialArm, VirtualPort, VirtualClock]) -> None:
     arm, port, clock = rig
-    port.controller.control("latency", {"ms": 12.0})  # replies arrive 2-3 ticks late
+    port.device.control("latency", {"ms": 12.0})  # replies arrive 2-3 ticks late
     ages = []
     for i in range(400):
         tick(arm, port, clock, joint(0.001 * i))
@@ -105,16 +57,16 @@ def test_slow_controller_never_blocks_the_tick(rig: tuple[XvlaSerialArm, Emulate
     assert arm.stats.targets_skipped == 0 and arm.stats.states_lost == 0 and arm.stats.replies_lost == 0
     assert arm.stats.targets_sent == 400 and arm.stats.targets_acked >= 400 - 3
     assert max(ages[10:]) <= 0.012 + 2 * PERIOD  # the state is as old as the controller's latency, no older
-    seqs = list(port.controller.accepted_seqs)
+    seqs = list(port.device.accepted_seqs)
     assert seqs == sorted(seqs)
 
 
 def test_backpressure_skips_targets_and_the_newest_is_sent_when_a_slot_frees(
-    rig: tuple[XvlaSerialArm, EmulatedPort, Clock],
+    rig: tuple[XvlaSerialArm, VirtualPort, VirtualClock],
 ) -> None:
     arm, port, clock = rig
     arm.reply_timeout_s = 0.1
-    port.controller.control("latency", {"ms": 60.0})  # 12 ticks per ACK: the 8-frame window fills
+    port.device.control("latency", {"ms": 60.0})  # 12 ticks per ACK: the 8-frame window fills
     for i in range(200):
         tick(arm, port, clock, joint(0.001 * i))
         assert arm.in_flight <= 8
@@ -124,17 +76,17 @@ def test_backpressure_skips_targets_and_the_newest_is_sent_when_a_slot_frees(
     final = joint(0.25)
     for _ in range(20):  # the loop goes on sending its newest target every tick
         tick(arm, port, clock, final)
-    assert port.controller.last_target == pytest.approx(list(final.to_vector()), abs=1e-6)
-    seqs = list(port.controller.accepted_seqs)
-    assert seqs == sorted(seqs) and list(port.controller.nacks) == []
+    assert port.device.last_target == pytest.approx(list(final.to_vector()), abs=1e-6)
+    seqs = list(port.device.accepted_seqs)
+    assert seqs == sorted(seqs) and list(port.device.nacks) == []
 
 
 def test_silent_controller_is_a_link_error_after_the_ack_timeout_without_waiting(
-    rig: tuple[XvlaSerialArm, EmulatedPort, Clock],
+    rig: tuple[XvlaSerialArm, VirtualPort, VirtualClock],
 ) -> None:
     arm, port, clock = rig
     tick(arm, port, clock, joint(0.1))
-    port.controller.control("silence", {"on": True})
+    port.device.control("silence", {"on": True})
     first_unacked = clock.now + PERIOD
     with pytest.raises(ArmLinkError, match=r"TARGETs unacknowledged; .* was sent 10[0-5] ms ago \(ack_timeout_s 100 ms\)"):
         for i in range(100):
@@ -143,11 +95,11 @@ def test_silent_controller_is_a_link_error_after_the_ack_timeout_without_waiting
     assert arm.stats.targets_skipped > 0  # the window filled meanwhile: later targets were not sent
 
 
-def test_no_state_for_the_link_timeout_is_a_link_error(rig: tuple[XvlaSerialArm, EmulatedPort, Clock]) -> None:
+def test_no_state_for_the_link_timeout_is_a_link_error(rig: tuple[XvlaSerialArm, VirtualPort, VirtualClock]) -> None:
     arm, port, clock = rig
     arm.ack_timeout_s = 10.0  # let the STATE bound, not the ACK bound, decide
     tick(arm, port, clock, joint(0.1))
-    port.controller.control("drop_tx", {"n": 10_000})  # the controller hears us but its replies are lost
+    port.device.control("drop_tx", {"n": 10_000})  # the controller hears us but its replies are lost
     last_state = arm.poll_state().timestamp
     with pytest.raises(ArmLinkError, match=r"no STATE for 15[0-5] ms \(limit 3 x 50 ms\)"):
         for _ in range(100):
