@@ -67,7 +67,7 @@ def _measure(rate_hz: int, priority: int) -> dict:
 @pytest.mark.parametrize("scheduler", ["fifo", "other"])
 @pytest.mark.parametrize("load", ["idle", "busy"])
 @pytest.mark.parametrize("rate_hz", [100, 200, 500])
-def test_period_error(benchmark, rate_hz, load, scheduler):
+def test_tick_interval_error(benchmark, rate_hz, load, scheduler):
     priority = 80 if scheduler == "fifo" else 0
 
     def run() -> dict:

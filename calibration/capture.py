@@ -166,7 +166,7 @@ def _read_image(path: Path, label: str) -> np.ndarray:
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or not UTF-8
         raise CalibrationError(f"{path}: not valid JSON ({e})") from None
 
 

@@ -172,7 +172,7 @@ def load_set(path: str | Path) -> CalibrationSet:
                                "`xvla-edge calibrate capture`?)")
     try:
         index = json.loads(index_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or not UTF-8
         raise CalibrationError(f"{index_path}: not valid JSON ({e})") from None
     if not isinstance(index, dict):
         raise CalibrationError(f"{index_path}: expected a JSON object")

@@ -32,6 +32,7 @@ from xvla.files import file_problem
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
+MAX_MANIFEST_BYTES = 1 << 20  # exported manifests are a few kB; a larger file is not one
 ENGINES_DIR = "engines"  # TensorRT engines built on the target (not in the manifest: see verify_files)
 
 
@@ -121,10 +122,13 @@ class Manifest:
         path = Path(bundle_dir) / MANIFEST_FILE
         if not path.is_file():
             raise BundleError(f"{path}: not found (is {bundle_dir} a bundle directory?)")
+        size = path.stat().st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{path}: {size} bytes; a manifest is at most {MAX_MANIFEST_BYTES} (a few kB when exported)")
         try:
             d = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise BundleError(f"{path}: not valid JSON ({e})") from None
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: JSONDecodeError
+            raise BundleError(f"{path}: not valid JSON ({type(e).__name__}: {e})") from None
         return cls.from_dict(d, str(path))
 
     def verify_files(self, bundle_dir: str | Path) -> None:

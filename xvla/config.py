@@ -313,6 +313,6 @@ def load_config(path: str | Path) -> XVLAConfig:
         raise ConfigError(f"{path}: config file not found (a checkpoint directory holds config.json)")
     try:
         d = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or not UTF-8
         raise ConfigError(f"{path}: not valid JSON ({e})") from None
     return config_from_dict(d, str(path))

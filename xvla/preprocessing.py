@@ -56,7 +56,7 @@ class ImageProcessor:
             return cls()
         try:
             d = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or not UTF-8
             raise CheckpointError(f"{path}: not valid JSON ({e})") from None
         return cls.from_dict(d, str(path))
 
@@ -211,7 +211,7 @@ def _pad_token(ckpt_dir: Path) -> str:
     if cfg.is_file():
         try:
             pad = json.loads(cfg.read_text()).get("pad_token", "<pad>")
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or not UTF-8
             raise CheckpointError(f"{cfg}: not valid JSON ({e})") from None
         if isinstance(pad, dict):
             pad = pad.get("content", "<pad>")

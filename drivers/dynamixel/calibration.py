@@ -150,7 +150,7 @@ class ArmCalibration:
     def load(cls, path: Union[str, Path]) -> ArmCalibration:
         try:
             data = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             raise ArmCalibrationError(f"cannot read calibration {path}: {exc}") from exc
         if not isinstance(data, dict):
             raise ArmCalibrationError(f"{path}: expected a JSON object, got {type(data).__name__}")

@@ -150,3 +150,13 @@ def test_info_shows_the_id_and_refuses_a_lying_bundle(tiny_bundle, raw, tmp_path
     assert main(["info", str(bundle)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("xvla-edge info: error: ") and "action.chunk_seconds = -2.0" in err
+
+
+def test_oversize_and_deeply_nested_manifests_are_refused_by_name(tmp_path):
+    for name, text in (("nested", "[" * 100_000 + "]" * 100_000), ("huge", '{"pad": "' + "x" * (2 << 20) + '"}'),
+                       ("truncated", '{"schema_version": 1, "files": {')):
+        bundle = tmp_path / name
+        bundle.mkdir()
+        (bundle / "manifest.json").write_text(text)
+        with pytest.raises(BundleError, match=rf"{name}/manifest.json: "):
+            Manifest.load(bundle)

@@ -81,7 +81,7 @@ def read_engines_json(bundle_dir: Path) -> dict[str, EngineRecord]:
         if d.get("schema_version") != ENGINES_SCHEMA:
             raise ValueError(f"schema_version {d.get('schema_version')!r}, this runtime reads {ENGINES_SCHEMA}")
         records = {g: EngineRecord(**d["engines"][g]) for g in GRAPHS}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
         raise BackendError(f"{path}: unreadable ({type(e).__name__}: {e}); {rebuild_hint(bundle_dir)}") from None
     return records
 
