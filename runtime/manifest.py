@@ -20,6 +20,7 @@ on load (:mod:`runtime.manifest_schema`: types, ranges, shapes against each othe
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -98,7 +99,7 @@ class Manifest:
     def files(self) -> dict[str, dict[str, Any]]:
         return self.raw["files"]
 
-    @property
+    @functools.cached_property  # the manifest is frozen: hash it once
     def bundle_id(self) -> str:
         """sha256 of the canonical manifest (sorted keys, no spaces): names this exact bundle everywhere
         (``xvla-edge info``, the daemon's logs and ``/metrics``, flash)."""

@@ -24,25 +24,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from drivers.xvla_serial import emulator
 from xvla_edge.daemon.config import load_config
 from xvla_edge.commands.demo import robot_toml
 from xvla_edge.daemon.service import Daemon
 
 REPO = Path(__file__).resolve().parents[3]
-
-
-@pytest.fixture(scope="module")
-def bundle(tiny_bundle) -> Path:
-    """The session's tiny bundle (domain 3, one view); the daemon only reads it."""
-    return tiny_bundle
-
-
-@pytest.fixture
-def emu():
-    process = emulator.start(emulator.ControllerConfig(n_arms=1), seed=3)
-    yield process
-    process.stop()
 
 
 def free_port() -> int:

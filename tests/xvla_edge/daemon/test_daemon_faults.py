@@ -23,7 +23,6 @@ from pathlib import Path
 import pytest
 from test_daemon import SLOW_LOOP, SMALL_CAMERA
 
-from drivers.xvla_serial import emulator
 from xvla_edge.commands.demo import robot_toml
 from xvla_edge.daemon.service import MAX_INFERENCE_FAILURES
 
@@ -63,18 +62,6 @@ else:
 from xvla_edge.cli import main
 sys.exit(main(sys.argv[1:]))
 """
-
-
-@pytest.fixture(scope="module")
-def bundle(tiny_bundle) -> Path:
-    return tiny_bundle
-
-
-@pytest.fixture
-def emu():
-    process = emulator.start(emulator.ControllerConfig(n_arms=1), seed=5)
-    yield process
-    process.stop()
 
 
 def write_config(path: Path, bundle: Path, port: str) -> Path:
