@@ -261,7 +261,10 @@ class ControlLoop:
             self.last_error = f"chunk rejected: loop is {mode.value}"
             return False
         try:
-            result = self.streamer.submit(chunk, obs_timestamp=obs_timestamp, now=now, command=self.env.target)
+            sent = self._last_send
+            recent = sent is not None and now - 2 * self.config.period <= sent <= now
+            result = self.streamer.submit(chunk, obs_timestamp=obs_timestamp, now=now, command=self.env.target,
+                                          command_time=sent if recent else None)
         except SpliceRejected as exc:
             self.events[f"chunk_rejected_{exc.reason}"] += 1
             self.last_error = f"chunk rejected: {exc}"

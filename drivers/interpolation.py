@@ -20,8 +20,10 @@ Rotation uses slerp between consecutive waypoints (:func:`drivers.quaternion.sle
 It is C0 in angular velocity (a step at each waypoint), which the safety envelope's angular acceleration
 limit bounds.
 
-Gripper values are not interpolated: the value of the latest waypoint at or before ``t`` applies (zero-
-order hold), and :class:`GripperPolicy` turns it into a command, by default open/closed with hysteresis.
+Gripper values are held by default: the value of the latest waypoint at or before ``t`` applies (zero-order
+hold), and :class:`GripperPolicy` turns it into a command, by default open/closed with hysteresis. For a
+``"continuous"`` gripper policy they are interpolated linearly (``gripper="linear"``), so an opening the
+model ramps reaches the arm as a ramp, not as a staircase whose every step the envelope's rate limit clips.
 Before the first waypoint and after the last, every field holds its end value.
 """
 
@@ -57,9 +59,12 @@ class TrajectorySampler:
     Evaluation is plain numpy on the two knots around ``t`` (a few microseconds), so it fits a 500 Hz tick.
     """
 
-    def __init__(self, trajectory: Trajectory) -> None:
+    def __init__(self, trajectory: Trajectory, *, gripper: Literal["hold", "linear"] = "hold") -> None:
+        if gripper not in ("hold", "linear"):
+            raise ArmConfigError(f"TrajectorySampler.gripper: expected 'hold' or 'linear', got {gripper!r}")
         traj = trajectory
         self.trajectory = traj
+        self.gripper_mode = gripper
         self._t = traj.times
         values = traj.joints if traj.space == "joint" else traj.position.reshape(traj.n_waypoints, -1)
         self._shape = values.shape[1:] if traj.space == "joint" else (traj.n_arms, 3)
@@ -123,7 +128,12 @@ class TrajectorySampler:
         return quaternion.step(traj.quaternion[k], traj.quaternion[k + 1]) / h
 
     def gripper(self, t: float) -> np.ndarray:
-        """Raw gripper [A] of the latest waypoint at or before ``t`` (the first one before the start)."""
+        """Raw gripper [A] at ``t``: the latest waypoint's at or before ``t`` (``hold``; the first one before the
+        start), or interpolated between the two around ``t`` (``linear``)."""
+        if self.gripper_mode == "linear" and self.trajectory.n_waypoints >= 2:
+            k, _, frac = self._segment(t)
+            g = self.trajectory.gripper
+            return g[k] + frac * (g[k + 1] - g[k])
         k = max(int(np.searchsorted(self._t, t, side="right")) - 1, 0)
         return self.trajectory.gripper[k].copy()
 

@@ -10,8 +10,10 @@
    in full (X-VLA's own client works this way).
 2. **Drop the past.** Waypoints at or before ``now`` are dropped; if none are left the chunk is rejected
    (``"stale"``) and the executing trajectory goes on.
-3. **Velocity-limited start.** The new trajectory starts at ``now`` from the last safe command (so position
-   is continuous) with the executing trajectory's velocity (see ``initial_velocity`` in
+3. **Velocity-limited start.** The new trajectory starts from the last safe command at the time it was
+   sent (``command_time``, at most one tick before ``now``: starting it at ``now`` would command a standstill
+   for the part of a tick since, a velocity dip the envelope then clips), so position is continuous, with
+   the executing trajectory's velocity (see ``initial_velocity`` in
    :mod:`drivers.interpolation`). If the first remaining waypoint is too close in time to be reached
    within the speed limits (times ``speed_margin``, the peak-to-mean speed ratio of a rest-to-rest cubic),
    the whole remaining chunk is delayed until it can be.
@@ -110,11 +112,14 @@ def splice(
     current: Optional[TrajectorySampler],
     limits: SafetyLimits,
     policy: SplicePolicy,
+    command_time: Optional[float] = None,
 ) -> SpliceResult:
-    """The trajectory that takes over at ``now`` from the last safe ``command`` (module docstring).
+    """The trajectory that takes over at ``now`` from the last safe ``command``, sent at ``command_time``
+    (default ``now``; never later) (module docstring).
 
     ``current`` samples the executing trajectory, or is ``None``. Raises :class:`SpliceRejected`.
     """
+    start = now if command_time is None else min(command_time, now)
     arm_joints = 0 if command.joints is None else command.joints.shape[0]
     if (new.space, new.n_arms, new.n_joints) != (command.space, command.n_arms, arm_joints):
         raise SpliceRejected(
@@ -135,19 +140,19 @@ def splice(
             past = f"all {new.n_waypoints} waypoints are past (the last {now - new.end:.3f} s ago)"
             raise SpliceRejected("stale", past)
         dropped = new.n_waypoints - kept.n_waypoints
-        reach = now + policy.speed_margin * min_duration(command, kept.waypoint(0), limits)
+        reach = start + policy.speed_margin * min_duration(command, kept.waypoint(0), limits)
         delay = max(reach - kept.start, 0.0)
         if delay > 0:
             kept = kept.shifted(delay)
-        velocity = None if current is None else current.velocity(now)
-        replaced = kept.prepend(now, command, initial_velocity=velocity)
+        velocity = None if current is None else current.velocity(start)
+        replaced = kept.prepend(start, command, initial_velocity=velocity)
     except TrajectoryError as exc:
         raise SpliceRejected("invalid", f"chunk does not make a valid trajectory from the command: {exc}") from exc
     if policy.mode == "replace" or current is None:
         return SpliceResult(replaced, latency, dropped, delay)
     try:
-        blended = _blend(current, TrajectorySampler(replaced), now=now, policy=policy, velocity=velocity,
-                         command=command)
+        blended = _blend(current, TrajectorySampler(replaced, gripper=current.gripper_mode), now=start,
+                         policy=policy, velocity=velocity, command=command)
     except TrajectoryError:
         return SpliceResult(replaced, latency, dropped, delay)
     return SpliceResult(blended, latency, dropped, delay)

@@ -66,6 +66,10 @@ class Streamer:
         self._latch = GripperLatch(gripper, command.gripper)
         self.lag = 0.0
 
+    def _new_sampler(self, trajectory: Trajectory) -> TrajectorySampler:
+        """A sampler interpolating the gripper when the gripper policy passes values through."""
+        return TrajectorySampler(trajectory, gripper="linear" if self.gripper_policy.mode == "continuous" else "hold")
+
     @property
     def trajectory(self) -> Optional[Trajectory]:
         """The executing trajectory, or ``None`` (nothing submitted since the last :meth:`reset`)."""
@@ -118,18 +122,21 @@ class Streamer:
             behind = _time_behind(np.clip(wanted.joints, lower, upper) - achieved.joints, reference.linear)
         return self.fall_behind(min(behind, dt), now)
 
-    def submit(self, chunk: Trajectory, *, obs_timestamp: float, now: float, command: Target) -> SpliceResult:
-        """Splice ``chunk`` in at ``now`` from the last safe ``command``; raises ``SpliceRejected``."""
+    def submit(self, chunk: Trajectory, *, obs_timestamp: float, now: float, command: Target,
+               command_time: Optional[float] = None) -> SpliceResult:
+        """Splice ``chunk`` in at ``now`` from the last safe ``command``, sent at ``command_time`` (default
+        ``now``); raises ``SpliceRejected``."""
         result = splice(
             chunk,
             now=now,
             obs_timestamp=obs_timestamp,
             command=command,
+            command_time=command_time,
             current=self._sampler,
             limits=self.limits,
             policy=self.splice_policy,
         )
-        self._sampler = TrajectorySampler(result.trajectory)
+        self._sampler = self._new_sampler(result.trajectory)
         self.lag = 0.0
         return result
 

@@ -8,8 +8,8 @@ Joints and end-effector poses follow their targets with first-order dynamics (ti
 ``tau_s``) capped at the advertised velocities; the EE and joint states are independent (the
 emulator has no kinematics). It enforces the limits it advertises, holds on its own host-silence
 timeout, and takes fault-injection commands (``drop_rx``, ``drop_tx``, ``corrupt_tx``, ``garbage``,
-``silence``, ``latency``, ``reboot``, ``press_estop``, ``set_fault``, ``clear_fault``) plus ``snapshot``
-from the test. Its memory stays flat however long it runs: it counts accepted and refused TARGETs and keeps
+``silence``, ``latency``, ``reboot``, ``press_estop``, ``set_fault``, ``clear_fault``) plus ``snapshot``,
+``ee`` (the measured poses) and ``place`` (put the arm somewhere: a simulated scene reset) from the test. Its memory stays flat however long it runs: it counts accepted and refused TARGETs and keeps
 only the last :data:`HISTORY` of each.
 """
 
@@ -295,6 +295,23 @@ class ControllerEmulator:
     def _ctl_latency(self, ms: float = 0.0) -> None:
         """A slow controller: replies leave ``ms`` after their request arrived (still in order)."""
         self._latency_s = ms / 1000
+
+    def _ctl_ee(self) -> list[list[float]]:
+        """The measured EE pose of every arm: ``x y z qx qy qz qw gripper`` (lighter than ``snapshot``)."""
+        return [list(arm) for arm in self.ee]
+
+    def _ctl_place(self, ee: list[list[float]]) -> None:
+        """Put every arm at a pose (``x y z qx qy qz qw gripper`` each) and hold it there: a scene reset
+        between simulated episodes, as if the arm had been moved there by hand."""
+        if len(ee) != self.config.n_arms or any(len(arm) != 8 for arm in ee):
+            raise ValueError(f"place: expected {self.config.n_arms} poses of 8 values, got {ee!r}")
+        values = [[float(v) for v in arm] for arm in ee]
+        if not all(math.isfinite(v) for arm in values for v in arm):
+            raise ValueError(f"place: non-finite pose {ee!r}")
+        if any(sum(v * v for v in arm[3:7]) < 0.5 for arm in values):
+            raise ValueError(f"place: quaternion far from unit norm in {ee!r}")
+        self.ee = [_normalised(arm[:7] + [min(max(arm[7], 0.0), 1.0)]) for arm in values]
+        self._hold()
 
     def _ctl_reboot(self) -> None:
         self._boot(time.monotonic())

@@ -104,6 +104,39 @@ def test_arm_follows_a_30_waypoint_chunk(rate_hz):
         assert np.linalg.norm(meas[:3] - cmd[:3]) < 1e-2
 
 
+def line_chunk(t_obs: float, x0: float, speed: float = 0.1) -> Trajectory:
+    """30 waypoints over 1 s along x at ``speed`` from ``x0`` (at ``t_obs``), gripper open."""
+    x = x0 + speed * np.arange(1, 31) / 30
+    position = np.column_stack([x, np.zeros(30), np.full(30, 0.3)])
+    return Trajectory.from_chunk(t_obs, 1.0, position=position, rotation=np.tile([0.0, 0.0, 0.0, 1.0], (30, 1)),
+                                 gripper=np.ones(30))
+
+
+def test_a_chunk_spliced_between_ticks_keeps_the_motion_steady():
+    """A chunk continuing the executing motion arrives 3 ms after a tick: the command keeps its speed through
+    the splice (the new trajectory starts from the command at the time it was sent), and the envelope changes
+    nothing. Splicing from the arrival time instead would stand still for 3 ms and then catch up."""
+    clock = FakeClock()
+    loop = ControlLoop(SimArm(initial_position=(0.3, 0.0, 0.3), clock=clock), LoopConfig(rate_hz=200))
+    loop.start()
+    t0 = clock.now
+    assert loop.submit(line_chunk(t0, 0.3), t0, t0)
+    xs = []
+    for k in range(1, 200):
+        clock.now = t0 + k * 0.005
+        if k == 60:
+            clamps_before = loop.interventions.as_dict()["linear_accel"]  # the start from rest is clamped
+        if k == 100:  # 3 ms after tick 99: a chunk observed 50 ms ago, on the line the command is moving along
+            arrival, t_obs = clock.now - 0.002, clock.now - 0.052
+            x_obs = xs[-1] - 0.1 * (clock.now - 0.005 - t_obs)
+            assert loop.submit(line_chunk(t_obs, x_obs), t_obs, arrival)
+        loop.tick(clock.now)
+        xs.append(loop.command.position[0, 0])
+    speed = np.diff(xs)[60:] / 0.005  # steady state, the splice included
+    np.testing.assert_allclose(speed, 0.1, atol=0.002)
+    assert loop.interventions.as_dict()["linear_accel"] == clamps_before
+
+
 def test_the_loop_process_runs_a_chunk_to_its_end():
     """The same chunk through the control-loop process at its real rate: where the arm ends, not timing."""
     config = LoopConfig(rate_hz=200, max_trajectory_lag=10.0)  # a loaded machine runs the chunk late, not stale

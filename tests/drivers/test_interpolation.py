@@ -147,3 +147,11 @@ def test_gripper_continuous_and_policy_validation():
         GripperPolicy(close_below=0.7, open_above=0.6)
     with pytest.raises(ArmConfigError, match="mode"):
         GripperPolicy(mode="analog")
+
+
+def test_gripper_is_interpolated_for_a_continuous_gripper():
+    sampler = TrajectorySampler(ee_traj([1.0, 2.0, 3.0], np.zeros((3, 3)), gripper=[1.0, 0.2, 0.9]), gripper="linear")
+    np.testing.assert_allclose([sampler.gripper(t)[0] for t in (0.0, 1.0, 1.5, 2.0, 2.5, 3.5)],
+                               [1.0, 1.0, 0.6, 0.2, 0.55, 0.9], atol=1e-12)
+    with pytest.raises(ArmConfigError, match="'hold' or 'linear'"):
+        TrajectorySampler(ee_traj([1.0, 2.0], np.zeros((2, 3))), gripper="cubic")

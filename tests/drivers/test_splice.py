@@ -160,3 +160,21 @@ def test_a_blend_that_would_be_invalid_falls_back_to_replace():
     np.testing.assert_array_equal(blend.trajectory.position, replace.trajectory.position)
     assert blend.trajectory.n_waypoints < run(new, now=10.05, obs=10.0, current=TrajectorySampler(new),
                                               mode="blend").trajectory.n_waypoints  # a real blend adds knots
+
+
+def test_a_splice_between_ticks_continues_from_the_command_at_its_send_time():
+    """The last command was sent at 10.000 and the chunk arrives at 10.003, before the next tick at 10.005:
+    the new trajectory starts from the command at 10.000, so the next tick moves by a full tick of motion
+    (starting it at 10.003 would command a standstill for 3 ms: a velocity dip the envelope then clips)."""
+    speed = 0.1 / SPAN  # m/s of the chunks below
+    old = TrajectorySampler(run(chunk(9.5, start=(-0.05, 0.0, 0.3), end=(0.05, 0.0, 0.3)), now=9.5, obs=9.5).trajectory)
+    at = old.position(10.0)[0]
+    cmd = command(tuple(at))
+    new = chunk(10.0, start=tuple(at), end=tuple(at + [0.1, 0.0, 0.0]))
+    res = splice(new, now=10.003, obs_timestamp=10.0, command=cmd, command_time=10.0, current=old, limits=LIMITS,
+                 policy=SplicePolicy())
+    step = TrajectorySampler(res.trajectory).position(10.005)[0] - at
+    assert res.trajectory.start == 10.0
+    assert step[0] == pytest.approx(speed * 0.005, rel=0.1)
+    late = run(new, now=10.003, obs=10.0, cmd=cmd, current=old)  # without the send time: from 10.003
+    assert TrajectorySampler(late.trajectory).position(10.005)[0][0] - at[0] < 0.5 * speed * 0.005

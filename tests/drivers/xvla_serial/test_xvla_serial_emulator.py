@@ -177,3 +177,23 @@ def test_retained_state_is_bounded_over_a_long_session() -> None:
     assert snap["accepted_seqs"][-1] == (frames + 1) & 0xFFFF and snap["nacks"][-1][1] == "STALE_SEQUENCE"
     assert len(emu.accepted_seqs) == len(emu.nacks) == HISTORY
     assert emu._parser.pending == 0 and emu.outbox == []
+
+
+def test_place_puts_the_arm_at_a_pose_and_holds_it_there(emu: ControllerEmulator) -> None:
+    emu.control("place", {"ee": [[0.4, -0.1, 0.2, 0.0, 0.0, 0.0, 2.0, 1.5]]})  # quaternion and gripper out of range
+    assert emu.control("ee", {}) == [[0.4, -0.1, 0.2, 0.0, 0.0, 0.0, 1.0, 1.0]]
+    emu.tick(T0 + 0.5)
+    assert emu.control("ee", {}) == [[0.4, -0.1, 0.2, 0.0, 0.0, 0.0, 1.0, 1.0]]  # held: the target moved too
+    assert emu.control("snapshot", {})["ee_target"] == [[0.4, -0.1, 0.2, 0.0, 0.0, 0.0, 1.0, 1.0]]
+
+
+@pytest.mark.parametrize("ee, match", [
+    ([[0.4, 0.0, 0.2, 0.0, 0.0, 0.0, 1.0]], "8 values"), ([], "1 poses"),
+    ([[float("nan"), 0.0, 0.2, 0.0, 0.0, 0.0, 1.0, 1.0]], "non-finite"),
+    ([[0.4, 0.0, 0.2, 0.0, 0.0, 0.0, 0.0, 1.0]], "unit norm"),
+])
+def test_place_refuses_bad_poses(emu: ControllerEmulator, ee, match) -> None:
+    before = emu.control("ee", {})
+    with pytest.raises(ValueError, match=match):
+        emu.control("place", {"ee": ee})
+    assert emu.control("ee", {}) == before
