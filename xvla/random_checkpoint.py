@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from safetensors.torch import save_file
@@ -97,8 +98,9 @@ def _pose_like_decoder(model: XVLA, gen: torch.Generator) -> None:
     dec.bias.weight.copy_(bias[:, :dim])
 
 
-def write_tokenizer(out_dir: Path, vocab_size: int) -> None:
-    """A BART-style byte-level BPE tokenizer: ids 0..3 = <s>, <pad>, </s>, <unk>; ``<s> text </s>``."""
+def write_tokenizer(out_dir: Path, vocab_size: int, corpus: Sequence[str] = INSTRUCTIONS) -> None:
+    """A BART-style byte-level BPE tokenizer trained on ``corpus``: ids 0..3 = <s>, <pad>, </s>, <unk>;
+    ``<s> text </s>``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE(unk_token=None))
@@ -108,7 +110,7 @@ def write_tokenizer(out_dir: Path, vocab_size: int) -> None:
         vocab_size=min(vocab_size, 600), special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
-    tok.train_from_iterator(INSTRUCTIONS * 4, trainer=trainer)
+    tok.train_from_iterator(list(corpus) * 4, trainer=trainer)
     tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), add_prefix_space=False)
     tok.save(str(out_dir / "tokenizer.json"))
     (out_dir / "tokenizer_config.json").write_text(json.dumps({

@@ -1,6 +1,8 @@
 """The named model sizes of random-weight checkpoints, benchmarks and tests (torch-free).
 
-``tiny`` (seconds on a CPU; 64² images), ``small`` (the real token layout: 224² images, 50 tokens per view,
+``tiny`` (seconds on a CPU; 64² images), ``sim`` (the simulated-task policy trained on a CPU by
+``xvla-edge sim train``: 64² images on a 4×4 grid — the last stage does not downsample, so block positions
+stay resolvable — and a wider action transformer than tiny), ``small`` (the real token layout: 224² images, 50 tokens per view,
 262-token action sequence, narrow layers) and ``full`` (the published 0.9B configuration).
 """
 
@@ -30,6 +32,16 @@ SIZES: dict[str, tuple[XVLAConfig, int]] = {
             projection_dim=256, hidden_size=256, depth=6, num_heads=8,
         ),
         224,
+    ),
+    "sim": (
+        XVLAConfig(
+            vision=VisionConfig(embed_dim=(16, 32, 64, 128), depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 4),
+                                num_groups=(1, 2, 4, 4), window_size=4, patch_stride=(4, 2, 2, 1)),
+            text=TextConfig(vocab_size=512, d_model=64, encoder_layers=2, encoder_attention_heads=4,
+                            encoder_ffn_dim=128, max_position_embeddings=128),
+            projection_dim=64, hidden_size=96, depth=3, num_heads=4,
+        ),
+        64,
     ),
     "full": (XVLAConfig(), 224),
 }

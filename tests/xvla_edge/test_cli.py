@@ -67,7 +67,8 @@ sys.meta_path.insert(0, Broken())
 @pytest.mark.parametrize("args, extra", [
     (["checkpoint", "{tmp}/ckpt"], "torch"),
     (["export", "{tmp}/ckpt", "--domain-id", "0", "--out", "{tmp}/bundle"], "export"),
-    (["demo", "--seconds", "1", "--workdir", "{tmp}/demo"], "export"),
+    (["demo", "--episodes", "1", "--workdir", "{tmp}/demo"], "export"),
+    (["sim", "train", "{tmp}/ckpt"], "torch"),
 ])
 def test_a_missing_or_broken_dependency_is_one_line_naming_the_extra(tmp_path, prelude, cause, args, extra):
     proc = run_cli([a.format(tmp=tmp_path) for a in args], prelude=prelude)

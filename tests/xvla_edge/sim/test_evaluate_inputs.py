@@ -1,0 +1,76 @@
+"""Bad settings for the sim commands end in one named error, before anything runs."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+
+from xvla.errors import ConfigError, XVLAError
+from xvla_edge.sim.evaluate import EvaluationError, episode_spec, evaluate_cli, run_episodes
+
+
+@pytest.mark.parametrize("seed, split, match", [
+    (-1, "random", "seed -1"), (10_000_000, "random", "training layouts"), (1.5, "random", "seed 1.5"),
+    (True, "random", "seed True"), (0, "sideways", "split 'sideways'"),
+])
+def test_episode_spec_refuses_bad_seeds_and_splits(seed, split, match):
+    with pytest.raises(EvaluationError, match=match):
+        episode_spec(seed, split)
+
+
+def test_not_nearest_never_names_the_block_nearest_the_gripper():
+    import numpy as np
+
+    for seed in range(40):
+        scene, start = episode_spec(seed, "not-nearest")
+        nearest = int(np.argmin(np.linalg.norm(scene.positions - start[:2], axis=1)))
+        assert scene.target != nearest
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(latency_s=math.nan), "latency nan"), (dict(latency_s=-0.1), "latency -0.1"),
+    (dict(latency_s=3.0), "latency 3.0"), (dict(seeds=[]), "0 episodes"),
+    (dict(seeds=[0, -5]), "seed -5"), (dict(daemon=True, expert=True), "not both"),
+])
+def test_run_episodes_refuses_bad_settings(tiny_bundle, kwargs, match):
+    kwargs = {"seeds": [0], **kwargs}
+    with pytest.raises(EvaluationError, match=match):
+        run_episodes(tiny_bundle, **kwargs)
+
+
+def test_a_missing_bundle_is_named(tmp_path):
+    with pytest.raises(XVLAError, match="nothing"):
+        run_episodes(tmp_path / "nothing", [0])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(episodes=0), "--episodes = 0"), (dict(episodes=10**9), "--episodes"), (dict(seed=-3), "--seed = -3"),
+    (dict(name="../up"), "--name '../up'"), (dict(bundle=None), "--bundle is required"),
+])
+def test_eval_command_refuses_bad_arguments(tiny_bundle, tmp_path, kwargs, match):
+    args = dict(bundle=tiny_bundle, backend="onnxruntime", daemon=False, expert=True, episodes=1, seed=0,
+                split="random", latency_s=0.1, out=tmp_path / "out", name=None, progress=None)
+    args.update(kwargs)
+    with pytest.raises(EvaluationError, match=match):
+        evaluate_cli(**args)
+
+
+def test_train_options_are_checked():
+    pytest.importorskip("torch")
+    from xvla_edge.sim.train import TrainOptions
+
+    for bad, match in ((dict(seed=-1), "seed = -1"), (dict(steps=0), "steps = 0"),
+                       (dict(learning_rate=math.inf), "learning_rate = inf"), (dict(batch_size=True), "batch_size")):
+        with pytest.raises(ConfigError, match=match):
+            TrainOptions(**bad)
+
+
+def test_cli_train_into_an_existing_directory_is_one_line(tmp_path):
+    pytest.importorskip("torch")
+    (tmp_path / "ckpt").mkdir()
+    out = subprocess.run([sys.executable, "-m", "xvla_edge", "sim", "train", str(tmp_path / "ckpt")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "already exists" in out.stderr and "Traceback" not in out.stderr

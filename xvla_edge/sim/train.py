@@ -1,0 +1,225 @@
+"""Train the simulated-task policy: the X-VLA network at the ``sim`` size, from scratch, on this CPU.
+
+    xvla-edge sim train OUT_DIR [--seed 0] [--episodes 1000] [--steps 3800]
+
+Demonstrations (:mod:`xvla_edge.sim.demonstrations`, episode seeds :func:`train_seeds`, disjoint from the
+evaluation seeds) → X-VLA's own flow-matching objective (:mod:`xvla.objective`) with AdamW and a cosine
+learning rate → a checkpoint in the official file layout (config.json, model.safetensors with official key
+names, preprocessor_config.json, tokenizer files) that every other command loads like a released one, plus
+``PROVENANCE.json`` (command, seed, data generator version, losses, time, machine).
+
+Determinism: data and initialisation follow the seed; floating-point reductions follow the CPU and the
+torch build, so the same seed on the same machine and versions gives the same weights, elsewhere a policy
+of the same quality.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from xvla.action_head import DomainAwareLinear
+from xvla.constants import CONFIG_FILE, NUM_VIEWS, PREPROCESSOR_FILE, WEIGHTS_FILE
+from xvla.errors import ConfigError
+from xvla.files import atomic_directory, check_target
+from xvla.keymap import to_official
+from xvla.model import XVLA
+from xvla.objective import flow_matching_loss
+from xvla.preprocessing import ImageProcessor, TextTokenizer
+from xvla.random_checkpoint import write_tokenizer
+from xvla.sizes import size_config
+from xvla_edge.sim import demonstrations
+from xvla_edge.sim.demonstrations import DOMAIN_ID
+from xvla_edge.sim.scene import COLOURS, VERBS
+
+GENERATOR_VERSION = 1  # bump when the scene, expert or sample layout changes (old checkpoints then differ)
+SIZE = "sim"
+TRAIN_SEED_BASE = 10_000_000  # episode seeds of training data: TRAIN_SEED_BASE + 100_000·seed + i
+PROVENANCE_FILE = "PROVENANCE.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainOptions:
+    seed: int = 0
+    episodes: int = 1000
+    steps: int = 3800
+    batch_size: int = 32
+    samples_per_observation: int = 1
+    learning_rate: float = 1.5e-3
+    warmup_steps: int = 200
+    log_every: int = 100
+
+    def __post_init__(self) -> None:
+        limits = {"seed": (0, 999), "episodes": (1, 99_999), "steps": (1, 1_000_000), "batch_size": (1, 4096),
+                  "samples_per_observation": (1, 64), "warmup_steps": (0, 1_000_000), "log_every": (1, 1_000_000)}
+        for name, (lo, hi) in limits.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise ConfigError(f"train: {name} = {value!r}; expected an integer {lo} ... {hi}")
+        if not (isinstance(self.learning_rate, float) and math.isfinite(self.learning_rate)
+                and 0 < self.learning_rate <= 1):
+            raise ConfigError(f"train: learning_rate = {self.learning_rate!r}; expected a number in (0, 1]")
+
+
+def train_seeds(options: TrainOptions) -> range:
+    start = TRAIN_SEED_BASE + 100_000 * options.seed
+    return range(start, start + options.episodes)
+
+
+def corpus() -> list[str]:
+    """Every instruction the task can give (the tokenizer's training text)."""
+    return [f"{phrase} the {colour} block" for phrases in VERBS.values() for phrase in phrases for colour in COLOURS]
+
+
+def init_weights(model: XVLA, seed: int) -> None:
+    """Seeded initialisation: PyTorch's defaults for convolutions and linear layers; embeddings, positional
+    tables and soft prompts N(0, 0.02); per-domain [in, out] matrices N(0, 1/in), biases 0."""
+    torch.manual_seed(seed)
+    for module in model.modules():
+        if hasattr(module, "reset_parameters") and not isinstance(module, nn.Embedding):
+            module.reset_parameters()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, DomainAwareLinear):
+                module.fc.weight.normal_(0.0, 1.0 / math.sqrt(module.in_features))
+                module.bias.weight.zero_()
+            elif isinstance(module, nn.Embedding):
+                module.weight.normal_(0.0, 0.02)
+        model.transformer.pos_emb.normal_(0.0, 0.02)
+
+
+def _collect(seeds: range, side: int) -> demonstrations.Samples:
+    return demonstrations.collect(seeds, side)
+
+
+def collect_parallel(seeds: range, side: int, workers: int) -> demonstrations.Samples:
+    """:func:`demonstrations.collect` over ``workers`` processes, merged in seed order."""
+    parts = [seeds[i::workers] for i in range(workers)] if workers > 1 else [seeds]
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            done = list(pool.map(_collect, parts, [side] * len(parts)))
+    else:
+        done = [_collect(parts[0], side)]
+    names: dict[str, int] = {}
+    instr = []
+    for part in done:
+        remap = np.array([names.setdefault(name, len(names)) for name in part.instructions])
+        instr.append(remap[part.instruction])
+    return demonstrations.Samples(
+        np.concatenate([p.images for p in done]), np.concatenate(instr), list(names),
+        np.concatenate([p.proprio for p in done]), np.concatenate([p.actions for p in done]),
+        sum(p.episodes for p in done), sum(p.successes for p in done))
+
+
+def train(out_dir: str | Path, options: TrainOptions = TrainOptions(), *, force: bool = False,
+          progress: Callable[[str], None] = print) -> dict:
+    """Train and write the checkpoint to ``out_dir`` (replaced only when complete); returns the provenance."""
+    out_dir = Path(out_dir)
+    check_target(out_dir, force=force)
+    t0 = time.perf_counter()
+    torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
+    cfg, side = size_config(SIZE)
+    data = collect_parallel(train_seeds(options), side, workers=min(2, os.cpu_count() or 1))
+    t_data = time.perf_counter() - t0
+    progress(f"[train] {data.episodes} demonstrations ({data.successes} successful), {len(data.images)} samples "
+             f"in {t_data:.0f} s")
+    proc = ImageProcessor(height=side, width=side, crop_height=side, crop_width=side)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_directory(out_dir, force=force) as tmp:
+        write_tokenizer(tmp, cfg.text.vocab_size, corpus())
+        tokenizer = TextTokenizer(tmp)
+        ids = torch.from_numpy(np.stack([tokenizer(text) for text in data.instructions]))
+        model = XVLA(cfg)
+        init_weights(model, options.seed)
+        model.train()
+        losses = _fit(model, data, ids, proc, options, progress)
+        model.eval()
+        state = to_official({k: v.detach().contiguous() for k, v in model.state_dict().items()})
+        (tmp / CONFIG_FILE).write_text(json.dumps(cfg.to_official_dict(), indent=2))
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        (tmp / PREPROCESSOR_FILE).write_text(json.dumps(proc.to_dict(), indent=2))
+        provenance = {
+            "command": f"xvla-edge sim train OUT_DIR --seed {options.seed} --episodes {options.episodes} "
+                       f"--steps {options.steps}",
+            "options": dataclasses.asdict(options), "size": SIZE, "domain_id": DOMAIN_ID,
+            "generator_version": GENERATOR_VERSION,
+            "demonstrations": {"episodes": data.episodes, "expert_successes": data.successes,
+                               "samples": int(len(data.images)),
+                               "seeds": [train_seeds(options).start, train_seeds(options).stop - 1]},
+            "final_losses": losses, "seconds": {"data": round(t_data, 1),
+                                                "total": round(time.perf_counter() - t0, 1)},
+            "machine": {"processor": _cpu_name(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                        "torch": torch.__version__},
+        }
+        (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+    return provenance
+
+
+def _fit(model: XVLA, data: demonstrations.Samples, ids: torch.Tensor, proc: ImageProcessor,
+         options: TrainOptions, progress: Callable[[str], None]) -> dict[str, float]:
+    gen = torch.Generator().manual_seed(options.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=options.learning_rate, weight_decay=0.01)
+    images = torch.from_numpy(data.images)
+    proprio, actions = torch.from_numpy(data.proprio), torch.from_numpy(data.actions)
+    instr = torch.from_numpy(data.instruction)
+    mean = torch.tensor(proc.mean, dtype=torch.float32).view(1, 1, 3, 1, 1)
+    std = torch.tensor(proc.std, dtype=torch.float32).view(1, 1, 3, 1, 1)
+    scale = torch.tensor(proc.rescale_factor, dtype=torch.float32)
+    B, views, side = options.batch_size, images.shape[1], images.shape[2]
+    mask = torch.zeros(B, NUM_VIEWS, dtype=torch.bool)
+    mask[:, :views] = True
+    domain = torch.full((B,), DOMAIN_ID)
+    running: dict[str, float] = {}
+    t0 = time.perf_counter()
+    for step in range(1, options.steps + 1):
+        lr = options.learning_rate * _schedule(step, options)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        idx = torch.randint(len(images), (B,), generator=gen)
+        pixels = torch.zeros(B, NUM_VIEWS, 3, side, side)
+        pixels[:, :views] = (images[idx].permute(0, 1, 4, 2, 3).float() * scale - mean) / std
+        terms = flow_matching_loss(model, ids[instr[idx]], pixels, mask, domain, proprio[idx], actions[idx],
+                                   samples_per_observation=options.samples_per_observation, generator=gen)
+        opt.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        values = {k: float(v.detach()) for k, v in terms.items()}
+        if not math.isfinite(values["loss"]):
+            raise FloatingPointError(f"train: loss became {values['loss']} at step {step}")
+        for k, value in values.items():
+            running[k] = 0.98 * running.get(k, value) + 0.02 * value
+        if step % options.log_every == 0 or step == options.steps:
+            progress(f"[train] step {step}/{options.steps} " + " ".join(f"{k} {v:.4f}" for k, v in running.items())
+                     + f" lr {lr:.2e} ({time.perf_counter() - t0:.0f} s)")
+    return {k: round(v, 5) for k, v in running.items()}
+
+
+def _schedule(step: int, options: TrainOptions) -> float:
+    """Linear warm-up, then cosine decay to a tenth."""
+    if step <= options.warmup_steps:
+        return step / max(options.warmup_steps, 1)
+    progress = (step - options.warmup_steps) / max(options.steps - options.warmup_steps, 1)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
