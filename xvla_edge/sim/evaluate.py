@@ -45,6 +45,7 @@ from xvla_edge.sim.scene import RENDER_SIDE, Scene, random_scene
 from xvla_edge.sim.world import Tabletop
 
 if TYPE_CHECKING:
+    from drivers.pty_emulator import EmulatorProcess
     from runtime.manifest import Manifest
     from runtime.policy import Policy
     from xvla_edge.daemon.config import RobotConfig
@@ -260,7 +261,7 @@ class ExpertPolicy:
         return expert.Command(position, speed, float(grippers[k - 1] + a * (grippers[k] - grippers[k - 1])))
 
 
-def run_daemon(bundle: Path, seed: int, split: str, emulator: object, *, backend: str = "onnxruntime",
+def run_daemon(bundle: Path, seed: int, split: str, emulator: EmulatorProcess, *, backend: str = "onnxruntime",
                workdir: Path, timeout_s: float = EPISODE_TIMEOUT_S, record_frames: bool = False) -> EpisodeResult:
     """One episode through the real daemon in real time: ``emulator`` (a running xvla-serial emulator
     process, :func:`drivers.xvla_serial.emulator.start`) is the arm; the scene camera reads its pose."""
@@ -269,18 +270,17 @@ def run_daemon(bundle: Path, seed: int, split: str, emulator: object, *, backend
     from xvla_edge.sim.scene import GRASP_QUAT
 
     scene, start = episode_spec(seed, split)
-    emulator.call("place", ee=[[*map(float, start), *map(float, GRASP_QUAT), 1.0]])  # type: ignore[attr-defined]
+    emulator.call("place", ee=[[*map(float, start), *map(float, GRASP_QUAT), 1.0]])
     table = Tabletop(scene)
 
     def read_arm() -> tuple[np.ndarray, np.ndarray, float]:
-        pose = emulator.call("ee")[0]  # type: ignore[attr-defined]
+        pose = emulator.call("ee")[0]
         return np.array(pose[:3]), np.array(pose[3:7]), float(pose[7])
 
     camera = SimCamera(table, read_arm, record_frames=record_frames)
     wrist = SimCamera(table, None, "wrist")
-    config = sim_config(bundle, scene.instruction, port=emulator.port, recordings=workdir / "recordings")  # type: ignore[attr-defined]
+    config = sim_config(bundle, scene.instruction, port=emulator.port, recordings=workdir / "recordings")
     daemon = Daemon(config, policy=Policy.load(bundle, backend=backend), cameras={0: camera, 1: wrist})
-    t0 = time.monotonic()
     try:
         daemon.start()
         t0 = time.monotonic()
@@ -294,7 +294,7 @@ def run_daemon(bundle: Path, seed: int, split: str, emulator: object, *, backend
                          np.array(camera.path).reshape(-1, 3), camera.frames, summary.lines(), table.empty_closings)
 
 
-def sim_emulator() -> object:
+def sim_emulator() -> EmulatorProcess:
     """An xvla-serial emulator process with the simulated arm's dynamics and workspace."""
     from drivers.xvla_serial import emulator
     from xvla_edge.sim.demonstrations import MAX_LINEAR_SPEED, TIME_CONSTANT, WORKSPACE
@@ -342,7 +342,7 @@ def run_episodes(bundle: Path, seeds: Sequence[int], *, split: str = "random", b
                                           record_frames=i < frames_for))
                 _progress(progress, results[-1])
         finally:
-            emu.stop()  # type: ignore[attr-defined]
+            emu.stop()
     else:
         policy = ExpertPolicy(manifest) if expert else Policy.load(bundle, backend=backend)
         try:
