@@ -100,18 +100,15 @@ def init_weights(model: XVLA, seed: int) -> None:
         model.transformer.pos_emb.normal_(0.0, 0.02)
 
 
-def _collect(seeds: range, side: int) -> demonstrations.Samples:
-    return demonstrations.collect(seeds, side)
-
-
 def collect_parallel(seeds: range, side: int, workers: int) -> demonstrations.Samples:
-    """:func:`demonstrations.collect` over ``workers`` processes, merged in seed order."""
+    """:func:`demonstrations.collect` over ``workers`` processes (worker i takes every i-th seed), merged part
+    by part: the same samples in the same order for the same seeds and worker count."""
     parts = [seeds[i::workers] for i in range(workers)] if workers > 1 else [seeds]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
-            done = list(pool.map(_collect, parts, [side] * len(parts)))
+            done = list(pool.map(demonstrations.collect, parts, [side] * len(parts)))
     else:
-        done = [_collect(parts[0], side)]
+        done = [demonstrations.collect(parts[0], side)]
     names: dict[str, int] = {}
     instr = []
     for part in done:
