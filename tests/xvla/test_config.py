@@ -17,8 +17,9 @@ def official_dict(**top) -> dict:
     return d
 
 
-def test_official_round_trip_is_identity() -> None:
-    cfg = size_config("tiny")[0]
+@pytest.mark.parametrize("overrides", [{}, {"text_tokens": 12}])
+def test_official_round_trip_is_identity(overrides: dict) -> None:
+    cfg = size_config("tiny", **overrides)[0]
     assert config_from_dict(json.loads(json.dumps(cfg.to_official_dict()))) == cfg
 
 
