@@ -112,7 +112,8 @@ def _build(ckpt_dir: Path, tmp: Path, opts: ExportOptions, progress: Callable[[s
             convert_fp16(den_path, ["x1", "prev", "proprio", "t"])
     with _step(progress, "verifying in ONNX Runtime against PyTorch"):
         parity = measure_parity(model, ckpt_dir, enc_path, den_path, domain_id=opts.domain_id, views=V,
-                                steps=opts.steps, precision=opts.precision, rot6d_layout=opts.rot6d_layout)
+                                steps=opts.steps, precision=opts.precision,
+                                arms=opts.arms or domain_defaults(opts.domain_id)[2], rot6d_layout=opts.rot6d_layout)
     if not parity["passed"]:
         raise ExportError(f"parity check failed ({opts.precision}): {'; '.join(parity['failures'])}. "
                           f"Figures: {json.dumps(parity['max_abs'])}. Nothing was written.")

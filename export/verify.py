@@ -86,8 +86,10 @@ def reference(model: XVLA, obs: Observation, domain_id: int, steps: int) -> tupl
 
 
 def measure_parity(model: XVLA, ckpt_dir: Path, encoder_path: Path, denoise_path: Path, *, domain_id: int,
-                   views: int, steps: int, precision: str, rot6d_layout: str = "rows") -> dict:
-    """Parity figures of a pair of graphs; ``passed`` and ``failures`` against the precision's tolerance."""
+                   views: int, steps: int, precision: str, arms: int, rot6d_layout: str = "rows") -> dict:
+    """Parity figures of a pair of graphs; ``passed`` and ``failures`` against the precision's tolerance,
+    scored on the ``arms`` the bundle drives (an unused arm's channels are whatever the network left there:
+    a near-zero rot6d has no meaningful rotation, and its error would fail a sound bundle)."""
     encoder, denoise = ort_session(encoder_path), ort_session(denoise_path)
     observations = generated_observations(ckpt_dir, model, views)
     max_abs = {"context": 0.0, "x0": 0.0, "action": 0.0}
@@ -102,7 +104,7 @@ def measure_parity(model: XVLA, ckpt_dir: Path, encoder_path: Path, denoise_path
         ref = reference(model, obs, domain_id, steps)
         for name, a, b in zip(max_abs, ours, ref):
             max_abs[name] = max(max_abs[name], float(np.max(np.abs(a - b))))
-        accumulate(errors, ref[2], ours[2], model.config.action_mode, rot6d_layout)
+        accumulate(errors, ref[2], ours[2], model.config.action_mode, rot6d_layout, tuple(range(arms)))
     tolerance = TOLERANCES[precision]
     failures = errors.failures(tolerance)
     return {

@@ -24,6 +24,19 @@ def sim_bundle(tmp_path_factory):
     return out
 
 
+def test_the_one_arm_policy_exports_at_fp16(tmp_path):
+    """The parity gate scores the arm the bundle drives: this policy leaves the second arm's rot6d near zero,
+    where fp16 rounding turns into degrees of meaningless rotation (2.9° against a 0.5° tolerance when both
+    arms were scored, and the export refused)."""
+    pytest.importorskip("torch")
+    from export.bundle import ExportOptions, export_bundle
+
+    manifest = export_bundle(CHECKPOINT_DIR, tmp_path / "fp16", ExportOptions(domain_id=3, views=2, precision="fp16"),
+                             progress=lambda s: None)
+    assert manifest["action"]["arms"] == 1 and manifest["parity"]["passed"]
+    assert manifest["parity"]["chunk"]["rotation_deg"]["max"] < manifest["parity"]["tolerance"]["rotation_deg"]
+
+
 def test_the_checkpoint_carries_its_provenance():
     provenance = json.loads((CHECKPOINT_DIR / "PROVENANCE.json").read_text())
     assert provenance["command"].startswith("xvla-edge sim train")
