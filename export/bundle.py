@@ -30,7 +30,7 @@ from xvla.constants import (CONFIG_FILE, GRIPPER_CHANNELS, INDEX_FILE, MAX_STEPS
                             TOKENIZER_FILES, WEIGHTS_FILE)
 from xvla.errors import XVLAError
 from xvla.files import atomic_directory, check_target, inventory, sha256_file
-from xvla.preprocessing import ImageProcessor
+from xvla.preprocessing import ImageProcessor, TextTokenizer
 
 __all__ = ["ExportError", "ExportOptions", "PRECISIONS", "export_bundle"]
 
@@ -69,6 +69,8 @@ def check_options(ckpt_dir: Path, out: Path, opts: ExportOptions) -> None:
     if opts.chunk_seconds is not None and not opts.chunk_seconds > 0:
         raise ExportError(f"--chunk-seconds {opts.chunk_seconds} must be > 0")
     check_target(out, force=opts.force)
+    ImageProcessor.from_dir(ckpt_dir)  # the files the bundle copies, read now rather than after tracing
+    TextTokenizer(ckpt_dir, cfg.text_tokens)
 
 
 def export_bundle(ckpt_dir: str | Path, out: str | Path, opts: ExportOptions,

@@ -178,6 +178,30 @@ def test_bad_arguments_are_named(work, checkpoints, bundles) -> None:
         assert rc == 1 and message in err, (args, err)
 
 
+def test_unreadable_tokenizer_or_preprocessor_files_fail_before_tracing(work, checkpoints, monkeypatch) -> None:
+    import shutil
+
+    import export.bundle as bundle
+
+    def no_tracing(*args, **kwargs):
+        raise AssertionError("tracing started")
+
+    monkeypatch.setattr(bundle, "load_checkpoint", no_tracing)
+    for name, damage, message in [
+        ("tokenizer.json", None, "no tokenizer found; expected tokenizer.json or vocab.json + merges.txt"),
+        ("tokenizer.json", b"{not json", "tokenizer files could not be read"),
+        ("preprocessor_config.json", b"{not json", "preprocessor_config.json: not valid JSON"),
+    ]:
+        ck = work / f"damaged-{name}-{damage is None}"
+        shutil.copytree(checkpoints["ee6d"], ck)
+        (ck / name).unlink()
+        if damage is not None:
+            (ck / name).write_bytes(damage)
+        rc, err = run_export(str(ck), "--domain-id", "0", "--out", str(work / "never"))
+        assert rc == 1 and message in err and str(ck) in err, (name, err)
+        assert not (work / "never").exists()
+
+
 def test_failed_export_keeps_the_previous_bundle(work, checkpoints, bundles, monkeypatch) -> None:
     import calibration.metrics as metrics
 
