@@ -115,7 +115,7 @@ def _build(ckpt_dir: Path, tmp: Path, opts: ExportOptions, progress: Callable[[s
     with _step(progress, "verifying in ONNX Runtime against PyTorch"):
         parity = measure_parity(model, ckpt_dir, enc_path, den_path, domain_id=opts.domain_id, views=V,
                                 steps=opts.steps, precision=opts.precision,
-                                arms=opts.arms or domain_defaults(opts.domain_id)[2], rot6d_layout=opts.rot6d_layout)
+                                arms=_arms(opts), rot6d_layout=opts.rot6d_layout)
     if not parity["passed"]:
         raise ExportError(f"parity check failed ({opts.precision}): {'; '.join(parity['failures'])}. "
                           f"Figures: {json.dumps(parity['max_abs'])}. Nothing was written.")
@@ -127,8 +127,13 @@ def _build(ckpt_dir: Path, tmp: Path, opts: ExportOptions, progress: Callable[[s
     return manifest
 
 
+def _arms(opts: ExportOptions) -> int:
+    """The arms the bundle drives: ``--arms``, else its domain's."""
+    return opts.arms or domain_defaults(opts.domain_id)[2]
+
+
 def _manifest(ckpt_dir: Path, tmp: Path, cfg, opts: ExportOptions, image_size: int, parity: dict) -> dict:
-    name, seconds, arms = domain_defaults(opts.domain_id)
+    name, seconds, _ = domain_defaults(opts.domain_id)
     weights = ckpt_dir / WEIGHTS_FILE if (ckpt_dir / WEIGHTS_FILE).is_file() else ckpt_dir / INDEX_FILE
     graphs = {}
     for key in ("encoder", "denoise"):
@@ -145,7 +150,7 @@ def _manifest(ckpt_dir: Path, tmp: Path, cfg, opts: ExportOptions, image_size: i
                    "output_dim": cfg.real_action_dim if cfg.action_mode == "auto" else cfg.dim_action,
                    "chunk_length": cfg.num_actions, "chunk_seconds": opts.chunk_seconds or seconds,
                    "gripper_channels": list(GRIPPER_CHANNELS[cfg.action_mode]), "rot6d_layout": opts.rot6d_layout,
-                   "arms": opts.arms or arms},
+                   "arms": _arms(opts)},
         "sampler": {"default_steps": opts.steps},
         "inputs": {"token_length": cfg.text_tokens, "image_size": image_size, "view_slots": NUM_VIEWS,
                    "views": opts.views, "proprio_dim": cfg.dim_action},
