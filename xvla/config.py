@@ -186,6 +186,7 @@ class XVLAConfig:
             "dim_time": self.dim_time, "max_len_seq": self.max_len_seq, "use_hetero_proj": self.use_hetero_proj,
             "num_actions": self.num_actions, "action_mode": self.action_mode, "use_proprio": True,
             "max_action_dim": self.max_action_dim, "real_action_dim": self.real_action_dim,
+            "tokenizer_max_length": self.text_tokens,
             "florence_config": {
                 "model_type": "florence2", "projection_dim": self.projection_dim,
                 "vocab_size": t.vocab_size, "vision_config": vision, "text_config": text,

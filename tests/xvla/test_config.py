@@ -17,8 +17,9 @@ def official_dict(**top) -> dict:
     return d
 
 
-def test_official_round_trip_is_identity() -> None:
-    cfg = size_config("tiny")[0]
+@pytest.mark.parametrize("size", ["tiny", "sim"])
+def test_official_round_trip_is_identity(size: str) -> None:
+    cfg = size_config(size)[0]
     assert config_from_dict(json.loads(json.dumps(cfg.to_official_dict()))) == cfg
 
 

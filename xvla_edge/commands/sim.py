@@ -30,7 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     tr = sub.add_parser("train", help="train the sim policy from scratch on this CPU")
     tr.add_argument("out", type=Path, help="checkpoint directory to create")
     tr.add_argument("--seed", type=int, default=0, help="seed of data, initialisation and batches (0-999)")
-    tr.add_argument("--episodes", type=int, default=None, help="demonstrations (default: see sim/train.py)")
+    tr.add_argument("--layouts", type=int, default=None,
+                    help="block layouts, each demonstrated once per block (default: see sim/train.py)")
     tr.add_argument("--steps", type=int, default=None, help="optimiser steps (default: see sim/train.py)")
     tr.add_argument("--force", action="store_true", help="replace an existing OUT (only once training finished)")
 
@@ -71,7 +72,7 @@ def _train(args: argparse.Namespace) -> int:
     with needs("torch"):
         from xvla_edge.sim.train import TrainOptions, train
     defaults = TrainOptions()
-    options = TrainOptions(seed=args.seed, episodes=defaults.episodes if args.episodes is None else args.episodes,
+    options = TrainOptions(seed=args.seed, layouts=defaults.layouts if args.layouts is None else args.layouts,
                            steps=defaults.steps if args.steps is None else args.steps)
     provenance = train(args.out, options, force=args.force)
     print(f"[train] wrote {args.out}: final losses {provenance['final_losses']}, "

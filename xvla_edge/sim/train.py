@@ -1,9 +1,9 @@
 """Train the simulated-task policy: the X-VLA network at the ``sim`` size, from scratch, on this CPU.
 
-    xvla-edge sim train OUT_DIR [--seed 0] [--episodes 1000] [--steps 3800]
+    xvla-edge sim train OUT_DIR [--seed 0] [--layouts 600] [--steps 5600]
 
-Demonstrations (:mod:`xvla_edge.sim.demonstrations`, episode seeds :func:`train_seeds`, disjoint from the
-evaluation seeds) → X-VLA's own flow-matching objective (:mod:`xvla.objective`) with AdamW and a cosine
+Demonstrations (:mod:`xvla_edge.sim.demonstrations`: every layout once per block; layout seeds
+:func:`train_seeds`, disjoint from the evaluation seeds) → X-VLA's own flow-matching objective (:mod:`xvla.objective`) with AdamW and a cosine
 learning rate → a checkpoint in the official file layout (config.json, model.safetensors with official key
 names, preprocessor_config.json, tokenizer files) that every other command loads like a released one, plus
 ``PROVENANCE.json`` (command, seed, data generator version, losses, time, machine).
@@ -44,25 +44,25 @@ from xvla_edge.sim import demonstrations
 from xvla_edge.sim.demonstrations import DOMAIN_ID
 from xvla_edge.sim.scene import COLOURS, VERBS
 
-GENERATOR_VERSION = 1  # bump when the scene, expert or sample layout changes (old checkpoints then differ)
+GENERATOR_VERSION = 2  # bump when the scene, expert or sample layout changes (old checkpoints then differ)
 SIZE = "sim"
-TRAIN_SEED_BASE = 10_000_000  # episode seeds of training data: TRAIN_SEED_BASE + 100_000·seed + i
+TRAIN_SEED_BASE = 10_000_000  # layout seeds of training data: TRAIN_SEED_BASE + 100_000·seed + i
 PROVENANCE_FILE = "PROVENANCE.json"
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainOptions:
     seed: int = 0
-    episodes: int = 1000
-    steps: int = 3800
-    batch_size: int = 32
+    layouts: int = 600
+    steps: int = 5600
+    batch_size: int = 16
     samples_per_observation: int = 1
     learning_rate: float = 1.5e-3
     warmup_steps: int = 200
     log_every: int = 100
 
     def __post_init__(self) -> None:
-        limits = {"seed": (0, 999), "episodes": (1, 99_999), "steps": (1, 1_000_000), "batch_size": (1, 4096),
+        limits = {"seed": (0, 999), "layouts": (1, 33_333), "steps": (1, 1_000_000), "batch_size": (1, 4096),
                   "samples_per_observation": (1, 64), "warmup_steps": (0, 1_000_000), "log_every": (1, 1_000_000)}
         for name, (lo, hi) in limits.items():
             value = getattr(self, name)
@@ -75,7 +75,7 @@ class TrainOptions:
 
 def train_seeds(options: TrainOptions) -> range:
     start = TRAIN_SEED_BASE + 100_000 * options.seed
-    return range(start, start + options.episodes)
+    return range(start, start + options.layouts)
 
 
 def corpus() -> list[str]:
@@ -83,9 +83,19 @@ def corpus() -> list[str]:
     return [f"{phrase} the {colour} block" for phrases in VERBS.values() for phrase in phrases for colour in COLOURS]
 
 
+IMAGE_POSITION_STD = 2.0
+TRANSFORMER_POSITION_STD = 0.5
+
+
 def init_weights(model: XVLA, seed: int) -> None:
-    """Seeded initialisation: PyTorch's defaults for convolutions and linear layers; embeddings, positional
-    tables and soft prompts N(0, 0.02); per-domain [in, out] matrices N(0, 1/in), biases 0."""
+    """Seeded initialisation: PyTorch's defaults for convolutions and linear layers; token embeddings and
+    soft prompts N(0, 0.02); per-domain [in, out] matrices N(0, 1/in), biases 0.
+
+    Positional tables start at the scale of what they are added to, since where a block is is what the
+    policy needs from the picture: the projector's 2-D image positions N(0, 2²) (the DaViT features they are
+    added to are ~8 per element), the action transformer's N(0, 0.5²) (its projected context tokens are
+    ~0.6). At N(0, 0.02) they would be a fraction of a percent of those, and AdamW grows a parameter by
+    about the learning rate per step — too slowly for a 20-minute run."""
     torch.manual_seed(seed)
     for module in model.modules():
         if hasattr(module, "reset_parameters") and not isinstance(module, nn.Embedding):
@@ -97,7 +107,10 @@ def init_weights(model: XVLA, seed: int) -> None:
                 module.bias.weight.zero_()
             elif isinstance(module, nn.Embedding):
                 module.weight.normal_(0.0, 0.02)
-        model.transformer.pos_emb.normal_(0.0, 0.02)
+        positions = model.vlm.multi_modal_projector.image_position_embed
+        positions.row_embeddings.weight.normal_(0.0, IMAGE_POSITION_STD)
+        positions.column_embeddings.weight.normal_(0.0, IMAGE_POSITION_STD)
+        model.transformer.pos_emb.normal_(0.0, TRANSFORMER_POSITION_STD)
 
 
 def collect_parallel(seeds: range, side: int, workers: int) -> demonstrations.Samples:
@@ -136,7 +149,7 @@ def train(out_dir: str | Path, options: TrainOptions = TrainOptions(), *, force:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with atomic_directory(out_dir, force=force) as tmp:
         write_tokenizer(tmp, cfg.text.vocab_size, corpus())
-        tokenizer = TextTokenizer(tmp)
+        tokenizer = TextTokenizer(tmp, cfg.text_tokens)
         ids = torch.from_numpy(np.stack([tokenizer(text) for text in data.instructions]))
         model = XVLA(cfg)
         init_weights(model, options.seed)
@@ -148,13 +161,13 @@ def train(out_dir: str | Path, options: TrainOptions = TrainOptions(), *, force:
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / PREPROCESSOR_FILE).write_text(json.dumps(proc.to_dict(), indent=2))
         provenance = {
-            "command": f"xvla-edge sim train OUT_DIR --seed {options.seed} --episodes {options.episodes} "
+            "command": f"xvla-edge sim train OUT_DIR --seed {options.seed} --layouts {options.layouts} "
                        f"--steps {options.steps}",
             "options": dataclasses.asdict(options), "size": SIZE, "domain_id": DOMAIN_ID,
             "generator_version": GENERATOR_VERSION,
-            "demonstrations": {"episodes": data.episodes, "expert_successes": data.successes,
+            "demonstrations": {"layouts": options.layouts, "episodes": data.episodes, "expert_successes": data.successes,
                                "samples": int(len(data.images)),
-                               "seeds": [train_seeds(options).start, train_seeds(options).stop - 1]},
+                               "layout_seeds": [train_seeds(options).start, train_seeds(options).stop - 1]},
             "final_losses": losses, "seconds": {"data": round(t_data, 1),
                                                 "total": round(time.perf_counter() - t0, 1)},
             "machine": {"processor": _cpu_name(), "cpus": os.cpu_count(), "python": platform.python_version(),

@@ -27,7 +27,7 @@ def sim_bundle(tmp_path_factory):
 def test_the_checkpoint_carries_its_provenance():
     provenance = json.loads((CHECKPOINT_DIR / "PROVENANCE.json").read_text())
     assert provenance["command"].startswith("xvla-edge sim train")
-    assert {"seed", "episodes", "steps"} <= set(provenance["options"])
+    assert {"seed", "layouts", "steps"} <= set(provenance["options"])
     assert provenance["generator_version"] >= 1 and provenance["final_losses"]["loss"] > 0
 
 
