@@ -78,13 +78,15 @@ def sim_arm(position: np.ndarray, clock: object) -> SimArm:
 @dataclass
 class Samples:
     """Training samples: images [N, VIEWS, S, S, 3] uint8, instruction [N] (index into ``instructions``),
-    proprio [N, 20] float32, actions [N, 30, 20] float32; ``episodes`` and ``successes`` counted."""
+    proprio [N, 20] float32, actions [N, 30, 20] float32, order [N] (the sample's index in its
+    demonstration); ``episodes`` and ``successes`` counted."""
 
     images: np.ndarray
     instruction: np.ndarray
     instructions: list[str]
     proprio: np.ndarray
     actions: np.ndarray
+    order: np.ndarray
     episodes: int
     successes: int
 
@@ -136,7 +138,7 @@ def episode(seed: int, image_side: int, target: int | None = None, sample_every:
 def collect(seeds: range, image_side: int) -> Samples:
     """Samples of the layouts with these seeds, each demonstrated once per block (every
     :data:`SAMPLE_EVERY`-th step)."""
-    images, instr, proprio, actions, names = [], [], [], [], {}
+    images, instr, proprio, actions, order, names = [], [], [], [], [], {}
     successes = episodes = 0
     for seed in seeds:
         for target in range(N_BLOCKS):
@@ -148,5 +150,6 @@ def collect(seeds: range, image_side: int) -> Samples:
             proprio += props
             actions += labels
             instr += [k] * len(ims)
+            order += range(len(ims))
     return Samples(np.stack(images), np.array(instr), list(names), np.stack(proprio), np.stack(actions),
-                   episodes, successes)
+                   np.array(order), episodes, successes)

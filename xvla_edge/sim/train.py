@@ -55,6 +55,7 @@ class TrainOptions:
     seed: int = 0
     layouts: int = 600
     steps: int = 5600
+    approach_steps: int = 3000  # first steps on the approach only (samples < APPROACH_SAMPLES of each run)
     batch_size: int = 16
     samples_per_observation: int = 1
     learning_rate: float = 1.5e-3
@@ -63,7 +64,7 @@ class TrainOptions:
 
     def __post_init__(self) -> None:
         limits = {"seed": (0, 999), "layouts": (1, 33_333), "steps": (1, 1_000_000), "batch_size": (1, 4096),
-                  "samples_per_observation": (1, 64), "warmup_steps": (0, 1_000_000), "log_every": (1, 1_000_000)}
+                  "samples_per_observation": (1, 64), "approach_steps": (0, 1_000_000), "warmup_steps": (0, 1_000_000), "log_every": (1, 1_000_000)}
         for name, (lo, hi) in limits.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
@@ -83,6 +84,7 @@ def corpus() -> list[str]:
     return [f"{phrase} the {colour} block" for phrases in VERBS.values() for phrase in phrases for colour in COLOURS]
 
 
+APPROACH_SAMPLES = 15  # the first second of a demonstration: where the instruction decides the way
 IMAGE_POSITION_STD = 2.0
 TRANSFORMER_POSITION_STD = 0.5
 
@@ -130,7 +132,7 @@ def collect_parallel(seeds: range, side: int, workers: int) -> demonstrations.Sa
     return demonstrations.Samples(
         np.concatenate([p.images for p in done]), np.concatenate(instr), list(names),
         np.concatenate([p.proprio for p in done]), np.concatenate([p.actions for p in done]),
-        sum(p.episodes for p in done), sum(p.successes for p in done))
+        np.concatenate([p.order for p in done]), sum(p.episodes for p in done), sum(p.successes for p in done))
 
 
 def train(out_dir: str | Path, options: TrainOptions = TrainOptions(), *, force: bool = False,
@@ -184,6 +186,7 @@ def _fit(model: XVLA, data: demonstrations.Samples, ids: torch.Tensor, proc: Ima
     images = torch.from_numpy(data.images)
     proprio, actions = torch.from_numpy(data.proprio), torch.from_numpy(data.actions)
     instr = torch.from_numpy(data.instruction)
+    approach = torch.from_numpy(np.flatnonzero(data.order < APPROACH_SAMPLES))
     mean = torch.tensor(proc.mean, dtype=torch.float32).view(1, 1, 3, 1, 1)
     std = torch.tensor(proc.std, dtype=torch.float32).view(1, 1, 3, 1, 1)
     scale = torch.tensor(proc.rescale_factor, dtype=torch.float32)
@@ -197,7 +200,10 @@ def _fit(model: XVLA, data: demonstrations.Samples, ids: torch.Tensor, proc: Ima
         lr = options.learning_rate * _schedule(step, options)
         for group in opt.param_groups:
             group["lr"] = lr
-        idx = torch.randint(len(images), (B,), generator=gen)
+        if step <= options.approach_steps:
+            idx = approach[torch.randint(len(approach), (B,), generator=gen)]
+        else:
+            idx = torch.randint(len(images), (B,), generator=gen)
         pixels = torch.zeros(B, NUM_VIEWS, 3, side, side)
         pixels[:, :views] = (images[idx].permute(0, 1, 4, 2, 3).float() * scale - mean) / std
         terms = flow_matching_loss(model, ids[instr[idx]], pixels, mask, domain, proprio[idx], actions[idx],
