@@ -2,7 +2,8 @@
 
 ``tiny`` (seconds on a CPU; 64² images), ``sim`` (the simulated-task policy trained on a CPU by
 ``xvla-edge sim train``: 64² images on a 4×4 grid — the last stage does not downsample, so block positions
-stay resolvable — and a wider action transformer than tiny), ``small`` (the real token layout: 224² images, 50 tokens per view,
+stay resolvable — a wider action transformer than tiny, and instructions of at most 8 tokens: the task's
+longest is 7, and padding to 50 would bury the one word that names the block among 43 pad tokens), ``small`` (the real token layout: 224² images, 50 tokens per view,
 262-token action sequence, narrow layers) and ``full`` (the published 0.9B configuration).
 """
 
@@ -39,7 +40,7 @@ SIZES: dict[str, tuple[XVLAConfig, int]] = {
                                 num_groups=(1, 2, 4, 4), window_size=4, patch_stride=(4, 2, 2, 1)),
             text=TextConfig(vocab_size=512, d_model=64, encoder_layers=2, encoder_attention_heads=4,
                             encoder_ffn_dim=128, max_position_embeddings=128),
-            projection_dim=64, hidden_size=96, depth=3, num_heads=4,
+            projection_dim=64, hidden_size=96, depth=3, num_heads=4, text_tokens=8,
         ),
         64,
     ),

@@ -17,9 +17,9 @@ def official_dict(**top) -> dict:
     return d
 
 
-@pytest.mark.parametrize("overrides", [{}, {"text_tokens": 12}])
-def test_official_round_trip_is_identity(overrides: dict) -> None:
-    cfg = size_config("tiny", **overrides)[0]
+@pytest.mark.parametrize("size, overrides", [("tiny", {}), ("tiny", {"text_tokens": 12}), ("sim", {})])
+def test_official_round_trip_is_identity(size: str, overrides: dict) -> None:
+    cfg = size_config(size, **overrides)[0]
     assert config_from_dict(json.loads(json.dumps(cfg.to_official_dict()))) == cfg
 
 

@@ -22,6 +22,7 @@ with the seed and settings in its ``PROVENANCE.json``; export it like any checkp
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 
@@ -30,8 +31,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     tr = sub.add_parser("train", help="train the sim policy from scratch on this CPU")
     tr.add_argument("out", type=Path, help="checkpoint directory to create")
     tr.add_argument("--seed", type=int, default=0, help="seed of data, initialisation and batches (0-999)")
-    tr.add_argument("--episodes", type=int, default=None, help="demonstrations (default: see sim/train.py)")
+    tr.add_argument("--layouts", type=int, default=None,
+                    help="block layouts, each demonstrated once per block (default: see sim/train.py)")
     tr.add_argument("--steps", type=int, default=None, help="optimiser steps (default: see sim/train.py)")
+    tr.add_argument("--approach-steps", type=int, default=None,
+                    help="first steps drawn from each demonstration's first second only (default: see sim/train.py)")
     tr.add_argument("--force", action="store_true", help="replace an existing OUT (only once training finished)")
 
     ev = sub.add_parser("eval", help="run N episodes with a policy; success rate, time, safety clamps, pictures")
@@ -71,8 +75,8 @@ def _train(args: argparse.Namespace) -> int:
     with needs("torch"):
         from xvla_edge.sim.train import TrainOptions, train
     defaults = TrainOptions()
-    options = TrainOptions(seed=args.seed, episodes=defaults.episodes if args.episodes is None else args.episodes,
-                           steps=defaults.steps if args.steps is None else args.steps)
+    chosen = {"layouts": args.layouts, "steps": args.steps, "approach_steps": args.approach_steps}
+    options = dataclasses.replace(defaults, seed=args.seed, **{k: v for k, v in chosen.items() if v is not None})
     provenance = train(args.out, options, force=args.force)
     print(f"[train] wrote {args.out}: final losses {provenance['final_losses']}, "
           f"{provenance['seconds']['total']:.0f} s")

@@ -27,6 +27,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {"red": (215, 40, 40), "green": (40, 
 VERBS: dict[str, tuple[str, ...]] = {"pick": ("pick up", "lift"), "touch": ("touch", "tap")}
 TABLE_RGB = (196, 184, 160)
 BLOCK_SIZE = 0.04
+N_BLOCKS = 3
 TABLE_X = (0.30, 0.50)
 TABLE_Y = (-0.12, 0.12)
 MIN_SEPARATION = 0.08
@@ -58,8 +59,26 @@ class Scene:
         """The same layout, another block named."""
         return Scene(self.colours, self.positions, target, self.verb, self.phrase)
 
+    def in_colour_order(self) -> Scene:
+        """The same positions with the colours in :data:`COLOURS` order by increasing y (the task unchanged
+        but for which colour it names)."""
+        order = np.argsort(self.positions[:, 1])
+        colours = tuple(list(COLOURS)[:len(self.colours)])
+        return Scene(colours, self.positions[order], self.target, self.verb, self.phrase)
 
-def random_scene(rng: np.random.Generator, n_blocks: int = 3) -> Scene:
+    def with_task(self, target: int, rng: np.random.Generator) -> Scene:
+        """The same layout, block ``target`` named with a random verb and phrase."""
+        verb, phrase = random_verb(rng)
+        return Scene(self.colours, self.positions, target, verb, phrase)
+
+
+def random_verb(rng: np.random.Generator) -> tuple[str, str]:
+    """(verb, phrase) drawn from :data:`VERBS`."""
+    verb = str(rng.choice(list(VERBS)))
+    return verb, str(rng.choice(VERBS[verb]))
+
+
+def random_scene(rng: np.random.Generator, n_blocks: int = N_BLOCKS) -> Scene:
     """Blocks of ``n_blocks`` different colours at separated random positions; a random verb and target."""
     if not 1 <= n_blocks <= len(COLOURS):
         raise ValueError(f"n_blocks = {n_blocks}: expected 1 ... {len(COLOURS)}")
@@ -69,8 +88,7 @@ def random_scene(rng: np.random.Generator, n_blocks: int = 3) -> Scene:
         p = np.array([rng.uniform(*TABLE_X), rng.uniform(*TABLE_Y)])
         if all(np.linalg.norm(p - q) >= MIN_SEPARATION for q in positions):
             positions.append(p)
-    verb = str(rng.choice(list(VERBS)))
-    phrase = str(rng.choice(VERBS[verb]))
+    verb, phrase = random_verb(rng)
     return Scene(colours, np.array(positions), int(rng.integers(n_blocks)), verb, phrase)
 
 

@@ -1,9 +1,9 @@
 """Train the simulated-task policy: the X-VLA network at the ``sim`` size, from scratch, on this CPU.
 
-    xvla-edge sim train OUT_DIR [--seed 0] [--episodes 1000] [--steps 3800]
+    xvla-edge sim train OUT_DIR [--seed 0] [--layouts 600] [--steps 5600] [--approach-steps 3000]
 
-Demonstrations (:mod:`xvla_edge.sim.demonstrations`, episode seeds :func:`train_seeds`, disjoint from the
-evaluation seeds) → X-VLA's own flow-matching objective (:mod:`xvla.objective`) with AdamW and a cosine
+Demonstrations (:mod:`xvla_edge.sim.demonstrations`: every layout once per block; layout seeds
+:func:`train_seeds`, disjoint from the evaluation seeds) → X-VLA's own flow-matching objective (:mod:`xvla.objective`) with AdamW and a cosine
 learning rate → a checkpoint in the official file layout (config.json, model.safetensors with official key
 names, preprocessor_config.json, tokenizer files) that every other command loads like a released one, plus
 ``PROVENANCE.json`` (command, seed, data generator version, losses, time, machine).
@@ -44,26 +44,28 @@ from xvla_edge.sim import demonstrations
 from xvla_edge.sim.demonstrations import DOMAIN_ID
 from xvla_edge.sim.scene import COLOURS, VERBS
 
-GENERATOR_VERSION = 1  # bump when the scene, expert or sample layout changes (old checkpoints then differ)
+GENERATOR_VERSION = 2  # bump when the scene, expert or sample layout changes (old checkpoints then differ)
 SIZE = "sim"
-TRAIN_SEED_BASE = 10_000_000  # episode seeds of training data: TRAIN_SEED_BASE + 100_000·seed + i
+TRAIN_SEED_BASE = 10_000_000  # layout seeds of training data: TRAIN_SEED_BASE + 100_000·seed + i
 PROVENANCE_FILE = "PROVENANCE.json"
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainOptions:
     seed: int = 0
-    episodes: int = 1000
-    steps: int = 3800
-    batch_size: int = 32
+    layouts: int = 600
+    steps: int = 5600
+    approach_steps: int = 3000  # first steps on the approach only (samples < APPROACH_SAMPLES of each run)
+    batch_size: int = 16
     samples_per_observation: int = 1
     learning_rate: float = 1.5e-3
     warmup_steps: int = 200
     log_every: int = 100
 
     def __post_init__(self) -> None:
-        limits = {"seed": (0, 999), "episodes": (1, 99_999), "steps": (1, 1_000_000), "batch_size": (1, 4096),
-                  "samples_per_observation": (1, 64), "warmup_steps": (0, 1_000_000), "log_every": (1, 1_000_000)}
+        limits = {"seed": (0, 999), "layouts": (1, 33_333), "steps": (1, 1_000_000), "batch_size": (1, 4096),
+                  "samples_per_observation": (1, 64), "approach_steps": (0, 1_000_000),
+                  "warmup_steps": (0, 1_000_000), "log_every": (1, 1_000_000)}
         for name, (lo, hi) in limits.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
@@ -71,11 +73,13 @@ class TrainOptions:
         if not (isinstance(self.learning_rate, float) and math.isfinite(self.learning_rate)
                 and 0 < self.learning_rate <= 1):
             raise ConfigError(f"train: learning_rate = {self.learning_rate!r}; expected a number in (0, 1]")
+        if self.approach_steps > self.steps:
+            raise ConfigError(f"train: approach_steps = {self.approach_steps} exceeds steps = {self.steps}")
 
 
 def train_seeds(options: TrainOptions) -> range:
     start = TRAIN_SEED_BASE + 100_000 * options.seed
-    return range(start, start + options.episodes)
+    return range(start, start + options.layouts)
 
 
 def corpus() -> list[str]:
@@ -83,9 +87,20 @@ def corpus() -> list[str]:
     return [f"{phrase} the {colour} block" for phrases in VERBS.values() for phrase in phrases for colour in COLOURS]
 
 
+APPROACH_SAMPLES = 15  # the first second of a demonstration: where the instruction decides the way
+IMAGE_POSITION_STD = 2.0
+TRANSFORMER_POSITION_STD = 0.5
+
+
 def init_weights(model: XVLA, seed: int) -> None:
-    """Seeded initialisation: PyTorch's defaults for convolutions and linear layers; embeddings, positional
-    tables and soft prompts N(0, 0.02); per-domain [in, out] matrices N(0, 1/in), biases 0."""
+    """Seeded initialisation: PyTorch's defaults for convolutions and linear layers; token embeddings and
+    soft prompts N(0, 0.02); per-domain [in, out] matrices N(0, 1/in), biases 0.
+
+    Positional tables start at the scale of what they are added to, since where a block is is what the
+    policy needs from the picture: the projector's 2-D image positions N(0, 2²) (the DaViT features they are
+    added to are ~8 per element), the action transformer's N(0, 0.5²) (its projected context tokens are
+    ~0.6). At N(0, 0.02) they would be a fraction of a percent of those, and AdamW grows a parameter by
+    about the learning rate per step — too slowly for a 20-minute run."""
     torch.manual_seed(seed)
     for module in model.modules():
         if hasattr(module, "reset_parameters") and not isinstance(module, nn.Embedding):
@@ -97,13 +112,17 @@ def init_weights(model: XVLA, seed: int) -> None:
                 module.bias.weight.zero_()
             elif isinstance(module, nn.Embedding):
                 module.weight.normal_(0.0, 0.02)
-        model.transformer.pos_emb.normal_(0.0, 0.02)
+        positions = model.vlm.multi_modal_projector.image_position_embed
+        positions.row_embeddings.weight.normal_(0.0, IMAGE_POSITION_STD)
+        positions.column_embeddings.weight.normal_(0.0, IMAGE_POSITION_STD)
+        model.transformer.pos_emb.normal_(0.0, TRANSFORMER_POSITION_STD)
 
 
 def collect_parallel(seeds: range, side: int, workers: int) -> demonstrations.Samples:
     """:func:`demonstrations.collect` over ``workers`` processes (worker i takes every i-th seed), merged part
     by part: the same samples in the same order for the same seeds and worker count."""
-    parts = [seeds[i::workers] for i in range(workers)] if workers > 1 else [seeds]
+    workers = max(1, min(workers, len(seeds)))
+    parts = [seeds[i::workers] for i in range(workers)]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             done = list(pool.map(demonstrations.collect, parts, [side] * len(parts)))
@@ -117,7 +136,7 @@ def collect_parallel(seeds: range, side: int, workers: int) -> demonstrations.Sa
     return demonstrations.Samples(
         np.concatenate([p.images for p in done]), np.concatenate(instr), list(names),
         np.concatenate([p.proprio for p in done]), np.concatenate([p.actions for p in done]),
-        sum(p.episodes for p in done), sum(p.successes for p in done))
+        np.concatenate([p.order for p in done]), sum(p.episodes for p in done), sum(p.successes for p in done))
 
 
 def train(out_dir: str | Path, options: TrainOptions = TrainOptions(), *, force: bool = False,
@@ -136,7 +155,7 @@ def train(out_dir: str | Path, options: TrainOptions = TrainOptions(), *, force:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with atomic_directory(out_dir, force=force) as tmp:
         write_tokenizer(tmp, cfg.text.vocab_size, corpus())
-        tokenizer = TextTokenizer(tmp)
+        tokenizer = TextTokenizer(tmp, cfg.text_tokens)
         ids = torch.from_numpy(np.stack([tokenizer(text) for text in data.instructions]))
         model = XVLA(cfg)
         init_weights(model, options.seed)
@@ -148,13 +167,13 @@ def train(out_dir: str | Path, options: TrainOptions = TrainOptions(), *, force:
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / PREPROCESSOR_FILE).write_text(json.dumps(proc.to_dict(), indent=2))
         provenance = {
-            "command": f"xvla-edge sim train OUT_DIR --seed {options.seed} --episodes {options.episodes} "
-                       f"--steps {options.steps}",
+            "command": f"xvla-edge sim train OUT_DIR --seed {options.seed} --layouts {options.layouts} "
+                       f"--steps {options.steps} --approach-steps {options.approach_steps}",
             "options": dataclasses.asdict(options), "size": SIZE, "domain_id": DOMAIN_ID,
             "generator_version": GENERATOR_VERSION,
-            "demonstrations": {"episodes": data.episodes, "expert_successes": data.successes,
+            "demonstrations": {"layouts": options.layouts, "episodes": data.episodes, "expert_successes": data.successes,
                                "samples": int(len(data.images)),
-                               "seeds": [train_seeds(options).start, train_seeds(options).stop - 1]},
+                               "layout_seeds": [train_seeds(options).start, train_seeds(options).stop - 1]},
             "final_losses": losses, "seconds": {"data": round(t_data, 1),
                                                 "total": round(time.perf_counter() - t0, 1)},
             "machine": {"processor": _cpu_name(), "cpus": os.cpu_count(), "python": platform.python_version(),
@@ -171,6 +190,7 @@ def _fit(model: XVLA, data: demonstrations.Samples, ids: torch.Tensor, proc: Ima
     images = torch.from_numpy(data.images)
     proprio, actions = torch.from_numpy(data.proprio), torch.from_numpy(data.actions)
     instr = torch.from_numpy(data.instruction)
+    approach = torch.from_numpy(np.flatnonzero(data.order < APPROACH_SAMPLES))
     mean = torch.tensor(proc.mean, dtype=torch.float32).view(1, 1, 3, 1, 1)
     std = torch.tensor(proc.std, dtype=torch.float32).view(1, 1, 3, 1, 1)
     scale = torch.tensor(proc.rescale_factor, dtype=torch.float32)
@@ -184,7 +204,7 @@ def _fit(model: XVLA, data: demonstrations.Samples, ids: torch.Tensor, proc: Ima
         lr = options.learning_rate * _schedule(step, options)
         for group in opt.param_groups:
             group["lr"] = lr
-        idx = torch.randint(len(images), (B,), generator=gen)
+        idx = batch_indices(step, len(images), approach, options, gen)
         pixels = torch.zeros(B, NUM_VIEWS, 3, side, side)
         pixels[:, :views] = (images[idx].permute(0, 1, 4, 2, 3).float() * scale - mean) / std
         terms = flow_matching_loss(model, ids[instr[idx]], pixels, mask, domain, proprio[idx], actions[idx],
@@ -202,6 +222,16 @@ def _fit(model: XVLA, data: demonstrations.Samples, ids: torch.Tensor, proc: Ima
             progress(f"[train] step {step}/{options.steps} " + " ".join(f"{k} {v:.4f}" for k, v in running.items())
                      + f" lr {lr:.2e} ({time.perf_counter() - t0:.0f} s)")
     return {k: round(v, 5) for k, v in running.items()}
+
+
+def batch_indices(step: int, n: int, approach: torch.Tensor, options: TrainOptions,
+                  gen: torch.Generator) -> torch.Tensor:
+    """The samples of optimiser step ``step``: for the first ``options.approach_steps`` drawn from
+    ``approach`` (the samples of each demonstration's first :data:`APPROACH_SAMPLES`, where the instruction
+    decides which way to go), then from all ``n``."""
+    if step <= options.approach_steps:
+        return approach[torch.randint(len(approach), (options.batch_size,), generator=gen)]
+    return torch.randint(n, (options.batch_size,), generator=gen)
 
 
 def _schedule(step: int, options: TrainOptions) -> float:

@@ -63,7 +63,8 @@ def test_train_options_are_checked():
     from xvla_edge.sim.train import TrainOptions
 
     for bad, match in ((dict(seed=-1), "seed = -1"), (dict(steps=0), "steps = 0"),
-                       (dict(learning_rate=math.inf), "learning_rate = inf"), (dict(batch_size=True), "batch_size")):
+                       (dict(learning_rate=math.inf), "learning_rate = inf"), (dict(batch_size=True), "batch_size"),
+                       (dict(steps=10, approach_steps=20), "approach_steps = 20 exceeds steps = 10")):
         with pytest.raises(ConfigError, match=match):
             TrainOptions(**bad)
 

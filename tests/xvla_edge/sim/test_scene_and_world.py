@@ -106,3 +106,11 @@ def test_a_closed_gripper_moved_onto_a_block_does_not_grasp_it_and_opening_drops
     assert table.held == 0 and np.allclose(table.blocks[0], [0.38, -0.02, 0.06])
     at(table, [0.38, -0.02, 0.06], OPEN)
     assert table.held is None and np.allclose(table.blocks[0], [0.38, -0.02, BLOCK_SIZE / 2])
+
+
+def test_colour_order_keeps_the_positions_and_orders_the_colours_across_the_table():
+    s = random_scene(np.random.default_rng(3)).with_target(1)
+    ordered = s.in_colour_order()
+    assert sorted(map(tuple, ordered.positions)) == sorted(map(tuple, s.positions))
+    assert ordered.colours == tuple(COLOURS) and np.all(np.diff(ordered.positions[:, 1]) > 0)
+    assert ordered.instruction == f"{s.phrase} the {tuple(COLOURS)[1]} block"

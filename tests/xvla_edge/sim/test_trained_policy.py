@@ -40,7 +40,7 @@ def test_the_one_arm_policy_exports_at_fp16(tmp_path):
 def test_the_checkpoint_carries_its_provenance():
     provenance = json.loads((CHECKPOINT_DIR / "PROVENANCE.json").read_text())
     assert provenance["command"].startswith("xvla-edge sim train")
-    assert {"seed", "episodes", "steps"} <= set(provenance["options"])
+    assert {"seed", "layouts", "steps"} <= set(provenance["options"])
     assert provenance["generator_version"] >= 1 and provenance["final_losses"]["loss"] > 0
 
 
