@@ -2,6 +2,11 @@
 
 :func:`splice` turns a new chunk into the trajectory to execute from ``now`` on:
 
+0. **Smoothing** (``smooth_window``, off by default). The chunk's positions (or joints) are low-pass
+   filtered over that many waypoints (:meth:`~drivers.trajectory.Trajectory.smoothed`). A learnt policy's
+   waypoints jitter by millimetres around its intended path; the interpolator goes through every one, and at
+   30 waypoints per second a 1 mm zig-zag asks for accelerations near 5 m/s², which the envelope then clamps
+   tick after tick.
 1. **Latency.** ``latency = now - obs_timestamp`` (the chunk carries the time of the observation it was
    predicted from). A chunk older than ``max_latency_s`` is rejected (``"too_late"``), one from the future
    too (``"future_observation"``: clocks disagree). With ``anchor="observation"`` the chunk keeps its
@@ -22,7 +27,8 @@
    - ``"blend"``: over ``blend_window_s`` the command moves from the executing trajectory to the new one:
      ``(1 - a) * old(t) + a * new(t)`` for position (slerp by ``a`` for rotation; the gripper switches at
      ``a = 0.5``), with ``a`` the smoothstep ``3s^2 - 2s^3`` of the window fraction ``s``, so the hand-over
-     itself adds no velocity step. The blend is sampled every ``blend_step_s`` into ordinary waypoints.
+     itself adds no velocity step. ``new`` is the chunk itself (holding its first waypoint until that is
+     due), not the ``"replace"`` trajectory, whose first segment jumps from the command onto the chunk. The blend is sampled every ``blend_step_s`` into ordinary waypoints.
      Without an executing trajectory it is the same as ``"replace"``.
 
 A chunk that does not make a valid :class:`~drivers.trajectory.Trajectory` from the command (one that
@@ -70,6 +76,7 @@ class SplicePolicy:
     anchor: Literal["observation", "arrival"] = "observation"
     max_latency_s: float = 1.0
     speed_margin: float = 1.5
+    smooth_window: int = 0
 
     def __post_init__(self) -> None:
         if self.mode not in ("replace", "blend"):
@@ -82,6 +89,11 @@ class SplicePolicy:
                 raise ArmConfigError(f"SplicePolicy.{name} must be finite and > 0, got {value!r}")
         if not (math.isfinite(self.speed_margin) and self.speed_margin >= 1):
             raise ArmConfigError(f"SplicePolicy.speed_margin must be finite and >= 1, got {self.speed_margin!r}")
+        window = self.smooth_window
+        if isinstance(window, bool) or not isinstance(window, int) or not (window == 0 or 3 <= window <= 99
+                                                                           and window % 2 == 1):
+            raise ArmConfigError(f"SplicePolicy.smooth_window must be 0 (off) or an odd integer 3 ... 99, "
+                                 f"got {window!r}")
 
 
 @dataclass(frozen=True)
@@ -133,6 +145,8 @@ def splice(
     if latency > policy.max_latency_s:
         raise SpliceRejected("too_late", f"chunk latency {latency:.3f} s exceeds max_latency_s={policy.max_latency_s}")
     try:
+        if policy.smooth_window:
+            new = new.smoothed(policy.smooth_window)
         if policy.anchor == "arrival":
             new = new.shifted(max(latency, 0.0))
         kept = new.after(now)
@@ -151,7 +165,7 @@ def splice(
     if policy.mode == "replace" or current is None:
         return SpliceResult(replaced, latency, dropped, delay)
     try:
-        blended = _blend(current, TrajectorySampler(replaced, gripper=current.gripper_mode), now=start,
+        blended = _blend(current, TrajectorySampler(kept, gripper=current.gripper_mode), now=start,
                          policy=policy, velocity=velocity, command=command)
     except TrajectoryError:
         return SpliceResult(replaced, latency, dropped, delay)

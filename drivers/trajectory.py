@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from typing import Optional, Tuple
 
 import numpy as np
+from scipy.signal import savgol_filter
 from scipy.spatial.transform import Rotation
 
 from drivers.arm import SPACES, ArmConfigError, Space, Target
@@ -343,6 +344,27 @@ class Trajectory:
             quaternion=_tail(self.quaternion, first),
             joints=_tail(self.joints, first),
         )
+
+    def smoothed(self, window: int) -> "Trajectory":
+        """Positions (or joints) low-pass filtered along the waypoints: a Savitzky-Golay filter
+        (``scipy.signal.savgol_filter``) of polynomial order 2 over ``window`` waypoints (odd, >= 3; shorter
+        trajectories use the largest odd window that fits, and fewer than 3 waypoints are returned as they
+        are). Motion of constant acceleration passes unchanged; waypoint-to-waypoint jitter, which the
+        interpolator would turn into stop-and-go accelerations, is averaged out. Rotation and gripper are
+        kept. Waypoints must be evenly spaced in time (chunks are)."""
+        if isinstance(window, bool) or not isinstance(window, int) or window < 3 or window % 2 == 0:
+            raise TrajectoryError(f"smoothing window: expected an odd integer >= 3, got {window!r}")
+        n = self.n_waypoints
+        fit = min(window, n if n % 2 else n - 1)
+        if fit < 3:
+            return self
+        steps = np.diff(self.times)
+        if np.ptp(steps) > 1e-6 * float(np.mean(steps)):
+            raise TrajectoryError(f"smoothing needs evenly spaced waypoints; steps range {steps.min():.6g} ... "
+                                  f"{steps.max():.6g} s")
+        field = "position" if self.space == "ee" else "joints"
+        values = savgol_filter(getattr(self, field), fit, 2, axis=0, mode="interp")
+        return replace(self, **{field: values})
 
     def prepend(self, t: float, target: Target, *, initial_velocity: object = None) -> "Trajectory":
         """A new first waypoint ``target`` at time ``t`` (must be earlier than :attr:`start`)."""

@@ -178,3 +178,14 @@ def test_a_splice_between_ticks_continues_from_the_command_at_its_send_time():
     assert step[0] == pytest.approx(speed * 0.005, rel=0.1)
     late = run(new, now=10.003, obs=10.0, cmd=cmd, current=old)  # without the send time: from 10.003
     assert TrajectorySampler(late.trajectory).position(10.005)[0][0] - at[0] < 0.5 * speed * 0.005
+
+
+def test_smoothing_is_applied_to_the_chunk_before_the_past_is_dropped():
+    pos = np.column_stack([np.linspace(0.0, 0.1, 31)[1:], 0.002 * (-1.0) ** np.arange(30), np.full(30, 0.3)])
+    new = Trajectory.from_chunk(10.0, SPAN, position=pos, rotation=np.tile(IDENTITY, (30, 1)), gripper=np.ones(30))
+    res = run(new, now=10.1, obs=10.0, smooth_window=9)
+    np.testing.assert_allclose(res.trajectory.position[1:], new.smoothed(9).position[3:])
+    assert np.abs(res.trajectory.position[4:-4, 0, 1]).max() < 0.0005  # ±2 mm zig-zag → < 0.5 mm inside
+    for bad in (2, 8, 101, True):
+        with pytest.raises(ArmConfigError, match="smooth_window must be 0"):
+            SplicePolicy(smooth_window=bad)

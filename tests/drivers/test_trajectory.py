@@ -131,3 +131,36 @@ def test_after_shifted_prepend():
         tail.prepend(3.0, start)
     with pytest.raises(TrajectoryError, match="prepend: target is 'joint'"):
         tail.prepend(2.0, Target.joint([0.0], [1.0]))
+
+
+def test_smoothing_keeps_constant_acceleration_motion_and_removes_jitter():
+    t = np.arange(1, 31) / 30
+    path = np.column_stack([0.3 + 0.05 * t + 0.04 * t**2, np.zeros(30), np.full(30, 0.2)])
+    quats = Rotation.from_euler("z", np.linspace(0, 0.3, 30)[:, None]).as_quat()
+    grip = np.linspace(1, 0, 30)
+    smooth = Trajectory.ee(t, path, quats, grip)
+    np.testing.assert_allclose(smooth.smoothed(9).position, smooth.position, atol=1e-12)
+    jitter = 0.001 * (-1.0) ** np.arange(30)
+    rough = Trajectory.ee(t, path + np.column_stack([np.zeros(30), jitter, np.zeros(30)]), quats, grip)
+    out = rough.smoothed(9)
+    bumps = np.abs(np.diff(out.position[:, 0, 1], 2))  # what the interpolator turns into acceleration
+    assert bumps[3:-3].max() < 0.2 * np.abs(np.diff(jitter, 2)).max() and bumps.max() < np.abs(np.diff(jitter, 2)).max()
+    np.testing.assert_allclose(out.position[:, 0, 0], path[:, 0], atol=1e-12)  # the motion itself is kept
+    np.testing.assert_allclose(out.quaternion, rough.quaternion, atol=1e-15)
+    np.testing.assert_array_equal(out.gripper, rough.gripper)
+    np.testing.assert_array_equal(out.times, rough.times)
+
+
+def test_smoothing_joints_short_trajectories_and_bad_windows():
+    t = np.arange(1, 6) * 0.1
+    joints = np.outer(t, np.ones(6)) + 0.01 * (-1.0) ** np.arange(5)[:, None]
+    traj = Trajectory.joint(t, joints, np.ones(5))
+    assert np.abs(np.diff(traj.smoothed(9).joints, 2, axis=0)).max() < np.abs(np.diff(joints, 2, axis=0)).max() / 3
+    two = Trajectory.joint(t[:2], joints[:2], np.ones(2))
+    assert two.smoothed(5) is two
+    for window in (4, 1, True, 7.0):
+        with pytest.raises(TrajectoryError, match="odd integer >= 3"):
+            traj.smoothed(window)
+    uneven = Trajectory.joint([0.1, 0.2, 0.4, 0.5], joints[:4], np.ones(4))
+    with pytest.raises(TrajectoryError, match="evenly spaced"):
+        uneven.smoothed(3)

@@ -83,12 +83,16 @@ class EpisodeResult:
 
 def sim_robot_toml(bundle: Path, port: str, recordings: Path, instruction: str) -> str:
     """The robot.toml of the simulated task: the demo's, with two camera slots (scene, wrist: the daemon is
-    given the simulated cameras for them) and a continuous gripper (the simulated gripper is position-
-    controlled and the policy's opening ramps within the envelope's rate)."""
+    given the simulated cameras for them), a continuous gripper (the simulated gripper is position-
+    controlled and the policy's opening ramps within the envelope's rate), and chunks smoothed over 9
+    waypoints and blended in over 0.2 s (the trained policy's waypoints zig-zag by millimetres and successive
+    chunks disagree by up to a centimetre where they meet: raw and replaced, the envelope clamps about one
+    tick in two for acceleration; see README)."""
     from xvla_edge.commands.demo import robot_toml
 
     camera = {"source": "synthetic", "width": RENDER_SIDE, "height": RENDER_SIDE, "fps": 30, "max_age_s": 0.5}
     return robot_toml(bundle, port, recordings, instruction, gripper={"mode": "continuous"},
+                      splice={"mode": "blend", "smooth_window": 9},
                       arm={"timeout_ms": 500}, cameras=[{"slot": 0, **camera}, {"slot": 1, **camera}])
 
 
