@@ -100,13 +100,16 @@ def _write(out: Path, reports: list[Report]) -> None:
              f"{EPISODES} episodes per source (seeds 0 … {EPISODES - 1}); 95 % Wilson intervals. "
              f"Targets: PyTorch ≥ {PYTORCH_TARGET:.0%}, every bundle and the daemon within "
              f"{BUNDLE_TOLERANCE * 100:.0f} points of PyTorch.", "",
-             "| source | split | success | 95 % CI | mean time to success | clamps / episode | outcomes |",
-             "|---|---|---|---|---|---|---|"]
+             "Ticks clamped: control ticks whose command the safety envelope changed or refused (virtual time; the "
+             "daemon's loop counts clamps by kind only).", "",
+             "| source | split | success | 95 % CI | mean time to success | clamps / episode | ticks clamped | outcomes |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in reports:
         s = r.summary()
         t = "n/a" if s["mean_time_to_success_s"] is None else f"{s['mean_time_to_success_s']:.2f} s"
+        share = "n/a" if s["clamped_tick_share"] is None else f"{100 * s['clamped_tick_share']:.0f} %"
         lines.append(f"| {r.source} | {r.split} | {s['successes']}/{s['episodes']} = {100 * s['success_rate']:.1f} % | "
-                     f"{100 * s['ci95'][0]:.1f}–{100 * s['ci95'][1]:.1f} % | {t} | {s['clamps_per_episode']} | "
+                     f"{100 * s['ci95'][0]:.1f}–{100 * s['ci95'][1]:.1f} % | {t} | {s['clamps_per_episode']} | {share} | "
                      f"{s['outcomes']} |")
         write(r, out, f"sim-task-{r.source.replace(':', '-')}-{r.split}")
     (out / "sim-task.md").write_text("\n".join(lines) + "\n")

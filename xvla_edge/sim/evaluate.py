@@ -79,6 +79,8 @@ class EpisodeResult:
     frames: list[np.ndarray] = field(default_factory=list)
     daemon_lines: list[str] = field(default_factory=list)  # the daemon's own summary (daemon path only)
     empty_closings: int = 0  # gripper closings with no block within reach
+    clamped_ticks: Optional[int] = None  # control ticks whose command the envelope changed or refused (virtual
+    ticks: Optional[int] = None  # time only: the daemon's control loop counts clamps by kind, not by tick)
 
 
 def sim_robot_toml(bundle: Path, port: str, recordings: Path, instruction: str) -> str:
@@ -142,6 +144,7 @@ def run_scene(policy: Policy, scene: Scene, start: np.ndarray, loop_config: Loop
     span, dim = float(manifest.action["chunk_seconds"]), int(manifest.inputs["proprio_dim"])
     noise = np.random.default_rng(seed)
     pending, executing_end, chunks = None, None, 0
+    clamped_ticks = clamped_total = 0
     path, frames = [], []
     rate = loop_config.rate_hz
     if isinstance(policy, ExpertPolicy):
@@ -154,6 +157,9 @@ def run_scene(policy: Policy, scene: Scene, start: np.ndarray, loop_config: Loop
                 executing_end = float(chunk.timestamps[-1])
             pending = None
         loop.tick(now[0])
+        total = clamps(loop.interventions.as_dict())
+        clamped_ticks += total > clamped_total
+        clamped_total = total
         state = loop.last_state
         table.update(state.position[0], state.quaternion[0], float(state.gripper[0]))
         if k % round(rate / PATH_HZ) == 0:
@@ -168,7 +174,9 @@ def run_scene(policy: Policy, scene: Scene, start: np.ndarray, loop_config: Loop
                               noise=noise.standard_normal(policy.chunk_shape[1:], dtype=np.float32))
             pending = (now[0] + latency_s, policy.act(obs, steps=steps))
             chunks += 1
-    return _result(seed, scene, start, table, now[0], clamps(loop.interventions.as_dict()), chunks, path, frames)
+    result = _result(seed, scene, start, table, now[0], clamped_total, chunks, path, frames)
+    result.clamped_ticks, result.ticks = clamped_ticks, k + 1
+    return result
 
 
 def clamps(interventions: dict[str, int]) -> int:

@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -63,18 +63,28 @@ class Report:
             "success_rate": round(self.rate, 4), "ci95": [round(low, 4), round(high, 4)],
             "mean_time_to_success_s": round(float(np.mean(times)), 3) if times else None,
             "clamps_per_episode": round(float(np.mean([e.clamps for e in self.episodes])), 2) if n else None,
+            "clamped_tick_share": self._clamped_share(),
             "chunks_per_episode": round(float(np.mean([e.chunks for e in self.episodes])), 2) if n else None,
             "empty_closings": sum(e.empty_closings for e in self.episodes),
             "outcomes": outcomes, "seeds": [e.seed for e in self.episodes],
             "failed_seeds": [e.seed for e in self.episodes if not e.success],
         }
 
+    def _clamped_share(self) -> Optional[float]:
+        """Share of control ticks whose command the envelope changed or refused (None on the daemon path)."""
+        counted = [e for e in self.episodes if e.ticks]
+        if not counted:
+            return None
+        return round(sum(e.clamped_ticks or 0 for e in counted) / sum(e.ticks for e in counted), 4)
+
     def line(self) -> str:
         s = self.summary()
         t = "n/a" if s["mean_time_to_success_s"] is None else f"{s['mean_time_to_success_s']:.2f} s"
         return (f"{self.source} [{self.split}]: {s['successes']}/{s['episodes']} = {100 * s['success_rate']:.1f} % "
                 f"(95 % CI {100 * s['ci95'][0]:.1f}-{100 * s['ci95'][1]:.1f} %), mean time to success {t}, "
-                f"safety clamps {s['clamps_per_episode']}/episode, gripper closed on nothing {s['empty_closings']}x, "
+                f"safety clamps {s['clamps_per_episode']}/episode"
+                + ("" if s["clamped_tick_share"] is None else f" (on {100 * s['clamped_tick_share']:.0f} % of ticks)")
+                + f", gripper closed on nothing {s['empty_closings']}x, "
                 f"outcomes {s['outcomes']}")
 
 
@@ -136,7 +146,8 @@ def write(report: Report, out: Path, name: str) -> list[Path]:
     """``NAME.json`` (summary + per-episode rows), ``NAME.png`` and (when frames were recorded) ``NAME.gif``."""
     out.mkdir(parents=True, exist_ok=True)
     rows = [{"seed": e.seed, "instruction": e.instruction, "outcome": e.outcome, "seconds": round(e.seconds, 3),
-             "clamps": e.clamps, "chunks": e.chunks, "empty_closings": e.empty_closings} for e in report.episodes]
+             "clamps": e.clamps, "clamped_ticks": e.clamped_ticks, "ticks": e.ticks, "chunks": e.chunks,
+             "empty_closings": e.empty_closings} for e in report.episodes]
     data = {"summary": report.summary(), "settings": report.settings, "episodes": rows}
     written = [out / f"{name}.json"]
     written[0].write_text(json.dumps(data, indent=2) + "\n")

@@ -12,8 +12,12 @@ from xvla_edge.sim.evaluate import run_episodes
 def test_the_expert_does_every_episode_with_few_interventions(tiny_bundle, tmp_path):
     report = run_episodes(tiny_bundle, range(12), expert=True, frames_for=1)
     assert report.successes == 12, report.line()
-    ticks = sum(e.seconds for e in report.episodes) * report.settings["rate_hz"]
-    assert sum(e.clamps for e in report.episodes) < 0.25 * ticks, report.line()
+    for e in report.episodes:  # a tick per control period from 0 s to the end, each clamped or not
+        assert e.ticks == round(e.seconds * report.settings["rate_hz"]) + 1 and 0 <= e.clamped_ticks <= e.clamps
+    share = report.summary()["clamped_tick_share"]
+    assert share == round(sum(e.clamped_ticks for e in report.episodes) / sum(e.ticks for e in report.episodes), 4)
+    assert share < 0.25, report.line()
+    assert f"(on {100 * share:.0f} % of ticks)" in report.line()
     assert all(1 <= e.chunks <= 8 for e in report.episodes)
     for e in report.episodes:  # the gripper ends at the named block
         assert np.linalg.norm(e.path[-1][:2] - e.scene.positions[e.scene.target]) < 0.03
