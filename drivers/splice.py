@@ -187,28 +187,24 @@ def _blend(
 ) -> Trajectory:
     steps = max(math.ceil(policy.blend_window_s / policy.blend_step_s), 1)
     times = now + policy.blend_window_s * np.arange(steps + 1) / steps
-    alphas = _smoothstep(np.arange(steps + 1) / steps)
-    knots = [command] + [_mix(old.sample(t), new.sample(t), a) for t, a in zip(times[1:], alphas[1:])]
+    alphas = _smoothstep(np.arange(1, steps + 1) / steps)
+    old_values, old_quats, old_grip = old.at(times[1:])
+    new_values, new_quats, new_grip = new.at(times[1:])
+    a = alphas.reshape((-1,) + (1,) * (old_values.ndim - 1))
+    values = np.concatenate([[command.joints if command.space == "joint" else command.position],
+                             (1 - a) * old_values + a * new_values])
+    gripper = np.concatenate([[command.gripper], np.where(alphas[:, None] >= 0.5, new_grip, old_grip)])
+    quats = None
+    if command.space == "ee":
+        fractions = np.repeat(alphas[:, None], command.n_arms, axis=1)
+        quats = np.concatenate([[command.quaternion], quaternion.slerp(old_quats, new_quats, fractions)])
     rest = new.trajectory.after(times[-1])
     if rest is not None:
         times = np.concatenate([times, rest.times])
-        knots += [rest.waypoint(k) for k in range(rest.n_waypoints)]
-    gripper = np.stack([k.gripper for k in knots])
+        values = np.concatenate([values, rest.joints if command.space == "joint" else rest.position])
+        gripper = np.concatenate([gripper, rest.gripper])
+        if quats is not None:
+            quats = np.concatenate([quats, rest.quaternion])
     if command.space == "joint":
-        return Trajectory.joint(times, np.stack([k.joints for k in knots]), gripper, initial_velocity=velocity)
-    return Trajectory.ee(
-        times,
-        np.stack([k.position for k in knots]),
-        np.stack([k.quaternion for k in knots]),
-        gripper,
-        initial_velocity=velocity,
-    )
-
-
-def _mix(old: Target, new: Target, alpha: float) -> Target:
-    """``old`` moved the fraction ``alpha`` toward ``new`` (linear, slerp for rotation, gripper switch)."""
-    gripper = new.gripper if alpha >= 0.5 else old.gripper
-    if old.space == "joint":
-        return Target.joint((1 - alpha) * old.joints + alpha * new.joints, gripper)
-    quat = quaternion.slerp(old.quaternion, new.quaternion, alpha)
-    return Target.ee((1 - alpha) * old.position + alpha * new.position, quat, gripper)
+        return Trajectory.joint(times, values, gripper, initial_velocity=velocity)
+    return Trajectory.ee(times, values, quats, gripper, initial_velocity=velocity)

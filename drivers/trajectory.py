@@ -24,6 +24,7 @@ X-VLA chunks: waypoint ``k`` (1 ... 30) of a chunk predicted from an observation
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Optional, Tuple
 
 import numpy as np
@@ -143,13 +144,20 @@ def rotation_to_quaternion(rotation: object, n: int) -> np.ndarray:
     return Rotation.from_matrix(flat).as_quat().reshape(n, n_arms, 4)
 
 
+@lru_cache(maxsize=32)
+def _smoothing_matrix(n: int, window: int) -> np.ndarray:
+    """The Savitzky-Golay filter of :meth:`Trajectory.smoothed` as an [n, n] matrix (it is linear): one
+    product per chunk instead of the edge fits, so a splice stays well inside a control tick."""
+    matrix = savgol_filter(np.eye(n), window, 2, axis=0, mode="interp")
+    matrix.setflags(write=False)
+    return matrix
+
+
 def _hemisphere_continuous(quat: np.ndarray) -> np.ndarray:
     """Flip signs along axis 0 so that consecutive quaternions have a non-negative dot product."""
-    out = quat.copy()
-    for k in range(1, out.shape[0]):
-        flip = np.einsum("ai,ai->a", out[k], out[k - 1]) < 0
-        out[k, flip] *= -1
-    return out
+    dots = np.einsum("kai,kai->ka", quat[1:], quat[:-1])  # of the raw neighbours
+    signs = np.cumprod(np.where(dots < 0, -1.0, 1.0), axis=0)  # a flip carries on to all later ones
+    return np.concatenate([quat[:1], quat[1:] * signs[..., None]])
 
 
 def _tail(arr: Optional[np.ndarray], first: int) -> Optional[np.ndarray]:
@@ -363,8 +371,9 @@ class Trajectory:
             raise TrajectoryError(f"smoothing needs evenly spaced waypoints; steps range {steps.min():.6g} ... "
                                   f"{steps.max():.6g} s")
         field = "position" if self.space == "ee" else "joints"
-        values = savgol_filter(getattr(self, field), fit, 2, axis=0, mode="interp")
-        return replace(self, **{field: values})
+        values = getattr(self, field)
+        smoothed = np.tensordot(_smoothing_matrix(n, fit), values, axes=1)
+        return replace(self, **{field: smoothed})
 
     def prepend(self, t: float, target: Target, *, initial_velocity: object = None) -> "Trajectory":
         """A new first waypoint ``target`` at time ``t`` (must be earlier than :attr:`start`)."""

@@ -155,3 +155,39 @@ def test_gripper_is_interpolated_for_a_continuous_gripper():
                                [1.0, 1.0, 0.6, 0.2, 0.55, 0.9], atol=1e-12)
     with pytest.raises(ArmConfigError, match="'hold' or 'linear'"):
         TrajectorySampler(ee_traj([1.0, 2.0], np.zeros((2, 3))), gripper="cubic")
+
+
+@pytest.mark.parametrize("gripper", ["hold", "linear"])
+def test_sampling_many_times_at_once_matches_one_at_a_time(gripper):
+    rng = np.random.default_rng(4)
+    times = np.cumsum(rng.uniform(0.02, 0.05, 12))
+    position = np.cumsum(rng.normal(0, 0.01, (12, 2, 3)), axis=0)
+    quats = Rotation.from_rotvec(np.cumsum(rng.normal(0, 0.1, (24, 3)), axis=0)).as_quat().reshape(12, 2, 4)
+    grip = rng.uniform(0, 1, (12, 2))
+    sampler = TrajectorySampler(Trajectory.ee(times, position, quats, grip, initial_velocity=np.full((2, 3), 0.1)),
+                                gripper=gripper)
+    query = np.concatenate([[times[0] - 0.1], np.linspace(times[0], times[-1], 37), [times[-1] + 0.1]])
+    values, quaternions, grippers = sampler.at(query)
+    for k, t in enumerate(query):
+        np.testing.assert_allclose(values[k], sampler.position(t), atol=1e-15)
+        np.testing.assert_allclose(quaternions[k], sampler.quaternion(t), atol=1e-15)
+        np.testing.assert_allclose(grippers[k], sampler.gripper(t), atol=1e-15)
+    joints = TrajectorySampler(Trajectory.joint(times, np.cumsum(rng.normal(0, 0.1, (12, 6)), axis=0), grip[:, 0]))
+    values, none, _ = joints.at(query)
+    assert none is None and all(np.allclose(values[k], joints.position(t)) for k, t in enumerate(query))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(2, 31), st.integers(0, 2**32 - 1))
+def test_knot_slopes_are_scipys_pchip_slopes(n, seed):
+    from scipy.interpolate import PchipInterpolator
+
+    from drivers.interpolation import _pchip_slopes
+
+    rng = np.random.default_rng(seed)
+    times = np.cumsum(rng.uniform(0.01, 0.1, n))
+    values = rng.normal(0, 0.01, (n, 3))
+    values[rng.uniform(size=n) < 0.2] = 0.0  # flat stretches and exact zeros
+    with np.errstate(divide="ignore", over="ignore"):
+        expected = PchipInterpolator(times, values, axis=0).derivative()(times)
+    np.testing.assert_allclose(_pchip_slopes(times, values), expected, rtol=1e-12, atol=1e-15)

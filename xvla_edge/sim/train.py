@@ -3,8 +3,9 @@
     xvla-edge sim train OUT_DIR [--seed 0] [--layouts 600] [--steps 5600] [--approach-steps 3000]
 
 Demonstrations (:mod:`xvla_edge.sim.demonstrations`: every layout once per block; layout seeds
-:func:`train_seeds`, disjoint from the evaluation seeds) → X-VLA's own flow-matching objective (:mod:`xvla.objective`) with AdamW and a cosine
-learning rate → a checkpoint in the official file layout (config.json, model.safetensors with official key
+:func:`train_seeds`, disjoint from the evaluation seeds) → X-VLA's own flow-matching objective
+(:mod:`xvla.objective`) with AdamW and a cosine learning rate, the first ``approach_steps`` steps on each
+demonstration's first second only (:func:`batch_indices`) → a checkpoint in the official file layout (config.json, model.safetensors with official key
 names, preprocessor_config.json, tokenizer files) that every other command loads like a released one, plus
 ``PROVENANCE.json`` (command, seed, data generator version, losses, time, machine).
 
@@ -48,6 +49,9 @@ GENERATOR_VERSION = 2  # bump when the scene, expert or sample layout changes (o
 SIZE = "sim"
 TRAIN_SEED_BASE = 10_000_000  # layout seeds of training data: TRAIN_SEED_BASE + 100_000·seed + i
 PROVENANCE_FILE = "PROVENANCE.json"
+APPROACH_SAMPLES = round(1.0 / (demonstrations.DT * demonstrations.SAMPLE_EVERY))  # a demonstration's 1st second
+IMAGE_POSITION_STD = 2.0  # initial scale of the projector's 2-D image positions (see init_weights)
+TRANSFORMER_POSITION_STD = 0.5  # ... and of the action transformer's positions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,11 +89,6 @@ def train_seeds(options: TrainOptions) -> range:
 def corpus() -> list[str]:
     """Every instruction the task can give (the tokenizer's training text)."""
     return [f"{phrase} the {colour} block" for phrases in VERBS.values() for phrase in phrases for colour in COLOURS]
-
-
-APPROACH_SAMPLES = 15  # the first second of a demonstration: where the instruction decides the way
-IMAGE_POSITION_STD = 2.0
-TRANSFORMER_POSITION_STD = 0.5
 
 
 def init_weights(model: XVLA, seed: int) -> None:

@@ -1,0 +1,58 @@
+"""What a splice costs the control loop: one new 30-waypoint chunk taken over between two ticks.
+
+Not part of the test suite. Run::
+
+    .venv/bin/python -m pytest benchmarks/test_splice_cost.py \
+        --benchmark-json=benchmarks/results/<machine>/splice-cost.json
+
+The loop process splices (and builds the sampler of the result) between two ticks, so the floor is the
+control period: 5 ms at 200 Hz, 2 ms at 500 Hz; a splice that takes most of it delays the next tick. Each
+case is one policy of ``[splice]``: ``replace`` / ``blend``, raw or smoothed over 9 waypoints (the sim task's
+setting is blend + 9). ``extra_info`` carries the median as a share of the 200 Hz period, and the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import numpy as np
+import pytest
+
+from drivers.arm import Target
+from drivers.interpolation import TrajectorySampler
+from drivers.safety import SafetyLimits
+from drivers.splice import SplicePolicy, splice
+from drivers.trajectory import Trajectory
+
+PERIOD_200HZ_S = 0.005
+IDENTITY = [0.0, 0.0, 0.0, 1.0]
+
+
+def _chunk(t_obs: float) -> Trajectory:
+    rng = np.random.default_rng(0)
+    position = np.linspace([0.30, 0.0, 0.2], [0.40, 0.05, 0.15], 31)[1:] + rng.normal(0, 0.001, (30, 3))
+    return Trajectory.from_chunk(t_obs, 1.0, position=position, rotation=np.tile(IDENTITY, (30, 1)),
+                                 gripper=np.linspace(1.0, 0.0, 30))
+
+
+@pytest.mark.parametrize("mode, window", [("replace", 0), ("replace", 9), ("blend", 0), ("blend", 9)])
+def test_splice_cost(benchmark, mode, window):
+    current = TrajectorySampler(_chunk(0.0), gripper="linear")
+    command = Target.ee([[0.335, 0.01, 0.19]], [IDENTITY], [0.9])
+    new, policy, limits = _chunk(0.4), SplicePolicy(mode=mode, smooth_window=window), SafetyLimits()
+
+    def take_over() -> TrajectorySampler:
+        result = splice(new, now=0.5, obs_timestamp=0.4, command=command, current=current, limits=limits,
+                        policy=policy)
+        return TrajectorySampler(result.trajectory, gripper="linear")
+
+    sampler = benchmark(take_over)
+    median = benchmark.stats.stats.median
+    benchmark.extra_info.update(
+        mode=mode, smooth_window=window, floor_s=PERIOD_200HZ_S, share_of_200hz_period=round(median / PERIOD_200HZ_S, 3),
+        cpu=platform.processor() or platform.machine(), cores=os.cpu_count(), python=platform.python_version(),
+        numpy=np.__version__)
+    print(f"\n{mode} (smooth {window}): median {median * 1e3:.2f} ms = {median / PERIOD_200HZ_S:.0%} of the 200 Hz "
+          f"period (floor {PERIOD_200HZ_S * 1e3:.0f} ms)")
+    assert sampler.trajectory.start == pytest.approx(0.5)
