@@ -69,7 +69,7 @@ def check_options(ckpt_dir: Path, out: Path, opts: ExportOptions) -> None:
     if opts.chunk_seconds is not None and not opts.chunk_seconds > 0:
         raise ExportError(f"--chunk-seconds {opts.chunk_seconds} must be > 0")
     check_target(out, force=opts.force)
-    ImageProcessor.from_dir(ckpt_dir)  # the files the bundle copies, read now rather than after tracing
+    ImageProcessor.from_dir(ckpt_dir, opts.image_size)  # the files the bundle copies, read now, not after tracing
     TextTokenizer(ckpt_dir, cfg.text_tokens)
 
 
@@ -94,7 +94,8 @@ def _build(ckpt_dir: Path, tmp: Path, opts: ExportOptions, progress: Callable[[s
     with _step(progress, f"loading checkpoint {ckpt_dir}"):
         model = load_checkpoint(ckpt_dir)
     cfg = model.config
-    size = ImageProcessor.from_dir(ckpt_dir).output_size[0]
+    proc = ImageProcessor.from_dir(ckpt_dir, opts.image_size)
+    size = proc.output_size[0]
     V, A, T = opts.views, cfg.dim_action, cfg.num_actions
     enc_args = (torch.zeros(1, V, 3, size, size), torch.ones(1, V, dtype=torch.bool),
                 torch.ones(1, cfg.text_tokens, dtype=torch.long))
@@ -114,14 +115,16 @@ def _build(ckpt_dir: Path, tmp: Path, opts: ExportOptions, progress: Callable[[s
             convert_fp16(den_path, ["x1", "prev", "proprio", "t"])
     with _step(progress, "verifying in ONNX Runtime against PyTorch"):
         parity = measure_parity(model, ckpt_dir, enc_path, den_path, domain_id=opts.domain_id, views=V,
-                                steps=opts.steps, precision=opts.precision,
-                                arms=_arms(opts), rot6d_layout=opts.rot6d_layout)
+                                steps=opts.steps, precision=opts.precision, arms=_arms(opts),
+                                rot6d_layout=opts.rot6d_layout, processor=proc)
     if not parity["passed"]:
         raise ExportError(f"parity check failed ({opts.precision}): {'; '.join(parity['failures'])}. "
                           f"Figures: {json.dumps(parity['max_abs'])}. Nothing was written.")
     for name in (*TOKENIZER_FILES, PREPROCESSOR_FILE):
         if (ckpt_dir / name).is_file():
             shutil.copy2(ckpt_dir / name, tmp / name)
+    if not (tmp / PREPROCESSOR_FILE).is_file():  # made from --image-size: the bundle says what it was
+        (tmp / PREPROCESSOR_FILE).write_text(json.dumps(proc.to_dict(), indent=2))
     manifest = _manifest(ckpt_dir, tmp, cfg, opts, size, parity)
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
     return manifest

@@ -21,4 +21,5 @@ class ExportOptions:
     arms: int | None = None
     steps: int = 10
     rot6d_layout: str = "rows"
+    image_size: int | None = None  # only for a checkpoint without preprocessor_config.json
     force: bool = False

@@ -29,10 +29,13 @@ class Observation:
     noise: np.ndarray  # [T, A] float32
 
 
-def generated_observations(ckpt_dir: Path, model: XVLA, views: int, count: int = 3, seed: int = 0) -> list[Observation]:
-    """Random images through the checkpoint's own preprocessing, real instructions, varied view masks."""
+def generated_observations(ckpt_dir: Path, model: XVLA, views: int, count: int = 3, seed: int = 0,
+                           processor: ImageProcessor | None = None) -> list[Observation]:
+    """Random images through the checkpoint's own preprocessing (``processor``, default its
+    preprocessor_config.json), real instructions, varied view masks."""
     rng = np.random.default_rng(seed)
-    proc, tok = ImageProcessor.from_dir(ckpt_dir), TextTokenizer(ckpt_dir, model.config.text_tokens)
+    proc = processor or ImageProcessor.from_dir(ckpt_dir)
+    tok = TextTokenizer(ckpt_dir, model.config.text_tokens)
     cfg = model.config
     masks = [[True] * views, [True] + [False] * (views - 1), [True, False, True][:views]]
     out = []
@@ -86,12 +89,13 @@ def reference(model: XVLA, obs: Observation, domain_id: int, steps: int) -> tupl
 
 
 def measure_parity(model: XVLA, ckpt_dir: Path, encoder_path: Path, denoise_path: Path, *, domain_id: int,
-                   views: int, steps: int, precision: str, arms: int, rot6d_layout: str = "rows") -> dict:
+                   views: int, steps: int, precision: str, arms: int, rot6d_layout: str = "rows",
+                   processor: ImageProcessor | None = None) -> dict:
     """Parity figures of a pair of graphs; ``passed`` and ``failures`` against the precision's tolerance,
     scored on the ``arms`` the bundle drives (an unused arm's channels are whatever the network left there:
     a near-zero rot6d has no meaningful rotation, and its error would fail a sound bundle)."""
     encoder, denoise = ort_session(encoder_path), ort_session(denoise_path)
-    observations = generated_observations(ckpt_dir, model, views)
+    observations = generated_observations(ckpt_dir, model, views, processor=processor)
     max_abs = {"context": 0.0, "x0": 0.0, "action": 0.0}
     errors = ChunkErrors()
     for obs in observations:

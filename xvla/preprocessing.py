@@ -49,16 +49,30 @@ class ImageProcessor:
     std: tuple[float, float, float] = IMAGENET_STD
 
     @classmethod
-    def from_dir(cls, ckpt_dir: str | Path) -> ImageProcessor:
-        """Read ``preprocessor_config.json``; defaults (224², bicubic, ImageNet) when the file is absent."""
+    def from_dir(cls, ckpt_dir: str | Path, image_size: int | None = None) -> ImageProcessor:
+        """Read ``preprocessor_config.json``. Without the file, ``image_size`` must say the side: the processor
+        is then X-VLA's usual one (bicubic resize to that square, ImageNet normalisation); a guessed side
+        would feed the network images of a size it was not trained on. With the file, an ``image_size``
+        that contradicts it is refused."""
         path = Path(ckpt_dir) / PREPROCESSOR_FILE
         if not path.is_file():
-            return cls()
+            if image_size is None:
+                raise CheckpointError(
+                    f"{path}: missing. It says how camera images are resized and normalised for this "
+                    "checkpoint (released X-VLA checkpoints ship it: 224×224, bicubic, ImageNet mean/std); "
+                    "give the side explicitly (export --image-size N) to use those defaults at N×N")
+            if isinstance(image_size, bool) or not isinstance(image_size, int) or not 1 <= image_size <= MAX_IMAGE_SIDE:
+                raise CheckpointError(f"image size {image_size!r}: expected an integer 1 ... {MAX_IMAGE_SIDE}")
+            return cls(height=image_size, width=image_size, crop_height=image_size, crop_width=image_size)
         try:
             d = json.loads(path.read_text())
         except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or not UTF-8
             raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-        return cls.from_dict(d, str(path))
+        proc = cls.from_dict(d, str(path))
+        if image_size is not None and proc.output_size != (image_size, image_size):
+            raise CheckpointError(f"{path}: images of {proc.output_size[0]}×{proc.output_size[1]}, but an image size "
+                                  f"of {image_size} was given; drop it or fix the file")
+        return proc
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "preprocessor_config.json") -> ImageProcessor:

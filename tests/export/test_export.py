@@ -191,6 +191,7 @@ def test_unreadable_tokenizer_or_preprocessor_files_fail_before_tracing(work, ch
         ("tokenizer.json", None, "no tokenizer found; expected tokenizer.json or vocab.json + merges.txt"),
         ("tokenizer.json", b"{not json", "tokenizer files could not be read"),
         ("preprocessor_config.json", b"{not json", "preprocessor_config.json: not valid JSON"),
+        ("preprocessor_config.json", None, "preprocessor_config.json: missing"),
     ]:
         ck = work / f"damaged-{name}-{damage is None}"
         shutil.copytree(checkpoints["ee6d"], ck)
@@ -200,6 +201,28 @@ def test_unreadable_tokenizer_or_preprocessor_files_fail_before_tracing(work, ch
         rc, err = run_export(str(ck), "--domain-id", "0", "--out", str(work / "never"))
         assert rc == 1 and message in err and str(ck) in err, (name, err)
         assert not (work / "never").exists()
+    rc, err = run_export(str(checkpoints["ee6d"]), "--domain-id", "0", "--image-size", "224", "--out",
+                         str(work / "never"))  # a size that contradicts the checkpoint's own file
+    assert rc == 1 and "images of 64×64, but an image size of 224 was given" in err, err
+    assert not (work / "never").exists()
+
+
+def test_a_checkpoint_without_preprocessor_file_exports_with_an_explicit_image_size(work, checkpoints) -> None:
+    """The bundle then carries the processor it was verified with: X-VLA's usual one at that size, which is
+    what the tiny checkpoint's own file says (64², bicubic, ImageNet), so the two preprocess alike."""
+    import shutil
+
+    from runtime.policy import Policy
+    from xvla.preprocessing import ImageProcessor
+
+    ck = work / "no-preprocessor"
+    shutil.copytree(checkpoints["ee6d"], ck)
+    (ck / "preprocessor_config.json").unlink()
+    rc, err = run_export(str(ck), "--domain-id", "0", "--image-size", "64", "--out", str(work / "sized"))
+    assert rc == 0, err
+    assert ImageProcessor.from_dir(work / "sized") == ImageProcessor.from_dir(checkpoints["ee6d"])
+    policy = Policy.load(work / "sized")
+    assert policy.images.output_size == (64, 64)
 
 
 def test_failed_export_keeps_the_previous_bundle(work, checkpoints, bundles, monkeypatch) -> None:

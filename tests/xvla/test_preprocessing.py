@@ -87,3 +87,15 @@ def test_missing_tokenizer_is_named(tmp_path) -> None:
     (tmp_path / "tokenizer.json").write_text("garbage")
     with pytest.raises(CheckpointError, match="tokenizer files could not be read"):
         TextTokenizer(tmp_path)
+
+
+def test_a_missing_preprocessor_file_needs_an_explicit_size(tmp_path) -> None:
+    from xvla.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="preprocessor_config.json: missing.*--image-size"):
+        ImageProcessor.from_dir(tmp_path)
+    proc = ImageProcessor.from_dir(tmp_path, 96)
+    assert proc.output_size == (96, 96) and proc.resample == 3 and proc.mean == IMAGENET_MEAN
+    for bad in (0, True, 10**6, 64.0):
+        with pytest.raises(CheckpointError, match="image size"):
+            ImageProcessor.from_dir(tmp_path, bad)

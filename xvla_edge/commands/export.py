@@ -18,13 +18,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", type=Path, help="checkpoint directory (config.json, model.safetensors, tokenizer)")
     p.add_argument("--domain-id", type=int, required=True, help="domain row whose soft prompt is folded in")
     p.add_argument("--embodiment", default=None, help="robot name recorded in the manifest")
-    p.add_argument("--precision", default="fp32", help=f"one of {', '.join(PRECISIONS)}")
+    p.add_argument("--precision", default="fp32", metavar="{" + ",".join(PRECISIONS) + "}",
+                   help="numeric precision of the graphs (INT8: `xvla-edge quantize` an fp32 bundle)")
     p.add_argument("--views", type=int, default=3, help="camera views the robot has (1..3); others get zero features")
     p.add_argument("--chunk-seconds", type=float, default=None, help="time span of one chunk (default: per domain)")
     p.add_argument("--arms", type=int, default=None, help="arms the robot has, 1 or 2 (default: per domain)")
     p.add_argument("--steps", type=int, default=10, help="default denoising steps")
     p.add_argument("--rot6d-layout", default="rows", choices=["rows", "columns"],
                    help="rot6d layout the checkpoint speaks (LIBERO: columns)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="camera image side, only for a checkpoint without preprocessor_config.json "
+                        "(X-VLA's usual bicubic resize and ImageNet normalisation at that size)")
     p.add_argument("--out", type=Path, required=True, help="bundle directory to create")
     p.add_argument("--force", action="store_true", help="replace an existing bundle (only once the new one passes)")
 
@@ -32,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     opts = ExportOptions(domain_id=args.domain_id, embodiment=args.embodiment, precision=args.precision,
                          views=args.views, chunk_seconds=args.chunk_seconds, arms=args.arms, steps=args.steps,
-                         rot6d_layout=args.rot6d_layout, force=args.force)
+                         rot6d_layout=args.rot6d_layout, image_size=args.image_size,
+                         force=args.force)
     with needs("export"):
         from export.bundle import export_bundle
     from xvla.errors import XVLAError
