@@ -21,7 +21,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
-    """A tiny ee6d checkpoint directory (official file layout, random weights)."""
+    """A tiny ee6d checkpoint directory (official file layout, random weights). Writing one takes torch: on a
+    robot install the tests that need it skip, naming it."""
+    pytest.importorskip("torch")
     from xvla.random_checkpoint import write_random_checkpoint
 
     return write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", "tiny", seed=1)
@@ -30,6 +32,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint):
     """A tiny fp32 bundle (domain 3, one view) exported from :func:`tiny_checkpoint`; copy it before changing it."""
+    pytest.importorskip("onnx")
     from export.bundle import ExportOptions, export_bundle
 
     out = tmp_path_factory.mktemp("bundle") / "tiny-fp32"

@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
+torch = pytest.importorskip("torch")  # without it (a robot install) the module skips, not errors
 
 from xvla.errors import ConfigError
 from xvla.model import XVLA

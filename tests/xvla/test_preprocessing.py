@@ -11,6 +11,7 @@ from xvla.preprocessing import IMAGENET_MEAN, IMAGENET_STD, ImageProcessor, Text
 
 @pytest.mark.parametrize("shape", [(120, 160, 3), (64, 64, 3), (33, 257, 3), (480, 640, 3)])
 def test_images_match_transformers_clip_processor(shape) -> None:
+    pytest.importorskip("transformers")
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     img = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
@@ -22,6 +23,7 @@ def test_images_match_transformers_clip_processor(shape) -> None:
 
 
 def test_center_crop_config_matches_transformers() -> None:
+    pytest.importorskip("transformers")
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     cfg = {"size": {"height": 80, "width": 96}, "do_center_crop": True, "crop_size": {"height": 64, "width": 64},
