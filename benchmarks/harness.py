@@ -121,7 +121,7 @@ def checkpoint(size: str) -> Path:
     if not (path / "config.json").is_file():
         shutil.rmtree(path, ignore_errors=True)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _xvla_edge("checkpoint", str(path), "--size", size, "--seed", "0")
+        _xvla_edge("checkpoint", "--out", str(path), "--size", size, "--seed", "0")
     return path
 
 

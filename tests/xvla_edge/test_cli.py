@@ -94,3 +94,18 @@ def test_a_reader_that_goes_away_ends_the_command_quietly():
     proc.stdout.close()  # the reader is gone before the first line
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141 and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("command", [["checkpoint"], ["sim", "train"], ["sim", "calibration-set"]])
+def test_commands_that_write_a_directory_take_out_as_a_flag_or_the_older_positional(command, capsys):
+    from xvla_edge.cli import build_parser
+    from xvla_edge.commands import out_path
+
+    parser = build_parser()[0]
+    assert out_path(parser.parse_args([*command, "--out", "d1"])) == Path("d1")
+    assert out_path(parser.parse_args([*command, "d2"])) == Path("d2")
+    for argv, message in (([*command], "one of the arguments OUT --out is required"),
+                          ([*command, "d3", "--out", "d4"], "argument --out: not allowed with argument OUT")):
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args(argv)
+        assert exit_.value.code == 2 and message in capsys.readouterr().err

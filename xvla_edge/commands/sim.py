@@ -2,12 +2,12 @@
 
 Examples::
 
-    xvla-edge sim train ./sim-checkpoint --seed 0            # ≈ 20 min on a 2-core CPU
+    xvla-edge sim train --out ./sim-checkpoint --seed 0      # ≈ 20 min on a 2-core CPU
     xvla-edge sim eval --bundle ./sim-bundle --episodes 100 --out ./sim-eval
     xvla-edge sim eval --bundle ./sim-bundle --backend torch  # the PyTorch checkpoint behind the bundle
     xvla-edge sim eval --bundle ./sim-bundle --daemon         # the real daemon, emulated arm on a pty
     xvla-edge sim eval --bundle ./sim-bundle --expert         # the scripted expert through the same chain
-    xvla-edge sim calibration-set ./sim-set --count 256       # INT8 calibration observations of the task
+    xvla-edge sim calibration-set --out ./sim-set --count 256 # INT8 calibration observations of the task
 
 The committed checkpoint (``xvla-edge sim checkpoint`` prints its directory) was trained by ``sim train``
 with the seed and settings in its ``PROVENANCE.json``; export it like any checkpoint::
@@ -25,11 +25,13 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from xvla_edge.commands import add_out, out_path
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="sim_command", metavar="ACTION", required=True)
     tr = sub.add_parser("train", help="train the sim policy from scratch on this CPU")
-    tr.add_argument("out", type=Path, help="checkpoint directory to create")
+    add_out(tr, "checkpoint directory to create")
     tr.add_argument("--seed", type=int, default=0, help="seed of data, initialisation and batches (0-999)")
     tr.add_argument("--layouts", type=int, default=None,
                     help="block layouts, each demonstrated once per block (default: see sim/train.py)")
@@ -56,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ev.add_argument("--quiet", action="store_true", help="only the summary line")
 
     cs = sub.add_parser("calibration-set", help="observations of the task as an INT8 calibration set")
-    cs.add_argument("out", type=Path, help="set directory to create")
+    add_out(cs, "set directory to create")
     cs.add_argument("--count", type=int, default=256, help="observations (default 256)")
     cs.add_argument("--seed", type=int, default=0, help="episode seeds start here (evaluation range)")
     cs.add_argument("--force", action="store_true", help="replace an existing set")
@@ -77,8 +79,8 @@ def _train(args: argparse.Namespace) -> int:
     defaults = TrainOptions()
     chosen = {"layouts": args.layouts, "steps": args.steps, "approach_steps": args.approach_steps}
     options = dataclasses.replace(defaults, seed=args.seed, **{k: v for k, v in chosen.items() if v is not None})
-    provenance = train(args.out, options, force=args.force)
-    print(f"[train] wrote {args.out}: final losses {provenance['final_losses']}, "
+    provenance = train(out_path(args), options, force=args.force)
+    print(f"[train] wrote {out_path(args)}: final losses {provenance['final_losses']}, "
           f"{provenance['seconds']['total']:.0f} s")
     return 0
 
@@ -97,7 +99,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _calibration_set(args: argparse.Namespace) -> int:
     from xvla_edge.sim.calibration import write_calibration_set
 
-    path = write_calibration_set(args.out, count=args.count, seed=args.seed, force=args.force)
+    path = write_calibration_set(out_path(args), count=args.count, seed=args.seed, force=args.force)
     print(f"[sim] calibration set of {args.count} task observations: {path}")
     return 0
 

@@ -1,6 +1,6 @@
 """Train the simulated-task policy: the X-VLA network at the ``sim`` size, from scratch, on this CPU.
 
-    xvla-edge sim train OUT_DIR [--seed 0] [--layouts 600] [--steps 5600] [--approach-steps 3000]
+    xvla-edge sim train --out OUT_DIR [--seed 0] [--layouts 600] [--steps 5600] [--approach-steps 3000]
 
 Demonstrations (:mod:`xvla_edge.sim.demonstrations`: every layout once per block; layout seeds
 :func:`train_seeds`, disjoint from the evaluation seeds) → X-VLA's own flow-matching objective
