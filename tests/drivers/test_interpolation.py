@@ -175,6 +175,12 @@ def test_sampling_many_times_at_once_matches_one_at_a_time(gripper):
     joints = TrajectorySampler(Trajectory.joint(times, np.cumsum(rng.normal(0, 0.1, (12, 6)), axis=0), grip[:, 0]))
     values, none, _ = joints.at(query)
     assert none is None and all(np.allclose(values[k], joints.position(t)) for k, t in enumerate(query))
+    single = TrajectorySampler(Trajectory.ee(times[:1], position[:1], quats[:1], grip[:1]), gripper=gripper)
+    values, quaternions, grippers = single.at(query)
+    for k, t in enumerate(query):  # one waypoint: every field holds it
+        np.testing.assert_array_equal(values[k], single.position(t))
+        np.testing.assert_array_equal(quaternions[k], single.quaternion(t))
+        np.testing.assert_array_equal(grippers[k], single.gripper(t))
 
 
 @settings(max_examples=200, deadline=None)
