@@ -2,6 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# The robot install as JetPack 6 runs it: Python 3.10, the package and its test tools, no torch, transformers
+# or onnx. `make test` runs the suite in it too (what needs those skips by name).
+PYTHON310 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python3.10 /usr/bin/python3.10 /usr/local/bin/python3.10))
+ROBOT_VENV ?= .venv-robot310
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
@@ -12,11 +16,18 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
 
+$(ROBOT_VENV)/.installed: setup.cfg pyproject.toml
+	@test -n "$(PYTHON310)" || { echo "make: no python3.10 found (set PYTHON310=/path/to/python3.10)"; exit 1; }
+	$(PYTHON310) -m venv $(ROBOT_VENV)
+	$(ROBOT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
 demo: $(VENV)/.installed
 	$(BIN)/xvla-edge demo
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed $(ROBOT_VENV)/.installed
 	$(BIN)/python -m pytest -q
+	$(ROBOT_VENV)/bin/python -m pytest -q
 
 slow-test: $(VENV)/.installed
 	XVLA_SLOW=1 $(BIN)/python -m pytest -q -m slow
@@ -25,4 +36,4 @@ bench: $(VENV)/.installed
 	$(BIN)/xvla-edge bench --size tiny small
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(ROBOT_VENV)
