@@ -28,7 +28,8 @@
      ``(1 - a) * old(t) + a * new(t)`` for position (slerp by ``a`` for rotation; the gripper switches at
      ``a = 0.5``), with ``a`` the smoothstep ``3s^2 - 2s^3`` of the window fraction ``s``, so the hand-over
      itself adds no velocity step. ``new`` is the chunk itself (holding its first waypoint until that is
-     due), not the ``"replace"`` trajectory, whose first segment jumps from the command onto the chunk. The blend is sampled every ``blend_step_s`` into ordinary waypoints.
+     due), not the ``"replace"`` trajectory, whose first segment jumps from the command onto the chunk.
+     The blend is sampled every ``blend_step_s`` into ordinary waypoints.
      Without an executing trajectory it is the same as ``"replace"``.
 
 A chunk that does not make a valid :class:`~drivers.trajectory.Trajectory` from the command (one that

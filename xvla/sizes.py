@@ -3,8 +3,8 @@
 ``tiny`` (seconds on a CPU; 64² images), ``sim`` (the simulated-task policy trained on a CPU by
 ``xvla-edge sim train``: 64² images on a 4×4 grid — the last stage does not downsample, so block positions
 stay resolvable — a wider action transformer than tiny, and instructions of at most 8 tokens: the task's
-longest is 7, and padding to 50 would bury the one word that names the block among 43 pad tokens), ``small`` (the real token layout: 224² images, 50 tokens per view,
-262-token action sequence, narrow layers) and ``full`` (the published 0.9B configuration).
+longest is 7, and padding to 50 would bury the one word that names the block among 43 pad tokens),
+``small`` (the real token layout: 224² images, 50 tokens per view, 262-token action sequence, narrow layers) and ``full`` (the published 0.9B configuration).
 """
 
 from __future__ import annotations

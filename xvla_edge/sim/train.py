@@ -5,8 +5,9 @@
 Demonstrations (:mod:`xvla_edge.sim.demonstrations`: every layout once per block; layout seeds
 :func:`train_seeds`, disjoint from the evaluation seeds) → X-VLA's own flow-matching objective
 (:mod:`xvla.objective`) with AdamW and a cosine learning rate, the first ``approach_steps`` steps on each
-demonstration's first second only (:func:`batch_indices`) → a checkpoint in the official file layout (config.json, model.safetensors with official key
-names, preprocessor_config.json, tokenizer files) that every other command loads like a released one, plus
+demonstration's first second only (:func:`batch_indices`) → a checkpoint in the official file layout
+(config.json, model.safetensors with official key names, preprocessor_config.json, tokenizer files) that
+every other command loads like a released one, plus
 ``PROVENANCE.json`` (command, seed, data generator version, losses, time, machine).
 
 Determinism: data and initialisation follow the seed; floating-point reductions follow the CPU and the
