@@ -25,8 +25,8 @@
 4. **Policy.**
    - ``"replace"``: from ``now`` on, only the new chunk counts.
    - ``"blend"``: over ``blend_window_s`` the command moves from the executing trajectory to the new one:
-     ``(1 - a) * old(t) + a * new(t)`` for position (slerp by ``a`` for rotation; the gripper switches at
-     ``a = 0.5``), with ``a`` the smoothstep ``3s^2 - 2s^3`` of the window fraction ``s``, so the hand-over
+     ``(1 - a) * old(t) + a * new(t)`` for position (slerp by ``a`` for rotation; a continuous gripper
+     (``"linear"`` sampling) mixes like the position, an open/close one switches at ``a = 0.5``), with ``a`` the smoothstep ``3s^2 - 2s^3`` of the window fraction ``s``, so the hand-over
      itself adds no velocity step. ``new`` is the chunk itself (holding its first waypoint until that is
      due), not the ``"replace"`` trajectory, whose first segment jumps from the command onto the chunk.
      The blend is sampled every ``blend_step_s`` into ordinary waypoints.
@@ -194,7 +194,11 @@ def _blend(
     a = alphas.reshape((-1,) + (1,) * (old_values.ndim - 1))
     values = np.concatenate([[command.joints if command.space == "joint" else command.position],
                              (1 - a) * old_values + a * new_values])
-    gripper = np.concatenate([[command.gripper], np.where(alphas[:, None] >= 0.5, new_grip, old_grip)])
+    if old.gripper_mode == "linear":  # a continuous gripper fades like the position
+        mixed = (1 - alphas[:, None]) * old_grip + alphas[:, None] * new_grip
+    else:  # an open/close command has no in-between: it switches half-way
+        mixed = np.where(alphas[:, None] >= 0.5, new_grip, old_grip)
+    gripper = np.concatenate([[command.gripper], mixed])
     quats = None
     if command.space == "ee":
         fractions = np.repeat(alphas[:, None], command.n_arms, axis=1)

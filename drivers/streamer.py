@@ -125,14 +125,22 @@ class Streamer:
     def submit(self, chunk: Trajectory, *, obs_timestamp: float, now: float, command: Target,
                command_time: Optional[float] = None) -> SpliceResult:
         """Splice ``chunk`` in at ``now`` from the last safe ``command``, sent at ``command_time`` (default
-        ``now``); raises ``SpliceRejected``."""
+        ``now``); raises ``SpliceRejected``.
+
+        The splice sees the executing trajectory on the wall clock (shifted by the lag): sampled at ``now``
+        unshifted, a lagging trajectory is ahead of the command by ``lag`` times its speed, and the hand-over
+        would jump there.
+        """
+        current = self._sampler
+        if current is not None and self.lag > 0:
+            current = self._new_sampler(current.trajectory.shifted(self.lag))
         result = splice(
             chunk,
             now=now,
             obs_timestamp=obs_timestamp,
             command=command,
             command_time=command_time,
-            current=self._sampler,
+            current=current,
             limits=self.limits,
             policy=self.splice_policy,
         )

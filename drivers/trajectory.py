@@ -358,8 +358,10 @@ class Trajectory:
         (``scipy.signal.savgol_filter``) of polynomial order 2 over ``window`` waypoints (odd, >= 3; shorter
         trajectories use the largest odd window that fits, and fewer than 3 waypoints are returned as they
         are). Motion of constant acceleration passes unchanged; waypoint-to-waypoint jitter, which the
-        interpolator would turn into stop-and-go accelerations, is averaged out. Rotation and gripper are
-        kept. Waypoints must be evenly spaced in time (chunks are)."""
+        interpolator would turn into stop-and-go accelerations, is averaged out. The gripper opening is filtered
+        the same way and clipped into 0 ... 1 (a learnt opening ramp jitters as well, and the envelope's rate
+        limit clamps every tick the jitter steepens it). Rotation is kept. Waypoints must be evenly spaced in
+        time (chunks are)."""
         if isinstance(window, bool) or not isinstance(window, int) or window < 3 or window % 2 == 0:
             raise TrajectoryError(f"smoothing window: expected an odd integer >= 3, got {window!r}")
         n = self.n_waypoints
@@ -372,8 +374,9 @@ class Trajectory:
                                   f"{steps.max():.6g} s")
         field = "position" if self.space == "ee" else "joints"
         values = getattr(self, field)
-        smoothed = np.tensordot(_smoothing_matrix(n, fit), values, axes=1)
-        return replace(self, **{field: smoothed})
+        matrix = _smoothing_matrix(n, fit)
+        gripper = np.clip(np.tensordot(matrix, self.gripper, axes=1), 0.0, 1.0)
+        return replace(self, gripper=gripper, **{field: np.tensordot(matrix, values, axes=1)})
 
     def prepend(self, t: float, target: Target, *, initial_velocity: object = None) -> "Trajectory":
         """A new first waypoint ``target`` at time ``t`` (must be earlier than :attr:`start`)."""

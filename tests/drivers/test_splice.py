@@ -7,9 +7,10 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from drivers.arm import ArmConfigError, Box, JointLimit, Target
-from drivers.interpolation import TrajectorySampler
+from drivers.interpolation import GripperPolicy, TrajectorySampler
 from drivers.safety import SafetyLimits
 from drivers.splice import SplicePolicy, SpliceRejected, min_duration, splice
+from drivers.streamer import Streamer
 from drivers.trajectory import Trajectory
 
 IDENTITY = [0.0, 0.0, 0.0, 1.0]
@@ -189,3 +190,37 @@ def test_smoothing_is_applied_to_the_chunk_before_the_past_is_dropped():
     for bad in (2, 8, 101, True):
         with pytest.raises(ArmConfigError, match="smooth_window must be 0"):
             SplicePolicy(smooth_window=bad)
+
+
+def test_blend_fades_a_continuous_gripper_and_switches_an_open_close_one():
+    old_traj = run(chunk(10.0), now=10.0, obs=10.0).trajectory  # open throughout
+    now = 10.3
+    cmd = Target.ee(TrajectorySampler(old_traj).position(now), [IDENTITY], [1.0])
+    new = chunk(10.3, start=(0.03, 0.0, 0.3), end=(0.13, 0.0, 0.3), grip=np.zeros(30))  # closed throughout
+    for mode, expected in (("linear", "fade"), ("hold", "switch")):
+        old = TrajectorySampler(old_traj, gripper=mode)
+        blended = TrajectorySampler(run(new, now=now, obs=now, cmd=cmd, current=old, mode="blend").trajectory,
+                                    gripper=mode)
+        values = np.array([blended.gripper(t)[0] for t in np.arange(now, now + 0.25, 0.005)])
+        assert values[0] == 1.0 and values[-1] == 0.0 and np.all(np.diff(values) <= 1e-12)
+        if expected == "fade":  # smoothstep: the steepest step is 1.5 / window per second, not a jump
+            assert np.abs(np.diff(values)).max() <= 1.5 / 0.2 * 0.005 * 1.1
+        else:
+            assert set(np.round(values, 12)) == {0.0, 1.0}
+
+
+def test_a_lagging_trajectory_is_handed_over_where_its_command_is():
+    """The control loop slows a trajectory it cannot follow (its clock lags the wall clock); the splice must
+    see it where the command is, not where it would be without the lag."""
+    streamer = Streamer(command(), limits=LIMITS, splice_policy=SplicePolicy(mode="blend"),
+                        gripper=GripperPolicy(mode="continuous"))
+    streamer.submit(chunk(10.0), obs_timestamp=10.0, now=10.0, command=command())  # x = 0.1 m/s * (t - 10)
+    assert streamer.fall_behind(0.05, now=10.3)  # now 50 ms late: at 10.3 it commands x = 0.025
+    cmd = streamer.sample(10.3)
+    np.testing.assert_allclose(cmd.position[0, 0], 0.025, atol=1e-6)
+    # the same line as the executing trajectory runs it: the hand-over must not move the arm off it
+    late = Trajectory.from_chunk(10.05, SPAN, position=np.linspace((0.0, 0.0, 0.3), (0.1, 0.0, 0.3), 31)[1:],
+                                 rotation=np.tile(IDENTITY, (30, 1)), gripper=np.ones(30))
+    streamer.submit(late, obs_timestamp=10.3, now=10.3, command=cmd)
+    for t in np.arange(10.3, 10.7, 0.005):
+        np.testing.assert_allclose(streamer.sample(t).position[0, 0], 0.1 * (t - 10.05), atol=2e-4)

@@ -149,8 +149,22 @@ def test_smoothing_keeps_constant_acceleration_motion_and_removes_jitter():
     assert bumps[3:-3].max() < 0.2 * np.abs(np.diff(jitter, 2)).max() and bumps.max() < np.abs(np.diff(jitter, 2)).max()
     np.testing.assert_allclose(out.position[:, 0, 0], path[:, 0], atol=1e-12)  # the motion itself is kept
     np.testing.assert_allclose(out.quaternion, rough.quaternion, atol=1e-15)
-    np.testing.assert_array_equal(out.gripper, rough.gripper)
+    np.testing.assert_allclose(out.gripper, rough.gripper, atol=1e-12)  # a ramp is kept
     np.testing.assert_array_equal(out.times, rough.times)
+
+
+def test_smoothing_filters_the_gripper_opening_within_its_range():
+    t = np.arange(1, 31) / 30
+    path = np.column_stack([np.linspace(0.3, 0.4, 30), np.zeros(30), np.full(30, 0.2)])
+    quats = np.tile([0.0, 0.0, 0.0, 1.0], (30, 1))
+    ramp = np.clip(np.linspace(1.6, -0.6, 30), 0, 1)  # open, ramp at 2.2 per second, closed
+    jittery = np.clip(ramp + 0.03 * (-1.0) ** np.arange(30), 0, 1)
+    out = Trajectory.ee(t, path, quats, jittery).smoothed(9).gripper[:, 0]
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    steep = np.abs(np.diff(jittery)).max() * 30
+    assert np.abs(np.diff(out)).max() * 30 < 0.7 * steep  # the zig-zag's steepest steps are gone
+    expected = np.clip(savgol_filter(jittery, 9, 2, mode="interp"), 0, 1)
+    np.testing.assert_allclose(out, expected, atol=1e-12)
 
 
 def test_smoothing_joints_short_trajectories_and_bad_windows():

@@ -16,7 +16,10 @@ def test_the_expert_does_every_episode_with_few_interventions(tiny_bundle, tmp_p
         assert e.ticks == round(e.seconds * report.settings["rate_hz"]) + 1 and 0 <= e.clamped_ticks <= e.clamps
     share = report.summary()["clamped_tick_share"]
     assert share == round(sum(e.clamped_ticks for e in report.episodes) / sum(e.ticks for e in report.episodes), 4)
-    assert share < 0.25, report.line()
+    # The expert moves within the envelope's limits; what remains is catching up, at the start, with the part
+    # of the first chunk that fell into the inference latency (4 % of ticks; 18 % while splices handed a lagging
+    # trajectory over on the wall clock).
+    assert share < 0.08, report.line()
     assert f"(on {100 * share:.0f} % of ticks)" in report.line()
     assert all(1 <= e.chunks <= 8 for e in report.episodes)
     for e in report.episodes:  # the gripper ends at the named block

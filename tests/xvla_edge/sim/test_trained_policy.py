@@ -49,7 +49,7 @@ def test_the_checkpoint_carries_its_provenance():
 def test_the_trained_policy_does_its_task_through_the_chain(sim_bundle):
     """Twelve fixed episodes (layouts never trained on) through an ONNX Runtime bundle, the control loop, the
     envelope and the simulated arm: the policy succeeds in a clear majority, about as fast as the scripted
-    expert on the same episodes, and the envelope changes the command on fewer than 60 % of ticks.
+    expert on the same episodes, and the envelope changes the command on fewer than 35 % of ticks.
 
     Broken on purpose (scratch runs, README): the bundle's rot6d layout flipped → 0 of 12; the decoded
     gripper inverted → 4 of 12; the chunk span doubled → 10 of 12 but 2.4× the expert's time. Time stamps
@@ -62,7 +62,7 @@ def test_the_trained_policy_does_its_task_through_the_chain(sim_bundle):
     assert report.successes >= 7, report.line()
     assert summary["mean_time_to_success_s"] <= 1.75 * baseline["mean_time_to_success_s"], (report.line(),
                                                                                              expert.line())
-    assert summary["clamped_tick_share"] < 0.6, report.line()
+    assert summary["clamped_tick_share"] < 0.35, report.line()  # 20 % (53 % before the lag fix of the splice)
 
 
 def test_through_the_daemon_on_the_emulated_arm(sim_bundle, tmp_path):
