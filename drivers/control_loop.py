@@ -92,6 +92,7 @@ class LoopStats:
     last_state: Optional[ArmState]
     last_command: Optional[Target]
     last_error: str
+    interval_histogram: Optional[Dict[str, Any]] = None  # PeriodStats.interval_histogram (the loop process's)
 
 
 def measured_target(state: ArmState, space: str) -> Target:
@@ -332,7 +333,8 @@ class ControlLoop:
 
     # -- reporting ------------------------------------------------------------------------------------
 
-    def stats(self, timing: Dict[str, float], scheduler: str) -> LoopStats:
+    def stats(self, timing: Dict[str, float], scheduler: str,
+              interval_histogram: Optional[Dict[str, Any]] = None) -> LoopStats:
         events = dict(self.events)
         events.update({f"mode_{k}": v for k, v in self.watchdog.report().items()})
         events.update({f"arm_{k}": v for k, v in self.arm.counters().items()})
@@ -347,6 +349,7 @@ class ControlLoop:
             last_state=self.last_state,
             last_command=self.env.target,
             last_error=self.last_error,
+            interval_histogram=interval_histogram,
         )
 
     def trace(self) -> Dict[str, Any]:

@@ -132,7 +132,7 @@ def _handle_messages(
         elif kind == "reconnect":
             loop.reconnect()
         elif kind in ("stats", "stop"):
-            conn.send(("reply", message[1], loop.stats(timer.summary(), scheduler)))
+            conn.send(("reply", message[1], loop.stats(timer.summary(), scheduler, timer.interval_histogram())))
             if kind == "stop":
                 return False
         elif kind == "trace":

@@ -23,7 +23,7 @@ import ctypes.util
 import errno
 import os
 import time
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
@@ -102,6 +102,10 @@ def interval_summary(interval_error: np.ndarray) -> Dict[str, float]:
     }
 
 
+#: Upper bounds of the tick-interval histogram, in periods: on time is about 1; one missed deadline about 2.
+INTERVAL_BUCKETS = (0.5, 0.9, 0.98, 1.02, 1.1, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+
 class PeriodStats:
     """Per-tick timing over a sliding window of ``window`` ticks, plus totals.
 
@@ -123,6 +127,9 @@ class PeriodStats:
         self.overruns = 0
         self.missed = 0
         self.max_interval_error = 0.0
+        self._bounds = np.array(INTERVAL_BUCKETS) * period
+        self._bucket_counts = np.zeros(len(INTERVAL_BUCKETS) + 1, dtype=np.int64)  # the last: above every bound
+        self._interval_sum = 0.0
 
     def record(self, wake: float, busy: float, missed: int) -> None:
         """One tick: it woke at ``wake``, worked ``busy`` seconds and made ``missed`` deadlines pass."""
@@ -134,6 +141,8 @@ class PeriodStats:
             self._interval_error[self.intervals % self._interval_error.shape[0]] = error
             self.intervals += 1
             self.max_interval_error = max(self.max_interval_error, error)
+            self._bucket_counts[int(np.searchsorted(self._bounds, error + self.period, side="left"))] += 1
+            self._interval_sum += error + self.period
         self._last_wake = wake
         if missed:
             self.overruns += 1
@@ -144,6 +153,14 @@ class PeriodStats:
         n = self._interval_error.shape[0]
         order = np.arange(max(self.intervals - n, 0), self.intervals) % n
         return self._interval_error[order].copy()
+
+    def interval_histogram(self) -> Dict[str, Any]:
+        """Every tick interval since start (seconds) as a cumulative histogram: ``bounds`` (upper bounds,
+        :data:`INTERVAL_BUCKETS` periods), ``counts`` (intervals <= each bound; then all of them), ``sum``,
+        ``count``."""
+        return {"bounds": [float(b) for b in self._bounds],
+                "counts": [int(c) for c in np.cumsum(self._bucket_counts)],
+                "sum": self._interval_sum, "count": self.intervals}
 
     def summary(self) -> Dict[str, float]:
         """Interval-error and busy percentiles over the window (seconds), the all-time maximum interval

@@ -57,7 +57,8 @@ class StubLoop:
     def trace(self) -> Dict[str, Any]:
         return {}
 
-    def stats(self, timing: Dict[str, float], scheduler: str) -> Dict[str, float]:
+    def stats(self, timing: Dict[str, float], scheduler: str, interval_histogram: Dict[str, Any]) -> Dict[str, float]:
+        self.histogram = interval_histogram
         return timing
 
 
@@ -104,6 +105,13 @@ def test_missed_deadlines_are_in_the_percentiles_and_counted() -> None:
     # 5 % of intervals lasted two periods: the p99 says so (a wake-up lateness figure would say ~0.05 ms)
     assert timing["interval_error_p99"] == pytest.approx(PERIOD, abs=1e-4)
     assert timing["interval_error_max_all"] == pytest.approx(4 * PERIOD, abs=1e-4)
+    # the histogram /metrics exports: every interval since start, cumulative counts per bound
+    histogram, durations = loop.histogram, np.diff(wakes)
+    assert histogram["count"] == len(durations) and histogram["counts"][-1] == len(durations)
+    assert histogram["sum"] == pytest.approx(durations.sum(), abs=1e-9)
+    for bound, count in zip(histogram["bounds"], histogram["counts"]):
+        assert count == int((durations <= bound).sum()), bound
+    assert histogram["counts"][histogram["bounds"].index(1.02 * PERIOD)] == len(durations) - 151  # all but slow
 
 
 def test_period_stats_before_two_ticks() -> None:

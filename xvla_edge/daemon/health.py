@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, List, Optional, Tuple
 
 from xvla.errors import XVLAError
-from xvla_edge.daemon.metrics import Registry
+from xvla_edge.daemon.metrics import CONTENT_TYPE
 
 Health = Callable[[], Tuple[str, List[str]]]
 
@@ -23,9 +23,10 @@ class HealthError(XVLAError, OSError):
 
 
 class HealthServer:
-    """Serves until :meth:`close`. ``port`` 0 picks a free port (see :attr:`port`)."""
+    """Serves until :meth:`close`. ``port`` 0 picks a free port (see :attr:`port`); ``metrics`` renders the
+    ``/metrics`` page."""
 
-    def __init__(self, host: str, port: int, health: Health, metrics: Registry,
+    def __init__(self, host: str, port: int, health: Health, metrics: Callable[[], bytes],
                  on_record: Optional[Callable[[], str]] = None, *, token: Optional[str] = None) -> None:
         outer = self
         expected = None if token is None else f"Bearer {token}".encode()
@@ -37,7 +38,7 @@ class HealthServer:
                     body = {"status": status, "reasons": reasons} if reasons else {"status": status}
                     self._send(200 if status == "ok" else 503, "application/json", json.dumps(body))
                 elif self.path == "/metrics":
-                    self._send(200, "text/plain; version=0.0.4; charset=utf-8", metrics.render())
+                    self._send(200, CONTENT_TYPE, metrics())
                 else:
                     self._send(404, "text/plain", "not found\n")
 
@@ -51,8 +52,8 @@ class HealthServer:
                 else:
                     self._send(404, "text/plain", "not found\n")
 
-            def _send(self, code: int, kind: str, text: str, headers: Optional[dict] = None) -> None:
-                data = text.encode()
+            def _send(self, code: int, kind: str, text: str | bytes, headers: Optional[dict] = None) -> None:
+                data = text if isinstance(text, bytes) else text.encode()
                 self.send_response(code)
                 self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(data)))

@@ -1,164 +1,143 @@
-"""Prometheus text-format metrics (exposition format 0.0.4) for the daemon.
+"""The daemon's Prometheus metrics, with ``prometheus_client`` (a registry per daemon, not the global one).
 
-Hand-written rather than ``prometheus_client``: the daemon must install on Jetson images with loose
-dependencies, and it needs three metric types and one renderer (about a hundred lines).
+What the supervisor sees itself (chunks, their latency, inference errors, camera ages and stalls) is counted
+with the library's own metric types. What the control-loop process counts (ticks, deadlines, safety
+interventions, arm-link events, mode) arrives as :class:`~drivers.control_loop.LoopStats` snapshots and is
+exported from the latest one by a custom collector, as the library intends for values counted elsewhere.
+
+Every counter is there from the start, at zero: per camera, per intervention kind and per mode, so that a
+rate() over a fresh daemon is 0, not "no data". The loop's tick intervals are a histogram in seconds (on
+time is one period); chunk latency too. ``xvla_build_info`` and ``xvla_bundle_info`` carry the versions and
+the running bundle as labels (value 1).
 """
 
 from __future__ import annotations
 
-import math
+import platform
 import threading
-from typing import Dict, List, Tuple
+from typing import Iterable, Optional, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from drivers.control_loop import LoopStats
+from drivers.safety import CLIP_KINDS, REJECT_KINDS
 
-Labels = Tuple[Tuple[str, str], ...]
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+MODES = ("link_lost", "estopped", "fault", "idle", "holding", "tracking")
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+disable_created_metrics()  # no *_created series: counters here start with the process
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+def package_version() -> str:
+    """The installed xvla-edge version ("unknown" when run from a tree that was never installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("xvla-edge")
+    except PackageNotFoundError:
+        return "unknown"
 
 
-def _labels(labels: Labels, extra: Tuple[Tuple[str, str], ...] = ()) -> str:
-    items = labels + extra
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in items) + "}" if items else ""
+class LoopCollector:
+    """Exports the latest :class:`LoopStats` (all zeros until the first arrives)."""
 
-
-def _number(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value))
-
-
-class Metric:
-    def __init__(self, name: str, help_text: str, kind: str) -> None:
-        self.name, self.help, self.kind = name, help_text, kind
-        self._values: Dict[Labels, float] = {}
+    def __init__(self) -> None:
+        self._stats: Optional[LoopStats] = None
         self._lock = threading.Lock()
 
-    def _key(self, labels: Dict[str, str]) -> Labels:
-        return tuple(sorted((k, str(v)) for k, v in labels.items()))
-
-    def render(self) -> List[str]:
+    def update(self, stats: LoopStats) -> None:
         with self._lock:
-            return [f"{self.name}{_labels(k)} {_number(v)}" for k, v in sorted(self._values.items())]
+            self._stats = stats
 
-
-class Counter(Metric):
-    def __init__(self, name: str, help_text: str) -> None:
-        super().__init__(name, help_text, "counter")
-
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        if amount < 0:
-            raise ValueError(f"{self.name}: a counter only goes up (got {amount})")
+    def collect(self) -> Iterable[Metric]:
         with self._lock:
-            key = self._key(labels)
-            self._values[key] = self._values.get(key, 0.0) + amount
-
-    def set_total(self, total: float, **labels: str) -> None:
-        """Mirror a count kept elsewhere (the control loop's); never moves backwards."""
-        with self._lock:
-            key = self._key(labels)
-            self._values[key] = max(self._values.get(key, 0.0), float(total))
-
-
-class Gauge(Metric):
-    def __init__(self, name: str, help_text: str) -> None:
-        super().__init__(name, help_text, "gauge")
-
-    def set(self, value: float, **labels: str) -> None:
-        with self._lock:
-            self._values[self._key(labels)] = float(value)
-
-
-class Histogram(Metric):
-    def __init__(self, name: str, help_text: str, buckets: Tuple[float, ...]) -> None:
-        super().__init__(name, help_text, "histogram")
-        self.buckets = tuple(sorted(buckets)) + (math.inf,)
-        self._counts = [0] * len(self.buckets)
-        self._sum = 0.0
-
-    def observe(self, value: float) -> None:
-        with self._lock:
-            self._sum += value
-            for i, bound in enumerate(self.buckets):
-                if value <= bound:
-                    self._counts[i] += 1
-
-    def render(self) -> List[str]:
-        with self._lock:
-            lines = [f'{self.name}_bucket{{le="{_number(b)}"}} {c}' for b, c in zip(self.buckets, self._counts)]
-            return lines + [f"{self.name}_sum {_number(self._sum)}", f"{self.name}_count {self._counts[-1]}"]
-
-
-class Registry:
-    def __init__(self) -> None:
-        self.metrics: List[Metric] = []
-
-    def add(self, metric: Metric) -> Metric:
-        self.metrics.append(metric)
-        return metric
-
-    def render(self) -> str:
-        out = []
-        for m in self.metrics:
-            out += [f"# HELP {m.name} {m.help.replace(chr(92), chr(92) * 2).replace(chr(10), chr(92) + 'n')}",
-                    f"# TYPE {m.name} {m.kind}", *m.render()]
-        return "\n".join(out) + "\n"
+            stats = self._stats
+        timing = {} if stats is None else stats.timing
+        events = {} if stats is None else stats.events
+        interventions = {} if stats is None else stats.interventions
+        yield CounterMetricFamily("xvla_control_missed_deadlines", "Control deadlines skipped because a tick ran "
+                                  "past them.", value=timing.get("missed_deadlines", 0))
+        yield CounterMetricFamily("xvla_control_overruns", "Control ticks that ran past their period.",
+                                  value=timing.get("overruns", 0))
+        yield CounterMetricFamily("xvla_control_ticks", "Control ticks run.", value=timing.get("ticks", 0))
+        yield GaugeMetricFamily("xvla_control_interval_error_max_seconds", "Longest tick interval minus the "
+                                "period since start (a missed deadline counts as one period late).",
+                                value=timing.get("interval_error_max_all", 0.0))
+        histogram = None if stats is None else stats.interval_histogram
+        intervals = HistogramMetricFamily("xvla_control_tick_interval_seconds", "Time between control ticks "
+                                          "(one period when on time).")
+        if histogram is not None:
+            buckets = [(repr(b), c) for b, c in zip(histogram["bounds"], histogram["counts"])]
+            buckets.append(("+Inf", histogram["count"]))
+            intervals.add_metric([], buckets, histogram["sum"])
+        else:
+            intervals.add_metric([], [("+Inf", 0)], 0.0)
+        yield intervals
+        safety = CounterMetricFamily("xvla_safety_interventions", "Commands the safety envelope rejected or "
+                                     "clipped, by kind.", labels=["kind"])
+        for kind in REJECT_KINDS + CLIP_KINDS:
+            safety.add_metric([kind], interventions.get(kind, 0))
+        yield safety
+        link = CounterMetricFamily("xvla_arm_link", "Arm link counters by kind (targets_skipped: not sent under "
+                                   "controller backpressure; replies_lost, states_lost, ...).", labels=["kind"])
+        for name, n in sorted(events.items()):
+            if name.startswith("arm_"):
+                link.add_metric([name[len("arm_"):]], n)
+        yield link
+        yield CounterMetricFamily("xvla_watchdog_holds", "Entries into the holding mode (trajectory ran out).",
+                                  value=events.get("mode_holding", 0))
+        mode = GaugeMetricFamily("xvla_mode", "1 for the control loop's current mode.", labels=["mode"])
+        for name in MODES:
+            mode.add_metric([name], 1.0 if stats is not None and stats.mode == name else 0.0)
+        yield mode
 
 
 class DaemonMetrics:
-    """The daemon's metrics, created in one place; the supervisor updates them."""
+    """The daemon's metrics, created in one place; the supervisor updates them. ``cameras``: the camera names
+    (their series exist from the start)."""
 
-    def __init__(self) -> None:
-        r = self.registry = Registry()
-        self.latency = r.add(Histogram("xvla_chunk_latency_seconds", "Observation to chunk ready.", LATENCY_BUCKETS))
-        self.chunks = r.add(Counter("xvla_chunks_total", "Chunks produced by the policy."))
-        self.interval_error = r.add(Gauge("xvla_control_interval_error_seconds",
-                                          "Control tick interval minus the period over the stats window, by "
-                                          "quantile; a missed deadline counts as one period late."))
-        self.missed = r.add(Counter("xvla_control_missed_deadlines_total",
-                                    "Control deadlines skipped because a tick ran past them."))
-        self.overruns = r.add(Counter("xvla_control_overruns_total", "Control ticks that ran past their period."))
-        self.arm_link = r.add(Counter("xvla_arm_link_total", "Arm link counters by kind (targets_skipped: not "
-                                      "sent under controller backpressure; replies_lost, states_lost, ...)."))
-        self.interventions = r.add(Counter("xvla_safety_interventions_total",
-                                           "Commands the safety envelope rejected or clipped, by kind."))
-        self.holds = r.add(Counter("xvla_watchdog_holds_total", "Entries into the holding mode (trajectory ran out)."))
-        self.mode = r.add(Gauge("xvla_mode", "1 for the control loop's current mode."))
-        self.camera_age_s = r.add(Gauge("xvla_camera_age_seconds", "Age of the newest frame, by camera."))
-        self.camera_stale_n = r.add(Counter("xvla_camera_stale_total", "Times a camera went stale."))
-        self.inference_errors = r.add(Counter("xvla_inference_errors_total", "Failed inferences."))
-        self.bundle = r.add(Gauge("xvla_bundle_info", "1 for the running bundle: its id (sha256 of the canonical "
-                                  "manifest), embodiment, domain and precision."))
+    def __init__(self, cameras: Sequence[str] = ()) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.latency = Histogram("xvla_chunk_latency_seconds", "Observation to chunk ready.",
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.chunks = Counter("xvla_chunks", "Chunks produced by the policy.", registry=r)
+        self.inference_errors = Counter("xvla_inference_errors", "Failed inferences.", registry=r)
+        self.camera_age_s = Gauge("xvla_camera_age_seconds", "Age of the newest frame, by camera.", ["camera"],
+                                  registry=r)
+        self.camera_stale_n = Counter("xvla_camera_stale", "Times a camera went stale.", ["camera"], registry=r)
+        for name in cameras:
+            self.camera_stale_n.labels(camera=name)
+        self.build = Info("xvla_build", "The running xvla-edge: package version, Python, machine.", registry=r)
+        self.build.info({"version": package_version(), "python": platform.python_version(),
+                         "machine": platform.machine()})
+        self.bundle = Info("xvla_bundle", "The running bundle: its id (sha256 of the canonical manifest), "
+                           "embodiment, domain, precision and the backend running it.", registry=r)
+        self.loop = LoopCollector()
+        r.register(self.loop)
+
+    def set_bundle(self, *, bundle_id: str, embodiment: str, domain: int, precision: str, backend: str) -> None:
+        self.bundle.info({"bundle_id": bundle_id, "embodiment": embodiment, "domain": str(domain),
+                          "precision": precision, "backend": backend})
 
     def observe_loop(self, stats: LoopStats) -> None:
-        timing = stats.timing
-        for q, key in (("0.5", "interval_error_p50"), ("0.99", "interval_error_p99"), ("1", "interval_error_max")):
-            if key in timing:
-                self.interval_error.set(timing[key], quantile=q)
-        self.missed.set_total(timing.get("missed_deadlines", 0))
-        self.overruns.set_total(timing.get("overruns", 0))
-        for name, n in stats.events.items():
-            if name.startswith("arm_"):
-                self.arm_link.set_total(n, kind=name[len("arm_"):])
-        for kind, n in stats.interventions.items():
-            if kind != "commands":
-                self.interventions.set_total(n, kind=kind)
-        self.holds.set_total(stats.events.get("mode_holding", 0))
-        for mode in ("link_lost", "estopped", "fault", "idle", "holding", "tracking"):
-            self.mode.set(1.0 if stats.mode == mode else 0.0, mode=mode)
+        self.loop.update(stats)
 
     def chunk(self, latency: float) -> None:
         self.latency.observe(latency)
         self.chunks.inc()
 
     def camera_age(self, camera: str, age: float) -> None:
-        self.camera_age_s.set(age, camera=camera)
+        self.camera_age_s.labels(camera=camera).set(age)
 
     def camera_stale(self, camera: str) -> None:
-        self.camera_stale_n.inc(camera=camera)
+        self.camera_stale_n.labels(camera=camera).inc()
 
     def inference_error(self) -> None:
         self.inference_errors.inc()
+
+    def render(self) -> bytes:
+        """The exposition text (``CONTENT_TYPE``)."""
+        return generate_latest(self.registry)

@@ -160,7 +160,7 @@ class Daemon:
         self.policy = policy
         self.cameras = cameras
         self.clock = clock
-        self.metrics = DaemonMetrics()
+        self.metrics = DaemonMetrics(cameras=[cam.name for cam in config.cameras])
         self.recorder = Recorder(config.recorder.seconds, config.recorder.directory, bundle=str(config.bundle.path))
         self.loop: Optional[ControlLoopClient] = None
         self.health_server: Optional[HealthServer] = None
@@ -199,8 +199,8 @@ class Daemon:
         if self.policy is None:
             self.policy = Policy.load(cfg.bundle.path, backend=cfg.bundle.backend, device=cfg.bundle.device)
         manifest = self.policy.manifest
-        self.metrics.bundle.set(1, bundle_id=manifest.bundle_id, embodiment=manifest.embodiment,
-                                domain=str(manifest.domain_id), precision=manifest.precision)
+        self.metrics.set_bundle(bundle_id=manifest.bundle_id, embodiment=manifest.embodiment,
+                                domain=manifest.domain_id, precision=manifest.precision, backend=cfg.bundle.backend)
         phase("opening the cameras")
         if self.cameras is None:
             self.cameras = {cam.slot: open_camera(cam) for cam in cfg.cameras}
@@ -220,7 +220,7 @@ class Daemon:
             raise
         phase("serving health")
         if cfg.health.port:
-            self.health_server = HealthServer(cfg.health.host, cfg.health.port, self.health, self.metrics.registry,
+            self.health_server = HealthServer(cfg.health.host, cfg.health.port, self.health, self.metrics.render,
                                               on_record=lambda: str(self.recorder.dump("request")),
                                               token=cfg.health.token)
         phase("telling systemd READY")

@@ -1,10 +1,11 @@
-"""Metrics text format, the health server over real HTTP, JSON logs, the recorder's files, cameras."""
+"""Metrics (every series from the start, parsed back), the health server over real HTTP, JSON logs, the recorder's files, cameras."""
 
 from __future__ import annotations
 
 import io
 import json
 import logging
+import platform
 import time
 import urllib.error
 import urllib.request
@@ -12,40 +13,90 @@ import urllib.request
 import numpy as np
 import pytest
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from xvla_edge.daemon.cameras import CameraError, FolderCamera, SyntheticCamera
 from xvla_edge.daemon.health import HealthError, HealthServer
 from xvla_edge.daemon.logs import JsonFormatter
-from xvla_edge.daemon.metrics import Counter, Gauge, Histogram, Registry
+from drivers.control_loop import LoopStats
+from drivers.realtime import PeriodStats
+from drivers.safety import CLIP_KINDS, REJECT_KINDS
+from xvla_edge.daemon.metrics import CONTENT_TYPE, MODES, DaemonMetrics
 from xvla_edge.daemon.recorder import Recorder, RecorderError
 
 
-def test_prometheus_text_format():
-    reg = Registry()
-    c = reg.add(Counter("x_total", 'Things "counted".\nTwice.'))
-    g = reg.add(Gauge("x_age_seconds", "Age."))
-    h = reg.add(Histogram("x_latency_seconds", "Latency.", (0.1, 1.0)))
-    c.inc(kind='a"b')
-    c.inc(2, kind='a"b')
-    g.set(0.25, camera="cam\\0")
-    for v in (0.05, 0.5, 5.0):
-        h.observe(v)
-    with pytest.raises(ValueError):
-        c.inc(-1)
-    assert reg.render().splitlines() == [
-        '# HELP x_total Things "counted".\\nTwice.', "# TYPE x_total counter", 'x_total{kind="a\\"b"} 3.0',
-        "# HELP x_age_seconds Age.", "# TYPE x_age_seconds gauge", 'x_age_seconds{camera="cam\\\\0"} 0.25',
-        "# HELP x_latency_seconds Latency.", "# TYPE x_latency_seconds histogram",
-        'x_latency_seconds_bucket{le="0.1"} 1', 'x_latency_seconds_bucket{le="1.0"} 2',
-        'x_latency_seconds_bucket{le="+Inf"} 3', "x_latency_seconds_sum 5.55", "x_latency_seconds_count 3",
-    ]
+def samples(metrics: DaemonMetrics) -> dict:
+    """{(sample name, sorted labels): value} parsed back from the exposition text by the client's parser."""
+    text = metrics.render().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def loop_stats(mode: str, timer: PeriodStats, interventions: dict, events: dict) -> LoopStats:
+    return LoopStats(mode=mode, scheduler="SCHED_OTHER", rate_hz=200.0, timing=timer.summary(),
+                     interventions={"commands": 99, **interventions}, events=events, last_latency=None,
+                     last_state=None, last_command=None, last_error="",
+                     interval_histogram=timer.interval_histogram())
+
+
+def test_every_series_is_there_from_the_start_at_zero():
+    got = samples(DaemonMetrics(cameras=["cam0", "cam1"]))
+    for name in ("xvla_chunks_total", "xvla_inference_errors_total", "xvla_control_missed_deadlines_total",
+                 "xvla_control_overruns_total", "xvla_watchdog_holds_total", "xvla_chunk_latency_seconds_count",
+                 "xvla_control_tick_interval_seconds_count"):
+        assert got[(name, ())] == 0.0, name
+    for camera in ("cam0", "cam1"):
+        assert got[("xvla_camera_stale_total", (("camera", camera),))] == 0.0
+    for kind in REJECT_KINDS + CLIP_KINDS:
+        assert got[("xvla_safety_interventions_total", (("kind", kind),))] == 0.0
+    assert {labels[0][1] for (name, labels), v in got.items() if name == "xvla_mode" and v == 0.0} == set(MODES)
+    build = [labels for name, labels in got if name == "xvla_build_info"]
+    assert len(build) == 1 and dict(build[0])["python"] == platform.python_version()
+    assert not any(name.endswith("_created") for name, _ in got)
+
+
+def test_metrics_follow_the_supervisor_and_the_loop():
+    metrics = DaemonMetrics(cameras=["cam0"])
+    for latency in (0.03, 0.2, 0.2):
+        metrics.chunk(latency)
+    metrics.camera_stale("cam0")
+    metrics.inference_error()
+    metrics.set_bundle(bundle_id="abc", embodiment="sim", domain=3, precision="fp16", backend="onnxruntime")
+    timer = PeriodStats(0.005, window=100)
+    wakes = np.cumsum([0.005] * 50 + [0.011] + [0.005] * 9)  # one tick late by more than a period
+    for wake in wakes:
+        timer.record(float(wake), 0.001, 0)
+    metrics.observe_loop(loop_stats("tracking", timer, {"linear_speed": 4, "gripper_rate": 1},
+                                    {"mode_holding": 2, "arm_targets_skipped": 3}))
+    got = samples(metrics)
+    assert got[("xvla_chunks_total", ())] == 3 and got[("xvla_inference_errors_total", ())] == 1
+    assert got[("xvla_chunk_latency_seconds_bucket", (("le", "0.05"),))] == 1
+    assert got[("xvla_chunk_latency_seconds_bucket", (("le", "0.25"),))] == 3
+    assert got[("xvla_chunk_latency_seconds_sum", ())] == pytest.approx(0.43)
+    assert got[("xvla_camera_stale_total", (("camera", "cam0"),))] == 1
+    assert got[("xvla_safety_interventions_total", (("kind", "linear_speed"),))] == 4
+    assert ("xvla_safety_interventions_total", (("kind", "commands"),)) not in got  # checked, not intervened
+    assert got[("xvla_arm_link_total", (("kind", "targets_skipped"),))] == 3
+    assert got[("xvla_watchdog_holds_total", ())] == 2
+    assert got[("xvla_mode", (("mode", "tracking"),))] == 1 and got[("xvla_mode", (("mode", "idle"),))] == 0
+    intervals = np.diff(wakes)  # the histogram against the wake-up times themselves
+    assert got[("xvla_control_tick_interval_seconds_count", ())] == len(intervals)
+    assert got[("xvla_control_tick_interval_seconds_sum", ())] == pytest.approx(intervals.sum())
+    for (name, labels), value in got.items():
+        if name == "xvla_control_tick_interval_seconds_bucket" and labels[0][1] != "+Inf":
+            assert value == (intervals <= float(labels[0][1])).sum(), labels
+    assert got[("xvla_control_tick_interval_seconds_bucket", (("le", "0.0051"),))] == len(intervals) - 1
+    assert got[("xvla_control_interval_error_max_seconds", ())] == pytest.approx(0.006)
+    info = [dict(labels) for name, labels in got if name == "xvla_bundle_info"]
+    assert info == [{"bundle_id": "abc", "embodiment": "sim", "domain": "3", "precision": "fp16",
+                     "backend": "onnxruntime"}]
 
 
 def test_health_server_endpoints():
     state = {"health": ("ok", [])}
-    reg = Registry()
-    reg.add(Counter("y_total", "Y.")).inc()
-    server = HealthServer("127.0.0.1", 0, lambda: state["health"], reg, on_record=lambda: "/tmp/rec")
+    metrics = DaemonMetrics()
+    metrics.chunk(0.1)
+    server = HealthServer("127.0.0.1", 0, lambda: state["health"], metrics.render, on_record=lambda: "/tmp/rec")
     url = f"http://127.0.0.1:{server.port}"
     try:
         with urllib.request.urlopen(url + "/healthz") as r:
@@ -55,7 +106,7 @@ def test_health_server_endpoints():
             urllib.request.urlopen(url + "/healthz")
         assert info.value.code == 503 and json.load(info.value)["reasons"] == ["camera cam0 stale (1.00 s)"]
         with urllib.request.urlopen(url + "/metrics") as r:
-            assert "version=0.0.4" in r.headers["Content-Type"] and "y_total 1.0" in r.read().decode()
+            assert r.headers["Content-Type"] == CONTENT_TYPE and "xvla_chunks_total 1.0" in r.read().decode()
         with urllib.request.urlopen(urllib.request.Request(url + "/record", method="POST")) as r:
             assert json.load(r) == {"path": "/tmp/rec"}
         with pytest.raises(urllib.error.HTTPError) as info:
@@ -67,7 +118,7 @@ def test_health_server_endpoints():
 
 def test_posts_need_the_token_when_there_is_one_and_a_busy_port_is_named():
     recorded = []
-    server = HealthServer("127.0.0.1", 0, lambda: ("ok", []), Registry(), on_record=lambda: recorded.append(1) or "/r",
+    server = HealthServer("127.0.0.1", 0, lambda: ("ok", []), lambda: b"", on_record=lambda: recorded.append(1) or "/r",
                           token="s3cret-0123456789ab")
     url = f"http://127.0.0.1:{server.port}"
     try:
@@ -83,7 +134,7 @@ def test_posts_need_the_token_when_there_is_one_and_a_busy_port_is_named():
         with urllib.request.urlopen(url + "/healthz") as r:  # reading stays open
             assert r.status == 200
         with pytest.raises(HealthError, match=rf"\[health\] cannot listen on 127.0.0.1:{server.port}: .*\[health\].port"):
-            HealthServer("127.0.0.1", server.port, lambda: ("ok", []), Registry())
+            HealthServer("127.0.0.1", server.port, lambda: ("ok", []), lambda: b"")
     finally:
         server.close()
 
