@@ -2,8 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The robot install as JetPack 6 runs it: Python 3.10, the package and its test tools, no torch, transformers
-# or onnx. `make test` runs the suite in it too (what needs those skips by name).
+# The robot install as JetPack 6 runs it: Python 3.10, the package with ONNX Runtime (CPU) and its test tools,
+# no torch, transformers or onnx. `make test` runs the suite in it too (what needs those skips by name).
 PYTHON310 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python3.10 /usr/bin/python3.10 /usr/local/bin/python3.10))
 ROBOT_VENV ?= .venv-robot310
 export HF_HUB_OFFLINE := 1
@@ -19,7 +19,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 $(ROBOT_VENV)/.installed: setup.cfg pyproject.toml
 	@test -n "$(PYTHON310)" || { echo "make: no python3.10 found (set PYTHON310=/path/to/python3.10)"; exit 1; }
 	$(PYTHON310) -m venv $(ROBOT_VENV)
-	$(ROBOT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(ROBOT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[onnxruntime,test]'
 	touch $@
 
 demo: $(VENV)/.installed

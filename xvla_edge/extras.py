@@ -1,10 +1,12 @@
 """Optional dependencies of the commands: a missing one is one line naming the extra to install.
 
-The robot install (``pip install xvla-edge``) has numpy, scipy, Pillow, tokenizers, onnxruntime and
-pyserial; the rest comes with an extra of ``setup.cfg``. A command imports what an extra provides under
-:func:`needs`, so a missing package, or one that is installed but broken (a torch whose shared libraries
-fail to load raises ``OSError``), becomes :class:`MissingDependency`, which the CLI prints in one line
-with exit status 2 instead of a traceback.
+The robot install (``pip install xvla-edge``) has numpy, scipy, Pillow, tokenizers, pyserial and
+prometheus_client; ONNX Runtime comes in the flavour the machine needs (``[onnxruntime]`` or
+``[onnxruntime-gpu]``, or a wheel already there), the rest with an extra of ``setup.cfg``. A command imports
+what an extra provides under :func:`needs`, so a missing package, or one that is installed but broken (a
+torch whose shared libraries fail to load raises ``OSError``), becomes :class:`MissingDependency`, which the
+CLI prints in one line with exit status 2 instead of a traceback. A missing ``onnxruntime`` module is named
+as such whichever extra was asked for (export and quantization run ONNX Runtime too).
 """
 
 from __future__ import annotations
@@ -17,7 +19,11 @@ from xvla.errors import XVLAError
 EXTRAS = {
     "torch": "the PyTorch model (torch, transformers, safetensors)",
     "export": "exporting checkpoints to bundles (torch, transformers, onnx, onnxscript)",
-    "cuda": "CUDA through cuda-python (TensorRT itself comes with JetPack or NVIDIA's wheels)",
+    "onnxruntime": "ONNX Runtime, CPU build (on NVIDIA machines install onnxruntime-gpu instead: both provide "
+                   "the module onnxruntime)",
+    "cuda12": "cuda-python 12.x for CUDA 12 drivers, JetPack 6 (TensorRT itself comes with JetPack or NVIDIA's "
+              "wheels)",
+    "cuda13": "cuda-python 13.x for CUDA 13 drivers, JetPack 7",
     "cameras": "OpenCV cameras (on Jetson use JetPack's OpenCV instead)",
     "test": "tests, benchmarks and plots (pytest, pytest-benchmark, matplotlib)",
 }
@@ -40,4 +46,5 @@ def needs(extra: str) -> Iterator[None]:
     try:
         yield
     except (ImportError, OSError) as exc:
-        raise MissingDependency(extra, exc) from exc
+        missing = getattr(exc, "name", None) or ""
+        raise MissingDependency("onnxruntime" if missing.split(".")[0] == "onnxruntime" else extra, exc) from exc

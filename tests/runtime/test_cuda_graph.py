@@ -192,8 +192,32 @@ def test_cuda_call_error_names_function_and_error(rt: FakeRuntime) -> None:
     with pytest.raises(CudaError, match=r"cudaMalloc failed: cudaErrorMemoryAllocation \(2\)"):
         DeviceBuffer(1024)
     rt.fail["cudaStreamCreateWithFlags"] = Err.cudaErrorInsufficientDriver
-    with pytest.raises(CudaError, match="cudaStreamCreateWithFlags failed: cudaErrorInsufficientDriver.*JetPack 6"):
+    with pytest.raises(CudaError, match="cudaStreamCreateWithFlags failed: cudaErrorInsufficientDriver"):
         Stream()
+
+
+def test_insufficient_driver_says_whether_there_is_no_driver_or_an_old_one(rt: FakeRuntime,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    rt.fail["cudaStreamCreateWithFlags"] = Err.cudaErrorInsufficientDriver
+    monkeypatch.setattr(cuda_graph, "bindings_major", lambda: 13)
+    monkeypatch.setattr(cuda_graph, "driver_version", lambda: None)
+    with pytest.raises(CudaError, match=r"InsufficientDriver \(35\): no NVIDIA driver: libcuda.so.1 does not load"):
+        Stream()
+    monkeypatch.setattr(cuda_graph, "driver_version", lambda: 12060)  # JetPack 6 with cuda-python 13
+    with pytest.raises(CudaError, match=r"supports CUDA 12\.6, older than cuda-python 13\.x needs: install "
+                                        r"cuda-python 12\.x \(pip install 'xvla-edge\[cuda12\]'\)"):
+        Stream()
+    assert "no NVIDIA driver" not in cuda_graph.driver_problem(13000, 13)
+
+
+def test_driver_version_reads_the_driver_library_when_there_is_one() -> None:
+    version = cuda_graph.driver_version()  # None here (no driver); on a GPU machine the driver's CUDA version
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        assert version is None
+    else:
+        assert version is not None and version >= 11000
 
 
 def test_missing_cuda_python_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -201,7 +225,7 @@ def test_missing_cuda_python_says_what_to_install(monkeypatch: pytest.MonkeyPatc
 
     for name in ("cuda", "cuda.bindings", "cuda.bindings.runtime", "cuda.cudart"):
         monkeypatch.setitem(sys.modules, name, None)  # makes the import fail
-    with pytest.raises(CudaError, match=r"pip install 'xvla-edge\[cuda\]'"):
+    with pytest.raises(CudaError, match=r"pip install 'xvla-edge\[cuda12\]' for CUDA 12 drivers"):
         cuda_graph.runtime()
     assert cuda_graph.device_count() == 0
 

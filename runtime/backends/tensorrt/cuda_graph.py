@@ -8,15 +8,20 @@ single ``cudaGraphLaunch``.
 Written against cuda-python 12.6+ and 13.x (``cuda.bindings.runtime``; older 12.x ``cuda.cudart`` has the
 same calls). On the development machine only the CPU tests ran, over a fake runtime module; the GPU test
 (``tests/runtime/test_cuda_graph.py``) needs a CUDA device. cuda-python must match the driver's CUDA major
-version: 12.x on JetPack 6, 13.x on JetPack 7.
+version: 12.x on JetPack 6, 13.x on JetPack 7 (the ``cuda12`` / ``cuda13`` extras).
+
+The CUDA runtime answers "insufficient driver" both when there is no NVIDIA driver at all and when the driver
+is older than cuda-python; :func:`driver_problem` tells them apart by asking the driver library itself
+(``libcuda.so.1``'s ``cuDriverGetVersion``, through ctypes: it has to work when cuda-python is what is wrong).
 """
 
 from __future__ import annotations
 
+import ctypes
 from collections import OrderedDict
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, Hashable, Optional
 
 import numpy as np
 
@@ -35,9 +40,46 @@ def runtime() -> ModuleType:
         try:
             from cuda import cudart as rt  # cuda-python 12.x before the cuda.bindings layout
         except ImportError:
-            raise CudaError("cuda-python is not installed: `pip install 'xvla-edge[cuda]'` "
-                            "(cuda-python 12.x on JetPack 6, 13.x on JetPack 7)") from None
+            raise CudaError("cuda-python is not installed: pip install 'xvla-edge[cuda12]' for CUDA 12 drivers "
+                            "(JetPack 6), 'xvla-edge[cuda13]' for CUDA 13 (JetPack 7)") from None
     return rt
+
+
+def driver_version() -> Optional[int]:
+    """The CUDA version the installed NVIDIA driver supports (e.g. 12060 for 12.6), or None when no driver
+    library loads."""
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    version = ctypes.c_int(0)
+    if libcuda.cuDriverGetVersion(ctypes.byref(version)) != 0:
+        return None
+    return int(version.value)
+
+
+def bindings_major() -> Optional[int]:
+    """cuda-python's major version (the CUDA major it was built for), or None if it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in ("cuda-bindings", "cuda-python"):
+        try:
+            return int(version(name).split(".")[0])
+        except (PackageNotFoundError, ValueError):
+            continue
+    return None
+
+
+def driver_problem(driver: Optional[int], bindings: Optional[int]) -> str:
+    """Why the CUDA runtime reports an insufficient driver: no driver, or one older than cuda-python."""
+    if driver is None:
+        return ("no NVIDIA driver: libcuda.so.1 does not load (no GPU, the driver is not installed, or this "
+                "container was started without the GPU)")
+    have = f"{driver // 1000}.{driver % 1000 // 10}"
+    if bindings is not None and driver // 1000 < bindings:
+        return (f"the NVIDIA driver supports CUDA {have}, older than cuda-python {bindings}.x needs: install "
+                f"cuda-python {driver // 1000}.x (pip install 'xvla-edge[cuda{driver // 1000}]') or update the driver")
+    return f"the NVIDIA driver supports CUDA {have}; cuda-python {bindings}.x still finds it insufficient"
 
 
 def cuda_call(fn: Callable[..., tuple[Any, ...]], *args: Any) -> Any:
@@ -48,7 +90,7 @@ def cuda_call(fn: Callable[..., tuple[Any, ...]], *args: Any) -> Any:
     err, *values = fn(*args)
     if int(err) != 0:  # cudaSuccess
         name = getattr(err, "name", str(err))
-        hint = (" (cuda-python is newer than the driver's CUDA: use cuda-python 12.x on JetPack 6)"
+        hint = (f": {driver_problem(driver_version(), bindings_major())}"
                 if name == "cudaErrorInsufficientDriver" else "")
         raise CudaError(f"{fn.__name__} failed: {name} ({int(err)}){hint}")
     if not values:
