@@ -3,7 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # The robot install as JetPack 6 runs it: Python 3.10, the package with ONNX Runtime (CPU) and its test tools,
-# no torch, transformers or onnx. `make test` runs the suite in it too (what needs those skips by name).
+# no torch, transformers or onnx. `make test` runs the suite in it too (what needs those skips by name), then
+# the same profile from a built wheel, outside the source tree (tools/check_robot_wheel.py: flash, config
+# check, Policy.act, the daemon on the emulated arm).
 PYTHON310 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python3.10 /usr/bin/python3.10 /usr/local/bin/python3.10))
 ROBOT_VENV ?= .venv-robot310
 export HF_HUB_OFFLINE := 1
@@ -28,6 +30,7 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed $(ROBOT_VENV)/.installed
 	$(BIN)/python -m pytest -q
 	$(ROBOT_VENV)/bin/python -m pytest -q
+	$(BIN)/python tools/check_robot_wheel.py --python $(PYTHON310)
 
 slow-test: $(VENV)/.installed
 	XVLA_SLOW=1 $(BIN)/python -m pytest -q -m slow

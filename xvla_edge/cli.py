@@ -19,7 +19,7 @@ Runner = Callable[[argparse.Namespace], int]
 
 # name → help. The command ``NAME`` lives in ``xvla_edge.commands.NAME``.
 COMMANDS: dict[str, str] = {
-    "demo": "run the whole pipeline on CPU with random weights",
+    "demo": "a trained X-VLA doing a simulated tabletop task through the whole chain (bundle, daemon, emulated arm)",
     "checkpoint": "write a random-weight checkpoint in the official layout",
     "export": "export a checkpoint to a verified per-robot bundle (ONNX + manifest)",
     "bench": "latency benchmarks against physical floors (and the official implementation)",
