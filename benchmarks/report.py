@@ -29,7 +29,9 @@ def write_results(data: dict[str, Any], root: Path, machine: str | None = None) 
     out = root / (machine or machine_id(info["cpu_model"], info["cores"], data["machine_info"]["machine"]))
     out.mkdir(parents=True, exist_ok=True)
     rows = result_rows(data)
-    label = "-".join(dict.fromkeys(r["size"] for r in rows))
+    bundles = list(dict.fromkeys(r["bundle_id"][:12] for r in rows if r["size"] == "bundle"))
+    label = "-".join([s for s in dict.fromkeys(r["size"] for r in rows) if s != "bundle"]
+                     + [f"bundle-{b}" for b in bundles])
     (out / f"{label}.json").write_text(json.dumps(data, indent=2))
     (out / f"{label}.md").write_text(markdown(data, rows))
     plot(rows, out / f"{label}.png", f"X-VLA latency vs floor: {info['cpu_model']}, {info['cores']} cores")
@@ -45,7 +47,12 @@ def result_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
         r["ratio"] = r["median_s"] / r["floor_s"]
         off = official.get((r["stage"], r["size"]))
         r["official_over_ours"] = off / r["median_s"] if off and not r["backend"].startswith("official") else None
-    return sorted(rows, key=lambda r: (SIZES.index(r["size"]), STAGES.index(r["stage"])))
+    return sorted(rows, key=lambda r: (_order(SIZES, r["size"]), STAGES.index(r["stage"])))
+
+
+def _order(known: tuple[str, ...], name: str) -> int:
+    """Position of ``name`` in ``known``; names not there (a bundle, its backend) come after."""
+    return known.index(name) if name in known else len(known)
 
 
 def _t(seconds: float) -> str:
@@ -62,11 +69,18 @@ def markdown(data: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     sizes = list(dict.fromkeys(r["size"] for r in rows))
     steps = max(r["steps"] for r in rows)
     interesting = [f for f in info["flags"] if re.match(r"avx|fma|f16c|amx|sve|asimd|neon|bf16|vnni", f)]
+    bundle = next((r for r in rows if r["size"] == "bundle"), None)
+    if bundle is None:
+        what = f"`xvla-edge bench --size {' '.join(sizes)}` ({steps}-step chunks), random weights."
+    else:
+        what = (f"`xvla-edge bench --bundle {bundle['bundle']} --backend {bundle['backend'].rsplit('-', 1)[0]} "
+                f"--device {bundle['device']}` ({steps}-step chunks): bundle `{bundle['bundle_id'][:12]}` "
+                f"({bundle['embodiment']}, {bundle['precision']}). Its floor is the weight floor only: the graph's "
+                "weights streamed once per call at the measured bandwidth (a bundle records no FLOP count).")
     lines = [
         f"# X-VLA latency: {info['cpu_model']}, {info['cores']} cores ({', '.join(sizes)})", "",
         f"Measured {data['datetime'][:19]} UTC at commit `{commit.get('id', '?')[:10]}`"
-        f"{' (uncommitted changes)' if commit.get('dirty') else ''} with "
-        f"`xvla-edge bench --size {' '.join(sizes)}` ({steps}-step chunks), random weights.", "",
+        f"{' (uncommitted changes)' if commit.get('dirty') else ''} with {what}", "",
         "## Machine", "",
         f"- CPU: {info['cpu_model']} ({mi['machine']}), {info['cores']} cores; kernel {mi['release']}",
         f"- SIMD flags: {' '.join(interesting) or 'none reported'}",
@@ -119,8 +133,8 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sizes = [s for s in SIZES if any(r["size"] == s for r in rows)]
-    backends = [b for b in BACKENDS if any(r["backend"] == b for r in rows)]
+    sizes = sorted(dict.fromkeys(r["size"] for r in rows), key=lambda s: _order(SIZES, s))
+    backends = sorted(dict.fromkeys(r["backend"] for r in rows), key=lambda b: (_order(BACKENDS, b), b))
     fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4.5), squeeze=False)
     width = 0.8 / len(backends)
     for ax, size in zip(axes[0], sizes):
@@ -130,7 +144,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
                 if r is None:
                     continue
                 x = i + (j - (len(backends) - 1) / 2) * width
-                ax.bar(x, r["median_s"], width, color=f"C{BACKENDS.index(backend)}", label=backend)
+                ax.bar(x, r["median_s"], width, color=f"C{backends.index(backend)}", label=backend)
                 ax.hlines(r["floor_s"], x - width / 2, x + width / 2, colors="k", linewidth=2)
         ax.set_yscale("log")
         ax.set_xticks(range(len(STAGES)), STAGES)

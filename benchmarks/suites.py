@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 SUITE = Path(__file__).resolve().parent / "test_xvla_latency.py"
+BUNDLE_SUITE = Path(__file__).resolve().parent / "test_bundle_latency.py"
 
 
 def suite_environment(sizes: Sequence[str], backends: Sequence[str] | None = None, steps: int = 10,
@@ -41,10 +42,21 @@ def suite_environment(sizes: Sequence[str], backends: Sequence[str] | None = Non
     return env
 
 
-def run_latency_suite(env: dict[str, str]) -> tuple[dict[str, Any] | None, int]:
-    """Run the suite with ``env`` (:func:`suite_environment`); (pytest-benchmark's JSON or None, pytest's status)."""
+def bundle_environment(bundle: Path, backend: str = "auto", device: str = "cpu", steps: int = 10,
+                       rounds: int | None = None, threads: int | None = None) -> dict[str, str]:
+    """The environment of the bundle suite (:mod:`benchmarks.test_bundle_latency`) for one bundle."""
+    env = suite_environment([], None, steps, rounds, threads)
+    del env["XVLA_BENCH_SIZES"]
+    env.update(XVLA_BENCH_BUNDLE=str(Path(bundle).resolve()), XVLA_BENCH_BUNDLE_BACKEND=backend,
+               XVLA_BENCH_DEVICE=device)
+    return env
+
+
+def run_latency_suite(env: dict[str, str], suite: Path = SUITE) -> tuple[dict[str, Any] | None, int]:
+    """Run ``suite`` with ``env`` (:func:`suite_environment` / :func:`bundle_environment`); (pytest-benchmark's
+    JSON or None, pytest's status)."""
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "benchmark.json"
-        rc = subprocess.call([sys.executable, "-m", "pytest", str(SUITE), "-p", "no:cacheprovider", "-q", "-rs",
+        rc = subprocess.call([sys.executable, "-m", "pytest", str(suite), "-p", "no:cacheprovider", "-q", "-rs",
                               f"--benchmark-json={raw}"], env=env)
         return (json.loads(raw.read_text()) if raw.is_file() else None), rc

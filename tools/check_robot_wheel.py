@@ -7,7 +7,9 @@ Python (3.10 by default: JetPack 6's), then, from outside the source tree:
 3. ``xvla-edge config check`` accepts a robot.toml for it;
 4. ``Policy.load(...).act(...)`` gives a finite chunk of the manifest's shape;
 5. the daemon (``xvla-edge sim eval --daemon``: the daemon in real time, the xvla-serial emulator on a pty,
-   the simulated cameras) runs episodes of the task and grasps.
+   the simulated cameras) runs episodes of the task and grasps;
+6. with the test extra added (pytest-benchmark, matplotlib; still no torch), ``xvla-edge bench --bundle``
+   measures the flashed bundle.
 
 Prints the footprint (the environment's size on disk, and what the wheel pulled in). Exit 0 when every step
 passed; the first failure is printed with its output. Run by ``make test``:
@@ -130,7 +132,17 @@ def main(argv: list[str] | None = None) -> int:
         print("[robot-wheel] FAILED: the daemon did no episode", file=sys.stderr)
         return 1
     site = size_mb(venv / "lib")
-    print(f"[robot-wheel] passed on Python {version.strip()}: environment {site:.0f} MB on disk, "
+    # pytest-benchmark and matplotlib (the test extra) on top: the latency of the flashed bundle, still no torch
+    step("test extra added", [python, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                              f"{wheel}[onnxruntime,test]"], cwd=outside, env=env)
+    bench = step("xvla-edge bench --bundle (the flashed bundle)",
+                 [cli, "bench", "--bundle", str(current), "--steps", "2", "--rounds", "2", "--out",
+                  str(work / "results")], cwd=outside, env=env)
+    if not list((work / "results").glob("*/bundle-*.json")) or "torch" in step(
+            "still no torch", [python, "-c", probe], cwd=outside):
+        print(f"[robot-wheel] FAILED: bench --bundle wrote no results\n{bench[-2000:]}", file=sys.stderr)
+        return 1
+    print(f"[robot-wheel] passed on Python {version.strip()}: robot environment {site:.0f} MB on disk, "
           f"{len(listed)} packages ({', '.join(sorted(names))})")
     shutil.rmtree(work, ignore_errors=True)
     return 0

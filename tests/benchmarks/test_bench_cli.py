@@ -10,7 +10,7 @@ import pytest
 import benchmarks
 from benchmarks.suites import SUITE, suite_environment
 from xvla_edge import cli
-from xvla_edge.commands.bench import backend_names
+from xvla_edge.commands.bench import backend_names, selected
 
 RECORDED = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "x86_64-amd-epyc-2c" / "tiny-small.json"
 SELECTION = ("XVLA_BENCH_BACKENDS", "XVLA_BENCH_ROUNDS", "XVLA_BENCH_THREADS", "XVLA_OFFICIAL_SRC",
@@ -36,7 +36,8 @@ def test_parser_accepts_the_documented_flags(monkeypatch) -> None:
                  "--rounds", "2", "--threads", "1", "--official-src", "/src", "--official-python", "/py",
                  "--out", "results", "--machine-id", "m", "--render", "run.json")
     assert args.size == ["tiny", "full"]
-    assert args.backend == [["onnxruntime-fp32", "onnxruntime-fp16"], ["torch-fp32"]]
+    assert args.backend == ["onnxruntime", "torch-fp32"]
+    assert selected(args) == ["onnxruntime-fp32", "onnxruntime-fp16", "torch-fp32"]
     assert (args.steps, args.rounds, args.threads) == (3, 2, 1)
     assert (args.official_src, args.official_python, args.machine_id) == ("/src", "/py", "m")
     assert (args.out, args.render) == (Path("results"), Path("run.json"))
@@ -85,3 +86,55 @@ def test_render_writes_the_results_under_the_current_directory(monkeypatch, tmp_
     assert capsys.readouterr().out == f"results: {Path('benchmarks', 'results', out.name)}/tiny-small.{{json,md,png}}\n"
     assert cli.main(["bench", "--render", str(RECORDED), "--out", str(tmp_path / "o"), "--machine-id", "m"]) == 0
     assert (tmp_path / "o" / "m" / "tiny-small.md").read_text() == (out / "tiny-small.md").read_text()
+
+
+def test_bundle_flags_are_checked_before_anything_runs(monkeypatch, tmp_path, capsys) -> None:
+    args = parse(monkeypatch, "--bundle", str(tmp_path), "--backend", "tensorrt", "--device", "cuda")
+    assert (args.bundle, selected(args), args.device) == (tmp_path, "tensorrt", "cuda")
+    assert selected(parse(monkeypatch, "--bundle", str(tmp_path))) == "auto"
+    pytest.importorskip("pytest_benchmark")
+    pytest.importorskip("matplotlib")
+    for argv, message in (
+        (["--bundle", str(tmp_path), "--backend", "torch-fp32"], "--bundle takes one --backend of auto, onnxruntime"),
+        (["--device", "cuda"], "--device is for --bundle"),
+        (["--backend", "tensorrt"], "unknown backend 'tensorrt'"),
+        (["--bundle", str(tmp_path)], f"--bundle {tmp_path}: no manifest.json there"),
+    ):
+        assert cli.main(["bench", *argv]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_a_bundle_is_measured_on_its_backend_with_its_weight_floor(tiny_bundle, tmp_path, monkeypatch, capsys) -> None:
+    """The bundle suite end to end (a child pytest-benchmark run): four stages of the bundle itself, each with
+    the weight floor of the bytes its graphs stream per call, written like the size suites' results."""
+    pytest.importorskip("pytest_benchmark")
+    pytest.importorskip("matplotlib")
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["bench", "--bundle", str(tiny_bundle), "--backend", "onnxruntime", "--steps", "2",
+                     "--rounds", "2", "--threads", "1", "--out", "res", "--machine-id", "m"])
+    assert code == 0, capsys.readouterr()
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    (result,) = (tmp_path / "res" / "m").glob("bundle-*.json")
+    data = json.loads(result.read_text())
+    rows = {b["extra_info"]["stage"]: b["extra_info"] for b in data["benchmarks"]}
+    assert set(rows) == {"encoder", "step", "chunk", "act"}
+    files = {name: (tiny_bundle / name).stat().st_size for name in manifest["files"]}
+    encoder = sum(n for name, n in files.items() if name.startswith("encoder.onnx"))
+    step = sum(n for name, n in files.items() if name.startswith("denoise.onnx"))
+    for stage, (n_enc, n_step) in {"encoder": (1, 0), "step": (0, 1), "chunk": (1, 2), "act": (1, 2)}.items():
+        info = rows[stage]
+        assert (info["size"], info["backend"], info["floor_kind"]) == ("bundle", "onnxruntime-fp32", "weights")
+        assert info["weight_bytes"] == n_enc * encoder + n_step * step
+        assert info["floor_s"] == pytest.approx(info["weight_bytes"] / (info["machine_gbps"] * 1e9))
+    assert "xvla" in data["machine_info"] and data["machine_info"]["xvla"]["cores"] >= 1
+    md = result.with_suffix(".md").read_text()
+    assert manifest_id(tiny_bundle)[:12] in result.name and "weight floor only" in md
+    assert result.with_suffix(".png").is_file()
+
+
+def manifest_id(bundle: Path) -> str:
+    from runtime.manifest import Manifest
+
+    return Manifest.load(bundle).bundle_id

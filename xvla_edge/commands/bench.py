@@ -1,6 +1,8 @@
 """``xvla-edge bench``: run the latency suites and write the results of this machine.
 
-Example: ``xvla-edge bench --size tiny small`` (add ``full`` for the 0.9B configuration: minutes per backend).
+Example: ``xvla-edge bench --size tiny small`` (add ``full`` for the 0.9B configuration: minutes per backend);
+``xvla-edge bench --bundle /var/lib/xvla-edge/current --backend tensorrt --device cuda`` (an installed or flashed
+bundle on its real backend, :mod:`benchmarks.test_bundle_latency`; needs no torch).
 
 Runs the latency suite of the installed :mod:`benchmarks` package (:mod:`benchmarks.suites`) under
 pytest-benchmark, in the current directory (its checkpoints and bundles are cached in ``./benchmarks/.cache``),
@@ -22,11 +24,17 @@ from pathlib import Path
 
 from benchmarks.names import BACKENDS, DEFAULT_SIZES, SIZES
 
+BUNDLE_BACKENDS = ("auto", "onnxruntime", "tensorrt")
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", nargs="+", default=list(DEFAULT_SIZES), choices=SIZES)
-    p.add_argument("--backend", nargs="+", default=None, type=backend_names, metavar="BACKEND",
-                   help=f"{', '.join(BACKENDS)}, or a family (onnxruntime, torch, official); default: all")
+    p.add_argument("--bundle", type=Path, default=None, metavar="DIR",
+                   help="measure this bundle instead of the sizes' random-weight bundles (e.g. a robot's `current`)")
+    p.add_argument("--backend", nargs="+", default=None, metavar="BACKEND",
+                   help=f"sizes: {', '.join(BACKENDS)}, or a family (onnxruntime, torch, official); default: all. "
+                        f"--bundle: one of {', '.join(BUNDLE_BACKENDS)} (default auto)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="--bundle: the device to run it on")
     p.add_argument("--steps", type=int, default=10, help="denoising steps of a chunk")
     p.add_argument("--rounds", type=int, default=None, help="rounds of every benchmark (default: per size and stage)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads of each backend (default: one per core)")
@@ -49,19 +57,42 @@ def backend_names(name: str) -> list[str]:
     return names
 
 
+def selected(args: argparse.Namespace) -> list[str] | str | None:
+    """The backends asked for: the size suites' names (families expanded), or the one --bundle backend."""
+    if args.bundle is not None:
+        if args.backend is not None and (len(args.backend) != 1 or args.backend[0] not in BUNDLE_BACKENDS):
+            raise argparse.ArgumentTypeError(f"--bundle takes one --backend of {', '.join(BUNDLE_BACKENDS)}, "
+                                             f"got {' '.join(args.backend)}")
+        return args.backend[0] if args.backend else "auto"
+    if args.device != "cpu":
+        raise argparse.ArgumentTypeError("--device is for --bundle; the size suites choose theirs per backend")
+    return [b for name in args.backend for b in backend_names(name)] if args.backend else None
+
+
 def run(args: argparse.Namespace) -> int:
     from benchmarks.report import write_results
-    from benchmarks.suites import run_latency_suite, suite_environment
+    from benchmarks.suites import BUNDLE_SUITE, bundle_environment, run_latency_suite, suite_environment
     from xvla_edge.extras import needs
 
     with needs("test"):  # the suites run under pytest-benchmark; the results are plotted with matplotlib
         import matplotlib  # noqa: F401
         import pytest_benchmark  # noqa: F401
 
+    try:
+        backends = selected(args)
+    except argparse.ArgumentTypeError as exc:
+        print(f"xvla-edge bench: {exc}", file=sys.stderr)
+        return 2
     if args.render:
         data, rc = json.loads(args.render.read_text()), 0
+    elif args.bundle is not None:
+        if not (args.bundle / "manifest.json").is_file():
+            print(f"xvla-edge bench: --bundle {args.bundle}: no manifest.json there (expected a bundle made by "
+                  "`xvla-edge export`, or a robot's `current`)", file=sys.stderr)
+            return 2
+        data, rc = run_latency_suite(bundle_environment(args.bundle, backends, args.device, args.steps, args.rounds,
+                                                        args.threads), BUNDLE_SUITE)
     else:
-        backends = [b for names in args.backend for b in names] if args.backend else None
         official = (args.official_src, args.official_python) if args.official_src and args.official_python else None
         data, rc = run_latency_suite(suite_environment(args.size, backends, args.steps, args.rounds, args.threads,
                                                        official))
