@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, T
 
 from drivers.arm import Arm, ArmConfigError, ArmFactory
 from drivers.dynamixel.arm import DynamixelArm
-from drivers.dynamixel.calibration import ArmCalibration
+from drivers.dynamixel.calibration import GRIPPER_ENDS, ArmCalibration, load_calibration
 from drivers.safety import SafetyLimits
 from drivers.sim_arm import SimArm
 from drivers.xvla_serial.arm import XvlaSerialArm
@@ -144,10 +144,23 @@ def _xvla_serial_factory(space: str, values: Values, limits: SafetyLimits) -> Ar
 # -- dynamixel ------------------------------------------------------------------------------------------
 
 _DYNAMIXEL_LINK = (_BAUD, _deadman("watchdog_ms"))
+#: What a LeRobot calibration file does not say (``drivers.dynamixel.calibration``); not for this project's files.
+_LEROBOT_CALIBRATION = (
+    Option("max_joint_velocity", float, check=lambda v: math.isfinite(v) and v > 0,
+           expected="rad/s > 0, every joint (only with a LeRobot calibration file)"),
+    Option("gripper_open", str, check=lambda v: v in GRIPPER_ENDS,
+           expected=f"{' or '.join(repr(e) for e in GRIPPER_ENDS)}: the end of the gripper's range that is open "
+                    "(only with a LeRobot calibration file)"),
+)
+
+
+def _dynamixel_calibration(values: Values) -> ArmCalibration:
+    return load_calibration(values["calibration"], max_velocity=values.get("max_joint_velocity"),
+                            gripper_open=values.get("gripper_open"))
 
 
 def _dynamixel_factory(space: str, values: Values, limits: SafetyLimits) -> ArmFactory:
-    return functools.partial(DynamixelArm, values["port"], values["calibration"],
+    return functools.partial(DynamixelArm, values["port"], _dynamixel_calibration(values),
                              **_keywords(values, _DYNAMIXEL_LINK))
 
 
@@ -156,7 +169,7 @@ def _dynamixel_check(space: str, values: Values, limits: SafetyLimits) -> Iterat
     if path is None or not path.is_file():  # already reported as missing or not a file
         return
     try:
-        joints = len(ArmCalibration.load(path).joints)
+        joints = len(_dynamixel_calibration(values).joints)
     except ArmConfigError as exc:
         yield "calibration", f"not a usable calibration: {exc}"
         return
@@ -170,7 +183,7 @@ DRIVERS: Dict[str, Driver] = {d.name: d for d in (
     Driver("xvla-serial", XvlaSerialArm, ("ee", "joint"), (_port("xvla-serial"), *_XVLA_SERIAL_LINK),
            _xvla_serial_factory),
     Driver("dynamixel", DynamixelArm, ("joint",),
-           (_port("dynamixel"), *_DYNAMIXEL_LINK, Option("calibration", Path, required=True)),
+           (_port("dynamixel"), *_DYNAMIXEL_LINK, Option("calibration", Path, required=True), *_LEROBOT_CALIBRATION),
            _dynamixel_factory, _dynamixel_check),
 )}
 

@@ -8,6 +8,18 @@ offset 0 the joint's zero is the servo's centre tick. The gripper maps its norma
      "joints": [{"name": "shoulder_pan", "motor_id": 1, "offset": 0, "direction": 1,
                  "lower": -1.5, "upper": 1.5, "max_velocity": 3.0}, ...],
      "gripper": {"motor_id": 6, "closed": 2048, "open": 2900}}
+
+**LeRobot's calibration files** (``<robot id>.json`` under LeRobot's ``calibration/robots/<robot>/``, written
+by LeRobot since mid-2025: one object per motor name with ``id``, ``drive_mode``, ``homing_offset``,
+``range_min``, ``range_max``, all integer ticks) are read by :func:`load_calibration` as well. LeRobot writes
+``homing_offset`` and the range into the servos' own registers (Homing_Offset, Min/Max_Position_Limit), so the
+positions the servos report already carry the offset, and a reversed joint is reversed by the servo's
+Drive_Mode register, never in software. Such a file therefore maps to: direction +1; the joint's zero at the
+middle of its range (LeRobot's "degrees" mode: ``(ticks - (range_min + range_max) / 2) * 360 / 4095``; here
+4096 ticks per turn and the middle rounded to a tick, which differ by under 0.03 % and half a tick); limits
+exactly at ``range_min`` and ``range_max``. What the file does not say has to be given: the joints' velocity
+limit and which end of the gripper's range is open. The older LeRobot format (parallel lists with
+``calib_mode`` / ``start_pos``) is refused by name: its offsets follow another convention.
 """
 
 from __future__ import annotations
@@ -17,7 +29,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 from drivers.arm import ArmConfigError
 from drivers.dynamixel.protocol import MAX_ID
@@ -177,3 +189,86 @@ def _build(kind: type, entry: Any, where: str) -> Any:
         return kind(**entry)
     except TypeError as exc:  # a missing key
         raise ArmCalibrationError(f"{where}: {exc}") from None
+
+
+LEROBOT_KEYS = ("id", "drive_mode", "homing_offset", "range_min", "range_max")
+GRIPPER_ENDS = ("range_max", "range_min")
+
+
+def is_lerobot(data: Any) -> bool:
+    """Whether ``data`` looks like a LeRobot calibration file: motor name → an object with a ``range_min``
+    (:func:`from_lerobot` then checks every entry's keys)."""
+    return isinstance(data, dict) and bool(data) and all(isinstance(v, dict) and "range_min" in v
+                                                          for v in data.values())
+
+
+def from_lerobot(data: dict[str, Any], *, robot_id: str, max_velocity: float, gripper_open: str,
+                 gripper: str = "gripper", source: str = "calibration") -> ArmCalibration:
+    """An :class:`ArmCalibration` from a LeRobot calibration file's contents (module docstring): the joints in
+    the file's order, the motor named ``gripper`` as the gripper, open at its ``gripper_open`` end."""
+    if gripper_open not in GRIPPER_ENDS:
+        raise ArmCalibrationError(f"{source}: gripper_open must be one of {list(GRIPPER_ENDS)} (which end of the "
+                                  f"gripper's range is open), got {gripper_open!r}")
+    if not (isinstance(max_velocity, (int, float)) and not isinstance(max_velocity, bool)
+            and math.isfinite(max_velocity) and max_velocity > 0):
+        raise ArmCalibrationError(f"{source}: a LeRobot calibration has no velocity limits; max_velocity must be "
+                                  f"finite and > 0 rad/s, got {max_velocity!r}")
+    if gripper not in data:
+        raise ArmCalibrationError(f"{source}: no motor named {gripper!r} (the gripper); motors: {sorted(data)}")
+    values = {}
+    for name, entry in data.items():
+        if set(entry) != set(LEROBOT_KEYS):
+            raise ArmCalibrationError(f"{source}: {name}: a LeRobot calibration entry has exactly the keys "
+                                      f"{list(LEROBOT_KEYS)}; missing {sorted(set(LEROBOT_KEYS) - set(entry))}, "
+                                      f"unknown {sorted(set(entry) - set(LEROBOT_KEYS))}")
+        for key in LEROBOT_KEYS:
+            if isinstance(entry[key], bool) or not isinstance(entry[key], int):
+                raise ArmCalibrationError(f"{source}: {name}.{key} must be an integer (ticks), got {entry[key]!r}")
+        if not entry["range_min"] < entry["range_max"]:
+            raise ArmCalibrationError(f"{source}: {name}: need range_min < range_max, got "
+                                      f"[{entry['range_min']}, {entry['range_max']}]")
+        values[name] = entry
+    joints = []
+    for name, entry in values.items():
+        if name == gripper:
+            continue
+        low, high = entry["range_min"], entry["range_max"]
+        offset = round((low + high) / 2) - CENTER_TICK
+        joints.append(JointCalibration(name, entry["id"], lower=(low - CENTER_TICK - offset) / TICKS_PER_RAD,
+                                       upper=(high - CENTER_TICK - offset) / TICKS_PER_RAD,
+                                       max_velocity=float(max_velocity), offset=offset, direction=1))
+    g = values[gripper]
+    closed, opened = (g["range_min"], g["range_max"]) if gripper_open == "range_max" else (g["range_max"],
+                                                                                           g["range_min"])
+    return ArmCalibration(robot_id, tuple(joints), GripperCalibration(g["id"], closed=closed, open=opened))
+
+
+def load_calibration(path: Union[str, Path], *, max_velocity: Optional[float] = None,
+                     gripper_open: Optional[str] = None) -> ArmCalibration:
+    """Read a calibration file in this project's format or LeRobot's (told apart by their keys).
+
+    ``max_velocity`` (rad/s, every joint) and ``gripper_open`` (``"range_max"`` or ``"range_min"``) are what a
+    LeRobot file does not say; they are required for one and refused for ours (which carries both)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ArmCalibrationError(f"cannot read calibration {path}: {exc}") from exc
+    if isinstance(data, dict) and {"calib_mode", "start_pos", "motor_names"} & set(data):
+        raise ArmCalibrationError(f"{path}: LeRobot's pre-2025 calibration format (calib_mode / start_pos lists) is "
+                                  "not supported: recalibrate with a current LeRobot, or write this project's format")
+    if is_lerobot(data):
+        missing = [name for name, value in (("max_velocity", max_velocity), ("gripper_open", gripper_open))
+                   if value is None]
+        if missing:
+            raise ArmCalibrationError(f"{path}: a LeRobot calibration needs {' and '.join(missing)} as well (the file "
+                                      "has no velocity limits and does not say which end of the gripper is open)")
+        return from_lerobot(data, robot_id=Path(path).stem, max_velocity=max_velocity,  # type: ignore[arg-type]
+                            gripper_open=gripper_open, source=str(path))  # type: ignore[arg-type]
+    given = [name for name, value in (("max_velocity", max_velocity), ("gripper_open", gripper_open))
+             if value is not None]
+    if given:
+        raise ArmCalibrationError(f"{path}: {' and '.join(given)} apply to LeRobot calibration files only; this "
+                                  "file carries its own limits and gripper ends")
+    if not isinstance(data, dict):
+        raise ArmCalibrationError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return ArmCalibration.from_dict(data, source=str(path))

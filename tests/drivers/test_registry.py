@@ -14,6 +14,7 @@ import pytest
 from drivers import registry
 from drivers.arm import SPACES, ArmConfigError, Box, JointLimit
 from drivers.dynamixel.arm import DynamixelArm
+from drivers.dynamixel.calibration import ArmCalibration
 from drivers.safety import SafetyLimits
 from drivers.sim_arm import SimArm
 from drivers.xvla_serial.arm import XvlaSerialArm
@@ -71,7 +72,7 @@ def test_the_factories_pass_only_given_values_under_the_constructors_names(tmp_p
     serial = registry.lookup("xvla-serial").factory("ee", values["xvla-serial"], SafetyLimits())
     assert (serial.args, serial.keywords) == (("loop://",), {"space": "ee", "timeout_ms": 300})
     dxl = registry.lookup("dynamixel").factory("joint", values["dynamixel"], SafetyLimits())
-    assert (dxl.args, dxl.keywords) == (("loop://", tmp_path / "koch.json"), {"baudrate": 57600})
+    assert (dxl.args, dxl.keywords) == (("loop://", ArmCalibration.load(tmp_path / "koch.json")), {"baudrate": 57600})
 
 
 def test_a_constructor_refusal_names_its_key():

@@ -18,6 +18,7 @@ import pytest
 from drivers import registry
 from drivers.arm import Box, JointLimit
 from drivers.dynamixel.arm import DynamixelArm
+from drivers.dynamixel.calibration import ArmCalibration
 from drivers.interpolation import GripperPolicy
 from drivers.safety import SafetyLimits
 from drivers.sim_arm import SimArm
@@ -273,7 +274,7 @@ def test_dynamixel_arm_checks_its_calibration(write, tmp_path):
     cfg = load_config(write(MINIMAL.replace('driver = "sim"', arm + "\ntimeout_ms = 60")))
     factory = pickle.loads(pickle.dumps(cfg.arm_factory()))
     assert (factory.func, factory.args, factory.keywords) == (
-        DynamixelArm, ("/dev/ttyUSB0", tmp_path / "koch.json"), {"watchdog_ms": 60})
+        DynamixelArm, ("/dev/ttyUSB0", ArmCalibration.load(tmp_path / "koch.json")), {"watchdog_ms": 60})
     assert cfg.arm.space == "joint" and len(factory().calibration.joints) == 2
     assert any(line.endswith("[arm].timeout_ms = 3000: DynamixelArm.watchdog_ms: expected 20..2540, got 3000")
                for line in problems(write(MINIMAL.replace('driver = "sim"', arm + "\ntimeout_ms = 3000"))))
@@ -327,3 +328,29 @@ def test_the_daemon_modules_import_no_torch_and_no_export():
             "print([m for m in sys.modules if m.split('.')[0] in ('torch', 'export', 'cv2')])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+
+
+def test_a_lerobot_calibration_file_needs_what_it_does_not_say(write, tmp_path):
+    """A Koch follower's calibration as LeRobot writes it is accepted with [arm].max_joint_velocity and
+    [arm].gripper_open; without them, or with them on this project's format, the problem is named."""
+    lerobot = {name: {"id": i + 1, "drive_mode": 0, "homing_offset": -1000 + 100 * i, "range_min": 900 + 10 * i,
+                      "range_max": 3100 - 10 * i}
+               for i, name in enumerate(("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll",
+                                         "gripper"))}
+    (tmp_path / "follower.json").write_text(json.dumps(lerobot, indent=4))
+    arm = 'driver = "dynamixel"\nport = "/dev/ttyUSB0"\ncalibration = "follower.json"'
+    cfg = load_config(write(MINIMAL.replace('driver = "sim"', arm + '\nmax_joint_velocity = 2.5\n'
+                                                                    'gripper_open = "range_min"')))
+    calibration = cfg.arm_factory().args[1]
+    assert [j.name for j in calibration.joints] == ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex",
+                                                    "wrist_roll"]
+    assert {j.max_velocity for j in calibration.joints} == {2.5}
+    assert (calibration.gripper.closed, calibration.gripper.open) == (3050, 950)
+    assert any("[arm].calibration" in line and "needs max_velocity and gripper_open" in line
+               for line in problems(write(MINIMAL.replace('driver = "sim"', arm))))
+    assert any("[arm].gripper_open" in line and "'range_max' or 'range_min'" in line for line in problems(write(
+        MINIMAL.replace('driver = "sim"', arm + '\nmax_joint_velocity = 2.5\ngripper_open = "open"'))))
+    (tmp_path / "koch.json").write_text(json.dumps(CALIBRATION))
+    ours = 'driver = "dynamixel"\nport = "/dev/ttyUSB0"\ncalibration = "koch.json"\nmax_joint_velocity = 2.5'
+    assert any("apply to LeRobot calibration files only" in line
+               for line in problems(write(MINIMAL.replace('driver = "sim"', ours))))
