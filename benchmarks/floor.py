@@ -189,7 +189,7 @@ def step_work(cfg: XVLAConfig, shapes: Shapes) -> Work:
     seq = step_sequence(cfg, shapes)
     hidden = int(d * cfg.mlp_ratio)
     block_flops, block_params = _transformer_layer(seq, d, hidden)
-    enc_flops, enc_params = _linear(T, 2 * A + cfg.dim_time, d)
+    enc_flops, enc_params = _linear(T, A + cfg.dim_proprio + cfg.dim_time, d)
     dec_flops, dec_params = _linear(T, d, A)
     flops = enc_flops + cfg.depth * block_flops + dec_flops
     params = (cfg.depth * block_params + 2 * d + enc_params + (T - 1) * d  # bias + T position rows folded

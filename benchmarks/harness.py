@@ -166,7 +166,7 @@ class Inputs:
         return cls(
             pixel_values=rng.standard_normal((1, views, 3, s, s), dtype=np.float32),
             image_mask=np.ones((1, views), dtype=bool), input_ids=ids,
-            proprio=(0.3 * rng.standard_normal((1, dim))).astype(np.float32),
+            proprio=(0.3 * rng.standard_normal((1, cfg.dim_proprio))).astype(np.float32),
             noise=rng.standard_normal((1, cfg.num_actions, dim), dtype=np.float32),
             camera_images=tuple(rng.integers(0, 256, CAMERA_SHAPE, dtype=np.uint8) for _ in range(views)),
             instruction="put the spoon on the towel",

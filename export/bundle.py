@@ -102,7 +102,7 @@ def _build(ckpt_dir: Path, tmp: Path, opts: ExportOptions, progress: Callable[[s
     encoder = EncoderGraph(model, V)
     with torch.no_grad():
         context = encoder(*enc_args)
-    den_args = (context, torch.zeros(1, T, A), torch.zeros(1, T, A), torch.zeros(1, A), torch.ones(1))
+    den_args = (context, torch.zeros(1, T, A), torch.zeros(1, T, A), torch.zeros(1, cfg.dim_proprio), torch.ones(1))
     enc_path, den_path = tmp / "encoder.onnx", tmp / "denoise.onnx"
     with _step(progress, "tracing encoder (DaViT + BART encoder + context projections)"):
         export_graph(encoder, enc_args, enc_path, ["pixel_values", "image_mask", "input_ids"], ["context"])
@@ -156,7 +156,8 @@ def _manifest(ckpt_dir: Path, tmp: Path, cfg, opts: ExportOptions, image_size: i
                    "arms": _arms(opts)},
         "sampler": {"default_steps": opts.steps},
         "inputs": {"token_length": cfg.text_tokens, "image_size": image_size, "view_slots": NUM_VIEWS,
-                   "views": opts.views, "proprio_dim": cfg.dim_action},
+                   "views": opts.views, "proprio_dim": cfg.dim_proprio,
+                   **({"state_dim": cfg.state_width} if cfg.state_width is not None else {})},
         "precision": opts.precision,
         "export": {"opset": OPSET, "exporter": "torch.onnx.export(dynamo=True)", "versions": _versions()},
         "graphs": graphs, "files": files, "parity": parity,

@@ -5,7 +5,7 @@
                   masked view contributes zero features), BART encoder over [main view | text],
                   ``vlm_proj`` / ``aux_visual_proj``, constant zero features for the 3 − V view slots the
                   robot does not have, and the positional embedding of the context tokens.
-``DenoiseStepGraph`` (context, x1 [1, T, A], prev [1, T, A], proprio [1, A], t [1])
+``DenoiseStepGraph`` (context, x1 [1, T, A], prev [1, T, A], proprio [1, P], t [1]; P: the proprio width)
                   → (x0 [1, T, A], action [1, T, out]): the re-noise x_t = t·x1 + (1 − t)·prev, the
                   action mode's gripper masking, the transformer with the chosen domain's soft prompt and
                   per-domain encoder/decoder weights folded in as constants (no domain-id input; the
@@ -56,12 +56,13 @@ class DenoiseStepGraph(nn.Module):
         with torch.no_grad():
             w_enc, b_enc = head.action_encoder.domain_weights(d)
             w_dec, b_dec = head.action_decoder.domain_weights(d)
-            self.register_buffer("w_enc", w_enc[0].clone())  # [2A + dim_time, D]
+            self.register_buffer("w_enc", w_enc[0].clone())  # [A + P + dim_time, D]
             self.register_buffer("b_enc", (b_enc[0] + head.pos_emb[0, : cfg.num_actions]).clone())  # bias + positions
             self.register_buffer("w_dec", w_dec[0].clone())  # [D, A]
             self.register_buffer("b_dec", b_dec[0].clone())
             self.register_buffer("prompts", head.prompts(d).clone())  # [1, len_soft_prompts, D]
         self.register_buffer("keep", space.keep_mask())  # 0 on gripper channels
+        self.register_buffer("keep_proprio", space.keep_mask(width=cfg.dim_proprio))  # the same, proprio's width
         self.blocks = head.blocks
         self.norm = head.norm
         self.dim_time = cfg.dim_time
@@ -73,7 +74,7 @@ class DenoiseStepGraph(nn.Module):
         B, T, _ = x1.shape
         tt = t.view(-1, 1, 1)
         x_t = (x1 * tt + prev * (1 - tt)) * self.keep
-        proprio = proprio * self.keep
+        proprio = proprio * self.keep_proprio
         temb = timestep_embedding(t, self.dim_time)
         feats = torch.cat([x_t, proprio[:, None, :].expand(B, T, -1), temb[:, None, :].expand(B, T, -1)], dim=-1)
         tokens = feats @ self.w_enc + self.b_enc

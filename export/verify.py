@@ -46,7 +46,7 @@ def generated_observations(ckpt_dir: Path, model: XVLA, views: int, count: int =
         pixels, mask = proc(images)
         out.append(Observation(
             pixels=pixels, mask=mask, input_ids=tok(INSTRUCTIONS[i % len(INSTRUCTIONS)]),
-            proprio=rng.normal(0, 0.3, cfg.dim_action).astype(np.float32),
+            proprio=rng.normal(0, 0.3, cfg.dim_proprio).astype(np.float32),
             noise=rng.standard_normal((cfg.num_actions, cfg.dim_action)).astype(np.float32),
         ))
     return out

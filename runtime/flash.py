@@ -117,7 +117,7 @@ def smoke_test(staged: Path, backend: str, device: str) -> None:
         images = [rng.integers(0, 256, (120, 160, 3), dtype=np.uint8) if v < int(inputs["views"]) else None
                   for v in range(int(inputs["view_slots"]))]
         chunk = policy.act(Observation(images=images, instruction="smoke test",
-                                       proprio=np.zeros(int(inputs["proprio_dim"]), np.float32)))
+                                       proprio=np.zeros(int(inputs.get("state_dim", inputs["proprio_dim"])), np.float32)))
     expected = (int(action["chunk_length"]), int(action["output_dim"]))
     actions = np.asarray(chunk.actions)
     if actions.shape != expected or not np.isfinite(actions).all():

@@ -14,7 +14,7 @@ with, graph files against the ``files`` inventory, file names are plain names. T
 | ``action.chunk_length`` / ``chunk_seconds`` | integer 1 … 1024 / finite seconds in (0, 600] |
 | ``action.gripper_channels`` | exactly the action mode's gripper channels |
 | ``sampler.default_steps`` | integer 1 … :data:`MAX_STEPS` |
-| ``inputs`` | ``token_length`` 1 … 1024, ``image_size`` 16 … 2048, ``view_slots`` 3, ``views`` 1 … 3, ``proprio_dim`` = ``action.dim`` |
+| ``inputs`` | ``token_length`` 1 … 1024, ``image_size`` 16 … 2048, ``view_slots`` 3, ``views`` 1 … 3, ``proprio_dim`` 1 … 1024 (``action.dim``, or wider: LeRobot's ``max_state_dim``; above the gripper channels), optional ``state_dim`` 1 … ``proprio_dim`` − 1 (the robot's state, zero-padded to ``proprio_dim``) |
 | ``precision`` | ``fp32``, ``fp16`` or ``int8`` |
 | ``graphs.*`` | a ``file`` listed in ``files``; the tensors the runtime binds, with the shapes the fields above imply and at most :data:`MAX_TENSOR_ELEMENTS` elements each |
 | ``files`` | plain names (no ``/``, no ``..``, not ``manifest.json``) → ``sha256`` (64 hex digits) and ``bytes`` (integer ≥ 0) |
@@ -78,12 +78,20 @@ def problems(d: Any, manifest_file: str) -> list[str]:
     size = check.value(inputs, "image_size", lambda v: _int(v, 16, 2048), "an integer 16 ... 2048 (pixels)", "inputs.")
     check.value(inputs, "view_slots", lambda v: v == NUM_VIEWS and not isinstance(v, bool), str(NUM_VIEWS), "inputs.")
     views = check.value(inputs, "views", lambda v: _int(v, 1, NUM_VIEWS), f"an integer 1 ... {NUM_VIEWS}", "inputs.")
-    check.value(inputs, "proprio_dim", lambda v: v == dim and not isinstance(v, bool), f"action.dim ({dim})", "inputs.")
+    grippers = GRIPPER_CHANNELS.get(mode, ()) if isinstance(mode, str) else ()
+    least = max(grippers, default=-1) + 1
+    proprio = check.value(inputs, "proprio_dim", lambda v: _int(v, max(least, 1), 1024),
+                          f"an integer {max(least, 1)} ... 1024 (the action width, {dim}, unless the checkpoint's "
+                          "proprio is wider: LeRobot's max_state_dim)", "inputs.")
+    if "state_dim" in inputs:  # optional: the robot's state is narrower and zero-padded to proprio_dim
+        top = proprio - 1 if _int(proprio, 2, 1024) else 1
+        check.value(inputs, "state_dim", lambda v: _int(v, 1, top),
+                    f"an integer 1 ... {top} (narrower than inputs.proprio_dim)", "inputs.")
     files = _files(check, d.get("files"), manifest_file)
     if check.found:  # the shapes below are built from the fields above
         return check.found
     shapes = {"pixel_values": [1, views, 3, size, size], "image_mask": [1, views], "input_ids": [1, tokens],
-              "x1": [1, length, dim], "prev": [1, length, dim], "x0": [1, length, dim], "proprio": [1, dim], "t": [1],
+              "x1": [1, length, dim], "prev": [1, length, dim], "x0": [1, length, dim], "proprio": [1, proprio], "t": [1],
               "action": [1, length, action["output_dim"]]}
     graphs = check.table(d, "graphs")
     for graph, (ins, outs) in GRAPH_TENSORS.items():

@@ -84,6 +84,13 @@ class Policy:
             manifest.verify_files(bundle_dir)
         return cls(manifest, bundle_dir, create_backend(manifest, bundle_dir, backend, device, **options))
 
+    @property
+    def state_dim(self) -> int:
+        """Values ``Observation.proprio`` holds: the manifest's ``inputs.state_dim`` (zero-padded to
+        ``proprio_dim`` here, as LeRobot pads to its ``max_state_dim``), else ``proprio_dim``."""
+        inputs = self.manifest.inputs
+        return int(inputs.get("state_dim", inputs["proprio_dim"]))
+
     # ----------------------------------------------------------------------------------------------
     def token_ids(self, instruction: str) -> np.ndarray:
         if instruction != self._instruction:
@@ -103,10 +110,12 @@ class Policy:
         pixels, mask = self.images(images)
         proprio = np.asarray(obs.proprio, dtype=np.float32)
         dim = int(self.manifest.inputs["proprio_dim"])
-        if proprio.shape != (dim,):
-            raise InputError(f"observation.proprio: expected {dim} values, got shape {proprio.shape}")
+        if proprio.shape != (self.state_dim,):
+            raise InputError(f"observation.proprio: expected {self.state_dim} values, got shape {proprio.shape}")
         if not np.isfinite(proprio).all():
             raise InputError("observation.proprio: contains NaN or Inf")
+        if self.state_dim < dim:  # LeRobot's padding of a narrower state to max_state_dim
+            proprio = np.concatenate([proprio, np.zeros(dim - self.state_dim, np.float32)])
         if obs.noise is None:
             x1 = self._rng.standard_normal(self.chunk_shape, dtype=np.float32)
         else:

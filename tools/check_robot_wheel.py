@@ -88,10 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     step("wheel built", [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                          "-w", str(work / "dist"), str(REPO)], cwd=REPO, env=env)
     (wheel,) = (work / "dist").glob("xvla_edge-*.whl")
-    from xvla_edge.sim import CHECKPOINT_DIR
-
+    checkpoint = step("sim checkpoint found", [sys.executable, "-m", "xvla_edge", "sim", "checkpoint"], cwd=outside,
+                      env=env).strip()
     step("sim checkpoint exported (workstation side)",
-         [sys.executable, "-m", "xvla_edge", "export", str(CHECKPOINT_DIR), "--out", str(work / "bundle"),
+         [sys.executable, "-m", "xvla_edge", "export", checkpoint, "--out", str(work / "bundle"),
           "--domain-id", "3", "--views", "2"], cwd=outside, env=env)
 
     venv = work / "venv"

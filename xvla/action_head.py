@@ -117,8 +117,8 @@ class SoftPromptedTransformer(nn.Module):
         self.aux_visual_proj = nn.Linear(cfg.projection_dim, d)
         self.pos_emb = nn.Parameter(torch.zeros(1, cfg.max_len_seq, d))
         self.norm = nn.LayerNorm(d)
-        # action input per token: [x_t (dim_action) | proprio (dim_action) | time embedding (dim_time)]
-        self.action_encoder = DomainAwareLinear(2 * dim_action + cfg.dim_time, d, cfg.num_domains)
+        # action input per token: [x_t (dim_action) | proprio (dim_proprio) | time embedding (dim_time)]
+        self.action_encoder = DomainAwareLinear(dim_action + cfg.dim_proprio + cfg.dim_time, d, cfg.num_domains)
         self.action_decoder = DomainAwareLinear(d, dim_action, cfg.num_domains)
         self.soft_prompt_hub = nn.Embedding(cfg.num_domains, cfg.len_soft_prompts * d)
 
@@ -129,7 +129,7 @@ class SoftPromptedTransformer(nn.Module):
 
     def encode_actions(self, x_t: torch.Tensor, proprio: torch.Tensor, t: torch.Tensor,
                        domain_id: torch.Tensor) -> torch.Tensor:
-        """Action tokens [B, T, D] (with their positional embedding) from x_t [B, T, A], proprio [B, A], t [B]."""
+        """Action tokens [B, T, D] (with their positional embedding) from x_t [B, T, A], proprio [B, P], t [B]."""
         B, T, _ = x_t.shape
         temb = timestep_embedding(t, self.dim_time)
         feats = torch.cat([x_t, proprio[:, None, :].expand(B, T, -1), temb[:, None, :].expand(B, T, -1)], dim=-1)

@@ -29,25 +29,31 @@ class ActionSpace:
     dim: int
     gripper_channels: tuple[int, ...]
     output_dim: int
+    proprio_dim: int = 0  # 0: the action width
 
     @classmethod
     def from_config(cls, cfg: XVLAConfig) -> ActionSpace:
         output_dim = cfg.real_action_dim if cfg.action_mode == "auto" else cfg.dim_action
-        return cls(cfg.action_mode, cfg.dim_action, GRIPPER_CHANNELS[cfg.action_mode], output_dim)
+        return cls(cfg.action_mode, cfg.dim_action, GRIPPER_CHANNELS[cfg.action_mode], output_dim, cfg.dim_proprio)
 
-    def keep_mask(self, dtype: torch.dtype = torch.float32, device: torch.device | None = None) -> torch.Tensor:
-        """[dim] of ones with zeros on the gripper channels (all ones when the mode zeroes nothing)."""
-        mask = torch.ones(self.dim, dtype=dtype, device=device)
+    def keep_mask(self, dtype: torch.dtype = torch.float32, device: torch.device | None = None,
+                  width: int | None = None) -> torch.Tensor:
+        """[width] (default: the action width) of ones with zeros on the gripper channels (all ones when the
+        mode zeroes nothing)."""
+        mask = torch.ones(self.dim if width is None else width, dtype=dtype, device=device)
         for c in self.gripper_channels:
             mask[c] = 0.0
         return mask
 
     def preprocess(self, proprio: torch.Tensor, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Zero the gripper channels of proprio [B, dim] and x_t [B, T, dim] (no-op for modes without)."""
+        """Zero the gripper channels of proprio [B, proprio_dim] and x_t [B, T, dim] (no-op for modes
+        without); a proprio wider than the action (LeRobot's ``max_state_dim``) has the same channels zeroed."""
         if not self.gripper_channels:
             return proprio, x_t
         mask = self.keep_mask(proprio.dtype, proprio.device)
-        return proprio * mask, x_t * mask
+        if proprio.shape[-1] == self.dim:
+            return proprio * mask, x_t * mask
+        return proprio * self.keep_mask(proprio.dtype, proprio.device, proprio.shape[-1]), x_t * mask
 
     def postprocess(self, action: torch.Tensor) -> torch.Tensor:
         """Final prediction [B, T, dim] → actions [B, T, output_dim] in the robot's units."""

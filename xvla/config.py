@@ -3,10 +3,10 @@
 The official checkpoint stores ``XVLAConfig`` fields at the top level with a nested ``florence_config``
 written with the field names of the vendored Florence-2 code (``dim_embed``, ``image_pos_embed`` ...).
 LeRobot checkpoints carry ``"type": "xvla"`` and their own field names (``chunk_size`` for num_actions,
-``tokenizer_max_length`` for the instruction length, ``max_state_dim`` for the proprio width, the real
-action width of ``auto`` mode in ``output_features.action.shape``). Both are normalised here; nothing
-else in the project reads a raw config dict. LeRobot's proprio padding (``max_state_dim`` wider than the
-action) is not supported: such a config is rejected by name.
+``tokenizer_max_length`` for the instruction length, ``max_state_dim`` for the proprio width — 32 by
+default, wider than the action: the network's proprio input takes that many values and the robot's state is
+zero-padded to it — the real action width of ``auto`` mode in ``output_features.action.shape``). Both are
+normalised here; nothing else in the project reads a raw config dict.
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xvla.constants import CONFIG_FILE
+from xvla.constants import CONFIG_FILE, GRIPPER_CHANNELS
 from xvla.errors import ConfigError
 
 ACTION_MODES = ("ee6d", "joint", "agibot_ee6d", "auto")
 FIXED_ACTION_DIMS = {"ee6d": 20, "joint": 14, "agibot_ee6d": 20}
+LEROBOT_MAX_STATE_DIM = 32  # LeRobot's default max_state_dim
 
 
 @dataclass(frozen=True)
@@ -93,16 +94,27 @@ class XVLAConfig:
     max_action_dim: int = 20
     real_action_dim: int = 20
     text_tokens: int = 50  # instruction length after padding/truncation (official processor: 50)
+    # Width of the proprio input; None: the action width, as in the official model. LeRobot sizes it by
+    # ``max_state_dim`` (32 by default) and zero-pads the robot's state to it.
+    proprio_width: int | None = None
+    # Width of the robot's state (LeRobot's ``observation.state``) when narrower than the proprio input: the
+    # state is zero-padded to ``dim_proprio``. None: the robot hands over ``dim_proprio`` values.
+    state_width: int | None = None
 
     def __post_init__(self) -> None:
         self.validate()
 
     @property
     def dim_action(self) -> int:
-        """Width of one action (and of proprio) as the network sees it."""
+        """Width of one action as the network sees it."""
         if self.action_mode == "auto":
             return self.max_action_dim
         return FIXED_ACTION_DIMS[self.action_mode]
+
+    @property
+    def dim_proprio(self) -> int:
+        """Width of proprio as the network sees it (the action width unless the checkpoint says otherwise)."""
+        return self.dim_action if self.proprio_width is None else self.proprio_width
 
     def validate(self) -> None:
         """Reject inconsistent configs with a message naming the field."""
@@ -112,6 +124,17 @@ class XVLAConfig:
         if self.action_mode == "auto" and not 0 < self.real_action_dim <= self.max_action_dim:
             raise ConfigError(
                 f"real_action_dim ({self.real_action_dim}) must be in 1..max_action_dim ({self.max_action_dim})"
+            )
+        if self.state_width is not None and not 0 < self.state_width < self.dim_proprio:
+            raise ConfigError(f"state width {self.state_width} (LeRobot input_features observation.state): expected 1 "
+                              f"... {self.dim_proprio - 1} (narrower than the proprio input, {self.dim_proprio}; "
+                              "a wider state would be cut, which this project refuses)")
+        grippers = GRIPPER_CHANNELS[self.action_mode]
+        if self.proprio_width is not None and not (max(grippers, default=-1) < self.proprio_width <= 1024):
+            raise ConfigError(
+                f"proprio width (LeRobot max_state_dim) {self.proprio_width}: expected {max(grippers, default=0) + 1}"
+                f" ... 1024 for action_mode {self.action_mode!r} (its gripper channels {list(grippers)} are zeroed "
+                "in proprio)"
             )
         n = len(v.embed_dim)
         for name in ("depths", "num_heads", "num_groups", "patch_size", "patch_stride", "patch_padding",
@@ -158,6 +181,9 @@ class XVLAConfig:
 
     def to_official_dict(self) -> dict[str, Any]:
         """The config.json an official X-VLA checkpoint carries for this configuration."""
+        if self.proprio_width is not None or self.state_width is not None:
+            raise ConfigError(f"the official config.json has no proprio width of its own (it is the action width, "
+                              f"{self.dim_action}); this configuration's is {self.proprio_width}: a LeRobot config")
         v, t = self.vision, self.text
         text = dict(t.extra)
         text.update(
@@ -296,12 +322,22 @@ def config_from_dict(d: dict[str, Any], source: str = "config.json") -> XVLAConf
         if action_mode == "auto":
             real = (d.get("output_features") or {}).get("action", {}).get("shape", [cfg.max_action_dim])[-1]
             cfg = dataclasses.replace(cfg, real_action_dim=int(real))
-        state_dim = d.get("max_state_dim")
-        if state_dim is not None and int(state_dim) != cfg.dim_action:
-            raise ConfigError(
-                f"{source}: max_state_dim is {state_dim} but action_mode {action_mode!r} needs proprio of "
-                f"{cfg.dim_action} (X-VLA feeds proprio with the action width)"
-            )
+        if d.get("use_proprio") is False:
+            raise ConfigError(f"{source}: use_proprio is false; only X-VLA with proprio is supported")
+        state_dim = d.get("max_state_dim", LEROBOT_MAX_STATE_DIM)
+        if isinstance(state_dim, bool) or not isinstance(state_dim, int):
+            raise ConfigError(f"{source}: max_state_dim must be an integer, got {state_dim!r}")
+        state = ((d.get("input_features") or {}).get("observation.state") or {}).get("shape")
+        if state is not None and not (isinstance(state, list) and state and isinstance(state[-1], int)
+                                      and not isinstance(state[-1], bool)):
+            raise ConfigError(f"{source}: input_features.observation.state.shape = {state!r}: expected a list of "
+                              "integers")
+        proprio = None if state_dim == cfg.dim_action else state_dim
+        narrower = state[-1] if state is not None and state[-1] != state_dim else None
+        try:
+            cfg = dataclasses.replace(cfg, proprio_width=proprio, state_width=narrower)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
     return cfg
 
 

@@ -62,9 +62,10 @@ class XVLA(nn.Module):
             fail(f"domain_id must be [B={B}]; got {_describe(domain_id)}")
         if int(domain_id.min()) < 0 or int(domain_id.max()) >= cfg.num_domains:
             fail(f"domain_id values must be in [0, {cfg.num_domains}); got {domain_id.tolist()}")
-        A = cfg.dim_action
-        if not isinstance(proprio, torch.Tensor) or tuple(proprio.shape) != (B, A):
-            fail(f"proprio must be [B={B}, {A}] for action_mode {cfg.action_mode!r}; got {_describe(proprio)}")
+        A, P = cfg.dim_action, cfg.dim_proprio
+        if not isinstance(proprio, torch.Tensor) or tuple(proprio.shape) != (B, P):
+            fail(f"proprio must be [B={B}, {P}] for action_mode {cfg.action_mode!r}"
+                 f"{' (proprio width ' + str(P) + ')' if P != A else ''}; got {_describe(proprio)}")
         if noise is not None and (not isinstance(noise, torch.Tensor) or tuple(noise.shape) != (B, cfg.num_actions, A)):
             fail(f"noise must be [B={B}, {cfg.num_actions}, {A}]; got {_describe(noise)}")
         n_img = cfg.tokens_per_view(H)

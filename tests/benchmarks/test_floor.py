@@ -62,7 +62,7 @@ def test_step_work_matches_flop_counter_and_graph_weights(tiny) -> None:
     work = floor.step_work(cfg, shapes)
     assert work.flops == flops
     assert floor.step_sequence(cfg, shapes) == T + vlm + aux + cfg.len_soft_prompts
-    weights = sum(v.numel() for k, v in step.state_dict().items() if k != "keep")  # keep: the gripper mask
+    weights = sum(v.numel() for k, v in step.state_dict().items() if k not in ("keep", "keep_proprio"))  # masks
     assert work.weight_bytes == 4 * weights
     fp16 = floor.Shapes(s, text_tokens=cfg.text_tokens, precision="fp16")
     assert floor.step_work(cfg, fp16).weight_bytes == 2 * weights

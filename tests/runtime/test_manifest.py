@@ -58,7 +58,10 @@ def edited(raw: dict, path: str, value) -> dict:
     ("sampler.default_steps", 0, "sampler.default_steps = 0"),
     ("inputs.image_size", 10**6, "inputs.image_size = 1000000"),
     ("inputs.views", 4, "inputs.views = 4"),
-    ("inputs.proprio_dim", 14, "inputs.proprio_dim = 14: expected action.dim (20)"),
+    ("inputs.proprio_dim", 14, "inputs.proprio_dim = 14: expected an integer 20 ... 1024 (the action width, 20,"),
+    ("inputs.proprio_dim", 32, "graphs.denoise.inputs proprio shape"),  # wider, but the graph says 20
+    ("inputs.state_dim", 20, "inputs.state_dim = 20: expected an integer 1 ... 19 (narrower than inputs.proprio_dim)"),
+    ("inputs.state_dim", "8", "inputs.state_dim = '8'"),
     ("precision", "int4", "precision = 'int4'"),
     ("files", {}, "files = {}: expected an object listing every file"),
     ("graphs.encoder.file", "../x.onnx", "graphs.encoder.file = '../x.onnx': expected a file listed in files"),

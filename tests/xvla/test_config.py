@@ -46,10 +46,30 @@ def test_lerobot_config_is_read() -> None:
     assert config_from_dict(d) == size_config("tiny")[0]
 
 
-def test_lerobot_state_dim_mismatch_is_named() -> None:
+def test_lerobot_proprio_wider_than_the_action_and_a_narrower_state() -> None:
+    """LeRobot sizes the proprio input by max_state_dim (32 by default) and zero-pads the robot's state
+    (input_features observation.state) to it."""
     d = official_dict(type="xvla", max_state_dim=32)
-    with pytest.raises(ConfigError, match="max_state_dim is 32"):
-        config_from_dict(d)
+    cfg = config_from_dict(d)
+    assert (cfg.dim_action, cfg.dim_proprio, cfg.state_width) == (20, 32, None)
+    d["input_features"] = {"observation.state": {"type": "STATE", "shape": [8]}}
+    assert config_from_dict(d).state_width == 8
+    d.pop("max_state_dim")  # LeRobot's default
+    assert config_from_dict(d).dim_proprio == 32
+    with pytest.raises(ConfigError, match="official config.json has no proprio width of its own"):
+        cfg.to_official_dict()
+
+
+@pytest.mark.parametrize("update, message", [
+    ({"max_state_dim": 12}, r"max_state_dim\) 12: expected 20 ... 1024 for action_mode 'ee6d'"),
+    ({"max_state_dim": 32.0}, "max_state_dim must be an integer, got 32.0"),
+    ({"input_features": {"observation.state": {"shape": [40]}}}, r"state width 40 .* expected 1 ... 31"),
+    ({"input_features": {"observation.state": {"shape": "8"}}}, "observation.state.shape = '8'"),
+    ({"use_proprio": False}, "use_proprio is false"),
+])
+def test_lerobot_state_settings_that_cannot_work_are_named(update: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(official_dict(**{"type": "xvla", "max_state_dim": 32, **update}))
 
 
 @pytest.mark.parametrize(

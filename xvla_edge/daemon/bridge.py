@@ -47,9 +47,13 @@ def check_arm(action: dict, space: str, n_arms: int, n_joints: int) -> None:
 
 
 def proprio_from_state(state: ArmState, action: dict, proprio_dim: int) -> np.ndarray:
-    """The proprio vector [proprio_dim] float32 for the measured ``state``."""
+    """The proprio vector [proprio_dim] float32 for the measured ``state``: the action layout of each arm,
+    zeros after it (the padding LeRobot's X-VLA applies up to its ``max_state_dim``)."""
     mode, arms = action["mode"], int(action.get("arms", 1))
     stride = _ARM_STRIDE[mode]
+    if proprio_dim < stride * arms:
+        raise BridgeError(f"the bundle takes a state of {proprio_dim} values; the arm's {mode} layout of {arms} "
+                          f"arm(s) fills {stride * arms} (a robot-specific state layout needs its own bridge)")
     out = np.zeros(proprio_dim, np.float32)
     for arm in range(arms):
         base = stride * arm

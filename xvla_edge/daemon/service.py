@@ -334,7 +334,7 @@ class Daemon:
         images: List[Optional[np.ndarray]] = [None, None, None]
         for slot, frame in frames.items():
             images[slot] = frame.image  # type: ignore[attr-defined]
-        proprio = proprio_from_state(stats.last_state, manifest.action, int(manifest.inputs["proprio_dim"]))
+        proprio = proprio_from_state(stats.last_state, manifest.action, policy.state_dim)
         obs = Observation(images=images, instruction=self.config.instruction, proprio=proprio,
                           timestamp=min(f.timestamp for f in frames.values()))  # type: ignore[attr-defined]
         self.recorder.add_observation(obs.timestamp, images, proprio, obs.instruction, int(manifest.domain_id))

@@ -142,7 +142,8 @@ def run_scene(policy: Policy, scene: Scene, start: np.ndarray, loop_config: Loop
     loop.start()
     table = Tabletop(scene)
     manifest = policy.manifest
-    span, dim = float(manifest.action["chunk_seconds"]), int(manifest.inputs["proprio_dim"])
+    span = float(manifest.action["chunk_seconds"])
+    dim = int(manifest.inputs.get("state_dim", manifest.inputs["proprio_dim"]))
     noise = np.random.default_rng(seed)
     pending, executing_end, chunks = None, None, 0
     clamped_ticks = clamped_total = 0
