@@ -30,7 +30,7 @@ from xvla.constants import (CONFIG_FILE, GRIPPER_CHANNELS, INDEX_FILE, MAX_STEPS
                             TOKENIZER_FILES, WEIGHTS_FILE)
 from xvla.errors import XVLAError
 from xvla.files import atomic_directory, check_target, inventory, sha256_file
-from xvla.preprocessing import ImageProcessor, TextTokenizer
+from xvla.preprocessing import ImageProcessor, TextTokenizer, tokenizer_dir
 
 __all__ = ["ExportError", "ExportOptions", "PRECISIONS", "export_bundle"]
 
@@ -120,9 +120,11 @@ def _build(ckpt_dir: Path, tmp: Path, opts: ExportOptions, progress: Callable[[s
     if not parity["passed"]:
         raise ExportError(f"parity check failed ({opts.precision}): {'; '.join(parity['failures'])}. "
                           f"Figures: {json.dumps(parity['max_abs'])}. Nothing was written.")
-    for name in (*TOKENIZER_FILES, PREPROCESSOR_FILE):
-        if (ckpt_dir / name).is_file():
-            shutil.copy2(ckpt_dir / name, tmp / name)
+    for name in TOKENIZER_FILES:
+        if (tokenizer_dir(ckpt_dir) / name).is_file():
+            shutil.copy2(tokenizer_dir(ckpt_dir) / name, tmp / name)
+    if (ckpt_dir / PREPROCESSOR_FILE).is_file():
+        shutil.copy2(ckpt_dir / PREPROCESSOR_FILE, tmp / PREPROCESSOR_FILE)
     if not (tmp / PREPROCESSOR_FILE).is_file():  # made from --image-size: the bundle says what it was
         (tmp / PREPROCESSOR_FILE).write_text(json.dumps(proc.to_dict(), indent=2))
     manifest = _manifest(ckpt_dir, tmp, cfg, opts, size, parity)

@@ -177,6 +177,15 @@ def _center_crop(arr: np.ndarray, h: int, w: int) -> np.ndarray:
     return arr[top : top + h, left : left + w]
 
 
+def tokenizer_dir(ckpt_dir: str | Path) -> Path:
+    """Where a checkpoint keeps its tokenizer files: next to config.json, or (LeRobot since August 2026) in its
+    ``tokenizer/`` sub-directory; the checkpoint directory itself when neither has them."""
+    ckpt_dir = Path(ckpt_dir)
+    sub = ckpt_dir / "tokenizer"
+    has = lambda d: (d / "tokenizer.json").is_file() or (d / "vocab.json").is_file()  # noqa: E731
+    return sub if not has(ckpt_dir) and has(sub) else ckpt_dir
+
+
 class TextTokenizer:
     """The checkpoint's BART tokenizer, fixed to ``max_length`` tokens (pad, never a mask)."""
 
@@ -185,7 +194,7 @@ class TextTokenizer:
         from tokenizers import Tokenizer
         from tokenizers.processors import RobertaProcessing
 
-        ckpt_dir = Path(ckpt_dir)
+        ckpt_dir = tokenizer_dir(ckpt_dir)
         tok_json, vocab, merges = ckpt_dir / "tokenizer.json", ckpt_dir / "vocab.json", ckpt_dir / "merges.txt"
         try:
             if tok_json.is_file():
@@ -197,7 +206,9 @@ class TextTokenizer:
                 tok.post_processor = RobertaProcessing(("</s>", 2), ("<s>", 0))
             else:
                 raise CheckpointError(
-                    f"{ckpt_dir}: no tokenizer found; expected tokenizer.json or vocab.json + merges.txt"
+                    f"{ckpt_dir}: no tokenizer found; expected tokenizer.json or vocab.json + merges.txt (a LeRobot "
+                    "checkpoint saved before August 2026 only names facebook/bart-large: copy that tokenizer's "
+                    "files next to config.json)"
                 )
         except CheckpointError:
             raise

@@ -1,7 +1,8 @@
 """A LeRobot X-VLA checkpoint whose proprio input is LeRobot's default ``max_state_dim`` (32, wider than the
-20-wide ee6d action) and whose robot state is narrower (8 values, zero-padded): it loads, exports to a bundle
-that says so (``proprio_dim`` 32, ``state_dim`` 8), and ``Policy.act`` on 8 state values gives the PyTorch
-model's chunk on the zero-padded 32."""
+20-wide ee6d action), whose robot state is narrower (8 values, zero-padded) and whose tokenizer sits in
+``tokenizer/``: it loads, exports to a bundle that says so (``proprio_dim`` 32, ``state_dim`` 8), and
+``Policy.act`` on 8 state values gives the PyTorch model's chunk on the zero-padded 32. (The same against
+LeRobot's own code: ``tests/xvla/test_parity_lerobot.py``.)"""
 
 from __future__ import annotations
 
@@ -48,6 +49,10 @@ def lerobot_checkpoint(tiny_checkpoint, tmp_path_factory):
     wide = torch.cat([old[:, :40], extra, old[:, 40:]], dim=1)  # [x_t 20 | proprio 32 | time]
     state[key] = wide.reshape(domains, -1).contiguous()
     save_file({"model." + k: v for k, v in state.items()}, str(out / "model.safetensors"))
+    (out / "tokenizer").mkdir()  # where LeRobot keeps the tokenizer since August 2026
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json"):
+        if (out / name).is_file():
+            (out / name).rename(out / "tokenizer" / name)
     return out
 
 
@@ -60,6 +65,7 @@ def test_the_padded_state_reaches_the_network_as_lerobot_pads_it(lerobot_checkpo
                              progress=lambda s: None)
     assert manifest["parity"]["passed"]
     assert (manifest["inputs"]["proprio_dim"], manifest["inputs"]["state_dim"]) == (PROPRIO, STATE)
+    assert "tokenizer.json" in manifest["files"]  # taken from the checkpoint's tokenizer/ sub-directory
     policy = Policy.load(tmp_path / "b")
     assert policy.state_dim == STATE
     rng = np.random.default_rng(0)
