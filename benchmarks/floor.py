@@ -155,7 +155,7 @@ def _transformer_layer(tokens: int, d: int, ffn: int) -> tuple[float, int]:
 def context_tokens(cfg: XVLAConfig, shapes: Shapes) -> tuple[int, int]:
     """(VLM tokens = main-view image tokens + text, aux tokens = the other view slots' image tokens)."""
     n = cfg.tokens_per_view(shapes.image_size)
-    return n + shapes.text_tokens, (NUM_VIEWS - 1) * n
+    return n + shapes.text_tokens, (cfg.view_slots - 1) * n
 
 
 def encoder_work(cfg: XVLAConfig, shapes: Shapes) -> Work:

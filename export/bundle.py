@@ -8,6 +8,7 @@ absent, or the previous bundle when ``force`` replaces one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import shutil
@@ -60,8 +61,9 @@ def check_options(ckpt_dir: Path, out: Path, opts: ExportOptions) -> None:
     if opts.precision not in PRECISIONS:
         raise ExportError(f"--precision {opts.precision!r} is not supported; expected one of {list(PRECISIONS)} "
                           "(INT8 bundles are made from an fp32 bundle by `xvla-edge quantize`)")
-    if not 1 <= opts.views <= NUM_VIEWS:
-        raise ExportError(f"--views {opts.views} is out of range; expected 1..{NUM_VIEWS}")
+    if opts.views is not None and not 1 <= opts.views <= cfg.view_slots:
+        raise ExportError(f"--views {opts.views} is out of range; expected 1..{cfg.view_slots} (the checkpoint's view "
+                          f"slots{'' if cfg.view_slots == NUM_VIEWS else ': LeRobot num_image_views'})")
     if opts.arms not in (None, 1, 2):
         raise ExportError(f"--arms {opts.arms} must be 1 or 2")
     if not 1 <= opts.steps <= MAX_STEPS:
@@ -78,6 +80,8 @@ def export_bundle(ckpt_dir: str | Path, out: str | Path, opts: ExportOptions,
     """Export ``ckpt_dir`` for one domain into the bundle directory ``out``; returns the manifest."""
     ckpt_dir, out = Path(ckpt_dir), Path(out)
     check_options(ckpt_dir, out, opts)
+    if opts.views is None:
+        opts = dataclasses.replace(opts, views=load_config(ckpt_dir).view_slots)
     with atomic_directory(out, force=opts.force) as tmp:
         return _build(ckpt_dir, tmp, opts, progress)
 
@@ -157,7 +161,7 @@ def _manifest(ckpt_dir: Path, tmp: Path, cfg, opts: ExportOptions, image_size: i
                    "gripper_channels": list(GRIPPER_CHANNELS[cfg.action_mode]), "rot6d_layout": opts.rot6d_layout,
                    "arms": _arms(opts)},
         "sampler": {"default_steps": opts.steps},
-        "inputs": {"token_length": cfg.text_tokens, "image_size": image_size, "view_slots": NUM_VIEWS,
+        "inputs": {"token_length": cfg.text_tokens, "image_size": image_size, "view_slots": cfg.view_slots,
                    "views": opts.views, "proprio_dim": cfg.dim_proprio,
                    **({"state_dim": cfg.state_width} if cfg.state_width is not None else {})},
         "precision": opts.precision,

@@ -19,18 +19,19 @@ import torch
 from torch import nn
 
 from xvla.action_head import timestep_embedding
-from xvla.constants import NUM_VIEWS
 from xvla.model import XVLA
 
 
 class EncoderGraph(nn.Module):
     def __init__(self, model: XVLA, num_views: int) -> None:
         super().__init__()
-        if not 1 <= num_views <= NUM_VIEWS:
-            raise ValueError(f"views must be 1..{NUM_VIEWS}; got {num_views}")
+        slots = model.config.view_slots
+        if not 1 <= num_views <= slots:
+            raise ValueError(f"views must be 1..{slots} (the checkpoint's view slots); got {num_views}")
         self.vlm = model.vlm
         self.head = model.transformer
         self.num_views = num_views
+        self.view_slots = slots
         self.num_actions = model.config.num_actions
 
     def forward(self, pixel_values: torch.Tensor, image_mask: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
@@ -41,8 +42,8 @@ class EncoderGraph(nn.Module):
         text = self.vlm.language_encoder.embed_tokens(input_ids)
         vlm_features = self.vlm.encode_text(torch.cat([feats[:, 0], text], dim=1))
         aux = feats[:, 1:].reshape(B, (V - 1) * N, P)
-        if V < NUM_VIEWS:
-            aux = torch.cat([aux, feats.new_zeros(B, (NUM_VIEWS - V) * N, P)], dim=1)
+        if V < self.view_slots:  # the slots without a camera: zero features
+            aux = torch.cat([aux, feats.new_zeros(B, (self.view_slots - V) * N, P)], dim=1)
         return self.head.context(vlm_features, aux, self.num_actions)
 
 

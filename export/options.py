@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from xvla.constants import NUM_VIEWS
-
 PRECISIONS = ("fp32", "fp16")
 
 
@@ -16,7 +14,7 @@ class ExportOptions:
     domain_id: int
     embodiment: str | None = None
     precision: str = "fp32"
-    views: int = NUM_VIEWS
+    views: int | None = None  # cameras the robot has; None: every view slot of the checkpoint (official: 3)
     chunk_seconds: float | None = None
     arms: int | None = None
     steps: int = 10

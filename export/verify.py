@@ -76,8 +76,9 @@ def reference(model: XVLA, obs: Observation, domain_id: int, steps: int) -> tupl
 
     The loop is the sampler of :meth:`XVLA.generate_actions`, written out to keep the last x0.
     """
-    ids, px = torch.from_numpy(obs.input_ids)[None], torch.from_numpy(obs.pixels)[None]
-    mask, d = torch.from_numpy(obs.mask)[None], torch.tensor([domain_id])
+    slots = model.config.view_slots  # the processor fills 3; a LeRobot checkpoint may have fewer slots
+    ids, px = torch.from_numpy(obs.input_ids)[None], torch.from_numpy(obs.pixels[:slots])[None]
+    mask, d = torch.from_numpy(obs.mask[:slots])[None], torch.tensor([domain_id])
     proprio, x1 = torch.from_numpy(obs.proprio)[None], torch.from_numpy(obs.noise)[None]
     enc = model.encode(ids, px, mask)
     context = model.transformer.context(*enc, model.config.num_actions)

@@ -14,7 +14,7 @@ with, graph files against the ``files`` inventory, file names are plain names. T
 | ``action.chunk_length`` / ``chunk_seconds`` | integer 1 … 1024 / finite seconds in (0, 600] |
 | ``action.gripper_channels`` | exactly the action mode's gripper channels |
 | ``sampler.default_steps`` | integer 1 … :data:`MAX_STEPS` |
-| ``inputs`` | ``token_length`` 1 … 1024, ``image_size`` 16 … 2048, ``view_slots`` 3, ``views`` 1 … 3, ``proprio_dim`` 1 … 1024 (``action.dim``, or wider: LeRobot's ``max_state_dim``; above the gripper channels), optional ``state_dim`` 1 … ``proprio_dim`` − 1 (the robot's state, zero-padded to ``proprio_dim``) |
+| ``inputs`` | ``token_length`` 1 … 1024, ``image_size`` 16 … 2048, ``view_slots`` 1 … 3 (3 for official checkpoints; LeRobot's ``num_image_views``), ``views`` 1 … ``view_slots``, ``proprio_dim`` 1 … 1024 (``action.dim``, or wider: LeRobot's ``max_state_dim``; above the gripper channels), optional ``state_dim`` 1 … ``proprio_dim`` − 1 (the robot's state, zero-padded to ``proprio_dim``) |
 | ``precision`` | ``fp32``, ``fp16`` or ``int8`` |
 | ``graphs.*`` | a ``file`` listed in ``files``; the tensors the runtime binds, with the shapes the fields above imply and at most :data:`MAX_TENSOR_ELEMENTS` elements each |
 | ``files`` | plain names (no ``/``, no ``..``, not ``manifest.json``) → ``sha256`` (64 hex digits) and ``bytes`` (integer ≥ 0) |
@@ -76,8 +76,11 @@ def problems(d: Any, manifest_file: str) -> list[str]:
     inputs = check.table(d, "inputs")
     tokens = check.value(inputs, "token_length", lambda v: _int(v, 1, 1024), "an integer 1 ... 1024", "inputs.")
     size = check.value(inputs, "image_size", lambda v: _int(v, 16, 2048), "an integer 16 ... 2048 (pixels)", "inputs.")
-    check.value(inputs, "view_slots", lambda v: v == NUM_VIEWS and not isinstance(v, bool), str(NUM_VIEWS), "inputs.")
-    views = check.value(inputs, "views", lambda v: _int(v, 1, NUM_VIEWS), f"an integer 1 ... {NUM_VIEWS}", "inputs.")
+    slots = check.value(inputs, "view_slots", lambda v: _int(v, 1, NUM_VIEWS),
+                        f"an integer 1 ... {NUM_VIEWS} ({NUM_VIEWS} for official checkpoints)", "inputs.")
+    top = slots if _int(slots, 1, NUM_VIEWS) else NUM_VIEWS
+    views = check.value(inputs, "views", lambda v: _int(v, 1, top), f"an integer 1 ... inputs.view_slots ({top})",
+                        "inputs.")
     grippers = GRIPPER_CHANNELS.get(mode, ()) if isinstance(mode, str) else ()
     least = max(grippers, default=-1) + 1
     proprio = check.value(inputs, "proprio_dim", lambda v: _int(v, max(least, 1), 1024),

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xvla.constants import CONFIG_FILE, GRIPPER_CHANNELS
+from xvla.constants import CONFIG_FILE, GRIPPER_CHANNELS, NUM_VIEWS
 from xvla.errors import ConfigError
 
 ACTION_MODES = ("ee6d", "joint", "agibot_ee6d", "auto")
@@ -100,6 +100,9 @@ class XVLAConfig:
     # Width of the robot's state (LeRobot's ``observation.state``) when narrower than the proprio input: the
     # state is zero-padded to ``dim_proprio``. None: the robot hands over ``dim_proprio`` values.
     state_width: int | None = None
+    # View slots the network sees (official: always 3, absent views as zero features; LeRobot: its
+    # ``num_image_views``, the cameras it was configured with plus ``empty_cameras``).
+    view_slots: int = NUM_VIEWS
 
     def __post_init__(self) -> None:
         self.validate()
@@ -129,6 +132,8 @@ class XVLAConfig:
             raise ConfigError(f"state width {self.state_width} (LeRobot input_features observation.state): expected 1 "
                               f"... {self.dim_proprio - 1} (narrower than the proprio input, {self.dim_proprio}; "
                               "a wider state would be cut, which this project refuses)")
+        if not 1 <= self.view_slots <= NUM_VIEWS:
+            raise ConfigError(f"view slots (LeRobot num_image_views) {self.view_slots}: expected 1 ... {NUM_VIEWS}")
         grippers = GRIPPER_CHANNELS[self.action_mode]
         if self.proprio_width is not None and not (max(grippers, default=-1) < self.proprio_width <= 1024):
             raise ConfigError(
@@ -181,9 +186,10 @@ class XVLAConfig:
 
     def to_official_dict(self) -> dict[str, Any]:
         """The config.json an official X-VLA checkpoint carries for this configuration."""
-        if self.proprio_width is not None or self.state_width is not None:
-            raise ConfigError(f"the official config.json has no proprio width of its own (it is the action width, "
-                              f"{self.dim_action}); this configuration's is {self.proprio_width}: a LeRobot config")
+        if self.proprio_width is not None or self.state_width is not None or self.view_slots != NUM_VIEWS:
+            raise ConfigError(f"the official config.json has no proprio or state width and no view-slot count of its "
+                              f"own (action width {self.dim_action}, {NUM_VIEWS} slots); this configuration has "
+                              f"{self.dim_proprio}, {self.state_width}, {self.view_slots}: a LeRobot config")
         v, t = self.vision, self.text
         text = dict(t.extra)
         text.update(
@@ -334,8 +340,14 @@ def config_from_dict(d: dict[str, Any], source: str = "config.json") -> XVLAConf
                               "integers")
         proprio = None if state_dim == cfg.dim_action else state_dim
         narrower = state[-1] if state is not None and state[-1] != state_dim else None
+        slots = d.get("num_image_views")
+        if slots is None:  # LeRobot counts its camera features (and empty cameras)
+            features = d.get("input_features") or {}
+            slots = sum(isinstance(f, dict) and f.get("type") == "VISUAL" for f in features.values()) or NUM_VIEWS
+        if isinstance(slots, bool) or not isinstance(slots, int):
+            raise ConfigError(f"{source}: num_image_views must be an integer, got {slots!r}")
         try:
-            cfg = dataclasses.replace(cfg, proprio_width=proprio, state_width=narrower)
+            cfg = dataclasses.replace(cfg, proprio_width=proprio, state_width=narrower, view_slots=slots)
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}") from None
     return cfg

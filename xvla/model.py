@@ -14,7 +14,7 @@ from torch import nn
 from xvla.action_head import SoftPromptedTransformer
 from xvla.action_space import ActionSpace
 from xvla.config import XVLAConfig
-from xvla.constants import MAX_STEPS, NUM_VIEWS
+from xvla.constants import MAX_STEPS
 from xvla.errors import InputError
 from xvla.florence import VisionLanguageEncoder
 
@@ -43,8 +43,9 @@ class XVLA(nn.Module):
         if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= cfg.text.vocab_size):
             fail(f"input_ids values must be in [0, {cfg.text.vocab_size}); got min {int(input_ids.min())}, "
                  f"max {int(input_ids.max())}")
-        if not isinstance(image_input, torch.Tensor) or image_input.dim() != 5 or image_input.shape[:3] != (B, NUM_VIEWS, 3):
-            fail(f"image_input must be [B={B}, {NUM_VIEWS}, 3, H, W]; got {_describe(image_input)}")
+        S = cfg.view_slots
+        if not isinstance(image_input, torch.Tensor) or image_input.dim() != 5 or image_input.shape[:3] != (B, S, 3):
+            fail(f"image_input must be [B={B}, {S}, 3, H, W]; got {_describe(image_input)}")
         if not image_input.is_floating_point():
             fail(f"image_input must be normalised floating-point pixels; got dtype {image_input.dtype}")
         H, W = image_input.shape[-2:]
@@ -54,8 +55,8 @@ class XVLA(nn.Module):
         if H // stride > cfg.vision.max_pos_embeddings:
             fail(f"image side {H} gives a {H // stride}-cell grid; the image position table holds "
                  f"{cfg.vision.max_pos_embeddings}")
-        if not isinstance(image_mask, torch.Tensor) or tuple(image_mask.shape) != (B, NUM_VIEWS):
-            fail(f"image_mask must be [B={B}, {NUM_VIEWS}]; got {_describe(image_mask)}")
+        if not isinstance(image_mask, torch.Tensor) or tuple(image_mask.shape) != (B, S):
+            fail(f"image_mask must be [B={B}, {S}]; got {_describe(image_mask)}")
         if not bool(image_mask.bool().any(dim=1).all()):
             fail("image_mask: every sample needs at least one valid view")
         if not isinstance(domain_id, torch.Tensor) or tuple(domain_id.shape) != (B,):
@@ -72,10 +73,10 @@ class XVLA(nn.Module):
         if n_img + L > cfg.text.max_position_embeddings:
             fail(f"input_ids has {L} tokens; with {n_img} image tokens that exceeds the text encoder's "
                  f"{cfg.text.max_position_embeddings} positions")
-        seq = cfg.num_actions + n_img + L + (NUM_VIEWS - 1) * n_img
+        seq = cfg.num_actions + n_img + L + (S - 1) * n_img
         if seq > cfg.max_len_seq:
             fail(f"input_ids has {L} tokens: {cfg.num_actions} actions + {n_img + L} VLM + "
-                 f"{(NUM_VIEWS - 1) * n_img} aux tokens = {seq} exceeds max_len_seq {cfg.max_len_seq}")
+                 f"{(S - 1) * n_img} aux tokens = {seq} exceeds max_len_seq {cfg.max_len_seq}")
 
     # ----------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -15,7 +15,6 @@ import torch
 from runtime.backends.base import Backend, BackendError
 from runtime.manifest import Manifest
 from xvla.checkpoint import load_checkpoint
-from xvla.constants import NUM_VIEWS
 
 
 class TorchBackend(Backend):
@@ -44,10 +43,10 @@ class TorchBackend(Backend):
         self.enc: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def encode(self, pixel_values: np.ndarray, image_mask: np.ndarray, input_ids: np.ndarray) -> None:
-        V = pixel_values.shape[1]
-        px = torch.zeros(1, NUM_VIEWS, *pixel_values.shape[2:], dtype=self.dtype, device=self.device)
+        V, slots = pixel_values.shape[1], self.model.config.view_slots
+        px = torch.zeros(1, slots, *pixel_values.shape[2:], dtype=self.dtype, device=self.device)
         px[:, :V] = torch.from_numpy(pixel_values).to(self.device, self.dtype)
-        mask = torch.zeros(1, NUM_VIEWS, dtype=torch.bool, device=self.device)
+        mask = torch.zeros(1, slots, dtype=torch.bool, device=self.device)
         mask[:, :V] = torch.from_numpy(image_mask).to(self.device)
         enc = self.model.encode(torch.from_numpy(input_ids).to(self.device), px, mask)
         if self.enc is None or self.enc[0].shape != enc[0].shape:

@@ -52,11 +52,17 @@ def test_lerobot_proprio_wider_than_the_action_and_a_narrower_state() -> None:
     d = official_dict(type="xvla", max_state_dim=32)
     cfg = config_from_dict(d)
     assert (cfg.dim_action, cfg.dim_proprio, cfg.state_width) == (20, 32, None)
-    d["input_features"] = {"observation.state": {"type": "STATE", "shape": [8]}}
+    d["input_features"] = {"observation.state": {"type": "STATE", "shape": [8]},
+                           "observation.images.front": {"type": "VISUAL", "shape": [3, 64, 64]}}
     assert config_from_dict(d).state_width == 8
     d.pop("max_state_dim")  # LeRobot's default
     assert config_from_dict(d).dim_proprio == 32
-    with pytest.raises(ConfigError, match="official config.json has no proprio width of its own"):
+    # view slots: LeRobot's num_image_views, else its camera features (official: always 3)
+    assert config_from_dict(d).view_slots == 1  # one VISUAL feature above
+    assert config_from_dict({**d, "num_image_views": 2}).view_slots == 2
+    with pytest.raises(ConfigError, match=r"view slots \(LeRobot num_image_views\) 4: expected 1 ... 3"):
+        config_from_dict({**d, "num_image_views": 4})
+    with pytest.raises(ConfigError, match="official config.json has no proprio or state width"):
         cfg.to_official_dict()
 
 

@@ -20,7 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embodiment", default=None, help="robot name recorded in the manifest")
     p.add_argument("--precision", default="fp32", metavar="{" + ",".join(PRECISIONS) + "}",
                    help="numeric precision of the graphs (INT8: `xvla-edge quantize` an fp32 bundle)")
-    p.add_argument("--views", type=int, default=3, help="camera views the robot has (1..3); others get zero features")
+    p.add_argument("--views", type=int, default=None,
+                   help="camera views the robot has (1..3; default: the checkpoint's view slots, 3 for official "
+                        "checkpoints); others get zero features")
     p.add_argument("--chunk-seconds", type=float, default=None, help="time span of one chunk (default: per domain)")
     p.add_argument("--arms", type=int, default=None, help="arms the robot has, 1 or 2 (default: per domain)")
     p.add_argument("--steps", type=int, default=10, help="default denoising steps")
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from xvla.errors import XVLAError
 
     t0 = time.perf_counter()
-    print(f"exporting {args.checkpoint} → {args.out} ({args.precision}, domain {args.domain_id}, {args.views} views)")
+    print(f"exporting {args.checkpoint} → {args.out} ({args.precision}, domain {args.domain_id}, {args.views or 'all'} views)")
     try:
         manifest = export_bundle(args.checkpoint, args.out, opts)
     except XVLAError as e:
