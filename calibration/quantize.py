@@ -33,6 +33,7 @@ import hashlib
 import json
 import logging
 import os
+import inspect
 import shutil
 import tempfile
 import time
@@ -56,6 +57,10 @@ from runtime.manifest import MANIFEST_FILE, Manifest
 from runtime.policy import Policy
 from xvla.errors import XVLAError
 from xvla.files import atomic_directory, check_target, inventory, sha256_file
+
+#: Whether quantize_static can keep calibrated ranges in a file (newer ONNX Runtime): candidates then share one
+#: calibration instead of repeating it.
+_CACHES_RANGES = "calibration_cache_path" in inspect.signature(quantize_static).parameters
 
 METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
            "percentile": CalibrationMethod.Percentile}
@@ -216,7 +221,11 @@ class Variants:
             out = self.work / f"{graph}-{digest}" / source.name
             out.parent.mkdir()
             cache = self.work / f"{graph}.ranges.json"
-            reader = None if cache.exists() else _Feeds(self.feeds.pop(graph))
+            if _CACHES_RANGES:
+                reader = None if cache.exists() else _Feeds(self.feeds.pop(graph))
+                cached = {"calibration_cache_path": str(cache)}
+            else:  # an ONNX Runtime without the range cache (Python 3.10's last, 1.23): calibrate every candidate
+                reader, cached = _Feeds(self.feeds[graph]), {}
             # one observation per stride (its denoise steps together). Not CalibMaxIntermediateOutputs: in ORT
             # 1.32 it discards each full batch of outputs without merging its ranges
             stride = self.strides[graph]
@@ -225,7 +234,7 @@ class Variants:
                                 op_types_to_quantize=list(self.opts.op_types), per_channel=True,
                                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                                 nodes_to_quantize=sorted(nodes), use_external_data_format=True,
-                                calibrate_method=METHODS[self.opts.method], calibration_cache_path=str(cache),
+                                calibrate_method=METHODS[self.opts.method], **cached,
                                 extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                                                "CalibStridedMinMax": stride})
             self.paths[key] = out

@@ -22,7 +22,9 @@ import onnx
 import torch
 
 OPSET = 18
-FP32_OPS = ["LayerNormalization", "Softmax", "Sigmoid"]
+# ConstantOfShape: ONNX Runtime 1.23's converter (the last release for Python 3.10) turns its value into fp16
+# but leaves its output declared float, and the graph no longer loads; kept fp32, it is cast where it is used.
+FP32_OPS = ["LayerNormalization", "Softmax", "Sigmoid", "ConstantOfShape"]
 
 
 def export_graph(module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path, input_names: list[str],

@@ -77,11 +77,11 @@ def test_the_padded_state_reaches_the_network_as_lerobot_pads_it(lerobot_checkpo
                                                                   proprio=state, noise=noise))
     np.testing.assert_array_equal(padded[0, :STATE], state)
     assert not padded[0, STATE:].any() and padded.shape == (1, PROPRIO)
-    pix3 = np.zeros((1, 3, *pixels.shape[2:]), np.float32)
-    pix3[:, :1] = pixels
+    assert model.config.view_slots == 1  # one camera in LeRobot's input_features: one view slot
+    pix3 = pixels[:, :1]
     with torch.no_grad():
         ref = model.generate_actions(torch.from_numpy(ids), torch.from_numpy(pix3),
-                                     torch.tensor([[True, False, False]]), torch.tensor([3]),
+                                     torch.tensor([[True]]), torch.tensor([3]),
                                      torch.from_numpy(padded), steps=3, noise=torch.from_numpy(x1))[0].numpy()
     np.testing.assert_allclose(chunk.actions, ref, atol=1e-5)
     # the padding's place matters: the same 8 values at the end of the 32 give another chunk
@@ -89,7 +89,7 @@ def test_the_padded_state_reaches_the_network_as_lerobot_pads_it(lerobot_checkpo
     moved[0, -STATE:] = state
     with torch.no_grad():
         other = model.generate_actions(torch.from_numpy(ids), torch.from_numpy(pix3),
-                                       torch.tensor([[True, False, False]]), torch.tensor([3]),
+                                       torch.tensor([[True]]), torch.tensor([3]),
                                        torch.from_numpy(moved), steps=3, noise=torch.from_numpy(x1))[0].numpy()
     assert np.abs(other - ref).max() > 1e-3
     with pytest.raises(XVLAError, match="observation.proprio: expected 8 values, got shape \\(32,\\)"):
