@@ -20,6 +20,7 @@ passed; the first failure is printed with its output. Run by ``make test``:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -85,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["HF_HUB_OFFLINE"] = "1"
 
-    step("wheel built", [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+    # Python 3.12's venvs come without setuptools: then pip builds in an isolated environment of its own
+    isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    step("wheel built", [sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q",
                          "-w", str(work / "dist"), str(REPO)], cwd=REPO, env=env)
     (wheel,) = (work / "dist").glob("xvla_edge-*.whl")
     checkpoint = step("sim checkpoint found", [sys.executable, "-m", "xvla_edge", "sim", "checkpoint"], cwd=outside,
