@@ -88,6 +88,13 @@ def test_render_writes_the_results_under_the_current_directory(monkeypatch, tmp_
     assert (tmp_path / "o" / "m" / "tiny-small.md").read_text() == (out / "tiny-small.md").read_text()
 
 
+@pytest.mark.parametrize("steps", ["0", "1000000000", "ten", "2.5"])
+def test_an_absurd_step_count_is_refused_by_the_parser(monkeypatch, capsys, steps) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse(monkeypatch, "--steps", steps)
+    assert exit_info.value.code == 2 and "--steps: expected an integer 1 ... 100" in capsys.readouterr().err
+
+
 def test_bundle_flags_are_checked_before_anything_runs(monkeypatch, tmp_path, capsys) -> None:
     args = parse(monkeypatch, "--bundle", str(tmp_path), "--backend", "tensorrt", "--device", "cuda")
     assert (args.bundle, selected(args), args.device) == (tmp_path, "tensorrt", "cuda")

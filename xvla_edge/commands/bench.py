@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.names import BACKENDS, DEFAULT_SIZES, SIZES
+from xvla.constants import MAX_STEPS
 
 BUNDLE_BACKENDS = ("auto", "onnxruntime", "tensorrt")
 
@@ -35,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"sizes: {', '.join(BACKENDS)}, or a family (onnxruntime, torch, official); default: all. "
                         f"--bundle: one of {', '.join(BUNDLE_BACKENDS)} (default auto)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="--bundle: the device to run it on")
-    p.add_argument("--steps", type=int, default=10, help="denoising steps of a chunk")
+    p.add_argument("--steps", type=step_count, default=10, help=f"denoising steps of a chunk (1 ... {MAX_STEPS})")
     p.add_argument("--rounds", type=int, default=None, help="rounds of every benchmark (default: per size and stage)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads of each backend (default: one per core)")
     p.add_argument("--official-src", default=os.environ.get("XVLA_OFFICIAL_SRC"),
@@ -47,6 +48,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--machine-id", default=None, help="results sub-directory (default: from the CPU)")
     p.add_argument("--render", type=Path, default=None, metavar="JSON",
                    help="only (re)write the results files from an earlier run's JSON")
+
+
+def step_count(text: str) -> int:
+    """``--steps``: an integer 1 ... MAX_STEPS (what the runtime accepts)."""
+    try:
+        steps = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer 1 ... {MAX_STEPS}, got {text!r}") from None
+    if not 1 <= steps <= MAX_STEPS:
+        raise argparse.ArgumentTypeError(f"expected an integer 1 ... {MAX_STEPS}, got {steps}")
+    return steps
 
 
 def backend_names(name: str) -> list[str]:
