@@ -160,13 +160,7 @@ class ArmCalibration:
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> ArmCalibration:
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, ValueError, RecursionError) as exc:
-            raise ArmCalibrationError(f"cannot read calibration {path}: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ArmCalibrationError(f"{path}: expected a JSON object, got {type(data).__name__}")
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(_read(path), source=str(path))
 
     def save(self, path: Union[str, Path]) -> None:
         Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
@@ -249,11 +243,8 @@ def load_calibration(path: Union[str, Path], *, max_velocity: Optional[float] = 
 
     ``max_velocity`` (rad/s, every joint) and ``gripper_open`` (``"range_max"`` or ``"range_min"``) are what a
     LeRobot file does not say; they are required for one and refused for ours (which carries both)."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError, RecursionError) as exc:
-        raise ArmCalibrationError(f"cannot read calibration {path}: {exc}") from exc
-    if isinstance(data, dict) and {"calib_mode", "start_pos", "motor_names"} & set(data):
+    data = _read(path)
+    if {"calib_mode", "start_pos", "motor_names"} & set(data):
         raise ArmCalibrationError(f"{path}: LeRobot's pre-2025 calibration format (calib_mode / start_pos lists) is "
                                   "not supported: recalibrate with a current LeRobot, or write this project's format")
     if is_lerobot(data):
@@ -269,6 +260,15 @@ def load_calibration(path: Union[str, Path], *, max_velocity: Optional[float] = 
     if given:
         raise ArmCalibrationError(f"{path}: {' and '.join(given)} apply to LeRobot calibration files only; this "
                                   "file carries its own limits and gripper ends")
+    return ArmCalibration.from_dict(data, source=str(path))
+
+
+def _read(path: Union[str, Path]) -> dict[str, Any]:
+    """A calibration file's JSON object."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ArmCalibrationError(f"cannot read calibration {path}: {exc}") from exc
     if not isinstance(data, dict):
         raise ArmCalibrationError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return ArmCalibration.from_dict(data, source=str(path))
+    return data
