@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, T
 from drivers.arm import Arm, ArmConfigError, ArmFactory
 from drivers.dynamixel.arm import DynamixelArm
 from drivers.dynamixel.calibration import GRIPPER_ENDS, ArmCalibration, load_calibration
+from drivers.physical_ranges import MAX_JOINT_VELOCITY
 from drivers.safety import SafetyLimits
 from drivers.sim_arm import SimArm
 from drivers.xvla_serial.arm import XvlaSerialArm
@@ -146,8 +147,8 @@ def _xvla_serial_factory(space: str, values: Values, limits: SafetyLimits) -> Ar
 _DYNAMIXEL_LINK = (_BAUD, _deadman("watchdog_ms"))
 #: What a LeRobot calibration file does not say (``drivers.dynamixel.calibration``); not for this project's files.
 _LEROBOT_CALIBRATION = (
-    Option("max_joint_velocity", float, check=lambda v: math.isfinite(v) and v > 0,
-           expected="rad/s > 0, every joint (only with a LeRobot calibration file)"),
+    Option("max_joint_velocity", float, check=lambda v: math.isfinite(v) and 0 < v <= MAX_JOINT_VELOCITY,
+           expected="rad/s in (0, 4π], every joint (only with a LeRobot calibration file)"),
     Option("gripper_open", str, check=lambda v: v in GRIPPER_ENDS,
            expected=f"{' or '.join(repr(e) for e in GRIPPER_ENDS)}: the end of the gripper's range that is open "
                     "(only with a LeRobot calibration file)"),

@@ -67,8 +67,9 @@ def test_what_the_file_does_not_say_must_be_given_and_old_or_odd_files_are_named
         load_calibration(koch_file)
     with pytest.raises(ArmCalibrationError, match="gripper_open must be one of"):
         load_calibration(koch_file, max_velocity=3.0, gripper_open="open")
-    with pytest.raises(ArmCalibrationError, match="max_velocity must be finite and > 0"):
-        load_calibration(koch_file, max_velocity=math.inf, gripper_open="range_max")
+    for absurd in (math.inf, math.nan, 1e200, 0.0, -1.0):
+        with pytest.raises(ArmCalibrationError, match="max_velocity must be"):
+            load_calibration(koch_file, max_velocity=absurd, gripper_open="range_max")
     cases = {
         "old": ({"homing_offset": [0] * 6, "drive_mode": [0] * 6, "start_pos": [0] * 6, "end_pos": [0] * 6,
                  "calib_mode": ["DEGREE"] * 5 + ["LINEAR"], "motor_names": list(KOCH)}, "pre-2025 calibration format"),
