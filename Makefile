@@ -21,7 +21,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 $(ROBOT_VENV)/.installed: setup.cfg pyproject.toml
 	@test -n "$(PYTHON310)" || { echo "make: no python3.10 found (set PYTHON310=/path/to/python3.10)"; exit 1; }
 	$(PYTHON310) -m venv $(ROBOT_VENV)
-	$(ROBOT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[onnxruntime,test]'
+	$(ROBOT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[onnxruntime,serve,test]'
 	touch $@
 
 demo: $(VENV)/.installed

@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "rollback": "make a robot's previous bundle active again",
     "calibrate": "calibration sets, and the accuracy gate of a bundle against its fp32 reference",
     "quantize": "an INT8 (Q/DQ) bundle from an fp32 bundle, calibrated and gated on a set",
+    "serve": "serve bundles over HTTP (the official X-VLA /act API) and a msgpack websocket",
     "sim": "the simulated tabletop task: train the small X-VLA on it, evaluate any policy on it",
 }
 

@@ -24,6 +24,8 @@ EXTRAS = {
     "cuda12": "cuda-python 12.x for CUDA 12 drivers, JetPack 6 (TensorRT itself comes with JetPack or NVIDIA's "
               "wheels)",
     "cuda13": "cuda-python 13.x for CUDA 13 drivers, JetPack 7",
+    "serve": "the policy server (fastapi, uvicorn, msgpack, websockets, json-numpy)",
+    "remote": "RemotePolicy, a policy served by another machine (msgpack, websockets)",
     "cameras": "OpenCV cameras (on Jetson use JetPack's OpenCV instead)",
     "test": "tests, benchmarks and plots (pytest, pytest-benchmark, matplotlib)",
 }

@@ -1,0 +1,107 @@
+"""msgpack messages with numpy arrays: the websocket protocol of ``xvla-edge serve`` and :mod:`runtime.remote`.
+
+An array travels as a map ``{"__ndarray__": True, "data": <raw bytes, C order>, "dtype": <numpy dtype
+string, e.g. "<f4">, "shape": [...]}`` and a numpy scalar as ``{"__npgeneric__": True, "data": <value>,
+"dtype": ...}``, keys as msgpack binary — the encoding openpi's clients use, so their websocket client can
+talk to the server. Decoding treats every message as hostile: only boolean, integer and floating dtypes of
+at most 8 bytes, at most :data:`MAX_DIMS` dimensions, and data whose length matches dtype × shape exactly;
+anything else is a :class:`WireError` naming the key. Arrays come back read-only (views of the message).
+
+msgpack itself is a library (``msgpack``); the array maps are this module's because their validation is
+the point: ``np.frombuffer`` would build whatever dtype and shape a message names.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from xvla.errors import XVLAError
+
+MAX_DIMS = 8
+MAX_MESSAGE_BYTES = 64 << 20  # 3 full-HD RGB views are 19 MB
+_KINDS = "biuf"  # bool, signed, unsigned, floating
+
+
+class WireError(XVLAError, ValueError):
+    """A message is not valid msgpack, or an array in it is malformed."""
+
+
+def _msgpack() -> Any:
+    import msgpack  # the [serve] / [remote] extras
+
+    return msgpack
+
+
+def _encode(obj: Any) -> Any:
+    if isinstance(obj, (np.ndarray, np.generic)) and obj.dtype.kind not in _KINDS:
+        raise WireError(f"cannot send a numpy {obj.dtype} value: only bool, integer and float arrays travel")
+    if isinstance(obj, np.ndarray):
+        return {b"__ndarray__": True, b"data": np.ascontiguousarray(obj).tobytes(), b"dtype": obj.dtype.str,
+                b"shape": list(obj.shape)}
+    if isinstance(obj, np.generic):
+        return {b"__npgeneric__": True, b"data": obj.item(), b"dtype": obj.dtype.str}
+    raise TypeError(f"cannot send a {type(obj).__name__}")
+
+
+def _field(d: dict, name: str) -> Any:
+    return d.get(name.encode(), d.get(name))
+
+
+def _dtype(d: dict, what: str) -> np.dtype:
+    text = _field(d, "dtype")
+    if isinstance(text, bytes):
+        text = text.decode("ascii", "replace")
+    try:
+        dtype = np.dtype(text) if isinstance(text, str) and len(text) <= 8 else None
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.kind not in _KINDS or dtype.itemsize > 8 or dtype.fields is not None:
+        raise WireError(f"{what}: dtype {text!r} is not accepted; expected a bool, integer or float dtype "
+                        "string such as '<f4' or '|u1'")
+    return dtype
+
+
+def _decode(d: dict) -> Any:
+    if _field(d, "__ndarray__") is True:
+        dtype = _dtype(d, "array")
+        shape, data = _field(d, "shape"), _field(d, "data")
+        if (not isinstance(shape, (list, tuple)) or len(shape) > MAX_DIMS
+                or not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n for n in shape)):
+            raise WireError(f"array: shape {shape!r} is not a list of at most {MAX_DIMS} non-negative integers")
+        if not isinstance(data, bytes) or len(data) != math.prod(shape) * dtype.itemsize:
+            size = len(data) if isinstance(data, bytes) else type(data).__name__
+            raise WireError(f"array: {size} data bytes for shape {list(shape)} of {dtype.str} "
+                            f"(expected {math.prod(shape) * dtype.itemsize} bytes)")
+        return np.frombuffer(data, dtype).reshape(shape)
+    if _field(d, "__npgeneric__") is True:
+        dtype, value = _dtype(d, "scalar"), _field(d, "data")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise WireError(f"scalar: data {value!r} is not a number")
+        try:
+            return dtype.type(value)
+        except (OverflowError, ValueError) as exc:
+            raise WireError(f"scalar: {value!r} does not fit {dtype.str}") from exc
+    return d
+
+
+def pack(message: Any) -> bytes:
+    """Encode ``message`` (maps, lists, str, bytes, numbers, numpy arrays and scalars)."""
+    return _msgpack().packb(message, default=_encode, use_bin_type=True)
+
+
+def unpack(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
+    """Decode one message; arrays validated (see the module docstring). String keys come back as ``str``."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise WireError(f"expected a binary message, got {type(data).__name__}")
+    if len(data) > max_bytes:
+        raise WireError(f"message of {len(data)} bytes exceeds the limit of {max_bytes}")
+    msgpack = _msgpack()
+    try:
+        return msgpack.unpackb(data, object_hook=_decode, raw=False, strict_map_key=False)
+    except WireError:
+        raise
+    except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError, TypeError) as exc:
+        raise WireError(f"not a valid msgpack message ({type(exc).__name__}: {exc})") from exc

@@ -1,0 +1,187 @@
+"""``/act`` bodies as the official clients send them, and hostile ones, through the request parser (no server)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+json_numpy = pytest.importorskip("json_numpy", reason="the [serve] extra (json-numpy) is not installed")
+
+from xvla_edge.serve.request import Limits, RequestError, from_message, parse_body  # noqa: E402
+
+RNG = np.random.default_rng(0)
+IMG = RNG.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+PROPRIO = RNG.standard_normal(20)  # float64, as the official LIBERO client sends it
+
+
+def official(**overrides) -> dict:
+    body = {"proprio": json_numpy.dumps(PROPRIO), "language_instruction": "put the cup on the plate",
+            "image0": json_numpy.dumps(IMG), "domain_id": 3, "steps": 10}
+    body.update(overrides)
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def parse(body: dict, limits: Limits = Limits()):
+    return parse_body(json.dumps(body).encode(), limits)
+
+
+def refused(body, limits: Limits = Limits(), status: int = 400) -> str:
+    with pytest.raises(RequestError) as err:
+        parse_body(body if isinstance(body, bytes) else json.dumps(body).encode(), limits)
+    assert err.value.status == status, str(err.value)
+    return str(err.value)
+
+
+def png(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_an_official_body_parses_to_the_arrays_sent():
+    r = parse(official(image1=json_numpy.dumps(IMG[::-1])))
+    assert [img.tobytes() for img in r.images] == [IMG.tobytes(), IMG[::-1].tobytes()]
+    assert r.proprio.dtype == np.float32 and np.array_equal(r.proprio, PROPRIO.astype(np.float32))
+    assert (r.instruction, r.domain_id, r.steps, r.seed, r.noise) == ("put the cup on the plate", 3, 10, None, None)
+
+
+def test_images_fill_slots_in_key_order_as_the_official_server_does():
+    r = parse(official(image0=None, image2=json_numpy.dumps(IMG)))
+    assert len(r.images) == 1 and r.images[0].tobytes() == IMG.tobytes()
+    msg = from_message({"image1": IMG, "language_instruction": "x", "proprio": PROPRIO, "domain_id": 3}, Limits())
+    assert msg.images[0] is None and msg.images[1] is IMG  # the websocket protocol: imageK is slot K
+
+
+def test_calvin_style_list_proprio_plain_json_and_numeric_strings():
+    r = parse(official(proprio=json_numpy.dumps(PROPRIO.tolist()), domain_id="3", steps=4.0, seed=11))
+    assert np.allclose(r.proprio, PROPRIO) and (r.domain_id, r.steps, r.seed) == (3, 4, 11)
+    r = parse(official(proprio=PROPRIO.tolist(), image0=IMG.tolist()))  # plain JSON lists, not json_numpy strings
+    assert r.images[0].dtype == np.uint8 and r.images[0].tobytes() == IMG.tobytes()
+
+
+def test_encoded_image_bytes_decode_to_rgb_not_bgr():
+    r = parse(official(image0=json_numpy.dumps(np.frombuffer(png(IMG), np.uint8))))
+    assert r.images[0].tobytes() == IMG.tobytes()  # red stays red (the official server would hand on BGR)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("image0", None, "no images"),
+    ("language_instruction", None, "language_instruction: missing"),
+    ("proprio", None, "proprio: missing"),
+    ("domain_id", None, "domain_id: missing"),
+    ("language_instruction", "", "language_instruction: expected a non-empty string"),
+    ("language_instruction", 5, "language_instruction: expected a non-empty string"),
+    ("language_instruction", "x" * 5000, "language_instruction: 5000 characters"),
+    ("image0", json_numpy.dumps(IMG.astype(np.float32)), "image0: expected an HxWx3 uint8 array"),
+    ("image0", json_numpy.dumps(IMG[..., :2]), "image0: expected an HxWx3 uint8 array"),
+    ("image0", json_numpy.dumps(IMG[0]), "image0: expected an HxWx3 uint8 array"),
+    ("image0", json_numpy.dumps(np.zeros((0, 5, 3), np.uint8)), "image0: expected an HxWx3"),
+    ("image0", json_numpy.dumps(np.arange(10, dtype=np.int32)), "image0: a 1-D array is read as encoded image"),
+    ("image0", json_numpy.dumps(np.arange(10, dtype=np.uint8)), "image0: not a decodable"),
+    ("image0", json_numpy.dumps(np.frombuffer(png(IMG)[:60], np.uint8)), "image0: not a decodable"),
+    ("image0", [[[300, 0, 0]]], "image0: list values must be 0 ... 255"),
+    ("image0", [[1, 2], [3]], "image0: the list is not a rectangular array"),
+    ("image0", json_numpy.dumps(5), "image0: expected an HxWx3 uint8 array"),
+    ("image1", "not json", "image1: not valid JSON"),
+    ("proprio", json_numpy.dumps(np.array([1.0, np.nan])), "proprio: contains NaN or Inf"),
+    ("proprio", json_numpy.dumps(np.array([1e300])), "too large for float32"),
+    ("proprio", json_numpy.dumps(np.zeros((2, 3))), "proprio: expected a 1-D array"),
+    ("proprio", json_numpy.dumps(np.zeros(2000)), "proprio: expected a 1-D array of 1 ... 1024"),
+    ("proprio", json_numpy.dumps(np.array(["a"])), "proprio: dtype"),
+    ("proprio", "[1, NaN]", "proprio: not valid JSON"),
+    ("proprio", "[" * 100_000 + "]" * 100_000, "proprio: nested too deeply"),
+    ("proprio", {"a": 1}, "proprio: expected a numeric array"),
+    ("domain_id", True, "domain_id: expected an integer"),
+    ("domain_id", 3.5, "domain_id: expected an integer"),
+    ("domain_id", -1, "domain_id: expected an integer 0"),
+    ("domain_id", "1e400", "domain_id: expected an integer"),
+    ("steps", 0, "steps: expected an integer 1 ... 100"),
+    ("steps", 10**9, "steps: expected an integer 1 ... 100"),
+    ("seed", -1, "seed: expected an integer 0"),
+    ("seed", 2**64, "seed: expected an integer 0"),
+    ("noise", json_numpy.dumps(np.zeros(30)), "noise: expected a [chunk_length, dim] float array"),
+    ("noise", json_numpy.dumps(np.full((30, 20), np.inf)), "noise: contains NaN or Inf"),
+])
+def test_bad_fields_are_400_naming_the_field(field, value, message):
+    body = official(**{field: value}) if value is not None else {k: v for k, v in official().items() if k != field}
+    assert message in refused(body)
+
+
+@pytest.mark.parametrize("encoded, message", [
+    ({"__numpy__": "AAAA", "dtype": "|O", "shape": [1]}, "dtype '|O' is not accepted"),
+    ({"__numpy__": "AAAA", "dtype": "<f4", "shape": [2]}, "3 data bytes for shape [2]"),
+    ({"__numpy__": "A" * 10_000, "dtype": "|u1", "shape": [3]}, "10000 base64 characters"),
+    ({"__numpy__": "!!!!", "dtype": "|u1", "shape": [3]}, "not valid base64"),
+    ({"__numpy__": "AAAA", "dtype": "|u1", "shape": [-3]}, "shape"),
+    ({"__numpy__": "AAAA", "dtype": "|u1", "shape": [2**40, 2**40]}, "3 data bytes"),  # nothing allocated
+    ({"__numpy__": 5, "dtype": "|u1", "shape": [3]}, "not a base64 string"),
+])
+def test_hostile_json_numpy_arrays_are_refused_before_decoding(encoded, message):
+    assert message in refused(official(proprio=json.dumps(encoded)))
+
+
+def test_body_limits_and_non_object_bodies():
+    body = json.dumps(official()).encode()
+    assert "exceeds the limit" in refused(body, Limits(max_body_bytes=len(body) - 1), status=413)
+    assert "expected a JSON object" in refused(b"[1, 2]")
+    assert "not valid JSON" in refused(b"\xff\xfe{")
+    assert "not valid JSON" in refused(b'{"a": Infinity}')
+
+
+def test_image_pixel_limit_applies_to_arrays_and_to_encoded_images_before_decoding():
+    assert "pixels exceed" in refused(official(), Limits(max_image_pixels=48 * 64 - 1), status=413)
+    # valid PNG headers claiming 5000x5000 and 100000x100000 pixels (IHDR CRC recomputed): refused unread
+    for side, message in [(5000, "image0: 5000x5000 pixels exceed the limit of 16777216"),
+                          (100_000, "image0: the image claims more than 16777216 pixels")]:
+        bomb = bytearray(png(np.zeros((1, 1, 3), np.uint8)))
+        bomb[16:24] = side.to_bytes(4, "big") * 2
+        bomb[29:33] = zlib.crc32(bytes(bomb[12:29])).to_bytes(4, "big")
+        assert refused(official(image0=json_numpy.dumps(np.frombuffer(bytes(bomb), np.uint8))), status=413) == message
+
+
+class TestFilePathImages:
+    def test_refused_without_an_image_directory(self):
+        assert "file-path images are refused" in refused(official(image0=json_numpy.dumps("/etc/hostname")),
+                                                         status=403)
+
+    def test_read_from_inside_the_directory(self, tmp_path):
+        (tmp_path / "cam.png").write_bytes(png(IMG))
+        r = parse(official(image0=json_numpy.dumps("cam.png")), Limits(image_dir=tmp_path))
+        assert r.images[0].tobytes() == IMG.tobytes()
+        r = parse(official(image0=json_numpy.dumps(str(tmp_path / "cam.png"))), Limits(image_dir=tmp_path))
+        assert r.images[0].tobytes() == IMG.tobytes()
+
+    @pytest.mark.parametrize("name", ["../secret.png", "a/../../secret.png", "/etc/passwd", "link.png", "", "a\x00b"])
+    def test_nothing_outside_the_directory_is_read(self, tmp_path, name):
+        allowed = tmp_path / "allowed"
+        allowed.mkdir()
+        (tmp_path / "secret.png").write_bytes(png(IMG))
+        os.symlink(tmp_path / "secret.png", allowed / "link.png")  # a link out of the directory
+        message = refused(official(image0=json_numpy.dumps(name)), Limits(image_dir=allowed), status=403)
+        assert message.startswith("image0:")
+
+    def test_missing_oversize_and_non_image_files(self, tmp_path):
+        (tmp_path / "big.png").write_bytes(png(IMG))
+        (tmp_path / "notes.txt").write_text("hello")
+        limits = Limits(image_dir=tmp_path, max_image_file_bytes=100)
+        assert "no such image file" in refused(official(image0=json_numpy.dumps("nope.png")), limits, status=404)
+        assert "larger than 100 bytes" in refused(official(image0=json_numpy.dumps("big.png")), limits, status=413)
+        assert "not a decodable" in refused(official(image0=json_numpy.dumps("notes.txt")), Limits(image_dir=tmp_path))
+        assert "no such image file" in refused(official(image0=json_numpy.dumps(".")), limits, status=404)
+
+
+def test_websocket_messages_are_checked_by_the_same_rules():
+    good = {"image0": IMG, "language_instruction": "x", "proprio": PROPRIO, "domain_id": np.int64(3)}
+    assert from_message(good, Limits()).domain_id == 3
+    for bad, message in [({"image0": IMG.astype(np.int16)}, "image0"), ({"proprio": "1,2"}, "proprio"),
+                         ({"domain_id": np.float32(2.5)}, "domain_id")]:
+        with pytest.raises(RequestError, match=message):
+            from_message({**good, **bad}, Limits())
+    with pytest.raises(RequestError, match="expected a map"):
+        from_message([1, 2], Limits())

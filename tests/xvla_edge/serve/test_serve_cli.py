@@ -1,0 +1,42 @@
+"""``xvla-edge serve`` refuses to expose itself without a token, and bad options, before loading anything."""
+
+from __future__ import annotations
+
+import pytest
+
+from xvla_edge.cli import main
+from xvla_edge.serve.server import check_exposure, is_loopback
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--host", "0.0.0.0"], "--host 0.0.0.0 is reachable from other machines: give --token-file"),
+    (["--host", "192.168.1.20"], "--host 192.168.1.20 is reachable from other machines"),
+    (["--token", "short"], "--token: 5 characters; use at least 16"),
+    (["--token", "a" * 16, "--token-file", "/nonexistent"], "give one of --token and --token-file"),
+    (["--token-file", "/nonexistent/token"], "--token-file /nonexistent/token: cannot read it"),
+    (["--image-dir", "/nonexistent/frames"], "--image-dir /nonexistent/frames: not a directory"),
+])
+def test_refusals_name_the_option(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("XVLA_SERVE_TOKEN", raising=False)
+    assert main(["serve", str(tmp_path), *argv]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_an_empty_token_file_is_refused(tmp_path, capsys):
+    (tmp_path / "token").write_text("\n")
+    assert main(["serve", str(tmp_path), "--token-file", str(tmp_path / "token")]) == 1
+    assert "the first line is empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--port", "0"], ["--port", "70000"], ["--max-body-mb", "nan"],
+                                  ["--max-body-mb", "-1"], ["--max-image-pixels", "0"]])
+def test_bad_numbers_are_usage_errors(argv, tmp_path):
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", str(tmp_path), *argv])
+    assert exit_.value.code == 2
+
+
+def test_loopback_addresses():
+    assert all(map(is_loopback, ["127.0.0.1", "127.1.2.3", "::1", "localhost"]))
+    assert not any(map(is_loopback, ["0.0.0.0", "::", "10.0.0.1", "gpu-box"]))
+    check_exposure("0.0.0.0", "x" * 16)  # exposed with a token: allowed

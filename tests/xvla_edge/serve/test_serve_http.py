@@ -1,0 +1,175 @@
+"""``POST /act`` on a real uvicorn server, called as the official X-VLA clients call it (requests + json_numpy)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+json_numpy = pytest.importorskip("json_numpy")
+requests = pytest.importorskip("requests")
+
+from runtime.policy import Policy  # noqa: E402
+from runtime.types import Observation  # noqa: E402
+from xvla_edge.serve.app import create_app  # noqa: E402
+from xvla_edge.serve.request import Limits  # noqa: E402
+from xvla_edge.serve.server import ServerThread  # noqa: E402
+
+RNG = np.random.default_rng(5)
+IMG = RNG.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+WRIST = RNG.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+TOKEN = "t0ken-for-the-tests-0123456789"
+
+
+def body(**overrides) -> dict:
+    """A request as the official LIBERO client builds it (float64 proprio, json_numpy strings), plus a seed."""
+    payload = {"proprio": json_numpy.dumps(RNG.standard_normal(20)), "language_instruction": "open the drawer",
+               "image0": json_numpy.dumps(IMG), "domain_id": 3, "steps": 10, "seed": 1}
+    payload.update(overrides)
+    return {k: v for k, v in payload.items() if v is not None}
+
+
+def local(bundle, payload: dict) -> np.ndarray:
+    """What ``Policy.act`` gives for the same request and the noise its seed names."""
+    policy = Policy.load(bundle)
+    images = [json_numpy.loads(payload[k]) for k in ("image0", "image1", "image2") if k in payload]
+    shape = policy.chunk_shape[1:]
+    obs = Observation(images, payload["language_instruction"], json_numpy.loads(payload["proprio"]),
+                      noise=np.random.default_rng(payload["seed"]).standard_normal(shape, dtype=np.float32))
+    return policy.act(obs, steps=payload.get("steps")).actions
+
+
+@pytest.fixture
+def server(bundles):
+    with ServerThread(create_app(bundles, Limits(max_body_bytes=2 << 20))) as srv:
+        yield srv
+
+
+def metric(text: str, line: str) -> float:
+    found = [row for row in text.splitlines() if row.startswith(line + " ")]
+    return float(found[0].split()[-1]) if found else 0.0
+
+
+def test_official_requests_get_the_chunk_policy_act_gives(server, tiny_bundle, joint_bundle):
+    payload = body()
+    r = requests.post(server.url + "/act", json=payload)
+    assert r.status_code == 200, r.text
+    action = np.array(r.json()["action"])
+    assert action.shape == (30, 20)
+    np.testing.assert_array_equal(action.astype(np.float32), local(tiny_bundle, payload))  # float32 → JSON → exact
+    assert r.headers["X-XVLA-Bundle"] == Policy.load(tiny_bundle).manifest.bundle_id
+    # domain 5 is the joint bundle: two views, its own output width
+    joint = body(domain_id=5, image1=json_numpy.dumps(WRIST), proprio=json_numpy.dumps(RNG.standard_normal(14)))
+    r = requests.post(server.url + "/act", json=joint)
+    assert r.status_code == 200, r.text
+    np.testing.assert_array_equal(np.array(r.json()["action"], np.float32), local(joint_bundle, joint))
+    # without a seed each chunk has fresh noise, as the official server's torch.randn
+    a, b = (np.array(requests.post(server.url + "/act", json=body(seed=None)).json()["action"]) for _ in range(2))
+    assert a.shape == b.shape == (30, 20) and not np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("overrides, status, message", [
+    ({"domain_id": 9}, 400, "domain_id: 9 is not served here; domains served: 3, 5"),
+    ({"proprio": None}, 400, "proprio: missing"),
+    ({"language_instruction": None}, 400, "language_instruction: missing"),
+    ({"image0": None}, 400, "no images"),
+    ({"proprio": json_numpy.dumps(np.zeros(7))}, 400, "proprio: domain 3 takes 20 values, got 7"),
+    ({"image0": json_numpy.dumps(IMG[:64, :64].astype(np.float64))}, 400, "image0: expected an HxWx3 uint8 array"),
+    ({"image0": json_numpy.dumps(IMG[:, :, :1])}, 400, "image0: expected an HxWx3 uint8 array"),
+    ({"image1": json_numpy.dumps(WRIST)}, 400, "image1: domain 3 (bundle tiny-fp32) takes 1 view(s); send image0"),
+    ({"steps": 0}, 400, "steps: expected an integer 1 ... 100"),
+    ({"image0": json_numpy.dumps("/etc/hostname")}, 403, "image0: file-path images are refused"),
+    ({"image0": json_numpy.dumps(np.zeros((2048, 1024, 3), np.uint8))}, 413, "exceeds the limit of 2097152"),
+])
+def test_bad_requests_are_refused_with_the_field_named(server, overrides, status, message):
+    r = requests.post(server.url + "/act", json=body(**overrides))
+    assert (r.status_code, r.json()) == (status, {"error": r.json()["error"]})
+    assert message in r.json()["error"]
+
+
+def test_oversize_bodies_are_refused_unread_whether_declared_or_streamed(server):
+    declared = requests.post(server.url + "/act", data=b"x" * (3 << 20), headers={"Content-Type": "application/json"})
+    assert declared.status_code == 413 and "exceeds the limit of 2097152" in declared.json()["error"]
+    streamed = requests.post(server.url + "/act", data=(b"x" * (1 << 16) for _ in range(64)))  # chunked: no length
+    assert streamed.status_code == 413
+    assert requests.post(server.url + "/act", data=b"{nope").status_code == 400
+
+
+def test_a_token_guards_everything_but_healthz(bundles):
+    with ServerThread(create_app(bundles, Limits(), token=TOKEN)) as srv:
+        assert requests.post(srv.url + "/act", json=body()).status_code == 401
+        wrong = requests.post(srv.url + "/act", json=body(), headers={"Authorization": "Bearer " + TOKEN[:-1] + "x"})
+        assert wrong.status_code == 401 and wrong.headers["WWW-Authenticate"] == "Bearer"
+        assert requests.post(srv.url + "/act", json=body(), headers={"Authorization": f"Bearer {TOKEN}"}).ok
+        assert requests.post(srv.url + f"/act?token={TOKEN}", json=body()).ok  # clients that only take a URL
+        assert requests.get(srv.url + "/metrics").status_code == 401
+        assert requests.get(srv.url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).ok
+        assert requests.get(srv.url + "/healthz").json() == {"status": "ok", "domains": [3, 5]}
+
+
+def test_file_path_images_only_from_the_allowed_directory(bundles, tiny_bundle, tmp_path):
+    from PIL import Image
+
+    allowed = tmp_path / "frames"
+    allowed.mkdir()
+    Image.fromarray(IMG).save(allowed / "cam0.png")
+    Image.fromarray(IMG).save(tmp_path / "outside.png")
+    with ServerThread(create_app(bundles, Limits(image_dir=allowed))) as srv:
+        payload = body(image0=json_numpy.dumps("cam0.png"))
+        r = requests.post(srv.url + "/act", json=payload)
+        assert r.status_code == 200, r.text
+        np.testing.assert_array_equal(np.array(r.json()["action"], np.float32),
+                                      local(tiny_bundle, {**payload, "image0": json_numpy.dumps(IMG)}))
+        for path in ("../outside.png", str(tmp_path / "outside.png"), "../../../../etc/passwd"):
+            r = requests.post(srv.url + "/act", json=body(image0=json_numpy.dumps(path)))
+            assert r.status_code == 403 and "must lie in the server's image directory" in r.json()["error"]
+
+
+def test_concurrent_clients_of_one_domain_each_get_their_own_chunk(server, tiny_bundle):
+    """Policy computes one chunk at a time: four clients at once are queued, none gets another's chunk."""
+    payloads = [body(seed=100 + i, language_instruction=f"task {i}") for i in range(4)]
+    results: dict[int, np.ndarray] = {}
+
+    def client(i: int) -> None:
+        for _ in range(3):
+            r = requests.post(server.url + "/act", json=payloads[i])
+            results[i] = np.array(r.json()["action"], np.float32)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, payload in enumerate(payloads):
+        np.testing.assert_array_equal(results[i], local(tiny_bundle, payload))
+
+
+def test_metrics_count_requests_errors_and_latency(server):
+    before = requests.get(server.url + "/metrics").text
+    requests.post(server.url + "/act", json=body())
+    requests.post(server.url + "/act", json=body(domain_id=42))
+    after = requests.get(server.url + "/metrics").text
+    for line, delta in [('xvla_serve_requests_total{endpoint="act",status="200"}', 1),
+                        ('xvla_serve_requests_total{endpoint="act",status="400"}', 1),
+                        ('xvla_serve_errors_total{kind="unknown_domain"}', 1),
+                        ('xvla_serve_request_seconds_count{endpoint="act"}', 2),
+                        ('xvla_serve_inference_seconds_count{domain="3"}', 1)]:
+        assert metric(after, line) - metric(before, line) == delta, line
+    assert 'xvla_serve_bundle_info{backend="auto",bundle_id="' in after
+
+
+def test_a_failing_backend_is_a_500_and_the_server_keeps_serving(server, bundles, monkeypatch):
+    backend = bundles.served[3].policy.backend
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(backend, "denoise", broken)
+    r = requests.post(server.url + "/act", json=body())
+    assert r.status_code == 500 and r.json() == {"error": "inference failed on the server (see its log)"}
+    monkeypatch.undo()
+    t0 = time.perf_counter()
+    assert requests.post(server.url + "/act", json=body()).status_code == 200
+    assert time.perf_counter() - t0 < 30

@@ -1,0 +1,201 @@
+"""The websocket protocol and ``RemotePolicy`` against a real server: chunks equal ``Policy.act``, refusals keep
+the connection, timeouts and a killed server never yield a stale chunk."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+websockets_sync = pytest.importorskip("websockets.sync.client")
+
+from runtime.backends.base import BackendError  # noqa: E402
+from runtime.policy import Policy  # noqa: E402
+from runtime.remote import BundleChanged, RemotePolicy, RemoteUnavailable  # noqa: E402
+from runtime.types import Observation  # noqa: E402
+from runtime.wire import pack, unpack  # noqa: E402
+from xvla.errors import InputError  # noqa: E402
+from xvla_edge.serve.app import create_app  # noqa: E402
+from xvla_edge.serve.request import Limits  # noqa: E402
+from xvla_edge.serve.server import ServerThread  # noqa: E402
+
+RNG = np.random.default_rng(9)
+IMG = RNG.integers(0, 256, (224, 224, 3), dtype=np.uint8)
+WRIST = RNG.integers(0, 256, (224, 224, 3), dtype=np.uint8)
+TOKEN = "websocket-token-0123456789"
+
+
+def observation(seed: int, images=(IMG,), proprio_dim: int = 20, timestamp: float = 100.0,
+                action_dim: int = 20) -> Observation:
+    rng = np.random.default_rng(seed)
+    return Observation(list(images), f"task {seed}", rng.standard_normal(proprio_dim).astype(np.float32),
+                       timestamp=timestamp, noise=rng.standard_normal((30, action_dim)).astype(np.float32))
+
+
+@pytest.fixture
+def server(bundles):
+    with ServerThread(create_app(bundles, Limits(), token=TOKEN)) as srv:
+        yield srv
+
+
+def ws_url(srv, path: str = "/ws") -> str:
+    return f"ws://{srv.host}:{srv.port}{path}"
+
+
+def test_remote_policy_chunks_equal_local_policy_act(server, tiny_bundle, joint_bundle):
+    local = Policy.load(tiny_bundle)
+    with RemotePolicy(ws_url(server, ""), domain_id=3, token=TOKEN) as remote:
+        assert remote.manifest.bundle_id == local.manifest.bundle_id and remote.state_dim == 20
+        for seed in range(3):
+            obs = observation(seed, timestamp=1000.0 + seed)
+            got, want = remote.act(obs, steps=4), local.act(obs, steps=4)
+            np.testing.assert_array_equal(got.actions, want.actions)
+            np.testing.assert_array_equal(got.timestamps, want.timestamps)  # anchored to the observation time
+            np.testing.assert_array_equal(got.arms[0].quaternion, want.arms[0].quaternion)
+        future = remote.act_async(observation(7))
+        np.testing.assert_array_equal(future.result(timeout=30).actions, local.act(observation(7)).actions)
+    joint = Policy.load(joint_bundle)
+    with RemotePolicy(ws_url(server), domain_id=5, token=TOKEN) as remote:
+        obs = observation(4, images=(None, WRIST), proprio_dim=14, action_dim=14)  # view slot 1 only: slots are kept
+        np.testing.assert_array_equal(remote.act(obs).actions, joint.act(obs).actions)
+        np.testing.assert_array_equal(remote.act(obs).arms[0].joints, joint.act(obs).arms[0].joints)
+
+
+def test_metadata_first_then_one_reply_per_frame_and_refusals_keep_the_connection(server, bundles):
+    with websockets_sync.connect(ws_url(server, "/"), additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
+        meta = unpack(ws.recv(timeout=10))
+        assert meta["protocol"] == "xvla-edge/1" and sorted(meta["domains"]) == ["3", "5"]
+        assert meta["domains"]["3"]["bundle_id"] == bundles.served[3].manifest.bundle_id
+        good = {"image0": IMG, "language_instruction": "x", "proprio": np.zeros(20, np.float32), "domain_id": 3}
+        ws.send(pack(good))
+        reply = unpack(ws.recv(timeout=30))
+        assert reply["action"].shape == (30, 20) and reply["action"].dtype == np.float32
+        assert reply["domain_id"] == 3 and reply["server_timing"]["infer_ms"] > 0
+        for bad, expected in [(pack({**good, "domain_id": 8}), "400 domain_id: 8 is not served here"),
+                              (pack({**good, "proprio": np.zeros(3)}), "400 proprio: domain 3 takes 20 values"),
+                              (pack({**good, "image0": IMG.astype(np.int16)}), "400 image0: expected an HxWx3 uint8"),
+                              (b"\xc1garbage", "400 not a valid msgpack message"),
+                              ("hello", "400 expected a binary msgpack frame")]:
+            ws.send(bad)
+            answer = ws.recv(timeout=10)
+            assert isinstance(answer, str) and answer.startswith(expected), answer
+        ws.send(pack(good))  # still the same connection, still serving
+        assert unpack(ws.recv(timeout=30))["action"].shape == (30, 20)
+
+
+def test_a_refused_token_is_an_error_not_an_outage(server):
+    with pytest.raises(BackendError, match="HTTP 403") as err:
+        RemotePolicy(ws_url(server), token="wrong-token-0123456789")
+    assert not isinstance(err.value, RemoteUnavailable)
+    with pytest.raises(BackendError, match=r"serves domains \['3', '5'\]; give domain_id"):
+        RemotePolicy(ws_url(server), token=TOKEN)
+    with pytest.raises(BackendError, match="domain 4 is not served"):
+        RemotePolicy(ws_url(server), token=TOKEN, domain_id=4)
+    with pytest.raises(BackendError, match="expected ws://"):
+        RemotePolicy(f"http://127.0.0.1:{server.port}", token=TOKEN)
+
+
+def test_a_bad_observation_is_an_input_error_and_the_next_one_works(server, tiny_bundle):
+    with RemotePolicy(ws_url(server), domain_id=3, token=TOKEN) as remote:
+        with pytest.raises(InputError, match="proprio: domain 3 takes 20 values, got 5"):
+            remote.act(observation(1, proprio_dim=5))
+        with pytest.raises(InputError, match="1 to 1 view"):
+            remote.act(observation(1, images=(IMG, WRIST)))
+        obs = observation(2)
+        np.testing.assert_array_equal(remote.act(obs).actions, Policy.load(tiny_bundle).act(obs).actions)
+
+
+def test_a_late_reply_is_never_taken_for_the_next_observation(server, bundles, tiny_bundle, monkeypatch):
+    policy = bundles.served[3].policy
+    real_act = policy.act
+
+    def slow_act(obs, steps=None):
+        time.sleep(1.0)
+        return real_act(obs, steps=steps)
+
+    with RemotePolicy(ws_url(server), domain_id=3, token=TOKEN, timeout_s=0.3) as remote:
+        monkeypatch.setattr(policy, "act", slow_act)
+        with pytest.raises(RemoteUnavailable, match="no chunk within 0.3 s"):
+            remote.act(observation(1))
+        monkeypatch.setattr(policy, "act", real_act)
+        time.sleep(1.0)  # the late chunk of observation 1 is sent meanwhile, to a closed connection
+        obs = observation(2)
+        np.testing.assert_array_equal(remote.act(obs).actions, Policy.load(tiny_bundle).act(obs).actions)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(bundle, port: int) -> subprocess.Popen:
+    """``xvla-edge serve`` in its own process, returned once it accepts connections."""
+    proc = subprocess.Popen([sys.executable, "-m", "xvla_edge", "serve", str(bundle), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc
+        except OSError:
+            if proc.poll() is not None:
+                raise AssertionError(f"serve exited: {proc.stdout.read()}")
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("serve did not start")
+
+
+def rebuilt(bundle, tmp_path):
+    """The same graphs under another bundle id (the manifest names another source checkpoint)."""
+    out = tmp_path / "rebuilt"
+    shutil.copytree(bundle, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["source"]["checkpoint"] += "-retrained"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def test_a_killed_server_is_an_outage_and_its_return_is_picked_up(tiny_bundle, tmp_path):
+    port = free_port()
+    proc = start_server(tiny_bundle, port)
+    local = Policy.load(tiny_bundle)
+    try:
+        remote = RemotePolicy(f"ws://127.0.0.1:{port}", timeout_s=5.0)
+        obs = observation(3)
+        np.testing.assert_array_equal(remote.act(obs).actions, local.act(obs).actions)
+        future = remote.act_async(observation(4), steps=100)  # in flight while the server dies
+        time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        with pytest.raises(RemoteUnavailable):
+            future.result(timeout=10)
+        with pytest.raises(RemoteUnavailable, match="cannot connect"):
+            remote.act(obs)
+        proc = start_server(tiny_bundle, port)  # back, with the same bundle
+        np.testing.assert_array_equal(remote.act(obs).actions, local.act(obs).actions)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        with pytest.raises(RemoteUnavailable):
+            remote.act(obs)
+        proc = start_server(rebuilt(tiny_bundle, tmp_path), port)  # back with another bundle: refused
+        with pytest.raises(BundleChanged, match="now serves bundle"):
+            remote.act(obs)
+        remote.close()
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def test_remote_policy_needs_a_server_to_start():
+    with pytest.raises(RemoteUnavailable, match="cannot connect"):
+        RemotePolicy(f"ws://127.0.0.1:{free_port()}", connect_timeout_s=1.0)

@@ -1,0 +1,111 @@
+"""``xvla-edge serve BUNDLE [BUNDLE ...]``: serve bundles to existing X-VLA clients and to robots.
+
+One process serves several bundles, one per domain (``domain_id`` of a request picks it): ``POST /act`` (the
+official X-VLA contract, so its evaluation clients work unchanged), a msgpack websocket at ``/ws`` (and
+``/``) for :class:`runtime.remote.RemotePolicy` and openpi-style clients, ``/healthz`` and ``/metrics``
+(:mod:`xvla_edge.serve.app`). Binds 127.0.0.1 by default; any other address needs a token
+(``--token-file``, ``--token`` or ``XVLA_SERVE_TOKEN``), which every request must then carry. File-path
+images are refused unless ``--image-dir`` names the one directory they may come from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundles", nargs="+", type=Path, metavar="BUNDLE", help="bundle directories, one per domain")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need a token)")
+    p.add_argument("--port", type=port_number, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--backend", default="auto", choices=BACKENDS)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--token-file", type=Path, default=None,
+                   help="file holding the token every request must carry (first line)")
+    p.add_argument("--token", default=None, help="the token itself (visible in the process list: prefer "
+                   "--token-file or XVLA_SERVE_TOKEN)")
+    p.add_argument("--image-dir", type=Path, default=None,
+                   help="the only directory file-path images may be read from (default: file paths refused)")
+    p.add_argument("--max-body-mb", type=positive(float, 1024), default=32.0,
+                   help="largest request body or websocket frame, MiB (default 32)")
+    p.add_argument("--max-image-pixels", type=positive(int, 1 << 28), default=4096 * 4096,
+                   help="largest image, width × height (default 4096²)")
+
+
+def port_number(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port 1 ... 65535, got {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 1 ... 65535, got {port}")
+    return port
+
+
+def positive(kind: type, high: float):  # noqa: ANN201 - an argparse type
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number > 0 and <= {high}, got {text!r}") from None
+        if not 0 < value <= high:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"expected a number > 0 and <= {high}, got {text!r}")
+        return value
+
+    return parse
+
+
+def read_token(args: argparse.Namespace) -> str | None:
+    from xvla_edge.serve.server import ServeError
+
+    given = [name for name, value in (("--token", args.token), ("--token-file", args.token_file)) if value]
+    if len(given) > 1:
+        raise ServeError("give one of --token and --token-file")
+    if args.token_file is not None:
+        try:
+            lines = args.token_file.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ServeError(f"--token-file {args.token_file}: cannot read it ({exc})") from None
+        token = lines[0].strip() if lines else ""
+        if not token:
+            raise ServeError(f"--token-file {args.token_file}: the first line is empty")
+        return token
+    return args.token or os.environ.get("XVLA_SERVE_TOKEN") or None
+
+
+def run(args: argparse.Namespace) -> int:
+    from xvla_edge.extras import needs
+
+    with needs("serve"):
+        import fastapi  # noqa: F401
+        import msgpack  # noqa: F401
+        import uvicorn  # noqa: F401
+    from xvla_edge.serve.app import create_app
+    from xvla_edge.serve.bundles import BundleSet
+    from xvla_edge.serve.request import Limits
+    from xvla_edge.serve.server import ServeError, bind, check_exposure, uvicorn_server
+
+    token = read_token(args)
+    check_exposure(args.host, token)
+    if args.image_dir is not None and not args.image_dir.is_dir():
+        raise ServeError(f"--image-dir {args.image_dir}: not a directory")
+    limits = Limits(max_body_bytes=int(args.max_body_mb * (1 << 20)), max_image_pixels=args.max_image_pixels,
+                    image_dir=args.image_dir)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    sock = bind(args.host, args.port)
+    bundles = BundleSet.load(args.bundles, backend=args.backend, device=args.device)
+    try:
+        for domain, served in sorted(bundles.served.items()):
+            print(f"domain {domain}: {served.path} (bundle {served.manifest.bundle_id[:12]}, "
+                  f"{served.manifest.precision}, {served.policy.backend.__class__.__name__})", flush=True)
+        print(f"serving on http://{args.host}:{sock.getsockname()[1]} (POST /act, websocket /ws, /healthz, "
+              f"/metrics){' — token required' if token else ''}", flush=True)
+        uvicorn_server(create_app(bundles, limits, token), limits.max_body_bytes).run(sockets=[sock])
+    finally:
+        bundles.close()
+        sock.close()
+    return 0

@@ -1,0 +1,1 @@
+"""``xvla-edge serve``: bundles behind the official X-VLA ``/act`` API and a msgpack websocket (see app.py)."""

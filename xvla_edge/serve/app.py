@@ -1,0 +1,176 @@
+"""The HTTP and websocket endpoints of ``xvla-edge serve`` (FastAPI on uvicorn, the ``[serve]`` extra).
+
+- ``POST /act``: the official X-VLA contract (:mod:`xvla_edge.serve.request`); ``{"action": [[...], ...]}``
+  ([chunk_length, output_dim], float32 values), or ``{"error": "..."}`` with 400 (bad field, unknown domain),
+  401 (token), 403 (file path outside the image directory), 404 (no such image file), 413 (body or image too
+  large), 500 (the backend failed; details in the server log). Headers ``X-XVLA-Bundle`` and
+  ``X-XVLA-Inference-Ms`` name the bundle and time the chunk.
+- websocket ``/ws`` (and ``/``, where openpi's client connects): binary msgpack frames
+  (:mod:`runtime.wire`). On connect the server sends the metadata (protocol, each domain's bundle id and
+  manifest); then each client frame is one observation (the ``/act`` fields, arrays as arrays, ``imageK``
+  is view slot K) and each reply one map ``{"action", "domain_id", "bundle_id", "server_timing"}``. A
+  refused observation is answered with a text frame ``"<status> <message>"`` and the connection stays
+  open; a server fault sends ``"500 ..."`` and closes (1011).
+- ``GET /healthz`` (no token needed: ``{"status": "ok", "domains": [...]}``) and ``GET /metrics``
+  (Prometheus text).
+
+With a token, every request but ``/healthz`` carries it as ``Authorization: Bearer TOKEN`` or as the query
+parameter ``token`` (for clients that only take a URL, such as the official evaluation clients).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from typing import Any, Callable, Mapping, Optional
+
+import numpy as np
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from runtime.wire import WireError, pack, unpack
+from xvla.errors import InputError
+from xvla_edge.daemon.metrics import CONTENT_TYPE
+from xvla_edge.serve.bundles import BundleSet
+from xvla_edge.serve.request import Limits, RequestError, from_message, parse_body
+
+log = logging.getLogger("xvla_edge.serve")
+
+
+def _authorised(token: Optional[str], headers: Mapping[str, str], query: Mapping[str, str]) -> bool:
+    if token is None:
+        return True
+    given = query.get("token", "")
+    auth = headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        given = auth[7:].strip()
+    return hmac.compare_digest(given.encode("utf-8", "replace"), token.encode("utf-8"))
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused (413) as soon as it is known to exceed ``limit``: by its Content-Length, or while
+    streaming."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise RequestError(f"request body of {declared} bytes exceeds the limit of {limit}", 413, "too_large")
+    parts, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise RequestError(f"request body exceeds the limit of {limit} bytes", 413, "too_large")
+        parts.append(part)
+    return b"".join(parts)
+
+
+def create_app(bundles: BundleSet, limits: Limits = Limits(), token: Optional[str] = None) -> FastAPI:
+    """The app serving ``bundles``; ``token``: required on every request but ``/healthz`` (None: none)."""
+    app = FastAPI(title="xvla-edge serve", docs_url=None, redoc_url=None, openapi_url=None)
+    metrics = bundles.metrics
+
+    def refused(endpoint: str, exc: RequestError) -> None:
+        metrics.errors.labels(exc.kind).inc()
+        log.info("%s refused (%d): %s", endpoint, exc.status, exc)
+
+    @app.post("/act")
+    async def act(request: Request) -> Response:
+        t0 = time.perf_counter()
+        try:
+            if not _authorised(token, request.headers, request.query_params):
+                raise RequestError("missing or wrong token (Authorization: Bearer TOKEN, or ?token=TOKEN)", 401,
+                                   "unauthorized")
+            body = await _read_body(request, limits.max_body_bytes)
+            parsed = await run_in_threadpool(parse_body, body, limits)
+            t1 = time.perf_counter()
+            chunk, served = await run_in_threadpool(bundles.act, parsed)
+            response: Response = JSONResponse(
+                {"action": chunk.actions.astype(np.float32).tolist()},
+                headers={"X-XVLA-Bundle": served.manifest.bundle_id,
+                         "X-XVLA-Inference-Ms": f"{(time.perf_counter() - t1) * 1e3:.2f}"})
+        except (RequestError, InputError) as exc:
+            error = exc if isinstance(exc, RequestError) else RequestError(str(exc))
+            refused("act", error)
+            headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+            response = JSONResponse({"error": str(error)}, status_code=error.status, headers=headers)
+        except Exception:  # noqa: BLE001 - a backend fault: logged in full, answered in one line
+            log.exception("/act failed")
+            metrics.errors.labels("internal").inc()
+            response = JSONResponse({"error": "inference failed on the server (see its log)"}, status_code=500)
+        metrics.requests.labels("act", str(response.status_code)).inc()
+        metrics.latency.labels("act").observe(time.perf_counter() - t0)
+        return response
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "domains": sorted(bundles.served)}
+
+    @app.get("/metrics")
+    async def prometheus(request: Request) -> Response:
+        if not _authorised(token, request.headers, request.query_params):
+            metrics.errors.labels("unauthorized").inc()
+            return JSONResponse({"error": "missing or wrong token"}, status_code=401,
+                                headers={"WWW-Authenticate": "Bearer"})
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    async def websocket_endpoint(websocket: WebSocket) -> None:
+        if not _authorised(token, websocket.headers, websocket.query_params):
+            metrics.errors.labels("unauthorized").inc()
+            await websocket.close(code=1008, reason="missing or wrong token")
+            return
+        await websocket.accept()
+        metrics.connections.inc()
+        try:
+            await websocket.send_bytes(pack(bundles.metadata()))
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                if not await _observation(websocket, message.get("bytes"), bundles, limits, refused):
+                    break
+        except WebSocketDisconnect:
+            pass
+        finally:
+            metrics.connections.dec()
+
+    app.add_api_websocket_route("/ws", websocket_endpoint)
+    app.add_api_websocket_route("/", websocket_endpoint)
+    return app
+
+
+async def _observation(websocket: WebSocket, data: Optional[bytes], bundles: BundleSet, limits: Limits,
+                       refused: Callable[[str, RequestError], None]) -> bool:
+    """Answer one websocket frame; False when the connection is to be closed."""
+    metrics = bundles.metrics
+    t0 = time.perf_counter()
+    status = "200"
+    try:
+        if data is None:
+            raise RequestError("expected a binary msgpack frame, got text")
+        request = await run_in_threadpool(lambda: from_message(unpack(data, limits.max_body_bytes), limits))
+        t1 = time.perf_counter()
+        chunk, served = await run_in_threadpool(bundles.act, request)
+        t2 = time.perf_counter()
+        reply = {"action": chunk.actions.astype(np.float32), "domain_id": request.domain_id,
+                 "bundle_id": served.manifest.bundle_id,
+                 "server_timing": {"infer_ms": (t2 - t1) * 1e3, "total_ms": (t2 - t0) * 1e3}}
+        await websocket.send_bytes(pack(reply))
+        return True
+    except (RequestError, WireError, InputError) as exc:
+        error = exc if isinstance(exc, RequestError) else RequestError(str(exc))
+        refused("websocket", error)
+        status = str(error.status)
+        await websocket.send_text(f"{error.status} {error}")
+        return True
+    except WebSocketDisconnect:
+        raise
+    except Exception:  # noqa: BLE001 - a backend fault: logged in full, the client told, the connection closed
+        log.exception("websocket observation failed")
+        metrics.errors.labels("internal").inc()
+        status = "500"
+        await websocket.send_text("500 inference failed on the server (see its log)")
+        await websocket.close(code=1011)
+        return False
+    finally:
+        metrics.requests.labels("websocket", status).inc()
+        metrics.latency.labels("websocket").observe(time.perf_counter() - t0)

@@ -1,0 +1,155 @@
+"""The bundles one ``xvla-edge serve`` process serves, by domain, and the server's metrics.
+
+Each bundle is a :class:`runtime.policy.Policy` with a lock: ``Policy`` computes one chunk at a time, so
+requests for one domain queue on it (in arrival order, as threads take a lock) while other domains run in
+parallel. A request becomes an :class:`~runtime.types.Observation` with the same preprocessing, sampler and
+post-processing as ``Policy.act`` — it *is* ``Policy.act`` — so a response equals a local call with the
+same inputs and noise.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.exposition import generate_latest
+
+from runtime.manifest import BundleError
+from runtime.policy import Policy
+from runtime.types import ActionChunk, Observation
+from xvla_edge.daemon.metrics import package_version
+from xvla_edge.serve.request import ActRequest, RequestError
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+ERROR_KINDS = ("bad_request", "unauthorized", "forbidden", "not_found", "too_large", "unknown_domain",
+               "internal")
+
+
+@dataclass
+class Served:
+    """One bundle behind one domain id."""
+
+    path: Path
+    policy: Policy
+    lock: threading.Lock
+
+    @property
+    def manifest(self) -> Any:
+        return self.policy.manifest
+
+
+class ServerMetrics:
+    """Requests by endpoint and status, latency, errors by kind, inference time per domain (own registry)."""
+
+    def __init__(self, domains: Sequence[int]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("xvla_serve_requests", "Requests answered, by endpoint and HTTP status "
+                                "(websocket: one per observation).", ["endpoint", "status"], registry=self.registry)
+        self.errors = Counter("xvla_serve_errors", "Requests refused or failed, by kind.", ["kind"],
+                              registry=self.registry)
+        self.latency = Histogram("xvla_serve_request_seconds", "Time from a request's arrival to its response, by "
+                                 "endpoint.", ["endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.inference = Histogram("xvla_serve_inference_seconds", "Policy.act time (preprocessing, encoder, "
+                                   "denoising), by domain.", ["domain"], buckets=LATENCY_BUCKETS,
+                                   registry=self.registry)
+        self.connections = Gauge("xvla_serve_websocket_connections", "Open websocket connections.",
+                                 registry=self.registry)
+        Info("xvla_build", "Versions of this server.", registry=self.registry).info(
+            {"version": package_version()})
+        self.bundles = Gauge("xvla_serve_bundle_info", "The bundles served (value 1).",
+                             ["domain", "bundle_id", "embodiment", "precision", "backend"], registry=self.registry)
+        for kind in ERROR_KINDS:
+            self.errors.labels(kind)
+        for endpoint in ("act", "websocket"):
+            self.latency.labels(endpoint)
+        for domain in domains:
+            self.inference.labels(str(domain))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class BundleSet:
+    """Policies by domain id; :meth:`act` answers a checked request."""
+
+    def __init__(self, served: dict[int, Served], backend: str = "auto") -> None:
+        if not served:
+            raise BundleError("serve: no bundles given")
+        self.served = served
+        self.metrics = ServerMetrics(sorted(served))
+        for domain, s in served.items():
+            m = s.manifest
+            self.metrics.bundles.labels(str(domain), m.bundle_id, m.embodiment, m.precision, backend).set(1)
+
+    @classmethod
+    def load(cls, paths: Sequence[Path], backend: str = "auto", device: str = "cpu") -> BundleSet:
+        """Load every bundle (files verified); two bundles for one domain are refused, naming both."""
+        served: dict[int, Served] = {}
+        try:
+            for path in paths:
+                policy = Policy.load(path, backend=backend, device=device)
+                domain = int(policy.manifest.domain_id)
+                if domain in served:
+                    policy.close()
+                    raise BundleError(f"serve: {path} and {served[domain].path} are both exported for domain "
+                                      f"{domain}; serve one bundle per domain")
+                served[domain] = Served(Path(path), policy, threading.Lock())
+        except BaseException:
+            for s in served.values():
+                s.policy.close()
+            raise
+        return cls(served, backend)
+
+    def get(self, domain_id: int) -> Served:
+        try:
+            return self.served[domain_id]
+        except KeyError:
+            raise RequestError(f"domain_id: {domain_id} is not served here; domains served: "
+                               f"{', '.join(str(d) for d in sorted(self.served))}", 400, "unknown_domain") from None
+
+    def observation(self, request: ActRequest, served: Served) -> Observation:
+        """The request as a ``Policy`` observation, checked against the bundle (errors name the request field)."""
+        policy = served.policy
+        images = list(request.images)
+        used = [i for i, img in enumerate(images) if img is not None]
+        if used and used[-1] >= policy.views:
+            raise RequestError(f"image{used[-1]}: domain {request.domain_id} (bundle {served.path.name}) takes "
+                               f"{policy.views} view(s); send image0" + (f" ... image{policy.views - 1}"
+                                                                        if policy.views > 1 else ""))
+        if request.proprio.shape != (policy.state_dim,):
+            raise RequestError(f"proprio: domain {request.domain_id} takes {policy.state_dim} values, got "
+                               f"{request.proprio.size}")
+        noise = request.noise
+        shape = policy.chunk_shape[1:]
+        if noise is None and request.seed is not None:
+            noise = np.random.default_rng(request.seed).standard_normal(shape, dtype=np.float32)
+        elif noise is not None and noise.shape != shape:
+            raise RequestError(f"noise: domain {request.domain_id} takes shape {list(shape)}, got "
+                               f"{list(noise.shape)}")
+        return Observation(images=images, instruction=request.instruction, proprio=request.proprio,
+                           timestamp=0.0, noise=noise)
+
+    def act(self, request: ActRequest) -> tuple[ActionChunk, Served]:
+        """One chunk for ``request`` (blocking; requests for one domain run one at a time)."""
+        served = self.get(request.domain_id)
+        obs = self.observation(request, served)
+        with served.lock:
+            t0 = time.perf_counter()
+            chunk = served.policy.act(obs, steps=request.steps)
+            self.metrics.inference.labels(str(request.domain_id)).observe(time.perf_counter() - t0)
+        return chunk, served
+
+    def metadata(self) -> dict[str, Any]:
+        """What a websocket client learns on connect: each domain's bundle id and manifest."""
+        return {"protocol": "xvla-edge/1", "server": f"xvla-edge {package_version()}",
+                "domains": {str(d): {"bundle_id": s.manifest.bundle_id, "manifest": s.manifest.raw}
+                            for d, s in sorted(self.served.items())}}
+
+    def close(self) -> None:
+        for s in self.served.values():
+            s.policy.close()

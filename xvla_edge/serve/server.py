@@ -1,0 +1,95 @@
+"""Run the app on uvicorn: in the foreground (``xvla-edge serve``) or on a thread (tests, benchmarks).
+
+Exposure rule: a host that is not a loopback address needs a token of at least :data:`MIN_TOKEN_CHARS`
+characters. uvicorn's access log is off because it would print query strings, tokens included; refused
+requests are logged by the app without them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import threading
+import time
+from typing import Any, Optional
+
+from xvla.errors import XVLAError
+
+MIN_TOKEN_CHARS = 16
+
+
+class ServeError(XVLAError, ValueError):
+    """The server cannot start as asked (exposure without a token, a port in use)."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(host: str, token: Optional[str]) -> None:
+    """Refuse a non-loopback ``host`` without a token, and a token too short to be one."""
+    if token is not None and len(token) < MIN_TOKEN_CHARS:
+        raise ServeError(f"--token: {len(token)} characters; use at least {MIN_TOKEN_CHARS} "
+                         "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))')")
+    if not is_loopback(host) and token is None:
+        raise ServeError(f"--host {host} is reachable from other machines: give --token-file (or --token, or "
+                         "XVLA_SERVE_TOKEN) so that every request must carry it, or bind 127.0.0.1")
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket (``port`` 0: a free one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ServeError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+    sock.listen(128)
+    return sock
+
+
+def uvicorn_server(app: Any, max_message_bytes: int, log_level: str = "info") -> Any:
+    import uvicorn
+
+    config = uvicorn.Config(app, log_level=log_level, access_log=False, ws_max_size=max_message_bytes,
+                            lifespan="off")
+    return uvicorn.Server(config)
+
+
+class ServerThread:
+    """The app served on a thread from a socket bound here (``port`` 0: a free one); :meth:`stop` ends it."""
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, max_message_bytes: int = 32 << 20) -> None:
+        self.sock = bind(host, port)
+        self.host, self.port = self.sock.getsockname()[:2]
+        self.server = uvicorn_server(app, max_message_bytes, log_level="warning")
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True,
+                                       name="xvla-serve")
+        self.thread.start()
+        end = time.monotonic() + 10
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > end:
+                raise ServeError("the server thread did not start")
+            time.sleep(0.01)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+    def __enter__(self) -> ServerThread:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
