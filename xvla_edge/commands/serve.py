@@ -67,6 +67,9 @@ def read_token(args: argparse.Namespace) -> str | None:
         raise ServeError("give one of --token and --token-file")
     if args.token_file is not None:
         try:
+            if args.token_file.stat().st_mode & 0o077:
+                raise ServeError(f"--token-file {args.token_file}: readable by others; expected a file only its "
+                                 f"owner can read (chmod 600 {args.token_file})")
             lines = args.token_file.read_text().splitlines()
         except (OSError, UnicodeDecodeError) as exc:
             raise ServeError(f"--token-file {args.token_file}: cannot read it ({exc})") from None

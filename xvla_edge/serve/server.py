@@ -7,28 +7,17 @@ requests are logged by the app without them.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import threading
 import time
 from typing import Any, Optional
 
 from xvla.errors import XVLAError
-
-MIN_TOKEN_CHARS = 16
+from xvla_edge.daemon.config import MIN_TOKEN_CHARS, is_loopback
 
 
 class ServeError(XVLAError, ValueError):
     """The server cannot start as asked (exposure without a token, a port in use)."""
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_exposure(host: str, token: Optional[str]) -> None:

@@ -22,9 +22,14 @@ def test_refusals_name_the_option(argv, message, capsys, tmp_path, monkeypatch):
     assert message in capsys.readouterr().err
 
 
-def test_an_empty_token_file_is_refused(tmp_path, capsys):
-    (tmp_path / "token").write_text("\n")
-    assert main(["serve", str(tmp_path), "--token-file", str(tmp_path / "token")]) == 1
+def test_token_files_must_be_private_and_hold_a_token(tmp_path, capsys):
+    token = tmp_path / "token"
+    token.write_text("\n")
+    token.chmod(0o644)
+    assert main(["serve", str(tmp_path), "--token-file", str(token)]) == 1
+    assert f"readable by others; expected a file only its owner can read (chmod 600 {token})" in capsys.readouterr().err
+    token.chmod(0o600)
+    assert main(["serve", str(tmp_path), "--token-file", str(token)]) == 1
     assert "the first line is empty" in capsys.readouterr().err
 
 
