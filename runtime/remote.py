@@ -180,8 +180,11 @@ class RemotePolicy:
 
     def _message(self, obs: Observation, steps: Optional[int]) -> bytes:
         images = list(obs.images)
-        if len(images) > self.views or not any(img is not None for img in images):
-            raise InputError(f"observation.images: 1 to {self.views} view(s) for this bundle, got {len(images)}")
+        while images and images[-1] is None:  # absent trailing views, as Policy takes them
+            images.pop()
+        if not 1 <= len(images) <= self.views:
+            raise InputError(f"observation.images: this bundle takes views 0 ... {self.views - 1}, got "
+                             f"{'none' if not images else f'view {len(images) - 1}'}")
         message: dict[str, Any] = {f"image{i}": None if img is None else np.ascontiguousarray(img, np.uint8)
                                    for i, img in enumerate(images)}
         message.update(language_instruction=obs.instruction, domain_id=self.domain_id,

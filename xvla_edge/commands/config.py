@@ -41,9 +41,16 @@ def run(args: argparse.Namespace) -> int:
 def summary(config: RobotConfig) -> str:
     """What the daemon would run, one line per part."""
     c = config
-    lines = [f"{c.file}: valid", f"  instruction: {c.instruction!r}",
-             f"  bundle:    {c.bundle.path} (backend {c.bundle.backend}, device {c.bundle.device}, "
-             f"steps {c.bundle.steps or 'from the manifest'})"]
+    lines = [f"{c.file}: valid", f"  instruction: {c.instruction!r}"]
+    if c.bundle is not None:
+        lines.append(f"  bundle:    {c.bundle.path} (backend {c.bundle.backend}, device {c.bundle.device}, "
+                     f"steps {c.bundle.steps or 'from the manifest'})")
+    else:
+        r = c.remote
+        assert r is not None
+        lines.append(f"  policy:    served at {r.url} (domain {'the only one served' if r.domain_id is None else r.domain_id}"
+                     f", token {'set' if r.token else 'none'}, chunk timeout {r.timeout_s:g} s, "
+                     f"steps {r.steps or 'from the manifest'})")
     for cam in c.cameras:
         what = {"synthetic": f"{cam.width}x{cam.height}", "v4l2": f"{cam.device} {cam.width}x{cam.height}",
                 "gstreamer": "pipeline", "folder": str(cam.path), "video": str(cam.path)}[cam.source]

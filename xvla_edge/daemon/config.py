@@ -23,6 +23,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from urllib.parse import urlsplit
 
 try:
     import tomllib
@@ -67,6 +68,19 @@ class BundleSection:
     path: Path
     backend: str = "auto"
     device: str = "cpu"
+    steps: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class RemoteSection:
+    """``[policy]``: a policy served by another machine (``xvla-edge serve``), instead of a local ``[bundle]``.
+    ``timeout_s``: longest wait for a chunk before the daemon holds and reconnects."""
+
+    url: str
+    domain_id: Optional[int] = None
+    token: Optional[str] = None
+    timeout_s: float = 1.0
+    connect_timeout_s: float = 2.0
     steps: Optional[int] = None
 
 
@@ -156,7 +170,7 @@ class RobotConfig:
 
     file: Path
     instruction: str
-    bundle: BundleSection
+    bundle: Optional[BundleSection]  # exactly one of bundle and remote
     cameras: Tuple[CameraSection, ...]
     arm: ArmSection
     control: ControlSection = ControlSection()
@@ -167,6 +181,16 @@ class RobotConfig:
     health: HealthSection = HealthSection()
     logging: LoggingSection = LoggingSection()
     recorder: RecorderSection = RecorderSection()
+    remote: Optional[RemoteSection] = None
+
+    @property
+    def source(self) -> str:
+        """Where the policy comes from: the bundle's path or the server's URL."""
+        return str(self.bundle.path) if self.bundle is not None else self.remote.url  # type: ignore[union-attr]
+
+    @property
+    def steps(self) -> Optional[int]:
+        return (self.bundle or self.remote).steps  # type: ignore[union-attr]
 
     def loop_config(self) -> LoopConfig:
         """The control loop's settings: ``[control]``, ``[safety]``, ``[splice]`` and ``[gripper]``."""
@@ -203,7 +227,15 @@ def parse_config(data: Mapping[str, Any], file: Path) -> RobotConfig:
     root = _Table(problems, "", data)
     instruction = root.take("instruction", str, "", required=True, check=lambda s: bool(s.strip()),
                             expected="a non-empty instruction for the policy")
-    bundle = _bundle(root.table("bundle", required=True))
+    remote = _remote(root.table("policy")) if "policy" in data else None
+    bundle = _bundle(root.table("bundle")) if "bundle" in data else None
+    root.read += ["bundle", "policy"]  # for "did you mean" when neither is there
+    if bundle is None and remote is None:
+        problems.other("[bundle]", "missing: expected a [bundle] table (a bundle on this computer) or a [policy] "
+                       "table (a policy server)")
+    if bundle is not None and remote is not None:
+        problems.other("[policy]", "expected either [bundle] (a bundle on this computer) or [policy] (a policy "
+                       "server), not both")
     cameras = _cameras(root)
     safety = _safety(root.table("safety"))
     arm = _arm(root.table("arm", required=True), safety)
@@ -232,7 +264,7 @@ def parse_config(data: Mapping[str, Any], file: Path) -> RobotConfig:
     if problems.lines:
         raise ConfigError("\n".join(problems.lines))
     return RobotConfig(file, instruction, bundle, cameras, arm, control, safety, splice, gripper, inference,
-                       health, logging_, recorder)
+                       health, logging_, recorder, remote)
 
 
 # -- reading tables ------------------------------------------------------------------------------------
@@ -381,6 +413,35 @@ def _bundle(t: _Table) -> BundleSection:
         t.problems.value(t.key("device"), section.device, 'expected "cuda": backend "tensorrt" runs on the GPU')
     t.finish()
     return section
+
+
+def _remote(t: _Table) -> RemoteSection:
+    url = t.take("url", str, "", required=True, check=_ws_url,
+                 expected='a websocket URL of xvla-edge serve, "ws://HOST:PORT" or "wss://HOST:PORT"')
+    token_file = t.path("token_file", kind="file")
+    token = _token(t, token_file) if token_file is not None and token_file.is_file() else None
+    host = urlsplit(url).hostname or ""
+    if url and token is None and token_file is None and not is_loopback(host):
+        t.problems.value(t.key("url"), url, "a policy server on another machine needs a token: set "
+                         "[policy].token_file (the server's --token-file)")
+    section = RemoteSection(
+        url=url, domain_id=t.take("domain_id", int, None, check=lambda d: 0 <= d <= 1 << 20,
+                                  expected="the domain id the server serves the robot's bundle for"),
+        token=token,
+        timeout_s=t.take("timeout_s", float, 1.0, check=lambda x: 0 < x <= 60, expected="seconds in (0, 60]"),
+        connect_timeout_s=t.take("connect_timeout_s", float, 2.0, check=lambda x: 0 < x <= 60,
+                                 expected="seconds in (0, 60]"),
+        steps=t.take("steps", int, None, check=lambda n: 1 <= n <= MAX_STEPS, expected=f"an integer 1 ... {MAX_STEPS}"))
+    t.finish()
+    return section
+
+
+def _ws_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        return parts.scheme in ("ws", "wss") and bool(parts.hostname) and (parts.port or 1) > 0
+    except ValueError:  # a malformed port or IPv6 address
+        return False
 
 
 def _cameras(root: _Table) -> Tuple[CameraSection, ...]:

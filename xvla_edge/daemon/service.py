@@ -15,7 +15,9 @@ Three kinds of work run side by side:
 Safe states: a stale camera (no frame younger than its ``max_age_s``) → the loop drops the executing chunk
 and holds, and no inference starts until every camera is fresh again; an inference stall → the chunk runs
 out and the watchdog holds; a link loss → the loop sends nothing (the controller's own deadman holds) and
-the supervisor asks it to reconnect every ``RECONNECT_S``; SIGTERM/SIGINT → :meth:`Daemon.close` stops the
+the supervisor asks it to reconnect every ``RECONNECT_S``; a policy server (``[policy]``) out of reach or
+too slow → hold at once, and a new attempt every ``RECONNECT_S`` until it answers (an outage, however long,
+is not a fault that ends the daemon); SIGTERM/SIGINT → :meth:`Daemon.close` stops the
 loop, which holds the arm before the process exits (during start-up: start-up stops at the next phase).
 Faults (and stale cameras, inference errors) dump the recorder when ``recorder.on_fault`` is set.
 
@@ -39,7 +41,7 @@ import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -52,7 +54,9 @@ from xvla_edge.daemon.config import RobotConfig
 from xvla_edge.daemon.health import HealthServer
 from xvla_edge.daemon.metrics import DaemonMetrics
 from xvla_edge.daemon.recorder import Recorder
+from xvla_edge.extras import needs
 from runtime.policy import Policy
+from runtime.remote import RemotePolicy, RemoteUnavailable
 from runtime.types import ActionChunk, Observation
 from xvla.errors import XVLAError
 
@@ -141,6 +145,19 @@ class Summary:
         ]
 
 
+def load_policy(cfg: RobotConfig) -> Union[Policy, RemotePolicy]:
+    """The configured policy: the ``[bundle]`` on this computer, or the ``[policy]`` server's."""
+    if cfg.remote is None:
+        assert cfg.bundle is not None
+        return Policy.load(cfg.bundle.path, backend=cfg.bundle.backend, device=cfg.bundle.device)
+    with needs("remote"):
+        import msgpack  # noqa: F401
+        import websockets  # noqa: F401
+    r = cfg.remote
+    return RemotePolicy(r.url, domain_id=r.domain_id, token=r.token, timeout_s=r.timeout_s,
+                        connect_timeout_s=r.connect_timeout_s)
+
+
 class Daemon:
     """One robot's daemon. ``start`` → ``run`` (until ``stop`` is set or ``duration`` passes) → ``close``.
 
@@ -152,7 +169,7 @@ class Daemon:
         self,
         config: RobotConfig,
         *,
-        policy: Optional[Policy] = None,
+        policy: Optional[Union[Policy, RemotePolicy]] = None,
         cameras: Optional[Dict[int, Camera]] = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -161,7 +178,7 @@ class Daemon:
         self.cameras = cameras
         self.clock = clock
         self.metrics = DaemonMetrics(cameras=[cam.name for cam in config.cameras])
-        self.recorder = Recorder(config.recorder.seconds, config.recorder.directory, bundle=str(config.bundle.path))
+        self.recorder = Recorder(config.recorder.seconds, config.recorder.directory, bundle=config.source)
         self.loop: Optional[ControlLoopClient] = None
         self.health_server: Optional[HealthServer] = None
         self.latencies: deque = deque(maxlen=10_000)
@@ -176,6 +193,8 @@ class Daemon:
         self._failures_in_a_row = 0
         self._last_error: Tuple[float, str] = (-np.inf, "")
         self._last_reconnect = -np.inf
+        self._retry_at = -np.inf
+        self._outage_since: Optional[float] = None
         self._last_trace = -np.inf
         self._mode = "idle"
         self._started = 0.0
@@ -197,17 +216,18 @@ class Daemon:
 
         phase("loading the policy")
         if self.policy is None:
-            self.policy = Policy.load(cfg.bundle.path, backend=cfg.bundle.backend, device=cfg.bundle.device)
+            self.policy = load_policy(cfg)
         manifest = self.policy.manifest
         self.metrics.set_bundle(bundle_id=manifest.bundle_id, embodiment=manifest.embodiment,
-                                domain=manifest.domain_id, precision=manifest.precision, backend=cfg.bundle.backend)
+                                domain=manifest.domain_id, precision=manifest.precision,
+                                backend=cfg.bundle.backend if cfg.bundle is not None else "remote")
         phase("opening the cameras")
         if self.cameras is None:
             self.cameras = {cam.slot: open_camera(cam) for cam in cfg.cameras}
         views = int(manifest.inputs["views"])
         extra = [slot for slot in self.cameras if slot >= views]
         if extra:
-            raise ValueError(f"camera slot {extra[0]}: the bundle {cfg.bundle.path} was exported for {views} view(s)")
+            raise ValueError(f"camera slot {extra[0]}: the bundle {cfg.source} was exported for {views} view(s)")
         for camera in self.cameras.values():
             camera.start()
         phase("starting the control loop")
@@ -226,7 +246,7 @@ class Daemon:
         phase("telling systemd READY")
         self._started = self.clock()
         sdnotify.ready()
-        log.info("daemon ready", extra={"event": "ready", "bundle": str(cfg.bundle.path),
+        log.info("daemon ready", extra={"event": "ready", "bundle": cfg.source,
                                         "bundle_id": manifest.bundle_id, "arm": caps.space,
                                         "health_port": self.health_server.port if self.health_server else 0})
 
@@ -276,7 +296,7 @@ class Daemon:
         frames = self._frames(now)
         if self._future is not None:
             self._collect(now)
-        elif frames is not None and self._mode not in FAULT_MODES and self._due(now):
+        elif frames is not None and self._mode not in FAULT_MODES and self._due(now) and now >= self._retry_at:
             try:
                 self._start_inference(frames, self.stats)
             except RuntimeError as exc:  # the worker thread cannot be started or its executor is gone
@@ -338,7 +358,7 @@ class Daemon:
         obs = Observation(images=images, instruction=self.config.instruction, proprio=proprio,
                           timestamp=min(f.timestamp for f in frames.values()))  # type: ignore[attr-defined]
         self.recorder.add_observation(obs.timestamp, images, proprio, obs.instruction, int(manifest.domain_id))
-        self._future = policy.act_async(obs, steps=self.config.bundle.steps)
+        self._future = policy.act_async(obs, steps=self.config.steps)
         self._future_obs = obs
         self._future_started = self.clock()
 
@@ -355,6 +375,10 @@ class Daemon:
             self._inference_failed(exc)
             return
         self._failures_in_a_row = 0
+        if self._outage_since is not None:
+            log.info("policy server back after %.1f s", now - self._outage_since,
+                     extra={"event": "policy_server_back", "url": self.config.source})
+            self._outage_since = None
         latency = self.clock() - obs.timestamp
         self.latencies.append(latency)
         self.metrics.chunk(latency)
@@ -367,7 +391,11 @@ class Daemon:
 
     def _inference_failed(self, exc: BaseException) -> None:
         """Count a failed inference (the chunk runs out and the watchdog holds); hold and raise
-        :class:`InferenceFailing` after ``MAX_INFERENCE_FAILURES`` in a row."""
+        :class:`InferenceFailing` after ``MAX_INFERENCE_FAILURES`` in a row. A policy server out of reach is
+        an outage instead (:meth:`_outage`)."""
+        if isinstance(exc, RemoteUnavailable):
+            self._outage(exc)
+            return
         self._inference_errors += 1
         self._failures_in_a_row += 1
         self.metrics.inference_error()
@@ -380,6 +408,23 @@ class Daemon:
                        "the control loop holds the arm")
             log.error(message, extra={"event": InferenceFailing.event, "failures": self._failures_in_a_row})
             raise InferenceFailing(message)
+
+    def _outage(self, exc: RemoteUnavailable) -> None:
+        """The policy server cannot be reached or did not answer in time: hold now (the executing chunk is
+        dropped), try again every ``RECONNECT_S``, for as long as it takes; never a reason to exit."""
+        now = self.clock()
+        self.loop.hold()  # type: ignore[union-attr]
+        self._executing_end = None
+        self._retry_at = now + RECONNECT_S
+        self._inference_errors += 1
+        self.metrics.inference_error()
+        if self._outage_since is None:
+            self._outage_since = now
+            log.error("policy server unavailable (%s); holding the arm, retrying every %.0f s", exc, RECONNECT_S,
+                      extra={"event": "policy_server_lost", "url": self.config.source})
+            self._fault(f"inference error: policy server unavailable: {exc}")
+        else:
+            self._last_error = (now, f"inference error: policy server unavailable for {now - self._outage_since:.0f} s")
 
     def _loop_lost(self, exc: ControlLoopError) -> ControlLoopLost:
         """The control-loop process is dead or does not answer: hold through what is left, log it, name it."""

@@ -354,3 +354,48 @@ def test_a_lerobot_calibration_file_needs_what_it_does_not_say(write, tmp_path):
     ours = 'driver = "dynamixel"\nport = "/dev/ttyUSB0"\ncalibration = "koch.json"\nmax_joint_velocity = 2.5'
     assert any("apply to LeRobot calibration files only" in line
                for line in problems(write(MINIMAL.replace('driver = "sim"', ours))))
+
+
+REMOTE = MINIMAL.replace('[bundle]\npath = "bundle"\n', '[policy]\nurl = "ws://127.0.0.1:8000"\n')
+
+
+def test_a_served_policy_instead_of_a_bundle(write, tmp_path, capsys):
+    cfg = load_config(write(REMOTE))
+    assert cfg.bundle is None and cfg.remote == config_module.RemoteSection(url="ws://127.0.0.1:8000")
+    assert cfg.source == "ws://127.0.0.1:8000" and cfg.steps is None
+    token = tmp_path / "token"
+    token.write_text("0123456789abcdef0123456789abcdef\n")
+    token.chmod(0o600)
+    cfg = load_config(write(REMOTE.replace("8000", f'8000/ws"\ndomain_id = 3\ntoken_file = "{token}"\n'
+                                                   f'timeout_s = 0.5\nsteps = 8\n#"')))
+    assert (cfg.remote.domain_id, cfg.remote.token, cfg.remote.timeout_s, cfg.steps) == (
+        3, "0123456789abcdef0123456789abcdef", 0.5, 8)
+    assert check(write(REMOTE)) == 0
+    assert "policy:    served at ws://127.0.0.1:8000 (domain the only one served, token none" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("policy, expected", [
+    ('url = "http://gpu-box:8000"', '[policy].url = "http://gpu-box:8000": expected a websocket URL'),
+    ('url = "ws://"', '[policy].url = "ws://": expected a websocket URL'),
+    ('url = "ws://gpu-box:99999"', '[policy].url = "ws://gpu-box:99999": expected a websocket URL'),
+    ('url = "ws://[::1"', '[policy].url = "ws://[::1": expected a websocket URL'),
+    ('url = "ws://gpu-box:8000"', '[policy].url = "ws://gpu-box:8000": a policy server on another machine needs a token'),
+    ('url = "ws://127.0.0.1:8000"\ntimeout_s = 0', "[policy].timeout_s = 0: expected seconds in (0, 60]"),
+    ('url = "ws://127.0.0.1:8000"\nsteps = 1000', "[policy].steps = 1000: expected an integer 1 ... 100"),
+    ('url = "ws://127.0.0.1:8000"\ndomain_id = -1', "[policy].domain_id = -1: expected the domain id"),
+    ('url = "ws://127.0.0.1:8000"\npath = "b"', "[policy].path: unknown key"),
+    ("", "[policy].url: missing"),
+])
+def test_policy_server_mistakes(write, policy, expected):
+    path = write(MINIMAL.replace('[bundle]\npath = "bundle"\n', f"[policy]\n{policy}\n"))
+    lines = problems(path)
+    assert any(line.startswith(f"{path}: {expected}") for line in lines), lines
+
+
+def test_exactly_one_policy_source(write):
+    both = write(MINIMAL + '[policy]\nurl = "ws://127.0.0.1:8000"\n')
+    assert problems(both) == [f"{both}: [policy]: expected either [bundle] (a bundle on this computer) or [policy] "
+                              "(a policy server), not both"]
+    neither = write(MINIMAL.replace('[bundle]\npath = "bundle"\n', ""))
+    assert problems(neither) == [f"{neither}: [bundle]: missing: expected a [bundle] table (a bundle on this "
+                                 "computer) or a [policy] table (a policy server)"]

@@ -1,0 +1,70 @@
+"""The daemon on a served policy (``[policy] url``): it drives the emulated arm from a server in another
+process; killing the server holds the arm — for as long as the outage lasts, never an exit — and the
+daemon picks the server up again when it returns."""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from drivers.xvla_serial import emulator
+from xvla_edge.commands.demo import robot_toml
+from xvla_edge.daemon.config import load_config
+from xvla_edge.daemon.service import MAX_INFERENCE_FAILURES, RECONNECT_S, Daemon
+
+pytest.importorskip("websockets")
+
+
+def drive(daemon: Daemon, seconds: float, until=None) -> bool:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        daemon.step()
+        if until is not None and until(daemon):
+            return True
+        time.sleep(0.02)
+    return until is None
+
+
+def accepted(daemon: Daemon) -> int:
+    return daemon.stats.events.get("chunk_accepted", 0)
+
+
+def test_a_served_policy_drives_the_arm_and_an_outage_holds_it_until_the_server_returns(
+        tiny_bundle, tmp_path, spawn_server, free_port):
+    port = free_port
+    server = spawn_server(tiny_bundle, port)
+    emu = emulator.start(emulator.ControllerConfig(n_arms=1), seed=3)
+    text = robot_toml(tiny_bundle, emu.port, tmp_path / "recordings", cameras={"width": 96, "height": 64},
+                      control={"rate_hz": 100, "realtime_priority": 0}, arm={"timeout_ms": 300},
+                      policy={"url": f"ws://127.0.0.1:{port}", "timeout_s": 1.0})
+    text = re.sub(r"\n\[bundle\]\n(?:[^\[\n].*\n)*", "\n", text)  # the served policy instead of the bundle
+    (tmp_path / "robot.toml").write_text(text)
+    daemon = Daemon(load_config(tmp_path / "robot.toml"))
+    try:
+        daemon.start()
+        assert daemon.policy.bundle_id == daemon.policy.manifest.bundle_id
+        assert drive(daemon, 30.0, until=lambda d: accepted(d) >= 3)
+        server.send_signal(signal.SIGKILL)
+        server.wait(timeout=10)
+        assert drive(daemon, 10.0, until=lambda d: d._outage_since is not None)
+        before = accepted(daemon)
+        # longer than MAX_INFERENCE_FAILURES retries: an outage is not a fault that ends the daemon
+        drive(daemon, (MAX_INFERENCE_FAILURES + 2) * RECONNECT_S)
+        assert accepted(daemon) == before and daemon.stats.mode in ("idle", "holding")
+        trace = daemon.loop.trace()  # what the loop sent the arm over the last second: one pose, held
+        recent = trace["command"][trace["time"] > trace["time"][-1] - 1.0]
+        sent = recent[~np.isnan(recent[:, 0])]
+        assert len(sent) > 10 and np.ptp(sent[:, :3], axis=0).max() < 1e-9
+        status, reasons = daemon.health()
+        assert status == "degraded" and any("policy server unavailable" in r for r in reasons), reasons
+        assert daemon.summary().inference_errors >= MAX_INFERENCE_FAILURES + 1
+        spawn_server(tiny_bundle, port)
+        assert drive(daemon, 30.0, until=lambda d: accepted(d) >= before + 2)
+        assert daemon._outage_since is None and daemon.stats.mode == "tracking"
+    finally:
+        daemon.close()
+        emu.stop()
