@@ -30,7 +30,7 @@ from runtime.backends.base import BackendError
 from runtime.decode import chunk_timestamps, decode_arms
 from runtime.manifest import BundleError, Manifest, canonical_sha256
 from runtime.types import ActionChunk, Observation
-from runtime.wire import WireError, pack, unpack
+from runtime.wire import MAX_MESSAGE_BYTES, WireError, pack, unpack
 from xvla.constants import MAX_STEPS
 from xvla.errors import InputError
 
@@ -83,7 +83,7 @@ class RemotePolicy:
 
         try:
             conn = connect(self.url, additional_headers=self._headers, open_timeout=self.connect_timeout_s,
-                           close_timeout=0.5, max_size=None, compression=None)
+                           close_timeout=0.5, max_size=MAX_MESSAGE_BYTES, compression=None)
         except InvalidURI as exc:
             raise BackendError(f"RemotePolicy url {self.url!r}: {exc}") from None
         except InvalidStatus as exc:

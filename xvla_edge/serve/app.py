@@ -14,8 +14,8 @@
 - ``GET /healthz`` (no token needed: ``{"status": "ok", "domains": [...]}``) and ``GET /metrics``
   (Prometheus text).
 
-With a token, every request but ``/healthz`` carries it as ``Authorization: Bearer TOKEN`` or as the query
-parameter ``token`` (for clients that only take a URL, such as the official evaluation clients).
+With a token, every request but ``/healthz`` carries it as ``Authorization: Bearer TOKEN`` (or ``Api-Key
+TOKEN``, as openpi's websocket client sends its key) or as the query parameter ``token`` (for clients that only take a URL, such as the official evaluation clients).
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ def _authorised(token: Optional[str], headers: Mapping[str, str], query: Mapping
     if token is None:
         return True
     given = query.get("token", "")
-    auth = headers.get("authorization", "")
-    if auth[:7].lower() == "bearer ":
-        given = auth[7:].strip()
+    scheme, _, credentials = headers.get("authorization", "").partition(" ")
+    if scheme.lower() in ("bearer", "api-key"):  # Api-Key: what openpi's websocket client sends
+        given = credentials.strip()
     return hmac.compare_digest(given.encode("utf-8", "replace"), token.encode("utf-8"))
 
 

@@ -399,3 +399,15 @@ def test_exactly_one_policy_source(write):
     neither = write(MINIMAL.replace('[bundle]\npath = "bundle"\n', ""))
     assert problems(neither) == [f"{neither}: [bundle]: missing: expected a [bundle] table (a bundle on this "
                                  "computer) or a [policy] table (a policy server)"]
+
+
+def test_the_examples_policy_block_is_valid_and_shows_the_defaults(write):
+    lines = EXAMPLE.read_text().splitlines()
+    block = []
+    for line in lines[lines.index("# [policy]"):]:  # the commented block, uncommented
+        if not line.startswith("# "):
+            break
+        if not line.startswith(("# token_file", "# domain_id", "# steps")):  # examples, not defaults
+            block.append(line[2:].replace("gpu-box", "127.0.0.1"))
+    cfg = load_config(write(MINIMAL.replace('[bundle]\npath = "bundle"\n', "\n".join(block) + "\n")))
+    assert cfg.remote == config_module.RemoteSection(url="ws://127.0.0.1:8000")

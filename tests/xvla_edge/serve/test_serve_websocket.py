@@ -66,7 +66,8 @@ def test_remote_policy_chunks_equal_local_policy_act(server, tiny_bundle, joint_
 
 
 def test_metadata_first_then_one_reply_per_frame_and_refusals_keep_the_connection(server, bundles):
-    with websockets_sync.connect(ws_url(server, "/"), additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
+    openpi_auth = {"Authorization": f"Api-Key {TOKEN}"}  # how openpi's client sends its key
+    with websockets_sync.connect(ws_url(server, "/"), additional_headers=openpi_auth) as ws:
         meta = unpack(ws.recv(timeout=10))
         assert meta["protocol"] == "xvla-edge/1" and sorted(meta["domains"]) == ["3", "5"]
         assert meta["domains"]["3"]["bundle_id"] == bundles.served[3].manifest.bundle_id
