@@ -1,7 +1,9 @@
 """Run the app on uvicorn: in the foreground (``xvla-edge serve``) or on a thread (tests, benchmarks).
 
 Exposure rule: a host that is not a loopback address needs a token of at least :data:`MIN_TOKEN_CHARS`
-characters. uvicorn's access log is off because it would print query strings, tokens included; refused
+characters. The listening socket is bound here, with ``TCP_NODELAY`` (connections accepted from it inherit
+it): without it each response waited for the client's delayed ACK — ``/healthz`` took 44 ms on loopback
+instead of 0.5 ms. uvicorn's access log is off because it would print query strings, tokens included; refused
 requests are logged by the app without them.
 """
 
@@ -35,6 +37,7 @@ def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted connections inherit it
     try:
         sock.bind((host, port))
     except OSError as exc:
