@@ -2,8 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The robot install as JetPack 6 runs it: Python 3.10, the package with ONNX Runtime (CPU) and its test tools,
-# no torch, transformers or onnx. `make test` runs the suite in it too (what needs those skips by name), then
+# The robot install as JetPack 6 runs it: Python 3.10, the package with ONNX Runtime (CPU), the policy server
+# and RemotePolicy ([serve]) and its test tools, no torch, transformers or onnx. `make test` runs the suite in it too (what needs those skips by name), then
 # the same profile from a built wheel, outside the source tree (tools/check_robot_wheel.py: flash, config
 # check, Policy.act, the daemon on the emulated arm).
 PYTHON310 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python3.10 /usr/bin/python3.10 /usr/local/bin/python3.10))

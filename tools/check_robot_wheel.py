@@ -9,7 +9,9 @@ Python (3.10 by default: JetPack 6's), then, from outside the source tree:
 5. the daemon (``xvla-edge sim eval --daemon``: the daemon in real time, the xvla-serial emulator on a pty,
    the simulated cameras) runs episodes of the task and grasps;
 6. with the test extra added (pytest-benchmark, matplotlib; still no torch), ``xvla-edge bench --bundle``
-   measures the flashed bundle.
+   measures the flashed bundle;
+7. with the serve extra added, ``xvla-edge serve`` serves the flashed bundle and a ``RemotePolicy`` chunk
+   over its websocket equals the local ``Policy.act`` chunk for the same observation and noise.
 
 Prints the footprint (the environment's size on disk, and what the wheel pulled in). Exit 0 when every step
 passed; the first failure is printed with its output. Run by ``make test``:
@@ -46,6 +48,37 @@ chunk = policy.act(obs)
 print(json.dumps({"shape": list(chunk.actions.shape), "finite": bool(np.isfinite(chunk.actions).all()),
                   "expected": list(policy.chunk_shape[1:]), "module": Policy.__module__,
                   "file": sys.modules["runtime.policy"].__file__}))
+"""
+
+REMOTE = """
+import json, socket, subprocess, sys, time, numpy as np
+from runtime.policy import Policy
+from runtime.remote import RemotePolicy
+from runtime.types import Observation
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+server = subprocess.Popen([sys.argv[2], "serve", sys.argv[1], "--port", str(port)], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.STDOUT)
+try:
+    end = time.monotonic() + 120
+    while True:
+        try:
+            remote = RemotePolicy(f"ws://127.0.0.1:{port}", timeout_s=60)
+            break
+        except Exception:
+            if server.poll() is not None or time.monotonic() > end:
+                raise
+            time.sleep(0.5)
+    local = Policy.load(sys.argv[1])
+    inputs = local.manifest.inputs
+    rng = np.random.default_rng(0)
+    obs = Observation(images=[rng.integers(0, 256, (240, 320, 3), dtype=np.uint8) for _ in range(int(inputs["views"]))],
+                      instruction="pick up the red block", proprio=np.zeros(local.state_dim, np.float32),
+                      noise=rng.standard_normal(local.chunk_shape[1:]).astype(np.float32))
+    print(json.dumps({"equal": bool(np.array_equal(remote.act(obs).actions, local.act(obs).actions))}))
+finally:
+    server.kill()
 """
 
 TOML = """
@@ -144,6 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     if not list((work / "results").glob("*/bundle-*.json")) or "torch" in step(
             "still no torch", [python, "-c", probe], cwd=outside):
         print(f"[robot-wheel] FAILED: bench --bundle wrote no results\n{bench[-2000:]}", file=sys.stderr)
+        return 1
+    step("serve extra added", [python, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                               f"{wheel}[onnxruntime,serve,test]"], cwd=outside, env=env)
+    served = json.loads(step("xvla-edge serve + RemotePolicy == Policy.act", [python, "-c", REMOTE, str(current), cli],
+                             cwd=outside, env=env).strip().splitlines()[-1])
+    if not served["equal"]:
+        print(f"[robot-wheel] FAILED: the served chunk differs from the local one: {served}", file=sys.stderr)
         return 1
     print(f"[robot-wheel] passed on Python {version.strip()}: robot environment {site:.0f} MB on disk, "
           f"{len(listed)} packages ({', '.join(sorted(names))})")
