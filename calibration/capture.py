@@ -88,10 +88,14 @@ def from_recording(directory: str | Path, *, limit: int | None = None, seed: int
               **{k: meta.get(k) for k in ("bundle", "reason", "created")}}
     if times is not None and times.size:
         source["time_span_s"] = float(times[-1] - times[0])
+    per_observation = arrays.get("instruction")  # recordings since the operator could change the task
+    if per_observation is not None and per_observation.dtype.kind != "U":
+        raise CalibrationError(f"{npz_path}: key 'instruction' has dtype {per_observation.dtype}; expected str")
     return CalibrationSet(
         images={k: arrays[f"image_{k}"][idx] for k in range(NUM_VIEWS) if f"image_{k}" in arrays},
         view_mask=arrays["view_mask"][idx], proprio=proprio[idx],
-        instructions=(meta["instruction"],) * idx.size, domain_ids=np.full(idx.size, meta["domain_id"], np.int64),
+        instructions=(tuple(str(t) for t in per_observation[idx]) if per_observation is not None
+                      else (meta["instruction"],) * idx.size), domain_ids=np.full(idx.size, meta["domain_id"], np.int64),
         seeds=seed + np.arange(idx.size, dtype=np.int64), source=source, where=str(npz_path))
 
 

@@ -298,11 +298,19 @@ class ControlLoop:
             self.last_error = f"estop: {exc}"
 
     def clear_estop(self) -> None:
-        """Release the e-stop; the arm holds where it is until a new chunk arrives."""
+        """Release the e-stop; the arm holds where it is until a new chunk arrives.
+
+        A state read after the release decides: a streamed state from before it still carries the e-stop
+        flag and would latch it again at the next tick, so one fresh state is read here; if the controller
+        still reports its e-stop (its own input held), the watchdog latches again, as it should."""
         try:
             self.arm.clear_estop()
+            self.last_state = self.arm.read_state()
         except ArmError as exc:
             self.last_error = f"clear_estop: {exc}"
+            return
+        if self.last_state.faults & FaultFlag.ESTOP:
+            self.last_error = "clear_estop: the controller still reports its e-stop (its own input is engaged)"
             return
         self.watchdog.clear_estop()
 

@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "info": "a bundle's id and what it holds, after validating its manifest (--verify: every file too)",
     "build": "build a bundle's TensorRT engines on this machine (the target)",
     "run": "the on-robot daemon: cameras, policy and arm, with health and metrics",
+    "ctl": "operate a running daemon: status, instruction, start/stop, hold/resume, estop/clear-estop, record",
     "config": "validate a robot.toml without running (config check FILE)",
     "flash": "install a verified bundle on a robot (atomic switch, previous kept)",
     "rollback": "make a robot's previous bundle active again",

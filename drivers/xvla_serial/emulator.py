@@ -8,7 +8,8 @@ Joints and end-effector poses follow their targets with first-order dynamics (ti
 ``tau_s``) capped at the advertised velocities; the EE and joint states are independent (the
 emulator has no kinematics). It enforces the limits it advertises, holds on its own host-silence
 timeout, and takes fault-injection commands (``drop_rx``, ``drop_tx``, ``corrupt_tx``, ``garbage``,
-``silence``, ``latency``, ``reboot``, ``press_estop``, ``set_fault``, ``clear_fault``) plus ``snapshot``,
+``silence``, ``latency``, ``reboot``, ``press_estop`` (``held=True``: the button stays pressed, so the host
+cannot clear the e-stop until ``release_estop``), ``set_fault``, ``clear_fault``) plus ``snapshot``,
 ``ee`` (the measured poses) and ``place`` (put the arm somewhere: a simulated scene reset) from the test. Its memory stays flat however long it runs: it counts accepted and refused TARGETs and keeps
 only the last :data:`HISTORY` of each.
 """
@@ -92,6 +93,7 @@ class ControllerEmulator:
         self._base_mode = c.ControllerMode.NOT_READY
         self.faults = c.Fault(0)
         self._conditions = c.Fault(0)  # hardware faults whose cause is still present
+        self._estop_held = False  # the e-stop input is pressed: a host release is refused
         self.timeout_ms = self.config.default_timeout_ms
         self._last_rx = now
         self._last_target_seq = 0
@@ -154,7 +156,8 @@ class ControllerEmulator:
         if isinstance(message, c.TargetMsg):
             return self._target(message, frame)
         if isinstance(message, c.EstopMsg):
-            self.faults = (self.faults | c.Fault.ESTOP) if message.engage else (self.faults & ~c.Fault.ESTOP)
+            if message.engage or not self._estop_held:
+                self.faults = (self.faults | c.Fault.ESTOP) if message.engage else (self.faults & ~c.Fault.ESTOP)
             self._hold()
         elif isinstance(message, c.HoldMsg) and self.mode in _HOLDABLE:
             self._hold()
@@ -316,10 +319,16 @@ class ControllerEmulator:
     def _ctl_reboot(self) -> None:
         self._boot(time.monotonic())
 
-    def _ctl_press_estop(self) -> None:
-        """The controller's own e-stop input: latch and hold, as an ESTOP frame would."""
+    def _ctl_press_estop(self, held: bool = False) -> None:
+        """The controller's own e-stop input: latch and hold, as an ESTOP frame would; ``held``: the button
+        stays pressed (the host cannot release the e-stop until :meth:`_ctl_release_estop`)."""
         self.faults |= c.Fault.ESTOP
+        self._estop_held = bool(held)
         self._hold()
+
+    def _ctl_release_estop(self) -> None:
+        """The e-stop button is let go: the latch stays until the host releases it."""
+        self._estop_held = False
 
     def _ctl_set_fault(self, flags: int) -> None:
         bits = c.Fault(flags) & c.HARDWARE_FAULTS

@@ -151,6 +151,16 @@ class HealthSection:
 
 
 @dataclass(frozen=True)
+class OperatorSection:
+    """``[operator]``: the control socket of ``xvla-edge ctl`` (None: off), the group allowed to use it, and
+    whether an episode starts with the daemon (else it waits for ``ctl start``)."""
+
+    socket: Optional[Path] = None
+    socket_group: Optional[str] = None
+    autostart: bool = True
+
+
+@dataclass(frozen=True)
 class LoggingSection:
     level: str = "info"
 
@@ -182,6 +192,7 @@ class RobotConfig:
     logging: LoggingSection = LoggingSection()
     recorder: RecorderSection = RecorderSection()
     remote: Optional[RemoteSection] = None
+    operator: OperatorSection = OperatorSection()
 
     @property
     def source(self) -> str:
@@ -250,6 +261,7 @@ def parse_config(data: Mapping[str, Any], file: Path) -> RobotConfig:
         max_latency_s=t.take("max_latency_s", float, 1.0, check=lambda x: 0 < x <= 60, expected="seconds in (0, 60]"))
     t.finish()
     health = _health(root.table("health"))
+    operator = _operator(root.table("operator"))
     t = root.table("logging")
     logging_ = LoggingSection(level=t.take("level", str, "info", choices=LEVELS))
     t.finish()
@@ -264,7 +276,7 @@ def parse_config(data: Mapping[str, Any], file: Path) -> RobotConfig:
     if problems.lines:
         raise ConfigError("\n".join(problems.lines))
     return RobotConfig(file, instruction, bundle, cameras, arm, control, safety, splice, gripper, inference,
-                       health, logging_, recorder, remote)
+                       health, logging_, recorder, remote, operator)
 
 
 # -- reading tables ------------------------------------------------------------------------------------
@@ -434,6 +446,26 @@ def _remote(t: _Table) -> RemoteSection:
         steps=t.take("steps", int, None, check=lambda n: 1 <= n <= MAX_STEPS, expected=f"an integer 1 ... {MAX_STEPS}"))
     t.finish()
     return section
+
+
+def _operator(t: _Table) -> OperatorSection:
+    sock = t.path("socket")
+    group = t.take("socket_group", str, None, check=_group_exists, expected="an existing group (getent group NAME)")
+    if sock is not None and len(str(sock).encode()) > 100:  # sockaddr_un holds 108 bytes
+        t.problems.value(t.key("socket"), str(sock), "expected a path of at most 100 bytes (a Unix socket's limit)")
+    section = OperatorSection(socket=sock, socket_group=group, autostart=t.take("autostart", bool, True))
+    t.finish()
+    return section
+
+
+def _group_exists(name: str) -> bool:
+    import grp
+
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 def _ws_url(url: str) -> bool:

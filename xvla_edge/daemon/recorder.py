@@ -5,11 +5,12 @@ reports.
 A recording is a directory ``<directory>/<UTC yyyymmddTHHMMSSZ>-<reason>/`` written atomically (a hidden
 temporary directory renamed into place):
 
-- ``observations.npz``: ``time`` [N] float64, ``proprio`` [N, P] float32, ``view_mask`` [N, 3] bool and
+- ``observations.npz``: ``time`` [N] float64, ``proprio`` [N, P] float32, ``instruction`` [N] str (the task
+  each observation was computed for: an operator may change it mid-run), ``view_mask`` [N, 3] bool and
   ``image_<k>`` [N, H, W, 3] uint8 for each view slot with an image (absent frames zero, mask False);
 - ``chunks.npz``: ``obs_time`` [M], ``actions`` [M, T, D], ``latency_s`` [M];
 - ``commands.npz``: the control loop's trace, ``time`` [K], ``mode`` [K] (str), ``command``, ``measured``;
-- ``meta.json``: ``instruction``, ``domain_id``, ``bundle``, ``reason``, ``created``, counts.
+- ``meta.json``: ``instruction`` (the newest), ``domain_id``, ``bundle``, ``reason``, ``created``, counts.
 
 Memory: three 224x224 RGB views at 10 observations/s over 30 s is 3 x 150 kB x 300 = 135 MB; size the ring
 (``seconds``) and camera resolution together. Fault dumps are rate-limited (one per ``min_interval_s``)
@@ -64,7 +65,7 @@ class Recorder:
                     if old is not None and new is not None and old.shape != new.shape:
                         raise RecorderError(f"recorder: view {k} changed size from {old.shape} to {new.shape}")
             self._obs.append({"time": float(timestamp), "images": [None if i is None else i.copy() for i in images],
-                              "proprio": np.asarray(proprio, np.float32).copy()})
+                              "proprio": np.asarray(proprio, np.float32).copy(), "instruction": str(instruction)})
             self._meta = {"instruction": instruction, "domain_id": int(domain_id)}
             self._trim(timestamp)
 
@@ -121,6 +122,7 @@ def _stack(items: List[Dict[str, Any]], keys: Sequence[str]) -> Dict[str, np.nda
 def _observations(obs: List[Dict[str, Any]]) -> Dict[str, np.ndarray]:
     out = {"time": np.array([o["time"] for o in obs], np.float64),
            "proprio": np.array([o["proprio"] for o in obs], np.float32).reshape(len(obs), -1),
+           "instruction": np.array([o["instruction"] for o in obs], dtype=str),
            "view_mask": np.array([[img is not None for img in o["images"]] for o in obs], bool).reshape(-1, NUM_SLOTS)}
     for k in range(NUM_SLOTS):
         shapes = [o["images"][k].shape for o in obs if o["images"][k] is not None]

@@ -51,6 +51,7 @@ from drivers.loop_process import ControlLoopClient, ControlLoopError
 from xvla_edge.daemon.bridge import check_arm, chunk_to_trajectory, proprio_from_state
 from xvla_edge.daemon.cameras import Camera, open_camera
 from xvla_edge.daemon.config import RobotConfig
+from xvla_edge.daemon.control import COMMANDS, CommandRefused, ControlServer, check_instruction, check_seconds
 from xvla_edge.daemon.health import HealthServer
 from xvla_edge.daemon.metrics import DaemonMetrics
 from xvla_edge.daemon.recorder import Recorder
@@ -199,6 +200,16 @@ class Daemon:
         self._mode = "idle"
         self._started = 0.0
         self._lock = threading.Lock()
+        # operator state (xvla_edge.daemon.control): changed by commands, read by the supervisor
+        self.instruction = config.instruction
+        self.control_server: Optional[ControlServer] = None
+        self._operator = "running" if config.operator.autostart else "stopped"
+        self._episode: Dict[str, Optional[float]] = {"number": 1 if config.operator.autostart else 0,
+                                                     "started": None, "ends": None}
+        self._generation = 0  # bumped by hold, stop and e-stop: older chunks are dropped
+        self._future_generation = 0
+        self._faults: deque = deque(maxlen=20)
+        self._commands = threading.Lock()
 
     # -- life cycle -------------------------------------------------------------------------------------
 
@@ -243,6 +254,9 @@ class Daemon:
             self.health_server = HealthServer(cfg.health.host, cfg.health.port, self.health, self.metrics.render,
                                               on_record=lambda: str(self.recorder.dump("request")),
                                               token=cfg.health.token)
+        if cfg.operator.socket is not None:
+            phase("opening the control socket")
+            self.control_server = ControlServer(cfg.operator.socket, self.execute, cfg.operator.socket_group)
         phase("telling systemd READY")
         self._started = self.clock()
         sdnotify.ready()
@@ -262,6 +276,9 @@ class Daemon:
         if self.health_server is not None:
             self.health_server.close()
             self.health_server = None
+        if self.control_server is not None:
+            self.control_server.close()
+            self.control_server = None
         if self.policy is not None:
             self.policy.close()
         log.info("daemon stopped; arm holding", extra={"event": "stopped"})
@@ -294,9 +311,11 @@ class Daemon:
         self.stats = self.loop.stats()
         self._watch_loop(self.stats, now)
         frames = self._frames(now)
+        self._end_episode_if_due(now)
         if self._future is not None:
             self._collect(now)
-        elif frames is not None and self._mode not in FAULT_MODES and self._due(now) and now >= self._retry_at:
+        elif (frames is not None and self._operator == "running" and self._mode not in FAULT_MODES
+              and self._due(now) and now >= self._retry_at):
             try:
                 self._start_inference(frames, self.stats)
             except RuntimeError as exc:  # the worker thread cannot be started or its executor is gone
@@ -355,10 +374,11 @@ class Daemon:
         for slot, frame in frames.items():
             images[slot] = frame.image  # type: ignore[attr-defined]
         proprio = proprio_from_state(stats.last_state, manifest.action, policy.state_dim)
-        obs = Observation(images=images, instruction=self.config.instruction, proprio=proprio,
+        obs = Observation(images=images, instruction=self.instruction, proprio=proprio,
                           timestamp=min(f.timestamp for f in frames.values()))  # type: ignore[attr-defined]
         self.recorder.add_observation(obs.timestamp, images, proprio, obs.instruction, int(manifest.domain_id))
         self._future = policy.act_async(obs, steps=self.config.steps)
+        self._future_generation = self._generation
         self._future_obs = obs
         self._future_started = self.clock()
 
@@ -385,6 +405,8 @@ class Daemon:
         self.recorder.add_chunk(obs.timestamp, chunk.actions, latency)
         if self._stale:
             return  # a camera went stale while the model ran: do not start moving on what it saw
+        if self._future_generation != self._generation or self._operator != "running":
+            return  # held, stopped or e-stopped while the model ran
         self.loop.submit(trajectory, obs.timestamp)  # type: ignore[union-attr]
         self._executing_end = float(chunk.timestamps[-1])
         log.debug("chunk", extra={"event": "chunk", "latency_s": round(latency, 4)})
@@ -454,8 +476,130 @@ class Daemon:
         self._fault(message)
         return ControlLoopLost(message)
 
+    # -- operator commands (xvla_edge.daemon.control) ------------------------------------------------------
+
+    def execute(self, request: Dict[str, object]) -> Dict[str, object]:
+        """Run one operator command (any thread; one at a time); the reply with the resulting state."""
+        name = request.get("command")
+        with self._commands:
+            try:
+                handler = getattr(self, "_cmd_" + str(name).replace("-", "_"), None)
+                if handler is None:
+                    raise CommandRefused(f"unknown command {name!r}; commands: {', '.join(COMMANDS)}")
+                result = handler(request)
+            except CommandRefused as exc:
+                log.info("command %s refused: %s", name, exc, extra={"event": "command_refused", "command": name})
+                return {"ok": False, "error": str(exc), "state": self.status()}
+            except ControlLoopError as exc:
+                return {"ok": False, "error": f"the control loop does not answer: {exc}", "state": self.status()}
+            if name != "status":
+                log.info("command %s", name, extra={"event": "command", "command": name, **(result or {})})
+            return {"ok": True, "state": self.status(), **({"result": result} if result else {})}
+
+    def _drop_motion(self) -> None:
+        self.loop.hold()  # type: ignore[union-attr]
+        self._executing_end = None
+        self._generation += 1
+
+    def _cmd_status(self, request: Dict[str, object]) -> None:
+        return None
+
+    def _cmd_instruction(self, request: Dict[str, object]) -> Dict[str, object]:
+        text = check_instruction(request.get("text"))
+        previous, self.instruction = self.instruction, text
+        return {"instruction": text, "previous": previous}
+
+    def _cmd_start(self, request: Dict[str, object]) -> Dict[str, object]:
+        seconds = check_seconds(request.get("seconds"))
+        if self._operator == "estopped":
+            raise CommandRefused("start: the e-stop is latched; clear-estop first")
+        if self._operator in ("running", "held"):
+            raise CommandRefused(f"start: episode {self._episode['number']} is {self._operator}; stop it first")
+        now = self.clock()
+        self._episode = {"number": (self._episode["number"] or 0) + 1, "started": now,
+                         "ends": None if seconds is None else now + seconds}
+        self._operator = "running"
+        return {"episode": self._episode["number"], "seconds": seconds}
+
+    def _cmd_stop(self, request: Dict[str, object]) -> Dict[str, object]:
+        if self._operator not in ("running", "held"):
+            raise CommandRefused(f"stop: no episode is running (operator state {self._operator})")
+        self._drop_motion()
+        self._operator = "stopped"
+        return {"episode": self._episode["number"]}
+
+    def _cmd_hold(self, request: Dict[str, object]) -> None:
+        if self._operator != "running":
+            raise CommandRefused(f"hold: nothing is running (operator state {self._operator})")
+        self._drop_motion()
+        self._operator = "held"
+
+    def _cmd_resume(self, request: Dict[str, object]) -> None:
+        if self._operator == "estopped":
+            raise CommandRefused("resume: the e-stop is latched; clear-estop first")
+        if self._operator != "held":
+            raise CommandRefused(f"resume: nothing is held (operator state {self._operator}"
+                                 + ("; start an episode" if self._operator == "stopped" else "") + ")")
+        self._operator = "running"
+
+    def _cmd_estop(self, request: Dict[str, object]) -> None:
+        self.loop.estop()  # type: ignore[union-attr]  # first: nothing else delays it
+        self._executing_end = None
+        self._generation += 1
+        self._operator = "estopped"
+        self._fault("e-stop by the operator")
+
+    def _cmd_clear_estop(self, request: Dict[str, object]) -> None:
+        if self._operator != "estopped":
+            raise CommandRefused(f"clear-estop: the e-stop is not latched (operator state {self._operator})")
+        loop = self.loop
+        assert loop is not None
+        loop.clear_estop()
+        ticks = loop.stats().timing.get("ticks", 0)  # answered after the clear: the loop handles messages in order
+        end = time.monotonic() + 2.0
+        stats = loop.stats()
+        while stats.timing.get("ticks", 0) < ticks + 2 and time.monotonic() < end:  # ticks that saw the clear
+            time.sleep(0.005)
+            stats = loop.stats()
+        if stats.mode == "estopped":
+            raise CommandRefused("clear-estop: the arm still reports its e-stop"
+                                 + (f" ({stats.last_error})" if stats.last_error else "") + "; release it there first")
+        self._operator = "held"
+
+    def _cmd_record(self, request: Dict[str, object]) -> Dict[str, object]:
+        return {"path": str(self.recorder.dump("request"))}
+
+    def _end_episode_if_due(self, now: float) -> None:
+        ends = self._episode["ends"]
+        if ends is not None and now >= ends and self._operator in ("running", "held"):
+            with self._commands:
+                self._drop_motion()
+                self._operator = "stopped"
+            log.info("episode %s ended (time limit)", self._episode["number"],
+                     extra={"event": "episode_end", "episode": self._episode["number"]})
+
+    def status(self) -> Dict[str, object]:
+        """What ``xvla-edge ctl status`` shows."""
+        stats, manifest = self.stats, self.policy.manifest if self.policy is not None else None
+        health, reasons = self.health()
+        lat = np.array(self.latencies) if self.latencies else None
+        timing = stats.timing if stats else {}
+        return {
+            "mode": stats.mode if stats else "starting", "operator": self._operator,
+            "bundle_id": manifest.bundle_id if manifest else None,
+            "embodiment": manifest.embodiment if manifest else None, "source": self.config.source,
+            "instruction": self.instruction, "episode": dict(self._episode), "health": health, "reasons": reasons,
+            "faults": [{"time": t, "reason": r} for t, r in list(self._faults)[-10:]],
+            "chunks": len(self.latencies),
+            "chunk_latency_p50_s": None if lat is None else float(np.percentile(lat, 50)),
+            "chunk_latency_p99_s": None if lat is None else float(np.percentile(lat, 99)),
+            "ticks": int(timing.get("ticks", 0)), "missed_deadlines": int(timing.get("missed_deadlines", 0)),
+            "interval_error_p99_s": timing.get("interval_error_p99"),
+        }
+
     def _fault(self, reason: str) -> None:
         self._last_error = (self.clock(), reason)
+        self._faults.append((time.time(), reason))
         log.warning(reason, extra={"event": "fault"})
         if self.config.recorder.on_fault:
             try:
