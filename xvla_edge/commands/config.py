@@ -51,6 +51,10 @@ def summary(config: RobotConfig) -> str:
         lines.append(f"  policy:    served at {r.url} (domain {'the only one served' if r.domain_id is None else r.domain_id}"
                      f", token {'set' if r.token else 'none'}, chunk timeout {r.timeout_s:g} s, "
                      f"steps {r.steps or 'from the manifest'})")
+    o = c.operator
+    lines.append(f"  operator:  {'control socket ' + str(o.socket) if o.socket else 'no control socket'}"
+                 + (f" (group {o.socket_group})" if o.socket_group else "")
+                 + f", episode {'starts with the daemon' if o.autostart else 'waits for ctl start'}")
     for cam in c.cameras:
         what = {"synthetic": f"{cam.width}x{cam.height}", "v4l2": f"{cam.device} {cam.width}x{cam.height}",
                 "gstreamer": "pipeline", "folder": str(cam.path), "video": str(cam.path)}[cam.source]

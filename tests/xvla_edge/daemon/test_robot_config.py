@@ -411,3 +411,17 @@ def test_the_examples_policy_block_is_valid_and_shows_the_defaults(write):
             block.append(line[2:].replace("gpu-box", "127.0.0.1"))
     cfg = load_config(write(MINIMAL.replace('[bundle]\npath = "bundle"\n', "\n".join(block) + "\n")))
     assert cfg.remote == config_module.RemoteSection(url="ws://127.0.0.1:8000")
+
+
+def test_operator_section(write, tmp_path):
+    assert load_config(write(MINIMAL)).operator == config_module.OperatorSection()  # off, autostart
+    cfg = load_config(write(MINIMAL + '[operator]\nsocket = "run/ctl.sock"\nsocket_group = "root"\nautostart = false\n'))
+    assert cfg.operator == config_module.OperatorSection(socket=tmp_path / "run/ctl.sock", socket_group="root",
+                                                         autostart=False)
+    for text, expected in [('socket_group = "no-such-group-here"', '[operator].socket_group = "no-such-group-here": '
+                                                                   "expected an existing group"),
+                           (f'socket = "/{"s" * 120}"', "[operator].socket = "),
+                           ("autostart = 1", "[operator].autostart = 1: expected true or false"),
+                           ("sockt = 1", "[operator].sockt: unknown key (did you mean \"socket\"?)")]:
+        path = write(MINIMAL + f"[operator]\n{text}\n")
+        assert any(line.startswith(f"{path}: {expected}") for line in problems(path)), (text, problems(path))
