@@ -35,13 +35,15 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
+from xvla.errors import XVLAError
+
 COMMANDS = ("status", "instruction", "start", "stop", "hold", "resume", "estop", "clear-estop", "record")
 MAX_INSTRUCTION_CHARS = 4096
 MAX_LINE_BYTES = 64 * 1024
 MAX_EPISODE_S = 24 * 3600.0
 
 
-class CommandRefused(Exception):
+class CommandRefused(XVLAError, ValueError):
     """A command that makes no sense in the daemon's present state (or with these arguments)."""
 
 

@@ -52,7 +52,7 @@ from xvla_edge.daemon.bridge import check_arm, chunk_to_trajectory, proprio_from
 from xvla_edge.daemon.cameras import Camera, open_camera
 from xvla_edge.daemon.config import RobotConfig
 from xvla_edge.daemon.control import COMMANDS, CommandRefused, ControlServer, check_instruction, check_seconds
-from xvla_edge.daemon.health import HealthServer
+from xvla_edge.daemon.health import HealthServer, Operator
 from xvla_edge.daemon.metrics import DaemonMetrics
 from xvla_edge.daemon.recorder import Recorder
 from xvla_edge.extras import needs
@@ -253,7 +253,9 @@ class Daemon:
         if cfg.health.port:
             self.health_server = HealthServer(cfg.health.host, cfg.health.port, self.health, self.metrics.render,
                                               on_record=lambda: str(self.recorder.dump("request")),
-                                              token=cfg.health.token)
+                                              token=cfg.health.token,
+                                              operator=Operator(self.status, self.series, self.camera_png,
+                                                                self.execute))
         if cfg.operator.socket is not None:
             phase("opening the control socket")
             self.control_server = ControlServer(cfg.operator.socket, self.execute, cfg.operator.socket_group)
@@ -595,7 +597,37 @@ class Daemon:
             "chunk_latency_p99_s": None if lat is None else float(np.percentile(lat, 99)),
             "ticks": int(timing.get("ticks", 0)), "missed_deadlines": int(timing.get("missed_deadlines", 0)),
             "interval_error_p99_s": timing.get("interval_error_p99"),
+            "cameras": sorted(self.cameras or {}),
         }
+
+    def series(self, seconds: float = 5.0, points: int = 400) -> Dict[str, object]:
+        """For the status page: commanded and measured positions (first arm) over the last ``seconds``
+        (at most ``points`` of them), chunk-latency and tick-interval histograms."""
+        trace = self.loop.trace()  # type: ignore[union-attr]
+        t = trace["time"]
+        keep = np.flatnonzero(t >= t[-1] - seconds) if len(t) else np.zeros(0, int)
+        keep = keep[:: max(1, len(keep) // points)]
+        lat = np.array(self.latencies, float) if self.latencies else np.zeros(0)
+        hist = self.stats.interval_histogram if self.stats is not None else None
+        return {"time": (t[keep] - (t[-1] if len(t) else 0.0)).tolist(),
+                "command": trace["command"][keep, :3].tolist(), "measured": trace["measured"][keep, :3].tolist(),
+                "chunk_latency": _histogram(lat, 12, "s"), "tick_interval_ms": _cumulative_to_bins(hist)}
+
+    def camera_png(self, slot: int, width: int = 160) -> Optional[bytes]:
+        """The camera in ``slot``'s latest frame, ``width`` pixels wide, as PNG (None: no such camera or frame)."""
+        import io
+
+        from PIL import Image
+
+        camera = (self.cameras or {}).get(slot)
+        frame = camera.latest() if camera is not None else None
+        if frame is None:
+            return None
+        img = Image.fromarray(frame.image)
+        img = img.resize((width, max(1, round(img.height * width / img.width))), Image.BILINEAR)
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        return buf.getvalue()
 
     def _fault(self, reason: str) -> None:
         self._last_error = (self.clock(), reason)
@@ -660,6 +692,24 @@ class Daemon:
             interventions=interventions,
             events=dict(events),
         )
+
+
+def _histogram(values: np.ndarray, bins: int, unit: str) -> Dict[str, list]:
+    if not len(values):
+        return {"edges": [0.0, 1.0], "counts": [0], "unit": unit}
+    counts, edges = np.histogram(values, bins=bins)
+    return {"edges": [round(float(e), 4) for e in edges], "counts": counts.tolist(), "unit": unit}
+
+
+def _cumulative_to_bins(hist: Optional[Dict[str, object]]) -> Dict[str, list]:
+    """The loop's cumulative tick-interval histogram as bins in milliseconds."""
+    if not hist:
+        return {"edges": [0.0, 1.0], "counts": [0], "unit": "ms"}
+    bounds = [round(b * 1e3, 3) for b in hist["bounds"]]  # type: ignore[union-attr]
+    cumulative = list(hist["counts"])  # type: ignore[arg-type]
+    counts = [cumulative[0]] + [b - a for a, b in zip(cumulative, cumulative[1:])]
+    return {"edges": [0.0, *bounds], "counts": counts[: len(bounds)], "unit": "ms",
+            "over": int(cumulative[-1] - cumulative[len(bounds) - 1])}  # longer than the last bound
 
 
 def _exit_status(code: Optional[int]) -> str:

@@ -176,3 +176,72 @@ def test_the_socket_refuses_who_has_no_permission(daemon):
     daemon.sock.chmod(0o666)
     out = as_nobody()
     assert out.returncode == 0 and "operator running" in out.stdout, (out.returncode, out.stderr)
+
+
+def http(url: str, data: dict | None = None, token: str | None = None) -> tuple[int, bytes, str]:
+    import urllib.error
+    import urllib.request
+
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=None if data is None else json.dumps(data).encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.status, r.read(), r.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), e.headers.get("Content-Type", "")
+
+
+def test_the_status_page_and_http_control(tmp_path, bundle, emu):
+    """The page, its data, and control over HTTP: open to read, token to act beyond loopback."""
+    from PIL import Image
+
+    token = tmp_path / "token"
+    token.write_text("operator-token-0123456789\n")
+    token.chmod(0o600)
+    port = _free_port()
+    path = tmp_path / "robot.toml"
+    path.write_text(robot_toml(bundle, emu.port, tmp_path / "recordings", cameras={"width": 96, "height": 64},
+                               arm={"timeout_ms": 300}, control={"rate_hz": RATE_HZ, "realtime_priority": 0},
+                               health={"port": port, "host": "0.0.0.0", "token_file": str(token)}))
+    d = Daemon(load_config(path))
+    d.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        assert drive(d, 20.0, until=lambda x: accepted(x) >= 2)
+        code, page, kind = http(base + "/")
+        assert code == 200 and kind.startswith("text/html") and b'id="estop"' in page
+        code, body, _ = http(base + "/status")
+        status = json.loads(body)
+        assert code == 200 and status["bundle_id"] == d.policy.manifest.bundle_id and status["cameras"] == [0]
+        code, body, _ = http(base + "/series")
+        series = json.loads(body)
+        assert code == 200 and len(series["time"]) == len(series["command"]) > 10
+        assert sum(series["chunk_latency"]["counts"]) == len(d.latencies)
+        code, png, kind = http(base + "/camera/0.png")
+        img = Image.open(__import__("io").BytesIO(png))
+        assert code == 200 and kind == "image/png" and img.size == (160, 107)
+        assert http(base + "/camera/2.png")[0] == 404
+        code, body, _ = http(base + "/control", {"command": "hold"})  # beyond loopback: the token is required
+        assert code == 401 and d.status()["operator"] == "running"
+        code, body, _ = http(base + "/control", {"command": "hold"}, token="operator-token-0123456789")
+        assert code == 200 and json.loads(body)["state"]["operator"] == "held"
+        code, body, _ = http(base + "/control", {"command": "hold"}, token="operator-token-0123456789")
+        assert code == 409 and "nothing is running" in json.loads(body)["error"]
+        code, body, _ = http(base + "/control", {"command": "estop"}, token="operator-token-0123456789")
+        assert code == 200
+        end = time.monotonic() + 1.0
+        while emu.call("snapshot")["mode"] != "ESTOPPED":
+            assert time.monotonic() < end, "the e-stop over HTTP did not reach the controller"
+        assert http(base + "/control", {"nope": 1}, token="operator-token-0123456789")[0] == 400
+    finally:
+        d.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
