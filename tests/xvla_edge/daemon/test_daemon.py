@@ -28,6 +28,8 @@ from xvla_edge.daemon.config import load_config
 from xvla_edge.commands.demo import robot_toml
 from xvla_edge.daemon.service import Daemon
 
+from daemon_driving import accepted, drive
+
 REPO = Path(__file__).resolve().parents[3]
 
 
@@ -47,21 +49,6 @@ def write_config(path: Path, bundle: Path, port: str, *, health_port: int = 0, m
                                arm={"timeout_ms": 300}, control=SLOW_LOOP, inference={"max_latency_s": max_latency},
                                health={"port": health_port}, recorder={"seconds": 5}))
     return path
-
-
-def drive(daemon: Daemon, seconds: float, until=None) -> bool:
-    """Run supervisor passes for up to ``seconds``; True as soon as ``until(daemon)`` holds."""
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        daemon.step()
-        if until is not None and until(daemon):
-            return True
-        time.sleep(0.02)
-    return until is None
-
-
-def accepted(daemon: Daemon) -> int:
-    return daemon.stats.events.get("chunk_accepted", 0)
 
 
 def get(url: str) -> tuple[int, str]:

@@ -18,22 +18,10 @@ from xvla_edge.daemon.config import load_config
 from xvla_edge.daemon.control import send
 from xvla_edge.daemon.service import Daemon
 
+from daemon_driving import accepted, drive
+
 REPO = Path(__file__).resolve().parents[3]
 RATE_HZ = 100
-
-
-def drive(daemon: Daemon, seconds: float, until=None) -> bool:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        daemon.step()
-        if until is not None and until(daemon):
-            return True
-        time.sleep(0.02)
-    return until is None
-
-
-def accepted(daemon: Daemon) -> int:
-    return daemon.stats.events.get("chunk_accepted", 0)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import signal
-import time
 
 import numpy as np
 import pytest
@@ -16,21 +15,9 @@ from xvla_edge.commands.demo import robot_toml
 from xvla_edge.daemon.config import load_config
 from xvla_edge.daemon.service import MAX_INFERENCE_FAILURES, RECONNECT_S, Daemon
 
+from daemon_driving import accepted, drive
+
 pytest.importorskip("websockets")
-
-
-def drive(daemon: Daemon, seconds: float, until=None) -> bool:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        daemon.step()
-        if until is not None and until(daemon):
-            return True
-        time.sleep(0.02)
-    return until is None
-
-
-def accepted(daemon: Daemon) -> int:
-    return daemon.stats.events.get("chunk_accepted", 0)
 
 
 def test_a_served_policy_drives_the_arm_and_an_outage_holds_it_until_the_server_returns(
