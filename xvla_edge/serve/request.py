@@ -203,8 +203,11 @@ def _integer(value: Any, key: str, low: int, high: int) -> int:
         number = value
     elif isinstance(value, float) and math.isfinite(value) and value == int(value):
         number = int(value)
-    elif isinstance(value, str) and value.strip().lstrip("+-").isdigit() and len(value) <= 24:
-        number = int(value)
+    elif isinstance(value, str) and len(value) <= 24:
+        try:
+            number = int(value)
+        except ValueError:  # "+-3", "²", "1e3": not a decimal integer
+            number = None
     if number is None or not low <= number <= high:
         raise RequestError(f"{key}: expected an integer {low} ... {high}, got {_describe(value)}")
     return number
