@@ -62,8 +62,8 @@ class DenoiseStepGraph(nn.Module):
             self.register_buffer("w_dec", w_dec[0].clone())  # [D, A]
             self.register_buffer("b_dec", b_dec[0].clone())
             self.register_buffer("prompts", head.prompts(d).clone())  # [1, len_soft_prompts, D]
-        self.register_buffer("keep", space.keep_mask())  # 0 on gripper channels
-        self.register_buffer("keep_proprio", space.keep_mask(width=cfg.dim_proprio))  # the same, proprio's width
+        self.register_buffer("keep", space.keep_mask().clone())  # 0 on gripper channels
+        self.register_buffer("keep_proprio", space.keep_mask(width=cfg.dim_proprio).clone())  # the same, proprio's width
         self.blocks = head.blocks
         self.norm = head.norm
         self.dim_time = cfg.dim_time

@@ -1,12 +1,17 @@
 """The reference backend: the PyTorch model of the bundle's source checkpoint (debugging and parity).
 
 Eager on CPU and GPU. On CUDA, ``cuda_graph=True`` captures the whole N-step loop in one
-``torch.cuda.CUDAGraph`` per step count (static input buffers, warm-up on a side stream, capture,
-then copy-in and replay per chunk).
+``torch.cuda.CUDAGraph`` per step count, as PyTorch documents whole-network capture: static input buffers,
+warm-up on a side stream, a device synchronisation, capture, then copy-in and replay per chunk. Everything the
+captured loop runs is a device operation on tensors made before capture (the step times per step count, the
+action space's masks) — no tensor from host data, no scalar read back — so nothing inside it copies to or
+waits for the host. If capture fails anyway, that step count falls back to the eager loop (logged once,
+reported by :attr:`TorchBackend.graph_fallbacks`).
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +20,8 @@ import torch
 from runtime.backends.base import Backend, BackendError
 from runtime.manifest import Manifest
 from xvla.checkpoint import load_checkpoint
+
+log = logging.getLogger(__name__)
 
 
 class TorchBackend(Backend):
@@ -37,6 +44,8 @@ class TorchBackend(Backend):
         self.domain = torch.tensor([manifest.domain_id], device=self.device)
         self.use_graph = cuda_graph
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.graph_fallbacks: dict[int, str] = {}  # step count → why its capture failed (eager from then on)
+        self.times: dict[int, torch.Tensor] = {}  # step count → [steps, 1] times 1, (steps-1)/steps, ...
         T, A = int(manifest.action["chunk_length"]), int(manifest.action["dim"])
         self.x1 = torch.zeros(1, T, A, device=self.device, dtype=self.dtype)
         self.proprio = torch.zeros(1, A, device=self.device, dtype=self.dtype)
@@ -56,29 +65,50 @@ class TorchBackend(Backend):
             self.enc[0].copy_(enc[0])
             self.enc[1].copy_(enc[1])
 
+    def _times(self, steps: int) -> torch.Tensor:
+        if steps not in self.times:
+            self.times[steps] = torch.tensor([[i / steps] for i in range(steps, 0, -1)], device=self.device,
+                                             dtype=self.dtype)
+        return self.times[steps]
+
     @torch.no_grad()
     def _loop(self, steps: int) -> torch.Tensor:
+        """The N-step sampler on the static buffers (device operations only once :meth:`_times` exists)."""
+        times = self._times(steps)
         a = torch.zeros_like(self.x1)
-        for i in range(steps, 0, -1):
-            t = torch.full((1,), i / steps, device=self.device, dtype=self.dtype)
+        for k in range(steps):
+            t = times[k]
             a = self.model.denoise_step(self.enc, self.x1 * t + a * (1 - t), self.proprio, t, self.domain)
         return self.model.action_space.postprocess(a)
 
     def _graphed(self, steps: int) -> torch.Tensor:
+        if steps in self.graph_fallbacks:
+            return self._loop(steps)
         if steps not in self.graphs:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(2):  # warm-up outside capture (allocator, kernels' lazy init)
-                    self._loop(steps)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                out = self._loop(steps)
-            self.graphs[steps] = (graph, out)
+            try:
+                self.graphs[steps] = self._capture(steps)
+            except RuntimeError as exc:
+                torch.cuda.synchronize()
+                self.graph_fallbacks[steps] = f"{type(exc).__name__}: {exc}"
+                log.warning("torch backend: CUDA-graph capture of the %d-step loop failed, running it eagerly "
+                            "from now on: %s", steps, exc)
+                return self._loop(steps)
         graph, out = self.graphs[steps]
         graph.replay()
         return out
+
+    def _capture(self, steps: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):  # warm-up outside capture (allocator, kernels' lazy init, cached masks and times)
+                self._loop(steps)
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self._loop(steps)
+        return graph, out
 
     def denoise(self, x1: np.ndarray, proprio: np.ndarray, steps: int) -> np.ndarray:
         if self.enc is None:
