@@ -21,6 +21,7 @@ class Backend(ABC):
     """
 
     name: str
+    graph_fallback: str | None = None  # why a backend that replays CUDA graphs runs without them (None: it does not)
 
     def __init__(self, manifest: Manifest) -> None:
         self.manifest = manifest

@@ -5,8 +5,8 @@ Eager on CPU and GPU. On CUDA, ``cuda_graph=True`` captures the whole N-step loo
 warm-up on a side stream, a device synchronisation, capture, then copy-in and replay per chunk. Everything the
 captured loop runs is a device operation on tensors made before capture (the step times per step count, the
 action space's masks) — no tensor from host data, no scalar read back — so nothing inside it copies to or
-waits for the host. If capture fails anyway, that step count falls back to the eager loop (logged once,
-reported by :attr:`TorchBackend.graph_fallbacks`).
+waits for the host. If capture fails anyway, the backend runs the eager loop from then on (logged once, the
+reason in :attr:`TorchBackend.graph_fallback`).
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ class TorchBackend(Backend):
         self.domain = torch.tensor([manifest.domain_id], device=self.device)
         self.use_graph = cuda_graph
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        self.graph_fallbacks: dict[int, str] = {}  # step count → why its capture failed (eager from then on)
         self.times: dict[int, torch.Tensor] = {}  # step count → [steps, 1] times 1, (steps-1)/steps, ...
         T, A = int(manifest.action["chunk_length"]), int(manifest.action["dim"])
         self.x1 = torch.zeros(1, T, A, device=self.device, dtype=self.dtype)
@@ -82,16 +81,15 @@ class TorchBackend(Backend):
         return self.model.action_space.postprocess(a)
 
     def _graphed(self, steps: int) -> torch.Tensor:
-        if steps in self.graph_fallbacks:
+        if self.graph_fallback is not None:
             return self._loop(steps)
         if steps not in self.graphs:
             try:
                 self.graphs[steps] = self._capture(steps)
             except RuntimeError as exc:
                 torch.cuda.synchronize()
-                self.graph_fallbacks[steps] = f"{type(exc).__name__}: {exc}"
-                log.warning("torch backend: CUDA-graph capture of the %d-step loop failed, running it eagerly "
-                            "from now on: %s", steps, exc)
+                self.graph_fallback = f"capture of the {steps}-step loop failed: {type(exc).__name__}: {exc}"
+                log.warning("torch backend: %s; running without CUDA graphs from now on", self.graph_fallback)
                 return self._loop(steps)
         graph, out = self.graphs[steps]
         graph.replay()

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from runtime.backends.tensorrt import cuda_graph
-from runtime.backends.tensorrt.cuda_graph import CudaError, CudaGraphs, DeviceBuffer, Stream, cuda_call
+from runtime.backends.tensorrt.cuda_graph import (CaptureFailed, CudaError, CudaGraphs, DeviceBuffer, HostBuffer,
+                                                  Stream, cuda_call)
 
 
 class Err(enum.IntEnum):
@@ -25,10 +26,14 @@ class Err(enum.IntEnum):
 class FakeRuntime:
     """A stand-in for ``cuda.bindings.runtime`` that records calls and simulates what the helpers rely on.
 
-    Device memory is bytearrays at fake 256-aligned addresses; host memory is real (numpy pointers). Work on
-    a stream runs at once, except while the stream is capturing: then it is recorded, and a graph launch
-    replays the recording. Kernels (a TensorRT enqueue, in the backend tests) go through :meth:`enqueue`.
-    ``fail[name] = Err.x`` makes the next calls of ``name`` return that error.
+    Device memory is bytearrays at fake 256-aligned addresses; host memory is real (numpy pointers), pinned
+    memory from ``cudaMallocHost`` real ctypes buffers. Work on a stream runs at once, except while the stream
+    is capturing: then it is recorded, and a graph launch replays the recording. Kernels (a TensorRT enqueue,
+    in the backend tests) go through :meth:`enqueue`. ``fail[name] = Err.x`` makes the next calls of ``name``
+    return that error. Rules of the CUDA runtime API documentation it enforces: a host copy (pageable or not)
+    may not be captured here, synchronising a capturing stream is illegal, and copies between the host and the
+    device are counted in ``pageable_copies`` when the host side is not pinned memory (those are staged and
+    synchronous, "Memcpy behaviour" in the CUDA runtime API documentation).
     """
 
     cudaStreamNonBlocking = 1
@@ -43,6 +48,8 @@ class FakeRuntime:
         self.capturing: dict[int, list[Callable[[], None]]] = {}
         self.graphs: dict[int, list[Callable[[], None]]] = {}
         self.execs: dict[int, list[Callable[[], None]]] = {}
+        self.pinned: dict[int, Any] = {}  # address → the ctypes buffer behind it
+        self.pageable_copies = 0
         self._next = 0x10000
 
     # -- helpers for the tests -----------------------------------------------------------------------------
@@ -86,6 +93,25 @@ class FakeRuntime:
         self.memory[ptr] = bytearray(size)
         return Err.cudaSuccess, ptr
 
+    def cudaMallocHost(self, size: int) -> tuple[Any, ...]:
+        if r := self._failed("cudaMallocHost", 1):
+            return r
+        buffer = (ctypes.c_uint8 * size)()
+        self.pinned[ctypes.addressof(buffer)] = buffer
+        return Err.cudaSuccess, ctypes.addressof(buffer)
+
+    def cudaFreeHost(self, ptr: int) -> tuple[Any, ...]:
+        self.calls.append("cudaFreeHost")
+        del self.pinned[ptr]
+        return (Err.cudaSuccess,)
+
+    def cudaGetLastError(self) -> tuple[Any, ...]:
+        self.calls.append("cudaGetLastError")
+        return (Err.cudaSuccess,)
+
+    def _is_pinned(self, ptr: int, count: int) -> bool:
+        return any(base <= ptr and ptr + count <= base + len(buf) for base, buf in self.pinned.items())
+
     def cudaFree(self, ptr: int) -> tuple[Any, ...]:
         if r := self._failed("cudaFree", 0):
             return r
@@ -115,6 +141,8 @@ class FakeRuntime:
         if r := self._failed("cudaMemcpyAsync", 0):
             return r
         k = self.cudaMemcpyKind
+        if kind in (k.cudaMemcpyHostToDevice, k.cudaMemcpyDeviceToHost):
+            self.pageable_copies += not self._is_pinned(src if kind == k.cudaMemcpyHostToDevice else dst, count)
         if kind == k.cudaMemcpyHostToDevice:
             assert stream not in self.capturing, "a pageable host copy inside a captured graph"
             op = lambda: self.write(dst, np.frombuffer(ctypes.string_at(src, count), np.uint8))  # noqa: E731
@@ -261,6 +289,35 @@ def test_buffer_round_trip_and_explicit_free(rt: FakeRuntime) -> None:
     assert rt.calls.count("cudaFree") == 1
 
 
+def test_pinned_host_buffers_are_copied_without_staging(rt: FakeRuntime) -> None:
+    stream, buf = Stream(), DeviceBuffer(4 * 6)
+    host = HostBuffer((2, 3), np.float32)
+    assert host.array.shape == (2, 3) and host.array.dtype == np.float32 and host.ptr in rt.pinned
+    host.array[:] = np.arange(6, dtype=np.float32).reshape(2, 3)
+    buf.upload(host.array, stream)
+    back = HostBuffer((2, 3), np.float32)
+    buf.download(back.array, stream)
+    np.testing.assert_array_equal(back.array, host.array)
+    assert rt.pageable_copies == 0
+    buf.upload(np.zeros(6, np.float32), stream)  # a plain numpy array is pageable: counted
+    assert rt.pageable_copies == 1
+    host.free()
+    host.free()  # idempotent
+    back.free()
+    assert rt.pinned == {} and rt.calls.count("cudaFreeHost") == 2
+    with pytest.raises(ValueError, match="at least one byte"):
+        HostBuffer((0, 3), np.float32)
+
+
+def test_device_to_device_copy_from_an_offset(rt: FakeRuntime) -> None:
+    stream, schedule, t = Stream(), DeviceBuffer(3 * 256), DeviceBuffer(4)
+    rt.write(schedule.ptr + 512, np.array([0.25], np.float32))
+    t.copy_from(schedule, 512, stream)
+    np.testing.assert_array_equal(rt.read(t.ptr, (1,), np.float32), [0.25])
+    with pytest.raises(ValueError, match="4 bytes at offset 766 do not fit a 768-byte buffer"):
+        t.copy_from(schedule, 766, stream)
+
+
 def test_buffer_refuses_a_host_array_of_another_size(rt: FakeRuntime) -> None:
     stream, buf = Stream(), DeviceBuffer(16)
     with pytest.raises(ValueError, match="12 bytes.*16-byte"):
@@ -328,14 +385,30 @@ def test_a_failure_inside_capture_ends_capture_and_keeps_no_graph(rt: FakeRuntim
     def bad() -> None:
         raise RuntimeError("enqueue failed")
 
-    with pytest.raises(RuntimeError, match="enqueue failed"):
+    with pytest.raises(CaptureFailed, match="capture failed while recording: RuntimeError: enqueue failed"):
         graphs.launch("k", bad)
     assert stream.handle not in rt.capturing  # the stream is usable again
     assert rt.graphs == {} and graphs.keys == ()
+    assert rt.calls[-1] == "cudaGetLastError"  # the failed capture's error is cleared
+    rt.fail["cudaStreamEndCapture"] = Err.cudaErrorStreamCaptureInvalidated
+    with pytest.raises(CaptureFailed, match="cudaStreamEndCapture failed: cudaErrorStreamCaptureInvalidated"):
+        graphs.launch("k", lambda: None)
+    del rt.fail["cudaStreamEndCapture"]
+    assert stream.handle not in rt.capturing and rt.calls[-1] == "cudaGetLastError"
     rt.fail["cudaGraphInstantiate"] = Err.cudaErrorStreamCaptureInvalidated
-    with pytest.raises(CudaError, match="cudaGraphInstantiate failed: cudaErrorStreamCaptureInvalidated"):
+    with pytest.raises(CaptureFailed, match="cudaGraphInstantiate failed: cudaErrorStreamCaptureInvalidated"):
         graphs.launch("k", lambda: None)
     assert rt.graphs == {} and graphs.keys == ()  # the template was destroyed
+    assert isinstance(CaptureFailed("x"), CudaError)
+
+
+def test_the_warm_up_finishes_before_capture_begins(rt: FakeRuntime) -> None:
+    stream = Stream()
+    _, _, record = _counter_workload(rt, stream)
+    CudaGraphs(stream).launch("k", lambda: record(1))
+    begin = rt.calls.index("cudaStreamBeginCapture")
+    assert rt.calls[begin - 1] == "cudaStreamSynchronize"
+    assert "cudaMemsetAsync" in rt.calls[:begin - 1]  # the warm-up ran first
 
 
 def test_capacity_must_be_positive(rt: FakeRuntime) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import pytest
-from test_cuda_graph import FakeRuntime
+from test_cuda_graph import Err, FakeRuntime
 
 from runtime.backends.tensorrt import api as trt_api, cuda_graph
 from runtime.backends import tensorrt_available
@@ -321,23 +321,35 @@ def fakes(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     executed: list[str] = []
 
     class FakeEngine:
-        def __init__(self, path: Path, input_shapes: Mapping[str, tuple[int, ...]]) -> None:
+        """Engines of the bundle's graphs, with the rules TensorRT's documentation gives for
+        ``IExecutionContext``: tensors are bound per context; ``execute_async_v3`` uses the context's bindings;
+        a CUDA graph captured from an enqueue replays the context's state, so a context whose enqueue was
+        captured must not be rebound ("the bindings must not change after capture", TensorRT developer guide,
+        CUDA graphs). The fake replays the *current* bindings and refuses a rebinding after capture, so a
+        design that rebinds between captured steps fails here as it would on the GPU."""
+
+        def __init__(self, path: Path, input_shapes: Mapping[str, tuple[int, ...]], contexts: int = 1) -> None:
             self.graph = path.stem
             spec = getattr(manifest, self.graph)
             assert input_shapes == {s.name: s.shape for s in spec.inputs}
             self.tensors = {s.name: trt_api.TensorInfo(s.name, s.shape, np.dtype(s.dtype), s in spec.inputs)
                             for s in (*spec.inputs, *spec.outputs)}
-            self.addresses: dict[str, int] = {}
+            self.addresses: list[dict[str, int]] = [{} for _ in range(contexts)]
+            self.captured: set[int] = set()
             self.closed = False
 
-        def set_address(self, name: str, ptr: int) -> None:
+        def set_address(self, name: str, ptr: int, context: int = 0) -> None:
             assert name in self.tensors and ptr % 256 == 0, (name, ptr)
-            self.addresses[name] = ptr
+            assert context not in self.captured or self.addresses[context].get(name) == ptr, (
+                f"{self.graph}: context {context} rebound ({name}) after its enqueue was captured")
+            self.addresses[context][name] = ptr
 
-        def execute(self, stream: int) -> None:
+        def execute(self, stream: int, context: int = 0) -> None:
             executed.append(self.graph)
-            bound = dict(self.addresses)  # what a captured launch freezes
+            bound = self.addresses[context]  # read at run (or replay) time, not frozen at enqueue
             assert set(bound) == set(self.tensors), f"unbound: {set(self.tensors) - set(bound)}"
+            if stream in rt.capturing:
+                self.captured.add(context)
 
             def run() -> None:
                 x = {n: rt.read(bound[n], i.shape, i.dtype) for n, i in self.tensors.items() if i.is_input}
@@ -364,36 +376,76 @@ def _inputs(seed: int) -> tuple[np.ndarray, ...]:
             rng.standard_normal((1, T, A), np.float32), rng.standard_normal((1, A), np.float32))
 
 
-def test_backend_runs_the_whole_loop_as_one_graph_per_step_count(bundle: Path, fakes: dict[str, Any]) -> None:
+def test_backend_replays_one_graph_per_denoise_context(bundle: Path, fakes: dict[str, Any]) -> None:
     rt, executed = fakes["rt"], fakes["executed"]
     backend = create_backend(fakes["manifest"], bundle, "tensorrt", "cuda")
     assert isinstance(backend, TensorRTBackend)
-    seen: set[int] = set()
-    for seed, steps in [(0, 3), (1, 3), (2, 5), (3, 3), (4, 1)]:
+    for seed, steps in [(0, 3), (1, 3), (2, 5), (3, 1), (4, 4)]:
         px, mask, ids, x1, proprio = _inputs(seed)
         backend.encode(px, mask, ids)
         executed.clear()
         actions = backend.denoise(x1, proprio, steps)
         np.testing.assert_allclose(actions, reference(px, mask, ids, x1, proprio, steps), rtol=1e-6)
-        # first use of a step count: the loop runs eagerly once (warm-up) and once under capture; after
-        # that a chunk is one graph replay and the host enqueues nothing
-        assert executed == ([] if steps in seen else ["denoise"] * 2 * steps)
-        seen.add(steps)
-    assert rt.calls.count("cudaStreamBeginCapture") == 3
-    assert rt.calls.count("cudaGraphLaunch") == 5
+        # the first chunk captures each context once (an eager warm-up, then the enqueue under capture);
+        # every later step, whatever the step count, is a graph launch: the host enqueues no TensorRT work
+        assert executed == (["denoise"] * 4 if seed == 0 else [])
+    assert rt.calls.count("cudaStreamBeginCapture") == 2
+    assert rt.calls.count("cudaGraphLaunch") == 3 + 3 + 5 + 1 + 4
+    assert backend.graph_fallback is None
+    assert rt.pageable_copies == 0  # every copy to or from the host is from pinned memory
     backend.close()
-    assert rt.memory == {} and rt.execs == {} and rt.streams == set()
+    assert rt.memory == {} and rt.execs == {} and rt.streams == set() and rt.pinned == {}
 
 
-def test_the_loop_writes_nothing_from_the_host(bundle: Path, fakes: dict[str, Any]) -> None:
-    """Every copy from the host happens before the graph launch; the fake runtime fails host copies in a capture."""
+def test_each_captured_graph_holds_one_enqueue_and_nothing_from_the_host(bundle: Path, fakes: dict[str, Any]) -> None:
+    """A graph is one TensorRT enqueue with fixed bindings; the fake runtime fails host copies in a capture."""
     rt = fakes["rt"]
     backend = TensorRTBackend(fakes["manifest"], bundle)
     px, mask, ids, x1, proprio = _inputs(0)
     backend.encode(px, mask, ids)
     backend.denoise(x1, proprio, 4)
-    captured = next(iter(rt.execs.values()))
-    assert len(captured) == 1 + 4  # the memset of x0[0] and one launch per step
+    assert [len(ops) for ops in rt.execs.values()] == [1, 1]
+    backend.close()
+
+
+def test_the_fake_engine_catches_rebinding_a_captured_context(bundle: Path, fakes: dict[str, Any]) -> None:
+    """What the earlier design did (one context rebound per step inside one capture) fails on the fake."""
+    backend = TensorRTBackend(fakes["manifest"], bundle)
+    px, mask, ids, x1, proprio = _inputs(0)
+    backend.encode(px, mask, ids)
+    backend.denoise(x1, proprio, 2)
+    with pytest.raises(AssertionError, match="context 0 rebound \\(prev\\) after its enqueue was captured"):
+        backend.engines["denoise"].set_address("prev", backend.x0[1].ptr, 0)
+    backend.close()
+
+
+@pytest.mark.parametrize("failing", ["cudaStreamEndCapture", "cudaGraphInstantiate"])
+def test_a_failed_capture_falls_back_to_plain_enqueues(bundle: Path, fakes: dict[str, Any], failing: str,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    rt, executed = fakes["rt"], fakes["executed"]
+    rt.fail[failing] = Err.cudaErrorStreamCaptureInvalidated
+    backend = TensorRTBackend(fakes["manifest"], bundle)
+    for seed, steps in [(0, 3), (1, 5)]:
+        px, mask, ids, x1, proprio = _inputs(seed)
+        backend.encode(px, mask, ids)
+        executed.clear()
+        actions = backend.denoise(x1, proprio, steps)
+        np.testing.assert_allclose(actions, reference(px, mask, ids, x1, proprio, steps), rtol=1e-6)
+        if seed == 1:
+            assert executed == ["denoise"] * steps  # plain enqueues, no more capture attempts
+    assert "cudaErrorStreamCaptureInvalidated" in backend.graph_fallback
+    assert rt.calls.count("cudaStreamBeginCapture") == 1 and "cudaGetLastError" in rt.calls
+    assert sum("running without CUDA graphs" in r.getMessage() for r in caplog.records) == 1  # logged once
+    backend.close()
+
+
+def test_graphs_can_be_switched_off(bundle: Path, fakes: dict[str, Any]) -> None:
+    rt = fakes["rt"]
+    backend = create_backend(fakes["manifest"], bundle, "tensorrt", "cuda", cuda_graph=False)
+    px, mask, ids, x1, proprio = _inputs(3)
+    backend.encode(px, mask, ids)
+    np.testing.assert_allclose(backend.denoise(x1, proprio, 4), reference(px, mask, ids, x1, proprio, 4), rtol=1e-6)
+    assert "cudaStreamBeginCapture" not in rt.calls and backend.graph_fallback == "disabled (cuda_graph=False)"
     backend.close()
 
 
@@ -407,8 +459,8 @@ def test_backend_refuses_a_cpu_device_and_engines_that_do_not_match(bundle: Path
     monkeypatch.setattr(trt_api, "machine_stamp", lambda: dict(MACHINE))
     engine_cls = trt_api.Engine
 
-    def wrong_engine(path: Path, shapes: Mapping[str, tuple[int, ...]]) -> Any:
-        engine = engine_cls(path, shapes)
+    def wrong_engine(path: Path, shapes: Mapping[str, tuple[int, ...]], contexts: int = 1) -> Any:
+        engine = engine_cls(path, shapes, contexts)
         if engine.graph == "denoise":
             engine.tensors["t"] = trt_api.TensorInfo("t", (2,), np.dtype(np.float32), True)
         return engine
@@ -417,15 +469,15 @@ def test_backend_refuses_a_cpu_device_and_engines_that_do_not_match(bundle: Path
     with pytest.raises(BackendError, match=r"'t' is float32\[2\] in the engine, float32\[1\] in the manifest"):
         TensorRTBackend(fakes["manifest"], bundle)
 
-    def failing_bind(path: Path, shapes: Mapping[str, tuple[int, ...]]) -> Any:
-        engine = engine_cls(path, shapes)
-        engine.set_address = lambda name, ptr: (_ for _ in ()).throw(trt_api.TensorRTError(f"bind {name}"))
+    def failing_bind(path: Path, shapes: Mapping[str, tuple[int, ...]], contexts: int = 1) -> Any:
+        engine = engine_cls(path, shapes, contexts)
+        engine.set_address = lambda name, ptr, context=0: (_ for _ in ()).throw(trt_api.TensorRTError(f"bind {name}"))
         return engine
 
     monkeypatch.setattr(trt_api, "Engine", failing_bind)  # fails after every buffer is allocated
     with pytest.raises(BackendError, match="bind pixel_values"):
         TensorRTBackend(fakes["manifest"], bundle)
-    assert fakes["rt"].memory == {} and fakes["rt"].streams == set()  # the failed load freed what it took
+    assert fakes["rt"].memory == {} and fakes["rt"].streams == set() and fakes["rt"].pinned == {}  # all freed
     assert fakes["rt"].calls.count("cudaMalloc") > 0
 
 
@@ -448,7 +500,13 @@ def test_auto_picks_tensorrt_when_its_engines_fit(bundle: Path, fakes: dict[str,
 
 # -- trt_api's control flow over a fake ``tensorrt`` module (what it asks of TensorRT, not what TensorRT does) --
 class FakeTensorRT(ModuleType):
-    """The parts of the ``tensorrt`` module trt_api uses. Dtypes are numpy dtypes (``nptype`` is identity)."""
+    """The parts of the ``tensorrt`` module trt_api uses. Dtypes are numpy dtypes (``nptype`` is identity).
+
+    Where it follows the real API (TensorRT 10 Python API reference and ``NvInfer.h``): the network creation
+    flags are a bit mask of ``NetworkDefinitionCreationFlag`` values (``kSTRONGLY_TYPED = 1``);
+    ``build_serialized_network`` returns an ``IHostMemory`` (a buffer, not ``bytes``) or None; each execution
+    context has its own bindings and input shapes; ``set_tensor_address`` takes an integer address.
+    """
 
     __version__ = "10.3.0.30"
 
@@ -458,7 +516,7 @@ class FakeTensorRT(ModuleType):
         self.log: list[Any] = []
         self.fail_build = False
         self.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, severity: None})
-        self.NetworkDefinitionCreationFlag = SimpleNamespace(STRONGLY_TYPED=5)
+        self.NetworkDefinitionCreationFlag = SimpleNamespace(EXPLICIT_BATCH=0, STRONGLY_TYPED=1)
         self.MemoryPoolType = SimpleNamespace(WORKSPACE="WORKSPACE")
         self.TensorIOMode = SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
         self.nptype = lambda dtype: dtype
@@ -508,14 +566,14 @@ class FakeTensorRT(ModuleType):
                 profile.set_shape = lambda name, lo, opt, hi: profile.shapes.__setitem__(name, (lo, opt, hi))
                 return profile
 
-            def build_serialized_network(self, network: Any, config: Config) -> bytes | None:
+            def build_serialized_network(self, network: Any, config: Config) -> HostMemory | None:
                 monitor = config.progress_monitor
                 monitor.phase_start("Building engine", None, 2)
                 monitor.phase_start("Tactic selection", "Building engine", 7)
                 assert monitor.step_complete("Tactic selection", 0) is True
                 monitor.phase_finish("Tactic selection")
                 monitor.phase_finish("Building engine")
-                return None if fake.fail_build else b"serialized plan"
+                return None if fake.fail_build else HostMemory(b"serialized plan")
 
         def parser_error(i: int) -> Any:
             return SimpleNamespace(node=lambda: i, node_name=lambda: f"/blocks.{i}/Mul", node_operator=lambda: "Mul",
@@ -532,9 +590,20 @@ class FakeTensorRT(ModuleType):
             def get_error(self, i: int) -> Any:
                 return parser_error(i)
 
+        class HostMemory(np.ndarray):
+            """``IHostMemory``: the plan behind the buffer protocol (with ``nbytes``), not ``bytes``; an ndarray
+            subclass because a pure-Python class exposes a buffer only from Python 3.12."""
+
+            def __new__(cls, data: bytes) -> HostMemory:
+                return np.frombuffer(data, np.uint8).view(cls)
+
         class Context:
+            made = 0
+
             def __init__(self) -> None:
                 self.shapes = {n: s for n, (s, _, _) in tensors.items()}
+                self.index = Context.made
+                Context.made += 1
 
             def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
                 self.shapes[name] = shape
@@ -544,11 +613,13 @@ class FakeTensorRT(ModuleType):
                 return self.shapes[name]
 
             def set_tensor_address(self, name: str, ptr: int) -> bool:
-                fake.log.append(("address", name, ptr))
+                assert isinstance(ptr, int), f"set_tensor_address takes an int address; got {type(ptr).__name__}"
+                fake.log.append(("address", self.index, name, ptr))
                 return ptr != 0
 
             def execute_async_v3(self, stream: int) -> bool:
-                fake.log.append(("execute", stream))
+                assert isinstance(stream, int), f"execute_async_v3 takes an int stream handle; got {type(stream)}"
+                fake.log.append(("execute", self.index, stream))
                 return stream != 0
 
         class CudaEngine:
@@ -584,7 +655,7 @@ def test_build_engine_asks_for_a_strongly_typed_batch_1_engine(tmp_path: Path, f
     trt_api.build_engine(onnx, {"x": (1, 3, 4), "mask": (1, 2)}, tmp_path / "g.engine", timing_cache=cache,
                          workspace_bytes=2**30, log=lines.append)
     assert (tmp_path / "g.engine").read_bytes() == b"serialized plan"
-    assert fake_trt.log[0] == ("flags", 1 << 5)  # STRONGLY_TYPED, nothing else
+    assert fake_trt.log[0] == ("flags", 1 << 1)  # STRONGLY_TYPED (kSTRONGLY_TYPED = 1), nothing else
     assert ("pool", "WORKSPACE", 2**30) in fake_trt.log
     assert ("profile", {"x": ((1, 3, 4),) * 3}) in fake_trt.log  # only the dynamic input, pinned at min=opt=max
     assert ("cache", b"", False) in fake_trt.log and cache.read_bytes() == b"+tuned;"
@@ -634,7 +705,15 @@ def test_engine_binds_by_name_and_names_the_tensor_on_failure(tmp_path: Path, fa
                               "y": trt_api.TensorInfo("y", (1, 3), np.dtype(np.float16), False)}
     engine.set_address("x", 0x1000)
     engine.execute(0x2000)
-    assert fake_trt.log[-2:] == [("address", "x", 0x1000), ("execute", 0x2000)]
+    first = fake_trt.log[-1][1]
+    assert fake_trt.log[-2:] == [("address", first, "x", 0x1000), ("execute", first, 0x2000)]
+    two = trt_api.Engine(path, {"x": (1, 3, 4)}, contexts=2)  # one engine, two independently bound contexts
+    two.set_address("x", 0x3000, context=1)
+    two.execute(0x2000, context=1)
+    two.execute(0x2000, context=0)
+    assert fake_trt.log[-3][0] == "address" and fake_trt.log[-3][1] == fake_trt.log[-2][1] != fake_trt.log[-1][1]
+    with pytest.raises(trt_api.TensorRTError, match=r"set_tensor_address\('y', 0x0\) failed \(context 1\)"):
+        two.set_address("y", 0, context=1)
     with pytest.raises(trt_api.TensorRTError, match=r"g.engine: set_tensor_address\('y', 0x0\) failed"):
         engine.set_address("y", 0)
     with pytest.raises(trt_api.TensorRTError, match="no I/O tensor 'z'"):

@@ -118,5 +118,5 @@ def test_cuda_graph_chunk_equals_eager_on_the_gpu(bundles) -> None:
     eager = Policy.load(bundles["ee6d"], backend="torch", device="cuda").act(obs).actions
     graphed_policy = Policy.load(bundles["ee6d"], backend="torch", device="cuda", cuda_graph=True)
     graphed = graphed_policy.act(obs).actions
-    assert not graphed_policy.backend.graph_fallbacks, graphed_policy.backend.graph_fallbacks
+    assert graphed_policy.backend.graph_fallback is None, graphed_policy.backend.graph_fallback
     np.testing.assert_allclose(graphed, eager, atol=1e-5)

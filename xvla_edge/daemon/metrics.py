@@ -115,6 +115,9 @@ class DaemonMetrics:
                          "machine": platform.machine()})
         self.bundle = Info("xvla_bundle", "The running bundle: its id (sha256 of the canonical manifest), "
                            "embodiment, domain, precision and the backend running it.", registry=r)
+        self.graph_fallback = Gauge("xvla_backend_graph_fallback", "1 while the backend runs without the CUDA "
+                                    "graphs it would replay (capture failed on this machine; the daemon's log says "
+                                    "why), else 0.", registry=r)
         self.loop = LoopCollector()
         r.register(self.loop)
 
@@ -125,9 +128,10 @@ class DaemonMetrics:
     def observe_loop(self, stats: LoopStats) -> None:
         self.loop.update(stats)
 
-    def chunk(self, latency: float) -> None:
+    def chunk(self, latency: float, *, graph_fallback: bool = False) -> None:
         self.latency.observe(latency)
         self.chunks.inc()
+        self.graph_fallback.set(1 if graph_fallback else 0)
 
     def camera_age(self, camera: str, age: float) -> None:
         self.camera_age_s.labels(camera=camera).set(age)

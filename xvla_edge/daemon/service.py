@@ -403,7 +403,8 @@ class Daemon:
             self._outage_since = None
         latency = self.clock() - obs.timestamp
         self.latencies.append(latency)
-        self.metrics.chunk(latency)
+        backend = getattr(self.policy, "backend", None)  # a RemotePolicy has none
+        self.metrics.chunk(latency, graph_fallback=getattr(backend, "graph_fallback", None) is not None)
         self.recorder.add_chunk(obs.timestamp, chunk.actions, latency)
         if self._stale:
             return  # a camera went stale while the model ran: do not start moving on what it saw

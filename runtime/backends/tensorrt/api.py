@@ -160,9 +160,16 @@ class TensorInfo:
 
 
 class Engine:
-    """A deserialized engine with one execution context; tensors are bound by name to device addresses."""
+    """A deserialized engine with ``contexts`` execution contexts; tensors are bound by name to device addresses,
+    per context.
 
-    def __init__(self, path: Path, input_shapes: Mapping[str, tuple[int, ...]]) -> None:
+    Several contexts let one engine run with several fixed bindings: a CUDA graph captured from one context's
+    enqueue keeps that context's addresses, so a context whose enqueue was captured is never rebound — the
+    pattern of trtexec and of NVIDIA's TensorRT demos (one enqueue per captured graph, fixed bindings). Each
+    context holds its own activation memory.
+    """
+
+    def __init__(self, path: Path, input_shapes: Mapping[str, tuple[int, ...]], contexts: int = 1) -> None:
         trt = tensorrt()
         self.path = Path(path)
         self._runtime = trt.Runtime(_logger())
@@ -170,33 +177,39 @@ class Engine:
         if self._engine is None:
             raise TensorRTError(f"{self.path}: TensorRT could not deserialize this engine; "
                                 "rebuild it on this machine with `xvla-edge build BUNDLE --force`")
-        self._context = self._engine.create_execution_context()
-        if self._context is None:
-            raise TensorRTError(f"{self.path}: TensorRT could not create an execution context (out of memory?)")
+        self._contexts = []
+        for _ in range(contexts):
+            context = self._engine.create_execution_context()
+            if context is None:
+                raise TensorRTError(f"{self.path}: TensorRT could not create an execution context (out of memory?)")
+            self._contexts.append(context)
         self.tensors: dict[str, TensorInfo] = {}
         for i in range(self._engine.num_io_tensors):
             name = self._engine.get_tensor_name(i)
             is_input = self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
             if is_input and -1 in tuple(self._engine.get_tensor_shape(name)):
-                if name not in input_shapes or not self._context.set_input_shape(name, tuple(input_shapes[name])):
-                    raise TensorRTError(f"{self.path}: cannot set the shape of input {name!r} "
-                                        f"to {input_shapes.get(name)}")
-            self.tensors[name] = TensorInfo(name, tuple(self._context.get_tensor_shape(name)),
+                for context in self._contexts:
+                    if name not in input_shapes or not context.set_input_shape(name, tuple(input_shapes[name])):
+                        raise TensorRTError(f"{self.path}: cannot set the shape of input {name!r} "
+                                            f"to {input_shapes.get(name)}")
+            self.tensors[name] = TensorInfo(name, tuple(self._contexts[0].get_tensor_shape(name)),
                                             np.dtype(trt.nptype(self._engine.get_tensor_dtype(name))), is_input)
 
-    def set_address(self, name: str, ptr: int) -> None:
+    def set_address(self, name: str, ptr: int, context: int = 0) -> None:
         if name not in self.tensors:
             raise TensorRTError(f"{self.path.name}: no I/O tensor {name!r} (it has {sorted(self.tensors)})")
-        if not self._context.set_tensor_address(name, int(ptr)):
-            raise TensorRTError(f"{self.path.name}: set_tensor_address({name!r}, {int(ptr):#x}) failed")
+        if not self._contexts[context].set_tensor_address(name, int(ptr)):
+            raise TensorRTError(f"{self.path.name}: set_tensor_address({name!r}, {int(ptr):#x}) failed "
+                                f"(context {context})")
 
-    def execute(self, stream: int) -> None:
-        """Enqueue one inference on the CUDA stream handle ``stream`` (capturable into a CUDA graph)."""
-        if not self._context.execute_async_v3(int(stream)):
-            raise TensorRTError(f"{self.path.name}: execute_async_v3 failed (TensorRT's messages above say why)")
+    def execute(self, stream: int, context: int = 0) -> None:
+        """Enqueue one inference of ``context`` on the CUDA stream handle ``stream`` (capturable)."""
+        if not self._contexts[context].execute_async_v3(int(stream)):
+            raise TensorRTError(f"{self.path.name}: execute_async_v3 failed (context {context}; TensorRT's "
+                                "messages above say why)")
 
     def close(self) -> None:
-        """Release the context, then the engine, then the runtime."""
-        self._context = None
+        """Release the contexts, then the engine, then the runtime."""
+        self._contexts = []
         self._engine = None
         self._runtime = None

@@ -1,11 +1,18 @@
 """TensorRT backend: the bundle's engines (``BUNDLE/engines/``, built on this machine by ``xvla-edge build``).
 
 Static memory plan, as in the ONNX Runtime backend: one device buffer per I/O tensor of the manifest, the
-encoder's ``context`` output shared with the denoiser's input, and two ping-pong ``x0`` buffers. A chunk
-is: copy ``x1`` and ``proprio`` in, launch one CUDA graph holding the whole N-step loop, copy ``action``
-out. The graph is captured once per step count: step k reads ``prev`` from one x0 buffer, writes ``x0``
-into the other and reads ``t`` from its own 256-byte slot of a per-step-count buffer filled before
-capture, so the host writes nothing inside the loop.
+encoder's ``context`` output shared with the denoiser's input, two ping-pong ``x0`` buffers, one device ``t``,
+and pinned host buffers for every copy in or out. The denoise engine has two execution contexts with fixed
+bindings — context 0 reads ``prev`` from x0[0] and writes x0[1], context 1 the reverse, both read ``t`` —
+bound once at load and never rebound. Each context's enqueue is captured once into its own CUDA graph (one
+enqueue per graph, fixed bindings: the pattern of trtexec's inference loop and NVIDIA's TensorRT demos).
+
+A chunk: copy ``x1`` and ``proprio`` in, zero x0[0], then per step k a device-to-device copy of ``t`` from
+slot k of a per-step-count schedule (filled once) and a launch of graph k % 2, then copy ``action`` out and
+synchronise once. The host enqueues the whole loop without waiting for the device; nothing inside it comes
+from the host. If capture fails (some engines are not capturable) the backend logs it once, records why in
+:attr:`TensorRTBackend.graph_fallback` and enqueues the contexts directly from then on; ``cuda_graph=False``
+does so from the start.
 
 Engines are stamped in ``engines/engines.json`` (TensorRT version, GPU, compute capability, sha256 of the
 ONNX files they were built from); an engine whose stamp does not match this machine and bundle is refused.
@@ -16,6 +23,7 @@ live in :mod:`runtime.backends.tensorrt.api` and have not run on the development
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -23,6 +31,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from runtime.backends.tensorrt import api as trt_api, cuda_graph
+from runtime.backends.tensorrt import cuda_graph as cuda  # the name inside TensorRTBackend.__init__, whose option is cuda_graph
 from runtime.backends.base import Backend, BackendError
 from runtime.manifest import ENGINES_DIR, Manifest, TensorSpec
 
@@ -32,6 +41,8 @@ ENGINES_SCHEMA = 1
 GRAPHS = ("encoder", "denoise")
 SLOT_BYTES = 256  # TensorRT wants I/O tensor addresses 256-byte aligned
 MACHINE_KEYS = ("tensorrt", "gpu", "compute_capability")
+
+log = logging.getLogger(__name__)
 
 
 def engine_file(graph: str) -> str:
@@ -115,16 +126,24 @@ def _describe(machine: Mapping[str, str]) -> str:
 # -- memory plan ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class StepBinding:
-    """Where denoising step k reads ``prev``, writes ``x0`` (indices of the ping-pong pair) and reads ``t``."""
+    """Denoising step k: the context that runs it (it reads ``prev`` from x0[context] and writes x0[1 -
+    context]) and the byte offset of its ``t`` in the schedule."""
 
-    prev: int
-    out: int
+    context: int
     t_offset: int
+
+    @property
+    def prev(self) -> int:
+        return self.context
+
+    @property
+    def out(self) -> int:
+        return 1 - self.context
 
 
 def step_bindings(steps: int) -> list[StepBinding]:
-    """Step k reads x0[k % 2] and writes x0[1 - k % 2]; x0[0] starts as zeros. ``t`` is slot k."""
-    return [StepBinding(prev=k % 2, out=1 - k % 2, t_offset=k * SLOT_BYTES) for k in range(steps)]
+    """Step k runs context k % 2 (x0[0] starts as zeros) with ``t`` from slot k."""
+    return [StepBinding(context=k % 2, t_offset=k * SLOT_BYTES) for k in range(steps)]
 
 
 def t_schedule(steps: int, dtype: np.dtype) -> np.ndarray:
@@ -161,10 +180,11 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
 
     _ENCODER_INPUTS = ("pixel_values", "image_mask", "input_ids")
-    _LOOP_TENSORS = ("prev", "x0", "t")  # bound per step inside the captured loop
+    _HOST = (*_ENCODER_INPUTS, "x1", "proprio", "action")  # tensors copied to or from the host (pinned)
+    _LOOP_TENSORS = ("prev", "x0", "t")  # bound per denoise context
 
     def __init__(self, manifest: Manifest, bundle_dir: str | Path, *, device: str = "cuda",
-                 graph_capacity: int = 4) -> None:
+                 cuda_graph: bool = True) -> None:
         super().__init__(manifest)
         if device != "cuda":
             raise BackendError(f"the tensorrt backend runs on CUDA only; got device={device!r} (pass device='cuda')")
@@ -172,14 +192,14 @@ class TensorRTBackend(Backend):
         paths = check_engines(self.bundle_dir, manifest, trt_api.machine_stamp())
         m = manifest
         self.specs = {s.name: s for s in (*m.encoder.inputs, *m.encoder.outputs, *m.denoise.inputs, *m.denoise.outputs)}
-        self.host = {name: np.zeros(self.specs[name].shape, np.dtype(self.specs[name].dtype))
-                     for name in (*self._ENCODER_INPUTS, "x1", "proprio", "action")}
         self.engines: dict[str, trt_api.Engine] = {}
-        self.buffers: dict[str, cuda_graph.DeviceBuffer] = {}
-        self.x0: list[cuda_graph.DeviceBuffer] = []
-        self.t_slots: dict[int, cuda_graph.DeviceBuffer] = {}  # per step count; kept when its graph is evicted
-        self.stream = cuda_graph.Stream()
-        self.graphs = cuda_graph.CudaGraphs(self.stream, capacity=graph_capacity)
+        self.buffers: dict[str, cuda.DeviceBuffer] = {}
+        self.host: dict[str, cuda.HostBuffer] = {}
+        self.x0: list[cuda.DeviceBuffer] = []
+        self.t_slots: dict[int, cuda.DeviceBuffer] = {}  # per step count
+        self.graph_fallback: str | None = None if cuda_graph else "disabled (cuda_graph=False)"
+        self.stream = cuda.Stream()
+        self.graphs = cuda.CudaGraphs(self.stream, capacity=2)
         try:
             self._load(paths)
         except BaseException:
@@ -192,7 +212,8 @@ class TensorRTBackend(Backend):
         problems = []
         for graph in GRAPHS:
             spec = getattr(self.manifest, graph)
-            self.engines[graph] = engine = trt_api.Engine(paths[graph], {s.name: s.shape for s in spec.inputs})
+            self.engines[graph] = engine = trt_api.Engine(paths[graph], {s.name: s.shape for s in spec.inputs},
+                                                          contexts=2 if graph == "denoise" else 1)
             problems += io_mismatches(graph, (*spec.inputs, *spec.outputs), (s.name for s in spec.inputs),
                                       engine.tensors)
         if problems:
@@ -202,15 +223,23 @@ class TensorRTBackend(Backend):
             if name not in self._LOOP_TENSORS:
                 self.buffers[name] = cuda_graph.DeviceBuffer(_nbytes(spec))
         self.x0 = [cuda_graph.DeviceBuffer(_nbytes(self.specs["x0"])) for _ in range(2)]
-        for graph, engine in self.engines.items():
-            spec = getattr(self.manifest, graph)
-            for s in (*spec.inputs, *spec.outputs):
+        self.buffers["t"] = cuda_graph.DeviceBuffer(_nbytes(self.specs["t"]))
+        for name in self._HOST:
+            self.host[name] = cuda_graph.HostBuffer(self.specs[name].shape, self.specs[name].dtype)
+        for s in (*self.manifest.encoder.inputs, *self.manifest.encoder.outputs):
+            self.engines["encoder"].set_address(s.name, self.buffers[s.name].ptr)
+        denoise = self.engines["denoise"]
+        for context in (0, 1):  # fixed for the backend's lifetime: captured graphs keep these addresses
+            for s in (*self.manifest.denoise.inputs, *self.manifest.denoise.outputs):
                 if s.name not in self._LOOP_TENSORS:
-                    engine.set_address(s.name, self.buffers[s.name].ptr)
+                    denoise.set_address(s.name, self.buffers[s.name].ptr, context)
+            denoise.set_address("prev", self.x0[context].ptr, context)
+            denoise.set_address("x0", self.x0[1 - context].ptr, context)
+            denoise.set_address("t", self.buffers["t"].ptr, context)
 
     def _upload(self, name: str, value: np.ndarray) -> None:
-        np.copyto(self.host[name], value)
-        self.buffers[name].upload(self.host[name], self.stream)
+        np.copyto(self.host[name].array, value)
+        self.buffers[name].upload(self.host[name].array, self.stream)
 
     def encode(self, pixel_values: np.ndarray, image_mask: np.ndarray, input_ids: np.ndarray) -> None:
         for name, value in zip(self._ENCODER_INPUTS, (pixel_values, image_mask, input_ids), strict=True):
@@ -221,20 +250,27 @@ class TensorRTBackend(Backend):
     def _t_slots(self, steps: int) -> cuda_graph.DeviceBuffer:
         if steps not in self.t_slots:
             schedule = t_schedule(steps, np.dtype(self.specs["t"].dtype))
-            self.t_slots[steps] = buf = cuda_graph.DeviceBuffer(schedule.nbytes)
-            buf.upload(schedule, self.stream)
-            self.stream.synchronize()  # ``schedule`` is a temporary
+            staging = cuda_graph.HostBuffer(schedule.shape, schedule.dtype)
+            try:
+                np.copyto(staging.array, schedule)
+                self.t_slots[steps] = buf = cuda_graph.DeviceBuffer(schedule.nbytes)
+                buf.upload(staging.array, self.stream)
+                self.stream.synchronize()  # the staging buffer is freed next
+            finally:
+                staging.free()
         return self.t_slots[steps]
 
-    def _loop(self, steps: int, t: cuda_graph.DeviceBuffer) -> None:
-        """The N-step loop's launches on the stream (run eagerly once, then captured)."""
-        engine = self.engines["denoise"]
-        self.x0[0].memset(self.stream)
-        for b in step_bindings(steps):
-            engine.set_address("prev", self.x0[b.prev].ptr)
-            engine.set_address("x0", self.x0[b.out].ptr)
-            engine.set_address("t", t.ptr + b.t_offset)
-            engine.execute(self.stream.ptr)
+    def _step(self, context: int) -> None:
+        """One denoising step: context ``context``'s enqueue, as a graph launch unless graphs fell back."""
+        denoise = self.engines["denoise"]
+        if self.graph_fallback is None:
+            try:
+                self.graphs.launch(context, lambda: denoise.execute(self.stream.ptr, context))
+                return
+            except cuda.CaptureFailed as exc:
+                self.graph_fallback = f"capture of the denoise step failed: {exc}"
+                log.warning("tensorrt backend: %s; running without CUDA graphs from now on", self.graph_fallback)
+        denoise.execute(self.stream.ptr, context)
 
     def denoise(self, x1: np.ndarray, proprio: np.ndarray, steps: int) -> np.ndarray:
         if not self._encoded:
@@ -243,11 +279,14 @@ class TensorRTBackend(Backend):
             raise BackendError(f"steps must be >= 1; got {steps}")
         self._upload("x1", x1)
         self._upload("proprio", proprio)
-        t = self._t_slots(steps)
-        self.graphs.launch(steps, lambda: self._loop(steps, t))
-        self.buffers["action"].download(self.host["action"], self.stream)
+        schedule = self._t_slots(steps)
+        self.x0[0].memset(self.stream)
+        for b in step_bindings(steps):
+            self.buffers["t"].copy_from(schedule, b.t_offset, self.stream)
+            self._step(b.context)
+        self.buffers["action"].download(self.host["action"].array, self.stream)
         self.stream.synchronize()
-        return self.host["action"]
+        return self.host["action"].array
 
     def close(self) -> None:
         """Graphs first (they use the contexts and buffers), then the contexts, the buffers and the stream."""
@@ -258,9 +297,9 @@ class TensorRTBackend(Backend):
         for engine in self.engines.values():
             engine.close()
         self.engines = {}
-        for buf in (*self.buffers.values(), *self.x0, *self.t_slots.values()):
+        for buf in (*self.buffers.values(), *self.x0, *self.t_slots.values(), *self.host.values()):
             buf.free()
-        self.buffers, self.x0, self.t_slots = {}, [], {}
+        self.buffers, self.x0, self.t_slots, self.host = {}, [], {}, {}
         self.stream.free()
 
 

@@ -1,9 +1,12 @@
 """CUDA through cuda-python: checked calls, owned device buffers and streams, and captured CUDA graphs.
 
-The TensorRT backend allocates every device buffer once and replays its whole denoising loop as one CUDA
-graph per step count (:class:`CudaGraphs`): the loop's launches are recorded by stream capture
-(``cudaStreamBeginCapture`` → ``cudaStreamEndCapture`` → ``cudaGraphInstantiate``) and each chunk is a
-single ``cudaGraphLaunch``.
+The TensorRT backend allocates every device buffer and every pinned host buffer (:class:`HostBuffer`,
+``cudaMallocHost``: copies from pageable memory are staged and synchronous, from pinned memory truly
+asynchronous) once, and replays each TensorRT enqueue as a CUDA graph (:class:`CudaGraphs`): recorded by stream
+capture (``cudaStreamBeginCapture`` → ``cudaStreamEndCapture`` → ``cudaGraphInstantiate``) after an eager
+warm-up and a stream synchronisation, then launched with ``cudaGraphLaunch``. A capture that fails ends the
+capture, clears the error (``cudaGetLastError``) and raises :class:`CaptureFailed`, so the caller can run
+without graphs, as trtexec does.
 
 Written against cuda-python 12.6+ and 13.x (``cuda.bindings.runtime``; older 12.x ``cuda.cudart`` has the
 same calls). On the development machine only the CPU tests ran, over a fake runtime module; the GPU test
@@ -30,6 +33,10 @@ from xvla.errors import XVLAError
 
 class CudaError(XVLAError, RuntimeError):
     """A CUDA runtime call failed, or cuda-python is missing."""
+
+
+class CaptureFailed(CudaError):
+    """Recording a CUDA graph failed; the stream is out of capture mode and the error cleared."""
 
 
 def runtime() -> ModuleType:
@@ -157,7 +164,8 @@ class DeviceBuffer:
                              f"does not fit a {self.nbytes}-byte device buffer")
 
     def upload(self, host: np.ndarray, stream: Stream) -> None:
-        """Copy a contiguous host array of exactly ``nbytes`` to the device, ordered on ``stream``."""
+        """Copy a contiguous host array of exactly ``nbytes`` to the device, ordered on ``stream`` (truly
+        asynchronous only from pinned memory, :class:`HostBuffer`)."""
         self._check(host)
         cuda_call(self._rt.cudaMemcpyAsync, self.ptr, host.ctypes.data, self.nbytes,
                   self._rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream.handle)
@@ -171,9 +179,39 @@ class DeviceBuffer:
     def memset(self, stream: Stream, value: int = 0) -> None:
         cuda_call(self._rt.cudaMemsetAsync, self.ptr, value, self.nbytes, stream.handle)
 
+    def copy_from(self, source: DeviceBuffer, offset: int, stream: Stream) -> None:
+        """Fill this buffer from ``source`` at byte ``offset`` (device to device, ordered on ``stream``)."""
+        if offset < 0 or offset + self.nbytes > source.nbytes:
+            raise ValueError(f"{self.nbytes} bytes at offset {offset} do not fit a {source.nbytes}-byte buffer")
+        cuda_call(self._rt.cudaMemcpyAsync, self.ptr, source.ptr + offset, self.nbytes,
+                  self._rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice, stream.handle)
+
     def free(self) -> None:
         if self.ptr:
             cuda_call(self._rt.cudaFree, self.ptr)
+            self.ptr = 0
+
+
+class HostBuffer:
+    """A pinned (page-locked) host array of ``shape`` and ``dtype`` (``cudaMallocHost``); ``free()`` releases it.
+
+    ``array`` is a numpy view of the pinned memory: write inputs into it, read outputs from it.
+    """
+
+    def __init__(self, shape: tuple[int, ...], dtype: Any) -> None:
+        self._rt = runtime()
+        dtype = np.dtype(dtype)
+        self.nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if self.nbytes < 1:
+            raise ValueError(f"a pinned buffer needs at least one byte; got shape {shape} of {dtype}")
+        self.ptr: int = int(cuda_call(self._rt.cudaMallocHost, self.nbytes))
+        raw = (ctypes.c_uint8 * self.nbytes).from_address(self.ptr)
+        self.array: np.ndarray = np.frombuffer(raw, dtype=np.uint8).view(dtype).reshape(shape)
+
+    def free(self) -> None:
+        if self.ptr:
+            self.array = np.empty(0)
+            cuda_call(self._rt.cudaFreeHost, self.ptr)
             self.ptr = 0
 
 
@@ -181,10 +219,11 @@ class CudaGraphs:
     """Replays a callable's launches on ``stream`` as CUDA graphs, one instantiated graph per key.
 
     ``launch(key, record)`` captures ``record()`` the first time ``key`` is seen (after ``warmup`` eager
-    runs, which TensorRT needs before capture) and launches the graph. A captured graph freezes every
-    address and argument ``record`` used: inputs must be written in place into the buffers it reads, and
-    a change in shapes, addresses or step count needs another key. At most ``capacity`` graphs are kept;
-    the least recently launched one is freed first.
+    runs, which TensorRT needs before capture, and a stream synchronisation) and launches the graph. A
+    captured graph freezes every address and argument ``record`` used: inputs must be written in place into
+    the buffers it reads, and nothing it used may be rebound afterwards — a different binding is another key
+    (for TensorRT, another execution context). ``record`` must be idempotent: the warm-up runs it for real.
+    At most ``capacity`` graphs are kept; the least recently launched one is freed first.
     """
 
     def __init__(self, stream: Stream, *, capacity: int = 4, warmup: int = 1) -> None:
@@ -216,17 +255,26 @@ class CudaGraphs:
         rt, handle = self._rt, self.stream.handle
         for _ in range(self.warmup):
             record()
+        self.stream.synchronize()  # the warm-up's work is done before capture begins
         cuda_call(rt.cudaStreamBeginCapture, handle, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal)
         try:
             record()
-        except BaseException:
+        except Exception as exc:
             err, graph = rt.cudaStreamEndCapture(handle)  # leave the stream out of capture mode
             if int(err) == 0 and graph is not None:
                 rt.cudaGraphDestroy(graph)
-            raise
-        graph = cuda_call(rt.cudaStreamEndCapture, handle)
+            rt.cudaGetLastError()  # clear the error the failed capture left
+            raise CaptureFailed(f"capture failed while recording: {type(exc).__name__}: {exc}") from exc
+        err, graph = rt.cudaStreamEndCapture(handle)
+        if int(err) != 0:
+            rt.cudaGetLastError()
+            raise CaptureFailed(f"cudaStreamEndCapture failed: {getattr(err, 'name', err)} ({int(err)}) — an "
+                                "operation in the recorded work is not capturable")
         try:
             return cuda_call(rt.cudaGraphInstantiate, graph, 0)
+        except CudaError as exc:
+            rt.cudaGetLastError()
+            raise CaptureFailed(str(exc)) from exc
         finally:
             cuda_call(rt.cudaGraphDestroy, graph)
 

@@ -45,6 +45,7 @@ def test_every_series_is_there_from_the_start_at_zero():
                  "xvla_control_overruns_total", "xvla_watchdog_holds_total", "xvla_chunk_latency_seconds_count",
                  "xvla_control_tick_interval_seconds_count"):
         assert got[(name, ())] == 0.0, name
+    assert got[("xvla_backend_graph_fallback", ())] == 0.0
     for camera in ("cam0", "cam1"):
         assert got[("xvla_camera_stale_total", (("camera", camera),))] == 0.0
     for kind in REJECT_KINDS + CLIP_KINDS:
@@ -59,6 +60,10 @@ def test_metrics_follow_the_supervisor_and_the_loop():
     metrics = DaemonMetrics(cameras=["cam0"])
     for latency in (0.03, 0.2, 0.2):
         metrics.chunk(latency)
+    assert samples(metrics)[("xvla_backend_graph_fallback", ())] == 0.0
+    metrics.chunk(0.2, graph_fallback=True)  # the backend's CUDA-graph capture failed: it runs without graphs
+    assert samples(metrics)[("xvla_backend_graph_fallback", ())] == 1.0
+    metrics.chunk(0.2, graph_fallback=False)
     metrics.camera_stale("cam0")
     metrics.inference_error()
     metrics.set_bundle(bundle_id="abc", embodiment="sim", domain=3, precision="fp16", backend="onnxruntime")
@@ -69,10 +74,10 @@ def test_metrics_follow_the_supervisor_and_the_loop():
     metrics.observe_loop(loop_stats("tracking", timer, {"linear_speed": 4, "gripper_rate": 1},
                                     {"mode_holding": 2, "arm_targets_skipped": 3}))
     got = samples(metrics)
-    assert got[("xvla_chunks_total", ())] == 3 and got[("xvla_inference_errors_total", ())] == 1
+    assert got[("xvla_chunks_total", ())] == 5 and got[("xvla_inference_errors_total", ())] == 1
     assert got[("xvla_chunk_latency_seconds_bucket", (("le", "0.05"),))] == 1
-    assert got[("xvla_chunk_latency_seconds_bucket", (("le", "0.25"),))] == 3
-    assert got[("xvla_chunk_latency_seconds_sum", ())] == pytest.approx(0.43)
+    assert got[("xvla_chunk_latency_seconds_bucket", (("le", "0.25"),))] == 5
+    assert got[("xvla_chunk_latency_seconds_sum", ())] == pytest.approx(0.83)
     assert got[("xvla_camera_stale_total", (("camera", "cam0"),))] == 1
     assert got[("xvla_safety_interventions_total", (("kind", "linear_speed"),))] == 4
     assert ("xvla_safety_interventions_total", (("kind", "commands"),)) not in got  # checked, not intervened
