@@ -324,8 +324,8 @@ def fakes(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         """Engines of the bundle's graphs, with the rules TensorRT's documentation gives for
         ``IExecutionContext``: tensors are bound per context; ``execute_async_v3`` uses the context's bindings;
         a CUDA graph captured from an enqueue replays the context's state, so a context whose enqueue was
-        captured must not be rebound ("the bindings must not change after capture", TensorRT developer guide,
-        CUDA graphs). The fake replays the *current* bindings and refuses a rebinding after capture, so a
+        captured must not be rebound (the TensorRT developer guide's section on CUDA graphs: a graph captured
+        from an enqueue is only valid for the bindings and shapes it was captured with). The fake replays the *current* bindings and refuses a rebinding after capture, so a
         design that rebinds between captured steps fails here as it would on the GPU."""
 
         def __init__(self, path: Path, input_shapes: Mapping[str, tuple[int, ...]], contexts: int = 1) -> None:
