@@ -50,6 +50,7 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
 from calibration.capture import evenly
 from calibration.check import GateReport, Progress, chunks, compare
 from calibration.errors import CalibrationError
+from calibration.graph_check import GraphCheckError, check_graph
 from calibration.metrics import TOLERANCES, Tolerance
 from calibration.sets import CalibrationSet
 from runtime.backends.onnxruntime import create_session
@@ -297,6 +298,11 @@ def quantize_bundle(bundle: str | Path, cset: CalibrationSet, out: str | Path,
         quantized = {n for b, nodes in blocks.items() if b not in excluded for n in nodes}
         with atomic_directory(out, force=opts.force) as tmp:
             _write_files(bundle, manifest, variants.pair(quantized), tmp)
+            for graph in GRAPHS:
+                try:
+                    check_graph(tmp / getattr(manifest, graph).file)
+                except GraphCheckError as exc:
+                    raise QuantizeFailed(f"the INT8 graph {exc}") from exc
             raw = _manifest(manifest, tmp, cset, bundle, opts, blocks, excluded, sensitivity)
             (tmp / MANIFEST_FILE).write_text(json.dumps(raw, indent=2))
             gate = _final_gate(tmp, out, manifest, cset, reference, steps, tolerance, bundle)

@@ -21,6 +21,7 @@ import torch
 
 from export.domains import domain_defaults
 from export.graphs import DenoiseStepGraph, EncoderGraph
+from calibration.graph_check import GraphCheckError, check_graph
 from export.onnx_graphs import OPSET, convert_fp16, export_graph, io_specs
 from export.options import PRECISIONS, ExportOptions
 from export.verify import measure_parity
@@ -117,6 +118,12 @@ def _build(ckpt_dir: Path, tmp: Path, opts: ExportOptions, progress: Callable[[s
         with _step(progress, "converting to fp16"):
             convert_fp16(enc_path)
             convert_fp16(den_path, ["x1", "prev", "proprio", "t"])
+    with _step(progress, "checking both graphs with onnx.checker (full check)"):
+        for path in (enc_path, den_path):
+            try:
+                check_graph(path)
+            except GraphCheckError as exc:
+                raise ExportError(f"{exc}. Nothing was written.") from exc
     with _step(progress, "verifying in ONNX Runtime against PyTorch"):
         parity = measure_parity(model, ckpt_dir, enc_path, den_path, domain_id=opts.domain_id, views=V,
                                 steps=opts.steps, precision=opts.precision, arms=_arms(opts),

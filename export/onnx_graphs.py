@@ -9,7 +9,12 @@ kept in fp32 because fp16 is known to go wrong there: LayerNormalization (varian
 gripper squash), and in the denoise graph every node between the graph inputs and the first MatMul (the
 re-noise t·x1 + (1 − t)·prev, the gripper mask and the time embedding's cos/sin). The converter takes
 node names for the last part; :func:`upstream_of_matmul` finds them — that is the one place we go beyond
-what the converter does by itself.
+what the converter does by itself. The converter appends its Cast nodes at the end of the node list and
+keeps the fp32 graph's value_info: the result is then sorted topologically and its value_info dropped
+(``onnxruntime.transformers.onnx_model.OnnxModel``), so that tools which validate before they load accept it.
+
+Every graph a bundle ships passes :func:`calibration.graph_check.check_graph` (ONNX's full checker) before
+the bundle is written.
 """
 
 from __future__ import annotations
@@ -71,9 +76,19 @@ def convert_fp16(path: Path, keep_fp32_from: list[str] = ()) -> None:
     blocked_nodes = upstream_of_matmul(model, list(keep_fp32_from)) if keep_fp32_from else []
     half = convert_float_to_float16(model, keep_io_types=True, op_block_list=DEFAULT_OP_BLOCK_LIST + FP32_OPS,
                                     node_block_list=blocked_nodes, disable_shape_infer=True)
+    tidy_graph(half)
     remove_graph(path)
     onnx.save_model(half, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=path.name + ".data", size_threshold=1024)
+
+
+def tidy_graph(model: onnx.ModelProto) -> None:
+    """Sort the nodes topologically and drop the (possibly stale) value_info, in place."""
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    wrapped = OnnxModel(model)
+    wrapped.topological_sort(is_deterministic=True)
+    wrapped.clean_shape_infer()
 
 
 def remove_graph(path: Path) -> None:

@@ -76,6 +76,13 @@ def test_int8_bundle_is_qdq_with_the_reported_layers_kept_fp32(int8, fp32_bundle
     assert checked > 0 and report["quantized_nodes"] > len(excluded)
 
 
+def test_int8_graphs_pass_onnx_full_check(int8) -> None:
+    from calibration.graph_check import check_graph
+
+    for graph in ("encoder", "denoise"):
+        check_graph(int8[0] / f"{graph}.onnx")
+
+
 def test_search_kept_the_most_sensitive_blocks(int8) -> None:
     _, report, _ = int8
     sensitivity, excluded = report["sensitivity"], report["excluded_blocks"]

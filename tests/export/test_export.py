@@ -128,6 +128,32 @@ def test_fp16_bundle_is_fp16_inside_with_fp32_islands(bundles) -> None:
     assert parity["passed"] and parity["chunk"]["position_mm"]["max"] <= 1.0 and parity["chunk"]["gripper_flips"] == 0
 
 
+def test_every_bundle_graph_passes_onnx_full_check(bundles) -> None:
+    from calibration.graph_check import check_graph
+
+    for name, bundle in bundles.items():
+        for graph in ("encoder", "denoise"):
+            check_graph(bundle / f"{graph}.onnx")  # raises GraphCheckError naming the file
+
+
+def test_the_fp16_converter_alone_fails_the_full_check_and_the_tidied_graph_passes(bundles, tmp_path) -> None:
+    """What the export fixes: the converter appends its Casts after their consumers and keeps stale value_info."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    from calibration.graph_check import GraphCheckError, check_graph
+    from export.onnx_graphs import FP32_OPS, tidy_graph
+
+    model = onnx.load(str(bundles["ee6d-d3"] / "denoise.onnx"))
+    half = convert_float_to_float16(model, keep_io_types=True, op_block_list=DEFAULT_OP_BLOCK_LIST + FP32_OPS,
+                                    disable_shape_infer=True)
+    onnx.save_model(half, str(tmp_path / "raw.onnx"))
+    with pytest.raises(GraphCheckError, match="raw.onnx: fails onnx.checker.*topologically sorted"):
+        check_graph(tmp_path / "raw.onnx")
+    tidy_graph(half)
+    onnx.save_model(half, str(tmp_path / "tidy.onnx"))
+    check_graph(tmp_path / "tidy.onnx")
+
+
 def test_domain_is_folded_in_without_the_other_rows(bundles, checkpoints) -> None:
     state = load_checkpoint(checkpoints["ee6d"]).state_dict()
     prompts = state["transformer.soft_prompt_hub.weight"].view(30, 32, -1).numpy()
