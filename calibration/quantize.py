@@ -3,7 +3,11 @@
 Recipe (``onnxruntime.quantization.quantize_static``): ``QuantFormat.QDQ`` (explicit QuantizeLinear /
 DequantizeLinear pairs, the form TensorRT 10/11 builds explicitly quantized engines from); weights int8,
 symmetric, per output channel; activations int8, symmetric (zero point 0), per tensor, ranges calibrated on the
-set (MinMax by default). The encoder is calibrated on the set's observations through the bundle's own
+set (MinMax by default); Q/DQ on the inputs of the quantized MatMul/Gemm only, not on their outputs (ONNX
+Runtime's default quantizes outputs too, which puts Q/DQ before Softmax and residual Adds — against TensorRT's
+placement guidance), and a dedicated pair per quantized consumer, so a tensor that also feeds a residual Add
+reaches it unquantized. The written graphs pass ONNX's full checker and
+:func:`calibration.graph_check.tensorrt_qdq_problems`. The encoder is calibrated on the set's observations through the bundle's own
 preprocessing (:meth:`runtime.policy.Policy.preprocess`); the denoise step on the inputs of every step of the
 fp32 encoder + sampler loop over the set.
 
@@ -50,7 +54,7 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
 from calibration.capture import evenly
 from calibration.check import GateReport, Progress, chunks, compare
 from calibration.errors import CalibrationError
-from calibration.graph_check import GraphCheckError, check_graph
+from calibration.graph_check import QUANTIZABLE_OPS, GraphCheckError, check_graph, tensorrt_qdq_problems
 from calibration.metrics import TOLERANCES, Tolerance
 from calibration.sets import CalibrationSet
 from runtime.backends.onnxruntime import create_session
@@ -237,7 +241,13 @@ class Variants:
                                 nodes_to_quantize=sorted(nodes), use_external_data_format=True,
                                 calibrate_method=METHODS[self.opts.method], **cached,
                                 extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                                               "CalibStridedMinMax": stride})
+                                               "CalibStridedMinMax": stride,
+                                               # Q/DQ on the inputs of the quantized ops only (TensorRT's
+                                               # placement): ONNX Runtime also quantizes their outputs by default
+                                               "OpTypesToExcludeOutputQuantization": list(self.opts.op_types),
+                                               # a tensor that also feeds a residual Add stays unquantized there
+                                               "DedicatedQDQPair": True})
+            unquantize_other_consumers(out)
             self.paths[key] = out
         return self.paths[key]
 
@@ -245,6 +255,30 @@ class Variants:
         """(encoder, denoise) files with the ``"graph/node"`` names in ``quantized`` quantized."""
         return tuple(self.path(g, frozenset(n.split("/", 1)[1] for n in quantized if n.startswith(g + "/")))
                      for g in GRAPHS)  # type: ignore[return-value]
+
+
+def unquantize_other_consumers(path: Path) -> None:
+    """Rewire every consumer of a DequantizeLinear that is not a quantized op (a residual Add reading the same
+    LayerNorm output as a MatMul) to the float tensor before the Q/DQ pair, in place: ONNX Runtime shares one
+    pair between a tensor's consumers in some of these cases even with ``DedicatedQDQPair``, which would add
+    quantization noise to the residual stream and puts Q/DQ where TensorRT's placement guidance does not."""
+    model = onnx.load(str(path))
+    source = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    float_of = {n.output[0]: source[n.input[0]] for n in model.graph.node
+                if n.op_type == "DequantizeLinear" and n.input[0] in source}
+    changed = False
+    for node in model.graph.node:
+        if node.op_type in QUANTIZABLE_OPS or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for i, name in enumerate(node.input):
+            if name in float_of:
+                node.input[i] = float_of[name]
+                changed = True
+    if changed:  # the weights are in memory: the old files go first (onnx appends to an existing data file)
+        for old in [path, *(path.parent / f for f in _external_files(path))]:
+            old.unlink()
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data", size_threshold=1024)
 
 
 def run_pair(paths: tuple[Path, Path], samples: list[Sample], steps: int) -> np.ndarray:
@@ -299,10 +333,15 @@ def quantize_bundle(bundle: str | Path, cset: CalibrationSet, out: str | Path,
         with atomic_directory(out, force=opts.force) as tmp:
             _write_files(bundle, manifest, variants.pair(quantized), tmp)
             for graph in GRAPHS:
+                path = tmp / getattr(manifest, graph).file
                 try:
-                    check_graph(tmp / getattr(manifest, graph).file)
+                    check_graph(path)
                 except GraphCheckError as exc:
                     raise QuantizeFailed(f"the INT8 graph {exc}") from exc
+                problems = tensorrt_qdq_problems(onnx.load(str(path)))
+                if problems:
+                    raise QuantizeFailed(f"the INT8 graph {path.name} departs from TensorRT's Q/DQ rules in "
+                                         f"{len(problems)} place(s): " + "; ".join(problems[:5]))
             raw = _manifest(manifest, tmp, cset, bundle, opts, blocks, excluded, sensitivity)
             (tmp / MANIFEST_FILE).write_text(json.dumps(raw, indent=2))
             gate = _final_gate(tmp, out, manifest, cset, reference, steps, tolerance, bundle)

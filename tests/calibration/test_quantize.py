@@ -76,11 +76,23 @@ def test_int8_bundle_is_qdq_with_the_reported_layers_kept_fp32(int8, fp32_bundle
     assert checked > 0 and report["quantized_nodes"] > len(excluded)
 
 
-def test_int8_graphs_pass_onnx_full_check(int8) -> None:
-    from calibration.graph_check import check_graph
+def test_int8_graphs_pass_onnx_full_check_and_follow_tensorrt_qdq_rules(int8, tmp_path) -> None:
+    from calibration.graph_check import check_graph, tensorrt_qdq_problems
 
     for graph in ("encoder", "denoise"):
         check_graph(int8[0] / f"{graph}.onnx")
+        model = onnx.load(str(int8[0] / f"{graph}.onnx"))
+        assert tensorrt_qdq_problems(model) == []
+        assert sum(n.op_type == "DequantizeLinear" for n in model.graph.node) > 0
+    # the rules can fail: a zero point moved off 0, and a Q/DQ pair moved onto a MatMul's output
+    model = onnx.load(str(int8[0] / "denoise.onnx"))
+    dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and len(n.input) > 2)
+    zero = next(t for t in model.graph.initializer if t.name == dq.input[2])
+    zero.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(zero) + np.int8(3), zero.name))
+    assert any("zero point" in p for p in tensorrt_qdq_problems(model))
+    consumer = next(n for n in model.graph.node if dq.output[0] in n.input)
+    consumer.op_type = "Softmax"
+    assert any("feeds ['Softmax']" in p for p in tensorrt_qdq_problems(model))
 
 
 def test_search_kept_the_most_sensitive_blocks(int8) -> None:
