@@ -58,6 +58,7 @@ from calibration.graph_check import QUANTIZABLE_OPS, GraphCheckError, check_grap
 from calibration.metrics import TOLERANCES, Tolerance
 from calibration.sets import CalibrationSet
 from runtime.backends.onnxruntime import create_session
+from runtime.backends.tensorrt.build import QDQ_PLACEMENT  # what `xvla-edge build` requires of an INT8 bundle
 from runtime.manifest import MANIFEST_FILE, Manifest
 from runtime.policy import Policy
 from xvla.errors import XVLAError
@@ -437,6 +438,7 @@ def _manifest(manifest: Manifest, tmp: Path, cset: CalibrationSet, source: Path,
     raw["quantization"] = {
         "tool": "onnxruntime.quantization.quantize_static", "onnxruntime": ort.__version__, "onnx": onnx.__version__,
         "format": "QDQ", "weights": "int8 symmetric per-channel", "activations": "int8 symmetric per-tensor",
+        "qdq_placement": QDQ_PLACEMENT,
         "calibration": opts.method, "op_types": list(opts.op_types),
         "quantized_nodes": sum(len(v) for b, v in blocks.items() if b not in excluded),
         "excluded_blocks": excluded, "excluded_nodes": [n for b in excluded for n in blocks[b]],

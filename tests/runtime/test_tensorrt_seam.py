@@ -37,7 +37,7 @@ def _specs(*specs: tuple[str, list[int], str]) -> list[dict[str, Any]]:
     return [{"name": n, "shape": s, "dtype": d} for n, s, d in specs]
 
 
-def make_bundle(root: Path, precision: str = "fp16") -> Path:
+def make_bundle(root: Path, precision: str = "fp16", quantization: dict[str, Any] | None = None) -> Path:
     """A bundle directory with a real manifest (tiny shapes) and stand-in graph files."""
     bundle = root / "bundle"
     bundle.mkdir()
@@ -66,6 +66,8 @@ def make_bundle(root: Path, precision: str = "fp16") -> Path:
         },
         "files": files,
     }
+    if quantization is not None:
+        manifest["quantization"] = quantization
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     return bundle
 
@@ -176,10 +178,22 @@ def test_build_without_tensorrt_says_to_run_on_the_target(bundle: Path, monkeypa
     assert sorted(p.name for p in bundle.iterdir() if p.is_dir()) == []  # nothing left behind
 
 
-def test_build_refuses_an_int8_bundle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_build_refuses_an_int8_bundle_whose_qdq_placement_was_not_checked(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bundle = make_bundle(tmp_path, precision="int8")
     assert main(["build", str(bundle)]) == 2
-    assert "is a int8 bundle; TensorRT engines are built from fp16 or fp32 bundles" in capsys.readouterr().err
+    assert ("Q/DQ graphs were not checked against TensorRT's placement rules (manifest quantization.qdq_placement "
+            "= None, expected 'tensorrt'); quantize its fp32 bundle again") in capsys.readouterr().err
+
+
+def test_build_makes_strongly_typed_engines_of_a_checked_int8_bundle(tmp_path: Path, fake_builder: SimpleNamespace,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    bundle = make_bundle(tmp_path, precision="int8", quantization={"format": "QDQ", "qdq_placement": "tensorrt"})
+    assert main(["build", str(bundle)]) == 0
+    assert [b["onnx"] for b in fake_builder.builds] == ["encoder.onnx", "denoise.onnx"]
+    assert "building encoder.engine from encoder.onnx (int8 Q/DQ: explicit quantization, strongly typed)" in \
+        capsys.readouterr().out
+    assert check_engines(bundle, Manifest.load(bundle), MACHINE)
 
 
 @pytest.fixture

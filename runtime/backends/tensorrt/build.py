@@ -1,5 +1,10 @@
 """Build a bundle's TensorRT engines on this machine (the robot's Jetson); ``xvla-edge build`` runs it.
 
+fp32, fp16 and INT8 bundles build the same way, as strongly typed networks: the types come from the ONNX graph,
+and an INT8 bundle's Q/DQ nodes are TensorRT's explicit quantization (the rest of its graph runs in fp32, as
+in the bundle). INT8 bundles are built only when their manifest records that ``xvla-edge quantize`` checked
+the Q/DQ placement against TensorRT's rules.
+
 Engines only run on the GPU and TensorRT version they were built with, so this runs on the target. Both
 engines are built into a temporary directory inside the bundle, which then replaces ``BUNDLE/engines/``
 (:func:`xvla.files.atomic_directory`: a failed build leaves the previous engines, or none, never half of
@@ -19,7 +24,8 @@ from runtime.backends.tensorrt.backend import (ENGINES_DIR, GRAPHS, TIMING_CACHE
 from runtime.manifest import BundleError, Manifest
 from xvla.files import atomic_directory
 
-BUILDABLE_PRECISIONS = ("fp16", "fp32")
+BUILDABLE_PRECISIONS = ("fp16", "fp32", "int8")
+QDQ_PLACEMENT = "tensorrt"  # what ``xvla-edge quantize`` records once its Q/DQ graphs follow TensorRT's rules
 
 
 def check_buildable(bundle_dir: Path, *, force: bool) -> Manifest:
@@ -27,7 +33,12 @@ def check_buildable(bundle_dir: Path, *, force: bool) -> Manifest:
     manifest = Manifest.load(bundle_dir)
     if manifest.precision not in BUILDABLE_PRECISIONS:
         raise BundleError(f"{bundle_dir} is a {manifest.precision} bundle; TensorRT engines are built from "
-                          f"{' or '.join(BUILDABLE_PRECISIONS)} bundles (export one with `--precision fp16`)")
+                          f"{', '.join(BUILDABLE_PRECISIONS)} bundles (export one with `--precision fp16`)")
+    placement = (manifest.raw.get("quantization") or {}).get("qdq_placement")
+    if manifest.precision == "int8" and placement != QDQ_PLACEMENT:
+        raise BundleError(f"{bundle_dir}: its Q/DQ graphs were not checked against TensorRT's placement rules "
+                          f"(manifest quantization.qdq_placement = {placement!r}, expected {QDQ_PLACEMENT!r}); "
+                          "quantize its fp32 bundle again with this version of `xvla-edge quantize`")
     if (bundle_dir / ENGINES_DIR).exists() and not force:
         raise BundleError(f"{bundle_dir / ENGINES_DIR} already exists; pass --force to rebuild it")
     machine = trt_api.machine_stamp()  # needs tensorrt and a CUDA device
@@ -49,7 +60,8 @@ def build_engines(bundle_dir: Path, manifest: Manifest, *, workspace_bytes: int 
         for graph in GRAPHS:
             spec = getattr(manifest, graph)
             out = tmp / engine_file(graph)
-            print(f"building {out.name} from {spec.file} ({manifest.precision}, strongly typed)")
+            kind = "int8 Q/DQ: explicit quantization" if manifest.precision == "int8" else manifest.precision
+            print(f"building {out.name} from {spec.file} ({kind}, strongly typed)")
             t0 = time.perf_counter()
             trt_api.build_engine(target.parent / spec.file, {s.name: s.shape for s in spec.inputs}, out,
                                  timing_cache=cache, workspace_bytes=workspace_bytes)
