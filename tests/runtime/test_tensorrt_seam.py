@@ -199,7 +199,7 @@ def test_build_makes_strongly_typed_engines_of_a_checked_int8_bundle(tmp_path: P
 @pytest.fixture
 def fake_builder(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
     """Replace TensorRT's build with one that writes a stand-in plan and grows the timing cache."""
-    state = SimpleNamespace(builds=[], fail_denoise=False)
+    state = SimpleNamespace(builds=[], fail_denoise=False, raise_raw=False)
 
     def build_engine(onnx_path: Path, input_shapes: Mapping[str, tuple[int, ...]], out: Path, *,
                      timing_cache: Path, workspace_bytes: int | None = None) -> None:
@@ -207,6 +207,8 @@ def fake_builder(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
                              "cache_before": timing_cache.read_text() if timing_cache.is_file() else None})
         if onnx_path.name == "denoise.onnx" and state.fail_denoise:
             raise trt_api.TensorRTError(f"{onnx_path}: TensorRT could not build an engine")
+        if onnx_path.name == "denoise.onnx" and state.raise_raw:  # what TensorRT's bindings raise themselves
+            raise RuntimeError("[TRT] [E] 2: [virtualMemoryBuffer.cpp::resizePhysical::140] out of memory")
         out.write_bytes(b"plan from " + onnx_path.read_bytes())
         with open(timing_cache, "a") as f:
             f.write(f"{onnx_path.name};")
@@ -259,6 +261,20 @@ def test_a_failed_build_leaves_no_half_engines(bundle: Path, fake_builder: Simpl
     assert main(["build", str(bundle), "--force"]) == 1
     assert {p.name: p.read_bytes() for p in (bundle / ENGINES_DIR).iterdir()} == before  # old engines intact
     assert [p.name for p in bundle.iterdir() if p.name.startswith(".")] == []
+
+
+def test_an_error_of_tensorrt_itself_is_named_not_a_traceback(bundle: Path, fake_builder: SimpleNamespace,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["build", str(bundle)]) == 0
+    before = {p.name: p.read_bytes() for p in (bundle / ENGINES_DIR).iterdir()}
+    fake_builder.raise_raw = True
+    assert main(["build", str(bundle), "--force"]) == 1
+    err = capsys.readouterr().err
+    assert ("build failed: building denoise.engine from denoise.onnx on Orin (compute capability 8.7, TensorRT "
+            "10.3.0.30) failed: RuntimeError: [TRT] [E] 2: [virtualMemoryBuffer.cpp::resizePhysical::140] out of "
+            "memory; the bundle's previous engines, if any, are untouched") in err
+    assert "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in (bundle / ENGINES_DIR).iterdir()} == before
 
 
 def test_build_verifies_the_bundle_first(bundle: Path, fake_builder: SimpleNamespace,

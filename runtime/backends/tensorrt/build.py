@@ -63,8 +63,14 @@ def build_engines(bundle_dir: Path, manifest: Manifest, *, workspace_bytes: int 
             kind = "int8 Q/DQ: explicit quantization" if manifest.precision == "int8" else manifest.precision
             print(f"building {out.name} from {spec.file} ({kind}, strongly typed)")
             t0 = time.perf_counter()
-            trt_api.build_engine(target.parent / spec.file, {s.name: s.shape for s in spec.inputs}, out,
-                                 timing_cache=cache, workspace_bytes=workspace_bytes)
+            try:
+                trt_api.build_engine(target.parent / spec.file, {s.name: s.shape for s in spec.inputs}, out,
+                                     timing_cache=cache, workspace_bytes=workspace_bytes)
+            except Exception as exc:  # TensorRT's own exceptions too (pybind RuntimeError, MemoryError, ...)
+                raise trt_api.TensorRTError(
+                    f"building {out.name} from {spec.file} on {machine['gpu']} (compute capability "
+                    f"{machine['compute_capability']}, TensorRT {machine['tensorrt']}) failed: "
+                    f"{type(exc).__name__}: {exc}; the bundle's previous engines, if any, are untouched") from exc
             print(f"  {out.name}: {out.stat().st_size / 1e6:.1f} MB in {time.perf_counter() - t0:.0f} s")
             records[graph] = EngineRecord(file=out.name, bytes=out.stat().st_size, **machine,
                                           onnx=graph_sources(manifest, graph))
