@@ -4,12 +4,23 @@ Static memory plan: every input and output of both graphs is a buffer allocated 
 address (IO binding), so a chunk allocates nothing per step. The denoise loop ping-pongs two x0 buffers:
 step i reads ``prev`` from one and writes ``x0`` into the other; ``t`` is written in place.
 
+On CPU the buffers are numpy arrays (zero copy). With ``device_buffers`` (the default on CUDA) they are
+``OrtValue``s on the session's device: inputs are copied in with ``update_inplace``, the loop's ``context``,
+``x0`` pair and ``t`` stay on the device, only ``action`` comes back. On CUDA the denoise session also replays
+CUDA graphs (the CUDA execution provider's ``enable_cuda_graph``, one graph per ping-pong binding through the
+``gpu_graph_id`` run option), which its rules allow here: static shapes, every input and output bound to a
+device OrtValue that keeps its address. If the first graphed run fails, the denoise session is recreated
+without graphs (logged once, :attr:`OnnxRuntimeBackend.graph_fallback`); ``cuda_graph=False`` runs without.
+The device path is tested on CPU (device OrtValues on the CPU); on CUDA it has not run (no GPU with
+onnxruntime-gpu has been available to this project).
+
 ONNX Runtime silently falls back to the CPU when a requested provider fails to load; the providers a
 session actually uses are checked after creation and a mismatch is an error.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -29,6 +40,7 @@ except ImportError as exc:
     raise BackendError(f"{NOT_INSTALLED} ({exc})") from exc
 
 _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+log = logging.getLogger(__name__)
 
 
 def session_options(threads: int | None) -> ort.SessionOptions:
@@ -41,8 +53,9 @@ def session_options(threads: int | None) -> ort.SessionOptions:
     return opts
 
 
-def create_session(path: Path, device: str, threads: int | None) -> ort.InferenceSession:
-    """A session on exactly the requested device, or :class:`BackendError` naming what is available."""
+def create_session(path: Path, device: str, threads: int | None, *, cuda_graph: bool = False) -> ort.InferenceSession:
+    """A session on exactly the requested device, or :class:`BackendError` naming what is available
+    (``cuda_graph``: the CUDA provider replays CUDA graphs)."""
     if device not in _PROVIDERS:
         raise BackendError(f"device {device!r} is not supported by the onnxruntime backend; expected one of {sorted(_PROVIDERS)}")
     wanted = _PROVIDERS[device]
@@ -50,7 +63,8 @@ def create_session(path: Path, device: str, threads: int | None) -> ort.Inferenc
     if wanted not in available:
         raise BackendError(f"onnxruntime has no {wanted} in this install (available: {available}); "
                            "for CUDA install onnxruntime-gpu instead of onnxruntime")
-    providers = [wanted] if device == "cpu" else [wanted, "CPUExecutionProvider"]
+    options = {"enable_cuda_graph": "1"} if cuda_graph and device == "cuda" else {}
+    providers = [wanted] if device == "cpu" else [(wanted, options), "CPUExecutionProvider"]
     try:
         sess = ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers)
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
@@ -81,53 +95,95 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, manifest: Manifest, bundle_dir: str | Path, *, device: str = "cpu",
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, device_buffers: bool | None = None, cuda_graph: bool = True) -> None:
         super().__init__(manifest)
-        bundle_dir = Path(bundle_dir)
-        self.device = device
+        self.bundle_dir = bundle_dir = Path(bundle_dir)
+        self.device, self.threads = device, threads
+        self.on_device = device == "cuda" if device_buffers is None else bool(device_buffers)
+        graphs = cuda_graph and device == "cuda" and self.on_device
+        if device == "cuda" and not graphs:
+            self.graph_fallback = ("disabled (cuda_graph=False)" if not cuda_graph
+                                   else "disabled (device_buffers=False: graphs need device-resident buffers)")
         self.encoder = create_session(bundle_dir / manifest.encoder.file, device, threads)
-        self.denoiser = create_session(bundle_dir / manifest.denoise.file, device, threads)
+        self.denoiser = create_session(bundle_dir / manifest.denoise.file, device, threads, cuda_graph=graphs)
+        self.graphed = graphs
         for sess, graph in ((self.encoder, manifest.encoder), (self.denoiser, manifest.denoise)):
             check_io(sess, graph, bundle_dir / graph.file)
         spec = {s.name: s for s in (*manifest.encoder.inputs, *manifest.encoder.outputs,
                                     *manifest.denoise.inputs, *manifest.denoise.outputs)}
-        buf = {name: np.zeros(s.shape, dtype=np.dtype(s.dtype)) for name, s in spec.items()}
-        self.buffers = buf
-        self.x0 = [np.zeros_like(buf["x0"]), np.zeros_like(buf["x0"])]  # ping-pong
-        self.enc_binding = self._bind(self.encoder, {n: buf[n] for n in ("pixel_values", "image_mask", "input_ids")},
-                                      {"context": buf["context"]})
-        common = {n: buf[n] for n in ("context", "x1", "proprio", "t")}
-        # binding[k] reads prev from x0[k] and writes x0 into x0[1 - k]
-        self.den_bindings = [
-            self._bind(self.denoiser, {**common, "prev": self.x0[k]}, {"x0": self.x0[1 - k], "action": buf["action"]})
-            for k in (0, 1)
-        ]
+        self.buffers = {name: np.zeros(s.shape, dtype=np.dtype(s.dtype)) for name, s in spec.items()}
+        self.x0 = [np.zeros_like(self.buffers["x0"]), np.zeros_like(self.buffers["x0"])]  # ping-pong
+        self.run_options = [ort.RunOptions() for _ in (0, 1)]
+        for k, options in enumerate(self.run_options):
+            options.add_run_config_entry("gpu_graph_id", str(k))  # one captured graph per ping-pong binding
+        self._bind_all()
 
-    def _bind(self, sess: ort.InferenceSession, inputs: dict[str, np.ndarray],
-              outputs: dict[str, np.ndarray]) -> ort.IOBinding:
+    def _bind_all(self) -> None:
+        """Bind both graphs: numpy arrays on CPU, device OrtValues with ``device_buffers``."""
+        if self.on_device:
+            where = "cuda" if self.device == "cuda" else "cpu"
+            self.values = {name: ort.OrtValue.ortvalue_from_numpy(arr, where, 0) for name, arr in self.buffers.items()}
+            self.x0_values = [ort.OrtValue.ortvalue_from_numpy(x, where, 0) for x in self.x0]
+        self.enc_binding = self._bind(self.encoder, {n: n for n in ("pixel_values", "image_mask", "input_ids")},
+                                      {"context": "context"})
+        self.den_bindings = self._denoise_bindings()
+
+    def _denoise_bindings(self) -> list[ort.IOBinding]:
+        """binding[k] reads ``prev`` from x0[k] and writes ``x0`` into x0[1 - k]."""
+        common = {n: n for n in ("context", "x1", "proprio", "t")}
+        return [self._bind(self.denoiser, {**common, "prev": k}, {"action": "action", "x0": 1 - k}) for k in (0, 1)]
+
+    def _bind(self, sess: ort.InferenceSession, inputs: dict[str, str | int],
+              outputs: dict[str, str | int]) -> ort.IOBinding:
+        """``inputs``/``outputs``: graph tensor → buffer (a tensor name, or the index of an x0 buffer)."""
         binding = sess.io_binding()
-        for name, arr in inputs.items():
-            binding.bind_input(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
-        for name, arr in outputs.items():
-            binding.bind_output(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
+        for table, by_value, by_address in ((inputs, binding.bind_ortvalue_input, binding.bind_input),
+                                            (outputs, binding.bind_ortvalue_output, binding.bind_output)):
+            for name, key in table.items():
+                if self.on_device:
+                    by_value(name, self.x0_values[key] if isinstance(key, int) else self.values[key])
+                else:
+                    arr = self.x0[key] if isinstance(key, int) else self.buffers[key]
+                    by_address(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
         return binding
 
+    def _put(self, name: str, value: np.ndarray | None = None) -> None:
+        """Copy ``value`` into the buffer ``name`` (and to the device); None: the host buffer is already set."""
+        if value is not None:
+            np.copyto(self.buffers[name], value)
+        if self.on_device:
+            self.values[name].update_inplace(self.buffers[name])
+
     def encode(self, pixel_values: np.ndarray, image_mask: np.ndarray, input_ids: np.ndarray) -> None:
-        b = self.buffers
-        np.copyto(b["pixel_values"], pixel_values)
-        np.copyto(b["image_mask"], image_mask)
-        np.copyto(b["input_ids"], input_ids)
+        for name, value in zip(("pixel_values", "image_mask", "input_ids"), (pixel_values, image_mask, input_ids)):
+            self._put(name, value)
         self.encoder.run_with_iobinding(self.enc_binding)
 
     def denoise(self, x1: np.ndarray, proprio: np.ndarray, steps: int) -> np.ndarray:
-        b = self.buffers
-        np.copyto(b["x1"], x1)
-        np.copyto(b["proprio"], proprio)
+        self._put("x1", x1)
+        self._put("proprio", proprio)
         self.x0[0].fill(0.0)
+        if self.on_device:
+            self.x0_values[0].update_inplace(self.x0[0])
+        t = self.buffers["t"]
         for k, i in enumerate(range(steps, 0, -1)):
-            b["t"][0] = i / steps
-            self.denoiser.run_with_iobinding(self.den_bindings[k % 2])
-        return b["action"]
+            t[0] = i / steps
+            self._put("t")
+            self._run_step(k % 2)
+        return self.values["action"].numpy() if self.on_device else self.buffers["action"]
+
+    def _run_step(self, k: int) -> None:
+        try:
+            self.denoiser.run_with_iobinding(self.den_bindings[k], self.run_options[k])
+        except Exception as exc:  # onnxruntime raises its own Fail types
+            if not self.graphed:
+                raise
+            self.graph_fallback = f"CUDA-graph run of the denoise step failed: {exc}"
+            log.warning("onnxruntime backend: %s; running without CUDA graphs from now on", self.graph_fallback)
+            self.graphed = False
+            self.denoiser = create_session(self.bundle_dir / self.manifest.denoise.file, self.device, self.threads)
+            self.den_bindings = self._denoise_bindings()
+            self.denoiser.run_with_iobinding(self.den_bindings[k], self.run_options[k])
 
     def close(self) -> None:
         self.encoder = self.denoiser = None  # type: ignore[assignment]

@@ -76,6 +76,20 @@ def test_onnxruntime_fp16_within_the_recorded_tolerance(setup) -> None:
     assert errors.max_abs > 1e-6  # it really is fp16
 
 
+@pytest.mark.parametrize("steps", [1, 4, 10])
+def test_device_resident_buffers_give_the_same_chunk(setup, steps) -> None:
+    """The CUDA path's OrtValue buffers (update_inplace in, numpy() out), exercised with CPU OrtValues."""
+    work, _, _ = setup
+    o = obs(seed=11, missing=(1,))
+    host = Policy.load(work / "fp32", backend="onnxruntime").act(o, steps=steps).actions
+    device = Policy.load(work / "fp32", backend="onnxruntime", device_buffers=True)
+    assert device.backend.on_device and device.backend.graph_fallback is None
+    np.testing.assert_array_equal(device.act(o, steps=steps).actions, host)
+    again = obs(seed=12)  # new inputs reach the device buffers; the ping-pong restarts from zeros
+    np.testing.assert_array_equal(device.act(again, steps=steps).actions,
+                                  Policy.load(work / "fp32", backend="onnxruntime").act(again, steps=steps).actions)
+
+
 def test_torch_backend_matches_onnxruntime(setup) -> None:
     work, _, _ = setup
     o = obs(seed=7, missing=(2,))
