@@ -232,7 +232,12 @@ def test_build_writes_engines_and_their_stamps(bundle: Path, fake_builder: Simpl
                                                         TIMING_CACHE]
     assert check_engines(bundle, Manifest.load(bundle), MACHINE)  # stamps match this machine and bundle
     assert (bundle / "manifest.json").read_bytes() == manifest_before
+    capsys.readouterr()
+    assert main(["info", str(bundle)]) == 0
+    assert ("engines:   TensorRT 10.3.0.30 for Orin (compute capability 8.7); CUDA graphs are captured at run time "
+            "— a failed capture shows as xvla_backend_graph_fallback 1") in capsys.readouterr().out
     Manifest.load(bundle).verify_files(bundle)  # the bundle's checksums still hold
+    assert main(["build", str(bundle), "--force"]) == 0
     out = capsys.readouterr().out
     assert "building encoder.engine from encoder.onnx (fp16, strongly typed)" in out and "Orin" in out
     assert [p.name for p in bundle.iterdir() if p.name.startswith(".")] == []

@@ -49,8 +49,31 @@ def summary(manifest: Manifest, bundle: Path, *, verified: bool) -> str:
              f"{manifest.default_steps} denoising steps by default",
              f"  precision: {manifest.precision}; {len(manifest.files)} files, {total / 1e6:.1f} MB"
              + (" (sizes and sha256 verified)" if verified else "")]
+    lines.append(f"  engines:   {_engines(manifest, bundle)}")
     parity = manifest.raw.get("parity")
     if isinstance(parity, dict) and isinstance(parity.get("max_abs"), dict):
         lines.append("  parity:    " + ", ".join(f"{k} max abs {v:.2e}" for k, v in parity["max_abs"].items()
                                                   if isinstance(v, (int, float))))
     return "\n".join(lines)
+
+
+def _engines(manifest: Manifest, bundle: Path) -> str:
+    """What the bundle holds for TensorRT, and where its CUDA-graph state shows at run time."""
+    from runtime.backends.base import BackendError
+    from runtime.backends.tensorrt.backend import read_engines_json
+    from runtime.manifest import ENGINES_DIR
+
+    placement = (manifest.raw.get("quantization") or {}).get("qdq_placement")
+    int8 = "" if manifest.precision != "int8" else (
+        "; Q/DQ placement checked for TensorRT" if placement == "tensorrt"
+        else "; Q/DQ placement not checked for TensorRT (quantize again before `xvla-edge build`)")
+    if not (Path(bundle) / ENGINES_DIR).exists():
+        return f"none (TensorRT engines are built on the robot: `xvla-edge build {bundle}`){int8}"
+    try:
+        records = read_engines_json(Path(bundle))
+    except BackendError as exc:
+        return f"unusable: {exc}"
+    first = next(iter(records.values()))
+    return (f"TensorRT {first.tensorrt} for {first.gpu} (compute capability {first.compute_capability}){int8}; "
+            "CUDA graphs are captured at run time — a failed capture shows as xvla_backend_graph_fallback 1 in "
+            "the daemon's /metrics")
