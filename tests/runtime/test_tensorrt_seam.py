@@ -641,7 +641,11 @@ class FakeTensorRT(ModuleType):
                 Context.made += 1
 
             def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
-                self.shapes[name] = shape
+                # the engine's static dimensions must match; only its -1 dimensions take the given sizes
+                declared = tensors[name][0]
+                if len(shape) != len(declared) or any(d not in (-1, g) for d, g in zip(declared, shape)):
+                    return False
+                self.shapes[name] = tuple(shape)
                 return True
 
             def get_tensor_shape(self, name: str) -> tuple[int, ...]:
@@ -757,6 +761,8 @@ def test_engine_binds_by_name_and_names_the_tensor_on_failure(tmp_path: Path, fa
         engine.execute(0)
     with pytest.raises(trt_api.TensorRTError, match=r"cannot set the shape of input 'x' to None"):
         trt_api.Engine(path, {})
+    with pytest.raises(trt_api.TensorRTError, match=r"cannot set the shape of input 'x' to \(1, 3, 5\)"):
+        trt_api.Engine(path, {"x": (1, 3, 5)})  # the engine's last dimension is a static 4
     path.write_bytes(b"garbage")
     with pytest.raises(trt_api.TensorRTError, match="could not deserialize .*xvla-edge build BUNDLE --force"):
         trt_api.Engine(path, {"x": (1, 3, 4)})
