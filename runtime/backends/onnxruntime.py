@@ -114,8 +114,8 @@ class OnnxRuntimeBackend(Backend):
         self.buffers = {name: np.zeros(s.shape, dtype=np.dtype(s.dtype)) for name, s in spec.items()}
         self.x0 = [np.zeros_like(self.buffers["x0"]), np.zeros_like(self.buffers["x0"])]  # ping-pong
         self.run_options = [ort.RunOptions() for _ in (0, 1)]
-        for k, options in enumerate(self.run_options):
-            options.add_run_config_entry("gpu_graph_id", str(k))  # one captured graph per ping-pong binding
+        for k, options in enumerate(self.run_options):  # one captured graph per ping-pong binding; ids from 1:
+            options.add_run_config_entry("gpu_graph_id", str(k + 1))  # ONNX Runtime reserves 0, -1 skips capture
         self._bind_all()
 
     def _bind_all(self) -> None:
