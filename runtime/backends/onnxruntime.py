@@ -9,8 +9,9 @@ On CPU the buffers are numpy arrays (zero copy). With ``device_buffers`` (the de
 ``x0`` pair and ``t`` stay on the device, only ``action`` comes back. On CUDA the denoise session also replays
 CUDA graphs (the CUDA execution provider's ``enable_cuda_graph``, one graph per ping-pong binding through the
 ``gpu_graph_id`` run option), which its rules allow here: static shapes, every input and output bound to a
-device OrtValue that keeps its address. If the first graphed run fails, the denoise session is recreated
-without graphs (logged once, :attr:`OnnxRuntimeBackend.graph_fallback`); ``cuda_graph=False`` runs without.
+device OrtValue that keeps its address. If ONNX Runtime refuses graphs for the session (a node not on the CUDA
+provider) or the first graphed run fails, the denoise session is made again without graphs (logged once,
+:attr:`OnnxRuntimeBackend.graph_fallback`); ``cuda_graph=False`` runs without.
 The device path is tested on CPU (device OrtValues on the CPU); on CUDA it has not run (no GPU with
 onnxruntime-gpu has been available to this project).
 
@@ -105,7 +106,14 @@ class OnnxRuntimeBackend(Backend):
             self.graph_fallback = ("disabled (cuda_graph=False)" if not cuda_graph
                                    else "disabled (device_buffers=False: graphs need device-resident buffers)")
         self.encoder = create_session(bundle_dir / manifest.encoder.file, device, threads)
-        self.denoiser = create_session(bundle_dir / manifest.denoise.file, device, threads, cuda_graph=graphs)
+        try:
+            self.denoiser = create_session(bundle_dir / manifest.denoise.file, device, threads, cuda_graph=graphs)
+        except BackendError as exc:  # e.g. a node not on the CUDA provider: ONNX Runtime refuses graph capture
+            if not graphs:
+                raise
+            self._fall_back(f"the denoise session refused CUDA graphs: {exc}")
+            graphs = False
+            self.denoiser = create_session(bundle_dir / manifest.denoise.file, device, threads)
         self.graphed = graphs
         for sess, graph in ((self.encoder, manifest.encoder), (self.denoiser, manifest.denoise)):
             check_io(sess, graph, bundle_dir / graph.file)
@@ -178,12 +186,15 @@ class OnnxRuntimeBackend(Backend):
         except Exception as exc:  # onnxruntime raises its own Fail types
             if not self.graphed:
                 raise
-            self.graph_fallback = f"CUDA-graph run of the denoise step failed: {exc}"
-            log.warning("onnxruntime backend: %s; running without CUDA graphs from now on", self.graph_fallback)
+            self._fall_back(f"CUDA-graph run of the denoise step failed: {exc}")
             self.graphed = False
             self.denoiser = create_session(self.bundle_dir / self.manifest.denoise.file, self.device, self.threads)
             self.den_bindings = self._denoise_bindings()
             self.denoiser.run_with_iobinding(self.den_bindings[k], self.run_options[k])
+
+    def _fall_back(self, why: str) -> None:
+        self.graph_fallback = why
+        log.warning("onnxruntime backend: %s; running without CUDA graphs from now on", why)
 
     def close(self) -> None:
         self.encoder = self.denoiser = None  # type: ignore[assignment]
