@@ -72,6 +72,14 @@ class Manifest:
 
     # -- accessors of the fields the runtime uses -------------------------------------------------
     @property
+    def qdq_placement(self) -> str | None:
+        """``quantization.qdq_placement`` (what ``xvla-edge quantize`` checked its Q/DQ graphs against); None when
+        absent or not a string (the field is informational, so it is read defensively rather than validated)."""
+        quantization = self.raw.get("quantization")
+        value = quantization.get("qdq_placement") if isinstance(quantization, dict) else None
+        return value if isinstance(value, str) else None
+
+    @property
     def domain_id(self) -> int:
         return int(self.raw["domain_id"])
 

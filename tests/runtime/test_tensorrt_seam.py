@@ -37,7 +37,7 @@ def _specs(*specs: tuple[str, list[int], str]) -> list[dict[str, Any]]:
     return [{"name": n, "shape": s, "dtype": d} for n, s, d in specs]
 
 
-def make_bundle(root: Path, precision: str = "fp16", quantization: dict[str, Any] | None = None) -> Path:
+def make_bundle(root: Path, precision: str = "fp16", quantization: Any = None) -> Path:
     """A bundle directory with a real manifest (tiny shapes) and stand-in graph files."""
     bundle = root / "bundle"
     bundle.mkdir()
@@ -184,6 +184,13 @@ def test_build_refuses_an_int8_bundle_whose_qdq_placement_was_not_checked(
     assert main(["build", str(bundle)]) == 2
     assert ("Q/DQ graphs were not checked against TensorRT's placement rules (manifest quantization.qdq_placement "
             "= None, expected 'tensorrt'); quantize its fp32 bundle again") in capsys.readouterr().err
+    for i, hostile in enumerate((["tensorrt"], "tensorrt", {"qdq_placement": ["tensorrt"]})):  # a file from outside
+        (tmp_path / f"hostile{i}").mkdir()
+        other = make_bundle(tmp_path / f"hostile{i}", precision="int8", quantization=hostile)
+        assert main(["build", str(other)]) == 2
+        assert "quantization.qdq_placement = None" in capsys.readouterr().err
+        assert main(["info", str(other)]) == 0
+        assert "Q/DQ placement not checked for TensorRT" in capsys.readouterr().out
 
 
 def test_build_makes_strongly_typed_engines_of_a_checked_int8_bundle(tmp_path: Path, fake_builder: SimpleNamespace,

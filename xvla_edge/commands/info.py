@@ -63,9 +63,8 @@ def _engines(manifest: Manifest, bundle: Path) -> str:
     from runtime.backends.tensorrt.backend import read_engines_json
     from runtime.manifest import ENGINES_DIR
 
-    placement = (manifest.raw.get("quantization") or {}).get("qdq_placement")
     int8 = "" if manifest.precision != "int8" else (
-        "; Q/DQ placement checked for TensorRT" if placement == "tensorrt"
+        "; Q/DQ placement checked for TensorRT" if manifest.qdq_placement == "tensorrt"
         else "; Q/DQ placement not checked for TensorRT (quantize again before `xvla-edge build`)")
     if not (Path(bundle) / ENGINES_DIR).exists():
         return f"none (TensorRT engines are built on the robot: `xvla-edge build {bundle}`){int8}"

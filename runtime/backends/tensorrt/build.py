@@ -34,7 +34,7 @@ def check_buildable(bundle_dir: Path, *, force: bool) -> Manifest:
     if manifest.precision not in BUILDABLE_PRECISIONS:
         raise BundleError(f"{bundle_dir} is a {manifest.precision} bundle; TensorRT engines are built from "
                           f"{', '.join(BUILDABLE_PRECISIONS)} bundles (export one with `--precision fp16`)")
-    placement = (manifest.raw.get("quantization") or {}).get("qdq_placement")
+    placement = manifest.qdq_placement
     if manifest.precision == "int8" and placement != QDQ_PLACEMENT:
         raise BundleError(f"{bundle_dir}: its Q/DQ graphs were not checked against TensorRT's placement rules "
                           f"(manifest quantization.qdq_placement = {placement!r}, expected {QDQ_PLACEMENT!r}); "
