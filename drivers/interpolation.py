@@ -30,8 +30,9 @@ Before the first waypoint and after the last, every field holds its end value.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
-from typing import Literal, Optional, Tuple
+from typing import List, Literal, Optional, Tuple
 
 import numpy as np
 
@@ -64,7 +65,7 @@ def _pchip_slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     d = np.zeros_like(y)
     w1, w2 = 2 * h[1:] + h[:-1], h[1:] + 2 * h[:-1]
     same = (m[:-1] * m[1:]) > 0
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # a denormal secant: its term is 0
         d[1:-1] = np.where(same, (w1 + w2) / (w1 / m[:-1] + w2 / m[1:]), 0.0)
     d[0] = _end_slope(h[0], h[1], m[0], m[1])
     d[-1] = _end_slope(h[-1], h[-2], m[-1], m[-2])
@@ -78,9 +79,12 @@ def _end_slope(h0: np.ndarray, h1: np.ndarray, m0: np.ndarray, m1: np.ndarray) -
 
 
 class TrajectorySampler:
-    """Evaluates one trajectory. Build once per trajectory (computes knot slopes), then :meth:`sample`.
+    """Evaluates one trajectory. Build once per trajectory, then :meth:`sample`.
 
-    Evaluation is plain numpy on the two knots around ``t`` (a few microseconds), so it fits a 500 Hz tick.
+    Construction (at a splice, between two ticks) computes the knot slopes and, for EE trajectories, each
+    segment's rotation step, and keeps them as Python lists: a tick evaluates one segment on Python floats
+    (a few microseconds), where numpy would spend about a microsecond per operation on arrays of three.
+    :meth:`at` evaluates many times at once in numpy (splicing).
     """
 
     def __init__(self, trajectory: Trajectory, *, gripper: Literal["hold", "linear"] = "hold") -> None:
@@ -97,14 +101,22 @@ class TrajectorySampler:
         if traj.n_waypoints >= 2:
             initial = None if traj.initial_velocity is None else traj.initial_velocity.reshape(-1)
             self._d = monotone_slopes(self._t, values, initial)
+        # per-tick copies as Python floats
+        self._times: List[float] = self._t.tolist()
+        self._values: List[List[float]] = values.tolist()
+        self._slopes: List[List[float]] = self._d.tolist()
+        self._grippers: List[List[float]] = traj.gripper.tolist()
+        self._quats: List[List[List[float]]] = [] if traj.quaternion is None else traj.quaternion.tolist()
+        self._steps = [[quaternion.step_row(a, b) for a, b in zip(q0, q1)]
+                       for q0, q1 in zip(self._quats[:-1], self._quats[1:])]
 
     def _segment(self, t: float) -> Tuple[int, float, float]:
         """Index ``k`` of the segment holding ``t`` (clamped to the span), its length and the fraction in it."""
-        times = self._t
-        if self.trajectory.n_waypoints < 2:
+        times = self._times
+        if len(times) < 2:
             return 0, 1.0, 0.0
         tc = min(max(float(t), times[0]), times[-1])
-        k = min(int(np.searchsorted(times, tc, side="right")) - 1, times.shape[0] - 2)
+        k = min(bisect.bisect_right(times, tc) - 1, len(times) - 2)
         h = times[k + 1] - times[k]
         return k, h, (tc - times[k]) / h
 
@@ -138,19 +150,28 @@ class TrajectorySampler:
             grip = g[np.maximum(np.searchsorted(self._t, times, side="right") - 1, 0)]
         return y.reshape((len(times),) + self._shape), quats, grip
 
+    def _position(self, k: int, h: float, s: float) -> List[float]:
+        if len(self._times) < 2:
+            return list(self._values[0])
+        s2, s3 = s * s, s * s * s
+        c0, c1, c2, c3 = 2 * s3 - 3 * s2 + 1, (s3 - 2 * s2 + s) * h, -2 * s3 + 3 * s2, (s3 - s2) * h
+        return [c0 * y0 + c1 * d0 + c2 * y1 + c3 * d1
+                for y0, d0, y1, d1 in zip(self._values[k], self._slopes[k], self._values[k + 1], self._slopes[k + 1])]
+
+    def _quaternion(self, k: int, s: float) -> List[Tuple[float, float, float, float]]:
+        if len(self._times) < 2:
+            return [tuple(q) for q in self._quats[0]]  # type: ignore[misc]
+        return [quaternion.slerp_row(q0, step, s) for q0, step in zip(self._quats[k], self._steps[k])]
+
+    def _gripper(self, t: float, k: int, s: float) -> List[float]:
+        if self.gripper_mode == "linear" and len(self._times) >= 2:
+            return [g0 + s * (g1 - g0) for g0, g1 in zip(self._grippers[k], self._grippers[k + 1])]
+        return list(self._grippers[max(bisect.bisect_right(self._times, t) - 1, 0)])
+
     def position(self, t: float) -> np.ndarray:
         """Interpolated EE position [A, 3] or joint positions [J] at ``t`` (cubic Hermite)."""
         k, h, s = self._segment(t)
-        if self.trajectory.n_waypoints < 2:
-            return self._y[0].reshape(self._shape).copy()
-        s2, s3 = s * s, s * s * s
-        y = (
-            (2 * s3 - 3 * s2 + 1) * self._y[k]
-            + (s3 - 2 * s2 + s) * h * self._d[k]
-            + (-2 * s3 + 3 * s2) * self._y[k + 1]
-            + (s3 - s2) * h * self._d[k + 1]
-        )
-        return y.reshape(self._shape)
+        return np.array(self._position(k, h, s)).reshape(self._shape)
 
     def velocity(self, t: float) -> np.ndarray:
         """Position derivative at ``t`` (zero outside the trajectory's time span)."""
@@ -158,20 +179,15 @@ class TrajectorySampler:
             return np.zeros(self._shape)
         k, h, s = self._segment(t)
         s2 = s * s
-        v = (
-            (6 * s2 - 6 * s) * (self._y[k] - self._y[k + 1]) / h
-            + (3 * s2 - 4 * s + 1) * self._d[k]
-            + (3 * s2 - 2 * s) * self._d[k + 1]
-        )
-        return v.reshape(self._shape)
+        c0, c1, c2 = 6 * s2 - 6 * s, 3 * s2 - 4 * s + 1, 3 * s2 - 2 * s
+        v = [c0 * (y0 - y1) / h + c1 * d0 + c2 * d1
+             for y0, d0, y1, d1 in zip(self._values[k], self._slopes[k], self._values[k + 1], self._slopes[k + 1])]
+        return np.array(v).reshape(self._shape)
 
     def quaternion(self, t: float) -> np.ndarray:
         """Slerped quaternions [A, 4] (x, y, z, w) at ``t`` (EE trajectories only)."""
-        quats = self.trajectory.quaternion
         k, _, s = self._segment(t)
-        if self.trajectory.n_waypoints < 2:
-            return quats[0].copy()
-        return quaternion.slerp(quats[k], quats[k + 1], s)
+        return np.array(self._quaternion(k, s))
 
     def angular_velocity(self, t: float) -> np.ndarray:
         """World-frame angular velocity [A, 3] rad/s of the slerp at ``t`` (zero outside the time span)."""
@@ -179,23 +195,28 @@ class TrajectorySampler:
         if traj.n_waypoints < 2 or not traj.covers(t):
             return np.zeros((traj.n_arms, 3))
         k, h, _ = self._segment(t)
-        return quaternion.step(traj.quaternion[k], traj.quaternion[k + 1]) / h
+        return np.array(self._steps[k]) / h
 
     def gripper(self, t: float) -> np.ndarray:
         """Raw gripper [A] at ``t``: the latest waypoint's at or before ``t`` (``hold``; the first one before the
         start), or interpolated between the two around ``t`` (``linear``)."""
-        if self.gripper_mode == "linear" and self.trajectory.n_waypoints >= 2:
-            k, _, frac = self._segment(t)
-            g = self.trajectory.gripper
-            return g[k] + frac * (g[k + 1] - g[k])
-        k = max(int(np.searchsorted(self._t, t, side="right")) - 1, 0)
-        return self.trajectory.gripper[k].copy()
+        k, _, s = self._segment(t)
+        return np.array(self._gripper(t, k, s))
+
+    def parts(self, t: float) -> Tuple[np.ndarray, Optional[list], List[float]]:
+        """(position [A, 3] or joints [J], quaternions as [A] rows or None, raw gripper as [A] floats) at ``t``:
+        :meth:`sample`'s values before they become a :class:`Target`."""
+        k, h, s = self._segment(t)
+        position = np.array(self._position(k, h, s)).reshape(self._shape)
+        quats = self._quaternion(k, s) if self.trajectory.space == "ee" else None
+        return position, quats, self._gripper(t, k, s)
 
     def sample(self, t: float) -> Target:
         """The raw (pre-gripper-policy, pre-safety) target at ``t``."""
-        if self.trajectory.space == "ee":
-            return Target.ee(self.position(t), self.quaternion(t), self.gripper(t))
-        return Target.joint(self.position(t), self.gripper(t))
+        position, quats, gripper = self.parts(t)
+        if quats is not None:
+            return Target.ee(position, quats, gripper)
+        return Target.joint(position, gripper)
 
 
 @dataclass(frozen=True)
@@ -233,11 +254,14 @@ class GripperLatch:
 
     def __init__(self, policy: GripperPolicy, current: np.ndarray) -> None:
         self.policy = policy
-        self._open = np.asarray(current, dtype=np.float64) > 0.5 * (policy.closed_value + policy.open_value)
+        middle = 0.5 * (policy.closed_value + policy.open_value)
+        self._open = [g > middle for g in np.asarray(current, dtype=np.float64).reshape(-1).tolist()]
 
-    def __call__(self, raw: np.ndarray) -> np.ndarray:
+    def __call__(self, raw: np.ndarray | List[float]) -> np.ndarray:
+        """The commands [A] for raw values [A]."""
         p = self.policy
+        values = np.asarray(raw, dtype=np.float64).reshape(-1).tolist()
         if p.mode == "continuous":
-            return np.asarray(raw, dtype=np.float64).copy()
-        self._open = np.where(self._open, raw >= p.close_below, raw > p.open_above)
-        return np.where(self._open, p.open_value, p.closed_value)
+            return np.array(values)
+        self._open = [g >= p.close_below if was_open else g > p.open_above for g, was_open in zip(values, self._open)]
+        return np.array([p.open_value if o else p.closed_value for o in self._open])

@@ -58,11 +58,7 @@ def _step(q_from: Sequence[float], q_to: Sequence[float]) -> Vec:
 
 
 def _slerp(q0: Sequence[float], q1: Sequence[float], u: float) -> Quat:
-    x, y, z = _step(q0, q1)
-    out = _mul(_from_rotvec((u * x, u * y, u * z)), q0)
-    if sum(a * b for a, b in zip(out, q0)) < 0:
-        out = (-out[0], -out[1], -out[2], -out[3])
-    return out
+    return slerp_row(q0, _step(q0, q1), u)
 
 
 def _normalised(q: Sequence[float]) -> Quat:
@@ -80,6 +76,26 @@ def _rows(fn: Callable[..., Sequence[float]], width: int, *arrays: np.ndarray) -
     return np.array([fn(*row) for row in zip(*flat)], dtype=np.float64).reshape(lead + (width,))
 
 
+def step_row(q_from: Sequence[float], q_to: Sequence[float]) -> Vec:
+    """:func:`step` for one pair of quaternions as Python floats (the control tick's arithmetic)."""
+    return _step(q_from, q_to)
+
+
+def apply_step_row(rotvec: Sequence[float], q: Sequence[float]) -> Quat:
+    """:func:`apply_step` for one quaternion as Python floats."""
+    return _normalised(_mul(_from_rotvec(rotvec), q))
+
+
+def slerp_row(q0: Sequence[float], rotvec: Sequence[float], u: float) -> Quat:
+    """:func:`slerp` for one pair as Python floats, given ``rotvec = step_row(q0, q1)`` (precomputed once per
+    pair when the same segment is sampled many times)."""
+    x, y, z = rotvec
+    out = _mul(_from_rotvec((u * x, u * y, u * z)), q0)
+    if out[0] * q0[0] + out[1] * q0[1] + out[2] * q0[2] + out[3] * q0[3] < 0:
+        out = (-out[0], -out[1], -out[2], -out[3])
+    return out
+
+
 def step(q_from: np.ndarray, q_to: np.ndarray) -> np.ndarray:
     """World-frame rotation vector taking ``q_from`` to ``q_to`` (shortest way, angle <= pi)."""
     return _rows(_step, 3, q_from, q_to)
@@ -87,7 +103,7 @@ def step(q_from: np.ndarray, q_to: np.ndarray) -> np.ndarray:
 
 def apply_step(rotvec: np.ndarray, q: np.ndarray) -> np.ndarray:
     """``q`` turned by the world-frame rotation vector ``rotvec``, normalised."""
-    return _rows(lambda v, r: _normalised(_mul(_from_rotvec(v), r)), 4, rotvec, q)
+    return _rows(apply_step_row, 4, rotvec, q)
 
 
 def angle_between(q_from: np.ndarray, q_to: np.ndarray) -> np.ndarray:

@@ -52,14 +52,20 @@ control loop also slows the trajectory's clock when the command falls behind: :m
 Speeds and accelerations are finite differences over ``dt``: velocity = (new - previous) / dt. Because
 the acceleration steps only move the velocity toward the speed-limited one, the speed limit still holds
 after them. A stop (reject or hold) is always allowed, whatever the acceleration limit.
+
+The arithmetic runs arm by arm on Python floats: on rows of three, numpy's per-call overhead (about a
+microsecond per operation) cost a 500 Hz tick most of its budget, where the same formulas on floats take a
+few tens of microseconds. ``tests/drivers/envelope_reference.py`` states the envelope on whole numpy arrays;
+the tests hold the two to the same decisions and values.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, fields, replace
 from functools import cached_property
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -133,6 +139,17 @@ class SafetyLimits:
     def box_arrays(self) -> Tuple[np.ndarray, np.ndarray]:
         """Workspace lower and upper corners as [A, 3] arrays."""
         return np.array([b.lower for b in self.workspaces]), np.array([b.upper for b in self.workspaces])
+
+    @cached_property
+    def box_lists(self) -> Tuple[List[List[float]], List[List[float]]]:
+        """Workspace lower and upper corners as [A][3] lists (the envelope's per-tick arithmetic)."""
+        lower, upper = self.box_arrays
+        return lower.tolist(), upper.tolist()
+
+    @cached_property
+    def joint_lists(self) -> Tuple[List[float], List[float], List[float]]:
+        """Joint lower limits, upper limits and velocity limits as lists."""
+        return tuple(a.tolist() for a in self.joint_arrays)  # type: ignore[return-value]
 
     @cached_property
     def joint_arrays(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -227,43 +244,52 @@ def enforce(
     or non-finite ``dt``. Any overflow, division by zero or non-finite value met on the way (an extreme
     ``dt``, say) rejects the target as ``"nonfinite"``: a non-finite command is never returned.
     """
-    if not (np.isfinite(dt) and dt > 0):
+    if not (math.isfinite(dt) and dt > 0):
         raise ArmConfigError(f"enforce: dt must be finite and > 0 s, got {dt!r}")
-    with np.errstate(over="ignore", invalid="ignore"):  # huge inputs are rejected here, not warned about
-        reason = _rejection(wanted, state.target, limits)
+    dt = float(dt)
+    reason = _rejection(wanted, state.target, limits)
     if reason is None:
         try:
-            with np.errstate(over="raise", invalid="raise", divide="raise"):
-                result = _clip(wanted, state, dt, limits, _reference(reference, state))
-        except ArithmeticError:  # numpy's FloatingPointError, or Python's own overflow / division by zero
+            result = _clip(wanted, state, dt, limits, reference)
+        except (ArithmeticError, ValueError):  # overflow, division by zero, floor of a non-finite value
             reason = "nonfinite"
         else:
-            if _finite(result):
+            if result is not None:
                 return result
             reason = "nonfinite"
     return SafetyResult(state.target, EnvelopeState.at_rest(state.target), rejected=reason)
 
 
-def _finite(result: SafetyResult) -> bool:
-    state = result.state
-    return bool(np.isfinite(result.target.to_vector()).all() and np.isfinite(state.velocity).all()
-                and np.isfinite(state.angular_velocity).all())
-
-
-def _clip(
-    wanted: Target, state: EnvelopeState, dt: float, limits: SafetyLimits, ref: ReferenceVelocity
-) -> SafetyResult:
+def _clip(wanted: Target, state: EnvelopeState, dt: float, limits: SafetyLimits,
+          reference: Optional[ReferenceVelocity]) -> Optional[SafetyResult]:
+    """The clipped target and state, or None if any value came out non-finite."""
     clipped: list = []
+    previous = state.target
     if wanted.space == "ee":
-        pos, vel = _clip_position(wanted.position, ref.linear, state, dt, limits, clipped)
-        quat, omega = _clip_rotation(wanted.quaternion, ref.angular, state, dt, limits, clipped)
-        grip = _clip_gripper(wanted.gripper, state.target.gripper, dt, limits, clipped)
+        n = previous.n_arms
+        v_ref, w_ref = _reference(reference, (n, 3), ee=True)
+        lower, upper = limits.box_lists
+        pos, vel = _clip_position(wanted.position.tolist(), v_ref, previous.position.tolist(),
+                                  state.velocity.tolist(), lower, upper, dt, limits, clipped)
+        quat, omega = _clip_rotation(wanted.quaternion.tolist(), w_ref, previous.quaternion.tolist(),
+                                     state.angular_velocity.tolist(), dt, limits, clipped)
+        grip = _clip_gripper(wanted.gripper.tolist(), previous.gripper.tolist(), dt, limits, clipped)
+        if not _all_finite(pos, vel, quat, omega, [grip]):
+            return None
         target = Target.ee(pos, quat, grip)
-        return SafetyResult(target, EnvelopeState(target, vel, omega), tuple(clipped))
-    joints, vel = _clip_joints(wanted.joints, ref.linear, state, dt, limits, clipped)
-    grip = _clip_gripper(wanted.gripper, state.target.gripper, dt, limits, clipped)
+        return SafetyResult(target, EnvelopeState(target, np.array(vel), np.array(omega)), tuple(clipped))
+    v_ref, _ = _reference(reference, state.velocity.shape, ee=False)
+    joints, vel = _clip_joints(wanted.joints.tolist(), v_ref[0], previous.joints.tolist(), state.velocity.tolist(),
+                               dt, limits, clipped)
+    grip = _clip_gripper(wanted.gripper.tolist(), previous.gripper.tolist(), dt, limits, clipped)
+    if not _all_finite([joints, vel, grip]):
+        return None
     target = Target.joint(joints, grip)
-    return SafetyResult(target, EnvelopeState(target, vel, state.angular_velocity), tuple(clipped))
+    return SafetyResult(target, EnvelopeState(target, np.array(vel), state.angular_velocity), tuple(clipped))
+
+
+def _all_finite(*groups: List[List[float]]) -> bool:
+    return all(math.isfinite(x) for rows in groups for row in rows for x in row)
 
 
 def _rejection(wanted: Target, previous: Target, limits: SafetyLimits) -> Optional[str]:
@@ -271,35 +297,43 @@ def _rejection(wanted: Target, previous: Target, limits: SafetyLimits) -> Option
         return "shape"
     if wanted.space == "joint" and wanted.joints.shape != (len(limits.joint_limits),):
         return "shape"
-    values = wanted.to_vector()
-    if not np.isfinite(values).all():
+    values = wanted.to_vector().tolist()
+    if not all(math.isfinite(x) for x in values):
         return "nonfinite"
-    if ((wanted.gripper < 0) | (wanted.gripper > 1)).any():
+    if any(g < 0 or g > 1 for g in wanted.gripper.tolist()):
         return "range"
     if wanted.space == "ee":
-        norm = np.linalg.norm(wanted.quaternion, axis=1)
-        if ((norm < _QUAT_NORM_RANGE[0]) | (norm > _QUAT_NORM_RANGE[1])).any():
-            return "range"
+        low, high = _QUAT_NORM_RANGE
+        for x, y, z, w in wanted.quaternion.tolist():
+            norm = math.sqrt(x * x + y * y + z * z + w * w)
+            if norm < low or norm > high:
+                return "range"
     return None
 
 
-def _reference(reference: Optional[ReferenceVelocity], state: EnvelopeState) -> ReferenceVelocity:
-    """``reference`` with the envelope's shapes, zero where missing, mis-shaped or non-finite, and clipped
-    into ``±MAX_REFERENCE``."""
-    rest = EnvelopeState.at_rest(state.target)
+def _reference(reference: Optional[ReferenceVelocity], shape: Tuple[int, ...], *, ee: bool
+               ) -> Tuple[List[List[float]], List[List[float]]]:
+    """(linear, angular) reference rows: ``reference`` where it has the envelope's shapes (linear [A, 3] or
+    [J]; angular [A, 3], EE only), zero where missing, mis-shaped or non-finite, clipped into
+    ``±MAX_REFERENCE``."""
+    rows = shape[0] if ee else 1
+    width = shape[1] if ee else shape[0]
+    zero = [[0.0] * width for _ in range(rows)]
     if reference is None:
-        return ReferenceVelocity(rest.velocity, rest.angular_velocity)
+        return zero, [[0.0] * 3 for _ in range(rows)] if ee else []
 
-    def clean(value: np.ndarray, like: np.ndarray) -> np.ndarray:
-        value = np.asarray(value, dtype=np.float64)
-        if value.shape != like.shape:
-            return like
-        return np.clip(np.where(np.isfinite(value), value, 0.0), -MAX_REFERENCE, MAX_REFERENCE)
+    def clean(value: object, like: Tuple[int, ...]) -> List[List[float]]:
+        array = np.asarray(value, dtype=np.float64)
+        if array.shape != like:
+            return [[0.0] * like[-1] for _ in range(rows)]
+        return [[min(max(x, -MAX_REFERENCE), MAX_REFERENCE) if math.isfinite(x) else 0.0 for x in row]
+                for row in array.reshape(rows, -1).tolist()]
 
-    return ReferenceVelocity(clean(reference.linear, rest.velocity), clean(reference.angular, rest.angular_velocity))
+    linear = clean(reference.linear, tuple(shape))
+    return linear, clean(reference.angular, (rows, 3)) if ee else []
 
 
-def _reach(distance: np.ndarray, dt: float, accel: float) -> np.ndarray:
+def _reach(distance: float, dt: float, accel: float) -> float:
     """How far one step may go toward a target ``distance`` away and still stop exactly on it.
 
     The fastest stop in steps of ``dt`` with speed changes of at most ``a dt`` uses the speeds
@@ -308,107 +342,132 @@ def _reach(distance: np.ndarray, dt: float, accel: float) -> np.ndarray:
     ``sqrt(2 a d)`` overshoots by up to ``a dt^2``.)
     """
     units = distance / (accel * dt * dt)
-    n = np.floor((np.sqrt(1 + 8 * units) - 1) / 2)
+    n = float(math.floor((math.sqrt(1 + 8 * units) - 1) / 2))
     r = (distance / dt - accel * dt * n * (n + 1) / 2) / (n + 1)
-    return np.minimum(distance, dt * (n * accel * dt + r))
+    return min(distance, dt * (n * accel * dt + r))
 
 
-def _approach_rows(error: np.ndarray, dt: float, accel: float) -> Tuple[np.ndarray, bool]:
-    """Correction step along each row of ``error`` [A, 3] (see :func:`_reach`); True if braking."""
-    norm = np.sqrt(np.einsum("ai,ai->a", error, error))[:, None]
+def _norm(v: List[float]) -> float:
+    """Euclidean length; an overflow to infinity raises (the caller rejects the target)."""
+    total = 0.0
+    for x in v:
+        total += x * x
+    if total == math.inf:
+        raise OverflowError("norm overflow")
+    return math.sqrt(total)
+
+
+def _approach(error: List[float], dt: float, accel: float) -> Tuple[List[float], bool]:
+    """Correction step along ``error`` (one arm's 3 values, see :func:`_reach`); True if braking."""
+    norm = _norm(error)
     reach = _reach(norm, dt, accel)
-    braking = bool((reach < norm * (1 - _EPS)).any())
-    return error * (reach / np.maximum(norm, _EPS)), braking
+    scale = reach / max(norm, _EPS)
+    return [e * scale for e in error], reach < norm * (1 - _EPS)
 
 
-def _approach_each(error: np.ndarray, dt: float, accel: float) -> Tuple[np.ndarray, bool]:
-    """:func:`_approach_rows` for every element of ``error`` on its own (joints)."""
-    size = np.abs(error)
-    reach = _reach(size, dt, accel)
-    return np.sign(error) * reach, bool((reach < size * (1 - _EPS)).any())
-
-
-def _scale_to(step: np.ndarray, limit: float) -> Tuple[np.ndarray, bool]:
-    """Rows of ``step`` [A, 3] shortened to length ``limit``; True if any was."""
-    norm = np.sqrt(np.einsum("ai,ai->a", step, step))[:, None]
-    over = norm > limit * (1 + _EPS)
-    if not over.any():
+def _scale_to(step: List[float], limit: float) -> Tuple[List[float], bool]:
+    """``step`` shortened to length ``limit``; True if it was."""
+    norm = _norm(step)
+    if not norm > limit * (1 + _EPS):
         return step, False
-    return np.where(over, step * (limit / np.maximum(norm, _EPS)), step), True
-
-
-def _clip_box(x: np.ndarray, lower: np.ndarray, upper: np.ndarray, previous: np.ndarray) -> np.ndarray:
-    """``x`` into [lower, upper] widened to contain ``previous`` (never further out than before)."""
-    return np.clip(x, np.minimum(lower, previous), np.maximum(upper, previous))
+    scale = limit / max(norm, _EPS)
+    return [x * scale for x in step], True
 
 
 def _clip_position(
-    wanted: np.ndarray, v_ref: np.ndarray, state: EnvelopeState, dt: float, limits: SafetyLimits, clipped: list
-) -> Tuple[np.ndarray, np.ndarray]:
-    prev = state.target.position
-    lower, upper = limits.box_arrays
-    pos = np.clip(wanted, lower, upper)
-    box_hit = bool((pos != wanted).any())
-    correction, braking = _approach_rows(pos - prev - v_ref * dt, dt, limits.max_linear_accel)
-    step, hit = _scale_to(v_ref * dt + correction, limits.max_linear_speed * dt)
-    if hit:
+    wanted: List[List[float]], v_ref: List[List[float]], prev: List[List[float]], vel: List[List[float]],
+    lower: List[List[float]], upper: List[List[float]], dt: float, limits: SafetyLimits, clipped: list
+) -> Tuple[List[List[float]], List[List[float]]]:
+    box_hit = speed_hit = accel_hit = wall_hit = False
+    max_step, max_dv, accel = limits.max_linear_speed * dt, limits.max_linear_accel * dt, limits.max_linear_accel
+    positions, velocities = [], []
+    for w, r, p, v, lo, hi in zip(wanted, v_ref, prev, vel, lower, upper):
+        pos = [min(max(x, a), b) for x, a, b in zip(w, lo, hi)]
+        box_hit = box_hit or pos != w
+        ahead = [ri * dt for ri in r]
+        correction, braking = _approach([x - pi - ai for x, pi, ai in zip(pos, p, ahead)], dt, accel)
+        step, hit = _scale_to([ai + ci for ai, ci in zip(ahead, correction)], max_step)
+        speed_hit = speed_hit or hit
+        dv, hit = _scale_to([si / dt - vi for si, vi in zip(step, v)], max_dv)
+        accel_hit = accel_hit or hit or braking
+        unclipped = [pi + (vi + di) * dt for pi, vi, di in zip(p, v, dv)]
+        pos = [min(max(x, min(a, pi)), max(b, pi)) for x, a, b, pi in zip(unclipped, lo, hi, p)]
+        wall_hit = wall_hit or pos != unclipped
+        positions.append(pos)
+        velocities.append([(x - pi) / dt for x, pi in zip(pos, p)])
+    if speed_hit:
         clipped.append("linear_speed")
-    dv, hit = _scale_to(step / dt - state.velocity, limits.max_linear_accel * dt)
-    if hit or braking:
+    if accel_hit:
         clipped.append("linear_accel")
-    unclipped = prev + (state.velocity + dv) * dt
-    pos = _clip_box(unclipped, lower, upper, prev)
-    if box_hit or (pos != unclipped).any():
+    if box_hit or wall_hit:
         clipped.insert(0, "workspace")
-    return pos, (pos - prev) / dt
+    return positions, velocities
 
 
 def _clip_rotation(
-    wanted: np.ndarray, w_ref: np.ndarray, state: EnvelopeState, dt: float, limits: SafetyLimits, clipped: list
-) -> Tuple[np.ndarray, np.ndarray]:
-    prev = state.target.quaternion
-    error = quaternion.step(prev, wanted) - w_ref * dt  # world frame; to_rotvec normalises
-    correction, braking = _approach_rows(error, dt, limits.max_angular_accel)
-    step, hit = _scale_to(w_ref * dt + correction, limits.max_angular_speed * dt)
-    if hit:
+    wanted: List[List[float]], w_ref: List[List[float]], prev: List[List[float]], omega_prev: List[List[float]],
+    dt: float, limits: SafetyLimits, clipped: list
+) -> Tuple[List[List[float]], List[List[float]]]:
+    speed_hit = accel_hit = False
+    max_step, max_dw, accel = limits.max_angular_speed * dt, limits.max_angular_accel * dt, limits.max_angular_accel
+    quats, omegas = [], []
+    for w, r, q, o in zip(wanted, w_ref, prev, omega_prev):
+        ahead = [ri * dt for ri in r]
+        error = [e - ai for e, ai in zip(quaternion.step_row(q, w), ahead)]  # world frame; to_rotvec normalises
+        correction, braking = _approach(error, dt, accel)
+        step, hit = _scale_to([ai + ci for ai, ci in zip(ahead, correction)], max_step)
+        speed_hit = speed_hit or hit
+        d_omega, hit = _scale_to([si / dt - oi for si, oi in zip(step, o)], max_dw)
+        accel_hit = accel_hit or hit or braking
+        omega = [oi + di for oi, di in zip(o, d_omega)]
+        quats.append(list(quaternion.apply_step_row([x * dt for x in omega], q)))
+        omegas.append(omega)
+    if speed_hit:
         clipped.append("angular_speed")
-    d_omega, hit = _scale_to(step / dt - state.angular_velocity, limits.max_angular_accel * dt)
-    if hit or braking:
+    if accel_hit:
         clipped.append("angular_accel")
-    omega = state.angular_velocity + d_omega
-    return quaternion.apply_step(omega * dt, prev), omega
+    return quats, omegas
 
 
-def _clip_gripper(wanted: np.ndarray, prev: np.ndarray, dt: float, limits: SafetyLimits, clipped: list) -> np.ndarray:
+def _clip_gripper(wanted: List[float], prev: List[float], dt: float, limits: SafetyLimits, clipped: list
+                  ) -> List[float]:
     max_step = limits.max_gripper_rate * dt
-    grip = np.clip(wanted, prev - max_step, prev + max_step)
-    if (grip != wanted).any():
+    grip = [min(max(w, p - max_step), p + max_step) for w, p in zip(wanted, prev)]
+    if grip != wanted:
         clipped.append("gripper_rate")
     return grip
 
 
 def _clip_joints(
-    wanted: np.ndarray, v_ref: np.ndarray, state: EnvelopeState, dt: float, limits: SafetyLimits, clipped: list
-) -> Tuple[np.ndarray, np.ndarray]:
-    prev = state.target.joints
-    lower, upper, max_vel = limits.joint_arrays
-    q = np.clip(wanted, lower, upper)
-    limit_hit = bool((q != wanted).any())
-    correction, braking = _approach_each(q - prev - v_ref * dt, dt, limits.max_joint_accel)
-    step = v_ref * dt + correction
-    ratio = np.max(np.abs(step) / (max_vel * dt))
+    wanted: List[float], v_ref: List[float], prev: List[float], vel: List[float], dt: float, limits: SafetyLimits,
+    clipped: list
+) -> Tuple[List[float], List[float]]:
+    lower, upper, max_vel = limits.joint_lists
+    accel = limits.max_joint_accel
+    q = [min(max(x, a), b) for x, a, b in zip(wanted, lower, upper)]
+    limit_hit = q != wanted
+    ahead = [ri * dt for ri in v_ref]
+    step, braking = [], False
+    for x, p, a in zip(q, prev, ahead):
+        error = x - p - a
+        size = abs(error)
+        reach = _reach(size, dt, accel)
+        braking = braking or reach < size * (1 - _EPS)
+        step.append(a + math.copysign(reach, error) if error != 0 else a)
+    ratio = max(abs(s) / (m * dt) for s, m in zip(step, max_vel))
     if ratio > 1 + _EPS:
-        step = step / ratio
+        step = [s / ratio for s in step]
         clipped.append("joint_speed")
-    max_dv = limits.max_joint_accel * dt
-    dv = np.clip(step / dt - state.velocity, -max_dv, max_dv)
-    if braking or (dv != step / dt - state.velocity).any():
+    max_dv = accel * dt
+    wanted_dv = [s / dt - v for s, v in zip(step, vel)]
+    dv = [min(max(x, -max_dv), max_dv) for x in wanted_dv]
+    if braking or dv != wanted_dv:
         clipped.append("joint_accel")
-    unclipped = prev + (state.velocity + dv) * dt
-    q = _clip_box(unclipped, lower, upper, prev)
-    if limit_hit or (q != unclipped).any():
+    unclipped = [p + (v + d) * dt for p, v, d in zip(prev, vel, dv)]
+    q = [min(max(x, min(a, p)), max(b, p)) for x, a, b, p in zip(unclipped, lower, upper, prev)]
+    if limit_hit or q != unclipped:
         clipped.insert(0, "joint_limit")
-    return q, (q - prev) / dt
+    return q, [(x - p) / dt for x, p in zip(q, prev)]
 
 
 class InterventionCounter:

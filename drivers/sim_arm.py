@@ -225,13 +225,21 @@ class SimArm(Arm):
             moved = _toward(self._joints, target.joints, fraction, self._max_joint_vel * dt)
             self._joints = np.clip(moved, self._lower, self._upper)
             return now
-        step = (target.position - self._position) * fraction
-        norm = np.linalg.norm(step, axis=1, keepdims=True)
-        limit = self.max_linear_speed * dt
-        self._position = self._position + np.where(norm > limit, step * limit / np.maximum(norm, 1e-12), step)
-        delta = quaternion.step(self._quat, target.quaternion) * fraction
-        angle = np.linalg.norm(delta, axis=1, keepdims=True)
-        limit = self.max_angular_speed * dt
-        delta = np.where(angle > limit, delta * limit / np.maximum(angle, 1e-12), delta)
-        self._quat = quaternion.apply_step(delta, self._quat)
+        # per arm on Python floats: a few microseconds, where numpy's per-call overhead on rows of three
+        # would cost tens (the control loop reads and commands the arm every tick)
+        linear, angular = self.max_linear_speed * dt, self.max_angular_speed * dt
+        positions, quats = [], []
+        for p, q, tp, tq in zip(self._position.tolist(), self._quat.tolist(), target.position.tolist(),
+                                target.quaternion.tolist()):
+            step = [(b - a) * fraction for a, b in zip(p, tp)]
+            norm = math.sqrt(step[0] * step[0] + step[1] * step[1] + step[2] * step[2])
+            if norm > linear:
+                step = [x * linear / max(norm, 1e-12) for x in step]
+            positions.append([a + x for a, x in zip(p, step)])
+            delta = [x * fraction for x in quaternion.step_row(q, tq)]
+            angle = math.sqrt(delta[0] * delta[0] + delta[1] * delta[1] + delta[2] * delta[2])
+            if angle > angular:
+                delta = [x * angular / max(angle, 1e-12) for x in delta]
+            quats.append(quaternion.apply_step_row(delta, q))
+        self._position, self._quat = np.array(positions), np.array(quats)
         return now

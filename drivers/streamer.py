@@ -152,11 +152,11 @@ class Streamer:
         """The raw command at ``now``, or ``None`` without a trajectory."""
         if self._sampler is None:
             return None
-        raw = self._sampler.sample(now - self.lag)
-        gripper = self._latch(raw.gripper)
-        if raw.space == "ee":
-            return Target.ee(raw.position, raw.quaternion, gripper)
-        return Target.joint(raw.joints, gripper)
+        position, quats, raw_gripper = self._sampler.parts(now - self.lag)
+        gripper = self._latch(raw_gripper)
+        if quats is not None:
+            return Target.ee(position, quats, gripper)
+        return Target.joint(position, gripper)
 
     def velocity(self, now: float) -> Optional[ReferenceVelocity]:
         """The trajectory's own velocity at ``now`` (zero outside its span), or ``None`` without one."""
