@@ -81,8 +81,9 @@ def _end_slope(h0: np.ndarray, h1: np.ndarray, m0: np.ndarray, m1: np.ndarray) -
 class TrajectorySampler:
     """Evaluates one trajectory. Build once per trajectory, then :meth:`sample`.
 
-    Construction (at a splice, between two ticks) computes the knot slopes and, for EE trajectories, each
-    segment's rotation step, and keeps them as Python lists: a tick evaluates one segment on Python floats
+    Construction (at a splice, between two ticks) computes the knot slopes and keeps the waypoints as Python
+    lists (each segment's rotation step is computed the first time a tick needs it): a tick evaluates one
+    segment on Python floats
     (a few microseconds), where numpy would spend about a microsecond per operation on arrays of three.
     :meth:`at` evaluates many times at once in numpy (splicing).
     """
@@ -107,8 +108,14 @@ class TrajectorySampler:
         self._slopes: List[List[float]] = self._d.tolist()
         self._grippers: List[List[float]] = traj.gripper.tolist()
         self._quats: List[List[List[float]]] = [] if traj.quaternion is None else traj.quaternion.tolist()
-        self._steps = [[quaternion.step_row(a, b) for a, b in zip(q0, q1)]
-                       for q0, q1 in zip(self._quats[:-1], self._quats[1:])]
+        self._steps: List[Optional[list]] = [None] * max(len(self._quats) - 1, 0)  # filled on first use
+
+    def _step(self, k: int) -> list:
+        """Segment ``k``'s rotation step per arm (world-frame rotation vectors), computed once."""
+        step = self._steps[k]
+        if step is None:
+            step = self._steps[k] = [quaternion.step_row(a, b) for a, b in zip(self._quats[k], self._quats[k + 1])]
+        return step
 
     def _segment(self, t: float) -> Tuple[int, float, float]:
         """Index ``k`` of the segment holding ``t`` (clamped to the span), its length and the fraction in it."""
@@ -161,7 +168,7 @@ class TrajectorySampler:
     def _quaternion(self, k: int, s: float) -> List[Tuple[float, float, float, float]]:
         if len(self._times) < 2:
             return [tuple(q) for q in self._quats[0]]  # type: ignore[misc]
-        return [quaternion.slerp_row(q0, step, s) for q0, step in zip(self._quats[k], self._steps[k])]
+        return [quaternion.slerp_row(q0, step, s) for q0, step in zip(self._quats[k], self._step(k))]
 
     def _gripper(self, t: float, k: int, s: float) -> List[float]:
         if self.gripper_mode == "linear" and len(self._times) >= 2:
@@ -195,7 +202,7 @@ class TrajectorySampler:
         if traj.n_waypoints < 2 or not traj.covers(t):
             return np.zeros((traj.n_arms, 3))
         k, h, _ = self._segment(t)
-        return np.array(self._steps[k]) / h
+        return np.array(self._step(k)) / h
 
     def gripper(self, t: float) -> np.ndarray:
         """Raw gripper [A] at ``t``: the latest waypoint's at or before ``t`` (``hold``; the first one before the

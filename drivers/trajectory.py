@@ -28,8 +28,6 @@ from functools import lru_cache
 from typing import Optional, Tuple
 
 import numpy as np
-from scipy.signal import savgol_filter
-from scipy.spatial.transform import Rotation
 
 from drivers.arm import SPACES, ArmConfigError, Space, Target
 from drivers.physical_ranges import (
@@ -141,14 +139,34 @@ def rotation_to_quaternion(rotation: object, n: int) -> np.ndarray:
             f"rotation: matrix at index {divmod(k, n_arms)} is not a rotation "
             f"(|R R^T - I| = {err[k]:.2e}, det = {det[k]:.3f}); expected orthonormal with det +1"
         )
+    from scipy.spatial.transform import Rotation  # here: the control-loop process never needs it (its chunks
+    # arrive as quaternions) and importing scipy.spatial costs it 0.3 s of start-up
+
     return Rotation.from_matrix(flat).as_quat().reshape(n, n_arms, 4)
 
 
 @lru_cache(maxsize=32)
 def _smoothing_matrix(n: int, window: int) -> np.ndarray:
     """The Savitzky-Golay filter of :meth:`Trajectory.smoothed` as an [n, n] matrix (it is linear): one
-    product per chunk instead of the edge fits, so a splice stays well inside a control tick."""
-    matrix = savgol_filter(np.eye(n), window, 2, axis=0, mode="interp")
+    product per chunk instead of the edge fits, so a splice stays well inside a control tick.
+
+    The filter is scipy's ``savgol_filter(..., polyorder=2, mode="interp")`` (the tests compare the two),
+    written here because importing ``scipy.signal`` costs about a second in each of the daemon's two
+    processes — half the cold-start budget. ``hat[j]`` evaluates at offset ``j`` of a window the quadratic
+    least-squares fit to that window's values: rows inside the chunk use the centre row on the window around
+    them; the first and last ``window // 2`` rows use the fit to the first or last ``window`` waypoints."""
+    offsets = np.arange(window) - window // 2
+    vander = np.vander(offsets, 3, increasing=True).astype(np.float64)
+    hat = vander @ np.linalg.pinv(vander)
+    half = window // 2
+    matrix = np.zeros((n, n))
+    for i in range(n):
+        if i < half:
+            matrix[i, :window] = hat[i]
+        elif i >= n - half:
+            matrix[i, n - window:] = hat[i - (n - window)]
+        else:
+            matrix[i, i - half:i + half + 1] = hat[half]
     matrix.setflags(write=False)
     return matrix
 

@@ -8,7 +8,7 @@ from scipy.signal import savgol_filter
 from scipy.spatial.transform import Rotation
 
 from drivers.arm import Target
-from drivers.trajectory import Trajectory, TrajectoryError, chunk_times
+from drivers.trajectory import Trajectory, TrajectoryError, _smoothing_matrix, chunk_times
 
 IDENTITY = np.array([0.0, 0.0, 0.0, 1.0])
 
@@ -151,6 +151,15 @@ def test_smoothing_keeps_constant_acceleration_motion_and_removes_jitter():
     np.testing.assert_allclose(out.quaternion, rough.quaternion, atol=1e-15)
     np.testing.assert_allclose(out.gripper, rough.gripper, atol=1e-12)  # a ramp is kept
     np.testing.assert_array_equal(out.times, rough.times)
+
+
+def test_the_smoothing_matrix_is_scipys_savitzky_golay_filter():
+    """Written in numpy (scipy.signal's import costs a second per process); scipy is the reference."""
+    for n in range(3, 41):
+        for window in range(3, n + 1, 2):
+            expected = savgol_filter(np.eye(n), window, 2, axis=0, mode="interp")
+            np.testing.assert_allclose(_smoothing_matrix(n, window), expected, rtol=0, atol=1e-14,
+                                       err_msg=f"n={n} window={window}")
 
 
 def test_smoothing_filters_the_gripper_opening_within_its_range():
