@@ -61,7 +61,8 @@ def _one_start(config: Path, emu: emulator.EmulatorProcess, metrics: str) -> tup
     try:
         while to_chunk is None and time.perf_counter() - t0 < 60:
             if proc.poll() is not None:
-                raise AssertionError(f"the daemon exited: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+                err = proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+                raise AssertionError(f"the daemon exited: {err}")
             now = time.perf_counter() - t0
             if to_control is None and emu.call("snapshot")["accepted"] > accepted:
                 to_control = now

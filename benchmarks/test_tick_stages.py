@@ -43,10 +43,12 @@ STAGES = ("read_state", "sample", "envelope", "send_target", "record")
 def _ee_chunk(t: float, start: np.ndarray) -> Trajectory:
     """30 waypoints over 1 s wandering a few centimetres around ``start``, gripper ramping."""
     k = np.arange(1, 31)[:, None] / 30
-    offset = 0.03 * np.hstack([np.sin(2 * np.pi * (k + t)), np.cos(2 * np.pi * (k + t)), 0.3 * np.sin(4 * np.pi * k)])
+    phase = 2 * np.pi * (k + t)
+    offset = 0.03 * np.hstack([np.sin(phase), np.cos(phase), 0.3 * np.sin(4 * np.pi * k)])
     angle = 0.2 * np.sin(2 * np.pi * (k[:, 0] + t))
     quats = np.stack([np.sin(angle / 2), np.zeros(30), np.zeros(30), np.cos(angle / 2)], axis=1)
-    return Trajectory.from_chunk(t, 1.0, position=start + offset, rotation=quats, gripper=0.5 + 0.4 * np.cos(k[:, 0] * 3))
+    gripper = 0.5 + 0.4 * np.cos(k[:, 0] * 3)
+    return Trajectory.from_chunk(t, 1.0, position=start + offset, rotation=quats, gripper=gripper)
 
 
 def _joint_chunk(t: float, start: np.ndarray) -> Trajectory:

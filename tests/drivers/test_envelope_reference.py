@@ -50,7 +50,8 @@ def _case(rng: np.random.Generator, i: int):
         limits = SafetyLimits(joint_limits=JOINTS)
         previous = Target.joint(rng.uniform(-1.5, 1.5, 6), [0.5])
         joints = previous.joints + rng.normal(0, scale, 6)
-        wanted = Target.joint(_spoil(rng, joints) if hostile else joints, np.clip([0.5 + rng.normal(0, 0.1)], -0.05, 1.05))
+        gripper = np.clip([0.5 + rng.normal(0, 0.1)], -0.05, 1.05)
+        wanted = Target.joint(_spoil(rng, joints) if hostile else joints, gripper)
         state = EnvelopeState(previous, rng.normal(0, 0.5, 6), np.zeros((0, 3)))
         linear, angular = rng.normal(0, 0.5, 6), np.zeros((0, 3))
     if i % 13 == 12:
