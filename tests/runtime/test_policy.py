@@ -92,6 +92,16 @@ def test_device_resident_buffers_give_the_same_chunk(setup, steps) -> None:
                                   Policy.load(work / "fp32", backend="onnxruntime").act(again, steps=steps).actions)
 
 
+def test_thread_pools_do_not_spin_unless_asked(setup) -> None:
+    """Spinning pools of the two sessions steal each other's cores (the per-chunk overhead of issue 20)."""
+    work, _, _ = setup
+    key = "session.intra_op.allow_spinning"
+    for options, expected in (({}, "0"), ({"spinning": True}, "1")):
+        with Policy.load(work / "fp32", backend="onnxruntime", threads=2, **options) as policy:
+            for session in (policy.backend.encoder, policy.backend.denoiser):
+                assert session.get_session_options().get_session_config_entry(key) == expected
+
+
 def test_torch_backend_matches_onnxruntime(setup) -> None:
     work, _, _ = setup
     o = obs(seed=7, missing=(2,))
