@@ -296,6 +296,9 @@ def quantize_bundle(bundle: str | Path, cset: CalibrationSet, out: str | Path,
     manifest.verify_files(bundle)
     if manifest.precision != "fp32":
         raise CalibrationError(f"{bundle}: precision {manifest.precision!r}; quantize starts from an fp32 bundle")
+    if manifest.batch_sizes != (1,):
+        raise CalibrationError(f"{bundle}: exported for batch sizes {list(manifest.batch_sizes)}; quantize starts from "
+                               "a batch-1 fp32 bundle (export without --batch-sizes): INT8 bundles run batch 1")
     if opts.method not in METHODS:
         raise CalibrationError(f"--method {opts.method!r}; expected one of {sorted(METHODS)}")
     if out.resolve() == bundle.resolve() or bundle.resolve() in out.resolve().parents:

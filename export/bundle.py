@@ -24,8 +24,9 @@ from export.graphs import DenoiseStepGraph, EncoderGraph
 from calibration.graph_check import GraphCheckError, check_graph
 from export.onnx_graphs import OPSET, convert_fp16, export_graph, io_specs
 from export.options import PRECISIONS, ExportOptions
-from export.verify import measure_parity
+from export.verify import measure_batch_parity, measure_parity
 from runtime.manifest import MANIFEST_FILE, SCHEMA_VERSION
+from runtime.manifest_schema import MAX_BATCH, MAX_BATCH_SIZES
 from xvla.checkpoint import load_checkpoint
 from xvla.config import load_config
 from xvla.constants import (CONFIG_FILE, GRIPPER_CHANNELS, INDEX_FILE, MAX_STEPS, NUM_VIEWS, PREPROCESSOR_FILE,
@@ -69,6 +70,11 @@ def check_options(ckpt_dir: Path, out: Path, opts: ExportOptions) -> None:
         raise ExportError(f"--arms {opts.arms} must be 1 or 2")
     if not 1 <= opts.steps <= MAX_STEPS:
         raise ExportError(f"--steps {opts.steps}: expected 1 ... {MAX_STEPS}")
+    sizes = opts.batch_sizes
+    if (not sizes or sizes[0] != 1 or len(sizes) > MAX_BATCH_SIZES or any(a >= b for a, b in zip(sizes, sizes[1:]))
+            or not all(isinstance(n, int) and 1 <= n <= MAX_BATCH for n in sizes)):
+        raise ExportError(f"--batch-sizes {' '.join(map(str, sizes))}: expected sizes 1 ... {MAX_BATCH}, increasing, "
+                          f"starting with 1, at most {MAX_BATCH_SIZES}")
     if opts.chunk_seconds is not None and not opts.chunk_seconds > 0:
         raise ExportError(f"--chunk-seconds {opts.chunk_seconds} must be > 0")
     check_target(out, force=opts.force)
@@ -102,18 +108,22 @@ def _build(ckpt_dir: Path, tmp: Path, opts: ExportOptions, progress: Callable[[s
     proc = ImageProcessor.from_dir(ckpt_dir, opts.image_size)
     size = proc.output_size[0]
     V, A, T = opts.views, cfg.dim_action, cfg.num_actions
-    enc_args = (torch.zeros(1, V, 3, size, size), torch.ones(1, V, dtype=torch.bool),
-                torch.ones(1, cfg.text_tokens, dtype=torch.long))
+    batched = opts.batch_sizes != (1,)
+    B = 2 if batched else 1  # a dynamic batch dimension is traced above 1 (the exporter specialises a 1)
+    enc_args = (torch.zeros(B, V, 3, size, size), torch.ones(B, V, dtype=torch.bool),
+                torch.ones(B, cfg.text_tokens, dtype=torch.long))
     encoder = EncoderGraph(model, V)
     with torch.no_grad():
         context = encoder(*enc_args)
-    den_args = (context, torch.zeros(1, T, A), torch.zeros(1, T, A), torch.zeros(1, cfg.dim_proprio), torch.ones(1))
+    den_args = (context, torch.zeros(B, T, A), torch.zeros(B, T, A), torch.zeros(B, cfg.dim_proprio), torch.ones(1))
     enc_path, den_path = tmp / "encoder.onnx", tmp / "denoise.onnx"
-    with _step(progress, "tracing encoder (DaViT + BART encoder + context projections)"):
-        export_graph(encoder, enc_args, enc_path, ["pixel_values", "image_mask", "input_ids"], ["context"])
+    enc_inputs, den_inputs = ["pixel_values", "image_mask", "input_ids"], ["context", "x1", "prev", "proprio", "t"]
+    with _step(progress, "tracing encoder (DaViT + BART encoder + context projections)"
+                         + (f", batch sizes {list(opts.batch_sizes)}" if batched else "")):
+        export_graph(encoder, enc_args, enc_path, enc_inputs, ["context"], batched=enc_inputs if batched else ())
     with _step(progress, f"tracing denoise step (domain {opts.domain_id} folded in)"):
-        export_graph(DenoiseStepGraph(model, opts.domain_id), den_args, den_path,
-                     ["context", "x1", "prev", "proprio", "t"], ["x0", "action"])
+        export_graph(DenoiseStepGraph(model, opts.domain_id), den_args, den_path, den_inputs, ["x0", "action"],
+                     batched=den_inputs[:-1] if batched else ())  # t: one time for the whole batch
     if opts.precision == "fp16":
         with _step(progress, "converting to fp16"):
             convert_fp16(enc_path)
@@ -131,6 +141,13 @@ def _build(ckpt_dir: Path, tmp: Path, opts: ExportOptions, progress: Callable[[s
     if not parity["passed"]:
         raise ExportError(f"parity check failed ({opts.precision}): {'; '.join(parity['failures'])}. "
                           f"Figures: {json.dumps(parity['max_abs'])}. Nothing was written.")
+    if batched:
+        with _step(progress, f"checking batches {list(opts.batch_sizes[1:])} against batch 1 in ONNX Runtime"):
+            parity["batch"] = measure_batch_parity(model, ckpt_dir, enc_path, den_path, views=V, steps=opts.steps,
+                                                   sizes=opts.batch_sizes, precision=opts.precision, processor=proc)
+        if not parity["batch"]["passed"]:
+            raise ExportError(f"batch check failed ({opts.precision}): {'; '.join(parity['batch']['failures'])}. "
+                              "Nothing was written.")
     for name in TOKENIZER_FILES:
         if (tokenizer_dir(ckpt_dir) / name).is_file():
             shutil.copy2(tokenizer_dir(ckpt_dir) / name, tmp / name)
@@ -174,4 +191,5 @@ def _manifest(ckpt_dir: Path, tmp: Path, cfg, opts: ExportOptions, image_size: i
         "precision": opts.precision,
         "export": {"opset": OPSET, "exporter": "torch.onnx.export(dynamo=True)", "versions": _versions()},
         "graphs": graphs, "files": files, "parity": parity,
+        **({"batch_sizes": list(opts.batch_sizes)} if opts.batch_sizes != (1,) else {}),
     }

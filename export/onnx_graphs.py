@@ -22,9 +22,12 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Sequence
 
 import onnx
 import torch
+
+from runtime.manifest_schema import BATCH_DIM, MAX_BATCH
 
 OPSET = 18
 # ConstantOfShape: ONNX Runtime 1.23's converter (the last release for Python 3.10) turns its value into fp16
@@ -33,13 +36,19 @@ FP32_OPS = ["LayerNormalization", "Softmax", "Sigmoid", "ConstantOfShape"]
 
 
 def export_graph(module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path, input_names: list[str],
-                 output_names: list[str]) -> None:
-    """Trace ``module`` at the example ``args`` (static shapes, batch 1) into ``path`` (+ ``.data``)."""
+                 output_names: list[str], batched: Sequence[str] = ()) -> None:
+    """Trace ``module`` at the example ``args`` into ``path`` (+ ``.data``): static shapes, except dimension 0
+    of the inputs named in ``batched``, which becomes the symbolic dimension ``"batch"`` (1 ... MAX_BATCH; trace
+    those at a batch of 2 or more, as the exporter specialises a dimension it sees at 1)."""
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # torchvision ops
+    dynamic = None
+    if batched:
+        batch = torch.export.Dim(BATCH_DIM, min=1, max=MAX_BATCH)
+        dynamic = {name: ({0: batch} if name in batched else None) for name in input_names}
     with torch.no_grad():
         program = torch.onnx.export(module.eval(), args, dynamo=True, opset_version=OPSET,
                                     input_names=input_names, output_names=output_names,
-                                    external_data=True, verbose=False)
+                                    dynamic_shapes=dynamic, external_data=True, verbose=False)
     program.save(str(path), external_data=True)
 
 
@@ -99,10 +108,10 @@ def remove_graph(path: Path) -> None:
 
 
 def io_specs(path: Path) -> tuple[list[dict], list[dict]]:
-    """(inputs, outputs) of an ONNX file as [{name, shape, dtype}]."""
+    """(inputs, outputs) of an ONNX file as [{name, shape, dtype}] (a symbolic dimension by its name)."""
     model = onnx.load(str(path), load_external_data=False)
     def spec(v: onnx.ValueInfoProto) -> dict:
         t = v.type.tensor_type
         dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
-        return {"name": v.name, "shape": [d.dim_value for d in t.shape.dim], "dtype": dtype}
+        return {"name": v.name, "shape": [d.dim_param or d.dim_value for d in t.shape.dim], "dtype": dtype}
     return [spec(v) for v in model.graph.input], [spec(v) for v in model.graph.output]

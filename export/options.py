@@ -21,3 +21,4 @@ class ExportOptions:
     rot6d_layout: str = "rows"
     image_size: int | None = None  # only for a checkpoint without preprocessor_config.json
     force: bool = False
+    batch_sizes: tuple[int, ...] = (1,)  # batch sizes the graphs run at (more than (1,): a dynamic batch dimension)

@@ -1,7 +1,9 @@
 """Export-time parity: run the bundle's graphs in ONNX Runtime (CPU) against the PyTorch model.
 
 Same generated observations, same noise, same steps. Records the max abs error of each output (context,
-x0, action) and, through :mod:`calibration.metrics`, the chunk error in physical units.
+x0, action) and, through :mod:`calibration.metrics`, the chunk error in physical units. A bundle with batch
+sizes is also checked batch against batch 1: each row of a batched run must equal the same observation run
+alone within :data:`BATCH_TOLERANCE`.
 """
 
 from __future__ import annotations
@@ -117,3 +119,45 @@ def measure_parity(model: XVLA, ckpt_dir: Path, encoder_path: Path, denoise_path
         "tolerance": {k: v for k, v in vars(tolerance).items() if v is not None},
         "passed": not failures, "failures": failures,
     }
+
+
+#: max |batched row − the same observation alone| per output, by precision (fp16: its own rounding per GEMM shape)
+BATCH_TOLERANCE = {"fp32": 1e-5, "fp16": 2e-3}
+
+
+def measure_batch_parity(model: XVLA, ckpt_dir: Path, encoder_path: Path, denoise_path: Path, *, views: int,
+                         steps: int, sizes: tuple[int, ...], precision: str,
+                         processor: ImageProcessor | None = None) -> dict:
+    """For each batch size above 1: ``size`` different observations (images, instructions, view masks, proprio,
+    noise) in one batched run against each alone; the largest difference per output and ``passed``."""
+    encoder, denoise = ort_session(encoder_path), ort_session(denoise_path)
+    observations = generated_observations(ckpt_dir, model, views, count=max(sizes), seed=1, processor=processor)
+    alone = [run_bundle_graphs(encoder, denoise, obs, views, steps) for obs in observations]
+    max_abs = {"context": 0.0, "x0": 0.0, "action": 0.0}
+    for size in sizes[1:]:
+        batch = observations[:size]
+        stacked = Observation(pixels=np.stack([o.pixels for o in batch]), mask=np.stack([o.mask for o in batch]),
+                              input_ids=np.stack([o.input_ids for o in batch]),
+                              proprio=np.stack([o.proprio for o in batch]), noise=np.stack([o.noise for o in batch]))
+        together = run_batch_graphs(encoder, denoise, stacked, views, steps)
+        for k, name in enumerate(max_abs):
+            for row in range(size):
+                diff = np.abs(together[k][row] - alone[row][k][0])
+                max_abs[name] = max(max_abs[name], float(diff.max()) if np.isfinite(diff).all() else float("inf"))
+    tolerance = BATCH_TOLERANCE[precision]
+    failures = [f"{name}: a batched row differs from the observation alone by {value:.3g} (at most {tolerance:g})"
+                for name, value in max_abs.items() if not value <= tolerance]
+    return {"sizes": list(sizes), "max_abs": max_abs, "tolerance": tolerance, "passed": not failures,
+            "failures": failures}
+
+
+def run_batch_graphs(encoder: ort.InferenceSession, denoise: ort.InferenceSession, obs: Observation, views: int,
+                     steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(context, x0, action) of a stacked batch ``obs`` (every field with a leading batch dimension)."""
+    context = encoder.run(None, {"pixel_values": obs.pixels[:, :views], "image_mask": obs.mask[:, :views],
+                                 "input_ids": obs.input_ids})[0]
+    x0 = np.zeros_like(obs.noise)
+    for i in range(steps, 0, -1):
+        x0, action = denoise.run(None, {"context": context, "x1": obs.noise, "prev": x0, "proprio": obs.proprio,
+                                        "t": np.array([i / steps], np.float32)})
+    return context, x0, action

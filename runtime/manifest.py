@@ -14,6 +14,7 @@ on load (:mod:`runtime.manifest_schema`: types, ranges, shapes against each othe
 | ``precision`` | ``fp32`` / ``fp16`` / ``int8`` |
 | ``export`` | ``opset``, ``exporter``, library ``versions`` |
 | ``graphs`` | ``encoder`` / ``denoise``: ``file`` and the ``inputs`` / ``outputs`` (name, shape, dtype) |
+| ``batch_sizes`` | optional: the batch sizes the graphs were exported and checked for, ``[1, ...]`` increasing; then dimension 0 of every tensor but ``t`` is ``"batch"`` (absent: batch 1 only, every dimension a number) |
 | ``files`` | every file of the bundle except the manifest: ``sha256`` and ``bytes`` (nothing else may be in the directory but ``engines/``) |
 | ``parity`` | figures measured at export time against the PyTorch checkpoint, and the tolerances they met |
 """
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime import manifest_schema
+from runtime.manifest_schema import BATCH_DIM
 from xvla.errors import XVLAError
 from xvla.files import file_problem
 
@@ -44,8 +46,12 @@ class BundleError(XVLAError, ValueError):
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
-    shape: tuple[int, ...]
+    shape: tuple[int | str, ...]  # numbers, and :data:`BATCH_DIM` first in a batched bundle
     dtype: str
+
+    def at(self, batch: int) -> tuple[int, ...]:
+        """The concrete shape for ``batch`` observations."""
+        return tuple(batch if d == BATCH_DIM else int(d) for d in self.shape)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
@@ -102,6 +108,11 @@ class Manifest:
     @property
     def default_steps(self) -> int:
         return int(self.raw["sampler"]["default_steps"])
+
+    @property
+    def batch_sizes(self) -> tuple[int, ...]:
+        """The batch sizes the graphs run at, increasing, always starting with 1."""
+        return tuple(self.raw.get("batch_sizes", (1,)))
 
     @property
     def files(self) -> dict[str, dict[str, Any]]:

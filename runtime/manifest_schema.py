@@ -16,7 +16,8 @@ with, graph files against the ``files`` inventory, file names are plain names. T
 | ``sampler.default_steps`` | integer 1 … :data:`MAX_STEPS` |
 | ``inputs`` | ``token_length`` 1 … 1024, ``image_size`` 16 … 2048, ``view_slots`` 1 … 3 (3 for official checkpoints; LeRobot's ``num_image_views``), ``views`` 1 … ``view_slots``, ``proprio_dim`` 1 … 1024 (``action.dim``, or wider: LeRobot's ``max_state_dim``; above the gripper channels), optional ``state_dim`` 1 … ``proprio_dim`` − 1 (the robot's state, zero-padded to ``proprio_dim``) |
 | ``precision`` | ``fp32``, ``fp16`` or ``int8`` |
-| ``graphs.*`` | a ``file`` listed in ``files``; the tensors the runtime binds, with the shapes the fields above imply and at most :data:`MAX_TENSOR_ELEMENTS` elements each |
+| ``batch_sizes`` | optional: 1 … :data:`MAX_BATCH` increasing, starting with 1, at most :data:`MAX_BATCH_SIZES` of them |
+| ``graphs.*`` | a ``file`` listed in ``files``; the tensors the runtime binds, with the shapes the fields above imply (dimension 0 ``"batch"`` for every tensor but ``t`` when ``batch_sizes`` is given) and at most :data:`MAX_TENSOR_ELEMENTS` elements each at the largest batch size |
 | ``files`` | plain names (no ``/``, no ``..``, not ``manifest.json``) → ``sha256`` (64 hex digits) and ``bytes`` (integer ≥ 0) |
 """
 
@@ -29,6 +30,9 @@ from typing import Any, Callable, Mapping
 from xvla.config import FIXED_ACTION_DIMS
 from xvla.constants import GRIPPER_CHANNELS, MAX_STEPS, NUM_VIEWS
 
+MAX_BATCH = 64
+MAX_BATCH_SIZES = 16
+BATCH_DIM = "batch"  # dimension 0 of a batched bundle's tensors (the ONNX graphs' symbolic dimension)
 MAX_TENSOR_ELEMENTS = 1 << 26  # 64 Mi elements (256 MB of fp32): far above any X-VLA tensor, far below a memory bomb
 PRECISIONS = ("fp32", "fp16", "int8")
 DTYPES = ("float32", "float16", "int64", "int32", "bool")
@@ -90,15 +94,19 @@ def problems(d: Any, manifest_file: str) -> list[str]:
         top = proprio - 1 if _int(proprio, 2, 1024) else 1
         check.value(inputs, "state_dim", lambda v: _int(v, 1, top),
                     f"an integer 1 ... {top} (narrower than inputs.proprio_dim)", "inputs.")
+    batched = "batch_sizes" in d
+    sizes = check.value(d, "batch_sizes", _batch_sizes, f"a list of 1 ... {MAX_BATCH} sizes, increasing, starting with "
+                        f"1, at most {MAX_BATCH_SIZES} of them") if batched else [1]
     files = _files(check, d.get("files"), manifest_file)
     if check.found:  # the shapes below are built from the fields above
         return check.found
-    shapes = {"pixel_values": [1, views, 3, size, size], "image_mask": [1, views], "input_ids": [1, tokens],
-              "x1": [1, length, dim], "prev": [1, length, dim], "x0": [1, length, dim], "proprio": [1, proprio], "t": [1],
-              "action": [1, length, action["output_dim"]]}
+    b = BATCH_DIM if batched else 1
+    shapes = {"pixel_values": [b, views, 3, size, size], "image_mask": [b, views], "input_ids": [b, tokens],
+              "x1": [b, length, dim], "prev": [b, length, dim], "x0": [b, length, dim], "proprio": [b, proprio], "t": [1],
+              "action": [b, length, action["output_dim"]]}
     graphs = check.table(d, "graphs")
     for graph, (ins, outs) in GRAPH_TENSORS.items():
-        _graph(check, graphs.get(graph), f"graphs.{graph}", ins, outs, shapes, files)
+        _graph(check, graphs.get(graph), f"graphs.{graph}", ins, outs, shapes, files, b, sizes[-1])
     if not check.found and graphs["encoder"]["outputs"][0]["shape"] != _context_shape(graphs["denoise"]):
         check.found.append(f"graphs.denoise.inputs context has shape {_context_shape(graphs['denoise'])}; the "
                            f"encoder's context output has {graphs['encoder']['outputs'][0]['shape']}")
@@ -142,7 +150,7 @@ def _files(check: _Checker, files: Any, manifest_file: str) -> dict[str, Any]:
 
 
 def _graph(check: _Checker, g: Any, where: str, ins: tuple[str, ...], outs: tuple[str, ...],
-           shapes: dict[str, list[int]], files: dict[str, Any]) -> None:
+           shapes: dict[str, list[Any]], files: dict[str, Any], lead: Any, largest: int) -> None:
     if not isinstance(g, dict):
         check.found.append(f"{where} = {_show(g)}: expected an object with file, inputs, outputs")
         return
@@ -161,18 +169,25 @@ def _graph(check: _Checker, g: Any, where: str, ins: tuple[str, ...], outs: tupl
             name, shape = t["name"], t.get("shape")
             if t.get("dtype") not in DTYPES:
                 check.found.append(f"{where}.{key} {name} dtype = {_show(t.get('dtype'))}: expected one of {', '.join(DTYPES)}")
-            if not (isinstance(shape, list) and shape and all(_int(n, 1, MAX_TENSOR_ELEMENTS) for n in shape)
-                    and math.prod(shape) <= MAX_TENSOR_ELEMENTS):
+            if not (isinstance(shape, list) and shape and all(_int(n, 1, MAX_TENSOR_ELEMENTS) or (i == 0 and lead == n == BATCH_DIM)
+                                                               for i, n in enumerate(shape))
+                    and math.prod(largest if n == BATCH_DIM else n for n in shape) <= MAX_TENSOR_ELEMENTS):
                 check.found.append(f"{where}.{key} {name} shape = {_show(shape)}: expected positive integer "
-                                   f"dimensions, at most {MAX_TENSOR_ELEMENTS} elements")
+                                   f"dimensions{' (the first ' + repr(BATCH_DIM) + ')' if lead == BATCH_DIM else ''}, "
+                                   f"at most {MAX_TENSOR_ELEMENTS} elements")
             elif name in shapes and shape != shapes[name]:
                 check.found.append(f"{where}.{key} {name} shape = {shape}: expected {shapes[name]} (from action and inputs)")
-            elif name == "context" and (len(shape) != 3 or shape[0] != 1):
-                check.found.append(f"{where}.{key} context shape = {shape}: expected [1, tokens, width]")
+            elif name == "context" and (len(shape) != 3 or shape[0] != lead):
+                check.found.append(f"{where}.{key} context shape = {shape}: expected [{lead!r}, tokens, width]")
 
 
 def _context_shape(denoise: dict[str, Any]) -> Any:
     return next(t["shape"] for t in denoise["inputs"] if t["name"] == "context")
+
+
+def _batch_sizes(v: Any) -> bool:
+    return (isinstance(v, list) and 1 <= len(v) <= MAX_BATCH_SIZES and all(_int(n, 1, MAX_BATCH) for n in v)
+            and v[0] == 1 and all(a < b for a, b in zip(v, v[1:])))
 
 
 def _int(v: Any, lo: int, hi: int) -> bool:

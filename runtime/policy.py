@@ -4,6 +4,7 @@
     chunk = policy.act(Observation(images=[rgb], instruction="put the spoon on the towel",
                                    proprio=state, timestamp=t_capture))
     future = policy.act_async(next_obs)                     # start the next chunk while this one executes
+    chunks = policy.act_batch([obs_a, obs_b, obs_c])        # a bundle exported with --batch-sizes
 
 Preprocessing is the checkpoint's own (:mod:`xvla.preprocessing`: numpy + Pillow + tokenizers); the
 instruction's token ids are cached while it does not change. This module imports neither torch nor
@@ -15,6 +16,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -126,26 +128,58 @@ class Policy:
         return (pixels[None, : self.views], mask[None, : self.views], self.token_ids(obs.instruction),
                 proprio[None], x1)
 
-    def act(self, obs: Observation, *, steps: int | None = None) -> ActionChunk:
-        """One action chunk for ``obs`` (``steps`` defaults to the manifest's)."""
+    def _steps(self, steps: int | None) -> int:
         steps = self.manifest.default_steps if steps is None else steps
         if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or not 1 <= steps <= MAX_STEPS:
             raise InputError(f"steps = {steps!r}: expected an integer 1 ... {MAX_STEPS}")
-        steps = int(steps)
+        return int(steps)
+
+    def act(self, obs: Observation, *, steps: int | None = None) -> ActionChunk:
+        """One action chunk for ``obs`` (``steps`` defaults to the manifest's)."""
+        steps = self._steps(steps)
         t0 = time.perf_counter()
-        pixels, mask, ids, proprio, x1 = self.preprocess(obs)
+        return self._run([obs], [self.preprocess(obs)], 1, steps, t0)[0]
+
+    def act_batch(self, observations: Sequence[Observation], *, steps: int | None = None) -> list[ActionChunk]:
+        """One chunk per observation, computed together: ``n`` observations run as the smallest of the bundle's
+        batch sizes that holds them (the free rows repeat the last observation; their chunks are dropped), more
+        than the largest size as several batches. Each chunk equals :meth:`act` of its observation with the
+        same noise (within the bundle's recorded batch tolerance, ``parity.batch``); ``timings`` are the batch's.
+        Every observation is checked before anything runs."""
+        steps = self._steps(steps)
+        t0 = time.perf_counter()
+        rows = []
+        for i, obs in enumerate(observations):
+            try:
+                rows.append(self.preprocess(obs))
+            except InputError as exc:
+                raise InputError(f"observations[{i}]: {exc}") from None
+        sizes, largest = self.manifest.batch_sizes, self.manifest.batch_sizes[-1]
+        chunks: list[ActionChunk] = []
+        for start in range(0, len(rows), largest):
+            part = slice(start, start + largest)
+            batch = next(b for b in sizes if b >= len(rows[part]))
+            chunks += self._run(list(observations[part]), rows[part], batch, steps, t0)
+            t0 = time.perf_counter()
+        return chunks
+
+    def _run(self, observations: list[Observation], rows: list[tuple[np.ndarray, ...]], batch: int, steps: int,
+             t0: float) -> list[ActionChunk]:
+        """Chunks for ``observations`` (preprocessed: ``rows``) run as one batch of ``batch`` rows; ``t0``: when
+        their preprocessing began."""
+        rows = rows + [rows[-1]] * (batch - len(rows))
+        pixels, mask, ids, proprio, x1 = (np.concatenate(parts) if batch > 1 else parts[0] for parts in zip(*rows))
         t1 = time.perf_counter()
         self.backend.encode(pixels, mask, ids)
         t2 = time.perf_counter()
-        actions = np.array(self.backend.denoise(x1, proprio, steps)[0])
+        actions = np.array(self.backend.denoise(x1, proprio, steps)[: len(observations)])
         t3 = time.perf_counter()
         action = self.manifest.action
-        return ActionChunk(
-            actions=actions,
-            timestamps=chunk_timestamps(obs.timestamp, float(action["chunk_seconds"]), actions.shape[0]),
-            arms=decode_arms(actions, action), observation_timestamp=obs.timestamp,
-            timings={"preprocess_s": t1 - t0, "encode_s": t2 - t1, "denoise_s": t3 - t2, "total_s": t3 - t0},
-        )
+        timings = {"preprocess_s": t1 - t0, "encode_s": t2 - t1, "denoise_s": t3 - t2, "total_s": t3 - t0}
+        return [ActionChunk(actions=a, arms=decode_arms(a, action), observation_timestamp=obs.timestamp,
+                            timestamps=chunk_timestamps(obs.timestamp, float(action["chunk_seconds"]), a.shape[0]),
+                            timings=dict(timings))
+                for a, obs in zip(actions, observations)]
 
     def act_async(self, obs: Observation, *, steps: int | None = None) -> Future[ActionChunk]:
         """Start :meth:`act` on a worker thread (the backends release the GIL while they compute)."""

@@ -42,3 +42,15 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint):
     out = tmp_path_factory.mktemp("bundle") / "tiny-fp32"
     export_bundle(tiny_checkpoint, out, ExportOptions(domain_id=3, views=1), progress=lambda line: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_batch_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint):
+    """A tiny fp32 bundle (domain 3, two views) exported for batch sizes 1, 2 and 4; copy it before changing it."""
+    pytest.importorskip("onnx")
+    from export.bundle import ExportOptions, export_bundle
+
+    out = tmp_path_factory.mktemp("bundle") / "tiny-batch"
+    export_bundle(tiny_checkpoint, out, ExportOptions(domain_id=3, views=2, batch_sizes=(1, 2, 4)),
+                  progress=lambda line: None)
+    return out

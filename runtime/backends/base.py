@@ -15,7 +15,8 @@ class BackendError(XVLAError, RuntimeError):
 
 
 class Backend(ABC):
-    """Runs one bundle. Arrays in and out are numpy, batch 1, shapes from the manifest.
+    """Runs one bundle. Arrays in and out are numpy, shapes from the manifest at a batch size it lists
+    (``Manifest.batch_sizes``; 1 unless the bundle was exported with more).
 
     Returned arrays may be reused by the next call: copy what you keep.
     """
@@ -28,11 +29,12 @@ class Backend(ABC):
 
     @abstractmethod
     def encode(self, pixel_values: np.ndarray, image_mask: np.ndarray, input_ids: np.ndarray) -> None:
-        """Compute the context of one observation ([1, V, 3, S, S] float32, [1, V] bool, [1, L] int64)."""
+        """Compute the context of B observations ([B, V, 3, S, S] float32, [B, V] bool, [B, L] int64)."""
 
     @abstractmethod
     def denoise(self, x1: np.ndarray, proprio: np.ndarray, steps: int) -> np.ndarray:
-        """The whole N-step loop on the last encoded context → post-processed actions [1, T, out]."""
+        """The whole N-step loop on the last encoded context ([B, T, A], [B, P]) → post-processed actions
+        [B, T, out]."""
 
     def close(self) -> None:
         """Release sessions, engines and device memory."""

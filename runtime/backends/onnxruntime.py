@@ -1,7 +1,8 @@
 """ONNX Runtime backend: CPU by default, CUDA where ``onnxruntime-gpu`` and a GPU are present.
 
 Static memory plan: every input and output of both graphs is a buffer allocated once and bound by
-address (IO binding), so a chunk allocates nothing per step. The denoise loop ping-pongs two x0 buffers:
+address (IO binding), so a chunk allocates nothing per step; a bundle with batch sizes gets one such plan per
+size, made on first use. The denoise loop ping-pongs two x0 buffers:
 step i reads ``prev`` from one and writes ``x0`` into the other; ``t`` is written in place.
 
 On CPU the buffers are numpy arrays (zero copy). With ``device_buffers`` (the default on CUDA) they are
@@ -100,6 +101,23 @@ def check_io(sess: ort.InferenceSession, graph: GraphSpec, path: Path) -> None:
         raise BackendError(f"{path} does not match manifest.json: " + "; ".join(sorted(wrong)))
 
 
+class _Plan:
+    """The static memory plan of one batch size: every tensor's buffer, the x0 ping-pong pair, both graphs'
+    bindings, and the run options naming this plan's two captured CUDA graphs."""
+
+    def __init__(self, buffers: dict[str, np.ndarray], graph_ids: tuple[int, int]) -> None:
+        self.buffers = buffers
+        self.batch = int(buffers["x0"].shape[0])
+        self.x0 = [np.zeros_like(buffers["x0"]), np.zeros_like(buffers["x0"])]  # ping-pong
+        self.values: dict[str, ort.OrtValue] = {}
+        self.x0_values: list[ort.OrtValue] = []
+        self.enc_binding: ort.IOBinding | None = None
+        self.den_bindings: list[ort.IOBinding] = []
+        self.run_options = [ort.RunOptions() for _ in graph_ids]
+        for options, graph_id in zip(self.run_options, graph_ids):  # one captured graph per ping-pong binding;
+            options.add_run_config_entry("gpu_graph_id", str(graph_id))  # ONNX Runtime reserves 0, -1 skips capture
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
@@ -127,31 +145,40 @@ class OnnxRuntimeBackend(Backend):
         self.graphed = graphs
         for sess, graph in ((self.encoder, manifest.encoder), (self.denoiser, manifest.denoise)):
             check_io(sess, graph, bundle_dir / graph.file)
-        spec = {s.name: s for s in (*manifest.encoder.inputs, *manifest.encoder.outputs,
-                                    *manifest.denoise.inputs, *manifest.denoise.outputs)}
-        self.buffers = {name: np.zeros(s.shape, dtype=np.dtype(s.dtype)) for name, s in spec.items()}
-        self.x0 = [np.zeros_like(self.buffers["x0"]), np.zeros_like(self.buffers["x0"])]  # ping-pong
-        self.run_options = [ort.RunOptions() for _ in (0, 1)]
-        for k, options in enumerate(self.run_options):  # one captured graph per ping-pong binding; ids from 1:
-            options.add_run_config_entry("gpu_graph_id", str(k + 1))  # ONNX Runtime reserves 0, -1 skips capture
-        self._bind_all()
+        self.specs = {s.name: s for s in (*manifest.encoder.inputs, *manifest.encoder.outputs,
+                                          *manifest.denoise.inputs, *manifest.denoise.outputs)}
+        self.plans: dict[int, _Plan] = {}
+        self.plan = self._plan(1)
 
-    def _bind_all(self) -> None:
-        """Bind both graphs: numpy arrays on CPU, device OrtValues with ``device_buffers``."""
+    def _plan(self, batch: int) -> _Plan:
+        """The static memory plan for ``batch`` observations (made on first use, then kept)."""
+        if batch not in self.plans:
+            if batch not in self.manifest.batch_sizes:
+                raise BackendError(f"batch of {batch}: this bundle runs batches of {list(self.manifest.batch_sizes)} "
+                                   "(xvla-edge export --batch-sizes)")
+            plan = _Plan({name: np.zeros(s.at(batch), dtype=np.dtype(s.dtype)) for name, s in self.specs.items()},
+                         graph_ids=(2 * len(self.plans) + 1, 2 * len(self.plans) + 2))
+            self._bind_plan(plan)
+            self.plans[batch] = plan
+        return self.plans[batch]
+
+    def _bind_plan(self, plan: _Plan) -> None:
+        """Bind both graphs to ``plan``'s buffers: numpy arrays on CPU, device OrtValues with ``device_buffers``."""
         if self.on_device:
             where = "cuda" if self.device == "cuda" else "cpu"
-            self.values = {name: ort.OrtValue.ortvalue_from_numpy(arr, where, 0) for name, arr in self.buffers.items()}
-            self.x0_values = [ort.OrtValue.ortvalue_from_numpy(x, where, 0) for x in self.x0]
-        self.enc_binding = self._bind(self.encoder, {n: n for n in ("pixel_values", "image_mask", "input_ids")},
+            plan.values = {name: ort.OrtValue.ortvalue_from_numpy(arr, where, 0) for name, arr in plan.buffers.items()}
+            plan.x0_values = [ort.OrtValue.ortvalue_from_numpy(x, where, 0) for x in plan.x0]
+        plan.enc_binding = self._bind(plan, self.encoder, {n: n for n in ("pixel_values", "image_mask", "input_ids")},
                                       {"context": "context"})
-        self.den_bindings = self._denoise_bindings()
+        plan.den_bindings = self._denoise_bindings(plan)
 
-    def _denoise_bindings(self) -> list[ort.IOBinding]:
+    def _denoise_bindings(self, plan: _Plan) -> list[ort.IOBinding]:
         """binding[k] reads ``prev`` from x0[k] and writes ``x0`` into x0[1 - k]."""
         common = {n: n for n in ("context", "x1", "proprio", "t")}
-        return [self._bind(self.denoiser, {**common, "prev": k}, {"action": "action", "x0": 1 - k}) for k in (0, 1)]
+        return [self._bind(plan, self.denoiser, {**common, "prev": k}, {"action": "action", "x0": 1 - k})
+                for k in (0, 1)]
 
-    def _bind(self, sess: ort.InferenceSession, inputs: dict[str, str | int],
+    def _bind(self, plan: _Plan, sess: ort.InferenceSession, inputs: dict[str, str | int],
               outputs: dict[str, str | int]) -> ort.IOBinding:
         """``inputs``/``outputs``: graph tensor → buffer (a tensor name, or the index of an x0 buffer)."""
         binding = sess.io_binding()
@@ -159,40 +186,47 @@ class OnnxRuntimeBackend(Backend):
                                             (outputs, binding.bind_ortvalue_output, binding.bind_output)):
             for name, key in table.items():
                 if self.on_device:
-                    by_value(name, self.x0_values[key] if isinstance(key, int) else self.values[key])
+                    by_value(name, plan.x0_values[key] if isinstance(key, int) else plan.values[key])
                 else:
-                    arr = self.x0[key] if isinstance(key, int) else self.buffers[key]
+                    arr = plan.x0[key] if isinstance(key, int) else plan.buffers[key]
                     by_address(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
         return binding
 
     def _put(self, name: str, value: np.ndarray | None = None) -> None:
-        """Copy ``value`` into the buffer ``name`` (and to the device); None: the host buffer is already set."""
+        """Copy ``value`` into the current plan's buffer ``name`` (and to the device); None: the host buffer is
+        already set."""
+        plan = self.plan
         if value is not None:
-            np.copyto(self.buffers[name], value)
+            np.copyto(plan.buffers[name], value)
         if self.on_device:
-            self.values[name].update_inplace(self.buffers[name])
+            plan.values[name].update_inplace(plan.buffers[name])
 
     def encode(self, pixel_values: np.ndarray, image_mask: np.ndarray, input_ids: np.ndarray) -> None:
+        self.plan = self._plan(int(pixel_values.shape[0]))
         for name, value in zip(("pixel_values", "image_mask", "input_ids"), (pixel_values, image_mask, input_ids)):
             self._put(name, value)
-        self.encoder.run_with_iobinding(self.enc_binding)
+        self.encoder.run_with_iobinding(self.plan.enc_binding)
 
     def denoise(self, x1: np.ndarray, proprio: np.ndarray, steps: int) -> np.ndarray:
+        plan = self.plan
+        if x1.shape[0] != plan.batch:
+            raise BackendError(f"denoise() of a batch of {x1.shape[0]} after encode() of {plan.batch}")
         self._put("x1", x1)
         self._put("proprio", proprio)
-        self.x0[0].fill(0.0)
+        plan.x0[0].fill(0.0)
         if self.on_device:
-            self.x0_values[0].update_inplace(self.x0[0])
-        t = self.buffers["t"]
+            plan.x0_values[0].update_inplace(plan.x0[0])
+        t = plan.buffers["t"]
         for k, i in enumerate(range(steps, 0, -1)):
             t[0] = i / steps
             self._put("t")
             self._run_step(k % 2)
-        return self.values["action"].numpy() if self.on_device else self.buffers["action"]
+        return plan.values["action"].numpy() if self.on_device else plan.buffers["action"]
 
     def _run_step(self, k: int) -> None:
+        plan = self.plan
         try:
-            self.denoiser.run_with_iobinding(self.den_bindings[k], self.run_options[k])
+            self.denoiser.run_with_iobinding(plan.den_bindings[k], plan.run_options[k])
         except Exception as exc:  # onnxruntime raises its own Fail types
             if not self.graphed:
                 raise
@@ -200,8 +234,9 @@ class OnnxRuntimeBackend(Backend):
             self.graphed = False
             self.denoiser = create_session(self.bundle_dir / self.manifest.denoise.file, self.device, self.threads,
                                            spinning=self.spinning)
-            self.den_bindings = self._denoise_bindings()
-            self.denoiser.run_with_iobinding(self.den_bindings[k], self.run_options[k])
+            for other in self.plans.values():
+                other.den_bindings = self._denoise_bindings(other)
+            self.denoiser.run_with_iobinding(plan.den_bindings[k], plan.run_options[k])
 
     def _fall_back(self, why: str) -> None:
         self.graph_fallback = why

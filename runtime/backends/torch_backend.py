@@ -41,24 +41,32 @@ class TorchBackend(Backend):
         self.device = torch.device(device)
         self.dtype = getattr(torch, dtype)
         self.model = load_checkpoint(ckpt, device=self.device, dtype=self.dtype)
-        self.domain = torch.tensor([manifest.domain_id], device=self.device)
         self.use_graph = cuda_graph
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.times: dict[int, torch.Tensor] = {}  # step count → [steps, 1] times 1, (steps-1)/steps, ...
-        T, A = int(manifest.action["chunk_length"]), int(manifest.action["dim"])
-        self.x1 = torch.zeros(1, T, A, device=self.device, dtype=self.dtype)
-        self.proprio = torch.zeros(1, A, device=self.device, dtype=self.dtype)
         self.enc: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._buffers(1)
+
+    def _buffers(self, batch: int) -> None:
+        """The loop's static input buffers for ``batch`` observations."""
+        T, A = int(self.manifest.action["chunk_length"]), int(self.manifest.action["dim"])
+        P = int(self.manifest.inputs["proprio_dim"])
+        self.x1 = torch.zeros(batch, T, A, device=self.device, dtype=self.dtype)
+        self.proprio = torch.zeros(batch, P, device=self.device, dtype=self.dtype)
+        self.domain = torch.full((batch,), self.manifest.domain_id, device=self.device)
 
     def encode(self, pixel_values: np.ndarray, image_mask: np.ndarray, input_ids: np.ndarray) -> None:
-        V, slots = pixel_values.shape[1], self.model.config.view_slots
-        px = torch.zeros(1, slots, *pixel_values.shape[2:], dtype=self.dtype, device=self.device)
+        B, V, slots = pixel_values.shape[0], pixel_values.shape[1], self.model.config.view_slots
+        if B not in self.manifest.batch_sizes:
+            raise BackendError(f"batch of {B}: this bundle runs batches of {list(self.manifest.batch_sizes)}")
+        px = torch.zeros(B, slots, *pixel_values.shape[2:], dtype=self.dtype, device=self.device)
         px[:, :V] = torch.from_numpy(pixel_values).to(self.device, self.dtype)
-        mask = torch.zeros(1, slots, dtype=torch.bool, device=self.device)
+        mask = torch.zeros(B, slots, dtype=torch.bool, device=self.device)
         mask[:, :V] = torch.from_numpy(image_mask).to(self.device)
         enc = self.model.encode(torch.from_numpy(input_ids).to(self.device), px, mask)
         if self.enc is None or self.enc[0].shape != enc[0].shape:
             self.enc = (enc[0].clone(), enc[1].clone())
+            self._buffers(B)
             self.graphs.clear()  # captured graphs read the old buffers
         else:  # keep the addresses a captured graph reads
             self.enc[0].copy_(enc[0])
@@ -111,6 +119,8 @@ class TorchBackend(Backend):
     def denoise(self, x1: np.ndarray, proprio: np.ndarray, steps: int) -> np.ndarray:
         if self.enc is None:
             raise BackendError("denoise() called before encode()")
+        if x1.shape[0] != self.x1.shape[0]:
+            raise BackendError(f"denoise() of a batch of {x1.shape[0]} after encode() of {self.x1.shape[0]}")
         self.x1.copy_(torch.from_numpy(x1))
         self.proprio.copy_(torch.from_numpy(proprio))
         out = self._graphed(steps) if self.use_graph else self._loop(steps)

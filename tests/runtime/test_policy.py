@@ -85,7 +85,7 @@ def test_device_resident_buffers_give_the_same_chunk(setup, steps) -> None:
     device = Policy.load(work / "fp32", backend="onnxruntime", device_buffers=True)
     assert device.backend.on_device and device.backend.graph_fallback is None
     # the CUDA provider's graph ids: one per ping-pong binding, never 0 (ONNX Runtime reserves it)
-    assert [o.get_run_config_entry("gpu_graph_id") for o in device.backend.run_options] == ["1", "2"]
+    assert [o.get_run_config_entry("gpu_graph_id") for o in device.backend.plan.run_options] == ["1", "2"]
     np.testing.assert_array_equal(device.act(o, steps=steps).actions, host)
     again = obs(seed=12)  # new inputs reach the device buffers; the ping-pong restarts from zeros
     np.testing.assert_array_equal(device.act(again, steps=steps).actions,

@@ -31,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, default=None,
                    help="camera image side, only for a checkpoint without preprocessor_config.json "
                         "(X-VLA's usual bicubic resize and ImageNet normalisation at that size)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1], metavar="N",
+                   help="batch sizes the graphs run at, e.g. 2 4 8 for a policy server (1 is always included; "
+                        "more than 1: a dynamic batch dimension, each size checked against batch 1)")
     p.add_argument("--out", type=Path, required=True, help="bundle directory to create")
     p.add_argument("--force", action="store_true", help="replace an existing bundle (only once the new one passes)")
 
@@ -39,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     opts = ExportOptions(domain_id=args.domain_id, embodiment=args.embodiment, precision=args.precision,
                          views=args.views, chunk_seconds=args.chunk_seconds, arms=args.arms, steps=args.steps,
                          rot6d_layout=args.rot6d_layout, image_size=args.image_size,
-                         force=args.force)
+                         force=args.force, batch_sizes=(1, *sorted(set(args.batch_sizes) - {1})))
     with needs("export"):
         from export.bundle import export_bundle
     from xvla.errors import XVLAError
@@ -67,4 +70,9 @@ def summary(manifest: dict, out: Path, seconds: float) -> str:
         if key in chunk:
             lines.append(f"  {key}: p50 {chunk[key]['p50']:.3g} / p99 {chunk[key]['p99']:.3g} / max {chunk[key]['max']:.3g} {unit}")
     lines.append(f"  gripper decisions flipped: {chunk['gripper_flips']}; tolerance {p['tolerance']}: PASSED")
+    if "batch" in p:
+        b = p["batch"]
+        lines.append(f"batch sizes {b['sizes']}: each row against the observation alone, "
+                     + ", ".join(f"{k} max abs {v:.2e}" for k, v in b["max_abs"].items())
+                     + f" (at most {b['tolerance']:g}): PASSED")
     return "\n".join(lines)

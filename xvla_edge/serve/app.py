@@ -3,8 +3,9 @@
 - ``POST /act``: the official X-VLA contract (:mod:`xvla_edge.serve.request`); ``{"action": [[...], ...]}``
   ([chunk_length, output_dim], float32 values), or ``{"error": "..."}`` with 400 (bad field, unknown domain),
   401 (token), 403 (file path outside the image directory), 404 (no such image file), 413 (body or image too
-  large), 500 (the backend failed; details in the server log). Headers ``X-XVLA-Bundle`` and
-  ``X-XVLA-Inference-Ms`` name the bundle and time the chunk.
+  large), 503 (on Ray Serve: the replica stopped with the request in flight; retry), 500 (the backend failed;
+  details in the server log). Headers ``X-XVLA-Bundle``, ``X-XVLA-Inference-Ms`` and ``X-XVLA-Batch`` name the
+  bundle, time the chunk and count the requests computed together with it.
 - websocket ``/ws`` (and ``/``, where openpi's client connects): binary msgpack frames
   (:mod:`runtime.wire`). On connect the server sends the metadata (protocol, each domain's bundle id and
   manifest); then each client frame is one observation (the ``/act`` fields, arrays as arrays, ``imageK``
@@ -23,7 +24,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Protocol
 
 import numpy as np
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
@@ -33,10 +34,23 @@ from starlette.concurrency import run_in_threadpool
 from runtime.wire import WireError, pack, unpack
 from xvla.errors import InputError
 from xvla_edge.daemon.metrics import CONTENT_TYPE
-from xvla_edge.serve.bundles import BundleSet
+from xvla_edge.serve.bundles import Answer, ServerMetrics
 from xvla_edge.serve.request import Limits, RequestError, from_message, parse_body
 
 log = logging.getLogger("xvla_edge.serve")
+
+
+class ChunkSource(Protocol):
+    """What the endpoints need of the policies behind them."""
+
+    metrics: ServerMetrics
+
+    @property
+    def domains(self) -> list[int]: ...
+
+    def metadata(self) -> dict[str, Any]: ...
+
+    async def answer(self, request: Any) -> Answer: ...
 
 
 def _authorised(token: Optional[str], headers: Mapping[str, str], query: Mapping[str, str]) -> bool:
@@ -64,8 +78,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def create_app(bundles: BundleSet, limits: Limits = Limits(), token: Optional[str] = None) -> FastAPI:
-    """The app serving ``bundles``; ``token``: required on every request but ``/healthz`` (None: none)."""
+def create_app(bundles: ChunkSource, limits: Limits = Limits(), token: Optional[str] = None) -> FastAPI:
+    """The app serving ``bundles`` (a :class:`BundleSet` in this process, or Ray Serve deployments:
+    :mod:`xvla_edge.serve.ray_app`); ``token``: required on every request but ``/healthz`` (None: none)."""
     app = FastAPI(title="xvla-edge serve", docs_url=None, redoc_url=None, openapi_url=None)
     metrics = bundles.metrics
 
@@ -83,10 +98,10 @@ def create_app(bundles: BundleSet, limits: Limits = Limits(), token: Optional[st
             body = await _read_body(request, limits.max_body_bytes)
             parsed = await run_in_threadpool(parse_body, body, limits)
             t1 = time.perf_counter()
-            chunk, served = await run_in_threadpool(bundles.act, parsed)
+            answer = await bundles.answer(parsed)
             response: Response = JSONResponse(
-                {"action": chunk.actions.astype(np.float32).tolist()},
-                headers={"X-XVLA-Bundle": served.manifest.bundle_id,
+                {"action": answer.actions.astype(np.float32).tolist()},
+                headers={"X-XVLA-Bundle": answer.bundle_id, "X-XVLA-Batch": str(answer.batch),
                          "X-XVLA-Inference-Ms": f"{(time.perf_counter() - t1) * 1e3:.2f}"})
         except (RequestError, InputError) as exc:
             error = exc if isinstance(exc, RequestError) else RequestError(str(exc))
@@ -103,7 +118,7 @@ def create_app(bundles: BundleSet, limits: Limits = Limits(), token: Optional[st
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "domains": sorted(bundles.served)}
+        return {"status": "ok", "domains": bundles.domains}
 
     @app.get("/metrics")
     async def prometheus(request: Request) -> Response:
@@ -138,7 +153,7 @@ def create_app(bundles: BundleSet, limits: Limits = Limits(), token: Optional[st
     return app
 
 
-async def _observation(websocket: WebSocket, data: Optional[bytes], bundles: BundleSet, limits: Limits,
+async def _observation(websocket: WebSocket, data: Optional[bytes], bundles: ChunkSource, limits: Limits,
                        refused: Callable[[str, RequestError], None]) -> bool:
     """Answer one websocket frame; False when the connection is to be closed."""
     metrics = bundles.metrics
@@ -149,10 +164,10 @@ async def _observation(websocket: WebSocket, data: Optional[bytes], bundles: Bun
             raise RequestError("expected a binary msgpack frame, got text")
         request = await run_in_threadpool(lambda: from_message(unpack(data, limits.max_body_bytes), limits))
         t1 = time.perf_counter()
-        chunk, served = await run_in_threadpool(bundles.act, request)
+        answer = await bundles.answer(request)
         t2 = time.perf_counter()
-        reply = {"action": chunk.actions.astype(np.float32), "domain_id": request.domain_id,
-                 "bundle_id": served.manifest.bundle_id,
+        reply = {"action": answer.actions.astype(np.float32), "domain_id": request.domain_id,
+                 "bundle_id": answer.bundle_id,
                  "server_timing": {"infer_ms": (t2 - t1) * 1e3, "total_ms": (t2 - t0) * 1e3}}
         await websocket.send_bytes(pack(reply))
         return True

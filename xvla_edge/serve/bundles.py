@@ -13,11 +13,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import generate_latest
+from starlette.concurrency import run_in_threadpool
 
 from runtime.manifest import BundleError
 from runtime.policy import Policy
@@ -27,7 +28,16 @@ from xvla_edge.serve.request import ActRequest, RequestError
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 ERROR_KINDS = ("bad_request", "unauthorized", "forbidden", "not_found", "too_large", "unknown_domain",
-               "internal")
+               "unavailable", "internal")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a server sends back for one request: the chunk's actions [T, out] and the bundle that made them."""
+
+    actions: np.ndarray
+    bundle_id: str
+    batch: int = 1  # requests computed together with this one (itself included)
 
 
 @dataclass
@@ -105,34 +115,19 @@ class BundleSet:
             raise
         return cls(served, backend)
 
+    @property
+    def domains(self) -> list[int]:
+        return sorted(self.served)
+
     def get(self, domain_id: int) -> Served:
         try:
             return self.served[domain_id]
         except KeyError:
-            raise RequestError(f"domain_id: {domain_id} is not served here; domains served: "
-                               f"{', '.join(str(d) for d in sorted(self.served))}", 400, "unknown_domain") from None
+            raise unknown_domain(domain_id, self.served) from None
 
     def observation(self, request: ActRequest, served: Served) -> Observation:
         """The request as a ``Policy`` observation, checked against the bundle (errors name the request field)."""
-        policy = served.policy
-        images = list(request.images)
-        used = [i for i, img in enumerate(images) if img is not None]
-        if used and used[-1] >= policy.views:
-            raise RequestError(f"image{used[-1]}: domain {request.domain_id} (bundle {served.path.name}) takes "
-                               f"{policy.views} view(s); send image0" + (f" ... image{policy.views - 1}"
-                                                                        if policy.views > 1 else ""))
-        if request.proprio.shape != (policy.state_dim,):
-            raise RequestError(f"proprio: domain {request.domain_id} takes {policy.state_dim} values, got "
-                               f"{request.proprio.size}")
-        noise = request.noise
-        shape = policy.chunk_shape[1:]
-        if noise is None and request.seed is not None:
-            noise = np.random.default_rng(request.seed).standard_normal(shape, dtype=np.float32)
-        elif noise is not None and noise.shape != shape:
-            raise RequestError(f"noise: domain {request.domain_id} takes shape {list(shape)}, got "
-                               f"{list(noise.shape)}")
-        return Observation(images=images, instruction=request.instruction, proprio=request.proprio,
-                           timestamp=0.0, noise=noise)
+        return observation(request, served.policy, served.path.name)
 
     def act(self, request: ActRequest) -> tuple[ActionChunk, Served]:
         """One chunk for ``request`` (blocking; requests for one domain run one at a time)."""
@@ -144,6 +139,11 @@ class BundleSet:
             self.metrics.inference.labels(str(request.domain_id)).observe(time.perf_counter() - t0)
         return chunk, served
 
+    async def answer(self, request: ActRequest) -> Answer:
+        """:meth:`act` on a worker thread (requests for other domains go on meanwhile)."""
+        chunk, served = await run_in_threadpool(self.act, request)
+        return Answer(chunk.actions, served.manifest.bundle_id)
+
     def metadata(self) -> dict[str, Any]:
         """What a websocket client learns on connect: each domain's bundle id and manifest."""
         return {"protocol": "xvla-edge/1", "server": f"xvla-edge {package_version()}",
@@ -153,3 +153,30 @@ class BundleSet:
     def close(self) -> None:
         for s in self.served.values():
             s.policy.close()
+
+
+def unknown_domain(domain_id: int, served: Iterable[int]) -> RequestError:
+    return RequestError(f"domain_id: {domain_id} is not served here; domains served: "
+                        f"{', '.join(str(d) for d in sorted(served))}", 400, "unknown_domain")
+
+
+def observation(request: ActRequest, policy: Policy, bundle_name: str) -> Observation:
+    """``request`` as an observation for ``policy``, checked against its bundle (errors name the request field;
+    ``seed`` becomes the noise ``Policy.act`` would be given)."""
+    images = list(request.images)
+    used = [i for i, img in enumerate(images) if img is not None]
+    if used and used[-1] >= policy.views:
+        raise RequestError(f"image{used[-1]}: domain {request.domain_id} (bundle {bundle_name}) takes "
+                           f"{policy.views} view(s); send image0" + (f" ... image{policy.views - 1}"
+                                                                    if policy.views > 1 else ""))
+    if request.proprio.shape != (policy.state_dim,):
+        raise RequestError(f"proprio: domain {request.domain_id} takes {policy.state_dim} values, got "
+                           f"{request.proprio.size}")
+    noise = request.noise
+    shape = policy.chunk_shape[1:]
+    if noise is None and request.seed is not None:
+        noise = np.random.default_rng(request.seed).standard_normal(shape, dtype=np.float32)
+    elif noise is not None and noise.shape != shape:
+        raise RequestError(f"noise: domain {request.domain_id} takes shape {list(shape)}, got {list(noise.shape)}")
+    return Observation(images=images, instruction=request.instruction, proprio=request.proprio,
+                       timestamp=0.0, noise=noise)

@@ -189,6 +189,9 @@ class TensorRTBackend(Backend):
         if device != "cuda":
             raise BackendError(f"the tensorrt backend runs on CUDA only; got device={device!r} (pass device='cuda')")
         self.bundle_dir = Path(bundle_dir)
+        if manifest.batch_sizes != (1,):
+            raise BackendError(f"{bundle_dir} is exported for batch sizes {list(manifest.batch_sizes)}; the tensorrt "
+                               "backend runs batch-1 bundles so far (use onnxruntime, or export without --batch-sizes)")
         paths = check_engines(self.bundle_dir, manifest, trt_api.machine_stamp())
         m = manifest
         self.specs = {s.name: s for s in (*m.encoder.inputs, *m.encoder.outputs, *m.denoise.inputs, *m.denoise.outputs)}

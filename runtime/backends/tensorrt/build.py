@@ -34,6 +34,9 @@ def check_buildable(bundle_dir: Path, *, force: bool) -> Manifest:
     if manifest.precision not in BUILDABLE_PRECISIONS:
         raise BundleError(f"{bundle_dir} is a {manifest.precision} bundle; TensorRT engines are built from "
                           f"{', '.join(BUILDABLE_PRECISIONS)} bundles (export one with `--precision fp16`)")
+    if manifest.batch_sizes != (1,):
+        raise BundleError(f"{bundle_dir} is exported for batch sizes {list(manifest.batch_sizes)}; TensorRT engines "
+                          "are built from batch-1 bundles so far (export the robot's bundle without --batch-sizes)")
     placement = manifest.qdq_placement
     if manifest.precision == "int8" and placement != QDQ_PLACEMENT:
         raise BundleError(f"{bundle_dir}: its Q/DQ graphs were not checked against TensorRT's placement rules "
