@@ -125,20 +125,21 @@ def checkpoint(size: str) -> Path:
     return path
 
 
-def bundle(size: str, precision: str) -> Path:
-    """The cached bundle (domain 0, 3 views) of a size and precision, exported on first use.
+def bundle(size: str, precision: str, batch_sizes: tuple[int, ...] = (1,)) -> Path:
+    """The cached bundle (domain 0, 3 views) of a size, precision and batch sizes, exported on first use.
 
-    A failed export is remembered in ``bundle-<precision>.failed`` and raised again without retrying
+    A failed export is remembered in ``bundle-<precision>[-b<sizes>].failed`` and raised again without retrying
     (delete that file to retry).
     """
-    path = cache_dir() / size / f"bundle-{precision}"
+    batched = batch_sizes != (1,)
+    path = cache_dir() / size / (f"bundle-{precision}" + (f"-b{'-'.join(map(str, batch_sizes))}" if batched else ""))
     failed = path.with_name(path.name + ".failed")
     if failed.is_file():
         raise BuildError(failed.read_text())
     if not (path / "manifest.json").is_file():
         try:
             _xvla_edge("export", str(checkpoint(size)), "--domain-id", str(DOMAIN_ID), "--precision", precision,
-                       "--out", str(path), "--force")
+                       *(["--batch-sizes", *map(str, batch_sizes)] if batched else []), "--out", str(path), "--force")
         except BuildError as e:
             failed.write_text(str(e))
             raise

@@ -25,6 +25,7 @@ EXTRAS = {
               "wheels)",
     "cuda13": "cuda-python 13.x for CUDA 13 drivers, JetPack 7",
     "serve": "the policy server (fastapi, uvicorn, msgpack, websockets, json-numpy)",
+    "fleet": "serving on Ray Serve, one machine or a cluster (ray[serve])",
     "remote": "RemotePolicy, a policy served by another machine (msgpack, websockets)",
     "cameras": "OpenCV cameras (on Jetson use JetPack's OpenCV instead)",
     "test": "tests, benchmarks and plots (pytest, pytest-benchmark, matplotlib)",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -141,21 +140,11 @@ def test_a_batch_dimension_only_where_the_manifest_declares_batches(tiny_bundle,
             Manifest.from_dict(d)
 
 
-def test_int8_and_tensorrt_refuse_a_batched_bundle_by_name(tiny_batch_bundle, tmp_path):
-    from runtime.backends.tensorrt.build import check_buildable
-
-    fp16 = tmp_path / "b"
-    shutil.copytree(tiny_batch_bundle, fp16)
-    raw = json.loads((fp16 / "manifest.json").read_text())
-    raw["precision"] = "fp16"
-    (fp16 / "manifest.json").write_text(json.dumps(raw))
-    with pytest.raises(BundleError, match=r"exported for batch sizes \[1, 2, 4\]; TensorRT engines are built from "
-                                          "batch-1 bundles"):
-        check_buildable(fp16, force=False)
+def test_quantize_refuses_a_batched_bundle_by_name(tiny_batch_bundle, tmp_path):
     pytest.importorskip("onnx")
-    from calibration.sets import CalibrationSet
     from calibration.errors import CalibrationError
     from calibration.quantize import quantize_bundle
+    from calibration.sets import CalibrationSet
 
     with pytest.raises(CalibrationError, match=r"exported for batch sizes \[1, 2, 4\]; quantize starts from a batch-1"):
         quantize_bundle(tiny_batch_bundle, CalibrationSet.__new__(CalibrationSet), tmp_path / "int8")

@@ -37,7 +37,8 @@ def _specs(*specs: tuple[str, list[int], str]) -> list[dict[str, Any]]:
     return [{"name": n, "shape": s, "dtype": d} for n, s, d in specs]
 
 
-def make_bundle(root: Path, precision: str = "fp16", quantization: Any = None) -> Path:
+def make_bundle(root: Path, precision: str = "fp16", quantization: Any = None,
+                batch_sizes: tuple[int, ...] = (1,)) -> Path:
     """A bundle directory with a real manifest (tiny shapes) and stand-in graph files."""
     bundle = root / "bundle"
     bundle.mkdir()
@@ -46,7 +47,8 @@ def make_bundle(root: Path, precision: str = "fp16", quantization: Any = None) -
         data = f"stand-in for {name}".encode()
         (bundle / name).write_bytes(data)
         files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-    context = ("context", [1, C, D], "float32")
+    b = 1 if batch_sizes == (1,) else "batch"
+    context = ("context", [b, C, D], "float32")
     manifest = {
         "schema_version": 1, "domain_id": 0, "embodiment": "test",
         "action": {"mode": "auto", "dim": A, "output_dim": A, "chunk_length": T, "chunk_seconds": 1.0,
@@ -56,16 +58,18 @@ def make_bundle(root: Path, precision: str = "fp16", quantization: Any = None) -
         "precision": precision,
         "graphs": {
             "encoder": {"file": "encoder.onnx",
-                        "inputs": _specs(("pixel_values", [1, V, 3, S, S], "float32"), ("image_mask", [1, V], "bool"),
-                                         ("input_ids", [1, L], "int64")),
+                        "inputs": _specs(("pixel_values", [b, V, 3, S, S], "float32"), ("image_mask", [b, V], "bool"),
+                                         ("input_ids", [b, L], "int64")),
                         "outputs": _specs(context)},
             "denoise": {"file": "denoise.onnx",
-                        "inputs": _specs(context, ("x1", [1, T, A], "float32"), ("prev", [1, T, A], "float32"),
-                                         ("proprio", [1, A], "float32"), ("t", [1], "float32")),
-                        "outputs": _specs(("x0", [1, T, A], "float32"), ("action", [1, T, A], "float32"))},
+                        "inputs": _specs(context, ("x1", [b, T, A], "float32"), ("prev", [b, T, A], "float32"),
+                                         ("proprio", [b, A], "float32"), ("t", [1], "float32")),
+                        "outputs": _specs(("x0", [b, T, A], "float32"), ("action", [b, T, A], "float32"))},
         },
         "files": files,
     }
+    if batch_sizes != (1,):
+        manifest["batch_sizes"] = list(batch_sizes)
     if quantization is not None:
         manifest["quantization"] = quantization
     (bundle / "manifest.json").write_text(json.dumps(manifest))
@@ -86,8 +90,9 @@ def add_engines(bundle: Path, machine: Mapping[str, str] = MACHINE) -> None:
 
 
 @pytest.fixture
-def bundle(tmp_path: Path) -> Path:
-    return make_bundle(tmp_path)
+def bundle(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
+    """A batch-1 bundle, or one for the batch sizes given by indirect parametrisation."""
+    return make_bundle(tmp_path, batch_sizes=getattr(request, "param", (1,)))
 
 
 def test_the_tensorrt_modules_import_without_torch_tensorrt_or_cuda() -> None:
@@ -208,9 +213,11 @@ def fake_builder(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
     """Replace TensorRT's build with one that writes a stand-in plan and grows the timing cache."""
     state = SimpleNamespace(builds=[], fail_denoise=False, raise_raw=False)
 
-    def build_engine(onnx_path: Path, input_shapes: Mapping[str, tuple[int, ...]], out: Path, *,
+    def build_engine(onnx_path: Path, profiles: list[Mapping[str, tuple[int, ...]]], out: Path, *,
                      timing_cache: Path, workspace_bytes: int | None = None) -> None:
-        state.builds.append({"onnx": onnx_path.name, "shapes": dict(input_shapes), "workspace": workspace_bytes,
+        assert len(profiles) >= 1
+        state.builds.append({"onnx": onnx_path.name, "shapes": dict(profiles[0]), "profiles": [dict(p) for p in profiles],
+                             "workspace": workspace_bytes,
                              "cache_before": timing_cache.read_text() if timing_cache.is_file() else None})
         if onnx_path.name == "denoise.onnx" and state.fail_denoise:
             raise trt_api.TensorRTError(f"{onnx_path}: TensorRT could not build an engine")
@@ -370,13 +377,16 @@ def fakes(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         from an enqueue is only valid for the bindings and shapes it was captured with). The fake replays the *current* bindings and refuses a rebinding after capture, so a
         design that rebinds between captured steps fails here as it would on the GPU."""
 
-        def __init__(self, path: Path, input_shapes: Mapping[str, tuple[int, ...]], contexts: int = 1) -> None:
+        def __init__(self, path: Path, profiles: list[Mapping[str, tuple[int, ...]]], contexts: int = 1,
+                     stream: int = 0) -> None:
             self.graph = path.stem
             spec = getattr(manifest, self.graph)
-            assert input_shapes == {s.name: s.shape for s in spec.inputs}
-            self.tensors = {s.name: trt_api.TensorInfo(s.name, s.shape, np.dtype(s.dtype), s in spec.inputs)
+            assert profiles == [{s.name: s.at(b) for s in spec.inputs} for b in manifest.batch_sizes]
+            self.tensors = {s.name: trt_api.TensorInfo(s.name, s.at(1), np.dtype(s.dtype), s in spec.inputs)
                             for s in (*spec.inputs, *spec.outputs)}
-            self.addresses: list[dict[str, int]] = [{} for _ in range(contexts)]
+            # context c runs profile c // contexts: the shapes of batch size batch_sizes[c // contexts]
+            self.batch = [b for b in manifest.batch_sizes for _ in range(contexts)]
+            self.addresses: list[dict[str, int]] = [{} for _ in self.batch]
             self.captured: set[int] = set()
             self.closed = False
 
@@ -394,13 +404,17 @@ def fakes(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
                 self.captured.add(context)
 
             def run() -> None:
-                x = {n: rt.read(bound[n], i.shape, i.dtype) for n, i in self.tensors.items() if i.is_input}
+                batch = self.batch[context]
+                x = {n: rt.read(bound[n], (batch, *i.shape[1:]) if n != "t" else i.shape, i.dtype)
+                     for n, i in self.tensors.items() if i.is_input}
+                row = [{n: (v if n == "t" else v[i:i + 1]) for n, v in x.items()} for i in range(batch)]  # each alone
                 if self.graph == "encoder":
-                    rt.write(bound["context"], encoder_fn(x["pixel_values"], x["image_mask"], x["input_ids"]))
+                    rt.write(bound["context"], np.concatenate([encoder_fn(r["pixel_values"], r["image_mask"],
+                                                                          r["input_ids"]) for r in row]))
                 else:
-                    x0, action = denoise_fn(x["context"], x["x1"], x["prev"], x["proprio"], x["t"])
-                    rt.write(bound["x0"], x0)
-                    rt.write(bound["action"], action)
+                    out = [denoise_fn(r["context"], r["x1"], r["prev"], r["proprio"], r["t"]) for r in row]
+                    rt.write(bound["x0"], np.concatenate([o[0] for o in out]))
+                    rt.write(bound["action"], np.concatenate([o[1] for o in out]))
 
             rt.enqueue(stream, run)
 
@@ -439,6 +453,41 @@ def test_backend_replays_one_graph_per_denoise_context(bundle: Path, fakes: dict
     assert rt.memory == {} and rt.execs == {} and rt.streams == set() and rt.pinned == {}
 
 
+@pytest.mark.parametrize("bundle", [(1, 2, 4)], indirect=True)
+def test_a_batched_bundle_runs_each_size_on_its_own_profile_buffers_and_graphs(bundle: Path,
+                                                                              fakes: dict[str, Any]) -> None:
+    rt = fakes["rt"]
+    backend = TensorRTBackend(fakes["manifest"], bundle)
+    for batch, seed, steps in [(2, 0, 3), (1, 1, 3), (4, 2, 2), (2, 3, 4)]:
+        rows = [_inputs(10 * seed + i) for i in range(batch)]
+        px, mask, ids, x1, proprio = (np.concatenate(parts) for parts in zip(*rows))
+        backend.encode(px, mask, ids)
+        actions = backend.denoise(x1, proprio, steps)
+        assert actions.shape == (batch, T, A)
+        for i, row in enumerate(rows):
+            np.testing.assert_allclose(actions[i:i + 1], reference(*row, steps), rtol=1e-6)
+    assert set(backend.graphs.keys) == set(range(6))  # two denoise contexts (graphs) per batch size
+    assert backend.graph_fallback is None and rt.pageable_copies == 0
+    with pytest.raises(BackendError, match=r"batch of 3: this bundle runs batches of \[1, 2, 4\]"):
+        backend.encode(*(np.concatenate([a] * 3) for a in _inputs(0)[:3]))
+    with pytest.raises(BackendError, match=r"denoise\(\) of a batch of 1 after encode\(\) of 2"):
+        backend.encode(*(np.concatenate([a] * 2) for a in _inputs(0)[:3]))
+        backend.denoise(*_inputs(0)[3:], 2)
+    backend.close()
+    assert rt.memory == {} and rt.execs == {} and rt.streams == set() and rt.pinned == {}
+
+
+@pytest.mark.parametrize("bundle", [(1, 2, 4)], indirect=True)
+def test_build_gives_a_batched_bundle_one_profile_per_batch_size(bundle: Path, fake_builder: SimpleNamespace,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["build", str(bundle)]) == 0
+    sizes = (1, 2, 4)
+    assert [b["profiles"] for b in fake_builder.builds] == [
+        [{"pixel_values": (n, V, 3, S, S), "image_mask": (n, V), "input_ids": (n, L)} for n in sizes],
+        [{"context": (n, C, D), "x1": (n, T, A), "prev": (n, T, A), "proprio": (n, A), "t": (1,)} for n in sizes]]
+    assert "one optimisation profile per batch size [1, 2, 4]" in capsys.readouterr().out
+
+
 def test_each_captured_graph_holds_one_enqueue_and_nothing_from_the_host(bundle: Path, fakes: dict[str, Any]) -> None:
     """A graph is one TensorRT enqueue with fixed bindings; the fake runtime fails host copies in a capture."""
     rt = fakes["rt"]
@@ -457,7 +506,7 @@ def test_the_fake_engine_catches_rebinding_a_captured_context(bundle: Path, fake
     backend.encode(px, mask, ids)
     backend.denoise(x1, proprio, 2)
     with pytest.raises(AssertionError, match="context 0 rebound \\(prev\\) after its enqueue was captured"):
-        backend.engines["denoise"].set_address("prev", backend.x0[1].ptr, 0)
+        backend.engines["denoise"].set_address("prev", backend.plan.x0[1].ptr, 0)
     backend.close()
 
 
@@ -501,8 +550,8 @@ def test_backend_refuses_a_cpu_device_and_engines_that_do_not_match(bundle: Path
     monkeypatch.setattr(trt_api, "machine_stamp", lambda: dict(MACHINE))
     engine_cls = trt_api.Engine
 
-    def wrong_engine(path: Path, shapes: Mapping[str, tuple[int, ...]], contexts: int = 1) -> Any:
-        engine = engine_cls(path, shapes, contexts)
+    def wrong_engine(path: Path, shapes: list, contexts: int = 1, stream: int = 0) -> Any:
+        engine = engine_cls(path, shapes, contexts, stream)
         if engine.graph == "denoise":
             engine.tensors["t"] = trt_api.TensorInfo("t", (2,), np.dtype(np.float32), True)
         return engine
@@ -511,8 +560,8 @@ def test_backend_refuses_a_cpu_device_and_engines_that_do_not_match(bundle: Path
     with pytest.raises(BackendError, match=r"'t' is float32\[2\] in the engine, float32\[1\] in the manifest"):
         TensorRTBackend(fakes["manifest"], bundle)
 
-    def failing_bind(path: Path, shapes: Mapping[str, tuple[int, ...]], contexts: int = 1) -> Any:
-        engine = engine_cls(path, shapes, contexts)
+    def failing_bind(path: Path, shapes: list, contexts: int = 1, stream: int = 0) -> Any:
+        engine = engine_cls(path, shapes, contexts, stream)
         engine.set_address = lambda name, ptr, context=0: (_ for _ in ()).throw(trt_api.TensorRTError(f"bind {name}"))
         return engine
 
@@ -557,6 +606,7 @@ class FakeTensorRT(ModuleType):
         fake = self
         self.log: list[Any] = []
         self.fail_build = False
+        self.profiles = 1  # optimisation profiles of the engines it deserializes
         self.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, severity: None})
         self.NetworkDefinitionCreationFlag = SimpleNamespace(EXPLICIT_BATCH=0, STRONGLY_TYPED=1)
         self.MemoryPoolType = SimpleNamespace(WORKSPACE="WORKSPACE")
@@ -658,6 +708,10 @@ class FakeTensorRT(ModuleType):
             def get_tensor_shape(self, name: str) -> tuple[int, ...]:
                 return self.shapes[name]
 
+            def set_optimization_profile_async(self, index: int, stream: int) -> bool:
+                fake.log.append(("select profile", self.index, index, stream))
+                return 0 <= index < fake.profiles
+
             def set_tensor_address(self, name: str, ptr: int) -> bool:
                 assert isinstance(ptr, int), f"set_tensor_address takes an int address; got {type(ptr).__name__}"
                 fake.log.append(("address", self.index, name, ptr))
@@ -670,6 +724,7 @@ class FakeTensorRT(ModuleType):
 
         class CudaEngine:
             num_io_tensors = len(tensors)
+            num_optimization_profiles = property(lambda self: fake.profiles)
             get_tensor_name = staticmethod(lambda i: list(tensors)[i])
             get_tensor_mode = staticmethod(lambda n: "INPUT" if tensors[n][2] else "OUTPUT")
             get_tensor_shape = staticmethod(lambda n: tensors[n][0])
@@ -698,7 +753,7 @@ def test_build_engine_asks_for_a_strongly_typed_batch_1_engine(tmp_path: Path, f
     onnx = tmp_path / "g.onnx"
     onnx.write_bytes(b"graph")
     cache, lines = tmp_path / TIMING_CACHE, []
-    trt_api.build_engine(onnx, {"x": (1, 3, 4), "mask": (1, 2)}, tmp_path / "g.engine", timing_cache=cache,
+    trt_api.build_engine(onnx, [{"x": (1, 3, 4), "mask": (1, 2)}], tmp_path / "g.engine", timing_cache=cache,
                          workspace_bytes=2**30, log=lines.append)
     assert (tmp_path / "g.engine").read_bytes() == b"serialized plan"
     assert fake_trt.log[0] == ("flags", 1 << 1)  # STRONGLY_TYPED (kSTRONGLY_TYPED = 1), nothing else
@@ -707,7 +762,7 @@ def test_build_engine_asks_for_a_strongly_typed_batch_1_engine(tmp_path: Path, f
     assert ("cache", b"", False) in fake_trt.log and cache.read_bytes() == b"+tuned;"
     assert lines[0] == "  Building engine (2 steps)" and lines[1] == "    Tactic selection (7 steps)"
     assert lines[2].startswith("  Building engine done in ")
-    trt_api.build_engine(onnx, {"x": (1, 3, 4), "mask": (1, 2)}, tmp_path / "g.engine", timing_cache=cache,
+    trt_api.build_engine(onnx, [{"x": (1, 3, 4), "mask": (1, 2)}], tmp_path / "g.engine", timing_cache=cache,
                          log=lines.append)
     assert ("cache", b"+tuned;", False) in fake_trt.log and cache.read_bytes() == b"+tuned;+tuned;"
 
@@ -717,7 +772,7 @@ def test_build_engine_starts_a_new_cache_when_the_old_one_does_not_fit(tmp_path:
     (tmp_path / "g.onnx").write_bytes(b"graph")
     cache, lines = tmp_path / TIMING_CACHE, []
     cache.write_bytes(b"from another GPU")
-    trt_api.build_engine(tmp_path / "g.onnx", {"x": (1, 3, 4), "mask": (1, 2)}, tmp_path / "g.engine",
+    trt_api.build_engine(tmp_path / "g.onnx", [{"x": (1, 3, 4), "mask": (1, 2)}], tmp_path / "g.engine",
                          timing_cache=cache, log=lines.append)
     assert "is from another GPU or TensorRT version; starting a new one" in lines[0]
     assert cache.read_bytes() == b"+tuned;"
@@ -728,17 +783,17 @@ def test_build_engine_reports_each_parser_error_and_shape_mismatches(tmp_path: P
     onnx.write_bytes(b"bad")
     with pytest.raises(trt_api.TensorRTError, match=r"parser failed:\n  node 0 \(/blocks.0/Mul, Mul\): unsupported "
                                                     r"data type\n  node 1 \(/blocks.1/Mul"):
-        trt_api.build_engine(onnx, {}, tmp_path / "g.engine", timing_cache=tmp_path / TIMING_CACHE)
+        trt_api.build_engine(onnx, [{}], tmp_path / "g.engine", timing_cache=tmp_path / TIMING_CACHE)
     onnx.write_bytes(b"graph")
     for shapes, message in [({"x": (1, 3, 5), "mask": (1, 2)}, r"input 'x' has shape \(1, -1, 4\); the manifest "
                                                                 r"says \(1, 3, 5\)"),
                             ({"x": (1, 3, 4)}, r"input 'mask' is not in the manifest"),
                             ({"x": (1, 3, 4), "mask": (1, 2), "z": (1,)}, r"lists inputs \['z'\] the graph lacks")]:
         with pytest.raises(trt_api.TensorRTError, match=message):
-            trt_api.build_engine(onnx, shapes, tmp_path / "g.engine", timing_cache=tmp_path / TIMING_CACHE)
+            trt_api.build_engine(onnx, [shapes], tmp_path / "g.engine", timing_cache=tmp_path / TIMING_CACHE)
     fake_trt.fail_build = True
     with pytest.raises(trt_api.TensorRTError, match="g.onnx: TensorRT could not build an engine"):
-        trt_api.build_engine(onnx, {"x": (1, 3, 4), "mask": (1, 2)}, tmp_path / "g.engine",
+        trt_api.build_engine(onnx, [{"x": (1, 3, 4), "mask": (1, 2)}], tmp_path / "g.engine",
                              timing_cache=tmp_path / TIMING_CACHE, log=lambda line: None)
     assert not (tmp_path / "g.engine").exists()
 
@@ -746,14 +801,14 @@ def test_build_engine_reports_each_parser_error_and_shape_mismatches(tmp_path: P
 def test_engine_binds_by_name_and_names_the_tensor_on_failure(tmp_path: Path, fake_trt: FakeTensorRT) -> None:
     path = tmp_path / "g.engine"
     path.write_bytes(b"serialized plan")
-    engine = trt_api.Engine(path, {"x": (1, 3, 4)})
+    engine = trt_api.Engine(path, [{"x": (1, 3, 4)}])
     assert engine.tensors == {"x": trt_api.TensorInfo("x", (1, 3, 4), np.dtype(np.float32), True),
                               "y": trt_api.TensorInfo("y", (1, 3), np.dtype(np.float16), False)}
     engine.set_address("x", 0x1000)
     engine.execute(0x2000)
     first = fake_trt.log[-1][1]
     assert fake_trt.log[-2:] == [("address", first, "x", 0x1000), ("execute", first, 0x2000)]
-    two = trt_api.Engine(path, {"x": (1, 3, 4)}, contexts=2)  # one engine, two independently bound contexts
+    two = trt_api.Engine(path, [{"x": (1, 3, 4)}], contexts=2)  # one engine, two independently bound contexts
     two.set_address("x", 0x3000, context=1)
     two.execute(0x2000, context=1)
     two.execute(0x2000, context=0)
@@ -767,12 +822,37 @@ def test_engine_binds_by_name_and_names_the_tensor_on_failure(tmp_path: Path, fa
     with pytest.raises(trt_api.TensorRTError, match="execute_async_v3 failed"):
         engine.execute(0)
     with pytest.raises(trt_api.TensorRTError, match=r"cannot set the shape of input 'x' to None"):
-        trt_api.Engine(path, {})
+        trt_api.Engine(path, [{}])
     with pytest.raises(trt_api.TensorRTError, match=r"cannot set the shape of input 'x' to \(1, 3, 5\)"):
-        trt_api.Engine(path, {"x": (1, 3, 5)})  # the engine's last dimension is a static 4
+        trt_api.Engine(path, [{"x": (1, 3, 5)}])  # the engine's last dimension is a static 4
     path.write_bytes(b"garbage")
     with pytest.raises(trt_api.TensorRTError, match="could not deserialize .*xvla-edge build BUNDLE --force"):
-        trt_api.Engine(path, {"x": (1, 3, 4)})
+        trt_api.Engine(path, [{"x": (1, 3, 4)}])
+
+
+def test_profiles_one_per_batch_size_selected_per_context(tmp_path: Path, fake_trt: FakeTensorRT) -> None:
+    onnx = tmp_path / "g.onnx"
+    onnx.write_bytes(b"graph")
+    sizes = [{"x": (1, 3, 4), "mask": (1, 2)}, {"x": (1, 5, 4), "mask": (1, 2)}]
+    trt_api.build_engine(onnx, sizes, tmp_path / "g.engine", timing_cache=tmp_path / TIMING_CACHE,
+                         log=lambda line: None)
+    assert [e for e in fake_trt.log if e[0] == "profile"] == [("profile", {"x": ((1, 3, 4),) * 3}),
+                                                              ("profile", {"x": ((1, 5, 4),) * 3})]
+    static = SimpleNamespace(num_inputs=1, get_input=lambda i: SimpleNamespace(name="m", shape=(1, 2)))
+    with pytest.raises(trt_api.TensorRTError, match="every input has a fixed shape, but the manifest lists 2"):
+        trt_api._profiles(SimpleNamespace(), static, [{"m": (1, 2)}] * 2, onnx)
+    path = tmp_path / "g.engine"
+    path.write_bytes(b"serialized plan")
+    with pytest.raises(trt_api.TensorRTError, match=r"has 1 optimisation profile\(s\), the manifest's batch sizes "
+                                                    r"need 2; rebuild it"):
+        trt_api.Engine(path, [{"x": (1, 3, 4)}, {"x": (1, 5, 4)}])
+    fake_trt.profiles = 2
+    fake_trt.log.clear()
+    engine = trt_api.Engine(path, [{"x": (1, 3, 4)}, {"x": (1, 5, 4)}], contexts=2, stream=0x99)
+    selected = [e for e in fake_trt.log if e[0] == "select profile"]
+    assert [(e[2], e[3]) for e in selected] == [(1, 0x99), (1, 0x99)]  # contexts 2 and 3 run profile 1
+    assert [c.shapes["x"] for c in engine._contexts] == [(1, 3, 4), (1, 3, 4), (1, 5, 4), (1, 5, 4)]
+    assert engine.tensors["x"].shape == (1, 3, 4)  # described at the first profile (batch 1)
 
 
 def test_machine_stamp(fake_trt: FakeTensorRT, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -817,7 +897,7 @@ def test_tensorrt_matches_onnxruntime_on_a_fp16_bundle(built_bundle: Path) -> No
             accumulate(errors, ort_policy.act(obs, steps=steps).actions[None],
                        trt_policy.act(obs, steps=steps).actions[None], "ee6d")
         assert not errors.failures(tol), errors.summary()
-        assert trt_policy.backend.graphs.keys == (3, 10)
+        assert set(trt_policy.backend.graphs.keys) == {0, 1}  # one graph per denoise context
 
 
 @pytest.mark.tensorrt
@@ -825,7 +905,7 @@ def test_tensorrt_matches_onnxruntime_on_a_fp16_bundle(built_bundle: Path) -> No
 def test_engine_errors_name_the_tensor(built_bundle: Path) -> None:
     manifest = Manifest.load(built_bundle)
     engine = trt_api.Engine(built_bundle / ENGINES_DIR / "denoise.engine",
-                            {s.name: s.shape for s in manifest.denoise.inputs})
+                            [{s.name: s.at(1) for s in manifest.denoise.inputs}])
     try:
         with pytest.raises(trt_api.TensorRTError, match="no I/O tensor 'nope'"):
             engine.set_address("nope", 0)
@@ -839,4 +919,4 @@ def test_parser_errors_are_reported_per_node(tmp_path: Path) -> None:
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not an onnx model")
     with pytest.raises(trt_api.TensorRTError, match="ONNX parser failed:\n  node "):
-        trt_api.build_engine(bad, {}, tmp_path / "bad.engine", timing_cache=tmp_path / TIMING_CACHE)
+        trt_api.build_engine(bad, [{}], tmp_path / "bad.engine", timing_cache=tmp_path / TIMING_CACHE)

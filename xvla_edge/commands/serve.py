@@ -6,6 +6,9 @@ official X-VLA contract, so its evaluation clients work unchanged), a msgpack we
 (:mod:`xvla_edge.serve.app`). Binds 127.0.0.1 by default; any other address needs a token
 (``--token-file``, ``--token`` or ``XVLA_SERVE_TOKEN``), which every request must then carry. File-path
 images are refused unless ``--image-dir`` names the one directory they may come from.
+
+``--ray`` serves the same endpoints from Ray Serve (:mod:`xvla_edge.serve.ray_app`, the ``[fleet]`` extra): a
+local Ray instance, or the cluster at ``--address``; requests batched per domain, replicas scaled.
 """
 
 from __future__ import annotations
@@ -34,6 +37,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="largest request body or websocket frame, MiB (default 32)")
     p.add_argument("--max-image-pixels", type=positive(int, 1 << 28), default=4096 * 4096,
                    help="largest image, width × height (default 4096²)")
+    ray = p.add_argument_group("Ray Serve (--ray, the [fleet] extra)")
+    ray.add_argument("--ray", action="store_true", help="serve on Ray Serve: batching, replicas, a cluster")
+    ray.add_argument("--address", default=None, help="Ray cluster to join, e.g. 'auto' or ray://head:10001 "
+                     "(default: start a local Ray instance)")
+    ray.add_argument("--max-batch-size", type=positive(int, 64), default=None,
+                     help="requests computed together (default: each bundle's largest --batch-sizes)")
+    ray.add_argument("--batch-wait-ms", type=positive(float, 1000), default=10.0,
+                     help="longest wait for a batch to fill (default 10 ms)")
+    ray.add_argument("--replicas", type=positive(int, 1024), default=1, help="replicas per bundle (no autoscaling)")
+    ray.add_argument("--max-replicas", type=positive(int, 1024), default=None,
+                     help="autoscale each bundle between --replicas and this many replicas")
+    ray.add_argument("--target-ongoing-requests", type=positive(float, 1024), default=8.0,
+                     help="autoscaling target: ongoing requests per replica (default 8)")
+    ray.add_argument("--num-cpus", type=positive(float, 1024), default=1.0, help="CPUs per replica (default 1)")
+    ray.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per replica (default 0; 1 with --device cuda)")
+    ray.add_argument("--threads", type=positive(int, 1024), default=None, help="intra-op threads per replica")
 
 
 def port_number(text: str) -> int:
@@ -99,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
     limits = Limits(max_body_bytes=int(args.max_body_mb * (1 << 20)), max_image_pixels=args.max_image_pixels,
                     image_dir=args.image_dir)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.ray:
+        return run_ray(args, token, limits)
     sock = bind(args.host, args.port)
     bundles = BundleSet.load(args.bundles, backend=args.backend, device=args.device)
     try:
@@ -111,4 +132,36 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bundles.close()
         sock.close()
+    return 0
+
+
+def run_ray(args: argparse.Namespace, token: str | None, limits) -> int:  # noqa: ANN001 - Limits, imported late
+    """Serve on Ray Serve until interrupted (a local Ray instance, or the cluster at ``--address``)."""
+    from xvla_edge.extras import needs
+    from xvla_edge.serve.server import ServeError
+
+    with needs("fleet"):
+        import ray
+        from ray import serve
+    from xvla_edge.serve.ray_app import FleetOptions, build_app
+
+    if args.max_replicas is not None and args.max_replicas < args.replicas:
+        raise ServeError(f"--max-replicas {args.max_replicas} is below --replicas {args.replicas}")
+    if not 0 <= args.num_gpus <= 64:
+        raise ServeError(f"--num-gpus {args.num_gpus}: expected 0 ... 64")
+    autoscaling = None if args.max_replicas is None else {
+        "min_replicas": args.replicas, "max_replicas": args.max_replicas,
+        "target_ongoing_requests": args.target_ongoing_requests}
+    opts = FleetOptions(
+        bundles=[str(b) for b in args.bundles], backend=args.backend, device=args.device, threads=args.threads,
+        max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_ms / 1000,
+        num_replicas=args.replicas, autoscaling=autoscaling, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+        token=token, limits={"max_body_bytes": limits.max_body_bytes, "max_image_pixels": limits.max_image_pixels,
+                             "image_dir": str(limits.image_dir) if limits.image_dir else None})
+    app = build_app(opts)  # reads and checks every manifest before Ray starts
+    ray.init(address=args.address)
+    serve.start(http_options={"host": args.host, "port": args.port})
+    print(f"serving {len(args.bundles)} bundle(s) on Ray Serve at http://{args.host}:{args.port} (POST /act, "
+          f"websocket /ws, /healthz, /metrics){' — token required' if token else ''}; Ctrl-C stops", flush=True)
+    serve.run(app, name="xvla", route_prefix="/", blocking=True)
     return 0

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -59,9 +59,10 @@ def machine_stamp() -> dict[str, str]:
 
 
 # -- build ------------------------------------------------------------------------------------------------
-def build_engine(onnx_path: Path, input_shapes: Mapping[str, tuple[int, ...]], out: Path, *, timing_cache: Path,
-                 workspace_bytes: int | None = None, log: Log = print) -> None:
-    """Build ``onnx_path`` into a serialized engine at ``out`` for batch 1 at ``input_shapes``.
+def build_engine(onnx_path: Path, profiles: Sequence[Mapping[str, tuple[int, ...]]], out: Path, *,
+                 timing_cache: Path, workspace_bytes: int | None = None, log: Log = print) -> None:
+    """Build ``onnx_path`` into a serialized engine at ``out``: one optimisation profile per entry of ``profiles``
+    (the input shapes of one batch size, dynamic inputs pinned at min = opt = max), in that order.
 
     The timing cache at ``timing_cache`` is read when present and written back after the build.
     """
@@ -78,8 +79,7 @@ def build_engine(onnx_path: Path, input_shapes: Mapping[str, tuple[int, ...]], o
     config = builder.create_builder_config()
     if workspace_bytes is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
-    profile = _profile(builder, network, input_shapes, onnx_path)
-    if profile is not None:
+    for profile in _profiles(builder, network, profiles, onnx_path):
         config.add_optimization_profile(profile)
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
     if not config.set_timing_cache(cache, False):
@@ -100,24 +100,37 @@ def _parser_error(err: Any) -> str:
     return f"node {err.node()} ({err.node_name() or '?'}, {err.node_operator() or '?'}): {err.desc()}"
 
 
-def _profile(builder: Any, network: Any, shapes: Mapping[str, tuple[int, ...]], source: Path) -> Any:
-    """A batch-1 profile pinning every dynamic input at its manifest shape (None when all are static)."""
-    profile = None
-    names = set()
+def _profiles(builder: Any, network: Any, profiles: Sequence[Mapping[str, tuple[int, ...]]], source: Path) -> list:
+    """One profile per entry of ``profiles``, pinning every dynamic input at that entry's shape (none when every
+    input is static: then ``profiles`` must be one entry)."""
+    names, dynamic = set(), []
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
         names.add(tensor.name)
-        if tensor.name not in shapes:
-            raise TensorRTError(f"{source}: input {tensor.name!r} is not in the manifest ({sorted(shapes)})")
-        want, have = tuple(shapes[tensor.name]), tuple(tensor.shape)
-        if len(have) != len(want) or any(h not in (-1, w) for h, w in zip(have, want, strict=True)):
-            raise TensorRTError(f"{source}: input {tensor.name!r} has shape {have}; the manifest says {want}")
+        have = tuple(tensor.shape)
+        for shapes in profiles:
+            if tensor.name not in shapes:
+                raise TensorRTError(f"{source}: input {tensor.name!r} is not in the manifest ({sorted(shapes)})")
+            want = tuple(shapes[tensor.name])
+            if len(have) != len(want) or any(h not in (-1, w) for h, w in zip(have, want, strict=True)):
+                raise TensorRTError(f"{source}: input {tensor.name!r} has shape {have}; the manifest says {want}")
         if -1 in have:
-            profile = profile or builder.create_optimization_profile()
-            profile.set_shape(tensor.name, want, want, want)
-    if names != set(shapes):
-        raise TensorRTError(f"{source}: the manifest lists inputs {sorted(set(shapes) - names)} the graph lacks")
-    return profile
+            dynamic.append(tensor.name)
+    missing = set().union(*profiles) - names
+    if missing:
+        raise TensorRTError(f"{source}: the manifest lists inputs {sorted(missing)} the graph lacks")
+    if not dynamic:
+        if len(profiles) > 1:
+            raise TensorRTError(f"{source}: every input has a fixed shape, but the manifest lists {len(profiles)} "
+                                "batch sizes")
+        return []
+    built = []
+    for shapes in profiles:
+        profile = builder.create_optimization_profile()
+        for name in dynamic:
+            profile.set_shape(name, tuple(shapes[name]), tuple(shapes[name]), tuple(shapes[name]))
+        built.append(profile)
+    return built
 
 
 def _progress_monitor(trt: ModuleType, log: Log) -> Any:
@@ -160,8 +173,8 @@ class TensorInfo:
 
 
 class Engine:
-    """A deserialized engine with ``contexts`` execution contexts; tensors are bound by name to device addresses,
-    per context.
+    """A deserialized engine with ``contexts`` execution contexts per optimisation profile (context index
+    ``profile * contexts + k``); tensors are bound by name to device addresses, per context.
 
     Several contexts let one engine run with several fixed bindings: a CUDA graph captured from one context's
     enqueue keeps that context's addresses, so a context whose enqueue was captured is never rebound — the
@@ -169,7 +182,10 @@ class Engine:
     context holds its own activation memory.
     """
 
-    def __init__(self, path: Path, input_shapes: Mapping[str, tuple[int, ...]], contexts: int = 1) -> None:
+    def __init__(self, path: Path, profiles: Sequence[Mapping[str, tuple[int, ...]]], contexts: int = 1,
+                 stream: int = 0) -> None:
+        """``profiles``: the input shapes of each optimisation profile, in the order they were built (one entry
+        for an engine without profiles); ``stream``: where a context's profile is selected."""
         trt = tensorrt()
         self.path = Path(path)
         self._runtime = trt.Runtime(_logger())
@@ -177,21 +193,30 @@ class Engine:
         if self._engine is None:
             raise TensorRTError(f"{self.path}: TensorRT could not deserialize this engine; "
                                 "rebuild it on this machine with `xvla-edge build BUNDLE --force`")
+        built = max(1, int(self._engine.num_optimization_profiles))
+        if len(profiles) != built:
+            raise TensorRTError(f"{self.path}: the engine has {built} optimisation profile(s), the manifest's batch "
+                                f"sizes need {len(profiles)}; rebuild it with `xvla-edge build BUNDLE --force`")
+        dynamic = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        dynamic = [n for n in dynamic if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT
+                   and -1 in tuple(self._engine.get_tensor_shape(n))]
         self._contexts = []
-        for _ in range(contexts):
-            context = self._engine.create_execution_context()
-            if context is None:
-                raise TensorRTError(f"{self.path}: TensorRT could not create an execution context (out of memory?)")
-            self._contexts.append(context)
-        self.tensors: dict[str, TensorInfo] = {}
+        for index, shapes in enumerate(profiles):
+            for _ in range(contexts):
+                context = self._engine.create_execution_context()
+                if context is None:
+                    raise TensorRTError(f"{self.path}: TensorRT could not create an execution context (out of memory?)")
+                if index and not context.set_optimization_profile_async(index, int(stream)):
+                    raise TensorRTError(f"{self.path}: cannot select optimisation profile {index}")
+                for name in dynamic:
+                    if name not in shapes or not context.set_input_shape(name, tuple(shapes[name])):
+                        raise TensorRTError(f"{self.path}: cannot set the shape of input {name!r} "
+                                            f"to {shapes.get(name)} (profile {index})")
+                self._contexts.append(context)
+        self.tensors: dict[str, TensorInfo] = {}  # shapes at the first profile (batch 1)
         for i in range(self._engine.num_io_tensors):
             name = self._engine.get_tensor_name(i)
             is_input = self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-            if is_input and -1 in tuple(self._engine.get_tensor_shape(name)):
-                for context in self._contexts:
-                    if name not in input_shapes or not context.set_input_shape(name, tuple(input_shapes[name])):
-                        raise TensorRTError(f"{self.path}: cannot set the shape of input {name!r} "
-                                            f"to {input_shapes.get(name)}")
             self.tensors[name] = TensorInfo(name, tuple(self._contexts[0].get_tensor_shape(name)),
                                             np.dtype(trt.nptype(self._engine.get_tensor_dtype(name))), is_input)
 

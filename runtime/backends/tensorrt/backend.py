@@ -7,6 +7,10 @@ bindings — context 0 reads ``prev`` from x0[0] and writes x0[1], context 1 the
 bound once at load and never rebound. Each context's enqueue is captured once into its own CUDA graph (one
 enqueue per graph, fixed bindings: the pattern of trtexec's inference loop and NVIDIA's TensorRT demos).
 
+A batched bundle (``xvla-edge export --batch-sizes``) has one such plan per batch size, all made at load: the
+engines have one optimisation profile per size (pinned, min = opt = max), the encoder one context per profile,
+the denoiser two per profile (contexts ``2·i`` and ``2·i + 1`` for the i-th size), each with its own graph.
+
 A chunk: copy ``x1`` and ``proprio`` in, zero x0[0], then per step k a device-to-device copy of ``t`` from
 slot k of a per-step-count schedule (filled once) and a launch of graph k % 2, then copy ``action`` out and
 synchronise once. The host enqueues the whole loop without waiting for the device; nothing inside it comes
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -33,7 +37,7 @@ import numpy as np
 from runtime.backends.tensorrt import api as trt_api, cuda_graph
 from runtime.backends.tensorrt import cuda_graph as cuda  # the name inside TensorRTBackend.__init__, whose option is cuda_graph
 from runtime.backends.base import Backend, BackendError
-from runtime.manifest import ENGINES_DIR, Manifest, TensorSpec
+from runtime.manifest import ENGINES_DIR, GraphSpec, Manifest, TensorSpec
 
 ENGINES_FILE = "engines.json"
 TIMING_CACHE = "timing.cache"
@@ -165,14 +169,36 @@ def io_mismatches(graph: str, specs: Iterable[TensorSpec], inputs: Iterable[str]
         s, t = by_name[name], tensors[name]
         if t.is_input != (name in input_names):
             problems.append(f"{graph}: {name!r} is an {'input' if t.is_input else 'output'} of the engine")
-        if tuple(t.shape) != tuple(s.shape) or t.dtype != np.dtype(s.dtype):
+        if tuple(t.shape) != s.at(1) or t.dtype != np.dtype(s.dtype):
             problems.append(f"{graph}: {name!r} is {t.dtype}{list(t.shape)} in the engine, "
-                            f"{s.dtype}{list(s.shape)} in the manifest")
+                            f"{s.dtype}{list(s.at(1))} in the manifest")
     return problems
 
 
-def _nbytes(spec: TensorSpec) -> int:
-    return int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize
+def profiles(spec: GraphSpec, sizes: Iterable[int]) -> list[dict[str, tuple[int, ...]]]:
+    """The input shapes of each batch size: one optimisation profile each, in the manifest's order."""
+    return [{s.name: s.at(batch) for s in spec.inputs} for batch in sizes]
+
+
+def _nbytes(spec: TensorSpec, batch: int) -> int:
+    return int(np.prod(spec.at(batch), dtype=np.int64)) * np.dtype(spec.dtype).itemsize
+
+
+@dataclass
+class _Plan:
+    """The buffers of one batch size (profile ``index``): its encoder context is ``index``, its denoise contexts
+    ``2·index`` and ``2·index + 1``."""
+
+    index: int
+    batch: int
+    buffers: dict[str, cuda_graph.DeviceBuffer] = field(default_factory=dict)
+    host: dict[str, cuda_graph.HostBuffer] = field(default_factory=dict)
+    x0: list[cuda_graph.DeviceBuffer] = field(default_factory=list)
+
+    def free(self) -> None:
+        for buf in (*self.buffers.values(), *self.x0, *self.host.values()):
+            buf.free()
+        self.buffers, self.x0, self.host = {}, [], {}
 
 
 # -- the backend ------------------------------------------------------------------------------------------
@@ -189,65 +215,73 @@ class TensorRTBackend(Backend):
         if device != "cuda":
             raise BackendError(f"the tensorrt backend runs on CUDA only; got device={device!r} (pass device='cuda')")
         self.bundle_dir = Path(bundle_dir)
-        if manifest.batch_sizes != (1,):
-            raise BackendError(f"{bundle_dir} is exported for batch sizes {list(manifest.batch_sizes)}; the tensorrt "
-                               "backend runs batch-1 bundles so far (use onnxruntime, or export without --batch-sizes)")
         paths = check_engines(self.bundle_dir, manifest, trt_api.machine_stamp())
         m = manifest
         self.specs = {s.name: s for s in (*m.encoder.inputs, *m.encoder.outputs, *m.denoise.inputs, *m.denoise.outputs)}
         self.engines: dict[str, trt_api.Engine] = {}
-        self.buffers: dict[str, cuda.DeviceBuffer] = {}
-        self.host: dict[str, cuda.HostBuffer] = {}
-        self.x0: list[cuda.DeviceBuffer] = []
+        self.plans: dict[int, _Plan] = {}
         self.t_slots: dict[int, cuda.DeviceBuffer] = {}  # per step count
         self.graph_fallback: str | None = None if cuda_graph else "disabled (cuda_graph=False)"
         self.stream = cuda.Stream()
-        self.graphs = cuda.CudaGraphs(self.stream, capacity=2)
+        self.graphs = cuda.CudaGraphs(self.stream, capacity=2 * len(manifest.batch_sizes))
         try:
             self._load(paths)
         except BaseException:
             self.close()
             raise
+        self.plan = self.plans[1]
         self._encoded = False
 
     def _load(self, paths: Mapping[str, Path]) -> None:
-        """Load both engines, check their I/O against the manifest, allocate and bind every buffer."""
+        """Load both engines (a profile per batch size), check their I/O against the manifest, allocate and bind
+        every buffer of every batch size."""
         problems = []
+        sizes = self.manifest.batch_sizes
         for graph in GRAPHS:
             spec = getattr(self.manifest, graph)
-            self.engines[graph] = engine = trt_api.Engine(paths[graph], {s.name: s.shape for s in spec.inputs},
-                                                          contexts=2 if graph == "denoise" else 1)
+            self.engines[graph] = engine = trt_api.Engine(paths[graph], profiles(spec, sizes),
+                                                          contexts=2 if graph == "denoise" else 1,
+                                                          stream=self.stream.ptr)
             problems += io_mismatches(graph, (*spec.inputs, *spec.outputs), (s.name for s in spec.inputs),
                                       engine.tensors)
         if problems:
             raise BackendError("the engines do not match the bundle's manifest:\n  " + "\n  ".join(problems)
                                + f"\n{rebuild_hint(self.bundle_dir)}")
-        for name, spec in self.specs.items():
-            if name not in self._LOOP_TENSORS:
-                self.buffers[name] = cuda_graph.DeviceBuffer(_nbytes(spec))
-        self.x0 = [cuda_graph.DeviceBuffer(_nbytes(self.specs["x0"])) for _ in range(2)]
-        self.buffers["t"] = cuda_graph.DeviceBuffer(_nbytes(self.specs["t"]))
-        for name in self._HOST:
-            self.host[name] = cuda_graph.HostBuffer(self.specs[name].shape, self.specs[name].dtype)
-        for s in (*self.manifest.encoder.inputs, *self.manifest.encoder.outputs):
-            self.engines["encoder"].set_address(s.name, self.buffers[s.name].ptr)
-        denoise = self.engines["denoise"]
-        for context in (0, 1):  # fixed for the backend's lifetime: captured graphs keep these addresses
-            for s in (*self.manifest.denoise.inputs, *self.manifest.denoise.outputs):
-                if s.name not in self._LOOP_TENSORS:
-                    denoise.set_address(s.name, self.buffers[s.name].ptr, context)
-            denoise.set_address("prev", self.x0[context].ptr, context)
-            denoise.set_address("x0", self.x0[1 - context].ptr, context)
-            denoise.set_address("t", self.buffers["t"].ptr, context)
+        for index, batch in enumerate(sizes):
+            self.plans[batch] = plan = _Plan(index, batch)
+            for name, spec in self.specs.items():
+                if name not in self._LOOP_TENSORS:
+                    plan.buffers[name] = cuda_graph.DeviceBuffer(_nbytes(spec, batch))
+            plan.x0 = [cuda_graph.DeviceBuffer(_nbytes(self.specs["x0"], batch)) for _ in range(2)]
+            plan.buffers["t"] = cuda_graph.DeviceBuffer(_nbytes(self.specs["t"], batch))
+            for name in self._HOST:
+                plan.host[name] = cuda_graph.HostBuffer(self.specs[name].at(batch), self.specs[name].dtype)
+            for s in (*self.manifest.encoder.inputs, *self.manifest.encoder.outputs):
+                self.engines["encoder"].set_address(s.name, plan.buffers[s.name].ptr, index)
+            denoise = self.engines["denoise"]
+            for k in (0, 1):  # fixed for the backend's lifetime: captured graphs keep these addresses
+                context = 2 * index + k
+                for s in (*self.manifest.denoise.inputs, *self.manifest.denoise.outputs):
+                    if s.name not in self._LOOP_TENSORS:
+                        denoise.set_address(s.name, plan.buffers[s.name].ptr, context)
+                denoise.set_address("prev", plan.x0[k].ptr, context)
+                denoise.set_address("x0", plan.x0[1 - k].ptr, context)
+                denoise.set_address("t", plan.buffers["t"].ptr, context)
 
     def _upload(self, name: str, value: np.ndarray) -> None:
-        np.copyto(self.host[name].array, value)
-        self.buffers[name].upload(self.host[name].array, self.stream)
+        plan = self.plan
+        np.copyto(plan.host[name].array, value)
+        plan.buffers[name].upload(plan.host[name].array, self.stream)
 
     def encode(self, pixel_values: np.ndarray, image_mask: np.ndarray, input_ids: np.ndarray) -> None:
+        batch = int(pixel_values.shape[0])
+        if batch not in self.plans:
+            raise BackendError(f"batch of {batch}: this bundle runs batches of {list(self.plans)} "
+                               "(xvla-edge export --batch-sizes)")
+        self.plan = self.plans[batch]
         for name, value in zip(self._ENCODER_INPUTS, (pixel_values, image_mask, input_ids), strict=True):
             self._upload(name, value)
-        self.engines["encoder"].execute(self.stream.ptr)
+        self.engines["encoder"].execute(self.stream.ptr, self.plan.index)
         self._encoded = True
 
     def _t_slots(self, steps: int) -> cuda_graph.DeviceBuffer:
@@ -263,9 +297,10 @@ class TensorRTBackend(Backend):
                 staging.free()
         return self.t_slots[steps]
 
-    def _step(self, context: int) -> None:
-        """One denoising step: context ``context``'s enqueue, as a graph launch unless graphs fell back."""
-        denoise = self.engines["denoise"]
+    def _step(self, k: int) -> None:
+        """One denoising step: the current plan's context ``k``'s enqueue, as a graph launch unless graphs fell
+        back."""
+        denoise, context = self.engines["denoise"], 2 * self.plan.index + k
         if self.graph_fallback is None:
             try:
                 self.graphs.launch(context, lambda: denoise.execute(self.stream.ptr, context))
@@ -280,16 +315,19 @@ class TensorRTBackend(Backend):
             raise BackendError("denoise() called before encode()")
         if steps < 1:
             raise BackendError(f"steps must be >= 1; got {steps}")
+        plan = self.plan
+        if x1.shape[0] != plan.batch:
+            raise BackendError(f"denoise() of a batch of {x1.shape[0]} after encode() of {plan.batch}")
         self._upload("x1", x1)
         self._upload("proprio", proprio)
         schedule = self._t_slots(steps)
-        self.x0[0].memset(self.stream)
+        plan.x0[0].memset(self.stream)
         for b in step_bindings(steps):
-            self.buffers["t"].copy_from(schedule, b.t_offset, self.stream)
+            plan.buffers["t"].copy_from(schedule, b.t_offset, self.stream)
             self._step(b.context)
-        self.buffers["action"].download(self.host["action"].array, self.stream)
+        plan.buffers["action"].download(plan.host["action"].array, self.stream)
         self.stream.synchronize()
-        return self.host["action"].array
+        return plan.host["action"].array
 
     def close(self) -> None:
         """Graphs first (they use the contexts and buffers), then the contexts, the buffers and the stream."""
@@ -300,9 +338,11 @@ class TensorRTBackend(Backend):
         for engine in self.engines.values():
             engine.close()
         self.engines = {}
-        for buf in (*self.buffers.values(), *self.x0, *self.t_slots.values(), *self.host.values()):
+        for plan in self.plans.values():
+            plan.free()
+        for buf in self.t_slots.values():
             buf.free()
-        self.buffers, self.x0, self.t_slots, self.host = {}, [], {}, {}
+        self.plans, self.t_slots = {}, {}
         self.stream.free()
 
 

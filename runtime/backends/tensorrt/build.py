@@ -9,7 +9,9 @@ Engines only run on the GPU and TensorRT version they were built with, so this r
 engines are built into a temporary directory inside the bundle, which then replaces ``BUNDLE/engines/``
 (:func:`xvla.files.atomic_directory`: a failed build leaves the previous engines, or none, never half of
 them). ``engines/engines.json`` records each engine's stamp; ``manifest.json`` is left as exported. A timing
-cache kept in ``engines/timing.cache`` speeds up rebuilds on the same machine.
+cache kept in ``engines/timing.cache`` speeds up rebuilds on the same machine. A batched bundle's engines get
+one optimisation profile per batch size, each pinned (min = opt = max) so every profile runs static shapes and
+its steps can be captured as CUDA graphs.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 
 from runtime.backends.tensorrt import api as trt_api
 from runtime.backends.tensorrt.backend import (ENGINES_DIR, GRAPHS, TIMING_CACHE, EngineRecord, engine_file,
-                                               graph_sources, write_engines_json)
+                                               graph_sources, profiles, write_engines_json)
 from runtime.manifest import BundleError, Manifest
 from xvla.files import atomic_directory
 
@@ -34,9 +36,6 @@ def check_buildable(bundle_dir: Path, *, force: bool) -> Manifest:
     if manifest.precision not in BUILDABLE_PRECISIONS:
         raise BundleError(f"{bundle_dir} is a {manifest.precision} bundle; TensorRT engines are built from "
                           f"{', '.join(BUILDABLE_PRECISIONS)} bundles (export one with `--precision fp16`)")
-    if manifest.batch_sizes != (1,):
-        raise BundleError(f"{bundle_dir} is exported for batch sizes {list(manifest.batch_sizes)}; TensorRT engines "
-                          "are built from batch-1 bundles so far (export the robot's bundle without --batch-sizes)")
     placement = manifest.qdq_placement
     if manifest.precision == "int8" and placement != QDQ_PLACEMENT:
         raise BundleError(f"{bundle_dir}: its Q/DQ graphs were not checked against TensorRT's placement rules "
@@ -64,10 +63,12 @@ def build_engines(bundle_dir: Path, manifest: Manifest, *, workspace_bytes: int 
             spec = getattr(manifest, graph)
             out = tmp / engine_file(graph)
             kind = "int8 Q/DQ: explicit quantization" if manifest.precision == "int8" else manifest.precision
-            print(f"building {out.name} from {spec.file} ({kind}, strongly typed)")
+            sizes = manifest.batch_sizes
+            print(f"building {out.name} from {spec.file} ({kind}, strongly typed"
+                  + (f", one optimisation profile per batch size {list(sizes)})" if len(sizes) > 1 else ")"))
             t0 = time.perf_counter()
             try:
-                trt_api.build_engine(target.parent / spec.file, {s.name: s.shape for s in spec.inputs}, out,
+                trt_api.build_engine(target.parent / spec.file, profiles(spec, sizes), out,
                                      timing_cache=cache, workspace_bytes=workspace_bytes)
             except Exception as exc:  # TensorRT's own exceptions too (pybind RuntimeError, MemoryError, ...)
                 raise trt_api.TensorRTError(

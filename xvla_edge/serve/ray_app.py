@@ -1,0 +1,229 @@
+"""``xvla-edge serve`` on Ray Serve (the ``[fleet]`` extra): the same endpoints, for a fleet on shared servers.
+
+One Ray Serve application: an ingress deployment speaking exactly what ``xvla-edge serve`` speaks (the app of
+:mod:`xvla_edge.serve.app`: official ``/act``, the msgpack websocket, ``/healthz``, ``/metrics``) and one
+deployment per bundle (= per domain id) holding a :class:`runtime.policy.Policy`. A robot cannot tell a
+cluster from one process.
+
+- **Batching**: each policy deployment groups requests with ``ray.serve.batch`` (``max_batch_size``, default the
+  bundle's largest batch size; ``batch_wait_timeout_s``) and runs them with ``Policy.act_batch``, so a batched
+  bundle (``xvla-edge export --batch-sizes``) computes them in one encoder pass and one denoising loop. Each
+  request is checked against its bundle before it joins a batch (a bad one is answered 400 alone); requests
+  with different ``steps`` run as separate batches; each answer is the row of its own request.
+- **Replicas**: ``autoscaling`` (``min_replicas``, ``max_replicas``, ``target_ongoing_requests``), ``num_cpus``
+  / ``num_gpus`` per replica (``device: cuda`` with ``num_gpus: 1`` on GPU workers).
+- **Faults**: a replica that dies with a request in flight answers that request 503 ("retry"): never with
+  another request's chunk. Ray Serve restarts the replica.
+
+Run it with ``xvla-edge serve --ray BUNDLE ...`` (a local Ray instance, or ``--address`` of a cluster), or
+with Ray's own tools from a config file: ``serve run config.yaml`` / ``serve deploy config.yaml``, whose
+application ``import_path`` is ``xvla_edge.serve.ray_app:build_app`` and whose ``args`` are
+:class:`FleetOptions`' fields (README, "Fleet serving on Ray Serve").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from ray import serve
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.serve.handle import DeploymentHandle
+
+from runtime.manifest import BundleError, Manifest
+from runtime.policy import Policy
+from runtime.types import Observation
+from xvla.errors import InputError
+from xvla_edge.serve.app import create_app
+from xvla_edge.serve.bundles import Answer, ServerMetrics, observation, unknown_domain
+from xvla_edge.serve.request import ActRequest, Limits, RequestError
+
+log = logging.getLogger("xvla_edge.serve.ray")
+LOST = (ActorDiedError, ActorUnavailableError, RayActorError)
+
+
+@dataclass
+class FleetOptions:
+    """One application: ``bundles`` (directories, one per domain) and how their deployments run."""
+
+    bundles: list[str]
+    backend: str = "auto"
+    device: str = "cpu"
+    threads: Optional[int] = None  # intra-op threads per replica (default: the backend's)
+    max_batch_size: Optional[int] = None  # default: each bundle's largest batch size
+    batch_wait_timeout_s: float = 0.01
+    num_replicas: int = 1  # without autoscaling
+    autoscaling: Optional[dict[str, Any]] = None  # min_replicas, max_replicas, target_ongoing_requests, ...
+    num_cpus: float = 1.0  # per policy replica
+    num_gpus: float = 0.0
+    max_ongoing_requests: int = 32
+    token: Optional[str] = None  # kept in Ray's deployment config: in config files prefer token_file
+    token_file: Optional[str] = None  # read by the ingress replica (first line; owner-only file)
+    limits: dict[str, Any] = field(default_factory=dict)  # Limits' fields
+
+
+@dataclass
+class Reply:
+    """A policy deployment's answer to one request: ``actions``, or ``error`` = (status, kind, message)."""
+
+    actions: Optional[np.ndarray] = None
+    bundle_id: str = ""
+    batch: int = 1
+    error: Optional[tuple[int, str, str]] = None
+
+
+@serve.deployment
+class PolicyDeployment:
+    """One bundle; requests are batched (see the module docstring)."""
+
+    def __init__(self, bundle: str, backend: str, device: str, threads: Optional[int], max_batch_size: Optional[int],
+                 batch_wait_timeout_s: float) -> None:
+        options = {"threads": threads} if threads else {}
+        self.path = Path(bundle)
+        self.policy = Policy.load(self.path, backend=backend, device=device, **options)
+        self.bundle_id = self.policy.manifest.bundle_id
+        self._batched.set_max_batch_size(max_batch_size or self.policy.manifest.batch_sizes[-1])
+        self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    def metadata(self) -> dict[str, Any]:
+        return {"bundle_id": self.bundle_id, "manifest": self.policy.manifest.raw}
+
+    async def act(self, request: ActRequest) -> Reply:
+        try:
+            obs = observation(request, self.policy, self.path.name)
+        except RequestError as exc:
+            return Reply(error=(exc.status, exc.kind, str(exc)))
+        return await self._batched((obs, request.steps))
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _batched(self, items: list[tuple[Observation, Optional[int]]]) -> list[Reply]:
+        replies: list[Optional[Reply]] = [None] * len(items)
+        by_steps: dict[Optional[int], list[int]] = {}
+        for i, (_, steps) in enumerate(items):
+            by_steps.setdefault(steps, []).append(i)
+        for steps, rows in by_steps.items():
+            for i, reply in zip(rows, await asyncio.to_thread(self._run, [items[i][0] for i in rows], steps)):
+                replies[i] = reply
+        return replies  # type: ignore[return-value]
+
+    def _run(self, observations: list[Observation], steps: Optional[int]) -> list[Reply]:
+        """The batch's chunks; when an observation is refused, each runs alone so only it is answered 400."""
+        try:
+            chunks = self.policy.act_batch(observations, steps=steps)
+            return [Reply(c.actions, self.bundle_id, len(chunks)) for c in chunks]
+        except InputError:
+            if len(observations) == 1:
+                raise
+        replies = []
+        for obs in observations:
+            try:
+                replies.append(Reply(self.policy.act(obs, steps=steps).actions, self.bundle_id))
+            except InputError as exc:
+                replies.append(Reply(error=(400, "bad_request", str(exc))))
+        return replies
+
+
+class DeploymentBundles:
+    """The ingress's view of the policy deployments: what :func:`xvla_edge.serve.app.create_app` needs."""
+
+    def __init__(self, handles: dict[int, DeploymentHandle], metadata: dict[int, dict[str, Any]]) -> None:
+        self.handles = handles
+        self._metadata = metadata
+        self.metrics = ServerMetrics(sorted(handles))
+        for domain, meta in metadata.items():
+            m = meta["manifest"]
+            self.metrics.bundles.labels(str(domain), meta["bundle_id"], m["embodiment"], m["precision"], "ray").set(1)
+
+    @property
+    def domains(self) -> list[int]:
+        return sorted(self.handles)
+
+    def metadata(self) -> dict[str, Any]:
+        from xvla_edge.daemon.metrics import package_version
+
+        return {"protocol": "xvla-edge/1", "server": f"xvla-edge {package_version()} on Ray Serve",
+                "domains": {str(d): self._metadata[d] for d in sorted(self._metadata)}}
+
+    async def answer(self, request: ActRequest) -> Answer:
+        handle = self.handles.get(request.domain_id)
+        if handle is None:
+            raise unknown_domain(request.domain_id, self.handles)
+        t0 = time.perf_counter()
+        try:
+            reply: Reply = await handle.act.remote(request)
+        except LOST as exc:
+            log.warning("domain %d: the replica stopped with a request in flight: %s", request.domain_id, exc)
+            raise RequestError(f"domain {request.domain_id}: the replica computing this chunk stopped before it "
+                               "answered; retry (a new replica is starting)", 503, "unavailable") from None
+        if reply.error is not None:
+            raise RequestError(reply.error[2], reply.error[0], reply.error[1])
+        self.metrics.inference.labels(str(request.domain_id)).observe(time.perf_counter() - t0)
+        return Answer(reply.actions, reply.bundle_id, reply.batch)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+@serve.ingress()
+class Ingress:
+    """The HTTP/websocket front: ``xvla-edge serve``'s app over the policy deployments."""
+
+    def __init__(self, handles: dict[int, DeploymentHandle], limits: dict[str, Any], token: Optional[str],
+                 token_file: Optional[str]) -> None:
+        self.handles = handles
+        self.limits = Limits(**{k: (Path(v) if k == "image_dir" and v else v) for k, v in limits.items()})
+        self.token = token if token_file is None else read_token_file(Path(token_file))
+
+    async def __serve_build_asgi_app__(self) -> Any:
+        metadata = {d: await h.metadata.remote() for d, h in self.handles.items()}
+        return create_app(DeploymentBundles(self.handles, metadata), self.limits, self.token)
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """The application for ``serve run`` / ``serve deploy`` (``args``: :class:`FleetOptions`' fields) and for
+    ``xvla-edge serve --ray``. Reads each bundle's manifest (files checked) for its domain; two bundles for one
+    domain are refused, naming both."""
+    opts = args if isinstance(args, FleetOptions) else FleetOptions(**args)
+    if not opts.bundles:
+        raise BundleError("serve --ray: no bundles given")
+    unknown = set(opts.limits) - set(Limits.__dataclass_fields__)
+    if unknown:
+        raise BundleError(f"limits: unknown field(s) {sorted(unknown)}; expected {sorted(Limits.__dataclass_fields__)}")
+    domains: dict[int, str] = {}
+    handles = {}
+    for bundle in opts.bundles:
+        manifest = Manifest.load(bundle)
+        manifest.verify_files(bundle)
+        domain = manifest.domain_id
+        if domain in domains:
+            raise BundleError(f"serve --ray: {bundle} and {domains[domain]} are both exported for domain {domain}; "
+                              "serve one bundle per domain")
+        domains[domain] = bundle
+        scaling = ({"autoscaling_config": opts.autoscaling} if opts.autoscaling
+                   else {"num_replicas": opts.num_replicas})
+        handles[domain] = PolicyDeployment.options(
+            name=f"domain-{domain}", max_ongoing_requests=opts.max_ongoing_requests,
+            ray_actor_options={"num_cpus": opts.num_cpus, "num_gpus": opts.num_gpus}, **scaling,
+        ).bind(str(Path(bundle).resolve()), opts.backend, opts.device, opts.threads, opts.max_batch_size,
+               opts.batch_wait_timeout_s)
+    if opts.token and opts.token_file:
+        raise BundleError("give one of token and token_file")
+    return Ingress.bind(handles, opts.limits, opts.token, opts.token_file)
+
+
+def read_token_file(path: Path) -> str:
+    """The first line of an owner-only file."""
+    from xvla_edge.serve.server import ServeError
+
+    try:
+        if path.stat().st_mode & 0o077:
+            raise ServeError(f"token_file {path}: readable by others; expected a file only its owner can read")
+        token = (path.read_text().splitlines() or [""])[0].strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ServeError(f"token_file {path}: cannot read it ({exc})") from None
+    if not token:
+        raise ServeError(f"token_file {path}: the first line is empty")
+    return token
