@@ -141,9 +141,10 @@ class Policy:
         return self._run([obs], [self.preprocess(obs)], 1, steps, t0)[0]
 
     def act_batch(self, observations: Sequence[Observation], *, steps: int | None = None) -> list[ActionChunk]:
-        """One chunk per observation, computed together: ``n`` observations run as the smallest of the bundle's
-        batch sizes that holds them (the free rows repeat the last observation; their chunks are dropped), more
-        than the largest size as several batches. Each chunk equals :meth:`act` of its observation with the
+        """One chunk per observation, computed together: up to the bundle's largest batch size at once (more as
+        several batches), as a batch of exactly ``n`` on ONNX Runtime and torch (dynamic shapes), on TensorRT as
+        the smallest listed size that holds them (the free rows repeat the last observation; their chunks are
+        dropped). Each chunk equals :meth:`act` of its observation with the
         same noise (within the bundle's recorded batch tolerance, ``parity.batch``); ``timings`` are the batch's.
         Every observation is checked before anything runs."""
         steps = self._steps(steps)
@@ -154,11 +155,11 @@ class Policy:
                 rows.append(self.preprocess(obs))
             except InputError as exc:
                 raise InputError(f"observations[{i}]: {exc}") from None
-        sizes, largest = self.manifest.batch_sizes, self.manifest.batch_sizes[-1]
+        largest = self.manifest.batch_sizes[-1]
         chunks: list[ActionChunk] = []
         for start in range(0, len(rows), largest):
             part = slice(start, start + largest)
-            batch = next(b for b in sizes if b >= len(rows[part]))
+            batch = self.backend.batch_for(len(rows[part]))
             chunks += self._run(list(observations[part]), rows[part], batch, steps, t0)
             t0 = time.perf_counter()
         return chunks

@@ -23,6 +23,24 @@ class Backend(ABC):
 
     name: str
     graph_fallback: str | None = None  # why a backend that replays CUDA graphs runs without them (None: it does not)
+    #: a batched bundle runs any batch up to its largest size (dynamic shapes), not only the sizes it lists
+    #: (those were checked at export; TensorRT has a profile per listed size only)
+    any_batch: bool = False
+
+    def batch_for(self, n: int) -> int:
+        """The batch that runs ``n`` observations (n ≤ the largest size): n itself where the backend runs any
+        batch of a batched bundle, else the smallest listed size that holds them (the rest is padding)."""
+        sizes = self.manifest.batch_sizes
+        if self.any_batch and len(sizes) > 1 and 1 <= n <= sizes[-1]:
+            return n
+        return next(b for b in sizes if b >= n)
+
+    def check_batch(self, batch: int) -> None:
+        if not 1 <= batch <= self.manifest.batch_sizes[-1] or batch != self.batch_for(batch):
+            sizes = list(self.manifest.batch_sizes)
+            raise BackendError(f"batch of {batch}: this bundle runs batches of {sizes} (xvla-edge export --batch-sizes)"
+                               if len(sizes) > 1 else f"batch of {batch}: this bundle runs batch 1 only "
+                               "(export it with --batch-sizes)")
 
     def __init__(self, manifest: Manifest) -> None:
         self.manifest = manifest

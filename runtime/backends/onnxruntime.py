@@ -120,6 +120,7 @@ class _Plan:
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+    any_batch = True  # the graphs' batch dimension is dynamic: a plan for whichever size comes
 
     def __init__(self, manifest: Manifest, bundle_dir: str | Path, *, device: str = "cpu",
                  threads: int | None = None, device_buffers: bool | None = None, cuda_graph: bool = True,
@@ -153,9 +154,7 @@ class OnnxRuntimeBackend(Backend):
     def _plan(self, batch: int) -> _Plan:
         """The static memory plan for ``batch`` observations (made on first use, then kept)."""
         if batch not in self.plans:
-            if batch not in self.manifest.batch_sizes:
-                raise BackendError(f"batch of {batch}: this bundle runs batches of {list(self.manifest.batch_sizes)} "
-                                   "(xvla-edge export --batch-sizes)")
+            self.check_batch(batch)
             plan = _Plan({name: np.zeros(s.at(batch), dtype=np.dtype(s.dtype)) for name, s in self.specs.items()},
                          graph_ids=(2 * len(self.plans) + 1, 2 * len(self.plans) + 2))
             self._bind_plan(plan)

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 class TorchBackend(Backend):
     name = "torch"
+    any_batch = True
 
     def __init__(self, manifest: Manifest, bundle_dir: str | Path, *, device: str = "cpu",
                  checkpoint: str | Path | None = None, dtype: str = "float32", cuda_graph: bool = False) -> None:
@@ -57,8 +58,7 @@ class TorchBackend(Backend):
 
     def encode(self, pixel_values: np.ndarray, image_mask: np.ndarray, input_ids: np.ndarray) -> None:
         B, V, slots = pixel_values.shape[0], pixel_values.shape[1], self.model.config.view_slots
-        if B not in self.manifest.batch_sizes:
-            raise BackendError(f"batch of {B}: this bundle runs batches of {list(self.manifest.batch_sizes)}")
+        self.check_batch(B)
         px = torch.zeros(B, slots, *pixel_values.shape[2:], dtype=self.dtype, device=self.device)
         px[:, :V] = torch.from_numpy(pixel_values).to(self.device, self.dtype)
         mask = torch.zeros(B, slots, dtype=torch.bool, device=self.device)

@@ -95,15 +95,30 @@ def test_a_bad_observation_is_named_by_its_index_and_nothing_runs(tiny_batch_bun
     assert calls == []
 
 
-def test_the_backend_refuses_a_batch_size_the_bundle_does_not_list(tiny_batch_bundle):
+def test_the_backend_runs_any_batch_up_to_the_largest_and_refuses_more(tiny_batch_bundle):
     with Policy.load(tiny_batch_bundle) as policy:
         pixels, mask, ids, proprio, x1 = policy.preprocess(observations(policy, 1)[0])
-        three = [np.concatenate([a] * 3) for a in (pixels, mask, ids)]
-        with pytest.raises(BackendError, match=r"batch of 3: this bundle runs batches of \[1, 2, 4\]"):
-            policy.backend.encode(*three)
+        assert [policy.backend.batch_for(n) for n in (1, 2, 3, 4)] == [1, 2, 3, 4]  # dynamic shapes: no padding
+        with pytest.raises(BackendError, match=r"batch of 5: this bundle runs batches of \[1, 2, 4\]"):
+            policy.backend.encode(*[np.concatenate([a] * 5) for a in (pixels, mask, ids)])
         policy.backend.encode(*[np.concatenate([a] * 2) for a in (pixels, mask, ids)])
         with pytest.raises(BackendError, match="denoise\\(\\) of a batch of 1 after encode\\(\\) of 2"):
             policy.backend.denoise(x1, proprio, 2)
+
+
+def test_a_backend_with_fixed_sizes_gets_padded_batches(tiny_batch_bundle):
+    """TensorRT's way (a profile per listed size), on ONNX Runtime: 3 observations run as a batch of 4."""
+    with Policy.load(tiny_batch_bundle) as policy:
+        obs = observations(policy, 3, seed=4)
+        alone = [policy.act(o).actions for o in obs]
+        policy.backend.any_batch = False
+        ran = []
+        encode = policy.backend.encode
+        policy.backend.encode = lambda px, *a: ran.append(px.shape[0]) or encode(px, *a)
+        together = [c.actions for c in policy.act_batch(obs)]
+    assert ran == [4] and len(together) == 3
+    for a, b in zip(alone, together):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("sizes, named", [

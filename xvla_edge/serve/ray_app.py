@@ -166,7 +166,7 @@ class DeploymentBundles:
         return Answer(reply.actions, reply.bundle_id, reply.batch)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0})
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1024)  # it only awaits the policies
 @serve.ingress()
 class Ingress:
     """The HTTP/websocket front: ``xvla-edge serve``'s app over the policy deployments."""

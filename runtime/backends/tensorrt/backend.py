@@ -275,9 +275,7 @@ class TensorRTBackend(Backend):
 
     def encode(self, pixel_values: np.ndarray, image_mask: np.ndarray, input_ids: np.ndarray) -> None:
         batch = int(pixel_values.shape[0])
-        if batch not in self.plans:
-            raise BackendError(f"batch of {batch}: this bundle runs batches of {list(self.plans)} "
-                               "(xvla-edge export --batch-sizes)")
+        self.check_batch(batch)  # a profile per listed size only
         self.plan = self.plans[batch]
         for name, value in zip(self._ENCODER_INPUTS, (pixel_values, image_mask, input_ids), strict=True):
             self._upload(name, value)
