@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "config": "validate a robot.toml without running (config check FILE)",
     "flash": "install a verified bundle on a robot (atomic switch, previous kept)",
     "rollback": "make a robot's previous bundle active again",
+    "fleet": "robots seen from a workstation: fleet status (bundle per robot); fleet agent (a flash's robot side)",
     "calibrate": "calibration sets, and the accuracy gate of a bundle against its fp32 reference",
     "quantize": "an INT8 (Q/DQ) bundle from an fp32 bundle, calibrated and gated on a set",
     "serve": "serve bundles over HTTP (the official X-VLA /act API) and a msgpack websocket",

@@ -1,40 +1,90 @@
-"""``xvla-edge flash BUNDLE --robot DIR``: install a verified bundle as the robot's active one.
+"""``xvla-edge flash BUNDLE --robot DIR`` (on the robot) or ``--robot user@host[:port]:/path ...`` (from a
+workstation): install a verified bundle as a robot's active one.
 
-Example: ``xvla-edge flash ./bundles/widowx-fp16 --robot /var/lib/xvla-edge``
+Examples::
 
-Verifies the bundle's checksums, stages a copy in DIR, builds TensorRT engines there when TensorRT is
-installed, runs one smoke inference, then switches ``DIR/current`` atomically and keeps the old bundle as
-``DIR/previous`` (``xvla-edge rollback --robot DIR`` switches back). Layout and guarantees:
-:mod:`runtime.flash`.
+    xvla-edge flash ./bundles/widowx-fp16 --robot /var/lib/xvla-edge
+    xvla-edge flash ./bundles/widowx-fp16 --robot ops@arm1:/var/lib/xvla-edge --robot ops@arm2:/var/lib/xvla-edge \\
+        --canary 1 --parallel 4 --json flash.json
 
-Exit status: 0 installed (or already active); 1 refused or failed, the active bundle unchanged; 2 usage.
+On the robot: verifies the bundle's checksums, stages a copy in DIR, builds TensorRT engines there when TensorRT
+is installed, runs one smoke inference, then switches ``DIR/current`` atomically and keeps the old bundle as
+``DIR/previous`` (``xvla-edge rollback --robot DIR`` switches back). Layout and guarantees: :mod:`runtime.flash`.
+From a workstation: the same on every robot over SSH, sending only the files a robot lacks (by sha256, resumed
+after a dropped connection), canary robots first (:mod:`xvla_edge.fleet.rollout`).
+
+Exit status: 0 installed everywhere (or already active); 1 refused or failed somewhere (every such robot keeps
+its active bundle; the summary names robot, step and cause); 2 usage.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
+
+from xvla_edge.commands.fleet import add_ssh_arguments, ssh_options
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", type=Path, help="bundle directory made by `xvla-edge export`")
-    p.add_argument("--robot", type=Path, required=True, metavar="DIR",
-                   help="the robot's bundle directory (created if missing; holds `current` and `previous`)")
+    p.add_argument("--robot", action="append", required=True, metavar="DIR | USER@HOST[:PORT]:/PATH",
+                   help="the robot's bundle directory (created if missing; holds `current` and `previous`); "
+                        "repeat with user@host:/path for a fleet")
     p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"],
                    help="backend of the smoke inference (default: tensorrt on cuda when engines were built)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device of the smoke inference")
     p.add_argument("--smoke-timeout", type=float, default=600.0, metavar="SECONDS",
                    help="refuse the bundle when its smoke inference takes longer (default 600)")
+    fleet = p.add_argument_group("a fleet over SSH (--robot user@host:/path)")
+    fleet.add_argument("--parallel", type=int, default=4, metavar="N", help="robots flashed at once (default 4)")
+    fleet.add_argument("--canary", type=int, default=0, metavar="K",
+                       help="flash K robots first; the rest only when all K succeeded (default 0)")
+    fleet.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the per-robot results as JSON")
+    add_ssh_arguments(fleet)
 
 
 def run(args: argparse.Namespace) -> int:
-    from runtime.flash import flash
     from xvla.errors import XVLAError
+    from xvla_edge.fleet.ssh import Robot
+
+    remote = [Robot.is_remote(r) for r in args.robot]
+    if any(remote):
+        if not all(remote):
+            print("xvla-edge flash: --robot: give either one local directory or user@host:/path targets, not both",
+                  file=sys.stderr)
+            return 2
+        if args.parallel < 1 or args.canary < 0:
+            print("xvla-edge flash: --parallel must be >= 1 and --canary >= 0", file=sys.stderr)
+            return 2
+        return _fleet(args)
+    if len(args.robot) > 1:
+        print("xvla-edge flash: one local --robot DIR at a time", file=sys.stderr)
+        return 2
+    from runtime.flash import flash
 
     try:
-        flash(args.bundle, args.robot, backend=args.backend, device=args.device, smoke_timeout_s=args.smoke_timeout)
+        flash(args.bundle, args.robot[0], backend=args.backend, device=args.device, smoke_timeout_s=args.smoke_timeout)
     except XVLAError as exc:
         print(f"xvla-edge flash: refused, the active bundle is unchanged: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _fleet(args: argparse.Namespace) -> int:
+    from runtime.manifest import BundleError
+    from xvla_edge.fleet.rollout import rollout, table
+    from xvla_edge.fleet.ssh import RemoteError, Robot
+
+    try:
+        robots = [Robot.parse(r) for r in args.robot]
+        results = rollout(args.bundle, robots, ssh_options(args), backend=args.backend, device=args.device,
+                          smoke_timeout_s=args.smoke_timeout, parallel=args.parallel, canary=args.canary)
+    except (BundleError, RemoteError) as exc:
+        print(f"xvla-edge flash: refused before anything was sent: {exc}", file=sys.stderr)
+        return 1
+    print(table(results))
+    if args.json is not None:
+        args.json.write_text(json.dumps([r.to_dict() for r in results], indent=2))
+    return 0 if all(r.result == "ok" for r in results) else 1

@@ -1,0 +1,73 @@
+"""``xvla-edge fleet status --robot user@host:/path ...`` and ``xvla-edge fleet agent`` (the robot's side of a
+fleet flash, run over SSH: :mod:`xvla_edge.fleet.agent`).
+
+``status`` asks every robot which bundle is active and previous, and when it last changed (``--json FILE``: the
+same as JSON). Exit status: 0 every robot answered, 1 one did not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_ssh_arguments(p: argparse.ArgumentParser) -> None:
+    """How the workstation reaches robots (shared with ``flash``)."""
+    p.add_argument("--known-hosts", type=Path, default=None, metavar="FILE",
+                   help="known_hosts file to check robots' host keys against (default: ssh's); unknown keys are refused")
+    p.add_argument("--identity", type=Path, default=None, metavar="FILE", help="private key (default: ssh's, or the agent)")
+    p.add_argument("--remote-xvla-edge", default="xvla-edge", metavar="COMMAND",
+                   help="how xvla-edge is run on the robots (default: xvla-edge on the PATH of the ssh user)")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="fleet_command", metavar="{status,agent}", required=True)
+    status = sub.add_parser("status", help="which bundle each robot runs, and its last flash")
+    status.add_argument("--robot", action="append", required=True, metavar="USER@HOST[:PORT]:/PATH")
+    status.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the answers as JSON")
+    add_ssh_arguments(status)
+    agent = sub.add_parser("agent", help="the robot's side of a fleet flash (run over ssh by the workstation)")
+    agent.add_argument("dir", type=Path, help="the robot's bundle directory")
+    agent.add_argument("op", choices=["have", "put", "assemble", "flash", "status"])
+    agent.add_argument("args", nargs="*")
+    agent.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"])
+    agent.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    agent.add_argument("--smoke-timeout", type=float, default=600.0)
+
+
+def ssh_options(args: argparse.Namespace):  # noqa: ANN201 - SSHOptions, imported when the command runs
+    import shlex
+
+    from xvla_edge.fleet.ssh import SSHOptions
+
+    return SSHOptions(known_hosts=args.known_hosts, identity=args.identity,
+                      xvla_edge=tuple(shlex.split(args.remote_xvla_edge)))
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.fleet_command == "agent":
+        from xvla_edge.fleet import agent
+
+        return agent.main(args.dir, args.op, args.args, backend=args.backend, device=args.device,
+                          smoke_timeout_s=args.smoke_timeout)
+    from xvla_edge.fleet.ssh import Agent, RemoteError, Robot
+
+    options, answers, ok = ssh_options(args), {}, True
+    for target in args.robot:
+        try:
+            robot = Robot.parse(target)
+            answers[target] = Agent(robot, options).call("status", "status", timeout_s=60)
+        except RemoteError as exc:
+            answers[target], ok = {"error": str(exc)}, False
+    for target, a in answers.items():
+        if "error" in a:
+            print(f"{target}: unreachable: {a['error']}")
+            continue
+        current, previous, last = a.get("current") or {}, a.get("previous") or {}, a.get("last") or {}
+        print(f"{target}: current {current.get('name', '-')} ({(current.get('bundle_id') or '-')[:12]}), previous "
+              f"{previous.get('name', '-')}, last {last.get('action', '-')} at {last.get('time', '-')}")
+    if args.json is not None:
+        args.json.write_text(json.dumps(answers, indent=2))
+    return 0 if ok else 1

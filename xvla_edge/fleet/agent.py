@@ -1,0 +1,246 @@
+"""The robot's side of a fleet flash: ``xvla-edge fleet agent DIR OP``, run over SSH by the workstation.
+
+Every operation reads its input from stdin, prints one JSON object on stdout and exits 0, or prints
+``{"error": "..."}`` and exits 1. ``DIR`` is the robot's bundle directory of :mod:`runtime.flash`; the agent adds
+
+    DIR/.objects/<sha256>            files received, named by their content (verified before they get the name)
+    DIR/.objects/<sha256>.partial    a file being received; a dropped connection leaves it to be continued
+    DIR/.incoming/<bundle id>/       a bundle assembled from objects (hard links), flashed from there
+
+Operations:
+
+- ``have``: stdin ``{"files": {name: {"sha256", "bytes"}}}`` → ``{"missing": {sha256: bytes already received}}``.
+  A file is present when it is an object or a file of an installed bundle with that sha256 (its manifest says
+  so, and its size agrees): content the robot holds is never sent again.
+- ``put SHA256 BYTES OFFSET``: stdin = the file's bytes from ``OFFSET``; appended to the partial file (whose size
+  must be ``OFFSET``), checked against SHA256 once complete, then renamed to its object name. A short stream
+  keeps what arrived.
+- ``assemble SHA256``: the object SHA256 is a manifest; validated, and every file it lists linked (or copied)
+  from where it is present into ``.incoming/<bundle id>/``, which is then verified like any bundle.
+- ``flash BUNDLE_ID [--backend B] [--device D] [--smoke-timeout S]``: :func:`runtime.flash.flash` of the assembled
+  bundle (verification, TensorRT engines when TensorRT is here, smoke inference on the daemon's backend and
+  device, atomic switch); then ``.incoming`` and ``.objects`` are emptied (the installed bundles hold the
+  content).
+- ``status``: the active and previous bundles and the last line of ``history.jsonl``.
+
+Nothing here trusts its input: digests are 64 hex digits, sizes bounded, names plain (the manifest is validated
+before a file of it is linked), and every path is checked to lie inside ``DIR``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, BinaryIO, Optional
+
+from runtime.flash import BUNDLES, CURRENT, HISTORY, PREVIOUS, FlashError, flash
+from runtime.manifest import MANIFEST_FILE, BundleError, Manifest
+from xvla.files import sha256_file
+
+OBJECTS, INCOMING = ".objects", ".incoming"
+MAX_FILE_BYTES = 1 << 40  # far above any bundle file, far below a size that overflows anything
+CHUNK = 1 << 20
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class AgentError(FlashError):
+    """A request the agent refuses or cannot carry out; nothing active changed."""
+
+
+def _digest(text: str) -> str:
+    if not isinstance(text, str) or not _SHA256.fullmatch(text):
+        raise AgentError(f"{text!r}: expected a sha256 of 64 lowercase hex digits")
+    return text
+
+
+def _size(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_FILE_BYTES:
+        raise AgentError(f"{what} = {value!r}: expected an integer 0 ... {MAX_FILE_BYTES}")
+    return value
+
+
+def _objects(root: Path) -> Path:
+    path = root / OBJECTS
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def installed_files(root: Path) -> dict[str, Path]:
+    """sha256 → a file of an installed bundle with that content (per its manifest and size)."""
+    found: dict[str, Path] = {}
+    for bundle in sorted((root / BUNDLES).iterdir()) if (root / BUNDLES).is_dir() else []:
+        try:
+            manifest = Manifest.load(bundle)
+        except BundleError:
+            continue
+        for name, entry in manifest.files.items():
+            path = bundle / name
+            if path.is_file() and not path.is_symlink() and path.stat().st_size == entry["bytes"]:
+                found.setdefault(entry["sha256"], path)
+        found.setdefault(hashlib.sha256((bundle / MANIFEST_FILE).read_bytes()).hexdigest(), bundle / MANIFEST_FILE)
+    return found
+
+
+def have(root: Path, request: dict[str, Any]) -> dict[str, Any]:
+    files = request.get("files") if isinstance(request, dict) else None
+    if not isinstance(files, dict):
+        raise AgentError('have: expected {"files": {name: {"sha256": ..., "bytes": ...}}} on stdin')
+    objects, installed = _objects(root), installed_files(root)
+    missing = {}
+    for name, entry in files.items():
+        if not isinstance(entry, dict):
+            raise AgentError(f"have: files.{name}: expected {{sha256, bytes}}")
+        digest = _digest(entry.get("sha256"))
+        _size(entry.get("bytes"), f"files.{name}.bytes")
+        if (objects / digest).is_file() or digest in installed:
+            continue
+        partial = objects / f"{digest}.partial"
+        missing[digest] = partial.stat().st_size if partial.is_file() else 0
+    return {"missing": missing}
+
+
+def put(root: Path, digest: str, size: int, offset: int, data: BinaryIO) -> dict[str, Any]:
+    digest, size, offset = _digest(digest), _size(size, "bytes"), _size(offset, "offset")
+    objects = _objects(root)
+    final, partial = objects / digest, objects / f"{digest}.partial"
+    if final.is_file():
+        return {"stored": digest, "bytes": final.stat().st_size}
+    have_bytes = partial.stat().st_size if partial.is_file() else 0
+    if have_bytes != offset or offset > size:
+        raise AgentError(f"put {digest[:12]}: {have_bytes} bytes received so far, the stream starts at {offset}; "
+                         "ask again with `have`")
+    with open(partial, "ab") as out:
+        left = size - offset
+        while left:
+            block = data.read(min(CHUNK, left))
+            if not block:
+                break
+            out.write(block)
+            left -= len(block)
+        out.flush()
+        os.fsync(out.fileno())
+    received = partial.stat().st_size
+    if received < size:
+        raise AgentError(f"put {digest[:12]}: the stream ended after {received} of {size} bytes; kept for a resume")
+    if sha256_file(partial) != digest:
+        partial.unlink()
+        raise AgentError(f"put {digest[:12]}: the {size} bytes received do not have that sha256; discarded")
+    os.replace(partial, final)
+    return {"stored": digest, "bytes": size}
+
+
+def assemble(root: Path, manifest_digest: str) -> dict[str, Any]:
+    objects = _objects(root)
+    source = objects / _digest(manifest_digest)
+    if not source.is_file():
+        installed = installed_files(root)
+        if manifest_digest not in installed:
+            raise AgentError(f"assemble: no manifest {manifest_digest[:12]} here; send it first")
+        source = installed[manifest_digest]
+    try:
+        manifest = Manifest.from_dict(json.loads(source.read_text()), f"manifest {manifest_digest[:12]}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise AgentError(f"assemble: manifest {manifest_digest[:12]} is not a valid manifest: {exc}") from None
+    incoming = root / INCOMING
+    incoming.mkdir(exist_ok=True)
+    target, tmp = incoming / manifest.bundle_id, incoming / f"{manifest.bundle_id}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    installed = installed_files(root)
+    for name, entry in manifest.files.items():  # plain names: the manifest is validated
+        digest = entry["sha256"]
+        src = objects / digest if (objects / digest).is_file() else installed.get(digest)
+        if src is None:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise AgentError(f"assemble: {name} ({digest[:12]}) is not here; send it first")
+        _link_or_copy(src, tmp / name)
+    _link_or_copy(source, tmp / MANIFEST_FILE)
+    try:
+        Manifest.load(tmp).verify_files(tmp)
+    except BundleError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise AgentError(f"assemble: the assembled bundle does not verify: {exc}") from None
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return {"assembled": manifest.bundle_id, "path": str(target)}
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or links not allowed: a copy
+        shutil.copy2(src, dst)
+
+
+def flash_assembled(root: Path, bundle_id: str, backend: str, device: str, smoke_timeout_s: float) -> dict[str, Any]:
+    source = root / INCOMING / _digest(bundle_id)
+    if not (source / MANIFEST_FILE).is_file():
+        raise AgentError(f"flash: bundle {bundle_id[:12]} is not assembled here")
+    lines: list[str] = []
+    installed = flash(source, root, backend=backend, device=device, smoke_timeout_s=smoke_timeout_s, say=lines.append)
+    for leftover in (root / INCOMING, root / OBJECTS):
+        shutil.rmtree(leftover, ignore_errors=True)
+    return {"installed": installed.name, "bundle_id": bundle_id, "messages": lines, **status(root)}
+
+
+def status(root: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for link in (CURRENT, PREVIOUS):
+        path = root / link
+        target = path.resolve() if path.is_symlink() else None
+        manifest: Optional[Manifest] = None
+        if target is not None:
+            try:
+                manifest = Manifest.load(target)
+            except BundleError:
+                pass
+        out[link] = None if target is None else {"name": target.name,
+                                                 "bundle_id": manifest.bundle_id if manifest else None}
+    history = root / HISTORY
+    lines = history.read_text().splitlines() if history.is_file() else []
+    out["last"] = json.loads(lines[-1]) if lines else None
+    return out
+
+
+def run(root: Path, op: str, args: list[str], stdin: BinaryIO) -> dict[str, Any]:
+    """One operation (see the module docstring)."""
+    if op == "have":
+        try:
+            request = json.loads(stdin.read(16 << 20) or b"{}")
+        except ValueError as exc:
+            raise AgentError(f"have: stdin is not JSON ({exc})") from None
+        return have(root, request)
+    if op == "put" and len(args) == 3:
+        try:
+            size, offset = int(args[1]), int(args[2])
+        except ValueError:
+            raise AgentError(f"put: expected SHA256 BYTES OFFSET, got {args}") from None
+        return put(root, args[0], size, offset, stdin)
+    if op == "assemble" and len(args) == 1:
+        return assemble(root, args[0])
+    if op == "status" and not args:
+        return status(root)
+    raise AgentError(f"unknown operation {op!r} with {len(args)} argument(s); expected have, put SHA BYTES OFFSET, "
+                     "assemble SHA, flash BUNDLE_ID, status")
+
+
+def main(root: Path, op: str, args: list[str], *, backend: str = "auto", device: str = "cpu",
+         smoke_timeout_s: float = 600.0) -> int:
+    """Print the operation's JSON answer; exit status 0, or 1 with ``{"error": ...}``."""
+    try:
+        if not root.is_absolute():
+            raise AgentError(f"{root}: the robot directory must be an absolute path")
+        if op == "flash" and len(args) == 1:
+            answer = flash_assembled(root, args[0], backend, device, smoke_timeout_s)
+        else:
+            answer = run(root, op, args, sys.stdin.buffer)
+    except (FlashError, BundleError, OSError) as exc:
+        print(json.dumps({"error": str(exc)}), flush=True)
+        return 1
+    print(json.dumps(answer), flush=True)
+    return 0

@@ -1,0 +1,152 @@
+"""Flash one bundle to many robots from a workstation: ``xvla-edge flash BUNDLE --robot user@host:/path ...``.
+
+The bundle is verified here first (manifest and every file's sha256): a tampered bundle is refused before
+anything is sent anywhere. Then, per robot (:func:`flash_robot`), over SSH (:mod:`xvla_edge.fleet.ssh`):
+
+1. ``have``: which of the bundle's files (by sha256) the robot lacks, and how much of each a dropped
+   connection already delivered;
+2. ``put``: only those, each from where it stopped; each is checked against its sha256 on the robot;
+3. ``assemble``: the bundle rebuilt on the robot from what it received and what its installed bundles hold;
+4. ``flash``: :func:`runtime.flash.flash` on the robot — verified again, TensorRT engines built there when it has
+   TensorRT (an engine belongs to its GPU and TensorRT version, so engines are never copied), the smoke
+   inference on the daemon's backend and device, the atomic switch.
+
+A robot on which any step fails keeps its active bundle (the switch is the last step of ``flash``, and
+:mod:`runtime.flash` guarantees the rest), and its result names the step and the cause. ``canary`` robots go
+first; the others only when all of them succeeded. ``parallel`` robots at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from runtime.flash import verify
+from runtime.manifest import MANIFEST_FILE, Manifest
+from xvla.files import sha256_file
+from xvla_edge.fleet.ssh import Agent, RemoteError, Robot, SSHOptions
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class RobotResult:
+    """What happened on one robot."""
+
+    robot: str
+    result: str = "skipped"  # ok | failed | skipped
+    step: str = ""  # the step that failed (or the last one done)
+    error: Optional[str] = None
+    old: Optional[str] = None  # bundle ids: active before, active after
+    new: Optional[str] = None
+    sent_bytes: int = 0
+    seconds: float = 0.0
+    messages: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class FlashPlan:
+    """The verified bundle: its files by name → (sha256, bytes), the manifest's own digest, its id."""
+
+    bundle: Path
+    manifest: Manifest
+    files: dict[str, tuple[str, int]]
+    manifest_sha256: str
+
+    @classmethod
+    def of(cls, bundle: Path) -> FlashPlan:
+        manifest = verify(bundle)  # BundleError naming the file: nothing has been sent
+        files = {name: (e["sha256"], int(e["bytes"])) for name, e in manifest.files.items()}
+        digest = sha256_file(bundle / MANIFEST_FILE)
+        files[MANIFEST_FILE] = (digest, (bundle / MANIFEST_FILE).stat().st_size)
+        return cls(bundle, manifest, files, digest)
+
+
+def flash_robot(plan: FlashPlan, agent: Agent, *, backend: str, device: str, smoke_timeout_s: float,
+                say: Say) -> RobotResult:
+    """The four steps on one robot (module docstring); never raises for the robot's own failures."""
+    result = RobotResult(str(agent.robot))
+    t0 = time.monotonic()
+    try:
+        result.step = "status"
+        before = agent.call("status", "status")
+        result.old = (before.get("current") or {}).get("bundle_id")
+        result.step = "have"
+        request = {"files": {name: {"sha256": d, "bytes": n} for name, (d, n) in plan.files.items()}}
+        missing = agent.call("have", "have", stdin=json.dumps(request).encode())["missing"]
+        by_digest = {d: (name, n) for name, (d, n) in plan.files.items()}
+        for digest, offset in missing.items():
+            if digest not in by_digest or not isinstance(offset, int) or not 0 <= offset <= by_digest[digest][1]:
+                raise RemoteError(f"{agent.robot}: have: the robot asked for {digest[:12]} from {offset!r}, which "
+                                  "this bundle does not have")
+            name, size = by_digest[digest]
+            result.step = f"transfer of {name}"
+            with open(plan.bundle / name, "rb") as f:
+                f.seek(offset)
+                agent.call(result.step, "put", digest, str(size), str(offset), stdin=f)
+            result.sent_bytes += size - offset
+        say(f"{agent.robot}: {result.sent_bytes} bytes sent ({len(plan.files) - len(missing)} of {len(plan.files)} "
+            "files already there)")
+        result.step = "assemble"
+        agent.call("assemble", "assemble", plan.manifest_sha256)
+        result.step = "flash"
+        answer = agent.call("flash (verify, engines, smoke inference, switch)", "flash", plan.manifest.bundle_id,
+                            "--backend", backend, "--device", device, "--smoke-timeout", str(smoke_timeout_s),
+                            timeout_s=smoke_timeout_s + 3600)
+        result.messages = [str(m) for m in answer.get("messages", [])]
+        result.new = (answer.get("current") or {}).get("bundle_id")
+        if result.new != plan.manifest.bundle_id:
+            raise RemoteError(f"{agent.robot}: flash: the robot reports bundle {result.new} active, not "
+                              f"{plan.manifest.bundle_id}")
+        result.result, result.step = "ok", "done"
+    except RemoteError as exc:
+        result.result, result.error = "failed", str(exc)
+        try:  # what is active now (the old bundle, by the flash's guarantees)
+            result.new = (agent.call("status", "status").get("current") or {}).get("bundle_id")
+        except RemoteError:
+            result.new = None
+    result.seconds = round(time.monotonic() - t0, 2)
+    say(f"{agent.robot}: {result.result}" + (f" at {result.step}: {result.error}" if result.error else ""))
+    return result
+
+
+def rollout(bundle: Path, robots: Sequence[Robot], options: SSHOptions, *, backend: str = "auto",
+            device: str = "cpu", smoke_timeout_s: float = 600.0, parallel: int = 4, canary: int = 0,
+            say: Say = print) -> list[RobotResult]:
+    """Flash ``bundle`` to ``robots``: ``canary`` of them first, the rest only if every canary succeeded."""
+    plan = FlashPlan.of(Path(bundle))
+    say(f"bundle {plan.manifest.bundle_id} ({plan.manifest.embodiment}, {plan.manifest.precision}) verified; "
+        f"flashing {len(robots)} robot(s)" + (f", {canary} canary first" if canary else ""))
+    results: dict[int, RobotResult] = {}
+
+    def run(indices: Sequence[int]) -> None:
+        with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+            for i, res in zip(indices, pool.map(lambda i: flash_robot(plan, Agent(robots[i], options), backend=backend,
+                                                                      device=device, smoke_timeout_s=smoke_timeout_s,
+                                                                      say=say), indices)):
+                results[i] = res
+
+    first = list(range(min(canary, len(robots))))
+    run(first)
+    if all(results[i].result == "ok" for i in first):
+        run(list(range(len(first), len(robots))))
+    else:
+        say(f"a canary failed: the other {len(robots) - len(first)} robot(s) are left as they are")
+    return [results.get(i, RobotResult(str(robots[i]), error="not flashed: a canary failed")) for i in range(len(robots))]
+
+
+def table(results: Sequence[RobotResult]) -> str:
+    """The summary: one line per robot."""
+    rows = [("robot", "result", "old → new bundle", "sent", "time", "step / error")]
+    for r in results:
+        rows.append((r.robot, r.result, f"{(r.old or '-')[:12]} → {(r.new or '-')[:12]}", f"{r.sent_bytes / 1e6:.1f} MB",
+                     f"{r.seconds:.1f} s", r.error or r.step))
+    widths = [max(len(row[k]) for row in rows[:]) for k in range(5)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row[:5], widths)) + "  " + row[5] for row in rows)
