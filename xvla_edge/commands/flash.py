@@ -42,6 +42,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     fleet.add_argument("--canary", type=int, default=0, metavar="K",
                        help="flash K robots first; the rest only when all K succeeded (default 0)")
     fleet.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the per-robot results as JSON")
+    fleet.add_argument("--restart-command", default=None, metavar="COMMAND",
+                       help="run on each robot after its switch, e.g. 'sudo systemctl restart xvla-edge'")
+    fleet.add_argument("--health-url", default=None, metavar="URL",
+                       help="the daemon's /healthz as seen on the robot, e.g. http://127.0.0.1:8765/healthz: it must "
+                            "name the new bundle, else the robot is rolled back")
+    fleet.add_argument("--health-timeout", type=float, default=120.0, metavar="SECONDS",
+                       help="how long the daemon may take to report the new bundle (default 120)")
     add_ssh_arguments(fleet)
 
 
@@ -55,8 +62,9 @@ def run(args: argparse.Namespace) -> int:
             print("xvla-edge flash: --robot: give either one local directory or user@host:/path targets, not both",
                   file=sys.stderr)
             return 2
-        if args.parallel < 1 or args.canary < 0:
-            print("xvla-edge flash: --parallel must be >= 1 and --canary >= 0", file=sys.stderr)
+        if args.parallel < 1 or args.canary < 0 or not 0 < args.health_timeout <= 3600:
+            print("xvla-edge flash: --parallel must be >= 1, --canary >= 0 and --health-timeout in (0, 3600]",
+                  file=sys.stderr)
             return 2
         return _fleet(args)
     if len(args.robot) > 1:
@@ -74,13 +82,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _fleet(args: argparse.Namespace) -> int:
     from runtime.manifest import BundleError
-    from xvla_edge.fleet.rollout import rollout, table
+    from xvla_edge.fleet.rollout import Daemon, rollout, table
     from xvla_edge.fleet.ssh import RemoteError, Robot
 
     try:
         robots = [Robot.parse(r) for r in args.robot]
         results = rollout(args.bundle, robots, ssh_options(args), backend=args.backend, device=args.device,
-                          smoke_timeout_s=args.smoke_timeout, parallel=args.parallel, canary=args.canary)
+                          smoke_timeout_s=args.smoke_timeout, parallel=args.parallel, canary=args.canary,
+                          daemon=Daemon(args.restart_command, args.health_url, args.health_timeout))
     except (BundleError, RemoteError) as exc:
         print(f"xvla-edge flash: refused before anything was sent: {exc}", file=sys.stderr)
         return 1

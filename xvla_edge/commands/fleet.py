@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_ssh_arguments(status)
     agent = sub.add_parser("agent", help="the robot's side of a fleet flash (run over ssh by the workstation)")
     agent.add_argument("dir", type=Path, help="the robot's bundle directory")
-    agent.add_argument("op", choices=["have", "put", "assemble", "flash", "status"])
+    agent.add_argument("op", choices=["have", "put", "assemble", "flash", "status", "health", "rollback"])
     agent.add_argument("args", nargs="*")
     agent.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"])
     agent.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

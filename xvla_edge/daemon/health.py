@@ -67,7 +67,7 @@ class HealthServer:
 
     def __init__(self, host: str, port: int, health: Health, metrics: Callable[[], bytes],
                  on_record: Optional[Callable[[], str]] = None, *, token: Optional[str] = None,
-                 operator: Optional[Operator] = None) -> None:
+                 operator: Optional[Operator] = None, bundle_id: Callable[[], Optional[str]] = lambda: None) -> None:
         outer = self
         expected = None if token is None else f"Bearer {token}".encode()
 
@@ -76,6 +76,9 @@ class HealthServer:
                 if self.path == "/healthz":
                     status, reasons = health()
                     body = {"status": status, "reasons": reasons} if reasons else {"status": status}
+                    identity = bundle_id()
+                    if identity is not None:  # what a fleet flash waits for after a switch
+                        body["bundle_id"] = identity
                     self._send(200 if status == "ok" else 503, "application/json", json.dumps(body))
                 elif self.path == "/metrics":
                     self._send(200, CONTENT_TYPE, metrics())

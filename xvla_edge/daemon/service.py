@@ -255,7 +255,9 @@ class Daemon:
                                               on_record=lambda: str(self.recorder.dump("request")),
                                               token=cfg.health.token,
                                               operator=Operator(self.status, self.series, self.camera_png,
-                                                                self.execute))
+                                                                self.execute),
+                                              bundle_id=lambda: self.policy.manifest.bundle_id
+                                              if self.policy is not None else None)
         if cfg.operator.socket is not None:
             phase("opening the control socket")
             self.control_server = ControlServer(cfg.operator.socket, self.execute, cfg.operator.socket_group)

@@ -22,6 +22,9 @@ Operations:
   device, atomic switch); then ``.incoming`` and ``.objects`` are emptied (the installed bundles hold the
   content).
 - ``status``: the active and previous bundles and the last line of ``history.jsonl``.
+- ``health URL BUNDLE_ID SECONDS``: poll the daemon's ``/healthz`` at URL (on the robot: it listens on loopback)
+  until it answers with ``bundle_id`` BUNDLE_ID → its answer; an error after SECONDS naming what it last said.
+- ``rollback``: :func:`runtime.flash.rollback` (previous becomes active again) → ``status``.
 
 Nothing here trusts its input: digests are 64 hex digits, sizes bounded, names plain (the manifest is validated
 before a file of it is linked), and every path is checked to lie inside ``DIR``.
@@ -35,10 +38,13 @@ import os
 import re
 import shutil
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any, BinaryIO, Optional
 
-from runtime.flash import BUNDLES, CURRENT, HISTORY, PREVIOUS, FlashError, flash
+from runtime.flash import BUNDLES, CURRENT, HISTORY, PREVIOUS, FlashError, flash, rollback
 from runtime.manifest import MANIFEST_FILE, BundleError, Manifest
 from xvla.files import sha256_file
 
@@ -207,6 +213,34 @@ def status(root: Path) -> dict[str, Any]:
     return out
 
 
+def health(url: str, bundle_id: str, seconds: float) -> dict[str, Any]:
+    """The daemon's ``/healthz`` answer once it names ``bundle_id`` (any status: a daemon just started may be
+    degraded until its cameras deliver)."""
+    if not url.startswith(("http://", "https://")) or not 0 < seconds <= 3600:
+        raise AgentError(f"health: expected an http(s) URL and 0 < seconds <= 3600, got {url!r}, {seconds}")
+    deadline, last = time.monotonic() + seconds, "no answer"
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                body = r.read(1 << 16)
+        except urllib.error.HTTPError as exc:  # 503 degraded: still an answer
+            body = exc.read(1 << 16)
+        except (OSError, ValueError) as exc:
+            body, last = None, f"{type(exc).__name__}: {exc}"
+        if body is not None:
+            try:
+                answer = json.loads(body)
+            except ValueError:
+                answer = None
+            if isinstance(answer, dict) and answer.get("bundle_id") == bundle_id:
+                return {"health": answer}
+            last = body.decode("utf-8", "replace")[:200]
+        if time.monotonic() >= deadline:
+            raise AgentError(f"health: {url} did not report bundle {bundle_id[:12]} within {seconds:g} s "
+                             f"(last: {last})")
+        time.sleep(0.5)
+
+
 def run(root: Path, op: str, args: list[str], stdin: BinaryIO) -> dict[str, Any]:
     """One operation (see the module docstring)."""
     if op == "have":
@@ -225,8 +259,17 @@ def run(root: Path, op: str, args: list[str], stdin: BinaryIO) -> dict[str, Any]
         return assemble(root, args[0])
     if op == "status" and not args:
         return status(root)
+    if op == "health" and len(args) == 3:
+        try:
+            seconds = float(args[2])
+        except ValueError:
+            raise AgentError(f"health: seconds = {args[2]!r}: expected a number") from None
+        return health(args[0], _digest(args[1]), seconds)
+    if op == "rollback" and not args:
+        rollback(root, say=lambda line: None)
+        return status(root)
     raise AgentError(f"unknown operation {op!r} with {len(args)} argument(s); expected have, put SHA BYTES OFFSET, "
-                     "assemble SHA, flash BUNDLE_ID, status")
+                     "assemble SHA, flash BUNDLE_ID, status, health URL BUNDLE_ID SECONDS, rollback")
 
 
 def main(root: Path, op: str, args: list[str], *, backend: str = "auto", device: str = "cpu",

@@ -9,7 +9,9 @@ anything is sent anywhere. Then, per robot (:func:`flash_robot`), over SSH (:mod
 3. ``assemble``: the bundle rebuilt on the robot from what it received and what its installed bundles hold;
 4. ``flash``: :func:`runtime.flash.flash` on the robot — verified again, TensorRT engines built there when it has
    TensorRT (an engine belongs to its GPU and TensorRT version, so engines are never copied), the smoke
-   inference on the daemon's backend and device, the atomic switch.
+   inference on the daemon's backend and device, the atomic switch;
+5. the daemon (:class:`Daemon`): the restart command, then ``/healthz`` must name the new bundle; if it does not,
+   the previous bundle is made active again and the daemon restarted on it.
 
 A robot on which any step fails keeps its active bundle (the switch is the last step of ``flash``, and
 :mod:`runtime.flash` guarantees the rest), and its result names the step and the cause. ``canary`` robots go
@@ -69,11 +71,34 @@ class FlashPlan:
         return cls(bundle, manifest, files, digest)
 
 
+@dataclass(frozen=True)
+class Daemon:
+    """How the robot's daemon takes a new bundle: ``restart`` (a command run on the robot, e.g. ``sudo systemctl
+    restart xvla-edge``), then its ``/healthz`` at ``health_url`` (polled on the robot) must name the new bundle
+    within ``timeout_s``."""
+
+    restart: Optional[str] = None
+    health_url: Optional[str] = None
+    timeout_s: float = 120.0
+
+    def take(self, agent: Agent, bundle_id: str, result: RobotResult, what: str) -> None:
+        if self.restart:
+            result.step = f"daemon restart ({what})"
+            agent.shell(result.step, self.restart)
+        if self.health_url:
+            result.step = f"daemon health ({what})"
+            agent.call(result.step, "health", self.health_url, bundle_id, str(self.timeout_s),
+                       timeout_s=self.timeout_s + 60)
+
+
 def flash_robot(plan: FlashPlan, agent: Agent, *, backend: str, device: str, smoke_timeout_s: float,
-                say: Say) -> RobotResult:
-    """The four steps on one robot (module docstring); never raises for the robot's own failures."""
+                say: Say, daemon: Daemon = Daemon()) -> RobotResult:
+    """The four steps on one robot (module docstring), then the daemon's restart and health; never raises for
+    the robot's own failures. A daemon that does not come back healthy on the new bundle is rolled back to the
+    previous one (and restarted on it)."""
     result = RobotResult(str(agent.robot))
     t0 = time.monotonic()
+    switched = False
     try:
         result.step = "status"
         before = agent.call("status", "status")
@@ -105,8 +130,12 @@ def flash_robot(plan: FlashPlan, agent: Agent, *, backend: str, device: str, smo
         if result.new != plan.manifest.bundle_id:
             raise RemoteError(f"{agent.robot}: flash: the robot reports bundle {result.new} active, not "
                               f"{plan.manifest.bundle_id}")
+        switched = True
+        daemon.take(agent, plan.manifest.bundle_id, result, "new bundle")
         result.result, result.step = "ok", "done"
     except RemoteError as exc:
+        if switched and result.old is not None and result.old != plan.manifest.bundle_id:
+            exc = _roll_back(agent, daemon, result, exc)
         result.result, result.error = "failed", str(exc)
         try:  # what is active now (the old bundle, by the flash's guarantees)
             result.new = (agent.call("status", "status").get("current") or {}).get("bundle_id")
@@ -117,9 +146,22 @@ def flash_robot(plan: FlashPlan, agent: Agent, *, backend: str, device: str, smo
     return result
 
 
+def _roll_back(agent: Agent, daemon: Daemon, result: RobotResult, cause: RemoteError) -> RemoteError:
+    """After a switch whose daemon did not come back: the previous bundle active again, the daemon on it."""
+    failed_step = result.step
+    try:
+        result.step = "rollback"
+        agent.call("rollback", "rollback")
+        daemon.take(agent, result.old or "", result, "previous bundle")
+    except RemoteError as exc:
+        return RemoteError(f"{cause}; then the rollback failed too: {exc}")
+    result.step = failed_step
+    return RemoteError(f"{cause}; rolled back to the previous bundle {(result.old or '')[:12]}")
+
+
 def rollout(bundle: Path, robots: Sequence[Robot], options: SSHOptions, *, backend: str = "auto",
             device: str = "cpu", smoke_timeout_s: float = 600.0, parallel: int = 4, canary: int = 0,
-            say: Say = print) -> list[RobotResult]:
+            daemon: Daemon = Daemon(), say: Say = print) -> list[RobotResult]:
     """Flash ``bundle`` to ``robots``: ``canary`` of them first, the rest only if every canary succeeded."""
     plan = FlashPlan.of(Path(bundle))
     say(f"bundle {plan.manifest.bundle_id} ({plan.manifest.embodiment}, {plan.manifest.precision}) verified; "
@@ -130,7 +172,7 @@ def rollout(bundle: Path, robots: Sequence[Robot], options: SSHOptions, *, backe
         with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
             for i, res in zip(indices, pool.map(lambda i: flash_robot(plan, Agent(robots[i], options), backend=backend,
                                                                       device=device, smoke_timeout_s=smoke_timeout_s,
-                                                                      say=say), indices)):
+                                                                      say=say, daemon=daemon), indices)):
                 results[i] = res
 
     first = list(range(min(canary, len(robots))))

@@ -88,6 +88,23 @@ class Agent:
         self.options = options
 
     def argv(self, op: str, *args: str) -> list[str]:
+        """ssh running the agent operation ``op`` on the robot."""
+        return [*self._ssh(), shlex.join([*self.options.xvla_edge, "fleet", "agent", self.robot.path, op, *args])]
+
+    def shell(self, step: str, command: str, timeout_s: float = 300.0) -> None:
+        """Run an operator's command on the robot (e.g. ``sudo systemctl restart xvla-edge``); RemoteError with its
+        output when it fails."""
+        try:
+            proc = subprocess.run([*self._ssh(), command], capture_output=True, timeout=timeout_s,
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise RemoteError(f"{self.robot}: {step}: `{command}` did not finish within {timeout_s:g} s") from None
+        if proc.returncode != 0:
+            out = _last(proc.stderr.decode("utf-8", "replace")) or _last(proc.stdout.decode("utf-8", "replace"))
+            raise RemoteError(f"{self.robot}: {step}: `{command}` exited {proc.returncode}: {out}")
+
+    def _ssh(self) -> list[str]:
+        """The ssh command up to the host (the remote command follows)."""
         o = self.options
         cmd = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
                "-o", f"ConnectTimeout={int(o.connect_timeout_s)}", "-o", "ServerAliveInterval=5",
@@ -102,8 +119,7 @@ class Agent:
             cmd += ["-l", self.robot.user]
         for extra in o.extra:
             cmd += ["-o", extra]
-        remote = shlex.join([*o.xvla_edge, "fleet", "agent", self.robot.path, op, *args])
-        return [*cmd, "--", self.robot.host, remote]
+        return [*cmd, "--", self.robot.host]
 
     def call(self, step: str, op: str, *args: str, stdin: Union[bytes, BinaryIO, None] = None,
              timeout_s: float = 600.0) -> dict[str, Any]:
