@@ -38,13 +38,15 @@ import math
 import os
 import shutil
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from runtime.manifest import MANIFEST_FILE, BundleError, Manifest
+from runtime.backends.tensorrt.backend import TIMING_CACHE
+from runtime.manifest import ENGINES_DIR, MANIFEST_FILE, BundleError, Manifest
 from runtime.types import Observation
 from xvla.errors import XVLAError
 from xvla.files import fsync_directory, fsync_tree, sha256_file
@@ -92,8 +94,9 @@ def copy_file(src: Path, dst: Path) -> None:
     shutil.copy2(src, dst)
 
 
-def build_engines(staged: Path) -> Optional[str]:
-    """Build TensorRT engines in ``staged`` when TensorRT is installed; otherwise return why not."""
+def build_engines(staged: Path, timing_cache: Optional[Path] = None) -> Optional[str]:
+    """Build TensorRT engines in ``staged`` when TensorRT is installed (starting from ``timing_cache``, the active
+    bundle's, when there is one); otherwise return why not."""
     try:
         import tensorrt  # noqa: F401
     except ImportError:
@@ -103,7 +106,7 @@ def build_engines(staged: Path) -> Optional[str]:
     manifest = Manifest.load(staged)
     if manifest.precision not in build.BUILDABLE_PRECISIONS:
         return f"a {manifest.precision} bundle: no TensorRT engines built (it runs on ONNX Runtime)"
-    build.build_engines(staged, build.check_buildable(staged, force=True))
+    build.build_engines(staged, build.check_buildable(staged, force=True), timing_cache=timing_cache)
     return None
 
 
@@ -199,11 +202,15 @@ def flash(bundle: str | Path, robot_dir: str | Path, *, backend: str = "auto", d
                 raise BundleError(f"{staged / MANIFEST_FILE}: differs from {src / MANIFEST_FILE}, which changed "
                                   "during the copy")
             step = "TensorRT engine build"
-            why_not = build_engines(staged)
+            t0 = time.monotonic()
+            why_not = build_engines(staged, None if old is None else old / ENGINES_DIR / TIMING_CACHE)
             if why_not:
                 say(why_not)
             step = "smoke inference"
+            t1 = time.monotonic()
             _within(smoke_timeout_s, f"smoke inference on {backend}/{device}", smoke_test, staged, backend, device)
+            timings = {"engines": why_not is None, "build_s": round(t1 - t0, 2),
+                       "smoke_s": round(time.monotonic() - t1, 2)}
             for check in checks:
                 step = f"pre-switch check {getattr(check, '__name__', check)!r}"
                 check(staged)
@@ -222,7 +229,7 @@ def flash(bundle: str | Path, robot_dir: str | Path, *, backend: str = "auto", d
             raise
         fsync_directory(robot)
         _clean(robot)
-        _record(robot, "flash", final, old)
+        _record(robot, "flash", final, old, **timings)
     say(f"flashed {final.name} (bundle {manifest.bundle_id}) into {robot}"
         + (f" (previous: {old.name})" if old is not None else ""))
     return final.resolve()
@@ -260,11 +267,12 @@ def _bundle_id(bundle: Path) -> Optional[str]:
         return None
 
 
-def _record(robot: Path, action: str, active: Path, previous: Optional[Path]) -> None:
-    """Append what became active to ``DIR/history.jsonl`` (one JSON object per flash or rollback)."""
+def _record(robot: Path, action: str, active: Path, previous: Optional[Path], **extra: object) -> None:
+    """Append what became active to ``DIR/history.jsonl`` (one JSON object per flash or rollback; a flash adds
+    whether engines were built and how long the build and the smoke inference took)."""
     entry = {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "action": action,
              "bundle_id": _bundle_id(active), "bundle": active.name,
-             "previous": None if previous is None else previous.name}
+             "previous": None if previous is None else previous.name, **extra}
     with open(robot / HISTORY, "a") as f:
         f.write(json.dumps(entry) + "\n")
         f.flush()

@@ -114,13 +114,31 @@ def test_older_bundles_are_pruned_and_a_reflash_of_previous_never_touches_it(rob
 def test_a_build_step_output_is_installed(bundles, tmp_path, monkeypatch):
     a, _ = bundles
 
-    def fake_build(staged: Path) -> None:  # what TensorRT's build leaves: engines/ inside the staged bundle
+    def fake_build(staged: Path, timing_cache=None) -> None:  # what TensorRT's build leaves: engines/ inside the staged bundle
         (staged / "engines").mkdir()
         (staged / "engines" / "engines.json").write_text("{}")
 
     monkeypatch.setattr(fl, "build_engines", fake_build)
     installed = fl.flash(a, tmp_path / "robot", say=quiet)
     assert (installed / "engines" / "engines.json").read_text() == "{}"
+
+
+def test_the_build_starts_from_the_active_bundles_timing_cache_and_history_has_the_timings(bundles, tmp_path,
+                                                                                           monkeypatch):
+    a, b = bundles
+    robot, caches = tmp_path / "robot", []
+
+    def fake_build(staged: Path, timing_cache=None) -> None:
+        caches.append(timing_cache)
+        (staged / "engines").mkdir()
+        (staged / "engines" / "timing.cache").write_text(f"timings for {staged.name}")
+
+    monkeypatch.setattr(fl, "build_engines", fake_build)
+    first = fl.flash(a, robot, say=quiet)
+    fl.flash(b, robot, say=quiet)
+    assert caches == [None, first / "engines" / "timing.cache"]  # the second build starts from the first's cache
+    last = json.loads((robot / "history.jsonl").read_text().splitlines()[-1])
+    assert last["engines"] is True and last["build_s"] >= 0 and last["smoke_s"] > 0
 
 
 def _fail(step: str, monkeypatch: pytest.MonkeyPatch, robot: Path) -> tuple[tuple[fl.Check, ...], str]:
@@ -148,7 +166,7 @@ def _fail(step: str, monkeypatch: pytest.MonkeyPatch, robot: Path) -> tuple[tupl
         monkeypatch.setattr(fl, "copy_file", copy_file)
         return (), "copy failed: injected"
     if step == "build":  # dies half-way through writing engines
-        def half_build(staged: Path) -> None:
+        def half_build(staged: Path, timing_cache=None) -> None:
             (staged / "engines").mkdir()
             (staged / "engines" / "encoder.engine").write_bytes(b"half")
             boom()

@@ -477,6 +477,16 @@ def test_a_batched_bundle_runs_each_size_on_its_own_profile_buffers_and_graphs(b
     assert rt.memory == {} and rt.execs == {} and rt.streams == set() and rt.pinned == {}
 
 
+def test_a_build_starts_from_a_given_timing_cache_when_the_bundle_has_none(bundle: Path, tmp_path: Path,
+                                                                          fake_builder: SimpleNamespace) -> None:
+    from runtime.backends.tensorrt import build
+
+    (tmp_path / "active.cache").write_text("timings of the active bundle;")
+    build.build_engines(bundle, Manifest.load(bundle), timing_cache=tmp_path / "active.cache")
+    assert fake_builder.builds[0]["cache_before"] == "timings of the active bundle;"
+    assert (bundle / ENGINES_DIR / TIMING_CACHE).read_text().startswith("timings of the active bundle;")
+
+
 @pytest.mark.parametrize("bundle", [(1, 2, 4)], indirect=True)
 def test_build_gives_a_batched_bundle_one_profile_per_batch_size(bundle: Path, fake_builder: SimpleNamespace,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:

@@ -47,6 +47,9 @@ class RobotResult:
     new: Optional[str] = None
     sent_bytes: int = 0
     seconds: float = 0.0
+    engines: Optional[bool] = None  # TensorRT engines built on the robot
+    build_s: Optional[float] = None  # the robot's engine build, and its smoke inference
+    smoke_s: Optional[float] = None
     messages: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -126,6 +129,8 @@ def flash_robot(plan: FlashPlan, agent: Agent, *, backend: str, device: str, smo
                             "--backend", backend, "--device", device, "--smoke-timeout", str(smoke_timeout_s),
                             timeout_s=smoke_timeout_s + 3600)
         result.messages = [str(m) for m in answer.get("messages", [])]
+        last = answer.get("last") or {}
+        result.engines, result.build_s, result.smoke_s = last.get("engines"), last.get("build_s"), last.get("smoke_s")
         result.new = (answer.get("current") or {}).get("bundle_id")
         if result.new != plan.manifest.bundle_id:
             raise RemoteError(f"{agent.robot}: flash: the robot reports bundle {result.new} active, not "
@@ -186,9 +191,13 @@ def rollout(bundle: Path, robots: Sequence[Robot], options: SSHOptions, *, backe
 
 def table(results: Sequence[RobotResult]) -> str:
     """The summary: one line per robot."""
-    rows = [("robot", "result", "old → new bundle", "sent", "time", "step / error")]
+    def seconds(value: Optional[float]) -> str:
+        return "-" if value is None else f"{value:.1f} s"
+
+    rows = [("robot", "result", "old → new bundle", "sent", "engines", "smoke test", "time", "step / error")]
     for r in results:
+        engines = "-" if r.engines is None else (f"built {seconds(r.build_s)}" if r.engines else "none")
         rows.append((r.robot, r.result, f"{(r.old or '-')[:12]} → {(r.new or '-')[:12]}", f"{r.sent_bytes / 1e6:.1f} MB",
-                     f"{r.seconds:.1f} s", r.error or r.step))
-    widths = [max(len(row[k]) for row in rows[:]) for k in range(5)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row[:5], widths)) + "  " + row[5] for row in rows)
+                     engines, seconds(r.smoke_s), seconds(r.seconds), r.error or r.step))
+    widths = [max(len(row[k]) for row in rows) for k in range(7)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row[:7], widths)) + "  " + row[7] for row in rows)

@@ -50,13 +50,17 @@ def check_buildable(bundle_dir: Path, *, force: bool) -> Manifest:
     return manifest
 
 
-def build_engines(bundle_dir: Path, manifest: Manifest, *, workspace_bytes: int | None = None) -> Path:
-    """Build both engines and swap them in as ``BUNDLE/engines`` (replacing any there); returns that path."""
+def build_engines(bundle_dir: Path, manifest: Manifest, *, workspace_bytes: int | None = None,
+                  timing_cache: Path | None = None) -> Path:
+    """Build both engines and swap them in as ``BUNDLE/engines`` (replacing any there); returns that path. The
+    build starts from the bundle's own timing cache, else from ``timing_cache`` (a flash passes the active
+    bundle's: same machine, so its timings apply)."""
     target = Path(bundle_dir) / ENGINES_DIR
     with atomic_directory(target, force=True) as tmp:
         cache = tmp / TIMING_CACHE
-        if (target / TIMING_CACHE).is_file():
-            shutil.copyfile(target / TIMING_CACHE, cache)
+        seed = target / TIMING_CACHE if (target / TIMING_CACHE).is_file() else timing_cache
+        if seed is not None and seed.is_file():
+            shutil.copyfile(seed, cache)
         machine = trt_api.machine_stamp()
         records = {}
         for graph in GRAPHS:

@@ -46,7 +46,9 @@ def test_two_robots_with_a_canary_then_only_what_changed_travels(tiny_bundle, ro
                  "--parallel", "2", "--json", str(tmp_path / "flash.json"), *cli_ssh(ssh_options)]) == 0
     results = json.loads((tmp_path / "flash.json").read_text())
     assert [(r["result"], r["old"], r["new"], r["sent_bytes"]) for r in results] == [("ok", None, first, total)] * 2
-    assert "robot" in capsys.readouterr().out  # the summary table
+    assert all(r["engines"] is False and r["smoke_s"] > 0 for r in results)  # no TensorRT here; the smoke test ran
+    table = capsys.readouterr().out
+    assert table.splitlines()[-3].split()[:2] == ["robot", "result"] and f"{robots[1]}  ok" in table
     for robot in robots:
         assert active(robot) == first
         assert not (Path(robot.path) / ".objects").exists() and not (Path(robot.path) / ".incoming").exists()
