@@ -1,8 +1,8 @@
 """``xvla-edge fleet status --robot user@host:/path ...`` and ``xvla-edge fleet agent`` (the robot's side of a
 fleet flash, run over SSH: :mod:`xvla_edge.fleet.agent`).
 
-``status`` asks every robot which bundle is active and previous, and when it last changed (``--json FILE``: the
-same as JSON). Exit status: 0 every robot answered, 1 one did not.
+``status`` asks every robot which bundle is active and previous, and when it last changed, and with
+``--health-url`` what its daemon's ``/healthz`` says (``--json FILE``: the same as JSON). Exit status: 0 every robot answered, 1 one did not.
 """
 
 from __future__ import annotations
@@ -27,10 +27,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     status = sub.add_parser("status", help="which bundle each robot runs, and its last flash")
     status.add_argument("--robot", action="append", required=True, metavar="USER@HOST[:PORT]:/PATH")
     status.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the answers as JSON")
+    status.add_argument("--health-url", default=None, metavar="URL",
+                        help="the daemon's /healthz as seen on the robot, e.g. http://127.0.0.1:8765/healthz")
     add_ssh_arguments(status)
     agent = sub.add_parser("agent", help="the robot's side of a fleet flash (run over ssh by the workstation)")
     agent.add_argument("dir", type=Path, help="the robot's bundle directory")
-    agent.add_argument("op", choices=["have", "put", "assemble", "flash", "status", "health", "rollback"])
+    agent.add_argument("op", choices=["have", "put", "assemble", "flash", "status", "health", "probe", "rollback"])
     agent.add_argument("args", nargs="*")
     agent.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"])
     agent.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -58,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
     for target in args.robot:
         try:
             robot = Robot.parse(target)
-            answers[target] = Agent(robot, options).call("status", "status", timeout_s=60)
+            agent = Agent(robot, options)
+            answers[target] = (agent.call("status", "probe", args.health_url, timeout_s=60) if args.health_url
+                               else agent.call("status", "status", timeout_s=60))
         except RemoteError as exc:
             answers[target], ok = {"error": str(exc)}, False
     for target, a in answers.items():
@@ -66,8 +70,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"{target}: unreachable: {a['error']}")
             continue
         current, previous, last = a.get("current") or {}, a.get("previous") or {}, a.get("last") or {}
+        health = ""
+        if "health" in a:
+            h = a["health"]
+            health = (f", daemon {h.get('status')} on {(h.get('bundle_id') or '-')[:12]}" if h is not None
+                      else f", daemon not answering ({a.get('reason')})")
         print(f"{target}: current {current.get('name', '-')} ({(current.get('bundle_id') or '-')[:12]}), previous "
-              f"{previous.get('name', '-')}, last {last.get('action', '-')} at {last.get('time', '-')}")
+              f"{previous.get('name', '-')}, last {last.get('action', '-')} at {last.get('time', '-')}{health}")
     if args.json is not None:
         args.json.write_text(json.dumps(answers, indent=2))
     return 0 if ok else 1

@@ -25,6 +25,8 @@ Operations:
 - ``health URL BUNDLE_ID SECONDS``: poll the daemon's ``/healthz`` at URL (on the robot: it listens on loopback)
   until it answers with ``bundle_id`` BUNDLE_ID → its answer; an error after SECONDS naming what it last said.
 - ``rollback``: :func:`runtime.flash.rollback` (previous becomes active again) → ``status``.
+- ``probe URL``: ``status`` and what the daemon's ``/healthz`` at URL says now (``{"health": null, "reason"}``
+  when it does not answer).
 
 Nothing here trusts its input: digests are 64 hex digits, sizes bounded, names plain (the manifest is validated
 before a file of it is linked), and every path is checked to lie inside ``DIR``.
@@ -241,6 +243,24 @@ def health(url: str, bundle_id: str, seconds: float) -> dict[str, Any]:
         time.sleep(0.5)
 
 
+def probe(url: str) -> dict[str, Any]:
+    """The daemon's ``/healthz`` answer now (503 degraded included), or why there is none."""
+    if not url.startswith(("http://", "https://")):
+        raise AgentError(f"probe: expected an http(s) URL, got {url!r}")
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            body = r.read(1 << 16)
+    except urllib.error.HTTPError as exc:
+        body = exc.read(1 << 16)
+    except (OSError, ValueError) as exc:
+        return {"health": None, "reason": f"{type(exc).__name__}: {exc}"}
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return {"health": None, "reason": f"not JSON: {body[:100]!r}"}
+    return {"health": answer if isinstance(answer, dict) else None}
+
+
 def run(root: Path, op: str, args: list[str], stdin: BinaryIO) -> dict[str, Any]:
     """One operation (see the module docstring)."""
     if op == "have":
@@ -265,11 +285,13 @@ def run(root: Path, op: str, args: list[str], stdin: BinaryIO) -> dict[str, Any]
         except ValueError:
             raise AgentError(f"health: seconds = {args[2]!r}: expected a number") from None
         return health(args[0], _digest(args[1]), seconds)
+    if op == "probe" and len(args) == 1:
+        return {**status(root), **probe(args[0])}
     if op == "rollback" and not args:
         rollback(root, say=lambda line: None)
         return status(root)
     raise AgentError(f"unknown operation {op!r} with {len(args)} argument(s); expected have, put SHA BYTES OFFSET, "
-                     "assemble SHA, flash BUNDLE_ID, status, health URL BUNDLE_ID SECONDS, rollback")
+                     "assemble SHA, flash BUNDLE_ID, status, health URL BUNDLE_ID SECONDS, probe URL, rollback")
 
 
 def main(root: Path, op: str, args: list[str], *, backend: str = "auto", device: str = "cpu",

@@ -128,6 +128,13 @@ def test_the_daemon_restarts_on_the_new_bundle_and_the_arm_stays_safe(tiny_bundl
     assert healthz(port)["bundle_id"] == new
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as m:
         assert f'bundle_id="{new}"' in m.read().decode()
+    from xvla_edge.cli import main
+
+    assert main(["fleet", "status", "--robot", str(robot), "--health-url", f"http://127.0.0.1:{port}/healthz",
+                 "--json", str(tmp_path / "status.json"), "--known-hosts", str(ssh_options.known_hosts),
+                 "--identity", str(ssh_options.identity), "--remote-xvla-edge", f"{sys.executable} -m xvla_edge"]) == 0
+    status = json.loads((tmp_path / "status.json").read_text())[str(robot)]
+    assert status["current"]["bundle_id"] == status["health"]["bundle_id"] == new
     time.sleep(1.0)
     after = emu.call("snapshot")
     assert after["accepted"] > before["accepted"]  # the new daemon drives the arm
