@@ -38,6 +38,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     tr.add_argument("--steps", type=int, default=None, help="optimiser steps (default: see sim/train.py)")
     tr.add_argument("--approach-steps", type=int, default=None,
                     help="first steps drawn from each demonstration's first second only (default: see sim/train.py)")
+    tr.add_argument("--refine-steps", type=int, default=None,
+                    help="steps of the refinement after the schedule (fresh AdamW, constant low rate; default: see "
+                         "sim/train.py; 0: none)")
+    tr.add_argument("--refine-approach-steps", type=int, default=None,
+                    help="first refinement steps on the approach only (default: see sim/train.py)")
     tr.add_argument("--force", action="store_true", help="replace an existing OUT (only once training finished)")
 
     ev = sub.add_parser("eval", help="run N episodes with a policy; success rate, time, safety clamps, pictures")
@@ -77,7 +82,8 @@ def _train(args: argparse.Namespace) -> int:
     with needs("torch"):
         from xvla_edge.sim.train import TrainOptions, train
     defaults = TrainOptions()
-    chosen = {"layouts": args.layouts, "steps": args.steps, "approach_steps": args.approach_steps}
+    chosen = {"layouts": args.layouts, "steps": args.steps, "approach_steps": args.approach_steps,
+              "refine_steps": args.refine_steps, "refine_approach_steps": args.refine_approach_steps}
     options = dataclasses.replace(defaults, seed=args.seed, **{k: v for k, v in chosen.items() if v is not None})
     provenance = train(out_path(args), options, force=args.force)
     print(f"[train] wrote {out_path(args)}: final losses {provenance['final_losses']}, "

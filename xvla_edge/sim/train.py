@@ -66,20 +66,30 @@ class TrainOptions:
     learning_rate: float = 1.5e-3
     warmup_steps: int = 200
     log_every: int = 100
+    # then a refinement: a fresh AdamW at a constant learning rate (the schedule's last), its first
+    # refine_approach_steps on the approach again, the rest on everything
+    refine_steps: int = 2000
+    refine_approach_steps: int = 1500
+    refine_learning_rate: float = 1.5e-4
 
     def __post_init__(self) -> None:
         limits = {"seed": (0, 999), "layouts": (1, 33_333), "steps": (1, 1_000_000), "batch_size": (1, 4096),
                   "samples_per_observation": (1, 64), "approach_steps": (0, 1_000_000),
-                  "warmup_steps": (0, 1_000_000), "log_every": (1, 1_000_000)}
+                  "warmup_steps": (0, 1_000_000), "log_every": (1, 1_000_000), "refine_steps": (0, 1_000_000),
+                  "refine_approach_steps": (0, 1_000_000)}
         for name, (lo, hi) in limits.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
                 raise ConfigError(f"train: {name} = {value!r}; expected an integer {lo} ... {hi}")
-        if not (isinstance(self.learning_rate, float) and math.isfinite(self.learning_rate)
-                and 0 < self.learning_rate <= 1):
-            raise ConfigError(f"train: learning_rate = {self.learning_rate!r}; expected a number in (0, 1]")
+        for name in ("learning_rate", "refine_learning_rate"):
+            value = getattr(self, name)
+            if not (isinstance(value, float) and math.isfinite(value) and 0 < value <= 1):
+                raise ConfigError(f"train: {name} = {value!r}; expected a number in (0, 1]")
         if self.approach_steps > self.steps:
             raise ConfigError(f"train: approach_steps = {self.approach_steps} exceeds steps = {self.steps}")
+        if self.refine_approach_steps > self.refine_steps:
+            raise ConfigError(f"train: refine_approach_steps = {self.refine_approach_steps} exceeds refine_steps = "
+                              f"{self.refine_steps}")
 
 
 def train_seeds(options: TrainOptions) -> range:
@@ -168,7 +178,8 @@ def train(out_dir: str | Path, options: TrainOptions = TrainOptions(), *, force:
         (tmp / PREPROCESSOR_FILE).write_text(json.dumps(proc.to_dict(), indent=2))
         provenance = {
             "command": f"xvla-edge sim train OUT_DIR --seed {options.seed} --layouts {options.layouts} "
-                       f"--steps {options.steps} --approach-steps {options.approach_steps}",
+                       f"--steps {options.steps} --approach-steps {options.approach_steps} "
+                       f"--refine-steps {options.refine_steps} --refine-approach-steps {options.refine_approach_steps}",
             "options": dataclasses.asdict(options), "size": SIZE, "domain_id": DOMAIN_ID,
             "generator_version": GENERATOR_VERSION,
             "demonstrations": {"layouts": options.layouts, "episodes": data.episodes, "expert_successes": data.successes,
@@ -185,43 +196,69 @@ def train(out_dir: str | Path, options: TrainOptions = TrainOptions(), *, force:
 
 def _fit(model: XVLA, data: demonstrations.Samples, ids: torch.Tensor, proc: ImageProcessor,
          options: TrainOptions, progress: Callable[[str], None]) -> dict[str, float]:
+    """The scheduled run, then the refinement (a fresh AdamW at ``refine_learning_rate``); the running losses."""
     gen = torch.Generator().manual_seed(options.seed)
+    batches = _Batches(data, ids, proc, options)
     opt = torch.optim.AdamW(model.parameters(), lr=options.learning_rate, weight_decay=0.01)
-    images = torch.from_numpy(data.images)
-    proprio, actions = torch.from_numpy(data.proprio), torch.from_numpy(data.actions)
-    instr = torch.from_numpy(data.instruction)
-    approach = torch.from_numpy(np.flatnonzero(data.order < APPROACH_SAMPLES))
-    mean = torch.tensor(proc.mean, dtype=torch.float32).view(1, 1, 3, 1, 1)
-    std = torch.tensor(proc.std, dtype=torch.float32).view(1, 1, 3, 1, 1)
-    scale = torch.tensor(proc.rescale_factor, dtype=torch.float32)
-    B, views, side = options.batch_size, images.shape[1], images.shape[2]
-    mask = torch.zeros(B, NUM_VIEWS, dtype=torch.bool)
-    mask[:, :views] = True
-    domain = torch.full((B,), DOMAIN_ID)
     running: dict[str, float] = {}
+    _steps(model, opt, batches, gen, options.steps, options.approach_steps,
+           lambda step: options.learning_rate * _schedule(step, options), running, options, progress, "")
+    if options.refine_steps:
+        opt = torch.optim.AdamW(model.parameters(), lr=options.refine_learning_rate, weight_decay=0.01)
+        gen = torch.Generator().manual_seed(options.seed + 3)
+        _steps(model, opt, batches, gen, options.refine_steps, options.refine_approach_steps,
+               lambda step: options.refine_learning_rate, running, options, progress, "refine ")
+    return {k: round(v, 5) for k, v in running.items()}
+
+
+class _Batches:
+    """Training batches as the network takes them: normalised pixels in the view slots, token ids, proprio, chunks."""
+
+    def __init__(self, data: demonstrations.Samples, ids: torch.Tensor, proc: ImageProcessor,
+                 options: TrainOptions) -> None:
+        self.images = torch.from_numpy(data.images)
+        self.proprio, self.actions = torch.from_numpy(data.proprio), torch.from_numpy(data.actions)
+        self.instr, self.ids = torch.from_numpy(data.instruction), ids
+        self.approach = torch.from_numpy(np.flatnonzero(data.order < APPROACH_SAMPLES))
+        self.mean = torch.tensor(proc.mean, dtype=torch.float32).view(1, 1, 3, 1, 1)
+        self.std = torch.tensor(proc.std, dtype=torch.float32).view(1, 1, 3, 1, 1)
+        self.scale = torch.tensor(proc.rescale_factor, dtype=torch.float32)
+        B, self.views, self.side = options.batch_size, self.images.shape[1], self.images.shape[2]
+        self.mask = torch.zeros(B, NUM_VIEWS, dtype=torch.bool)
+        self.mask[:, :self.views] = True
+        self.domain = torch.full((B,), DOMAIN_ID)
+
+    def pixels(self, idx: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(len(idx), NUM_VIEWS, 3, self.side, self.side)
+        out[:, :self.views] = (self.images[idx].permute(0, 1, 4, 2, 3).float() * self.scale - self.mean) / self.std
+        return out
+
+
+def _steps(model: XVLA, opt: torch.optim.Optimizer, b: _Batches, gen: torch.Generator, steps: int,
+           approach_steps: int, lr_at: Callable[[int], float], running: dict[str, float], options: TrainOptions,
+           progress: Callable[[str], None], label: str) -> None:
     t0 = time.perf_counter()
-    for step in range(1, options.steps + 1):
-        lr = options.learning_rate * _schedule(step, options)
+    sampling = dataclasses.replace(options, approach_steps=approach_steps)
+    for step in range(1, steps + 1):
+        lr = lr_at(step)
         for group in opt.param_groups:
             group["lr"] = lr
-        idx = batch_indices(step, len(images), approach, options, gen)
-        pixels = torch.zeros(B, NUM_VIEWS, 3, side, side)
-        pixels[:, :views] = (images[idx].permute(0, 1, 4, 2, 3).float() * scale - mean) / std
-        terms = flow_matching_loss(model, ids[instr[idx]], pixels, mask, domain, proprio[idx], actions[idx],
-                                   samples_per_observation=options.samples_per_observation, generator=gen)
+        idx = batch_indices(step, len(b.images), b.approach, sampling, gen)
+        terms = flow_matching_loss(model, b.ids[b.instr[idx]], b.pixels(idx), b.mask, b.domain, b.proprio[idx],
+                                   b.actions[idx], samples_per_observation=options.samples_per_observation,
+                                   generator=gen)
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         values = {k: float(v.detach()) for k, v in terms.items()}
         if not math.isfinite(values["loss"]):
-            raise FloatingPointError(f"train: loss became {values['loss']} at step {step}")
+            raise FloatingPointError(f"train: loss became {values['loss']} at {label}step {step}")
         for k, value in values.items():
             running[k] = 0.98 * running.get(k, value) + 0.02 * value
-        if step % options.log_every == 0 or step == options.steps:
-            progress(f"[train] step {step}/{options.steps} " + " ".join(f"{k} {v:.4f}" for k, v in running.items())
+        if step % options.log_every == 0 or step == steps:
+            progress(f"[train] {label}step {step}/{steps} " + " ".join(f"{k} {v:.4f}" for k, v in running.items())
                      + f" lr {lr:.2e} ({time.perf_counter() - t0:.0f} s)")
-    return {k: round(v, 5) for k, v in running.items()}
 
 
 def batch_indices(step: int, n: int, approach: torch.Tensor, options: TrainOptions,

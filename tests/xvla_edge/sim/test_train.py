@@ -28,14 +28,17 @@ def test_the_first_steps_draw_only_from_the_approach_then_from_everything():
 
 
 def test_a_short_run_writes_a_loadable_checkpoint_whose_command_reproduces_its_options(tmp_path):
-    options = TrainOptions(seed=3, layouts=1, steps=3, approach_steps=2, batch_size=2, warmup_steps=1, log_every=1)
+    options = TrainOptions(seed=3, layouts=1, steps=3, approach_steps=2, batch_size=2, warmup_steps=1, log_every=1,
+                           refine_steps=2, refine_approach_steps=1)
     lines: list[str] = []
     provenance = train(tmp_path / "ckpt", options, progress=lines.append)
     assert provenance["demonstrations"]["episodes"] == 3 and provenance["demonstrations"]["expert_successes"] == 3
     assert sum(line.startswith("[train] step") for line in lines) == 3
+    assert sum(line.startswith("[train] refine step") for line in lines) == 2
     assert json.loads((tmp_path / "ckpt" / PROVENANCE_FILE).read_text()) == provenance
     cfg = load_checkpoint(tmp_path / "ckpt").config
     assert cfg.text_tokens == 8
     argv = shlex.split(provenance["command"].replace("OUT_DIR", str(tmp_path / "again")))
     args = build_parser()[0].parse_args(argv[1:])
     assert (args.seed, args.layouts, args.steps, args.approach_steps) == (3, 1, 3, 2)
+    assert (args.refine_steps, args.refine_approach_steps) == (2, 1)
