@@ -266,8 +266,8 @@ def run(root: Path, op: str, args: list[str], stdin: BinaryIO) -> dict[str, Any]
     if op == "have":
         try:
             request = json.loads(stdin.read(16 << 20) or b"{}")
-        except ValueError as exc:
-            raise AgentError(f"have: stdin is not JSON ({exc})") from None
+        except (ValueError, RecursionError) as exc:
+            raise AgentError(f"have: stdin is not JSON ({type(exc).__name__}: {exc})") from None
         return have(root, request)
     if op == "put" and len(args) == 3:
         try:

@@ -150,3 +150,22 @@ def test_bad_targets_are_refused_by_name(text, message):
 
     with pytest.raises(RemoteError, match=message):
         Robot.parse(text)
+
+
+@pytest.mark.parametrize("op, args, stdin, message", [
+    ("have", [], b"[" * 100_000, "have: stdin is not JSON"),
+    ("have", [], b'{"files": {"a": {"sha256": "../x", "bytes": 1}}}', "expected a sha256 of 64"),
+    ("have", [], b'{"files": {"a": {"sha256": "' + b"0" * 64 + b'", "bytes": 1e200}}}', r"files.a.bytes = 1e\+200: expected an integer"),
+    ("put", ["0" * 64, "1e9", "0"], b"", "expected SHA256 BYTES OFFSET"),
+    ("put", ["0" * 64, "10", "-1"], b"", "offset = -1"),
+    ("health", ["http://127.0.0.1:1/healthz", "0" * 64, "nan"], b"", "0 < seconds <= 3600"),
+    ("assemble", ["../../etc"], b"", "expected a sha256"),
+])
+def test_the_agent_refuses_hostile_requests_by_name(tmp_path, op, args, stdin, message):
+    import io
+
+    from xvla_edge.fleet.agent import AgentError, run
+
+    with pytest.raises(AgentError, match=message):
+        run(tmp_path / "robot", op, args, io.BytesIO(stdin))
+    assert not list((tmp_path / "robot").glob("**/*.partial"))
