@@ -26,6 +26,7 @@ from runtime.manifest import BundleError, Manifest
 from runtime.types import ActionChunk, Observation
 from xvla.errors import InputError
 from xvla.constants import MAX_STEPS, NUM_VIEWS
+from xvla.instruction import check_instruction
 from xvla.preprocessing import ImageProcessor, TextTokenizer
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
@@ -95,8 +96,9 @@ class Policy:
 
     # ----------------------------------------------------------------------------------------------
     def token_ids(self, instruction: str) -> np.ndarray:
-        if instruction != self._instruction:
-            self._ids = self.tokenizer(instruction)[None]
+        """[1, token_length] ids of ``instruction`` (checked and tokenised when it changes)."""
+        if not isinstance(instruction, str) or instruction != self._instruction:
+            self._ids = self.tokenizer(check_instruction(instruction, "observation.instruction"))[None]
             self._instruction = instruction
         return self._ids  # type: ignore[return-value]
 

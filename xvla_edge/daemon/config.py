@@ -37,7 +37,8 @@ from drivers.interpolation import GripperPolicy
 from drivers.safety import SafetyLimits
 from drivers.splice import SplicePolicy
 from xvla.constants import MAX_IMAGE_SIDE, MAX_STEPS
-from xvla.errors import ConfigError
+from xvla.errors import ConfigError, InputError
+from xvla.instruction import check_instruction
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 DEVICES = ("cpu", "cuda")
@@ -236,8 +237,12 @@ def parse_config(data: Mapping[str, Any], file: Path) -> RobotConfig:
     """Validate already-parsed TOML ``data`` (relative paths are taken relative to ``file``'s folder)."""
     problems = _Problems(file)
     root = _Table(problems, "", data)
-    instruction = root.take("instruction", str, "", required=True, check=lambda s: bool(s.strip()),
-                            expected="a non-empty instruction for the policy")
+    instruction = root.take("instruction", str, "", required=True)
+    try:
+        check_instruction(instruction)
+    except InputError as exc:
+        if isinstance(data.get("instruction"), str):  # else already reported as missing or not a string
+            problems.value("instruction", instruction, str(exc).split(": ", 1)[1])
     remote = _remote(root.table("policy")) if "policy" in data else None
     bundle = _bundle(root.table("bundle")) if "bundle" in data else None
     root.read += ["bundle", "policy"]  # for "did you mean" when neither is there

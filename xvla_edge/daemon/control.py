@@ -5,7 +5,7 @@ Commands (:data:`COMMANDS`), each answered with the resulting state or a refusal
 | command | does | refused when |
 |---|---|---|
 | ``status`` | mode, operator state, bundle, instruction, episode, health, recent faults, latency and ticks | never |
-| ``instruction TEXT`` | the next chunk is computed for TEXT (logged; observation records carry it) | empty, over 4096 characters, control characters |
+| ``instruction TEXT`` | the next chunk is computed for TEXT (logged; observation records carry it) | not an instruction by :func:`xvla.instruction.check_instruction` (blank, over 1024 characters, control characters, not valid Unicode) |
 | ``start [SECONDS]`` | a new episode: inference runs (until SECONDS pass, then the arm holds) | e-stopped; an episode running |
 | ``stop`` | ends the episode: the arm holds, no inference | no episode |
 | ``hold`` | pauses the episode: the arm holds, no inference | not running |
@@ -35,10 +35,10 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
-from xvla.errors import XVLAError
+from xvla.errors import InputError, XVLAError
+from xvla.instruction import check_instruction as instruction_rule
 
 COMMANDS = ("status", "instruction", "start", "stop", "hold", "resume", "estop", "clear-estop", "record")
-MAX_INSTRUCTION_CHARS = 4096
 MAX_LINE_BYTES = 64 * 1024
 MAX_EPISODE_S = 24 * 3600.0
 
@@ -48,14 +48,11 @@ class CommandRefused(XVLAError, ValueError):
 
 
 def check_instruction(text: Any) -> str:
-    """A usable instruction, or :class:`CommandRefused` saying why not."""
-    if not isinstance(text, str) or not text.strip():
-        raise CommandRefused("instruction: expected a non-empty text")
-    if len(text) > MAX_INSTRUCTION_CHARS:
-        raise CommandRefused(f"instruction: {len(text)} characters; at most {MAX_INSTRUCTION_CHARS}")
-    if any(ord(c) < 32 or ord(c) == 127 for c in text):
-        raise CommandRefused("instruction: control characters (newlines, tabs, escapes) are not allowed")
-    return text.strip()
+    """A usable instruction (stripped), or :class:`CommandRefused` saying why not."""
+    try:
+        return instruction_rule(text).strip()
+    except InputError as exc:
+        raise CommandRefused(str(exc)) from None
 
 
 def check_seconds(value: Any) -> Optional[float]:

@@ -31,10 +31,10 @@ from typing import Any, Optional
 import numpy as np
 
 from xvla.constants import MAX_STEPS, NUM_VIEWS
-from xvla.errors import XVLAError
+from xvla.errors import InputError, XVLAError
+from xvla.instruction import check_instruction
 
 IMAGE_KEYS = tuple(f"image{i}" for i in range(NUM_VIEWS))
-MAX_INSTRUCTION_CHARS = 4096
 MAX_PROPRIO_VALUES = 1024  # the manifest's own bound on proprio_dim
 MAX_SEED = 2**63 - 1
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")  # what an encoded or file image may be (Pillow decoders)
@@ -162,11 +162,10 @@ def _request(payload: dict, decode: Any, limits: Limits, *, slots: bool) -> ActR
         images.pop()
     if not images:
         raise RequestError(f"no images: send at least image0 ({', '.join(IMAGE_KEYS)}: HxWx3 uint8 arrays)")
-    instruction = _required(payload, "language_instruction")
-    if not isinstance(instruction, str) or not instruction.strip():
-        raise RequestError(f"language_instruction: expected a non-empty string, got {_describe(instruction)}")
-    if len(instruction) > MAX_INSTRUCTION_CHARS:
-        raise RequestError(f"language_instruction: {len(instruction)} characters exceed {MAX_INSTRUCTION_CHARS}")
+    try:
+        instruction = check_instruction(_required(payload, "language_instruction"), "language_instruction")
+    except InputError as exc:
+        raise RequestError(str(exc)) from None
     return ActRequest(
         images=images, instruction=instruction,
         proprio=_proprio(decode(_required(payload, "proprio"), "proprio")),

@@ -118,9 +118,9 @@ def test_hold_stop_and_start_with_a_time_limit(daemon):
     stopped = ctl(daemon, "stop")
     assert stopped["ok"] and stopped["state"]["operator"] == "stopped"
     for command, why in [("stop", "no episode is running"), ("resume", "start an episode"),
-                         ("instruction", "expected a non-empty text")]:
+                         ("instruction", "instruction: expected text (a string), got NoneType")]:
         assert why in ctl(daemon, command)["error"]
-    assert "control characters" in ctl(daemon, "instruction", text="a\nb")["error"]
+    assert "control character U+000A" in ctl(daemon, "instruction", text="a\nb")["error"]
     assert "seconds = -1" in ctl(daemon, "start", seconds=-1)["error"]
     assert "unknown command 'jump'" in ctl(daemon, "jump")["error"]
     started = ctl(daemon, "start", seconds=2.0)
