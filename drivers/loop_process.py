@@ -4,8 +4,10 @@ Why a separate process: the loop must not share a GIL with camera capture, infer
 It is started with the ``spawn`` (or ``forkserver``) method, never ``fork``, so it is safe to start
 from a parent that already runs threads. The arm is built inside the child by a picklable factory, so
 serial ports are opened there. Between ticks the child sleeps to the next absolute deadline
-(:mod:`drivers.realtime`); chunks, stats requests and stop/e-stop commands arrive over a pipe and are
-handled right after the tick's command has been sent.
+(:mod:`drivers.realtime`); chunks, stats requests and stop commands arrive over a pipe and are handled right
+after the tick's command has been sent. The e-stop has a path of its own: a counter in shared memory that the
+client bumps (no pipe, no lock that other requests hold) and the child reads before every tick and before every
+message, so it takes effect at the next tick whatever else is queued.
 
 On leaving the loop for any reason (stop, exception, SIGTERM, the parent going away) the arm is told to
 hold and the link is closed; power stays on.
@@ -20,6 +22,7 @@ Typical use::
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import itertools
 import math
@@ -50,8 +53,25 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(f"control loop: signal {signum}")
 
 
-def _serve(conn: Any, arm_factory: ArmFactory, config: LoopConfig) -> None:
-    """Entry point of the control-loop process."""
+class _EstopSeen:
+    """The child's view of the shared e-stop counter: :meth:`pending` is True once per bump."""
+
+    def __init__(self, counter: Any) -> None:
+        self.counter = counter
+        self.seen = 0  # the counter starts at 0: an e-stop requested during start-up applies at the first tick
+
+    def pending(self) -> bool:
+        if self.counter is None:
+            return False
+        value = self.counter.value
+        if value == self.seen:
+            return False
+        self.seen = value
+        return True
+
+
+def _serve(conn: Any, arm_factory: ArmFactory, config: LoopConfig, estop: Any = None) -> None:
+    """Entry point of the control-loop process; ``estop``: the shared e-stop counter."""
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it then stops us
     loop: Optional[ControlLoop] = None
@@ -61,7 +81,7 @@ def _serve(conn: Any, arm_factory: ArmFactory, config: LoopConfig) -> None:
         conn.send(("ready", loop.start()))
         gc.collect()
         gc.freeze()  # keep start-up objects out of the collector's way during the loop
-        _run(loop, conn, scheduler)
+        _run(loop, conn, scheduler, estop=_EstopSeen(estop))
     except BaseException:  # noqa: B902 - report anything, then hold in finally
         try:
             conn.send(("error", traceback.format_exc()))
@@ -79,9 +99,11 @@ def _run(
     scheduler: str,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = sleep_until,
+    estop: Optional[_EstopSeen] = None,
 ) -> None:
     """Tick at the control rate until told to stop. ``clock`` and ``sleep`` (an absolute-deadline sleep)
-    are injectable so tests can force overruns without a loaded machine."""
+    are injectable so tests can force overruns without a loaded machine; ``estop`` is read before each tick."""
+    estop = estop or _EstopSeen(None)
     config = loop.config
     period = config.period
     timer = PeriodStats(period, max(int(config.stats_window_s * config.rate_hz), 1))
@@ -92,11 +114,13 @@ def _run(
     while True:
         sleep(deadline)
         wake = clock()
+        if estop.pending():
+            loop.estop()
         loop.tick(wake)
         if ping_every is not None and wake >= next_ping:
             sdnotify.watchdog_ping()  # from the tick itself: a stuck loop stops the pings and systemd restarts us
             next_ping = wake + ping_every
-        keep_going = _handle_messages(loop, conn, timer, scheduler, clock)
+        keep_going = _handle_messages(loop, conn, timer, scheduler, clock, estop)
         done = clock()
         deadline += period
         missed = 0
@@ -109,9 +133,10 @@ def _run(
 
 
 def _handle_messages(
-    loop: ControlLoop, conn: Any, timer: PeriodStats, scheduler: str, clock: Callable[[], float]
+    loop: ControlLoop, conn: Any, timer: PeriodStats, scheduler: str, clock: Callable[[], float], estop: _EstopSeen
 ) -> bool:
-    """Handle pending client messages; False when the loop must stop."""
+    """Handle pending client messages; False when the loop must stop. An e-stop requested before a message was
+    sent is applied before that message (a chunk submitted after an e-stop is refused, a clear follows it)."""
     for _ in range(_MAX_MESSAGES_PER_TICK):
         try:
             if not conn.poll():
@@ -119,14 +144,14 @@ def _handle_messages(
             message = conn.recv()
         except (EOFError, OSError):
             return False  # the parent is gone
+        if estop.pending():
+            loop.estop()
         kind = message[0]
         if kind == "submit":
             # "now" is read here, after the message arrived, so it is never before the client's obs_timestamp
             loop.submit(message[1], message[2], clock())
         elif kind == "hold":
             loop.hold()
-        elif kind == "estop":
-            loop.estop()
         elif kind == "clear_estop":
             loop.clear_estop()
         elif kind == "reconnect":
@@ -162,6 +187,8 @@ class ControlLoopClient:
         self._factory = arm_factory
         self._ctx = mp.get_context(start_method)
         self._lock = threading.Lock()
+        self._estop = self._ctx.RawValue(ctypes.c_uint64, 0)  # bumped by estop(), read by the child every tick
+        self._estop_lock = threading.Lock()  # only between e-stops: never held by anything that waits
         self._ids = itertools.count()
         self._conn: Any = None
         self._process: Optional[mp.process.BaseProcess] = None
@@ -174,7 +201,8 @@ class ControlLoopClient:
             raise ControlLoopError("control loop already started")
         self._conn, child = self._ctx.Pipe(duplex=True)
         self._process = self._ctx.Process(
-            target=_serve, args=(child, self._factory, self.config), name="xvla-control-loop", daemon=True
+            target=_serve, args=(child, self._factory, self.config, self._estop), name="xvla-control-loop",
+            daemon=True
         )
         try:
             self._process.start()
@@ -237,8 +265,12 @@ class ControlLoopClient:
         self._send(("hold",))
 
     def estop(self) -> None:
-        """Latch the e-stop: the arm holds and chunks are refused until :meth:`clear_estop`."""
-        self._send(("estop",))
+        """Latch the e-stop: the arm holds and chunks are refused until :meth:`clear_estop`. Returns at once from
+        any thread, whatever other request is waiting for the loop: the child sees it before its next tick."""
+        with self._estop_lock:
+            self._estop.value += 1
+        if not self.running:  # nobody reads the counter: the caller must know (the controller's deadman holds)
+            raise ControlLoopError(f"control loop is not running{self._error_suffix()}")
 
     def clear_estop(self) -> None:
         self._send(("clear_estop",))

@@ -40,7 +40,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     request: dict = {"command": args.action}
     if args.text is not None:
-        request["text"] = args.text
+        from xvla.errors import InputError
+        from xvla.instruction import check_instruction
+
+        try:  # the daemon checks it too; here a terminal that is not UTF-8 is named before anything is sent
+            request["text"] = check_instruction(args.text)
+        except InputError as exc:
+            print(f"xvla-edge ctl: {exc}", file=sys.stderr)
+            return 2
     if args.seconds is not None:
         request["seconds"] = args.seconds
     try:

@@ -276,6 +276,10 @@ def parse_config(data: Mapping[str, Any], file: Path) -> RobotConfig:
                        expected="seconds in (0, 600] (the ring buffer lives in memory)"),
         directory=t.path("directory") or file.parent / "recordings",
         on_fault=t.take("on_fault", bool, True))
+    why = _unwritable(recorder.directory)
+    if why:
+        t.report("directory" if "directory" in t.data else f"[recorder].directory (default {recorder.directory})",
+                 f"expected a folder this daemon can write recordings into: {why}")
     t.finish()
     root.finish()
     if problems.lines:
@@ -577,6 +581,18 @@ def _token(t: _Table, path: Path) -> Optional[str]:
                          "without spaces (e.g. from `openssl rand -hex 32`)")
         return None
     return token
+
+
+def _unwritable(folder: Path) -> Optional[str]:
+    """Why recordings could not be written into ``folder`` (created on the first one if missing), or None."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable by this user"
+    return None
 
 
 def _ends_in_appsink(pipeline: str) -> bool:

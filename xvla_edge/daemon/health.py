@@ -6,28 +6,113 @@ tick-interval histograms), ``/camera/<slot>.png`` (the camera's latest frame, 16
 here) and ``POST /control`` (an operator command, ``{"command": ...}`` as on the control socket: 200 done,
 409 refused, with the reply).
 
-Reading is open; what changes state (``POST``) needs ``Authorization: Bearer <token>`` when the server has a
-token (robot.toml's ``[health].token_file``, required when it listens beyond loopback): 401 otherwise.
+What protects it:
+
+- Beyond loopback a token is required (robot.toml's ``[health].token_file``): every ``POST`` must carry
+  ``Authorization: Bearer <token>`` (401 otherwise); reading stays open. A browser never adds that header to a
+  cross-site request on its own.
+- Listening on loopback (the default, where no token is needed), a request must name a loopback host (``Host:
+  127.0.0.1:…``, ``localhost``, ``[::1]``; any port, so an SSH tunnel works): a page that points its own DNS name
+  at 127.0.0.1 (DNS rebinding) gets 403 for everything, the camera frames included.
+- Every ``POST`` must be ``Content-Type: application/json`` (415 otherwise) and, when it has an ``Origin``, come
+  from this server's own origin (403 otherwise): a web page in the technician's browser cannot send a form or a
+  ``text/plain`` request that acts.
+- At most :data:`MAX_CONNECTIONS` requests are served at once, one thread each (503 with ``Retry-After`` beyond
+  that, answered without a thread); a connection that sends nothing for :data:`TIMEOUT_S` is closed; a client
+  that goes away before its reply costs one log line (at most one per ten seconds).
+
+``POST /control`` with ``{"command": "estop"}`` takes the daemon's e-stop path, which never waits for another
+command.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
+import logging
 import math
 import re
+import socket
+import sys
 import threading
 from importlib import resources
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
+from urllib.parse import urlsplit
 
 from xvla.errors import XVLAError
+from xvla_edge.daemon.logs import Throttled
 from xvla_edge.daemon.metrics import CONTENT_TYPE
 
 Health = Callable[[], Tuple[str, List[str]]]
 MAX_CONTROL_BYTES = 64 * 1024
+MAX_CONNECTIONS = 32
+TIMEOUT_S = 10.0
+BACKLOG = 128
 _CAMERA = re.compile(r"^/camera/([0-2])\.png(\?.*)?$")
+_BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 1\r\n"
+         b"Content-Length: 33\r\nConnection: close\r\n\r\ntoo many connections; try again\r\n")
+log = logging.getLogger("xvla.daemon.health")
+
+
+def _hostname(authority: str) -> str:
+    """The host of a ``Host`` header or URL authority, lower case, without port or IPv6 brackets."""
+    try:
+        return (urlsplit(f"//{authority}").hostname or "").lower()
+    except ValueError:
+        return ""
+
+
+def _loopback_name(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """One thread per request, at most ``MAX_CONNECTIONS`` of them; beyond that a fixed 503 written by the accepting
+    thread. Clients that go away are one throttled log line, not a traceback."""
+
+    daemon_threads = True
+    request_queue_size = BACKLOG
+
+    def __init__(self, address: Tuple[str, int], handler: Any) -> None:
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.dropped = Throttled(log, "http_client_gone")
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            try:
+                request.settimeout(0.1)
+                request.sendall(_BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()  # the thread did not start
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError, socket.timeout)):
+            self.dropped(f"HTTP client went away before its reply ({type(exc).__name__})")
+        else:
+            log.error("HTTP request failed", exc_info=True, extra={"event": "http_error"})
 
 
 def _json(value: Any) -> str:
@@ -70,9 +155,22 @@ class HealthServer:
                  operator: Optional[Operator] = None, bundle_id: Callable[[], Optional[str]] = lambda: None) -> None:
         outer = self
         expected = None if token is None else f"Bearer {token}".encode()
+        local_only = _loopback_name(host.lower())
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = TIMEOUT_S
+
+            def _foreign_host(self) -> bool:
+                """Listening on loopback: True (and 403 sent) unless the request names a loopback host."""
+                if local_only and not _loopback_name(_hostname(self.headers.get("Host", ""))):
+                    self._send(403, "text/plain", "this server answers requests for a loopback host only "
+                               f"(Host: {self.headers.get('Host', '')!r}); use http://127.0.0.1:{outer.port}/\n")
+                    return True
+                return False
+
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                if self._foreign_host():
+                    return
                 if self.path == "/healthz":
                     status, reasons = health()
                     body = {"status": status, "reasons": reasons} if reasons else {"status": status}
@@ -98,12 +196,23 @@ class HealthServer:
                     self._send(404, "text/plain", "not found\n")
 
             def do_POST(self) -> None:  # noqa: N802
-                given = self.headers.get("Authorization", "").encode()
+                given = self.headers.get("Authorization", "").encode("latin-1", "replace")
+                kind = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+                origin = self.headers.get("Origin")
+                if self._foreign_host():
+                    return
                 if expected is not None and not hmac.compare_digest(given, expected):
                     self._send(401, "text/plain", "a bearer token is required (robot.toml [health].token_file)\n",
                                {"WWW-Authenticate": "Bearer"})
+                elif kind != "application/json":
+                    self._send(415, "text/plain", f"expected Content-Type: application/json, got {kind or 'none'!r}\n")
+                elif origin is not None and urlsplit(origin).netloc.lower() != self.headers.get("Host", "").lower():
+                    self._send(403, "text/plain", f"a request from another site ({origin!r}) may not act here\n")
                 elif self.path == "/record" and on_record is not None:
-                    self._send(200, "application/json", json.dumps({"path": on_record()}))
+                    try:
+                        self._send(200, "application/json", json.dumps({"path": on_record()}))
+                    except XVLAError as exc:  # the recorder's folder cannot be written
+                        self._send(409, "application/json", _json({"ok": False, "error": str(exc)}))
                 elif self.path == "/control" and operator is not None:
                     self._control(operator)
                 else:
@@ -139,11 +248,10 @@ class HealthServer:
                 pass
 
         try:
-            self._server = ThreadingHTTPServer((host, port), Handler)
+            self._server = _BoundedServer((host, port), Handler)
         except OSError as exc:
             raise HealthError(f"[health] cannot listen on {host}:{port}: {exc.strerror or exc} (set [health].port to "
                               "a free port, or 0 to turn the server off)") from exc
-        self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(target=outer._server.serve_forever, name="xvla-health", daemon=True)
         self._thread.start()

@@ -36,7 +36,7 @@ NUM_SLOTS = 3
 
 
 class RecorderError(XVLAError, ValueError):
-    """An observation does not fit what the recorder already holds."""
+    """An observation does not fit what the recorder already holds, or a recording cannot be written."""
 
 
 class Recorder:
@@ -98,14 +98,18 @@ class Recorder:
         created = _dt.datetime.now(_dt.timezone.utc)
         safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in reason)[:60]
         final = self.directory / f"{created:%Y%m%dT%H%M%S%fZ}-{safe}"
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with atomic_directory(final) as tmp:
-            np.savez(tmp / "observations.npz", **_observations(obs))
-            np.savez(tmp / "chunks.npz", **_stack(chunks, ("obs_time", "actions", "latency_s")))
-            np.savez(tmp / "commands.npz", **_stack(commands, ("time", "mode", "command", "measured")))
-            meta.update(bundle=self.bundle, reason=reason, created=created.isoformat(),
-                        observations=len(obs), chunks=len(chunks), commands=len(commands))
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            with atomic_directory(final) as tmp:
+                np.savez(tmp / "observations.npz", **_observations(obs))
+                np.savez(tmp / "chunks.npz", **_stack(chunks, ("obs_time", "actions", "latency_s")))
+                np.savez(tmp / "commands.npz", **_stack(commands, ("time", "mode", "command", "measured")))
+                meta.update(bundle=self.bundle, reason=reason, created=created.isoformat(),
+                            observations=len(obs), chunks=len(chunks), commands=len(commands))
+                (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        except OSError as exc:  # not a directory, not permitted, disk full
+            raise RecorderError(f"cannot write a recording into {self.directory} ([recorder].directory): "
+                                f"{exc.strerror or exc}") from None
         self._prune()
         return final
 

@@ -54,12 +54,12 @@ from xvla_edge.daemon.config import RobotConfig
 from xvla_edge.daemon.control import COMMANDS, CommandRefused, ControlServer, check_instruction, check_seconds
 from xvla_edge.daemon.health import HealthServer, Operator
 from xvla_edge.daemon.metrics import DaemonMetrics
-from xvla_edge.daemon.recorder import Recorder
+from xvla_edge.daemon.recorder import Recorder, RecorderError
 from xvla_edge.extras import needs
 from runtime.policy import Policy
 from runtime.remote import RemotePolicy, RemoteUnavailable
 from runtime.types import ActionChunk, Observation
-from xvla.errors import XVLAError
+from xvla.errors import InputError, XVLAError
 
 POLL_S = 0.02
 RECONNECT_S = 1.0
@@ -208,8 +208,11 @@ class Daemon:
                                                      "started": None, "ends": None}
         self._generation = 0  # bumped by hold, stop and e-stop: older chunks are dropped
         self._future_generation = 0
+        self._estops = 0  # e-stops so far: a clear-estop that raced with a new one keeps it
         self._faults: deque = deque(maxlen=20)
-        self._commands = threading.Lock()
+        self._dump_due: Optional[str] = None  # a fault's recording, written by the supervisor thread
+        self._commands = threading.Lock()  # one operator command at a time (the e-stop never waits for it)
+        self._state = threading.Lock()  # operator state changes: held briefly, the e-stop's only wait
 
     # -- life cycle -------------------------------------------------------------------------------------
 
@@ -306,6 +309,8 @@ class Daemon:
             self._step()
         except ControlLoopError as exc:
             raise self._loop_lost(exc) from exc
+        finally:
+            self._dump_if_due()
 
     def _step(self) -> None:
         assert self.loop is not None
@@ -410,10 +415,11 @@ class Daemon:
         self.recorder.add_chunk(obs.timestamp, chunk.actions, latency)
         if self._stale:
             return  # a camera went stale while the model ran: do not start moving on what it saw
-        if self._future_generation != self._generation or self._operator != "running":
-            return  # held, stopped or e-stopped while the model ran
-        self.loop.submit(trajectory, obs.timestamp)  # type: ignore[union-attr]
-        self._executing_end = float(chunk.timestamps[-1])
+        with self._state:  # a hold or e-stop lands before this check or after the submit, never between
+            if self._future_generation != self._generation or self._operator != "running":
+                return  # held, stopped or e-stopped while the model ran
+            self.loop.submit(trajectory, obs.timestamp)  # type: ignore[union-attr]
+            self._executing_end = float(chunk.timestamps[-1])
         log.debug("chunk", extra={"event": "chunk", "latency_s": round(latency, 4)})
 
     def _inference_failed(self, exc: BaseException) -> None:
@@ -422,6 +428,9 @@ class Daemon:
         an outage instead (:meth:`_outage`)."""
         if isinstance(exc, RemoteUnavailable):
             self._outage(exc)
+            return
+        if isinstance(exc, InputError):
+            self._refused_input(exc)
             return
         self._inference_errors += 1
         self._failures_in_a_row += 1
@@ -435,6 +444,19 @@ class Daemon:
                        "the control loop holds the arm")
             log.error(message, extra={"event": InferenceFailing.event, "failures": self._failures_in_a_row})
             raise InferenceFailing(message)
+
+    def _refused_input(self, exc: InputError) -> None:
+        """The policy refused the observation (e.g. a state the arm reported that it cannot take): hold, say why
+        in health and the log, try again every ``RECONNECT_S``; the daemon keeps running (it is the input, not
+        the model, that failed)."""
+        now = self.clock()
+        self.loop.hold()  # type: ignore[union-attr]
+        self._executing_end = None
+        self._retry_at = now + RECONNECT_S
+        self._inference_errors += 1
+        self.metrics.inference_error()
+        log.error("observation refused by the policy: %s; holding the arm", exc, extra={"event": "input_refused"})
+        self._fault(f"inference error: observation refused: {exc}")
 
     def _outage(self, exc: RemoteUnavailable) -> None:
         """The policy server cannot be reached or did not answer in time: hold now (the executing chunk is
@@ -484,8 +506,11 @@ class Daemon:
     # -- operator commands (xvla_edge.daemon.control) ------------------------------------------------------
 
     def execute(self, request: Dict[str, object]) -> Dict[str, object]:
-        """Run one operator command (any thread; one at a time); the reply with the resulting state."""
+        """Run one operator command (any thread; one at a time, except ``estop``, which never waits for another
+        command); the reply with the resulting state."""
         name = request.get("command")
+        if name == "estop":
+            return self._estop()
         with self._commands:
             try:
                 handler = getattr(self, "_cmd_" + str(name).replace("-", "_"), None)
@@ -501,8 +526,10 @@ class Daemon:
                 log.info("command %s", name, extra={"event": "command", "command": name, **(result or {})})
             return {"ok": True, "state": self.status(), **({"result": result} if result else {})}
 
-    def _drop_motion(self) -> None:
-        self.loop.hold()  # type: ignore[union-attr]
+    def _drop_motion(self, operator: str) -> None:
+        """Under ``_state``: the operator state becomes ``operator`` and chunks in flight are dropped; the caller
+        then tells the loop to hold (outside the lock: an e-stop never waits for the pipe)."""
+        self._operator = operator
         self._executing_end = None
         self._generation += 1
 
@@ -516,47 +543,62 @@ class Daemon:
 
     def _cmd_start(self, request: Dict[str, object]) -> Dict[str, object]:
         seconds = check_seconds(request.get("seconds"))
-        if self._operator == "estopped":
-            raise CommandRefused("start: the e-stop is latched; clear-estop first")
-        if self._operator in ("running", "held"):
-            raise CommandRefused(f"start: episode {self._episode['number']} is {self._operator}; stop it first")
-        now = self.clock()
-        self._episode = {"number": (self._episode["number"] or 0) + 1, "started": now,
-                         "ends": None if seconds is None else now + seconds}
-        self._operator = "running"
-        return {"episode": self._episode["number"], "seconds": seconds}
+        with self._state:
+            if self._operator == "estopped":
+                raise CommandRefused("start: the e-stop is latched; clear-estop first")
+            if self._operator in ("running", "held"):
+                raise CommandRefused(f"start: episode {self._episode['number']} is {self._operator}; stop it first")
+            now = self.clock()
+            self._episode = {"number": (self._episode["number"] or 0) + 1, "started": now,
+                             "ends": None if seconds is None else now + seconds}
+            self._operator = "running"
+            return {"episode": self._episode["number"], "seconds": seconds}
 
     def _cmd_stop(self, request: Dict[str, object]) -> Dict[str, object]:
-        if self._operator not in ("running", "held"):
-            raise CommandRefused(f"stop: no episode is running (operator state {self._operator})")
-        self._drop_motion()
-        self._operator = "stopped"
+        with self._state:
+            if self._operator not in ("running", "held"):
+                raise CommandRefused(f"stop: no episode is running (operator state {self._operator})")
+            self._drop_motion("stopped")
+        self.loop.hold()  # type: ignore[union-attr]
         return {"episode": self._episode["number"]}
 
     def _cmd_hold(self, request: Dict[str, object]) -> None:
-        if self._operator != "running":
-            raise CommandRefused(f"hold: nothing is running (operator state {self._operator})")
-        self._drop_motion()
-        self._operator = "held"
+        with self._state:
+            if self._operator != "running":
+                raise CommandRefused(f"hold: nothing is running (operator state {self._operator})")
+            self._drop_motion("held")
+        self.loop.hold()  # type: ignore[union-attr]
 
     def _cmd_resume(self, request: Dict[str, object]) -> None:
-        if self._operator == "estopped":
-            raise CommandRefused("resume: the e-stop is latched; clear-estop first")
-        if self._operator != "held":
-            raise CommandRefused(f"resume: nothing is held (operator state {self._operator}"
-                                 + ("; start an episode" if self._operator == "stopped" else "") + ")")
-        self._operator = "running"
+        with self._state:
+            if self._operator == "estopped":
+                raise CommandRefused("resume: the e-stop is latched; clear-estop first")
+            if self._operator != "held":
+                raise CommandRefused(f"resume: nothing is held (operator state {self._operator}"
+                                     + ("; start an episode" if self._operator == "stopped" else "") + ")")
+            self._operator = "running"
 
-    def _cmd_estop(self, request: Dict[str, object]) -> None:
-        self.loop.estop()  # type: ignore[union-attr]  # first: nothing else delays it
-        self._executing_end = None
-        self._generation += 1
-        self._operator = "estopped"
+    def _estop(self) -> Dict[str, object]:
+        """The e-stop's own path (any thread, never behind another command): the loop first, then the state."""
+        error = None
+        try:
+            self.loop.estop()  # type: ignore[union-attr]  # a counter the loop reads before its next tick
+        except ControlLoopError as exc:  # the loop is gone: the controller's deadman holds the arm
+            error = f"the control loop does not answer: {exc}"
+        with self._state:
+            self._drop_motion("estopped")
+            self._estops += 1
         self._fault("e-stop by the operator")
+        log.info("command estop", extra={"event": "command", "command": "estop"})
+        if error is not None:
+            return {"ok": False, "error": error, "state": self.status()}
+        return {"ok": True, "state": self.status()}
 
     def _cmd_clear_estop(self, request: Dict[str, object]) -> None:
-        if self._operator != "estopped":
-            raise CommandRefused(f"clear-estop: the e-stop is not latched (operator state {self._operator})")
+        with self._state:
+            if self._operator != "estopped":
+                raise CommandRefused(f"clear-estop: the e-stop is not latched (operator state {self._operator})")
+            estops = self._estops
         loop = self.loop
         assert loop is not None
         loop.clear_estop()
@@ -566,21 +608,32 @@ class Daemon:
         while stats.timing.get("ticks", 0) < ticks + 2 and time.monotonic() < end:  # ticks that saw the clear
             time.sleep(0.005)
             stats = loop.stats()
-        if stats.mode == "estopped":
-            raise CommandRefused("clear-estop: the arm still reports its e-stop"
-                                 + (f" ({stats.last_error})" if stats.last_error else "") + "; release it there first")
-        self._operator = "held"
+        with self._state:
+            if self._estops != estops:  # a new e-stop while clearing: it stays latched, in the loop too
+                loop.estop()
+                raise CommandRefused("clear-estop: another e-stop arrived while clearing; it stays latched")
+            if stats.mode == "estopped":
+                raise CommandRefused("clear-estop: the arm still reports its e-stop"
+                                     + (f" ({stats.last_error})" if stats.last_error else "")
+                                     + "; release it there first")
+            self._operator = "held"
 
     def _cmd_record(self, request: Dict[str, object]) -> Dict[str, object]:
-        return {"path": str(self.recorder.dump("request"))}
+        try:
+            return {"path": str(self.recorder.dump("request"))}
+        except RecorderError as exc:
+            raise CommandRefused(f"record: {exc}") from None
 
     def _end_episode_if_due(self, now: float) -> None:
         ends = self._episode["ends"]
-        if ends is not None and now >= ends and self._operator in ("running", "held"):
-            with self._commands:
-                self._drop_motion()
-                self._operator = "stopped"
-            log.info("episode %s ended (time limit)", self._episode["number"],
+        if ends is None or now < ends:
+            return
+        with self._state:
+            if self._operator not in ("running", "held"):
+                return
+            self._drop_motion("stopped")
+        self.loop.hold()  # type: ignore[union-attr]
+        log.info("episode %s ended (time limit)", self._episode["number"],
                      extra={"event": "episode_end", "episode": self._episode["number"]})
 
     def status(self) -> Dict[str, object]:
@@ -633,17 +686,25 @@ class Daemon:
         return buf.getvalue()
 
     def _fault(self, reason: str) -> None:
+        """Note a fault (any thread); its recording (``recorder.on_fault``) is written by the supervisor at the end
+        of its pass, so a command thread never waits for the disk."""
         self._last_error = (self.clock(), reason)
         self._faults.append((time.time(), reason))
         log.warning(reason, extra={"event": "fault"})
-        if self.config.recorder.on_fault:
-            try:
-                path = self.recorder.dump(reason.split(":")[0].replace(" ", "-"), force=False)
-            except Exception as exc:  # noqa: BLE001 - a full disk must not stop the daemon
-                log.error("recorder dump failed: %s", exc, extra={"event": "recorder_error"})
-            else:
-                if path is not None:
-                    log.info("recorder dump %s", path, extra={"event": "recording", "path": str(path)})
+        if self.config.recorder.on_fault and self._dump_due is None:
+            self._dump_due = reason
+
+    def _dump_if_due(self) -> None:
+        reason, self._dump_due = self._dump_due, None
+        if reason is None:
+            return
+        try:
+            path = self.recorder.dump(reason.split(":")[0].replace(" ", "-"), force=False)
+        except Exception as exc:  # noqa: BLE001 - a full disk must not stop the daemon
+            log.error("recorder dump failed: %s", exc, extra={"event": "recorder_error"})
+        else:
+            if path is not None:
+                log.info("recorder dump %s", path, extra={"event": "recording", "path": str(path)})
 
     # -- reporting --------------------------------------------------------------------------------------
 

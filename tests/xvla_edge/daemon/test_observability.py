@@ -24,6 +24,8 @@ from drivers.safety import CLIP_KINDS, REJECT_KINDS
 from xvla_edge.daemon.metrics import CONTENT_TYPE, MODES, DaemonMetrics
 from xvla_edge.daemon.recorder import Recorder, RecorderError
 
+JSON = {"Content-Type": "application/json"}
+
 
 def samples(metrics: DaemonMetrics) -> dict:
     """{(sample name, sorted labels): value} parsed back from the exposition text by the client's parser."""
@@ -112,7 +114,7 @@ def test_health_server_endpoints():
         assert info.value.code == 503 and json.load(info.value)["reasons"] == ["camera cam0 stale (1.00 s)"]
         with urllib.request.urlopen(url + "/metrics") as r:
             assert r.headers["Content-Type"] == CONTENT_TYPE and "xvla_chunks_total 1.0" in r.read().decode()
-        with urllib.request.urlopen(urllib.request.Request(url + "/record", method="POST")) as r:
+        with urllib.request.urlopen(urllib.request.Request(url + "/record", method="POST", headers=JSON)) as r:
             assert json.load(r) == {"path": "/tmp/rec"}
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(url + "/nothing")
@@ -129,11 +131,11 @@ def test_posts_need_the_token_when_there_is_one_and_a_busy_port_is_named():
     try:
         for header in ({}, {"Authorization": "Bearer wrong-0123456789abc"}, {"Authorization": "s3cret-0123456789ab"}):
             with pytest.raises(urllib.error.HTTPError) as info:
-                urllib.request.urlopen(urllib.request.Request(url + "/record", method="POST", headers=header))
+                urllib.request.urlopen(urllib.request.Request(url + "/record", method="POST", headers={**header, **JSON}))
             assert info.value.code == 401 and info.value.headers["WWW-Authenticate"] == "Bearer"
         assert recorded == []  # nothing changed without the token
         request = urllib.request.Request(url + "/record", method="POST",
-                                         headers={"Authorization": "Bearer s3cret-0123456789ab"})
+                                         headers={"Authorization": "Bearer s3cret-0123456789ab", **JSON})
         with urllib.request.urlopen(request) as r:
             assert json.load(r) == {"path": "/r"} and recorded == [1]
         with urllib.request.urlopen(url + "/healthz") as r:  # reading stays open
@@ -205,7 +207,7 @@ def test_recorder_dump_is_atomic(tmp_path, monkeypatch):
         real(file, **arrays)
 
     monkeypatch.setattr(np, "savez", fail_on_commands)
-    with pytest.raises(OSError):
+    with pytest.raises(RecorderError, match=rf"cannot write a recording into {tmp_path} \(\[recorder\].directory\): disk full"):
         rec.dump("x")
     assert list(tmp_path.iterdir()) == []
 

@@ -15,35 +15,11 @@ import pytest
 from xvla_edge.cli import main
 from xvla_edge.commands.demo import robot_toml
 from xvla_edge.daemon.config import load_config
-from xvla_edge.daemon.control import send
 from xvla_edge.daemon.service import Daemon
 
-from daemon_driving import accepted, drive
+from daemon_driving import RATE_HZ, accepted, ctl, drive, free_port, http
 
 REPO = Path(__file__).resolve().parents[3]
-RATE_HZ = 100
-
-
-@pytest.fixture
-def daemon(tmp_path, bundle, emu):
-    sock_dir = Path(tempfile.mkdtemp(prefix="xvla-ctl-"))  # traversable by others, as /run/xvla-edge is
-    sock_dir.chmod(0o755)
-    sock = sock_dir / "ctl.sock"
-    path = tmp_path / "robot.toml"
-    path.write_text(robot_toml(bundle, emu.port, tmp_path / "recordings", cameras={"width": 96, "height": 64},
-                               arm={"timeout_ms": 300}, control={"rate_hz": RATE_HZ, "realtime_priority": 0},
-                               recorder={"seconds": 10}, operator={"socket": str(sock)}))
-    d = Daemon(load_config(path))
-    d.start()
-    d.sock = sock
-    yield d
-    d.close()
-    assert not sock.exists()  # removed on the way out
-    sock_dir.rmdir()
-
-
-def ctl(daemon: Daemon, command: str, **args) -> dict:
-    return send(daemon.sock, {"command": command, **args})
 
 
 def sent_speed_within_envelope(daemon: Daemon) -> None:
@@ -166,21 +142,6 @@ def test_the_socket_refuses_who_has_no_permission(daemon):
     assert out.returncode == 0 and "operator running" in out.stdout, (out.returncode, out.stderr)
 
 
-def http(url: str, data: dict | None = None, token: str | None = None) -> tuple[int, bytes, str]:
-    import urllib.error
-    import urllib.request
-
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(url, data=None if data is None else json.dumps(data).encode(), headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as r:
-            return r.status, r.read(), r.headers.get("Content-Type", "")
-    except urllib.error.HTTPError as e:
-        return e.code, e.read(), e.headers.get("Content-Type", "")
-
-
 def test_the_status_page_and_http_control(tmp_path, bundle, emu):
     """The page, its data, and control over HTTP: open to read, token to act beyond loopback."""
     from PIL import Image
@@ -188,7 +149,7 @@ def test_the_status_page_and_http_control(tmp_path, bundle, emu):
     token = tmp_path / "token"
     token.write_text("operator-token-0123456789\n")
     token.chmod(0o600)
-    port = _free_port()
+    port = free_port()
     path = tmp_path / "robot.toml"
     path.write_text(robot_toml(bundle, emu.port, tmp_path / "recordings", cameras={"width": 96, "height": 64},
                                arm={"timeout_ms": 300}, control={"rate_hz": RATE_HZ, "realtime_priority": 0},
@@ -225,11 +186,3 @@ def test_the_status_page_and_http_control(tmp_path, bundle, emu):
         assert http(base + "/control", {"nope": 1}, token="operator-token-0123456789")[0] == 400
     finally:
         d.close()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
