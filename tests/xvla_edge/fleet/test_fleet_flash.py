@@ -6,9 +6,9 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import json
+import shlex
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -36,7 +36,7 @@ def variant(bundle: Path, out: Path, steps: int) -> Path:
 
 def cli_ssh(ssh_options) -> list[str]:
     return ["--known-hosts", str(ssh_options.known_hosts), "--identity", str(ssh_options.identity),
-            "--remote-xvla-edge", f"{sys.executable} -m xvla_edge"]
+            "--remote-xvla-edge", shlex.join(ssh_options.xvla_edge)]
 
 
 def test_two_robots_with_a_canary_then_only_what_changed_travels(tiny_bundle, robots, ssh_options, tmp_path, capsys):
