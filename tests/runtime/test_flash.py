@@ -384,3 +384,122 @@ def test_a_hung_smoke_inference_is_refused_within_its_timeout(robot_ab, bundles,
     for bad in (math.nan, -1.0, math.inf):
         with pytest.raises(fl.FlashError, match="expected a finite number of seconds > 0"):
             fl.flash(a, robot_ab, smoke_timeout_s=bad, say=quiet)
+
+
+# -- history.jsonl: one reader that tolerates a torn tail; a writer that starts a fresh line -------------------
+
+
+def test_a_torn_history_line_is_skipped_and_the_next_entry_starts_a_line_of_its_own(robot_ab):
+    torn = b'{"time": "2026-01-01T00:00:00+00:00", "action": "fla\xff'  # a write cut short, not even UTF-8
+    with open(robot_ab / "history.jsonl", "ab") as f:
+        f.write(torn)
+    said: list[str] = []
+    fl.rollback(robot_ab, say=said.append)
+    raw = (robot_ab / "history.jsonl").read_bytes().split(b"\n")
+    assert raw[2] == torn and raw[-1] == b"" and len(raw) == 5  # the torn line kept as it was, on its own
+    assert json.loads(raw[3])["action"] == "rollback"
+    assert any("history.jsonl: its last line was torn" in m for m in said)
+    history = fl.read_history(robot_ab)
+    assert [e["action"] for e in history.entries] == ["flash", "flash", "rollback"]
+    assert len(history.warnings) == 1 and "history.jsonl: line 3 was skipped" in history.warnings[0]
+    assert "UnicodeDecodeError" in history.warnings[0]
+
+
+def test_read_history_skips_every_kind_of_bad_line_and_never_raises(tmp_path):
+    good = [{"action": "flash", "n": i} for i in range(3)]
+    bad = [b'{"build_s": NaN}', b'{"build_s": 1e400}', b"[1, 2]", b"[" * 100_000, b"\xff\xfe", b'{"a": 1']
+    lines = [json.dumps(good[0]).encode(), *bad[:3], b"", json.dumps(good[1]).encode(), *bad[3:5],
+             json.dumps(good[2]).encode(), bad[5]]
+    (tmp_path / "history.jsonl").write_bytes(b"\n".join(lines))
+    history = fl.read_history(tmp_path)
+    assert history.entries == good
+    assert [w.split(": ", 1)[1].split(" was skipped")[0] for w in history.warnings] == [
+        "line 2", "line 3", "line 4", "line 7", "line 8", "its last line (no newline at its end: a torn write)"]
+    # only the file's tail is read: the line the window starts in is cut, not reported
+    window = fl.read_history(tmp_path, max_bytes=len(json.dumps(good[2])) + len(bad[5]) + 3)  # 1 byte of line 8
+    assert window.entries == [good[2]] and len(window.warnings) == 1
+    assert fl.read_history(tmp_path / "nowhere") == fl.History([], [])
+    for kind in ("directory", "link", "fifo"):
+        robot = tmp_path / kind
+        robot.mkdir()
+        if kind == "directory":
+            (robot / "history.jsonl").mkdir()
+        elif kind == "link":
+            (robot / "history.jsonl").symlink_to(tmp_path / "history.jsonl")
+        else:
+            os.mkfifo(robot / "history.jsonl")  # opening it for reading must not block
+        history = fl.read_history(robot)
+        assert history.entries == [] and f"{robot / 'history.jsonl'}: not read" in history.warnings[0]
+
+
+# -- after the switch, nothing turns the operation into a failure -------------------------------------------
+
+
+@pytest.mark.parametrize("op", ["flash", "rollback"])
+@pytest.mark.parametrize("step", ["_record", "_clean"])
+def test_a_failure_after_the_switch_is_a_warning_and_the_switch_stands(robot_ab, bundles, monkeypatch, op, step):
+    a, _ = bundles
+    current, previous = fl.active_bundle(robot_ab), (robot_ab / "previous").resolve()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fl, step, disk_full)
+    said: list[str] = []
+    active = fl.flash(a, robot_ab, say=said.append) if op == "flash" else fl.rollback(robot_ab, say=said.append)
+    assert fl.active_bundle(robot_ab) == active.resolve() and (robot_ab / "previous").resolve() == current
+    if op == "rollback":
+        assert active == previous
+    assert any(m.startswith(f"warning: {op} done") and "No space left on device" in m for m in said), said
+
+
+# -- clean-up: after a successful switch only, and only the names flash gives -------------------------------
+
+
+def test_a_refused_command_removes_nothing_and_a_successful_one_only_what_flash_made(robot_ab, bundles, monkeypatch):
+    a, _ = bundles
+    bundles_dir, previous = robot_ab / "bundles", (robot_ab / "previous").resolve()
+    keep = shutil.copytree(previous, bundles_dir / f"{previous.name}.keep")  # an operator's copy
+    (bundles_dir / "notes.txt").write_text("why .keep is kept")
+    stale = shutil.copytree(previous, bundles_dir / f"{previous.name}.7")  # a killed flash's renamed copy
+    (robot_ab / ".staging-999999").mkdir()  # a killed flash's staging
+    (robot_ab / ".staging-999999" / "encoder.onnx").write_bytes(b"half")
+    before = state(robot_ab)
+
+    def refuse(staged: Path) -> None:
+        raise fl.FlashError("accuracy gate: refused")
+
+    with pytest.raises(fl.FlashError, match="accuracy gate: refused"):  # refused after taking the lock
+        fl.flash(a, robot_ab, checks=(refuse,), say=quiet)
+    assert state(robot_ab) == before
+    os.symlink(os.readlink(robot_ab / "current"), robot_ab / "tmp")  # previous = current: rollback refuses
+    os.replace(robot_ab / "tmp", robot_ab / "previous")
+    refused = state(robot_ab)
+    with pytest.raises(fl.FlashError, match="nothing to roll back to"):
+        fl.rollback(robot_ab, say=quiet)
+    assert state(robot_ab) == refused
+
+    said: list[str] = []
+    installed = fl.flash(a, robot_ab, say=said.append)
+    assert installed.name == f"{previous.name}.2" and fl.active_bundle(robot_ab) == installed
+    assert not stale.exists() and not previous.exists() and not (robot_ab / ".staging-999999").exists()
+    assert same_files(keep, a) and (bundles_dir / "notes.txt").read_text() == "why .keep is kept"
+    assert sorted(p.name for p in bundles_dir.iterdir()) == sorted(
+        [installed.name, (robot_ab / "previous").resolve().name, keep.name, "notes.txt"])
+    assert [m for m in said if m.startswith("left alone")] == [
+        f"left alone in {bundles_dir} (not names flash gives): {keep.name}, notes.txt"]
+
+
+@pytest.mark.parametrize("name", [".lock", "history.jsonl"])
+def test_a_link_placed_where_flash_writes_a_file_is_refused_and_its_target_untouched(robot_ab, bundles, tmp_path,
+                                                                                      name):
+    a, _ = bundles
+    outside = tmp_path / "outside.txt"
+    outside.write_text("precious")
+    (robot_ab / name).unlink()
+    (robot_ab / name).symlink_to(outside)
+    before = state(robot_ab)
+    for command in (lambda: fl.flash(a, robot_ab, say=quiet), lambda: fl.rollback(robot_ab, say=quiet)):
+        with pytest.raises(fl.FlashError, match=rf"{re.escape(str(robot_ab / name))}: expected the .* found a link"):
+            command()
+        assert outside.read_text() == "precious" and state(robot_ab) == before

@@ -2,7 +2,8 @@
 fleet flash, run over SSH: :mod:`xvla_edge.fleet.agent`).
 
 ``status`` asks every robot which bundle is active and previous, and when it last changed, and with
-``--health-url`` what its daemon's ``/healthz`` says (``--json FILE``: the same as JSON). Exit status: 0 every robot answered, 1 one did not.
+``--health-url`` what its daemon's ``/healthz`` says, and what of its ``history.jsonl`` was skipped (a torn
+line) (``--json FILE``: the same as JSON). Exit status: 0 every robot answered, 1 one did not.
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
                       else f", daemon not answering ({a.get('reason')})")
         print(f"{target}: current {current.get('name', '-')} ({(current.get('bundle_id') or '-')[:12]}), previous "
               f"{previous.get('name', '-')}, last {last.get('action', '-')} at {last.get('time', '-')}{health}")
+        for warning in a.get("warnings") or []:
+            print(f"{target}: warning: {warning}")
     if args.json is not None:
         args.json.write_text(json.dumps(answers, indent=2))
     return 0 if ok else 1

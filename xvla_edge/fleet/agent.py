@@ -19,9 +19,11 @@ Operations:
   from where it is present into ``.incoming/<bundle id>/``, which is then verified like any bundle.
 - ``flash BUNDLE_ID [--backend B] [--device D] [--smoke-timeout S]``: :func:`runtime.flash.flash` of the assembled
   bundle (verification, TensorRT engines when TensorRT is here, smoke inference on the daemon's backend and
-  device, atomic switch); then ``.incoming`` and ``.objects`` are emptied (the installed bundles hold the
-  content).
-- ``status``: the active and previous bundles and the last line of ``history.jsonl``.
+  device, atomic switch); then ``.incoming`` and ``.objects`` are removed (the installed bundles hold the
+  content) → ``status``. Once ``current`` has changed nothing turns the answer into an error: a failure after
+  the switch is one of its ``messages``.
+- ``status``: the active and previous bundles, the last readable entry of ``history.jsonl`` and ``warnings``
+  (lines of it skipped: a torn write); answers whatever ``DIR`` holds.
 - ``health URL BUNDLE_ID SECONDS``: poll the daemon's ``/healthz`` at URL (on the robot: it listens on loopback)
   until it answers with ``bundle_id`` BUNDLE_ID → its answer; an error after SECONDS naming what it last said.
 - ``rollback``: :func:`runtime.flash.rollback` (previous becomes active again) → ``status``.
@@ -29,7 +31,8 @@ Operations:
   when it does not answer).
 
 Nothing here trusts its input: digests are 64 hex digits, sizes bounded, names plain (the manifest is validated
-before a file of it is linked), and every path is checked to lie inside ``DIR``.
+before a file of it is linked), and nothing is written through a link: ``.objects`` and ``.incoming`` must be
+directories, and the files in them regular files, not links (refused by name otherwise).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import sys
 import time
 import urllib.error
@@ -46,9 +50,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any, BinaryIO, Optional
 
-from runtime.flash import BUNDLES, CURRENT, HISTORY, PREVIOUS, FlashError, flash, rollback
+from runtime.flash import BUNDLES, CURRENT, PREVIOUS, FlashError, flash, link_target, read_history, rollback
 from runtime.manifest import MANIFEST_FILE, BundleError, Manifest
-from xvla.files import sha256_file
+from xvla.files import remove_path, sha256_file
 
 OBJECTS, INCOMING = ".objects", ".incoming"
 MAX_FILE_BYTES = 1 << 40  # far above any bundle file, far below a size that overflows anything
@@ -72,10 +76,28 @@ def _size(value: Any, what: str) -> int:
     return value
 
 
-def _objects(root: Path) -> Path:
-    path = root / OBJECTS
-    path.mkdir(parents=True, exist_ok=True)
+def _own_dir(root: Path, name: str, create: bool = True) -> Path:
+    """``root/name``, a directory the agent writes into (created if missing and ``create``): refused when it is
+    a link or not a directory, so nothing written there can land outside ``root``."""
+    path = root / name
+    if create and not (path.is_symlink() or path.exists()):
+        path.mkdir(parents=True)
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise AgentError(f"{path}: expected the directory the agent keeps inside {root}, found a link or a file; "
+                         "move it away")
     return path
+
+
+def _file_size(path: Path) -> Optional[int]:
+    """The size of the regular file ``path``; None when there is none. A link or anything else there is
+    refused: the agent writes and trusts only files it created."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        raise AgentError(f"{path}: expected a file the agent wrote, found a link or not a regular file; move it away")
+    return st.st_size
 
 
 def installed_files(root: Path) -> dict[str, Path]:
@@ -98,31 +120,32 @@ def have(root: Path, request: dict[str, Any]) -> dict[str, Any]:
     files = request.get("files") if isinstance(request, dict) else None
     if not isinstance(files, dict):
         raise AgentError('have: expected {"files": {name: {"sha256": ..., "bytes": ...}}} on stdin')
-    objects, installed = _objects(root), installed_files(root)
+    objects, installed = _own_dir(root, OBJECTS), installed_files(root)
     missing = {}
     for name, entry in files.items():
         if not isinstance(entry, dict):
             raise AgentError(f"have: files.{name}: expected {{sha256, bytes}}")
         digest = _digest(entry.get("sha256"))
         _size(entry.get("bytes"), f"files.{name}.bytes")
-        if (objects / digest).is_file() or digest in installed:
+        if _file_size(objects / digest) is not None or digest in installed:
             continue
-        partial = objects / f"{digest}.partial"
-        missing[digest] = partial.stat().st_size if partial.is_file() else 0
+        missing[digest] = _file_size(objects / f"{digest}.partial") or 0
     return {"missing": missing}
 
 
 def put(root: Path, digest: str, size: int, offset: int, data: BinaryIO) -> dict[str, Any]:
     digest, size, offset = _digest(digest), _size(size, "bytes"), _size(offset, "offset")
-    objects = _objects(root)
+    objects = _own_dir(root, OBJECTS)
     final, partial = objects / digest, objects / f"{digest}.partial"
-    if final.is_file():
-        return {"stored": digest, "bytes": final.stat().st_size}
-    have_bytes = partial.stat().st_size if partial.is_file() else 0
+    stored = _file_size(final)
+    if stored is not None:
+        return {"stored": digest, "bytes": stored}
+    have_bytes = _file_size(partial) or 0
     if have_bytes != offset or offset > size:
         raise AgentError(f"put {digest[:12]}: {have_bytes} bytes received so far, the stream starts at {offset}; "
                          "ask again with `have`")
-    with open(partial, "ab") as out:
+    fd = os.open(partial, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "ab") as out:
         left = size - offset
         while left:
             block = data.read(min(CHUNK, left))
@@ -143,9 +166,9 @@ def put(root: Path, digest: str, size: int, offset: int, data: BinaryIO) -> dict
 
 
 def assemble(root: Path, manifest_digest: str) -> dict[str, Any]:
-    objects = _objects(root)
+    objects = _own_dir(root, OBJECTS)
     source = objects / _digest(manifest_digest)
-    if not source.is_file():
+    if _file_size(source) is None:
         installed = installed_files(root)
         if manifest_digest not in installed:
             raise AgentError(f"assemble: no manifest {manifest_digest[:12]} here; send it first")
@@ -154,26 +177,25 @@ def assemble(root: Path, manifest_digest: str) -> dict[str, Any]:
         manifest = Manifest.from_dict(json.loads(source.read_text()), f"manifest {manifest_digest[:12]}")
     except (ValueError, UnicodeDecodeError) as exc:
         raise AgentError(f"assemble: manifest {manifest_digest[:12]} is not a valid manifest: {exc}") from None
-    incoming = root / INCOMING
-    incoming.mkdir(exist_ok=True)
+    incoming = _own_dir(root, INCOMING)
     target, tmp = incoming / manifest.bundle_id, incoming / f"{manifest.bundle_id}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_path(tmp)
     tmp.mkdir()
     installed = installed_files(root)
     for name, entry in manifest.files.items():  # plain names: the manifest is validated
         digest = entry["sha256"]
-        src = objects / digest if (objects / digest).is_file() else installed.get(digest)
+        src = objects / digest if _file_size(objects / digest) is not None else installed.get(digest)
         if src is None:
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_path(tmp)
             raise AgentError(f"assemble: {name} ({digest[:12]}) is not here; send it first")
         _link_or_copy(src, tmp / name)
     _link_or_copy(source, tmp / MANIFEST_FILE)
     try:
         Manifest.load(tmp).verify_files(tmp)
     except BundleError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_path(tmp)
         raise AgentError(f"assemble: the assembled bundle does not verify: {exc}") from None
-    shutil.rmtree(target, ignore_errors=True)
+    remove_path(target)
     os.replace(tmp, target)
     return {"assembled": manifest.bundle_id, "path": str(target)}
 
@@ -186,21 +208,25 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def flash_assembled(root: Path, bundle_id: str, backend: str, device: str, smoke_timeout_s: float) -> dict[str, Any]:
-    source = root / INCOMING / _digest(bundle_id)
-    if not (source / MANIFEST_FILE).is_file():
-        raise AgentError(f"flash: bundle {bundle_id[:12]} is not assembled here")
+    source = _own_dir(root, INCOMING, create=False) / _digest(bundle_id)
+    if source.is_symlink() or not (source / MANIFEST_FILE).is_file():
+        raise AgentError(f"flash: bundle {bundle_id[:12]} is not assembled here (expected {source}/{MANIFEST_FILE})")
     lines: list[str] = []
     installed = flash(source, root, backend=backend, device=device, smoke_timeout_s=smoke_timeout_s, say=lines.append)
-    for leftover in (root / INCOMING, root / OBJECTS):
-        shutil.rmtree(leftover, ignore_errors=True)
+    for leftover in (INCOMING, OBJECTS):
+        try:
+            remove_path(root / leftover)
+        except OSError as exc:  # the switch has happened: a message, not a failed flash
+            lines.append(f"warning: could not remove {root / leftover}: {exc}")
     return {"installed": installed.name, "bundle_id": bundle_id, "messages": lines, **status(root)}
 
 
 def status(root: Path) -> dict[str, Any]:
+    """What ``current`` and ``previous`` point at (``bundle_id`` None: not a valid bundle), the last readable
+    entry of ``history.jsonl`` and ``warnings`` about lines of it skipped; never refuses for what ``DIR`` holds."""
     out: dict[str, Any] = {}
     for link in (CURRENT, PREVIOUS):
-        path = root / link
-        target = path.resolve() if path.is_symlink() else None
+        target = link_target(root, link)
         manifest: Optional[Manifest] = None
         if target is not None:
             try:
@@ -209,9 +235,9 @@ def status(root: Path) -> dict[str, Any]:
                 pass
         out[link] = None if target is None else {"name": target.name,
                                                  "bundle_id": manifest.bundle_id if manifest else None}
-    history = root / HISTORY
-    lines = history.read_text().splitlines() if history.is_file() else []
-    out["last"] = json.loads(lines[-1]) if lines else None
+    history = read_history(root)
+    out["last"] = history.entries[-1] if history.entries else None
+    out["warnings"] = history.warnings
     return out
 
 

@@ -14,13 +14,17 @@ anything is sent anywhere. Then, per robot (:func:`flash_robot`), over SSH (:mod
    the previous bundle is made active again and the daemon restarted on it.
 
 A robot on which any step fails keeps its active bundle (the switch is the last step of ``flash``, and
-:mod:`runtime.flash` guarantees the rest), and its result names the step and the cause. ``canary`` robots go
-first; the others only when all of them succeeded. ``parallel`` robots at a time.
+:mod:`runtime.flash` guarantees the rest), and its result names the step and the cause. What the robot's
+``current`` link says decides, not how a call ended: a ``flash`` (or ``rollback``) that errs or loses its
+connection after the robot switched counts as switched (its error becomes a message), because the robot now
+runs that bundle. ``canary`` robots go first; the others only when all of them succeeded. ``parallel`` robots
+at a time.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -125,13 +129,21 @@ def flash_robot(plan: FlashPlan, agent: Agent, *, backend: str, device: str, smo
         result.step = "assemble"
         agent.call("assemble", "assemble", plan.manifest_sha256)
         result.step = "flash"
-        answer = agent.call("flash (verify, engines, smoke inference, switch)", "flash", plan.manifest.bundle_id,
-                            "--backend", backend, "--device", device, "--smoke-timeout", str(smoke_timeout_s),
-                            timeout_s=smoke_timeout_s + 3600)
+        try:
+            answer = agent.call("flash (verify, engines, smoke inference, switch)", "flash", plan.manifest.bundle_id,
+                                "--backend", backend, "--device", device, "--smoke-timeout", str(smoke_timeout_s),
+                                timeout_s=smoke_timeout_s + 3600)
+        except RemoteError as exc:  # switched anyway (e.g. the connection dropped after the switch)?
+            answer = _status(agent)
+            if result.old == plan.manifest.bundle_id or _active(answer) != plan.manifest.bundle_id:
+                raise
+            answer["messages"] = [f"{exc} (but the robot reports the new bundle active: switched)"]
         result.messages = [str(m) for m in answer.get("messages", [])]
         last = answer.get("last") or {}
-        result.engines, result.build_s, result.smoke_s = last.get("engines"), last.get("build_s"), last.get("smoke_s")
-        result.new = (answer.get("current") or {}).get("bundle_id")
+        if last.get("bundle_id") == plan.manifest.bundle_id:  # this flash's record (its write may have failed)
+            result.engines = last.get("engines") if isinstance(last.get("engines"), bool) else None
+            result.build_s, result.smoke_s = _seconds(last.get("build_s")), _seconds(last.get("smoke_s"))
+        result.new = _active(answer)
         if result.new != plan.manifest.bundle_id:
             raise RemoteError(f"{agent.robot}: flash: the robot reports bundle {result.new} active, not "
                               f"{plan.manifest.bundle_id}")
@@ -142,13 +154,35 @@ def flash_robot(plan: FlashPlan, agent: Agent, *, backend: str, device: str, smo
         if switched and result.old is not None and result.old != plan.manifest.bundle_id:
             exc = _roll_back(agent, daemon, result, exc)
         result.result, result.error = "failed", str(exc)
-        try:  # what is active now (the old bundle, by the flash's guarantees)
-            result.new = (agent.call("status", "status").get("current") or {}).get("bundle_id")
-        except RemoteError:
-            result.new = None
+        result.new = _active(_status(agent))  # what is active now (the old bundle, by the flash's guarantees)
     result.seconds = round(time.monotonic() - t0, 2)
     say(f"{agent.robot}: {result.result}" + (f" at {result.step}: {result.error}" if result.error else ""))
     return result
+
+
+def _status(agent: Agent) -> dict:
+    """The robot's ``status`` answer; empty when it does not give one."""
+    try:
+        return agent.call("status", "status")
+    except RemoteError:
+        return {}
+
+
+def _active(answer: dict) -> Optional[str]:
+    """The bundle id ``current`` points at, per a ``status`` (or ``flash``) answer."""
+    current = answer.get("current")
+    return current.get("bundle_id") if isinstance(current, dict) else None
+
+
+def _seconds(value: object) -> Optional[float]:
+    """A duration from the robot's history entry; None for anything but a finite number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:  # an integer beyond float
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 def _roll_back(agent: Agent, daemon: Daemon, result: RobotResult, cause: RemoteError) -> RemoteError:
@@ -156,7 +190,11 @@ def _roll_back(agent: Agent, daemon: Daemon, result: RobotResult, cause: RemoteE
     failed_step = result.step
     try:
         result.step = "rollback"
-        agent.call("rollback", "rollback")
+        try:
+            agent.call("rollback", "rollback")
+        except RemoteError:  # rolled back anyway (e.g. the connection dropped after the switch)?
+            if _active(_status(agent)) != result.old:
+                raise
         daemon.take(agent, result.old or "", result, "previous bundle")
     except RemoteError as exc:
         return RemoteError(f"{cause}; then the rollback failed too: {exc}")

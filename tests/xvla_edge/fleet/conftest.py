@@ -1,5 +1,7 @@
 """A real OpenSSH server on a loopback port, with a throwaway host key and user key, hosting "robots" (directories)
-reached as ``root@127.0.0.1:PORT:/dir``; the robots run this checkout's xvla-edge (``python -m xvla_edge``).
+reached as ``root@127.0.0.1:PORT:/dir``; the robots run this checkout's xvla-edge (``python -m xvla_edge`` with
+``PYTHONPATH`` = this checkout: sshd does not pass the test's environment on, so without it the robot side would
+import whatever xvla_edge the interpreter has installed, e.g. another worktree's editable install).
 
 Needs Debian's openssh-server (``.ci/run`` installs it) and root (sshd's privilege separation); the tests skip
 naming what is missing otherwise."""
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 
 SSHD = "/usr/sbin/sshd"
+REPO = Path(__file__).parents[3]
 
 
 def _keygen(path: Path) -> None:
@@ -64,11 +67,17 @@ def sshd(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture
-def ssh_options(sshd):
+def robot_python() -> tuple[str, ...]:
+    """How a command on a test robot runs this checkout's Python code (prefix the script or ``-m module``)."""
+    return ("env", f"PYTHONPATH={REPO}", sys.executable)
+
+
+@pytest.fixture
+def ssh_options(sshd, robot_python):
     from xvla_edge.fleet.ssh import SSHOptions
 
     _, known_hosts, identity = sshd
-    return SSHOptions(known_hosts=known_hosts, identity=identity, xvla_edge=(sys.executable, "-m", "xvla_edge"))
+    return SSHOptions(known_hosts=known_hosts, identity=identity, xvla_edge=(*robot_python, "-m", "xvla_edge"))
 
 
 @pytest.fixture

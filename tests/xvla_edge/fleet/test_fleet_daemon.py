@@ -5,9 +5,9 @@ restarted by a stand-in for systemd, holds the arm meanwhile, and reports the ne
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import socket
-import sys
 import threading
 import time
 import urllib.error
@@ -54,7 +54,7 @@ def healthz(port: int) -> dict:
 
 
 @pytest.fixture
-def robot_daemon(tiny_bundle, robots, tmp_path):
+def robot_daemon(tiny_bundle, robots, tmp_path, robot_python):
     """(robot, health port, emulator, restart command) with the daemon running on the robot's current bundle."""
     from drivers.xvla_serial import emulator
     from runtime.flash import flash
@@ -73,7 +73,8 @@ def robot_daemon(tiny_bundle, robots, tmp_path):
                                  recorder={"seconds": 5}))
     (tmp_path / "restart.py").write_text(RESTART)
     pidfile = tmp_path / "daemon.pid"
-    restart = (f"{sys.executable} {tmp_path / 'restart.py'} {pidfile} {config} {tmp_path / 'daemon.log'}")
+    restart = shlex.join([*robot_python, str(tmp_path / "restart.py"), str(pidfile), str(config),
+                          str(tmp_path / "daemon.log")])
     import subprocess
 
     subprocess.run(restart, shell=True, check=True)
@@ -132,7 +133,7 @@ def test_the_daemon_restarts_on_the_new_bundle_and_the_arm_stays_safe(tiny_bundl
 
     assert main(["fleet", "status", "--robot", str(robot), "--health-url", f"http://127.0.0.1:{port}/healthz",
                  "--json", str(tmp_path / "status.json"), "--known-hosts", str(ssh_options.known_hosts),
-                 "--identity", str(ssh_options.identity), "--remote-xvla-edge", f"{sys.executable} -m xvla_edge"]) == 0
+                 "--identity", str(ssh_options.identity), "--remote-xvla-edge", shlex.join(ssh_options.xvla_edge)]) == 0
     status = json.loads((tmp_path / "status.json").read_text())[str(robot)]
     assert status["current"]["bundle_id"] == status["health"]["bundle_id"] == new
     time.sleep(1.0)

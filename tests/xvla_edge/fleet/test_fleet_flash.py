@@ -6,9 +6,10 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import json
+import shlex
 import shutil
 import subprocess
-import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 
 from runtime.manifest import BundleError, Manifest
 from xvla_edge.cli import main
-from xvla_edge.fleet.rollout import FlashPlan, rollout
+from xvla_edge.fleet.rollout import Daemon, FlashPlan, rollout
 from xvla_edge.fleet.ssh import Agent, Robot
 
 
@@ -36,7 +37,7 @@ def variant(bundle: Path, out: Path, steps: int) -> Path:
 
 def cli_ssh(ssh_options) -> list[str]:
     return ["--known-hosts", str(ssh_options.known_hosts), "--identity", str(ssh_options.identity),
-            "--remote-xvla-edge", f"{sys.executable} -m xvla_edge"]
+            "--remote-xvla-edge", shlex.join(ssh_options.xvla_edge)]
 
 
 def test_two_robots_with_a_canary_then_only_what_changed_travels(tiny_bundle, robots, ssh_options, tmp_path, capsys):
@@ -169,3 +170,65 @@ def test_the_agent_refuses_hostile_requests_by_name(tmp_path, op, args, stdin, m
     with pytest.raises(AgentError, match=message):
         run(tmp_path / "robot", op, args, io.BytesIO(stdin))
     assert not list((tmp_path / "robot").glob("**/*.partial"))
+
+
+# the agent, killed right after runtime.flash switched the links for the operation named first: no answer comes back
+DIE_AFTER_SWITCH = """
+import os, sys
+from runtime import flash as fl
+from xvla_edge.cli import main
+
+op, real_switch = sys.argv.pop(1), fl.switch
+def switch_then_die(*args):
+    real_switch(*args)
+    if sys.argv[4] == op:  # [script, fleet, agent, DIR, op, ...]
+        os._exit(3)
+fl.switch = switch_then_die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_flash_whose_agent_dies_after_the_switch_counts_as_switched(tiny_bundle, robots, ssh_options, robot_python,
+                                                                      tmp_path):
+    first = Manifest.load(tiny_bundle).bundle_id
+    assert [r.result for r in rollout(tiny_bundle, robots[:1], ssh_options, say=lambda line: None)] == ["ok"]
+    (tmp_path / "die.py").write_text(DIE_AFTER_SWITCH)
+    dying = dataclasses.replace(ssh_options, xvla_edge=(*robot_python, str(tmp_path / "die.py"), "flash"))
+    second = variant(tiny_bundle, tmp_path / "second", steps=4)
+    [r] = rollout(second, robots[:1], dying, say=lambda line: None)
+    new = Manifest.load(second).bundle_id
+    assert (r.result, r.step, r.old, r.new) == ("ok", "done", first, new), r.error
+    assert active(robots[0]) == new and any("the robot reports the new bundle active" in m for m in r.messages)
+
+
+def test_a_rollback_whose_agent_dies_after_the_switch_counts_as_rolled_back(tiny_bundle, robots, ssh_options,
+                                                                            robot_python, tmp_path):
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    first = Manifest.load(tiny_bundle).bundle_id
+    assert [r.result for r in rollout(tiny_bundle, robots[:1], ssh_options, say=lambda line: None)] == ["ok"]
+
+    class Healthz(BaseHTTPRequestHandler):  # a daemon that keeps running the first bundle
+        def do_GET(self) -> None:
+            body = json.dumps({"status": "ok", "bundle_id": first}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Healthz)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        (tmp_path / "die.py").write_text(DIE_AFTER_SWITCH)
+        dying = dataclasses.replace(ssh_options, xvla_edge=(*robot_python, str(tmp_path / "die.py"), "rollback"))
+        daemon = Daemon(health_url=f"http://127.0.0.1:{server.server_port}/healthz", timeout_s=2.0)
+        [r] = rollout(variant(tiny_bundle, tmp_path / "second", steps=4), robots[:1], dying, daemon=daemon,
+                      say=lambda line: None)
+    finally:
+        server.shutdown()
+    assert (r.result, r.step, r.new) == ("failed", "daemon health (new bundle)", first), r.error
+    assert "rolled back to the previous bundle" in r.error and "rollback failed" not in r.error
+    assert active(robots[0]) == first
