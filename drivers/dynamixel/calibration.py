@@ -208,7 +208,8 @@ def from_lerobot(data: dict[str, Any], *, robot_id: str, max_velocity: float, gr
     if not (isinstance(max_velocity, (int, float)) and not isinstance(max_velocity, bool)
             and math.isfinite(max_velocity) and SAFETY_LIMIT_MIN <= max_velocity <= MAX_JOINT_VELOCITY):
         raise ArmCalibrationError(f"{source}: a LeRobot calibration has no velocity limits; max_velocity must be "
-                                  f"{SAFETY_LIMIT_MIN:g} ... {MAX_JOINT_VELOCITY:.4g} rad/s (4π), got {max_velocity!r}")
+                                  f"{SAFETY_LIMIT_MIN:g} ... {MAX_JOINT_VELOCITY:.4g} rad/s (4π), "
+                                  f"got {max_velocity!r}")
     if gripper not in data:
         raise ArmCalibrationError(f"{source}: no motor named {gripper!r} (the gripper); motors: {sorted(data)}")
     values = {}
