@@ -36,7 +36,7 @@ from drivers.arm import (
     Space,
     Target,
 )
-from drivers.physical_ranges import MAX_ARMS, MAX_POSITION_M
+from drivers.physical_ranges import MAX_ARMS
 
 DEFAULT_WORKSPACE = Box((-0.6, -0.6, 0.0), (0.6, 0.6, 0.8))
 MAX_TIME_CONSTANT_S = 10.0  # a slower simulated arm does not follow a chunk at all
@@ -55,9 +55,10 @@ def _toward(current: np.ndarray, target: np.ndarray, fraction: float, max_step: 
 class SimArm(Arm):
     """Simulated EE or joint-space controller with ``n_arms`` arms (see the module docstring).
 
-    For ``space="ee"`` the pose starts at ``initial_position`` (within ``±MAX_POSITION_M``) /
-    ``initial_quaternion`` (per arm, or one value for all arms); for ``space="joint"`` the joints start at
-    ``initial_joints`` (default: mid-range). ``n_arms``: 1 ... ``MAX_ARMS``; ``time_constant``: (0, 10] s.
+    For ``space="ee"`` the pose starts at ``initial_position`` / ``initial_quaternion`` (per arm, or one
+    value for all arms; not checked, so that a controller reporting no finite pose can be simulated); for
+    ``space="joint"`` the joints start at ``initial_joints`` (default: mid-range). ``n_arms``: 1 ... ``MAX_ARMS``;
+    ``time_constant``: (0, 10] s.
     """
 
     def __init__(
@@ -85,10 +86,6 @@ class SimArm(Arm):
                                  f"got {time_constant!r}")
         if isinstance(n_arms, bool) or not isinstance(n_arms, int) or not 1 <= n_arms <= MAX_ARMS:
             raise ArmConfigError(f"SimArm.n_arms: expected 1 ... {MAX_ARMS}, got {n_arms!r}")
-        start = np.asarray(initial_position, dtype=np.float64)
-        if not (np.isfinite(start).all() and np.abs(start).max(initial=0.0) <= MAX_POSITION_M):
-            raise ArmConfigError(f"SimArm.initial_position: expected metres within ±{MAX_POSITION_M:g} on every "
-                                 f"axis, got {tuple(initial_position)!r}")
         self._caps = ArmCapabilities(
             space=space,
             n_arms=n_arms,

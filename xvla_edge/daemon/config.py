@@ -23,6 +23,7 @@ import ipaddress
 import json
 import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -518,7 +519,7 @@ def _group_exists(name: str) -> bool:
 def _ws_url(url: str) -> bool:
     try:
         parts = urlsplit(url)
-        return parts.scheme in ("ws", "wss") and bool(parts.hostname) and (parts.port or 1) > 0
+        return url.isprintable() and parts.scheme in ("ws", "wss") and bool(parts.hostname) and (parts.port or 1) > 0
     except ValueError:  # a malformed port or IPv6 address
         return False
 
@@ -583,7 +584,8 @@ def _cpus() -> List[int]:
 
 
 def _health(t: _Table) -> HealthSection:
-    host = t.take("host", str, "127.0.0.1", check=bool, expected="a host name or address")
+    host = t.take("host", str, "127.0.0.1", check=lambda h: re.fullmatch(r"[A-Za-z0-9.:%_-]{1,253}", h) is not None,
+                  expected="a host name or address: ASCII letters, digits and . : % _ -, at most 253 characters")
     port = t.take("port", int, 8765, check=lambda p: 0 <= p <= 65535, expected="a TCP port 1 ... 65535, or 0 (off)")
     token_file = t.path("token_file", kind="file")
     token = _token(t, token_file) if token_file is not None and token_file.is_file() else None

@@ -81,6 +81,11 @@ def test_the_values_of_issue_33_are_refused_by_config_check(write, capsys, old, 
     ('path = "bundle"', f'path = "/{"b" * 5000}"', '[bundle].path = "/bbb|: expected a path: printable, 1 ... 4096 bytes'),
     ('path = "bundle"', 'path = "~no-such-user-here-33/b"', '[bundle].path = "~no-such-user-here-33/b": expected a '
                                                              "usable path"),
+    ("[arm]", '[health]\nhost = "b\\u0000x"\n[arm]', '[health].host = "b\\u0000x": expected a host name or address: '
+                                                    "ASCII letters, digits and . : % _ -, at most 253 characters"),
+    ("[arm]", '[health]\nhost = "ééé.local"\n[arm]', '[health].host = "\\u00e9\\u00e9\\u00e9.local": expected a host name'),
+    ('[bundle]\npath = "bundle"', '[policy]\nurl = "ws://127.0.0.1\\u0000:8000"',
+     '[policy].url = "ws://127.0.0.1\\u0000:8000": expected a websocket URL'),
     ('source = "synthetic"', f'source = "folder"\npath = "{"f" * 300}"',  # one name longer than any file system's
      '[[cameras]] #1.path = "fff|...: expected a usable path: File name too long'),
 ])
