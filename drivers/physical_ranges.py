@@ -43,7 +43,8 @@ field                          maximum     constant
 
 Workspace boxes (:class:`drivers.arm.Box`) lie within ``±MAX_POSITION_M`` and joint limits within
 ``±MAX_JOINT``, so a robot.toml (or a controller's report) cannot switch the envelope off. One controller
-drives at most ``MAX_ARMS`` (4) arms and ``MAX_JOINTS`` (32) joints (the xvla-serial protocol's bounds too).
+drives at most ``MAX_ARMS`` (4) arms and ``MAX_JOINTS`` (32) joints: the xvla-serial protocol's bounds, and
+those of robot.toml's ``[safety]`` arrays and ``[arm.sim].n_arms``.
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ import numpy as np
 
 from drivers import quaternion
 from drivers.arm import ArmCapabilities, ArmConfigError, Box, JointLimit, Target
-from drivers.physical_ranges import MAX_ARMS, MAX_JOINTS, SAFETY_LIMIT_MAX, check_rate
+from drivers.physical_ranges import SAFETY_LIMIT_MAX, check_rate
 
 REJECT_KINDS = ("shape", "nonfinite", "range")
 CLIP_KINDS = (
@@ -99,9 +99,9 @@ class SafetyLimits:
     (:data:`drivers.physical_ranges.SAFETY_LIMIT_MAX`: 3 m/s, 2π rad/s, 20 m/s², 50 rad/s², 20 /s, 50 rad/s²),
     so that no configuration can switch the envelope off, nor stop the arm for good.
 
-    ``workspaces`` (one :class:`~drivers.arm.Box` per arm, at most ``MAX_ARMS``) and ``joint_limits`` (one
-    :class:`~drivers.arm.JointLimit` per joint, at most ``MAX_JOINTS``) may be left empty here and come from
-    the controller: :meth:`for_arm` merges both sources, keeping the tighter value of each.
+    ``workspaces`` (one :class:`~drivers.arm.Box` per arm) and ``joint_limits`` (one
+    :class:`~drivers.arm.JointLimit` per joint) may be left empty here and come from the controller:
+    :meth:`for_arm` merges both sources, keeping the tighter value of each.
     """
 
     max_linear_speed: float = 0.5  # m/s
@@ -121,11 +121,6 @@ class SafetyLimits:
                     raise ArmConfigError(why)
         object.__setattr__(self, "workspaces", tuple(self.workspaces))
         object.__setattr__(self, "joint_limits", tuple(self.joint_limits))
-        for name, most, what in (("workspaces", MAX_ARMS, "boxes, one per arm"),
-                                 ("joint_limits", MAX_JOINTS, "limits, one per joint")):
-            if len(getattr(self, name)) > most:
-                raise ArmConfigError(f"SafetyLimits.{name}: expected at most {most} {what}, "
-                                     f"got {len(getattr(self, name))}")
 
     def for_arm(self, caps: ArmCapabilities) -> "SafetyLimits":
         """These limits intersected with what the controller reports; checks they fit ``caps``.

@@ -12,7 +12,7 @@ from scipy.spatial.transform import Rotation
 
 from drivers.arm import ArmCapabilities, ArmConfigError, Box, JointLimit, Target
 from drivers import quaternion
-from drivers.physical_ranges import MAX_ARMS, MAX_JOINTS, SAFETY_LIMIT_MAX, SAFETY_LIMIT_MIN
+from drivers.physical_ranges import SAFETY_LIMIT_MAX, SAFETY_LIMIT_MIN
 from drivers.safety import EnvelopeState, InterventionCounter, ReferenceVelocity, SafetyLimits, enforce
 
 IDENTITY = [0.0, 0.0, 0.0, 1.0]
@@ -175,17 +175,6 @@ def test_every_limit_is_refused_beyond_its_physical_range(name):
         allowed = re.escape(f"(allowed {SAFETY_LIMIT_MIN:g} <= value <= {maximum:.6g} {unit})")
         with pytest.raises(ArmConfigError, match=rf"^SafetyLimits.{name} must .*{allowed}$"):
             SafetyLimits(**{name: value})
-
-
-def test_more_boxes_or_joint_limits_than_a_controller_drives_are_refused():
-    box, joint = Box((0, 0, 0), (1, 1, 1)), JointLimit(-1, 1, 1)
-    assert len(SafetyLimits(workspaces=(box,) * MAX_ARMS, joint_limits=(joint,) * MAX_JOINTS).workspaces) == MAX_ARMS
-    with pytest.raises(ArmConfigError, match=rf"^SafetyLimits.workspaces: expected at most {MAX_ARMS} boxes, "
-                                             rf"one per arm, got {MAX_ARMS + 1}$"):
-        SafetyLimits(workspaces=(box,) * (MAX_ARMS + 1))
-    with pytest.raises(ArmConfigError, match=rf"^SafetyLimits.joint_limits: expected at most {MAX_JOINTS} limits, "
-                                             rf"one per joint, got 10000$"):
-        SafetyLimits(joint_limits=(joint,) * 10000)
 
 
 # -- properties ---------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from drivers import registry
 from drivers.arm import ArmConfigError, ArmFactory, Box, JointLimit
 from drivers.control_loop import LoopConfig
 from drivers.interpolation import GripperPolicy
+from drivers.physical_ranges import MAX_ARMS, MAX_JOINTS
 from drivers.safety import SafetyLimits
 from drivers.splice import SplicePolicy
 from xvla.constants import MAX_IMAGE_SIDE, MAX_STEPS
@@ -697,22 +698,25 @@ def _safety(t: _Table) -> SafetyLimits:
             if value is not None:
                 rates[f.name] = value
     boxes = []
-    for i, entry in enumerate(t.take("workspaces", list, [], expected="an array of {lower=[x,y,z], upper=[x,y,z]}")):
+    for i, entry in enumerate(t.take("workspaces", list, [], check=lambda boxes: len(boxes) <= MAX_ARMS,
+                                     expected=f"an array of {{lower=[x,y,z], upper=[x,y,z]}}, one per arm, at most "
+                                              f"{MAX_ARMS}")):
         box = _entry(t, f"workspaces[{i}]", entry, lambda e: Box(
             e.take("lower", list, required=True, expected="[x, y, z] (m)"),
             e.take("upper", list, required=True, expected="[x, y, z] (m)")))
         boxes += [box] if box is not None else []
     joints = []
-    for i, entry in enumerate(t.take("joint_limits", list, [],
-                                     expected="an array of {lower=, upper=, max_velocity=}, one per joint")):
+    for i, entry in enumerate(t.take("joint_limits", list, [], check=lambda joints: len(joints) <= MAX_JOINTS,
+                                     expected=f"an array of {{lower=, upper=, max_velocity=}}, one per joint, at "
+                                              f"most {MAX_JOINTS}")):
         joint = _entry(t, f"joint_limits[{i}]", entry, lambda e: JointLimit(
             e.take("lower", float, required=True, expected="rad (or m)"),
             e.take("upper", float, required=True, expected="rad (or m)"),
             e.take("max_velocity", float, required=True, expected="rad/s (or m/s) > 0")))
         joints += [joint] if joint is not None else []
     t.finish()
-    given = {name: tuple(entries) for name, entries in (("workspaces", boxes), ("joint_limits", joints)) if entries}
-    return _build(t, SafetyLimits, {**rates, **given})
+    limits = _build(t, SafetyLimits, rates)
+    return dataclasses.replace(limits, workspaces=tuple(boxes), joint_limits=tuple(joints))
 
 
 def _entry(t: _Table, name: str, entry: Any, build: Callable[[_Table], Any]) -> Any:

@@ -67,7 +67,10 @@ def test_the_values_of_issue_33_are_refused_by_config_check(write, capsys, old, 
     ("[arm]", "[safety]\nmax_linear_accel = 1e-300\n[arm]", "[safety].max_linear_accel = 1e-300: SafetyLimits."
                                                             "max_linear_accel must be at least 0.001 m/s^2"),
     ("[arm]", "[safety]\nworkspaces = [" + ", ".join(["{ lower = [0, 0, 0], upper = [1, 1, 1] }"] * 5) + "]\n[arm]",
-     "[safety].workspaces = [{ lower = |: SafetyLimits.workspaces: expected at most 4 boxes, one per arm, got 5"),
+     "[safety].workspaces = [{ lower = |: expected an array of {lower=[x,y,z], upper=[x,y,z]}, one per arm, at most 4"),
+    ("[arm]", "[safety]\njoint_limits = [" + ", ".join(["{ lower = 0, upper = 1, max_velocity = 1 }"] * 33) + "]\n[arm]",
+     "[safety].joint_limits = [{ lower = |: expected an array of {lower=, upper=, max_velocity=}, one per joint, at "
+     "most 32"),
     ("[arm]", "[splice]\nmax_latency_s = 1e300\n[arm]", "[splice].max_latency_s = 1e+300: SplicePolicy.max_latency_s: "
                                                         "expected 0.01 ... 10 s"),
     ("[arm]", "[splice]\nspeed_margin = 1e300\n[arm]", "[splice].speed_margin = 1e+300: SplicePolicy.speed_margin: "
