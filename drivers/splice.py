@@ -60,8 +60,8 @@ _FUTURE_TOLERANCE_S = 1e-3
 
 #: The allowed range (inclusive) and unit of each number of :class:`SplicePolicy`.
 POLICY_RANGES: Dict[str, Tuple[float, float, str]] = {
-    "blend_window_s": (0.01, 2.0, "s"),  # X-VLA chunks span 1-10 s
-    "blend_step_s": (0.002, 0.1, "s"),  # 0.002: one tick at the highest control rate (500 Hz)
+    "blend_window_s": (0.01, 1.0, "s"),  # X-VLA chunks span 1-10 s; the next one comes with half left
+    "blend_step_s": (0.005, 0.1, "s"),  # finer than a 200 Hz tick: the interpolator fills in between anyway
     "max_latency_s": (0.01, 10.0, "s"),
     "speed_margin": (1.0, 10.0, ""),
 }
@@ -81,7 +81,7 @@ class SpliceRejected(ArmError):
 @dataclass(frozen=True)
 class SplicePolicy:
     """How new chunks take over (see the module docstring). Each number lies in its :data:`POLICY_RANGES`
-    range: blend window 0.01-2 s, blend step 0.002-0.1 s (so a blend has at most :data:`MAX_BLEND_SAMPLES`
+    range: blend window 0.01-1 s, blend step 0.005-0.1 s (so a blend has at most :data:`MAX_BLEND_SAMPLES`
     samples), latency 0.01-10 s, speed margin 1-10 (so the delay of a chunk's start, margin * distance /
     speed limit, stays finite); ``smooth_window`` 0 or odd 3-99."""
 
