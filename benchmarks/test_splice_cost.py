@@ -52,10 +52,10 @@ def test_splice_cost(benchmark, mode, window, blend):
 
     sampler = benchmark(take_over)
     median = benchmark.stats.stats.median
+    samples = policy.blend_samples if mode == "blend" else 0
     benchmark.extra_info.update(  # the machine itself is in the JSON's machine_info
-        mode=mode, smooth_window=window, blend_samples=policy.blend_samples if mode == "blend" else 0,
-        floor_s=PERIOD_200HZ_S,
+        mode=mode, smooth_window=window, blend_samples=samples, floor_s=PERIOD_200HZ_S,
         share_of_200hz_period=round(median / PERIOD_200HZ_S, 3), numpy=np.__version__, scipy=scipy.__version__)
-    print(f"\n{mode} (smooth {window}, {policy.blend_samples if mode == 'blend' else 0} blend samples): median {median * 1e3:.2f} ms = {median / PERIOD_200HZ_S:.0%} of the 200 Hz "
-          f"period (floor {PERIOD_200HZ_S * 1e3:.0f} ms)")
+    print(f"\n{mode} (smooth {window}, {samples} blend samples): median {median * 1e3:.2f} ms = "
+          f"{median / PERIOD_200HZ_S:.0%} of the 200 Hz period (floor {PERIOD_200HZ_S * 1e3:.0f} ms)")
     assert sampler.trajectory.start == pytest.approx(0.5)

@@ -47,7 +47,8 @@ def configs(draw) -> dict:
                            "max_velocity": draw(in_range(SAFETY_LIMIT_MIN, MAX_JOINT_VELOCITY))})
         safety["joint_limits"] = joints
     splice = {name: draw(in_range(lower, upper)) for name, (lower, upper, _) in POLICY_RANGES.items()}
-    splice.update(mode=draw(st.sampled_from(["replace", "blend"])), anchor=draw(st.sampled_from(["observation", "arrival"])),
+    splice.update(mode=draw(st.sampled_from(["replace", "blend"])),
+                  anchor=draw(st.sampled_from(["observation", "arrival"])),
                   smooth_window=draw(st.sampled_from([0, 3, 5, 99])))
     low, high = sorted(draw(st.lists(in_range(0.0, 1.0), min_size=2, max_size=2)))
     closed = draw(in_range(0.0, 0.99))
