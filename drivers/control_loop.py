@@ -7,7 +7,6 @@ with any clock; :mod:`drivers.loop_process` runs it in its own process at the co
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
@@ -34,6 +33,9 @@ from drivers.watchdog import STOPPED_MODES, Mode, Watchdog
 
 MIN_RATE_HZ = 50.0
 MAX_RATE_HZ = 500.0
+MAX_TRAJECTORY_LAG = (0.1, 100.0)  # allowed range of LoopConfig.max_trajectory_lag (fraction of the span)
+MAX_TRACE_LENGTH = 100_000  # ticks: 200 s at 500 Hz
+MAX_STATS_WINDOW_S = 3600.0  # the timing percentiles' window: at most 1.8 million periods at 500 Hz
 _MODES = tuple(Mode)
 
 
@@ -41,11 +43,12 @@ _MODES = tuple(Mode)
 class LoopConfig:
     """Settings of one control loop.
 
-    ``rate_hz`` 50-500. ``max_trajectory_lag``: how far a trajectory may fall behind the wall clock (missed
-    ticks, clipped commands; see :mod:`drivers.streamer`), as a fraction of its own duration, before it is
-    dropped as stale. ``realtime_priority`` 1-99 asks for SCHED_FIFO (0: do not); ``cpu`` pins the
-    loop to one core. ``trace_length`` ticks of commanded/measured values are kept for :meth:`trace`;
-    timing percentiles cover the last ``stats_window_s`` seconds.
+    ``rate_hz`` 50-500. ``max_trajectory_lag`` (0.1-100): how far a trajectory may fall behind the wall clock
+    (missed ticks, clipped commands; see :mod:`drivers.streamer`), as a fraction of its own duration, before
+    it is dropped as stale: below 0.1 the first clipped start of a chunk drops it, and beyond 100 a stalled
+    chunk is never dropped. ``realtime_priority`` 1-99 asks for SCHED_FIFO (0: do not); ``cpu`` pins the
+    loop to one core. ``trace_length`` (1-100 000) ticks of commanded/measured values are kept for
+    :meth:`trace`; timing percentiles cover the last ``stats_window_s`` (at most 3600) seconds.
     """
 
     rate_hz: float = 100.0
@@ -63,12 +66,15 @@ class LoopConfig:
             raise ArmConfigError(f"LoopConfig.rate_hz ({self.rate_hz}) must be in {MIN_RATE_HZ:g}..{MAX_RATE_HZ:g}")
         if not 0 <= self.realtime_priority <= 99:
             raise ArmConfigError(f"LoopConfig.realtime_priority ({self.realtime_priority}) must be in 0..99")
-        if not (math.isfinite(self.max_trajectory_lag) and self.max_trajectory_lag >= 0):
-            raise ArmConfigError(f"LoopConfig.max_trajectory_lag ({self.max_trajectory_lag}) must be finite and >= 0")
-        if self.trace_length < 1 or not self.stats_window_s > 0:
-            raise ArmConfigError(
-                f"LoopConfig: trace_length ({self.trace_length}) and stats_window_s ({self.stats_window_s}) must be > 0"
-            )
+        lower, upper = MAX_TRAJECTORY_LAG
+        if not lower <= self.max_trajectory_lag <= upper:
+            raise ArmConfigError(f"LoopConfig.max_trajectory_lag ({self.max_trajectory_lag}) must be in "
+                                 f"{lower:g}..{upper:g} (a fraction of the trajectory's span)")
+        if not 1 <= self.trace_length <= MAX_TRACE_LENGTH:
+            raise ArmConfigError(f"LoopConfig.trace_length ({self.trace_length}) must be in 1..{MAX_TRACE_LENGTH}")
+        if not 0 < self.stats_window_s <= MAX_STATS_WINDOW_S:
+            raise ArmConfigError(f"LoopConfig.stats_window_s ({self.stats_window_s}) must be in "
+                                 f"(0, {MAX_STATS_WINDOW_S:g}] s")
 
     @property
     def period(self) -> float:

@@ -25,7 +25,9 @@ The waypoint speeds are far above any arm's limits (below), so a chunk that mere
 arm allows is slowed by the safety envelope, not refused.
 
 Configured limits (:class:`drivers.safety.SafetyLimits`, :class:`drivers.arm.JointLimit`): each must be
-finite, > 0 and at most:
+finite, at least ``SAFETY_LIMIT_MIN`` (0.001 in its unit: a slower limit is an arm that does not move, and
+the time a spliced chunk is delayed to start within the limits, distance / limit, would leave any span)
+and at most:
 
 =============================  ==========  ======================
 field                          maximum     constant
@@ -40,7 +42,9 @@ field                          maximum     constant
 =============================  ==========  ======================
 
 Workspace boxes (:class:`drivers.arm.Box`) lie within ``±MAX_POSITION_M`` and joint limits within
-``±MAX_JOINT``, so a robot.toml (or a controller's report) cannot switch the envelope off.
+``±MAX_JOINT``, so a robot.toml (or a controller's report) cannot switch the envelope off. One controller
+drives at most ``MAX_ARMS`` (4) arms and ``MAX_JOINTS`` (32) joints: the xvla-serial protocol's bounds, and
+those of robot.toml's ``[safety]`` arrays and ``[arm.sim].n_arms``.
 """
 
 from __future__ import annotations
@@ -54,6 +58,9 @@ MAX_WAYPOINT_LINEAR_SPEED = 100.0
 MAX_WAYPOINT_ANGULAR_SPEED = 100.0
 MAX_WAYPOINT_JOINT_SPEED = 100.0
 MAX_JOINT_VELOCITY = 4 * math.pi
+SAFETY_LIMIT_MIN = 1e-3
+MAX_ARMS = 4
+MAX_JOINTS = 32
 
 #: Upper bound and unit of each :class:`drivers.safety.SafetyLimits` rate.
 SAFETY_LIMIT_MAX: Dict[str, Tuple[float, str]] = {
@@ -67,10 +74,12 @@ SAFETY_LIMIT_MAX: Dict[str, Tuple[float, str]] = {
 
 
 def check_rate(owner: str, value: float, maximum: float, unit: str) -> str:
-    """Why ``value`` is not a usable rate limit (finite, > 0, at most ``maximum``), or "" when it is."""
-    allowed = f"allowed 0 < value <= {maximum:.6g} {unit}"
-    if not (math.isfinite(value) and value > 0):
-        return f"{owner} must be finite and > 0, got {value!r} ({allowed})"
+    """Why ``value`` is not a usable rate limit (finite, ``SAFETY_LIMIT_MIN`` ... ``maximum``), or "" when it is."""
+    allowed = f"allowed {SAFETY_LIMIT_MIN:g} <= value <= {maximum:.6g} {unit}"
+    if not math.isfinite(value):
+        return f"{owner} must be finite, got {value!r} ({allowed})"
+    if value < SAFETY_LIMIT_MIN:
+        return f"{owner} must be at least {SAFETY_LIMIT_MIN:g} {unit}, got {value!r} ({allowed})"
     if value > maximum:
         return f"{owner} must be at most {maximum:.6g} {unit}, got {value!r} ({allowed})"
     return ""

@@ -9,7 +9,6 @@ allowed; :attr:`Driver.check` finds the problems that involve other sections (``
 from __future__ import annotations
 
 import functools
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +17,11 @@ from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, T
 from drivers.arm import Arm, ArmConfigError, ArmFactory
 from drivers.dynamixel.arm import DynamixelArm
 from drivers.dynamixel.calibration import GRIPPER_ENDS, ArmCalibration, load_calibration
-from drivers.physical_ranges import MAX_JOINT_VELOCITY
+from drivers.dynamixel.tables import BAUD_RATES as DYNAMIXEL_BAUD_RATES
+from drivers.physical_ranges import MAX_ARMS, MAX_JOINT_VELOCITY, MAX_POSITION_M, SAFETY_LIMIT_MIN
 from drivers.safety import SafetyLimits
-from drivers.sim_arm import SimArm
+from drivers.sim_arm import MAX_TIME_CONSTANT_S, SimArm
+from drivers.xvla_serial.arm import BAUD_RATES as XVLA_SERIAL_BAUD_RATES
 from drivers.xvla_serial.arm import XvlaSerialArm
 
 Values = Mapping[str, Any]
@@ -84,17 +85,26 @@ def _keywords(values: Values, options: Iterable[Option]) -> Dict[str, Any]:
     return {o.argument or o.name: values[o.name] for o in options if values.get(o.name) is not None}
 
 
+MAX_PORT_CHARS = 4096  # PATH_MAX
+
+
 def _port(driver: str) -> Option:
-    return Option("port", str, required=True, check=bool,
-                  expected=f'a serial device such as "/dev/ttyUSB0" or a pyserial URL (driver "{driver}")')
+    return Option("port", str, required=True, check=lambda p: 0 < len(p) <= MAX_PORT_CHARS and p.isprintable(),
+                  expected=f'a serial device such as "/dev/ttyUSB0" or a pyserial URL, printable, at most '
+                           f'{MAX_PORT_CHARS} characters (driver "{driver}")')
 
 
-_BAUD = Option("baud", int, check=lambda b: b > 0, expected="a baud rate > 0", argument="baudrate")
+def _baud(rates: Tuple[int, ...], which: str) -> Option:
+    """``baud``: one of ``rates`` (``which`` says whose); None: the driver's default."""
+    return Option("baud", int, check=lambda b: b in rates, argument="baudrate",
+                  expected=f"one of {', '.join(map(str, rates))} ({which})")
 
 
-def _deadman(argument: str) -> Option:
-    """``timeout_ms``: the controller's deadman (the constructor's ``argument``); None: the driver's default."""
-    return Option("timeout_ms", int, check=lambda m: m >= 0, expected="milliseconds >= 0", argument=argument)
+def _deadman(argument: str, lower: int, upper: int, what: str) -> Option:
+    """``timeout_ms``: the controller's deadman (the constructor's ``argument``), ``lower`` ... ``upper`` ms;
+    None: the driver's default."""
+    return Option("timeout_ms", int, check=lambda m: lower <= m <= upper, argument=argument,
+                  expected=f"milliseconds {lower} ... {upper}{what}")
 
 
 # -- sim ------------------------------------------------------------------------------------------------
@@ -102,13 +112,14 @@ def _deadman(argument: str) -> Option:
 
 def _is_xyz(value: list) -> bool:
     return len(value) == 3 and all(
-        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in value)
+        isinstance(x, (int, float)) and not isinstance(x, bool) and abs(x) <= MAX_POSITION_M for x in value)
 
 
 _SIM = Option("sim", dict, table=(
-    Option("initial_position", list, check=_is_xyz, expected="[x, y, z] in metres"),
-    Option("n_arms", int, 1, check=lambda n: n >= 1, expected="an integer >= 1"),
-    Option("time_constant", float, check=lambda x: x > 0, expected="seconds > 0"),
+    Option("initial_position", list, check=_is_xyz, expected=f"[x, y, z] in metres, each within ±{MAX_POSITION_M:g}"),
+    Option("n_arms", int, 1, check=lambda n: 1 <= n <= MAX_ARMS, expected=f"an integer 1 ... {MAX_ARMS}"),
+    Option("time_constant", float, check=lambda x: 0 < x <= MAX_TIME_CONSTANT_S,
+           expected=f"seconds in (0, {MAX_TIME_CONSTANT_S:g}]"),
 ))
 
 
@@ -135,7 +146,8 @@ def _sim_check(space: str, values: Values, limits: SafetyLimits) -> Iterator[Pro
 
 # -- xvla-serial ----------------------------------------------------------------------------------------
 
-_XVLA_SERIAL_LINK = (_BAUD, _deadman("timeout_ms"))
+_XVLA_SERIAL_LINK = (_baud(XVLA_SERIAL_BAUD_RATES, "the standard serial rates"),
+                     _deadman("timeout_ms", 0, 0xFFFF, ", 0: the controller's own"))
 
 
 def _xvla_serial_factory(space: str, values: Values, limits: SafetyLimits) -> ArmFactory:
@@ -144,11 +156,12 @@ def _xvla_serial_factory(space: str, values: Values, limits: SafetyLimits) -> Ar
 
 # -- dynamixel ------------------------------------------------------------------------------------------
 
-_DYNAMIXEL_LINK = (_BAUD, _deadman("watchdog_ms"))
+_DYNAMIXEL_LINK = (_baud(DYNAMIXEL_BAUD_RATES, "the X-series Baud_Rate settings"),
+                   _deadman("watchdog_ms", 20, 2540, " (the servos' Bus_Watchdog, in 20 ms steps)"))
 #: What a LeRobot calibration file does not say (``drivers.dynamixel.calibration``); not for this project's files.
 _LEROBOT_CALIBRATION = (
-    Option("max_joint_velocity", float, check=lambda v: math.isfinite(v) and 0 < v <= MAX_JOINT_VELOCITY,
-           expected="rad/s in (0, 4π], every joint (only with a LeRobot calibration file)"),
+    Option("max_joint_velocity", float, check=lambda v: SAFETY_LIMIT_MIN <= v <= MAX_JOINT_VELOCITY,
+           expected=f"rad/s {SAFETY_LIMIT_MIN:g} ... 4π, every joint (only with a LeRobot calibration file)"),
     Option("gripper_open", str, check=lambda v: v in GRIPPER_ENDS,
            expected=f"{' or '.join(repr(e) for e in GRIPPER_ENDS)}: the end of the gripper's range that is open "
                     "(only with a LeRobot calibration file)"),

@@ -94,9 +94,10 @@ _EPS = 1e-12
 
 @dataclass(frozen=True)
 class SafetyLimits:
-    """Limits for one controller. Rates are per second; every limit must be finite, > 0 and within its
-    physical range (:data:`drivers.physical_ranges.SAFETY_LIMIT_MAX`: 3 m/s, 2π rad/s, 20 m/s², 50 rad/s²,
-    20 /s, 50 rad/s²), so that no configuration can switch the envelope off.
+    """Limits for one controller. Rates are per second; every limit must be finite, at least
+    :data:`~drivers.physical_ranges.SAFETY_LIMIT_MIN` (0.001) and within its physical range
+    (:data:`drivers.physical_ranges.SAFETY_LIMIT_MAX`: 3 m/s, 2π rad/s, 20 m/s², 50 rad/s², 20 /s, 50 rad/s²),
+    so that no configuration can switch the envelope off, nor stop the arm for good.
 
     ``workspaces`` (one :class:`~drivers.arm.Box` per arm) and ``joint_limits`` (one
     :class:`~drivers.arm.JointLimit` per joint) may be left empty here and come from the controller:

@@ -36,8 +36,10 @@ from drivers.arm import (
     Space,
     Target,
 )
+from drivers.physical_ranges import MAX_ARMS
 
 DEFAULT_WORKSPACE = Box((-0.6, -0.6, 0.0), (0.6, 0.6, 0.8))
+MAX_TIME_CONSTANT_S = 10.0  # a slower simulated arm does not follow a chunk at all
 
 
 class EventLike(Protocol):
@@ -54,7 +56,9 @@ class SimArm(Arm):
     """Simulated EE or joint-space controller with ``n_arms`` arms (see the module docstring).
 
     For ``space="ee"`` the pose starts at ``initial_position`` / ``initial_quaternion`` (per arm, or one
-    value for all arms); for ``space="joint"`` the joints start at ``initial_joints`` (default: mid-range).
+    value for all arms; not checked, so that a controller reporting no finite pose can be simulated); for
+    ``space="joint"`` the joints start at ``initial_joints`` (default: mid-range). ``n_arms``: 1 ... ``MAX_ARMS``;
+    ``time_constant``: (0, 10] s.
     """
 
     def __init__(
@@ -77,6 +81,11 @@ class SimArm(Arm):
     ) -> None:
         if not (time_constant > 0 and max_linear_speed > 0 and max_angular_speed > 0 and gripper_rate > 0):
             raise ArmConfigError("SimArm: time_constant and all speed limits must be > 0")
+        if not time_constant <= MAX_TIME_CONSTANT_S:
+            raise ArmConfigError(f"SimArm.time_constant: expected seconds in (0, {MAX_TIME_CONSTANT_S:g}], "
+                                 f"got {time_constant!r}")
+        if isinstance(n_arms, bool) or not isinstance(n_arms, int) or not 1 <= n_arms <= MAX_ARMS:
+            raise ArmConfigError(f"SimArm.n_arms: expected 1 ... {MAX_ARMS}, got {n_arms!r}")
         self._caps = ArmCapabilities(
             space=space,
             n_arms=n_arms,

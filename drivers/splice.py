@@ -29,7 +29,8 @@
      (``"linear"`` sampling) mixes like the position, an open/close one switches at ``a = 0.5``), with ``a`` the smoothstep ``3s^2 - 2s^3`` of the window fraction ``s``, so the hand-over
      itself adds no velocity step. ``new`` is the chunk itself (holding its first waypoint until that is
      due), not the ``"replace"`` trajectory, whose first segment jumps from the command onto the chunk.
-     The blend is sampled every ``blend_step_s`` into ordinary waypoints.
+     The blend is sampled every ``blend_step_s`` into ordinary waypoints
+     (:attr:`SplicePolicy.blend_samples`, at most :data:`MAX_BLEND_SAMPLES`).
      Without an executing trajectory it is the same as ``"replace"``.
 
 A chunk that does not make a valid :class:`~drivers.trajectory.Trajectory` from the command (one that
@@ -45,7 +46,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Dict, Literal, Optional, Tuple
 
 import numpy as np
 
@@ -56,6 +57,16 @@ from drivers.safety import SafetyLimits
 from drivers.trajectory import Trajectory, TrajectoryError
 
 _FUTURE_TOLERANCE_S = 1e-3
+
+#: The allowed range (inclusive) and unit of each number of :class:`SplicePolicy`.
+POLICY_RANGES: Dict[str, Tuple[float, float, str]] = {
+    "blend_window_s": (0.01, 1.0, "s"),  # X-VLA chunks span 1-10 s; the next one comes with half left
+    "blend_step_s": (0.005, 0.1, "s"),  # finer than a 200 Hz tick: the interpolator fills in between anyway
+    "max_latency_s": (0.01, 10.0, "s"),
+    "speed_margin": (1.0, 10.0, ""),
+}
+#: The most samples a blend takes: the longest window over the shortest step.
+MAX_BLEND_SAMPLES = math.ceil(POLICY_RANGES["blend_window_s"][1] / POLICY_RANGES["blend_step_s"][0])
 
 
 class SpliceRejected(ArmError):
@@ -69,7 +80,10 @@ class SpliceRejected(ArmError):
 
 @dataclass(frozen=True)
 class SplicePolicy:
-    """How new chunks take over (see the module docstring)."""
+    """How new chunks take over (see the module docstring). Each number lies in its :data:`POLICY_RANGES`
+    range: blend window 0.01-1 s, blend step 0.005-0.1 s (so a blend has at most :data:`MAX_BLEND_SAMPLES`
+    samples), latency 0.01-10 s, speed margin 1-10 (so the delay of a chunk's start, margin * distance /
+    speed limit, stays finite); ``smooth_window`` 0 or odd 3-99."""
 
     mode: Literal["replace", "blend"] = "replace"
     blend_window_s: float = 0.2
@@ -84,17 +98,21 @@ class SplicePolicy:
             raise ArmConfigError(f"SplicePolicy.mode: expected 'replace' or 'blend', got {self.mode!r}")
         if self.anchor not in ("observation", "arrival"):
             raise ArmConfigError(f"SplicePolicy.anchor: expected 'observation' or 'arrival', got {self.anchor!r}")
-        for name in ("blend_window_s", "blend_step_s", "max_latency_s"):
+        for name, (lower, upper, unit) in POLICY_RANGES.items():
             value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ArmConfigError(f"SplicePolicy.{name} must be finite and > 0, got {value!r}")
-        if not (math.isfinite(self.speed_margin) and self.speed_margin >= 1):
-            raise ArmConfigError(f"SplicePolicy.speed_margin must be finite and >= 1, got {self.speed_margin!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not lower <= value <= upper:
+                shown = f"{lower:g} ... {upper:g}" + (f" {unit}" if unit else "")
+                raise ArmConfigError(f"SplicePolicy.{name}: expected {shown}, got {value!r}")
         window = self.smooth_window
         if isinstance(window, bool) or not isinstance(window, int) or not (window == 0 or 3 <= window <= 99
                                                                            and window % 2 == 1):
             raise ArmConfigError(f"SplicePolicy.smooth_window must be 0 (off) or an odd integer 3 ... 99, "
                                  f"got {window!r}")
+
+    @property
+    def blend_samples(self) -> int:
+        """How many samples a blend takes: one per ``blend_step_s`` over the window, at least one."""
+        return max(math.ceil(self.blend_window_s / self.blend_step_s), 1)
 
 
 @dataclass(frozen=True)
@@ -186,7 +204,7 @@ def _blend(
     velocity: np.ndarray,
     command: Target,
 ) -> Trajectory:
-    steps = max(math.ceil(policy.blend_window_s / policy.blend_step_s), 1)
+    steps = policy.blend_samples
     times = now + policy.blend_window_s * np.arange(steps + 1) / steps
     alphas = _smoothstep(np.arange(1, steps + 1) / steps)
     old_values, old_quats, old_grip = old.at(times[1:])

@@ -378,8 +378,10 @@ class Trajectory:
         are). Motion of constant acceleration passes unchanged; waypoint-to-waypoint jitter, which the
         interpolator would turn into stop-and-go accelerations, is averaged out. The gripper opening is filtered
         the same way and clipped into 0 ... 1 (a learnt opening ramp jitters as well, and the envelope's rate
-        limit clamps every tick the jitter steepens it). Rotation is kept. Waypoints must be evenly spaced in
-        time (chunks are)."""
+        limit clamps every tick the jitter steepens it). Positions (joints) are clipped into ``±MAX_POSITION_M``
+        (``±MAX_JOINT``): the end fits may overshoot the waypoints, and a chunk near the edge of the physical
+        range must stay a valid trajectory. Rotation is kept. Waypoints must be evenly spaced in time (chunks
+        are)."""
         if isinstance(window, bool) or not isinstance(window, int) or window < 3 or window % 2 == 0:
             raise TrajectoryError(f"smoothing window: expected an odd integer >= 3, got {window!r}")
         n = self.n_waypoints
@@ -390,11 +392,11 @@ class Trajectory:
         if np.ptp(steps) > 1e-6 * float(np.mean(steps)):
             raise TrajectoryError(f"smoothing needs evenly spaced waypoints; steps range {steps.min():.6g} ... "
                                   f"{steps.max():.6g} s")
-        field = "position" if self.space == "ee" else "joints"
+        field, bound = ("position", MAX_POSITION_M) if self.space == "ee" else ("joints", MAX_JOINT)
         values = getattr(self, field)
         matrix = _smoothing_matrix(n, fit)
         gripper = np.clip(np.tensordot(matrix, self.gripper, axes=1), 0.0, 1.0)
-        return replace(self, gripper=gripper, **{field: np.tensordot(matrix, values, axes=1)})
+        return replace(self, gripper=gripper, **{field: np.clip(np.tensordot(matrix, values, axes=1), -bound, bound)})
 
     def prepend(self, t: float, target: Target, *, initial_velocity: object = None) -> "Trajectory":
         """A new first waypoint ``target`` at time ``t`` (must be earlier than :attr:`start`)."""

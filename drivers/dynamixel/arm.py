@@ -96,7 +96,8 @@ def hardware_faults(bits: int) -> FaultFlag:
 class DynamixelArm(Arm):
     """One arm (joints + gripper) on one Dynamixel bus.
 
-    ``watchdog_ms`` (20-2540, rounded up to 20 ms steps) is the Bus_Watchdog time; the watchdog
+    ``baudrate``: one of the servos' rates (:data:`~drivers.dynamixel.tables.BAUD_RATES`). ``watchdog_ms``
+    (20-2540, rounded up to 20 ms steps) is the Bus_Watchdog time; the watchdog
     register is read every ``watchdog_check_every`` state reads. No complete pipelined read for
     ``(retries + 1) * timeout_s`` is a lost link (see the module docstring). ``clock`` stamps the states.
     """
@@ -114,6 +115,9 @@ class DynamixelArm(Arm):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.calibration = calibration if isinstance(calibration, ArmCalibration) else ArmCalibration.load(calibration)
+        if baudrate not in t.BAUD_RATES:
+            raise ArmConfigError(f"DynamixelArm.baudrate: expected one of {', '.join(map(str, t.BAUD_RATES))} (the "
+                                 f"X-series Baud_Rate settings), got {baudrate!r}")
         units = math.ceil(watchdog_ms / (t.WATCHDOG_UNIT_S * 1000))
         if not 1 <= units <= 127:
             raise ArmConfigError(f"DynamixelArm.watchdog_ms: expected 20..2540, got {watchdog_ms}")

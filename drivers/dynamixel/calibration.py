@@ -34,7 +34,7 @@ from typing import Any, Optional, Union
 from drivers.arm import ArmConfigError
 from drivers.dynamixel.protocol import MAX_ID
 from drivers.dynamixel.tables import CENTER_TICK, TICKS_PER_REV
-from drivers.physical_ranges import MAX_JOINT_VELOCITY
+from drivers.physical_ranges import MAX_JOINT_VELOCITY, SAFETY_LIMIT_MIN
 
 TICKS_PER_RAD = TICKS_PER_REV / (2 * math.pi)
 _TICK_RANGE = (0, TICKS_PER_REV - 1)  # Position Control Mode (3) range of Goal_Position
@@ -68,9 +68,9 @@ class JointCalibration:
             raise ArmCalibrationError(f"{where}: direction must be 1 or -1, got {self.direction}")
         if not (math.isfinite(self.lower) and math.isfinite(self.upper) and self.lower < self.upper):
             raise ArmCalibrationError(f"{where}: need finite lower < upper, got [{self.lower}, {self.upper}] rad")
-        if not (math.isfinite(self.max_velocity) and 0 < self.max_velocity <= MAX_JOINT_VELOCITY):
-            raise ArmCalibrationError(f"{where}: max_velocity must be > 0 and at most {MAX_JOINT_VELOCITY:.4g} rad/s "
-                                      f"(4π), got {self.max_velocity}")
+        if not (math.isfinite(self.max_velocity) and SAFETY_LIMIT_MIN <= self.max_velocity <= MAX_JOINT_VELOCITY):
+            raise ArmCalibrationError(f"{where}: max_velocity must be {SAFETY_LIMIT_MIN:g} ... "
+                                      f"{MAX_JOINT_VELOCITY:.4g} rad/s (4π), got {self.max_velocity}")
         ends = sorted(self._raw_ticks(v) for v in (self.lower, self.upper))
         if ends[0] < _TICK_RANGE[0] or ends[1] > _TICK_RANGE[1]:
             raise ArmCalibrationError(
@@ -206,9 +206,10 @@ def from_lerobot(data: dict[str, Any], *, robot_id: str, max_velocity: float, gr
         raise ArmCalibrationError(f"{source}: gripper_open must be one of {list(GRIPPER_ENDS)} (which end of the "
                                   f"gripper's range is open), got {gripper_open!r}")
     if not (isinstance(max_velocity, (int, float)) and not isinstance(max_velocity, bool)
-            and math.isfinite(max_velocity) and 0 < max_velocity <= MAX_JOINT_VELOCITY):
+            and math.isfinite(max_velocity) and SAFETY_LIMIT_MIN <= max_velocity <= MAX_JOINT_VELOCITY):
         raise ArmCalibrationError(f"{source}: a LeRobot calibration has no velocity limits; max_velocity must be "
-                                  f"> 0 and at most {MAX_JOINT_VELOCITY:.4g} rad/s (4π), got {max_velocity!r}")
+                                  f"{SAFETY_LIMIT_MIN:g} ... {MAX_JOINT_VELOCITY:.4g} rad/s (4π), "
+                                  f"got {max_velocity!r}")
     if gripper not in data:
         raise ArmCalibrationError(f"{source}: no motor named {gripper!r} (the gripper); motors: {sorted(data)}")
     values = {}

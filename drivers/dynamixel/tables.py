@@ -16,6 +16,8 @@ EEPROM_END = 64
 WATCHDOG_UNIT_S = 0.020  # Bus_Watchdog counts in 20 ms steps
 RETURN_DELAY_UNIT_S = 2e-6  # Return_Delay_Time counts in 2 us steps
 VELOCITY_UNIT_RPM = 0.229  # Present_Velocity / Goal_Velocity unit
+#: The rates an X-series servo's Baud_Rate register selects (values 0 ... 7), bit/s.
+BAUD_RATES = (9600, 57600, 115200, 1_000_000, 2_000_000, 3_000_000, 4_000_000, 4_500_000)
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,8 @@ from drivers.arm import (
 from drivers.transport import Transport
 from drivers.xvla_serial import codec as c
 
+#: The rates a UART port takes: the standard termios rates, as pyserial names them (USB CDC-ACM ignores it).
+BAUD_RATES = tuple(serial.SerialBase.BAUDRATES)
 R = TypeVar("R", c.CapabilitiesMsg, c.StateMsg, c.AckMsg)
 _MODES = {"ee": c.TargetMode.EE, "joint": c.TargetMode.JOINT}
 _LINK_NACKS = {c.NackReason.NOT_READY: "controller rebooted", c.NackReason.TIMED_OUT: "controller deadman fired"}
@@ -84,7 +86,8 @@ class LinkStats:
 class XvlaSerialArm(Arm):
     """An arm controller speaking xvla-serial.
 
-    ``space`` picks the target space streamed ("ee" or "joint"; the controller must support it).
+    ``space`` picks the target space streamed ("ee" or "joint"; the controller must support it). ``baudrate``:
+    one of :data:`BAUD_RATES`.
     ``timeout_ms`` is the controller deadman requested in HELLO. ``reply_timeout_s`` and ``retries`` apply to
     HELLO/HEARTBEAT/HOLD/ESTOP and bound the age of :meth:`poll_state`'s newest STATE; ``ack_timeout_s`` is
     how long a TARGET may stay unacknowledged before the link counts as lost. These three may be changed
@@ -109,6 +112,9 @@ class XvlaSerialArm(Arm):
             raise ArmConfigError(f"XvlaSerialArm.space: expected 'ee' or 'joint', got {space!r}")
         if not 1 <= max_in_flight <= 8:
             raise ArmConfigError(f"XvlaSerialArm.max_in_flight: expected 1..8 (PROTOCOL.md §3), got {max_in_flight}")
+        if baudrate not in BAUD_RATES:
+            raise ArmConfigError(f"XvlaSerialArm.baudrate: expected one of {', '.join(map(str, BAUD_RATES))} (the "
+                                 f"standard serial rates), got {baudrate!r}")
         if not 0 <= timeout_ms <= 0xFFFF:
             raise ArmConfigError(f"XvlaSerialArm.timeout_ms: expected 0..65535 (0: controller's), got {timeout_ms}")
         if not (reply_timeout_s > 0 and ack_timeout_s > 0 and write_timeout_s > 0 and retries >= 0):

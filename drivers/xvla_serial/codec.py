@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar, Union
 
 from drivers.errors import ArmError
+from drivers.physical_ranges import MAX_ARMS, MAX_JOINTS
 from drivers.stream_parser import StreamParser
 
 VERSION = 1
 SYNC = b"\xa5\x5a"
 MAX_PAYLOAD = 512
-MAX_ARMS = 4
-MAX_JOINTS = 32
 EE_VALUES = 8  # x y z qx qy qz qw gripper
 NO_FIELD = 0xFF
 HEADER_SIZE = 10

@@ -58,7 +58,7 @@ def test_capabilities_and_limits_validation():
         ArmCapabilities("cartesian", 1)
     with pytest.raises(ArmConfigError, match="need finite lower < upper, got lower=1, upper=0"):
         JointLimit(1, 0, 1.0)
-    with pytest.raises(ArmConfigError, match="max_velocity must be finite and > 0"):
+    with pytest.raises(ArmConfigError, match="max_velocity must be at least 0.001 rad/s"):
         JointLimit(0, 1, 0.0)
     with pytest.raises(ArmConfigError, match="need finite lower < upper on every axis"):
         Box((0, 0, 0), (1, 0, 1))
@@ -70,7 +70,7 @@ def test_capabilities_and_limits_validation():
                                              r"got lower=-13.0, upper=1.0"):
         JointLimit(-13.0, 1.0, 1.0)
     with pytest.raises(ArmConfigError, match=r"JointLimit: max_velocity must be at most 12.5664 rad/s \(4π\), "
-                                             r"got 100.0 \(allowed 0 < value <= 12.5664 rad/s \(4π\)\)"):
+                                             r"got 100.0 \(allowed 0.001 <= value <= 12.5664 rad/s \(4π\)\)"):
         JointLimit(-1.0, 1.0, 100.0)
     assert Box((-10, -10, -10), (10, 10, 10)).upper == (10.0, 10.0, 10.0)
     assert JointLimit(-4 * np.pi, 4 * np.pi, 4 * np.pi).max_velocity == 4 * np.pi

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from drivers.arm import JointLimit
+from drivers.arm import ArmConfigError, JointLimit
 from drivers.control_loop import ControlLoop, LoopConfig
 from drivers.quaternion import angle_between
 from drivers.safety import SafetyLimits
@@ -120,5 +120,10 @@ def test_a_trajectory_that_falls_too_far_behind_is_dropped_and_the_arm_holds():
 
 
 def test_max_trajectory_lag_is_validated():
-    with pytest.raises(Exception, match="max_trajectory_lag"):
-        LoopConfig(max_trajectory_lag=float("nan"))
+    """0 would drop every chunk at its first clipped tick; 1e12 would never drop a stalled one."""
+    assert LoopConfig(max_trajectory_lag=0.1).max_trajectory_lag == 0.1
+    assert LoopConfig(max_trajectory_lag=100).max_trajectory_lag == 100
+    for value in (float("nan"), float("inf"), 0.0, 0.09, 100.5, 1e12, -1.0):
+        with pytest.raises(ArmConfigError, match=rf"^LoopConfig.max_trajectory_lag \({value}\) must be in "
+                                                  r"0.1..100 \(a fraction of the trajectory's span\)$"):
+            LoopConfig(max_trajectory_lag=value)

@@ -96,3 +96,48 @@ def test_checks_that_involve_the_safety_limits(tmp_path):
         ("[safety].joint_limits", "1 entries, but the calibration koch.json has 2 joints")]
     (tmp_path / "koch.json").write_text("{}")
     assert [where for where, _ in dxl.check("joint", values, SafetyLimits())] == ["calibration"]
+
+
+@pytest.mark.parametrize("name, key, accepted, refused", [
+    ("xvla-serial", "baud", [50, 9600, 921_600, 4_000_000], [0, -1, 123_456, 4_500_000, 2**31, 10**12]),
+    ("dynamixel", "baud", [9600, 57600, 1_000_000, 4_500_000], [0, 921_600, 10**12]),
+    ("xvla-serial", "timeout_ms", [0, 65535], [-1, 65536, 2**63]),
+    ("dynamixel", "timeout_ms", [20, 2540], [0, -20, 2541, 10**6]),
+])
+def test_an_option_and_its_constructor_agree_on_the_range(tmp_path, name, key, accepted, refused):
+    """What robot.toml's check accepts the arm's constructor takes; what it refuses the constructor refuses too
+    (by the same key), so a value cannot reach pyserial (a 1e12 baud rate was an OverflowError at start-up)."""
+    driver = registry.lookup(name)
+    option = next(o for o in driver.options if o.name == key)
+    values = samples(tmp_path)[name]
+    for value in accepted:
+        assert option.check(value), value
+        assert isinstance(driver.factory(driver.spaces[0], {**values, key: value}, SafetyLimits())(), driver.arm)
+    for value in refused:
+        assert not option.check(value), value
+        with pytest.raises(ArmConfigError) as info:
+            driver.factory(driver.spaces[0], {**values, key: value}, SafetyLimits())()
+        assert driver.refused_key(info.value) == key and f"got {value}" in str(info.value), info.value
+
+
+@pytest.mark.parametrize("keywords, expected", [
+    ({"n_arms": 0}, "SimArm.n_arms: expected 1 ... 4, got 0"),
+    ({"n_arms": 10**9}, "SimArm.n_arms: expected 1 ... 4, got 1000000000"),
+    ({"time_constant": 1e300}, "SimArm.time_constant: expected seconds in (0, 10], got 1e+300"),
+])
+def test_the_sim_arm_refuses_what_it_cannot_simulate(keywords, expected):
+    with pytest.raises(ArmConfigError) as info:
+        SimArm(**keywords)
+    assert str(info.value).startswith(expected)
+    sim_options = {o.name: o for o in registry.lookup("sim").options[0].table}
+    for key, value in keywords.items():
+        assert not sim_options[key].check(value)
+
+
+def test_robot_toml_starts_the_sim_arm_within_the_physical_range():
+    """The sim arm itself starts anywhere (tests simulate a controller reporting no finite pose with it)."""
+    check = next(o for o in registry.lookup("sim").options[0].table if o.name == "initial_position").check
+    assert check([10, -10, 0.3]) and check([0, 0, 0])
+    for value in ([10.001, 0, 0.3], [1e300, 0, 0.3], [float("nan"), 0, 0], [float("inf"), 0, 0], [0, 0], [0, 0, 0, 0],
+                  [True, 0, 0], ["0", 0, 0]):
+        assert not check(value), value

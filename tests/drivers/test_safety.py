@@ -12,7 +12,7 @@ from scipy.spatial.transform import Rotation
 
 from drivers.arm import ArmCapabilities, ArmConfigError, Box, JointLimit, Target
 from drivers import quaternion
-from drivers.physical_ranges import SAFETY_LIMIT_MAX
+from drivers.physical_ranges import SAFETY_LIMIT_MAX, SAFETY_LIMIT_MIN
 from drivers.safety import EnvelopeState, InterventionCounter, ReferenceVelocity, SafetyLimits, enforce
 
 IDENTITY = [0.0, 0.0, 0.0, 1.0]
@@ -147,10 +147,10 @@ def test_counter_tallies_by_kind():
 
 
 def test_limits_validation_and_merge():
-    with pytest.raises(ArmConfigError, match="max_linear_speed must be finite and > 0, got inf"):
+    with pytest.raises(ArmConfigError, match="max_linear_speed must be finite, got inf"):
         SafetyLimits(max_linear_speed=float("inf"))
     with pytest.raises(ArmConfigError, match=r"^SafetyLimits.max_linear_speed must be at most 3 m/s, got 1000000000.0 "
-                                             r"\(allowed 0 < value <= 3 m/s\)$"):
+                                             r"\(allowed 0.001 <= value <= 3 m/s\)$"):
         SafetyLimits(max_linear_speed=1e9)  # would switch the speed limit off
     caps = ArmCapabilities("ee", 1, workspaces=(Box((0.0, -1.0, 0.0), (1.0, 1.0, 1.0)),))
     merged = SafetyLimits(workspaces=(BOX,)).for_arm(caps)
@@ -170,8 +170,9 @@ def test_limits_validation_and_merge():
 def test_every_limit_is_refused_beyond_its_physical_range(name):
     maximum, unit = SAFETY_LIMIT_MAX[name]
     assert getattr(SafetyLimits(**{name: maximum}), name) == maximum
-    for value in (maximum * 1.001, 1e9, float("nan"), 0.0, -1.0):
-        allowed = re.escape(f"(allowed 0 < value <= {maximum:.6g} {unit})")
+    assert getattr(SafetyLimits(**{name: SAFETY_LIMIT_MIN}), name) == SAFETY_LIMIT_MIN
+    for value in (maximum * 1.001, 1e9, float("nan"), 0.0, -1.0, 1e-300, SAFETY_LIMIT_MIN * 0.999):
+        allowed = re.escape(f"(allowed {SAFETY_LIMIT_MIN:g} <= value <= {maximum:.6g} {unit})")
         with pytest.raises(ArmConfigError, match=rf"^SafetyLimits.{name} must .*{allowed}$"):
             SafetyLimits(**{name: value})
 

@@ -9,7 +9,7 @@ from scipy.spatial.transform import Rotation
 from drivers.arm import ArmConfigError, Box, JointLimit, Target
 from drivers.interpolation import GripperPolicy, TrajectorySampler
 from drivers.safety import SafetyLimits
-from drivers.splice import SplicePolicy, SpliceRejected, min_duration, splice
+from drivers.splice import MAX_BLEND_SAMPLES, POLICY_RANGES, SplicePolicy, SpliceRejected, min_duration, splice
 from drivers.streamer import Streamer
 from drivers.trajectory import Trajectory
 
@@ -144,10 +144,32 @@ def test_joint_blend():
 def test_policy_validation():
     with pytest.raises(ArmConfigError, match="SplicePolicy.mode"):
         SplicePolicy(mode="ensemble")
-    with pytest.raises(ArmConfigError, match="blend_window_s must be finite and > 0, got 0"):
+    with pytest.raises(ArmConfigError, match=r"^SplicePolicy.blend_window_s: expected 0.01 ... 1 s, got 0$"):
         SplicePolicy(blend_window_s=0)
     with pytest.raises(ArmConfigError, match="anchor"):
         SplicePolicy(anchor="now")
+
+
+@pytest.mark.parametrize("name", list(POLICY_RANGES))
+def test_every_policy_number_has_a_finite_range(name):
+    """The issue's values: a 1e300 s window or a 1e-300 s step asked for more blend samples than memory holds;
+    5 s over 1 µs stalled the loop for seconds; a 1e300 speed margin delayed every chunk beyond float times."""
+    lower, upper, unit = POLICY_RANGES[name]
+    for value in (lower, upper):
+        assert getattr(SplicePolicy(**{name: value}), name) == value
+    for value in (lower * 0.99, upper * 1.01, 1e300, 1e-300, 0.0, -1.0, float("nan"), float("inf"), True, "1"):
+        with pytest.raises(ArmConfigError, match=rf"^SplicePolicy.{name}: expected {lower:g} \.\.\. {upper:g}"):
+            SplicePolicy(**{name: value})
+
+
+def test_a_blend_takes_at_most_max_blend_samples():
+    window, step = POLICY_RANGES["blend_window_s"][1], POLICY_RANGES["blend_step_s"][0]
+    assert SplicePolicy(blend_window_s=window, blend_step_s=step).blend_samples == MAX_BLEND_SAMPLES == 200
+    assert SplicePolicy(blend_window_s=0.01, blend_step_s=0.1).blend_samples == 1
+    old = TrajectorySampler(chunk(9.0, end=(0.1, 0.0, 0.3)))
+    res = run(chunk(9.95, start=(0.1, 0.0, 0.3), end=(0.2, 0.0, 0.3)), now=10.0, obs=9.95, cmd=command((0.1, 0, 0.3)),
+              current=old, mode="blend", blend_window_s=window, blend_step_s=step)
+    assert res.trajectory.n_waypoints == MAX_BLEND_SAMPLES + 1  # the command, then the samples (the chunk ends inside)
 
 
 def test_a_blend_that_would_be_invalid_falls_back_to_replace():

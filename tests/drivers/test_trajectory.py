@@ -8,6 +8,7 @@ from scipy.signal import savgol_filter
 from scipy.spatial.transform import Rotation
 
 from drivers.arm import Target
+from drivers.physical_ranges import MAX_JOINT, MAX_POSITION_M
 from drivers.trajectory import Trajectory, TrajectoryError, _smoothing_matrix, chunk_times
 
 IDENTITY = np.array([0.0, 0.0, 0.0, 1.0])
@@ -189,3 +190,18 @@ def test_smoothing_joints_short_trajectories_and_bad_windows():
     uneven = Trajectory.joint([0.1, 0.2, 0.4, 0.5], joints[:4], np.ones(4))
     with pytest.raises(TrajectoryError, match="evenly spaced"):
         uneven.smoothed(3)
+
+
+def test_smoothing_a_chunk_at_the_edge_of_the_physical_range_keeps_it_valid():
+    """The quadratic end fits overshoot the waypoints: a joint chunk ending on +4π, or an EE chunk on the
+    10 m wall, would have been smoothed beyond the physical range and refused as invalid at the splice."""
+    t = np.arange(1, 31) / 30
+    dip = 0.3 * (np.arange(30) == 3)  # one waypoint 0.3 below 4π: the fits around it overshoot above 4π
+    walk = (MAX_JOINT - dip)[:, None] * np.ones(2)
+    joints = Trajectory.joint(t, walk, np.ones(30)).smoothed(5).joints
+    assert np.abs(savgol_filter(walk, 5, 2, axis=0, mode="interp")).max() > MAX_JOINT  # scipy's filter overshoots
+    assert np.abs(joints).max() == MAX_JOINT
+    x = MAX_POSITION_M - dip
+    path = np.column_stack([x, np.zeros(30), np.zeros(30)])
+    ee = Trajectory.ee(t, path, np.tile([0.0, 0.0, 0.0, 1.0], (30, 1)), np.ones(30)).smoothed(5)
+    assert np.abs(ee.position).max() == MAX_POSITION_M

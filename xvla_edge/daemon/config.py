@@ -7,8 +7,12 @@ from the driver's entry in :mod:`drivers.registry` (its keys, spaces and checks)
 check themselves (:class:`~drivers.control_loop.LoopConfig`, :class:`~drivers.safety.SafetyLimits`,
 :class:`~drivers.splice.SplicePolicy`, :class:`~drivers.interpolation.GripperPolicy`, the arm driver's
 constructor) are checked by building those objects here, and their refusals are reported by key the same
-way. Relative paths are relative to the config file. Every key, its default, unit and allowed values:
-``xvla_edge/daemon/robot.example.toml``; ``xvla-edge config check FILE`` validates without running.
+way. Every number has a finite range, so that nothing the loop, the drivers and the cameras derive from
+it (blend samples, delays, buffer sizes) can exhaust the robot. Relative paths are relative to the config
+file. Before parsing, a file larger than :data:`MAX_CONFIG_BYTES` is refused, and so is one with a line of
+more than :data:`MAX_DOTS_PER_LINE` dots (the TOML parser's time and memory grow with the square of a
+dotted key's depth). Every key, its default, unit and allowed values: ``xvla_edge/daemon/robot.example.toml``;
+``xvla-edge config check FILE`` validates without running.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import ipaddress
 import json
 import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +39,7 @@ from drivers import registry
 from drivers.arm import ArmConfigError, ArmFactory, Box, JointLimit
 from drivers.control_loop import LoopConfig
 from drivers.interpolation import GripperPolicy
+from drivers.physical_ranges import MAX_ARMS, MAX_JOINTS
 from drivers.safety import SafetyLimits
 from drivers.splice import SplicePolicy
 from xvla.constants import MAX_IMAGE_SIDE, MAX_STEPS
@@ -46,6 +52,10 @@ LEVELS = ("debug", "info", "warning", "error")
 MAX_CAMERAS = 3
 MIN_TOKEN_CHARS = 16
 MAX_FRAME_AGE_S = 5.0  # [[cameras]].max_age_s: a frame older than this says nothing about the arm's present
+MAX_VIDEO_INDEX = 255  # [[cameras]].device as an index: /dev/video0 ... /dev/video255
+MAX_CONFIG_BYTES = 256 * 1024  # the example, every key shown and explained, is about 10 KiB
+MAX_DOTS_PER_LINE = 128  # a dotted key's depth bound (joint_limits for 32 joints on one line have 96 dots)
+MAX_PATH_BYTES = 4096  # PATH_MAX
 # Per camera source: the keys it takes besides ``slot``, ``source`` and ``max_age_s``; the first is required
 # for every source but ``synthetic``.
 CAMERA_KEYS: Dict[str, Tuple[str, ...]] = {
@@ -59,7 +69,8 @@ _CONTROL_KEYS = ("rate_hz", "realtime_priority", "cpu", "max_trajectory_lag")  #
 
 
 class ConfigFileError(ConfigError):
-    """The config file cannot be read at all (missing, a directory, not permitted, not UTF-8 text)."""
+    """The config file cannot be read at all (missing, a directory, not permitted, larger than
+    :data:`MAX_CONFIG_BYTES`, not UTF-8 text)."""
 
 
 @dataclass(frozen=True)
@@ -221,14 +232,29 @@ def load_config(path: Union[str, Path]) -> RobotConfig:
     :class:`ConfigError` listing every problem."""
     file = Path(path)
     try:
-        raw = file.read_bytes()
+        with file.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)  # never more: /dev/zero is a file too
+            size = os.fstat(f.fileno()).st_size
     except OSError as exc:
         raise ConfigFileError(f"{file}: cannot read: {exc.strerror or exc}") from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        shown = f"{size} bytes" if size > MAX_CONFIG_BYTES else f"more than {MAX_CONFIG_BYTES} bytes"  # else a device
+        raise ConfigFileError(f"{file}: cannot read: {shown}: expected at most {MAX_CONFIG_BYTES} bytes "
+                              f"({MAX_CONFIG_BYTES // 1024} KiB) for a robot.toml")
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigFileError(f"{file}: cannot read: not UTF-8 text (byte {exc.start})") from exc
-    except tomllib.TOMLDecodeError as exc:
+    for number, line in enumerate(text.split("\n"), 1):
+        if line.count(".") > MAX_DOTS_PER_LINE:
+            raise ConfigError(f"{file}: line {number} has {line.count('.')} dots: expected at most "
+                              f"{MAX_DOTS_PER_LINE} (the TOML parser's work grows with the square of a dotted key's "
+                              "depth)")
+    try:
+        data = tomllib.loads(text)
+    except RecursionError as exc:
+        raise ConfigError(f"{file}: not valid TOML: arrays or inline tables nested too deeply") from exc
+    except ValueError as exc:  # tomllib.TOMLDecodeError, or an integer of more digits than Python converts
         raise ConfigError(f"{file}: not valid TOML: {exc}") from exc
     return parse_config(data, file)
 
@@ -290,6 +316,7 @@ def parse_config(data: Mapping[str, Any], file: Path) -> RobotConfig:
 
 # -- reading tables ------------------------------------------------------------------------------------
 
+_INT64 = (-(1 << 63), (1 << 63) - 1)
 _KINDS = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false", list: "an array",
           dict: "a table"}
 
@@ -304,6 +331,8 @@ def _show(value: Any) -> str:
         text = "[" + ", ".join(_show(v) for v in value) + "]"
     elif isinstance(value, dict):
         text = "{ " + ", ".join(f"{k} = {_show(v)}" for k, v in value.items()) + " }"
+    elif isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:  # str() refuses over 4300 digits
+        text = f"an integer of {value.bit_length()} bits"
     else:
         text = str(value)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -315,6 +344,8 @@ def _one_of(choices: Sequence[Any]) -> str:
 
 def _is(value: Any, kind: Union[type, Tuple[type, ...]]) -> bool:
     if isinstance(value, bool) and kind is not bool:
+        return False
+    if isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:  # TOML integers are 64-bit
         return False
     if kind is float:
         return isinstance(value, (int, float)) and math.isfinite(value)
@@ -377,16 +408,25 @@ class _Table:
             self.problems.other(where if where.startswith("[") else self.key(where), why)
 
     def path(self, name: str, *, required: bool = False, kind: str = "") -> Optional[Path]:
-        """A path (``~`` expanded, relative to the config file); ``kind`` "dir"/"file" must exist as that."""
-        text = self.take(name, str, None, required=required, check=bool, expected="a path")
+        """A path (``~`` expanded, relative to the config file); ``kind`` "dir"/"file" must exist as that.
+        None (with the problem recorded) for a path no file system call can take."""
+        text = self.take(name, str, None, required=required, check=_is_path_text,
+                         expected=f"a path: printable, 1 ... {MAX_PATH_BYTES} bytes")
         if text is None:
             return None
-        path = Path(text).expanduser()
-        path = path if path.is_absolute() else self.problems.file.parent / path
-        if kind == "dir" and not path.is_dir():
-            self.problems.value(self.key(name), text, f"expected an existing folder ({path} is not one)")
-        elif kind == "file" and not path.is_file():
-            self.problems.value(self.key(name), text, f"expected an existing file ({path} is not one)")
+        try:
+            path = Path(text).expanduser()
+            path = path if path.is_absolute() else self.problems.file.parent / path
+            found = {"dir": path.is_dir, "file": path.is_file}[kind]() if kind else True
+        except RuntimeError as exc:  # "~name" of no user
+            self.problems.value(self.key(name), text, f"expected a usable path: {exc}")
+            return None
+        except OSError as exc:  # e.g. a part longer than the file system's names
+            self.problems.value(self.key(name), text, f"expected a usable path: {exc.strerror or exc}")
+            return None
+        if not found:
+            what = "folder" if kind == "dir" else "file"
+            self.problems.value(self.key(name), text, f"expected an existing {what} ({path} is not one)")
         return path
 
     def finish(self, elsewhere: Optional[Mapping[str, str]] = None) -> None:
@@ -400,6 +440,10 @@ class _Table:
             close = difflib.get_close_matches(name, self.read, n=1)
             hint = f"did you mean {_show(close[0])}?" if close else "known keys: " + ", ".join(dict.fromkeys(self.read))
             self.problems.other(self.key(name), f"unknown key ({hint})")
+
+
+def _is_path_text(text: str) -> bool:
+    return text.isprintable() and 0 < len(text.encode()) <= MAX_PATH_BYTES
 
 
 def _build(t: _Table, cls: Callable[..., Any], values: Dict[str, Any]) -> Any:
@@ -480,7 +524,7 @@ def _group_exists(name: str) -> bool:
 def _ws_url(url: str) -> bool:
     try:
         parts = urlsplit(url)
-        return parts.scheme in ("ws", "wss") and bool(parts.hostname) and (parts.port or 1) > 0
+        return url.isprintable() and parts.scheme in ("ws", "wss") and bool(parts.hostname) and (parts.port or 1) > 0
     except ValueError:  # a malformed port or IPv6 address
         return False
 
@@ -509,15 +553,17 @@ def _cameras(root: _Table) -> Tuple[CameraSection, ...]:
         values: Dict[str, Any] = {"max_age_s": max_age_s}
         if "device" in keys:
             values["device"] = t.take("device", (int, str), None, required=True,  # type: ignore[arg-type]
-                                      check=lambda d: d >= 0 if isinstance(d, int) else bool(d),
-                                      expected='a device path such as "/dev/video0", or an index >= 0')
+                                      check=_is_video_device,
+                                      expected=f'a device path such as "/dev/video0", or an index 0 ... '
+                                               f'{MAX_VIDEO_INDEX}')
         if "pipeline" in keys:
-            values["pipeline"] = t.take("pipeline", str, None, required=True, check=_ends_in_appsink,
-                                        expected="a GStreamer pipeline ending in appsink")
+            values["pipeline"] = t.take("pipeline", str, None, required=True,
+                                        check=lambda p: p.isprintable() and _ends_in_appsink(p),
+                                        expected="a GStreamer pipeline ending in appsink (printable text)")
         if "path" in keys:
             values["path"] = t.path("path", required=True, kind="dir" if source == "folder" else "file")
         for name, kind, check, expected in (("width", int, lambda n: 0 < n <= MAX_IMAGE_SIDE, f"pixels 1 ... {MAX_IMAGE_SIDE}"),
-                                            ("height", int, lambda n: n > 0, "pixels > 0"),
+                                            ("height", int, lambda n: 0 < n <= MAX_IMAGE_SIDE, f"pixels 1 ... {MAX_IMAGE_SIDE}"),
                                             ("fps", float, lambda x: 0 < x <= 240, "frames per second in (0, 240]"),
                                             ("loop", bool, None, "")):
             if name in keys:
@@ -543,7 +589,8 @@ def _cpus() -> List[int]:
 
 
 def _health(t: _Table) -> HealthSection:
-    host = t.take("host", str, "127.0.0.1", check=bool, expected="a host name or address")
+    host = t.take("host", str, "127.0.0.1", check=lambda h: re.fullmatch(r"[A-Za-z0-9.:%_-]{1,253}", h) is not None,
+                  expected="a host name or address: ASCII letters, digits and . : % _ -, at most 253 characters")
     port = t.take("port", int, 8765, check=lambda p: 0 <= p <= 65535, expected="a TCP port 1 ... 65535, or 0 (off)")
     token_file = t.path("token_file", kind="file")
     token = _token(t, token_file) if token_file is not None and token_file.is_file() else None
@@ -593,6 +640,15 @@ def _unwritable(folder: Path) -> Optional[str]:
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"{existing} is not writable by this user"
     return None
+
+
+def _is_video_device(device: Union[int, str]) -> bool:
+    """An index 0 ... MAX_VIDEO_INDEX (also written as a string, as the cameras read it), or a printable path."""
+    if isinstance(device, str) and device.isdigit():
+        return device.isdecimal() and len(device) <= 3 and int(device) <= MAX_VIDEO_INDEX
+    if isinstance(device, int):
+        return 0 <= device <= MAX_VIDEO_INDEX
+    return _is_path_text(device)
 
 
 def _ends_in_appsink(pipeline: str) -> bool:
@@ -658,14 +714,17 @@ def _safety(t: _Table) -> SafetyLimits:
             if value is not None:
                 rates[f.name] = value
     boxes = []
-    for i, entry in enumerate(t.take("workspaces", list, [], expected="an array of {lower=[x,y,z], upper=[x,y,z]}")):
+    for i, entry in enumerate(t.take("workspaces", list, [], check=lambda boxes: len(boxes) <= MAX_ARMS,
+                                     expected=f"an array of {{lower=[x,y,z], upper=[x,y,z]}}, one per arm, at most "
+                                              f"{MAX_ARMS}")):
         box = _entry(t, f"workspaces[{i}]", entry, lambda e: Box(
             e.take("lower", list, required=True, expected="[x, y, z] (m)"),
             e.take("upper", list, required=True, expected="[x, y, z] (m)")))
         boxes += [box] if box is not None else []
     joints = []
-    for i, entry in enumerate(t.take("joint_limits", list, [],
-                                     expected="an array of {lower=, upper=, max_velocity=}, one per joint")):
+    for i, entry in enumerate(t.take("joint_limits", list, [], check=lambda joints: len(joints) <= MAX_JOINTS,
+                                     expected=f"an array of {{lower=, upper=, max_velocity=}}, one per joint, at "
+                                              f"most {MAX_JOINTS}")):
         joint = _entry(t, f"joint_limits[{i}]", entry, lambda e: JointLimit(
             e.take("lower", float, required=True, expected="rad (or m)"),
             e.take("upper", float, required=True, expected="rad (or m)"),

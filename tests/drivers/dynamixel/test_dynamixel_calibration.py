@@ -57,8 +57,8 @@ def test_gripper_opening_outside_unit_interval() -> None:
     [
         ({"direction": 2}, "direction must be 1 or -1, got 2"),
         ({"lower": 1.0, "upper": -1.0}, "need finite lower < upper"),
-        ({"max_velocity": 0.0}, "max_velocity must be > 0 and at most 12.57 rad/s"),
-        ({"max_velocity": 1e200}, "max_velocity must be > 0 and at most 12.57 rad/s"),
+        ({"max_velocity": 0.0}, "max_velocity must be 0.001 ... 12.57 rad/s"),
+        ({"max_velocity": 1e200}, "max_velocity must be 0.001 ... 12.57 rad/s"),
         ({"motor_id": 253}, "motor_id must be 0..252, got 253"),
         ({"offset": 1500}, r"map to ticks \[.*\], outside the servo range \[0, 4095\] \(check offset 1500\)"),
     ],

@@ -129,14 +129,14 @@ def test_backends_are_the_runtimes():
     ('driver = "sim"', 'driver = "dynamixel"\nport = "/dev/ttyUSB0"\ncalibration = "c.json"',
      '[arm].calibration = "c.json": expected an existing file'),
     ('driver = "sim"', 'driver = "xvla-serial"\nport = "/dev/ttyACM0"\ntimeout_ms = 70000',
-     "[arm].timeout_ms = 70000: XvlaSerialArm.timeout_ms: expected 0..65535"),
+     "[arm].timeout_ms = 70000: expected milliseconds 0 ... 65535, 0: the controller's own"),
     ('[arm]', '[control]\nrate_hz = 1000\n[arm]', "[control].rate_hz = 1000: LoopConfig.rate_hz (1000.0) must be in 50..500"),
     ('[arm]', '[control]\nrate_hz = "fast"\n[arm]', '[control].rate_hz = "fast": expected a finite number'),
     ('[arm]', '[safety]\nmax_linear_speed = -1\n[arm]',
-     "[safety].max_linear_speed = -1: SafetyLimits.max_linear_speed must be finite and > 0"),
+     "[safety].max_linear_speed = -1: SafetyLimits.max_linear_speed must be at least 0.001 m/s"),
     ('[arm]', '[safety]\nmax_linear_speed = 1e9\n[arm]',  # would switch the speed limit off
      "[safety].max_linear_speed = 1000000000.0: SafetyLimits.max_linear_speed must be at most 3 m/s, "
-     "got 1000000000.0 (allowed 0 < value <= 3 m/s)"),
+     "got 1000000000.0 (allowed 0.001 <= value <= 3 m/s)"),
     ('[arm]', '[safety]\njoint_limits = [{ lower = -1, upper = 1, max_velocity = 100 }]\n[arm]',
      "[safety].joint_limits[0] = { lower = -1, upper = 1, max_velocity = 100 }: JointLimit: max_velocity must be "
      "at most 12.5664 rad/s (4π), got 100.0"),
@@ -276,7 +276,8 @@ def test_dynamixel_arm_checks_its_calibration(write, tmp_path):
     assert (factory.func, factory.args, factory.keywords) == (
         DynamixelArm, ("/dev/ttyUSB0", ArmCalibration.load(tmp_path / "koch.json")), {"watchdog_ms": 60})
     assert cfg.arm.space == "joint" and len(factory().calibration.joints) == 2
-    assert any(line.endswith("[arm].timeout_ms = 3000: DynamixelArm.watchdog_ms: expected 20..2540, got 3000")
+    assert any(line.endswith("[arm].timeout_ms = 3000: expected milliseconds 20 ... 2540 (the servos' Bus_Watchdog, "
+                             "in 20 ms steps)")
                for line in problems(write(MINIMAL.replace('driver = "sim"', arm + "\ntimeout_ms = 3000"))))
     limits = '\n[safety]\njoint_limits = [{ lower = -1, upper = 1, max_velocity = 2 }]\n'
     assert any("[safety].joint_limits: 1 entries, but the calibration koch.json has 2 joints" in line
