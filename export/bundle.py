@@ -22,9 +22,10 @@ import torch
 from export.domains import domain_defaults
 from export.graphs import DenoiseStepGraph, EncoderGraph
 from calibration.graph_check import GraphCheckError, check_graph
-from export.onnx_graphs import OPSET, convert_fp16, export_graph, io_specs
+from export.onnx_graphs import OPSET, convert_fp16, export_graph, io_specs, stamp
 from export.options import PRECISIONS, ExportOptions
 from export.verify import measure_batch_parity, measure_parity
+from runtime.graph_stamp import DOMAIN_KEY
 from runtime.manifest import MANIFEST_FILE, SCHEMA_VERSION
 from runtime.manifest_schema import MAX_BATCH, MAX_BATCH_SIZES
 from xvla.checkpoint import load_checkpoint
@@ -128,6 +129,7 @@ def _build(ckpt_dir: Path, tmp: Path, opts: ExportOptions, progress: Callable[[s
         with _step(progress, "converting to fp16"):
             convert_fp16(enc_path)
             convert_fp16(den_path, ["x1", "prev", "proprio", "t"])
+    stamp(den_path, {DOMAIN_KEY: str(opts.domain_id)})  # checked against the manifest when a policy loads
     with _step(progress, "checking both graphs with onnx.checker (full check)"):
         for path in (enc_path, den_path):
             try:

@@ -91,6 +91,13 @@ def convert_fp16(path: Path, keep_fp32_from: list[str] = ()) -> None:
                     location=path.name + ".data", size_threshold=1024)
 
 
+def stamp(path: Path, metadata: dict[str, str]) -> None:
+    """Add ``metadata`` to the model metadata of the graph at ``path`` (its external data untouched)."""
+    model = onnx.load(str(path), load_external_data=False)
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, **metadata})
+    onnx.save_model(model, str(path))
+
+
 def tidy_graph(model: onnx.ModelProto) -> None:
     """Sort the nodes topologically and drop the (possibly stale) value_info, in place."""
     from onnxruntime.transformers.onnx_model import OnnxModel

@@ -140,6 +140,8 @@ class Manifest:
     @classmethod
     def load(cls, bundle_dir: str | Path) -> Manifest:
         path = Path(bundle_dir) / MANIFEST_FILE
+        if path.exists() and not path.is_file():
+            raise BundleError(f"{path}: a directory or other non-file; expected the bundle's manifest file")
         if not path.is_file():
             raise BundleError(f"{path}: not found (is {bundle_dir} a bundle directory?)")
         size = path.stat().st_size

@@ -22,8 +22,9 @@ import numpy as np
 
 from runtime.backends.base import Backend, BackendError
 from runtime.decode import chunk_timestamps, decode_arms
+from runtime.graph_stamp import check_stamp
 from runtime.manifest import BundleError, Manifest
-from runtime.types import ActionChunk, Observation
+from runtime.types import ActionChunk, Observation, check_timestamp, checked_proprio
 from xvla.errors import InputError
 from xvla.constants import MAX_STEPS, NUM_VIEWS
 from xvla.instruction import check_instruction
@@ -85,6 +86,7 @@ class Policy:
         manifest = Manifest.load(bundle_dir)
         if verify:
             manifest.verify_files(bundle_dir)
+        check_stamp(manifest, bundle_dir)
         return cls(manifest, bundle_dir, create_backend(manifest, bundle_dir, backend, device, **options))
 
     @property
@@ -111,13 +113,10 @@ class Policy:
         if extra:
             raise InputError(f"observation.images[{extra[0]}]: this bundle was exported for {self.views} view(s); "
                              f"views {self.views}..{NUM_VIEWS - 1} must be None")
+        check_timestamp(obs.timestamp)
         pixels, mask = self.images(images)
-        proprio = np.asarray(obs.proprio, dtype=np.float32)
+        proprio = checked_proprio(obs.proprio, self.state_dim)
         dim = int(self.manifest.inputs["proprio_dim"])
-        if proprio.shape != (self.state_dim,):
-            raise InputError(f"observation.proprio: expected {self.state_dim} values, got shape {proprio.shape}")
-        if not np.isfinite(proprio).all():
-            raise InputError("observation.proprio: contains NaN or Inf")
         if self.state_dim < dim:  # LeRobot's padding of a narrower state to max_state_dim
             proprio = np.concatenate([proprio, np.zeros(dim - self.state_dim, np.float32)])
         if obs.noise is None:

@@ -29,10 +29,11 @@ import numpy as np
 from runtime.backends.base import BackendError
 from runtime.decode import chunk_timestamps, decode_arms
 from runtime.manifest import BundleError, Manifest, canonical_sha256
-from runtime.types import ActionChunk, Observation
+from runtime.types import ActionChunk, Observation, check_timestamp, checked_proprio
 from runtime.wire import MAX_MESSAGE_BYTES, WireError, pack, unpack
 from xvla.constants import MAX_STEPS
 from xvla.errors import InputError
+from xvla.instruction import check_instruction
 
 PROTOCOL = "xvla-edge/1"
 
@@ -187,8 +188,9 @@ class RemotePolicy:
                              f"{'none' if not images else f'view {len(images) - 1}'}")
         message: dict[str, Any] = {f"image{i}": None if img is None else np.ascontiguousarray(img, np.uint8)
                                    for i, img in enumerate(images)}
-        message.update(language_instruction=obs.instruction, domain_id=self.domain_id,
-                       proprio=np.asarray(obs.proprio, np.float32))
+        check_timestamp(obs.timestamp)
+        message.update(language_instruction=check_instruction(obs.instruction, "observation.instruction"),
+                       domain_id=self.domain_id, proprio=checked_proprio(obs.proprio))
         if steps is not None:
             message["steps"] = int(steps)
         if obs.noise is not None:

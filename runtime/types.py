@@ -1,11 +1,17 @@
-"""What goes into a policy and what comes out: observations and time-stamped action chunks."""
+"""What goes into a policy and what comes out: observations and time-stamped action chunks, and the checks of
+an observation's fields that every policy (local or remote) applies before anything runs."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
+
+from xvla.errors import InputError
+
+MAX_TIMESTAMP_S = 1e10  # seconds: a monotonic clock (seconds since boot) or the Unix time, with room to spare
 
 
 @dataclass
@@ -14,7 +20,7 @@ class Observation:
 
     ``images``: up to 3 HxWx3 uint8 RGB arrays (any size; None = view absent), main view first.
     ``proprio``: the current state in the action layout (``manifest.inputs.proprio_dim`` values).
-    ``timestamp``: when the images were taken (seconds, the clock the driver uses; monotonic).
+    ``timestamp``: when the images were taken (seconds, the clock the driver uses; monotonic; 0 ... 1e10).
     ``noise``: optional [chunk_length, dim] initial noise, to reproduce a chunk exactly.
     """
 
@@ -45,3 +51,33 @@ class ActionChunk:
     arms: tuple[ArmPoses, ...]
     observation_timestamp: float
     timings: dict[str, float] = field(default_factory=dict)
+
+
+def check_timestamp(value: Any) -> float:
+    """An observation's timestamp: a finite number of seconds 0 ... :data:`MAX_TIMESTAMP_S` (else InputError)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not (math.isfinite(value) and 0 <= value <= MAX_TIMESTAMP_S):
+        raise InputError(f"observation.timestamp = {value!r}: expected seconds 0 ... {MAX_TIMESTAMP_S:g} on the "
+                         "driver's clock (time.monotonic())")
+    return float(value)
+
+
+def checked_proprio(value: Any, size: int | None = None) -> np.ndarray:
+    """An observation's proprio as a finite float32 vector of ``size`` values (None: any number; the policy server
+    checks it then), else InputError naming what is wrong."""
+    wanted = "numbers" if size is None else f"{size} numbers"
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as exc:  # ragged or otherwise not an array
+        raise InputError(f"observation.proprio: expected {wanted}, got {type(value).__name__} ({exc})") from None
+    if array.dtype.kind not in "biuf":
+        raise InputError(f"observation.proprio: expected {wanted}, got an array of {array.dtype} "
+                         f"({type(value).__name__})")
+    if array.ndim != 1 or (size is not None and array.shape != (size,)):
+        raise InputError(f"observation.proprio: expected {'a vector of numbers' if size is None else f'{size} values'}, "
+                         f"got shape {array.shape}")
+    with np.errstate(over="ignore"):
+        proprio = array.astype(np.float32)
+    if not np.isfinite(proprio).all():
+        raise InputError("observation.proprio: contains NaN or Inf, or a value too large for float32")
+    return proprio

@@ -164,3 +164,41 @@ def test_oversize_and_deeply_nested_manifests_are_refused_by_name(tmp_path):
         (bundle / "manifest.json").write_text(text)
         with pytest.raises(BundleError, match=rf"{name}/manifest.json: "):
             Manifest.load(bundle)
+
+
+def test_a_manifest_edited_to_another_domain_is_refused(tiny_bundle, tmp_path):
+    """The denoise graph carries the domain folded into it; a manifest that names another one is refused at load
+    (the graph's own stamp read without the onnx package, compared with what onnx itself reads)."""
+    import onnx
+
+    from runtime.graph_stamp import DOMAIN_KEY, read_metadata
+
+    assert read_metadata(tiny_bundle / "denoise.onnx") == {
+        p.key: p.value for p in onnx.load(str(tiny_bundle / "denoise.onnx"), load_external_data=False).metadata_props}
+    assert read_metadata(tiny_bundle / "denoise.onnx")[DOMAIN_KEY] == "3"
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "b")
+    man = json.loads((bundle / "manifest.json").read_text())
+    man["domain_id"] = 7
+    (bundle / "manifest.json").write_text(json.dumps(man))
+    Manifest.load(bundle).verify_files(bundle)  # valid as a manifest, every file intact
+    with pytest.raises(BundleError, match=r"manifest.json: domain_id = 7, but denoise.onnx was exported for domain 3"):
+        Policy.load(bundle)
+
+
+@pytest.mark.parametrize("damage", [b"", b"\x08", b"\xff" * 20, b"\x72\xff\xff\xff\xff\x0f", b"\x0b"])
+def test_a_graph_that_is_not_onnx_is_refused_by_name_when_its_stamp_is_read(tmp_path, damage):
+    from runtime.graph_stamp import read_metadata
+
+    path = tmp_path / "denoise.onnx"
+    path.write_bytes(damage)
+    if damage:
+        with pytest.raises(BundleError, match=rf"{path}: not an ONNX model"):
+            read_metadata(path)
+    else:
+        assert read_metadata(path) == {}
+
+
+def test_a_directory_named_manifest_json_is_named_as_such(tmp_path):
+    (tmp_path / "b" / "manifest.json").mkdir(parents=True)
+    with pytest.raises(BundleError, match=r"b/manifest.json: a directory or other non-file; expected the bundle's manifest"):
+        Manifest.load(tmp_path / "b")

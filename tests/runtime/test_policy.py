@@ -181,6 +181,17 @@ def test_bad_observations_are_named(setup) -> None:
         (dict(images=[np.zeros((8, 8, 3), np.float64)]), r"images\[0\]: expected dtype uint8"),
         (dict(images=[None, None, np.zeros((8, 8, 3), np.uint8)]), r"images\[2\]: this bundle was exported for 2 view"),
         (dict(images=[np.zeros((10, 10_000, 3), np.uint8)]), r"images\[0\]: 10000x10 pixels; at most 4096 per side"),
+        (dict(proprio=np.array(["a"] * 20)), r"observation.proprio: expected 20 numbers, got an array of <U1"),
+        (dict(proprio="0" * 20), r"observation.proprio: expected 20 numbers, got an array of <U20 \(str\)"),
+        (dict(proprio=[[1.0], [1.0, 2.0]]), r"observation.proprio: expected 20 numbers, got list"),
+        (dict(proprio=np.full(20, 1e300)), r"value too large for float32"),
+        (dict(instruction="caf\udce9"), r"observation.instruction: not valid Unicode text: a lone surrogate U\+DCE9"),
+        (dict(instruction="x" * 1_000_000), r"observation.instruction: 1000000 characters; at most 1024"),
+        (dict(instruction=b"wave"), r"observation.instruction: expected text \(a string\), got bytes"),
+        (dict(timestamp=float("nan")), r"observation.timestamp = nan: expected seconds 0 ... 1e\+10"),
+        (dict(timestamp=float("inf")), r"observation.timestamp = inf"),
+        (dict(timestamp=-1e300), r"observation.timestamp = -1e\+300"),
+        (dict(timestamp="12"), r"observation.timestamp = '12'"),
     ]
     for change, message in cases:
         bad = Observation(**{**good.__dict__, **change})
