@@ -20,32 +20,11 @@ if os.environ.get("XVLA_BENCH_THREADS"):  # BLAS/OpenMP read these once, when nu
 import pytest  # noqa: E402
 
 from benchmarks import floor, harness  # noqa: E402
+from benchmarks.machine import cpu_flags, cpu_model  # noqa: E402
 from benchmarks.harness import RESULTS, SESSION  # noqa: E402
 from benchmarks.names import FLOOR_STAGES  # noqa: E402
 
 PACKAGES = ("numpy", "onnxruntime", "torch", "transformers", "onnx", "pytest-benchmark", "matplotlib")
-
-
-def cpu_model() -> str:
-    """The CPU model as the kernel names it (``model name``; ``Hardware``/``Model`` on some ARM boards)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            fields = dict(line.split(":", 1) for line in f if ":" in line)
-    except OSError:
-        return platform.processor() or platform.machine()
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    return fields.get("model name") or fields.get("Model") or fields.get("Hardware") or platform.machine()
-
-
-def cpu_flags() -> list[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.split(":")[0].strip() in ("flags", "Features"):
-                    return line.split(":", 1)[1].split()
-    except OSError:
-        pass
-    return []
 
 
 def versions() -> dict[str, str]:

@@ -27,20 +27,11 @@ from benchmarks.load import CpuHog
 from drivers.control_loop import LoopConfig
 from drivers.loop_process import ControlLoopClient
 from drivers.sim_arm import SimArm
+from benchmarks.machine import cpu_model
 from drivers.trajectory import Trajectory
 
 SECONDS = float(os.environ.get("XVLA_BENCH_SECONDS", "5"))
 
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("model name", "Model")):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _measure(rate_hz: int, priority: int) -> dict:
@@ -84,7 +75,7 @@ def test_tick_interval_error(benchmark, rate_hz, load, scheduler):
         neighbour=f"{os.cpu_count()} busy processes" if load == "busy" else "none",
         seconds=SECONDS,
         host=platform.node(),
-        cpu=_cpu_model(),
+        cpu=cpu_model(),
         cores=os.cpu_count(),
         kernel=platform.release(),
         python=platform.python_version(),

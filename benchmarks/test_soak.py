@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from typing import Dict, List
 
 import pytest
 
+from benchmarks.machine import children, free_port, rss_kb
 from drivers.xvla_serial import emulator
 from xvla_edge.commands.demo import robot_toml
 
@@ -41,32 +41,6 @@ SAMPLE_S = float(os.environ.get("XVLA_SOAK_SAMPLE_S", "10"))
 RATE_HZ = 200
 MAX_GROWTH = 0.01  # fraction of the RSS after warm-up
 REPO = Path(__file__).resolve().parents[1]
-
-
-def rss_kb(pid: int) -> int:
-    """Resident set size of ``pid`` in kB (``VmRSS`` of ``/proc/<pid>/status``)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"process {pid} has no VmRSS (a zombie?)")
-
-
-def children(pid: int) -> Dict[str, int]:
-    """The daemon's child processes by role: the control loop (``spawn_main``) and the resource tracker."""
-    found = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            role = "control-loop" if "spawn_main" in cmdline else "resource-tracker" if "resource_tracker" in cmdline \
-                else f"child {child}"
-            found[role] = int(child)
-    return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def metric(text: str, name: str) -> float:

@@ -5,9 +5,16 @@ It is started with the ``spawn`` (or ``forkserver``) method, never ``fork``, so 
 from a parent that already runs threads. The arm is built inside the child by a picklable factory, so
 serial ports are opened there. Between ticks the child sleeps to the next absolute deadline
 (:mod:`drivers.realtime`); chunks, stats requests and stop commands arrive over a pipe and are handled right
-after the tick's command has been sent. The e-stop has a path of its own: a counter in shared memory that the
-client bumps (no pipe, no lock that other requests hold) and the child reads before every tick and before every
-message, so it takes effect at the next tick whatever else is queued.
+after the tick's command has been sent. The e-stop has paths of its own, read before every tick (and before
+every message), so it takes effect at the next tick whatever else is queued or busy:
+
+- a counter in shared memory that :meth:`ControlLoopClient.estop` bumps (no pipe, no lock that other requests
+  hold);
+- with ``estop_socket``, a Unix socket this process listens on itself (mode 0660, ``estop_group``): *connecting*
+  to it is the e-stop (the reply is one line, ``{"ok": true, "estopped": true}``). It does not pass through the
+  parent at all, so no thread or request of the parent — however many clients flood its operator servers — can
+  delay it: the loop accepts it at its next tick, at its own (real-time) priority. Nothing is read from the
+  client, so a slow or silent one costs nothing.
 
 On leaving the loop for any reason (stop, exception, SIGTERM, the parent going away) the arm is told to
 hold and the link is closed; power stays on.
@@ -24,13 +31,18 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import grp
 import itertools
 import math
 import multiprocessing as mp
+import os
 import signal
+import socket
+import stat
 import threading
 import time
 import traceback
+from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 from drivers import sdnotify
@@ -53,35 +65,82 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(f"control loop: signal {signum}")
 
 
-class _EstopSeen:
-    """The child's view of the shared e-stop counter: :meth:`pending` is True once per bump."""
+ESTOP_REPLY = b'{"ok": true, "estopped": true}\n'
+_MAX_ACCEPTS_PER_TICK = 64
 
-    def __init__(self, counter: Any) -> None:
+
+def listen_estop(path: Path, group: Optional[str] = None) -> socket.socket:
+    """The e-stop socket at ``path`` (mode 0660, ``group``), non-blocking. A socket file left by a dead process is
+    replaced; anything else at ``path`` is refused. (Whether another daemon lives is the caller's to check first:
+    probing this socket would e-stop its arm.)"""
+    try:
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise ArmConfigError(f"{path} exists and is not a socket; remove it or choose another control socket")
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o117)
+    try:
+        listener.bind(str(path))
+    finally:
+        os.umask(old)
+    if group is not None:
+        os.chown(path, -1, grp.getgrnam(group).gr_gid)
+    listener.listen(128)
+    listener.setblocking(False)
+    return listener
+
+
+class _Estop:
+    """The child's e-stop inputs: the shared counter (:meth:`pending` is True once per bump) and the e-stop socket
+    (each connection accepted is one e-stop; answered and closed at once)."""
+
+    def __init__(self, counter: Any, listener: Optional[socket.socket] = None) -> None:
         self.counter = counter
+        self.listener = listener
         self.seen = 0  # the counter starts at 0: an e-stop requested during start-up applies at the first tick
 
     def pending(self) -> bool:
-        if self.counter is None:
-            return False
-        value = self.counter.value
-        if value == self.seen:
-            return False
-        self.seen = value
-        return True
+        requested = False
+        if self.counter is not None and self.counter.value != self.seen:
+            self.seen = self.counter.value
+            requested = True
+        for _ in range(_MAX_ACCEPTS_PER_TICK if self.listener is not None else 0):
+            try:
+                conn, _ = self.listener.accept()  # type: ignore[union-attr]
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:  # out of file descriptors: the connection waits in the backlog for the next tick
+                requested = True  # someone is asking: better stopped than not
+                break
+            requested = True
+            try:
+                conn.setblocking(False)
+                conn.send(ESTOP_REPLY)
+            except OSError:
+                pass
+            conn.close()
+        return requested
 
 
-def _serve(conn: Any, arm_factory: ArmFactory, config: LoopConfig, estop: Any = None) -> None:
-    """Entry point of the control-loop process; ``estop``: the shared e-stop counter."""
+def _serve(conn: Any, arm_factory: ArmFactory, config: LoopConfig, estop: Any = None,
+           estop_socket: Optional[str] = None, estop_group: Optional[str] = None) -> None:
+    """Entry point of the control-loop process; ``estop``: the shared e-stop counter; ``estop_socket``: the path
+    of the e-stop socket to listen on (None: none)."""
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it then stops us
     loop: Optional[ControlLoop] = None
+    listener: Optional[socket.socket] = None
     try:
+        if estop_socket is not None:
+            listener = listen_estop(Path(estop_socket), estop_group)
         scheduler = enable_realtime(config.realtime_priority, config.cpu)
         loop = ControlLoop(arm_factory(), config)
         conn.send(("ready", loop.start()))
         gc.collect()
         gc.freeze()  # keep start-up objects out of the collector's way during the loop
-        _run(loop, conn, scheduler, estop=_EstopSeen(estop))
+        _run(loop, conn, scheduler, estop=_Estop(estop, listener))
     except BaseException:  # noqa: B902 - report anything, then hold in finally
         try:
             conn.send(("error", traceback.format_exc()))
@@ -90,6 +149,12 @@ def _serve(conn: Any, arm_factory: ArmFactory, config: LoopConfig, estop: Any = 
     finally:
         if loop is not None:
             loop.shutdown()
+        if listener is not None:
+            listener.close()
+            try:
+                os.unlink(str(estop_socket))
+            except OSError:
+                pass
         conn.close()
 
 
@@ -99,11 +164,11 @@ def _run(
     scheduler: str,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = sleep_until,
-    estop: Optional[_EstopSeen] = None,
+    estop: Optional[_Estop] = None,
 ) -> None:
     """Tick at the control rate until told to stop. ``clock`` and ``sleep`` (an absolute-deadline sleep)
     are injectable so tests can force overruns without a loaded machine; ``estop`` is read before each tick."""
-    estop = estop or _EstopSeen(None)
+    estop = estop or _Estop(None)
     config = loop.config
     period = config.period
     timer = PeriodStats(period, max(int(config.stats_window_s * config.rate_hz), 1))
@@ -133,7 +198,7 @@ def _run(
 
 
 def _handle_messages(
-    loop: ControlLoop, conn: Any, timer: PeriodStats, scheduler: str, clock: Callable[[], float], estop: _EstopSeen
+    loop: ControlLoop, conn: Any, timer: PeriodStats, scheduler: str, clock: Callable[[], float], estop: _Estop
 ) -> bool:
     """Handle pending client messages; False when the loop must stop. An e-stop requested before a message was
     sent is applied before that message (a chunk submitted after an e-stop is refused, a clear follows it)."""
@@ -175,16 +240,20 @@ class ControlLoopClient:
     """Starts the control-loop process and talks to it. Thread-safe; use as a context manager.
 
     ``arm_factory`` must be picklable (a class or ``functools.partial``; no lambdas) and is called in the
-    child. ``start_method`` is ``"spawn"`` (default) or ``"forkserver"``.
+    child. ``start_method`` is ``"spawn"`` (default) or ``"forkserver"``. ``estop_socket``: a path the child
+    listens on for e-stops (see the module docstring), group ``estop_group``.
     """
 
     def __init__(
-        self, arm_factory: ArmFactory, config: Optional[LoopConfig] = None, *, start_method: str = "spawn"
+        self, arm_factory: ArmFactory, config: Optional[LoopConfig] = None, *, start_method: str = "spawn",
+        estop_socket: Optional[Path] = None, estop_group: Optional[str] = None,
     ) -> None:
         if start_method not in ("spawn", "forkserver"):
             raise ArmConfigError(f"start_method: expected 'spawn' or 'forkserver', got {start_method!r}")
         self.config = config or LoopConfig()
         self._factory = arm_factory
+        self._estop_socket = None if estop_socket is None else str(estop_socket)
+        self._estop_group = estop_group
         self._ctx = mp.get_context(start_method)
         self._lock = threading.Lock()
         self._estop = self._ctx.RawValue(ctypes.c_uint64, 0)  # bumped by estop(), read by the child every tick
@@ -201,8 +270,8 @@ class ControlLoopClient:
             raise ControlLoopError("control loop already started")
         self._conn, child = self._ctx.Pipe(duplex=True)
         self._process = self._ctx.Process(
-            target=_serve, args=(child, self._factory, self.config, self._estop), name="xvla-control-loop",
-            daemon=True
+            target=_serve, name="xvla-control-loop", daemon=True,
+            args=(child, self._factory, self.config, self._estop, self._estop_socket, self._estop_group)
         )
         try:
             self._process.start()

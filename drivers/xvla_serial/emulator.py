@@ -9,7 +9,8 @@ Joints and end-effector poses follow their targets with first-order dynamics (ti
 emulator has no kinematics). It enforces the limits it advertises, holds on its own host-silence
 timeout, and takes fault-injection commands (``drop_rx``, ``drop_tx``, ``corrupt_tx``, ``garbage``,
 ``silence``, ``latency``, ``reboot``, ``press_estop`` (``held=True``: the button stays pressed, so the host
-cannot clear the e-stop until ``release_estop``), ``set_fault``, ``clear_fault``) plus ``snapshot``,
+cannot clear the e-stop until ``release_estop``), ``set_fault``, ``clear_fault``) plus ``snapshot`` (with
+``estop_times``: the ``time.monotonic()`` at which each ESTOP frame arrived, to time an e-stop end to end),
 ``ee`` (the measured poses) and ``place`` (put the arm somewhere: a simulated scene reset) from the test. Its memory stays flat however long it runs: it counts accepted and refused TARGETs and keeps
 only the last :data:`HISTORY` of each.
 """
@@ -81,6 +82,7 @@ class ControllerEmulator:
         self.nacks: deque[tuple[int, str]] = deque(maxlen=HISTORY)  # the last NACKs: (seq, reason)
         self.seq_gaps = 0  # host frames that never arrived, judged by gaps in the host's sequence numbers
         self.last_target: list[float] = []  # values of the last accepted TARGET
+        self.estop_times: deque[float] = deque(maxlen=HISTORY)  # time.monotonic() of each ESTOP (engage) frame read
         self._last_rx_seq: int | None = None
         self._boot(time.monotonic())
 
@@ -156,6 +158,8 @@ class ControllerEmulator:
         if isinstance(message, c.TargetMsg):
             return self._target(message, frame)
         if isinstance(message, c.EstopMsg):
+            if message.engage:
+                self.estop_times.append(now)
             if message.engage or not self._estop_held:
                 self.faults = (self.faults | c.Fault.ESTOP) if message.engage else (self.faults & ~c.Fault.ESTOP)
             self._hold()
@@ -277,6 +281,7 @@ class ControllerEmulator:
             "seq_gaps": self.seq_gaps,
             "last_target": list(self.last_target),
             "corrupt_frames": self._parser.corrupt,
+            "estop_times": list(self.estop_times),
         }
 
     def _ctl_drop_rx(self, n: int = 1) -> None:

@@ -4,7 +4,9 @@
     xvla-edge ctl instruction "put the cup in the sink"
     xvla-edge ctl start [--seconds 60] | stop | hold | resume | estop | clear-estop | record
 
-Human-readable by default, ``--json`` prints the daemon's reply. Exit codes: 0 done, 1 refused by the daemon
+``estop`` goes to the control loop's own e-stop socket beside the control socket (nothing in the daemon can
+delay it; see :mod:`xvla_edge.daemon.control`), or to the control socket when there is none. Human-readable by
+default, ``--json`` prints the daemon's reply. Exit codes: 0 done, 1 refused by the daemon
 (the reason is printed), 2 usage, 3 no daemon listens on the socket, 4 permission denied on the socket (ask
 for the group named in ``[operator].socket_group``).
 """
@@ -33,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from xvla_edge.daemon.control import send
+    from xvla_edge.daemon.control import estop, send
 
     if (args.action == "instruction") != (args.text is not None):
         print("xvla-edge ctl: instruction takes the text (and only instruction takes one)", file=sys.stderr)
@@ -51,7 +53,10 @@ def run(args: argparse.Namespace) -> int:
     if args.seconds is not None:
         request["seconds"] = args.seconds
     try:
-        reply = send(args.socket, request)
+        if args.action == "estop":  # the control loop's own e-stop socket first: nothing else can delay it
+            reply = estop(args.socket)
+        else:
+            reply = send(args.socket, request)
     except PermissionError:
         print(f"xvla-edge ctl: permission denied on {args.socket}: join the group that owns it "
               f"(ls -l {args.socket})", file=sys.stderr)
@@ -73,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def describe(action: str, reply: dict) -> str:
+    if "state" not in reply and reply.get("estopped"):
+        return "ok: estop, latched by the control loop (`xvla-edge ctl status` shows the daemon's state)"
     s = reply.get("state", {})
     head = f"mode {s.get('mode')}, operator {s.get('operator')}, health {s.get('health')}"
     if action != "status":

@@ -23,9 +23,13 @@ Transport: one JSON object per line on a Unix socket (``[operator].socket``), e.
 Who may connect is decided by the socket file's permissions (mode 0660, group ``[operator].socket_group``): the
 operating system refuses everyone else.
 
-The e-stop gets through whatever else is happening. One I/O thread serves every connection (no thread per
-client; a listen backlog of :data:`BACKLOG`): it reads each request line as it arrives and runs an ``estop`` on
-the spot, while other commands wait their turn for one worker thread (at most :data:`MAX_QUEUED`; beyond that
+The e-stop gets through whatever else is happening. Its first path bypasses this process altogether: the
+control-loop process listens on the e-stop socket beside the control socket (:func:`estop_socket_path`,
+``control-estop.sock`` for ``control.sock``; same mode and group), where *connecting* is the e-stop, taken at the
+loop's next tick at its own priority (:mod:`drivers.loop_process`); :func:`estop` (``xvla-edge ctl estop``) uses
+it, and the control socket when it is missing. On the control socket itself, one I/O thread serves every
+connection (no thread per client; a listen backlog of :data:`BACKLOG`): it reads each request line as it
+arrives and runs an ``estop`` on the spot, while other commands wait their turn for one worker thread (at most :data:`MAX_QUEUED`; beyond that
 they are refused as busy, never queued without bound). Connections are bounded (:data:`MAX_CONNECTIONS`: the
 longest idle one is closed to make room, so a new client — an e-stop — is never refused) and closed after
 :data:`IDLE_TIMEOUT_S` without a request. A client that goes away before its reply costs one log line (at most
@@ -106,6 +110,32 @@ class _Connection:
         return not self.slots and not self.outbox
 
 
+def estop_socket_path(control_socket: Path) -> Path:
+    """Where the control loop listens for e-stops, beside ``control_socket`` (``control.sock`` → ``control-estop.sock``)."""
+    control_socket = Path(control_socket)
+    return control_socket.with_name(f"{control_socket.stem}-estop{control_socket.suffix}")
+
+
+def claim(path: Path) -> None:
+    """Make ``path`` free for a new control socket: a socket file left by a dead daemon is removed; a live daemon's
+    (it accepts a connection) or anything that is not a socket is refused with ``OSError``."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(f"{path} exists and is not a socket; remove it or choose another [operator].socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()  # nobody listens: left by a daemon that died
+        return
+    finally:
+        probe.close()
+    raise OSError(f"{path}: another daemon is listening on this control socket")
+
+
 class ControlServer:
     """The control socket at ``path`` (mode 0660, group ``group``), answering ``execute(request) -> reply`` (see the
     module docstring for its threads and bounds). A stale socket file is replaced; one a live daemon listens on is
@@ -114,7 +144,7 @@ class ControlServer:
     def __init__(self, path: Path, execute: Execute, group: Optional[str] = None) -> None:
         self.path = Path(path)
         self.execute = execute
-        self._remove_stale()
+        claim(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o117)  # the socket file is created 0660
@@ -140,23 +170,6 @@ class ControlServer:
         self._worker = threading.Thread(target=self._work_loop, name="xvla-control-worker", daemon=True)
         self._io.start()
         self._worker.start()
-
-    def _remove_stale(self) -> None:
-        try:
-            mode = self.path.lstat().st_mode
-        except FileNotFoundError:
-            return
-        if not stat.S_ISSOCK(mode):
-            raise OSError(f"{self.path} exists and is not a socket; remove it or choose another [operator].socket")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(str(self.path))
-        except OSError:
-            self.path.unlink()  # nobody listens: left by a daemon that died
-            return
-        finally:
-            probe.close()
-        raise OSError(f"{self.path}: another daemon is listening on this control socket")
 
     # -- the I/O thread -----------------------------------------------------------------------------------
 
@@ -356,33 +369,54 @@ class ControlServer:
             pass
 
 
-def send(path: Path, request: Dict[str, Any], timeout: float = 10.0) -> Dict[str, Any]:
-    """One request to the control socket at ``path``; its reply. A connection refused because the daemon's
-    backlog is full (``EAGAIN``) is tried again until ``timeout`` seconds have passed. Raises ``OSError`` if it
-    cannot connect (``FileNotFoundError``/``ConnectionRefusedError``: no daemon) or gets no reply in time."""
-    deadline = time.monotonic() + timeout
+def _connect(path: Path, deadline: float) -> socket.socket:
+    """A connection to the Unix socket at ``path``; a full backlog (``EAGAIN``) is tried again until ``deadline``."""
     pause = 0.001
     while True:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             s.settimeout(max(deadline - time.monotonic(), 0.001))
             s.connect(str(path))
-            break
+            return s
         except OSError as exc:
             s.close()
             if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK) or time.monotonic() + pause > deadline:
                 raise
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
-    with s:
-        s.sendall(json.dumps(request).encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            s.settimeout(max(deadline - time.monotonic(), 0.001))
-            part = s.recv(65536)
-            if not part:
-                break
-            data += part
+
+
+def _reply(s: socket.socket, path: Path, deadline: float) -> Dict[str, Any]:
+    data = b""
+    while not data.endswith(b"\n"):
+        s.settimeout(max(deadline - time.monotonic(), 0.001))
+        part = s.recv(65536)
+        if not part:
+            break
+        data += part
     if not data:
         raise OSError(f"{path}: the daemon closed the connection without a reply")
     return json.loads(data)
+
+
+def send(path: Path, request: Dict[str, Any], timeout: float = 10.0) -> Dict[str, Any]:
+    """One request to the control socket at ``path``; its reply. A connection refused because the daemon's
+    backlog is full (``EAGAIN``) is tried again until ``timeout`` seconds have passed. Raises ``OSError`` if it
+    cannot connect (``FileNotFoundError``/``ConnectionRefusedError``: no daemon) or gets no reply in time."""
+    deadline = time.monotonic() + timeout
+    with _connect(Path(path), deadline) as s:
+        s.sendall(json.dumps(request).encode() + b"\n")
+        return _reply(s, Path(path), deadline)
+
+
+def estop(path: Path, timeout: float = 10.0) -> Dict[str, Any]:
+    """E-stop the daemon whose control socket is ``path``: through the control loop's e-stop socket (connecting is
+    the e-stop), or, when that is missing (a daemon of an older version, or its loop gone), the control socket's
+    ``estop`` command. The reply; ``OSError`` as :func:`send`."""
+    deadline = time.monotonic() + timeout
+    try:
+        s = _connect(estop_socket_path(path), deadline)
+    except (FileNotFoundError, ConnectionRefusedError):
+        return send(path, {"command": "estop"}, timeout=max(deadline - time.monotonic(), 0.001))
+    with s:
+        return _reply(s, estop_socket_path(path), deadline)

@@ -51,7 +51,8 @@ from drivers.loop_process import ControlLoopClient, ControlLoopError
 from xvla_edge.daemon.bridge import check_arm, chunk_to_trajectory, proprio_from_state
 from xvla_edge.daemon.cameras import Camera, open_camera
 from xvla_edge.daemon.config import RobotConfig
-from xvla_edge.daemon.control import COMMANDS, CommandRefused, ControlServer, check_instruction, check_seconds
+from xvla_edge.daemon.control import (COMMANDS, CommandRefused, ControlServer, check_instruction, check_seconds, claim,
+                                      estop_socket_path)
 from xvla_edge.daemon.health import HealthServer, Operator
 from xvla_edge.daemon.metrics import DaemonMetrics
 from xvla_edge.daemon.recorder import Recorder, RecorderError
@@ -209,6 +210,7 @@ class Daemon:
         self._generation = 0  # bumped by hold, stop and e-stop: older chunks are dropped
         self._future_generation = 0
         self._estops = 0  # e-stops so far: a clear-estop that raced with a new one keeps it
+        self._cleared_at_tick = -1  # the loop's tick count when the last clear-estop was seen to hold
         self._faults: deque = deque(maxlen=20)
         self._dump_due: Optional[str] = None  # a fault's recording, written by the supervisor thread
         self._commands = threading.Lock()  # one operator command at a time (the e-stop never waits for it)
@@ -245,7 +247,11 @@ class Daemon:
         for camera in self.cameras.values():
             camera.start()
         phase("starting the control loop")
-        self.loop = ControlLoopClient(cfg.arm_factory(), cfg.loop_config())
+        operator = cfg.operator
+        if operator.socket is not None:
+            claim(operator.socket)  # before the loop replaces the e-stop socket beside it: never a live daemon's
+        self.loop = ControlLoopClient(cfg.arm_factory(), cfg.loop_config(), estop_group=operator.socket_group,
+                                      estop_socket=None if operator.socket is None else estop_socket_path(operator.socket))
         caps = self.loop.start()
         try:
             check_arm(manifest.action, caps.space, caps.n_arms, caps.n_joints)
@@ -340,6 +346,13 @@ class Daemon:
             if mode in FAULT_MODES:
                 self._fault(f"control loop {mode}: {stats.last_error}")
             self._mode = mode
+        if mode == "estopped":  # latched in the loop by the e-stop socket or the controller's own input
+            with self._state:  # (stats from before a clear-estop that succeeded do not count)
+                if self._operator != "estopped" and stats.timing.get("ticks", 0) > self._cleared_at_tick:
+                    self._drop_motion("estopped")
+                    self._estops += 1
+                    log.info("e-stop latched in the control loop (its e-stop socket or the controller's input)",
+                             extra={"event": "estop_seen"})
         if mode == "link_lost" and now - self._last_reconnect >= RECONNECT_S:
             self.loop.reconnect()  # type: ignore[union-attr]
             self._last_reconnect = now
@@ -617,6 +630,7 @@ class Daemon:
                                      + (f" ({stats.last_error})" if stats.last_error else "")
                                      + "; release it there first")
             self._operator = "held"
+            self._cleared_at_tick = int(stats.timing.get("ticks", 0))
 
     def _cmd_record(self, request: Dict[str, object]) -> Dict[str, object]:
         try:

@@ -9,6 +9,8 @@ import logging
 import shutil
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -125,6 +127,37 @@ def test_estops_get_through_a_flood_of_clients(daemon, emu):
     assert failures == []
     assert daemon.control_server.connections <= control.MAX_CONNECTIONS
     print(f"\ne-stop to controller under the flood: {', '.join(f'{s * 1e3:.1f}' for s in seen)} ms")
+
+
+def test_the_estop_socket_stops_the_arm_while_the_daemon_cannot_run_a_line_of_python(daemon, emu):
+    """The control loop listens on the e-stop socket itself: with the daemon's interpreter held for seconds by one C
+    call (nothing else of the daemon runs meanwhile), a client that connects gets the arm e-stopped at once; the
+    daemon's state follows when it runs again, and clear-estop works as ever."""
+    assert drive(daemon, 20.0, until=lambda d: d.stats is not None and d.stats.mode == "tracking")
+    path = control.estop_socket_path(daemon.sock)
+    assert path.is_socket() and oct(path.stat().st_mode & 0o777) == "0o660"
+    client = subprocess.Popen([sys.executable, "-c", (
+        "import socket, sys, time; time.sleep(0.5); t = time.monotonic(); s = socket.socket(socket.AF_UNIX); "
+        f"s.connect({str(path)!r}); print(t, s.recv(100).decode().strip())")], stdout=subprocess.PIPE, text=True)
+    time.sleep(0.2)
+    hog_start = time.monotonic()
+    sum(range(150_000_000))  # one C call: this process (the daemon's) runs no other Python until it returns
+    hog_end = time.monotonic()
+    sent, reply = client.communicate(timeout=30)[0].split(" ", 1)
+    arrived = [t for t in emu.call("snapshot")["estop_times"] if t > float(sent)]
+    assert json.loads(reply) == {"ok": True, "estopped": True}
+    assert hog_end - hog_start > 1.0 and arrived and arrived[0] < hog_end, (hog_start, float(sent), arrived, hog_end)
+    assert drive(daemon, 5.0, until=lambda d: d.status()["operator"] == "estopped")
+    assert ctl(daemon, "clear-estop")["ok"] and ctl(daemon, "resume")["ok"]
+    assert wait_for(lambda: controller_mode(emu) != "ESTOPPED", 2.0)
+
+
+def test_ctl_estop_takes_the_estop_socket(daemon, emu, capsys):
+    assert drive(daemon, 20.0, until=lambda d: d.stats is not None and d.stats.mode == "tracking")
+    assert main(["ctl", "estop", "--socket", str(daemon.sock)]) == 0
+    assert "ok: estop, latched by the control loop" in capsys.readouterr().out
+    assert wait_for(lambda: controller_mode(emu) == "ESTOPPED", 1.0)
+    assert drive(daemon, 5.0, until=lambda d: d.status()["operator"] == "estopped")
 
 
 def test_send_retries_a_full_backlog_until_its_deadline(tmp_path):
