@@ -79,24 +79,26 @@ def positive(kind: type, high: float):  # noqa: ANN201 - an argparse type
 
 
 def read_token(args: argparse.Namespace) -> str | None:
+    """The token from ``--token-file``, ``--token`` or ``XVLA_SERVE_TOKEN`` (None: none given), checked by the
+    rule of :mod:`xvla_edge.http_auth`; a refusal names where the token came from."""
+    from xvla_edge.http_auth import TokenError, check_token, read_token_file
     from xvla_edge.serve.server import ServeError
 
     given = [name for name, value in (("--token", args.token), ("--token-file", args.token_file)) if value]
     if len(given) > 1:
         raise ServeError("give one of --token and --token-file")
     if args.token_file is not None:
-        try:
-            if args.token_file.stat().st_mode & 0o077:
-                raise ServeError(f"--token-file {args.token_file}: readable by others; expected a file only its "
-                                 f"owner can read (chmod 600 {args.token_file})")
-            lines = args.token_file.read_text().splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ServeError(f"--token-file {args.token_file}: cannot read it ({exc})") from None
-        token = lines[0].strip() if lines else ""
-        if not token:
-            raise ServeError(f"--token-file {args.token_file}: the first line is empty")
-        return token
-    return args.token or os.environ.get("XVLA_SERVE_TOKEN") or None
+        source, read = f"--token-file {args.token_file}", lambda: read_token_file(args.token_file)
+    elif args.token:
+        source, read = "--token", lambda: check_token(args.token)
+    elif os.environ.get("XVLA_SERVE_TOKEN"):
+        source, read = "XVLA_SERVE_TOKEN", lambda: check_token(os.environ["XVLA_SERVE_TOKEN"])
+    else:
+        return None
+    try:
+        return read()
+    except TokenError as exc:
+        raise ServeError(f"{source}: {exc}") from None
 
 
 def run(args: argparse.Namespace) -> int:

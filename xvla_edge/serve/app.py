@@ -21,7 +21,6 @@ TOKEN``, as openpi's websocket client sends its key) or as the query parameter `
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from typing import Any, Callable, Mapping, Optional, Protocol
@@ -34,6 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from runtime.wire import WireError, pack, unpack
 from xvla.errors import InputError
 from xvla_edge.daemon.metrics import CONTENT_TYPE
+from xvla_edge.http_auth import same_token
 from xvla_edge.serve.bundles import Answer, ServerMetrics
 from xvla_edge.serve.request import Limits, RequestError, from_message, parse_body
 
@@ -60,7 +60,7 @@ def _authorised(token: Optional[str], headers: Mapping[str, str], query: Mapping
     scheme, _, credentials = headers.get("authorization", "").partition(" ")
     if scheme.lower() in ("bearer", "api-key"):  # Api-Key: what openpi's websocket client sends
         given = credentials.strip()
-    return hmac.compare_digest(given.encode("utf-8", "replace"), token.encode("utf-8"))
+    return same_token(given, token)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

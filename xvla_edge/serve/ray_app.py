@@ -39,6 +39,7 @@ from runtime.manifest import BundleError, Manifest
 from runtime.policy import Policy
 from runtime.types import Observation
 from xvla.errors import InputError
+from xvla_edge import http_auth
 from xvla_edge.serve.app import create_app
 from xvla_edge.serve.bundles import Answer, ServerMetrics, observation, unknown_domain
 from xvla_edge.serve.request import ActRequest, Limits, RequestError
@@ -211,19 +212,19 @@ def build_app(args: dict[str, Any]) -> serve.Application:
                opts.batch_wait_timeout_s)
     if opts.token and opts.token_file:
         raise BundleError("give one of token and token_file")
+    if opts.token is not None:
+        try:
+            http_auth.check_token(opts.token)
+        except http_auth.TokenError as exc:
+            raise BundleError(f"token: {exc}") from None
     return Ingress.bind(handles, opts.limits, opts.token, opts.token_file)
 
 
 def read_token_file(path: Path) -> str:
-    """The first line of an owner-only file."""
+    """The token in an owner-only file (the rule of :mod:`xvla_edge.http_auth`)."""
     from xvla_edge.serve.server import ServeError
 
     try:
-        if path.stat().st_mode & 0o077:
-            raise ServeError(f"token_file {path}: readable by others; expected a file only its owner can read")
-        token = (path.read_text().splitlines() or [""])[0].strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ServeError(f"token_file {path}: cannot read it ({exc})") from None
-    if not token:
-        raise ServeError(f"token_file {path}: the first line is empty")
-    return token
+        return http_auth.read_token_file(path)
+    except http_auth.TokenError as exc:
+        raise ServeError(f"token_file {path}: {exc}") from None
