@@ -14,7 +14,8 @@ size) naming the field, where it answers "Request failed" to all. The websocket 
 fields as msgpack values (:func:`from_message`), checked by the same code; there ``imageK`` is view slot K.
 
 ``json_numpy`` strings are decoded here rather than by ``json_numpy.loads``, which builds whatever dtype
-and shape a client names: the dtype, shape and data length are checked first.
+and shape a client names: the dtype, shape and data length are checked first. Every body and message, however
+malformed, gives an :class:`ActRequest` or a :class:`RequestError` (never another exception: a 500).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import binascii
 import io
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -37,8 +39,10 @@ from xvla.instruction import check_instruction
 IMAGE_KEYS = tuple(f"image{i}" for i in range(NUM_VIEWS))
 MAX_PROPRIO_VALUES = 1024  # the manifest's own bound on proprio_dim
 MAX_SEED = 2**63 - 1
+MAX_ARRAY_VALUES = 1 << 31  # json_numpy: bound of the product of a shape's non-zero dimensions
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")  # what an encoded or file image may be (Pillow decoders)
 _KINDS = "biuf"
+_DTYPE = re.compile(r"[<>=|]?[biuf][1248]|bool|u?int(8|16|32|64)|float(16|32|64)")  # type codes and names
 
 
 class RequestError(XVLAError, ValueError):
@@ -114,7 +118,10 @@ def _json_numpy(obj: Any, key: str) -> Any:
     dtype = _dtype(descr, key)
     if not (isinstance(shape, list) and len(shape) <= 8
             and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
-        raise RequestError(f"{key}: json_numpy shape {shape!r} is not a list of non-negative integers")
+        raise RequestError(f"{key}: json_numpy shape {_describe(shape)} is not a list of at most 8 non-negative "
+                           "integers")
+    if math.prod(n for n in shape if n) > MAX_ARRAY_VALUES:  # numpy refuses such shapes even with no values
+        raise RequestError(f"{key}: json_numpy shape {shape} has more than {MAX_ARRAY_VALUES} values")
     if not isinstance(data, str):
         raise RequestError(f"{key}: json_numpy data is not a base64 string")
     expected = math.prod(shape) * dtype.itemsize
@@ -131,12 +138,16 @@ def _json_numpy(obj: Any, key: str) -> Any:
 
 
 def _dtype(descr: Any, key: str) -> np.dtype:
+    """A bool, integer or float dtype named by a type code (``"<f4"``, ``"|u1"``) or a name (``"float32"``);
+    anything else (sub-array, structured, object dtypes) is refused before numpy parses it."""
     try:
-        dtype = np.dtype(descr) if isinstance(descr, str) and len(descr) <= 8 else None
-    except TypeError:
+        dtype = np.dtype(descr) if isinstance(descr, str) and _DTYPE.fullmatch(descr) else None
+    except TypeError:  # "f1", "b8": well-formed codes of no type
         dtype = None
-    if dtype is None or dtype.kind not in _KINDS or dtype.itemsize > 8 or dtype.fields is not None:
-        raise RequestError(f"{key}: dtype {descr!r} is not accepted; expected a bool, integer or float dtype")
+    if dtype is None or dtype.kind not in _KINDS:
+        shown = repr(descr[:20]) if isinstance(descr, str) else _describe(descr)
+        raise RequestError(f"{key}: dtype {shown} is not accepted; expected a bool, integer or float dtype such as "
+                           "'<f4' or '|u1'")
     return dtype
 
 
@@ -183,9 +194,12 @@ def _required(payload: dict, key: str) -> Any:
 
 
 def _describe(value: Any) -> str:
+    """A short description of a client's value, at a cost independent of its size (no full ``repr``)."""
     if isinstance(value, np.ndarray):
         return f"an array of shape {list(value.shape)} and dtype {value.dtype}"
-    text = repr(value)
+    if isinstance(value, (list, tuple, dict)):
+        return f"a {type(value).__name__} of {len(value)} item(s)"
+    text = repr(value[:41] if isinstance(value, (str, bytes)) else value)
     return f"{type(value).__name__} {text[:40] + '...' if len(text) > 40 else text}"
 
 
@@ -234,7 +248,8 @@ def _noise(value: Any) -> np.ndarray:
         value = _list_array(value, "noise")
     if not isinstance(value, np.ndarray) or value.dtype.kind != "f" or value.ndim != 2 or value.size > 1 << 16:
         raise RequestError(f"noise: expected a [chunk_length, dim] float array, got {_describe(value)}")
-    out = value.astype(np.float32)
+    with np.errstate(over="ignore"):
+        out = value.astype(np.float32)
     if not np.isfinite(out).all():
         raise RequestError("noise: contains NaN or Inf, or a value too large for float32")
     return out
@@ -320,3 +335,6 @@ def _decoded(data: bytes, key: str, limits: Limits) -> np.ndarray:
                            "too_large") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise RequestError(f"{key}: not a decodable {'/'.join(IMAGE_FORMATS)} image ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - the decoders' other faults on crafted bytes (struct.error, ...)
+        raise RequestError(f"{key}: not a decodable {'/'.join(IMAGE_FORMATS)} image ({type(exc).__name__})") \
+            from None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
 import time
 
@@ -13,6 +15,7 @@ requests = pytest.importorskip("requests")
 
 from runtime.policy import Policy  # noqa: E402
 from runtime.types import Observation  # noqa: E402
+from runtime.wire import unpack  # noqa: E402
 from xvla_edge.serve.app import create_app  # noqa: E402
 from xvla_edge.serve.request import Limits  # noqa: E402
 from xvla_edge.serve.server import ServerThread  # noqa: E402
@@ -181,3 +184,76 @@ def test_a_failing_backend_is_a_500_and_the_server_keeps_serving(server, bundles
     t0 = time.perf_counter()
     assert requests.post(server.url + "/act", json=body()).status_code == 200
     assert time.perf_counter() - t0 < 30
+
+
+class Records(logging.Handler):
+    """Every log record (INFO and above) of the server's loggers, the app's and uvicorn's, while installed."""
+
+    LOGGERS = ("xvla_edge.serve", "uvicorn", "uvicorn.error")
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def __enter__(self) -> Records:
+        self.levels = {}
+        for name in self.LOGGERS:
+            logger = logging.getLogger(name)
+            self.levels[name] = logger.level
+            logger.setLevel(logging.INFO)
+            logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name in self.LOGGERS:
+            logging.getLogger(name).removeHandler(self)
+            logging.getLogger(name).setLevel(self.levels[name])
+
+
+HOSTILE = [  # issue 33: each was a 500 over /act with a traceback in the log
+    ("proprio", {"__numpy__": "", "dtype": "(-1,)i4", "shape": [1]}, "proprio: dtype '(-1,)i4' is not accepted"),
+    ("proprio", {"__numpy__": "", "dtype": "<f4", "shape": [0, 2**63]}, "has more than 2147483648 values"),
+    ("image0", {"__numpy__": "", "dtype": "|u1", "shape": [0, 2**62, 2**62]}, "has more than 2147483648 values"),
+    ("language_instruction", "\ud800", "language_instruction: not valid Unicode text: a lone surrogate U+D800"),
+]
+
+
+def _ws_array(array: np.ndarray, **fields) -> dict:
+    """An array as :mod:`runtime.wire` sends it, with ``fields`` replaced."""
+    return {"__ndarray__": True, "data": array.tobytes(), "dtype": array.dtype.str, "shape": list(array.shape),
+            **fields}
+
+
+def test_hostile_fields_are_400_over_act_and_the_websocket_and_never_a_traceback(server):
+    import msgpack
+    from websockets.sync.client import connect
+
+    good = {"image0": _ws_array(IMG[:32, :32]), "language_instruction": "x",
+            "proprio": _ws_array(np.zeros(20, np.float32)), "domain_id": 3}
+    with Records() as log:
+        for key, value, message in HOSTILE:
+            payload = body(**{key: json.dumps(value) if isinstance(value, dict) else value})
+            answers = []
+            threads = [threading.Thread(target=lambda: answers.append(requests.post(server.url + "/act", json=payload)))
+                       for _ in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert [(r.status_code, message in r.json()["error"]) for r in answers] == [(400, True)] * 8, answers[0].text
+        with connect(f"ws://{server.host}:{server.port}/ws") as ws:
+            ws.recv(timeout=10)  # the metadata
+            for key, value, _ in HOSTILE:
+                field = _ws_array(np.zeros(0, np.uint8), dtype=value["dtype"], shape=value["shape"]) \
+                    if isinstance(value, dict) else value
+                frame = msgpack.Packer(unicode_errors="surrogatepass").pack({**good, key: field})
+                ws.send(frame)
+                answer = ws.recv(timeout=10)
+                assert isinstance(answer, str) and answer.startswith("400 "), answer
+            ws.send(msgpack.packb(good))  # the connection still serves
+            assert unpack(ws.recv(timeout=30))["action"].shape == (30, 20)
+    assert not [r for r in log.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert sum("refused (400)" in r.getMessage() for r in log.records) == 8 * len(HOSTILE) + len(HOSTILE)
