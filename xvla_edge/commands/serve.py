@@ -37,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="largest request body or websocket frame, MiB (default 32)")
     p.add_argument("--max-image-pixels", type=positive(int, 1 << 28), default=4096 * 4096,
                    help="largest image, width × height (default 4096²)")
+    p.add_argument("--max-active", type=positive(int, 1024), default=None,
+                   help="requests read, decoded or computed at once, each holding up to ~5× --max-body-mb; one "
+                        "beyond them waits up to 5 s, then is answered 503 (default 4; with --ray 64)")
     ray = p.add_argument_group("Ray Serve (--ray, the [fleet] extra)")
     ray.add_argument("--ray", action="store_true", help="serve on Ray Serve: batching, replicas, a cluster")
     ray.add_argument("--address", default=None, help="Ray cluster to join, e.g. 'auto' or ray://head:10001 "
@@ -118,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     if args.image_dir is not None and not args.image_dir.is_dir():
         raise ServeError(f"--image-dir {args.image_dir}: not a directory")
     limits = Limits(max_body_bytes=int(args.max_body_mb * (1 << 20)), max_image_pixels=args.max_image_pixels,
-                    image_dir=args.image_dir)
+                    image_dir=args.image_dir, max_active=args.max_active or Limits.max_active)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.ray:
         return run_ray(args, token, limits)
@@ -159,7 +162,8 @@ def run_ray(args: argparse.Namespace, token: str | None, limits) -> int:  # noqa
         max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_ms / 1000,
         num_replicas=args.replicas, autoscaling=autoscaling, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
         token=token, limits={"max_body_bytes": limits.max_body_bytes, "max_image_pixels": limits.max_image_pixels,
-                             "image_dir": str(limits.image_dir) if limits.image_dir else None})
+                             "image_dir": str(limits.image_dir) if limits.image_dir else None,
+                             **({"max_active": args.max_active} if args.max_active else {})})
     app = build_app(opts)  # reads and checks every manifest before Ray starts
     ray.init(address=args.address)
     serve.start(http_options={"host": args.host, "port": args.port})

@@ -46,6 +46,7 @@ from xvla_edge.serve.request import ActRequest, Limits, RequestError
 
 log = logging.getLogger("xvla_edge.serve.ray")
 LOST = (ActorDiedError, ActorUnavailableError, RayActorError)
+MAX_ACTIVE = 64  # the ingress's Limits.max_active unless limits name one: batches fill from concurrent requests
 
 
 @dataclass
@@ -65,7 +66,7 @@ class FleetOptions:
     max_ongoing_requests: int = 32
     token: Optional[str] = None  # kept in Ray's deployment config: in config files prefer token_file
     token_file: Optional[str] = None  # read by the ingress replica (first line; owner-only file)
-    limits: dict[str, Any] = field(default_factory=dict)  # Limits' fields
+    limits: dict[str, Any] = field(default_factory=dict)  # Limits' fields (max_active: MAX_ACTIVE by default)
 
 
 @dataclass
@@ -175,12 +176,19 @@ class Ingress:
     def __init__(self, handles: dict[int, DeploymentHandle], limits: dict[str, Any], token: Optional[str],
                  token_file: Optional[str]) -> None:
         self.handles = handles
-        self.limits = Limits(**{k: (Path(v) if k == "image_dir" and v else v) for k, v in limits.items()})
+        self.limits = ingress_limits(limits)
         self.token = token if token_file is None else read_token_file(Path(token_file))
 
     async def __serve_build_asgi_app__(self) -> Any:
         metadata = {d: await h.metadata.remote() for d, h in self.handles.items()}
         return create_app(DeploymentBundles(self.handles, metadata), self.limits, self.token)
+
+
+def ingress_limits(limits: dict[str, Any]) -> Limits:
+    """:class:`Limits` from a config's ``limits`` (``max_active`` :data:`MAX_ACTIVE` unless given); ValueError
+    names a bad value."""
+    return Limits(**{"max_active": MAX_ACTIVE, **{k: (Path(v) if k == "image_dir" and v else v)
+                                                   for k, v in limits.items()}})
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
@@ -193,6 +201,10 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     unknown = set(opts.limits) - set(Limits.__dataclass_fields__)
     if unknown:
         raise BundleError(f"limits: unknown field(s) {sorted(unknown)}; expected {sorted(Limits.__dataclass_fields__)}")
+    try:
+        ingress_limits(opts.limits)
+    except (ValueError, TypeError) as exc:
+        raise BundleError(str(exc)) from None
     domains: dict[int, str] = {}
     handles = {}
     for bundle in opts.bundles:

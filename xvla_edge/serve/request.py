@@ -14,8 +14,10 @@ size) naming the field, where it answers "Request failed" to all. The websocket 
 fields as msgpack values (:func:`from_message`), checked by the same code; there ``imageK`` is view slot K.
 
 ``json_numpy`` strings are decoded here rather than by ``json_numpy.loads``, which builds whatever dtype
-and shape a client names: the dtype, shape and data length are checked first. Every body and message, however
-malformed, gives an :class:`ActRequest` or a :class:`RequestError` (never another exception: a 500).
+and shape a client names: the dtype, shape and data length are checked first. Plain JSON lists cost Python
+objects (up to ~140 bytes per value, against 2 to 4 bytes of JSON), so a body may hold at most
+``Limits.max_json_values`` values, counted before parsing. Every body and message, however malformed, gives an
+:class:`ActRequest` or a :class:`RequestError` (never another exception: a 500).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ MAX_SEED = 2**63 - 1
 MAX_ARRAY_VALUES = 1 << 31  # json_numpy: bound of the product of a shape's non-zero dimensions
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")  # what an encoded or file image may be (Pillow decoders)
 _KINDS = "biuf"
+_STRIP_ROWS = 256  # rows of a decoded image copied at once
 _DTYPE = re.compile(r"[<>=|]?[biuf][1248]|bool|u?int(8|16|32|64)|float(16|32|64)")  # type codes and names
 
 
@@ -56,13 +59,27 @@ class RequestError(XVLAError, ValueError):
 
 @dataclass(frozen=True)
 class Limits:
-    """What a request may carry. ``image_dir``: the only directory file-path images may be read from
-    (None: file paths refused)."""
+    """What a request may carry. ``max_json_values``: values in plain JSON lists, all fields together (each comma
+    of the body counts one); ``image_dir``: the only directory file-path images may be read from (None: file paths
+    refused); ``max_active``: requests read, decoded or computed at once, HTTP and websocket together (a request
+    beyond them waits up to ``max_wait_s`` for a slot, then is answered 503)."""
 
     max_body_bytes: int = 32 << 20
+    max_json_values: int = 1 << 20
     max_image_pixels: int = 4096 * 4096
     max_image_file_bytes: int = 32 << 20
     image_dir: Optional[Path] = None
+    max_active: int = 4
+    max_wait_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_body_bytes", "max_image_pixels", "max_image_file_bytes", "max_json_values", "max_active"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"limits.{name} = {value!r}: expected an integer >= 1")
+        wait = self.max_wait_s
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= 3600:
+            raise ValueError(f"limits.max_wait_s = {wait!r}: expected seconds 0 ... 3600")
 
 
 @dataclass
@@ -80,9 +97,15 @@ class ActRequest:
 
 # ------------------------------------------------------------------------------------------------ JSON
 def parse_body(body: bytes, limits: Limits) -> ActRequest:
-    """An HTTP body → :class:`ActRequest` (413 when larger than ``limits.max_body_bytes``)."""
+    """An HTTP body → :class:`ActRequest` (413 when larger than ``limits.max_body_bytes`` or holding more than
+    ``limits.max_json_values`` values)."""
     if len(body) > limits.max_body_bytes:
         raise RequestError(f"request body of {len(body)} bytes exceeds the limit of {limits.max_body_bytes}",
+                           413, "too_large")
+    commas = body.count(b",")  # bounds the values and members parsing would build (json_numpy strings have none)
+    if commas > limits.max_json_values:
+        raise RequestError(f"request body: {commas} commas, more JSON values than the limit of "
+                           f"{limits.max_json_values}; send arrays as json_numpy strings, as the official clients do",
                            413, "too_large")
     payload = _json(body, "request body")
     if not isinstance(payload, dict):
@@ -318,7 +341,9 @@ def _file_bytes(text: str, key: str, limits: Limits) -> bytes:
 
 
 def _decoded(data: bytes, key: str, limits: Limits) -> np.ndarray:
-    """Encoded image bytes (PNG, JPEG, WebP, BMP) → HxWx3 uint8 RGB; the size is checked before decoding."""
+    """Encoded image bytes (PNG, JPEG, WebP, BMP) → HxWx3 uint8 RGB; the size is checked before decoding. The
+    pixels are copied out in strips: ``np.asarray`` of the whole image (``Image.tobytes``) held them three times
+    over (Pillow's 4 bytes per pixel, the encoded chunks, their join), 160 MB for one 4096² view."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -327,7 +352,11 @@ def _decoded(data: bytes, key: str, limits: Limits) -> np.ndarray:
             if w * h > limits.max_image_pixels:
                 raise RequestError(f"{key}: {w}x{h} pixels exceed the limit of {limits.max_image_pixels}", 413,
                                    "too_large")
-            return np.asarray(img.convert("RGB"))
+            rgb = img if img.mode == "RGB" else img.convert("RGB")
+            out = np.empty((h, w, 3), np.uint8)
+            for top in range(0, h, _STRIP_ROWS):
+                out[top:top + _STRIP_ROWS] = np.asarray(rgb.crop((0, top, w, min(h, top + _STRIP_ROWS))))
+            return out
     except RequestError:
         raise
     except Image.DecompressionBombError:  # Pillow's own bound, met when opening an image claiming billions of pixels

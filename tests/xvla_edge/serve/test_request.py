@@ -71,6 +71,21 @@ def test_encoded_image_bytes_decode_to_rgb_not_bgr():
     assert r.images[0].tobytes() == IMG.tobytes()  # red stays red (the official server would hand on BGR)
 
 
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "P", "I;16"])
+def test_encoded_images_taller_than_a_strip_decode_exactly(mode):
+    """Pixels are copied out in 256-row strips; every row arrives, in any mode Pillow converts to RGB."""
+    tall = RNG.integers(0, 256, (700, 33, 3), dtype=np.uint8)
+    if mode == "I;16":
+        image = Image.fromarray(tall[..., 0].astype(np.uint16) * 257)
+    else:
+        image = Image.fromarray(tall).convert(mode)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    r = parse(official(image0=json_numpy.dumps(np.frombuffer(buf.getvalue(), np.uint8))))
+    with Image.open(io.BytesIO(buf.getvalue())) as reference:
+        assert r.images[0].dtype == np.uint8 and r.images[0].tobytes() == reference.convert("RGB").tobytes()
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("image0", None, "no images"),
     ("language_instruction", None, "language_instruction: missing"),
@@ -143,6 +158,26 @@ def test_body_limits_and_non_object_bodies():
     assert "expected a JSON object" in refused(b"[1, 2]")
     assert "not valid JSON" in refused(b"\xff\xfe{")
     assert "not valid JSON" in refused(b'{"a": Infinity}')
+
+
+def test_plain_json_lists_are_bounded_before_parsing():
+    """A 31 MB list-encoded image took 753 MB to parse (Python objects); a body's commas bound its values."""
+    side = 40  # 4800 values, 4799 + 2 commas in the lists, a few more between the fields
+    body = json.dumps(official(image0=np.full((side, side, 3), 7, np.uint8).tolist())).encode()
+    commas = body.count(b",")
+    assert parse_body(body, Limits(max_json_values=commas)).images[0].shape == (side, side, 3)
+    message = refused(body, Limits(max_json_values=commas - 1), status=413)
+    assert message == (f"request body: {commas} commas, more JSON values than the limit of {commas - 1}; send arrays "
+                       "as json_numpy strings, as the official clients do")
+    assert "more JSON values" in refused(b"[" + b"[]," * 2000 + b"[]]", Limits(max_json_values=1999), status=413)
+    assert Limits().max_json_values == 1 << 20  # three 224x224 views as lists fit
+
+
+@pytest.mark.parametrize("field, value", [("max_active", 0), ("max_json_values", -1), ("max_body_bytes", True),
+                                          ("max_wait_s", float("nan")), ("max_wait_s", -1), ("max_active", 2.5)])
+def test_limits_refuse_values_that_would_disable_or_break_them(field, value):
+    with pytest.raises(ValueError, match=f"limits.{field} = "):
+        Limits(**{field: value})
 
 
 def test_image_pixel_limit_applies_to_arrays_and_to_encoded_images_before_decoding():

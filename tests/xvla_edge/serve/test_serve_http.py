@@ -6,6 +6,7 @@ import json
 import logging
 import threading
 import time
+import types
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ requests = pytest.importorskip("requests")
 
 from runtime.policy import Policy  # noqa: E402
 from runtime.types import Observation  # noqa: E402
-from runtime.wire import unpack  # noqa: E402
+from runtime.wire import pack, unpack  # noqa: E402
 from xvla_edge.serve.app import create_app  # noqa: E402
 from xvla_edge.serve.request import Limits  # noqa: E402
 from xvla_edge.serve.server import ServerThread  # noqa: E402
@@ -237,13 +238,14 @@ def test_hostile_fields_are_400_over_act_and_the_websocket_and_never_a_traceback
         for key, value, message in HOSTILE:
             payload = body(**{key: json.dumps(value) if isinstance(value, dict) else value})
             answers = []
-            threads = [threading.Thread(target=lambda: answers.append(requests.post(server.url + "/act", json=payload)))
-                       for _ in range(8)]
+            post = lambda: answers.append(requests.post(server.url + "/act", json=payload))  # noqa: E731
+            threads = [threading.Thread(target=post) for _ in range(8)]
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
-            assert [(r.status_code, message in r.json()["error"]) for r in answers] == [(400, True)] * 8, answers[0].text
+            assert [(r.status_code, message in r.json()["error"]) for r in answers] == [(400, True)] * 8, \
+                answers[0].text
         with connect(f"ws://{server.host}:{server.port}/ws") as ws:
             ws.recv(timeout=10)  # the metadata
             for key, value, _ in HOSTILE:
@@ -257,3 +259,66 @@ def test_hostile_fields_are_400_over_act_and_the_websocket_and_never_a_traceback
             assert unpack(ws.recv(timeout=30))["action"].shape == (30, 20)
     assert not [r for r in log.records if r.exc_info or r.levelno >= logging.ERROR]
     assert sum("refused (400)" in r.getMessage() for r in log.records) == 8 * len(HOSTILE) + len(HOSTILE)
+
+
+def test_requests_beyond_max_active_wait_then_get_503_with_retry_after(bundles, tiny_bundle):
+    """Two requests hold both slots (their bodies half sent); a third /act and a websocket frame are refused
+    503 without being read, and both held requests are answered once their bodies arrive."""
+    import http.client
+    import socket
+
+    from websockets.sync.client import connect
+
+    payload = body()
+    data = json.dumps(payload).encode()
+    with ServerThread(create_app(bundles, Limits(max_active=2, max_wait_s=0))) as srv:
+        held = []
+        for _ in range(2):
+            sock = socket.create_connection((srv.host, srv.port))
+            sock.sendall(b"POST /act HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
+                         + str(len(data)).encode() + b"\r\n\r\n" + data[:1000])
+            held.append(sock)
+        end = time.monotonic() + 30
+        while metric(requests.get(srv.url + "/metrics").text, "xvla_serve_active_requests") < 2:
+            assert time.monotonic() < end, "the two requests never took their slots"
+            time.sleep(0.01)
+        r = requests.post(srv.url + "/act", json=payload)
+        assert (r.status_code, r.headers["Retry-After"]) == (503, "1")
+        assert r.json() == {"error": "the server is busy: 2 requests are being read, decoded or computed; retry"}
+        with connect(f"ws://{srv.host}:{srv.port}/ws") as ws:
+            ws.recv(timeout=10)
+            ws.send(pack({"image0": IMG, "language_instruction": "x", "proprio": np.zeros(20), "domain_id": 3}))
+            busy = "503 the server is busy: 2 requests are being read, decoded or computed; retry"
+            assert ws.recv(timeout=10) == busy
+        want = local(tiny_bundle, payload)
+        for sock in held:
+            sock.sendall(data[1000:])
+            reply = http.client.HTTPResponse(sock)
+            reply.begin()
+            assert reply.status == 200
+            np.testing.assert_array_equal(np.array(json.loads(reply.read())["action"], np.float32), want)
+            sock.close()
+        assert requests.post(srv.url + "/act", json=payload).status_code == 200  # the slots are free again
+        after = requests.get(srv.url + "/metrics").text
+        assert metric(after, "xvla_serve_active_requests") == 0
+        assert metric(after, 'xvla_serve_errors_total{kind="busy"}') == 2
+
+
+def test_a_refused_request_frees_its_body_without_the_garbage_collector(server):
+    """A refusal's traceback held the request's frames, the body among them, in a reference cycle (through the
+    worker thread's future): 32 refused 29 MB bodies stayed resident until a collection happened to run."""
+    import gc
+
+    def alive() -> list[str]:
+        return [f"{o.f_code.co_name}" for o in gc.get_objects()
+                if isinstance(o, types.FrameType) and o.f_code.co_name in ("act", "parse_body", "_read_body")]
+
+    gc.collect()
+    gc.disable()
+    try:
+        for payload in ({"proprio": None}, {"proprio": json_numpy.dumps(np.zeros(5000))}, {"image0": "not json"}):
+            assert requests.post(server.url + "/act", json=body(**payload)).status_code == 400
+        assert requests.post(server.url + "/act", json=body(proprio=[0.0] * 20, domain_id=9)).status_code == 400
+        assert alive() == []
+    finally:
+        gc.enable()
