@@ -109,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
 
     with needs("serve"):
         import fastapi  # noqa: F401
+        import httptools  # noqa: F401
         import msgpack  # noqa: F401
         import uvicorn  # noqa: F401
     from xvla_edge.serve.app import create_app

@@ -4,7 +4,9 @@ Exposure rule: a host that is not a loopback address needs a token (the rule of 
 The listening socket is bound here, with ``TCP_NODELAY`` (connections accepted from it inherit it): without it
 each response waited for the client's delayed ACK — ``/healthz`` took 44 ms on loopback instead of 0.5 ms.
 uvicorn's access log is off because it would print query strings, tokens included; refused requests are logged
-by the app without them.
+by the app without them. HTTP is parsed by :class:`~xvla_edge.serve.protocol.HeadLimitedProtocol` (a request
+head over 32 KiB is answered 431). A websocket connection reads one frame ahead of the app at most (uvicorn
+pauses reading until the app takes it; ``ws_max_queue=1`` for uvicorn's older websockets protocol).
 """
 
 from __future__ import annotations
@@ -52,8 +54,10 @@ def bind(host: str, port: int) -> socket.socket:
 def uvicorn_server(app: Any, max_message_bytes: int, log_level: str = "info") -> Any:
     import uvicorn
 
-    config = uvicorn.Config(app, log_level=log_level, access_log=False, ws_max_size=max_message_bytes,
-                            lifespan="off")
+    from xvla_edge.serve.protocol import HeadLimitedProtocol
+
+    config = uvicorn.Config(app, http=HeadLimitedProtocol, log_level=log_level, access_log=False,
+                            ws_max_size=max_message_bytes, ws_max_queue=1, lifespan="off")
     return uvicorn.Server(config)
 
 

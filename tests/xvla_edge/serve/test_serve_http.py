@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -322,3 +323,52 @@ def test_a_refused_request_frees_its_body_without_the_garbage_collector(server):
         assert alive() == []
     finally:
         gc.enable()
+
+
+def exchange(srv, data: bytes, piece: int = 0) -> bytes:
+    """``data`` sent on a raw socket (in ``piece``-byte writes), then everything the server sends until it closes."""
+    import socket
+
+    with socket.create_connection((srv.host, srv.port), timeout=30) as sock:
+        try:
+            for start in range(0, len(data), piece or len(data)):
+                sock.sendall(data[start:start + (piece or len(data))])
+        except OSError:  # the server refused the head and closed while the rest was on its way
+            pass
+        reply = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(1 << 16):
+                reply += chunk
+    return reply
+
+
+WS_HEAD = (b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n")
+
+
+@pytest.mark.parametrize("data, piece, status", [
+    (b"POST /act HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\nContent-Length: 2\r\n\r\n{}", 0, 431),
+    (b"GET /healthz HTTP/1.1\r\n" + b"".join(b"X-H%d: %s\r\n" % (i, b"b" * 100) for i in range(1000)) + b"\r\n", 0,
+     431),
+    (b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 1_000_000 + b"\r\n\r\n", 8192, 431),  # a head that never ends
+    (WS_HEAD + b"X-Big: " + b"a" * 100_000 + b"\r\n\r\n", 0, 431),  # a websocket handshake is a request too
+    (b"GET /healthz?" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 0, 414),
+], ids=["one-100k-header", "1000-headers", "endless-header", "websocket-handshake", "100k-url"])
+def test_a_request_head_over_32_kib_is_answered_431_and_closed(server, data, piece, status):
+    """A 100 KB header was closed with no reply; a 1 MB one was read whole and served."""
+    reply = exchange(server, data, piece)
+    head, _, body_ = reply.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0] == {414: b"HTTP/1.1 414 URI Too Long",
+                                      431: b"HTTP/1.1 431 Request Header Fields Too Large"}[status]
+    part = "request line" if status == 414 else "request line and headers"
+    assert json.loads(body_) == {"error": f"{part} larger than 32768 bytes"}
+    assert b"connection: close" in head
+
+
+def test_heads_under_the_limit_are_served_however_they_arrive(server):
+    big = b"X-Big: " + b"a" * 30_000 + b"\r\n"
+    assert exchange(server, b"GET /healthz HTTP/1.1\r\nConnection: close\r\n" + big + b"\r\n", 1000).startswith(
+        b"HTTP/1.1 200 OK")
+    two = (b"GET /healthz HTTP/1.1\r\n" + big + b"\r\n"
+           + b"GET /healthz HTTP/1.1\r\nConnection: close\r\n" + big + b"\r\n")
+    assert exchange(server, two, 3000).count(b"HTTP/1.1 200 OK") == 2  # each request's head counts alone
