@@ -1,7 +1,7 @@
 """uvicorn's httptools protocol with a bound on a request's head: 431 (414 for the URL) beyond it.
 
 llhttp bounds neither the request line nor the headers, and uvicorn adds no bound: a 1 MB header was read whole
-and the request served, and a header too large to parse was dropped with no reply. Here the request line and
+and the request served (issue 33 saw a 100 KB one closed with no reply). Here the request line and
 headers of a request may take at most :data:`MAX_HEAD_BYTES`. They are counted twice: as the parser hands them
 over (exact, even for a head that arrives in one read) and as bytes arrive while a head is incomplete (so a
 head that never ends is refused once the limit is passed, not buffered). Either way the client gets one JSON
