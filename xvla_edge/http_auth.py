@@ -16,13 +16,15 @@ import hmac
 import ipaddress
 from pathlib import Path
 
+from xvla.errors import XVLAError
+
 MIN_TOKEN_CHARS = 16
 MIN_DISTINCT_CHARS = 5
 TOKEN_RULE = (f"at least {MIN_TOKEN_CHARS} characters, printable ASCII without spaces, at least {MIN_DISTINCT_CHARS} "
               "of them different (e.g. from `openssl rand -hex 32`)")
 
 
-class TokenError(ValueError):
+class TokenError(XVLAError, ValueError):
     """A token or token file that cannot be used; the message says why, without the token."""
 
 

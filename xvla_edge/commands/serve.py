@@ -106,7 +106,12 @@ def read_token(args: argparse.Namespace) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     from xvla_edge.extras import needs
+    from xvla_edge.serve.server import ServeError, check_exposure
 
+    token = read_token(args)  # the options first: they are wrong whatever is installed
+    check_exposure(args.host, token)
+    if args.image_dir is not None and not args.image_dir.is_dir():
+        raise ServeError(f"--image-dir {args.image_dir}: not a directory")
     with needs("serve"):
         import fastapi  # noqa: F401
         import httptools  # noqa: F401
@@ -115,12 +120,8 @@ def run(args: argparse.Namespace) -> int:
     from xvla_edge.serve.app import create_app
     from xvla_edge.serve.bundles import BundleSet
     from xvla_edge.serve.request import Limits
-    from xvla_edge.serve.server import ServeError, bind, check_exposure, uvicorn_server
+    from xvla_edge.serve.server import bind, uvicorn_server
 
-    token = read_token(args)
-    check_exposure(args.host, token)
-    if args.image_dir is not None and not args.image_dir.is_dir():
-        raise ServeError(f"--image-dir {args.image_dir}: not a directory")
     limits = Limits(max_body_bytes=int(args.max_body_mb * (1 << 20)), max_image_pixels=args.max_image_pixels,
                     image_dir=args.image_dir, max_active=args.max_active or Limits.max_active)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -16,12 +16,14 @@ from typing import Any, Optional
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from xvla.errors import XVLAError
+
 MAX_HEAD_BYTES = 32 << 10
 REASONS = {414: "URI Too Long", 431: "Request Header Fields Too Large"}
 log = logging.getLogger("xvla_edge.serve")
 
 
-class HeadTooLarge(Exception):
+class HeadTooLarge(XVLAError):
     """Raised in a parser callback to stop parsing a head over the limit."""
 
 
