@@ -7,7 +7,7 @@ Not part of the test suite. Run (needs the ``[serve]`` extra)::
         --benchmark-json=benchmarks/results/<machine>/serve-memory.json
 
 Per case a fresh server process (``xvla-edge serve`` with its shipped limits: 32 MiB bodies and frames, 4
-requests active at once, 5 s wait for a slot, 2**20 JSON list values) serves the cached tiny fp32 bundle of
+requests active at once, 5 s wait for a slot, 2**20 plain-list values) serves the cached tiny fp32 bundle of
 :mod:`benchmarks.harness` (3 views). After one small warm-up request its peak RSS is reset
 (``/proc/PID/clear_refs``) and its RSS read; then 32 clients send one request each, all at once, and the
 server's ``VmHWM`` is read once every answer is in. Cases (one body or frame, shared by the 32 clients):
@@ -51,7 +51,7 @@ json_numpy = pytest.importorskip("json_numpy", reason="the [serve] extra is not 
 websockets = pytest.importorskip("websockets.sync.client")
 
 BODY_LIMIT = 32 << 20  # the shipped --max-body-mb
-LIST_VALUES = 1 << 20  # the shipped Limits.max_json_values
+LIST_VALUES = 1 << 20  # the shipped Limits.max_list_values
 TARGET = 1 << 30
 CASES = [("act-json-numpy", 32), ("act-json-list", 32), ("act-json-list-31mb", 32), ("act-png", 32), ("websocket", 32),
          ("websocket", 8)]

@@ -209,7 +209,8 @@ async def _observation(websocket: WebSocket, data: Optional[bytes], bundles: Chu
         if data is None:
             raise RequestError("expected a binary msgpack frame, got text")
         async with slots.take():
-            request = await run_in_threadpool(lambda: from_message(unpack(data, limits.max_body_bytes), limits))
+            request = await run_in_threadpool(
+                lambda: from_message(unpack(data, limits.max_body_bytes, limits.max_list_values), limits))
             data = None  # the frame: its arrays were copied out of it
             t1 = time.perf_counter()
             answer = await bundles.answer(request)

@@ -16,7 +16,8 @@ fields as msgpack values (:func:`from_message`), checked by the same code; there
 ``json_numpy`` strings are decoded here rather than by ``json_numpy.loads``, which builds whatever dtype
 and shape a client names: the dtype, shape and data length are checked first. Plain JSON lists cost Python
 objects (up to ~140 bytes per value, against 2 to 4 bytes of JSON), so a body may hold at most
-``Limits.max_json_values`` values, counted before parsing. Every body and message, however malformed, gives an
+``Limits.max_list_values`` values, counted before parsing (a websocket frame as many, counted by
+:func:`runtime.wire.unpack`). Every body and message, however malformed, gives an
 :class:`ActRequest` or a :class:`RequestError` (never another exception: a 500).
 """
 
@@ -59,13 +60,13 @@ class RequestError(XVLAError, ValueError):
 
 @dataclass(frozen=True)
 class Limits:
-    """What a request may carry. ``max_json_values``: values in plain JSON lists, all fields together (each comma
-    of the body counts one); ``image_dir``: the only directory file-path images may be read from (None: file paths
+    """What a request may carry. ``max_list_values``: values in plain lists, all fields together (each comma of a
+    body counts one; each entry of a websocket frame's msgpack arrays and maps); ``image_dir``: the only directory file-path images may be read from (None: file paths
     refused); ``max_active``: requests read, decoded or computed at once, HTTP and websocket together (a request
     beyond them waits up to ``max_wait_s`` for a slot, then is answered 503)."""
 
     max_body_bytes: int = 32 << 20
-    max_json_values: int = 1 << 20
+    max_list_values: int = 1 << 20
     max_image_pixels: int = 4096 * 4096
     max_image_file_bytes: int = 32 << 20
     image_dir: Optional[Path] = None
@@ -73,7 +74,7 @@ class Limits:
     max_wait_s: float = 5.0
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_image_pixels", "max_image_file_bytes", "max_json_values", "max_active"):
+        for name in ("max_body_bytes", "max_image_pixels", "max_image_file_bytes", "max_list_values", "max_active"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"limits.{name} = {value!r}: expected an integer >= 1")
@@ -98,14 +99,14 @@ class ActRequest:
 # ------------------------------------------------------------------------------------------------ JSON
 def parse_body(body: bytes, limits: Limits) -> ActRequest:
     """An HTTP body → :class:`ActRequest` (413 when larger than ``limits.max_body_bytes`` or holding more than
-    ``limits.max_json_values`` values)."""
+    ``limits.max_list_values`` values)."""
     if len(body) > limits.max_body_bytes:
         raise RequestError(f"request body of {len(body)} bytes exceeds the limit of {limits.max_body_bytes}",
                            413, "too_large")
     commas = body.count(b",")  # bounds the values and members parsing would build (json_numpy strings have none)
-    if commas > limits.max_json_values:
+    if commas > limits.max_list_values:
         raise RequestError(f"request body: {commas} commas, more JSON values than the limit of "
-                           f"{limits.max_json_values}; send arrays as json_numpy strings, as the official clients do",
+                           f"{limits.max_list_values}; send arrays as json_numpy strings, as the official clients do",
                            413, "too_large")
     payload = _json(body, "request body")
     if not isinstance(payload, dict):

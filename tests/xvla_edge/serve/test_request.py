@@ -165,15 +165,15 @@ def test_plain_json_lists_are_bounded_before_parsing():
     side = 40  # 4800 values, 4799 + 2 commas in the lists, a few more between the fields
     body = json.dumps(official(image0=np.full((side, side, 3), 7, np.uint8).tolist())).encode()
     commas = body.count(b",")
-    assert parse_body(body, Limits(max_json_values=commas)).images[0].shape == (side, side, 3)
-    message = refused(body, Limits(max_json_values=commas - 1), status=413)
+    assert parse_body(body, Limits(max_list_values=commas)).images[0].shape == (side, side, 3)
+    message = refused(body, Limits(max_list_values=commas - 1), status=413)
     assert message == (f"request body: {commas} commas, more JSON values than the limit of {commas - 1}; send arrays "
                        "as json_numpy strings, as the official clients do")
-    assert "more JSON values" in refused(b"[" + b"[]," * 2000 + b"[]]", Limits(max_json_values=1999), status=413)
-    assert Limits().max_json_values == 1 << 20  # three 224x224 views as lists fit
+    assert "more JSON values" in refused(b"[" + b"[]," * 2000 + b"[]]", Limits(max_list_values=1999), status=413)
+    assert Limits().max_list_values == 1 << 20  # three 224x224 views as lists fit
 
 
-@pytest.mark.parametrize("field, value", [("max_active", 0), ("max_json_values", -1), ("max_body_bytes", True),
+@pytest.mark.parametrize("field, value", [("max_active", 0), ("max_list_values", -1), ("max_body_bytes", True),
                                           ("max_wait_s", float("nan")), ("max_wait_s", -1), ("max_active", 2.5)])
 def test_limits_refuse_values_that_would_disable_or_break_them(field, value):
     with pytest.raises(ValueError, match=f"limits.{field} = "):
