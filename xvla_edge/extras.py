@@ -24,7 +24,7 @@ EXTRAS = {
     "cuda12": "cuda-python 12.x for CUDA 12 drivers, JetPack 6 (TensorRT itself comes with JetPack or NVIDIA's "
               "wheels)",
     "cuda13": "cuda-python 13.x for CUDA 13 drivers, JetPack 7",
-    "serve": "the policy server (fastapi, uvicorn, msgpack, websockets, json-numpy)",
+    "serve": "the policy server (fastapi, uvicorn, httptools, msgpack, websockets, json-numpy)",
     "fleet": "serving on Ray Serve, one machine or a cluster (ray[serve])",
     "remote": "RemotePolicy, a policy served by another machine (msgpack, websockets)",
     "cameras": "OpenCV cameras (on Jetson use JetPack's OpenCV instead)",

@@ -49,7 +49,10 @@ def _array(**fields):
     ({"shape": [3]}, "8 data bytes for shape [3]"),
     ({"shape": [-2]}, "shape"),
     ({"shape": [1] * (MAX_DIMS + 1), "data": b"\x00" * 4}, "shape"),
-    ({"shape": [2**40, 2**40]}, "data bytes"),
+    ({"shape": [2**40, 2**40]}, "has more than 2147483648 values"),
+    ({"shape": [0, 2**63], "data": b""}, "has more than 2147483648 values"),  # numpy raised on the reshape
+    ({"shape": [0, 2**62, 2**62], "data": b""}, "has more than 2147483648 values"),
+    ({"dtype": "(-1,)i4", "data": b""}, "dtype '(-1,)i4' is not accepted"),  # numpy raised ValueError
     ({"shape": "2"}, "shape"),
     ({"data": "text"}, "data bytes"),
 ])
@@ -71,6 +74,19 @@ def test_malformed_frames_are_wire_errors():
     deep = b"\x91" * 5000 + b"\x00"  # 5000 nested one-element arrays
     with pytest.raises(WireError):
         unpack(deep)
+
+
+def test_plain_arrays_and_maps_are_bounded_in_entries_all_together():
+    """A 19 MB frame of 10 000 arrays of 1000 one-element arrays took 746 MB to unpack (Python objects)."""
+    nested = msgpack.packb({"proprio": [[[1]] * 1000] * 10_000})
+    with pytest.raises(WireError, match="more than 1048576 entries of plain arrays and maps"):
+        unpack(nested)
+    flat = msgpack.packb({"a": [1] * 600, "b": [{"k": 1}] * 400})  # 600 + 400 maps of 1 + 400 + 2 entries
+    assert len(unpack(flat, max_values=1402)["a"]) == 600
+    with pytest.raises(WireError, match="more than 1401 entries"):
+        unpack(flat, max_values=1401)
+    with pytest.raises(WireError, match="exceeds max_array_len"):  # one array too long is refused unbuilt
+        unpack(msgpack.packb([0] * 2000), max_values=1999)
 
 
 def test_unsendable_values_are_refused_before_anything_is_sent():

@@ -37,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="largest request body or websocket frame, MiB (default 32)")
     p.add_argument("--max-image-pixels", type=positive(int, 1 << 28), default=4096 * 4096,
                    help="largest image, width × height (default 4096²)")
+    p.add_argument("--max-active", type=positive(int, 1024), default=None,
+                   help="requests read, decoded or computed at once, each holding up to ~5× --max-body-mb; one "
+                        "beyond them waits up to 5 s, then is answered 503 (default 4; with --ray 64)")
     ray = p.add_argument_group("Ray Serve (--ray, the [fleet] extra)")
     ray.add_argument("--ray", action="store_true", help="serve on Ray Serve: batching, replicas, a cluster")
     ray.add_argument("--address", default=None, help="Ray cluster to join, e.g. 'auto' or ray://head:10001 "
@@ -79,44 +82,48 @@ def positive(kind: type, high: float):  # noqa: ANN201 - an argparse type
 
 
 def read_token(args: argparse.Namespace) -> str | None:
+    """The token from ``--token-file``, ``--token`` or ``XVLA_SERVE_TOKEN`` (None: none given), checked by the
+    rule of :mod:`xvla_edge.http_auth`; a refusal names where the token came from."""
+    from xvla_edge.http_auth import TokenError, check_token, read_token_file
     from xvla_edge.serve.server import ServeError
 
     given = [name for name, value in (("--token", args.token), ("--token-file", args.token_file)) if value]
     if len(given) > 1:
         raise ServeError("give one of --token and --token-file")
     if args.token_file is not None:
-        try:
-            if args.token_file.stat().st_mode & 0o077:
-                raise ServeError(f"--token-file {args.token_file}: readable by others; expected a file only its "
-                                 f"owner can read (chmod 600 {args.token_file})")
-            lines = args.token_file.read_text().splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ServeError(f"--token-file {args.token_file}: cannot read it ({exc})") from None
-        token = lines[0].strip() if lines else ""
-        if not token:
-            raise ServeError(f"--token-file {args.token_file}: the first line is empty")
-        return token
-    return args.token or os.environ.get("XVLA_SERVE_TOKEN") or None
+        source, read = f"--token-file {args.token_file}", lambda: read_token_file(args.token_file)
+    elif args.token:
+        source, read = "--token", lambda: check_token(args.token)
+    elif os.environ.get("XVLA_SERVE_TOKEN"):
+        source, read = "XVLA_SERVE_TOKEN", lambda: check_token(os.environ["XVLA_SERVE_TOKEN"])
+    else:
+        return None
+    try:
+        return read()
+    except TokenError as exc:
+        raise ServeError(f"{source}: {exc}") from None
 
 
 def run(args: argparse.Namespace) -> int:
     from xvla_edge.extras import needs
+    from xvla_edge.serve.server import ServeError, check_exposure
 
+    token = read_token(args)  # the options first: they are wrong whatever is installed
+    check_exposure(args.host, token)
+    if args.image_dir is not None and not args.image_dir.is_dir():
+        raise ServeError(f"--image-dir {args.image_dir}: not a directory")
     with needs("serve"):
         import fastapi  # noqa: F401
+        import httptools  # noqa: F401
         import msgpack  # noqa: F401
         import uvicorn  # noqa: F401
     from xvla_edge.serve.app import create_app
     from xvla_edge.serve.bundles import BundleSet
     from xvla_edge.serve.request import Limits
-    from xvla_edge.serve.server import ServeError, bind, check_exposure, uvicorn_server
+    from xvla_edge.serve.server import bind, uvicorn_server
 
-    token = read_token(args)
-    check_exposure(args.host, token)
-    if args.image_dir is not None and not args.image_dir.is_dir():
-        raise ServeError(f"--image-dir {args.image_dir}: not a directory")
     limits = Limits(max_body_bytes=int(args.max_body_mb * (1 << 20)), max_image_pixels=args.max_image_pixels,
-                    image_dir=args.image_dir)
+                    image_dir=args.image_dir, max_active=args.max_active or Limits.max_active)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.ray:
         return run_ray(args, token, limits)
@@ -157,7 +164,8 @@ def run_ray(args: argparse.Namespace, token: str | None, limits) -> int:  # noqa
         max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_ms / 1000,
         num_replicas=args.replicas, autoscaling=autoscaling, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
         token=token, limits={"max_body_bytes": limits.max_body_bytes, "max_image_pixels": limits.max_image_pixels,
-                             "image_dir": str(limits.image_dir) if limits.image_dir else None})
+                             "image_dir": str(limits.image_dir) if limits.image_dir else None,
+                             **({"max_active": args.max_active} if args.max_active else {})})
     app = build_app(opts)  # reads and checks every manifest before Ray starts
     ray.init(address=args.address)
     serve.start(http_options={"host": args.host, "port": args.port})

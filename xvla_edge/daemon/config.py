@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import ipaddress
 import json
 import math
 import os
@@ -45,12 +44,12 @@ from drivers.splice import SplicePolicy
 from xvla.constants import MAX_IMAGE_SIDE, MAX_STEPS
 from xvla.errors import ConfigError, InputError
 from xvla.instruction import check_instruction
+from xvla_edge.http_auth import MIN_TOKEN_CHARS, TokenError, is_loopback, read_token_file
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 DEVICES = ("cpu", "cuda")
 LEVELS = ("debug", "info", "warning", "error")
 MAX_CAMERAS = 3
-MIN_TOKEN_CHARS = 16
 MAX_FRAME_AGE_S = 5.0  # [[cameras]].max_age_s: a frame older than this says nothing about the arm's present
 MAX_VIDEO_INDEX = 255  # [[cameras]].device as an index: /dev/video0 ... /dev/video255
 MAX_CONFIG_BYTES = 256 * 1024  # the example, every key shown and explained, is about 10 KiB
@@ -602,32 +601,13 @@ def _health(t: _Table) -> HealthSection:
     return HealthSection(host=host, port=port, token=token)
 
 
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1); names other than localhost are not."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _token(t: _Table, path: Path) -> Optional[str]:
-    """The secret in ``path``, or None (with the problem recorded)."""
-    shown = str(t.data["token_file"])
-    if path.stat().st_mode & 0o077:
-        t.problems.value(t.key("token_file"), shown, f"expected a file only its owner can read (chmod 600 {path})")
-        return None
+    """The secret in ``path`` (the rule of :mod:`xvla_edge.http_auth`), or None (with the problem recorded)."""
     try:
-        token = path.read_text().strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        t.problems.value(t.key("token_file"), shown, f"cannot read it as text: {exc}")
+        return read_token_file(path)
+    except TokenError as exc:
+        t.problems.value(t.key("token_file"), str(t.data["token_file"]), str(exc))
         return None
-    if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
-        t.problems.value(t.key("token_file"), shown, f"expected one secret of at least {MIN_TOKEN_CHARS} characters "
-                         "without spaces (e.g. from `openssl rand -hex 32`)")
-        return None
-    return token
 
 
 def _unwritable(folder: Path) -> Optional[str]:

@@ -3,9 +3,10 @@
 - ``POST /act``: the official X-VLA contract (:mod:`xvla_edge.serve.request`); ``{"action": [[...], ...]}``
   ([chunk_length, output_dim], float32 values), or ``{"error": "..."}`` with 400 (bad field, unknown domain),
   401 (token), 403 (file path outside the image directory), 404 (no such image file), 413 (body or image too
-  large), 503 (on Ray Serve: the replica stopped with the request in flight; retry), 500 (the backend failed;
-  details in the server log). Headers ``X-XVLA-Bundle``, ``X-XVLA-Inference-Ms`` and ``X-XVLA-Batch`` name the
-  bundle, time the chunk and count the requests computed together with it.
+  large), 503 with ``Retry-After`` (the server is busy, see below; on Ray Serve also: the replica stopped with
+  the request in flight; retry), 500 (the backend failed; details in the server log). Headers
+  ``X-XVLA-Bundle``, ``X-XVLA-Inference-Ms`` and ``X-XVLA-Batch`` name the bundle, time the chunk and count the
+  requests computed together with it.
 - websocket ``/ws`` (and ``/``, where openpi's client connects): binary msgpack frames
   (:mod:`runtime.wire`). On connect the server sends the metadata (protocol, each domain's bundle id and
   manifest); then each client frame is one observation (the ``/act`` fields, arrays as arrays, ``imageK``
@@ -17,14 +18,20 @@
 
 With a token, every request but ``/healthz`` carries it as ``Authorization: Bearer TOKEN`` (or ``Api-Key
 TOKEN``, as openpi's websocket client sends its key) or as the query parameter ``token`` (for clients that only take a URL, such as the official evaluation clients).
+
+Memory: at most ``Limits.max_active`` requests (``/act`` bodies and websocket frames together) are read,
+decoded or computed at once; each one holds its body, its parsed fields and its arrays until it is answered. A
+request beyond them waits up to ``Limits.max_wait_s`` for a slot (an ``/act`` body stays unread meanwhile), then
+is answered 503 with ``Retry-After`` (a ``"503 ..."`` text frame on the websocket).
 """
 
 from __future__ import annotations
 
-import hmac
+import asyncio
+import contextlib
 import logging
 import time
-from typing import Any, Callable, Mapping, Optional, Protocol
+from typing import Any, AsyncIterator, Callable, Mapping, Optional, Protocol
 
 import numpy as np
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
@@ -34,6 +41,7 @@ from starlette.concurrency import run_in_threadpool
 from runtime.wire import WireError, pack, unpack
 from xvla.errors import InputError
 from xvla_edge.daemon.metrics import CONTENT_TYPE
+from xvla_edge.http_auth import same_token
 from xvla_edge.serve.bundles import Answer, ServerMetrics
 from xvla_edge.serve.request import Limits, RequestError, from_message, parse_body
 
@@ -60,7 +68,38 @@ def _authorised(token: Optional[str], headers: Mapping[str, str], query: Mapping
     scheme, _, credentials = headers.get("authorization", "").partition(" ")
     if scheme.lower() in ("bearer", "api-key"):  # Api-Key: what openpi's websocket client sends
         given = credentials.strip()
-    return hmac.compare_digest(given.encode("utf-8", "replace"), token.encode("utf-8"))
+    return same_token(given, token)
+
+
+class Slots:
+    """``count`` slots for requests being read, decoded or computed; :meth:`take` waits up to ``wait_s`` for one,
+    then refuses (503). ``active``: a gauge of the slots taken."""
+
+    def __init__(self, count: int, wait_s: float, active: Any) -> None:
+        self.count, self.wait_s, self.active = count, wait_s, active
+        self._free = asyncio.Semaphore(count)
+
+    @contextlib.asynccontextmanager
+    async def take(self) -> AsyncIterator[None]:
+        if self._free.locked():  # (else acquire returns at once; wait_for(..., 0) would refuse even a free slot)
+            try:
+                await asyncio.wait_for(self._free.acquire(), self.wait_s)
+            except asyncio.TimeoutError:
+                raise RequestError(f"the server is busy: {self.count} requests are being read, decoded or computed; "
+                                   "retry", 503, "busy") from None
+        else:
+            await self._free.acquire()
+        self.active.inc()
+        try:
+            yield
+        finally:
+            self.active.dec()
+            self._free.release()
+
+
+def _error_response(status: int, message: str) -> JSONResponse:
+    headers = {401: {"WWW-Authenticate": "Bearer"}, 503: {"Retry-After": "1"}}.get(status)
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -83,10 +122,17 @@ def create_app(bundles: ChunkSource, limits: Limits = Limits(), token: Optional[
     :mod:`xvla_edge.serve.ray_app`); ``token``: required on every request but ``/healthz`` (None: none)."""
     app = FastAPI(title="xvla-edge serve", docs_url=None, redoc_url=None, openapi_url=None)
     metrics = bundles.metrics
+    slots = Slots(limits.max_active, limits.max_wait_s, metrics.active)
 
-    def refused(endpoint: str, exc: RequestError) -> None:
-        metrics.errors.labels(exc.kind).inc()
-        log.info("%s refused (%d): %s", endpoint, exc.status, exc)
+    def refused(endpoint: str, exc: Exception) -> tuple[int, str]:
+        """Count and log a refusal; its status and message. The exception's traceback is dropped: it holds the
+        request's frames (its body, its arrays) in a reference cycle (through the future of the worker thread that
+        raised it) that only the garbage collector would free — 32 refused 29 MB bodies stayed resident."""
+        exc.__traceback__ = None
+        error = exc if isinstance(exc, RequestError) else RequestError(str(exc))
+        metrics.errors.labels(error.kind).inc()
+        log.info("%s refused (%d): %s", endpoint, error.status, error)
+        return error.status, str(error)
 
     @app.post("/act")
     async def act(request: Request) -> Response:
@@ -95,21 +141,21 @@ def create_app(bundles: ChunkSource, limits: Limits = Limits(), token: Optional[
             if not _authorised(token, request.headers, request.query_params):
                 raise RequestError("missing or wrong token (Authorization: Bearer TOKEN, or ?token=TOKEN)", 401,
                                    "unauthorized")
-            body = await _read_body(request, limits.max_body_bytes)
-            parsed = await run_in_threadpool(parse_body, body, limits)
-            t1 = time.perf_counter()
-            answer = await bundles.answer(parsed)
-            response: Response = JSONResponse(
-                {"action": answer.actions.astype(np.float32).tolist()},
-                headers={"X-XVLA-Bundle": answer.bundle_id, "X-XVLA-Batch": str(answer.batch),
-                         "X-XVLA-Inference-Ms": f"{(time.perf_counter() - t1) * 1e3:.2f}"})
+            async with slots.take():
+                body = await _read_body(request, limits.max_body_bytes)
+                parsed = await run_in_threadpool(parse_body, body, limits)
+                del body  # held no longer than parsing takes
+                t1 = time.perf_counter()
+                answer = await bundles.answer(parsed)
+                response: Response = JSONResponse(
+                    {"action": answer.actions.astype(np.float32).tolist()},
+                    headers={"X-XVLA-Bundle": answer.bundle_id, "X-XVLA-Batch": str(answer.batch),
+                             "X-XVLA-Inference-Ms": f"{(time.perf_counter() - t1) * 1e3:.2f}"})
         except (RequestError, InputError) as exc:
-            error = exc if isinstance(exc, RequestError) else RequestError(str(exc))
-            refused("act", error)
-            headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
-            response = JSONResponse({"error": str(error)}, status_code=error.status, headers=headers)
-        except Exception:  # noqa: BLE001 - a backend fault: logged in full, answered in one line
+            response = _error_response(*refused("act", exc))
+        except Exception as exc:  # noqa: BLE001 - a backend fault: logged in full, answered in one line
             log.exception("/act failed")
+            exc.__traceback__ = None  # (see refused)
             metrics.errors.labels("internal").inc()
             response = JSONResponse({"error": "inference failed on the server (see its log)"}, status_code=500)
         metrics.requests.labels("act", str(response.status_code)).inc()
@@ -141,7 +187,7 @@ def create_app(bundles: ChunkSource, limits: Limits = Limits(), token: Optional[
                 message = await websocket.receive()
                 if message["type"] == "websocket.disconnect":
                     break
-                if not await _observation(websocket, message.get("bytes"), bundles, limits, refused):
+                if not await _observation(websocket, message.pop("bytes", None), bundles, limits, slots, refused):
                     break
         except WebSocketDisconnect:
             pass
@@ -154,7 +200,7 @@ def create_app(bundles: ChunkSource, limits: Limits = Limits(), token: Optional[
 
 
 async def _observation(websocket: WebSocket, data: Optional[bytes], bundles: ChunkSource, limits: Limits,
-                       refused: Callable[[str, RequestError], None]) -> bool:
+                       slots: Slots, refused: Callable[[str, Exception], tuple[int, str]]) -> bool:
     """Answer one websocket frame; False when the connection is to be closed."""
     metrics = bundles.metrics
     t0 = time.perf_counter()
@@ -162,25 +208,28 @@ async def _observation(websocket: WebSocket, data: Optional[bytes], bundles: Chu
     try:
         if data is None:
             raise RequestError("expected a binary msgpack frame, got text")
-        request = await run_in_threadpool(lambda: from_message(unpack(data, limits.max_body_bytes), limits))
-        t1 = time.perf_counter()
-        answer = await bundles.answer(request)
-        t2 = time.perf_counter()
-        reply = {"action": answer.actions.astype(np.float32), "domain_id": request.domain_id,
-                 "bundle_id": answer.bundle_id,
-                 "server_timing": {"infer_ms": (t2 - t1) * 1e3, "total_ms": (t2 - t0) * 1e3}}
-        await websocket.send_bytes(pack(reply))
+        async with slots.take():
+            request = await run_in_threadpool(
+                lambda: from_message(unpack(data, limits.max_body_bytes, limits.max_list_values), limits))
+            data = None  # the frame: its arrays were copied out of it
+            t1 = time.perf_counter()
+            answer = await bundles.answer(request)
+            t2 = time.perf_counter()
+            reply = {"action": answer.actions.astype(np.float32), "domain_id": request.domain_id,
+                     "bundle_id": answer.bundle_id,
+                     "server_timing": {"infer_ms": (t2 - t1) * 1e3, "total_ms": (t2 - t0) * 1e3}}
+            await websocket.send_bytes(pack(reply))
         return True
     except (RequestError, WireError, InputError) as exc:
-        error = exc if isinstance(exc, RequestError) else RequestError(str(exc))
-        refused("websocket", error)
-        status = str(error.status)
-        await websocket.send_text(f"{error.status} {error}")
+        code, message = refused("websocket", exc)
+        status = str(code)
+        await websocket.send_text(f"{code} {message}")
         return True
     except WebSocketDisconnect:
         raise
-    except Exception:  # noqa: BLE001 - a backend fault: logged in full, the client told, the connection closed
+    except Exception as exc:  # noqa: BLE001 - a backend fault: logged in full, the client told, the connection closed
         log.exception("websocket observation failed")
+        exc.__traceback__ = None  # (see refused)
         metrics.errors.labels("internal").inc()
         status = "500"
         await websocket.send_text("500 inference failed on the server (see its log)")

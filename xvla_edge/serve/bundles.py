@@ -28,7 +28,7 @@ from xvla_edge.serve.request import ActRequest, RequestError
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 ERROR_KINDS = ("bad_request", "unauthorized", "forbidden", "not_found", "too_large", "unknown_domain",
-               "unavailable", "internal")
+               "unavailable", "busy", "internal")
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,8 @@ class ServerMetrics:
                                    registry=self.registry)
         self.connections = Gauge("xvla_serve_websocket_connections", "Open websocket connections.",
                                  registry=self.registry)
+        self.active = Gauge("xvla_serve_active_requests", "Requests being read, decoded or computed (at most "
+                            "max_active; others wait for a slot).", registry=self.registry)
         Info("xvla_build", "Versions of this server.", registry=self.registry).info(
             {"version": package_version()})
         self.bundles = Gauge("xvla_serve_bundle_info", "The bundles served (value 1).",

@@ -39,12 +39,14 @@ from runtime.manifest import BundleError, Manifest
 from runtime.policy import Policy
 from runtime.types import Observation
 from xvla.errors import InputError
+from xvla_edge import http_auth
 from xvla_edge.serve.app import create_app
 from xvla_edge.serve.bundles import Answer, ServerMetrics, observation, unknown_domain
 from xvla_edge.serve.request import ActRequest, Limits, RequestError
 
 log = logging.getLogger("xvla_edge.serve.ray")
 LOST = (ActorDiedError, ActorUnavailableError, RayActorError)
+MAX_ACTIVE = 64  # the ingress's Limits.max_active unless limits name one: batches fill from concurrent requests
 
 
 @dataclass
@@ -64,7 +66,7 @@ class FleetOptions:
     max_ongoing_requests: int = 32
     token: Optional[str] = None  # kept in Ray's deployment config: in config files prefer token_file
     token_file: Optional[str] = None  # read by the ingress replica (first line; owner-only file)
-    limits: dict[str, Any] = field(default_factory=dict)  # Limits' fields
+    limits: dict[str, Any] = field(default_factory=dict)  # Limits' fields (max_active: MAX_ACTIVE by default)
 
 
 @dataclass
@@ -174,12 +176,19 @@ class Ingress:
     def __init__(self, handles: dict[int, DeploymentHandle], limits: dict[str, Any], token: Optional[str],
                  token_file: Optional[str]) -> None:
         self.handles = handles
-        self.limits = Limits(**{k: (Path(v) if k == "image_dir" and v else v) for k, v in limits.items()})
+        self.limits = ingress_limits(limits)
         self.token = token if token_file is None else read_token_file(Path(token_file))
 
     async def __serve_build_asgi_app__(self) -> Any:
         metadata = {d: await h.metadata.remote() for d, h in self.handles.items()}
         return create_app(DeploymentBundles(self.handles, metadata), self.limits, self.token)
+
+
+def ingress_limits(limits: dict[str, Any]) -> Limits:
+    """:class:`Limits` from a config's ``limits`` (``max_active`` :data:`MAX_ACTIVE` unless given); ValueError
+    names a bad value."""
+    return Limits(**{"max_active": MAX_ACTIVE, **{k: (Path(v) if k == "image_dir" and v else v)
+                                                   for k, v in limits.items()}})
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
@@ -192,6 +201,10 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     unknown = set(opts.limits) - set(Limits.__dataclass_fields__)
     if unknown:
         raise BundleError(f"limits: unknown field(s) {sorted(unknown)}; expected {sorted(Limits.__dataclass_fields__)}")
+    try:
+        ingress_limits(opts.limits)
+    except (ValueError, TypeError) as exc:
+        raise BundleError(str(exc)) from None
     domains: dict[int, str] = {}
     handles = {}
     for bundle in opts.bundles:
@@ -211,19 +224,19 @@ def build_app(args: dict[str, Any]) -> serve.Application:
                opts.batch_wait_timeout_s)
     if opts.token and opts.token_file:
         raise BundleError("give one of token and token_file")
+    if opts.token is not None:
+        try:
+            http_auth.check_token(opts.token)
+        except http_auth.TokenError as exc:
+            raise BundleError(f"token: {exc}") from None
     return Ingress.bind(handles, opts.limits, opts.token, opts.token_file)
 
 
 def read_token_file(path: Path) -> str:
-    """The first line of an owner-only file."""
+    """The token in an owner-only file (the rule of :mod:`xvla_edge.http_auth`)."""
     from xvla_edge.serve.server import ServeError
 
     try:
-        if path.stat().st_mode & 0o077:
-            raise ServeError(f"token_file {path}: readable by others; expected a file only its owner can read")
-        token = (path.read_text().splitlines() or [""])[0].strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ServeError(f"token_file {path}: cannot read it ({exc})") from None
-    if not token:
-        raise ServeError(f"token_file {path}: the first line is empty")
-    return token
+        return http_auth.read_token_file(path)
+    except http_auth.TokenError as exc:
+        raise ServeError(f"token_file {path}: {exc}") from None

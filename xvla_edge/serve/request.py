@@ -14,7 +14,11 @@ size) naming the field, where it answers "Request failed" to all. The websocket 
 fields as msgpack values (:func:`from_message`), checked by the same code; there ``imageK`` is view slot K.
 
 ``json_numpy`` strings are decoded here rather than by ``json_numpy.loads``, which builds whatever dtype
-and shape a client names: the dtype, shape and data length are checked first.
+and shape a client names: the dtype, shape and data length are checked first. Plain JSON lists cost Python
+objects (up to ~140 bytes per value, against 2 to 4 bytes of JSON), so a body may hold at most
+``Limits.max_list_values`` values, counted before parsing (a websocket frame as many, counted by
+:func:`runtime.wire.unpack`). Every body and message, however malformed, gives an
+:class:`ActRequest` or a :class:`RequestError` (never another exception: a 500).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import binascii
 import io
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -37,8 +42,11 @@ from xvla.instruction import check_instruction
 IMAGE_KEYS = tuple(f"image{i}" for i in range(NUM_VIEWS))
 MAX_PROPRIO_VALUES = 1024  # the manifest's own bound on proprio_dim
 MAX_SEED = 2**63 - 1
+MAX_ARRAY_VALUES = 1 << 31  # json_numpy: bound of the product of a shape's non-zero dimensions
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")  # what an encoded or file image may be (Pillow decoders)
 _KINDS = "biuf"
+_STRIP_ROWS = 256  # rows of a decoded image copied at once
+_DTYPE = re.compile(r"[<>=|]?[biuf][1248]|bool|u?int(8|16|32|64)|float(16|32|64)")  # type codes and names
 
 
 class RequestError(XVLAError, ValueError):
@@ -52,13 +60,27 @@ class RequestError(XVLAError, ValueError):
 
 @dataclass(frozen=True)
 class Limits:
-    """What a request may carry. ``image_dir``: the only directory file-path images may be read from
-    (None: file paths refused)."""
+    """What a request may carry. ``max_list_values``: values in plain lists, all fields together (each comma of a
+    body counts one; each entry of a websocket frame's msgpack arrays and maps); ``image_dir``: the only directory file-path images may be read from (None: file paths
+    refused); ``max_active``: requests read, decoded or computed at once, HTTP and websocket together (a request
+    beyond them waits up to ``max_wait_s`` for a slot, then is answered 503)."""
 
     max_body_bytes: int = 32 << 20
+    max_list_values: int = 1 << 20
     max_image_pixels: int = 4096 * 4096
     max_image_file_bytes: int = 32 << 20
     image_dir: Optional[Path] = None
+    max_active: int = 4
+    max_wait_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_body_bytes", "max_image_pixels", "max_image_file_bytes", "max_list_values", "max_active"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"limits.{name} = {value!r}: expected an integer >= 1")
+        wait = self.max_wait_s
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= 3600:
+            raise ValueError(f"limits.max_wait_s = {wait!r}: expected seconds 0 ... 3600")
 
 
 @dataclass
@@ -76,9 +98,15 @@ class ActRequest:
 
 # ------------------------------------------------------------------------------------------------ JSON
 def parse_body(body: bytes, limits: Limits) -> ActRequest:
-    """An HTTP body → :class:`ActRequest` (413 when larger than ``limits.max_body_bytes``)."""
+    """An HTTP body → :class:`ActRequest` (413 when larger than ``limits.max_body_bytes`` or holding more than
+    ``limits.max_list_values`` values)."""
     if len(body) > limits.max_body_bytes:
         raise RequestError(f"request body of {len(body)} bytes exceeds the limit of {limits.max_body_bytes}",
+                           413, "too_large")
+    commas = body.count(b",")  # bounds the values and members parsing would build (json_numpy strings have none)
+    if commas > limits.max_list_values:
+        raise RequestError(f"request body: {commas} commas, more JSON values than the limit of "
+                           f"{limits.max_list_values}; send arrays as json_numpy strings, as the official clients do",
                            413, "too_large")
     payload = _json(body, "request body")
     if not isinstance(payload, dict):
@@ -114,7 +142,10 @@ def _json_numpy(obj: Any, key: str) -> Any:
     dtype = _dtype(descr, key)
     if not (isinstance(shape, list) and len(shape) <= 8
             and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
-        raise RequestError(f"{key}: json_numpy shape {shape!r} is not a list of non-negative integers")
+        raise RequestError(f"{key}: json_numpy shape {_describe(shape)} is not a list of at most 8 non-negative "
+                           "integers")
+    if math.prod(n for n in shape if n) > MAX_ARRAY_VALUES:  # numpy refuses such shapes even with no values
+        raise RequestError(f"{key}: json_numpy shape {shape} has more than {MAX_ARRAY_VALUES} values")
     if not isinstance(data, str):
         raise RequestError(f"{key}: json_numpy data is not a base64 string")
     expected = math.prod(shape) * dtype.itemsize
@@ -131,12 +162,16 @@ def _json_numpy(obj: Any, key: str) -> Any:
 
 
 def _dtype(descr: Any, key: str) -> np.dtype:
+    """A bool, integer or float dtype named by a type code (``"<f4"``, ``"|u1"``) or a name (``"float32"``);
+    anything else (sub-array, structured, object dtypes) is refused before numpy parses it."""
     try:
-        dtype = np.dtype(descr) if isinstance(descr, str) and len(descr) <= 8 else None
-    except TypeError:
+        dtype = np.dtype(descr) if isinstance(descr, str) and _DTYPE.fullmatch(descr) else None
+    except TypeError:  # "f1", "b8": well-formed codes of no type
         dtype = None
-    if dtype is None or dtype.kind not in _KINDS or dtype.itemsize > 8 or dtype.fields is not None:
-        raise RequestError(f"{key}: dtype {descr!r} is not accepted; expected a bool, integer or float dtype")
+    if dtype is None or dtype.kind not in _KINDS:
+        shown = repr(descr[:20]) if isinstance(descr, str) else _describe(descr)
+        raise RequestError(f"{key}: dtype {shown} is not accepted; expected a bool, integer or float dtype such as "
+                           "'<f4' or '|u1'")
     return dtype
 
 
@@ -183,9 +218,12 @@ def _required(payload: dict, key: str) -> Any:
 
 
 def _describe(value: Any) -> str:
+    """A short description of a client's value, at a cost independent of its size (no full ``repr``)."""
     if isinstance(value, np.ndarray):
         return f"an array of shape {list(value.shape)} and dtype {value.dtype}"
-    text = repr(value)
+    if isinstance(value, (list, tuple, dict)):
+        return f"a {type(value).__name__} of {len(value)} item(s)"
+    text = repr(value[:41] if isinstance(value, (str, bytes)) else value)
     return f"{type(value).__name__} {text[:40] + '...' if len(text) > 40 else text}"
 
 
@@ -234,7 +272,8 @@ def _noise(value: Any) -> np.ndarray:
         value = _list_array(value, "noise")
     if not isinstance(value, np.ndarray) or value.dtype.kind != "f" or value.ndim != 2 or value.size > 1 << 16:
         raise RequestError(f"noise: expected a [chunk_length, dim] float array, got {_describe(value)}")
-    out = value.astype(np.float32)
+    with np.errstate(over="ignore"):
+        out = value.astype(np.float32)
     if not np.isfinite(out).all():
         raise RequestError("noise: contains NaN or Inf, or a value too large for float32")
     return out
@@ -303,7 +342,9 @@ def _file_bytes(text: str, key: str, limits: Limits) -> bytes:
 
 
 def _decoded(data: bytes, key: str, limits: Limits) -> np.ndarray:
-    """Encoded image bytes (PNG, JPEG, WebP, BMP) → HxWx3 uint8 RGB; the size is checked before decoding."""
+    """Encoded image bytes (PNG, JPEG, WebP, BMP) → HxWx3 uint8 RGB; the size is checked before decoding. The
+    pixels are copied out in strips: ``np.asarray`` of the whole image (``Image.tobytes``) held them three times
+    over (Pillow's 4 bytes per pixel, the encoded chunks, their join), 160 MB for one 4096² view."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -312,7 +353,11 @@ def _decoded(data: bytes, key: str, limits: Limits) -> np.ndarray:
             if w * h > limits.max_image_pixels:
                 raise RequestError(f"{key}: {w}x{h} pixels exceed the limit of {limits.max_image_pixels}", 413,
                                    "too_large")
-            return np.asarray(img.convert("RGB"))
+            rgb = img if img.mode == "RGB" else img.convert("RGB")
+            out = np.empty((h, w, 3), np.uint8)
+            for top in range(0, h, _STRIP_ROWS):
+                out[top:top + _STRIP_ROWS] = np.asarray(rgb.crop((0, top, w, min(h, top + _STRIP_ROWS))))
+            return out
     except RequestError:
         raise
     except Image.DecompressionBombError:  # Pillow's own bound, met when opening an image claiming billions of pixels
@@ -320,3 +365,6 @@ def _decoded(data: bytes, key: str, limits: Limits) -> np.ndarray:
                            "too_large") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise RequestError(f"{key}: not a decodable {'/'.join(IMAGE_FORMATS)} image ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - the decoders' other faults on crafted bytes (struct.error, ...)
+        raise RequestError(f"{key}: not a decodable {'/'.join(IMAGE_FORMATS)} image ({type(exc).__name__})") \
+            from None

@@ -1,10 +1,12 @@
 """Run the app on uvicorn: in the foreground (``xvla-edge serve``) or on a thread (tests, benchmarks).
 
-Exposure rule: a host that is not a loopback address needs a token of at least :data:`MIN_TOKEN_CHARS`
-characters. The listening socket is bound here, with ``TCP_NODELAY`` (connections accepted from it inherit
-it): without it each response waited for the client's delayed ACK — ``/healthz`` took 44 ms on loopback
-instead of 0.5 ms. uvicorn's access log is off because it would print query strings, tokens included; refused
-requests are logged by the app without them.
+Exposure rule: a host that is not a loopback address needs a token (the rule of :mod:`xvla_edge.http_auth`).
+The listening socket is bound here, with ``TCP_NODELAY`` (connections accepted from it inherit it): without it
+each response waited for the client's delayed ACK — ``/healthz`` took 44 ms on loopback instead of 0.5 ms.
+uvicorn's access log is off because it would print query strings, tokens included; refused requests are logged
+by the app without them. HTTP is parsed by :class:`~xvla_edge.serve.protocol.HeadLimitedProtocol` (a request
+head over 32 KiB is answered 431). A websocket connection reads one frame ahead of the app at most (uvicorn
+pauses reading until the app takes it; ``ws_max_queue=1`` for uvicorn's older websockets protocol).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 from typing import Any, Optional
 
 from xvla.errors import XVLAError
-from xvla_edge.daemon.config import MIN_TOKEN_CHARS, is_loopback
+from xvla_edge.http_auth import TokenError, check_token, is_loopback
 
 
 class ServeError(XVLAError, ValueError):
@@ -23,10 +25,12 @@ class ServeError(XVLAError, ValueError):
 
 
 def check_exposure(host: str, token: Optional[str]) -> None:
-    """Refuse a non-loopback ``host`` without a token, and a token too short to be one."""
-    if token is not None and len(token) < MIN_TOKEN_CHARS:
-        raise ServeError(f"--token: {len(token)} characters; use at least {MIN_TOKEN_CHARS} "
-                         "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))')")
+    """Refuse a non-loopback ``host`` without a token, and a token that does not follow the token rule."""
+    if token is not None:
+        try:
+            check_token(token)
+        except TokenError as exc:
+            raise ServeError(f"token: {exc}") from None
     if not is_loopback(host) and token is None:
         raise ServeError(f"--host {host} is reachable from other machines: give --token-file (or --token, or "
                          "XVLA_SERVE_TOKEN) so that every request must carry it, or bind 127.0.0.1")
@@ -50,8 +54,10 @@ def bind(host: str, port: int) -> socket.socket:
 def uvicorn_server(app: Any, max_message_bytes: int, log_level: str = "info") -> Any:
     import uvicorn
 
-    config = uvicorn.Config(app, log_level=log_level, access_log=False, ws_max_size=max_message_bytes,
-                            lifespan="off")
+    from xvla_edge.serve.protocol import HeadLimitedProtocol
+
+    config = uvicorn.Config(app, http=HeadLimitedProtocol, log_level=log_level, access_log=False,
+                            ws_max_size=max_message_bytes, ws_max_queue=1, lifespan="off")
     return uvicorn.Server(config)
 
 

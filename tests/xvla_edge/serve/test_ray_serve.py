@@ -171,10 +171,19 @@ def test_serve_ray_refuses_bad_arguments_before_ray_starts(tiny_bundle, tmp_path
     assert ray.is_initialized() == was_running
 
 
-def test_build_app_refuses_unknown_limits_and_two_tokens(tiny_bundle):
+def test_build_app_refuses_unknown_limits_two_tokens_and_bad_ones(tiny_bundle, tmp_path):
     from runtime.manifest import BundleError
-    from xvla_edge.serve.ray_app import build_app
+    from xvla_edge.serve.ray_app import build_app, read_token_file
+    from xvla_edge.serve.server import ServeError
 
+    for token, message in [("", "token: 0 characters; expected at least 16"), (" " * 16, "character 1 is U\\+0020"),
+                           ("x" * 20, "only 1 different")]:  # "" was no token at all: every request authorised
+        with pytest.raises(BundleError, match=message):
+            build_app({"bundles": [str(tiny_bundle)], "token": token})
+    (tmp_path / "token").write_text(" " * 16 + "\n")
+    (tmp_path / "token").chmod(0o600)
+    with pytest.raises(ServeError, match=f"token_file {tmp_path / 'token'}: the file is empty"):
+        read_token_file(tmp_path / "token")
     with pytest.raises(BundleError, match=r"limits: unknown field\(s\) \['max_body'\]"):
         build_app({"bundles": [str(tiny_bundle)], "limits": {"max_body": 1}})
     with pytest.raises(BundleError, match="give one of token and token_file"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -13,7 +14,7 @@ from PIL import Image
 
 json_numpy = pytest.importorskip("json_numpy", reason="the [serve] extra (json-numpy) is not installed")
 
-from xvla_edge.serve.request import Limits, RequestError, from_message, parse_body  # noqa: E402
+from xvla_edge.serve.request import ActRequest, Limits, RequestError, from_message, parse_body  # noqa: E402
 
 RNG = np.random.default_rng(0)
 IMG = RNG.integers(0, 256, (48, 64, 3), dtype=np.uint8)
@@ -70,6 +71,21 @@ def test_encoded_image_bytes_decode_to_rgb_not_bgr():
     assert r.images[0].tobytes() == IMG.tobytes()  # red stays red (the official server would hand on BGR)
 
 
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "P", "I;16"])
+def test_encoded_images_taller_than_a_strip_decode_exactly(mode):
+    """Pixels are copied out in 256-row strips; every row arrives, in any mode Pillow converts to RGB."""
+    tall = RNG.integers(0, 256, (700, 33, 3), dtype=np.uint8)
+    if mode == "I;16":
+        image = Image.fromarray(tall[..., 0].astype(np.uint16) * 257)
+    else:
+        image = Image.fromarray(tall).convert(mode)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    r = parse(official(image0=json_numpy.dumps(np.frombuffer(buf.getvalue(), np.uint8))))
+    with Image.open(io.BytesIO(buf.getvalue())) as reference:
+        assert r.images[0].dtype == np.uint8 and r.images[0].tobytes() == reference.convert("RGB").tobytes()
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("image0", None, "no images"),
     ("language_instruction", None, "language_instruction: missing"),
@@ -124,7 +140,12 @@ def test_bad_fields_are_400_naming_the_field(field, value, message):
     ({"__numpy__": "A" * 10_000, "dtype": "|u1", "shape": [3]}, "10000 base64 characters"),
     ({"__numpy__": "!!!!", "dtype": "|u1", "shape": [3]}, "not valid base64"),
     ({"__numpy__": "AAAA", "dtype": "|u1", "shape": [-3]}, "shape"),
-    ({"__numpy__": "AAAA", "dtype": "|u1", "shape": [2**40, 2**40]}, "3 data bytes"),  # nothing allocated
+    ({"__numpy__": "AAAA", "dtype": "|u1", "shape": [2**40, 2**40]}, "has more than 2147483648 values"),
+    # numpy raises ValueError, not TypeError, on these dtypes and shapes: each was a 500 with a traceback
+    ({"__numpy__": "", "dtype": "(-1,)i4", "shape": [1]}, "dtype '(-1,)i4' is not accepted"),
+    ({"__numpy__": "", "dtype": "(2,)i4", "shape": [1]}, "dtype '(2,)i4' is not accepted"),
+    ({"__numpy__": "", "dtype": "<f4", "shape": [0, 2**63]}, "has more than 2147483648 values"),
+    ({"__numpy__": "", "dtype": "<f4", "shape": [0, 2**62, 2**62]}, "has more than 2147483648 values"),
     ({"__numpy__": 5, "dtype": "|u1", "shape": [3]}, "not a base64 string"),
 ])
 def test_hostile_json_numpy_arrays_are_refused_before_decoding(encoded, message):
@@ -137,6 +158,26 @@ def test_body_limits_and_non_object_bodies():
     assert "expected a JSON object" in refused(b"[1, 2]")
     assert "not valid JSON" in refused(b"\xff\xfe{")
     assert "not valid JSON" in refused(b'{"a": Infinity}')
+
+
+def test_plain_json_lists_are_bounded_before_parsing():
+    """A 31 MB list-encoded image took 753 MB to parse (Python objects); a body's commas bound its values."""
+    side = 40  # 4800 values, 4799 + 2 commas in the lists, a few more between the fields
+    body = json.dumps(official(image0=np.full((side, side, 3), 7, np.uint8).tolist())).encode()
+    commas = body.count(b",")
+    assert parse_body(body, Limits(max_list_values=commas)).images[0].shape == (side, side, 3)
+    message = refused(body, Limits(max_list_values=commas - 1), status=413)
+    assert message == (f"request body: {commas} commas, more JSON values than the limit of {commas - 1}; send arrays "
+                       "as json_numpy strings, as the official clients do")
+    assert "more JSON values" in refused(b"[" + b"[]," * 2000 + b"[]]", Limits(max_list_values=1999), status=413)
+    assert Limits().max_list_values == 1 << 20  # three 224x224 views as lists fit
+
+
+@pytest.mark.parametrize("field, value", [("max_active", 0), ("max_list_values", -1), ("max_body_bytes", True),
+                                          ("max_wait_s", float("nan")), ("max_wait_s", -1), ("max_active", 2.5)])
+def test_limits_refuse_values_that_would_disable_or_break_them(field, value):
+    with pytest.raises(ValueError, match=f"limits.{field} = "):
+        Limits(**{field: value})
 
 
 def test_image_pixel_limit_applies_to_arrays_and_to_encoded_images_before_decoding():
@@ -190,3 +231,69 @@ def test_websocket_messages_are_checked_by_the_same_rules():
             from_message({**good, **bad}, Limits())
     with pytest.raises(RequestError, match="expected a map"):
         from_message([1, 2], Limits())
+
+
+# ------------------------------------------------------------------------------------------------ totality
+# Any body, any message: a checked request or a RequestError, never another exception (a 500 and a traceback).
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False) | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12)
+HOSTILE_DTYPES = ["(-1,)i4", "(2,)i4", "(2,3)<f4", "|O", "V8", "<U4", "M8[s]", "m8", "f1", "b8", "<c8", "float128",
+                  "i16", "[('a','<f4')]", "", " <f4", "<f4 ", "|u1", "<f4", "|b1", "int64", "float16", "uint8"]
+SIZES = [0, 1, 2, 3, -1, 255, 2**31, 2**62, 2**63, 2**64]
+BASE64 = st.binary(max_size=48).map(lambda b: base64.b64encode(b).decode())
+IMAGE_BYTES = st.sampled_from([b"", png(IMG)[:8], png(IMG)[:40], b"BM", b"\xff\xd8\xff", b"RIFF\x00\x00\x00\x00WEBP"])
+JSON_NUMPY = st.fixed_dictionaries({
+    "__numpy__": BASE64 | (st.tuples(IMAGE_BYTES, st.binary(max_size=64))
+                           .map(lambda parts: base64.b64encode(b"".join(parts)).decode())) | JSON,
+    "dtype": st.sampled_from(HOSTILE_DTYPES) | st.text(max_size=9) | JSON,
+    "shape": st.lists(st.sampled_from(SIZES) | st.integers(-3, 300), max_size=9) | JSON,
+})
+VALUE = JSON_NUMPY.map(json.dumps) | JSON_NUMPY | JSON | JSON.map(json.dumps) | st.text(max_size=12)
+FIELDS = ("image0", "image1", "image2", "language_instruction", "proprio", "domain_id", "steps", "seed", "noise")
+BODY = st.fixed_dictionaries({}, optional={key: VALUE for key in FIELDS})
+
+
+def total(call) -> None:
+    try:
+        assert isinstance(call(), ActRequest)
+    except RequestError as exc:
+        assert 400 <= exc.status < 500 and str(exc)
+
+
+@FUZZ
+@given(BODY, st.sampled_from([None, "image0", "proprio", "noise"]), JSON_NUMPY)
+@example({}, "proprio", {"__numpy__": "", "dtype": "(-1,)i4", "shape": [1]})
+@example({}, "proprio", {"__numpy__": "", "dtype": "<f4", "shape": [0, 2**63]})
+@example({}, "image0", {"__numpy__": "", "dtype": "|u1", "shape": [0, 2**62, 2**62]})
+def test_any_json_body_is_a_request_or_a_request_error(fields, key, encoded):
+    """Official-looking bodies with hostile fields, and one field a hostile json_numpy array."""
+    body = {**official(), **fields}
+    if key is not None:
+        body[key] = json.dumps(encoded)
+    total(lambda: parse_body(json.dumps(body).encode(), Limits()))
+
+
+@FUZZ
+@given(st.binary(max_size=200) | JSON.map(lambda v: json.dumps(v).encode()))
+def test_any_bytes_are_a_request_or_a_request_error(body):
+    total(lambda: parse_body(body, Limits()))
+
+
+ARRAYS = hnp.arrays(st.sampled_from([np.uint8, np.int8, np.int64, np.uint64, np.float16, np.float32, np.float64,
+                                     np.bool_]), hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=4))
+MESSAGE_VALUE = ARRAYS | JSON | st.binary(max_size=16) | ARRAYS.map(lambda a: a.reshape(-1)[:1].sum())
+
+
+@FUZZ
+@given(st.fixed_dictionaries({}, optional={key: MESSAGE_VALUE for key in FIELDS}))
+def test_any_websocket_message_is_a_request_or_a_request_error(fields):
+    total(lambda: from_message({"image0": IMG, "language_instruction": "x", "proprio": PROPRIO, "domain_id": 3,
+                                **fields}, Limits()))

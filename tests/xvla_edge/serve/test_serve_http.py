@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import threading
 import time
+import types
 
 import numpy as np
 import pytest
@@ -13,6 +17,7 @@ requests = pytest.importorskip("requests")
 
 from runtime.policy import Policy  # noqa: E402
 from runtime.types import Observation  # noqa: E402
+from runtime.wire import pack, unpack  # noqa: E402
 from xvla_edge.serve.app import create_app  # noqa: E402
 from xvla_edge.serve.request import Limits  # noqa: E402
 from xvla_edge.serve.server import ServerThread  # noqa: E402
@@ -181,3 +186,189 @@ def test_a_failing_backend_is_a_500_and_the_server_keeps_serving(server, bundles
     t0 = time.perf_counter()
     assert requests.post(server.url + "/act", json=body()).status_code == 200
     assert time.perf_counter() - t0 < 30
+
+
+class Records(logging.Handler):
+    """Every log record (INFO and above) of the server's loggers, the app's and uvicorn's, while installed."""
+
+    LOGGERS = ("xvla_edge.serve", "uvicorn", "uvicorn.error")
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def __enter__(self) -> Records:
+        self.levels = {}
+        for name in self.LOGGERS:
+            logger = logging.getLogger(name)
+            self.levels[name] = logger.level
+            logger.setLevel(logging.INFO)
+            logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name in self.LOGGERS:
+            logging.getLogger(name).removeHandler(self)
+            logging.getLogger(name).setLevel(self.levels[name])
+
+
+HOSTILE = [  # issue 33: each was a 500 over /act with a traceback in the log
+    ("proprio", {"__numpy__": "", "dtype": "(-1,)i4", "shape": [1]}, "proprio: dtype '(-1,)i4' is not accepted"),
+    ("proprio", {"__numpy__": "", "dtype": "<f4", "shape": [0, 2**63]}, "has more than 2147483648 values"),
+    ("image0", {"__numpy__": "", "dtype": "|u1", "shape": [0, 2**62, 2**62]}, "has more than 2147483648 values"),
+    ("language_instruction", "\ud800", "language_instruction: not valid Unicode text: a lone surrogate U+D800"),
+]
+
+
+def _ws_array(array: np.ndarray, **fields) -> dict:
+    """An array as :mod:`runtime.wire` sends it, with ``fields`` replaced."""
+    return {"__ndarray__": True, "data": array.tobytes(), "dtype": array.dtype.str, "shape": list(array.shape),
+            **fields}
+
+
+def test_hostile_fields_are_400_over_act_and_the_websocket_and_never_a_traceback(server):
+    import msgpack
+    from websockets.sync.client import connect
+
+    good = {"image0": _ws_array(IMG[:32, :32]), "language_instruction": "x",
+            "proprio": _ws_array(np.zeros(20, np.float32)), "domain_id": 3}
+    with Records() as log:
+        for key, value, message in HOSTILE:
+            payload = body(**{key: json.dumps(value) if isinstance(value, dict) else value})
+            answers = []
+            post = lambda: answers.append(requests.post(server.url + "/act", json=payload))  # noqa: E731
+            threads = [threading.Thread(target=post) for _ in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert [(r.status_code, message in r.json()["error"]) for r in answers] == [(400, True)] * 8, \
+                answers[0].text
+        with connect(f"ws://{server.host}:{server.port}/ws") as ws:
+            ws.recv(timeout=10)  # the metadata
+            for key, value, _ in HOSTILE:
+                field = _ws_array(np.zeros(0, np.uint8), dtype=value["dtype"], shape=value["shape"]) \
+                    if isinstance(value, dict) else value
+                frame = msgpack.Packer(unicode_errors="surrogatepass").pack({**good, key: field})
+                ws.send(frame)
+                answer = ws.recv(timeout=10)
+                assert isinstance(answer, str) and answer.startswith("400 "), answer
+            ws.send(msgpack.packb(good))  # the connection still serves
+            assert unpack(ws.recv(timeout=30))["action"].shape == (30, 20)
+    assert not [r for r in log.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert sum("refused (400)" in r.getMessage() for r in log.records) == 8 * len(HOSTILE) + len(HOSTILE)
+
+
+def test_requests_beyond_max_active_wait_then_get_503_with_retry_after(bundles, tiny_bundle):
+    """Two requests hold both slots (their bodies half sent); a third /act and a websocket frame are refused
+    503 without being read, and both held requests are answered once their bodies arrive."""
+    import http.client
+    import socket
+
+    from websockets.sync.client import connect
+
+    payload = body()
+    data = json.dumps(payload).encode()
+    with ServerThread(create_app(bundles, Limits(max_active=2, max_wait_s=0))) as srv:
+        held = []
+        for _ in range(2):
+            sock = socket.create_connection((srv.host, srv.port))
+            sock.sendall(b"POST /act HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
+                         + str(len(data)).encode() + b"\r\n\r\n" + data[:1000])
+            held.append(sock)
+        end = time.monotonic() + 30
+        while metric(requests.get(srv.url + "/metrics").text, "xvla_serve_active_requests") < 2:
+            assert time.monotonic() < end, "the two requests never took their slots"
+            time.sleep(0.01)
+        r = requests.post(srv.url + "/act", json=payload)
+        assert (r.status_code, r.headers["Retry-After"]) == (503, "1")
+        assert r.json() == {"error": "the server is busy: 2 requests are being read, decoded or computed; retry"}
+        with connect(f"ws://{srv.host}:{srv.port}/ws") as ws:
+            ws.recv(timeout=10)
+            ws.send(pack({"image0": IMG, "language_instruction": "x", "proprio": np.zeros(20), "domain_id": 3}))
+            busy = "503 the server is busy: 2 requests are being read, decoded or computed; retry"
+            assert ws.recv(timeout=10) == busy
+        want = local(tiny_bundle, payload)
+        for sock in held:
+            sock.sendall(data[1000:])
+            reply = http.client.HTTPResponse(sock)
+            reply.begin()
+            assert reply.status == 200
+            np.testing.assert_array_equal(np.array(json.loads(reply.read())["action"], np.float32), want)
+            sock.close()
+        assert requests.post(srv.url + "/act", json=payload).status_code == 200  # the slots are free again
+        after = requests.get(srv.url + "/metrics").text
+        assert metric(after, "xvla_serve_active_requests") == 0
+        assert metric(after, 'xvla_serve_errors_total{kind="busy"}') == 2
+
+
+def test_a_refused_request_frees_its_body_without_the_garbage_collector(server):
+    """A refusal's traceback held the request's frames, the body among them, in a reference cycle (through the
+    worker thread's future): 32 refused 29 MB bodies stayed resident until a collection happened to run."""
+    import gc
+
+    def alive() -> list[str]:
+        return [f"{o.f_code.co_name}" for o in gc.get_objects()
+                if isinstance(o, types.FrameType) and o.f_code.co_name in ("act", "parse_body", "_read_body")]
+
+    gc.collect()
+    gc.disable()
+    try:
+        for payload in ({"proprio": None}, {"proprio": json_numpy.dumps(np.zeros(5000))}, {"image0": "not json"}):
+            assert requests.post(server.url + "/act", json=body(**payload)).status_code == 400
+        assert requests.post(server.url + "/act", json=body(proprio=[0.0] * 20, domain_id=9)).status_code == 400
+        assert alive() == []
+    finally:
+        gc.enable()
+
+
+def exchange(srv, data: bytes, piece: int = 0) -> bytes:
+    """``data`` sent on a raw socket (in ``piece``-byte writes), then everything the server sends until it closes."""
+    import socket
+
+    with socket.create_connection((srv.host, srv.port), timeout=30) as sock:
+        try:
+            for start in range(0, len(data), piece or len(data)):
+                sock.sendall(data[start:start + (piece or len(data))])
+        except OSError:  # the server refused the head and closed while the rest was on its way
+            pass
+        reply = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(1 << 16):
+                reply += chunk
+    return reply
+
+
+WS_HEAD = (b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n")
+
+
+@pytest.mark.parametrize("data, piece, status", [
+    (b"POST /act HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\nContent-Length: 2\r\n\r\n{}", 0, 431),
+    (b"GET /healthz HTTP/1.1\r\n" + b"".join(b"X-H%d: %s\r\n" % (i, b"b" * 100) for i in range(1000)) + b"\r\n", 0,
+     431),
+    (b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 1_000_000 + b"\r\n\r\n", 8192, 431),  # a head that never ends
+    (WS_HEAD + b"X-Big: " + b"a" * 100_000 + b"\r\n\r\n", 0, 431),  # a websocket handshake is a request too
+    (b"GET /healthz?" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 0, 414),
+], ids=["one-100k-header", "1000-headers", "endless-header", "websocket-handshake", "100k-url"])
+def test_a_request_head_over_32_kib_is_answered_431_and_closed(server, data, piece, status):
+    """A 100 KB header was closed with no reply; a 1 MB one was read whole and served."""
+    reply = exchange(server, data, piece)
+    head, _, body_ = reply.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0] == {414: b"HTTP/1.1 414 URI Too Long",
+                                      431: b"HTTP/1.1 431 Request Header Fields Too Large"}[status]
+    part = "request line" if status == 414 else "request line and headers"
+    assert json.loads(body_) == {"error": f"{part} larger than 32768 bytes"}
+    assert b"connection: close" in head
+
+
+def test_heads_under_the_limit_are_served_however_they_arrive(server):
+    big = b"X-Big: " + b"a" * 30_000 + b"\r\n"
+    assert exchange(server, b"GET /healthz HTTP/1.1\r\nConnection: close\r\n" + big + b"\r\n", 1000).startswith(
+        b"HTTP/1.1 200 OK")
+    two = (b"GET /healthz HTTP/1.1\r\n" + big + b"\r\n"
+           + b"GET /healthz HTTP/1.1\r\nConnection: close\r\n" + big + b"\r\n")
+    assert exchange(server, two, 3000).count(b"HTTP/1.1 200 OK") == 2  # each request's head counts alone
