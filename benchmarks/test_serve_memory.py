@@ -6,7 +6,7 @@ Not part of the test suite. Run (needs the ``[serve]`` extra)::
     .venv/bin/python -m pytest benchmarks/test_serve_memory.py -s \
         --benchmark-json=benchmarks/results/<machine>/serve-memory.json
 
-Per case a fresh server process (``xvla-edge serve`` with its shipped limits: 32 MiB bodies and frames, 4
+Per case a fresh server process (``xvla-edge serve`` with its shipped limits: 32 MiB bodies, 8 MiB frames, 4
 requests active at once, 5 s wait for a slot, 2**20 plain-list values) serves the cached tiny fp32 bundle of
 :mod:`benchmarks.harness` (3 views). After one small warm-up request its peak RSS is reset
 (``/proc/PID/clear_refs``) and its RSS read; then 32 clients send one request each, all at once, and the
@@ -18,13 +18,15 @@ server's ``VmHWM`` is read once every answer is in. Cases (one body or frame, sh
 - ``act-json-list-31mb``: ``image0`` a plain JSON list of 31 MB (1400²×3 values; the issue's body, which took
   the server to 753 MB alone: refused 413 unparsed);
 - ``act-png``: three views, PNG files of 4096² (the pixel limit; 48 MiB each once decoded), a small body;
-- ``websocket``: 32 connections, each sending one frame whose raw image fills the 32 MiB frame limit; and 8
-  connections (the issue's 8 × 29 MiB frames took the server to 898 MB).
+- ``websocket``: 32 connections, each sending one frame whose raw image fills the 8 MiB frame limit; and 8
+  connections (the issue's 8 × 29 MiB frames took the server to 898 MB; 32 × 32 MiB, the limit before frames had
+  one of their own, +1273 MiB).
 
 The target (issue 33): peak − RSS before ≤ 1 GiB with 32 clients (the model's memory is in "before").
 ``extra_info`` has the figures and how many requests were answered 200, 413 and 503 (busy: a request waited
 5 s for a slot). A websocket connection holds the frame it received before the server takes it (uvicorn reads
-one ahead), so frames × connections is outside ``max_active``'s bound.
+one ahead), so frames × connections is outside ``max_active``'s bound: that is why frames have a smaller limit
+than bodies.
 """
 
 from __future__ import annotations
@@ -46,11 +48,13 @@ import numpy as np
 import pytest
 
 from benchmarks import harness
+from xvla_edge.serve.request import Limits
 
 json_numpy = pytest.importorskip("json_numpy", reason="the [serve] extra is not installed")
 websockets = pytest.importorskip("websockets.sync.client")
 
-BODY_LIMIT = 32 << 20  # the shipped --max-body-mb
+BODY_LIMIT = Limits().max_body_bytes  # the shipped --max-body-mb
+FRAME_LIMIT = Limits().max_frame_bytes  # the shipped --max-frame-mb
 LIST_VALUES = 1 << 20  # the shipped Limits.max_list_values
 TARGET = 1 << 30
 CASES = [("act-json-numpy", 32), ("act-json-list", 32), ("act-json-list-31mb", 32), ("act-png", 32), ("websocket", 32),
@@ -88,7 +92,7 @@ def _payload(case: str) -> bytes:
         return json.dumps(_fields({f"image{i}": encoded for i in range(3)})).encode()
     from runtime.wire import pack
 
-    side = math.isqrt((BODY_LIMIT - 4096) // 3)
+    side = math.isqrt((FRAME_LIMIT - 4096) // 3)
     return pack({"image0": rng.integers(0, 256, (side, side, 3), np.uint8), "language_instruction": "pick up",
                  "proprio": np.zeros(20, np.float32), "domain_id": harness.DOMAIN_ID, "steps": 2})
 

@@ -115,6 +115,8 @@ class RemotePolicy:
         entry = domains.get(str(self.domain_id))
         if not isinstance(entry, dict):
             raise BackendError(f"{where}: domain {self.domain_id} is not served; domains served: {sorted(domains)}")
+        frame = meta.get("max_frame_bytes")  # absent from servers before it was announced
+        self.max_frame_bytes = frame if isinstance(frame, int) and not isinstance(frame, bool) and frame > 0 else None
         manifest = Manifest.from_dict(entry.get("manifest"), where)
         if manifest.domain_id != self.domain_id or canonical_sha256(manifest.raw) != entry.get("bundle_id"):
             raise BundleError(f"{where}: the manifest for domain {self.domain_id} does not match its bundle id")
@@ -134,7 +136,7 @@ class RemotePolicy:
             raise RemoteUnavailable(f"{self.url}: connection lost waiting for the {what} ({exc})") from None
         if isinstance(frame, str):
             status, _, message = frame.partition(" ")
-            error = InputError if status.startswith("4") else BackendError
+            error = InputError if status.startswith("4") else RemoteUnavailable if status == "503" else BackendError
             raise error(f"{self.url}: {message or frame}")
         try:
             return unpack(frame)
@@ -198,7 +200,11 @@ class RemotePolicy:
             if noise.shape not in (self.chunk_shape, self.chunk_shape[1:]):
                 raise InputError(f"observation.noise: expected shape {self.chunk_shape[1:]}, got {noise.shape}")
             message["noise"] = noise.reshape(self.chunk_shape[1:])
-        return pack(message)
+        packed = pack(message)
+        if self.max_frame_bytes is not None and len(packed) > self.max_frame_bytes:
+            raise InputError(f"observation: {len(packed)} bytes as a frame; {self.url} takes at most "
+                             f"{self.max_frame_bytes} (its --max-frame-mb): send smaller camera images")
+        return packed
 
     def _actions(self, reply: Any) -> np.ndarray:
         actions = reply.get("action") if isinstance(reply, dict) else None

@@ -34,7 +34,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-dir", type=Path, default=None,
                    help="the only directory file-path images may be read from (default: file paths refused)")
     p.add_argument("--max-body-mb", type=positive(float, 1024), default=32.0,
-                   help="largest request body or websocket frame, MiB (default 32)")
+                   help="largest /act request body, MiB (default 32)")
+    p.add_argument("--max-frame-mb", type=positive(float, 1024), default=8.0,
+                   help="largest websocket frame, MiB (default 8: three 1280×720 views; each open connection may "
+                        "hold one)")
     p.add_argument("--max-image-pixels", type=positive(int, 1 << 28), default=4096 * 4096,
                    help="largest image, width × height (default 4096²)")
     p.add_argument("--max-active", type=positive(int, 1024), default=None,
@@ -122,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
     from xvla_edge.serve.request import Limits
     from xvla_edge.serve.server import bind, uvicorn_server
 
-    limits = Limits(max_body_bytes=int(args.max_body_mb * (1 << 20)), max_image_pixels=args.max_image_pixels,
+    limits = Limits(max_body_bytes=int(args.max_body_mb * (1 << 20)), max_frame_bytes=int(args.max_frame_mb * (1 << 20)),
+                    max_image_pixels=args.max_image_pixels,
                     image_dir=args.image_dir, max_active=args.max_active or Limits.max_active)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.ray:
@@ -135,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
                   f"{served.manifest.precision}, {served.policy.backend.__class__.__name__})", flush=True)
         print(f"serving on http://{args.host}:{sock.getsockname()[1]} (POST /act, websocket /ws, /healthz, "
               f"/metrics){' — token required' if token else ''}", flush=True)
-        uvicorn_server(create_app(bundles, limits, token), limits.max_body_bytes).run(sockets=[sock])
+        uvicorn_server(create_app(bundles, limits, token)).run(sockets=[sock])
     finally:
         bundles.close()
         sock.close()
@@ -163,7 +167,8 @@ def run_ray(args: argparse.Namespace, token: str | None, limits) -> int:  # noqa
         bundles=[str(b) for b in args.bundles], backend=args.backend, device=args.device, threads=args.threads,
         max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_ms / 1000,
         num_replicas=args.replicas, autoscaling=autoscaling, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
-        token=token, limits={"max_body_bytes": limits.max_body_bytes, "max_image_pixels": limits.max_image_pixels,
+        token=token, limits={"max_body_bytes": limits.max_body_bytes, "max_frame_bytes": limits.max_frame_bytes,
+                             "max_image_pixels": limits.max_image_pixels,
                              "image_dir": str(limits.image_dir) if limits.image_dir else None,
                              **({"max_active": args.max_active} if args.max_active else {})})
     app = build_app(opts)  # reads and checks every manifest before Ray starts

@@ -27,8 +27,6 @@ command.
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
 import json
 import logging
 import math
@@ -45,6 +43,7 @@ from urllib.parse import urlsplit
 from xvla.errors import XVLAError
 from xvla_edge.daemon.logs import Throttled
 from xvla_edge.daemon.metrics import CONTENT_TYPE
+from xvla_edge.http_auth import is_loopback, same_token
 
 Health = Callable[[], Tuple[str, List[str]]]
 MAX_CONTROL_BYTES = 64 * 1024
@@ -63,15 +62,6 @@ def _hostname(authority: str) -> str:
         return (urlsplit(f"//{authority}").hostname or "").lower()
     except ValueError:
         return ""
-
-
-def _loopback_name(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class _BoundedServer(ThreadingHTTPServer):
@@ -154,15 +144,15 @@ class HealthServer:
                  on_record: Optional[Callable[[], str]] = None, *, token: Optional[str] = None,
                  operator: Optional[Operator] = None, bundle_id: Callable[[], Optional[str]] = lambda: None) -> None:
         outer = self
-        expected = None if token is None else f"Bearer {token}".encode()
-        local_only = _loopback_name(host.lower())
+        expected = None if token is None else f"Bearer {token}"
+        local_only = is_loopback(host.lower())
 
         class Handler(BaseHTTPRequestHandler):
             timeout = TIMEOUT_S
 
             def _foreign_host(self) -> bool:
                 """Listening on loopback: True (and 403 sent) unless the request names a loopback host."""
-                if local_only and not _loopback_name(_hostname(self.headers.get("Host", ""))):
+                if local_only and not is_loopback(_hostname(self.headers.get("Host", ""))):
                     self._send(403, "text/plain", "this server answers requests for a loopback host only "
                                f"(Host: {self.headers.get('Host', '')!r}); use http://127.0.0.1:{outer.port}/\n")
                     return True
@@ -196,12 +186,12 @@ class HealthServer:
                     self._send(404, "text/plain", "not found\n")
 
             def do_POST(self) -> None:  # noqa: N802
-                given = self.headers.get("Authorization", "").encode("latin-1", "replace")
+                given = self.headers.get("Authorization", "")
                 kind = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
                 origin = self.headers.get("Origin")
                 if self._foreign_host():
                     return
-                if expected is not None and not hmac.compare_digest(given, expected):
+                if expected is not None and not same_token(given, expected):
                     self._send(401, "text/plain", "a bearer token is required (robot.toml [health].token_file)\n",
                                {"WWW-Authenticate": "Bearer"})
                 elif kind != "application/json":

@@ -121,6 +121,7 @@ def create_app(bundles: ChunkSource, limits: Limits = Limits(), token: Optional[
     """The app serving ``bundles`` (a :class:`BundleSet` in this process, or Ray Serve deployments:
     :mod:`xvla_edge.serve.ray_app`); ``token``: required on every request but ``/healthz`` (None: none)."""
     app = FastAPI(title="xvla-edge serve", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.limits = limits  # the server's websocket frame bound (uvicorn_server) is read from here
     metrics = bundles.metrics
     slots = Slots(limits.max_active, limits.max_wait_s, metrics.active)
 
@@ -182,7 +183,7 @@ def create_app(bundles: ChunkSource, limits: Limits = Limits(), token: Optional[
         await websocket.accept()
         metrics.connections.inc()
         try:
-            await websocket.send_bytes(pack(bundles.metadata()))
+            await websocket.send_bytes(pack({**bundles.metadata(), "max_frame_bytes": limits.max_frame_bytes}))
             while True:
                 message = await websocket.receive()
                 if message["type"] == "websocket.disconnect":
@@ -210,7 +211,7 @@ async def _observation(websocket: WebSocket, data: Optional[bytes], bundles: Chu
             raise RequestError("expected a binary msgpack frame, got text")
         async with slots.take():
             request = await run_in_threadpool(
-                lambda: from_message(unpack(data, limits.max_body_bytes, limits.max_list_values), limits))
+                lambda: from_message(unpack(data, limits.max_frame_bytes, limits.max_list_values), limits))
             data = None  # the frame: its arrays were copied out of it
             t1 = time.perf_counter()
             answer = await bundles.answer(request)

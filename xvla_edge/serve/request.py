@@ -58,14 +58,22 @@ class RequestError(XVLAError, ValueError):
         self.kind = kind
 
 
+# A websocket frame (an observation of a robot streaming raw camera images: three 1280×720 views fit). Lower than
+# an /act body because the server holds one received frame per open connection before it can decline it, so the
+# frames of all connections add up: 32 connections × 8 MiB stays within the 1 GiB of issue 33, 32 MiB did not.
+DEFAULT_FRAME_BYTES = 8 << 20
+
+
 @dataclass(frozen=True)
 class Limits:
-    """What a request may carry. ``max_list_values``: values in plain lists, all fields together (each comma of a
+    """What a request may carry: an ``/act`` body up to ``max_body_bytes``, a websocket frame up to
+    ``max_frame_bytes``. ``max_list_values``: values in plain lists, all fields together (each comma of a
     body counts one; each entry of a websocket frame's msgpack arrays and maps); ``image_dir``: the only directory file-path images may be read from (None: file paths
     refused); ``max_active``: requests read, decoded or computed at once, HTTP and websocket together (a request
     beyond them waits up to ``max_wait_s`` for a slot, then is answered 503)."""
 
     max_body_bytes: int = 32 << 20
+    max_frame_bytes: int = DEFAULT_FRAME_BYTES
     max_list_values: int = 1 << 20
     max_image_pixels: int = 4096 * 4096
     max_image_file_bytes: int = 32 << 20
@@ -74,7 +82,8 @@ class Limits:
     max_wait_s: float = 5.0
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_image_pixels", "max_image_file_bytes", "max_list_values", "max_active"):
+        for name in ("max_body_bytes", "max_frame_bytes", "max_image_pixels", "max_image_file_bytes", "max_list_values",
+                     "max_active"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"limits.{name} = {value!r}: expected an integer >= 1")

@@ -51,23 +51,25 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def uvicorn_server(app: Any, max_message_bytes: int, log_level: str = "info") -> Any:
+def uvicorn_server(app: Any, log_level: str = "info") -> Any:
+    """uvicorn for ``app`` (made by :func:`~xvla_edge.serve.app.create_app`: its limits bound the websocket frames
+    uvicorn accepts)."""
     import uvicorn
 
     from xvla_edge.serve.protocol import HeadLimitedProtocol
 
     config = uvicorn.Config(app, http=HeadLimitedProtocol, log_level=log_level, access_log=False,
-                            ws_max_size=max_message_bytes, ws_max_queue=1, lifespan="off")
+                            ws_max_size=app.state.limits.max_frame_bytes, ws_max_queue=1, lifespan="off")
     return uvicorn.Server(config)
 
 
 class ServerThread:
     """The app served on a thread from a socket bound here (``port`` 0: a free one); :meth:`stop` ends it."""
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, max_message_bytes: int = 32 << 20) -> None:
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
         self.sock = bind(host, port)
         self.host, self.port = self.sock.getsockname()[:2]
-        self.server = uvicorn_server(app, max_message_bytes, log_level="warning")
+        self.server = uvicorn_server(app, log_level="warning")
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True,
                                        name="xvla-serve")
         self.thread.start()

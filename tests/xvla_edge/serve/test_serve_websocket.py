@@ -170,3 +170,35 @@ def test_a_killed_server_is_an_outage_and_its_return_is_picked_up(tiny_bundle, t
 def test_remote_policy_needs_a_server_to_start(free_port):
     with pytest.raises(RemoteUnavailable, match="cannot connect"):
         RemotePolicy(f"ws://127.0.0.1:{free_port}", connect_timeout_s=1.0)
+
+
+def test_frames_over_the_frame_limit_are_refused_by_the_client_and_the_server(bundles):
+    """The server announces its frame limit; RemotePolicy refuses a larger observation by name before sending, and
+    a raw client sending one anyway is cut off by the server (close 1009) without it being read whole."""
+    with ServerThread(create_app(bundles, Limits(max_frame_bytes=200_000), token=TOKEN)) as srv:
+        with RemotePolicy(ws_url(srv), domain_id=3, token=TOKEN) as remote:
+            assert remote.max_frame_bytes == 200_000
+            big = RNG.integers(0, 256, (300, 300, 3), dtype=np.uint8)  # 270 kB of pixels
+            with pytest.raises(InputError, match=r"observation: \d+ bytes as a frame; .* takes at most 200000 "
+                                                 r"\(its --max-frame-mb\)"):
+                remote.act(observation(1, images=(big,)))
+            remote.act(observation(2))  # the connection is still good
+        from websockets.exceptions import ConnectionClosed
+
+        with websockets_sync.connect(ws_url(srv), additional_headers={"Authorization": f"Bearer {TOKEN}"},
+                                     max_size=None) as ws:
+            assert unpack(ws.recv())["max_frame_bytes"] == 200_000
+            ws.send(b"\x00" * 300_000)
+            with pytest.raises(ConnectionClosed) as info:
+                ws.recv(timeout=10)
+            assert info.value.rcvd.code == 1009  # message too big
+
+
+def test_a_busy_server_is_an_outage_to_retry_not_a_failure(server, bundles, monkeypatch):
+    """A 503 frame (every decoding slot taken) is RemoteUnavailable: the daemon holds and retries, as for an outage."""
+    with RemotePolicy(ws_url(server), domain_id=3, token=TOKEN) as remote:
+        monkeypatch.setattr(remote._conn, "recv", lambda timeout=None: "503 busy: every slot is taken; retry")
+        with pytest.raises(RemoteUnavailable, match="503|busy"):
+            remote.act(observation(1))
+        assert remote._conn is None  # dropped: the next call connects afresh
+        remote.act(observation(2))
