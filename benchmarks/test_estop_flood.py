@@ -20,8 +20,9 @@ from ``/proc``; growth is measured from the end of the warm-up.
 
 Pass: every e-stop accepted and held; p99 of e-stop → controller by ``ctl estop`` within :data:`MAX_PERIODS`
 control periods (the other two ways are measured and reported: they pass through the daemon's interpreter,
-shared with the flood's requests); no thread growth and RSS growth < :data:`MAX_GROWTH` of every process after
-warm-up.
+shared with the flood's requests); after warm-up, RSS growth < :data:`MAX_GROWTH` and no thread growth (the
+median thread count of the last third of the samples at most :data:`MAX_THREAD_DRIFT` over the first third's:
+HTTP requests in flight come and go) for every process.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ SOCKET_CLIENTS = 16
 HTTP_CLIENTS = 16
 MAX_PERIODS = 2.0
 MAX_GROWTH = 0.01
+MAX_THREAD_DRIFT = 2  # threads: the median of the last third of the samples over that of the first third
 INSTRUCTION = "pick up the red block"
 REPO = Path(__file__).resolve().parents[1]
 
@@ -243,16 +245,19 @@ def summarise(estops: List[Dict[str, Any]], samples: List[Dict[str, float]], pid
     period_ms = 1e3 / RATE_HZ
     to_controller = np.array([e["to_controller_ms"] for e in estops if e["path"] == "ctl"])
     reply = np.array([e["reply_ms"] for e in estops])
-    first = next(s for s in samples if s["t_s"] >= WARMUP_S)
-    last = samples[-1]
+    measured = [s for s in samples if s["t_s"] >= WARMUP_S]
+    first, last = measured[0], measured[-1]
+    third = max(len(measured) // 3, 1)
     processes = {}
     for role in pids:
         rss0, rss1 = first[f"{role}_rss_kb"], last[f"{role}_rss_kb"]
+        counts = [s[f"{role}_threads"] for s in measured]  # HTTP requests in flight come and go: compare medians
         processes[role] = {"rss_start_kb": rss0, "rss_end_kb": rss1, "rss_growth_pct": round(100 * (rss1 - rss0) / rss0, 3),
-                           "threads_start": first[f"{role}_threads"], "threads_end": last[f"{role}_threads"],
-                           "threads_max_after_warmup": max(s[f"{role}_threads"] for s in samples if s["t_s"] >= WARMUP_S)}
-    grown = {role: p for role, p in processes.items()
-             if p["rss_growth_pct"] >= 100 * MAX_GROWTH or p["threads_end"] > p["threads_start"]}
+                           "threads_first_third_median": float(np.median(counts[:third])),
+                           "threads_last_third_median": float(np.median(counts[-third:])),
+                           "threads_max_after_warmup": max(counts)}
+    grown = {role: p for role, p in processes.items() if p["rss_growth_pct"] >= 100 * MAX_GROWTH
+             or p["threads_last_third_median"] > p["threads_first_third_median"] + MAX_THREAD_DRIFT}
 
     def pct(values: np.ndarray, q: float) -> float:
         return round(float(np.nanpercentile(values, q)), 3) if len(values) else float("nan")
@@ -309,10 +314,10 @@ def report(result: Dict[str, Any]) -> str:
         f"Reply to the client (all ways) p50 / p99 / max: {e['reply_ms_p50']:.2f} / {e['reply_ms_p99']:.2f} / "
         f"{e['reply_ms_p100']:.2f} ms.",
         "",
-        "| process | RSS after warm-up | RSS at end | growth | threads after warm-up | at end | most |",
-        "|---|---|---|---|---|---|---|",
+        "| process | RSS after warm-up | RSS at end | growth | threads (median, first third → last third) | most |",
+        "|---|---|---|---|---|---|",
         *[f"| {role} | {p['rss_start_kb'] / 1024:.1f} MiB | {p['rss_end_kb'] / 1024:.1f} MiB | {p['rss_growth_pct']:+.2f} % | "
-          f"{p['threads_start']} | {p['threads_end']} | {p['threads_max_after_warmup']} |"
+          f"{p['threads_first_third_median']:g} → {p['threads_last_third_median']:g} | {p['threads_max_after_warmup']} |"
           for role, p in result["processes"].items()],
         "",
         f"Daemon exit code after SIGTERM: {result['daemon_exit_code']}. Every e-stop and sample is in `estop-flood.json`.",
