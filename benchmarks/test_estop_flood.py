@@ -58,6 +58,7 @@ SOCKET_CLIENTS = 16
 HTTP_CLIENTS = 16
 MAX_PERIODS = 2.0
 MAX_GROWTH = 0.01
+EMULATOR_PRIORITY = 70  # below the control loop's 80
 MAX_THREAD_DRIFT = 2  # threads: the median of the last third of the samples over that of the first third
 INSTRUCTION = "pick up the red block"
 REPO = Path(__file__).resolve().parents[1]
@@ -163,6 +164,11 @@ def _arrival(emu: Any, after: float, timeout: float = 2.0) -> float:
 
 def test_estop_under_flood(bundle: Path, tmp_path: Path) -> None:
     emu = emulator.start(emulator.ControllerConfig(n_arms=1), seed=0)
+    try:  # the emulator stands for a controller of its own (an MCU): the flood's CPU load must not delay its reads
+        os.sched_setscheduler(emu.pid, os.SCHED_FIFO, os.sched_param(EMULATOR_PRIORITY))
+        emulator_scheduler = f"SCHED_FIFO {EMULATOR_PRIORITY}"
+    except PermissionError:
+        emulator_scheduler = "SCHED_OTHER (no permission for SCHED_FIFO: its reads wait for the flood's CPU)"
     port = free_port()
     sock = tmp_path / "ctl.sock"
     config = tmp_path / "robot.toml"
@@ -227,7 +233,9 @@ def test_estop_under_flood(bundle: Path, tmp_path: Path) -> None:
         if daemon.poll() is None:
             daemon.kill()
         emu.stop()
-    result = summarise(estops, samples, pids, code, done.value, failed.value)
+    setup = {"emulator_scheduler": emulator_scheduler,
+             "daemon_malloc_env": {k: v for k, v in env.items() if k.startswith("MALLOC_")}}
+    result = summarise(estops, samples, pids, code, done.value, failed.value, setup)
     print("\n" + json.dumps({k: v for k, v in result.items() if k not in ("estops", "samples")}, indent=1))
     out = os.environ.get("XVLA_FLOOD_OUT")
     if out:
@@ -241,7 +249,7 @@ def test_estop_under_flood(bundle: Path, tmp_path: Path) -> None:
 
 
 def summarise(estops: List[Dict[str, Any]], samples: List[Dict[str, float]], pids: Dict[str, int], code: int,
-              requests: int, failures: int) -> Dict[str, Any]:
+              requests: int, failures: int, setup: Dict[str, Any]) -> Dict[str, Any]:
     period_ms = 1e3 / RATE_HZ
     to_controller = np.array([e["to_controller_ms"] for e in estops if e["path"] == "ctl"])
     reply = np.array([e["reply_ms"] for e in estops])
@@ -266,7 +274,7 @@ def summarise(estops: List[Dict[str, Any]], samples: List[Dict[str, float]], pid
         "measured": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "host": {"cpu": cpu_model(), "cores": os.cpu_count(), "kernel": platform.release(),
                  "python": platform.python_version(), "loadavg_end": os.getloadavg()},
-        "rate_hz": RATE_HZ, "period_ms": period_ms, "warmup_s": WARMUP_S, "seconds": SECONDS,
+        "rate_hz": RATE_HZ, "period_ms": period_ms, "warmup_s": WARMUP_S, "seconds": SECONDS, "setup": setup,
         "clients": {"socket": SOCKET_CLIENTS, "http": HTTP_CLIENTS, "requests_answered": requests,
                     "requests_failed": failures},
         "estop": {"count": len(estops), "accepted": sum(e["accepted"] for e in estops),
@@ -295,7 +303,9 @@ def report(result: Dict[str, Any]) -> str:
         f"(kernel {host['kernel']}, Python {host['python']}). The daemon (`xvla-edge run`) ran {result['warmup_s']:g} s "
         f"of warm-up and {result['seconds']:g} s measured while {c['socket']} clients on the control socket and "
         f"{c['http']} on the HTTP server sent other commands as fast as they were answered "
-        f"({c['requests_answered']} answered, {c['requests_failed']} failed). The control period is "
+        f"({c['requests_answered']} answered, {c['requests_failed']} failed). The emulator ran "
+        f"{result['setup']['emulator_scheduler']}; the daemon's malloc settings: "
+        f"{result['setup']['daemon_malloc_env'] or 'glibc defaults'}. The control period is "
         f"{result['period_ms']:g} ms; the floor of e-stop → controller is the wait for the next tick (0 ... 1 period) "
         "plus the serial write.",
         "",

@@ -28,6 +28,7 @@ from drivers.interpolation import GripperPolicy
 from drivers.safety import EnvelopeState, InterventionCounter, SafetyLimits, enforce
 from drivers.splice import SplicePolicy, SpliceRejected
 from drivers.streamer import Streamer
+from drivers.trace_ring import TraceRing
 from drivers.trajectory import Trajectory
 from drivers.watchdog import STOPPED_MODES, Mode, Watchdog
 
@@ -121,9 +122,12 @@ class ControlLoop:
     methods (:meth:`submit`, :meth:`estop`, ...) between ticks from the same thread.
     """
 
-    def __init__(self, arm: Arm, config: LoopConfig) -> None:
+    def __init__(self, arm: Arm, config: LoopConfig, trace: Optional[TraceRing] = None) -> None:
+        """``trace``: where the recent ticks go (shared memory when another process reads them; default a ring of
+        ``config.trace_length`` rows in this process)."""
         self.arm = arm
         self.config = config
+        self._trace = trace or TraceRing(config.trace_length, [m.value for m in _MODES])
         self.watchdog = Watchdog()
         self.interventions = InterventionCounter()
         self.events: Counter = Counter()
@@ -147,11 +151,7 @@ class ControlLoop:
             max_lag=self.config.max_trajectory_lag,
         )
         self._restart_from(state)
-        n = self.config.trace_length
-        width = command.to_vector().size
-        self._trace = {"time": np.full(n, np.nan), "mode": np.zeros(n, dtype=np.int8),
-                       "command": np.full((n, width), np.nan), "measured": np.full((n, width), np.nan)}
-        self._trace_count = 0
+        self._trace.start(command.to_vector().size)
         return self.caps
 
     @property
@@ -249,14 +249,9 @@ class ControlLoop:
         self.streamer.reset(self.env.target)
 
     def _record(self, now: float, command: Optional[Target]) -> None:
-        i = self._trace_count % self.config.trace_length
-        self._trace_count += 1
-        t = self._trace
-        t["time"][i] = now
-        t["mode"][i] = _MODES.index(self.watchdog.mode)
-        t["command"][i] = np.nan if command is None else command.to_vector()
         state = self.last_state
-        t["measured"][i] = np.nan if state is None else state.to_vector(self.caps.space)
+        self._trace.write(now, _MODES.index(self.watchdog.mode), None if command is None else command.to_vector(),
+                          None if state is None else state.to_vector(self.caps.space))
 
     # -- commands from the client ---------------------------------------------------------------------
 
@@ -367,11 +362,7 @@ class ControlLoop:
         )
 
     def trace(self) -> Dict[str, Any]:
-        """The last ``trace_length`` ticks, oldest first: ``time`` [K], ``mode`` [K] (names), ``command``
-        and ``measured`` [K, D] in :meth:`~drivers.arm.Target.to_vector` layout (NaN when nothing was sent)."""
-        n = self.config.trace_length
-        k = self._trace_count
-        order = np.arange(max(k - n, 0), k) % n
-        out: Dict[str, Any] = {key: value[order].copy() for key, value in self._trace.items()}
-        out["mode"] = [_MODES[i].value for i in out["mode"]]
-        return out
+        """The recent ticks, oldest first (:meth:`drivers.trace_ring.TraceRing.read`): ``time`` [K], ``mode`` [K]
+        (names), ``command`` and ``measured`` [K, D] in :meth:`~drivers.arm.Target.to_vector` layout (NaN when
+        nothing was sent)."""
+        return self._trace.read()

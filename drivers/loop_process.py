@@ -5,7 +5,9 @@ It is started with the ``spawn`` (or ``forkserver``) method, never ``fork``, so 
 from a parent that already runs threads. The arm is built inside the child by a picklable factory, so
 serial ports are opened there. Between ticks the child sleeps to the next absolute deadline
 (:mod:`drivers.realtime`); chunks, stats requests and stop commands arrive over a pipe and are handled right
-after the tick's command has been sent. The e-stop has paths of its own, read before every tick (and before
+after the tick's command has been sent. The recent ticks go to a ring in shared memory
+(:mod:`drivers.trace_ring`) that the client reads without asking: a trace is too large for the pipe, and the
+loop would wait for a busy parent to read it. The e-stop has paths of its own, read before every tick (and before
 every message), so it takes effect at the next tick whatever else is queued or busy:
 
 - a counter in shared memory that :meth:`ControlLoopClient.estop` bumps (no pipe, no lock that other requests
@@ -49,7 +51,9 @@ from drivers import sdnotify
 from drivers.arm import ArmCapabilities, ArmConfigError, ArmError, ArmFactory
 from drivers.control_loop import ControlLoop, LoopConfig, LoopStats
 from drivers.realtime import PeriodStats, enable_realtime, sleep_until
+from drivers.trace_ring import TraceRing
 from drivers.trajectory import Trajectory, TrajectoryError
+from drivers.watchdog import Mode
 
 _MAX_MESSAGES_PER_TICK = 16
 
@@ -125,9 +129,10 @@ class _Estop:
 
 
 def _serve(conn: Any, arm_factory: ArmFactory, config: LoopConfig, estop: Any = None,
-           estop_socket: Optional[str] = None, estop_group: Optional[str] = None) -> None:
+           estop_socket: Optional[str] = None, estop_group: Optional[str] = None,
+           trace: Optional[TraceRing] = None) -> None:
     """Entry point of the control-loop process; ``estop``: the shared e-stop counter; ``estop_socket``: the path
-    of the e-stop socket to listen on (None: none)."""
+    of the e-stop socket to listen on (None: none); ``trace``: the shared ring the ticks are recorded in."""
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it then stops us
     loop: Optional[ControlLoop] = None
@@ -136,7 +141,7 @@ def _serve(conn: Any, arm_factory: ArmFactory, config: LoopConfig, estop: Any = 
         if estop_socket is not None:
             listener = listen_estop(Path(estop_socket), estop_group)
         scheduler = enable_realtime(config.realtime_priority, config.cpu)
-        loop = ControlLoop(arm_factory(), config)
+        loop = ControlLoop(arm_factory(), config, trace)
         conn.send(("ready", loop.start()))
         gc.collect()
         gc.freeze()  # keep start-up objects out of the collector's way during the loop
@@ -225,9 +230,8 @@ def _handle_messages(
             conn.send(("reply", message[1], loop.stats(timer.summary(), scheduler, timer.interval_histogram())))
             if kind == "stop":
                 return False
-        elif kind == "trace":
-            conn.send(("reply", message[1], {**loop.trace(), "interval_error": timer.interval_errors(),
-                                             "timing": timer.summary()}))
+        elif kind == "timing":
+            conn.send(("reply", message[1], {"interval_error": timer.interval_errors(), "timing": timer.summary()}))
         else:
             raise ControlLoopError(f"unknown control-loop message {kind!r}")
     return True
@@ -258,6 +262,7 @@ class ControlLoopClient:
         self._lock = threading.Lock()
         self._estop = self._ctx.RawValue(ctypes.c_uint64, 0)  # bumped by estop(), read by the child every tick
         self._estop_lock = threading.Lock()  # only between e-stops: never held by anything that waits
+        self._trace = TraceRing.shared(self._ctx, self.config.trace_length, [m.value for m in Mode])
         self._ids = itertools.count()
         self._conn: Any = None
         self._process: Optional[mp.process.BaseProcess] = None
@@ -271,7 +276,7 @@ class ControlLoopClient:
         self._conn, child = self._ctx.Pipe(duplex=True)
         self._process = self._ctx.Process(
             target=_serve, name="xvla-control-loop", daemon=True,
-            args=(child, self._factory, self.config, self._estop, self._estop_socket, self._estop_group)
+            args=(child, self._factory, self.config, self._estop, self._estop_socket, self._estop_group, self._trace)
         )
         try:
             self._process.start()
@@ -351,11 +356,17 @@ class ControlLoopClient:
     def stats(self, timeout: float = 2.0) -> LoopStats:
         return self._request("stats", timeout)
 
-    def trace(self, timeout: float = 2.0) -> Dict[str, Any]:
-        """Recent per-tick commanded and measured values (see :meth:`ControlLoop.trace`), plus, taken at the
-        same moment, ``interval_error`` (the stats window's tick-interval errors, seconds, oldest first) and
-        ``timing`` (:meth:`~drivers.realtime.PeriodStats.summary` of that window)."""
-        return self._request("trace", timeout)
+    def trace(self) -> Dict[str, Any]:
+        """The recent ticks' commanded and measured values (see :meth:`ControlLoop.trace`), read from the memory the
+        loop writes them to: nothing is asked of the loop, so no number of readers can delay a tick."""
+        if self._caps is None:
+            raise ControlLoopError("control loop not started")
+        return self._trace.read()
+
+    def timing(self, timeout: float = 2.0) -> Dict[str, Any]:
+        """``interval_error`` (the stats window's tick-interval errors, seconds, oldest first) and ``timing``
+        (:meth:`~drivers.realtime.PeriodStats.summary` of that window), taken at the same moment."""
+        return self._request("timing", timeout)
 
     def stop(self, timeout: float = 5.0) -> Optional[LoopStats]:
         """Stop the loop (the arm holds) and wait for the process; returns the final stats if it answered."""

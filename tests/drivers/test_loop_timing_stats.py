@@ -54,9 +54,6 @@ class StubLoop:
         self.clock.now += busy_time(len(self.wakes))
         self.wakes.append(now)
 
-    def trace(self) -> Dict[str, Any]:
-        return {}
-
     def stats(self, timing: Dict[str, float], scheduler: str, interval_histogram: Dict[str, Any]) -> Dict[str, float]:
         self.histogram = interval_histogram
         return timing
@@ -67,7 +64,7 @@ class StubConn:
 
     def __init__(self, loop: StubLoop) -> None:
         self.loop = loop
-        self.inbox = [("trace", 1), ("stop", 2)]
+        self.inbox = [("timing", 1), ("stop", 2)]
         self.replies: Dict[int, Any] = {}
 
     def poll(self) -> bool:
@@ -86,7 +83,7 @@ def test_missed_deadlines_are_in_the_percentiles_and_counted() -> None:
     conn = StubConn(loop)
     loop_process._run(loop, conn, "SCHED_OTHER", clock=clock, sleep=clock.sleep_until)  # type: ignore[arg-type]
     trace, timing = conn.replies[1], conn.replies[2]
-    assert timing == trace["timing"]
+    assert timing == trace["timing"]  # the timing request and the final stats: one window
 
     # independent computation from the wake-up times alone (the replying tick is recorded after its reply)
     wakes = np.array(loop.wakes[:-1])

@@ -288,7 +288,8 @@ def parse_config(data: Mapping[str, Any], file: Path) -> RobotConfig:
     inference = InferenceSection(
         start_fraction=t.take("start_fraction", float, 0.5, check=lambda x: 0 < x < 1,
                               expected="a fraction 0 < f < 1 of the chunk's span"),
-        max_latency_s=t.take("max_latency_s", float, 1.0, check=lambda x: 0 < x <= 60, expected="seconds in (0, 60]"))
+        max_latency_s=t.take("max_latency_s", float, 1.0, check=lambda x: 0.01 <= x <= 60,
+                             expected="seconds 0.01 ... 60"))
     t.finish()
     health = _health(root.table("health"))
     operator = _operator(root.table("operator"))
@@ -492,9 +493,9 @@ def _remote(t: _Table) -> RemoteSection:
         url=url, domain_id=t.take("domain_id", int, None, check=lambda d: 0 <= d <= 1 << 20,
                                   expected="the domain id the server serves the robot's bundle for"),
         token=token,
-        timeout_s=t.take("timeout_s", float, 1.0, check=lambda x: 0 < x <= 60, expected="seconds in (0, 60]"),
-        connect_timeout_s=t.take("connect_timeout_s", float, 2.0, check=lambda x: 0 < x <= 60,
-                                 expected="seconds in (0, 60]"),
+        timeout_s=t.take("timeout_s", float, 1.0, check=lambda x: 0.01 <= x <= 60, expected="seconds 0.01 ... 60"),
+        connect_timeout_s=t.take("connect_timeout_s", float, 2.0, check=lambda x: 0.01 <= x <= 60,
+                                 expected="seconds 0.01 ... 60"),
         steps=t.take("steps", int, None, check=lambda n: 1 <= n <= MAX_STEPS, expected=f"an integer 1 ... {MAX_STEPS}"))
     t.finish()
     return section

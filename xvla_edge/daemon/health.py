@@ -17,8 +17,8 @@ What protects it:
 - Every ``POST`` must be ``Content-Type: application/json`` (415 otherwise) and, when it has an ``Origin``, come
   from this server's own origin (403 otherwise): a web page in the technician's browser cannot send a form or a
   ``text/plain`` request that acts.
-- At most :data:`MAX_CONNECTIONS` requests are served at once, one thread each (503 with ``Retry-After`` beyond
-  that, answered without a thread); a connection that sends nothing for :data:`TIMEOUT_S` is closed; a client
+- At most :data:`MAX_CONNECTIONS` requests are served at once, by a pool of threads (503 with ``Retry-After``
+  beyond that, answered without one); a connection that sends nothing for :data:`TIMEOUT_S` is closed; a client
   that goes away before its reply costs one log line (at most one per ten seconds).
 
 ``POST /control`` with ``{"command": "estop"}`` takes the daemon's e-stop path, which never waits for another
@@ -35,7 +35,8 @@ import socket
 import sys
 import threading
 from importlib import resources
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
@@ -64,15 +65,16 @@ def _hostname(authority: str) -> str:
         return ""
 
 
-class _BoundedServer(ThreadingHTTPServer):
-    """One thread per request, at most ``MAX_CONNECTIONS`` of them; beyond that a fixed 503 written by the accepting
-    thread. Clients that go away are one throttled log line, not a traceback."""
+class _BoundedServer(HTTPServer):
+    """Requests served by a pool of at most ``MAX_CONNECTIONS`` threads, reused (a thread per request made the
+    allocator's arenas grow under a flood, and each start waited for the interpreter); beyond that a fixed 503
+    written by the accepting thread. Clients that go away are one throttled log line, not a traceback."""
 
-    daemon_threads = True
     request_queue_size = BACKLOG
 
     def __init__(self, address: Tuple[str, int], handler: Any) -> None:
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.pool = ThreadPoolExecutor(MAX_CONNECTIONS, thread_name_prefix="xvla-http")
         self.dropped = Throttled(log, "http_client_gone")
         super().__init__(address, handler)
 
@@ -86,16 +88,24 @@ class _BoundedServer(ThreadingHTTPServer):
             self.shutdown_request(request)
             return
         try:
-            super().process_request(request, client_address)
+            self.pool.submit(self._serve_one, request, client_address)
         except BaseException:
-            self.slots.release()  # the thread did not start
+            self.slots.release()  # closing: the pool takes no more
+            self.shutdown_request(request)
             raise
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
+    def _serve_one(self, request: Any, client_address: Any) -> None:
         try:
-            super().process_request_thread(request, client_address)
+            self.finish_request(request, client_address)
+        except Exception:  # noqa: BLE001 - as socketserver does: reported by handle_error
+            self.handle_error(request, client_address)
         finally:
+            self.shutdown_request(request)
             self.slots.release()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         exc = sys.exc_info()[1]

@@ -71,6 +71,8 @@ def test_the_values_of_issue_33_are_refused_by_config_check(write, capsys, old, 
     ("[arm]", "[safety]\njoint_limits = [" + ", ".join(["{ lower = 0, upper = 1, max_velocity = 1 }"] * 33) + "]\n[arm]",
      "[safety].joint_limits = [{ lower = |: expected an array of {lower=, upper=, max_velocity=}, one per joint, at "
      "most 32"),
+    ("[arm]", "[inference]\nmax_latency_s = 1e-300\n[arm]",
+     "[inference].max_latency_s = 1e-300: expected seconds 0.01 ... 60"),
     ("[arm]", "[splice]\nmax_latency_s = 1e300\n[arm]", "[splice].max_latency_s = 1e+300: SplicePolicy.max_latency_s: "
                                                         "expected 0.01 ... 10 s"),
     ("[arm]", "[splice]\nspeed_margin = 1e300\n[arm]", "[splice].speed_margin = 1e+300: SplicePolicy.speed_margin: "
