@@ -27,6 +27,7 @@ command.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -34,6 +35,7 @@ import re
 import socket
 import sys
 import threading
+import time
 from importlib import resources
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -49,6 +51,7 @@ from xvla_edge.http_auth import is_loopback, same_token
 Health = Callable[[], Tuple[str, List[str]]]
 MAX_CONTROL_BYTES = 64 * 1024
 MAX_CONNECTIONS = 32
+READ_CACHE_S = 0.1  # /status, /series, /metrics and camera frames are at most this old
 TIMEOUT_S = 10.0
 BACKLOG = 128
 _CAMERA = re.compile(r"^/camera/([0-2])\.png(\?.*)?$")
@@ -128,8 +131,27 @@ def _json(value: Any) -> str:
     return json.dumps(clean(value), default=str)
 
 
+@functools.lru_cache(maxsize=1)
 def status_page() -> bytes:
     return resources.files("xvla_edge.daemon").joinpath("status.html").read_bytes()
+
+
+class _Recent:
+    """What the read endpoints answered, reused for ``ttl`` seconds: a flood of readers costs one rendering per
+    ``ttl`` (and its allocations), not one each; the status page polls once a second."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        self._values: Dict[str, Tuple[float, Any]] = {}
+
+    def get(self, key: str, make: Callable[[], Any]) -> Any:
+        with self._lock:
+            made, value = self._values.get(key, (-math.inf, None))
+            if time.monotonic() - made > self.ttl:
+                value = make()
+                self._values[key] = (time.monotonic(), value)
+            return value
 
 
 @dataclass
@@ -154,6 +176,7 @@ class HealthServer:
                  on_record: Optional[Callable[[], str]] = None, *, token: Optional[str] = None,
                  operator: Optional[Operator] = None, bundle_id: Callable[[], Optional[str]] = lambda: None) -> None:
         outer = self
+        recent = _Recent(READ_CACHE_S)
         expected = None if token is None else f"Bearer {token}"
         local_only = is_loopback(host.lower())
 
@@ -179,15 +202,16 @@ class HealthServer:
                         body["bundle_id"] = identity
                     self._send(200 if status == "ok" else 503, "application/json", json.dumps(body))
                 elif self.path == "/metrics":
-                    self._send(200, CONTENT_TYPE, metrics())
+                    self._send(200, CONTENT_TYPE, recent.get("metrics", metrics))
                 elif operator is not None and self.path in ("/", "/index.html"):
                     self._send(200, "text/html; charset=utf-8", status_page())
                 elif operator is not None and self.path == "/status":
-                    self._send(200, "application/json", _json(operator.status()))
+                    self._send(200, "application/json", recent.get("status", lambda: _json(operator.status())))
                 elif operator is not None and self.path == "/series":
-                    self._send(200, "application/json", _json(operator.series()))
+                    self._send(200, "application/json", recent.get("series", lambda: _json(operator.series())))
                 elif operator is not None and _CAMERA.match(self.path):
-                    png = operator.camera(int(_CAMERA.match(self.path).group(1)))  # type: ignore[union-attr]
+                    slot = int(_CAMERA.match(self.path).group(1))  # type: ignore[union-attr]
+                    png = recent.get(f"camera{slot}", lambda: operator.camera(slot))
                     if png is None:
                         self._send(404, "text/plain", "no frame from this camera\n")
                     else:
