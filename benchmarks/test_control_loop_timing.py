@@ -24,11 +24,11 @@ import numpy as np
 import pytest
 
 from benchmarks.load import CpuHog
-from drivers.control_loop import LoopConfig
-from drivers.loop_process import ControlLoopClient
-from drivers.sim_arm import SimArm
+from drivers.control.control_loop import LoopConfig
+from drivers.control.loop_process import ControlLoopClient
+from drivers.emulation.sim_arm import SimArm
 from benchmarks.machine import cpu_model
-from drivers.trajectory import Trajectory
+from drivers.control.trajectory import Trajectory
 
 SECONDS = float(os.environ.get("XVLA_BENCH_SECONDS", "5"))
 

@@ -40,7 +40,7 @@ BUNDLE_TOLERANCE = 0.05
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory) -> dict[str, Path]:
     from export.bundle import ExportOptions, export_bundle
-    from xvla_edge.sim.calibration import write_calibration_set
+    from xvla_edge.sim.calibration_sets import write_calibration_set
 
     root = tmp_path_factory.mktemp("sim-bundles")
     out = {}

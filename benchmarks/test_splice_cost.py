@@ -19,10 +19,10 @@ import pytest
 import scipy
 
 from drivers.arm import Target
-from drivers.interpolation import TrajectorySampler
-from drivers.safety import SafetyLimits
-from drivers.splice import POLICY_RANGES, SplicePolicy, splice
-from drivers.trajectory import Trajectory
+from drivers.control.interpolation import TrajectorySampler
+from drivers.control.safety import SafetyLimits
+from drivers.control.splice import POLICY_RANGES, SplicePolicy, splice
+from drivers.control.trajectory import Trajectory
 
 PERIOD_200HZ_S = 0.005
 IDENTITY = [0.0, 0.0, 0.0, 1.0]

@@ -6,7 +6,7 @@ Not part of the test suite. Run::
     .venv/bin/python -m pytest benchmarks/test_tick_stages.py -s \
         --benchmark-json=benchmarks/results/<machine>/tick-stages.json
 
-The control loop (:class:`drivers.control_loop.ControlLoop`, in this process) ticks at 200 or 500 Hz on the
+The control loop (:class:`drivers.control.control_loop.ControlLoop`, in this process) ticks at 200 or 500 Hz on the
 wall clock for ``XVLA_BENCH_SECONDS`` (default 4) s while a new 30-waypoint chunk arrives every 0.5 s, as
 from a policy (the splice itself happens between ticks and is measured by ``test_splice_cost.py``). Arms:
 the simulated arm in end-effector and joint space (its dynamics are the "I/O"), and the xvla-serial driver
@@ -27,13 +27,13 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pytest
 
-from drivers import control_loop
 from drivers.arm import Arm, JointLimit
-from drivers.control_loop import ControlLoop, LoopConfig
-from drivers.interpolation import GripperPolicy
-from drivers.realtime import sleep_until
-from drivers.sim_arm import SimArm
-from drivers.trajectory import Trajectory
+from drivers.control import control_loop
+from drivers.control.control_loop import ControlLoop, LoopConfig
+from drivers.control.interpolation import GripperPolicy
+from drivers.control.trajectory import Trajectory
+from drivers.emulation.sim_arm import SimArm
+from drivers.system.realtime import sleep_until
 
 SECONDS = float(os.environ.get("XVLA_BENCH_SECONDS", "4"))
 BUDGET_US = 300.0

@@ -31,9 +31,9 @@ import pytest
 
 from benchmarks.conftest import cpu_model
 from benchmarks.load import CpuHog
-from drivers.control_loop import LoopConfig
-from drivers.loop_process import ControlLoopClient
-from drivers.trajectory import Trajectory
+from drivers.control.control_loop import LoopConfig
+from drivers.control.loop_process import ControlLoopClient
+from drivers.control.trajectory import Trajectory
 from drivers.xvla_serial import emulator
 from drivers.xvla_serial.arm import XvlaSerialArm
 

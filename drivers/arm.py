@@ -1,7 +1,7 @@
 """The interface every arm backend implements, and the values that cross it.
 
-A backend (the xvla-serial arm, the Dynamixel bus arm, :class:`drivers.sim_arm.SimArm`) talks to one
-arm controller. The control loop (:mod:`drivers.control_loop`) is its only caller and uses it from a single
+A backend (the xvla-serial arm, the Dynamixel bus arm, :class:`drivers.emulation.sim_arm.SimArm`) talks to one
+arm controller. The control loop (:mod:`drivers.control.control_loop`) is its only caller and uses it from a single
 thread at the control rate, so backends need no locking. The loop calls, in order::
 
     caps = arm.connect()          # once, in the control-loop process
@@ -172,7 +172,7 @@ class Target:
     """One command for all arms of a controller. Build it with :meth:`ee` or :meth:`joint`.
 
     Shapes are checked, values are not: non-finite or out-of-range values are the safety envelope's job
-    (:mod:`drivers.safety`), which every target passes before it reaches a backend. Backends should still
+    (:mod:`drivers.control.safety`), which every target passes before it reaches a backend. Backends should still
     refuse non-finite values rather than send them.
     """
 

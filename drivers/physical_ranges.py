@@ -2,7 +2,7 @@
 
 Every check against these names the field, the value and the range.
 
-Trajectory waypoints (checked by :class:`drivers.trajectory.Trajectory` on every chunk, so that the
+Trajectory waypoints (checked by :class:`drivers.control.trajectory.Trajectory` on every chunk, so that the
 interpolation, the splice and the safety envelope only meet values whose arithmetic cannot overflow):
 
 ================================  ==========  ================================================================
@@ -24,7 +24,7 @@ Times must be finite and strictly increasing (no duplicates, never backwards), w
 The waypoint speeds are far above any arm's limits (below), so a chunk that merely asks for more than the
 arm allows is slowed by the safety envelope, not refused.
 
-Configured limits (:class:`drivers.safety.SafetyLimits`, :class:`drivers.arm.JointLimit`): each must be
+Configured limits (:class:`drivers.control.safety.SafetyLimits`, :class:`drivers.arm.JointLimit`): each must be
 finite, at least ``SAFETY_LIMIT_MIN`` (0.001 in its unit: a slower limit is an arm that does not move, and
 the time a spliced chunk is delayed to start within the limits, distance / limit, would leave any span)
 and at most:
@@ -62,7 +62,7 @@ SAFETY_LIMIT_MIN = 1e-3
 MAX_ARMS = 4
 MAX_JOINTS = 32
 
-#: Upper bound and unit of each :class:`drivers.safety.SafetyLimits` rate.
+#: Upper bound and unit of each :class:`drivers.control.safety.SafetyLimits` rate.
 SAFETY_LIMIT_MAX: Dict[str, Tuple[float, str]] = {
     "max_linear_speed": (3.0, "m/s"),
     "max_angular_speed": (2 * math.pi, "rad/s"),

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, Tuple, Type, Union
 
 from drivers.arm import Arm, ArmConfigError, ArmFactory
+from drivers.control.safety import SafetyLimits
 from drivers.dynamixel.arm import DynamixelArm
-from drivers.dynamixel.calibration import GRIPPER_ENDS, ArmCalibration, load_calibration
+from drivers.dynamixel.joint_offsets import GRIPPER_ENDS, ArmCalibration, load_calibration
 from drivers.dynamixel.tables import BAUD_RATES as DYNAMIXEL_BAUD_RATES
+from drivers.emulation.sim_arm import MAX_TIME_CONSTANT_S, SimArm
 from drivers.physical_ranges import MAX_ARMS, MAX_JOINT_VELOCITY, MAX_POSITION_M, SAFETY_LIMIT_MIN
-from drivers.safety import SafetyLimits
-from drivers.sim_arm import MAX_TIME_CONSTANT_S, SimArm
 from drivers.xvla_serial.arm import BAUD_RATES as XVLA_SERIAL_BAUD_RATES
 from drivers.xvla_serial.arm import XvlaSerialArm
 
@@ -158,7 +158,7 @@ def _xvla_serial_factory(space: str, values: Values, limits: SafetyLimits) -> Ar
 
 _DYNAMIXEL_LINK = (_baud(DYNAMIXEL_BAUD_RATES, "the X-series Baud_Rate settings"),
                    _deadman("watchdog_ms", 20, 2540, " (the servos' Bus_Watchdog, in 20 ms steps)"))
-#: What a LeRobot calibration file does not say (``drivers.dynamixel.calibration``); not for this project's files.
+#: What a LeRobot calibration file does not say (``drivers.dynamixel.joint_offsets``); not for this project's files.
 _LEROBOT_CALIBRATION = (
     Option("max_joint_velocity", float, check=lambda v: SAFETY_LIMIT_MIN <= v <= MAX_JOINT_VELOCITY,
            expected=f"rad/s {SAFETY_LIMIT_MIN:g} ... 4π, every joint (only with a LeRobot calibration file)"),

@@ -8,7 +8,7 @@ import pytest
 from calibration.errors import CalibrationError
 from calibration.sets import load_set
 from drivers.arm import ArmError
-from drivers.dynamixel.calibration import ArmCalibration
+from drivers.dynamixel.joint_offsets import ArmCalibration
 from xvla.config import load_config
 from xvla.errors import XVLAError
 from xvla.preprocessing import ImageProcessor

@@ -61,7 +61,7 @@ from drivers.arm import (
 from drivers.dynamixel import protocol as p
 from drivers.dynamixel import tables as t
 from drivers.dynamixel.bus import Bus, DynamixelLinkError, PendingRead, ServoError, sync_write_packet
-from drivers.dynamixel.calibration import ArmCalibration, ArmCalibrationError
+from drivers.dynamixel.joint_offsets import ArmCalibration, ArmCalibrationError
 
 _HW_TO_FAULT = {
     t.HardwareError.INPUT_VOLTAGE: FaultFlag.SUPPLY_VOLTAGE,

@@ -1,6 +1,6 @@
 """Emulated chain of X-series Dynamixel servos behind a pty, for tests and bring-up without hardware.
 
-Runs in its own process (see :mod:`drivers.pty_emulator`)::
+Runs in its own process (see :mod:`drivers.emulation.pty_emulator`)::
 
     python -m drivers.dynamixel.emulator --config '{"ids": [1, 2, 3, 4, 5, 6]}'    # prints /dev/pts/N
 
@@ -32,7 +32,7 @@ from typing import Any
 
 from drivers.dynamixel import protocol as p
 from drivers.dynamixel import tables as t
-from drivers.pty_emulator import EmulatorProcess, run
+from drivers.emulation.pty_emulator import EmulatorProcess, run
 
 MEMORY_SIZE = 256
 _BY_ADDRESS = {reg.address: reg for reg in t.X_SERIES}

@@ -1,6 +1,6 @@
 """Emulated xvla-serial arm controller (PROTOCOL.md), for tests and bring-up without hardware.
 
-Runs in its own process on a pty (see :mod:`drivers.pty_emulator`)::
+Runs in its own process on a pty (see :mod:`drivers.emulation.pty_emulator`)::
 
     python -m drivers.xvla_serial.emulator --config '{"n_joints": 7}'    # prints /dev/pts/N
 
@@ -26,7 +26,7 @@ import time
 from collections import deque
 from typing import Any
 
-from drivers.pty_emulator import EmulatorProcess, run
+from drivers.emulation.pty_emulator import EmulatorProcess, run
 from drivers.xvla_serial import codec as c
 
 HISTORY = 1000  # accepted sequence numbers and NACKs kept for ``snapshot`` (the counts cover every one)

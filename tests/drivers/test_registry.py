@@ -13,10 +13,10 @@ import pytest
 
 from drivers import registry
 from drivers.arm import SPACES, ArmConfigError, Box, JointLimit
+from drivers.control.safety import SafetyLimits
 from drivers.dynamixel.arm import DynamixelArm
-from drivers.dynamixel.calibration import ArmCalibration
-from drivers.safety import SafetyLimits
-from drivers.sim_arm import SimArm
+from drivers.dynamixel.joint_offsets import ArmCalibration
+from drivers.emulation.sim_arm import SimArm
 from drivers.xvla_serial.arm import XvlaSerialArm
 
 CALIBRATION = {"robot_id": "koch", "gripper": {"motor_id": 3, "closed": 2048, "open": 2900},

@@ -103,7 +103,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _calibration_set(args: argparse.Namespace) -> int:
-    from xvla_edge.sim.calibration import write_calibration_set
+    from xvla_edge.sim.calibration_sets import write_calibration_set
 
     path = write_calibration_set(out_path(args), count=args.count, seed=args.seed, force=args.force)
     print(f"[sim] calibration set of {args.count} task observations: {path}")

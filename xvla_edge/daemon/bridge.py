@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from drivers.arm import ArmState
-from drivers.trajectory import Trajectory
+from drivers.control.trajectory import Trajectory
 from runtime.types import ActionChunk
 from xvla.errors import XVLAError
 from xvla.rotations import quat_to_rot6d

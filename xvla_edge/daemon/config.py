@@ -4,8 +4,8 @@ Every problem is reported, all together, one per line, naming the file, the key 
 is allowed, e.g. ``robot.toml: [arm].driver = "dynamixl": expected one of "sim", "xvla-serial",
 "dynamixel"``. Unknown keys are errors too (with a "did you mean" when one is close). ``[arm]`` is read
 from the driver's entry in :mod:`drivers.registry` (its keys, spaces and checks). Values that the drivers
-check themselves (:class:`~drivers.control_loop.LoopConfig`, :class:`~drivers.safety.SafetyLimits`,
-:class:`~drivers.splice.SplicePolicy`, :class:`~drivers.interpolation.GripperPolicy`, the arm driver's
+check themselves (:class:`~drivers.control.control_loop.LoopConfig`, :class:`~drivers.control.safety.SafetyLimits`,
+:class:`~drivers.control.splice.SplicePolicy`, :class:`~drivers.control.interpolation.GripperPolicy`, the arm driver's
 constructor) are checked by building those objects here, and their refusals are reported by key the same
 way. Every number has a finite range, so that nothing the loop, the drivers and the cameras derive from
 it (blend samples, delays, buffer sizes) can exhaust the robot. Relative paths are relative to the config
@@ -36,11 +36,11 @@ except ModuleNotFoundError:  # Python 3.10 (JetPack 6)
 
 from drivers import registry
 from drivers.arm import ArmConfigError, ArmFactory, Box, JointLimit
-from drivers.control_loop import LoopConfig
-from drivers.interpolation import GripperPolicy
+from drivers.control.control_loop import LoopConfig
+from drivers.control.interpolation import GripperPolicy
+from drivers.control.safety import SafetyLimits
+from drivers.control.splice import SplicePolicy
 from drivers.physical_ranges import MAX_ARMS, MAX_JOINTS
-from drivers.safety import SafetyLimits
-from drivers.splice import SplicePolicy
 from xvla.constants import MAX_IMAGE_SIDE, MAX_STEPS
 from xvla.errors import ConfigError, InputError
 from xvla.instruction import check_instruction
@@ -134,7 +134,7 @@ _LOOP = LoopConfig()
 
 @dataclass(frozen=True)
 class ControlSection:
-    """``[control]``: the control loop's process (see :class:`~drivers.control_loop.LoopConfig`)."""
+    """``[control]``: the control loop's process (see :class:`~drivers.control.control_loop.LoopConfig`)."""
 
     rate_hz: float = _LOOP.rate_hz
     realtime_priority: int = _LOOP.realtime_priority

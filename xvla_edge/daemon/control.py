@@ -26,7 +26,7 @@ operating system refuses everyone else.
 The e-stop gets through whatever else is happening. Its first path bypasses this process altogether: the
 control-loop process listens on the e-stop socket beside the control socket (:func:`estop_socket_path`,
 ``control-estop.sock`` for ``control.sock``; same mode and group), where *connecting* is the e-stop, taken at the
-loop's next tick at its own priority (:mod:`drivers.loop_process`); :func:`estop` (``xvla-edge ctl estop``) uses
+loop's next tick at its own priority (:mod:`drivers.control.loop_process`); :func:`estop` (``xvla-edge ctl estop``) uses
 it, and the control socket when it is missing. On the control socket itself, one I/O thread serves every
 connection (no thread per client; a listen backlog of :data:`BACKLOG`): it reads each request line as it
 arrives and runs an ``estop`` on the spot, while other commands wait their turn for one worker thread (at most :data:`MAX_QUEUED`; beyond that

@@ -2,7 +2,7 @@
 
 What the supervisor sees itself (chunks, their latency, inference errors, camera ages and stalls) is counted
 with the library's own metric types. What the control-loop process counts (ticks, deadlines, safety
-interventions, arm-link events, mode) arrives as :class:`~drivers.control_loop.LoopStats` snapshots and is
+interventions, arm-link events, mode) arrives as :class:`~drivers.control.control_loop.LoopStats` snapshots and is
 exported from the latest one by a custom collector, as the library intends for values counted elsewhere.
 
 Every counter is there from the start, at zero: per camera, per intervention kind and per mode, so that a
@@ -21,8 +21,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from drivers.control_loop import LoopStats
-from drivers.safety import CLIP_KINDS, REJECT_KINDS
+from drivers.control.control_loop import LoopStats
+from drivers.control.safety import CLIP_KINDS, REJECT_KINDS
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 MODES = ("link_lost", "estopped", "fault", "idle", "holding", "tracking")

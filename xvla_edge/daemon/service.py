@@ -2,7 +2,7 @@
 
 Three kinds of work run side by side:
 
-- the **control loop** in its own process (:mod:`drivers.loop_process`): streams the executing chunk at the
+- the **control loop** in its own process (:mod:`drivers.control.loop_process`): streams the executing chunk at the
   control rate through the safety envelope, holds when no fresh trajectory covers now, pings the systemd
   watchdog from its tick;
 - **inference** on a worker thread (:meth:`runtime.policy.Policy.act_async`): the next chunk is started when
@@ -45,9 +45,10 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from drivers import registry, sdnotify
-from drivers.control_loop import LoopStats
-from drivers.loop_process import ControlLoopClient, ControlLoopError
+from drivers import registry
+from drivers.control.control_loop import LoopStats
+from drivers.control.loop_process import ControlLoopClient, ControlLoopError
+from drivers.system import sdnotify
 from xvla_edge.daemon.bridge import check_arm, chunk_to_trajectory, proprio_from_state
 from xvla_edge.daemon.cameras import Camera, open_camera
 from xvla_edge.daemon.config import RobotConfig

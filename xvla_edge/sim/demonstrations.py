@@ -11,7 +11,7 @@ works on the other layouts — builds on the word being read.
 
 One demonstration: the expert is stepped every :data:`DT` (the chunk spacing: one chunk of
 :data:`CHUNK_LENGTH` actions spans :data:`CHUNK_SECONDS`), its commands drive a
-:class:`drivers.sim_arm.SimArm` on a virtual clock, and the table follows the arm's measured state. In a
+:class:`drivers.emulation.sim_arm.SimArm` on a virtual clock, and the table follows the arm's measured state. In a
 fraction of the demonstrations the commanded point is kicked off its path now and then (a few centimetres,
 while the gripper is open), so the data show the way back from states the expert alone never visits.
 
@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from drivers.arm import Box, Target
-from drivers.sim_arm import SimArm
+from drivers.emulation.sim_arm import SimArm
 from xvla.rotations import quat_to_rot6d
 from xvla_edge.sim import expert
 from xvla_edge.sim.scene import GRASP_QUAT, N_BLOCKS, Scene, random_scene

@@ -5,7 +5,7 @@ Two ways to run an episode, both through the robot's own chain (observation → 
 time stamps → splice → safety envelope → arm):
 
 - :func:`run_virtual`: a :class:`runtime.policy.Policy` (any backend and bundle) and the in-process
-  :class:`drivers.control_loop.ControlLoop` driving a :class:`drivers.sim_arm.SimArm` on a virtual clock at
+  :class:`drivers.control.control_loop.ControlLoop` driving a :class:`drivers.emulation.sim_arm.SimArm` on a virtual clock at
   the daemon's control rate. Inference takes a fixed virtual ``latency_s`` (results do not depend on the
   machine's speed); chunks start when the executing one has ``start_fraction`` of its span left, as in the
   daemon. Deterministic for a seed.
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import numpy as np
 
-from drivers.control_loop import ControlLoop, LoopConfig
+from drivers.control.control_loop import ControlLoop, LoopConfig
 from runtime.decode import chunk_timestamps, decode_arms
 from runtime.types import ActionChunk, Observation
 from xvla.errors import XVLAError
@@ -45,7 +45,7 @@ from xvla_edge.sim.scene import RENDER_SIDE, Scene, random_scene
 from xvla_edge.sim.world import Tabletop
 
 if TYPE_CHECKING:
-    from drivers.pty_emulator import EmulatorProcess
+    from drivers.emulation.pty_emulator import EmulatorProcess
     from runtime.manifest import Manifest
     from runtime.policy import Policy
     from xvla_edge.daemon.config import RobotConfig

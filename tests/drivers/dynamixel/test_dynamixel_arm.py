@@ -12,8 +12,8 @@ from drivers.arm import ArmConfigError, ArmFault, ArmLinkError, FaultFlag, Targe
 from drivers.dynamixel import emulator
 from drivers.dynamixel import tables as t
 from drivers.dynamixel.arm import DynamixelArm
-from drivers.dynamixel.calibration import ArmCalibration, GripperCalibration, JointCalibration
-from drivers.pty_emulator import EmulatorProcess
+from drivers.dynamixel.joint_offsets import ArmCalibration, GripperCalibration, JointCalibration
+from drivers.emulation.pty_emulator import EmulatorProcess
 
 CAL = ArmCalibration(
     "test-arm",

@@ -10,12 +10,12 @@ import time
 import numpy as np
 import pytest
 
-from drivers.control_loop import LoopConfig
-from drivers.loop_process import ControlLoopClient
+from drivers.control.control_loop import LoopConfig
+from drivers.control.loop_process import ControlLoopClient
+from drivers.control.trajectory import Trajectory
 from drivers.dynamixel import emulator
 from drivers.dynamixel.arm import DynamixelArm
-from drivers.dynamixel.calibration import ArmCalibration, GripperCalibration, JointCalibration
-from drivers.trajectory import Trajectory
+from drivers.dynamixel.joint_offsets import ArmCalibration, GripperCalibration, JointCalibration
 
 CAL = ArmCalibration(
     "loop-arm",

@@ -1,6 +1,6 @@
 """The control tick's calls into DynamixelArm (poll_state, send_target) never wait on the bus.
 
-The emulated servo chain runs in-process behind :class:`drivers.virtual_port.VirtualPort` on a virtual clock,
+The emulated servo chain runs in-process behind :class:`drivers.emulation.virtual_port.VirtualPort` on a virtual clock,
 so "never blocks" is checked exactly (a read that would wait is counted), independent of machine load.
 """
 
@@ -16,8 +16,8 @@ from drivers.arm import ArmFault, ArmLinkError, ArmState, FaultFlag, Target
 from drivers.dynamixel import emulator
 from drivers.dynamixel import tables as t
 from drivers.dynamixel.arm import DynamixelArm
-from drivers.dynamixel.calibration import ArmCalibration, GripperCalibration, JointCalibration
-from drivers.virtual_port import VirtualClock, VirtualPort
+from drivers.dynamixel.joint_offsets import ArmCalibration, GripperCalibration, JointCalibration
+from drivers.emulation.virtual_port import VirtualClock, VirtualPort
 
 CAL = ArmCalibration(
     "poll-arm",

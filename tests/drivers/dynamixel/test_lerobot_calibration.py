@@ -14,7 +14,7 @@ import pytest
 from drivers.arm import Target
 from drivers.dynamixel import emulator
 from drivers.dynamixel.arm import DynamixelArm
-from drivers.dynamixel.calibration import ArmCalibrationError, load_calibration
+from drivers.dynamixel.joint_offsets import ArmCalibrationError, load_calibration
 
 # A Koch follower as LeRobot's calibration leaves it: shoulder_pan and wrist_roll forced to the full turn,
 # the other ranges as recorded; homing offsets already written into the servos.

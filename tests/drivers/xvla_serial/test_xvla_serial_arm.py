@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from drivers.arm import ArmFault, ArmLinkError, ArmState, FaultFlag, Target
-from drivers.pty_emulator import EmulatorProcess, serve
+from drivers.emulation.pty_emulator import EmulatorProcess, serve
 from drivers.xvla_serial import codec as c
 from drivers.xvla_serial import emulator
 from drivers.xvla_serial.arm import XvlaSerialArm

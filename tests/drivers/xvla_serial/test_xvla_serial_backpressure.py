@@ -1,6 +1,6 @@
 """The control tick's calls into XvlaSerialArm (poll_state, send_target) never wait on the controller.
 
-The emulated controller runs in-process behind :class:`drivers.virtual_port.VirtualPort` on a virtual clock,
+The emulated controller runs in-process behind :class:`drivers.emulation.virtual_port.VirtualPort` on a virtual clock,
 so "never blocks" is checked exactly (a read that would wait is counted), independent of machine load.
 """
 
@@ -13,9 +13,9 @@ import pytest
 import serial
 
 from drivers.arm import ArmLinkError, Target
+from drivers.emulation.virtual_port import VirtualClock, VirtualPort
 from drivers.xvla_serial import emulator
 from drivers.xvla_serial.arm import XvlaSerialArm
-from drivers.virtual_port import VirtualClock, VirtualPort
 
 CONFIG = emulator.ControllerConfig(n_joints=6, n_arms=1)
 PERIOD = 0.005  # 200 Hz

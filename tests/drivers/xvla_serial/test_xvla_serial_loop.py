@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from drivers.control_loop import LoopConfig
-from drivers.loop_process import ControlLoopClient
-from drivers.trajectory import Trajectory
+from drivers.control.control_loop import LoopConfig
+from drivers.control.loop_process import ControlLoopClient
+from drivers.control.trajectory import Trajectory
 from drivers.xvla_serial import emulator
 from drivers.xvla_serial.arm import XvlaSerialArm
 
@@ -38,7 +38,7 @@ def chunk(space: str, t_obs: float) -> tuple[Trajectory, np.ndarray]:
 def test_control_loop_streams_a_chunk(space: str, rate_hz: float) -> None:
     """Every frame the loop sent arrived and every TARGET was acknowledged; the arm came to rest on the last
     waypoint. On a loaded machine ticks are missed and the trajectory runs late (never ahead of the
-    command, see drivers/streamer.py); the generous lag allowance keeps it from being dropped as stale."""
+    command, see drivers/control/streamer.py); the generous lag allowance keeps it from being dropped as stale."""
     emu = emulator.start(CONFIG, seed=2)
     factory = functools.partial(XvlaSerialArm, emu.port, space=space, timeout_ms=10_000, reply_timeout_s=0.5)
     try:

@@ -45,7 +45,7 @@ if fault == "slow-policy":
     load = Policy.load.__func__
     Policy.load = classmethod(lambda cls, *a, **k: (pause("policy"), load(cls, *a, **k))[1])
 elif fault == "slow-loop":
-    from drivers.loop_process import ControlLoopClient
+    from drivers.control.loop_process import ControlLoopClient
     start = ControlLoopClient.start
     ControlLoopClient.start = lambda self, *a, **k: (start(self, *a, **k), pause("loop"))[0]
 else:

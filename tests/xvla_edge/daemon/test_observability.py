@@ -18,9 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from xvla_edge.daemon.cameras import CameraError, FolderCamera, SyntheticCamera
 from xvla_edge.daemon.health import HealthError, HealthServer
 from xvla_edge.daemon.logs import JsonFormatter
-from drivers.control_loop import LoopStats
-from drivers.realtime import PeriodStats
-from drivers.safety import CLIP_KINDS, REJECT_KINDS
+from drivers.control.control_loop import LoopStats
+from drivers.control.safety import CLIP_KINDS, REJECT_KINDS
+from drivers.system.realtime import PeriodStats
 from xvla_edge.daemon.metrics import CONTENT_TYPE, MODES, DaemonMetrics
 from xvla_edge.daemon.recorder import Recorder, RecorderError
 

@@ -17,12 +17,12 @@ import pytest
 
 from drivers import registry
 from drivers.arm import Box, JointLimit
+from drivers.control.interpolation import GripperPolicy
+from drivers.control.safety import SafetyLimits
+from drivers.control.splice import SplicePolicy
 from drivers.dynamixel.arm import DynamixelArm
-from drivers.dynamixel.calibration import ArmCalibration
-from drivers.interpolation import GripperPolicy
-from drivers.safety import SafetyLimits
-from drivers.sim_arm import SimArm
-from drivers.splice import SplicePolicy
+from drivers.dynamixel.joint_offsets import ArmCalibration
+from drivers.emulation.sim_arm import SimArm
 from drivers.xvla_serial.arm import XvlaSerialArm
 from xvla_edge.daemon import config as config_module
 from xvla_edge.commands import config as config_cli

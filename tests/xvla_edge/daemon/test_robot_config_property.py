@@ -16,11 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
 
-from drivers.control_loop import MAX_RATE_HZ, MAX_TRAJECTORY_LAG, MIN_RATE_HZ, ControlLoop
+from drivers.control.control_loop import MAX_RATE_HZ, MAX_TRAJECTORY_LAG, MIN_RATE_HZ, ControlLoop
+from drivers.control.splice import MAX_BLEND_SAMPLES, POLICY_RANGES
+from drivers.control.trajectory import Trajectory
+from drivers.emulation.sim_arm import DEFAULT_WORKSPACE, MAX_TIME_CONSTANT_S
 from drivers.physical_ranges import MAX_ARMS, MAX_JOINT, MAX_JOINT_VELOCITY, SAFETY_LIMIT_MAX, SAFETY_LIMIT_MIN
-from drivers.sim_arm import DEFAULT_WORKSPACE, MAX_TIME_CONSTANT_S
-from drivers.splice import MAX_BLEND_SAMPLES, POLICY_RANGES
-from drivers.trajectory import Trajectory
 from xvla_edge.daemon.config import parse_config
 
 CHUNK = 30  # waypoints per X-VLA chunk

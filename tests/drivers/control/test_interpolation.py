@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
 
 from drivers.arm import ArmConfigError
-from drivers.interpolation import GripperLatch, GripperPolicy, TrajectorySampler
-from drivers.trajectory import Trajectory
+from drivers.control.interpolation import GripperLatch, GripperPolicy, TrajectorySampler
+from drivers.control.trajectory import Trajectory
 
 IDENTITY = np.array([0.0, 0.0, 0.0, 1.0])
 
@@ -188,7 +188,7 @@ def test_sampling_many_times_at_once_matches_one_at_a_time(gripper):
 def test_knot_slopes_are_scipys_pchip_slopes(n, seed):
     from scipy.interpolate import PchipInterpolator
 
-    from drivers.interpolation import _pchip_slopes
+    from drivers.control.interpolation import _pchip_slopes
 
     rng = np.random.default_rng(seed)
     times = np.cumsum(rng.uniform(0.01, 0.1, n))

@@ -8,8 +8,8 @@ from scipy.signal import savgol_filter
 from scipy.spatial.transform import Rotation
 
 from drivers.arm import Target
+from drivers.control.trajectory import Trajectory, TrajectoryError, _smoothing_matrix, chunk_times
 from drivers.physical_ranges import MAX_JOINT, MAX_POSITION_M
-from drivers.trajectory import Trajectory, TrajectoryError, _smoothing_matrix, chunk_times
 
 IDENTITY = np.array([0.0, 0.0, 0.0, 1.0])
 

@@ -3,7 +3,7 @@
 :func:`splice` turns a new chunk into the trajectory to execute from ``now`` on:
 
 0. **Smoothing** (``smooth_window``, off by default). The chunk's positions (or joints) are low-pass
-   filtered over that many waypoints (:meth:`~drivers.trajectory.Trajectory.smoothed`). A learnt policy's
+   filtered over that many waypoints (:meth:`~drivers.control.trajectory.Trajectory.smoothed`). A learnt policy's
    waypoints jitter by millimetres around its intended path; the interpolator goes through every one, and at
    30 waypoints per second a 1 mm zig-zag asks for accelerations near 5 m/s², which the envelope then clamps
    tick after tick.
@@ -19,7 +19,7 @@
    sent (``command_time``, at most one tick before ``now``: starting it at ``now`` would command a standstill
    for the part of a tick since, a velocity dip the envelope then clips), so position is continuous, with
    the executing trajectory's velocity (see ``initial_velocity`` in
-   :mod:`drivers.interpolation`). If the first remaining waypoint is too close in time to be reached
+   :mod:`drivers.control.interpolation`). If the first remaining waypoint is too close in time to be reached
    within the speed limits (times ``speed_margin``, the peak-to-mean speed ratio of a rest-to-rest cubic),
    the whole remaining chunk is delayed until it can be.
 4. **Policy.**
@@ -33,7 +33,7 @@
      (:attr:`SplicePolicy.blend_samples`, at most :data:`MAX_BLEND_SAMPLES`).
      Without an executing trajectory it is the same as ``"replace"``.
 
-A chunk that does not make a valid :class:`~drivers.trajectory.Trajectory` from the command (one that
+A chunk that does not make a valid :class:`~drivers.control.trajectory.Trajectory` from the command (one that
 skipped validation, say an unpickled one with an absurd waypoint, or times that collapse when shifted) is
 rejected (``"invalid"``) and the executing trajectory goes on. A blend that would not be valid (the executing
 trajectory moves too fast for the mix to stay within the waypoint speed bounds) falls back to ``"replace"``,
@@ -50,11 +50,11 @@ from typing import Dict, Literal, Optional, Tuple
 
 import numpy as np
 
-from drivers import quaternion
 from drivers.arm import ArmConfigError, ArmError, Target
-from drivers.interpolation import TrajectorySampler
-from drivers.safety import SafetyLimits
-from drivers.trajectory import Trajectory, TrajectoryError
+from drivers.control import quaternion
+from drivers.control.interpolation import TrajectorySampler
+from drivers.control.safety import SafetyLimits
+from drivers.control.trajectory import Trajectory, TrajectoryError
 
 _FUTURE_TOLERANCE_S = 1e-3
 

@@ -23,12 +23,12 @@ from typing import Optional
 
 import numpy as np
 
-from drivers import quaternion
 from drivers.arm import Target
-from drivers.interpolation import GripperLatch, GripperPolicy, TrajectorySampler
-from drivers.safety import ReferenceVelocity, SafetyLimits
-from drivers.splice import SplicePolicy, SpliceResult, splice
-from drivers.trajectory import Trajectory
+from drivers.control import quaternion
+from drivers.control.interpolation import GripperLatch, GripperPolicy, TrajectorySampler
+from drivers.control.safety import ReferenceVelocity, SafetyLimits
+from drivers.control.splice import SplicePolicy, SpliceResult, splice
+from drivers.control.trajectory import Trajectory
 
 
 def _time_behind(error: np.ndarray, velocity: np.ndarray) -> float:
@@ -46,7 +46,7 @@ class Streamer:
     ``command`` is the arm's current command (at start: its measured pose), which seeds the gripper latch.
 
     Commands come out raw (interpolated, gripper policy applied) and still have to pass
-    :func:`drivers.safety.enforce`.
+    :func:`drivers.control.safety.enforce`.
     """
 
     def __init__(

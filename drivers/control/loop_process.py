@@ -4,9 +4,9 @@ Why a separate process: the loop must not share a GIL with camera capture, infer
 It is started with the ``spawn`` (or ``forkserver``) method, never ``fork``, so it is safe to start
 from a parent that already runs threads. The arm is built inside the child by a picklable factory, so
 serial ports are opened there. Between ticks the child sleeps to the next absolute deadline
-(:mod:`drivers.realtime`); chunks, stats requests and stop commands arrive over a pipe and are handled right
+(:mod:`drivers.system.realtime`); chunks, stats requests and stop commands arrive over a pipe and are handled right
 after the tick's command has been sent. The recent ticks go to a ring in shared memory
-(:mod:`drivers.trace_ring`) that the client reads without asking: a trace is too large for the pipe, and the
+(:mod:`drivers.control.trace_ring`) that the client reads without asking: a trace is too large for the pipe, and the
 loop would wait for a busy parent to read it. The e-stop has paths of its own, read before every tick (and before
 every message), so it takes effect at the next tick whatever else is queued or busy:
 
@@ -47,13 +47,13 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
-from drivers import sdnotify
 from drivers.arm import ArmCapabilities, ArmConfigError, ArmError, ArmFactory
-from drivers.control_loop import ControlLoop, LoopConfig, LoopStats
-from drivers.realtime import PeriodStats, enable_realtime, sleep_until
-from drivers.trace_ring import TraceRing
-from drivers.trajectory import Trajectory, TrajectoryError
-from drivers.watchdog import Mode
+from drivers.control.control_loop import ControlLoop, LoopConfig, LoopStats
+from drivers.control.trace_ring import TraceRing
+from drivers.control.trajectory import Trajectory, TrajectoryError
+from drivers.control.watchdog import Mode
+from drivers.system import sdnotify
+from drivers.system.realtime import PeriodStats, enable_realtime, sleep_until
 
 _MAX_MESSAGES_PER_TICK = 16
 
@@ -365,7 +365,7 @@ class ControlLoopClient:
 
     def timing(self, timeout: float = 2.0) -> Dict[str, Any]:
         """``interval_error`` (the stats window's tick-interval errors, seconds, oldest first) and ``timing``
-        (:meth:`~drivers.realtime.PeriodStats.summary` of that window), taken at the same moment."""
+        (:meth:`~drivers.system.realtime.PeriodStats.summary` of that window), taken at the same moment."""
         return self._request("timing", timeout)
 
     def stop(self, timeout: float = 5.0) -> Optional[LoopStats]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from drivers import sdnotify
+from drivers.system import sdnotify
 
 
 def test_messages_arrive_byte_exact(tmp_path, monkeypatch):

@@ -204,7 +204,7 @@ class Trajectory:
 
     ``initial_velocity`` ([A, 3] m/s for ``"ee"``, [J] for ``"joint"``), when given, is the position
     velocity at the first waypoint; the interpolator uses it so that a spliced trajectory continues the
-    motion it replaces (see :mod:`drivers.splice`).
+    motion it replaces (see :mod:`drivers.control.splice`).
     """
 
     space: Space

@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
 
 from drivers.arm import ArmCapabilities, ArmConfigError, Box, JointLimit, Target
-from drivers import quaternion
+from drivers.control import quaternion
+from drivers.control.safety import EnvelopeState, InterventionCounter, ReferenceVelocity, SafetyLimits, enforce
 from drivers.physical_ranges import SAFETY_LIMIT_MAX, SAFETY_LIMIT_MIN
-from drivers.safety import EnvelopeState, InterventionCounter, ReferenceVelocity, SafetyLimits, enforce
 
 IDENTITY = [0.0, 0.0, 0.0, 1.0]
 BOX = Box((-0.5, -0.5, 0.0), (0.5, 0.5, 1.0))

@@ -13,12 +13,12 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from drivers.arm import ArmConfigError, JointLimit
-from drivers.control_loop import ControlLoop, LoopConfig
-from drivers.quaternion import angle_between
-from drivers.safety import SafetyLimits
-from drivers.sim_arm import SimArm
-from drivers.trajectory import Trajectory
-from drivers.watchdog import Mode
+from drivers.control.control_loop import ControlLoop, LoopConfig
+from drivers.control.quaternion import angle_between
+from drivers.control.safety import SafetyLimits
+from drivers.control.trajectory import Trajectory
+from drivers.control.watchdog import Mode
+from drivers.emulation.sim_arm import SimArm
 
 RATE_HZ = 500.0
 LIMITS = SafetyLimits(max_linear_speed=0.5, max_linear_accel=5.0, max_angular_speed=1.5, max_angular_accel=30.0,

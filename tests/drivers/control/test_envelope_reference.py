@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from drivers.arm import Box, JointLimit, Target
-from drivers.safety import EnvelopeState, ReferenceVelocity, SafetyLimits, enforce
-from tests.drivers.envelope_reference import reference_enforce
+from drivers.control.safety import EnvelopeState, ReferenceVelocity, SafetyLimits, enforce
+from tests.drivers.control.envelope_reference import reference_enforce
 
 BOXES = (Box((-0.5, -0.5, 0.0), (0.5, 0.5, 1.0)), Box((-0.4, -0.6, 0.1), (0.6, 0.4, 0.9)))
 JOINTS = tuple(JointLimit(-1.0 - 0.2 * i, 1.0 + 0.3 * i, 1.0 + i) for i in range(6))

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from drivers.errors import ArmError
 
-_REPO_ROOT = Path(__file__).resolve().parents[1]
+_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class Device(Protocol):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from calibration.sets import load_set
-from xvla_edge.sim.calibration import write_calibration_set
+from xvla_edge.sim.calibration_sets import write_calibration_set
 from xvla_edge.sim.evaluate import EvaluationError
 
 

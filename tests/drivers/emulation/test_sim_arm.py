@@ -10,7 +10,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from drivers.arm import ArmConfigError, ArmFault, ArmLinkError, FaultFlag, JointLimit, Target
-from drivers.sim_arm import SimArm
+from drivers.emulation.sim_arm import SimArm
 
 IDENTITY = [0.0, 0.0, 0.0, 1.0]
 

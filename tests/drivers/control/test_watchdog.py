@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from drivers.arm import ArmConfigError, ArmFault, FaultFlag, JointLimit
-from drivers.control_loop import ControlLoop, LoopConfig
-from drivers.sim_arm import SimArm
-from drivers.trajectory import Trajectory
-from drivers.watchdog import Mode, Watchdog
+from drivers.control.control_loop import ControlLoop, LoopConfig
+from drivers.control.trajectory import Trajectory
+from drivers.control.watchdog import Mode, Watchdog
+from drivers.emulation.sim_arm import SimArm
 
 IDENTITY = [0.0, 0.0, 0.0, 1.0]
 DT = 0.01

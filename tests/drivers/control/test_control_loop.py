@@ -17,12 +17,12 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from drivers.arm import Target
-from drivers.control_loop import ControlLoop, LoopConfig, LoopStats
-from drivers.loop_process import ControlLoopClient, ControlLoopError
-from drivers.interpolation import TrajectorySampler
-from drivers.sim_arm import SimArm
-from drivers.splice import SplicePolicy
-from drivers.trajectory import Trajectory, TrajectoryError
+from drivers.control.control_loop import ControlLoop, LoopConfig, LoopStats
+from drivers.control.interpolation import TrajectorySampler
+from drivers.control.loop_process import ControlLoopClient, ControlLoopError
+from drivers.control.splice import SplicePolicy
+from drivers.control.trajectory import Trajectory, TrajectoryError
+from drivers.emulation.sim_arm import SimArm
 
 START = np.array([0.3, 0.0, 0.3])
 

@@ -2,7 +2,7 @@
 
 Every tick: read the arm's state, let the watchdog pick the mode, sample the trajectory, pass the sample
 through the safety envelope, send it, record. :class:`ControlLoop` is the tick logic, usable in-process
-with any clock; :mod:`drivers.loop_process` runs it in its own process at the control rate.
+with any clock; :mod:`drivers.control.loop_process` runs it in its own process at the control rate.
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from drivers.arm import (
     FaultFlag,
     Target,
 )
-from drivers.interpolation import GripperPolicy
-from drivers.safety import EnvelopeState, InterventionCounter, SafetyLimits, enforce
-from drivers.splice import SplicePolicy, SpliceRejected
-from drivers.streamer import Streamer
-from drivers.trace_ring import TraceRing
-from drivers.trajectory import Trajectory
-from drivers.watchdog import STOPPED_MODES, Mode, Watchdog
+from drivers.control.interpolation import GripperPolicy
+from drivers.control.safety import EnvelopeState, InterventionCounter, SafetyLimits, enforce
+from drivers.control.splice import SplicePolicy, SpliceRejected
+from drivers.control.streamer import Streamer
+from drivers.control.trace_ring import TraceRing
+from drivers.control.trajectory import Trajectory
+from drivers.control.watchdog import STOPPED_MODES, Mode, Watchdog
 
 MIN_RATE_HZ = 50.0
 MAX_RATE_HZ = 500.0
@@ -45,7 +45,7 @@ class LoopConfig:
     """Settings of one control loop.
 
     ``rate_hz`` 50-500. ``max_trajectory_lag`` (0.1-100): how far a trajectory may fall behind the wall clock
-    (missed ticks, clipped commands; see :mod:`drivers.streamer`), as a fraction of its own duration, before
+    (missed ticks, clipped commands; see :mod:`drivers.control.streamer`), as a fraction of its own duration, before
     it is dropped as stale: below 0.1 the first clipped start of a chunk drops it, and beyond 100 a stalled
     chunk is never dropped. ``realtime_priority`` 1-99 asks for SCHED_FIFO (0: do not); ``cpu`` pins the
     loop to one core. ``trace_length`` (1-100 000) ticks of commanded/measured values are kept for
@@ -84,7 +84,7 @@ class LoopConfig:
 
 @dataclass(frozen=True)
 class LoopStats:
-    """A snapshot of the loop. ``timing`` is :meth:`drivers.realtime.PeriodStats.summary` (seconds);
+    """A snapshot of the loop. ``timing`` is :meth:`drivers.system.realtime.PeriodStats.summary` (seconds);
     ``interventions`` counts safety rejections/clips by kind; ``events`` counts chunks accepted/rejected
     (``chunk_rejected_<reason>``), refused commands, link losses, mode entries (``mode_<name>``) and the
     arm backend's own counters (``arm_<name>``, e.g. targets skipped under backpressure)."""
@@ -362,7 +362,7 @@ class ControlLoop:
         )
 
     def trace(self) -> Dict[str, Any]:
-        """The recent ticks, oldest first (:meth:`drivers.trace_ring.TraceRing.read`): ``time`` [K], ``mode`` [K]
+        """The recent ticks, oldest first (:meth:`drivers.control.trace_ring.TraceRing.read`): ``time`` [K], ``mode`` [K]
         (names), ``command`` and ``measured`` [K, D] in :meth:`~drivers.arm.Target.to_vector` layout (NaN when
         nothing was sent)."""
         return self._trace.read()

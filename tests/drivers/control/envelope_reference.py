@@ -1,9 +1,9 @@
 """The safety envelope restated on numpy arrays, all arms at once: the reference that
-``test_envelope_reference.py`` holds :func:`drivers.safety.enforce` to.
+``test_envelope_reference.py`` holds :func:`drivers.control.safety.enforce` to.
 
-:mod:`drivers.safety` computes each tick on Python floats, arm by arm (numpy's per-call overhead on rows of
+:mod:`drivers.control.safety` computes each tick on Python floats, arm by arm (numpy's per-call overhead on rows of
 three cost a 500 Hz tick most of its budget); this is the same envelope (module docstring of
-:mod:`drivers.safety`) written as whole-array operations, with numpy's floating-point error states turning
+:mod:`drivers.control.safety`) written as whole-array operations, with numpy's floating-point error states turning
 an overflow into a rejection. The two must agree on every decision (rejection, clip kinds and their order)
 and on every value to rounding.
 """
@@ -14,9 +14,9 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from drivers import quaternion
 from drivers.arm import ArmConfigError, Target
-from drivers.safety import _EPS, _QUAT_NORM_RANGE, MAX_REFERENCE, EnvelopeState, ReferenceVelocity, SafetyLimits, \
+from drivers.control import quaternion
+from drivers.control.safety import _EPS, _QUAT_NORM_RANGE, MAX_REFERENCE, EnvelopeState, ReferenceVelocity, SafetyLimits, \
     SafetyResult
 
 
@@ -28,7 +28,7 @@ def reference_enforce(
     limits: SafetyLimits,
     reference: Optional[ReferenceVelocity] = None,
 ) -> SafetyResult:
-    """What :func:`drivers.safety.enforce` must return for the same arguments, computed on whole arrays."""
+    """What :func:`drivers.control.safety.enforce` must return for the same arguments, computed on whole arrays."""
     if not (np.isfinite(dt) and dt > 0):
         raise ArmConfigError(f"enforce: dt must be finite and > 0 s, got {dt!r}")
     with np.errstate(over="ignore", invalid="ignore"):  # huge inputs are rejected here, not warned about

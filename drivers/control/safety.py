@@ -47,7 +47,7 @@ under the acceleration limit ``a`` stop exactly at distance ``|e|`` (about ``sqr
 tracking, ``e`` is tiny and the first term wins: the command lands on the target. When the command has
 fallen behind (a speed or acceleration clip), the chase brakes in time instead of overshooting and
 ringing; a plain "error / dt" chase with only an acceleration limit overshoots by up to ``v^2 / 2a``. (The
-control loop also slows the trajectory's clock when the command falls behind: :mod:`drivers.streamer`.)
+control loop also slows the trajectory's clock when the command falls behind: :mod:`drivers.control.streamer`.)
 
 Speeds and accelerations are finite differences over ``dt``: velocity = (new - previous) / dt. Because
 the acceleration steps only move the velocity toward the speed-limited one, the speed limit still holds
@@ -55,7 +55,7 @@ after them. A stop (reject or hold) is always allowed, whatever the acceleration
 
 The arithmetic runs arm by arm on Python floats: on rows of three, numpy's per-call overhead (about a
 microsecond per operation) cost a 500 Hz tick most of its budget, where the same formulas on floats take a
-few tens of microseconds. ``tests/drivers/envelope_reference.py`` states the envelope on whole numpy arrays;
+few tens of microseconds. ``tests/drivers/control/envelope_reference.py`` states the envelope on whole numpy arrays;
 the tests hold the two to the same decisions and values.
 """
 
@@ -69,8 +69,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from drivers import quaternion
 from drivers.arm import ArmCapabilities, ArmConfigError, Box, JointLimit, Target
+from drivers.control import quaternion
 from drivers.physical_ranges import SAFETY_LIMIT_MAX, check_rate
 
 REJECT_KINDS = ("shape", "nonfinite", "range")

@@ -7,11 +7,11 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from drivers.arm import ArmConfigError, Box, JointLimit, Target
-from drivers.interpolation import GripperPolicy, TrajectorySampler
-from drivers.safety import SafetyLimits
-from drivers.splice import MAX_BLEND_SAMPLES, POLICY_RANGES, SplicePolicy, SpliceRejected, min_duration, splice
-from drivers.streamer import Streamer
-from drivers.trajectory import Trajectory
+from drivers.control.interpolation import GripperPolicy, TrajectorySampler
+from drivers.control.safety import SafetyLimits
+from drivers.control.splice import MAX_BLEND_SAMPLES, POLICY_RANGES, SplicePolicy, SpliceRejected, min_duration, splice
+from drivers.control.streamer import Streamer
+from drivers.control.trajectory import Trajectory
 
 IDENTITY = [0.0, 0.0, 0.0, 1.0]
 LIMITS = SafetyLimits(max_linear_speed=0.5, max_angular_speed=1.5, workspaces=(Box((-1, -1, -1), (1, 1, 1)),))

@@ -1,7 +1,7 @@
 """An emulated device behind an in-process stand-in for ``serial.Serial``, on a virtual clock.
 
-What the pty emulators (:mod:`drivers.pty_emulator`) do across processes in real time, this does in the
-caller's process in virtual time: the device (either protocol's emulator, a :class:`~drivers.pty_emulator.
+What the pty emulators (:mod:`drivers.emulation.pty_emulator`) do across processes in real time, this does in the
+caller's process in virtual time: the device (either protocol's emulator, a :class:`~drivers.emulation.pty_emulator.
 Device`) is fed what the host writes, and its replies reach the input buffer ``latency_s`` after it sends
 them, as time is advanced by whoever owns the :class:`VirtualClock`. A read asking for more bytes than have
 arrived — what pyserial would wait for — is counted in :attr:`VirtualPort.blocking_reads` and costs the port's
@@ -11,7 +11,7 @@ machine running the check is.
 
 from __future__ import annotations
 
-from drivers.pty_emulator import Device
+from drivers.emulation.pty_emulator import Device
 
 
 class VirtualClock:

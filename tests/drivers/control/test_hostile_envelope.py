@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 
 from drivers.arm import ArmConfigError, Box, JointLimit, Target
-from drivers.control_loop import ControlLoop, LoopConfig
-from drivers.interpolation import GripperPolicy
-from drivers.safety import EnvelopeState, InterventionCounter, ReferenceVelocity, SafetyLimits, enforce
-from drivers.sim_arm import SimArm
-from drivers.splice import SplicePolicy, SpliceRejected
-from drivers.streamer import Streamer
-from drivers.trajectory import Trajectory, TrajectoryError
+from drivers.control.control_loop import ControlLoop, LoopConfig
+from drivers.control.interpolation import GripperPolicy
+from drivers.control.safety import EnvelopeState, InterventionCounter, ReferenceVelocity, SafetyLimits, enforce
+from drivers.control.splice import SplicePolicy, SpliceRejected
+from drivers.control.streamer import Streamer
+from drivers.control.trajectory import Trajectory, TrajectoryError
+from drivers.emulation.sim_arm import SimArm
 
 RATE_HZ = 100.0
 DT = 1 / RATE_HZ

@@ -1,6 +1,6 @@
 """The loop's timing statistics tell the truth: ticks that overran and made deadlines pass show up in the
 interval-error percentiles and in the missed-deadline count, exactly as an independent computation from the
-wake-up times says. The pacing loop (``drivers.loop_process._run``) runs on a fake clock and sleeper that
+wake-up times says. The pacing loop (``drivers.control.loop_process._run``) runs on a fake clock and sleeper that
 force the overruns, so nothing depends on how loaded the machine is.
 """
 
@@ -11,9 +11,9 @@ from typing import Any, Dict, List
 import numpy as np
 import pytest
 
-from drivers import loop_process
-from drivers.control_loop import LoopConfig
-from drivers.realtime import PeriodStats, interval_summary
+from drivers.control import loop_process
+from drivers.control.control_loop import LoopConfig
+from drivers.system.realtime import PeriodStats, interval_summary
 
 RATE_HZ = 200
 PERIOD = 1.0 / RATE_HZ

@@ -21,7 +21,6 @@ from typing import Callable, Optional, Protocol, Sequence
 
 import numpy as np
 
-from drivers import quaternion
 from drivers.arm import (
     HARDWARE_FAULTS,
     Arm,
@@ -36,6 +35,7 @@ from drivers.arm import (
     Space,
     Target,
 )
+from drivers.control import quaternion
 from drivers.physical_ranges import MAX_ARMS
 
 DEFAULT_WORKSPACE = Box((-0.6, -0.6, 0.0), (0.6, 0.6, 0.8))

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from drivers.arm import ArmConfigError
-from drivers.dynamixel.calibration import ArmCalibration, ArmCalibrationError, GripperCalibration, JointCalibration
+from drivers.dynamixel.joint_offsets import ArmCalibration, ArmCalibrationError, GripperCalibration, JointCalibration
 
 ELBOW = JointCalibration("elbow", 3, lower=-1.5, upper=1.5, max_velocity=3.0, offset=100, direction=-1)
 GRIPPER = GripperCalibration(7, closed=2000, open=3000)

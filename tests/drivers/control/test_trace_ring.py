@@ -12,11 +12,11 @@ import time
 import numpy as np
 import pytest
 
-from drivers.control_loop import LoopConfig
-from drivers.loop_process import ControlLoopClient
-from drivers.sim_arm import SimArm
-from drivers.trace_ring import MAX_TRACE_WIDTH, TraceRing
 from drivers.arm import ArmConfigError
+from drivers.control.control_loop import LoopConfig
+from drivers.control.loop_process import ControlLoopClient
+from drivers.control.trace_ring import MAX_TRACE_WIDTH, TraceRing
+from drivers.emulation.sim_arm import SimArm
 
 
 def test_a_reader_racing_the_writer_only_gets_whole_rows_in_order():
