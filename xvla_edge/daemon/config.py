@@ -44,7 +44,7 @@ from drivers.splice import SplicePolicy
 from xvla.constants import MAX_IMAGE_SIDE, MAX_STEPS
 from xvla.errors import ConfigError, InputError
 from xvla.instruction import check_instruction
-from xvla_edge.http_auth import MIN_TOKEN_CHARS, TokenError, is_loopback, read_token_file
+from xvla_edge.web.auth import MIN_TOKEN_CHARS, TokenError, is_loopback, read_token_file
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 DEVICES = ("cpu", "cuda")
@@ -603,7 +603,7 @@ def _health(t: _Table) -> HealthSection:
 
 
 def _token(t: _Table, path: Path) -> Optional[str]:
-    """The secret in ``path`` (the rule of :mod:`xvla_edge.http_auth`), or None (with the problem recorded)."""
+    """The secret in ``path`` (the rule of :mod:`xvla_edge.web.auth`), or None (with the problem recorded)."""
     try:
         return read_token_file(path)
     except TokenError as exc:

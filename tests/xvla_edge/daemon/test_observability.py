@@ -21,8 +21,9 @@ from xvla_edge.daemon.logs import JsonFormatter
 from drivers.control_loop import LoopStats
 from drivers.realtime import PeriodStats
 from drivers.safety import CLIP_KINDS, REJECT_KINDS
-from xvla_edge.daemon.metrics import CONTENT_TYPE, MODES, DaemonMetrics
+from xvla_edge.daemon.metrics import MODES, DaemonMetrics
 from xvla_edge.daemon.recorder import Recorder, RecorderError
+from xvla_edge.web.metrics import CONTENT_TYPE
 
 JSON = {"Content-Type": "application/json"}
 
