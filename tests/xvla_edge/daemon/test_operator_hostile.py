@@ -19,11 +19,11 @@ import pytest
 
 from xvla.errors import InputError
 from xvla_edge.cli import main
-from xvla_edge.commands.demo import robot_toml
 from xvla_edge.daemon import control, health
 from xvla_edge.daemon import service as service_module
 from xvla_edge.daemon.config import ConfigError, load_config
 from xvla_edge.daemon.control import send
+from xvla_edge.daemon.robot_toml import robot_toml
 from xvla_edge.daemon.service import Daemon
 
 from daemon_driving import RATE_HZ, accepted, ctl, drive, free_port, http

@@ -21,7 +21,7 @@ from drivers.physical_ranges import MAX_ARMS, MAX_JOINT, MAX_JOINT_VELOCITY, SAF
 from drivers.sim_arm import DEFAULT_WORKSPACE, MAX_TIME_CONSTANT_S
 from drivers.splice import MAX_BLEND_SAMPLES, POLICY_RANGES
 from drivers.trajectory import Trajectory
-from xvla_edge.daemon.config import parse_config
+from xvla_edge.daemon.config import RobotConfig
 
 CHUNK = 30  # waypoints per X-VLA chunk
 #: The farthest a spliced chunk can start after its splice: speed margin * the longest move (a workspace
@@ -82,7 +82,7 @@ def chunk(rng: np.random.Generator, t_obs: float, span: float, space: str, n_arm
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=configs(), seed=st.integers(0, 2**32 - 1))
 def test_every_accepted_config_runs_the_loop_without_a_crash_or_a_stall(data, seed):
-    config = parse_config(data, Path("/robot/robot.toml"))  # raises if a documented value is refused
+    config = RobotConfig.from_dict(data, Path("/robot/robot.toml"))  # raises if a documented value is refused
     loop_config = config.loop_config()
     assert loop_config.splice.blend_samples <= MAX_BLEND_SAMPLES
     now = [100.0]
