@@ -28,7 +28,7 @@ from pathlib import Path
 
 from benchmarks.harness import bundle
 from drivers.xvla_serial import emulator
-from xvla_edge.commands.demo import robot_toml
+from xvla_edge.daemon.robot_toml import robot_toml
 
 REPO = Path(__file__).resolve().parents[1]
 ROUNDS = 5

@@ -47,8 +47,8 @@ import pytest
 
 from benchmarks.machine import children, cpu_model, free_port, rss_kb, threads
 from drivers.xvla_serial import emulator
-from xvla_edge.commands.demo import robot_toml
 from xvla_edge.daemon.control import estop, send
+from xvla_edge.daemon.robot_toml import robot_toml
 
 SECONDS = float(os.environ.get("XVLA_FLOOD_SECONDS", "600"))
 WARMUP_S = float(os.environ.get("XVLA_FLOOD_WARMUP_S", "180"))

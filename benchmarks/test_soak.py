@@ -33,7 +33,7 @@ import pytest
 
 from benchmarks.machine import children, free_port, rss_kb
 from drivers.xvla_serial import emulator
-from xvla_edge.commands.demo import robot_toml
+from xvla_edge.daemon.robot_toml import robot_toml
 
 SECONDS = float(os.environ.get("XVLA_SOAK_SECONDS", "600"))
 WARMUP_S = float(os.environ.get("XVLA_SOAK_WARMUP_S", "180"))  # a first run grew 1.1 % over 60-660 s, most of it before 210 s

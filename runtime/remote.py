@@ -30,12 +30,10 @@ from runtime.backends.base import BackendError
 from runtime.decode import chunk_timestamps, decode_arms
 from runtime.manifest import BundleError, Manifest, canonical_sha256
 from runtime.types import ActionChunk, Observation, check_timestamp, checked_proprio
-from runtime.wire import MAX_MESSAGE_BYTES, WireError, pack, unpack
+from runtime.wire import MAX_MESSAGE_BYTES, PROTOCOL, WireError, pack, unpack
 from xvla.constants import MAX_STEPS
 from xvla.errors import InputError
 from xvla.instruction import check_instruction
-
-PROTOCOL = "xvla-edge/1"
 
 
 class RemoteUnavailable(BackendError):

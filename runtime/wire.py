@@ -22,6 +22,7 @@ import numpy as np
 
 from xvla.errors import XVLAError
 
+PROTOCOL = "xvla-edge/1"  # the websocket protocol's name and version, in the metadata a server sends first
 MAX_DIMS = 8
 MAX_MESSAGE_BYTES = 64 << 20  # 3 full-HD RGB views are 19 MB
 MAX_VALUES = 1 << 20  # entries of plain arrays and maps in one message (numpy arrays travel as bytes)

@@ -84,8 +84,9 @@ finally:
 TOML = """
 import sys
 from pathlib import Path
-from xvla_edge.sim.evaluate import sim_robot_toml
-Path(sys.argv[2]).write_text(sim_robot_toml(Path(sys.argv[1]), "/dev/ttyUSB0", Path(sys.argv[3]), "pick up the red block"))
+from xvla_edge.daemon.robot_toml import toml_text
+from xvla_edge.sim.evaluate import sim_robot
+Path(sys.argv[2]).write_text(toml_text(sim_robot(Path(sys.argv[1]), "/dev/ttyUSB0", Path(sys.argv[3]), "pick up the red block")))
 """
 
 

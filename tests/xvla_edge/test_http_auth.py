@@ -1,4 +1,4 @@
-"""One token rule (:mod:`xvla_edge.http_auth`) wherever a token enters: ``xvla-edge serve`` (``--token``,
+"""One token rule (:mod:`xvla_edge.web.auth`) wherever a token enters: ``xvla-edge serve`` (``--token``,
 ``--token-file``, ``XVLA_SERVE_TOKEN``) and robot.toml's ``token_file`` keys; constant-time comparison; loopback."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 
 from xvla_edge.cli import main
 from xvla_edge.daemon.config import ConfigError, load_config
-from xvla_edge.http_auth import TokenError, check_token, is_loopback, read_token_file, same_token
+from xvla_edge.web.auth import TokenError, check_token, is_loopback, read_token_file, same_token
 
 GOOD = ["0123456789abcdef", "c0ffee-c0ffee-c0ffee", "Zx8_kQ2-vN5mP0aL7wR3tY6uI1oE4sD9", "!#$%&()*+,-./:;<=>?@[]^_{|}~"]
 BAD = [  # token, what the refusal says

@@ -7,7 +7,7 @@ Example: ``xvla-edge demo`` (under a minute on a 2-core machine; ``--episodes`` 
    (ONNX + manifest, ONNX Runtime parity checked);
 2. starts the xvla-serial arm-controller emulator as its own process on a pseudo-terminal;
 3. per episode (a new layout of coloured blocks and an instruction naming one of them): puts the arm at its
-   start pose, writes a ``robot.toml`` and runs the daemon (:mod:`xvla_edge.daemon.service`) with the
+   start pose, configures and runs the daemon (:mod:`xvla_edge.daemon.service`) with the
    simulated scene and wrist cameras — inference beside a control loop in its own process at 200 Hz, through the safety
    envelope, over the wire — until the task is done or 8 s pass;
 4. prints each episode's outcome, the summary and the daemon's own figures for the last episode, and writes
@@ -17,14 +17,11 @@ Example: ``xvla-edge demo`` (under a minute on a 2-core machine; ``--episodes`` 
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 DOMAIN_ID = 3  # the sim checkpoint's domain (libero-franka's row: one arm, ee6d, 1 s chunks)
-RATE_HZ = 200
-DEFAULT_INSTRUCTION = "pick up the red block"
 DEMO_SEEDS = (3, 0, 7, 12, 5, 9)  # six episodes: pick and touch, every colour named, varied layouts
 
 
@@ -42,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
         from export.bundle import ExportOptions, export_bundle
     from runtime.manifest import MANIFEST_FILE
     from xvla_edge.daemon.logs import configure_logging
+    from xvla_edge.daemon.robot_toml import RATE_HZ
     from xvla_edge.sim import CHECKPOINT_DIR
     from xvla_edge.sim.evaluate import EvaluationError, check_count, run_episodes
     from xvla_edge.sim.report import write
@@ -68,36 +66,3 @@ def run(args: argparse.Namespace) -> int:
     for path in write(report, work, "demo"):
         print(f"[demo] wrote {path}")
     return 0
-
-
-def robot_toml(bundle: Path, port: str, recordings: Path, instruction: str = DEFAULT_INSTRUCTION,
-               **sections: object) -> str:
-    """A robot.toml: a synthetic camera, an emulated xvla-serial arm on ``port``, health off.
-
-    ``sections`` add or override keys per table, e.g. ``control={"rate_hz": 100}`` (the daemon tests, the
-    soak benchmark and the simulated task run this set-up with other rates, sizes and settings); a list for
-    ``cameras`` replaces the camera tables.
-    """
-    tables: dict[str, dict[str, object]] = {
-        "bundle": {"path": str(bundle), "backend": "onnxruntime"},
-        "cameras": {"slot": 0, "source": "synthetic", "width": 320, "height": 240, "fps": 30, "max_age_s": 0.5},
-        "arm": {"driver": "xvla-serial", "port": port, "space": "ee", "timeout_ms": 500},
-        "control": {"rate_hz": RATE_HZ},
-        "inference": {"start_fraction": 0.5},
-        "health": {"port": 0},
-        "recorder": {"directory": str(recordings)},
-    }
-    cameras: list[dict[str, object]] = [tables.pop("cameras")]
-    for name, values in sections.items():
-        if name == "cameras" and isinstance(values, list):  # a list replaces the camera tables
-            cameras = list(values)
-        elif name == "cameras":
-            cameras[0].update(values)
-        else:
-            tables.setdefault(name, {}).update(values)
-    lines = ["# written by xvla-edge", f"instruction = {json.dumps(instruction)}"]
-    entries = [("cameras", values) for values in cameras] + list(tables.items())
-    for name, values in entries:  # JSON scalars are TOML scalars (strings, numbers, true/false)
-        lines += ["", f"[[{name}]]" if name == "cameras" else f"[{name}]"]
-        lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
-    return "\n".join(lines) + "\n"

@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
 
     from xvla_edge.daemon.config import ConfigError, load_config
     from xvla_edge.daemon.logs import configure_logging
-    from xvla_edge.daemon.service import Daemon, DaemonFault, StartupInterrupted
+    from xvla_edge.daemon.service import Daemon
+    from xvla_edge.daemon.supervisor import DaemonFault, StartupInterrupted
 
     try:
         config = load_config(args.config)

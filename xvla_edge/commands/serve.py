@@ -86,8 +86,8 @@ def positive(kind: type, high: float):  # noqa: ANN201 - an argparse type
 
 def read_token(args: argparse.Namespace) -> str | None:
     """The token from ``--token-file``, ``--token`` or ``XVLA_SERVE_TOKEN`` (None: none given), checked by the
-    rule of :mod:`xvla_edge.http_auth`; a refusal names where the token came from."""
-    from xvla_edge.http_auth import TokenError, check_token, read_token_file
+    rule of :mod:`xvla_edge.web.auth`; a refusal names where the token came from."""
+    from xvla_edge.web.auth import TokenError, check_token, read_token_file
     from xvla_edge.serve.server import ServeError
 
     given = [name for name, value in (("--token", args.token), ("--token-file", args.token_file)) if value]

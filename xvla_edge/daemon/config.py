@@ -9,7 +9,8 @@ check themselves (:class:`~drivers.control.control_loop.LoopConfig`, :class:`~dr
 constructor) are checked by building those objects here, and their refusals are reported by key the same
 way. Every number has a finite range, so that nothing the loop, the drivers and the cameras derive from
 it (blend samples, delays, buffer sizes) can exhaust the robot. Relative paths are relative to the config
-file. Before parsing, a file larger than :data:`MAX_CONFIG_BYTES` is refused, and so is one with a line of
+file. The same validation makes a configuration from a mapping built in code (:meth:`RobotConfig.from_dict`:
+the TOML file's data, without the file). Before parsing, a file larger than :data:`MAX_CONFIG_BYTES` is refused, and so is one with a line of
 more than :data:`MAX_DOTS_PER_LINE` dots (the TOML parser's time and memory grow with the square of a
 dotted key's depth). Every key, its default, unit and allowed values: ``xvla_edge/daemon/robot.example.toml``;
 ``xvla-edge config check FILE`` validates without running.
@@ -44,7 +45,7 @@ from drivers.physical_ranges import MAX_ARMS, MAX_JOINTS
 from xvla.constants import MAX_IMAGE_SIDE, MAX_STEPS
 from xvla.errors import ConfigError, InputError
 from xvla.instruction import check_instruction
-from xvla_edge.http_auth import MIN_TOKEN_CHARS, TokenError, is_loopback, read_token_file
+from xvla_edge.web.auth import MIN_TOKEN_CHARS, TokenError, is_loopback, read_token_file
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 DEVICES = ("cpu", "cuda")
@@ -187,7 +188,7 @@ class RecorderSection:
 
 @dataclass(frozen=True)
 class RobotConfig:
-    """A validated ``robot.toml`` (``file``: where it was read from)."""
+    """A validated ``robot.toml`` (``file``: where it was read from, or the file it stands for)."""
 
     file: Path
     instruction: str
@@ -204,6 +205,13 @@ class RobotConfig:
     recorder: RecorderSection = RecorderSection()
     remote: Optional[RemoteSection] = None
     operator: OperatorSection = OperatorSection()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], file: Union[str, Path]) -> RobotConfig:
+        """Validate ``data`` (a ``robot.toml``'s tables and keys as a mapping; TOML's types: strings for paths,
+        a list of tables for ``cameras``). ``file`` names the configuration in messages, and relative paths are
+        taken relative to its folder. Raises :class:`ConfigError` listing every problem."""
+        return _validated(data, Path(file))
 
     @property
     def source(self) -> str:
@@ -255,11 +263,11 @@ def load_config(path: Union[str, Path]) -> RobotConfig:
         raise ConfigError(f"{file}: not valid TOML: arrays or inline tables nested too deeply") from exc
     except ValueError as exc:  # tomllib.TOMLDecodeError, or an integer of more digits than Python converts
         raise ConfigError(f"{file}: not valid TOML: {exc}") from exc
-    return parse_config(data, file)
+    return RobotConfig.from_dict(data, file)
 
 
-def parse_config(data: Mapping[str, Any], file: Path) -> RobotConfig:
-    """Validate already-parsed TOML ``data`` (relative paths are taken relative to ``file``'s folder)."""
+def _validated(data: Mapping[str, Any], file: Path) -> RobotConfig:
+    """The validation of :meth:`RobotConfig.from_dict`: every problem collected, then raised together."""
     problems = _Problems(file)
     root = _Table(problems, "", data)
     instruction = root.take("instruction", str, "", required=True)
@@ -603,7 +611,7 @@ def _health(t: _Table) -> HealthSection:
 
 
 def _token(t: _Table, path: Path) -> Optional[str]:
-    """The secret in ``path`` (the rule of :mod:`xvla_edge.http_auth`), or None (with the problem recorded)."""
+    """The secret in ``path`` (the rule of :mod:`xvla_edge.web.auth`), or None (with the problem recorded)."""
     try:
         return read_token_file(path)
     except TokenError as exc:

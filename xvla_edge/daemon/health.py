@@ -45,8 +45,8 @@ from urllib.parse import urlsplit
 
 from xvla.errors import XVLAError
 from xvla_edge.daemon.logs import Throttled
-from xvla_edge.daemon.metrics import CONTENT_TYPE
-from xvla_edge.http_auth import is_loopback, same_token
+from xvla_edge.web.auth import is_loopback, same_token
+from xvla_edge.web.metrics import CONTENT_TYPE
 
 Health = Callable[[], Tuple[str, List[str]]]
 MAX_CONTROL_BYTES = 64 * 1024

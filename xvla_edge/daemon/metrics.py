@@ -1,4 +1,5 @@
-"""The daemon's Prometheus metrics, with ``prometheus_client`` (a registry per daemon, not the global one).
+"""The daemon's Prometheus metrics, with ``prometheus_client`` (a registry per daemon, not the global one:
+:func:`xvla_edge.web.metrics.new_registry`).
 
 What the supervisor sees itself (chunks, their latency, inference errors, camera ages and stalls) is counted
 with the library's own metric types. What the control-loop process counts (ticks, deadlines, safety
@@ -13,32 +14,19 @@ the running bundle as labels (value 1).
 
 from __future__ import annotations
 
-import platform
 import threading
 from typing import Iterable, Optional, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
+from prometheus_client import Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import generate_latest
 
 from drivers.control.control_loop import LoopStats
 from drivers.control.safety import CLIP_KINDS, REJECT_KINDS
+from xvla_edge.web.metrics import new_registry
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 MODES = ("link_lost", "estopped", "fault", "idle", "holding", "tracking")
-CONTENT_TYPE = CONTENT_TYPE_LATEST
-
-disable_created_metrics()  # no *_created series: counters here start with the process
-
-
-def package_version() -> str:
-    """The installed xvla-edge version ("unknown" when run from a tree that was never installed)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("xvla-edge")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 class LoopCollector:
@@ -100,7 +88,7 @@ class DaemonMetrics:
     (their series exist from the start)."""
 
     def __init__(self, cameras: Sequence[str] = ()) -> None:
-        r = self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry = new_registry("The running xvla-edge: package version, Python, machine.")
         self.latency = Histogram("xvla_chunk_latency_seconds", "Observation to chunk ready.",
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.chunks = Counter("xvla_chunks", "Chunks produced by the policy.", registry=r)
@@ -110,9 +98,6 @@ class DaemonMetrics:
         self.camera_stale_n = Counter("xvla_camera_stale", "Times a camera went stale.", ["camera"], registry=r)
         for name in cameras:
             self.camera_stale_n.labels(camera=name)
-        self.build = Info("xvla_build", "The running xvla-edge: package version, Python, machine.", registry=r)
-        self.build.info({"version": package_version(), "python": platform.python_version(),
-                         "machine": platform.machine()})
         self.bundle = Info("xvla_bundle", "The running bundle: its id (sha256 of the canonical manifest), "
                            "embodiment, domain, precision and the backend running it.", registry=r)
         self.graph_fallback = Gauge("xvla_backend_graph_fallback", "1 while the backend runs without the CUDA "
@@ -143,5 +128,5 @@ class DaemonMetrics:
         self.inference_errors.inc()
 
     def render(self) -> bytes:
-        """The exposition text (``CONTENT_TYPE``)."""
+        """The exposition text (:data:`xvla_edge.web.metrics.CONTENT_TYPE`)."""
         return generate_latest(self.registry)

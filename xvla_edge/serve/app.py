@@ -40,10 +40,10 @@ from starlette.concurrency import run_in_threadpool
 
 from runtime.wire import WireError, pack, unpack
 from xvla.errors import InputError
-from xvla_edge.daemon.metrics import CONTENT_TYPE
-from xvla_edge.http_auth import same_token
 from xvla_edge.serve.bundles import Answer, ServerMetrics
 from xvla_edge.serve.request import Limits, RequestError, from_message, parse_body
+from xvla_edge.web.auth import same_token
+from xvla_edge.web.metrics import CONTENT_TYPE
 
 log = logging.getLogger("xvla_edge.serve")
 

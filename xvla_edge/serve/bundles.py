@@ -16,15 +16,16 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from runtime.manifest import BundleError
 from runtime.policy import Policy
 from runtime.types import ActionChunk, Observation
-from xvla_edge.daemon.metrics import package_version
+from runtime.wire import PROTOCOL
 from xvla_edge.serve.request import ActRequest, RequestError
+from xvla_edge.web.metrics import new_registry, package_version
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 ERROR_KINDS = ("bad_request", "unauthorized", "forbidden", "not_found", "too_large", "unknown_domain",
@@ -57,7 +58,7 @@ class ServerMetrics:
     """Requests by endpoint and status, latency, errors by kind, inference time per domain (own registry)."""
 
     def __init__(self, domains: Sequence[int]) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = new_registry("Versions of this server.")
         self.requests = Counter("xvla_serve_requests", "Requests answered, by endpoint and HTTP status "
                                 "(websocket: one per observation).", ["endpoint", "status"], registry=self.registry)
         self.errors = Counter("xvla_serve_errors", "Requests refused or failed, by kind.", ["kind"],
@@ -71,8 +72,6 @@ class ServerMetrics:
                                  registry=self.registry)
         self.active = Gauge("xvla_serve_active_requests", "Requests being read, decoded or computed (at most "
                             "max_active; others wait for a slot).", registry=self.registry)
-        Info("xvla_build", "Versions of this server.", registry=self.registry).info(
-            {"version": package_version()})
         self.bundles = Gauge("xvla_serve_bundle_info", "The bundles served (value 1).",
                              ["domain", "bundle_id", "embodiment", "precision", "backend"], registry=self.registry)
         for kind in ERROR_KINDS:
@@ -148,13 +147,19 @@ class BundleSet:
 
     def metadata(self) -> dict[str, Any]:
         """What a websocket client learns on connect: each domain's bundle id and manifest."""
-        return {"protocol": "xvla-edge/1", "server": f"xvla-edge {package_version()}",
-                "domains": {str(d): {"bundle_id": s.manifest.bundle_id, "manifest": s.manifest.raw}
-                            for d, s in sorted(self.served.items())}}
+        return server_metadata({d: {"bundle_id": s.manifest.bundle_id, "manifest": s.manifest.raw}
+                                for d, s in self.served.items()})
 
     def close(self) -> None:
         for s in self.served.values():
             s.policy.close()
+
+
+def server_metadata(domains: dict[int, dict[str, Any]], runs_on: str = "") -> dict[str, Any]:
+    """What a websocket client learns on connect: the protocol, this server (``runs_on``: where, if not in its
+    own process) and each domain's bundle id and manifest (``domains``: domain id → those two)."""
+    return {"protocol": PROTOCOL, "server": f"xvla-edge {package_version()}{runs_on}",
+            "domains": {str(d): domains[d] for d in sorted(domains)}}
 
 
 def unknown_domain(domain_id: int, served: Iterable[int]) -> RequestError:

@@ -39,10 +39,10 @@ from runtime.manifest import BundleError, Manifest
 from runtime.policy import Policy
 from runtime.types import Observation
 from xvla.errors import InputError
-from xvla_edge import http_auth
 from xvla_edge.serve.app import create_app
-from xvla_edge.serve.bundles import Answer, ServerMetrics, observation, unknown_domain
+from xvla_edge.serve.bundles import Answer, ServerMetrics, observation, server_metadata, unknown_domain
 from xvla_edge.serve.request import ActRequest, Limits, RequestError
+from xvla_edge.web import auth
 
 log = logging.getLogger("xvla_edge.serve.ray")
 LOST = (ActorDiedError, ActorUnavailableError, RayActorError)
@@ -146,10 +146,7 @@ class DeploymentBundles:
         return sorted(self.handles)
 
     def metadata(self) -> dict[str, Any]:
-        from xvla_edge.daemon.metrics import package_version
-
-        return {"protocol": "xvla-edge/1", "server": f"xvla-edge {package_version()} on Ray Serve",
-                "domains": {str(d): self._metadata[d] for d in sorted(self._metadata)}}
+        return server_metadata(self._metadata, " on Ray Serve")
 
     async def answer(self, request: ActRequest) -> Answer:
         handle = self.handles.get(request.domain_id)
@@ -226,17 +223,17 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         raise BundleError("give one of token and token_file")
     if opts.token is not None:
         try:
-            http_auth.check_token(opts.token)
-        except http_auth.TokenError as exc:
+            auth.check_token(opts.token)
+        except auth.TokenError as exc:
             raise BundleError(f"token: {exc}") from None
     return Ingress.bind(handles, opts.limits, opts.token, opts.token_file)
 
 
 def read_token_file(path: Path) -> str:
-    """The token in an owner-only file (the rule of :mod:`xvla_edge.http_auth`)."""
+    """The token in an owner-only file (the rule of :mod:`xvla_edge.web.auth`)."""
     from xvla_edge.serve.server import ServeError
 
     try:
-        return http_auth.read_token_file(path)
-    except http_auth.TokenError as exc:
+        return auth.read_token_file(path)
+    except auth.TokenError as exc:
         raise ServeError(f"token_file {path}: {exc}") from None

@@ -1,6 +1,6 @@
 """Run the app on uvicorn: in the foreground (``xvla-edge serve``) or on a thread (tests, benchmarks).
 
-Exposure rule: a host that is not a loopback address needs a token (the rule of :mod:`xvla_edge.http_auth`).
+Exposure rule: a host that is not a loopback address needs a token (the rule of :mod:`xvla_edge.web.auth`).
 The listening socket is bound here, with ``TCP_NODELAY`` (connections accepted from it inherit it): without it
 each response waited for the client's delayed ACK — ``/healthz`` took 44 ms on loopback instead of 0.5 ms.
 uvicorn's access log is off because it would print query strings, tokens included; refused requests are logged
@@ -17,7 +17,7 @@ import time
 from typing import Any, Optional
 
 from xvla.errors import XVLAError
-from xvla_edge.http_auth import TokenError, check_token, is_loopback
+from xvla_edge.web.auth import TokenError, check_token, is_loopback
 
 
 class ServeError(XVLAError, ValueError):

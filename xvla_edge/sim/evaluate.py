@@ -26,9 +26,8 @@ import math
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -38,9 +37,10 @@ from runtime.types import ActionChunk, Observation
 from xvla.errors import XVLAError
 from xvla_edge.daemon.bridge import chunk_to_trajectory, proprio_from_state
 from xvla_edge.daemon.cameras import Camera
+from xvla_edge.daemon.robot_toml import emulated_robot
 from xvla_edge.sim import expert
 from xvla_edge.sim.demonstrations import VIEWS, ee6d, sim_arm, start_pose
-from xvla_edge.sim.report import Report, write
+from xvla_edge.sim.report import EpisodeResult, Report, write
 from xvla_edge.sim.scene import RENDER_SIDE, Scene, random_scene
 from xvla_edge.sim.world import Tabletop
 
@@ -61,52 +61,27 @@ class EvaluationError(XVLAError, ValueError):
     """Bad evaluation settings (episode count, seed, split, rates)."""
 
 
-@dataclass
-class EpisodeResult:
-    """One episode: its seed and task, outcome, time to success, safety interventions, the gripper's path
-    [n, 3] (and camera frames when recorded)."""
-
-    seed: int
-    instruction: str
-    success: bool
-    outcome: str  # "success", "wrong_block" or "timeout"
-    seconds: float
-    clamps: int
-    chunks: int
-    scene: Scene
-    start: np.ndarray
-    path: np.ndarray
-    frames: list[np.ndarray] = field(default_factory=list)
-    daemon_lines: list[str] = field(default_factory=list)  # the daemon's own summary (daemon path only)
-    empty_closings: int = 0  # gripper closings with no block within reach
-    clamped_ticks: Optional[int] = None  # control ticks whose command the envelope changed or refused (virtual
-    ticks: Optional[int] = None  # time only: the daemon's control loop counts clamps by kind, not by tick)
-
-
-def sim_robot_toml(bundle: Path, port: str, recordings: Path, instruction: str) -> str:
-    """The robot.toml of the simulated task: the demo's, with two camera slots (scene, wrist: the daemon is
-    given the simulated cameras for them), a continuous gripper (the simulated gripper is position-
-    controlled and the policy's opening ramps within the envelope's rate), and chunks smoothed over 9
-    waypoints and blended in over 0.2 s (the trained policy's waypoints zig-zag by millimetres and successive
-    chunks disagree by up to a centimetre where they meet: on seeds 0-19, raw and replaced, the envelope
-    changed the command on 86 % of ticks, smoothed and blended on 24 %, 9 % in the successful episodes; see
-    README)."""
-    from xvla_edge.commands.demo import robot_toml
-
+def sim_robot(bundle: Path, port: str, recordings: Path, instruction: str) -> dict[str, Any]:
+    """The daemon configuration of the simulated task (a ``robot.toml``'s data): the emulated robot's, with two
+    camera slots (scene, wrist: the daemon is given the simulated cameras for them), a continuous gripper
+    (the simulated gripper is position-controlled and the policy's opening ramps within the envelope's
+    rate), and chunks smoothed over 9 waypoints and blended in over 0.2 s (the trained policy's waypoints
+    zig-zag by millimetres and successive chunks disagree by up to a centimetre where they meet: on seeds
+    0-19, raw and replaced, the envelope changed the command on 86 % of ticks, smoothed and blended on 24 %,
+    9 % in the successful episodes; see README)."""
     camera = {"source": "synthetic", "width": RENDER_SIDE, "height": RENDER_SIDE, "fps": 30, "max_age_s": 0.5}
-    return robot_toml(bundle, port, recordings, instruction, gripper={"mode": "continuous"},
-                      splice={"mode": "blend", "smooth_window": 9},
-                      arm={"timeout_ms": 500}, cameras=[{"slot": 0, **camera}, {"slot": 1, **camera}])
+    return emulated_robot(bundle, port, recordings, instruction, gripper={"mode": "continuous"},
+                          splice={"mode": "blend", "smooth_window": 9},
+                          arm={"timeout_ms": 500}, cameras=[{"slot": 0, **camera}, {"slot": 1, **camera}])
 
 
 def sim_config(bundle: Path, instruction: str = "touch the red block", port: str = "/dev/null",
                recordings: Path = Path("recordings")) -> RobotConfig:
-    """:func:`sim_robot_toml` parsed and validated: the virtual path takes its control-loop settings from
-    here, so both paths run the same rate, splice, safety and gripper settings."""
-    from xvla_edge.daemon.config import parse_config, tomllib
+    """:func:`sim_robot` validated: the virtual path takes its control-loop settings from here, so both paths
+    run the same rate, splice, safety and gripper settings."""
+    from xvla_edge.daemon.config import RobotConfig
 
-    text = sim_robot_toml(bundle, port, recordings, instruction)
-    return parse_config(tomllib.loads(text), Path(bundle) / "robot.toml")
+    return RobotConfig.from_dict(sim_robot(bundle, port, recordings, instruction), Path(bundle) / "robot.toml")
 
 
 def episode_spec(seed: int, split: str) -> tuple[Scene, np.ndarray]:

@@ -11,16 +11,13 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from xvla_edge.sim.scene import RENDER_SIDE, render, to_pixels
+from xvla_edge.sim.scene import RENDER_SIDE, Scene, render, to_pixels
 from xvla_edge.sim.world import Tabletop
-
-if TYPE_CHECKING:
-    from xvla_edge.sim.evaluate import EpisodeResult
 
 THUMB = RENDER_SIDE
 OUTCOME_RGB = {"success": (30, 150, 50), "wrong_block": (200, 40, 40), "timeout": (200, 40, 40)}
@@ -34,6 +31,28 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass
+class EpisodeResult:
+    """One episode: its seed and task, outcome, time to success, safety interventions, the gripper's path
+    [n, 3] (and camera frames when recorded)."""
+
+    seed: int
+    instruction: str
+    success: bool
+    outcome: str  # "success", "wrong_block" or "timeout"
+    seconds: float
+    clamps: int
+    chunks: int
+    scene: Scene
+    start: np.ndarray
+    path: np.ndarray
+    frames: list[np.ndarray] = field(default_factory=list)
+    daemon_lines: list[str] = field(default_factory=list)  # the daemon's own summary (daemon path only)
+    empty_closings: int = 0  # gripper closings with no block within reach
+    clamped_ticks: Optional[int] = None  # control ticks whose command the envelope changed or refused (virtual
+    ticks: Optional[int] = None  # time only: the daemon's control loop counts clamps by kind, not by tick)
 
 
 @dataclass

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from drivers.xvla_serial import emulator
-from xvla_edge.commands.demo import robot_toml
 from xvla_edge.daemon.config import load_config
+from xvla_edge.daemon.robot_toml import robot_toml
 from xvla_edge.daemon.service import Daemon
 
 from daemon_driving import RATE_HZ

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from xvla_edge.daemon.config import load_config
-from xvla_edge.commands.demo import robot_toml
+from xvla_edge.daemon.robot_toml import robot_toml
 from xvla_edge.daemon.service import Daemon
 
 from daemon_driving import accepted, drive

@@ -19,10 +19,11 @@ from xvla_edge.daemon.cameras import CameraError, FolderCamera, SyntheticCamera
 from xvla_edge.daemon.health import HealthError, HealthServer
 from xvla_edge.daemon.logs import JsonFormatter
 from drivers.control.control_loop import LoopStats
-from drivers.control.safety import CLIP_KINDS, REJECT_KINDS
 from drivers.system.realtime import PeriodStats
-from xvla_edge.daemon.metrics import CONTENT_TYPE, MODES, DaemonMetrics
+from drivers.control.safety import CLIP_KINDS, REJECT_KINDS
+from xvla_edge.daemon.metrics import MODES, DaemonMetrics
 from xvla_edge.daemon.recorder import Recorder, RecorderError
+from xvla_edge.web.metrics import CONTENT_TYPE
 
 JSON = {"Content-Type": "application/json"}
 

@@ -19,11 +19,11 @@ import pytest
 
 from xvla.errors import InputError
 from xvla_edge.cli import main
-from xvla_edge.commands.demo import robot_toml
 from xvla_edge.daemon import control, health
-from xvla_edge.daemon import service as service_module
+from xvla_edge.daemon import supervisor
 from xvla_edge.daemon.config import ConfigError, load_config
 from xvla_edge.daemon.control import send
+from xvla_edge.daemon.robot_toml import robot_toml
 from xvla_edge.daemon.service import Daemon
 
 from daemon_driving import RATE_HZ, accepted, ctl, drive, free_port, http
@@ -223,14 +223,14 @@ def test_an_instruction_that_is_not_text_is_refused_at_every_entry(daemon, capsy
 def test_an_observation_the_policy_refuses_holds_without_ending_the_daemon(daemon, monkeypatch):
     """An InputError from inference is the input's fault, not the model's: the arm holds, health says why, the
     daemon retries and keeps running however often it happens (any other error still ends it after five)."""
-    monkeypatch.setattr(service_module, "RECONNECT_S", 0.05)
+    monkeypatch.setattr(supervisor, "RECONNECT_S", 0.05)
     assert drive(daemon, 20.0, until=lambda d: accepted(d) >= 1)
 
     def refuse(obs, *, steps=None):
         raise InputError("observation.proprio: contains NaN or Inf")
 
     daemon.policy.act = refuse
-    assert drive(daemon, 30.0, until=lambda d: d._inference_errors >= 2 * service_module.MAX_INFERENCE_FAILURES)
+    assert drive(daemon, 30.0, until=lambda d: d._inference_errors >= 2 * supervisor.MAX_INFERENCE_FAILURES)
     status, reasons = daemon.health()
     assert status == "degraded" and any("observation refused" in r for r in reasons)
     assert daemon.stats.mode == "idle" and daemon.stats.events["hold_requested"] >= 1  # no trajectory: it holds

@@ -26,7 +26,8 @@ from drivers.emulation.sim_arm import SimArm
 from drivers.xvla_serial.arm import XvlaSerialArm
 from xvla_edge.daemon import config as config_module
 from xvla_edge.commands import config as config_cli
-from xvla_edge.daemon.config import ConfigError, ConfigFileError, load_config
+from xvla_edge.daemon.config import ConfigError, ConfigFileError, RobotConfig, load_config
+from xvla_edge.daemon.robot_toml import emulated_robot, toml_text
 from xvla_edge.cli import COMMANDS
 
 try:
@@ -97,6 +98,23 @@ def test_defaults_and_relative_paths(write, tmp_path):
     assert cfg.bundle.steps is None and cfg.health.port == 8765 and cfg.health.host == "127.0.0.1"
     assert cfg.cameras[0] == config_module.CameraSection(slot=0, source="synthetic")
     assert cfg.inference.start_fraction == 0.5 and cfg.arm.space == "ee" and cfg.logging.level == "info"
+
+
+def test_a_configuration_built_in_code_is_validated_like_its_file(tmp_path):
+    """RobotConfig.from_dict is the file's validation without the file: the same configuration from the same
+    data, the same problems named the same way; toml_text writes such data out as the robot.toml it stands for."""
+    data = emulated_robot(Path("bundle"), "/dev/ttyACM0", Path("recordings"), "wave", control={"rate_hz": 100},
+                          cameras=[{"slot": 0, "source": "synthetic"}, {"slot": 1, "source": "synthetic"}])
+    path = tmp_path / "robot.toml"
+    path.write_text(toml_text(data))
+    cfg = RobotConfig.from_dict(data, path)
+    assert cfg == load_config(path) and cfg.file == path
+    assert cfg.bundle.path == tmp_path / "bundle" and cfg.control.rate_hz == 100 and len(cfg.cameras) == 2
+    data["arm"]["driver"] = "dynamixl"
+    with pytest.raises(ConfigError) as info:
+        RobotConfig.from_dict(data, path)
+    assert str(info.value).startswith(f'{path}: [arm].driver = "dynamixl": expected one of "sim", "xvla-serial", '
+                                      '"dynamixel"')
 
 
 def test_backends_are_the_runtimes():

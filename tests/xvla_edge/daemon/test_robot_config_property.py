@@ -17,11 +17,11 @@ from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
 
 from drivers.control.control_loop import MAX_RATE_HZ, MAX_TRAJECTORY_LAG, MIN_RATE_HZ, ControlLoop
+from drivers.physical_ranges import MAX_ARMS, MAX_JOINT, MAX_JOINT_VELOCITY, SAFETY_LIMIT_MAX, SAFETY_LIMIT_MIN
+from drivers.emulation.sim_arm import DEFAULT_WORKSPACE, MAX_TIME_CONSTANT_S
 from drivers.control.splice import MAX_BLEND_SAMPLES, POLICY_RANGES
 from drivers.control.trajectory import Trajectory
-from drivers.emulation.sim_arm import DEFAULT_WORKSPACE, MAX_TIME_CONSTANT_S
-from drivers.physical_ranges import MAX_ARMS, MAX_JOINT, MAX_JOINT_VELOCITY, SAFETY_LIMIT_MAX, SAFETY_LIMIT_MIN
-from xvla_edge.daemon.config import parse_config
+from xvla_edge.daemon.config import RobotConfig
 
 CHUNK = 30  # waypoints per X-VLA chunk
 #: The farthest a spliced chunk can start after its splice: speed margin * the longest move (a workspace
@@ -82,7 +82,7 @@ def chunk(rng: np.random.Generator, t_obs: float, span: float, space: str, n_arm
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=configs(), seed=st.integers(0, 2**32 - 1))
 def test_every_accepted_config_runs_the_loop_without_a_crash_or_a_stall(data, seed):
-    config = parse_config(data, Path("/robot/robot.toml"))  # raises if a documented value is refused
+    config = RobotConfig.from_dict(data, Path("/robot/robot.toml"))  # raises if a documented value is refused
     loop_config = config.loop_config()
     assert loop_config.splice.blend_samples <= MAX_BLEND_SAMPLES
     now = [100.0]

@@ -17,8 +17,8 @@ webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not in
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from xvla_edge.commands.demo import robot_toml  # noqa: E402
 from xvla_edge.daemon.config import load_config  # noqa: E402
+from xvla_edge.daemon.robot_toml import robot_toml  # noqa: E402
 from xvla_edge.daemon.service import Daemon  # noqa: E402
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")

@@ -58,7 +58,7 @@ def robot_daemon(tiny_bundle, robots, tmp_path, robot_python):
     """(robot, health port, emulator, restart command) with the daemon running on the robot's current bundle."""
     from drivers.xvla_serial import emulator
     from runtime.flash import flash
-    from xvla_edge.commands.demo import robot_toml
+    from xvla_edge.daemon.robot_toml import robot_toml
 
     emu = emulator.start(emulator.ControllerConfig(n_arms=1), seed=3)
     robot = robots[0]

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from drivers.xvla_serial import emulator
-from xvla_edge.commands.demo import robot_toml
 from xvla_edge.daemon.config import load_config
-from xvla_edge.daemon.service import MAX_INFERENCE_FAILURES, RECONNECT_S, Daemon
+from xvla_edge.daemon.robot_toml import robot_toml
+from xvla_edge.daemon.service import Daemon
+from xvla_edge.daemon.supervisor import MAX_INFERENCE_FAILURES, RECONNECT_S
 
 from daemon_driving import accepted, drive
 
