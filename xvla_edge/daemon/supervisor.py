@@ -28,7 +28,8 @@ from typing import Dict, List, Optional, Union
 
 import numpy as np
 
-from drivers import registry, sdnotify
+from drivers import registry
+from drivers.system import sdnotify
 from drivers.control.control_loop import LoopStats
 from drivers.control.loop_process import ControlLoopClient, ControlLoopError
 from runtime.policy import Policy
