@@ -58,7 +58,7 @@ from xvla_edge.daemon.metrics import DaemonMetrics
 from xvla_edge.daemon.recorder import Recorder, RecorderError
 from xvla_edge.extras import needs
 from runtime.policy import Policy
-from runtime.remote import RemotePolicy, RemoteUnavailable
+from runtime.remote.client import RemotePolicy, RemoteUnavailable
 from runtime.types import ActionChunk, Observation
 from xvla.errors import InputError, XVLAError
 
