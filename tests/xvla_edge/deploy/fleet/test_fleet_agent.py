@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from runtime.manifest import Manifest
+from xvla_edge.deploy import settle
 from xvla_edge.deploy.fleet.agent import AgentError, main, run
 from xvla_edge.deploy.install import flash
 
@@ -86,7 +87,7 @@ def test_a_failure_after_the_switch_is_answered_as_the_switch(tiny_bundle, tmp_p
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(fl, "_record", disk_full)
+    monkeypatch.setattr(settle, "record", disk_full)
     flashed = answer(capsys, main(root, "flash", [bundle_id]), 0)
     assert flashed["current"]["bundle_id"] == bundle_id == Manifest.load(root / "current").bundle_id
     assert any("No space left on device" in m for m in flashed["messages"])
