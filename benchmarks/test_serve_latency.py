@@ -68,7 +68,7 @@ def _inputs(seed: int) -> tuple[list[np.ndarray], np.ndarray]:
 def _client(size: str, path: str, server, bundle, seed: int):
     """A callable doing one request as a client of ``path`` would."""
     from runtime.policy import Policy
-    from runtime.remote import RemotePolicy
+    from runtime.remote.client import RemotePolicy
     from runtime.types import Observation
 
     images, proprio = _inputs(seed)

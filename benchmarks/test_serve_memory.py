@@ -90,7 +90,7 @@ def _payload(case: str) -> bytes:
         Image.fromarray(np.zeros((4096, 4096, 3), np.uint8)).save(buf, format="PNG")
         encoded = json_numpy.dumps(np.frombuffer(buf.getvalue(), np.uint8))
         return json.dumps(_fields({f"image{i}": encoded for i in range(3)})).encode()
-    from runtime.wire import pack
+    from runtime.remote.wire import pack
 
     side = math.isqrt((FRAME_LIMIT - 4096) // 3)
     return pack({"image0": rng.integers(0, 256, (side, side, 3), np.uint8), "language_instruction": "pick up",

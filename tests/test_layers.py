@@ -27,10 +27,11 @@ RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
 # Rooms inside the packages, one rule a line: room (a module or sub-package, dotted) → rooms it may not import.
 ROOMS_APART: dict[str, tuple[str, ...]] = {
     "xvla_edge.serve": ("xvla_edge.daemon", "xvla_edge.sim"),
-    "xvla_edge.daemon": ("xvla_edge.serve", "xvla_edge.sim", "xvla_edge.fleet"),
-    "xvla_edge.sim": ("xvla_edge.serve", "xvla_edge.fleet"),
-    "xvla_edge.fleet": ("xvla_edge.daemon", "xvla_edge.serve", "xvla_edge.sim"),
-    "xvla_edge.web": ("xvla_edge.daemon", "xvla_edge.serve", "xvla_edge.sim", "xvla_edge.fleet"),
+    "xvla_edge.daemon": ("xvla_edge.serve", "xvla_edge.sim", "xvla_edge.deploy"),
+    "xvla_edge.sim": ("xvla_edge.serve", "xvla_edge.deploy"),
+    "xvla_edge.deploy": ("xvla_edge.daemon", "xvla_edge.serve", "xvla_edge.sim"),
+    "xvla_edge.deploy.install": ("xvla_edge.deploy.fleet",),
+    "xvla_edge.web": ("xvla_edge.daemon", "xvla_edge.serve", "xvla_edge.sim", "xvla_edge.deploy"),
     "xvla_edge.daemon.state": ("xvla_edge.daemon.supervisor", "xvla_edge.daemon.operator", "xvla_edge.daemon.views"),
     "xvla_edge.daemon.operator": ("xvla_edge.daemon.supervisor", "xvla_edge.daemon.views"),
     "xvla_edge.daemon.views": ("xvla_edge.daemon.supervisor", "xvla_edge.daemon.operator"),

@@ -53,7 +53,7 @@ print(json.dumps({"shape": list(chunk.actions.shape), "finite": bool(np.isfinite
 REMOTE = """
 import json, socket, subprocess, sys, time, numpy as np
 from runtime.policy import Policy
-from runtime.remote import RemotePolicy
+from runtime.remote.client import RemotePolicy
 from runtime.types import Observation
 with socket.socket() as s:
     s.bind(("127.0.0.1", 0))

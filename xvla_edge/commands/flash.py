@@ -9,9 +9,10 @@ Examples::
 
 On the robot: verifies the bundle's checksums, stages a copy in DIR, builds TensorRT engines there when TensorRT
 is installed, runs one smoke inference, then switches ``DIR/current`` atomically and keeps the old bundle as
-``DIR/previous`` (``xvla-edge rollback --robot DIR`` switches back). Layout and guarantees: :mod:`runtime.flash`.
-From a workstation: the same on every robot over SSH, sending only the files a robot lacks (by sha256, resumed
-after a dropped connection), canary robots first (:mod:`xvla_edge.fleet.rollout`).
+``DIR/previous`` (``xvla-edge rollback --robot DIR`` switches back). Layout and guarantees:
+:mod:`xvla_edge.deploy.layout`, :mod:`xvla_edge.deploy.install`. From a workstation: the same on every robot over
+SSH, sending only the files a robot lacks (by sha256, resumed after a dropped connection), canary robots first
+(:mod:`xvla_edge.deploy.fleet.rollout`).
 
 Exit status: 0 installed everywhere (or already active); 1 refused or failed somewhere (every such robot keeps
 its active bundle; the summary names robot, step and cause); 2 usage.
@@ -54,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from xvla.errors import XVLAError
-    from xvla_edge.fleet.ssh import Robot
+    from xvla_edge.deploy.fleet.ssh import Robot
 
     remote = [Robot.is_remote(r) for r in args.robot]
     if any(remote):
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if len(args.robot) > 1:
         print("xvla-edge flash: one local --robot DIR at a time", file=sys.stderr)
         return 2
-    from runtime.flash import flash
+    from xvla_edge.deploy.install import flash
 
     try:
         flash(args.bundle, args.robot[0], backend=args.backend, device=args.device, smoke_timeout_s=args.smoke_timeout)
@@ -82,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _fleet(args: argparse.Namespace) -> int:
     from runtime.manifest import BundleError
-    from xvla_edge.fleet.rollout import Daemon, rollout, table
-    from xvla_edge.fleet.ssh import RemoteError, Robot
+    from xvla_edge.deploy.fleet.rollout import Daemon, rollout, table
+    from xvla_edge.deploy.fleet.ssh import RemoteError, Robot
 
     try:
         robots = [Robot.parse(r) for r in args.robot]

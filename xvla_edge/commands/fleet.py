@@ -1,5 +1,5 @@
 """``xvla-edge fleet status --robot user@host:/path ...`` and ``xvla-edge fleet agent`` (the robot's side of a
-fleet flash, run over SSH: :mod:`xvla_edge.fleet.agent`).
+fleet flash, run over SSH: :mod:`xvla_edge.deploy.fleet.agent`).
 
 ``status`` asks every robot which bundle is active and previous, and when it last changed, and with
 ``--health-url`` what its daemon's ``/healthz`` says, and what of its ``history.jsonl`` was skipped (a torn
@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def ssh_options(args: argparse.Namespace):  # noqa: ANN201 - SSHOptions, imported when the command runs
     import shlex
 
-    from xvla_edge.fleet.ssh import SSHOptions
+    from xvla_edge.deploy.fleet.ssh import SSHOptions
 
     return SSHOptions(known_hosts=args.known_hosts, identity=args.identity,
                       xvla_edge=tuple(shlex.split(args.remote_xvla_edge)))
@@ -50,11 +50,11 @@ def ssh_options(args: argparse.Namespace):  # noqa: ANN201 - SSHOptions, importe
 
 def run(args: argparse.Namespace) -> int:
     if args.fleet_command == "agent":
-        from xvla_edge.fleet import agent
+        from xvla_edge.deploy.fleet import agent
 
         return agent.main(args.dir, args.op, args.args, backend=args.backend, device=args.device,
                           smoke_timeout_s=args.smoke_timeout)
-    from xvla_edge.fleet.ssh import Agent, RemoteError, Robot
+    from xvla_edge.deploy.fleet.ssh import Agent, RemoteError, Robot
 
     options, answers, ok = ssh_options(args), {}, True
     for target in args.robot:

@@ -1,4 +1,4 @@
-"""``xvla-edge rollback --robot DIR``: make the previous bundle active again (see :mod:`runtime.flash`)."""
+"""``xvla-edge rollback --robot DIR``: make the previous bundle active again (see :mod:`xvla_edge.deploy.rollback`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from runtime.flash import FlashError, rollback
+    from xvla_edge.deploy.layout import FlashError
+    from xvla_edge.deploy.rollback import rollback
 
     try:
         rollback(args.robot)

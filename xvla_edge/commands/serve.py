@@ -2,7 +2,7 @@
 
 One process serves several bundles, one per domain (``domain_id`` of a request picks it): ``POST /act`` (the
 official X-VLA contract, so its evaluation clients work unchanged), a msgpack websocket at ``/ws`` (and
-``/``) for :class:`runtime.remote.RemotePolicy` and openpi-style clients, ``/healthz`` and ``/metrics``
+``/``) for :class:`runtime.remote.client.RemotePolicy` and openpi-style clients, ``/healthz`` and ``/metrics``
 (:mod:`xvla_edge.serve.app`). Binds 127.0.0.1 by default; any other address needs a token
 (``--token-file``, ``--token`` or ``XVLA_SERVE_TOKEN``), which every request must then carry. File-path
 images are refused unless ``--image-dir`` names the one directory they may come from.

@@ -24,7 +24,7 @@ import numpy as np
 from drivers.control.control_loop import LoopStats
 from drivers.control.loop_process import ControlLoopClient
 from runtime.policy import Policy
-from runtime.remote import RemotePolicy
+from runtime.remote.client import RemotePolicy
 from runtime.types import Observation
 from xvla_edge.daemon.cameras import Camera
 from xvla_edge.daemon.config import RobotConfig

@@ -33,7 +33,7 @@ from drivers.system import sdnotify
 from drivers.control.control_loop import LoopStats
 from drivers.control.loop_process import ControlLoopClient, ControlLoopError
 from runtime.policy import Policy
-from runtime.remote import RemotePolicy, RemoteUnavailable
+from runtime.remote.client import RemotePolicy, RemoteUnavailable
 from runtime.types import ActionChunk, Observation
 from xvla.errors import InputError, XVLAError
 from xvla_edge.daemon.bridge import check_arm, chunk_to_trajectory, proprio_from_state

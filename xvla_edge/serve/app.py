@@ -8,7 +8,7 @@
   ``X-XVLA-Bundle``, ``X-XVLA-Inference-Ms`` and ``X-XVLA-Batch`` name the bundle, time the chunk and count the
   requests computed together with it.
 - websocket ``/ws`` (and ``/``, where openpi's client connects): binary msgpack frames
-  (:mod:`runtime.wire`). On connect the server sends the metadata (protocol, each domain's bundle id and
+  (:mod:`runtime.remote.wire`). On connect the server sends the metadata (protocol, each domain's bundle id and
   manifest); then each client frame is one observation (the ``/act`` fields, arrays as arrays, ``imageK``
   is view slot K) and each reply one map ``{"action", "domain_id", "bundle_id", "server_timing"}``. A
   refused observation is answered with a text frame ``"<status> <message>"`` and the connection stays
@@ -38,7 +38,7 @@ from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from runtime.wire import WireError, pack, unpack
+from runtime.remote.wire import WireError, pack, unpack
 from xvla.errors import InputError
 from xvla_edge.serve.bundles import Answer, ServerMetrics
 from xvla_edge.serve.request import Limits, RequestError, from_message, parse_body

@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from runtime.manifest import BundleError
 from runtime.policy import Policy
 from runtime.types import ActionChunk, Observation
-from runtime.wire import PROTOCOL
+from runtime.remote.wire import PROTOCOL
 from xvla_edge.serve.request import ActRequest, RequestError
 from xvla_edge.web.metrics import new_registry, package_version
 

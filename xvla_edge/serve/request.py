@@ -17,7 +17,7 @@ fields as msgpack values (:func:`from_message`), checked by the same code; there
 and shape a client names: the dtype, shape and data length are checked first. Plain JSON lists cost Python
 objects (up to ~140 bytes per value, against 2 to 4 bytes of JSON), so a body may hold at most
 ``Limits.max_list_values`` values, counted before parsing (a websocket frame as many, counted by
-:func:`runtime.wire.unpack`). Every body and message, however malformed, gives an
+:func:`runtime.remote.wire.unpack`). Every body and message, however malformed, gives an
 :class:`ActRequest` or a :class:`RequestError` (never another exception: a 500).
 """
 
@@ -186,7 +186,7 @@ def _dtype(descr: Any, key: str) -> np.dtype:
 
 # ------------------------------------------------------------------------------------------------ msgpack
 def from_message(message: Any, limits: Limits) -> ActRequest:
-    """A websocket observation (a msgpack map, arrays already decoded by :mod:`runtime.wire`) → request."""
+    """A websocket observation (a msgpack map, arrays already decoded by :mod:`runtime.remote.wire`) → request."""
     if not isinstance(message, dict):
         raise RequestError(f"message: expected a map, got {type(message).__name__}")
     return _request(message, lambda value, key: value, limits, slots=True)

@@ -17,7 +17,7 @@ requests = pytest.importorskip("requests")
 json_numpy = pytest.importorskip("json_numpy")
 
 from runtime.policy import Policy  # noqa: E402
-from runtime.remote import RemotePolicy  # noqa: E402
+from runtime.remote.client import RemotePolicy  # noqa: E402
 from runtime.types import Observation  # noqa: E402
 
 CLIENTS = 8

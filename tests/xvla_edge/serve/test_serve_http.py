@@ -17,7 +17,7 @@ requests = pytest.importorskip("requests")
 
 from runtime.policy import Policy  # noqa: E402
 from runtime.types import Observation  # noqa: E402
-from runtime.wire import pack, unpack  # noqa: E402
+from runtime.remote.wire import pack, unpack  # noqa: E402
 from xvla_edge.serve.app import create_app  # noqa: E402
 from xvla_edge.serve.request import Limits  # noqa: E402
 from xvla_edge.serve.server import ServerThread  # noqa: E402
@@ -224,7 +224,7 @@ HOSTILE = [  # issue 33: each was a 500 over /act with a traceback in the log
 
 
 def _ws_array(array: np.ndarray, **fields) -> dict:
-    """An array as :mod:`runtime.wire` sends it, with ``fields`` replaced."""
+    """An array as :mod:`runtime.remote.wire` sends it, with ``fields`` replaced."""
     return {"__ndarray__": True, "data": array.tobytes(), "dtype": array.dtype.str, "shape": list(array.shape),
             **fields}
 

@@ -15,9 +15,9 @@ websockets_sync = pytest.importorskip("websockets.sync.client")
 
 from runtime.backends.base import BackendError  # noqa: E402
 from runtime.policy import Policy  # noqa: E402
-from runtime.remote import BundleChanged, RemotePolicy, RemoteUnavailable  # noqa: E402
+from runtime.remote.client import BundleChanged, RemotePolicy, RemoteUnavailable  # noqa: E402
 from runtime.types import Observation  # noqa: E402
-from runtime.wire import pack, unpack  # noqa: E402
+from runtime.remote.wire import pack, unpack  # noqa: E402
 from xvla.errors import InputError  # noqa: E402
 from xvla_edge.serve.app import create_app  # noqa: E402
 from xvla_edge.serve.request import Limits  # noqa: E402

@@ -1,7 +1,8 @@
 """The robot's side of a fleet flash: ``xvla-edge fleet agent DIR OP``, run over SSH by the workstation.
 
 Every operation reads its input from stdin, prints one JSON object on stdout and exits 0, or prints
-``{"error": "..."}`` and exits 1. ``DIR`` is the robot's bundle directory of :mod:`runtime.flash`; the agent adds
+``{"error": "..."}`` and exits 1. ``DIR`` is the robot's bundle directory of :mod:`xvla_edge.deploy.layout`; the
+agent adds
 
     DIR/.objects/<sha256>            files received, named by their content (verified before they get the name)
     DIR/.objects/<sha256>.partial    a file being received; a dropped connection leaves it to be continued
@@ -17,16 +18,16 @@ Operations:
   keeps what arrived.
 - ``assemble SHA256``: the object SHA256 is a manifest; validated, and every file it lists linked (or copied)
   from where it is present into ``.incoming/<bundle id>/``, which is then verified like any bundle.
-- ``flash BUNDLE_ID [--backend B] [--device D] [--smoke-timeout S]``: :func:`runtime.flash.flash` of the assembled
-  bundle (verification, TensorRT engines when TensorRT is here, smoke inference on the daemon's backend and
-  device, atomic switch); then ``.incoming`` and ``.objects`` are removed (the installed bundles hold the
-  content) → ``status``. Once ``current`` has changed nothing turns the answer into an error: a failure after
+- ``flash BUNDLE_ID [--backend B] [--device D] [--smoke-timeout S]``: :func:`xvla_edge.deploy.install.flash` of
+  the assembled bundle (verification, TensorRT engines when TensorRT is here, smoke inference on the daemon's
+  backend and device, atomic switch); then ``.incoming`` and ``.objects`` are removed (the installed bundles
+  hold the content) → ``status``. Once ``current`` has changed nothing turns the answer into an error: a failure after
   the switch is one of its ``messages``.
 - ``status``: the active and previous bundles, the last readable entry of ``history.jsonl`` and ``warnings``
   (lines of it skipped: a torn write); answers whatever ``DIR`` holds.
 - ``health URL BUNDLE_ID SECONDS``: poll the daemon's ``/healthz`` at URL (on the robot: it listens on loopback)
   until it answers with ``bundle_id`` BUNDLE_ID → its answer; an error after SECONDS naming what it last said.
-- ``rollback``: :func:`runtime.flash.rollback` (previous becomes active again) → ``status``.
+- ``rollback``: :func:`xvla_edge.deploy.rollback.rollback` (previous becomes active again) → ``status``.
 - ``probe URL``: ``status`` and what the daemon's ``/healthz`` at URL says now (``{"health": null, "reason"}``
   when it does not answer).
 
@@ -50,11 +51,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any, BinaryIO, Optional
 
-from runtime.flash import BUNDLES, CURRENT, PREVIOUS, FlashError, flash, link_target, read_history, rollback
 from runtime.manifest import MANIFEST_FILE, BundleError, Manifest
 from xvla.files import remove_path, sha256_file
+from xvla_edge.deploy.history import read_history
+from xvla_edge.deploy.install import flash
+from xvla_edge.deploy.layout import BUNDLES, CURRENT, INCOMING, OBJECTS, PREVIOUS, FlashError, link_target
+from xvla_edge.deploy.rollback import rollback
 
-OBJECTS, INCOMING = ".objects", ".incoming"
 MAX_FILE_BYTES = 1 << 40  # far above any bundle file, far below a size that overflows anything
 CHUNK = 1 << 20
 _SHA256 = re.compile(r"[0-9a-f]{64}")

@@ -1,4 +1,4 @@
-"""msgpack messages with numpy arrays: the websocket protocol of ``xvla-edge serve`` and :mod:`runtime.remote`.
+"""msgpack messages with numpy arrays: the websocket protocol of ``xvla-edge serve`` and :mod:`runtime.remote.client`.
 
 An array travels as a map ``{"__ndarray__": True, "data": <raw bytes, C order>, "dtype": <numpy dtype
 string, e.g. "<f4">, "shape": [...]}`` and a numpy scalar as ``{"__npgeneric__": True, "data": <value>,

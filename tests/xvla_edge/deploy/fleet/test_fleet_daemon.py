@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from runtime.manifest import Manifest
-from xvla_edge.fleet.rollout import Daemon, rollout
+from xvla_edge.deploy.fleet.rollout import Daemon, rollout
 from test_fleet_flash import variant
 
 # what systemd's `restart` does, in a script run on the robot over ssh: SIGTERM, wait for the exit, start again
@@ -57,8 +57,8 @@ def healthz(port: int) -> dict:
 def robot_daemon(tiny_bundle, robots, tmp_path, robot_python):
     """(robot, health port, emulator, restart command) with the daemon running on the robot's current bundle."""
     from drivers.xvla_serial import emulator
-    from runtime.flash import flash
     from xvla_edge.daemon.robot_toml import robot_toml
+    from xvla_edge.deploy.install import flash
 
     emu = emulator.start(emulator.ControllerConfig(n_arms=1), seed=3)
     robot = robots[0]

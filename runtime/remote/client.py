@@ -3,7 +3,7 @@
     policy = RemotePolicy("ws://gpu-box:8000/ws", domain_id=3, token=token)
     chunk = policy.act(Observation(images=[rgb], instruction="...", proprio=state, timestamp=t_capture))
 
-It speaks the websocket protocol of ``xvla-edge serve`` (:mod:`runtime.wire` frames; the server sends its
+It speaks the websocket protocol of ``xvla-edge serve`` (:mod:`runtime.remote.wire` frames; the server sends its
 metadata on connect, then one reply per observation), with ``websockets``' synchronous client (the
 ``[remote]`` extra). The manifest comes from the server and is validated like a local one; chunk time
 stamps are computed here from the observation's own time stamp, so they stay anchored to when the images
@@ -29,11 +29,12 @@ import numpy as np
 from runtime.backends.base import BackendError
 from runtime.decode import chunk_timestamps, decode_arms
 from runtime.manifest import BundleError, Manifest, canonical_sha256
+from runtime.remote.wire import MAX_MESSAGE_BYTES, PROTOCOL, WireError, pack, unpack
 from runtime.types import ActionChunk, Observation, check_timestamp, checked_proprio
-from runtime.wire import MAX_MESSAGE_BYTES, PROTOCOL, WireError, pack, unpack
 from xvla.constants import MAX_STEPS
 from xvla.errors import InputError
 from xvla.instruction import check_instruction
+
 
 
 class RemoteUnavailable(BackendError):

@@ -1,4 +1,5 @@
-"""Flash and rollback: atomic switch, previous kept, and the installed bundles untouched by any failure."""
+"""Flash and rollback: atomic switch, previous kept, and the installed bundles untouched by any failure (the
+fixtures ``bundles`` and ``robot_ab``: conftest.py)."""
 
 from __future__ import annotations
 
@@ -18,38 +19,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime import flash as fl
 from runtime.manifest import BundleError
 from xvla_edge.cli import main as cli
+from xvla_edge.deploy import engines, install, settle, smoke
+from xvla_edge.deploy.install import flash
+from xvla_edge.deploy.layout import FlashError, active_bundle
+from xvla_edge.deploy.rollback import rollback
 
-REPO = Path(__file__).parents[2]
-
-
-@pytest.fixture(scope="session")
-def bundles(tmp_path_factory, tiny_bundle) -> tuple[Path, Path]:
-    """Bundle ``a``, the session's tiny bundle copied; ``b`` is ``a`` with ``sampler.default_steps`` 10 → 4.
-
-    ``b`` is a distinct, valid bundle (the manifest records its files' hashes, not its own; installs are told
-    apart by the manifest's sha256), made without a second ~15 s export.
-    """
-    root = tmp_path_factory.mktemp("flash")
-    a, b = root / "a", root / "b"
-    shutil.copytree(tiny_bundle, a)
-    shutil.copytree(a, b)
-    manifest = json.loads((b / "manifest.json").read_text())
-    manifest["sampler"]["default_steps"] = 4
-    (b / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    return a, b
-
-
-@pytest.fixture
-def robot_ab(bundles, tmp_path) -> Path:
-    """A robot directory where ``a`` was flashed, then ``b``: current → b, previous → a."""
-    a, b = bundles
-    robot = tmp_path / "robot"
-    fl.flash(a, robot, say=quiet)
-    fl.flash(b, robot, say=quiet)
-    return robot
+REPO = Path(__file__).parents[3]
 
 
 def quiet(msg: str) -> None:
@@ -75,21 +52,21 @@ def test_flash_flash_rollback(bundles, tmp_path):
     a, b = bundles
     robot = tmp_path / "robot"
     said: list[str] = []
-    first = fl.flash(a, robot, say=said.append)
+    first = flash(a, robot, say=said.append)
     assert any("TensorRT is not installed" in m for m in said)
-    assert fl.active_bundle(robot) == first.resolve() and same_files(first, a)
+    assert active_bundle(robot) == first.resolve() and same_files(first, a)
     assert first.parent == robot / "bundles" and not (robot / "previous").exists()
     said.clear()
-    assert fl.flash(a, robot, say=said.append) == first.resolve() and "already the active bundle" in said[0]
+    assert flash(a, robot, say=said.append) == first.resolve() and "already the active bundle" in said[0]
 
-    second = fl.flash(b, robot, say=quiet)
-    assert fl.active_bundle(robot) == second.resolve() and same_files(second, b)
+    second = flash(b, robot, say=quiet)
+    assert active_bundle(robot) == second.resolve() and same_files(second, b)
     assert (robot / "previous").resolve() == first.resolve() and same_files(first, a)
     assert not os.path.isabs(os.readlink(robot / "current"))  # the directory can move (e.g. a new disk)
 
-    assert fl.rollback(robot, say=quiet) == first.resolve()
-    assert fl.active_bundle(robot) == first.resolve() and (robot / "previous").resolve() == second.resolve()
-    assert fl.rollback(robot, say=quiet) == second.resolve()
+    assert rollback(robot, say=quiet) == first.resolve()
+    assert active_bundle(robot) == first.resolve() and (robot / "previous").resolve() == second.resolve()
+    assert rollback(robot, say=quiet) == second.resolve()
     assert sorted(p.name for p in (robot / "bundles").iterdir()) == sorted([first.name, second.name])
     assert sorted(p.name for p in robot.iterdir()) == [".lock", "bundles", "current", "history.jsonl", "previous"]
     ids = {bundle: hashlib.sha256(json.dumps(json.loads((bundle / "manifest.json").read_text()), sort_keys=True,
@@ -104,10 +81,10 @@ def test_flash_flash_rollback(bundles, tmp_path):
 def test_older_bundles_are_pruned_and_a_reflash_of_previous_never_touches_it(robot_ab, bundles):
     a, _ = bundles
     old_a = (robot_ab / "previous").resolve()
-    b = fl.active_bundle(robot_ab)
-    new_a = fl.flash(a, robot_ab, say=quiet)  # the bundle `previous` holds, installed afresh beside it
+    b = active_bundle(robot_ab)
+    new_a = flash(a, robot_ab, say=quiet)  # the bundle `previous` holds, installed afresh beside it
     assert new_a.name == f"{old_a.name}.2" and same_files(new_a, a)
-    assert fl.active_bundle(robot_ab) == new_a.resolve() and (robot_ab / "previous").resolve() == b
+    assert active_bundle(robot_ab) == new_a.resolve() and (robot_ab / "previous").resolve() == b
     assert not old_a.exists()  # neither current nor previous: pruned
 
 
@@ -118,8 +95,8 @@ def test_a_build_step_output_is_installed(bundles, tmp_path, monkeypatch):
         (staged / "engines").mkdir()
         (staged / "engines" / "engines.json").write_text("{}")
 
-    monkeypatch.setattr(fl, "build_engines", fake_build)
-    installed = fl.flash(a, tmp_path / "robot", say=quiet)
+    monkeypatch.setattr(engines, "build_engines", fake_build)
+    installed = flash(a, tmp_path / "robot", say=quiet)
     assert (installed / "engines" / "engines.json").read_text() == "{}"
 
 
@@ -133,44 +110,44 @@ def test_the_build_starts_from_the_active_bundles_timing_cache_and_history_has_t
         (staged / "engines").mkdir()
         (staged / "engines" / "timing.cache").write_text(f"timings for {staged.name}")
 
-    monkeypatch.setattr(fl, "build_engines", fake_build)
-    first = fl.flash(a, robot, say=quiet)
-    fl.flash(b, robot, say=quiet)
+    monkeypatch.setattr(engines, "build_engines", fake_build)
+    first = flash(a, robot, say=quiet)
+    flash(b, robot, say=quiet)
     assert caches == [None, first / "engines" / "timing.cache"]  # the second build starts from the first's cache
     last = json.loads((robot / "history.jsonl").read_text().splitlines()[-1])
     assert last["engines"] is True and last["build_s"] >= 0 and last["smoke_s"] > 0
 
 
-def _fail(step: str, monkeypatch: pytest.MonkeyPatch, robot: Path) -> tuple[tuple[fl.Check, ...], str]:
+def _fail(step: str, monkeypatch: pytest.MonkeyPatch, robot: Path) -> tuple[tuple[install.Check, ...], str]:
     """Make ``step`` fail; returns the pre-switch checks to pass and the error expected."""
     def boom(*args, **kwargs):
         raise OSError(f"injected failure at {step}")
 
     if step == "verify":  # the staged copy fails its checksums
-        real_verify = fl.verify
+        real_verify = install.verify
 
         def verify(path: Path):
             if ".staging-" in str(path):
                 raise BundleError(f"{path / 'encoder.onnx'}: injected")
             return real_verify(path)
-        monkeypatch.setattr(fl, "verify", verify)
+        monkeypatch.setattr(install, "verify", verify)
         return (), r"\.staging-\d+/encoder\.onnx: injected"
     if step == "copy":  # dies after two files
-        real_copy, copied = fl.copy_file, []
+        real_copy, copied = install.copy_file, []
 
         def copy_file(src: Path, dst: Path) -> None:
             if len(copied) == 2:
                 boom()
             real_copy(src, dst)
             copied.append(dst)
-        monkeypatch.setattr(fl, "copy_file", copy_file)
+        monkeypatch.setattr(install, "copy_file", copy_file)
         return (), "copy failed: injected"
     if step == "build":  # dies half-way through writing engines
         def half_build(staged: Path, timing_cache=None) -> None:
             (staged / "engines").mkdir()
             (staged / "engines" / "encoder.engine").write_bytes(b"half")
             boom()
-        monkeypatch.setattr(fl, "build_engines", half_build)
+        monkeypatch.setattr(engines, "build_engines", half_build)
         return (), "TensorRT engine build failed: injected"
     if step == "smoke":  # the policy runs but its actions are NaN
         from runtime.policy import Policy
@@ -192,11 +169,11 @@ def test_a_failure_at_any_step_leaves_both_bundles_untouched(robot_ab, bundles, 
     a, _ = bundles
     before = state(robot_ab)
     checks, expected = _fail(step, monkeypatch, robot_ab)
-    with pytest.raises((fl.FlashError, BundleError), match=expected):
-        fl.flash(a, robot_ab, checks=checks, say=quiet)
+    with pytest.raises((FlashError, BundleError), match=expected):
+        flash(a, robot_ab, checks=checks, say=quiet)
     monkeypatch.undo()
     assert state(robot_ab) == before  # same links, same bytes, no staging directory, no half-installed bundle
-    fl.flash(a, robot_ab, say=quiet)
+    flash(a, robot_ab, say=quiet)
     assert not list(robot_ab.glob(".staging-*")) and len(list((robot_ab / "bundles").iterdir())) == 2
 
 
@@ -221,89 +198,89 @@ def test_a_tampered_bundle_is_refused_naming_the_file(robot_ab, bundles, tmp_pat
         (bad / name).write_text("{ not json")
     before = state(robot_ab)
     with pytest.raises(BundleError, match=rf"{bad / name}: "):
-        fl.flash(bad, robot_ab, say=quiet)
+        flash(bad, robot_ab, say=quiet)
     assert state(robot_ab) == before
 
 
 KILLABLE_FLASH = """
 import sys, time
 from pathlib import Path
-from runtime import flash as fl
+from xvla_edge.deploy import install
 
-real_copy, copied = fl.copy_file, []
+real_copy, copied = install.copy_file, []
 def slow_copy(src, dst):
     real_copy(src, dst)
     copied.append(dst)
     if len(copied) == 2:  # two files in staging, the lock held: tell the test, then wait to be killed
         Path(sys.argv[3]).touch()
         time.sleep(60)
-fl.copy_file = slow_copy
-fl.flash(sys.argv[1], sys.argv[2], say=lambda m: None)
+install.copy_file = slow_copy
+install.flash(sys.argv[1], sys.argv[2], say=lambda m: None)
 """
 
 
 def test_a_killed_flash_blocks_others_while_alive_and_is_cleaned_by_the_next(bundles, tmp_path):
     a, b = bundles
     robot, marker = tmp_path / "robot", tmp_path / "copying"
-    first = fl.flash(a, robot, say=quiet)
+    first = flash(a, robot, say=quiet)
     proc = subprocess.Popen([sys.executable, "-c", KILLABLE_FLASH, str(b), str(robot), str(marker)], cwd=REPO)
     try:
         deadline = time.monotonic() + 30
         while not marker.exists():
             assert proc.poll() is None and time.monotonic() < deadline, "the flash subprocess never reached the copy"
             time.sleep(0.02)
-        with pytest.raises(fl.FlashError, match="another flash or rollback is running"):
-            fl.flash(b, robot, say=quiet)
-        with pytest.raises(fl.FlashError, match="another flash or rollback is running"):
-            fl.rollback(robot, say=quiet)
+        with pytest.raises(FlashError, match="another flash or rollback is running"):
+            flash(b, robot, say=quiet)
+        with pytest.raises(FlashError, match="another flash or rollback is running"):
+            rollback(robot, say=quiet)
     finally:
         proc.kill()  # SIGKILL mid-copy: no cleanup runs
         proc.wait()
     assert [p.name for p in robot.glob(".staging-*")] == [f".staging-{proc.pid}"]
-    assert fl.active_bundle(robot) == first.resolve() and same_files(first, a) and not (robot / "previous").exists()
-    second = fl.flash(b, robot, say=quiet)
+    assert active_bundle(robot) == first.resolve() and same_files(first, a) and not (robot / "previous").exists()
+    second = flash(b, robot, say=quiet)
     assert not list(robot.glob(".staging-*"))
-    assert fl.active_bundle(robot) == second.resolve() and (robot / "previous").resolve() == first.resolve()
+    assert active_bundle(robot) == second.resolve() and (robot / "previous").resolve() == first.resolve()
 
 
 def test_rollback_and_active_bundle_errors(robot_ab, bundles, tmp_path):
     a, _ = bundles
-    with pytest.raises(fl.FlashError, match=r"empty/current: no current bundle .*xvla-edge flash BUNDLE"):
-        fl.active_bundle(tmp_path / "empty")
-    with pytest.raises(fl.FlashError, match="empty: no such directory"):
-        fl.rollback(tmp_path / "empty", say=quiet)
+    with pytest.raises(FlashError, match=r"empty/current: no current bundle .*xvla-edge flash BUNDLE"):
+        active_bundle(tmp_path / "empty")
+    with pytest.raises(FlashError, match="empty: no such directory"):
+        rollback(tmp_path / "empty", say=quiet)
     assert not (tmp_path / "empty").exists()
     (tmp_path / "empty").mkdir()
-    with pytest.raises(fl.FlashError, match="empty/current: no current bundle"):
-        fl.rollback(tmp_path / "empty", say=quiet)
+    with pytest.raises(FlashError, match="empty/current: no current bundle"):
+        rollback(tmp_path / "empty", say=quiet)
     one = tmp_path / "one"
-    fl.flash(a, one, say=quiet)
-    with pytest.raises(fl.FlashError, match=r"one/previous: no previous bundle"):
-        fl.rollback(one, say=quiet)
+    flash(a, one, say=quiet)
+    with pytest.raises(FlashError, match=r"one/previous: no previous bundle"):
+        rollback(one, say=quiet)
 
     before = state(robot_ab)  # a previous bundle damaged on disk is not switched to
     previous = (robot_ab / "previous").resolve()
     (previous / "tokenizer.json").write_text("{}")
-    with pytest.raises(fl.FlashError, match=r"previous -> .* fails its checksums.*tokenizer\.json"):
-        fl.rollback(robot_ab, say=quiet)
+    with pytest.raises(FlashError, match=r"previous -> .* fails its checksums.*tokenizer\.json"):
+        rollback(robot_ab, say=quiet)
     assert state(robot_ab)[:2] == before[:2]
 
     os.symlink(os.readlink(robot_ab / "current"), robot_ab / "tmp")  # a kill between the two link updates
     os.replace(robot_ab / "tmp", robot_ab / "previous")
-    with pytest.raises(fl.FlashError, match="both point at"):
-        fl.rollback(robot_ab, say=quiet)
+    with pytest.raises(FlashError, match="both point at"):
+        rollback(robot_ab, say=quiet)
 
 
 def test_a_broken_current_link_is_replaced_and_not_kept_as_previous(robot_ab, bundles):
     a, _ = bundles
     previous = os.readlink(robot_ab / "previous")
-    shutil.rmtree(fl.active_bundle(robot_ab))
-    with pytest.raises(fl.FlashError, match=r"current -> .*: not a bundle \(no manifest.json\)"):
-        fl.active_bundle(robot_ab)
+    shutil.rmtree(active_bundle(robot_ab))
+    with pytest.raises(FlashError, match=r"current -> .*: not a bundle \(no manifest.json\)"):
+        active_bundle(robot_ab)
     said: list[str] = []
-    installed = fl.flash(a, robot_ab, say=said.append)
+    installed = flash(a, robot_ab, say=said.append)
     assert any("is not a bundle; replacing it" in m for m in said)
-    assert fl.active_bundle(robot_ab) == installed.resolve() and os.readlink(robot_ab / "previous") == previous
+    assert active_bundle(robot_ab) == installed.resolve() and os.readlink(robot_ab / "previous") == previous
 
 
 def test_cli_exit_codes(bundles, tmp_path, capsys):
@@ -314,7 +291,7 @@ def test_cli_exit_codes(bundles, tmp_path, capsys):
     assert cli(["flash", str(a), "--robot", robot]) == 0
     assert cli(["flash", str(b), "--robot", robot, "--backend", "onnxruntime"]) == 0
     assert cli(["rollback", "--robot", robot]) == 0
-    assert fl.active_bundle(robot).name.startswith("libero-franka-d3-fp32-")
+    assert active_bundle(robot).name.startswith("libero-franka-d3-fp32-")
     bad = tmp_path / "bad"
     shutil.copytree(b, bad)
     (bad / "encoder.onnx").unlink()
@@ -327,7 +304,8 @@ def test_cli_exit_codes(bundles, tmp_path, capsys):
 
 
 def test_the_flash_modules_import_without_torch_or_export() -> None:
-    code = ("import sys, runtime.flash, xvla_edge.commands.flash, xvla_edge.commands.rollback; "
+    code = ("import sys, xvla_edge.deploy.install, xvla_edge.deploy.rollback, xvla_edge.commands.flash, "
+            "xvla_edge.commands.rollback; "
             "bad = [m for m in ('torch', 'export') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -349,7 +327,7 @@ def test_a_manifest_cannot_lead_flash_out_of_the_robot_directory(robot_ab, bundl
     (bad / "manifest.json").write_text(json.dumps(manifest))
     before, outside = state(robot_ab), sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises(BundleError, match=re.escape(named)):
-        fl.flash(bad, robot_ab, say=quiet)
+        flash(bad, robot_ab, say=quiet)
     assert state(robot_ab) == before and sorted(p.name for p in tmp_path.iterdir()) == outside
     assert not (robot_ab.parent / "escaped").exists() and not Path("/tmp/abs.bin").exists()
 
@@ -358,96 +336,50 @@ def test_robot_directories_that_are_not_safe_are_refused_by_name(bundles, tmp_pa
     a, _ = bundles
     plain = tmp_path / "plain"
     plain.write_text("not a directory")
-    with pytest.raises(fl.FlashError, match=rf"--robot {plain}: not a directory"):
-        fl.flash(a, plain, say=quiet)
+    with pytest.raises(FlashError, match=rf"--robot {plain}: not a directory"):
+        flash(a, plain, say=quiet)
     robot, elsewhere = tmp_path / "robot", tmp_path / "elsewhere"
     robot.mkdir()
     elsewhere.mkdir()
     (elsewhere / "precious").write_text("kept")
     (robot / "bundles").symlink_to(elsewhere)  # pruning through this link would delete `precious`
-    with pytest.raises(fl.FlashError, match="bundles: expected the directory of installed bundles, found a link"):
-        fl.flash(a, robot, say=quiet)
+    with pytest.raises(FlashError, match="bundles: expected the directory of installed bundles, found a link"):
+        flash(a, robot, say=quiet)
     assert (elsewhere / "precious").read_text() == "kept"
 
 
 def test_a_hung_smoke_inference_is_refused_within_its_timeout(robot_ab, bundles, monkeypatch):
     a, _ = bundles
     release = threading.Event()
-    monkeypatch.setattr(fl, "smoke_test", lambda *args: release.wait(60))  # a backend that never returns
+    monkeypatch.setattr(smoke, "smoke_test", lambda *args: release.wait(60))  # a backend that never returns
     before = state(robot_ab)
     try:
-        with pytest.raises(fl.FlashError, match="smoke inference on auto/cpu did not finish within 0.5 s"):
-            fl.flash(a, robot_ab, smoke_timeout_s=0.5, say=quiet)
+        with pytest.raises(FlashError, match="smoke inference on auto/cpu did not finish within 0.5 s"):
+            flash(a, robot_ab, smoke_timeout_s=0.5, say=quiet)
     finally:
         release.set()
     assert state(robot_ab) == before
     for bad in (math.nan, -1.0, math.inf):
-        with pytest.raises(fl.FlashError, match="expected a finite number of seconds > 0"):
-            fl.flash(a, robot_ab, smoke_timeout_s=bad, say=quiet)
-
-
-# -- history.jsonl: one reader that tolerates a torn tail; a writer that starts a fresh line -------------------
-
-
-def test_a_torn_history_line_is_skipped_and_the_next_entry_starts_a_line_of_its_own(robot_ab):
-    torn = b'{"time": "2026-01-01T00:00:00+00:00", "action": "fla\xff'  # a write cut short, not even UTF-8
-    with open(robot_ab / "history.jsonl", "ab") as f:
-        f.write(torn)
-    said: list[str] = []
-    fl.rollback(robot_ab, say=said.append)
-    raw = (robot_ab / "history.jsonl").read_bytes().split(b"\n")
-    assert raw[2] == torn and raw[-1] == b"" and len(raw) == 5  # the torn line kept as it was, on its own
-    assert json.loads(raw[3])["action"] == "rollback"
-    assert any("history.jsonl: its last line was torn" in m for m in said)
-    history = fl.read_history(robot_ab)
-    assert [e["action"] for e in history.entries] == ["flash", "flash", "rollback"]
-    assert len(history.warnings) == 1 and "history.jsonl: line 3 was skipped" in history.warnings[0]
-    assert "UnicodeDecodeError" in history.warnings[0]
-
-
-def test_read_history_skips_every_kind_of_bad_line_and_never_raises(tmp_path):
-    good = [{"action": "flash", "n": i} for i in range(3)]
-    bad = [b'{"build_s": NaN}', b'{"build_s": 1e400}', b"[1, 2]", b"[" * 100_000, b"\xff\xfe", b'{"a": 1']
-    lines = [json.dumps(good[0]).encode(), *bad[:3], b"", json.dumps(good[1]).encode(), *bad[3:5],
-             json.dumps(good[2]).encode(), bad[5]]
-    (tmp_path / "history.jsonl").write_bytes(b"\n".join(lines))
-    history = fl.read_history(tmp_path)
-    assert history.entries == good
-    assert [w.split(": ", 1)[1].split(" was skipped")[0] for w in history.warnings] == [
-        "line 2", "line 3", "line 4", "line 7", "line 8", "its last line (no newline at its end: a torn write)"]
-    # only the file's tail is read: the line the window starts in is cut, not reported
-    window = fl.read_history(tmp_path, max_bytes=len(json.dumps(good[2])) + len(bad[5]) + 3)  # 1 byte of line 8
-    assert window.entries == [good[2]] and len(window.warnings) == 1
-    assert fl.read_history(tmp_path / "nowhere") == fl.History([], [])
-    for kind in ("directory", "link", "fifo"):
-        robot = tmp_path / kind
-        robot.mkdir()
-        if kind == "directory":
-            (robot / "history.jsonl").mkdir()
-        elif kind == "link":
-            (robot / "history.jsonl").symlink_to(tmp_path / "history.jsonl")
-        else:
-            os.mkfifo(robot / "history.jsonl")  # opening it for reading must not block
-        history = fl.read_history(robot)
-        assert history.entries == [] and f"{robot / 'history.jsonl'}: not read" in history.warnings[0]
+        with pytest.raises(FlashError, match="expected a finite number of seconds > 0"):
+            flash(a, robot_ab, smoke_timeout_s=bad, say=quiet)
 
 
 # -- after the switch, nothing turns the operation into a failure -------------------------------------------
 
 
 @pytest.mark.parametrize("op", ["flash", "rollback"])
-@pytest.mark.parametrize("step", ["_record", "_clean"])
+@pytest.mark.parametrize("step", ["record", "clean"])
 def test_a_failure_after_the_switch_is_a_warning_and_the_switch_stands(robot_ab, bundles, monkeypatch, op, step):
     a, _ = bundles
-    current, previous = fl.active_bundle(robot_ab), (robot_ab / "previous").resolve()
+    current, previous = active_bundle(robot_ab), (robot_ab / "previous").resolve()
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(fl, step, disk_full)
+    monkeypatch.setattr(settle, step, disk_full)
     said: list[str] = []
-    active = fl.flash(a, robot_ab, say=said.append) if op == "flash" else fl.rollback(robot_ab, say=said.append)
-    assert fl.active_bundle(robot_ab) == active.resolve() and (robot_ab / "previous").resolve() == current
+    active = flash(a, robot_ab, say=said.append) if op == "flash" else rollback(robot_ab, say=said.append)
+    assert active_bundle(robot_ab) == active.resolve() and (robot_ab / "previous").resolve() == current
     if op == "rollback":
         assert active == previous
     assert any(m.startswith(f"warning: {op} done") and "No space left on device" in m for m in said), said
@@ -467,21 +399,21 @@ def test_a_refused_command_removes_nothing_and_a_successful_one_only_what_flash_
     before = state(robot_ab)
 
     def refuse(staged: Path) -> None:
-        raise fl.FlashError("accuracy gate: refused")
+        raise FlashError("accuracy gate: refused")
 
-    with pytest.raises(fl.FlashError, match="accuracy gate: refused"):  # refused after taking the lock
-        fl.flash(a, robot_ab, checks=(refuse,), say=quiet)
+    with pytest.raises(FlashError, match="accuracy gate: refused"):  # refused after taking the lock
+        flash(a, robot_ab, checks=(refuse,), say=quiet)
     assert state(robot_ab) == before
     os.symlink(os.readlink(robot_ab / "current"), robot_ab / "tmp")  # previous = current: rollback refuses
     os.replace(robot_ab / "tmp", robot_ab / "previous")
     refused = state(robot_ab)
-    with pytest.raises(fl.FlashError, match="nothing to roll back to"):
-        fl.rollback(robot_ab, say=quiet)
+    with pytest.raises(FlashError, match="nothing to roll back to"):
+        rollback(robot_ab, say=quiet)
     assert state(robot_ab) == refused
 
     said: list[str] = []
-    installed = fl.flash(a, robot_ab, say=said.append)
-    assert installed.name == f"{previous.name}.2" and fl.active_bundle(robot_ab) == installed
+    installed = flash(a, robot_ab, say=said.append)
+    assert installed.name == f"{previous.name}.2" and active_bundle(robot_ab) == installed
     assert not stale.exists() and not previous.exists() and not (robot_ab / ".staging-999999").exists()
     assert same_files(keep, a) and (bundles_dir / "notes.txt").read_text() == "why .keep is kept"
     assert sorted(p.name for p in bundles_dir.iterdir()) == sorted(
@@ -499,7 +431,7 @@ def test_a_link_placed_where_flash_writes_a_file_is_refused_and_its_target_untou
     (robot_ab / name).unlink()
     (robot_ab / name).symlink_to(outside)
     before = state(robot_ab)
-    for command in (lambda: fl.flash(a, robot_ab, say=quiet), lambda: fl.rollback(robot_ab, say=quiet)):
-        with pytest.raises(fl.FlashError, match=rf"{re.escape(str(robot_ab / name))}: expected the .* found a link"):
+    for command in (lambda: flash(a, robot_ab, say=quiet), lambda: rollback(robot_ab, say=quiet)):
+        with pytest.raises(FlashError, match=rf"{re.escape(str(robot_ab / name))}: expected the .* found a link"):
             command()
         assert outside.read_text() == "precious" and state(robot_ab) == before

@@ -4,8 +4,8 @@ Why the ``ssh`` program rather than a Python SSH library: it is on every worksta
 already honours what operators configure for their fleet — ``~/.ssh/config`` (host aliases, ``ProxyJump``
 through a bastion, ports, users), ``known_hosts`` files (including hashed and ``@cert-authority`` entries) and
 the ssh-agent or hardware keys — which a library would have to re-implement or leave out. Every call is one
-``ssh`` process running ``xvla-edge fleet agent`` on the robot (:mod:`xvla_edge.fleet.agent`) with file bytes
-on stdin and one JSON answer on stdout.
+``ssh`` process running ``xvla-edge fleet agent`` on the robot (:mod:`xvla_edge.deploy.fleet.agent`) with file
+bytes on stdin and one JSON answer on stdout.
 
 Always: ``BatchMode=yes`` (no password or passphrase prompt, ever: keys or an agent only), and
 ``StrictHostKeyChecking=yes`` (a host whose key is not in known_hosts, or has changed, is refused, never

@@ -7,7 +7,7 @@ import pytest
 
 msgpack = pytest.importorskip("msgpack", reason="the [serve]/[remote] extra (msgpack) is not installed")
 
-from runtime.wire import MAX_DIMS, WireError, pack, unpack  # noqa: E402
+from runtime.remote.wire import MAX_DIMS, WireError, pack, unpack  # noqa: E402
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "int64", "float32", "float64", "bool", "<f2"])

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from runtime import flash as fl
 from runtime.manifest import Manifest
-from xvla_edge.fleet.agent import AgentError, main, run
+from xvla_edge.deploy import settle
+from xvla_edge.deploy.fleet.agent import AgentError, main, run
+from xvla_edge.deploy.install import flash
 
 
 def sha(data: bytes) -> str:
@@ -68,7 +69,7 @@ def test_a_link_placed_where_the_agent_writes_is_refused_by_name_and_nothing_lan
 
 def test_status_and_probe_answer_despite_a_torn_history(tiny_bundle, tmp_path, capsys):
     root = tmp_path / "robot"
-    fl.flash(tiny_bundle, root, say=lambda line: None)
+    flash(tiny_bundle, root, say=lambda line: None)
     with open(root / "history.jsonl", "ab") as f:
         f.write(b'{"time": "2026-01-01T00:00:00+00:00", "act\xc3')  # torn mid-character
     status = answer(capsys, main(root, "status", []), 0)
@@ -86,7 +87,7 @@ def test_a_failure_after_the_switch_is_answered_as_the_switch(tiny_bundle, tmp_p
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(fl, "_record", disk_full)
+    monkeypatch.setattr(settle, "record", disk_full)
     flashed = answer(capsys, main(root, "flash", [bundle_id]), 0)
     assert flashed["current"]["bundle_id"] == bundle_id == Manifest.load(root / "current").bundle_id
     assert any("No space left on device" in m for m in flashed["messages"])

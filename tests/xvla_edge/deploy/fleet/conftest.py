@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 SSHD = "/usr/sbin/sshd"
-REPO = Path(__file__).parents[3]
+REPO = Path(__file__).parents[4]
 
 
 def _keygen(path: Path) -> None:
@@ -74,7 +74,7 @@ def robot_python() -> tuple[str, ...]:
 
 @pytest.fixture
 def ssh_options(sshd, robot_python):
-    from xvla_edge.fleet.ssh import SSHOptions
+    from xvla_edge.deploy.fleet.ssh import SSHOptions
 
     _, known_hosts, identity = sshd
     return SSHOptions(known_hosts=known_hosts, identity=identity, xvla_edge=(*robot_python, "-m", "xvla_edge"))
@@ -83,7 +83,7 @@ def ssh_options(sshd, robot_python):
 @pytest.fixture
 def robots(sshd, tmp_path):
     """Two robots: directories on the test's sshd, as ``user@host:port:/path`` targets."""
-    from xvla_edge.fleet.ssh import Robot
+    from xvla_edge.deploy.fleet.ssh import Robot
 
     port = sshd[0]
     return [Robot.parse(f"root@127.0.0.1:{port}:{tmp_path / name}") for name in ("arm1", "arm2")]

@@ -1,23 +1,23 @@
 """Flash one bundle to many robots from a workstation: ``xvla-edge flash BUNDLE --robot user@host:/path ...``.
 
 The bundle is verified here first (manifest and every file's sha256): a tampered bundle is refused before
-anything is sent anywhere. Then, per robot (:func:`flash_robot`), over SSH (:mod:`xvla_edge.fleet.ssh`):
+anything is sent anywhere. Then, per robot (:func:`flash_robot`), over SSH (:mod:`xvla_edge.deploy.fleet.ssh`):
 
 1. ``have``: which of the bundle's files (by sha256) the robot lacks, and how much of each a dropped
    connection already delivered;
 2. ``put``: only those, each from where it stopped; each is checked against its sha256 on the robot;
 3. ``assemble``: the bundle rebuilt on the robot from what it received and what its installed bundles hold;
-4. ``flash``: :func:`runtime.flash.flash` on the robot — verified again, TensorRT engines built there when it has
-   TensorRT (an engine belongs to its GPU and TensorRT version, so engines are never copied), the smoke
-   inference on the daemon's backend and device, the atomic switch;
+4. ``flash``: :func:`xvla_edge.deploy.install.flash` on the robot — verified again, TensorRT engines built there
+   when it has TensorRT (an engine belongs to its GPU and TensorRT version, so engines are never copied), the
+   smoke inference on the daemon's backend and device, the atomic switch;
 5. the daemon (:class:`Daemon`): the restart command, then ``/healthz`` must name the new bundle; if it does not,
    the previous bundle is made active again and the daemon restarted on it.
 
 A robot on which any step fails keeps its active bundle (the switch is the last step of ``flash``, and
-:mod:`runtime.flash` guarantees the rest), and its result names the step and the cause. What the robot's
-``current`` link says decides, not how a call ended: a ``flash`` (or ``rollback``) that errs or loses its
-connection after the robot switched counts as switched (its error becomes a message), because the robot now
-runs that bundle. ``canary`` robots go first; the others only when all of them succeeded. ``parallel`` robots
+:mod:`xvla_edge.deploy.install` guarantees the rest), and its result names the step and the cause. What the
+robot's ``current`` link says decides, not how a call ended: a ``flash`` (or ``rollback``) that errs or loses
+its connection after the robot switched counts as switched (its error becomes a message), because the robot
+now runs that bundle. ``canary`` robots go first; the others only when all of them succeeded. ``parallel`` robots
 at a time.
 """
 
@@ -31,10 +31,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from runtime.flash import verify
 from runtime.manifest import MANIFEST_FILE, Manifest
 from xvla.files import sha256_file
-from xvla_edge.fleet.ssh import Agent, RemoteError, Robot, SSHOptions
+from xvla_edge.deploy.fleet.ssh import Agent, RemoteError, Robot, SSHOptions
+from xvla_edge.deploy.install import verify
 
 Say = Callable[[str], None]
 

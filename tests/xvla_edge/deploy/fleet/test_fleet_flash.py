@@ -17,8 +17,8 @@ import pytest
 
 from runtime.manifest import BundleError, Manifest
 from xvla_edge.cli import main
-from xvla_edge.fleet.rollout import Daemon, FlashPlan, rollout
-from xvla_edge.fleet.ssh import Agent, Robot
+from xvla_edge.deploy.fleet.rollout import Daemon, FlashPlan, rollout
+from xvla_edge.deploy.fleet.ssh import Agent, Robot
 
 
 def active(robot: Robot) -> str | None:
@@ -147,7 +147,7 @@ def test_an_unknown_host_key_is_refused_by_name(tiny_bundle, robots, ssh_options
     ("root@host:/a/../b", "must not contain '..'"),
 ])
 def test_bad_targets_are_refused_by_name(text, message):
-    from xvla_edge.fleet.ssh import RemoteError
+    from xvla_edge.deploy.fleet.ssh import RemoteError
 
     with pytest.raises(RemoteError, match=message):
         Robot.parse(text)
@@ -165,25 +165,26 @@ def test_bad_targets_are_refused_by_name(text, message):
 def test_the_agent_refuses_hostile_requests_by_name(tmp_path, op, args, stdin, message):
     import io
 
-    from xvla_edge.fleet.agent import AgentError, run
+    from xvla_edge.deploy.fleet.agent import AgentError, run
 
     with pytest.raises(AgentError, match=message):
         run(tmp_path / "robot", op, args, io.BytesIO(stdin))
     assert not list((tmp_path / "robot").glob("**/*.partial"))
 
 
-# the agent, killed right after runtime.flash switched the links for the operation named first: no answer comes back
+# the agent, killed right after xvla_edge.deploy.links switched the links for the operation named first: no answer
+# comes back
 DIE_AFTER_SWITCH = """
 import os, sys
-from runtime import flash as fl
 from xvla_edge.cli import main
+from xvla_edge.deploy import links
 
-op, real_switch = sys.argv.pop(1), fl.switch
+op, real_switch = sys.argv.pop(1), links.switch
 def switch_then_die(*args):
     real_switch(*args)
     if sys.argv[4] == op:  # [script, fleet, agent, DIR, op, ...]
         os._exit(3)
-fl.switch = switch_then_die
+links.switch = switch_then_die
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -1,0 +1,1 @@
+"""A policy served by another machine: :mod:`.client` (``RemotePolicy``) and :mod:`.wire` (its msgpack frames)."""
