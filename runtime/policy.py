@@ -20,7 +20,8 @@ from typing import Sequence
 
 import numpy as np
 
-from runtime.backends.base import Backend, BackendError
+from runtime.backends import names
+from runtime.backends.base import Backend, BackendError, BackendUnavailable
 from runtime.decode import chunk_timestamps, decode_arms
 from runtime.graph_stamp import check_stamp
 from runtime.manifest import BundleError, Manifest
@@ -30,27 +31,24 @@ from xvla.constants import MAX_STEPS, NUM_VIEWS
 from xvla.instruction import check_instruction
 from xvla.preprocessing import ImageProcessor, TextTokenizer
 
-BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
-
 
 def create_backend(manifest: Manifest, bundle_dir: Path, backend: str, device: str, **options: object) -> Backend:
     """Instantiate a backend by name (``auto``: tensorrt when its engines and ``tensorrt`` are present)."""
-    if backend not in BACKENDS:
-        raise BackendError(f"unknown backend {backend!r}; available: {list(BACKENDS)}")
-    if backend == "auto":
+    if backend not in names.CHOICES:
+        raise BackendError(f"unknown backend {backend!r}; available: {list(names.CHOICES)}")
+    if backend == names.AUTO:
         from runtime.backends import tensorrt_available
 
-        backend = "tensorrt" if device == "cuda" and tensorrt_available(bundle_dir) else "onnxruntime"
-    if backend == "onnxruntime":
+        backend = names.TENSORRT if device == "cuda" and tensorrt_available(bundle_dir) else names.ONNXRUNTIME
+    if backend == names.ONNXRUNTIME:
         from runtime.backends.onnxruntime import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(manifest, bundle_dir, device=device, **options)  # type: ignore[arg-type]
-    if backend == "torch":
+    if backend == names.TORCH:
         try:
             from runtime.backends.torch_backend import TorchBackend
         except (ImportError, OSError) as exc:  # torch absent, or installed but its libraries do not load
-            raise BackendError(f"the torch backend needs PyTorch, which does not import here ({type(exc).__name__}: "
-                               f"{exc}); install it with: pip install 'xvla-edge[torch]'") from exc
+            raise BackendUnavailable.of(names.TORCH, exc, needed_by="the torch backend") from exc
         return TorchBackend(manifest, bundle_dir, device=device, **options)  # type: ignore[arg-type]
     from runtime.backends.tensorrt.backend import TensorRTBackend
 

@@ -56,11 +56,11 @@ from xvla_edge.daemon.control import (COMMANDS, CommandRefused, ControlServer, c
 from xvla_edge.daemon.health import HealthServer, Operator
 from xvla_edge.daemon.metrics import DaemonMetrics
 from xvla_edge.daemon.recorder import Recorder, RecorderError
-from xvla_edge.extras import needs
 from runtime.policy import Policy
 from runtime.remote import RemotePolicy, RemoteUnavailable
 from runtime.types import ActionChunk, Observation
 from xvla.errors import InputError, XVLAError
+from xvla.extras import needs
 
 POLL_S = 0.02
 RECONNECT_S = 1.0

@@ -99,10 +99,16 @@ def test_defaults_and_relative_paths(write, tmp_path):
     assert cfg.inference.start_fraction == 0.5 and cfg.arm.space == "ee" and cfg.logging.level == "info"
 
 
-def test_backends_are_the_runtimes():
-    from runtime.policy import BACKENDS
+def test_backends_are_the_runtimes(write):
+    """[bundle].backend takes every name Policy.load takes (runtime.backends.names), and no other."""
+    from runtime.backends.names import CHOICES
 
-    assert set(config_module.BACKENDS) == set(BACKENDS)
+    for backend in CHOICES:
+        text = MINIMAL.replace('path = "bundle"', f'path = "bundle"\nbackend = "{backend}"\ndevice = "cuda"')
+        assert load_config(write(text)).bundle.backend == backend
+    text = MINIMAL.replace('path = "bundle"', 'path = "bundle"\nbackend = "onnx"')
+    assert problems(write(text)) == [f'{write(text)}: [bundle].backend = "onnx": expected one of '
+                                     + ", ".join(f'"{b}"' for b in CHOICES)]
 
 
 @pytest.mark.parametrize(("old", "new", "expected"), [
