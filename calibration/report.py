@@ -9,6 +9,7 @@ import numpy as np
 
 from calibration.check import GateReport, arm_name
 from calibration.errors import CalibrationError
+from xvla.extras import MissingDependency
 
 METRICS = (("position_mm", "position error (mm)"), ("rotation_deg", "rotation error (deg)"),
            ("joint_deg", "joint error (deg)"))
@@ -65,8 +66,8 @@ def plot(report: GateReport, path: str | Path) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         from matplotlib.ticker import FuncFormatter, NullFormatter
-    except ImportError:
-        raise CalibrationError("--plot needs matplotlib (pip install matplotlib)") from None
+    except ImportError as exc:
+        raise MissingDependency.of("test", exc, needed_by="--plot") from None
     present = [(key, label) for key, label in METRICS if any(a.errors.values(key).size for a in report.arms)]
     fig, axes = plt.subplots(1, max(1, len(present)), figsize=(5.5 * max(1, len(present)), 4), squeeze=False)
     for ax, (key, label) in zip(axes[0], present):

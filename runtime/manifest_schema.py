@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from xvla.config import FIXED_ACTION_DIMS
 from xvla.constants import GRIPPER_CHANNELS, MAX_STEPS, NUM_VIEWS
+from xvla.validation import Field, Problems, Table, one_of, show
 
 MAX_BATCH = 64
 MAX_BATCH_SIZES = 16
@@ -38,6 +39,9 @@ PRECISIONS = ("fp32", "fp16", "int8")
 DTYPES = ("float32", "float16", "int64", "int32", "bool")
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_SIZE = Field(int, low=1, high=MAX_TENSOR_ELEMENTS)  # a tensor dimension
+_BATCH = Field(int, low=1, high=MAX_BATCH)
+_BYTES = Field(int, low=0, high=1 << 50)
 
 # graph → (inputs, outputs) the runtime binds by name
 GRAPH_TENSORS = {
@@ -53,132 +57,111 @@ def is_plain_name(name: Any) -> bool:
 
 def problems(d: Any, manifest_file: str) -> list[str]:
     """Every problem of the parsed ``manifest.json`` ``d`` (empty: valid)."""
-    check = _Checker()
     if not isinstance(d, dict):
         return ["expected a JSON object"]
-    check.value(d, "embodiment", is_plain_name, "a plain name (letters, digits, '.', '_', '-'; 1-64 characters)")
-    check.value(d, "domain_id", lambda v: _int(v, 0, 1023), "an integer 0 ... 1023")
-    check.value(d, "precision", lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}")
-    action = check.table(d, "action")
-    mode = check.value(action, "mode", lambda v: v in GRIPPER_CHANNELS, f"one of {', '.join(GRIPPER_CHANNELS)}",
-                       "action.")
+    found = Problems()
+    root = Table(found, "", d)
+    root.take("embodiment", str, required=True, check=is_plain_name,
+              expected="a plain name (letters, digits, '.', '_', '-'; 1-64 characters)")
+    root.take("domain_id", int, required=True, low=0, high=1023)
+    root.take("precision", str, required=True, choices=PRECISIONS)
+    action = root.table("action", required=True, expected="an object")
+    mode = action.take("mode", str, required=True, choices=tuple(GRIPPER_CHANNELS))
     fixed = FIXED_ACTION_DIMS.get(mode)
-    dim = check.value(action, "dim", lambda v: _int(v, 1, 256) and v == (fixed or v),
-                      f"{fixed} (the width of mode {mode!r})" if fixed else "an integer 1 ... 256", "action.")
-    check.value(action, "output_dim", lambda v: _int(v, 1, dim if _int(dim, 1, 256) else 256),
-                f"an integer 1 ... action.dim ({dim})", "action.")
-    length = check.value(action, "chunk_length", lambda v: _int(v, 1, 1024), "an integer 1 ... 1024", "action.")
-    check.value(action, "chunk_seconds", lambda v: _number(v) and math.isfinite(v) and 0 < v <= 600,
-                "a finite number of seconds in (0, 600]", "action.")
-    if mode in GRIPPER_CHANNELS:
-        check.value(action, "gripper_channels", lambda v: v == list(GRIPPER_CHANNELS[mode]),
-                    f"{list(GRIPPER_CHANNELS[mode])} (the gripper channels of mode {mode!r})", "action.")
-    check.value(action, "rot6d_layout", lambda v: v in ("rows", "columns"), "'rows' or 'columns'", "action.")
-    check.value(action, "arms", lambda v: v in (1, 2) and not isinstance(v, bool), "1 or 2", "action.")
-    sampler = check.table(d, "sampler")
-    check.value(sampler, "default_steps", lambda v: _int(v, 1, MAX_STEPS), f"an integer 1 ... {MAX_STEPS}", "sampler.")
-    inputs = check.table(d, "inputs")
-    tokens = check.value(inputs, "token_length", lambda v: _int(v, 1, 1024), "an integer 1 ... 1024", "inputs.")
-    size = check.value(inputs, "image_size", lambda v: _int(v, 16, 2048), "an integer 16 ... 2048 (pixels)", "inputs.")
-    slots = check.value(inputs, "view_slots", lambda v: _int(v, 1, NUM_VIEWS),
-                        f"an integer 1 ... {NUM_VIEWS} ({NUM_VIEWS} for official checkpoints)", "inputs.")
-    top = slots if _int(slots, 1, NUM_VIEWS) else NUM_VIEWS
-    views = check.value(inputs, "views", lambda v: _int(v, 1, top), f"an integer 1 ... inputs.view_slots ({top})",
-                        "inputs.")
-    grippers = GRIPPER_CHANNELS.get(mode, ()) if isinstance(mode, str) else ()
-    least = max(grippers, default=-1) + 1
-    proprio = check.value(inputs, "proprio_dim", lambda v: _int(v, max(least, 1), 1024),
-                          f"an integer {max(least, 1)} ... 1024 (the action width, {dim}, unless the checkpoint's "
-                          "proprio is wider: LeRobot's max_state_dim)", "inputs.")
-    if "state_dim" in inputs:  # optional: the robot's state is narrower and zero-padded to proprio_dim
-        top = proprio - 1 if _int(proprio, 2, 1024) else 1
-        check.value(inputs, "state_dim", lambda v: _int(v, 1, top),
-                    f"an integer 1 ... {top} (narrower than inputs.proprio_dim)", "inputs.")
+    dim = action.take("dim", int, required=True, low=1, high=256, check=lambda v: v == (fixed or v),
+                      expected=f"{fixed} (the width of mode {show(mode)})" if fixed else "")
+    action.take("output_dim", int, required=True, low=1, high=256 if dim is None else dim,
+                expected=f"an integer 1 ... action.dim ({show(dim)})")
+    length = action.take("chunk_length", int, required=True, low=1, high=1024)
+    action.take("chunk_seconds", float, required=True, check=lambda v: 0 < v <= 600,
+                expected="a finite number of seconds in (0, 600]")
+    if mode is not None:
+        action.take("gripper_channels", list, required=True, check=lambda v: v == list(GRIPPER_CHANNELS[mode]),
+                    expected=f"{list(GRIPPER_CHANNELS[mode])} (the gripper channels of mode {show(mode)})")
+    action.take("rot6d_layout", str, required=True, choices=("rows", "columns"))
+    action.take("arms", int, required=True, choices=(1, 2))
+    sampler = root.table("sampler", required=True, expected="an object")
+    sampler.take("default_steps", int, required=True, low=1, high=MAX_STEPS)
+    inputs = root.table("inputs", required=True, expected="an object")
+    tokens = inputs.take("token_length", int, required=True, low=1, high=1024)
+    size = inputs.take("image_size", int, required=True, low=16, high=2048, expected="an integer 16 ... 2048 (pixels)")
+    slots = inputs.take("view_slots", int, required=True, low=1, high=NUM_VIEWS,
+                        expected=f"an integer 1 ... {NUM_VIEWS} ({NUM_VIEWS} for official checkpoints)")
+    top = NUM_VIEWS if slots is None else slots
+    views = inputs.take("views", int, required=True, low=1, high=top,
+                        expected=f"an integer 1 ... inputs.view_slots ({top})")
+    least = max(GRIPPER_CHANNELS.get(mode, ()), default=-1) + 1 if mode is not None else 0
+    proprio = inputs.take("proprio_dim", int, required=True, low=max(least, 1), high=1024,
+                          expected=f"an integer {max(least, 1)} ... 1024 (the action width, {show(dim)}, unless the "
+                                   "checkpoint's proprio is wider: LeRobot's max_state_dim)")
+    if "state_dim" in inputs.data:  # optional: the robot's state is narrower and zero-padded to proprio_dim
+        top = proprio - 1 if proprio is not None and proprio >= 2 else 1
+        inputs.take("state_dim", int, low=1, high=top, expected=f"an integer 1 ... {top} (narrower than "
+                                                                "inputs.proprio_dim)")
     batched = "batch_sizes" in d
-    sizes = check.value(d, "batch_sizes", _batch_sizes, f"a list of 1 ... {MAX_BATCH} sizes, increasing, starting with "
-                        f"1, at most {MAX_BATCH_SIZES} of them") if batched else [1]
-    files = _files(check, d.get("files"), manifest_file)
-    if check.found:  # the shapes below are built from the fields above
-        return check.found
+    sizes = root.take("batch_sizes", list, required=True, check=_batch_sizes,
+                      expected=f"a list of 1 ... {MAX_BATCH} sizes, increasing, starting with 1, at most "
+                               f"{MAX_BATCH_SIZES} of them") if batched else [1]
+    files = _files(found, d.get("files"), manifest_file)
+    if found:  # the shapes below are built from the fields above
+        return found.lines()
     b = BATCH_DIM if batched else 1
     shapes = {"pixel_values": [b, views, 3, size, size], "image_mask": [b, views], "input_ids": [b, tokens],
               "x1": [b, length, dim], "prev": [b, length, dim], "x0": [b, length, dim], "proprio": [b, proprio], "t": [1],
-              "action": [b, length, action["output_dim"]]}
-    graphs = check.table(d, "graphs")
+              "action": [b, length, action.data["output_dim"]]}
+    graphs = root.table("graphs", required=True, expected="an object").data
     for graph, (ins, outs) in GRAPH_TENSORS.items():
-        _graph(check, graphs.get(graph), f"graphs.{graph}", ins, outs, shapes, files, b, sizes[-1])
-    if not check.found and graphs["encoder"]["outputs"][0]["shape"] != _context_shape(graphs["denoise"]):
-        check.found.append(f"graphs.denoise.inputs context has shape {_context_shape(graphs['denoise'])}; the "
-                           f"encoder's context output has {graphs['encoder']['outputs'][0]['shape']}")
-    return check.found
+        _graph(found, graphs.get(graph), f"graphs.{graph}", ins, outs, shapes, files, b, sizes[-1])
+    if not found and graphs["encoder"]["outputs"][0]["shape"] != _context_shape(graphs["denoise"]):
+        found.other("graphs.denoise.inputs context", f"shape {show(_context_shape(graphs['denoise']))}; the "
+                    f"encoder's context output has {show(graphs['encoder']['outputs'][0]['shape'])}")
+    return found.lines()
 
 
-class _Checker:
-    """Collects problems; each lookup returns the value (or None when missing or wrong)."""
-
-    def __init__(self) -> None:
-        self.found: list[str] = []
-
-    def table(self, d: Mapping[str, Any], key: str) -> dict[str, Any]:
-        value = d.get(key)
-        if not isinstance(value, dict):
-            self.found.append(f"{key} = {_show(value)}: expected an object" if key in d else f"{key}: missing")
-            return {}
-        return value
-
-    def value(self, d: Mapping[str, Any], key: str, ok: Callable[[Any], bool], expected: str, where: str = "") -> Any:
-        if key not in d:
-            self.found.append(f"{where}{key}: missing (expected {expected})")
-            return None
-        if not ok(d[key]):
-            self.found.append(f"{where}{key} = {_show(d[key])}: expected {expected}")
-            return None
-        return d[key]
-
-
-def _files(check: _Checker, files: Any, manifest_file: str) -> dict[str, Any]:
+def _files(found: Problems, files: Any, manifest_file: str) -> dict[str, Any]:
     if not isinstance(files, dict) or not files:
-        check.found.append(f"files = {_show(files)}: expected an object listing every file of the bundle")
+        found.value("files", files, "expected an object listing every file of the bundle")
         return {}
     for name, entry in files.items():
         if not is_plain_name(name) or name == manifest_file:
-            check.found.append(f"files: {_show(name)} is not a plain file name of the bundle")
+            found.other("files", f"{show(name)} is not a plain file name of the bundle")
         elif not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and _SHA256.fullmatch(entry["sha256"])
-                  and _int(entry.get("bytes"), 0, 1 << 50)):
-            check.found.append(f"files.{name} = {_show(entry)}: expected {{\"sha256\": 64 hex digits, \"bytes\": integer >= 0}}")
+                  and _BYTES.accepts(entry.get("bytes"))):
+            found.value(f"files.{name}", entry, 'expected {"sha256": 64 hex digits, "bytes": integer >= 0}')
     return files
 
 
-def _graph(check: _Checker, g: Any, where: str, ins: tuple[str, ...], outs: tuple[str, ...],
+def _graph(found: Problems, g: Any, where: str, ins: tuple[str, ...], outs: tuple[str, ...],
            shapes: dict[str, list[Any]], files: dict[str, Any], lead: Any, largest: int) -> None:
     if not isinstance(g, dict):
-        check.found.append(f"{where} = {_show(g)}: expected an object with file, inputs, outputs")
+        found.value(where, g, "expected an object with file, inputs, outputs")
         return
     if g.get("file") not in files or not is_plain_name(g.get("file")):
-        check.found.append(f"{where}.file = {_show(g.get('file'))}: expected a file listed in files")
+        found.value(f"{where}.file", g.get("file"), "expected a file listed in files")
     for key, names in (("inputs", ins), ("outputs", outs)):
         tensors = g.get(key)
         if not isinstance(tensors, list) or not all(isinstance(t, dict) for t in tensors):
-            check.found.append(f"{where}.{key} = {_show(tensors)}: expected a list of {{name, shape, dtype}}")
+            found.value(f"{where}.{key}", tensors, "expected a list of {name, shape, dtype}")
             continue
         declared = [t.get("name") for t in tensors]
         if sorted(map(str, declared)) != sorted(names):
-            check.found.append(f"{where}.{key} names {declared}: expected exactly {list(names)}")
+            found.other(f"{where}.{key} names {show(declared)}", f"expected exactly {', '.join(names)}")
             continue
         for t in tensors:
             name, shape = t["name"], t.get("shape")
             if t.get("dtype") not in DTYPES:
-                check.found.append(f"{where}.{key} {name} dtype = {_show(t.get('dtype'))}: expected one of {', '.join(DTYPES)}")
-            if not (isinstance(shape, list) and shape and all(_int(n, 1, MAX_TENSOR_ELEMENTS) or (i == 0 and lead == n == BATCH_DIM)
+                found.value(f"{where}.{key} {name} dtype", t.get("dtype"), f"expected {one_of(DTYPES)}")
+            if not (isinstance(shape, list) and shape and all(_SIZE.accepts(n) or (i == 0 and lead == n == BATCH_DIM)
                                                                for i, n in enumerate(shape))
                     and math.prod(largest if n == BATCH_DIM else n for n in shape) <= MAX_TENSOR_ELEMENTS):
-                check.found.append(f"{where}.{key} {name} shape = {_show(shape)}: expected positive integer "
-                                   f"dimensions{' (the first ' + repr(BATCH_DIM) + ')' if lead == BATCH_DIM else ''}, "
-                                   f"at most {MAX_TENSOR_ELEMENTS} elements")
+                found.value(f"{where}.{key} {name} shape", shape, "expected positive integer dimensions"
+                            f"{' (the first ' + show(BATCH_DIM) + ')' if lead == BATCH_DIM else ''}, at most "
+                            f"{MAX_TENSOR_ELEMENTS} elements")
             elif name in shapes and shape != shapes[name]:
-                check.found.append(f"{where}.{key} {name} shape = {shape}: expected {shapes[name]} (from action and inputs)")
+                found.value(f"{where}.{key} {name} shape", shape, f"expected {show(shapes[name])} (from action and "
+                                                                   "inputs)")
             elif name == "context" and (len(shape) != 3 or shape[0] != lead):
-                check.found.append(f"{where}.{key} context shape = {shape}: expected [{lead!r}, tokens, width]")
+                found.value(f"{where}.{key} context shape", shape, f"expected [{show(lead)}, tokens, width]")
 
 
 def _context_shape(denoise: dict[str, Any]) -> Any:
@@ -186,18 +169,5 @@ def _context_shape(denoise: dict[str, Any]) -> Any:
 
 
 def _batch_sizes(v: Any) -> bool:
-    return (isinstance(v, list) and 1 <= len(v) <= MAX_BATCH_SIZES and all(_int(n, 1, MAX_BATCH) for n in v)
+    return (1 <= len(v) <= MAX_BATCH_SIZES and all(_BATCH.accepts(n) for n in v)
             and v[0] == 1 and all(a < b for a, b in zip(v, v[1:])))
-
-
-def _int(v: Any, lo: int, hi: int) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."

@@ -20,37 +20,35 @@ from typing import Sequence
 
 import numpy as np
 
-from runtime.backends.base import Backend, BackendError
+from runtime.backends import names
+from runtime.backends.base import Backend, BackendError, BackendUnavailable
 from runtime.decode import chunk_timestamps, decode_arms
 from runtime.graph_stamp import check_stamp
 from runtime.manifest import BundleError, Manifest
-from runtime.types import ActionChunk, Observation, check_timestamp, checked_proprio
+from runtime.types import ActionChunk, CheckedObservation, Observation, check_timestamp, checked_proprio
 from xvla.errors import InputError
 from xvla.constants import MAX_STEPS, NUM_VIEWS
 from xvla.instruction import check_instruction
-from xvla.preprocessing import ImageProcessor, TextTokenizer
-
-BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
+from xvla.preprocessing import ImageProcessor, TextTokenizer, check_views
 
 
 def create_backend(manifest: Manifest, bundle_dir: Path, backend: str, device: str, **options: object) -> Backend:
     """Instantiate a backend by name (``auto``: tensorrt when its engines and ``tensorrt`` are present)."""
-    if backend not in BACKENDS:
-        raise BackendError(f"unknown backend {backend!r}; available: {list(BACKENDS)}")
-    if backend == "auto":
+    if backend not in names.CHOICES:
+        raise BackendError(f"unknown backend {backend!r}; available: {list(names.CHOICES)}")
+    if backend == names.AUTO:
         from runtime.backends import tensorrt_available
 
-        backend = "tensorrt" if device == "cuda" and tensorrt_available(bundle_dir) else "onnxruntime"
-    if backend == "onnxruntime":
+        backend = names.TENSORRT if device == "cuda" and tensorrt_available(bundle_dir) else names.ONNXRUNTIME
+    if backend == names.ONNXRUNTIME:
         from runtime.backends.onnxruntime import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(manifest, bundle_dir, device=device, **options)  # type: ignore[arg-type]
-    if backend == "torch":
+    if backend == names.TORCH:
         try:
             from runtime.backends.torch_backend import TorchBackend
         except (ImportError, OSError) as exc:  # torch absent, or installed but its libraries do not load
-            raise BackendError(f"the torch backend needs PyTorch, which does not import here ({type(exc).__name__}: "
-                               f"{exc}); install it with: pip install 'xvla-edge[torch]'") from exc
+            raise BackendUnavailable.of(names.TORCH, exc, needed_by="the torch backend") from exc
         return TorchBackend(manifest, bundle_dir, device=device, **options)  # type: ignore[arg-type]
     from runtime.backends.tensorrt.backend import TensorRTBackend
 
@@ -98,14 +96,18 @@ class Policy:
 
     # ----------------------------------------------------------------------------------------------
     def token_ids(self, instruction: str) -> np.ndarray:
-        """[1, token_length] ids of ``instruction`` (checked and tokenised when it changes)."""
+        """[1, token_length] ids of a checked ``instruction`` (:meth:`check`), tokenised when it changes."""
         if not isinstance(instruction, str) or instruction != self._instruction:
-            self._ids = self.tokenizer(check_instruction(instruction, "observation.instruction"))[None]
+            self._ids = self.tokenizer(instruction)[None]
             self._instruction = instruction
         return self._ids  # type: ignore[return-value]
 
-    def preprocess(self, obs: Observation) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(pixel_values, image_mask, input_ids, proprio, x1) for the backend, after checking ``obs``."""
+    def check(self, obs: Observation) -> CheckedObservation:
+        """``obs`` checked against this bundle (views, images, timestamp, proprio, noise, instruction), where it
+        enters: :meth:`act`, :meth:`act_batch` and :meth:`preprocess` run the result without checking it again
+        (one checked for another bundle is checked afresh). Thread-safe: it changes nothing of the policy."""
+        if isinstance(obs, CheckedObservation) and obs.bundle_id == self.manifest.bundle_id:
+            return obs
         images = list(obs.images)
         if len(images) > NUM_VIEWS:
             raise InputError(f"observation.images: at most {NUM_VIEWS} views, got {len(images)}")
@@ -113,19 +115,32 @@ class Policy:
         if extra:
             raise InputError(f"observation.images[{extra[0]}]: this bundle was exported for {self.views} view(s); "
                              f"views {self.views}..{NUM_VIEWS - 1} must be None")
-        check_timestamp(obs.timestamp)
-        pixels, mask = self.images(images)
+        timestamp = check_timestamp(obs.timestamp)
+        images = check_views(images)
         proprio = checked_proprio(obs.proprio, self.state_dim)
+        noise = None
+        if obs.noise is not None:
+            noise = np.asarray(obs.noise, dtype=np.float32)
+            if noise.shape not in (self.chunk_shape, self.chunk_shape[1:]):
+                raise InputError(f"observation.noise: expected shape {self.chunk_shape[1:]}, got {noise.shape}")
+            noise = noise.reshape(self.chunk_shape[1:])
+        if not isinstance(obs.instruction, str) or obs.instruction != self._instruction:  # that one was checked
+            check_instruction(obs.instruction, "observation.instruction")
+        return CheckedObservation(images=images[: self.views], instruction=obs.instruction, proprio=proprio,
+                                  timestamp=timestamp, noise=noise, bundle_id=self.manifest.bundle_id)
+
+    def preprocess(self, obs: Observation) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(pixel_values, image_mask, input_ids, proprio, x1) for the backend, after checking ``obs`` (:meth:`check`)."""
+        obs = self.check(obs)
+        pixels, mask = self.images.pixels(obs.images)
+        proprio = obs.proprio
         dim = int(self.manifest.inputs["proprio_dim"])
         if self.state_dim < dim:  # LeRobot's padding of a narrower state to max_state_dim
             proprio = np.concatenate([proprio, np.zeros(dim - self.state_dim, np.float32)])
         if obs.noise is None:
             x1 = self._rng.standard_normal(self.chunk_shape, dtype=np.float32)
         else:
-            x1 = np.asarray(obs.noise, dtype=np.float32)
-            if x1.shape not in (self.chunk_shape, self.chunk_shape[1:]):
-                raise InputError(f"observation.noise: expected shape {self.chunk_shape[1:]}, got {x1.shape}")
-            x1 = x1.reshape(self.chunk_shape)
+            x1 = obs.noise.reshape(self.chunk_shape)
         return (pixels[None, : self.views], mask[None, : self.views], self.token_ids(obs.instruction),
                 proprio[None], x1)
 

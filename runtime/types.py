@@ -1,5 +1,7 @@
 """What goes into a policy and what comes out: observations and time-stamped action chunks, and the checks of
-an observation's fields that every policy (local or remote) applies before anything runs."""
+an observation's fields that every policy (local or remote) applies before anything runs. An observation is
+checked once, where it enters: :meth:`runtime.policy.Policy.check` makes a :class:`CheckedObservation`, which
+the policy of that bundle runs without checking again."""
 
 from __future__ import annotations
 
@@ -29,6 +31,16 @@ class Observation:
     proprio: np.ndarray
     timestamp: float = 0.0
     noise: np.ndarray | None = None
+
+
+@dataclass
+class CheckedObservation(Observation):
+    """An observation checked against one bundle (:meth:`runtime.policy.Policy.check`): ``images`` a list of at
+    most the bundle's views, each None or an HxWx3 uint8 array, at least one present; ``instruction`` a valid
+    instruction; ``proprio`` a finite float32 vector of the bundle's state width; ``timestamp`` a float in range;
+    ``noise`` None or a float32 [chunk_length, dim] array. ``bundle_id``: the bundle it was checked for."""
+
+    bundle_id: str = ""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
@@ -125,16 +125,10 @@ class ImageProcessor:
         return self.height, self.width
 
     def process_one(self, image: np.ndarray, name: str = "image") -> np.ndarray:
-        """HxWx3 uint8 RGB → 3xSxS float32."""
-        if not isinstance(image, np.ndarray):
-            raise InputError(f"{name}: expected a numpy HxWx3 uint8 RGB array, got {type(image).__name__}")
-        if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
-            raise InputError(f"{name}: expected shape (H, W, 3) RGB, got {image.shape}")
-        if image.dtype != np.uint8:
-            raise InputError(f"{name}: expected dtype uint8 (0..255), got {image.dtype}")
-        if max(image.shape[:2]) > MAX_IMAGE_SIDE:
-            raise InputError(f"{name}: {image.shape[1]}x{image.shape[0]} pixels; at most {MAX_IMAGE_SIDE} per side "
-                             "(downscale it at the camera)")
+        """HxWx3 uint8 RGB → 3xSxS float32 (``image`` checked first: :func:`check_image`)."""
+        return self._process(check_image(image, name))
+
+    def _process(self, image: np.ndarray) -> np.ndarray:
         pil = Image.fromarray(np.ascontiguousarray(image))
         if self.do_resize and (pil.height, pil.width) != (self.height, self.width):
             pil = pil.resize((self.width, self.height), resample=_PIL_FILTERS[self.resample])
@@ -149,21 +143,48 @@ class ImageProcessor:
         return np.ascontiguousarray(out.transpose(2, 0, 1))
 
     def __call__(self, images: Sequence[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
-        """Up to 3 views (None = absent) → (pixel_values [3, 3, S, S] float32, image_mask [3] bool)."""
-        images = list(images)
-        if not 1 <= len(images) <= NUM_VIEWS:
-            raise InputError(f"images: expected 1 to {NUM_VIEWS} views, got {len(images)}")
-        images += [None] * (NUM_VIEWS - len(images))
+        """Up to 3 views (None = absent) → (pixel_values [3, 3, S, S] float32, image_mask [3] bool), the views
+        checked first (:func:`check_views`)."""
+        return self.pixels(check_views(images))
+
+    def pixels(self, images: Sequence[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`__call__` of views already checked by :func:`check_views`."""
         h, w = self.output_size
         pixels = np.zeros((NUM_VIEWS, 3, h, w), np.float32)
         mask = np.zeros(NUM_VIEWS, bool)
         for i, img in enumerate(images):
             if img is not None:
-                pixels[i] = self.process_one(img, f"images[{i}]")
+                pixels[i] = self._process(img)
                 mask[i] = True
-        if not mask.any():
-            raise InputError("images: at least one view must be present")
         return pixels, mask
+
+
+def check_image(image: Any, name: str = "image") -> np.ndarray:
+    """``image`` when it is an HxWx3 uint8 RGB array of at most :data:`MAX_IMAGE_SIDE` per side, else
+    :class:`InputError` naming ``name``."""
+    if not isinstance(image, np.ndarray):
+        raise InputError(f"{name}: expected a numpy HxWx3 uint8 RGB array, got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
+        raise InputError(f"{name}: expected shape (H, W, 3) RGB, got {image.shape}")
+    if image.dtype != np.uint8:
+        raise InputError(f"{name}: expected dtype uint8 (0..255), got {image.dtype}")
+    if max(image.shape[:2]) > MAX_IMAGE_SIDE:
+        raise InputError(f"{name}: {image.shape[1]}x{image.shape[0]} pixels; at most {MAX_IMAGE_SIDE} per side "
+                         "(downscale it at the camera)")
+    return image
+
+
+def check_views(images: Sequence[Any]) -> list[np.ndarray | None]:
+    """1 to 3 views, each None (absent) or an image :func:`check_image` accepts, at least one present."""
+    images = list(images)
+    if not 1 <= len(images) <= NUM_VIEWS:
+        raise InputError(f"images: expected 1 to {NUM_VIEWS} views, got {len(images)}")
+    for i, img in enumerate(images):
+        if img is not None:
+            check_image(img, f"images[{i}]")
+    if all(img is None for img in images):
+        raise InputError("images: at least one view must be present")
+    return images
 
 
 def _center_crop(arr: np.ndarray, h: int, w: int) -> np.ndarray:

@@ -53,7 +53,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Runner]]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     from xvla.errors import XVLAError
-    from xvla_edge.extras import MissingDependency
+    from xvla.extras import MissingDependency
 
     parser, runners = build_parser()
     args = parser.parse_args(argv)

@@ -8,10 +8,15 @@ import numpy as np
 
 from runtime.manifest import Manifest
 from xvla.errors import XVLAError
+from xvla.extras import MissingDependency
 
 
 class BackendError(XVLAError, RuntimeError):
     """A backend could not be created or run as asked (wrong provider, missing engine, ...)."""
+
+
+class BackendUnavailable(MissingDependency, BackendError):
+    """A backend's package is not installed here, or does not import."""
 
 
 class Backend(ABC):

@@ -28,18 +28,17 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.backends.base import Backend, BackendError
+from runtime.backends.base import Backend, BackendError, BackendUnavailable
 from runtime.manifest import GraphSpec, Manifest
 
 #: Both wheels provide the module ``onnxruntime``; xvla-edge depends on neither, so that installing it never
 #: replaces a GPU build with the CPU one (see setup.cfg's extras).
-NOT_INSTALLED = ("ONNX Runtime is not installed: neither onnxruntime (CPU) nor onnxruntime-gpu (CUDA) imports "
-                 "here. Install one: pip install 'xvla-edge[onnxruntime]' on CPU-only machines; on NVIDIA "
-                 "machines onnxruntime-gpu (on Jetson the wheel built for your JetPack)")
+NOT_INSTALLED = ("neither onnxruntime (CPU) nor onnxruntime-gpu (CUDA) imports here: install the first on "
+                 "CPU-only machines, the second on NVIDIA machines (on Jetson the wheel built for your JetPack)")
 try:
     import onnxruntime as ort
 except ImportError as exc:
-    raise BackendError(f"{NOT_INSTALLED} ({exc})") from exc
+    raise BackendUnavailable.of("onnxruntime", exc, needed_by="the onnxruntime backend", detail=NOT_INSTALLED) from exc
 
 _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 log = logging.getLogger(__name__)

@@ -127,8 +127,8 @@ def test_a_backend_with_fixed_sizes_gets_padded_batches(tiny_batch_bundle):
     ([1, 4, 2], "batch_sizes = [1, 4, 2]"),
     ([1, 65], "batch_sizes = [1, 65]"),
     ([], "batch_sizes = []"),
-    ([1, True], "batch_sizes = [1, True]"),
-    ("1 2 4", "batch_sizes = '1 2 4'"),
+    ([1, True], "batch_sizes = [1, true]"),
+    ("1 2 4", 'batch_sizes = "1 2 4"'),
     (list(range(1, 18)), "at most 16 of them"),
 ])
 def test_batch_sizes_are_validated(tiny_batch_bundle, sizes, named):
@@ -142,12 +142,12 @@ def test_a_batch_dimension_only_where_the_manifest_declares_batches(tiny_bundle,
     batch_1 = json.loads((tiny_bundle / "manifest.json").read_text())
     d = copy.deepcopy(batch_1)
     d["graphs"]["denoise"]["inputs"][1]["shape"][0] = "batch"  # x1 in a batch-1 bundle
-    with pytest.raises(BundleError, match=r"graphs.denoise.inputs x1 shape = \['batch', 30, 20\]: expected positive"):
+    with pytest.raises(BundleError, match=r'graphs.denoise.inputs x1 shape = \["batch", 30, 20\]: expected positive'):
         Manifest.from_dict(d)
     batched = json.loads((tiny_batch_bundle / "manifest.json").read_text())
-    for graph, index, shape, named in (("denoise", 4, ["batch"], r"t shape = \['batch'\]: expected \[1\]"),
-                                       ("denoise", 1, [1, 30, 20], r"x1 shape = \[1, 30, 20\]: expected \['batch', 30, 20\]"),
-                                       ("denoise", 1, [30, "batch", 20], r"x1 shape = \[30, 'batch', 20\]: expected positive"),
+    for graph, index, shape, named in (("denoise", 4, ["batch"], r't shape = \["batch"\]: expected \[1\]'),
+                                       ("denoise", 1, [1, 30, 20], r'x1 shape = \[1, 30, 20\]: expected \["batch", 30, 20\]'),
+                                       ("denoise", 1, [30, "batch", 20], r'x1 shape = \[30, "batch", 20\]: expected positive'),
                                        ("encoder", 0, ["batch", 2, 3, 10**6, 10**6], "at most 67108864 elements")):
         d = copy.deepcopy(batched)
         d["graphs"][graph]["inputs"][index]["shape"] = shape

@@ -42,18 +42,18 @@ def edited(raw: dict, path: str, value) -> dict:
 
 
 @pytest.mark.parametrize("path, value, named", [
-    ("action.mode", "bogus", "action.mode = 'bogus': expected one of ee6d"),
+    ("action.mode", "bogus", 'action.mode = "bogus": expected one of "ee6d"'),
     ("action.chunk_seconds", -1.0, "action.chunk_seconds = -1.0"),
     ("action.chunk_seconds", 0, "action.chunk_seconds = 0"),
     ("action.chunk_seconds", math.nan, "action.chunk_seconds = nan"),
     ("action.chunk_seconds", math.inf, "action.chunk_seconds = inf"),
-    ("action.chunk_seconds", "1", "action.chunk_seconds = '1'"),
+    ("action.chunk_seconds", "1", 'action.chunk_seconds = "1"'),
     ("action.output_dim", 21, "action.output_dim = 21: expected an integer 1 ... action.dim (20)"),
     ("action.gripper_channels", [9], "action.gripper_channels = [9]: expected [9, 19]"),
-    ("action.arms", True, "action.arms = True"),
+    ("action.arms", True, "action.arms = true"),
     ("domain_id", -1, "domain_id = -1"),
-    ("domain_id", "3", "domain_id = '3'"),
-    ("embodiment", "../../escaped", "embodiment = '../../escaped': expected a plain name"),
+    ("domain_id", "3", 'domain_id = "3"'),
+    ("embodiment", "../../escaped", 'embodiment = "../../escaped": expected a plain name'),
     ("sampler.default_steps", 10**9, f"sampler.default_steps = 1000000000: expected an integer 1 ... {MAX_STEPS}"),
     ("sampler.default_steps", 0, "sampler.default_steps = 0"),
     ("inputs.image_size", 10**6, "inputs.image_size = 1000000"),
@@ -61,11 +61,11 @@ def edited(raw: dict, path: str, value) -> dict:
     ("inputs.proprio_dim", 14, "inputs.proprio_dim = 14: expected an integer 20 ... 1024 (the action width, 20,"),
     ("inputs.proprio_dim", 32, "graphs.denoise.inputs proprio shape"),  # wider, but the graph says 20
     ("inputs.state_dim", 20, "inputs.state_dim = 20: expected an integer 1 ... 19 (narrower than inputs.proprio_dim)"),
-    ("inputs.state_dim", "8", "inputs.state_dim = '8'"),
-    ("precision", "int4", "precision = 'int4'"),
+    ("inputs.state_dim", "8", 'inputs.state_dim = "8"'),
+    ("precision", "int4", 'precision = "int4"'),
     ("files", {}, "files = {}: expected an object listing every file"),
-    ("graphs.encoder.file", "../x.onnx", "graphs.encoder.file = '../x.onnx': expected a file listed in files"),
-    ("graphs.denoise.file", "/etc/passwd", "graphs.denoise.file = '/etc/passwd'"),
+    ("graphs.encoder.file", "../x.onnx", 'graphs.encoder.file = "../x.onnx": expected a file listed in files'),
+    ("graphs.denoise.file", "/etc/passwd", 'graphs.denoise.file = "/etc/passwd"'),
     ("action.dim", KeyError, "action.dim: missing"),
 ])
 def test_every_field_is_validated_by_name(raw, path, value, named):
@@ -88,7 +88,7 @@ def test_file_names_must_be_plain(raw):
     for name in ("../outside.onnx", "sub/x.onnx", "/abs.onnx", "..", "manifest.json"):
         d = copy.deepcopy(raw)
         d["files"][name] = {"sha256": "0" * 64, "bytes": 1}
-        assert f"files: {name!r} is not a plain file name" in refused(d)
+        assert f'files: "{name}" is not a plain file name' in refused(d)
 
 
 def test_all_problems_are_reported_together(raw):

@@ -11,10 +11,11 @@ import pytest
 torch = pytest.importorskip("torch")  # without it (a robot install) the module skips, not errors
 
 from calibration.metrics import ChunkErrors, Tolerance, accumulate
+from runtime import policy as policy_module
 from runtime.backends.base import BackendError
 from runtime.manifest import BundleError
 from runtime.policy import Policy
-from runtime.types import Observation
+from runtime.types import CheckedObservation, Observation
 from xvla import load_checkpoint, write_random_checkpoint
 from xvla_edge.cli import main
 from xvla.errors import InputError
@@ -147,6 +148,24 @@ def test_instruction_tokens_are_cached(setup, monkeypatch) -> None:
         policy.act(obs(instruction="open the top drawer"), steps=1)
     policy.act(obs(instruction="close the microwave door"), steps=1)
     assert calls == ["open the top drawer", "close the microwave door"]
+
+
+def test_an_observation_is_checked_once_where_it_enters(setup, monkeypatch) -> None:
+    """Policy.check makes a CheckedObservation that act runs without checking again; one checked for another
+    bundle is checked afresh (the fp16 bundle takes 2 views, the fp32 one 3)."""
+    work, _, _ = setup
+    with Policy.load(work / "fp32") as policy, Policy.load(work / "fp16") as other:
+        o = obs(seed=3)
+        checked = policy.check(o)
+        assert isinstance(checked, CheckedObservation) and checked.bundle_id == policy.manifest.bundle_id
+        assert policy.check(checked) is checked
+        calls = []
+        real = policy_module.check_views
+        monkeypatch.setattr(policy_module, "check_views", lambda images: calls.append(len(images)) or real(images))
+        np.testing.assert_array_equal(policy.act(checked).actions, policy.act(o).actions)
+        assert calls == [3]  # the raw observation only
+        with pytest.raises(InputError, match=r"images\[2\]: this bundle was exported for 2 view"):
+            other.act(checked)
 
 
 def test_tampered_and_incomplete_bundles_are_refused(setup, tmp_path) -> None:

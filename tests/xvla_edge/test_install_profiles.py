@@ -7,6 +7,7 @@ pinned per Python version. The errors name the package and the extra to install.
 from __future__ import annotations
 
 import configparser
+import pickle
 import sys
 from pathlib import Path
 
@@ -14,8 +15,8 @@ import pytest
 from packaging.markers import Marker
 from packaging.requirements import Requirement
 
-from runtime.backends.base import BackendError
-from xvla_edge.extras import EXTRAS, MissingDependency, needs
+from runtime.backends.base import BackendError, BackendUnavailable
+from xvla.extras import EXTRAS, MissingDependency, needs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -79,6 +80,16 @@ def test_a_missing_onnxruntime_is_named_whatever_extra_was_asked_for():
 def test_the_runtime_names_both_onnxruntime_packages_when_neither_is_installed(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # the import fails as if not installed
     monkeypatch.delitem(sys.modules, "runtime.backends.onnxruntime", raising=False)
-    with pytest.raises(BackendError, match=r"neither onnxruntime \(CPU\) nor onnxruntime-gpu \(CUDA\) imports"):
+    with pytest.raises(BackendError, match=r"neither onnxruntime \(CPU\) nor onnxruntime-gpu \(CUDA\) imports") as info:
         import runtime.backends.onnxruntime  # noqa: F401
     monkeypatch.delitem(sys.modules, "runtime.backends.onnxruntime", raising=False)
+    assert isinstance(info.value, MissingDependency) and info.value.extra == "onnxruntime"  # the CLI: one line, exit 2
+    assert "pip install 'xvla-edge[onnxruntime]'" in str(info.value)
+
+
+def test_a_missing_dependency_keeps_its_class_and_message_through_pickle():
+    """A Ray replica or a worker process sends the error back pickled."""
+    error = BackendUnavailable.of("torch", ModuleNotFoundError("No module named 'torch'"), needed_by="the torch backend")
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is BackendUnavailable and copy.extra == "torch" and str(copy) == str(error)
+    assert str(copy).startswith("the torch backend needs the 'torch' extra")

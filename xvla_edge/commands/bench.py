@@ -23,9 +23,8 @@ import sys
 from pathlib import Path
 
 from benchmarks.names import BACKENDS, DEFAULT_SIZES, SIZES
+from runtime.backends.names import AUTO, BUNDLE_CHOICES, DEVICES
 from xvla.constants import MAX_STEPS
-
-BUNDLE_BACKENDS = ("auto", "onnxruntime", "tensorrt")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,8 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="measure this bundle instead of the sizes' random-weight bundles (e.g. a robot's `current`)")
     p.add_argument("--backend", nargs="+", default=None, metavar="BACKEND",
                    help=f"sizes: {', '.join(BACKENDS)}, or a family (onnxruntime, torch, official); default: all. "
-                        f"--bundle: one of {', '.join(BUNDLE_BACKENDS)} (default auto)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="--bundle: the device to run it on")
+                        f"--bundle: one of {', '.join(BUNDLE_CHOICES)} (default {AUTO})")
+    p.add_argument("--device", default="cpu", choices=DEVICES, help="--bundle: the device to run it on")
     p.add_argument("--steps", type=step_count, default=10, help=f"denoising steps of a chunk (1 ... {MAX_STEPS})")
     p.add_argument("--rounds", type=int, default=None, help="rounds of every benchmark (default: per size and stage)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads of each backend (default: one per core)")
@@ -72,10 +71,10 @@ def backend_names(name: str) -> list[str]:
 def selected(args: argparse.Namespace) -> list[str] | str | None:
     """The backends asked for: the size suites' names (families expanded), or the one --bundle backend."""
     if args.bundle is not None:
-        if args.backend is not None and (len(args.backend) != 1 or args.backend[0] not in BUNDLE_BACKENDS):
-            raise argparse.ArgumentTypeError(f"--bundle takes one --backend of {', '.join(BUNDLE_BACKENDS)}, "
+        if args.backend is not None and (len(args.backend) != 1 or args.backend[0] not in BUNDLE_CHOICES):
+            raise argparse.ArgumentTypeError(f"--bundle takes one --backend of {', '.join(BUNDLE_CHOICES)}, "
                                              f"got {' '.join(args.backend)}")
-        return args.backend[0] if args.backend else "auto"
+        return args.backend[0] if args.backend else AUTO
     if args.device != "cpu":
         raise argparse.ArgumentTypeError("--device is for --bundle; the size suites choose theirs per backend")
     return [b for name in args.backend for b in backend_names(name)] if args.backend else None
@@ -84,7 +83,7 @@ def selected(args: argparse.Namespace) -> list[str] | str | None:
 def run(args: argparse.Namespace) -> int:
     from benchmarks.report import write_results
     from benchmarks.suites import BUNDLE_SUITE, bundle_environment, run_latency_suite, suite_environment
-    from xvla_edge.extras import needs
+    from xvla.extras import needs
 
     with needs("test"):  # the suites run under pytest-benchmark; the results are plotted with matplotlib
         import matplotlib  # noqa: F401

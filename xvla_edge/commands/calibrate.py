@@ -16,6 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from runtime.backends.names import AUTO, BUNDLE_CHOICES, DEVICES
+
 
 def parse_tolerances(items: list[str]) -> dict[str, float]:
     """``["position_mm=2", "gripper_flips=0"]`` → overrides of :class:`~calibration.metrics.Tolerance` fields."""
@@ -63,9 +65,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="the fp32 PyTorch reference (default: the manifest's source.checkpoint)")
     ref.add_argument("--reference-bundle", type=Path, metavar="FP32_BUNDLE",
                      help="use an fp32 bundle of the same checkpoint in ONNX Runtime as the reference (no torch)")
-    chk.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"],
+    chk.add_argument("--backend", default=AUTO, choices=BUNDLE_CHOICES,
                      help="backend that runs the bundle (default: tensorrt on cuda when built, else onnxruntime)")
-    chk.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    chk.add_argument("--device", default="cpu", choices=DEVICES)
     chk.add_argument("--steps", type=int, default=None, help="denoising steps (default: the manifest's)")
     chk.add_argument("--tolerance", action="append", default=[], metavar="KEY=VALUE",
                      help="override a limit of the manifest's tolerance, e.g. position_mm=2 (repeatable)")

@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 
 from xvla.config import ACTION_MODES
+from xvla.extras import needs
 from xvla.sizes import SIZES
 from xvla_edge.commands import add_out, out_path
-from xvla_edge.extras import needs
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from xvla_edge.extras import needs
+    from xvla.extras import needs
 
     with needs("export"):
         from export.bundle import ExportOptions, export_bundle

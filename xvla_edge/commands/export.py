@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from export.options import PRECISIONS, ExportOptions
-from xvla_edge.extras import needs
+from xvla.extras import needs
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -25,6 +25,7 @@ import json
 import sys
 from pathlib import Path
 
+from runtime.backends.names import AUTO, BUNDLE_CHOICES, DEVICES
 from xvla_edge.commands.fleet import add_ssh_arguments, ssh_options
 
 
@@ -33,9 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--robot", action="append", required=True, metavar="DIR | USER@HOST[:PORT]:/PATH",
                    help="the robot's bundle directory (created if missing; holds `current` and `previous`); "
                         "repeat with user@host:/path for a fleet")
-    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"],
+    p.add_argument("--backend", default=AUTO, choices=BUNDLE_CHOICES,
                    help="backend of the smoke inference (default: tensorrt on cuda when engines were built)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device of the smoke inference")
+    p.add_argument("--device", default="cpu", choices=DEVICES, help="device of the smoke inference")
     p.add_argument("--smoke-timeout", type=float, default=600.0, metavar="SECONDS",
                    help="refuse the bundle when its smoke inference takes longer (default 600)")
     fleet = p.add_argument_group("a fleet over SSH (--robot user@host:/path)")

@@ -12,6 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
+from runtime.backends.names import AUTO, BUNDLE_CHOICES, DEVICES
+
 
 def add_ssh_arguments(p: argparse.ArgumentParser) -> None:
     """How the workstation reaches robots (shared with ``flash``)."""
@@ -34,8 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     agent.add_argument("dir", type=Path, help="the robot's bundle directory")
     agent.add_argument("op", choices=["have", "put", "assemble", "flash", "status", "health", "probe", "rollback"])
     agent.add_argument("args", nargs="*")
-    agent.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"])
-    agent.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    agent.add_argument("--backend", default=AUTO, choices=BUNDLE_CHOICES)
+    agent.add_argument("--device", default="cpu", choices=DEVICES)
     agent.add_argument("--smoke-timeout", type=float, default=600.0)
 
 

@@ -13,8 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from xvla.extras import needs
 from xvla_edge.commands.calibrate import parse_tolerances
-from xvla_edge.extras import needs
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -18,15 +18,15 @@ import logging
 import os
 from pathlib import Path
 
-BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
+from runtime.backends.names import AUTO, CHOICES, DEVICES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundles", nargs="+", type=Path, metavar="BUNDLE", help="bundle directories, one per domain")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need a token)")
     p.add_argument("--port", type=port_number, default=8000, help="TCP port (default 8000)")
-    p.add_argument("--backend", default="auto", choices=BACKENDS)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--backend", default=AUTO, choices=CHOICES)
+    p.add_argument("--device", default="cpu", choices=DEVICES)
     p.add_argument("--token-file", type=Path, default=None,
                    help="file holding the token every request must carry (first line)")
     p.add_argument("--token", default=None, help="the token itself (visible in the process list: prefer "
@@ -108,7 +108,7 @@ def read_token(args: argparse.Namespace) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from xvla_edge.extras import needs
+    from xvla.extras import needs
     from xvla_edge.serve.server import ServeError, check_exposure
 
     token = read_token(args)  # the options first: they are wrong whatever is installed
@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_ray(args: argparse.Namespace, token: str | None, limits) -> int:  # noqa: ANN001 - Limits, imported late
     """Serve on Ray Serve until interrupted (a local Ray instance, or the cluster at ``--address``)."""
-    from xvla_edge.extras import needs
+    from xvla.extras import needs
     from xvla_edge.serve.server import ServeError
 
     with needs("fleet"):

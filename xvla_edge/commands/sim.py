@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from runtime.backends.names import ONNXRUNTIME, SIM_CHOICES
 from xvla_edge.commands import add_out, out_path
 
 
@@ -47,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     ev = sub.add_parser("eval", help="run N episodes with a policy; success rate, time, safety clamps, pictures")
     ev.add_argument("--bundle", type=Path, default=None, help="bundle to run (required; see above)")
-    ev.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch"],
+    ev.add_argument("--backend", default=ONNXRUNTIME, choices=SIM_CHOICES,
                     help="torch: the bundle's source PyTorch checkpoint (the reference)")
     mode = ev.add_mutually_exclusive_group()
     mode.add_argument("--daemon", action="store_true",
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from xvla_edge.extras import needs
+    from xvla.extras import needs
 
     with needs("torch"):
         from xvla_edge.sim.train import TrainOptions, train

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Optional, Tuple, Union
 import numpy as np
 
 from xvla.errors import XVLAError
+from xvla.extras import MissingDependency
 
 if TYPE_CHECKING:
     from xvla_edge.daemon.config import CameraSection
@@ -40,6 +41,10 @@ REOPEN_AFTER = 10  # consecutive failed reads of a live OpenCV source before it 
 
 class CameraError(XVLAError, RuntimeError):
     """A camera that cannot be opened: missing device, folder or file, no OpenCV, unreadable images."""
+
+
+class OpenCVUnavailable(MissingDependency, CameraError):
+    """A camera source needs OpenCV, which does not import here."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -222,8 +227,7 @@ def _import_cv2(name: str, source: str) -> Any:
     try:
         import cv2
     except ImportError as exc:
-        raise CameraError(f'camera {name}: source "{source}" needs OpenCV ({exc}): pip install '
-                          '"xvla-edge[cameras]", or on Jetson use JetPack\'s OpenCV (it has GStreamer)') from exc
+        raise OpenCVUnavailable.of("cameras", exc, needed_by=f'camera {name}: source "{source}"') from exc
     return cv2
 
 

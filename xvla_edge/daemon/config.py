@@ -42,13 +42,12 @@ from drivers.control.interpolation import GripperPolicy
 from drivers.control.safety import SafetyLimits
 from drivers.control.splice import SplicePolicy
 from drivers.physical_ranges import MAX_ARMS, MAX_JOINTS
+from runtime.backends import names
 from xvla.constants import MAX_IMAGE_SIDE, MAX_STEPS
 from xvla.errors import ConfigError, InputError
 from xvla.instruction import check_instruction
 from xvla_edge.web.auth import MIN_TOKEN_CHARS, TokenError, is_loopback, read_token_file
 
-BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
-DEVICES = ("cpu", "cuda")
 LEVELS = ("debug", "info", "warning", "error")
 MAX_CAMERAS = 3
 MAX_FRAME_AGE_S = 5.0  # [[cameras]].max_age_s: a frame older than this says nothing about the arm's present
@@ -479,11 +478,12 @@ def _build(t: _Table, cls: Callable[..., Any], values: Dict[str, Any]) -> Any:
 def _bundle(t: _Table) -> BundleSection:
     section = BundleSection(
         path=t.path("path", required=True) or Path(),
-        backend=t.take("backend", str, "auto", choices=BACKENDS),
-        device=t.take("device", str, "cpu", choices=DEVICES),
+        backend=t.take("backend", str, names.AUTO, choices=names.CHOICES),
+        device=t.take("device", str, "cpu", choices=names.DEVICES),
         steps=t.take("steps", int, None, check=lambda n: 1 <= n <= MAX_STEPS, expected=f"an integer 1 ... {MAX_STEPS}"))
-    if section.backend == "tensorrt" and section.device != "cuda":
-        t.problems.value(t.key("device"), section.device, 'expected "cuda": backend "tensorrt" runs on the GPU')
+    if section.backend in names.CUDA_ONLY and section.device != "cuda":
+        t.problems.value(t.key("device"), section.device,
+                         f'expected "cuda": backend {_show(section.backend)} runs on the GPU')
     t.finish()
     return section
 

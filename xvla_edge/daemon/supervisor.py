@@ -43,7 +43,7 @@ from xvla_edge.daemon.control import ControlServer, claim, estop_socket_path
 from xvla_edge.daemon.health import HealthServer, Operator
 from xvla_edge.daemon.state import FAULT_MODES, DaemonState, log
 from xvla_edge.daemon.views import Summary
-from xvla_edge.extras import needs
+from xvla.extras import needs
 
 POLL_S = 0.02
 RECONNECT_S = 1.0

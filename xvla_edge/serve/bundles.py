@@ -127,7 +127,7 @@ class BundleSet:
             raise unknown_domain(domain_id, self.served) from None
 
     def observation(self, request: ActRequest, served: Served) -> Observation:
-        """The request as a ``Policy`` observation, checked against the bundle (errors name the request field)."""
+        """The request as a checked ``Policy`` observation (errors name the request field)."""
         return observation(request, served.policy, served.path.name)
 
     def act(self, request: ActRequest) -> tuple[ActionChunk, Served]:
@@ -168,8 +168,11 @@ def unknown_domain(domain_id: int, served: Iterable[int]) -> RequestError:
 
 
 def observation(request: ActRequest, policy: Policy, bundle_name: str) -> Observation:
-    """``request`` as an observation for ``policy``, checked against its bundle (errors name the request field;
-    ``seed`` becomes the noise ``Policy.act`` would be given)."""
+    """``request`` as an observation for ``policy``, checked against its bundle once, here: a
+    :class:`~runtime.types.CheckedObservation`, which ``Policy.act`` runs without checking again. The parser checked
+    the fields' kinds; the refusals below name the request fields, :meth:`Policy.check` the rest (an image side
+    beyond the model's: :class:`~xvla.errors.InputError`, answered 400 as from ``Policy.act``). ``seed`` becomes the
+    noise ``Policy.act`` would be given."""
     images = list(request.images)
     used = [i for i, img in enumerate(images) if img is not None]
     if used and used[-1] >= policy.views:
@@ -185,5 +188,5 @@ def observation(request: ActRequest, policy: Policy, bundle_name: str) -> Observ
         noise = np.random.default_rng(request.seed).standard_normal(shape, dtype=np.float32)
     elif noise is not None and noise.shape != shape:
         raise RequestError(f"noise: domain {request.domain_id} takes shape {list(shape)}, got {list(noise.shape)}")
-    return Observation(images=images, instruction=request.instruction, proprio=request.proprio,
-                       timestamp=0.0, noise=noise)
+    return policy.check(Observation(images=images, instruction=request.instruction, proprio=request.proprio,
+                                    timestamp=0.0, noise=noise))

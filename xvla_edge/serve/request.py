@@ -38,6 +38,7 @@ import numpy as np
 from xvla.constants import MAX_STEPS, NUM_VIEWS
 from xvla.errors import InputError, XVLAError
 from xvla.instruction import check_instruction
+from xvla.validation import Field, show
 
 IMAGE_KEYS = tuple(f"image{i}" for i in range(NUM_VIEWS))
 MAX_PROPRIO_VALUES = 1024  # the manifest's own bound on proprio_dim
@@ -47,6 +48,9 @@ IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")  # what an encoded or file image 
 _KINDS = "biuf"
 _STRIP_ROWS = 256  # rows of a decoded image copied at once
 _DTYPE = re.compile(r"[<>=|]?[biuf][1248]|bool|u?int(8|16|32|64)|float(16|32|64)")  # type codes and names
+_LIMITS = {**dict.fromkeys(("max_body_bytes", "max_frame_bytes", "max_image_pixels", "max_image_file_bytes",
+                            "max_list_values", "max_active"), Field(int, low=1)),
+           "max_wait_s": Field(float, low=0, high=3600, expected="seconds 0 ... 3600")}  # what Limits allows
 
 
 class RequestError(XVLAError, ValueError):
@@ -82,14 +86,10 @@ class Limits:
     max_wait_s: float = 5.0
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_frame_bytes", "max_image_pixels", "max_image_file_bytes", "max_list_values",
-                     "max_active"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"limits.{name} = {value!r}: expected an integer >= 1")
-        wait = self.max_wait_s
-        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= 3600:
-            raise ValueError(f"limits.max_wait_s = {wait!r}: expected seconds 0 ... 3600")
+        for name, field in _LIMITS.items():
+            problem = field.refusal(f"limits.{name}", getattr(self, name))
+            if problem is not None:
+                raise ValueError(str(problem))
 
 
 @dataclass
@@ -151,7 +151,7 @@ def _json_numpy(obj: Any, key: str) -> Any:
     dtype = _dtype(descr, key)
     if not (isinstance(shape, list) and len(shape) <= 8
             and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
-        raise RequestError(f"{key}: json_numpy shape {_describe(shape)} is not a list of at most 8 non-negative "
+        raise RequestError(f"{key}: json_numpy shape {show(shape)} is not a list of at most 8 non-negative "
                            "integers")
     if math.prod(n for n in shape if n) > MAX_ARRAY_VALUES:  # numpy refuses such shapes even with no values
         raise RequestError(f"{key}: json_numpy shape {shape} has more than {MAX_ARRAY_VALUES} values")
@@ -178,9 +178,8 @@ def _dtype(descr: Any, key: str) -> np.dtype:
     except TypeError:  # "f1", "b8": well-formed codes of no type
         dtype = None
     if dtype is None or dtype.kind not in _KINDS:
-        shown = repr(descr[:20]) if isinstance(descr, str) else _describe(descr)
-        raise RequestError(f"{key}: dtype {shown} is not accepted; expected a bool, integer or float dtype such as "
-                           "'<f4' or '|u1'")
+        raise RequestError(f"{key}: dtype {show(descr)} is not accepted; expected a bool, integer or float dtype "
+                           'such as "<f4" or "|u1"')
     return dtype
 
 
@@ -226,16 +225,6 @@ def _required(payload: dict, key: str) -> Any:
     return payload[key]
 
 
-def _describe(value: Any) -> str:
-    """A short description of a client's value, at a cost independent of its size (no full ``repr``)."""
-    if isinstance(value, np.ndarray):
-        return f"an array of shape {list(value.shape)} and dtype {value.dtype}"
-    if isinstance(value, (list, tuple, dict)):
-        return f"a {type(value).__name__} of {len(value)} item(s)"
-    text = repr(value[:41] if isinstance(value, (str, bytes)) else value)
-    return f"{type(value).__name__} {text[:40] + '...' if len(text) > 40 else text}"
-
-
 def _integer(value: Any, key: str, low: int, high: int) -> int:
     """An integer field: an int, an integral float or numpy scalar, or a decimal string (as ``int()`` takes)."""
     if isinstance(value, np.ndarray) and value.shape == ():
@@ -243,6 +232,7 @@ def _integer(value: Any, key: str, low: int, high: int) -> int:
     if isinstance(value, np.generic):
         value = value.item()
     number: Optional[int] = None
+    field = Field(int, low=low, high=high)
     if isinstance(value, bool):
         number = None
     elif isinstance(value, int):
@@ -254,8 +244,8 @@ def _integer(value: Any, key: str, low: int, high: int) -> int:
             number = int(value)
         except ValueError:  # "+-3", "²", "1e3": not a decimal integer
             number = None
-    if number is None or not low <= number <= high:
-        raise RequestError(f"{key}: expected an integer {low} ... {high}, got {_describe(value)}")
+    if number is None or not field.accepts(number):
+        raise RequestError(f"{key}: expected {field.words()}, got {show(value)}")
     return number
 
 
@@ -263,7 +253,7 @@ def _proprio(value: Any, key: str = "proprio") -> np.ndarray:
     if isinstance(value, list):
         value = _list_array(value, key)
     if not isinstance(value, np.ndarray) or value.dtype.kind not in "iuf":
-        raise RequestError(f"{key}: expected a numeric array, got {_describe(value)}")
+        raise RequestError(f"{key}: expected a numeric array, got {show(value)}")
     if value.ndim == 2 and value.shape[0] == 1:
         value = value[0]
     if value.ndim != 1 or not 1 <= value.size <= MAX_PROPRIO_VALUES:
@@ -280,7 +270,7 @@ def _noise(value: Any) -> np.ndarray:
     if isinstance(value, list):
         value = _list_array(value, "noise")
     if not isinstance(value, np.ndarray) or value.dtype.kind != "f" or value.ndim != 2 or value.size > 1 << 16:
-        raise RequestError(f"noise: expected a [chunk_length, dim] float array, got {_describe(value)}")
+        raise RequestError(f"noise: expected a [chunk_length, dim] float array, got {show(value)}")
     with np.errstate(over="ignore"):
         out = value.astype(np.float32)
     if not np.isfinite(out).all():
@@ -309,14 +299,14 @@ def _image(value: Any, key: str, limits: Limits) -> np.ndarray:
         value = value.astype(np.uint8) if value.dtype.kind in "iu" else value
     if not isinstance(value, np.ndarray):
         raise RequestError(f"{key}: expected an HxWx3 uint8 array, encoded image bytes or a file path, "
-                           f"got {_describe(value)}")
+                           f"got {show(value)}")
     if value.ndim == 1:
         if value.dtype != np.uint8:
             raise RequestError(f"{key}: a 1-D array is read as encoded image bytes and must be uint8, "
                                f"got {value.dtype}")
         return _decoded(value.tobytes(), key, limits)
     if value.dtype != np.uint8 or value.ndim != 3 or value.shape[2] != 3 or min(value.shape[:2]) < 1:
-        raise RequestError(f"{key}: expected an HxWx3 uint8 array, got {_describe(value)}")
+        raise RequestError(f"{key}: expected an HxWx3 uint8 array, got {show(value)}")
     if value.shape[0] * value.shape[1] > limits.max_image_pixels:
         raise RequestError(f"{key}: {value.shape[1]}x{value.shape[0]} pixels exceed the limit of "
                            f"{limits.max_image_pixels}", 413, "too_large")
@@ -339,12 +329,12 @@ def _file_bytes(text: str, key: str, limits: Limits) -> bytes:
         raise RequestError(f"{key}: file-path images must lie in the server's image directory", 403, "forbidden")
     try:
         if not path.is_file():
-            raise RequestError(f"{key}: no such image file in the server's image directory: {text!r}", 404,
+            raise RequestError(f"{key}: no such image file in the server's image directory: {show(text)}", 404,
                                "not_found")
         with path.open("rb") as f:
             data = f.read(limits.max_image_file_bytes + 1)
     except OSError as exc:
-        raise RequestError(f"{key}: cannot read {text!r} ({exc.strerror or exc})", 404, "not_found") from None
+        raise RequestError(f"{key}: cannot read {show(text)} ({exc.strerror or exc})", 404, "not_found") from None
     if len(data) > limits.max_image_file_bytes:
         raise RequestError(f"{key}: image file larger than {limits.max_image_file_bytes} bytes", 413, "too_large")
     return data

@@ -21,6 +21,7 @@ import numpy as np
 
 from runtime.backends.tensorrt import cuda_graph
 from runtime.backends.base import BackendError
+from xvla.extras import MissingDependency
 
 Log = Callable[[str], None]
 
@@ -29,7 +30,7 @@ class TensorRTError(BackendError):
     """TensorRT failed to parse, build, load or run an engine."""
 
 
-class TensorRTUnavailable(TensorRTError):
+class TensorRTUnavailable(MissingDependency, TensorRTError):
     """``import tensorrt`` does not work in this environment."""
 
 
@@ -37,10 +38,7 @@ def tensorrt() -> ModuleType:
     try:
         import tensorrt as trt
     except ImportError as e:
-        raise TensorRTUnavailable(
-            f"`import tensorrt` failed ({e}). TensorRT engines are built and run on the target: on a Jetson use "
-            "JetPack's TensorRT (python3-libnvinfer, or the TensorRT wheel from the Jetson AI Lab index), on an "
-            "x86 GPU machine `pip install tensorrt` from pypi.nvidia.com") from None
+        raise TensorRTUnavailable.of("tensorrt", e) from None
     return trt
 
 

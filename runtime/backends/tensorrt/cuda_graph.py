@@ -29,10 +29,15 @@ from typing import Any, Callable, Hashable, Optional
 import numpy as np
 
 from xvla.errors import XVLAError
+from xvla.extras import MissingDependency
 
 
 class CudaError(XVLAError, RuntimeError):
     """A CUDA runtime call failed, or cuda-python is missing."""
+
+
+class CudaPythonMissing(MissingDependency, CudaError):
+    """cuda-python is not installed here, or does not import."""
 
 
 class CaptureFailed(CudaError):
@@ -46,9 +51,10 @@ def runtime() -> ModuleType:
     except ImportError:
         try:
             from cuda import cudart as rt  # cuda-python 12.x before the cuda.bindings layout
-        except ImportError:
-            raise CudaError("cuda-python is not installed: pip install 'xvla-edge[cuda12]' for CUDA 12 drivers "
-                            "(JetPack 6), 'xvla-edge[cuda13]' for CUDA 13 (JetPack 7)") from None
+        except ImportError as exc:
+            raise CudaPythonMissing.of("cuda12", exc, needed_by="the TensorRT backend",
+                                       install="pip install 'xvla-edge[cuda12]' for CUDA 12 drivers (JetPack 6), "
+                                               "'xvla-edge[cuda13]' for CUDA 13 (JetPack 7)") from None
     return rt
 
 

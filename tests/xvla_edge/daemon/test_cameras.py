@@ -260,7 +260,8 @@ def test_gstreamer_needs_an_opencv_built_with_it(fake_cv2, monkeypatch):
 
 def test_without_opencv_the_error_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "cv2", None)  # makes `import cv2` fail
-    with pytest.raises(CameraError, match=r'camera cam0: source "v4l2" needs OpenCV .*xvla-edge\[cameras\]'):
+    with pytest.raises(CameraError, match=r"camera cam0: source \"v4l2\" needs the 'cameras' extra — OpenCV .*"
+                                          r"xvla-edge\[cameras\]"):
         open_camera(CameraSection(slot=0, source="v4l2", device=0))
 
 

@@ -117,10 +117,16 @@ def test_a_configuration_built_in_code_is_validated_like_its_file(tmp_path):
                                       '"dynamixel"')
 
 
-def test_backends_are_the_runtimes():
-    from runtime.policy import BACKENDS
+def test_backends_are_the_runtimes(write):
+    """[bundle].backend takes every name Policy.load takes (runtime.backends.names), and no other."""
+    from runtime.backends.names import CHOICES
 
-    assert set(config_module.BACKENDS) == set(BACKENDS)
+    for backend in CHOICES:
+        text = MINIMAL.replace('path = "bundle"', f'path = "bundle"\nbackend = "{backend}"\ndevice = "cuda"')
+        assert load_config(write(text)).bundle.backend == backend
+    text = MINIMAL.replace('path = "bundle"', 'path = "bundle"\nbackend = "onnx"')
+    assert problems(write(text)) == [f'{write(text)}: [bundle].backend = "onnx": expected one of '
+                                     + ", ".join(f'"{b}"' for b in CHOICES)]
 
 
 @pytest.mark.parametrize(("old", "new", "expected"), [

@@ -312,9 +312,9 @@ def test_the_flash_modules_import_without_torch_or_export() -> None:
 
 
 @pytest.mark.parametrize("field, value, named", [
-    ("embodiment", "../../escaped", "embodiment = '../../escaped': expected a plain name"),
-    ("files", "../outside.bin", "files: '../outside.bin' is not a plain file name"),
-    ("files", "/tmp/abs.bin", "files: '/tmp/abs.bin' is not a plain file name"),
+    ("embodiment", "../../escaped", 'embodiment = "../../escaped": expected a plain name'),
+    ("files", "../outside.bin", 'files: "../outside.bin" is not a plain file name'),
+    ("files", "/tmp/abs.bin", 'files: "/tmp/abs.bin" is not a plain file name'),
 ])
 def test_a_manifest_cannot_lead_flash_out_of_the_robot_directory(robot_ab, bundles, tmp_path, field, value, named):
     a, _ = bundles

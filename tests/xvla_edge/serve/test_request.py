@@ -135,15 +135,15 @@ def test_bad_fields_are_400_naming_the_field(field, value, message):
 
 
 @pytest.mark.parametrize("encoded, message", [
-    ({"__numpy__": "AAAA", "dtype": "|O", "shape": [1]}, "dtype '|O' is not accepted"),
+    ({"__numpy__": "AAAA", "dtype": "|O", "shape": [1]}, 'dtype "|O" is not accepted'),
     ({"__numpy__": "AAAA", "dtype": "<f4", "shape": [2]}, "3 data bytes for shape [2]"),
     ({"__numpy__": "A" * 10_000, "dtype": "|u1", "shape": [3]}, "10000 base64 characters"),
     ({"__numpy__": "!!!!", "dtype": "|u1", "shape": [3]}, "not valid base64"),
     ({"__numpy__": "AAAA", "dtype": "|u1", "shape": [-3]}, "shape"),
     ({"__numpy__": "AAAA", "dtype": "|u1", "shape": [2**40, 2**40]}, "has more than 2147483648 values"),
     # numpy raises ValueError, not TypeError, on these dtypes and shapes: each was a 500 with a traceback
-    ({"__numpy__": "", "dtype": "(-1,)i4", "shape": [1]}, "dtype '(-1,)i4' is not accepted"),
-    ({"__numpy__": "", "dtype": "(2,)i4", "shape": [1]}, "dtype '(2,)i4' is not accepted"),
+    ({"__numpy__": "", "dtype": "(-1,)i4", "shape": [1]}, 'dtype "(-1,)i4" is not accepted'),
+    ({"__numpy__": "", "dtype": "(2,)i4", "shape": [1]}, 'dtype "(2,)i4" is not accepted'),
     ({"__numpy__": "", "dtype": "<f4", "shape": [0, 2**63]}, "has more than 2147483648 values"),
     ({"__numpy__": "", "dtype": "<f4", "shape": [0, 2**62, 2**62]}, "has more than 2147483648 values"),
     ({"__numpy__": 5, "dtype": "|u1", "shape": [3]}, "not a base64 string"),

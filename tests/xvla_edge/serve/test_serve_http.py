@@ -95,11 +95,23 @@ def test_official_requests_get_the_chunk_policy_act_gives(server, tiny_bundle, j
     ({"steps": 0}, 400, "steps: expected an integer 1 ... 100"),
     ({"image0": json_numpy.dumps("/etc/hostname")}, 403, "image0: file-path images are refused"),
     ({"image0": json_numpy.dumps(np.zeros((2048, 1024, 3), np.uint8))}, 413, "exceeds the limit of 2097152"),
+    ({"image0": json_numpy.dumps(np.zeros((1, 5000, 3), np.uint8))}, 400, "5000x1 pixels; at most 4096 per side"),
 ])
 def test_bad_requests_are_refused_with_the_field_named(server, overrides, status, message):
     r = requests.post(server.url + "/act", json=body(**overrides))
     assert (r.status_code, r.json()) == (status, {"error": r.json()["error"]})
     assert message in r.json()["error"]
+
+
+def test_a_request_is_checked_once_against_its_bundle(server, monkeypatch):
+    """The server checks the observation where it enters (Policy.check); Policy.act trusts what it made."""
+    from runtime import policy as policy_module
+
+    calls = []
+    real = policy_module.check_views
+    monkeypatch.setattr(policy_module, "check_views", lambda images: calls.append(len(images)) or real(images))
+    assert requests.post(server.url + "/act", json=body()).status_code == 200
+    assert calls == [1]
 
 
 def test_oversize_bodies_are_refused_unread_whether_declared_or_streamed(server):
@@ -216,7 +228,7 @@ class Records(logging.Handler):
 
 
 HOSTILE = [  # issue 33: each was a 500 over /act with a traceback in the log
-    ("proprio", {"__numpy__": "", "dtype": "(-1,)i4", "shape": [1]}, "proprio: dtype '(-1,)i4' is not accepted"),
+    ("proprio", {"__numpy__": "", "dtype": "(-1,)i4", "shape": [1]}, 'proprio: dtype "(-1,)i4" is not accepted'),
     ("proprio", {"__numpy__": "", "dtype": "<f4", "shape": [0, 2**63]}, "has more than 2147483648 values"),
     ("image0", {"__numpy__": "", "dtype": "|u1", "shape": [0, 2**62, 2**62]}, "has more than 2147483648 values"),
     ("language_instruction", "\ud800", "language_instruction: not valid Unicode text: a lone surrogate U+D800"),
