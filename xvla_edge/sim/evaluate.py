@@ -90,7 +90,7 @@ def sim_robot_toml(bundle: Path, port: str, recordings: Path, instruction: str) 
     waypoints and blended in over 0.2 s (the trained policy's waypoints zig-zag by millimetres and successive
     chunks disagree by up to a centimetre where they meet: on seeds 0-19, raw and replaced, the envelope
     changed the command on 86 % of ticks, smoothed and blended on 24 %, 9 % in the successful episodes; see
-    README)."""
+    docs/sim-task.md)."""
     from xvla_edge.commands.demo import robot_toml
 
     camera = {"source": "synthetic", "width": RENDER_SIDE, "height": RENDER_SIDE, "fps": 30, "max_age_s": 0.5}
