@@ -23,7 +23,8 @@ alternatives, so brackets are stripped and a word is split at ``|``. The rule th
   fine. A placeholder in the command's place (an upper-case word, ``xvla-edge COMMAND --help``) stands for
   any command, and its options must then be ones every command takes.
 
-Length. README.md is at most 250 lines, and no line of these pages is over 120 characters, table rows aside.
+Length. README.md is at most 250 lines and links every page of docs/; no line of these pages is over 120
+characters, table rows aside.
 """
 
 from __future__ import annotations
@@ -204,13 +205,17 @@ def test_lines_are_at_most_120_characters(page):
 
 
 def test_the_readme_is_a_front_door():
-    assert len((REPO / "README.md").read_text().splitlines()) <= MAX_README_LINES
+    """At most 250 lines, and it links every page under docs/."""
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) <= MAX_README_LINES
+    linked = {target.partition("#")[0] for target in LINK.findall(without_code(readme))}
+    assert [p.name for p in sorted((REPO / "docs").glob("*.md")) if f"docs/{p.name}" not in linked] == []
 
 
 def test_the_checks_find_a_planted_bad_link_and_a_planted_unknown_flag(cli, tmp_path):
     """The checks above are only worth something if they fail on a broken page."""
     page = tmp_path / "page.md"
-    (tmp_path / "there.md").write_text("# Here `it` is: the *one*\n\n## Here it is\n")
+    (tmp_path / "there.md").write_text("# Here `it` is: the *one*\n\n## Here it is\n\n## Here it is\n")
     page.write_text("# Top\n\n[fine](there.md#here-it-is-the-one) [fine](there.md#here-it-is-1) [self](#top)\n"
                     "[gone](missing.md) [no heading](there.md#nowhere) [web](https://example.org/x)\n"
                     "`[in code](missing.md)`\n\n```bash\nxvla-edge info BUNDLE --verfy  # a typo\n"
