@@ -18,7 +18,7 @@ cluster from one process.
 Run it with ``xvla-edge serve --ray BUNDLE ...`` (a local Ray instance, or ``--address`` of a cluster), or
 with Ray's own tools from a config file: ``serve run config.yaml`` / ``serve deploy config.yaml``, whose
 application ``import_path`` is ``xvla_edge.serve.ray_app:build_app`` and whose ``args`` are
-:class:`FleetOptions`' fields (README, "Fleet serving on Ray Serve").
+:class:`FleetOptions`' fields (docs/serving-and-fleets.md, "Fleet serving on Ray Serve").
 """
 
 from __future__ import annotations

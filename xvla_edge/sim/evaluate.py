@@ -68,7 +68,8 @@ def sim_robot(bundle: Path, port: str, recordings: Path, instruction: str) -> di
     rate), and chunks smoothed over 9 waypoints and blended in over 0.2 s (the trained policy's waypoints
     zig-zag by millimetres and successive chunks disagree by up to a centimetre where they meet: on seeds
     0-19, raw and replaced, the envelope changed the command on 86 % of ticks, smoothed and blended on 24 %,
-    9 % in the successful episodes; see README)."""
+    9 % in the successful episodes; see
+    docs/sim-task.md)."""
     camera = {"source": "synthetic", "width": RENDER_SIDE, "height": RENDER_SIDE, "fps": 30, "max_age_s": 0.5}
     return emulated_robot(bundle, port, recordings, instruction, gripper={"mode": "continuous"},
                           splice={"mode": "blend", "smooth_window": 9},

@@ -1,6 +1,6 @@
 """The status page in a real headless browser (Debian's chromium through Selenium): it loads without console
 errors, shows the mode and the bundle id, and its E-STOP button stops the emulated arm. A screenshot is
-written to the test's directory (and to ``$XVLA_SCREENSHOT`` when set: the README's picture)."""
+written to the test's directory (and to ``$XVLA_SCREENSHOT`` when set: the picture in docs/daemon.md)."""
 
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ def test_the_trained_policy_does_its_task_through_the_chain(sim_bundle):
     envelope and the simulated arm: the policy succeeds in a clear majority, about as fast as the scripted
     expert on the same episodes, and the envelope changes the command on fewer than 35 % of ticks.
 
-    Broken on purpose (scratch runs, README): the bundle's rot6d layout flipped → 0 of 12; the decoded
+    Broken on purpose (scratch runs, docs/sim-task.md): the bundle's rot6d layout flipped → 0 of 12; the decoded
     gripper inverted → 4 of 12; the chunk span doubled → 10 of 12 but 2.4× the expert's time. Time stamps
     one waypoint (33 ms) early do not show in closed loop (9 of 12, as unbroken): the unit tests of
     ``runtime.decode.chunk_timestamps`` catch that one."""
