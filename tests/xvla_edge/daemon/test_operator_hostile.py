@@ -160,6 +160,19 @@ def test_ctl_estop_takes_the_estop_socket(daemon, emu, capsys):
     assert drive(daemon, 5.0, until=lambda d: d.status()["operator"] == "estopped")
 
 
+
+def test_clear_estop_right_after_ctl_estop_finds_the_latch_in_the_loop(daemon, emu, capsys):
+    """`ctl estop` latches the control loop before the daemon has seen it; a clear-estop that comes before the
+    supervisor's next pass (none runs here) still finds the latch and clears it (it was refused as "not latched")."""
+    assert drive(daemon, 20.0, until=lambda d: d.stats is not None and d.stats.mode == "tracking")
+    assert main(["ctl", "estop", "--socket", str(daemon.sock)]) == 0
+    assert wait_for(lambda: controller_mode(emu) == "ESTOPPED", 1.0)
+    assert daemon.status()["operator"] == "running"  # the supervisor has not run since
+    reply = ctl(daemon, "clear-estop")
+    assert reply["ok"], reply
+    assert reply["state"]["operator"] == "held" and ctl(daemon, "resume")["ok"]
+    assert wait_for(lambda: controller_mode(emu) != "ESTOPPED", 2.0)
+
 def test_send_retries_a_full_backlog_until_its_deadline(tmp_path):
     """A listener whose backlog is full refuses connections with EAGAIN: the client tries again and gets through
     once there is room (before this, ``xvla-edge ctl estop`` failed at once)."""
