@@ -47,6 +47,7 @@ import pytest
 
 from benchmarks.machine import children, cpu_model, free_port, rss_kb, threads
 from drivers.xvla_serial import emulator
+from xvla_edge.daemon.allocator import ARENAS
 from xvla_edge.daemon.control import estop, send
 from xvla_edge.daemon.robot_toml import robot_toml
 
@@ -128,6 +129,7 @@ def _flood(sock: str, port: int, stop: Any, done: Any, failed: Any) -> None:
 # -- e-stops ------------------------------------------------------------------------------------------------------
 
 
+MALLOC_DEFAULT = f"the daemon's own, {ARENAS} glibc arenas (xvla_edge/daemon/allocator.py)"
 PATHS = ("ctl", "socket", "http")
 
 
@@ -313,7 +315,7 @@ def report(result: Dict[str, Any]) -> str:
         f"{c['http']} on the HTTP server sent other commands as fast as they were answered "
         f"({c['requests_answered']} answered, {c['requests_failed']} failed). The emulator ran "
         f"{result['setup']['emulator_scheduler']}; the daemon's malloc settings: "
-        f"{result['setup']['daemon_malloc_env'] or 'glibc defaults'}. The control period is "
+        f"{result['setup']['daemon_malloc_env'] or MALLOC_DEFAULT}. The control period is "
         f"{result['period_ms']:g} ms; the floor of e-stop → controller is the wait for the next tick (0 ... 1 period) "
         "plus the serial write.",
         "",
