@@ -24,6 +24,11 @@ RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
     "benchmarks": (("xvla_edge", "tools"), (), ()),
 }
 
+DRIVERS_GROUND = ("drivers.arm", "drivers.errors", "drivers.transport", "drivers.stream_parser",
+                  "drivers.physical_ranges", "drivers.quaternion")
+DRIVERS_ROOMS = ("drivers.control", "drivers.emulation", "drivers.system", "drivers.dynamixel", "drivers.xvla_serial",
+                 "drivers.registry")
+
 # Rooms inside the packages, one rule a line: room (a module or sub-package, dotted) → rooms it may not import.
 ROOMS_APART: dict[str, tuple[str, ...]] = {
     "xvla_edge.serve": ("xvla_edge.daemon", "xvla_edge.sim"),
@@ -35,6 +40,13 @@ ROOMS_APART: dict[str, tuple[str, ...]] = {
     "xvla_edge.daemon.state": ("xvla_edge.daemon.supervisor", "xvla_edge.daemon.operator", "xvla_edge.daemon.views"),
     "xvla_edge.daemon.operator": ("xvla_edge.daemon.supervisor", "xvla_edge.daemon.views"),
     "xvla_edge.daemon.views": ("xvla_edge.daemon.supervisor", "xvla_edge.daemon.operator"),
+    # drivers/: each room stands on the ground floor (DRIVERS_GROUND); arms reach the control path as factories
+    "drivers.control": ("drivers.dynamixel", "drivers.xvla_serial", "drivers.emulation", "drivers.registry"),
+    "drivers.emulation": ("drivers.control", "drivers.dynamixel", "drivers.xvla_serial", "drivers.registry"),
+    "drivers.dynamixel": ("drivers.control", "drivers.xvla_serial", "drivers.emulation.sim_arm", "drivers.registry"),
+    "drivers.xvla_serial": ("drivers.control", "drivers.dynamixel", "drivers.emulation.sim_arm", "drivers.registry"),
+    "drivers.system": (*DRIVERS_GROUND, *DRIVERS_ROOMS),
+    **{ground: DRIVERS_ROOMS for ground in DRIVERS_GROUND},
 }
 
 # Rooms with one way in, one rule a line: room → the modules that may import it (besides the room itself).
@@ -199,6 +211,13 @@ def test_the_rules_name_rooms_that_exist():
              for name in (room, *others)}
     assert sorted(room for room in named if room not in modules) == []
 
+
+
+def test_every_room_and_ground_module_of_drivers_has_its_rule():
+    """A new room (or a module on the ground floor) of drivers/ gets a rule before it gets code."""
+    found = {f"drivers.{p.parent.name}" for p in (REPO / "drivers").glob("*/__init__.py")}
+    found |= {f"drivers.{p.stem}" for p in (REPO / "drivers").glob("*.py") if p.stem not in ("__init__", "registry")}
+    assert sorted(found - set(ROOMS_APART)) == []
 
 def test_the_checker_sees_imports_inside_functions_and_relative_ones(tmp_path):
     """The rules above are only worth something if a violation is found wherever the import hides."""
