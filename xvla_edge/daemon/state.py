@@ -98,8 +98,9 @@ class DaemonState:
 
     def _adopt_loop_estop(self, stats: LoopStats) -> None:
         """An e-stop latched in the loop (its e-stop socket, or the controller's own input) becomes the operator
-        state, once; stats from before a clear-estop that succeeded do not count."""
-        if stats.mode != "estopped":
+        state, once, also while a lost link decides the loop's mode; stats from before a clear-estop that succeeded
+        do not count."""
+        if not (stats.estop_latched or stats.mode == "estopped"):
             return
         with self._state:
             if self._operator != "estopped" and stats.timing.get("ticks", 0) > self._cleared_at_tick:

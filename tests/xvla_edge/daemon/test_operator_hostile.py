@@ -4,6 +4,7 @@ clients bounded, a recorder folder that cannot be written refused by name. All o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -172,6 +173,17 @@ def test_clear_estop_right_after_ctl_estop_finds_the_latch_in_the_loop(daemon, e
     assert reply["ok"], reply
     assert reply["state"]["operator"] == "held" and ctl(daemon, "resume")["ok"]
     assert wait_for(lambda: controller_mode(emu) != "ESTOPPED", 2.0)
+
+
+def test_an_estop_latched_in_the_loop_is_adopted_while_the_link_is_lost(daemon):
+    """The loop's mode is link_lost while the link is down, whatever else is latched: the daemon still takes the
+    e-stop from the latch (it answered clear-estop with "not latched (operator state running)")."""
+    assert drive(daemon, 20.0, until=lambda d: d.stats is not None and d.stats.mode == "tracking")
+    stats = dataclasses.replace(daemon.loop.stats(), mode="link_lost", estop_latched=True)
+    daemon._adopt_loop_estop(stats)
+    assert daemon.status()["operator"] == "estopped"
+    daemon._adopt_loop_estop(stats)  # once
+    assert daemon._estops == 1
 
 def test_send_retries_a_full_backlog_until_its_deadline(tmp_path):
     """A listener whose backlog is full refuses connections with EAGAIN: the client tries again and gets through
