@@ -321,6 +321,7 @@ def _validated(data: Mapping[str, Any], file: Path) -> RobotConfig:
 
 # -- reading tables ------------------------------------------------------------------------------------
 
+
 class _Table(Table):
     """A TOML table of ``robot.toml``: the kit's :class:`~xvla.validation.Table`, naming sub-tables as TOML does
     (``[name]`` at the root, ``[arm.sim]`` for ``sim`` in ``[arm]``) and reading paths."""
