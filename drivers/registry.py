@@ -49,7 +49,8 @@ class Option:
     argument: str = ""
 
     def check(self, value: Any) -> bool:
-        """Whether ``robot.toml`` may give ``value`` for this key."""
+        """Whether ``robot.toml`` may give ``value`` for this key (a ``Path`` option's text the daemon reads and
+        checks as a path instead)."""
         return self.field.accepts(value)
 
 
