@@ -1,7 +1,8 @@
 """Arm drivers: stream timed action chunks to arm controllers at the control rate.
 
-numpy, scipy and pyserial only: nothing here imports torch, onnxruntime or the model packages. Start with
-:mod:`drivers.arm` (the backend interface), :mod:`drivers.registry` (the drivers by name) and
+numpy, scipy and pyserial only: nothing here imports torch, onnxruntime or the model packages; of the rest of
+the project only the stdlib-only validation kit :mod:`xvla.validation` (:mod:`.registry` checks ``[arm]`` with it).
+Start with :mod:`drivers.arm` (the backend interface), :mod:`drivers.registry` (the drivers by name) and
 :mod:`drivers.control.loop_process` (the control loop in its own process).
 
 The rooms, each importing only what its own docstring allows (the room rules of ``tests/test_layers.py`` check them):
