@@ -16,7 +16,8 @@ e-stop: the time from the client's connect to the emulator reading the ESTOP fra
 ``time.monotonic()`` clock), in control periods; the time to the reply; and whether the arm held (the controller
 ESTOPPED and its end-effector pose unchanged 100 ms later). It is then cleared and resumed, and the next one
 follows 1-3 s later. Every ``XVLA_FLOOD_SAMPLE_S`` s the resident set and the threads of every process are read
-from ``/proc``; growth is measured from the end of the warm-up.
+from ``/proc``; growth is measured from the end of the warm-up (``XVLA_FLOOD_WARMUP_S``, 600 s by default: the
+daemon's RSS rises for about the first ten minutes of a flood, then stays flat).
 
 Pass: every e-stop accepted and held; p99 of e-stop → controller by ``ctl estop`` within :data:`MAX_PERIODS`
 control periods (the other two ways are measured and reported: they pass through the daemon's interpreter,
@@ -52,7 +53,7 @@ from xvla_edge.daemon.control import estop, send
 from xvla_edge.daemon.robot_toml import robot_toml
 
 SECONDS = float(os.environ.get("XVLA_FLOOD_SECONDS", "600"))
-WARMUP_S = float(os.environ.get("XVLA_FLOOD_WARMUP_S", "180"))
+WARMUP_S = float(os.environ.get("XVLA_FLOOD_WARMUP_S", "600"))
 SAMPLE_S = float(os.environ.get("XVLA_FLOOD_SAMPLE_S", "10"))
 RATE_HZ = 200
 SOCKET_CLIENTS = 16
