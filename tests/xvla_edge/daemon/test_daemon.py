@@ -28,7 +28,8 @@ from xvla_edge.daemon.config import load_config
 from xvla_edge.daemon.robot_toml import robot_toml
 from xvla_edge.daemon.service import Daemon
 
-from daemon_driving import accepted, drive
+from tests.support.daemon_driving import accepted, drive
+from tests.support.robot_configs import SLOW_LOOP, SMALL_CAMERA
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -37,10 +38,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-SMALL_CAMERA = {"width": 96, "height": 64, "max_age_s": 0.3}
-SLOW_LOOP = {"rate_hz": 100, "realtime_priority": 0}
 
 
 def write_config(path: Path, bundle: Path, port: str, *, health_port: int = 0, max_latency: float = 1.0) -> Path:

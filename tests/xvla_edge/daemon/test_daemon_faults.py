@@ -21,10 +21,11 @@ import time
 from pathlib import Path
 
 import pytest
-from test_daemon import SLOW_LOOP, SMALL_CAMERA
 
 from xvla_edge.daemon.robot_toml import robot_toml
 from xvla_edge.daemon.supervisor import MAX_INFERENCE_FAILURES
+
+from tests.support.robot_configs import SLOW_LOOP, SMALL_CAMERA
 
 REPO = Path(__file__).resolve().parents[3]
 UNIT = REPO / "xvla_edge" / "daemon" / "xvla-edge.service"

@@ -26,7 +26,7 @@ from xvla_edge.daemon.control import send
 from xvla_edge.daemon.robot_toml import robot_toml
 from xvla_edge.daemon.service import Daemon
 
-from daemon_driving import RATE_HZ, accepted, ctl, drive, free_port, http
+from tests.support.daemon_driving import RATE_HZ, accepted, ctl, drive, free_port, http
 
 HEALTH_PORT = free_port()
 
