@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+pytest_plugins = ["pytester", "tests.support.tiers"]  # the tiers: tests/support/tiers.py
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

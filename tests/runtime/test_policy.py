@@ -233,6 +233,7 @@ def test_requested_provider_must_be_the_one_in_use(setup) -> None:
         Policy.load(work / "fp32", backend="openvino")
 
 
+@pytest.mark.subprocess
 def test_runtime_does_not_import_torch_or_export() -> None:
     import subprocess
     import sys

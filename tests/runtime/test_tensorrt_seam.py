@@ -97,6 +97,7 @@ def bundle(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
     return make_bundle(tmp_path, batch_sizes=getattr(request, "param", (1,)))
 
 
+@pytest.mark.subprocess
 def test_the_tensorrt_modules_import_without_torch_tensorrt_or_cuda() -> None:
     code = ("import sys, runtime.backends.tensorrt.build, runtime.backends.tensorrt.backend, runtime.backends.tensorrt.api, runtime.backends.tensorrt.cuda_graph; "
             "print(sorted(m for m in ('torch', 'export', 'tensorrt', 'cuda') if m in sys.modules))")

@@ -197,6 +197,7 @@ def test_sigterm_holds_the_arm_and_exits_cleanly(tmp_path, bundle, emu):
     assert imported.isdisjoint({"torch", "transformers", "onnx", "onnxscript", "safetensors"}), imported
 
 
+@pytest.mark.subprocess
 def test_invalid_config_is_refused_by_name(tmp_path, bundle):
     config = write_config(tmp_path / "robot.toml", bundle, "/dev/null")
     config.write_text(config.read_text().replace('driver = "xvla-serial"', 'driver = "xvla-seriall"'))

@@ -160,6 +160,7 @@ def test_ctl_estop_takes_the_estop_socket(daemon, emu, capsys):
     assert drive(daemon, 5.0, until=lambda d: d.status()["operator"] == "estopped")
 
 
+@pytest.mark.server
 def test_send_retries_a_full_backlog_until_its_deadline(tmp_path):
     """A listener whose backlog is full refuses connections with EAGAIN: the client tries again and gets through
     once there is room (before this, ``xvla-edge ctl estop`` failed at once)."""

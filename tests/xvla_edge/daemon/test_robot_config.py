@@ -316,6 +316,7 @@ def test_config_check_command(write, capsys):
     assert "none.toml: cannot read" in capsys.readouterr().err
 
 
+@pytest.mark.subprocess
 def test_the_daemon_modules_import_no_torch_and_no_export():
     code = ("import sys, xvla_edge.daemon.config, xvla_edge.daemon.cameras, xvla_edge.commands.config; "
             "print([m for m in sys.modules if m.split('.')[0] in ('torch', 'export', 'cv2')])")

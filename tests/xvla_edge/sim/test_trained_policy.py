@@ -65,6 +65,7 @@ def test_the_trained_policy_does_its_task_through_the_chain(sim_bundle):
     assert summary["clamped_tick_share"] < 0.35, report.line()  # 20 % (53 % before the lag fix of the splice)
 
 
+@pytest.mark.subprocess
 def test_through_the_daemon_on_the_emulated_arm(sim_bundle, tmp_path):
     """The same policy through the real daemon in real time: its control loop in its own process, the
     xvla-serial emulator on a pty, the simulated cameras reading the emulated arm; it grasps a block."""
