@@ -72,7 +72,9 @@ def daemon():
 
 
 @pytest.fixture
-def planted(pytester: pytest.Pytester) -> pytest.Pytester:
+def planted(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """The planted modules, run without installed plugins (a plugin may start processes as a session begins)."""
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
     pytester.makepyfile(test_planted=PLANTED)
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_uses_a_daemon="def test_drives(daemon):\n    pass\n")
