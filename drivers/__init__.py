@@ -1,13 +1,15 @@
 """Arm drivers: stream timed action chunks to arm controllers at the control rate.
 
-numpy, scipy and pyserial only: nothing here imports torch, onnxruntime or the model packages. Start with
-:mod:`drivers.arm` (the backend interface), :mod:`drivers.registry` (the drivers by name) and
+numpy, scipy and pyserial only: nothing here imports torch, onnxruntime or the model packages; of the rest of
+the project only the stdlib-only validation kit :mod:`xvla.validation` (:mod:`.registry` checks ``[arm]`` with it).
+Start with :mod:`drivers.arm` (the backend interface), :mod:`drivers.registry` (the drivers by name) and
 :mod:`drivers.control.loop_process` (the control loop in its own process).
 
-The rooms, each importing only what its own docstring allows (``tests/drivers/test_rooms.py`` checks them):
+The rooms, each importing only what its own docstring allows (the room rules of ``tests/test_layers.py`` check them):
 
 - this level, the ground floor every room stands on: :mod:`.arm` (the ``Arm`` interface and the values that
-  cross it), :mod:`.errors`, :mod:`.transport`, :mod:`.stream_parser` and :mod:`.physical_ranges`; it imports
+  cross it), :mod:`.errors`, :mod:`.transport`, :mod:`.stream_parser`, :mod:`.physical_ranges` and the rotation math
+  of :mod:`.quaternion` (the control path's and the simulated arm's); it imports
   no room. :mod:`.registry` (the ``[arm]`` schema: the drivers by name) is the one exception, at the top: it
   assembles every arm family, the simulated arm and the control path's safety limits;
 - :mod:`.control`: the real-time control path (loop process, tick, splice, safety envelope, watchdog);

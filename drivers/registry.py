@@ -1,9 +1,11 @@
 """The arm drivers by name: each one's arm class, the ``[arm]`` keys of ``robot.toml`` it takes, its factory.
 
 The daemon validates ``[arm]`` from these entries and builds the arm from them, so adding an arm means adding
-a :class:`Driver` to :data:`DRIVERS`. An :class:`Option` says one key's TOML kind, default and what is
-allowed; :attr:`Driver.check` finds the problems that involve other sections (``[safety]``);
-:attr:`Driver.factory` makes the picklable :data:`~drivers.arm.ArmFactory` from the validated values.
+a :class:`Driver` to :data:`DRIVERS`. An :class:`Option` says one key's default and, as a
+:class:`~xvla.validation.Field` (the project's stdlib-only validation kit, the one module outside ``drivers/``
+this package imports), its TOML kind and what is allowed; :attr:`Driver.check` finds the problems that involve
+other sections (``[safety]``); :attr:`Driver.factory` makes the picklable :data:`~drivers.arm.ArmFactory` from
+the validated values.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, Tuple, Type, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, Tuple, Type
 
 from drivers.arm import Arm, ArmConfigError, ArmFactory
 from drivers.control.safety import SafetyLimits
@@ -23,6 +25,7 @@ from drivers.emulation.sim_arm import MAX_TIME_CONSTANT_S, SimArm
 from drivers.physical_ranges import MAX_ARMS, MAX_JOINT_VELOCITY, MAX_POSITION_M, SAFETY_LIMIT_MIN
 from drivers.xvla_serial.arm import BAUD_RATES as XVLA_SERIAL_BAUD_RATES
 from drivers.xvla_serial.arm import XvlaSerialArm
+from xvla.validation import Field
 
 Values = Mapping[str, Any]
 #: A problem found with other sections: (where, why). ``where`` is a key of ``[arm]`` (reported with its
@@ -32,19 +35,23 @@ Problem = Tuple[str, str]
 
 @dataclass(frozen=True)
 class Option:
-    """One key of ``[arm]``. ``kind``: its TOML type (``Path``: a path to an existing file, relative to the
-    config file; ``dict`` with ``table``: the sub-table ``[arm.<name>]`` holding those keys). A value missing
-    while ``required``, of another kind or failing ``check`` is a problem; ``expected`` says what is allowed
-    (default: the kind in words). ``argument``: the arm constructor's argument it becomes, if named otherwise."""
+    """One key of ``[arm]``: its ``name`` and the :class:`~xvla.validation.Field` its value must pass (kind,
+    choices, range, a further check; ``expected`` says what is allowed, by default the kit's words for them).
+    The kind ``Path``: a path to an existing file, relative to the config file; ``dict`` with ``table``: the
+    sub-table ``[arm.<name>]`` holding those keys. A value missing while ``required`` is a problem too.
+    ``argument``: the arm constructor's argument it becomes, if named otherwise."""
 
     name: str
-    kind: Union[type, Tuple[type, ...]]
+    field: Field
     default: Any = None
     required: bool = False
-    check: Optional[Callable[[Any], bool]] = None
-    expected: str = ""
     table: Tuple[Option, ...] = ()
     argument: str = ""
+
+    def check(self, value: Any) -> bool:
+        """Whether ``robot.toml`` may give ``value`` for this key (a ``Path`` option's text the daemon reads and
+        checks as a path instead)."""
+        return self.field.accepts(value)
 
 
 def _no_problems(space: str, values: Values, limits: SafetyLimits) -> Iterable[Problem]:
@@ -89,37 +96,41 @@ MAX_PORT_CHARS = 4096  # PATH_MAX
 
 
 def _port(driver: str) -> Option:
-    return Option("port", str, required=True, check=lambda p: 0 < len(p) <= MAX_PORT_CHARS and p.isprintable(),
-                  expected=f'a serial device such as "/dev/ttyUSB0" or a pyserial URL, printable, at most '
-                           f'{MAX_PORT_CHARS} characters (driver "{driver}")')
+    return Option("port", Field(str, check=lambda p: 0 < len(p) <= MAX_PORT_CHARS and p.isprintable(),
+                                expected=f'a serial device such as "/dev/ttyUSB0" or a pyserial URL, printable, at '
+                                         f'most {MAX_PORT_CHARS} characters (driver "{driver}")'), required=True)
 
 
 def _baud(rates: Tuple[int, ...], which: str) -> Option:
     """``baud``: one of ``rates`` (``which`` says whose); None: the driver's default."""
-    return Option("baud", int, check=lambda b: b in rates, argument="baudrate",
-                  expected=f"one of {', '.join(map(str, rates))} ({which})")
+    return Option("baud", Field(int, choices=rates, expected=f"one of {', '.join(map(str, rates))} ({which})"),
+                  argument="baudrate")
 
 
 def _deadman(argument: str, lower: int, upper: int, what: str) -> Option:
     """``timeout_ms``: the controller's deadman (the constructor's ``argument``), ``lower`` ... ``upper`` ms;
     None: the driver's default."""
-    return Option("timeout_ms", int, check=lambda m: lower <= m <= upper, argument=argument,
-                  expected=f"milliseconds {lower} ... {upper}{what}")
+    return Option("timeout_ms", Field(int, low=lower, high=upper, expected=f"milliseconds {lower} ... {upper}{what}"),
+                  argument=argument)
 
 
 # -- sim ------------------------------------------------------------------------------------------------
 
 
+_COORDINATE = Field(float, low=-MAX_POSITION_M, high=MAX_POSITION_M)
+
+
 def _is_xyz(value: list) -> bool:
-    return len(value) == 3 and all(
-        isinstance(x, (int, float)) and not isinstance(x, bool) and abs(x) <= MAX_POSITION_M for x in value)
+    return len(value) == 3 and all(map(_COORDINATE.accepts, value))
 
 
-_SIM = Option("sim", dict, table=(
-    Option("initial_position", list, check=_is_xyz, expected=f"[x, y, z] in metres, each within ±{MAX_POSITION_M:g}"),
-    Option("n_arms", int, 1, check=lambda n: 1 <= n <= MAX_ARMS, expected=f"an integer 1 ... {MAX_ARMS}"),
-    Option("time_constant", float, check=lambda x: 0 < x <= MAX_TIME_CONSTANT_S,
-           expected=f"seconds in (0, {MAX_TIME_CONSTANT_S:g}]"),
+_SIM = Option("sim", Field(dict), table=(
+    Option("initial_position",
+           Field(list, check=_is_xyz, expected=f"[x, y, z] in metres, each within ±{MAX_POSITION_M:g}")),
+    Option("n_arms", Field(int, low=1, high=MAX_ARMS), 1),
+    Option("time_constant",
+           Field(float, high=MAX_TIME_CONSTANT_S, check=lambda x: x > 0,
+                 expected=f"seconds in (0, {MAX_TIME_CONSTANT_S:g}]")),
 ))
 
 
@@ -160,11 +171,12 @@ _DYNAMIXEL_LINK = (_baud(DYNAMIXEL_BAUD_RATES, "the X-series Baud_Rate settings"
                    _deadman("watchdog_ms", 20, 2540, " (the servos' Bus_Watchdog, in 20 ms steps)"))
 #: What a LeRobot calibration file does not say (``drivers.dynamixel.joint_offsets``); not for this project's files.
 _LEROBOT_CALIBRATION = (
-    Option("max_joint_velocity", float, check=lambda v: SAFETY_LIMIT_MIN <= v <= MAX_JOINT_VELOCITY,
-           expected=f"rad/s {SAFETY_LIMIT_MIN:g} ... 4π, every joint (only with a LeRobot calibration file)"),
-    Option("gripper_open", str, check=lambda v: v in GRIPPER_ENDS,
-           expected=f"{' or '.join(repr(e) for e in GRIPPER_ENDS)}: the end of the gripper's range that is open "
-                    "(only with a LeRobot calibration file)"),
+    Option("max_joint_velocity", Field(float, low=SAFETY_LIMIT_MIN, high=MAX_JOINT_VELOCITY,
+                                       expected=f"rad/s {SAFETY_LIMIT_MIN:g} ... 4π, every joint (only with a "
+                                                "LeRobot calibration file)")),
+    Option("gripper_open", Field(str, choices=GRIPPER_ENDS,
+                                 expected=f"{' or '.join(repr(e) for e in GRIPPER_ENDS)}: the end of the gripper's "
+                                          "range that is open (only with a LeRobot calibration file)")),
 )
 
 
@@ -197,7 +209,8 @@ DRIVERS: Dict[str, Driver] = {d.name: d for d in (
     Driver("xvla-serial", XvlaSerialArm, ("ee", "joint"), (_port("xvla-serial"), *_XVLA_SERIAL_LINK),
            _xvla_serial_factory),
     Driver("dynamixel", DynamixelArm, ("joint",),
-           (_port("dynamixel"), *_DYNAMIXEL_LINK, Option("calibration", Path, required=True), *_LEROBOT_CALIBRATION),
+           (_port("dynamixel"), *_DYNAMIXEL_LINK, Option("calibration", Field(Path), required=True),
+            *_LEROBOT_CALIBRATION),
            _dynamixel_factory, _dynamixel_check),
 )}
 

@@ -96,9 +96,10 @@ class Policy:
 
     # ----------------------------------------------------------------------------------------------
     def token_ids(self, instruction: str) -> np.ndarray:
-        """[1, token_length] ids of a checked ``instruction`` (:meth:`check`), tokenised when it changes."""
+        """[1, token_length] ids of ``instruction`` (checked and tokenised when it changes: nothing reaches the
+        tokenizer unchecked, whoever calls)."""
         if not isinstance(instruction, str) or instruction != self._instruction:
-            self._ids = self.tokenizer(instruction)[None]
+            self._ids = self.tokenizer(check_instruction(instruction, "observation.instruction"))[None]
             self._instruction = instruction
         return self._ids  # type: ignore[return-value]
 

@@ -1,5 +1,6 @@
 """One error root: every exception class the project defines derives from ``xvla.errors.XVLAError``, except
-the drivers', a library of its own that imports nothing of the project, whose root is ``drivers.arm.ArmError``."""
+the drivers', a library of its own that imports nothing of the project but the stdlib-only ``xvla.validation``
+(which defines no exception), whose root is ``drivers.arm.ArmError``."""
 
 from __future__ import annotations
 

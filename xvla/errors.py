@@ -2,9 +2,9 @@
 
 :class:`XVLAError` is the base of every error the project raises on purpose, in every package above this
 one too (bundles, backends, export, calibration, flash, the daemon's config), so a command catches one
-type. The drivers are a library of their own that imports nothing of the project: their root is
-:class:`drivers.arm.ArmError`. Every message names the file, key or value at fault and what was expected,
-so a user never has to read a traceback from deep inside torch to learn what went wrong.
+type. The drivers are a library of their own that imports nothing of the project but the stdlib-only
+:mod:`xvla.validation`: their root is :class:`drivers.arm.ArmError`. Every message names the file, key or
+value at fault and what was expected, so a user never has to read a traceback from deep inside torch to learn what went wrong.
 """
 
 

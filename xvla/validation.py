@@ -23,13 +23,14 @@ import difflib
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 INT64 = (-(1 << 63), (1 << 63) - 1)
 SHOWN_CHARS = 80  # a shown value longer than this is cut, ending in "..."
 KINDS = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false", list: "an array",
          dict: "a table"}
 Kind = Union[type, Tuple[type, ...]]
+T = TypeVar("T", bound="Table")
 
 
 def show(value: Any, limit: int = SHOWN_CHARS, *, toml: bool = False) -> str:
@@ -178,7 +179,8 @@ class Table:
         return f"{self.where}{name}"
 
     def child(self, name: str) -> str:
-        """The key path of the sub-table ``name`` (a TOML reader names it ``[section.name].``)."""
+        """The key path of the sub-table ``name`` (a reader naming it otherwise, ``[section.name].`` in a TOML
+        file, overrides this: :meth:`table` makes sub-tables of the reader's own class)."""
         return f"{self.where}{name}."
 
     def take(self, name: str, kind: Kind, default: Any = None, *, required: bool = False, choices: Sequence[Any] = (),
@@ -201,7 +203,7 @@ class Table:
             return default
         return float(value) if field.kind is float else value
 
-    def table(self, name: str, *, required: bool = False, expected: str = "") -> Table:
+    def table(self: T, name: str, *, required: bool = False, expected: str = "") -> T:
         """The sub-table ``name`` (empty when missing or refused)."""
         data = self.take(name, dict, {}, required=required, expected=expected)
         return type(self)(self.problems, self.child(name), data)

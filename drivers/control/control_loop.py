@@ -100,6 +100,7 @@ class LoopStats:
     last_command: Optional[Target]
     last_error: str
     interval_histogram: Optional[Dict[str, Any]] = None  # PeriodStats.interval_histogram (the loop process's)
+    estop_latched: bool = False  # the e-stop latch, also while a lost link decides the mode
 
 
 def measured_target(state: ArmState, space: str) -> Target:
@@ -359,6 +360,7 @@ class ControlLoop:
             last_command=self.env.target,
             last_error=self.last_error,
             interval_histogram=interval_histogram,
+            estop_latched=self.watchdog.estop_latched,
         )
 
     def trace(self) -> Dict[str, Any]:

@@ -16,7 +16,7 @@ the waypoints' bounding box and the workspace that contains them. A C2 spline ri
 chunk stops or turns, which is motion the model never asked for. Slopes are local (three waypoints), so
 one noisy waypoint does not move the whole chunk.
 
-Rotation uses slerp between consecutive waypoints (:func:`drivers.control.quaternion.slerp`, checked against
+Rotation uses slerp between consecutive waypoints (:func:`drivers.quaternion.slerp`, checked against
 ``scipy.spatial.transform.Slerp`` in the tests): constant angular velocity per segment on the shortest arc.
 It is C0 in angular velocity (a step at each waypoint), which the safety envelope's angular acceleration
 limit bounds.
@@ -37,7 +37,7 @@ from typing import List, Literal, Optional, Tuple
 import numpy as np
 
 from drivers.arm import ArmConfigError, Target
-from drivers.control import quaternion
+from drivers import quaternion
 from drivers.control.trajectory import Trajectory
 
 

@@ -70,7 +70,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from drivers.arm import ArmCapabilities, ArmConfigError, Box, JointLimit, Target
-from drivers.control import quaternion
+from drivers import quaternion
 from drivers.physical_ranges import SAFETY_LIMIT_MAX, check_rate
 
 REJECT_KINDS = ("shape", "nonfinite", "range")

@@ -51,7 +51,7 @@ from typing import Dict, Literal, Optional, Tuple
 import numpy as np
 
 from drivers.arm import ArmConfigError, ArmError, Target
-from drivers.control import quaternion
+from drivers import quaternion
 from drivers.control.interpolation import TrajectorySampler
 from drivers.control.safety import SafetyLimits
 from drivers.control.trajectory import Trajectory, TrajectoryError

@@ -24,7 +24,7 @@ from typing import Optional
 import numpy as np
 
 from drivers.arm import Target
-from drivers.control import quaternion
+from drivers import quaternion
 from drivers.control.interpolation import GripperLatch, GripperPolicy, TrajectorySampler
 from drivers.control.safety import ReferenceVelocity, SafetyLimits
 from drivers.control.splice import SplicePolicy, SpliceResult, splice

@@ -58,6 +58,11 @@ class Watchdog:
         self._estop = False
 
     @property
+    def estop_latched(self) -> bool:
+        """True from :meth:`estop` (or the controller's ESTOP) until :meth:`clear_estop`, whatever the mode."""
+        return self._estop
+
+    @property
     def link_down(self) -> bool:
         """True from :meth:`link_lost` until :meth:`link_restored`."""
         return self._link_lost

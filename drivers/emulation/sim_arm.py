@@ -35,7 +35,7 @@ from drivers.arm import (
     Space,
     Target,
 )
-from drivers.control import quaternion
+from drivers import quaternion
 from drivers.physical_ranges import MAX_ARMS
 
 DEFAULT_WORKSPACE = Box((-0.6, -0.6, 0.0), (0.6, 0.6, 0.8))

@@ -148,6 +148,9 @@ def test_instruction_tokens_are_cached(setup, monkeypatch) -> None:
         policy.act(obs(instruction="open the top drawer"), steps=1)
     policy.act(obs(instruction="close the microwave door"), steps=1)
     assert calls == ["open the top drawer", "close the microwave door"]
+    with pytest.raises(InputError, match="observation.instruction: not valid Unicode text"):
+        policy.token_ids("caf\udce9")  # called directly, it checks too: nothing reaches the tokenizer unchecked
+    assert calls == ["open the top drawer", "close the microwave door"]
 
 
 def test_an_observation_is_checked_once_where_it_enters(setup, monkeypatch) -> None:

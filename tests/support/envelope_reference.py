@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from drivers.arm import ArmConfigError, Target
-from drivers.control import quaternion
+from drivers import quaternion
 from drivers.control.safety import _EPS, _QUAT_NORM_RANGE, MAX_REFERENCE, EnvelopeState, ReferenceVelocity, SafetyLimits, \
     SafetyResult
 

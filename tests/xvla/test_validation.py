@@ -91,3 +91,19 @@ def test_unknown_keys_get_a_did_you_mean():
     t.report("zzz", "expected nothing")
     t.report("[safety].workspaces", "expected one box per arm")
     assert problems.lines()[-2:] == ["arm.zzz = 1: expected nothing", "[safety].workspaces: expected one box per arm"]
+
+
+def test_a_reader_names_its_sub_tables_its_own_way():
+    """robot.toml names a sub-table ``[arm.sim]``: a subclass overriding :meth:`Table.child`, whose sub-tables are
+    of its own class, and whose problems show values as TOML writes them."""
+
+    class TomlTable(Table):
+        def child(self, name: str) -> str:
+            return f"[{self.where[1:-2]}.{name}]." if self.where else f"[{name}]."
+
+    problems = Problems("robot.toml", toml=True)
+    sim = TomlTable(problems, "", {"arm": {"sim": {"n_arms": 0, "box": {"lower": [0, 0]}}}}).table("arm").table("sim")
+    assert isinstance(sim, TomlTable) and sim.field("n_arms", Field(int, low=1, high=4), 1) == 1
+    assert sim.take("box", dict, check=lambda box: "upper" in box, expected="lower and upper") is None
+    assert problems.lines() == ["robot.toml: [arm.sim].n_arms = 0: expected an integer 1 ... 4",
+                                "robot.toml: [arm.sim].box = { lower = [0, 0] }: expected lower and upper"]

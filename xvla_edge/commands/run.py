@@ -33,6 +33,9 @@ def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):  # first: a stop during the imports and start-up is a clean stop
         signal.signal(sig, lambda signum, frame: stop.set())
 
+    from xvla_edge.daemon.allocator import limit_arenas
+    limit_arenas()  # before any thread starts
+
     from xvla_edge.daemon.config import ConfigError, load_config
     from xvla_edge.daemon.logs import configure_logging
     from xvla_edge.daemon.service import Daemon

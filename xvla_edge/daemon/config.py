@@ -1,8 +1,8 @@
 """``robot.toml``: the daemon's configuration, read and validated once at start.
 
-Every problem is reported, all together, one per line, naming the file, the key path, the value and what
-is allowed, e.g. ``robot.toml: [arm].driver = "dynamixl": expected one of "sim", "xvla-serial",
-"dynamixel"``. Unknown keys are errors too (with a "did you mean" when one is close). ``[arm]`` is read
+Every problem is reported (with the project's validation kit, :mod:`xvla.validation`), all together, one per
+line, naming the file, the key path, the value and what is allowed, e.g. ``robot.toml: [arm].driver =
+"dynamixl": expected one of "sim", "xvla-serial", "dynamixel"``. Unknown keys are errors too (with a "did you mean" when one is close). ``[arm]`` is read
 from the driver's entry in :mod:`drivers.registry` (its keys, spaces and checks). Values that the drivers
 check themselves (:class:`~drivers.control.control_loop.LoopConfig`, :class:`~drivers.control.safety.SafetyLimits`,
 :class:`~drivers.control.splice.SplicePolicy`, :class:`~drivers.control.interpolation.GripperPolicy`, the arm driver's
@@ -19,9 +19,6 @@ dotted key's depth). Every key, its default, unit and allowed values: ``xvla_edg
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import json
-import math
 import os
 import re
 import typing
@@ -46,6 +43,7 @@ from runtime.backends import names
 from xvla.constants import MAX_IMAGE_SIDE, MAX_STEPS
 from xvla.errors import ConfigError, InputError
 from xvla.instruction import check_instruction
+from xvla.validation import Problems, Table, show
 from xvla_edge.web.auth import MIN_TOKEN_CHARS, TokenError, is_loopback, read_token_file
 
 LEVELS = ("debug", "info", "warning", "error")
@@ -267,7 +265,7 @@ def load_config(path: Union[str, Path]) -> RobotConfig:
 
 def _validated(data: Mapping[str, Any], file: Path) -> RobotConfig:
     """The validation of :meth:`RobotConfig.from_dict`: every problem collected, then raised together."""
-    problems = _Problems(file)
+    problems = Problems(str(file), toml=True)
     root = _Table(problems, "", data)
     instruction = root.take("instruction", str, "", required=True)
     try:
@@ -315,104 +313,21 @@ def _validated(data: Mapping[str, Any], file: Path) -> RobotConfig:
                  f"expected a folder this daemon can write recordings into: {why}")
     t.finish()
     root.finish()
-    if problems.lines:
-        raise ConfigError("\n".join(problems.lines))
+    if problems:
+        raise ConfigError("\n".join(problems.lines()))
     return RobotConfig(file, instruction, bundle, cameras, arm, control, safety, splice, gripper, inference,
                        health, logging_, recorder, remote, operator)
 
 
 # -- reading tables ------------------------------------------------------------------------------------
 
-_INT64 = (-(1 << 63), (1 << 63) - 1)
-_KINDS = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false", list: "an array",
-          dict: "a table"}
 
+class _Table(Table):
+    """A TOML table of ``robot.toml``: the kit's :class:`~xvla.validation.Table`, naming sub-tables as TOML does
+    (``[name]`` at the root, ``[arm.sim]`` for ``sim`` in ``[arm]``) and reading paths."""
 
-def _show(value: Any) -> str:
-    """``value`` as written in TOML (shortened when long)."""
-    if isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, str):
-        text = json.dumps(value)
-    elif isinstance(value, list):
-        text = "[" + ", ".join(_show(v) for v in value) + "]"
-    elif isinstance(value, dict):
-        text = "{ " + ", ".join(f"{k} = {_show(v)}" for k, v in value.items()) + " }"
-    elif isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:  # str() refuses over 4300 digits
-        text = f"an integer of {value.bit_length()} bits"
-    else:
-        text = str(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _one_of(choices: Sequence[Any]) -> str:
-    return "one of " + ", ".join(_show(c) for c in choices)
-
-
-def _is(value: Any, kind: Union[type, Tuple[type, ...]]) -> bool:
-    if isinstance(value, bool) and kind is not bool:
-        return False
-    if isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:  # TOML integers are 64-bit
-        return False
-    if kind is float:
-        return isinstance(value, (int, float)) and math.isfinite(value)
-    return isinstance(value, kind)
-
-
-class _Problems:
-    """The problems found so far, one line each, each starting with the file name."""
-
-    def __init__(self, file: Path) -> None:
-        self.file = file
-        self.lines: List[str] = []
-
-    def value(self, key: str, value: Any, why: str) -> None:
-        self.lines.append(f"{self.file}: {key} = {_show(value)}: {why}")
-
-    def other(self, where: str, why: str) -> None:
-        self.lines.append(f"{self.file}: {where}: {why}")
-
-
-class _Table:
-    """One TOML table being read: typed look-ups that record problems (and fall back to the default)
-    instead of raising, and that remember which keys were read, so :meth:`finish` can name the others."""
-
-    def __init__(self, problems: _Problems, where: str, data: Mapping[str, Any]) -> None:
-        self.problems, self.where, self.data = problems, where, data
-        self.read: List[str] = []
-
-    def key(self, name: str) -> str:
-        return f"{self.where}{name}"
-
-    def take(self, name: str, kind: Union[type, Tuple[type, ...]], default: Any = None, *,
-             required: bool = False, choices: Sequence[Any] = (), check: Optional[Callable[[Any], bool]] = None,
-             expected: str = "") -> Any:
-        """The value of ``name``, or ``default`` (recording a problem) when missing and required, of
-        another ``kind``, not one of ``choices`` or failing ``check``; ``expected`` says what is allowed."""
-        self.read.append(name)
-        expected = expected or (_one_of(choices) if choices else _KINDS[kind])  # type: ignore[index]
-        if name not in self.data:
-            if required:
-                self.problems.other(self.key(name), f"missing: expected {expected}")
-            return default
-        value = self.data[name]
-        if not _is(value, kind) or (choices and value not in choices) or (check is not None and not check(value)):
-            self.problems.value(self.key(name), value, f"expected {expected}")
-            return default
-        return float(value) if kind is float else value
-
-    def table(self, name: str, *, required: bool = False) -> _Table:
-        """The sub-table ``name``: ``[name]`` at the root, ``[arm.sim]`` for ``sim`` in ``[arm]``."""
-        data = self.take(name, dict, {}, required=required)
-        return _Table(self.problems, f"[{self.where[1:-2]}.{name}]." if self.where else f"[{name}].", data)
-
-    def report(self, where: str, why: str) -> None:
-        """A problem at ``where``: a key of this table (shown with its value), or a place written as
-        ``[section].key``."""
-        if where in self.data:
-            self.problems.value(self.key(where), self.data[where], why)
-        else:
-            self.problems.other(where if where.startswith("[") else self.key(where), why)
+    def child(self, name: str) -> str:
+        return f"[{self.where[1:-2]}.{name}]." if self.where else f"[{name}]."
 
     def path(self, name: str, *, required: bool = False, kind: str = "") -> Optional[Path]:
         """A path (``~`` expanded, relative to the config file); ``kind`` "dir"/"file" must exist as that.
@@ -423,7 +338,7 @@ class _Table:
             return None
         try:
             path = Path(text).expanduser()
-            path = path if path.is_absolute() else self.problems.file.parent / path
+            path = path if path.is_absolute() else Path(self.problems.source).parent / path
             found = {"dir": path.is_dir, "file": path.is_file}[kind]() if kind else True
         except RuntimeError as exc:  # "~name" of no user
             self.problems.value(self.key(name), text, f"expected a usable path: {exc}")
@@ -435,18 +350,6 @@ class _Table:
             what = "folder" if kind == "dir" else "file"
             self.problems.value(self.key(name), text, f"expected an existing {what} ({path} is not one)")
         return path
-
-    def finish(self, elsewhere: Optional[Mapping[str, str]] = None) -> None:
-        """Report every key not read; ``elsewhere`` maps keys valid in other cases to where they apply."""
-        for name in self.data:
-            if name in self.read:
-                continue
-            if elsewhere and name in elsewhere:
-                self.problems.other(self.key(name), f"not used here: {elsewhere[name]}")
-                continue
-            close = difflib.get_close_matches(name, self.read, n=1)
-            hint = f"did you mean {_show(close[0])}?" if close else "known keys: " + ", ".join(dict.fromkeys(self.read))
-            self.problems.other(self.key(name), f"unknown key ({hint})")
 
 
 def _is_path_text(text: str) -> bool:
@@ -483,7 +386,7 @@ def _bundle(t: _Table) -> BundleSection:
         steps=t.take("steps", int, None, check=lambda n: 1 <= n <= MAX_STEPS, expected=f"an integer 1 ... {MAX_STEPS}"))
     if section.backend in names.CUDA_ONLY and section.device != "cuda":
         t.problems.value(t.key("device"), section.device,
-                         f'expected "cuda": backend {_show(section.backend)} runs on the GPU')
+                         f'expected "cuda": backend {show(section.backend)} runs on the GPU')
     t.finish()
     return section
 
@@ -583,7 +486,7 @@ def _cameras(root: _Table) -> Tuple[CameraSection, ...]:
             t.problems.value(t.key("max_age_s"), camera.max_age_s,
                              f"expected at least one frame period (1/fps = {1.0 / camera.fps:.3g} s), "
                              "else the camera is always stale")
-        t.finish({k: "only for source " + " or ".join(_show(s) for s, ks in CAMERA_KEYS.items() if k in ks)
+        t.finish({k: "only for source " + " or ".join(show(s) for s, ks in CAMERA_KEYS.items() if k in ks)
                   for keys in CAMERA_KEYS.values() for k in keys})
         cameras.append(camera)
     if cameras and 0 not in [c.slot for c in cameras]:
@@ -646,7 +549,7 @@ def _ends_in_appsink(pipeline: str) -> bool:
 
 
 def _arm(t: _Table, safety: SafetyLimits) -> ArmSection:
-    before = len(t.problems.lines)
+    before = len(t.problems)
     drivers = registry.DRIVERS.values()
     name = t.take("driver", str, None, required=True, choices=registry.names())
     if name is None:
@@ -658,9 +561,9 @@ def _arm(t: _Table, safety: SafetyLimits) -> ArmSection:
     options = _options(t, driver.options)
     for where, why in driver.check(space, options, safety):
         t.report(where, why)
-    t.finish({k: "only for driver " + " or ".join(_show(d.name) for d in drivers if k in d.keys)
+    t.finish({k: "only for driver " + " or ".join(show(d.name) for d in drivers if k in d.keys)
               for d in drivers for k in d.keys})
-    if len(t.problems.lines) == before:  # the driver's own checks (no I/O: drivers open ports on connect)
+    if len(t.problems) == before:  # the driver's own checks (no I/O: drivers open ports on connect)
         try:
             driver.factory(space, options, safety)()
         except ArmConfigError as exc:  # "DynamixelArm.watchdog_ms: expected 20..2540, got 10"
@@ -677,11 +580,10 @@ def _options(t: _Table, options: Sequence[registry.Option]) -> Dict[str, Any]:
             sub = t.table(o.name)
             values[o.name] = _options(sub, o.table)
             sub.finish()
-        elif o.kind is Path:
+        elif o.field.kind is Path:
             values[o.name] = t.path(o.name, required=o.required, kind="file")
         else:
-            values[o.name] = t.take(o.name, o.kind, o.default, required=o.required, check=o.check,
-                                    expected=o.expected)
+            values[o.name] = t.field(o.name, o.field, o.default, required=o.required)
     return values
 
 
@@ -730,15 +632,15 @@ def _entry(t: _Table, name: str, entry: Any, build: Callable[[_Table], Any]) -> 
         t.problems.value(t.key(name), entry, "expected an inline table { ... }")
         return None
     e = _Table(t.problems, f"{t.key(name)}.", entry)
-    before = len(t.problems.lines)
+    before = len(t.problems)
     try:
         built = build(e)
     except (ArmConfigError, TypeError, ValueError) as exc:
-        if len(t.problems.lines) == before:  # not already reported as a missing or mistyped key
+        if len(t.problems) == before:  # not already reported as a missing or mistyped key
             t.problems.value(t.key(name), entry, str(exc))
         built = None
     e.finish()
-    return built if len(t.problems.lines) == before else None
+    return built if len(t.problems) == before else None
 
 
 def _policy(t: _Table, cls: type) -> Any:

@@ -100,12 +100,13 @@ class OperatorCommands(DaemonState):
         return {"ok": True, "state": self.status()}
 
     def _cmd_clear_estop(self, request: Dict[str, object]) -> None:
+        loop = self.loop
+        assert loop is not None
+        self._adopt_loop_estop(loop.stats())  # `ctl estop` latches the loop first: the supervisor may not have seen it
         with self._state:
             if self._operator != "estopped":
                 raise CommandRefused(f"clear-estop: the e-stop is not latched (operator state {self._operator})")
             estops = self._estops
-        loop = self.loop
-        assert loop is not None
         loop.clear_estop()
         ticks = loop.stats().timing.get("ticks", 0)  # answered after the clear: the loop handles messages in order
         end = time.monotonic() + 2.0

@@ -96,6 +96,19 @@ class DaemonState:
         self._executing_end = None
         self._generation += 1
 
+    def _adopt_loop_estop(self, stats: LoopStats) -> None:
+        """An e-stop latched in the loop (its e-stop socket, or the controller's own input) becomes the operator
+        state, once, also while a lost link decides the loop's mode; stats from before a clear-estop that succeeded
+        do not count."""
+        if not (stats.estop_latched or stats.mode == "estopped"):
+            return
+        with self._state:
+            if self._operator != "estopped" and stats.timing.get("ticks", 0) > self._cleared_at_tick:
+                self._drop_motion("estopped")
+                self._estops += 1
+                log.info("e-stop latched in the control loop (its e-stop socket or the controller's input)",
+                         extra={"event": "estop_seen"})
+
     def _fault(self, reason: str) -> None:
         """Note a fault (any thread); its recording (``recorder.on_fault``) is written by the supervisor at the end
         of its pass, so a command thread never waits for the disk."""

@@ -232,13 +232,7 @@ class Supervisor(DaemonState):
             if mode in FAULT_MODES:
                 self._fault(f"control loop {mode}: {stats.last_error}")
             self._mode = mode
-        if mode == "estopped":  # latched in the loop by the e-stop socket or the controller's own input
-            with self._state:  # (stats from before a clear-estop that succeeded do not count)
-                if self._operator != "estopped" and stats.timing.get("ticks", 0) > self._cleared_at_tick:
-                    self._drop_motion("estopped")
-                    self._estops += 1
-                    log.info("e-stop latched in the control loop (its e-stop socket or the controller's input)",
-                             extra={"event": "estop_seen"})
+        self._adopt_loop_estop(stats)
         if mode == "link_lost" and now - self._last_reconnect >= RECONNECT_S:
             self.loop.reconnect()  # type: ignore[union-attr]
             self._last_reconnect = now

@@ -14,7 +14,7 @@ from scipy.spatial.transform import Rotation
 
 from drivers.arm import ArmConfigError, JointLimit
 from drivers.control.control_loop import ControlLoop, LoopConfig
-from drivers.control.quaternion import angle_between
+from drivers.quaternion import angle_between
 from drivers.control.safety import SafetyLimits
 from drivers.control.trajectory import Trajectory
 from drivers.control.watchdog import Mode

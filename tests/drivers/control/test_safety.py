@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
 
 from drivers.arm import ArmCapabilities, ArmConfigError, Box, JointLimit, Target
-from drivers.control import quaternion
+from drivers import quaternion
 from drivers.control.safety import EnvelopeState, InterventionCounter, ReferenceVelocity, SafetyLimits, enforce
 from drivers.physical_ranges import SAFETY_LIMIT_MAX, SAFETY_LIMIT_MIN
 

@@ -120,6 +120,22 @@ def test_estop_latches_until_cleared():
     assert rig.chunk() and rig.run(0.02) is Mode.TRACKING
 
 
+
+def test_the_estop_latch_is_reported_while_a_lost_link_decides_the_mode():
+    """The daemon learns of an e-stop from the loop's stats: a link lost after it must not hide the latch."""
+    rig = Rig()
+    rig.chunk()
+    rig.run(0.1)
+    rig.loop.estop()
+    rig.link_down.set()
+    assert rig.run(0.05) is Mode.LINK_LOST
+    assert rig.loop.stats({}, "").estop_latched
+    rig.link_down.clear()
+    rig.loop.reconnect()
+    assert rig.run(0.05) is Mode.ESTOPPED  # still latched once the link is back
+    rig.loop.clear_estop()
+    assert not rig.loop.stats({}, "").estop_latched and rig.run(0.02) is Mode.IDLE
+
 def test_controller_fault_holds_and_recovers_to_idle():
     rig = Rig()
     rig.chunk()

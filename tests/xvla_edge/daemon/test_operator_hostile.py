@@ -4,6 +4,7 @@ clients bounded, a recorder folder that cannot be written refused by name. All o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -158,6 +159,30 @@ def test_ctl_estop_takes_the_estop_socket(daemon, emu, capsys):
     assert "ok: estop, latched by the control loop" in capsys.readouterr().out
     assert wait_for(lambda: controller_mode(emu) == "ESTOPPED", 1.0)
     assert drive(daemon, 5.0, until=lambda d: d.status()["operator"] == "estopped")
+
+
+def test_clear_estop_right_after_ctl_estop_finds_the_latch_in_the_loop(daemon, emu, capsys):
+    """`ctl estop` latches the control loop before the daemon has seen it; a clear-estop that comes before the
+    supervisor's next pass (none runs here) still finds the latch and clears it (it was refused as "not latched")."""
+    assert drive(daemon, 20.0, until=lambda d: d.stats is not None and d.stats.mode == "tracking")
+    assert main(["ctl", "estop", "--socket", str(daemon.sock)]) == 0
+    assert wait_for(lambda: controller_mode(emu) == "ESTOPPED", 1.0)
+    assert daemon.status()["operator"] == "running"  # the supervisor has not run since
+    reply = ctl(daemon, "clear-estop")
+    assert reply["ok"], reply
+    assert reply["state"]["operator"] == "held" and ctl(daemon, "resume")["ok"]
+    assert wait_for(lambda: controller_mode(emu) != "ESTOPPED", 2.0)
+
+
+def test_an_estop_latched_in_the_loop_is_adopted_while_the_link_is_lost(daemon):
+    """The loop's mode is link_lost while the link is down, whatever else is latched: the daemon still takes the
+    e-stop from the latch (it answered clear-estop with "not latched (operator state running)")."""
+    assert drive(daemon, 20.0, until=lambda d: d.stats is not None and d.stats.mode == "tracking")
+    stats = dataclasses.replace(daemon.loop.stats(), mode="link_lost", estop_latched=True)
+    daemon._adopt_loop_estop(stats)
+    assert daemon.status()["operator"] == "estopped"
+    daemon._adopt_loop_estop(stats)  # once
+    assert daemon._estops == 1
 
 
 @pytest.mark.server

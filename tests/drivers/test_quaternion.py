@@ -1,4 +1,4 @@
-"""drivers.control.quaternion against scipy's Rotation as the reference."""
+"""drivers.quaternion against scipy's Rotation as the reference."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation, Slerp
 
-from drivers.control import quaternion as Q
+from drivers import quaternion as Q
 
 
 @pytest.fixture
