@@ -34,7 +34,7 @@ test: $(VENV)/.installed $(ROBOT_VENV)/.installed
 
 # The edit loop's tier: the suite without what starts processes or servers, or is slow (tests/support/tiers.py).
 quick: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -m "not server and not subprocess and not slow"
+	$(BIN)/python -m pytest -q -m "not server and not subprocess and not model and not slow"
 
 slow-test: $(VENV)/.installed
 	XVLA_SLOW=1 $(BIN)/python -m pytest -q -m slow

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.tiers import FIXTURE_MARKS
+from tests.support.tiers import FIXTURE_MARKS, QUICK
 
 TESTS = Path(__file__).parent
-QUICK = "not server and not subprocess and not slow"
 
 PLANTED = '''
 import multiprocessing
@@ -68,6 +67,16 @@ import pytest
 @pytest.fixture
 def daemon():
     return None
+
+
+@pytest.fixture
+def tiny_checkpoint():
+    return None
+
+
+@pytest.fixture
+def exported(tiny_checkpoint):
+    return None
 '''
 
 
@@ -77,14 +86,15 @@ def planted(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytes
     monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
     pytester.makepyfile(test_planted=PLANTED)
     pytester.makeconftest(CONFTEST)
-    pytester.makepyfile(test_uses_a_daemon="def test_drives(daemon):\n    pass\n")
+    pytester.makepyfile(test_uses_a_daemon="def test_drives(daemon):\n    pass\n",
+                        test_uses_a_bundle="def test_runs(exported):\n    pass\n")
     return pytester
 
 
 def test_an_unmarked_test_that_starts_a_process_or_a_server_fails(planted: pytest.Pytester) -> None:
     result = planted.runpytest_inprocess("-p", "tests.support.tiers",
                                          "-W", "ignore::pytest.PytestUnhandledThreadExceptionWarning")
-    result.assert_outcomes(failed=5, passed=3)
+    result.assert_outcomes(failed=5, passed=4)
     out = result.stdout.str()
     for name, what, mark in [("test_runs_a_process", "starts a process", "subprocess"),
                              ("test_starts_a_child_process", "starts a process", "subprocess"),
@@ -97,6 +107,18 @@ def test_an_unmarked_test_that_starts_a_process_or_a_server_fails(planted: pytes
 def test_a_fixture_that_starts_a_process_marks_the_test(planted: pytest.Pytester) -> None:
     result = planted.runpytest_inprocess("-p", "tests.support.tiers", "-m", QUICK, "test_uses_a_daemon.py")
     result.assert_outcomes(deselected=1)
+
+
+def test_a_fixture_built_on_a_model_fixture_marks_the_test(planted: pytest.Pytester) -> None:
+    result = planted.runpytest_inprocess("-p", "tests.support.tiers", "-m", "model", "test_uses_a_bundle.py")
+    result.assert_outcomes(passed=1)
+    result = planted.runpytest_inprocess("-p", "tests.support.tiers", "-m", QUICK, "test_uses_a_bundle.py")
+    result.assert_outcomes(deselected=1)
+
+
+def test_make_quick_selects_the_quick_tier() -> None:
+    makefile = (TESTS.parent / "Makefile").read_text()
+    assert re.search(rf"^quick:.*\n\t.*pytest .*-m \"{QUICK}\"", makefile, re.MULTILINE), QUICK
 
 
 def test_each_marking_fixture_is_a_fixture_of_the_suite() -> None:

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+pytestmark = pytest.mark.model  # every test runs an exported bundle (tests/support/tiers.py)
+
 torch = pytest.importorskip("torch")  # without it (a robot install) the module skips, not errors
 
 from calibration.metrics import ChunkErrors, Tolerance, accumulate

@@ -1,10 +1,12 @@
-"""The suite's tiers, as a pytest plugin: the ``server`` and ``subprocess`` markers, marking by fixture, and a
-guard that fails a test outside those markers the moment it starts a process or listens on a socket.
+"""The suite's tiers, as a pytest plugin: the ``server``, ``subprocess`` and ``model`` markers, marking by
+fixture, and a guard that fails a test outside ``server``/``subprocess`` the moment it starts a process or
+listens on a socket.
 
-``make quick`` runs ``-m "not server and not subprocess and not slow"``; ``make test`` runs everything. A test
-that starts a process (a CLI, a daemon, an emulator on a pty, a control-loop child) is marked ``subprocess``,
-one that listens on a port or socket (uvicorn, Ray, sshd, Chromium, an in-process HTTP server) ``server``:
-by a ``pytestmark`` line, a decorator, or by requesting a fixture named in :data:`FIXTURE_MARKS`.
+``make quick`` runs ``-m`` :data:`QUICK`; ``make test`` runs everything. A test that starts a process (a CLI, a daemon, an emulator on a pty, a control-loop child) is marked
+``subprocess``, one that listens on a port or socket (uvicorn, Ray, sshd, Chromium, an in-process HTTP server)
+``server``, one that exports a bundle or runs a network (seconds to a minute each, even at the tiny size)
+``model``: by a ``pytestmark`` line, a decorator, or by requesting (directly or through another fixture) a
+fixture named in :data:`FIXTURE_MARKS`.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ import pytest
 MARKERS = {
     "server": "listens on a port or socket: uvicorn, Ray, sshd, Chromium, an in-process HTTP server",
     "subprocess": "starts another process: the CLI, a daemon, an emulator on a pty, a control-loop child",
+    "model": "exports a bundle or runs a network (tiny random-weight configs): seconds to a minute each",
 }
-TIER_MARKS = (*MARKERS, "slow")  # what the quick tier leaves out
+QUICK = "not server and not subprocess and not model and not slow"  # `make quick`'s selection
+GUARDED = ("server", "subprocess")  # a test outside these may neither start a process nor listen
 FIXTURE_MARKS = {  # fixtures that start processes or servers: a test requesting one is marked for it
     "daemon": "subprocess",  # tests/xvla_edge/daemon: the daemon, its control-loop child, the emulator
     "emu": "subprocess",  # an emulator process on a pty
@@ -32,6 +36,9 @@ FIXTURE_MARKS = {  # fixtures that start processes or servers: a test requesting
     "sshd": "server",  # tests/xvla_edge/deploy/fleet: a real sshd on a loopback port
     "ssh_options": "server",
     "robots": "server",
+    "tiny_checkpoint": "model",  # tests/conftest.py: a checkpoint written by torch, and what is exported from it
+    "tiny_bundle": "model",
+    "tiny_batch_bundle": "model",
 }
 
 
@@ -47,8 +54,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 item.add_marker(FIXTURE_MARKS[fixture])
 
 
-def _unmarked(item: pytest.Item) -> bool:
-    return not any(item.get_closest_marker(name) for name in TIER_MARKS)
+def _unguarded(item: pytest.Item) -> bool:
+    return not any(item.get_closest_marker(name) for name in (*GUARDED, "slow"))
 
 
 @contextmanager
@@ -80,7 +87,7 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 
 
 def _phase(item: pytest.Item) -> Iterator[None]:
-    if not _unmarked(item):
+    if not _unguarded(item):
         return (yield)
     with _guarded(item) as seen:
         result = yield
