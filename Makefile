@@ -11,7 +11,7 @@ ROBOT_VENV ?= .venv-robot310
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test slow-test bench clean-venv
+.PHONY: demo test quick slow-test bench clean-venv
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: $(VENV)/.installed $(ROBOT_VENV)/.installed
 	$(BIN)/python -m pytest -q
 	$(ROBOT_VENV)/bin/python -m pytest -q
 	$(BIN)/python tools/check_robot_wheel.py --python $(PYTHON310)
+
+# The edit loop's tier: the suite without what starts processes or servers, or is slow (tests/support/tiers.py).
+quick: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -m "not server and not subprocess and not model and not slow"
 
 slow-test: $(VENV)/.installed
 	XVLA_SLOW=1 $(BIN)/python -m pytest -q -m slow

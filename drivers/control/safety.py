@@ -55,7 +55,7 @@ after them. A stop (reject or hold) is always allowed, whatever the acceleration
 
 The arithmetic runs arm by arm on Python floats: on rows of three, numpy's per-call overhead (about a
 microsecond per operation) cost a 500 Hz tick most of its budget, where the same formulas on floats take a
-few tens of microseconds. ``tests/drivers/control/envelope_reference.py`` states the envelope on whole numpy arrays;
+few tens of microseconds. ``tests/support/envelope_reference.py`` states the envelope on whole numpy arrays;
 the tests hold the two to the same decisions and values.
 """
 

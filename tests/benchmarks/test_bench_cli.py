@@ -111,6 +111,7 @@ def test_bundle_flags_are_checked_before_anything_runs(monkeypatch, tmp_path, ca
         assert message in capsys.readouterr().err
 
 
+@pytest.mark.subprocess
 def test_a_bundle_is_measured_on_its_backend_with_its_weight_floor(tiny_bundle, tmp_path, monkeypatch, capsys) -> None:
     """The bundle suite end to end (a child pytest-benchmark run): four stages of the bundle itself, each with
     the weight floor of the bytes its graphs stream per call, written like the size suites' results."""

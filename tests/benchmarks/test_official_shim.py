@@ -75,6 +75,7 @@ def test_a_different_package_or_a_plain_directory_is_refused(tmp_path, clean_mod
         load_package(tmp_path / "c", name="models_c")
 
 
+@pytest.mark.subprocess
 def test_import_official_maps_the_official_classes(tmp_path) -> None:
     """In a fresh interpreter: transformers first, the torchvision placeholder if needed, then ``models/``."""
     pytest.importorskip("transformers")
@@ -114,6 +115,7 @@ def test_fixed_noise_is_the_one_draw_and_is_undone() -> None:
     assert calls == [((2, 3), torch.float64), ((2, 3), None), ((4, 3), None)]
 
 
+@pytest.mark.subprocess
 def test_worker_starts_as_a_module_with_only_this_package(tmp_path) -> None:
     """What :class:`benchmarks.harness.OfficialRunner` spawns, up to argument parsing (the project's interpreter)."""
     pytest.importorskip("torch")

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import drivers
 from drivers.arm import ArmError
 
@@ -27,6 +29,7 @@ def test_every_error_class_in_drivers_derives_from_arm_error():
     assert [cls.__qualname__ for cls in errors if not issubclass(cls, ArmError)] == []
 
 
+@pytest.mark.subprocess
 def test_the_emulators_and_codecs_import_no_numpy():
     code = ("import sys, drivers.xvla_serial.emulator, drivers.dynamixel.emulator; "
             "print([m for m in sys.modules if m.split('.')[0] == 'numpy'])")

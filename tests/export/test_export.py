@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+
+pytestmark = pytest.mark.model  # every test exports bundles (tests/support/tiers.py)
+
 onnx = pytest.importorskip("onnx")  # without it (a robot install) the module skips, not errors
 torch = pytest.importorskip("torch")  # without it (a robot install) the module skips, not errors
 from onnx import numpy_helper

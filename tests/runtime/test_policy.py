@@ -8,6 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+pytestmark = pytest.mark.model  # every test runs an exported bundle (tests/support/tiers.py)
+
 torch = pytest.importorskip("torch")  # without it (a robot install) the module skips, not errors
 
 from calibration.metrics import ChunkErrors, Tolerance, accumulate
@@ -236,6 +239,7 @@ def test_requested_provider_must_be_the_one_in_use(setup) -> None:
         Policy.load(work / "fp32", backend="openvino")
 
 
+@pytest.mark.subprocess
 def test_runtime_does_not_import_torch_or_export() -> None:
     import subprocess
     import sys

@@ -54,6 +54,7 @@ def test_the_checkpoint_is_as_lerobot_writes_it() -> None:
     assert keys and all(k.startswith("model.") for k in keys)
 
 
+@pytest.mark.model
 def test_the_network_gives_lerobots_chunks(checkpoint, cases) -> None:
     model = load_checkpoint(checkpoint)
     # one camera configured: LeRobot's num_image_views is 1, so no aux view tokens at all (official: always 3
@@ -72,6 +73,7 @@ def test_the_network_gives_lerobots_chunks(checkpoint, cases) -> None:
         np.testing.assert_allclose(ours[0].numpy(), cases["actions"][i], atol=1e-5, err_msg=f"case {i}")
 
 
+@pytest.mark.model
 def test_a_bundle_of_it_gives_lerobots_chunks_from_the_robots_state(checkpoint, cases, tmp_path) -> None:
     """Exported (domain of each case), run by Policy.act on the uint8 camera image and the 8 state values."""
     pytest.importorskip("onnx")

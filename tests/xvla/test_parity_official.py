@@ -13,6 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+pytestmark = pytest.mark.model  # the network against the official outputs (tests/support/tiers.py)
+
 torch = pytest.importorskip("torch")  # without it (a robot install) the module skips, not errors
 
 from xvla import load_checkpoint

@@ -264,6 +264,7 @@ def test_single_arm_ee6d() -> None:
     np.testing.assert_array_equal(one, [1, 1, 1, 0, -1, 1, 0, 0, 0, 1] + [0] * 10)
 
 
+@pytest.mark.subprocess
 def test_module_does_not_import_torch() -> None:
     root = Path(__file__).resolve().parents[2]
     code = "import sys, xvla.rotations; assert 'torch' not in sys.modules, 'torch imported'"

@@ -34,6 +34,7 @@ def imported(proc: subprocess.CompletedProcess) -> set[str]:
     (["--help"], ("numpy", "scipy", "onnxruntime")),
     (["config", "check", str(EXAMPLE)], ("onnxruntime",)),
 ])
+@pytest.mark.subprocess
 def test_robot_side_commands_import_no_heavy_library(args, also_absent):
     proc = run_cli(args, env={"PYTHONPROFILEIMPORTTIME": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -70,6 +71,7 @@ sys.meta_path.insert(0, Broken())
     (["demo", "--episodes", "1", "--workdir", "{tmp}/demo"], "export"),
     (["sim", "train", "{tmp}/ckpt"], "torch"),
 ])
+@pytest.mark.subprocess
 def test_a_missing_or_broken_dependency_is_one_line_naming_the_extra(tmp_path, prelude, cause, args, extra):
     proc = run_cli([a.format(tmp=tmp_path) for a in args], prelude=prelude)
     assert proc.returncode == 2, proc.stderr
@@ -80,6 +82,7 @@ def test_a_missing_or_broken_dependency_is_one_line_naming_the_extra(tmp_path, p
     assert not any((tmp_path / name).exists() for name in ("ckpt", "bundle"))
 
 
+@pytest.mark.subprocess
 def test_config_check_and_run_do_not_need_torch(tmp_path):
     """With torch unimportable (even raising OSError), the robot-side commands work as before."""
     assert run_cli(["config", "check", str(EXAMPLE)], prelude=BROKEN_TORCH).returncode == 0
@@ -87,6 +90,7 @@ def test_config_check_and_run_do_not_need_torch(tmp_path):
     assert proc.returncode == 2 and "missing.toml" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
+@pytest.mark.subprocess
 def test_a_reader_that_goes_away_ends_the_command_quietly():
     """``xvla-edge config check FILE | head -1``: a closed pipe is exit 141 without a traceback."""
     proc = subprocess.Popen([sys.executable, "-m", "xvla_edge", "config", "check", str(EXAMPLE)], cwd=REPO,

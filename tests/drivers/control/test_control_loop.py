@@ -138,6 +138,7 @@ def test_a_chunk_spliced_between_ticks_keeps_the_motion_steady():
     assert loop.interventions.as_dict()["linear_accel"] == clamps_before
 
 
+@pytest.mark.subprocess
 def test_the_loop_process_runs_a_chunk_to_its_end():
     """The same chunk through the control-loop process at its real rate: where the arm ends, not timing."""
     config = LoopConfig(rate_hz=200, max_trajectory_lag=10.0)  # a loaded machine runs the chunk late, not stale
@@ -155,6 +156,7 @@ def test_the_loop_process_runs_a_chunk_to_its_end():
     assert Rotation.from_quat(stats.last_state.quaternion).magnitude()[0] == pytest.approx(0.4, abs=0.01)
 
 
+@pytest.mark.subprocess
 def test_estop_link_loss_and_reconnect_through_the_client():
     down = mp.get_context("spawn").Event()
     config = LoopConfig(rate_hz=200, realtime_priority=0)
@@ -180,6 +182,7 @@ def test_estop_link_loss_and_reconnect_through_the_client():
         wait_for(client, lambda s: s.mode == "tracking")
 
 
+@pytest.mark.subprocess
 def test_failure_to_start_is_reported():
     client = ControlLoopClient(functools.partial(SimArm, initial_position=(np.nan, 0.0, 0.0)))
     with pytest.raises(ControlLoopError, match="no finite measured ee pose"):
@@ -189,6 +192,7 @@ def test_failure_to_start_is_reported():
         ControlLoopClient(lambda: SimArm()).start()
 
 
+@pytest.mark.subprocess
 def test_an_exception_in_the_loop_holds_the_arm(tmp_path):
     marker = tmp_path / "held"
     client = ControlLoopClient(functools.partial(ExplodingArm, str(marker), 20), LoopConfig(realtime_priority=0))
@@ -202,6 +206,7 @@ def test_an_exception_in_the_loop_holds_the_arm(tmp_path):
     client.stop()
 
 
+@pytest.mark.subprocess
 def test_submit_is_checked_against_the_arm_before_sending():
     with ControlLoopClient(SimArm, LoopConfig(realtime_priority=0)) as client:
         with pytest.raises(TrajectoryError, match="trajectory is 'joint' with 1 arm\\(s\\) and 6 joint\\(s\\)"):

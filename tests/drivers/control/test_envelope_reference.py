@@ -1,5 +1,5 @@
 """The per-tick envelope (Python floats, arm by arm) against its whole-array numpy statement
-(``envelope_reference.py``): the same decision — rejection, clip kinds and their order — and the same
+(``tests/support/envelope_reference.py``): the same decision — rejection, clip kinds and their order — and the same
 command and velocities to rounding, over random targets that track, lag, jump, leave the workspace, turn
 fast, carry hostile values, and over odd time steps."""
 
@@ -10,7 +10,7 @@ import pytest
 
 from drivers.arm import Box, JointLimit, Target
 from drivers.control.safety import EnvelopeState, ReferenceVelocity, SafetyLimits, enforce
-from tests.drivers.control.envelope_reference import reference_enforce
+from tests.support.envelope_reference import reference_enforce
 
 BOXES = (Box((-0.5, -0.5, 0.0), (0.5, 0.5, 1.0)), Box((-0.4, -0.6, 0.1), (0.6, 0.4, 0.9)))
 JOINTS = tuple(JointLimit(-1.0 - 0.2 * i, 1.0 + 0.3 * i, 1.0 + i) for i in range(6))

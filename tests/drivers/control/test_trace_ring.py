@@ -58,6 +58,7 @@ def test_widths_beyond_the_ring_are_refused_by_name():
         TraceRing(10, ["a"]).start(MAX_TRACE_WIDTH + 1)
 
 
+@pytest.mark.subprocess
 def test_the_trace_is_read_without_the_loop_even_while_it_cannot_run():
     """The client reads the ring the loop process writes: with that process stopped (SIGSTOP: it answers nothing)
     the trace is still there at once (before, the client asked the loop and waited for its answer)."""

@@ -26,6 +26,7 @@ SPAN_S = 0.6
 
 
 @pytest.mark.parametrize("rate_hz", [100, 500])
+@pytest.mark.subprocess
 def test_control_loop_streams_a_joint_chunk(rate_hz: float) -> None:
     emu = emulator.start(emulator.ChainConfig(ids=(1, 2, 3, 4, 5, 6), return_delay=0), seed=3)
     # generous link bounds keep a loaded CI machine from tripping them: 3 x 200 ms without a complete read

@@ -89,6 +89,7 @@ def test_what_the_file_does_not_say_must_be_given_and_old_or_odd_files_are_named
             load_calibration(path, max_velocity=3.0, gripper_open="range_max")
 
 
+@pytest.mark.subprocess
 def test_goal_ticks_on_the_wire_are_lerobots(koch_file: Path) -> None:
     """The arm, calibrated from LeRobot's file, puts on the bus the goal LeRobot would for the same angle."""
     cal = load_calibration(koch_file, max_velocity=3.0, gripper_open="range_max")

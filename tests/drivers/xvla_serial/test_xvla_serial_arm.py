@@ -300,6 +300,7 @@ def test_loop_url_reports_echo() -> None:
     arm.close()
 
 
+@pytest.mark.server
 def test_socket_url() -> None:
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]

@@ -35,6 +35,7 @@ def chunk(space: str, t_obs: float) -> tuple[Trajectory, np.ndarray]:
 
 
 @pytest.mark.parametrize(("space", "rate_hz"), [("joint", 100), ("joint", 500), ("ee", 100), ("ee", 500)])
+@pytest.mark.subprocess
 def test_control_loop_streams_a_chunk(space: str, rate_hz: float) -> None:
     """Every frame the loop sent arrived and every TARGET was acknowledged; the arm came to rest on the last
     waypoint. On a loaded machine ticks are missed and the trajectory runs late (never ahead of the

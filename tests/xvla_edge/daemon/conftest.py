@@ -1,5 +1,5 @@
-"""Fixtures of the daemon tests: the session's tiny bundle, an xvla-serial controller emulator on a pty, and a
-started daemon with its control socket."""
+"""Fixtures of the daemon tests: the session's tiny bundle, an xvla-serial controller emulator on a pty, a
+started daemon with its control socket, and robot.toml files written from text."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from xvla_edge.daemon.config import load_config
 from xvla_edge.daemon.robot_toml import robot_toml
 from xvla_edge.daemon.service import Daemon
 
-from daemon_driving import RATE_HZ
+from tests.support.daemon_driving import RATE_HZ
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +50,14 @@ def daemon(tmp_path, bundle, emu, request):
     d.close()
     assert not sock.exists()  # removed on the way out
     sock_dir.rmdir()
+
+
+@pytest.fixture
+def write(tmp_path: Path):
+    """A function writing robot.toml text to the test's directory; its path."""
+    def write(text: str) -> Path:
+        path = tmp_path / "robot.toml"
+        path.write_text(text)
+        return path
+
+    return write

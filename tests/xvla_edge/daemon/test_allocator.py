@@ -11,7 +11,7 @@ import pytest
 
 from xvla_edge.daemon import allocator
 
-pytestmark = pytest.mark.skipif(not allocator._glibc(), reason="glibc's malloc only")
+pytestmark = [pytest.mark.skipif(not allocator._glibc(), reason="glibc's malloc only"), pytest.mark.subprocess]
 
 PROGRAM = """
 import ctypes, sys, threading

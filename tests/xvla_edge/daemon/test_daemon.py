@@ -28,7 +28,8 @@ from xvla_edge.daemon.config import load_config
 from xvla_edge.daemon.robot_toml import robot_toml
 from xvla_edge.daemon.service import Daemon
 
-from daemon_driving import accepted, drive
+from tests.support.daemon_driving import accepted, drive
+from tests.support.robot_configs import SLOW_LOOP, SMALL_CAMERA
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -37,10 +38,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-SMALL_CAMERA = {"width": 96, "height": 64, "max_age_s": 0.3}
-SLOW_LOOP = {"rate_hz": 100, "realtime_priority": 0}
 
 
 def write_config(path: Path, bundle: Path, port: str, *, health_port: int = 0, max_latency: float = 1.0) -> Path:
@@ -200,6 +197,7 @@ def test_sigterm_holds_the_arm_and_exits_cleanly(tmp_path, bundle, emu):
     assert imported.isdisjoint({"torch", "transformers", "onnx", "onnxscript", "safetensors"}), imported
 
 
+@pytest.mark.subprocess
 def test_invalid_config_is_refused_by_name(tmp_path, bundle):
     config = write_config(tmp_path / "robot.toml", bundle, "/dev/null")
     config.write_text(config.read_text().replace('driver = "xvla-serial"', 'driver = "xvla-seriall"'))

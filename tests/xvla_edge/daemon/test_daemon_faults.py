@@ -21,10 +21,11 @@ import time
 from pathlib import Path
 
 import pytest
-from test_daemon import SLOW_LOOP, SMALL_CAMERA
 
 from xvla_edge.daemon.robot_toml import robot_toml
 from xvla_edge.daemon.supervisor import MAX_INFERENCE_FAILURES
+
+from tests.support.robot_configs import SLOW_LOOP, SMALL_CAMERA
 
 REPO = Path(__file__).resolve().parents[3]
 UNIT = REPO / "xvla_edge" / "daemon" / "xvla-edge.service"
@@ -204,6 +205,7 @@ def test_sigterm_during_start_up_stops_cleanly(tmp_path, bundle, emu, phase):
     assert emu.call("snapshot")["mode"] == ("NOT_READY" if phase == "policy" else "HOLDING")
 
 
+@pytest.mark.subprocess
 def test_unit_restarts_after_faults_but_not_after_a_bad_config(tmp_path):
     settings = [line.split("=", 1) for line in UNIT.read_text().splitlines() if "=" in line and line[0] != "#"]
     unit = {key: value for key, value in settings}
@@ -218,6 +220,7 @@ def test_unit_restarts_after_faults_but_not_after_a_bad_config(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.subprocess
 def test_unit_is_hardened_but_keeps_what_the_daemon_needs(tmp_path):
     """``systemd-analyze security`` (offline, on the file) rates the unit at most 3.0; the hardening leaves the
     daemon its serial ports, cameras, GPU nodes, network port and real-time scheduling, and one writable

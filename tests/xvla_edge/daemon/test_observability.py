@@ -100,6 +100,7 @@ def test_metrics_follow_the_supervisor_and_the_loop():
                      "backend": "onnxruntime"}]
 
 
+@pytest.mark.server
 def test_health_server_endpoints():
     state = {"health": ("ok", [])}
     metrics = DaemonMetrics()
@@ -124,6 +125,7 @@ def test_health_server_endpoints():
         server.close()
 
 
+@pytest.mark.server
 def test_posts_need_the_token_when_there_is_one_and_a_busy_port_is_named():
     recorded = []
     server = HealthServer("127.0.0.1", 0, lambda: ("ok", []), lambda: b"", on_record=lambda: recorded.append(1) or "/r",

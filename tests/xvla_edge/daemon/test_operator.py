@@ -17,7 +17,7 @@ from xvla_edge.daemon.config import load_config
 from xvla_edge.daemon.robot_toml import robot_toml
 from xvla_edge.daemon.service import Daemon
 
-from daemon_driving import RATE_HZ, accepted, ctl, drive, free_port, http
+from tests.support.daemon_driving import RATE_HZ, accepted, ctl, drive, free_port, http
 
 REPO = Path(__file__).resolve().parents[3]
 

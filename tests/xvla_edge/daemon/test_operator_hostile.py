@@ -27,7 +27,7 @@ from xvla_edge.daemon.control import send
 from xvla_edge.daemon.robot_toml import robot_toml
 from xvla_edge.daemon.service import Daemon
 
-from daemon_driving import RATE_HZ, accepted, ctl, drive, free_port, http
+from tests.support.daemon_driving import RATE_HZ, accepted, ctl, drive, free_port, http
 
 HEALTH_PORT = free_port()
 
@@ -161,7 +161,6 @@ def test_ctl_estop_takes_the_estop_socket(daemon, emu, capsys):
     assert drive(daemon, 5.0, until=lambda d: d.status()["operator"] == "estopped")
 
 
-
 def test_clear_estop_right_after_ctl_estop_finds_the_latch_in_the_loop(daemon, emu, capsys):
     """`ctl estop` latches the control loop before the daemon has seen it; a clear-estop that comes before the
     supervisor's next pass (none runs here) still finds the latch and clears it (it was refused as "not latched")."""
@@ -185,6 +184,8 @@ def test_an_estop_latched_in_the_loop_is_adopted_while_the_link_is_lost(daemon):
     daemon._adopt_loop_estop(stats)  # once
     assert daemon._estops == 1
 
+
+@pytest.mark.server
 def test_send_retries_a_full_backlog_until_its_deadline(tmp_path):
     """A listener whose backlog is full refuses connections with EAGAIN: the client tries again and gets through
     once there is room (before this, ``xvla-edge ctl estop`` failed at once)."""

@@ -4,7 +4,6 @@ with file, key path, value and what is allowed, all of them at once; the driver 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
@@ -25,10 +24,11 @@ from drivers.dynamixel.joint_offsets import ArmCalibration
 from drivers.emulation.sim_arm import SimArm
 from drivers.xvla_serial.arm import XvlaSerialArm
 from xvla_edge.daemon import config as config_module
-from xvla_edge.commands import config as config_cli
 from xvla_edge.daemon.config import ConfigError, ConfigFileError, RobotConfig, load_config
 from xvla_edge.daemon.robot_toml import emulated_robot, toml_text
 from xvla_edge.cli import COMMANDS
+
+from tests.support.robot_configs import MINIMAL, check, problems
 
 try:
     import tomllib
@@ -37,35 +37,9 @@ except ModuleNotFoundError:  # Python 3.10
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLE = REPO / "xvla_edge" / "daemon" / "robot.example.toml"
-MINIMAL = """\
-instruction = "wave"
-[bundle]
-path = "bundle"
-[[cameras]]
-slot = 0
-source = "synthetic"
-[arm]
-driver = "sim"
-"""
 CALIBRATION = {"robot_id": "koch", "gripper": {"motor_id": 3, "closed": 2048, "open": 2900},
                "joints": [{"name": "shoulder", "motor_id": 1, "lower": -1.5, "upper": 1.5, "max_velocity": 3.0},
                           {"name": "elbow", "motor_id": 2, "lower": -1.0, "upper": 1.0, "max_velocity": 3.0}]}
-
-
-@pytest.fixture
-def write(tmp_path):
-    def write(text: str) -> Path:
-        path = tmp_path / "robot.toml"
-        path.write_text(text)
-        return path
-
-    return write
-
-
-def problems(path: Path) -> list:
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    return str(info.value).splitlines()
 
 
 def test_the_example_is_valid_and_builds_the_driver_objects():
@@ -328,12 +302,6 @@ def test_sim_arm_options_and_joint_space(write):
     assert load_config(write(two.replace("n_arms = 2", "n_arms = 1"))).safety.workspaces == (Box((0, 0, 0), (1, 1, 1)),)
 
 
-def check(path: Path) -> int:
-    parser = argparse.ArgumentParser()
-    config_cli.add_arguments(parser)
-    return config_cli.run(parser.parse_args(["check", str(path)]))
-
-
 def test_config_check_command(write, capsys):
     assert "config" in COMMANDS  # `xvla-edge config check FILE` (xvla_edge.commands.config)
     assert check(EXAMPLE) == 0
@@ -348,6 +316,7 @@ def test_config_check_command(write, capsys):
     assert "none.toml: cannot read" in capsys.readouterr().err
 
 
+@pytest.mark.subprocess
 def test_the_daemon_modules_import_no_torch_and_no_export():
     code = ("import sys, xvla_edge.daemon.config, xvla_edge.daemon.cameras, xvla_edge.commands.config; "
             "print([m for m in sys.modules if m.split('.')[0] in ('torch', 'export', 'cv2')])")

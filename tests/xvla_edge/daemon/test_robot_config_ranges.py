@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from test_robot_config import MINIMAL, check, problems, write  # noqa: F401 (write: a fixture)
 from xvla_edge.daemon.config import MAX_CONFIG_BYTES, MAX_DOTS_PER_LINE, ConfigError, ConfigFileError, load_config
+
+from tests.support.robot_configs import MINIMAL, check, problems
 
 SERIAL = 'driver = "xvla-serial"\nport = "/dev/ttyACM0"'
 BAUDS = ("50, 75, 110, 134, 150, 200, 300, 600, 1200, 1800, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, "

@@ -219,6 +219,7 @@ install.flash(sys.argv[1], sys.argv[2], say=lambda m: None)
 """
 
 
+@pytest.mark.subprocess
 def test_a_killed_flash_blocks_others_while_alive_and_is_cleaned_by_the_next(bundles, tmp_path):
     a, b = bundles
     robot, marker = tmp_path / "robot", tmp_path / "copying"
@@ -303,6 +304,7 @@ def test_cli_exit_codes(bundles, tmp_path, capsys):
     assert usage.value.code == 2
 
 
+@pytest.mark.subprocess
 def test_the_flash_modules_import_without_torch_or_export() -> None:
     code = ("import sys, xvla_edge.deploy.install, xvla_edge.deploy.rollback, xvla_edge.commands.flash, "
             "xvla_edge.commands.rollback; "

@@ -16,7 +16,7 @@ from xvla_edge.daemon.robot_toml import robot_toml
 from xvla_edge.daemon.service import Daemon
 from xvla_edge.daemon.supervisor import MAX_INFERENCE_FAILURES, RECONNECT_S
 
-from daemon_driving import accepted, drive
+from tests.support.daemon_driving import accepted, drive
 
 pytest.importorskip("websockets")
 

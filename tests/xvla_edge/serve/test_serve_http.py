@@ -122,6 +122,7 @@ def test_oversize_bodies_are_refused_unread_whether_declared_or_streamed(server)
     assert requests.post(server.url + "/act", data=b"{nope").status_code == 400
 
 
+@pytest.mark.server
 def test_a_token_guards_everything_but_healthz(bundles):
     with ServerThread(create_app(bundles, Limits(), token=TOKEN)) as srv:
         assert requests.post(srv.url + "/act", json=body()).status_code == 401
@@ -134,6 +135,7 @@ def test_a_token_guards_everything_but_healthz(bundles):
         assert requests.get(srv.url + "/healthz").json() == {"status": "ok", "domains": [3, 5]}
 
 
+@pytest.mark.server
 def test_file_path_images_only_from_the_allowed_directory(bundles, tiny_bundle, tmp_path):
     from PIL import Image
 
@@ -274,6 +276,7 @@ def test_hostile_fields_are_400_over_act_and_the_websocket_and_never_a_traceback
     assert sum("refused (400)" in r.getMessage() for r in log.records) == 8 * len(HOSTILE) + len(HOSTILE)
 
 
+@pytest.mark.server
 def test_requests_beyond_max_active_wait_then_get_503_with_retry_after(bundles, tiny_bundle):
     """Two requests hold both slots (their bodies half sent); a third /act and a websocket frame are refused
     503 without being read, and both held requests are answered once their bodies arrive."""

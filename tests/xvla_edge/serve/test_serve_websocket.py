@@ -172,6 +172,7 @@ def test_remote_policy_needs_a_server_to_start(free_port):
         RemotePolicy(f"ws://127.0.0.1:{free_port}", connect_timeout_s=1.0)
 
 
+@pytest.mark.server
 def test_frames_over_the_frame_limit_are_refused_by_the_client_and_the_server(bundles):
     """The server announces its frame limit; RemotePolicy refuses a larger observation by name before sending, and
     a raw client sending one anyway is cut off by the server (close 1009) without it being read whole."""

@@ -69,6 +69,7 @@ def test_train_options_are_checked():
             TrainOptions(**bad)
 
 
+@pytest.mark.subprocess
 def test_cli_train_into_an_existing_directory_is_one_line(tmp_path):
     pytest.importorskip("torch")
     (tmp_path / "ckpt").mkdir()

@@ -27,6 +27,7 @@ def test_the_first_steps_draw_only_from_the_approach_then_from_everything():
     assert order[late.numpy()].max() >= 50 and order[late.numpy()].min() == 0
 
 
+@pytest.mark.model
 def test_a_short_run_writes_a_loadable_checkpoint_whose_command_reproduces_its_options(tmp_path):
     options = TrainOptions(seed=3, layouts=1, steps=3, approach_steps=2, batch_size=2, warmup_steps=1, log_every=1,
                            refine_steps=2, refine_approach_steps=1)

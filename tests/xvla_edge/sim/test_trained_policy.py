@@ -24,6 +24,7 @@ def sim_bundle(tmp_path_factory):
     return out
 
 
+@pytest.mark.model
 def test_the_one_arm_policy_exports_at_fp16(tmp_path):
     """The parity gate scores the arm the bundle drives: this policy leaves the second arm's rot6d near zero,
     where fp16 rounding turns into degrees of meaningless rotation (2.9° against a 0.5° tolerance when both
@@ -46,6 +47,7 @@ def test_the_checkpoint_carries_its_provenance():
     assert provenance["generator_version"] >= 1 and provenance["final_losses"]["loss"] > 0
 
 
+@pytest.mark.model
 def test_the_trained_policy_does_its_task_through_the_chain(sim_bundle):
     """Twelve fixed episodes (layouts never trained on) through an ONNX Runtime bundle, the control loop, the
     envelope and the simulated arm: the policy succeeds in a clear majority, about as fast as the scripted
@@ -65,6 +67,7 @@ def test_the_trained_policy_does_its_task_through_the_chain(sim_bundle):
     assert summary["clamped_tick_share"] < 0.35, report.line()  # 20 % (53 % before the lag fix of the splice)
 
 
+@pytest.mark.subprocess
 def test_through_the_daemon_on_the_emulated_arm(sim_bundle, tmp_path):
     """The same policy through the real daemon in real time: its control loop in its own process, the
     xvla-serial emulator on a pty, the simulated cameras reading the emulated arm; it grasps a block."""

@@ -18,7 +18,8 @@ import pytest
 
 from runtime.manifest import Manifest
 from xvla_edge.deploy.fleet.rollout import Daemon, rollout
-from test_fleet_flash import variant
+
+from tests.support.bundle_variant import variant
 
 # what systemd's `restart` does, in a script run on the robot over ssh: SIGTERM, wait for the exit, start again
 RESTART = '''

@@ -20,19 +20,12 @@ from xvla_edge.cli import main
 from xvla_edge.deploy.fleet.rollout import Daemon, FlashPlan, rollout
 from xvla_edge.deploy.fleet.ssh import Agent, Robot
 
+from tests.support.bundle_variant import variant
+
 
 def active(robot: Robot) -> str | None:
     current = Path(robot.path) / "current"
     return Manifest.load(current).bundle_id if current.is_symlink() else None
-
-
-def variant(bundle: Path, out: Path, steps: int) -> Path:
-    """The same files under another manifest (another default step count): another bundle id."""
-    shutil.copytree(bundle, out)
-    raw = json.loads((out / "manifest.json").read_text())
-    raw["sampler"]["default_steps"] = steps
-    (out / "manifest.json").write_text(json.dumps(raw, indent=2))
-    return out
 
 
 def cli_ssh(ssh_options) -> list[str]:

@@ -1,5 +1,5 @@
 """The safety envelope restated on numpy arrays, all arms at once: the reference that
-``test_envelope_reference.py`` holds :func:`drivers.control.safety.enforce` to.
+``tests/drivers/control/test_envelope_reference.py`` holds :func:`drivers.control.safety.enforce` to.
 
 :mod:`drivers.control.safety` computes each tick on Python floats, arm by arm (numpy's per-call overhead on rows of
 three cost a 500 Hz tick most of its budget); this is the same envelope (module docstring of

@@ -1,0 +1,1 @@
+"""Helpers the test modules share: fakes, stand-ins, reference implementations and the tier plugin."""
