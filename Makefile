@@ -32,7 +32,7 @@ test: $(VENV)/.installed $(ROBOT_VENV)/.installed
 	$(ROBOT_VENV)/bin/python -m pytest -q
 	$(BIN)/python tools/check_robot_wheel.py --python $(PYTHON310)
 
-# The edit loop's tier: the suite without what starts processes or servers, or is slow (tests/support/tiers.py).
+# The edit loop's tier: the suite without what starts processes or servers, exports a model, or is slow (tests/support/tiers.py).
 quick: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -m "not server and not subprocess and not model and not slow"
 
