@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import platform
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -25,6 +26,19 @@ from benchmarks.harness import RESULTS, SESSION  # noqa: E402
 from benchmarks.names import FLOOR_STAGES  # noqa: E402
 
 PACKAGES = ("numpy", "onnxruntime", "torch", "transformers", "onnx", "pytest-benchmark", "matplotlib")
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny fp32 bundle (domain 3: one arm, end effector, 1 s chunks; one view) of random weights, for the
+    benchmarks that drive the daemon."""
+    from export.bundle import ExportOptions, export_bundle
+    from xvla.random_checkpoint import write_random_checkpoint
+
+    ckpt = write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", "tiny", seed=0)
+    out = tmp_path_factory.mktemp("bundle") / "tiny-fp32"
+    export_bundle(ckpt, out, ExportOptions(domain_id=3, views=1), progress=lambda line: None)
+    return out
 
 
 def versions() -> dict[str, str]:

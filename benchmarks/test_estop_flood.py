@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import numpy as np
-import pytest
 
 from benchmarks.machine import children, cpu_model, free_port, rss_kb, threads
 from drivers.xvla_serial import emulator
@@ -64,17 +63,6 @@ EMULATOR_PRIORITY = 70  # below the control loop's 80
 MAX_THREAD_DRIFT = 2  # threads: the median of the last third of the samples over that of the first third
 INSTRUCTION = "pick up the red block"
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from export.bundle import ExportOptions, export_bundle
-    from xvla.random_checkpoint import write_random_checkpoint
-
-    ckpt = write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", "tiny", seed=0)
-    out = tmp_path_factory.mktemp("bundle") / "tiny-fp32"
-    export_bundle(ckpt, out, ExportOptions(domain_id=3, views=1), progress=lambda line: None)
-    return out
 
 
 # -- the flood (its own process) ------------------------------------------------------------------------------
@@ -173,7 +161,7 @@ def _arrival(emu: Any, after: float, timeout: float = 2.0) -> float:
     return float("nan")
 
 
-def test_estop_under_flood(bundle: Path, tmp_path: Path) -> None:
+def test_estop_under_flood(tiny_bundle: Path, tmp_path: Path) -> None:
     emu = emulator.start(emulator.ControllerConfig(n_arms=1), seed=0)
     try:  # the emulator stands for a controller of its own (an MCU): the flood's CPU load must not delay its reads
         os.sched_setscheduler(emu.pid, os.SCHED_FIFO, os.sched_param(EMULATOR_PRIORITY))
@@ -183,7 +171,7 @@ def test_estop_under_flood(bundle: Path, tmp_path: Path) -> None:
     port = free_port()
     sock = tmp_path / "ctl.sock"
     config = tmp_path / "robot.toml"
-    config.write_text(robot_toml(bundle, emu.port, tmp_path / "recordings", INSTRUCTION,
+    config.write_text(robot_toml(tiny_bundle, emu.port, tmp_path / "recordings", INSTRUCTION,
                                  cameras={"width": 96, "height": 64}, control={"rate_hz": RATE_HZ},
                                  health={"port": port}, operator={"socket": str(sock)},
                                  logging={"level": "warning"}, recorder={"on_fault": False, "seconds": 5}))

@@ -29,8 +29,6 @@ import urllib.request
 from pathlib import Path
 from typing import Dict, List
 
-import pytest
-
 from benchmarks.machine import children, free_port, rss_kb
 from drivers.xvla_serial import emulator
 from xvla_edge.daemon.robot_toml import robot_toml
@@ -48,22 +46,11 @@ def metric(text: str, name: str) -> float:
     return values[0] if values else float("nan")
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from export.bundle import ExportOptions, export_bundle
-    from xvla.random_checkpoint import write_random_checkpoint
-
-    ckpt = write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", "tiny", seed=0)
-    out = tmp_path_factory.mktemp("bundle") / "tiny-fp32"
-    export_bundle(ckpt, out, ExportOptions(domain_id=3, views=1), progress=lambda line: None)
-    return out
-
-
-def test_soak(bundle: Path, tmp_path: Path) -> None:
+def test_soak(tiny_bundle: Path, tmp_path: Path) -> None:
     emu = emulator.start(emulator.ControllerConfig(n_arms=1), seed=0)
     health = free_port()
     config = tmp_path / "robot.toml"
-    config.write_text(robot_toml(bundle, emu.port, tmp_path / "recordings", control={"rate_hz": RATE_HZ},
+    config.write_text(robot_toml(tiny_bundle, emu.port, tmp_path / "recordings", control={"rate_hz": RATE_HZ},
                              health={"port": health}, logging={"level": "info"}, recorder={"on_fault": False}))
     log = tmp_path / "daemon.log"
     env = dict(os.environ, PYTHONPATH=str(REPO))
