@@ -154,8 +154,8 @@ def _read_config(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: {path.stat().st_size} bytes; an adapter config is a few kB")
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not readable JSON ({e})") from None
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or not UTF-8
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     if cfg.get("peft_type") != "LORA":

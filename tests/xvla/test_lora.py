@@ -203,7 +203,7 @@ def test_missing_torn_and_pickled_files_are_named(tmp_path) -> None:
     with pytest.raises(CheckpointError, match="adapter_model.bin is a pickle"):
         read_adapter(torn)
     (torn / ADAPTER_CONFIG).write_text("{not json")
-    with pytest.raises(CheckpointError, match="adapter_config.json: not readable JSON"):
+    with pytest.raises(CheckpointError, match="adapter_config.json: not valid JSON"):
         read_adapter(torn)
     (torn / ADAPTER_CONFIG).unlink()
     with pytest.raises(CheckpointError, match="adapter_config.json: not found"):
