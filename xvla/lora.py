@@ -4,8 +4,9 @@ The official fine-tunes are made by the official ``peft_train.py`` with PEFT's `
 bias="none", target_modules="all-linear", modules_to_save=["transformer.soft_prompt_hub",
 "transformer.action_encoder", "transformer.action_decoder"])`` and saved by PEFT's ``save_pretrained``:
 
-- ``adapter_config.json``: ``peft_type`` ``"LORA"``, ``r``, ``lora_alpha``, ``target_modules`` (the layer
-  names "all-linear" was expanded to), ``modules_to_save`` and PEFT's other options;
+- ``adapter_config.json``: ``peft_type`` ``"LORA"``, ``r``, ``lora_alpha``, ``target_modules`` (the shortest
+  name ends that select the layers "all-linear" chose, e.g. ``qkv``, ``attn.proj``, ``fn.proj``),
+  ``modules_to_save`` and PEFT's other options;
 - ``adapter_model.safetensors``: for every adapted linear layer ``M`` (a module path of the official model)
   ``base_model.model.M.lora_A.weight`` [r, in] and ``base_model.model.M.lora_B.weight`` [out, r]; for every
   module of ``modules_to_save`` a full copy of its parameters, ``base_model.model.M.P``.
@@ -37,21 +38,25 @@ from xvla.files import file_entry
 
 PEFT_PREFIX = "base_model.model."
 MAX_CONFIG_BYTES = 1 << 20
-DTYPES = {"F32": np.float32, "F16": np.float16}
+DTYPES = ("F32", "F16")
 
-# The linear layers of the official X-VLA model (module paths), i.e. every nn.Linear PEFT's "all-linear" finds in
-# it: the DaViT attention and MLP layers, the BART encoder's attention and feed-forward layers, and the action
-# transformer's attention, MLP and context projections. Not linear layers: the DaViT patch-embedding convolutions,
-# Florence-2's image projection (a raw [in, out] matrix), the embeddings and the per-domain action encoder and
-# decoder (one [in, out] matrix per domain, stored as an embedding table), which is why those last are
-# trained as full copies (modules_to_save).
-LINEAR_LAYERS = re.compile(
-    r"(?:model\.)?(?:"
-    r"vlm\.vision_tower\.blocks\.\d+\.\d+\.(?:spatial_block\.window_attn|channel_block\.channel_attn)\.fn\.(?:qkv|proj)"
-    r"|vlm\.vision_tower\.blocks\.\d+\.\d+\.(?:spatial|channel)_block\.ffn\.fn\.net\.fc[12]"
-    r"|vlm\.language_model\.model\.encoder\.layers\.\d+\.(?:self_attn\.(?:q|k|v|out)_proj|fc1|fc2)"
-    r"|transformer\.blocks\.\d+\.(?:attn\.(?:qkv|proj)|mlp\.fc[12])"
-    r"|transformer\.(?:vlm_proj|aux_visual_proj))")
+# The linear layers of the official X-VLA model, one module path of each kind (every index 0): every nn.Linear
+# PEFT's "all-linear" finds in it (checked against PEFT itself by tests/xvla/test_lora.py). The DaViT attention and
+# MLP layers, the BART encoder's attention and feed-forward layers, the action transformer's attention, MLP and
+# context projections. Not linear layers: the DaViT patch-embedding convolutions, Florence-2's image projection (a
+# raw [in, out] matrix), the embeddings and the per-domain action encoder and decoder (one [in, out] matrix per
+# domain, stored as an embedding table), which is why those last are trained as full copies (modules_to_save).
+LINEAR_EXAMPLES = tuple(
+    [f"vlm.vision_tower.blocks.0.0.{b}.fn.{p}" for b in ("spatial_block.window_attn", "channel_block.channel_attn")
+     for p in ("qkv", "proj")]
+    + [f"vlm.vision_tower.blocks.0.0.{b}_block.ffn.fn.net.fc{i}" for b in ("spatial", "channel") for i in (1, 2)]
+    + [f"vlm.language_model.model.encoder.layers.0.{p}" for p in
+       ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "fc1", "fc2")]
+    + [f"transformer.blocks.0.{p}" for p in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")]
+    + ["transformer.vlm_proj", "transformer.aux_visual_proj"])
+# every module path of those layers, any indices (a LeRobot policy's ``model.`` in front)
+LINEAR_LAYERS = re.compile(r"(?:model\.)?(?:" + "|".join(re.escape(m).replace(r"\.0", r"\.\d+") for m in LINEAR_EXAMPLES)
+                           + ")")
 
 _LORA_KEY = re.compile(r"(?P<module>.+)\.lora_(?P<half>[AB])\.weight")
 _UNSUPPORTED_KEYS = [  # (pattern in a key, what it is)
@@ -192,8 +197,8 @@ def _target_modules(value: Any, path: Path) -> tuple[str, ...]:
         raise CheckpointError(f"{path}: target_modules is empty; expected the layer names the adapter adapts")
     for name in names:
         indexless = re.sub(r"(?<![^.])\d+(?![^.])", "0", name.removeprefix("model."))
-        if not any(_is_suffix(indexless, layer) for layer in _LINEAR_EXAMPLES):
-            leaves = sorted({layer.rsplit(".", 1)[1] for layer in _LINEAR_EXAMPLES})
+        if not any(_is_suffix(indexless, layer) for layer in LINEAR_EXAMPLES):
+            leaves = sorted({layer.rsplit(".", 1)[1] for layer in LINEAR_EXAMPLES})
             raise CheckpointError(f"{path}: target_modules names {name!r}, which is not a linear layer of X-VLA; "
                                   f"expected the end of such a layer's path ({', '.join(leaves)}, "
                                   "e.g. attn.proj)")
@@ -201,24 +206,22 @@ def _target_modules(value: Any, path: Path) -> tuple[str, ...]:
 
 
 def _read_tensors(path: Path) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
+    """Every tensor of the adapter file as float32, after checking its dtype (before reading it) and its values."""
     try:
         with safe_open(str(path), "numpy") as f:
-            for key in f.keys():
-                dtype = f.get_slice(key).get_dtype()
-                if dtype not in DTYPES:
-                    raise CheckpointError(f"{path}: {key} has dtype {dtype}; expected {' or '.join(DTYPES)}")
-                value = f.get_tensor(key)
-                if not np.isfinite(value).all():
-                    raise CheckpointError(f"{path}: {key} holds non-finite values (NaN or Inf)")
-                out[key] = value.astype(np.float32)
+            dtypes = {key: f.get_slice(key).get_dtype() for key in f.keys()}
+            odd = next((key for key, dtype in dtypes.items() if dtype not in DTYPES), None)
+            tensors = {} if odd else {key: f.get_tensor(key) for key in dtypes}
     except (SafetensorError, OSError, ValueError) as e:
-        if isinstance(e, CheckpointError):
-            raise
         raise CheckpointError(f"{path}: not a readable safetensors file, torn or truncated ({e})") from None
-    if not out:
+    if odd is not None:
+        raise CheckpointError(f"{path}: {odd} has dtype {dtypes[odd]}; expected {' or '.join(DTYPES)}")
+    if not tensors:
         raise CheckpointError(f"{path}: holds no tensors")
-    return out
+    for key, value in tensors.items():
+        if not np.isfinite(value).all():
+            raise CheckpointError(f"{path}: {key} holds non-finite values (NaN or Inf)")
+    return {key: value.astype(np.float32) for key, value in tensors.items()}
 
 
 def _sort_keys(tensors: dict[str, np.ndarray], path: Path, rank: int, targets: tuple[str, ...],
@@ -274,14 +277,3 @@ def _digests(files: Any) -> str:
     if not isinstance(files, dict):
         return "nothing"
     return ", ".join(f"{n} {str(e.get('sha256'))[:12]}…" if isinstance(e, dict) else n for n, e in files.items())
-
-
-# one module path of each kind of linear layer (every index 0), for checking target names against
-_LINEAR_EXAMPLES = tuple(
-    [f"vlm.vision_tower.blocks.0.0.{b}.fn.{p}" for b in ("spatial_block.window_attn", "channel_block.channel_attn")
-     for p in ("qkv", "proj")]
-    + [f"vlm.vision_tower.blocks.0.0.{b}_block.ffn.fn.net.fc{i}" for b in ("spatial", "channel") for i in (1, 2)]
-    + [f"vlm.language_model.model.encoder.layers.0.{p}" for p in
-       ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "fc1", "fc2")]
-    + [f"transformer.blocks.0.{p}" for p in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")]
-    + ["transformer.vlm_proj", "transformer.aux_visual_proj"])
