@@ -78,7 +78,7 @@ def test_the_bundle_gives_the_peft_models_chunks(exported, meta, data) -> None:
         assert check_chunks(policy, meta, data) >= 3
 
 
-def test_the_manifest_records_the_adapter(exported) -> None:
+def test_the_manifest_records_the_adapter(exported, capsys) -> None:
     bundle, _ = exported
     manifest = Manifest.load(bundle)  # validated, source.lora included
     lora = manifest.raw["source"]["lora"]
@@ -90,6 +90,8 @@ def test_the_manifest_records_the_adapter(exported) -> None:
     assert lora["target_modules"] == sorted(config["target_modules"])
     assert lora["modules_to_save"] == sorted(config["modules_to_save"])
     assert manifest.raw["source"]["weights_sha256"] == sha256_file(BASE / "model.safetensors")  # the base's
+    assert main(["info", str(bundle)]) == 0
+    assert "lora:      adapter merged (r 8, alpha 16, 62 layers; saved transformer.action_decoder" in capsys.readouterr().out
 
 
 def test_the_torch_backend_merges_the_recorded_adapter_again(exported, meta, data, tmp_path) -> None:
