@@ -18,7 +18,7 @@ timm 1.0.12, peft 0.17.1 as the official requirements.txt pins it), not in the p
 
 Usage::
 
-    HF_HUB_OFFLINE=1 /tmp/peft-env/bin/python -m tools.make_lora_fixtures --official-src /tmp/xvla-official \\
+    HF_HUB_OFFLINE=1 PYTHONHASHSEED=0 /tmp/peft-env/bin/python -m tools.make_lora_fixtures --official-src /tmp/xvla-official \\
         --out tests/fixtures/lora_tiny
 """
 
@@ -142,10 +142,15 @@ command below; do not edit the files by hand.
   the official `requirements.txt` pins), safetensors {v['safetensors']}, numpy {v['numpy']}; the torchvision
   placeholder of `benchmarks/official.py` installed: {summary['torchvision_stubbed']}. `HF_HUB_OFFLINE=1`:
   nothing was downloaded from a model hub.
-- Command (repository root, throwaway venv):
+- Commands (repository root; the official tree from `git archive 6bc2513 models deploy.py peft_train.py
+  requirements.txt`; a throwaway venv without torchvision, whose CUDA builds do not load next to a CPU torch):
 
 ```
-HF_HUB_OFFLINE=1 {summary['command']}
+python3.11 -m venv /tmp/peft-env
+/tmp/peft-env/bin/pip install torch==2.13.0 transformers==4.51.3 timm==1.0.12 tokenizers==0.21.4 peft==0.17.1 \\
+    einops==0.8.1 accelerate safetensors numpy fastapi uvicorn json_numpy opencv-python-headless pillow
+/tmp/peft-env/bin/pip uninstall -y torchvision
+HF_HUB_OFFLINE=1 PYTHONHASHSEED=0 {summary['command']}   # the hash seed fixes the order of target_modules
 ```
 
 ## What it made
@@ -153,15 +158,23 @@ HF_HUB_OFFLINE=1 {summary['command']}
 - `base/`: the official tiny ee6d X-VLA of `tests/fixtures/official_tiny` (hidden 48, depth 2, DaViT
   8/16/32/64, BART d_model 32 × 2 layers), every tensor seeded (`tools.make_official_fixtures.randomize_weights`,
   seed {SEED}), saved by the official `save_pretrained` and `XVLAProcessor.save_pretrained`.
-- `adapter/`: `get_peft_model(XVLA.from_pretrained(base), LoraConfig({', '.join(f'{k}={v!r}' for k, v in LORA.items())}))`,
-  every LoRA A matrix N(0, 1/in), every B matrix N(0, {LORA_B_STD}²) (PEFT initialises B to zero, which would
+- `adapter/`: `get_peft_model(XVLA.from_pretrained(base), LoraConfig(...))` with the official
+  `{', '.join(f'{k}={v!r}' for k, v in LORA.items() if k != 'modules_to_save')}` and
+  `modules_to_save={LORA['modules_to_save']!r}`; every LoRA A matrix N(0, 1/in), every B matrix N(0, {LORA_B_STD}²) (PEFT initialises B to zero, which would
   change nothing), every trainable copy of the modules_to_save N(0, σ²) with the base tensor's σ; saved by
   PEFT's `save_pretrained` (`adapter_config.json`, `adapter_model.safetensors`; PEFT's model-card template
   `README.md` deleted). Reloaded as `deploy.py` does, every tensor equal.
 - What "all-linear" selected (PEFT's own LoRA layers, `cases.json["adapted_modules"]`):
   {len(meta['adapted_modules'])} layers ({', '.join(f'{n} {p}' for p, n in by_part.items())}), of classes
-  {', '.join(f'`{k}`' for k in meta['lora_layer_classes'])}; their last names: {', '.join(f'`{n}`' for n in leaves)}.
-  `adapter_config.json` saves `target_modules` as {json.dumps(sorted(meta['saved_target_modules']))}.
+  {', '.join(f'`{k}`' for k in meta['lora_layer_classes'])}; their last names:
+  {', '.join(f'`{n}`' for n in leaves)}. Not adapted: the DaViT patch-embedding convolutions `convs.N.proj`,
+  the image projection (a raw parameter), embeddings, LayerNorms, the per-domain action encoder / decoder.
+  `adapter_config.json` saves `target_modules` as the shortest name ends that select exactly those layers:
+  {', '.join(f'`{n}`' for n in sorted(meta['saved_target_modules']))} (`attn.proj` and `fn.proj`, not `proj`,
+  which would also select the convolutions).
+- Adapter keys as PEFT wrote them: `base_model.model.<module>.lora_A.weight` [r, in] and `.lora_B.weight`
+  [out, r] per adapted layer; `base_model.model.<module>.<parameter>` for the saved copies (PEFT drops
+  `modules_to_save.default.` when saving); `base_model_name_or_path` is the path the base was loaded from.
 - `merged.safetensors`: the state dict of `merge_and_unload()` (official key names).
 - `cases.npz` / `cases.json`: per case `<case>/images` (uint8 [V, 64, 64, 3]), the instruction, `proprio`
   [1, 20], `noise` [1, 30, 20], the official processor's `input_ids` / `image_input` / `image_mask`, and
