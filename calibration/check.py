@@ -5,7 +5,9 @@ initial noise x1 (from the set's seeds) and the same number of steps. The candid
 backend (:class:`runtime.policy.Policy`). The fp32 reference is one of:
 
 - the checkpoint (default: the manifest's ``source.checkpoint``, or ``checkpoint=``) through the torch backend,
-  i.e. the PyTorch model; its weights must hash to the manifest's ``source.weights_sha256``;
+  i.e. the PyTorch model; its weights must hash to the manifest's ``source.weights_sha256``; a LoRA adapter
+  merged at export (``source.lora``; its directory moved: ``lora=``) is merged again, its files hashing to the
+  manifest's record;
 - an fp32 bundle of the same checkpoint and domain (``reference_bundle=``) through ONNX Runtime on CPU: no torch
   needed, and equal to the checkpoint within the fp32 bundle's own export parity (~1e-7).
 
@@ -120,10 +122,12 @@ def chunks(policy: Policy, cset: CalibrationSet, steps: int) -> np.ndarray:
 
 
 def reference_policy(manifest: Manifest, bundle: Path, *, checkpoint: str | Path | None = None,
+                     lora: str | Path | None = None,
                      reference_bundle: str | Path | None = None) -> tuple[Policy, dict[str, str]]:
     """The fp32 reference for ``bundle`` (see the module docstring) and a description of it."""
-    if checkpoint is not None and reference_bundle is not None:
-        raise CalibrationError("give either a reference checkpoint or a reference bundle, not both")
+    if (checkpoint is not None or lora is not None) and reference_bundle is not None:
+        raise CalibrationError("give either a reference checkpoint (and its LoRA adapter) or a reference bundle, "
+                               "not both")
     if reference_bundle is not None:
         ref_dir = Path(reference_bundle)
         ref = Manifest.load(ref_dir)
@@ -141,8 +145,10 @@ def reference_policy(manifest: Manifest, bundle: Path, *, checkpoint: str | Path
         raise CalibrationError(f"reference checkpoint {ckpt} ({where}) is not a directory; pass --reference "
                                "CHECKPOINT_DIR or --reference-bundle FP32_BUNDLE")
     _check_weights(manifest, ckpt)
-    return (Policy.load(bundle, backend="torch", device="cpu", verify=False, checkpoint=ckpt),
-            {"kind": "checkpoint", "path": str(ckpt), "backend": "torch-cpu-fp32"})
+    policy = Policy.load(bundle, backend="torch", device="cpu", verify=False, checkpoint=ckpt, lora=lora)
+    adapter = manifest.raw.get("source", {}).get("lora")
+    return policy, {"kind": "checkpoint", "path": str(ckpt), "backend": "torch-cpu-fp32",
+                    **({"lora": str(lora or adapter["path"])} if adapter else {})}
 
 
 def _check_weights(manifest: Manifest, ckpt: Path) -> None:
@@ -151,6 +157,11 @@ def _check_weights(manifest: Manifest, ckpt: Path) -> None:
     if expected and weights.is_file() and sha256_file(weights) != expected:
         raise CalibrationError(f"{weights}: sha256 differs from the manifest's source.weights_sha256 "
                                f"({expected[:16]}…): this is not the checkpoint the bundle was exported from")
+
+
+def _adapter_files(manifest: Manifest) -> Any:
+    """The files of the LoRA adapter merged at export (None: none was)."""
+    return (manifest.raw.get("source", {}).get("lora") or {}).get("files")
 
 
 def _check_compatible(manifest: Manifest, bundle: Path, ref: Manifest, ref_dir: Path) -> None:
@@ -163,6 +174,7 @@ def _check_compatible(manifest: Manifest, bundle: Path, ref: Manifest, ref_dir: 
               for k in ("token_length", "image_size", "views", "proprio_dim")]
     pairs.append(("source.weights_sha256", manifest.raw.get("source", {}).get("weights_sha256"),
                   ref.raw.get("source", {}).get("weights_sha256")))
+    pairs.append(("source.lora.files", _adapter_files(manifest), _adapter_files(ref)))
     for key, ours, theirs in pairs:
         if ours != theirs:
             raise CalibrationError(f"reference bundle {ref_dir}: {key} is {theirs!r}; bundle {bundle} has {ours!r} "
@@ -170,7 +182,8 @@ def _check_compatible(manifest: Manifest, bundle: Path, ref: Manifest, ref_dir: 
 
 
 def run_gate(bundle: str | Path, cset: CalibrationSet, *, checkpoint: str | Path | None = None,
-             reference_bundle: str | Path | None = None, backend: str = "auto", device: str = "cpu",
+             lora: str | Path | None = None, reference_bundle: str | Path | None = None, backend: str = "auto",
+             device: str = "cpu",
              steps: int | None = None, overrides: dict[str, float] | None = None,
              progress: Progress = lambda _: None) -> GateReport:
     """Run ``bundle`` and its fp32 reference on every observation of ``cset`` and compare the chunks."""
@@ -189,7 +202,8 @@ def run_gate(bundle: str | Path, cset: CalibrationSet, *, checkpoint: str | Path
         t0 = time.perf_counter()
         got = chunks(candidate, cset, steps)
         seconds["candidate"] = time.perf_counter() - t0
-    ref_policy, ref_info = reference_policy(manifest, bundle, checkpoint=checkpoint, reference_bundle=reference_bundle)
+    ref_policy, ref_info = reference_policy(manifest, bundle, checkpoint=checkpoint, lora=lora,
+                                            reference_bundle=reference_bundle)
     with ref_policy:
         progress(f"  reference {ref_info['path']} ({ref_info['backend']}) ...")
         t0 = time.perf_counter()

@@ -34,6 +34,7 @@ from xvla.constants import (CONFIG_FILE, GRIPPER_CHANNELS, INDEX_FILE, MAX_STEPS
                             TOKENIZER_FILES, WEIGHTS_FILE)
 from xvla.errors import XVLAError
 from xvla.files import atomic_directory, check_target, inventory, sha256_file
+from xvla.lora import LoraAdapter, read_adapter
 from xvla.preprocessing import ImageProcessor, TextTokenizer, tokenizer_dir
 
 __all__ = ["ExportError", "ExportOptions", "PRECISIONS", "export_bundle"]
@@ -85,13 +86,15 @@ def check_options(ckpt_dir: Path, out: Path, opts: ExportOptions) -> None:
 
 def export_bundle(ckpt_dir: str | Path, out: str | Path, opts: ExportOptions,
                   progress: Callable[[str], None] = print) -> dict:
-    """Export ``ckpt_dir`` for one domain into the bundle directory ``out``; returns the manifest."""
+    """Export ``ckpt_dir`` (with ``opts.lora`` merged, if given) for one domain into the bundle directory ``out``;
+    returns the manifest."""
     ckpt_dir, out = Path(ckpt_dir), Path(out)
     check_options(ckpt_dir, out, opts)
+    adapter = None if opts.lora is None else read_adapter(opts.lora)  # refused here, before any work
     if opts.views is None:
         opts = dataclasses.replace(opts, views=load_config(ckpt_dir).view_slots)
     with atomic_directory(out, force=opts.force) as tmp:
-        return _build(ckpt_dir, tmp, opts, progress)
+        return _build(ckpt_dir, tmp, opts, progress, adapter)
 
 
 @contextlib.contextmanager
@@ -102,9 +105,13 @@ def _step(progress: Callable[[str], None], label: str) -> Iterator[None]:
     progress(f"  {label}: done in {time.perf_counter() - t0:.1f} s")
 
 
-def _build(ckpt_dir: Path, tmp: Path, opts: ExportOptions, progress: Callable[[str], None]) -> dict:
-    with _step(progress, f"loading checkpoint {ckpt_dir}"):
-        model = load_checkpoint(ckpt_dir)
+def _build(ckpt_dir: Path, tmp: Path, opts: ExportOptions, progress: Callable[[str], None],
+           adapter: LoraAdapter | None) -> dict:
+    merging = "" if adapter is None else (f" + LoRA adapter {adapter.directory} (r {adapter.rank}, alpha "
+                                          f"{adapter.alpha:g}: {len(adapter.pairs)} layers, "
+                                          f"{len(adapter.modules_to_save)} saved modules)")
+    with _step(progress, f"loading checkpoint {ckpt_dir}{merging}"):
+        model = load_checkpoint(ckpt_dir, lora=adapter)
     cfg = model.config
     proc = ImageProcessor.from_dir(ckpt_dir, opts.image_size)
     size = proc.output_size[0]
@@ -157,7 +164,7 @@ def _build(ckpt_dir: Path, tmp: Path, opts: ExportOptions, progress: Callable[[s
         shutil.copy2(ckpt_dir / PREPROCESSOR_FILE, tmp / PREPROCESSOR_FILE)
     if not (tmp / PREPROCESSOR_FILE).is_file():  # made from --image-size: the bundle says what it was
         (tmp / PREPROCESSOR_FILE).write_text(json.dumps(proc.to_dict(), indent=2))
-    manifest = _manifest(ckpt_dir, tmp, cfg, opts, size, parity)
+    manifest = _manifest(ckpt_dir, tmp, cfg, opts, size, parity, adapter)
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
     return manifest
 
@@ -167,7 +174,8 @@ def _arms(opts: ExportOptions) -> int:
     return opts.arms or domain_defaults(opts.domain_id)[2]
 
 
-def _manifest(ckpt_dir: Path, tmp: Path, cfg, opts: ExportOptions, image_size: int, parity: dict) -> dict:
+def _manifest(ckpt_dir: Path, tmp: Path, cfg, opts: ExportOptions, image_size: int, parity: dict,
+              adapter: LoraAdapter | None) -> dict:
     name, seconds, _ = domain_defaults(opts.domain_id)
     weights = ckpt_dir / WEIGHTS_FILE if (ckpt_dir / WEIGHTS_FILE).is_file() else ckpt_dir / INDEX_FILE
     graphs = {}
@@ -179,7 +187,7 @@ def _manifest(ckpt_dir: Path, tmp: Path, cfg, opts: ExportOptions, image_size: i
         "schema_version": SCHEMA_VERSION,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "source": {"checkpoint": str(ckpt_dir.resolve()), "config_sha256": sha256_file(ckpt_dir / CONFIG_FILE),
-                   "weights_sha256": sha256_file(weights)},
+                   "weights_sha256": sha256_file(weights), **({"lora": adapter.record()} if adapter else {})},
         "embodiment": opts.embodiment or name, "domain_id": opts.domain_id,
         "action": {"mode": cfg.action_mode, "dim": cfg.dim_action,
                    "output_dim": cfg.real_action_dim if cfg.action_mode == "auto" else cfg.dim_action,

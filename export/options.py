@@ -22,3 +22,4 @@ class ExportOptions:
     image_size: int | None = None  # only for a checkpoint without preprocessor_config.json
     force: bool = False
     batch_sizes: tuple[int, ...] = (1,)  # batch sizes the graphs run at (more than (1,): a dynamic batch dimension)
+    lora: str | None = None  # a PEFT LoRA adapter directory merged into the checkpoint's weights

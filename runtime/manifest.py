@@ -6,7 +6,7 @@ on load (:mod:`runtime.manifest_schema`: types, ranges, shapes against each othe
 | key | meaning |
 |---|---|
 | ``schema_version`` | 1 |
-| ``source`` | ``checkpoint`` path, ``config_sha256``, ``weights_sha256`` of the checkpoint exported |
+| ``source`` | ``checkpoint`` path, ``config_sha256``, ``weights_sha256`` of the checkpoint exported; optional ``lora``: the PEFT LoRA adapter merged into it (name, path, its files' sha256 and size, ``r``, ``lora_alpha``, ``target_modules``, ``modules_to_save``, ``layers``, ``base_model_name_or_path``) |
 | ``embodiment``, ``domain_id`` | the robot and the domain row folded into ``denoise.onnx`` |
 | ``action`` | ``mode``, ``dim`` (network width), ``output_dim``, ``chunk_length``, ``chunk_seconds`` (time span of one chunk), ``gripper_channels``, ``rot6d_layout``, ``arms`` (1 or 2) |
 | ``sampler`` | ``default_steps`` |

@@ -19,6 +19,7 @@ with, graph files against the ``files`` inventory, file names are plain names. T
 | ``batch_sizes`` | optional: 1 … :data:`MAX_BATCH` increasing, starting with 1, at most :data:`MAX_BATCH_SIZES` of them |
 | ``graphs.*`` | a ``file`` listed in ``files``; the tensors the runtime binds, with the shapes the fields above imply (dimension 0 ``"batch"`` for every tensor but ``t`` when ``batch_sizes`` is given) and at most :data:`MAX_TENSOR_ELEMENTS` elements each at the largest batch size |
 | ``files`` | plain names (no ``/``, no ``..``, not ``manifest.json``) → ``sha256`` (64 hex digits) and ``bytes`` (integer ≥ 0) |
+| ``source.lora`` | optional (a LoRA adapter was merged): ``name`` (its directory's name), ``path``, ``files`` (exactly ``adapter_config.json`` and ``adapter_model.safetensors``, each ``sha256`` and ``bytes``), ``r`` 1 … :data:`MAX_LORA_RANK`, ``lora_alpha`` finite and non-zero, ``target_modules`` (a non-empty list of names), ``modules_to_save`` (a list of names), ``layers`` (integer ≥ 0), ``base_model_name_or_path`` (a string or null) |
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import re
 from typing import Any
 
 from xvla.config import FIXED_ACTION_DIMS
-from xvla.constants import GRIPPER_CHANNELS, MAX_STEPS, NUM_VIEWS
+from xvla.constants import ADAPTER_CONFIG, ADAPTER_WEIGHTS, GRIPPER_CHANNELS, MAX_LORA_RANK, MAX_STEPS, NUM_VIEWS
 from xvla.validation import Field, Problems, Table, one_of, show
 
 MAX_BATCH = 64
@@ -103,6 +104,8 @@ def problems(d: Any, manifest_file: str) -> list[str]:
                       expected=f"a list of 1 ... {MAX_BATCH} sizes, increasing, starting with 1, at most "
                                f"{MAX_BATCH_SIZES} of them") if batched else [1]
     files = _files(found, d.get("files"), manifest_file)
+    if isinstance(d.get("source"), dict) and "lora" in d["source"]:  # optional: a LoRA adapter merged at export
+        _lora(Table(found, "source.", d["source"]).table("lora", expected="an object"))
     if found:  # the shapes below are built from the fields above
         return found.lines()
     b = BATCH_DIM if batched else 1
@@ -125,10 +128,36 @@ def _files(found: Problems, files: Any, manifest_file: str) -> dict[str, Any]:
     for name, entry in files.items():
         if not is_plain_name(name) or name == manifest_file:
             found.other("files", f"{show(name)} is not a plain file name of the bundle")
-        elif not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and _SHA256.fullmatch(entry["sha256"])
-                  and _BYTES.accepts(entry.get("bytes"))):
+        elif not _is_file_entry(entry):
             found.value(f"files.{name}", entry, 'expected {"sha256": 64 hex digits, "bytes": integer >= 0}')
     return files
+
+
+def _is_file_entry(entry: Any) -> bool:
+    return (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and _SHA256.fullmatch(entry["sha256"])
+            is not None and _BYTES.accepts(entry.get("bytes")))
+
+
+def _lora(lora: Table) -> None:
+    """The adapter merged at export (``source.lora``): what it was, so the torch backend can merge it again."""
+    lora.take("name", str, required=True, check=lambda v: 0 < len(v) <= 255 and "/" not in v and "\0" not in v,
+              expected="the adapter directory's name (1-255 characters, no '/')")
+    lora.take("path", str, required=True, check=lambda v: 0 < len(v) <= 4096, expected="a path (1-4096 characters)")
+    lora.take("files", dict, required=True, check=lambda v: sorted(v) == sorted((ADAPTER_CONFIG, ADAPTER_WEIGHTS))
+              and all(_is_file_entry(e) for e in v.values()),
+              expected=f'{{"{ADAPTER_CONFIG}": {{"sha256", "bytes"}}, "{ADAPTER_WEIGHTS}": {{"sha256", "bytes"}}}}')
+    lora.take("r", int, required=True, low=1, high=MAX_LORA_RANK)
+    lora.take("lora_alpha", float, required=True, check=lambda v: v != 0, expected="a finite non-zero number")
+    lora.take("target_modules", list, required=True, check=lambda v: bool(v) and _names(v),
+              expected="a non-empty list of layer names")
+    lora.take("modules_to_save", list, required=True, check=_names, expected="a list of module names")
+    lora.take("layers", int, required=True, low=0, high=1 << 20)
+    lora.take("base_model_name_or_path", (str, type(None)), check=lambda v: v is None or len(v) <= 4096,
+              expected="a string or null")
+
+
+def _names(v: list[Any]) -> bool:
+    return len(v) <= 4096 and all(isinstance(n, str) and 0 < len(n) <= 256 for n in v)
 
 
 def _graph(found: Problems, g: Any, where: str, ins: tuple[str, ...], outs: tuple[str, ...],

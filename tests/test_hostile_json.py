@@ -13,12 +13,17 @@ from xvla.config import load_config
 from xvla.errors import XVLAError
 from xvla.preprocessing import ImageProcessor
 
+try:
+    from xvla.lora import read_adapter
+except ImportError:  # no safetensors (a robot install): the adapter reader is not there
+    read_adapter = None
+
 HOSTILE = {"nested": ("[" * 100_000 + "]" * 100_000).encode(), "latin-1": '{"name": "caf\xe9"}'.encode("latin-1")}
 
 
 @pytest.mark.parametrize("kind", sorted(HOSTILE))
 def test_hostile_json_is_refused_by_name(tmp_path, kind):
-    for name in ("calibration.json", "config.json", "preprocessor_config.json", "arm.json"):
+    for name in ("calibration.json", "config.json", "preprocessor_config.json", "arm.json", "adapter_config.json"):
         (tmp_path / name).write_bytes(HOSTILE[kind])
     with pytest.raises(CalibrationError, match="calibration.json: not valid JSON"):
         load_set(tmp_path)
@@ -28,3 +33,6 @@ def test_hostile_json_is_refused_by_name(tmp_path, kind):
         ImageProcessor.from_dir(tmp_path)
     with pytest.raises(ArmError, match="cannot read calibration .*arm.json"):
         ArmCalibration.load(tmp_path / "arm.json")
+    if read_adapter is not None:
+        with pytest.raises(XVLAError, match="adapter_config.json: not valid JSON"):
+            read_adapter(tmp_path)

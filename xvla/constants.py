@@ -7,6 +7,9 @@ WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"  # a sharded checkpoint's weight map
 PREPROCESSOR_FILE = "preprocessor_config.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json")
+ADAPTER_CONFIG = "adapter_config.json"  # a PEFT LoRA adapter directory: its options ...
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # ... and its tensors
+MAX_LORA_RANK = 4096
 
 # action mode → the channels of the action vector that are gripper commands (zeroed in x_t and proprio,
 # squashed by a sigmoid after the last step); the other modes have none

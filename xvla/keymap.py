@@ -73,25 +73,40 @@ def to_ours(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], li
     """Map a checkpoint's keys (official, LeRobot or native) to ours. Returns (mapped, dropped keys)."""
     state = strip_prefix(state)
     native = is_native_layout(state)
-    rules, dropped_re = (_NATIVE_RULES_C, _NATIVE_DROPPED) if native else (_VISION_RULES_C, _DROPPED)
     out: dict[str, torch.Tensor] = {}
     dropped: list[str] = []
     for key, value in state.items():
-        if dropped_re.search(key):
+        new = map_key(key, native=native)
+        if new is None:
             dropped.append(key)
             continue
-        if key == IMAGE_PROJECTION_KEY and not native:
-            out[OUR_IMAGE_PROJECTION_KEY] = value.t().contiguous() if value.dim() == 2 else value
-            continue
-        new = key
-        for pattern, repl in rules:
-            if pattern.search(new):
-                new = pattern.sub(repl, new)
-                break
+        if is_transposed(key, native=native):
+            value = value.t().contiguous() if value.dim() == 2 else value
         if new == "vlm.language_encoder.embed_tokens.weight" and new in out:
             continue  # tied alias of the token embedding (one tensor in the official model)
         out[new] = value
     return out, dropped
+
+
+def map_key(key: str, *, native: bool = False) -> str | None:
+    """Our key for one checkpoint key without LeRobot's prefix (None: a generation-only key we drop).
+
+    ``native``: the checkpoint follows transformers' native Florence-2 names (:func:`is_native_layout`).
+    """
+    rules, dropped_re = (_NATIVE_RULES_C, _NATIVE_DROPPED) if native else (_VISION_RULES_C, _DROPPED)
+    if dropped_re.search(key):
+        return None
+    if is_transposed(key, native=native):
+        return OUR_IMAGE_PROJECTION_KEY
+    for pattern, repl in rules:
+        if pattern.search(key):
+            return pattern.sub(repl, key)
+    return key
+
+
+def is_transposed(key: str, *, native: bool = False) -> bool:
+    """True for the one tensor whose layout is transposed in ours (the official [in, out] image projection)."""
+    return key == IMAGE_PROJECTION_KEY and not native
 
 
 def to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,4 +1,5 @@
-"""The reference backend: the PyTorch model of the bundle's source checkpoint (debugging and parity).
+"""The reference backend: the PyTorch model of the bundle's source checkpoint, with the LoRA adapter merged at
+export merged again (debugging and parity).
 
 Eager on CPU and GPU. On CUDA, ``cuda_graph=True`` captures the whole N-step loop in one
 ``torch.cuda.CUDAGraph`` per step count, as PyTorch documents whole-network capture: static input buffers,
@@ -20,8 +21,26 @@ import torch
 from runtime.backends.base import Backend, BackendError
 from runtime.manifest import Manifest
 from xvla.checkpoint import load_checkpoint
+from xvla.lora import LoraAdapter, read_adapter
 
 log = logging.getLogger(__name__)
+
+
+def bundle_adapter(manifest: Manifest, bundle_dir: str | Path, lora: str | Path | None) -> LoraAdapter | None:
+    """The LoRA adapter the bundle was exported with (``source.lora``; ``lora`` overrides its path), its files
+    checked against the manifest's record; None when none was merged."""
+    record = manifest.raw.get("source", {}).get("lora")
+    if record is None:
+        if lora is not None:
+            raise BackendError(f"lora={lora}: {bundle_dir} was exported without a LoRA adapter")
+        return None
+    path = Path(lora or record["path"])
+    if not path.is_dir():
+        raise BackendError(f"torch backend needs the LoRA adapter the bundle was exported with; {path} is not a "
+                           "directory (pass lora=PATH)")
+    adapter = read_adapter(path)
+    adapter.check_record(record, f"{bundle_dir}/manifest.json source.lora")
+    return adapter
 
 
 class TorchBackend(Backend):
@@ -29,19 +48,21 @@ class TorchBackend(Backend):
     any_batch = True
 
     def __init__(self, manifest: Manifest, bundle_dir: str | Path, *, device: str = "cpu",
-                 checkpoint: str | Path | None = None, dtype: str = "float32", cuda_graph: bool = False) -> None:
+                 checkpoint: str | Path | None = None, lora: str | Path | None = None, dtype: str = "float32",
+                 cuda_graph: bool = False) -> None:
         super().__init__(manifest)
         ckpt = Path(checkpoint or manifest.raw["source"]["checkpoint"])
         if not ckpt.is_dir():
             raise BackendError(f"torch backend needs the bundle's source checkpoint; {ckpt} is not a directory "
                                "(pass checkpoint=PATH)")
+        adapter = bundle_adapter(manifest, bundle_dir, lora)
         if device == "cuda" and not torch.cuda.is_available():
             raise BackendError("device 'cuda' requested but torch has no CUDA device")
         if cuda_graph and device != "cuda":
             raise BackendError("cuda_graph=True needs device='cuda'")
         self.device = torch.device(device)
         self.dtype = getattr(torch, dtype)
-        self.model = load_checkpoint(ckpt, device=self.device, dtype=self.dtype)
+        self.model = load_checkpoint(ckpt, lora=adapter, device=self.device, dtype=self.dtype)
         self.use_graph = cuda_graph
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.times: dict[int, torch.Tensor] = {}  # step count → [steps, 1] times 1, (steps-1)/steps, ...

@@ -202,3 +202,29 @@ def test_a_directory_named_manifest_json_is_named_as_such(tmp_path):
     (tmp_path / "b" / "manifest.json").mkdir(parents=True)
     with pytest.raises(BundleError, match=r"b/manifest.json: a directory or other non-file; expected the bundle's manifest"):
         Manifest.load(tmp_path / "b")
+
+
+LORA = {"name": "X-VLA-libero-spatial-peft", "path": "/data/X-VLA-libero-spatial-peft",
+        "files": {"adapter_config.json": {"sha256": "a" * 64, "bytes": 900},
+                  "adapter_model.safetensors": {"sha256": "b" * 64, "bytes": 10**8}},
+        "r": 8, "lora_alpha": 16.0, "target_modules": ["fc1", "qkv"], "modules_to_save": ["transformer.soft_prompt_hub"],
+        "layers": 148, "base_model_name_or_path": "2toINF/X-VLA-Pt"}
+
+
+def test_the_lora_block_is_optional_and_validated(raw):
+    assert "lora" not in raw["source"]  # a manifest without it (every bundle before adapters) stays valid
+    with_lora = edited(raw, "source.lora", LORA)
+    assert Manifest.from_dict(with_lora).raw["source"]["lora"] == LORA
+    for path, value, named in [
+        ("r", 0, "source.lora.r = 0: expected an integer 1 ... 4096"),
+        ("lora_alpha", math.nan, "source.lora.lora_alpha = nan: expected a finite non-zero number"),
+        ("name", "../escaped", 'source.lora.name = "../escaped": expected the adapter directory'),
+        ("files", {"adapter_config.json": LORA["files"]["adapter_config.json"]}, "source.lora.files = "),
+        ("files", {**LORA["files"], "adapter_config.json": {"sha256": "xyz", "bytes": 1}}, "source.lora.files = "),
+        ("target_modules", [], "source.lora.target_modules = []: expected a non-empty list"),
+        ("modules_to_save", [7], "source.lora.modules_to_save = [7]: expected a list of module names"),
+        ("base_model_name_or_path", 3, "source.lora.base_model_name_or_path = 3: expected a string or null"),
+        ("layers", KeyError, "source.lora.layers: missing"),
+    ]:
+        assert named in refused(edited(with_lora, f"source.lora.{path}", value)), path
+    assert "source.lora = [1]: expected an object" in refused(edited(raw, "source.lora", [1]))

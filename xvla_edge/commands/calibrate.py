@@ -4,7 +4,7 @@
     xvla-edge calibrate capture --from-folder shots/ --table shots/obs.csv --domain-id 0 --out bundles/widowx.calib
     xvla-edge calibrate capture --synthetic 64 --bundle bundles/widowx --out bundles/widowx.calib
     xvla-edge calibrate check bundles/widowx-int8 --set bundles/widowx.calib [--reference CKPT | --reference-bundle
-        bundles/widowx] [--json gate.json] [--plot gate.png]
+        bundles/widowx] [--reference-lora ADAPTER_DIR] [--json gate.json] [--plot gate.png]
 
 ``check`` exits 0 when the bundle passes, 1 when it fails, 2 on a usage or input error; so does ``capture``
 (0 or 2).
@@ -65,6 +65,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="the fp32 PyTorch reference (default: the manifest's source.checkpoint)")
     ref.add_argument("--reference-bundle", type=Path, metavar="FP32_BUNDLE",
                      help="use an fp32 bundle of the same checkpoint in ONNX Runtime as the reference (no torch)")
+    chk.add_argument("--reference-lora", type=Path, metavar="ADAPTER_DIR",
+                     help="where the LoRA adapter merged at export is now (default: the manifest's source.lora.path)")
     chk.add_argument("--backend", default=AUTO, choices=BUNDLE_CHOICES,
                      help="backend that runs the bundle (default: tensorrt on cuda when built, else onnxruntime)")
     chk.add_argument("--device", default="cpu", choices=DEVICES)
@@ -118,7 +120,8 @@ def _check(args: argparse.Namespace) -> int:
 
     overrides = parse_tolerances(args.tolerance)
     cset = load_set(args.set_dir)
-    report = run_gate(args.bundle, cset, checkpoint=args.reference, reference_bundle=args.reference_bundle,
+    report = run_gate(args.bundle, cset, checkpoint=args.reference, lora=args.reference_lora,
+                      reference_bundle=args.reference_bundle,
                       backend=args.backend, device=args.device, steps=args.steps, overrides=overrides,
                       progress=lambda line: print(line, file=sys.stderr))
     print(format_table(report))

@@ -1,6 +1,10 @@
 """``xvla-edge export``: a checkpoint directory → a verified per-robot bundle.
 
-Example: ``xvla-edge export ./X-VLA-WidowX --domain-id 0 --precision fp16 --views 2 --out ./bundles/widowx``
+Examples::
+
+    xvla-edge export ./X-VLA-WidowX --domain-id 0 --precision fp16 --views 2 --out ./bundles/widowx
+    xvla-edge export ./X-VLA-Pt --lora ./X-VLA-libero-spatial-peft --domain-id 3 --rot6d-layout columns \
+        --out ./bundles/libero-spatial     # an official LoRA fine-tune, merged into its base
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ from xvla.extras import needs
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", type=Path, help="checkpoint directory (config.json, model.safetensors, tokenizer)")
     p.add_argument("--domain-id", type=int, required=True, help="domain row whose soft prompt is folded in")
+    p.add_argument("--lora", type=Path, default=None, metavar="ADAPTER_DIR",
+                   help="a PEFT LoRA adapter of the checkpoint (adapter_config.json, adapter_model.safetensors, as "
+                        "the official fine-tunes ship) merged into its weights before export")
     p.add_argument("--embodiment", default=None, help="robot name recorded in the manifest")
     p.add_argument("--precision", default="fp32", metavar="{" + ",".join(PRECISIONS) + "}",
                    help="numeric precision of the graphs (INT8: `xvla-edge quantize` an fp32 bundle)")
@@ -42,13 +49,15 @@ def run(args: argparse.Namespace) -> int:
     opts = ExportOptions(domain_id=args.domain_id, embodiment=args.embodiment, precision=args.precision,
                          views=args.views, chunk_seconds=args.chunk_seconds, arms=args.arms, steps=args.steps,
                          rot6d_layout=args.rot6d_layout, image_size=args.image_size,
-                         force=args.force, batch_sizes=(1, *sorted(set(args.batch_sizes) - {1})))
+                         force=args.force, batch_sizes=(1, *sorted(set(args.batch_sizes) - {1})),
+                         lora=None if args.lora is None else str(args.lora))
     with needs("export"):
         from export.bundle import export_bundle
     from xvla.errors import XVLAError
 
     t0 = time.perf_counter()
-    print(f"exporting {args.checkpoint} → {args.out} ({args.precision}, domain {args.domain_id}, {args.views or 'all'} views)")
+    print(f"exporting {args.checkpoint}{' + ' + str(args.lora) if args.lora else ''} → {args.out} ({args.precision}, "
+          f"domain {args.domain_id}, {args.views or 'all'} views)")
     try:
         manifest = export_bundle(args.checkpoint, args.out, opts)
     except XVLAError as e:
@@ -60,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
 
 def summary(manifest: dict, out: Path, seconds: float) -> str:
     lines = [f"bundle {out} written in {seconds:.1f} s:"]
+    lora = manifest["source"].get("lora")
+    if lora:
+        lines.append(f"  LoRA adapter {lora['name']} merged: r {lora['r']}, alpha {lora['lora_alpha']:g}, "
+                     f"{lora['layers']} layers, saved modules {', '.join(lora['modules_to_save']) or 'none'}")
     for name, entry in manifest["files"].items():
         lines.append(f"  {name:<28} {entry['bytes'] / 1e6:10.2f} MB")
     p = manifest["parity"]

@@ -49,6 +49,10 @@ def summary(manifest: Manifest, bundle: Path, *, verified: bool) -> str:
              f"{manifest.default_steps} denoising steps by default",
              f"  precision: {manifest.precision}; {len(manifest.files)} files, {total / 1e6:.1f} MB"
              + (" (sizes and sha256 verified)" if verified else "")]
+    lora = manifest.raw.get("source", {}).get("lora")
+    if lora:
+        lines.append(f"  lora:      {lora['name']} merged (r {lora['r']}, alpha {lora['lora_alpha']:g}, "
+                     f"{lora['layers']} layers; saved {', '.join(lora['modules_to_save']) or 'nothing'})")
     lines.append(f"  engines:   {_engines(manifest, bundle)}")
     parity = manifest.raw.get("parity")
     if isinstance(parity, dict) and isinstance(parity.get("max_abs"), dict):
