@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.model  # every test exports or runs a bundle (tests/support/tiers.py)
 torch = pytest.importorskip("torch")  # without it (a robot install) the module skips, not errors
 pytest.importorskip("onnx")
 
