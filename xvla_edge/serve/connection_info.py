@@ -11,7 +11,8 @@ The file appears whole or not at all: the JSON is written to a temporary file in
 then hard-linked to the path — a link never replaces a file, so two servers cannot both claim one path, and a
 client polling for the path never reads it half-written. :func:`published` removes it when the server stops
 cleanly (Ctrl-C or SIGTERM), if it is still the file this server wrote; a killed server leaves it behind, and the
-next start refuses it by name, as the official server does.
+next start refuses it by name, as the official server does. Call :func:`published`'s block while the socket is
+still open: the file's host and port are then this server's alone.
 """
 
 from __future__ import annotations
@@ -73,27 +74,31 @@ def fields(bound: str, port: int, env: Mapping[str, str] = os.environ) -> dict[s
 
 @dataclass(frozen=True)
 class ConnectionInfo:
-    """A connection-info file written by :func:`write`: its path, its fields and its identity (device, inode)."""
+    """A connection-info file written by :func:`write`: its path, its fields, its text and its identity (device,
+    inode)."""
 
     path: Path
     fields: dict[str, Any]
+    text: str
     identity: tuple[int, int]
 
     def remove(self) -> None:
-        """Delete the file if it is still the one written (not a file someone put there since)."""
-        with contextlib.suppress(OSError):
+        """Delete the file if it is still the one written: the same inode (a new file may be given a freed one)
+        holding the same text (no other live server can name this server's host and port)."""
+        with contextlib.suppress(OSError, UnicodeDecodeError):
             st = self.path.stat()
-            if (st.st_dev, st.st_ino) == self.identity:
+            if (st.st_dev, st.st_ino) == self.identity and self.path.read_text(encoding="utf-8") == self.text:
                 self.path.unlink()
 
 
 def write(path: Path, bound: str, port: int, env: Mapping[str, str] = os.environ) -> ConnectionInfo:
     """Write the file for a socket bound to ``bound``:``port`` at ``path``, whole at once; refuse if it exists."""
     info = fields(bound, port, env)
+    text = json.dumps(info, indent=4)  # as deploy.py's json.dump(infos, f, indent=4)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(info, f, indent=4)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would keep clients of other users out
@@ -106,7 +111,7 @@ def write(path: Path, bound: str, port: int, env: Mapping[str, str] = os.environ
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-    return ConnectionInfo(path, info, (st.st_dev, st.st_ino))
+    return ConnectionInfo(path, info, text, (st.st_dev, st.st_ino))
 
 
 def _stop(signum: int, frame: Any) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 openpi = pytest.importorskip("openpi_client.websocket_client_policy",
-                             reason="openpi-client is not installed (the [dev] extra installs it)")
+                             reason="openpi-client is not installed (`make` installs it into .venv)")
 
 from runtime.policy import Policy  # noqa: E402
 from runtime.remote.client import RemotePolicy  # noqa: E402
