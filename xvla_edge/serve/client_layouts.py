@@ -86,7 +86,7 @@ class ClientLayout:
             raise RequestError(f"{_named(self.instruction)}: missing (layout {self.name} reads the instruction "
                                "from it)")
         state = np.concatenate([_state_part(self._required(message, path), path) for path in self.proprio])
-        width = state_dims.get(self.domain_id) if self.domain_id is not None else None
+        width = state_dims.get(self.domain_id)  # type: ignore[arg-type] - None: no domain, nothing to pad to
         if self.pad_proprio and width is not None and state.size < width:
             state = np.concatenate([state, np.zeros(width - state.size)])
         out["proprio"] = state
