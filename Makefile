@@ -16,6 +16,10 @@ export TRANSFORMERS_OFFLINE := 1
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	# openpi's websocket client, a test oracle (tests/xvla_edge/serve/test_openpi_client.py): without its declared
+	# dependencies, whose numpy<2 pin the [dev] stack cannot take; its websocket client imports only msgpack,
+	# numpy, websockets and typing_extensions, all in [dev]
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps openpi-client==0.1.2
 	touch $@
 
 $(ROBOT_VENV)/.installed: setup.cfg pyproject.toml

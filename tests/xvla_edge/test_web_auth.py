@@ -9,7 +9,7 @@ import pytest
 
 from xvla_edge.cli import main
 from xvla_edge.daemon.config import ConfigError, load_config
-from xvla_edge.web.auth import TokenError, check_token, is_loopback, read_token_file, same_token
+from xvla_edge.web.auth import TokenError, check_token, is_loopback, read_token_file, same_token, token_required
 
 GOOD = ["0123456789abcdef", "c0ffee-c0ffee-c0ffee", "Zx8_kQ2-vN5mP0aL7wR3tY6uI1oE4sD9", "!#$%&()*+,-./:;<=>?@[]^_{|}~"]
 BAD = [  # token, what the refusal says
@@ -93,3 +93,9 @@ def test_same_token_and_loopback():
     assert not same_token("\ud800" * 16, "0123456789abcdef")  # a query parameter may carry a lone surrogate
     assert all(map(is_loopback, ["127.0.0.1", "127.1.2.3", "::1", "localhost"]))
     assert not any(map(is_loopback, ["0.0.0.0", "::", "10.0.0.1", "gpu-box", ""]))
+
+
+def test_a_token_is_required_beyond_loopback_unless_lab_mode_is_chosen():
+    assert token_required("0.0.0.0") and token_required("10.0.0.1") and token_required("gpu-box")
+    assert not token_required("127.0.0.1") and not token_required("::1")
+    assert not token_required("10.0.0.1", allow_unauthenticated=True)  # xvla-edge serve --allow-unauthenticated

@@ -44,7 +44,7 @@ from xvla.constants import MAX_IMAGE_SIDE, MAX_STEPS
 from xvla.errors import ConfigError, InputError
 from xvla.instruction import check_instruction
 from xvla.validation import Problems, Table, show
-from xvla_edge.web.auth import MIN_TOKEN_CHARS, TokenError, is_loopback, read_token_file
+from xvla_edge.web.auth import MIN_TOKEN_CHARS, TokenError, is_loopback, read_token_file, token_required
 
 LEVELS = ("debug", "info", "warning", "error")
 MAX_CAMERAS = 3
@@ -505,7 +505,7 @@ def _health(t: _Table) -> HealthSection:
     port = t.take("port", int, 8765, check=lambda p: 0 <= p <= 65535, expected="a TCP port 1 ... 65535, or 0 (off)")
     token_file = t.path("token_file", kind="file")
     token = _token(t, token_file) if token_file is not None and token_file.is_file() else None
-    if port and token is None and token_file is None and not is_loopback(host):
+    if port and token is None and token_file is None and token_required(host):  # never lab mode: see web/auth.py
         t.problems.value(t.key("host"), host, "binding beyond loopback exposes POST /record to the network: set "
                          f"[health].token_file (a file only its owner reads, holding a secret of at least "
                          f"{MIN_TOKEN_CHARS} characters), or listen on 127.0.0.1")

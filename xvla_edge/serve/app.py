@@ -10,11 +10,12 @@
 - websocket ``/ws`` (and ``/``, where openpi's client connects): binary msgpack frames
   (:mod:`runtime.remote.wire`). On connect the server sends the metadata (protocol, each domain's bundle id and
   manifest); then each client frame is one observation (the ``/act`` fields, arrays as arrays, ``imageK``
-  is view slot K) and each reply one map ``{"action", "domain_id", "bundle_id", "server_timing"}``. A
-  refused observation is answered with a text frame ``"<status> <message>"`` and the connection stays
-  open; a server fault sends ``"500 ..."`` and closes (1011).
-- ``GET /healthz`` (no token needed: ``{"status": "ok", "domains": [...]}``) and ``GET /metrics``
-  (Prometheus text).
+  is view slot K) and each reply one map ``{"action", "domain_id", "bundle_id", "server_timing"}``; with a client
+  layout (``serve --ws-layout``), a message in that layout is translated first and its reply names the chunk as the
+  layout says (openpi: ``actions``). A refused observation is answered with a text frame ``"<status> <message>"``
+  and the connection stays open; a server fault sends ``"500 ..."`` and closes (1011).
+- ``GET /healthz`` (no token needed: ``{"status": "ok", "domains": [...], "allow_unauthenticated": bool}``) and
+  ``GET /metrics`` (Prometheus text; ``xvla_serve_unauthenticated`` is 1 in lab mode).
 
 With a token, every request but ``/healthz`` carries it as ``Authorization: Bearer TOKEN`` (or ``Api-Key
 TOKEN``, as openpi's websocket client sends its key) or as the query parameter ``token`` (for clients that only take a URL, such as the official evaluation clients).
@@ -31,6 +32,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Mapping, Optional, Protocol
 
 import numpy as np
@@ -41,7 +43,8 @@ from starlette.concurrency import run_in_threadpool
 from runtime.remote.wire import WireError, pack, unpack
 from xvla.errors import InputError
 from xvla_edge.serve.bundles import Answer, ServerMetrics
-from xvla_edge.serve.request import Limits, RequestError, from_message, parse_body
+from xvla_edge.serve.client_layouts import ClientLayout, state_dims
+from xvla_edge.serve.request import ActRequest, Limits, RequestError, from_message, parse_body
 from xvla_edge.web.auth import same_token
 from xvla_edge.web.metrics import CONTENT_TYPE
 
@@ -117,12 +120,19 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def create_app(bundles: ChunkSource, limits: Limits = Limits(), token: Optional[str] = None) -> FastAPI:
+def create_app(bundles: ChunkSource, limits: Limits = Limits(), token: Optional[str] = None, *,
+               allow_unauthenticated: bool = False, layout: Optional[ClientLayout] = None) -> FastAPI:
     """The app serving ``bundles`` (a :class:`BundleSet` in this process, or Ray Serve deployments:
-    :mod:`xvla_edge.serve.ray_app`); ``token``: required on every request but ``/healthz`` (None: none)."""
+    :mod:`xvla_edge.serve.ray_app`); ``token``: required on every request but ``/healthz`` (None: none);
+    ``allow_unauthenticated``: lab mode (no token on a non-loopback address), reported by ``/healthz`` and
+    ``/metrics``; ``layout``: websocket messages of another client's layout (:mod:`~xvla_edge.serve.client_layouts`)."""
+    if allow_unauthenticated and token is not None:
+        raise ValueError("lab mode (allow_unauthenticated) serves without a token: give one or the other")
     app = FastAPI(title="xvla-edge serve", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.limits = limits  # the server's websocket frame bound (uvicorn_server) is read from here
     metrics = bundles.metrics
+    metrics.unauthenticated.set(int(allow_unauthenticated))
+    reader = None if layout is None else Reader(layout, state_dims(bundles.metadata()))
     slots = Slots(limits.max_active, limits.max_wait_s, metrics.active)
 
     def refused(endpoint: str, exc: Exception) -> tuple[int, str]:
@@ -165,7 +175,7 @@ def create_app(bundles: ChunkSource, limits: Limits = Limits(), token: Optional[
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "domains": bundles.domains}
+        return {"status": "ok", "domains": bundles.domains, "allow_unauthenticated": allow_unauthenticated}
 
     @app.get("/metrics")
     async def prometheus(request: Request) -> Response:
@@ -188,7 +198,8 @@ def create_app(bundles: ChunkSource, limits: Limits = Limits(), token: Optional[
                 message = await websocket.receive()
                 if message["type"] == "websocket.disconnect":
                     break
-                if not await _observation(websocket, message.pop("bytes", None), bundles, limits, slots, refused):
+                if not await _observation(websocket, message.pop("bytes", None), bundles, limits, slots, refused,
+                                          reader):
                     break
         except WebSocketDisconnect:
             pass
@@ -200,9 +211,19 @@ def create_app(bundles: ChunkSource, limits: Limits = Limits(), token: Optional[
     return app
 
 
+@dataclass(frozen=True)
+class Reader:
+    """A client layout with the state width of each domain served (for its ``pad_proprio``)."""
+
+    layout: ClientLayout
+    state_dims: dict[int, int]
+
+
 async def _observation(websocket: WebSocket, data: Optional[bytes], bundles: ChunkSource, limits: Limits,
-                       slots: Slots, refused: Callable[[str, Exception], tuple[int, str]]) -> bool:
-    """Answer one websocket frame; False when the connection is to be closed."""
+                       slots: Slots, refused: Callable[[str, Exception], tuple[int, str]],
+                       reader: Optional[Reader] = None) -> bool:
+    """Answer one websocket frame (through ``reader`` when a client layout is set); False when the connection is
+    to be closed."""
     metrics = bundles.metrics
     t0 = time.perf_counter()
     status = "200"
@@ -210,13 +231,12 @@ async def _observation(websocket: WebSocket, data: Optional[bytes], bundles: Chu
         if data is None:
             raise RequestError("expected a binary msgpack frame, got text")
         async with slots.take():
-            request = await run_in_threadpool(
-                lambda: from_message(unpack(data, limits.max_frame_bytes, limits.max_list_values), limits))
+            request, key = await run_in_threadpool(lambda: _request(data, limits, reader))
             data = None  # the frame: its arrays were copied out of it
             t1 = time.perf_counter()
             answer = await bundles.answer(request)
             t2 = time.perf_counter()
-            reply = {"action": answer.actions.astype(np.float32), "domain_id": request.domain_id,
+            reply = {key: answer.actions.astype(np.float32), "domain_id": request.domain_id,
                      "bundle_id": answer.bundle_id,
                      "server_timing": {"infer_ms": (t2 - t1) * 1e3, "total_ms": (t2 - t0) * 1e3}}
             await websocket.send_bytes(pack(reply))
@@ -239,3 +259,11 @@ async def _observation(websocket: WebSocket, data: Optional[bytes], bundles: Chu
     finally:
         metrics.requests.labels("websocket", status).inc()
         metrics.latency.labels("websocket").observe(time.perf_counter() - t0)
+
+
+def _request(data: bytes, limits: Limits, reader: Optional[Reader]) -> tuple[ActRequest, str]:
+    """A websocket frame → the checked request and the reply's key for the chunk."""
+    message = unpack(data, limits.max_frame_bytes, limits.max_list_values)
+    if reader is not None and reader.layout.applies_to(message):
+        return from_message(reader.layout.native(message, reader.state_dims), limits), reader.layout.actions
+    return from_message(message, limits), "action"

@@ -72,6 +72,9 @@ class ServerMetrics:
                                  registry=self.registry)
         self.active = Gauge("xvla_serve_active_requests", "Requests being read, decoded or computed (at most "
                             "max_active; others wait for a slot).", registry=self.registry)
+        self.unauthenticated = Gauge("xvla_serve_unauthenticated", "1: requests from other machines are served "
+                                     "without a token (lab mode, --allow-unauthenticated); 0: they need one.",
+                                     registry=self.registry)
         self.bundles = Gauge("xvla_serve_bundle_info", "The bundles served (value 1).",
                              ["domain", "bundle_id", "embodiment", "precision", "backend"], registry=self.registry)
         for kind in ERROR_KINDS:

@@ -66,6 +66,7 @@ class FleetOptions:
     max_ongoing_requests: int = 32
     token: Optional[str] = None  # kept in Ray's deployment config: in config files prefer token_file
     token_file: Optional[str] = None  # read by the ingress replica (first line; owner-only file)
+    allow_unauthenticated: bool = False  # lab mode: no token on a non-loopback host (see xvla_edge.web.auth)
     limits: dict[str, Any] = field(default_factory=dict)  # Limits' fields (max_active: MAX_ACTIVE by default)
 
 
@@ -171,14 +172,16 @@ class Ingress:
     """The HTTP/websocket front: ``xvla-edge serve``'s app over the policy deployments."""
 
     def __init__(self, handles: dict[int, DeploymentHandle], limits: dict[str, Any], token: Optional[str],
-                 token_file: Optional[str]) -> None:
+                 token_file: Optional[str], allow_unauthenticated: bool = False) -> None:
         self.handles = handles
         self.limits = ingress_limits(limits)
         self.token = token if token_file is None else read_token_file(Path(token_file))
+        self.allow_unauthenticated = allow_unauthenticated
 
     async def __serve_build_asgi_app__(self) -> Any:
         metadata = {d: await h.metadata.remote() for d, h in self.handles.items()}
-        return create_app(DeploymentBundles(self.handles, metadata), self.limits, self.token)
+        return create_app(DeploymentBundles(self.handles, metadata), self.limits, self.token,
+                          allow_unauthenticated=self.allow_unauthenticated)
 
 
 def ingress_limits(limits: dict[str, Any]) -> Limits:
@@ -221,12 +224,14 @@ def build_app(args: dict[str, Any]) -> serve.Application:
                opts.batch_wait_timeout_s)
     if opts.token and opts.token_file:
         raise BundleError("give one of token and token_file")
+    if opts.allow_unauthenticated and (opts.token or opts.token_file):
+        raise BundleError("allow_unauthenticated serves without a token: give it or a token, not both")
     if opts.token is not None:
         try:
             auth.check_token(opts.token)
         except auth.TokenError as exc:
             raise BundleError(f"token: {exc}") from None
-    return Ingress.bind(handles, opts.limits, opts.token, opts.token_file)
+    return Ingress.bind(handles, opts.limits, opts.token, opts.token_file, opts.allow_unauthenticated)
 
 
 def read_token_file(path: Path) -> str:

@@ -1,6 +1,7 @@
 """Run the app on uvicorn: in the foreground (``xvla-edge serve``) or on a thread (tests, benchmarks).
 
-Exposure rule: a host that is not a loopback address needs a token (the rule of :mod:`xvla_edge.web.auth`).
+Exposure rule: a host that is not a loopback address needs a token (the rule of :mod:`xvla_edge.web.auth`), unless
+the operator opts into lab mode (``--allow-unauthenticated``), which is announced by a warning naming the address.
 The listening socket is bound here, with ``TCP_NODELAY`` (connections accepted from it inherit it): without it
 each response waited for the client's delayed ACK — ``/healthz`` took 44 ms on loopback instead of 0.5 ms.
 uvicorn's access log is off because it would print query strings, tokens included; refused requests are logged
@@ -17,23 +18,38 @@ import time
 from typing import Any, Optional
 
 from xvla.errors import XVLAError
-from xvla_edge.web.auth import TokenError, check_token, is_loopback
+from xvla_edge.web.auth import TokenError, check_token, is_loopback, token_required
 
 
 class ServeError(XVLAError, ValueError):
     """The server cannot start as asked (exposure without a token, a port in use)."""
 
 
-def check_exposure(host: str, token: Optional[str]) -> None:
-    """Refuse a non-loopback ``host`` without a token, and a token that does not follow the token rule."""
+def check_exposure(host: str, token: Optional[str], *, allow_unauthenticated: bool = False) -> None:
+    """Refuse a non-loopback ``host`` without a token unless ``allow_unauthenticated`` (lab mode), a token that
+    does not follow the token rule, and lab mode where it means nothing (with a token, or on loopback)."""
     if token is not None:
         try:
             check_token(token)
         except TokenError as exc:
             raise ServeError(f"token: {exc}") from None
-    if not is_loopback(host) and token is None:
+    if allow_unauthenticated and token is not None:
+        raise ServeError("--allow-unauthenticated serves without a token: give it or a token, not both")
+    if allow_unauthenticated and is_loopback(host):
+        raise ServeError(f"--allow-unauthenticated: --host {host} is a loopback address, served without a token "
+                         "anyway; the opt-in is for a non-loopback --host on a trusted lab network")
+    if token is None and token_required(host, allow_unauthenticated=allow_unauthenticated):
         raise ServeError(f"--host {host} is reachable from other machines: give --token-file (or --token, or "
-                         "XVLA_SERVE_TOKEN) so that every request must carry it, or bind 127.0.0.1")
+                         "XVLA_SERVE_TOKEN) so that every request must carry it, or bind 127.0.0.1 (or, on a "
+                         "trusted lab network only, --allow-unauthenticated)")
+
+
+def lab_mode_warning(host: str, port: int) -> str:
+    """The warning ``xvla-edge serve --allow-unauthenticated`` prints at start, naming the address."""
+    return (f"--allow-unauthenticated: http://{host}:{port} serves /act, the websocket and /metrics "
+            "WITHOUT A TOKEN to every machine that can reach this address. Use it only on a trusted lab network; "
+            "otherwise bind 127.0.0.1 and reach it through an SSH tunnel, or put a reverse proxy with TLS and "
+            "--token-file in front (docs/serving-and-fleets.md).")
 
 
 def bind(host: str, port: int) -> socket.socket:

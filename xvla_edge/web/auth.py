@@ -6,8 +6,12 @@ or non-ASCII characters, so it travels unchanged in a header and a URL) with at 
 :data:`MIN_DISTINCT_CHARS` different ones (``aaaa...`` and ``abab...`` are refused; 16 hex digits of
 ``openssl rand -hex 8`` have fewer about once in 2.5 million). A token file is a file only its owner can
 read, holding the token alone (surrounding whitespace, such as the final newline, is ignored). Tokens are
-compared in constant time (:func:`same_token`). A server bound to a loopback address (:func:`is_loopback`)
-may run without one.
+compared in constant time (:func:`same_token`).
+
+Who must require one (:func:`token_required`): every server bound beyond loopback (:func:`is_loopback`), except
+``xvla-edge serve`` started with ``--allow-unauthenticated`` (lab mode, for the official evaluation clients,
+which cannot send a token, on a trusted network). The daemon never takes that opt-in: its endpoints start
+recordings and command a real arm, and every client of it is this project's own, which can send a token.
 """
 
 from __future__ import annotations
@@ -59,6 +63,12 @@ def read_token_file(path: Path) -> str:
 def same_token(given: str, expected: str) -> bool:
     """Whether ``given`` is ``expected``, in time independent of where they differ."""
     return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("utf-8", "replace"))
+
+
+def token_required(host: str, *, allow_unauthenticated: bool = False) -> bool:
+    """Whether a server listening on ``host`` must require a token: unless ``host`` is loopback, yes, unless its
+    operator opted into lab mode (``allow_unauthenticated``; ``xvla-edge serve`` only)."""
+    return not is_loopback(host) and not allow_unauthenticated
 
 
 def is_loopback(host: str) -> bool:

@@ -213,6 +213,13 @@ def test_health_beyond_loopback_needs_a_private_token_file(write, tmp_path):
         assert load_config(write(MINIMAL + f'[health]\nhost = "{host}"\n')).health.token is None
 
 
+def test_the_daemon_has_no_lab_mode(write):
+    """``xvla-edge serve --allow-unauthenticated`` has no counterpart here: the daemon's endpoints steer an arm."""
+    lines = problems(write(MINIMAL + '[health]\nhost = "0.0.0.0"\nallow_unauthenticated = true\n'))
+    assert any("[health].allow_unauthenticated: unknown key" in line for line in lines), lines
+    assert any('[health].host = "0.0.0.0": binding beyond loopback' in line for line in lines), lines
+
+
 def test_cameras_per_source(write, tmp_path):
     (tmp_path / "frames").mkdir()
     (tmp_path / "clip.mp4").write_bytes(b"")

@@ -99,7 +99,8 @@ def test_a_bad_request_in_a_batch_is_refused_alone_and_an_unknown_domain_is_name
     unknown = requests.post(f"http://{fleet}/act", json=payload(1, domain_id=7), timeout=60)
     assert unknown.status_code == 400
     assert unknown.json() == {"error": "domain_id: 7 is not served here; domains served: 3"}
-    assert requests.get(f"http://{fleet}/healthz", timeout=10).json() == {"status": "ok", "domains": [3]}
+    assert requests.get(f"http://{fleet}/healthz", timeout=10).json() == {"status": "ok", "domains": [3],
+                                                                          "allow_unauthenticated": False}
 
 
 def test_remote_policy_over_the_websocket_equals_policy_act(fleet, local):
@@ -188,5 +189,7 @@ def test_build_app_refuses_unknown_limits_two_tokens_and_bad_ones(tiny_bundle, t
         build_app({"bundles": [str(tiny_bundle)], "limits": {"max_body": 1}})
     with pytest.raises(BundleError, match="give one of token and token_file"):
         build_app({"bundles": [str(tiny_bundle)], "token": "x" * 20, "token_file": "/tmp/t"})
+    with pytest.raises(BundleError, match="allow_unauthenticated serves without a token: give it or a token"):
+        build_app({"bundles": [str(tiny_bundle)], "token": "0123456789abcdef", "allow_unauthenticated": True})
     with pytest.raises(TypeError, match="bundle"):
         build_app({"bundle": [str(tiny_bundle)]})

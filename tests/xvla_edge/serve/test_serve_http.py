@@ -132,7 +132,21 @@ def test_a_token_guards_everything_but_healthz(bundles):
         assert requests.post(srv.url + f"/act?token={TOKEN}", json=body()).ok  # clients that only take a URL
         assert requests.get(srv.url + "/metrics").status_code == 401
         assert requests.get(srv.url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).ok
-        assert requests.get(srv.url + "/healthz").json() == {"status": "ok", "domains": [3, 5]}
+        assert requests.get(srv.url + "/healthz").json() == {"status": "ok", "domains": [3, 5],
+                                                             "allow_unauthenticated": False}
+        metrics = requests.get(srv.url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
+        assert "\nxvla_serve_unauthenticated 0.0\n" in metrics
+
+
+def test_lab_mode_serves_without_a_token_and_says_so(bundles):
+    """``--allow-unauthenticated`` (the official clients cannot send a token): no token asked, and /healthz and
+    /metrics say so. On a network address: tests/xvla_edge/serve/test_official_clients.py."""
+    with ServerThread(create_app(bundles, Limits(), allow_unauthenticated=True)) as srv:
+        assert requests.post(srv.url + "/act", json=body()).ok
+        assert requests.get(srv.url + "/healthz").json()["allow_unauthenticated"] is True
+        assert "\nxvla_serve_unauthenticated 1.0\n" in requests.get(srv.url + "/metrics").text
+    with pytest.raises(ValueError, match="serves without a token: give one or the other"):
+        create_app(bundles, Limits(), TOKEN, allow_unauthenticated=True)
 
 
 @pytest.mark.server
