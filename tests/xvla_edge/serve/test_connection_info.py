@@ -30,6 +30,7 @@ def test_the_fields_are_the_official_servers(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["info.json", "slurm.json"]  # no temporary file left
 
 
+@pytest.mark.server
 def test_a_wildcard_host_becomes_an_address_a_client_connects_to():
     with socket.create_server(("0.0.0.0", 0)) as server:
         host = client_host("0.0.0.0")
@@ -39,6 +40,7 @@ def test_a_wildcard_host_becomes_an_address_a_client_connects_to():
     assert client_host("127.0.0.1") == "127.0.0.1" and client_host("10.1.2.3") == "10.1.2.3"
 
 
+@pytest.mark.server
 def test_ipv6_hosts_are_bracketed_so_the_clients_url_is_valid():
     assert client_host("::1") == "[::1]"
     url = f"http://{client_host('::1')}:8010/act"  # as the official clients build it
@@ -99,6 +101,7 @@ READER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.subprocess
 def test_a_polling_client_never_reads_a_half_written_file(tmp_path):
     """The official clients read the file as soon as it exists; written in place, a reader polling in another
     process saw it empty or cut (measured: 51 and 82 of 100 files written with open + json.dump, as deploy.py

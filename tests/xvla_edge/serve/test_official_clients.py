@@ -84,6 +84,7 @@ def stop(proc: subprocess.Popen, sig: int) -> int:
     return proc.wait(timeout=60)
 
 
+@pytest.mark.subprocess
 def test_the_libero_clients_connection_info_mode_connects(tiny_batch_bundle, tmp_path, serve_process):
     info = tmp_path / "logs" / "info.json"
     with ThreadPoolExecutor(1) as pool:
@@ -112,6 +113,7 @@ def network_address() -> str:
     return host
 
 
+@pytest.mark.subprocess
 def test_a_token_less_client_reaches_a_lab_mode_server_on_a_network_address(
         tiny_batch_bundle, network_address, tmp_path, serve_process, capsys):
     assert main(["serve", str(tiny_batch_bundle), "--host", network_address]) == 1  # without the opt-in, as before

@@ -41,6 +41,7 @@ def served(tiny_batch_bundle):
     bundles.close()
 
 
+@pytest.mark.server
 def test_openpis_client_gets_chunks_equal_to_policy_act(served, tiny_batch_bundle):
     rng = np.random.default_rng(0)
     client = openpi.WebsocketClientPolicy(host=served.host, port=served.port, api_key=TOKEN)

@@ -138,6 +138,7 @@ def test_a_token_guards_everything_but_healthz(bundles):
         assert "\nxvla_serve_unauthenticated 0.0\n" in metrics
 
 
+@pytest.mark.server
 def test_lab_mode_serves_without_a_token_and_says_so(bundles):
     """``--allow-unauthenticated`` (the official clients cannot send a token): no token asked, and /healthz and
     /metrics say so. On a network address: tests/xvla_edge/serve/test_official_clients.py."""
