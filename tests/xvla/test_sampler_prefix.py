@@ -12,7 +12,7 @@ from xvla import load_checkpoint
 from xvla.errors import InputError
 from xvla.realtime_chunking import prefix_weights
 
-from tests.xvla.test_model import inputs
+from tests.support.model_inputs import inputs
 
 pytestmark = pytest.mark.model
 
