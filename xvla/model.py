@@ -15,13 +15,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from xvla import realtime_chunking
 from xvla.action_head import SoftPromptedTransformer
 from xvla.action_space import ActionSpace
 from xvla.config import XVLAConfig
 from xvla.constants import MAX_STEPS
 from xvla.errors import InputError
 from xvla.florence import VisionLanguageEncoder
-from xvla.realtime_chunking import check_prefix
 
 
 
@@ -110,8 +110,9 @@ class XVLA(nn.Module):
         if not isinstance(weights, torch.Tensor) or tuple(weights.shape) != (batch, T):
             raise InputError(f"weights must be [B={batch}, {T}]; got {_describe(weights)}")
         for b in range(batch):
-            check_prefix(prefix[b].detach().cpu().double().numpy(), weights[b].detach().cpu().double().numpy(),
-                         length=T, dim=A, where=f"prefix[{b}]")
+            realtime_chunking.check_prefix(prefix[b].detach().cpu().double().numpy(),
+                                           weights[b].detach().cpu().double().numpy(), length=T, dim=A,
+                                           where=f"prefix[{b}]")
 
     @torch.no_grad()
     def generate_actions(self, input_ids: torch.Tensor, image_input: torch.Tensor, image_mask: torch.Tensor,
