@@ -4,6 +4,10 @@ Sampler (the released one, *not* an Euler ODE step): the network predicts the cl
 with x1 ~ N(0, I) drawn once and a = 0, for i = steps .. 1: t = i/steps, x_t = t·x1 + (1 − t)·a,
 zero the gripper channels of x_t and proprio (per action mode), a = net(x_t, proprio, t). The result is
 post-processed per action mode (sigmoid on gripper logits for ee6d/joint).
+
+Real-time chunking (:mod:`xvla.realtime_chunking`): with a committed ``prefix`` and row ``weights``, every
+prediction is mixed row by row, a = w·prefix + (1 − w)·a, before it is re-noised (and after the last step), in the
+model's own representation (gripper channels as logits). All-zero weights give today's chunk bit for bit.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from xvla import realtime_chunking
 from xvla.action_head import SoftPromptedTransformer
 from xvla.action_space import ActionSpace
 from xvla.config import XVLAConfig
@@ -91,16 +96,38 @@ class XVLA(nn.Module):
         proprio_m, x_t_m = self.action_space.preprocess(proprio, x_t)
         return self.transformer(domain_id, enc[0], enc[1], x_t_m, proprio_m, t)
 
+    def check_prefix(self, prefix: torch.Tensor | None, weights: torch.Tensor | None, batch: int) -> None:
+        """Raise :class:`InputError` unless ``prefix`` [B, num_actions, dim_action] and ``weights`` [B, num_actions]
+        are given together and each sample passes :func:`xvla.realtime_chunking.check_prefix`."""
+        if (prefix is None) != (weights is None):
+            raise InputError("prefix and weights: expected both (real-time chunking) or neither; got only "
+                             + ("prefix" if weights is None else "weights"))
+        if prefix is None:
+            return
+        T, A = self.config.num_actions, self.config.dim_action
+        if not isinstance(prefix, torch.Tensor) or tuple(prefix.shape) != (batch, T, A):
+            raise InputError(f"prefix must be [B={batch}, {T}, {A}]; got {_describe(prefix)}")
+        if not isinstance(weights, torch.Tensor) or tuple(weights.shape) != (batch, T):
+            raise InputError(f"weights must be [B={batch}, {T}]; got {_describe(weights)}")
+        for b in range(batch):
+            realtime_chunking.check_prefix(prefix[b].detach().cpu().double().numpy(),
+                                           weights[b].detach().cpu().double().numpy(), length=T, dim=A,
+                                           where=f"prefix[{b}]")
+
     @torch.no_grad()
     def generate_actions(self, input_ids: torch.Tensor, image_input: torch.Tensor, image_mask: torch.Tensor,
                          domain_id: torch.Tensor, proprio: torch.Tensor, steps: int = 10,
-                         noise: torch.Tensor | None = None) -> torch.Tensor:
+                         noise: torch.Tensor | None = None, *, prefix: torch.Tensor | None = None,
+                         weights: torch.Tensor | None = None) -> torch.Tensor:
         """Sample one action chunk [B, num_actions, output_dim].
 
         ``noise`` [B, num_actions, dim_action] replaces the random draw of x1 (for parity across
-        implementations). ``steps`` ≥ 1 network calls at t = 1, (steps−1)/steps, ..., 1/steps.
+        implementations). ``steps`` ≥ 1 network calls at t = 1, (steps−1)/steps, ..., 1/steps. ``prefix``
+        [B, num_actions, dim_action] (the model's representation, before post-processing) with row ``weights``
+        [B, num_actions] (see :mod:`xvla.realtime_chunking`) steers the chunk to continue a committed one.
         """
         self.check_inputs(input_ids, image_input, image_mask, domain_id, proprio, noise)
+        self.check_prefix(prefix, weights, input_ids.shape[0])
         if not 1 <= int(steps) <= MAX_STEPS:
             raise InputError(f"steps = {steps!r}: expected an integer 1 ... {MAX_STEPS}")
         steps = int(steps)
@@ -109,11 +136,24 @@ class XVLA(nn.Module):
         x1 = noise if noise is not None else torch.randn(B, cfg.num_actions, cfg.dim_action, dtype=proprio.dtype)
         x1 = x1.to(device=proprio.device, dtype=proprio.dtype)
         action = torch.zeros_like(x1)
+        if prefix is not None:
+            prefix = prefix.to(device=x1.device, dtype=x1.dtype)
+            weights = weights.to(device=x1.device, dtype=x1.dtype)
         for i in range(steps, 0, -1):
             t = torch.full((B,), i / steps, device=proprio.device, dtype=proprio.dtype)
             x_t = x1 * t.view(-1, 1, 1) + action * (1 - t).view(-1, 1, 1)
             action = self.denoise_step(enc, x_t, proprio, t, domain_id)
+            if prefix is not None:
+                action = mix_prefix(action, prefix, weights)
         return self.action_space.postprocess(action)
+
+
+def mix_prefix(action: torch.Tensor, prefix: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Real-time chunking's mix of a predicted clean chunk ``action`` [B, T, A] with the committed ``prefix``
+    [B, T, A]: ``w * prefix + (1 - w) * action`` with the row ``weights`` [B, T] (a weight of 0 returns the row
+    unchanged, bit for bit; a weight of 1 returns the prefix row)."""
+    w = weights.unsqueeze(-1)
+    return w * prefix + (1 - w) * action
 
 
 def _describe(x: object) -> str:

@@ -10,22 +10,12 @@ from xvla import load_checkpoint, write_random_checkpoint
 from xvla.action_head import timestep_embedding
 from xvla.errors import InputError
 
+from tests.support.model_inputs import inputs
+
 
 @pytest.fixture(scope="module")
 def model(tiny_checkpoint):
     return load_checkpoint(tiny_checkpoint)
-
-
-def inputs(model, B=1, views=(True, True, True), seed=0):
-    g = torch.Generator().manual_seed(seed)
-    cfg = model.config
-    ids = torch.randint(3, cfg.text.vocab_size, (B, 50), generator=g)
-    ids[:, 0], ids[:, 20], ids[:, 21:] = 0, 2, 1
-    return dict(
-        input_ids=ids, image_input=torch.randn(B, 3, 3, 64, 64, generator=g),
-        image_mask=torch.tensor([list(views)] * B), domain_id=torch.arange(B) % cfg.num_domains,
-        proprio=torch.randn(B, cfg.dim_action, generator=g),
-    )
 
 
 def test_chunk_shape_and_gripper_range(model) -> None:

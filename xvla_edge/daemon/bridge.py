@@ -1,9 +1,17 @@
-"""Between the policy's units and the arm's: measured arm state → proprio, action chunk → trajectory.
+"""Between the policy's units and the arm's: measured arm state → proprio, action chunk → trajectory, and back
+from the commands the arm will execute to rows in the model's action layout (real-time chunking's prefix).
 
 The proprio layout is the bundle's action layout (``manifest.action``): ``ee6d`` / ``agibot_ee6d`` hold
 position (3), rot6d (6, the manifest's ``rot6d_layout``) and gripper (1) per arm at offsets 0 and 10;
 ``joint`` holds 6 joints and a gripper per arm at offsets 0 and 7. Channels of arms the robot does not
 have stay zero, as in the training data of single-arm domains.
+
+:func:`trajectory_to_rows` inverts :func:`chunk_to_trajectory` together with the decoding and the model's output
+transform: positions and joints as they are, rotations as rot6d in the manifest's layout (the rotation itself,
+whatever non-orthonormal rot6d the model once emitted for it), and the gripper opening through the inverse of the
+output transform: the logit for the modes that squash the gripper with a sigmoid (``ee6d``, ``joint``; an opening
+of exactly 0 or 1 has no finite logit, so it is clamped into [:data:`GRIPPER_EPS`, 1 − :data:`GRIPPER_EPS`], a
+logit of about ±13.8 whose sigmoid is within 1e-6 of the command), the value itself for ``agibot_ee6d``.
 """
 
 from __future__ import annotations
@@ -13,11 +21,13 @@ import numpy as np
 from drivers.arm import ArmState
 from drivers.control.trajectory import Trajectory
 from runtime.types import ActionChunk
+from xvla.constants import GRIPPER_CHANNELS
 from xvla.errors import XVLAError
 from xvla.rotations import quat_to_rot6d
 
 _ARM_STRIDE = {"ee6d": 10, "agibot_ee6d": 10, "joint": 7}
 JOINTS_PER_ARM = 6
+GRIPPER_EPS = 1e-6  # a commanded opening is clamped into [eps, 1 - eps] before its logit is taken
 
 
 class BridgeError(XVLAError, ValueError):
@@ -79,3 +89,32 @@ def chunk_to_trajectory(chunk: ActionChunk) -> Trajectory:
     position = np.stack([a.position for a in arms], axis=1)
     quaternion = np.stack([a.quaternion for a in arms], axis=1)
     return Trajectory.ee(chunk.timestamps, position, quaternion, gripper)
+
+
+def trajectory_to_rows(trajectory: Trajectory, action: dict) -> np.ndarray:
+    """The waypoints of ``trajectory`` as rows [N, ``action["dim"]``] float32 in the model's action layout for the
+    manifest's ``action`` section (the representation the sampler mixes a prefix in; see the module's text)."""
+    mode, arms = action["mode"], int(action.get("arms", 1))
+    stride, dim = _ARM_STRIDE.get(mode), int(action["dim"])
+    check_arm(action, trajectory.space, trajectory.n_arms, trajectory.n_joints)
+    if trajectory.n_arms != arms:
+        raise BridgeError(f"the bundle drives {arms} gripper(s); the trajectory holds {trajectory.n_arms}")
+    if dim < stride * arms:
+        raise BridgeError(f"manifest action.dim {dim} is narrower than the {mode} layout of {arms} arm(s) "
+                          f"({stride * arms} values)")
+    gripper = np.asarray(trajectory.gripper, np.float64)
+    if GRIPPER_CHANNELS[mode]:
+        opening = np.clip(gripper, GRIPPER_EPS, 1.0 - GRIPPER_EPS)
+        gripper = np.log(opening) - np.log1p(-opening)
+    rows = np.zeros((trajectory.n_waypoints, dim), np.float64)
+    for arm in range(arms):
+        base = stride * arm
+        if mode == "joint":
+            rows[:, base : base + 6] = trajectory.joints[:, JOINTS_PER_ARM * arm : JOINTS_PER_ARM * (arm + 1)]
+            rows[:, base + 6] = gripper[:, arm]
+        else:
+            rows[:, base : base + 3] = trajectory.position[:, arm]
+            rows[:, base + 3 : base + 9] = quat_to_rot6d(trajectory.quaternion[:, arm],
+                                                         action.get("rot6d_layout", "rows"))
+            rows[:, base + 9] = gripper[:, arm]
+    return rows.astype(np.float32)

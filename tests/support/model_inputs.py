@@ -1,0 +1,21 @@
+"""Random model inputs of the right shapes for a (tiny) X-VLA network: what the sampler tests feed it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def inputs(model: Any, B: int = 1, views: tuple[bool, ...] = (True, True, True), seed: int = 0) -> dict:
+    """``generate_actions`` keyword arguments for ``B`` samples: 50 token ids (bos, 19 words, eos, padding),
+    64² images for the three view slots with ``views`` as the mask, domains 0, 1, ..., a random proprio."""
+    g = torch.Generator().manual_seed(seed)
+    cfg = model.config
+    ids = torch.randint(3, cfg.text.vocab_size, (B, 50), generator=g)
+    ids[:, 0], ids[:, 20], ids[:, 21:] = 0, 2, 1
+    return dict(
+        input_ids=ids, image_input=torch.randn(B, 3, 3, 64, 64, generator=g),
+        image_mask=torch.tensor([list(views)] * B), domain_id=torch.arange(B) % cfg.num_domains,
+        proprio=torch.randn(B, cfg.dim_action, generator=g),
+    )
