@@ -19,7 +19,6 @@ SCHED_FIFO (``os.sched_setscheduler``) needs CAP_SYS_NICE or an RLIMIT_RTPRIO gr
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import time
@@ -37,11 +36,10 @@ class _Timespec(ctypes.Structure):
 
 
 def _load_libc() -> Optional[ctypes.CDLL]:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    """The C library the interpreter is linked with (its own symbols: no search, so importing this module runs
+    no ``ldconfig`` process as ``ctypes.util.find_library`` would)."""
     try:
-        libc = ctypes.CDLL(name, use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)
         libc.clock_nanosleep.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(_Timespec), ctypes.c_void_p]
         libc.clock_nanosleep.restype = ctypes.c_int
         libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
