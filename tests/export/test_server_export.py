@@ -83,3 +83,11 @@ def test_the_domains_option_is_parsed_by_name(tiny_checkpoint, tmp_path, capsys,
     with pytest.raises(SystemExit):  # one of the two, not both
         main(["export", str(tiny_checkpoint), "--domains", "0", "--domain-id", "0", "--out", str(tmp_path / "o")])
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_info_lists_each_domain_of_a_server_bundle(tiny_server_bundle, capsys):
+    assert main(["info", str(tiny_server_bundle)]) == 0
+    out = capsys.readouterr().out
+    assert "  server:    server, 3 domains (the domain an input of the denoise graph)" in out
+    assert "    domain 6: robotwin2-agilex, 2 arm(s), 1 s per chunk" in out
+    assert "    domain 0: bridge-widowx, 1 arm(s), 5 s per chunk" in out and "steps over each domain's span" in out
