@@ -10,6 +10,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # shared test helpers (daemon_driving.py) import by name
 
+from server_domains import SERVER_DOMAINS  # noqa: E402
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -55,9 +57,6 @@ def tiny_batch_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint)
                   progress=lambda line: None)
     return out
 
-
-# bridge-widowx (5 s, one arm), robotwin2-agilex (1 s, two arms), robomind-franka-dual (4 s, two arms)
-SERVER_DOMAINS = (0, 6, 17)
 
 
 @pytest.fixture(scope="session")

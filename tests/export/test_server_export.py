@@ -11,7 +11,7 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 
-from conftest import SERVER_DOMAINS  # noqa: E402
+from server_domains import SERVER_DOMAINS  # noqa: E402
 from export.bundle import ExportError, ExportOptions, export_bundle  # noqa: E402
 from export.domains import domain_defaults  # noqa: E402
 from runtime.graph_stamp import DOMAIN_KEY, DOMAINS_KEY, read_metadata  # noqa: E402

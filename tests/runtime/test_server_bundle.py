@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import SERVER_DOMAINS
+from server_domains import SERVER_DOMAINS
 from runtime.backends.base import BackendError
 from runtime.manifest import BundleError, Manifest
 from runtime.policy import Policy
