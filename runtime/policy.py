@@ -233,7 +233,8 @@ class Policy:
         """Start :meth:`act` on a worker thread (the backends release the GIL while they compute)."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xvla-policy")
-        return self._executor.submit(self.act, obs, steps=steps, domain_id=domain_id)
+        named = {} if domain_id is None else {"domain_id": domain_id}  # a robot's bundle: called as before
+        return self._executor.submit(self.act, obs, steps=steps, **named)
 
     def close(self) -> None:
         if self._executor is not None:
