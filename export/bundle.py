@@ -20,12 +20,12 @@ from typing import Callable, Iterator
 import torch
 
 from export.domains import domain_defaults
-from export.graphs import DenoiseStepGraph, EncoderGraph
+from export.graphs import DenoiseStepGraph, EncoderGraph, ServerDenoiseStepGraph
 from calibration.graph_check import GraphCheckError, check_graph
 from export.onnx_graphs import OPSET, convert_fp16, export_graph, io_specs, stamp
 from export.options import PRECISIONS, ExportOptions
 from export.verify import measure_batch_parity, measure_parity
-from runtime.graph_stamp import DOMAIN_KEY
+from runtime.graph_stamp import DOMAIN_KEY, DOMAINS_KEY
 from runtime.manifest import MANIFEST_FILE, SCHEMA_VERSION
 from runtime.manifest_schema import MAX_BATCH, MAX_BATCH_SIZES
 from xvla.checkpoint import load_checkpoint
@@ -59,9 +59,14 @@ def check_options(ckpt_dir: Path, out: Path, opts: ExportOptions) -> None:
     if not ckpt_dir.is_dir():
         raise ExportError(f"checkpoint {ckpt_dir}: directory not found")
     cfg = load_config(ckpt_dir)
-    if not 0 <= opts.domain_id < cfg.num_domains:
+    if (opts.domain_id is None) == (opts.domains is None):
+        raise ExportError("give one of --domain-id N (a robot's bundle, the domain folded in) and --domains "
+                          "(a server bundle: 'all', or ids such as 0,3,6)")
+    if opts.domain_id is not None and not 0 <= opts.domain_id < cfg.num_domains:
         raise ExportError(f"--domain-id {opts.domain_id} is out of range: this checkpoint has domains "
                           f"0..{cfg.num_domains - 1}")
+    if opts.domains is not None:
+        _check_domains(opts, cfg.num_domains)
     if opts.precision not in PRECISIONS:
         raise ExportError(f"--precision {opts.precision!r} is not supported; expected one of {list(PRECISIONS)} "
                           "(INT8 bundles are made from an fp32 bundle by `xvla-edge quantize`)")
@@ -84,15 +89,40 @@ def check_options(ckpt_dir: Path, out: Path, opts: ExportOptions) -> None:
     TextTokenizer(ckpt_dir, cfg.text_tokens)
 
 
+def _check_domains(opts: ExportOptions, num_domains: int) -> None:
+    """A server bundle's ``--domains``: ``all``, or distinct ids of the checkpoint; no one robot's values."""
+    for flag, value in (("--chunk-seconds", opts.chunk_seconds), ("--arms", opts.arms)):
+        if value is not None:
+            raise ExportError(f"{flag} names one robot's value; a server bundle records each domain's own "
+                              "(export a robot's bundle with --domain-id for a value of your own)")
+    listed = opts.domains
+    if listed == "all":
+        return
+    if (not isinstance(listed, (tuple, list)) or not listed
+            or not all(isinstance(d, int) and not isinstance(d, bool) for d in listed)):
+        raise ExportError(f"--domains {listed!r}: expected 'all' or at least one domain id")
+    outside = [d for d in listed if not 0 <= d < num_domains]
+    if outside:
+        raise ExportError(f"--domains: {', '.join(map(str, outside))} out of range: this checkpoint has domains "
+                          f"0..{num_domains - 1}")
+    twice = sorted({d for d in listed if list(listed).count(d) > 1})
+    if twice:
+        raise ExportError(f"--domains: {', '.join(map(str, twice))} listed twice")
+
+
 def export_bundle(ckpt_dir: str | Path, out: str | Path, opts: ExportOptions,
                   progress: Callable[[str], None] = print) -> dict:
-    """Export ``ckpt_dir`` (with ``opts.lora`` merged, if given) for one domain into the bundle directory ``out``;
-    returns the manifest."""
+    """Export ``ckpt_dir`` (with ``opts.lora`` merged, if given) for one domain (``opts.domain_id``), or as a
+    server bundle of ``opts.domains``, into the bundle directory ``out``; returns the manifest."""
     ckpt_dir, out = Path(ckpt_dir), Path(out)
     check_options(ckpt_dir, out, opts)
     adapter = None if opts.lora is None else read_adapter(opts.lora)  # refused here, before any work
+    cfg = load_config(ckpt_dir)
     if opts.views is None:
-        opts = dataclasses.replace(opts, views=load_config(ckpt_dir).view_slots)
+        opts = dataclasses.replace(opts, views=cfg.view_slots)
+    if opts.domains is not None:
+        listed = range(cfg.num_domains) if opts.domains == "all" else opts.domains
+        opts = dataclasses.replace(opts, domains=tuple(sorted(listed)))
     with atomic_directory(out, force=opts.force) as tmp:
         return _build(ckpt_dir, tmp, opts, progress, adapter)
 
@@ -126,17 +156,25 @@ def _build(ckpt_dir: Path, tmp: Path, opts: ExportOptions, progress: Callable[[s
     den_args = (context, torch.zeros(B, T, A), torch.zeros(B, T, A), torch.zeros(B, cfg.dim_proprio), torch.ones(1))
     enc_path, den_path = tmp / "encoder.onnx", tmp / "denoise.onnx"
     enc_inputs, den_inputs = ["pixel_values", "image_mask", "input_ids"], ["context", "x1", "prev", "proprio", "t"]
+    served = opts.domains or (opts.domain_id,)
+    if opts.domains is None:
+        denoise, what = DenoiseStepGraph(model, opts.domain_id), f"domain {opts.domain_id} folded in"
+    else:
+        denoise, what = ServerDenoiseStepGraph(model, list(opts.domains)), f"{len(served)} domains, an input"
+        den_args += (torch.tensor(served[:B] * B)[:B],)
+        den_inputs.append("domain_id")
     with _step(progress, "tracing encoder (DaViT + BART encoder + context projections)"
                          + (f", batch sizes {list(opts.batch_sizes)}" if batched else "")):
         export_graph(encoder, enc_args, enc_path, enc_inputs, ["context"], batched=enc_inputs if batched else ())
-    with _step(progress, f"tracing denoise step (domain {opts.domain_id} folded in)"):
-        export_graph(DenoiseStepGraph(model, opts.domain_id), den_args, den_path, den_inputs, ["x0", "action"],
-                     batched=den_inputs[:-1] if batched else ())  # t: one time for the whole batch
+    with _step(progress, f"tracing denoise step ({what})"):
+        export_graph(denoise, den_args, den_path, den_inputs, ["x0", "action"],
+                     batched=[n for n in den_inputs if n != "t"] if batched else ())  # t: one for the whole batch
     if opts.precision == "fp16":
         with _step(progress, "converting to fp16"):
             convert_fp16(enc_path)
             convert_fp16(den_path, ["x1", "prev", "proprio", "t"])
-    stamp(den_path, {DOMAIN_KEY: str(opts.domain_id)})  # checked against the manifest when a policy loads
+    stamp(den_path, {DOMAIN_KEY: str(opts.domain_id)} if opts.domains is None  # checked against the manifest
+          else {DOMAINS_KEY: ",".join(map(str, served))})                      # when a policy loads
     with _step(progress, "checking both graphs with onnx.checker (full check)"):
         for path in (enc_path, den_path):
             try:
@@ -144,16 +182,17 @@ def _build(ckpt_dir: Path, tmp: Path, opts: ExportOptions, progress: Callable[[s
             except GraphCheckError as exc:
                 raise ExportError(f"{exc}. Nothing was written.") from exc
     with _step(progress, "verifying in ONNX Runtime against PyTorch"):
-        parity = measure_parity(model, ckpt_dir, enc_path, den_path, domain_id=opts.domain_id, views=V,
-                                steps=opts.steps, precision=opts.precision, arms=_arms(opts),
-                                rot6d_layout=opts.rot6d_layout, processor=proc)
+        parity = measure_parity(model, ckpt_dir, enc_path, den_path, domains={d: _arms(opts, d) for d in served},
+                                server=opts.domains is not None, views=V, steps=opts.steps,
+                                precision=opts.precision, rot6d_layout=opts.rot6d_layout, processor=proc)
     if not parity["passed"]:
         raise ExportError(f"parity check failed ({opts.precision}): {'; '.join(parity['failures'])}. "
                           f"Figures: {json.dumps(parity['max_abs'])}. Nothing was written.")
     if batched:
         with _step(progress, f"checking batches {list(opts.batch_sizes[1:])} against batch 1 in ONNX Runtime"):
             parity["batch"] = measure_batch_parity(model, ckpt_dir, enc_path, den_path, views=V, steps=opts.steps,
-                                                   sizes=opts.batch_sizes, precision=opts.precision, processor=proc)
+                                                   sizes=opts.batch_sizes, precision=opts.precision, processor=proc,
+                                                   domains=opts.domains)
         if not parity["batch"]["passed"]:
             raise ExportError(f"batch check failed ({opts.precision}): {'; '.join(parity['batch']['failures'])}. "
                               "Nothing was written.")
@@ -169,14 +208,28 @@ def _build(ckpt_dir: Path, tmp: Path, opts: ExportOptions, progress: Callable[[s
     return manifest
 
 
-def _arms(opts: ExportOptions) -> int:
-    """The arms the bundle drives: ``--arms``, else its domain's."""
-    return opts.arms or domain_defaults(opts.domain_id)[2]
+def _arms(opts: ExportOptions, domain_id: int) -> int:
+    """The arms a domain of the bundle drives: ``--arms``, else the domain's."""
+    return opts.arms or domain_defaults(domain_id)[2]
+
+
+def _served(opts: ExportOptions) -> dict:
+    """The manifest's fields naming what the bundle serves: ``embodiment`` and ``domain_id`` (``chunk_seconds``
+    and ``arms`` in ``action``) for a robot's bundle, ``embodiment`` and ``domains`` for a server bundle."""
+    if opts.domains is None:
+        name, seconds, _ = domain_defaults(opts.domain_id)
+        return {"embodiment": opts.embodiment or name, "domain_id": opts.domain_id,
+                "action": {"chunk_seconds": opts.chunk_seconds or seconds, "arms": _arms(opts, opts.domain_id)}}
+    domains = []
+    for d in opts.domains:
+        name, seconds, arms = domain_defaults(d)
+        domains.append({"domain_id": d, "embodiment": name, "chunk_seconds": seconds, "arms": arms})
+    return {"embodiment": opts.embodiment or "server", "domains": domains, "action": {}}
 
 
 def _manifest(ckpt_dir: Path, tmp: Path, cfg, opts: ExportOptions, image_size: int, parity: dict,
               adapter: LoraAdapter | None) -> dict:
-    name, seconds, _ = domain_defaults(opts.domain_id)
+    served = _served(opts)
     weights = ckpt_dir / WEIGHTS_FILE if (ckpt_dir / WEIGHTS_FILE).is_file() else ckpt_dir / INDEX_FILE
     graphs = {}
     for key in ("encoder", "denoise"):
@@ -188,12 +241,11 @@ def _manifest(ckpt_dir: Path, tmp: Path, cfg, opts: ExportOptions, image_size: i
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "source": {"checkpoint": str(ckpt_dir.resolve()), "config_sha256": sha256_file(ckpt_dir / CONFIG_FILE),
                    "weights_sha256": sha256_file(weights), **({"lora": adapter.record()} if adapter else {})},
-        "embodiment": opts.embodiment or name, "domain_id": opts.domain_id,
+        **{k: v for k, v in served.items() if k != "action"},
         "action": {"mode": cfg.action_mode, "dim": cfg.dim_action,
                    "output_dim": cfg.real_action_dim if cfg.action_mode == "auto" else cfg.dim_action,
-                   "chunk_length": cfg.num_actions, "chunk_seconds": opts.chunk_seconds or seconds,
-                   "gripper_channels": list(GRIPPER_CHANNELS[cfg.action_mode]), "rot6d_layout": opts.rot6d_layout,
-                   "arms": _arms(opts)},
+                   "chunk_length": cfg.num_actions, "gripper_channels": list(GRIPPER_CHANNELS[cfg.action_mode]),
+                   "rot6d_layout": opts.rot6d_layout, **served["action"]},
         "sampler": {"default_steps": opts.steps},
         "inputs": {"token_length": cfg.text_tokens, "image_size": image_size, "view_slots": cfg.view_slots,
                    "views": opts.views, "proprio_dim": cfg.dim_proprio,

@@ -11,6 +11,11 @@
                   per-domain encoder/decoder weights folded in as constants (no domain-id input; the
                   other domains' rows are not in the graph), and the action mode's post-processing
                   (``action``; the runtime returns it after the last step and feeds ``x0`` back as ``prev``).
+``ServerDenoiseStepGraph`` (the same inputs and ``domain_id`` [B] int64) → (x0, action): the denoising step of
+                  a server bundle, which serves several domains from one backbone: the listed domains' soft
+                  prompts and encoder/decoder weights are constants stacked one row per domain, and each batch
+                  row gathers its own through a map from domain id to row (a batch may mix domains). Domains
+                  not listed map past the last row, so ONNX Runtime refuses them rather than run another row.
 """
 
 from __future__ import annotations
@@ -47,21 +52,16 @@ class EncoderGraph(nn.Module):
         return self.head.context(vlm_features, aux, self.num_actions)
 
 
-class DenoiseStepGraph(nn.Module):
-    def __init__(self, model: XVLA, domain_id: int) -> None:
+_WEIGHTS = ("w_enc", "b_enc", "w_dec", "b_dec", "prompts")  # the per-domain tensors, as domain_rows gives them
+
+
+class _DenoiseStep(nn.Module):
+    """What both denoising steps share: the re-noise, the gripper masking, the blocks and the post-processing,
+    around per-domain weights the subclass supplies (one domain's, or each batch row's)."""
+
+    def __init__(self, model: XVLA) -> None:
         super().__init__()
         cfg, head, space = model.config, model.transformer, model.action_space
-        if not 0 <= domain_id < cfg.num_domains:
-            raise ValueError(f"domain_id must be in 0..{cfg.num_domains - 1}; got {domain_id}")
-        d = torch.tensor([domain_id])
-        with torch.no_grad():
-            w_enc, b_enc = head.action_encoder.domain_weights(d)
-            w_dec, b_dec = head.action_decoder.domain_weights(d)
-            self.register_buffer("w_enc", w_enc[0].clone())  # [A + P + dim_time, D]
-            self.register_buffer("b_enc", (b_enc[0] + head.pos_emb[0, : cfg.num_actions]).clone())  # bias + positions
-            self.register_buffer("w_dec", w_dec[0].clone())  # [D, A]
-            self.register_buffer("b_dec", b_dec[0].clone())
-            self.register_buffer("prompts", head.prompts(d).clone())  # [1, len_soft_prompts, D]
         self.register_buffer("keep", space.keep_mask().clone())  # 0 on gripper channels
         self.register_buffer("keep_proprio", space.keep_mask(width=cfg.dim_proprio).clone())  # the same, proprio's width
         self.blocks = head.blocks
@@ -70,18 +70,69 @@ class DenoiseStepGraph(nn.Module):
         self.squash_gripper = bool(space.gripper_channels)
         self.output_dim = space.output_dim
 
-    def forward(self, context: torch.Tensor, x1: torch.Tensor, prev: torch.Tensor, proprio: torch.Tensor,
-                t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @staticmethod
+    def domain_rows(model: XVLA, domains: list[int]) -> tuple[torch.Tensor, ...]:
+        """(w_enc [K, in, D], b_enc [K, T, D] with the action tokens' positions added, w_dec [K, D, A],
+        b_dec [K, 1, A], prompts [K, len_soft_prompts, D]) of the K ``domains``, in that order."""
+        cfg, head = model.config, model.transformer
+        for d in domains:
+            if not 0 <= d < cfg.num_domains:
+                raise ValueError(f"domain_id must be in 0..{cfg.num_domains - 1}; got {d}")
+        ids = torch.tensor(domains)
+        with torch.no_grad():
+            w_enc, b_enc = head.action_encoder.domain_weights(ids)
+            w_dec, b_dec = head.action_decoder.domain_weights(ids)
+            b_enc = b_enc[:, None, :] + head.pos_emb[:, : cfg.num_actions]  # bias + positions
+            return tuple(w.clone() for w in (w_enc, b_enc, w_dec, b_dec[:, None, :], head.prompts(ids)))
+
+    def step(self, context: torch.Tensor, x1: torch.Tensor, prev: torch.Tensor, proprio: torch.Tensor,
+             t: torch.Tensor, weights: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``weights``: (w_enc, b_enc, w_dec, b_dec, prompts), each with a leading dimension of 1 or B."""
+        w_enc, b_enc, w_dec, b_dec, prompts = weights
         B, T, _ = x1.shape
         tt = t.view(-1, 1, 1)
         x_t = (x1 * tt + prev * (1 - tt)) * self.keep
         proprio = proprio * self.keep_proprio
         temb = timestep_embedding(t, self.dim_time)
         feats = torch.cat([x_t, proprio[:, None, :].expand(B, T, -1), temb[:, None, :].expand(B, T, -1)], dim=-1)
-        tokens = feats @ self.w_enc + self.b_enc
-        x = torch.cat([tokens, context, self.prompts.expand(B, -1, -1)], dim=1)
+        tokens = feats @ w_enc + b_enc
+        x = torch.cat([tokens, context, prompts.expand(B, -1, -1)], dim=1)
         for block in self.blocks:
             x = block(x)
-        x0 = self.norm(x[:, :T]) @ self.w_dec + self.b_dec
+        x0 = self.norm(x[:, :T]) @ w_dec + b_dec
         action = x0 * self.keep + torch.sigmoid(x0) * (1 - self.keep) if self.squash_gripper else x0
         return x0, action[..., : self.output_dim]
+
+
+class DenoiseStepGraph(_DenoiseStep):
+    """One domain's denoising step, its rows folded in (a robot's bundle)."""
+
+    def __init__(self, model: XVLA, domain_id: int) -> None:
+        super().__init__(model)
+        for name, value in zip(_WEIGHTS, self.domain_rows(model, [domain_id])):  # folded in: the row itself
+            self.register_buffer(name, value[0] if name != "prompts" else value)
+
+    def forward(self, context: torch.Tensor, x1: torch.Tensor, prev: torch.Tensor, proprio: torch.Tensor,
+                t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.step(context, x1, prev, proprio, t, (self.w_enc, self.b_enc, self.w_dec, self.b_dec,
+                                                         self.prompts))
+
+
+class ServerDenoiseStepGraph(_DenoiseStep):
+    """The denoising step of the listed domains, the domain an input per batch row (a server bundle)."""
+
+    def __init__(self, model: XVLA, domains: list[int]) -> None:
+        super().__init__(model)
+        if not domains or len(set(domains)) != len(domains):
+            raise ValueError(f"domains must be distinct and at least one; got {domains}")
+        for name, value in zip(_WEIGHTS, self.domain_rows(model, domains)):  # one row per listed domain
+            self.register_buffer(name, value)
+        rows = torch.full((model.config.num_domains,), len(domains), dtype=torch.long)  # unlisted: past the end
+        rows[torch.tensor(domains)] = torch.arange(len(domains))
+        self.register_buffer("rows", rows)
+
+    def forward(self, context: torch.Tensor, x1: torch.Tensor, prev: torch.Tensor, proprio: torch.Tensor,
+                t: torch.Tensor, domain_id: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        row = self.rows[domain_id]  # [B]
+        return self.step(context, x1, prev, proprio, t, (self.w_enc[row], self.b_enc[row], self.w_dec[row],
+                                                         self.b_dec[row], self.prompts[row]))

@@ -9,9 +9,10 @@ PRECISIONS = ("fp32", "fp16")
 
 @dataclass(frozen=True)
 class ExportOptions:
-    """One bundle: the domain folded in, the robot's views and arms, precision and sampler defaults."""
+    """One bundle: the domain folded in (``domain_id``), or the domains a server bundle serves (``domains``: ids,
+    or ``"all"`` of the checkpoint), the robot's views and arms, precision and sampler defaults."""
 
-    domain_id: int
+    domain_id: int | None = None
     embodiment: str | None = None
     precision: str = "fp32"
     views: int | None = None  # cameras the robot has; None: every view slot of the checkpoint (official: 3)
@@ -23,3 +24,14 @@ class ExportOptions:
     force: bool = False
     batch_sizes: tuple[int, ...] = (1,)  # batch sizes the graphs run at (more than (1,): a dynamic batch dimension)
     lora: str | None = None  # a PEFT LoRA adapter directory merged into the checkpoint's weights
+    domains: tuple[int, ...] | str | None = None  # a server bundle: these domain ids, or "all"
+
+
+def parse_domains(text: str) -> tuple[int, ...] | str:
+    """``--domains``: ``all``, or comma-separated domain ids (``0,3,6``); ValueError names what is wrong."""
+    if text.strip() == "all":
+        return "all"
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"--domains {text!r}: expected 'all' or domain ids separated by commas, e.g. 0,3,6") from None

@@ -1,7 +1,8 @@
 """Export-time parity: run the bundle's graphs in ONNX Runtime (CPU) against the PyTorch model.
 
 Same generated observations, same noise, same steps. Records the max abs error of each output (context,
-x0, action) and, through :mod:`calibration.metrics`, the chunk error in physical units. A bundle with batch
+x0, action) and, through :mod:`calibration.metrics`, the chunk error in physical units; a server bundle, for each
+domain it serves (the observation encoded once, then each domain's sampler). A bundle with batch
 sizes is also checked batch against batch 1: each row of a batched run must equal the same observation run
 alone within :data:`BATCH_TOLERANCE`.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -60,64 +62,91 @@ def ort_session(path: Path) -> ort.InferenceSession:
 
 
 def run_bundle_graphs(encoder: ort.InferenceSession, denoise: ort.InferenceSession, obs: Observation, views: int,
-                      steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(context, x0, action) of one observation through the ONNX graphs."""
-    context = encoder.run(None, {"pixel_values": obs.pixels[None, :views], "image_mask": obs.mask[None, :views],
-                                 "input_ids": obs.input_ids[None]})[0]
-    x1 = obs.noise[None]
+                      steps: int, domain_id: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(context, x0, action) of one observation through the ONNX graphs (``domain_id``: fed to a server
+    bundle's denoise graph)."""
+    context = _encode(encoder, obs, views)
+    return (context, *_denoise_loop(denoise, context, obs.noise[None], obs.proprio[None], steps,
+                                    None if domain_id is None else [domain_id]))
+
+
+def _encode(encoder: ort.InferenceSession, obs: Observation, views: int) -> np.ndarray:
+    """The context of one observation through the encoder graph."""
+    return encoder.run(None, {"pixel_values": obs.pixels[None, :views], "image_mask": obs.mask[None, :views],
+                              "input_ids": obs.input_ids[None]})[0]
+
+
+def _denoise_loop(denoise: ort.InferenceSession, context: np.ndarray, x1: np.ndarray, proprio: np.ndarray, steps: int,
+                  domain_ids: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray]:
+    """(x0, action) of the sampler's ``steps`` denoise-graph runs on ``context`` (``domain_ids``: one per row, for a
+    server bundle's graph)."""
+    feed = {} if domain_ids is None else {"domain_id": np.asarray(domain_ids, np.int64)}
     x0 = np.zeros_like(x1)
     for i in range(steps, 0, -1):
-        x0, action = denoise.run(None, {"context": context, "x1": x1, "prev": x0, "proprio": obs.proprio[None],
-                                        "t": np.array([i / steps], np.float32)})
-    return context, x0, action
+        x0, action = denoise.run(None, {"context": context, "x1": x1, "prev": x0, "proprio": proprio,
+                                        "t": np.array([i / steps], np.float32), **feed})
+    return x0, action
 
 
 @torch.no_grad()
-def reference(model: XVLA, obs: Observation, domain_id: int, steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(context, x0, action) of the PyTorch model for the same observation and noise.
+def reference(model: XVLA, obs: Observation, domain_ids: Sequence[int],
+              steps: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(context, x0, action) of the PyTorch model for the same observation and noise, for each of ``domain_ids``
+    (the observation encoded once).
 
     The loop is the sampler of :meth:`XVLA.generate_actions`, written out to keep the last x0.
     """
     slots = model.config.view_slots  # the processor fills 3; a LeRobot checkpoint may have fewer slots
     ids, px = torch.from_numpy(obs.input_ids)[None], torch.from_numpy(obs.pixels[:slots])[None]
-    mask, d = torch.from_numpy(obs.mask[:slots])[None], torch.tensor([domain_id])
+    mask = torch.from_numpy(obs.mask[:slots])[None]
     proprio, x1 = torch.from_numpy(obs.proprio)[None], torch.from_numpy(obs.noise)[None]
     enc = model.encode(ids, px, mask)
-    context = model.transformer.context(*enc, model.config.num_actions)
-    a = torch.zeros_like(x1)
-    for i in range(steps, 0, -1):
-        t = torch.full((1,), i / steps)
-        a = model.denoise_step(enc, x1 * t + a * (1 - t), proprio, t, d)
-    return context.numpy(), a.numpy(), model.action_space.postprocess(a).numpy()
+    context = model.transformer.context(*enc, model.config.num_actions).numpy()
+    for domain_id in domain_ids:
+        d = torch.tensor([domain_id])
+        a = torch.zeros_like(x1)
+        for i in range(steps, 0, -1):
+            t = torch.full((1,), i / steps)
+            a = model.denoise_step(enc, x1 * t + a * (1 - t), proprio, t, d)
+        yield context, a.numpy(), model.action_space.postprocess(a).numpy()
 
 
-def measure_parity(model: XVLA, ckpt_dir: Path, encoder_path: Path, denoise_path: Path, *, domain_id: int,
-                   views: int, steps: int, precision: str, arms: int, rot6d_layout: str = "rows",
+def measure_parity(model: XVLA, ckpt_dir: Path, encoder_path: Path, denoise_path: Path, *, domains: Mapping[int, int],
+                   server: bool, views: int, steps: int, precision: str, rot6d_layout: str = "rows",
                    processor: ImageProcessor | None = None) -> dict:
-    """Parity figures of a pair of graphs; ``passed`` and ``failures`` against the precision's tolerance,
-    scored on the ``arms`` the bundle drives (an unused arm's channels are whatever the network left there:
-    a near-zero rot6d has no meaningful rotation, and its error would fail a sound bundle)."""
+    """Parity figures of a pair of graphs for each of ``domains`` (domain id → the arms it drives; ``server``: the
+    denoise graph takes the domain as an input); ``passed`` and ``failures`` against the precision's tolerance,
+    scored on the arms each domain drives (an unused arm's channels are whatever the network left there: a
+    near-zero rot6d has no meaningful rotation, and its error would fail a sound bundle). A server bundle's
+    figures also hold each domain's own largest differences (``domains``)."""
     encoder, denoise = ort_session(encoder_path), ort_session(denoise_path)
     observations = generated_observations(ckpt_dir, model, views, processor=processor)
     max_abs = {"context": 0.0, "x0": 0.0, "action": 0.0}
+    per_domain = {str(d): {"x0": 0.0, "action": 0.0} for d in domains}
     errors = ChunkErrors()
     for obs in observations:
-        ours = run_bundle_graphs(encoder, denoise, obs, views, steps)
-        for name, value in zip(max_abs, ours):
-            if not np.isfinite(value).all():
-                return {"observations": len(observations), "steps": steps, "max_abs": max_abs, "chunk": {},
-                        "tolerance": {}, "passed": False,
-                        "failures": [f"the {precision} graphs produced non-finite values in '{name}' (overflow)"]}
-        ref = reference(model, obs, domain_id, steps)
-        for name, a, b in zip(max_abs, ours, ref):
-            max_abs[name] = max(max_abs[name], float(np.max(np.abs(a - b))))
-        accumulate(errors, ref[2], ours[2], model.config.action_mode, rot6d_layout, tuple(range(arms)))
+        context = _encode(encoder, obs, views)
+        for domain_id, ref in zip(domains, reference(model, obs, list(domains), steps)):
+            ours = (context, *_denoise_loop(denoise, context, obs.noise[None], obs.proprio[None], steps,
+                                            [domain_id] if server else None))
+            for name, value in zip(max_abs, ours):
+                if not np.isfinite(value).all():
+                    return {"observations": len(observations), "steps": steps, "max_abs": max_abs, "chunk": {},
+                            "tolerance": {}, "passed": False,
+                            "failures": [f"the {precision} graphs produced non-finite values in '{name}' (overflow)"]}
+            for name, a, b in zip(max_abs, ours, ref):
+                diff = float(np.max(np.abs(a - b)))
+                max_abs[name] = max(max_abs[name], diff)
+                if name in per_domain[str(domain_id)]:
+                    per_domain[str(domain_id)][name] = max(per_domain[str(domain_id)][name], diff)
+            accumulate(errors, ref[2], ours[2], model.config.action_mode, rot6d_layout,
+                       tuple(range(domains[domain_id])))
     tolerance = TOLERANCES[precision]
     failures = errors.failures(tolerance)
     return {
         "observations": len(observations), "steps": steps, "max_abs": max_abs, "chunk": errors.summary(),
         "tolerance": {k: v for k, v in vars(tolerance).items() if v is not None},
-        "passed": not failures, "failures": failures,
+        "passed": not failures, "failures": failures, **({"domains": per_domain} if server else {}),
     }
 
 
@@ -127,19 +156,23 @@ BATCH_TOLERANCE = {"fp32": 1e-5, "fp16": 2e-3}
 
 def measure_batch_parity(model: XVLA, ckpt_dir: Path, encoder_path: Path, denoise_path: Path, *, views: int,
                          steps: int, sizes: tuple[int, ...], precision: str,
-                         processor: ImageProcessor | None = None) -> dict:
+                         processor: ImageProcessor | None = None, domains: Sequence[int] | None = None) -> dict:
     """For each batch size above 1: ``size`` different observations (images, instructions, view masks, proprio,
-    noise) in one batched run against each alone; the largest difference per output and ``passed``."""
+    noise) in one batched run against each alone; the largest difference per output and ``passed``. A server
+    bundle's (``domains``) rows take its domains in turn, so a batch mixes them."""
     encoder, denoise = ort_session(encoder_path), ort_session(denoise_path)
     observations = generated_observations(ckpt_dir, model, views, count=max(sizes), seed=1, processor=processor)
-    alone = [run_bundle_graphs(encoder, denoise, obs, views, steps) for obs in observations]
+    row_domains = None if domains is None else [domains[i % len(domains)] for i in range(len(observations))]
+    alone = [run_bundle_graphs(encoder, denoise, obs, views, steps, None if domains is None else row_domains[i])
+             for i, obs in enumerate(observations)]
     max_abs = {"context": 0.0, "x0": 0.0, "action": 0.0}
     for size in sizes[1:]:
         batch = observations[:size]
         stacked = Observation(pixels=np.stack([o.pixels for o in batch]), mask=np.stack([o.mask for o in batch]),
                               input_ids=np.stack([o.input_ids for o in batch]),
                               proprio=np.stack([o.proprio for o in batch]), noise=np.stack([o.noise for o in batch]))
-        together = run_batch_graphs(encoder, denoise, stacked, views, steps)
+        together = run_batch_graphs(encoder, denoise, stacked, views, steps,
+                                    None if row_domains is None else row_domains[:size])
         for k, name in enumerate(max_abs):
             for row in range(size):
                 diff = np.abs(together[k][row] - alone[row][k][0])
@@ -152,12 +185,8 @@ def measure_batch_parity(model: XVLA, ckpt_dir: Path, encoder_path: Path, denois
 
 
 def run_batch_graphs(encoder: ort.InferenceSession, denoise: ort.InferenceSession, obs: Observation, views: int,
-                     steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     steps: int, domain_ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(context, x0, action) of a stacked batch ``obs`` (every field with a leading batch dimension)."""
     context = encoder.run(None, {"pixel_values": obs.pixels[:, :views], "image_mask": obs.mask[:, :views],
                                  "input_ids": obs.input_ids})[0]
-    x0 = np.zeros_like(obs.noise)
-    for i in range(steps, 0, -1):
-        x0, action = denoise.run(None, {"context": context, "x1": obs.noise, "prev": x0, "proprio": obs.proprio,
-                                        "t": np.array([i / steps], np.float32)})
-    return context, x0, action
+    return (context, *_denoise_loop(denoise, context, obs.noise, obs.proprio, steps, domain_ids))

@@ -1,8 +1,10 @@
 """The bundle's identity inside its graph: export writes the domain it folded into ``denoise.onnx`` as ONNX model
 metadata (:data:`DOMAIN_KEY`), and a policy is only loaded when the manifest says the same. The manifest is not
 covered by its own checksums, so without this a manifest edited to say ``domain_id = 7`` would run domain 3's
-soft prompt and action weights under domain 7's name. Bundles exported before the stamp have none and load as
-before.
+soft prompt and action weights under domain 7's name. A server bundle's graph is stamped with the list of the
+domains whose rows it holds (:data:`DOMAINS_KEY`, ``0,3,6``), and the manifest's ``domains`` must list the same:
+a domain added to the manifest would otherwise reach a graph without its row, and a robot's manifest over a
+server graph (or the reverse) is refused too. Bundles exported before the stamp have none and load as before.
 
 The metadata is read by a scan of the ONNX file's top-level protobuf fields instead of the ``onnx`` package:
 that package is an export dependency and not installed on robots, and the scan needs only the wire format
@@ -18,6 +20,7 @@ from pathlib import Path
 from runtime.manifest import BundleError, Manifest
 
 DOMAIN_KEY = "xvla_edge.domain_id"
+DOMAINS_KEY = "xvla_edge.domains"  # a server bundle's domains, comma-separated, increasing
 _METADATA_PROPS = 14
 _KEY, _VALUE = 1, 2
 
@@ -74,10 +77,20 @@ def read_metadata(path: Path) -> dict[str, str]:
 
 
 def check_stamp(manifest: Manifest, bundle_dir: Path) -> None:
-    """:class:`BundleError` when the denoise graph was exported for another domain than the manifest names."""
+    """:class:`BundleError` when the denoise graph was exported for other domains than the manifest names."""
     path = Path(bundle_dir) / manifest.denoise.file
-    stamped = read_metadata(path).get(DOMAIN_KEY)
-    if stamped is not None and stamped != str(manifest.domain_id):
-        raise BundleError(f"{Path(bundle_dir) / 'manifest.json'}: domain_id = {manifest.domain_id}, but {path.name} was "
-                          f"exported for domain {stamped} (its {DOMAIN_KEY}); the manifest was edited — re-export "
-                          "the bundle for the domain you need")
+    metadata = read_metadata(path)
+    one, listed = metadata.get(DOMAIN_KEY), metadata.get(DOMAINS_KEY)
+    where = Path(bundle_dir) / "manifest.json"
+    if manifest.is_server:
+        named = ",".join(map(str, manifest.domain_ids))
+        if one is not None or (listed is not None and listed != named):
+            graph = f"domain {one}" if one is not None else f"domains {listed}"
+            raise BundleError(f"{where}: domains = {named}, but {path.name} was exported for {graph} (its "
+                              f"{DOMAIN_KEY if one is not None else DOMAINS_KEY}); the manifest was edited — "
+                              "re-export the bundle with the domains you need (`xvla-edge export --domains`)")
+    elif listed is not None or (one is not None and one != str(manifest.domain_id)):
+        graph = f"domain {one}" if one is not None else f"the domains {listed} of a server bundle"
+        raise BundleError(f"{where}: domain_id = {manifest.domain_id}, but {path.name} was exported for {graph} "
+                          f"(its {DOMAIN_KEY if one is not None else DOMAINS_KEY}); the manifest was edited — "
+                          "re-export the bundle for the domain you need")

@@ -8,6 +8,7 @@ on load (:mod:`runtime.manifest_schema`: types, ranges, shapes against each othe
 | ``schema_version`` | 1 |
 | ``source`` | ``checkpoint`` path, ``config_sha256``, ``weights_sha256`` of the checkpoint exported; optional ``lora``: the PEFT LoRA adapter merged into it (name, path, its files' sha256 and size, ``r``, ``lora_alpha``, ``target_modules``, ``modules_to_save``, ``layers``, ``base_model_name_or_path``) |
 | ``embodiment``, ``domain_id`` | the robot and the domain row folded into ``denoise.onnx`` |
+| ``domains`` | a server bundle instead of ``domain_id``: ``[{domain_id, embodiment, chunk_seconds, arms}, ...]``, the domains whose rows ``denoise.onnx`` holds (it takes ``domain_id`` per batch row as an input); ``embodiment`` then names the bundle, and ``action`` has no ``chunk_seconds`` / ``arms`` |
 | ``action`` | ``mode``, ``dim`` (network width), ``output_dim``, ``chunk_length``, ``chunk_seconds`` (time span of one chunk), ``gripper_channels``, ``rot6d_layout``, ``arms`` (1 or 2) |
 | ``sampler`` | ``default_steps`` |
 | ``inputs`` | ``token_length``, ``image_size``, ``view_slots`` (3), ``views`` (slots the encoder computes; the rest get zero features), ``proprio_dim`` |
@@ -69,6 +70,16 @@ class GraphSpec:
 
 
 @dataclass(frozen=True)
+class DomainSpec:
+    """One domain a bundle serves: its id, embodiment name, chunk time span and arms."""
+
+    domain_id: int
+    embodiment: str
+    chunk_seconds: float
+    arms: int
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A parsed, validated ``manifest.json``; ``raw`` keeps every field."""
 
@@ -86,8 +97,49 @@ class Manifest:
         return value if isinstance(value, str) else None
 
     @property
+    def is_server(self) -> bool:
+        """A server bundle: several domains, the domain an input of the denoise graph (``domains``)."""
+        return "domains" in self.raw
+
+    @property
     def domain_id(self) -> int:
+        """The domain folded into a robot's bundle; :class:`BundleError` for a server bundle (it has several)."""
+        if self.is_server:
+            raise BundleError(f"this is a server bundle (domains {list(self.domain_ids)}): it has no single domain; "
+                              "a robot runs a bundle exported with `xvla-edge export --domain-id N`")
         return int(self.raw["domain_id"])
+
+    @functools.cached_property
+    def domains(self) -> dict[int, DomainSpec]:
+        """Every domain the bundle serves, by id (a robot's bundle: its one domain)."""
+        if not self.is_server:
+            action = self.raw["action"]
+            return {self.domain_id: DomainSpec(self.domain_id, self.embodiment, float(action["chunk_seconds"]),
+                                               int(action["arms"]))}
+        return {int(e["domain_id"]): DomainSpec(int(e["domain_id"]), str(e["embodiment"]), float(e["chunk_seconds"]),
+                                                int(e["arms"])) for e in self.raw["domains"]}
+
+    @property
+    def domain_ids(self) -> tuple[int, ...]:
+        return tuple(sorted(self.domains))
+
+    def action_for(self, domain_id: int) -> dict[str, Any]:
+        """``action`` with the domain's ``chunk_seconds`` and ``arms`` (a robot's bundle: ``action`` itself)."""
+        spec = self.domains[domain_id]
+        return {**self.raw["action"], "chunk_seconds": spec.chunk_seconds, "arms": spec.arms}
+
+    def for_domain(self, domain_id: int) -> Manifest:
+        """The manifest as a robot's bundle of ``domain_id`` would read (``domain_id``, that domain's
+        ``embodiment`` and ``action``), keeping this bundle's graphs and :attr:`bundle_id`: what a robot served
+        one domain of a server bundle works with. A robot's bundle returns itself."""
+        if not self.is_server:
+            return self
+        spec = self.domains[domain_id]
+        raw = {k: v for k, v in self.raw.items() if k != "domains"}
+        raw.update(domain_id=domain_id, embodiment=spec.embodiment, action=self.action_for(domain_id))
+        view = Manifest(raw=raw, encoder=self.encoder, denoise=self.denoise)
+        view.__dict__["bundle_id"] = self.bundle_id  # the bundle it runs is this one
+        return view
 
     @property
     def embodiment(self) -> str:

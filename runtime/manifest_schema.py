@@ -8,7 +8,8 @@ with, graph files against the ``files`` inventory, file names are plain names. T
 | field | allowed |
 |---|---|
 | ``embodiment`` | a plain name: letters, digits, ``.``, ``_``, ``-``; 1–64 characters, not starting with ``.`` |
-| ``domain_id`` | integer 0 … 1023 |
+| ``domain_id`` | integer 0 … 1023 (a robot's bundle: the domain folded in) |
+| ``domains`` | a server bundle instead of ``domain_id``: 1 … :data:`MAX_DOMAINS` objects ``{domain_id, embodiment, chunk_seconds, arms}`` (each field as the single one of a robot's bundle), no domain id twice; ``action`` then has no ``chunk_seconds`` or ``arms``, and the denoise graph takes ``domain_id`` [batch] int64 |
 | ``action.mode`` / ``rot6d_layout`` / ``arms`` | an X-VLA action mode / ``rows`` or ``columns`` / 1 or 2 |
 | ``action.dim``, ``output_dim`` | the mode's width (ee6d 20, joint 14, agibot_ee6d 20; auto 1 … 256), 1 ≤ output_dim ≤ dim |
 | ``action.chunk_length`` / ``chunk_seconds`` | integer 1 … 1024 / finite seconds in (0, 600] |
@@ -33,6 +34,7 @@ from xvla.constants import ADAPTER_CONFIG, ADAPTER_WEIGHTS, GRIPPER_CHANNELS, MA
 from xvla.validation import Field, Problems, Table, one_of, show
 
 MAX_BATCH = 64
+MAX_DOMAINS = 1024  # domain ids are 0 ... 1023
 MAX_BATCH_SIZES = 16
 BATCH_DIM = "batch"  # dimension 0 of a batched bundle's tensors (the ONNX graphs' symbolic dimension)
 MAX_TENSOR_ELEMENTS = 1 << 26  # 64 Mi elements (256 MB of fp32): far above any X-VLA tensor, far below a memory bomb
@@ -49,6 +51,8 @@ GRAPH_TENSORS = {
     "encoder": (("pixel_values", "image_mask", "input_ids"), ("context",)),
     "denoise": (("context", "x1", "prev", "proprio", "t"), ("x0", "action")),
 }
+DOMAIN_INPUT = "domain_id"  # the server bundle's extra denoise input: each batch row's domain
+_DOMAIN = Field(int, low=0, high=MAX_DOMAINS - 1)
 
 
 def is_plain_name(name: Any) -> bool:
@@ -64,7 +68,13 @@ def problems(d: Any, manifest_file: str) -> list[str]:
     root = Table(found, "", d)
     root.take("embodiment", str, required=True, check=is_plain_name,
               expected="a plain name (letters, digits, '.', '_', '-'; 1-64 characters)")
-    root.take("domain_id", int, required=True, low=0, high=1023)
+    server = "domains" in d
+    if server:
+        _domains(found, d["domains"])
+        if "domain_id" in d:
+            found.value("domain_id", d["domain_id"], "a server bundle names its domains in domains, not domain_id")
+    else:
+        root.field("domain_id", _DOMAIN, required=True)
     root.take("precision", str, required=True, choices=PRECISIONS)
     action = root.table("action", required=True, expected="an object")
     mode = action.take("mode", str, required=True, choices=tuple(GRIPPER_CHANNELS))
@@ -74,13 +84,17 @@ def problems(d: Any, manifest_file: str) -> list[str]:
     action.take("output_dim", int, required=True, low=1, high=256 if dim is None else dim,
                 expected=f"an integer 1 ... action.dim ({show(dim)})")
     length = action.take("chunk_length", int, required=True, low=1, high=1024)
-    action.take("chunk_seconds", float, required=True, check=lambda v: 0 < v <= 600,
-                expected="a finite number of seconds in (0, 600]")
+    if not server:
+        action.field("chunk_seconds", _SECONDS, required=True)
     if mode is not None:
         action.take("gripper_channels", list, required=True, check=lambda v: v == list(GRIPPER_CHANNELS[mode]),
                     expected=f"{list(GRIPPER_CHANNELS[mode])} (the gripper channels of mode {show(mode)})")
     action.take("rot6d_layout", str, required=True, choices=("rows", "columns"))
-    action.take("arms", int, required=True, choices=(1, 2))
+    if not server:
+        action.field("arms", _ARMS, required=True)
+    for key in ("chunk_seconds", "arms") if server else ():
+        if key in action.data:
+            found.value(f"action.{key}", action.data[key], "a server bundle gives it per domain, in domains")
     sampler = root.table("sampler", required=True, expected="an object")
     sampler.take("default_steps", int, required=True, low=1, high=MAX_STEPS)
     inputs = root.table("inputs", required=True, expected="an object")
@@ -111,14 +125,40 @@ def problems(d: Any, manifest_file: str) -> list[str]:
     b = BATCH_DIM if batched else 1
     shapes = {"pixel_values": [b, views, 3, size, size], "image_mask": [b, views], "input_ids": [b, tokens],
               "x1": [b, length, dim], "prev": [b, length, dim], "x0": [b, length, dim], "proprio": [b, proprio], "t": [1],
-              "action": [b, length, action.data["output_dim"]]}
+              "action": [b, length, action.data["output_dim"]], DOMAIN_INPUT: [b]}
     graphs = root.table("graphs", required=True, expected="an object").data
     for graph, (ins, outs) in GRAPH_TENSORS.items():
+        ins = (*ins, DOMAIN_INPUT) if server and graph == "denoise" else ins
         _graph(found, graphs.get(graph), f"graphs.{graph}", ins, outs, shapes, files, b, sizes[-1])
     if not found and graphs["encoder"]["outputs"][0]["shape"] != _context_shape(graphs["denoise"]):
         found.other("graphs.denoise.inputs context", f"shape {show(_context_shape(graphs['denoise']))}; the "
                     f"encoder's context output has {show(graphs['encoder']['outputs'][0]['shape'])}")
     return found.lines()
+
+
+_SECONDS = Field(float, check=lambda v: 0 < v <= 600, expected="a finite number of seconds in (0, 600]")
+_ARMS = Field(int, choices=(1, 2))
+
+
+def _domains(found: Problems, domains: Any) -> None:
+    """The ``domains`` of a server bundle: each entry's fields as a robot's bundle has them, no id twice."""
+    if not (isinstance(domains, list) and 1 <= len(domains) <= MAX_DOMAINS
+            and all(isinstance(e, dict) for e in domains)):
+        found.value("domains", domains, f"expected a list of 1 ... {MAX_DOMAINS} objects {{domain_id, embodiment, "
+                                        "chunk_seconds, arms}")
+        return
+    first: dict[int, int] = {}
+    for i, entry in enumerate(domains):
+        table = Table(found, f"domains[{i}].", entry)
+        domain = table.field("domain_id", _DOMAIN, required=True)
+        table.take("embodiment", str, required=True, check=is_plain_name,
+                   expected="a plain name (letters, digits, '.', '_', '-'; 1-64 characters)")
+        table.field("chunk_seconds", _SECONDS, required=True)
+        table.field("arms", _ARMS, required=True)
+        if domain is not None and domain in first:
+            found.value(f"domains[{i}].domain_id", domain, f"listed twice (also domains[{first[domain]}])")
+        elif domain is not None:
+            first[domain] = i
 
 
 def _files(found: Problems, files: Any, manifest_file: str) -> dict[str, Any]:
@@ -180,6 +220,8 @@ def _graph(found: Problems, g: Any, where: str, ins: tuple[str, ...], outs: tupl
             name, shape = t["name"], t.get("shape")
             if t.get("dtype") not in DTYPES:
                 found.value(f"{where}.{key} {name} dtype", t.get("dtype"), f"expected {one_of(DTYPES)}")
+            elif name == DOMAIN_INPUT and t["dtype"] != "int64":
+                found.value(f"{where}.{key} {name} dtype", t["dtype"], "expected 'int64' (domain ids)")
             if not (isinstance(shape, list) and shape and all(_SIZE.accepts(n) or (i == 0 and lead == n == BATCH_DIM)
                                                                for i, n in enumerate(shape))
                     and math.prod(largest if n == BATCH_DIM else n for n in shape) <= MAX_TENSOR_ELEMENTS):

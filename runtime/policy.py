@@ -5,6 +5,7 @@
                                    proprio=state, timestamp=t_capture))
     future = policy.act_async(next_obs)                     # start the next chunk while this one executes
     chunks = policy.act_batch([obs_a, obs_b, obs_c])        # a bundle exported with --batch-sizes
+    chunk = server.act(obs, domain_id=0)                    # a server bundle (export --domains): any domain it lists
 
 Preprocessing is the checkpoint's own (:mod:`xvla.preprocessing`: numpy + Pillow + tokenizers); the
 instruction's token ids are cached while it does not change. This module imports neither torch nor
@@ -25,7 +26,8 @@ from runtime.backends.base import Backend, BackendError, BackendUnavailable
 from runtime.decode import chunk_timestamps, decode_arms
 from runtime.graph_stamp import check_stamp
 from runtime.manifest import BundleError, Manifest
-from runtime.types import ActionChunk, CheckedObservation, Observation, check_timestamp, checked_proprio
+from runtime.types import (ActionChunk, CheckedObservation, Observation, UnknownDomain, check_timestamp,
+                           checked_proprio)
 from xvla.errors import InputError
 from xvla.constants import MAX_STEPS, NUM_VIEWS
 from xvla.instruction import check_instruction
@@ -145,65 +147,94 @@ class Policy:
         return (pixels[None, : self.views], mask[None, : self.views], self.token_ids(obs.instruction),
                 proprio[None], x1)
 
+    def domain(self, domain_id: int | None) -> int:
+        """The domain a chunk is computed for: ``domain_id``, which the bundle must serve (:class:`UnknownDomain`
+        otherwise); None: a robot's bundle's own domain (a server bundle needs one named)."""
+        served = self.manifest.domain_ids
+        if domain_id is None and not self.manifest.is_server:
+            return served[0]
+        if domain_id is None:
+            raise InputError(f"domain_id: {self.bundle_dir.name} is a server bundle; name one of the domains it "
+                             f"serves: {', '.join(map(str, served))}")
+        if isinstance(domain_id, bool) or not isinstance(domain_id, (int, np.integer)) or domain_id not in served:
+            raise UnknownDomain(f"domain_id = {domain_id!r}: bundle {self.bundle_dir.name} does not serve it; domains "
+                                f"served: {', '.join(map(str, served))}")
+        return int(domain_id)
+
     def _steps(self, steps: int | None) -> int:
         steps = self.manifest.default_steps if steps is None else steps
         if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or not 1 <= steps <= MAX_STEPS:
             raise InputError(f"steps = {steps!r}: expected an integer 1 ... {MAX_STEPS}")
         return int(steps)
 
-    def act(self, obs: Observation, *, steps: int | None = None) -> ActionChunk:
-        """One action chunk for ``obs`` (``steps`` defaults to the manifest's)."""
-        steps = self._steps(steps)
+    def act(self, obs: Observation, *, steps: int | None = None, domain_id: int | None = None) -> ActionChunk:
+        """One action chunk for ``obs`` (``steps`` defaults to the manifest's; ``domain_id``: see :meth:`domain`)."""
+        steps, domain = self._steps(steps), self.domain(domain_id)
         t0 = time.perf_counter()
-        return self._run([obs], [self.preprocess(obs)], 1, steps, t0)[0]
+        return self._run([obs], [self.preprocess(obs)], 1, steps, t0, [domain])[0]
 
-    def act_batch(self, observations: Sequence[Observation], *, steps: int | None = None) -> list[ActionChunk]:
+    def act_batch(self, observations: Sequence[Observation], *, steps: int | None = None,
+                  domain_ids: Sequence[int | None] | int | None = None) -> list[ActionChunk]:
         """One chunk per observation, computed together: up to the bundle's largest batch size at once (more as
         several batches), as a batch of exactly ``n`` on ONNX Runtime and torch (dynamic shapes), on TensorRT as
         the smallest listed size that holds them (the free rows repeat the last observation; their chunks are
         dropped). Each chunk equals :meth:`act` of its observation with the
         same noise (within the bundle's recorded batch tolerance, ``parity.batch``); ``timings`` are the batch's.
-        Every observation is checked before anything runs."""
+        ``domain_ids``: one per observation, or one for all (a server bundle's batch may mix its domains). Every
+        observation is checked before anything runs."""
         steps = self._steps(steps)
         t0 = time.perf_counter()
-        rows = []
-        for i, obs in enumerate(observations):
+        if domain_ids is None or isinstance(domain_ids, (int, np.integer)):
+            domain_ids = [domain_ids] * len(observations)
+        if len(domain_ids) != len(observations):
+            raise InputError(f"domain_ids: {len(domain_ids)} for {len(observations)} observations; give one per "
+                             "observation, or one for all")
+        rows, domains = [], []
+        for i, (obs, domain_id) in enumerate(zip(observations, domain_ids)):
             try:
+                domains.append(self.domain(domain_id))
                 rows.append(self.preprocess(obs))
             except InputError as exc:
-                raise InputError(f"observations[{i}]: {exc}") from None
+                raise (UnknownDomain if isinstance(exc, UnknownDomain) else InputError)(f"observations[{i}]: {exc}") \
+                    from None
         largest = self.manifest.batch_sizes[-1]
         chunks: list[ActionChunk] = []
         for start in range(0, len(rows), largest):
             part = slice(start, start + largest)
             batch = self.backend.batch_for(len(rows[part]))
-            chunks += self._run(list(observations[part]), rows[part], batch, steps, t0)
+            chunks += self._run(list(observations[part]), rows[part], batch, steps, t0, domains[part])
             t0 = time.perf_counter()
         return chunks
 
     def _run(self, observations: list[Observation], rows: list[tuple[np.ndarray, ...]], batch: int, steps: int,
-             t0: float) -> list[ActionChunk]:
-        """Chunks for ``observations`` (preprocessed: ``rows``) run as one batch of ``batch`` rows; ``t0``: when
-        their preprocessing began."""
+             t0: float, domains: list[int]) -> list[ActionChunk]:
+        """Chunks for ``observations`` (preprocessed: ``rows``; for ``domains``) run as one batch of ``batch``
+        rows; ``t0``: when their preprocessing began."""
         rows = rows + [rows[-1]] * (batch - len(rows))
         pixels, mask, ids, proprio, x1 = (np.concatenate(parts) if batch > 1 else parts[0] for parts in zip(*rows))
+        domain_ids = np.array(domains + [domains[-1]] * (batch - len(domains)), np.int64)
         t1 = time.perf_counter()
         self.backend.encode(pixels, mask, ids)
         t2 = time.perf_counter()
-        actions = np.array(self.backend.denoise(x1, proprio, steps)[: len(observations)])
+        actions = np.array(self.backend.denoise(x1, proprio, steps, domain_ids if self.manifest.is_server else None)
+                           [: len(observations)])
         t3 = time.perf_counter()
-        action = self.manifest.action
         timings = {"preprocess_s": t1 - t0, "encode_s": t2 - t1, "denoise_s": t3 - t2, "total_s": t3 - t0}
-        return [ActionChunk(actions=a, arms=decode_arms(a, action), observation_timestamp=obs.timestamp,
-                            timestamps=chunk_timestamps(obs.timestamp, float(action["chunk_seconds"]), a.shape[0]),
-                            timings=dict(timings))
-                for a, obs in zip(actions, observations)]
+        chunks = []
+        for a, obs, domain in zip(actions, observations, domains):
+            action = self.manifest.action_for(domain)
+            chunks.append(ActionChunk(actions=a, arms=decode_arms(a, action), observation_timestamp=obs.timestamp,
+                                      timestamps=chunk_timestamps(obs.timestamp, float(action["chunk_seconds"]),
+                                                                  a.shape[0]), timings=dict(timings)))
+        return chunks
 
-    def act_async(self, obs: Observation, *, steps: int | None = None) -> Future[ActionChunk]:
+    def act_async(self, obs: Observation, *, steps: int | None = None,
+                  domain_id: int | None = None) -> Future[ActionChunk]:
         """Start :meth:`act` on a worker thread (the backends release the GIL while they compute)."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xvla-policy")
-        return self._executor.submit(self.act, obs, steps=steps)
+        named = {} if domain_id is None else {"domain_id": domain_id}  # a robot's bundle: called as before
+        return self._executor.submit(self.act, obs, steps=steps, **named)
 
     def close(self) -> None:
         if self._executor is not None:

@@ -16,6 +16,10 @@ from xvla.errors import InputError
 MAX_TIMESTAMP_S = 1e10  # seconds: a monotonic clock (seconds since boot) or the Unix time, with room to spare
 
 
+class UnknownDomain(InputError):
+    """A domain the bundle does not serve (a robot's bundle serves its one domain; a server bundle those it lists)."""
+
+
 @dataclass
 class Observation:
     """One observation of the robot.

@@ -8,6 +8,8 @@ import pytest
 
 pytest_plugins = ["pytester", "tests.support.tiers"]  # the tiers: tests/support/tiers.py
 
+from server_domains import SERVER_DOMAINS  # noqa: E402
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -52,3 +54,29 @@ def tiny_batch_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint)
     export_bundle(tiny_checkpoint, out, ExportOptions(domain_id=3, views=2, batch_sizes=(1, 2, 4)),
                   progress=lambda line: None)
     return out
+
+
+
+@pytest.fixture(scope="session")
+def tiny_server_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint):
+    """A tiny fp32 server bundle of :data:`SERVER_DOMAINS` (two views, batch sizes 1, 2 and 4) exported from
+    :func:`tiny_checkpoint`; copy it before changing it."""
+    pytest.importorskip("onnx")
+    from export.bundle import ExportOptions, export_bundle
+
+    out = tmp_path_factory.mktemp("bundle") / "tiny-server"
+    export_bundle(tiny_checkpoint, out, ExportOptions(domains=SERVER_DOMAINS, views=2, batch_sizes=(1, 2, 4)),
+                  progress=lambda line: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_folded_bundles(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint):
+    """Domain id → a robot's tiny fp32 bundle of that domain (two views), for each of :data:`SERVER_DOMAINS`."""
+    pytest.importorskip("onnx")
+    from export.bundle import ExportOptions, export_bundle
+
+    root = tmp_path_factory.mktemp("folded")
+    for d in SERVER_DOMAINS:
+        export_bundle(tiny_checkpoint, root / f"d{d}", ExportOptions(domain_id=d, views=2), progress=lambda line: None)
+    return {d: root / f"d{d}" for d in SERVER_DOMAINS}

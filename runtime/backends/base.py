@@ -55,9 +55,20 @@ class Backend(ABC):
         """Compute the context of B observations ([B, V, 3, S, S] float32, [B, V] bool, [B, L] int64)."""
 
     @abstractmethod
-    def denoise(self, x1: np.ndarray, proprio: np.ndarray, steps: int) -> np.ndarray:
+    def denoise(self, x1: np.ndarray, proprio: np.ndarray, steps: int,
+                domain_ids: np.ndarray | None = None) -> np.ndarray:
         """The whole N-step loop on the last encoded context ([B, T, A], [B, P]) → post-processed actions
-        [B, T, out]."""
+        [B, T, out]. ``domain_ids`` [B] int64: each row's domain, given to a server bundle only (its denoise graph
+        takes them; the policy checked that the bundle serves them)."""
+
+    def check_domains(self, domain_ids: np.ndarray | None, batch: int) -> None:
+        """:class:`BackendError` unless ``domain_ids`` is given exactly when the bundle is a server bundle, one per
+        row."""
+        if self.manifest.is_server != (domain_ids is not None):
+            raise BackendError("denoise() of a server bundle needs domain_ids, one per row" if self.manifest.is_server
+                               else "denoise(): a robot's bundle has its domain folded in; give no domain_ids")
+        if domain_ids is not None and np.shape(domain_ids) != (batch,):
+            raise BackendError(f"denoise(): domain_ids of shape {np.shape(domain_ids)} for a batch of {batch}")
 
     def close(self) -> None:
         """Release sessions, engines and device memory."""

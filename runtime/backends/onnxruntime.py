@@ -30,6 +30,7 @@ import numpy as np
 
 from runtime.backends.base import Backend, BackendError, BackendUnavailable
 from runtime.manifest import GraphSpec, Manifest
+from runtime.manifest_schema import DOMAIN_INPUT
 
 #: Both wheels provide the module ``onnxruntime``; xvla-edge depends on neither, so that installing it never
 #: replaces a GPU build with the CPU one (see setup.cfg's extras).
@@ -171,8 +172,9 @@ class OnnxRuntimeBackend(Backend):
         plan.den_bindings = self._denoise_bindings(plan)
 
     def _denoise_bindings(self, plan: _Plan) -> list[ort.IOBinding]:
-        """binding[k] reads ``prev`` from x0[k] and writes ``x0`` into x0[1 - k]."""
-        common = {n: n for n in ("context", "x1", "proprio", "t")}
+        """binding[k] reads ``prev`` from x0[k] and writes ``x0`` into x0[1 - k] (a server bundle's also read
+        ``domain_id``)."""
+        common = {n: n for n in ("context", "x1", "proprio", "t", DOMAIN_INPUT) if n in plan.buffers}
         return [self._bind(plan, self.denoiser, {**common, "prev": k}, {"action": "action", "x0": 1 - k})
                 for k in (0, 1)]
 
@@ -205,12 +207,16 @@ class OnnxRuntimeBackend(Backend):
             self._put(name, value)
         self.encoder.run_with_iobinding(self.plan.enc_binding)
 
-    def denoise(self, x1: np.ndarray, proprio: np.ndarray, steps: int) -> np.ndarray:
+    def denoise(self, x1: np.ndarray, proprio: np.ndarray, steps: int,
+                domain_ids: np.ndarray | None = None) -> np.ndarray:
         plan = self.plan
         if x1.shape[0] != plan.batch:
             raise BackendError(f"denoise() of a batch of {x1.shape[0]} after encode() of {plan.batch}")
+        self.check_domains(domain_ids, plan.batch)
         self._put("x1", x1)
         self._put("proprio", proprio)
+        if domain_ids is not None:
+            self._put(DOMAIN_INPUT, domain_ids)
         plan.x0[0].fill(0.0)
         if self.on_device:
             plan.x0_values[0].update_inplace(plan.x0[0])

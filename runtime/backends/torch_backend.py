@@ -75,7 +75,8 @@ class TorchBackend(Backend):
         P = int(self.manifest.inputs["proprio_dim"])
         self.x1 = torch.zeros(batch, T, A, device=self.device, dtype=self.dtype)
         self.proprio = torch.zeros(batch, P, device=self.device, dtype=self.dtype)
-        self.domain = torch.full((batch,), self.manifest.domain_id, device=self.device)
+        folded = self.manifest.domain_ids[0]  # a server bundle's rows are set per chunk
+        self.domain = torch.full((batch,), folded, dtype=torch.long, device=self.device)
 
     def encode(self, pixel_values: np.ndarray, image_mask: np.ndarray, input_ids: np.ndarray) -> None:
         B, V, slots = pixel_values.shape[0], pixel_values.shape[1], self.model.config.view_slots
@@ -137,12 +138,16 @@ class TorchBackend(Backend):
             out = self._loop(steps)
         return graph, out
 
-    def denoise(self, x1: np.ndarray, proprio: np.ndarray, steps: int) -> np.ndarray:
+    def denoise(self, x1: np.ndarray, proprio: np.ndarray, steps: int,
+                domain_ids: np.ndarray | None = None) -> np.ndarray:
         if self.enc is None:
             raise BackendError("denoise() called before encode()")
         if x1.shape[0] != self.x1.shape[0]:
             raise BackendError(f"denoise() of a batch of {x1.shape[0]} after encode() of {self.x1.shape[0]}")
+        self.check_domains(domain_ids, x1.shape[0])
         self.x1.copy_(torch.from_numpy(x1))
         self.proprio.copy_(torch.from_numpy(proprio))
+        if domain_ids is not None:  # a server bundle: the checkpoint holds every domain's rows
+            self.domain.copy_(torch.from_numpy(np.asarray(domain_ids, np.int64)))
         out = self._graphed(steps) if self.use_graph else self._loop(steps)
         return out.float().cpu().numpy()

@@ -117,12 +117,12 @@ class RemotePolicy:
         frame = meta.get("max_frame_bytes")  # absent from servers before it was announced
         self.max_frame_bytes = frame if isinstance(frame, int) and not isinstance(frame, bool) and frame > 0 else None
         manifest = Manifest.from_dict(entry.get("manifest"), where)
-        if manifest.domain_id != self.domain_id or canonical_sha256(manifest.raw) != entry.get("bundle_id"):
+        if self.domain_id not in manifest.domain_ids or canonical_sha256(manifest.raw) != entry.get("bundle_id"):
             raise BundleError(f"{where}: the manifest for domain {self.domain_id} does not match its bundle id")
         if getattr(self, "bundle_id", manifest.bundle_id) != manifest.bundle_id:
             raise BundleChanged(f"{self.url} now serves bundle {manifest.bundle_id[:12]} for domain {self.domain_id}, "
                                 f"not {self.bundle_id[:12]}: restart with the new bundle")
-        return manifest
+        return manifest.for_domain(self.domain_id)  # a server bundle: as a robot's bundle of this domain reads
 
     def _receive(self, conn: Any, timeout: float, what: str) -> Any:
         from websockets.exceptions import ConnectionClosed

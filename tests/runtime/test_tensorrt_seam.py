@@ -40,8 +40,9 @@ def _specs(*specs: tuple[str, list[int], str]) -> list[dict[str, Any]]:
 
 
 def make_bundle(root: Path, precision: str = "fp16", quantization: Any = None,
-                batch_sizes: tuple[int, ...] = (1,)) -> Path:
-    """A bundle directory with a real manifest (tiny shapes) and stand-in graph files."""
+                batch_sizes: tuple[int, ...] = (1,), domains: tuple[int, ...] = ()) -> Path:
+    """A bundle directory with a real manifest (tiny shapes) and stand-in graph files; ``domains``: a server
+    bundle's."""
     bundle = root / "bundle"
     bundle.mkdir()
     files = {}
@@ -74,6 +75,11 @@ def make_bundle(root: Path, precision: str = "fp16", quantization: Any = None,
         manifest["batch_sizes"] = list(batch_sizes)
     if quantization is not None:
         manifest["quantization"] = quantization
+    if domains:
+        del manifest["domain_id"], manifest["action"]["chunk_seconds"], manifest["action"]["arms"]
+        manifest["domains"] = [{"domain_id": d, "embodiment": f"robot-{d}", "chunk_seconds": 1.0 + d, "arms": 1}
+                               for d in domains]
+        manifest["graphs"]["denoise"]["inputs"] += _specs(("domain_id", [b], "int64"))
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     return bundle
 
@@ -93,8 +99,11 @@ def add_engines(bundle: Path, machine: Mapping[str, str] = MACHINE) -> None:
 
 @pytest.fixture
 def bundle(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
-    """A batch-1 bundle, or one for the batch sizes given by indirect parametrisation."""
-    return make_bundle(tmp_path, batch_sizes=getattr(request, "param", (1,)))
+    """A batch-1 bundle, or one for the batch sizes (and a server bundle's domains) given by indirect
+    parametrisation."""
+    param = getattr(request, "param", (1,))
+    sizes, domains = param if isinstance(param[0], tuple) else (param, ())
+    return make_bundle(tmp_path, batch_sizes=sizes, domains=domains)
 
 
 @pytest.mark.subprocess
@@ -348,18 +357,21 @@ def encoder_fn(px: np.ndarray, mask: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 
 def denoise_fn(context: np.ndarray, x1: np.ndarray, prev: np.ndarray, proprio: np.ndarray,
-               t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    x0 = (0.5 * prev + t[0] * x1 + context.mean() + proprio.mean()).astype(np.float32)
+               t: np.ndarray, domain_id: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One row's step; a server bundle's ``domain_id`` [1] shifts it by the domain."""
+    shift = 0.0 if domain_id is None else 0.25 * float(domain_id[0])
+    x0 = (0.5 * prev + t[0] * x1 + context.mean() + proprio.mean() + shift).astype(np.float32)
     return x0, (2 * x0 + 1).astype(np.float32)
 
 
 def reference(px: np.ndarray, mask: np.ndarray, ids: np.ndarray, x1: np.ndarray, proprio: np.ndarray,
-              steps: int) -> np.ndarray:
+              steps: int, domain_id: int | None = None) -> np.ndarray:
     """The sampler as the ONNX Runtime backend runs it."""
     context = encoder_fn(px, mask, ids)
     prev = np.zeros_like(x1)
+    domain = None if domain_id is None else np.array([domain_id])
     for i in range(steps, 0, -1):
-        prev, action = denoise_fn(context, x1, prev, proprio, np.array([i / steps], np.float32))
+        prev, action = denoise_fn(context, x1, prev, proprio, np.array([i / steps], np.float32), domain)
     return action
 
 
@@ -415,7 +427,8 @@ def fakes(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
                     rt.write(bound["context"], np.concatenate([encoder_fn(r["pixel_values"], r["image_mask"],
                                                                           r["input_ids"]) for r in row]))
                 else:
-                    out = [denoise_fn(r["context"], r["x1"], r["prev"], r["proprio"], r["t"]) for r in row]
+                    out = [denoise_fn(r["context"], r["x1"], r["prev"], r["proprio"], r["t"], r.get("domain_id"))
+                           for r in row]
                     rt.write(bound["x0"], np.concatenate([o[0] for o in out]))
                     rt.write(bound["action"], np.concatenate([o[1] for o in out]))
 
@@ -476,6 +489,28 @@ def test_a_batched_bundle_runs_each_size_on_its_own_profile_buffers_and_graphs(b
     with pytest.raises(BackendError, match=r"denoise\(\) of a batch of 1 after encode\(\) of 2"):
         backend.encode(*(np.concatenate([a] * 2) for a in _inputs(0)[:3]))
         backend.denoise(*_inputs(0)[3:], 2)
+    backend.close()
+    assert rt.memory == {} and rt.execs == {} and rt.streams == set() and rt.pinned == {}
+
+
+@pytest.mark.parametrize("bundle", [((1, 2, 4), (0, 6, 17))], indirect=True)
+def test_a_server_bundle_gives_each_row_its_domain_on_every_captured_step(bundle: Path, fakes: dict[str, Any]) -> None:
+    """The domain ids are copied in per chunk (pinned) into the buffer every captured step reads: a batch may mix
+    domains, and the next chunk's domains reach graphs captured with the first's."""
+    rt = fakes["rt"]
+    backend = create_backend(fakes["manifest"], bundle, "tensorrt", "cuda")
+    for batch, seed, domains in [(2, 0, [17, 0]), (2, 1, [0, 6]), (4, 2, [6, 6, 17, 0]), (1, 3, [17])]:
+        rows = [_inputs(10 * seed + i) for i in range(batch)]
+        px, mask, ids, x1, proprio = (np.concatenate(parts) for parts in zip(*rows))
+        backend.encode(px, mask, ids)
+        actions = backend.denoise(x1, proprio, 3, np.array(domains, np.int64))
+        for i, (row, domain) in enumerate(zip(rows, domains)):
+            np.testing.assert_allclose(actions[i:i + 1], reference(*row, 3, domain), rtol=1e-6)
+    assert backend.graph_fallback is None and rt.pageable_copies == 0
+    with pytest.raises(BackendError, match="needs domain_ids, one per row"):
+        backend.denoise(x1[:1], proprio[:1], 3)
+    with pytest.raises(BackendError, match=r"domain_ids of shape \(2,\) for a batch of 1"):
+        backend.denoise(x1[:1], proprio[:1], 3, np.array([0, 6], np.int64))
     backend.close()
     assert rt.memory == {} and rt.execs == {} and rt.streams == set() and rt.pinned == {}
 

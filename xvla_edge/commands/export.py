@@ -1,10 +1,11 @@
-"""``xvla-edge export``: a checkpoint directory → a verified per-robot bundle.
+"""``xvla-edge export``: a checkpoint directory → a verified per-robot bundle, or a server bundle of many domains.
 
 Examples::
 
     xvla-edge export ./X-VLA-WidowX --domain-id 0 --precision fp16 --views 2 --out ./bundles/widowx
     xvla-edge export ./X-VLA-Pt --lora ./X-VLA-libero-spatial-peft --domain-id 3 --rot6d-layout columns \
         --out ./bundles/libero-spatial     # an official LoRA fine-tune, merged into its base
+    xvla-edge export ./X-VLA-Pt --domains all --out ./bundles/server   # a server bundle of every domain
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ import sys
 import time
 from pathlib import Path
 
-from export.options import PRECISIONS, ExportOptions
+from export.options import PRECISIONS, ExportOptions, parse_domains
 from xvla.extras import needs
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", type=Path, help="checkpoint directory (config.json, model.safetensors, tokenizer)")
-    p.add_argument("--domain-id", type=int, required=True, help="domain row whose soft prompt is folded in")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--domain-id", type=int, help="domain row whose soft prompt is folded in (a robot's bundle)")
+    which.add_argument("--domains", type=_domains, metavar="all|ID,ID,...",
+                       help="a server bundle: the domain is an input of the denoise graph, these domains' rows in it")
     p.add_argument("--lora", type=Path, default=None, metavar="ADAPTER_DIR",
                    help="a PEFT LoRA adapter of the checkpoint (adapter_config.json, adapter_model.safetensors, as "
                         "the official fine-tunes ship) merged into its weights before export")
@@ -45,8 +49,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing bundle (only once the new one passes)")
 
 
+def _domains(text: str) -> tuple[int, ...] | str:
+    try:
+        return parse_domains(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def run(args: argparse.Namespace) -> int:
-    opts = ExportOptions(domain_id=args.domain_id, embodiment=args.embodiment, precision=args.precision,
+    opts = ExportOptions(domain_id=args.domain_id, domains=args.domains, embodiment=args.embodiment,
+                         precision=args.precision,
                          views=args.views, chunk_seconds=args.chunk_seconds, arms=args.arms, steps=args.steps,
                          rot6d_layout=args.rot6d_layout, image_size=args.image_size,
                          force=args.force, batch_sizes=(1, *sorted(set(args.batch_sizes) - {1})),
@@ -56,8 +68,10 @@ def run(args: argparse.Namespace) -> int:
     from xvla.errors import XVLAError
 
     t0 = time.perf_counter()
-    print(f"exporting {args.checkpoint}{' + ' + str(args.lora) if args.lora else ''} → {args.out} ({args.precision}, "
-          f"domain {args.domain_id}, {args.views or 'all'} views)")
+    served = (f"domain {args.domain_id}" if args.domains is None
+              else f"domains {args.domains if args.domains == 'all' else ','.join(map(str, args.domains))}")
+    lora = f" + {args.lora}" if args.lora else ""
+    print(f"exporting {args.checkpoint}{lora} → {args.out} ({args.precision}, {served}, {args.views or 'all'} views)")
     try:
         manifest = export_bundle(args.checkpoint, args.out, opts)
     except XVLAError as e:
@@ -83,6 +97,9 @@ def summary(manifest: dict, out: Path, seconds: float) -> str:
         if key in chunk:
             lines.append(f"  {key}: p50 {chunk[key]['p50']:.3g} / p99 {chunk[key]['p99']:.3g} / max {chunk[key]['max']:.3g} {unit}")
     lines.append(f"  gripper decisions flipped: {chunk['gripper_flips']}; tolerance {p['tolerance']}: PASSED")
+    if "domains" in p:
+        lines.append(f"  each of the {len(p['domains'])} domains checked; the largest action max abs "
+                     f"{max(d['action'] for d in p['domains'].values()):.2e}")
     if "batch" in p:
         b = p["batch"]
         lines.append(f"batch sizes {b['sizes']}: each row against the observation alone, "

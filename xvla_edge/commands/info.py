@@ -41,10 +41,18 @@ def summary(manifest: Manifest, bundle: Path, *, verified: bool) -> str:
     """A few lines: id, robot, action, inputs, files, export-time parity."""
     a, i = manifest.action, manifest.inputs
     total = sum(entry["bytes"] for entry in manifest.files.values())
-    lines = [f"{bundle}: bundle {manifest.bundle_id}",
-             f"  robot:     {manifest.embodiment}, domain {manifest.domain_id}, {a['arms']} arm(s)",
+    if manifest.is_server:
+        served = [f"  server:    {manifest.embodiment}, {len(manifest.domains)} domains (the domain an input of the "
+                  "denoise graph)"]
+        served += [f"    domain {d.domain_id}: {d.embodiment}, {d.arms} arm(s), {d.chunk_seconds:g} s per chunk"
+                   for d in manifest.domains.values()]
+        span = "each domain's span"
+    else:
+        served = [f"  robot:     {manifest.embodiment}, domain {manifest.domain_id}, {a['arms']} arm(s)"]
+        span = f"{a['chunk_seconds']:g} s"
+    lines = [f"{bundle}: bundle {manifest.bundle_id}", *served,
              f"  action:    {a['mode']} ({a['output_dim']} of {a['dim']} channels), {a['chunk_length']} steps over "
-             f"{a['chunk_seconds']:g} s, rot6d {a['rot6d_layout']}",
+             f"{span}, rot6d {a['rot6d_layout']}",
              f"  inputs:    {i['views']} of {i['view_slots']} views at {i['image_size']}², {i['token_length']} tokens; "
              f"{manifest.default_steps} denoising steps by default",
              f"  precision: {manifest.precision}; {len(manifest.files)} files, {total / 1e6:.1f} MB"

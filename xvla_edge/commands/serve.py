@@ -1,6 +1,8 @@
 """``xvla-edge serve BUNDLE [BUNDLE ...]``: serve bundles to existing X-VLA clients and to robots.
 
-One process serves several bundles, one per domain (``domain_id`` of a request picks it): ``POST /act`` (the
+One process serves several bundles: robots' bundles, one per domain, and server bundles (``xvla-edge export
+--domains``), each serving every domain it lists from one backbone (``domain_id`` of a request picks the
+bundle, and the domain within a server bundle): ``POST /act`` (the
 official X-VLA contract, so its evaluation clients work unchanged), a msgpack websocket at ``/ws`` (and
 ``/``) for :class:`runtime.remote.client.RemotePolicy` and openpi-style clients, ``/healthz`` and ``/metrics``
 (:mod:`xvla_edge.serve.app`). Binds 127.0.0.1 by default; any other address needs a token
@@ -28,7 +30,8 @@ from runtime.backends.names import AUTO, CHOICES, DEVICES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("bundles", nargs="+", type=Path, metavar="BUNDLE", help="bundle directories, one per domain")
+    p.add_argument("bundles", nargs="+", type=Path, metavar="BUNDLE",
+                   help="bundle directories: one per domain, or server bundles (no domain served twice)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need a token)")
     p.add_argument("--port", type=port_number, default=8000,
                    help="TCP port (default 8000; 0: a free one, printed and written to --connection-info)")

@@ -1,8 +1,10 @@
 """The bundles one ``xvla-edge serve`` process serves, by domain, and the server's metrics.
 
-Each bundle is a :class:`runtime.policy.Policy` with a lock: ``Policy`` computes one chunk at a time, so
-requests for one domain queue on it (in arrival order, as threads take a lock) while other domains run in
-parallel. A request becomes an :class:`~runtime.types.Observation` with the same preprocessing, sampler and
+A robot's bundle serves its one domain; a server bundle (``xvla-edge export --domains``) every domain it lists,
+from one copy of the backbone. Each bundle is a :class:`runtime.policy.Policy` with a lock: ``Policy`` computes
+one chunk at a time, so requests for one bundle (for one domain, or for any domain of one server bundle) queue
+on it (in arrival order, as threads take a lock) while other bundles run in parallel. A request becomes an
+:class:`~runtime.types.Observation` with the same preprocessing, sampler and
 post-processing as ``Policy.act`` — it *is* ``Policy.act`` — so a response equals a local call with the
 same inputs and noise.
 """
@@ -43,7 +45,7 @@ class Answer:
 
 @dataclass
 class Served:
-    """One bundle behind one domain id."""
+    """One bundle behind its domain ids (a server bundle's ``Served`` stands behind each of them)."""
 
     path: Path
     policy: Policy
@@ -98,23 +100,23 @@ class BundleSet:
         self.metrics = ServerMetrics(sorted(served))
         for domain, s in served.items():
             m = s.manifest
-            self.metrics.bundles.labels(str(domain), m.bundle_id, m.embodiment, m.precision, backend).set(1)
+            self.metrics.bundles.labels(str(domain), m.bundle_id, m.domains[domain].embodiment, m.precision,
+                                        backend).set(1)
 
     @classmethod
     def load(cls, paths: Sequence[Path], backend: str = "auto", device: str = "cpu") -> BundleSet:
-        """Load every bundle (files verified); two bundles for one domain are refused, naming both."""
+        """Load every bundle (files verified); two bundles claiming one domain are refused, naming both."""
         served: dict[int, Served] = {}
         try:
             for path in paths:
-                policy = Policy.load(path, backend=backend, device=device)
-                domain = int(policy.manifest.domain_id)
-                if domain in served:
-                    policy.close()
-                    raise BundleError(f"serve: {path} and {served[domain].path} are both exported for domain "
-                                      f"{domain}; serve one bundle per domain")
-                served[domain] = Served(Path(path), policy, threading.Lock())
+                one = Served(Path(path), Policy.load(path, backend=backend, device=device), threading.Lock())
+                for domain in one.manifest.domain_ids:
+                    if domain in served:
+                        one.policy.close()
+                        raise claimed_twice("serve", domain, path, served[domain].path)
+                    served[domain] = one
         except BaseException:
-            for s in served.values():
+            for s in {id(s): s for s in served.values()}.values():
                 s.policy.close()
             raise
         return cls(served, backend)
@@ -139,7 +141,7 @@ class BundleSet:
         obs = self.observation(request, served)
         with served.lock:
             t0 = time.perf_counter()
-            chunk = served.policy.act(obs, steps=request.steps)
+            chunk = served.policy.act(obs, steps=request.steps, domain_id=request.domain_id)
             self.metrics.inference.labels(str(request.domain_id)).observe(time.perf_counter() - t0)
         return chunk, served
 
@@ -154,7 +156,7 @@ class BundleSet:
                                 for d, s in self.served.items()})
 
     def close(self) -> None:
-        for s in self.served.values():
+        for s in {id(s): s for s in self.served.values()}.values():  # a server bundle once
             s.policy.close()
 
 
@@ -163,6 +165,12 @@ def server_metadata(domains: dict[int, dict[str, Any]], runs_on: str = "") -> di
     own process) and each domain's bundle id and manifest (``domains``: domain id → those two)."""
     return {"protocol": PROTOCOL, "server": f"xvla-edge {package_version()}{runs_on}",
             "domains": {str(d): domains[d] for d in sorted(domains)}}
+
+
+def claimed_twice(command: str, domain: int, path: Any, other: Any) -> BundleError:
+    """Two bundles given for one domain: refused, naming both."""
+    return BundleError(f"{command}: {path} and {other} both serve domain {domain}; give one bundle per domain (a "
+                       "server bundle serves each domain it lists)")
 
 
 def unknown_domain(domain_id: int, served: Iterable[int]) -> RequestError:

@@ -2,14 +2,17 @@
 
 One Ray Serve application: an ingress deployment speaking exactly what ``xvla-edge serve`` speaks (the app of
 :mod:`xvla_edge.serve.app`: official ``/act``, the msgpack websocket, ``/healthz``, ``/metrics``) and one
-deployment per bundle (= per domain id) holding a :class:`runtime.policy.Policy`. A robot cannot tell a
+deployment per bundle holding a :class:`runtime.policy.Policy`: ``domain-N`` for a robot's bundle of domain N,
+``server-<bundle id>`` for a server bundle (``xvla-edge export --domains``), which serves every domain it lists
+from one copy of the backbone. The ingress routes each request by its ``domain_id``. A robot cannot tell a
 cluster from one process.
 
 - **Batching**: each policy deployment groups requests with ``ray.serve.batch`` (``max_batch_size``, default the
   bundle's largest batch size; ``batch_wait_timeout_s``) and runs them with ``Policy.act_batch``, so a batched
   bundle (``xvla-edge export --batch-sizes``) computes them in one encoder pass and one denoising loop. Each
   request is checked against its bundle before it joins a batch (a bad one is answered 400 alone); requests
-  with different ``steps`` run as separate batches; each answer is the row of its own request.
+  with different ``steps`` run as separate batches; each answer is the row of its own request. A server
+  bundle's batch may mix its domains (each row takes its own domain's weights).
 - **Replicas**: ``autoscaling`` (``min_replicas``, ``max_replicas``, ``target_ongoing_requests``), ``num_cpus``
   / ``num_gpus`` per replica (``device: cuda`` with ``num_gpus: 1`` on GPU workers).
 - **Faults**: a replica that dies with a request in flight answers that request 503 ("retry"): never with
@@ -40,7 +43,8 @@ from runtime.policy import Policy
 from runtime.types import Observation
 from xvla.errors import InputError
 from xvla_edge.serve.app import create_app
-from xvla_edge.serve.bundles import Answer, ServerMetrics, observation, server_metadata, unknown_domain
+from xvla_edge.serve.bundles import (Answer, ServerMetrics, claimed_twice, observation, server_metadata,
+                                     unknown_domain)
 from xvla_edge.serve.request import ActRequest, Limits, RequestError
 from xvla_edge.web import auth
 
@@ -51,7 +55,8 @@ MAX_ACTIVE = 64  # the ingress's Limits.max_active unless limits name one: batch
 
 @dataclass
 class FleetOptions:
-    """One application: ``bundles`` (directories, one per domain) and how their deployments run."""
+    """One application: ``bundles`` (directories: robots' bundles, one per domain, and server bundles, no domain
+    claimed twice) and how their deployments run."""
 
     bundles: list[str]
     backend: str = "auto"
@@ -101,31 +106,32 @@ class PolicyDeployment:
             obs = observation(request, self.policy, self.path.name)
         except RequestError as exc:
             return Reply(error=(exc.status, exc.kind, str(exc)))
-        return await self._batched((obs, request.steps))
+        return await self._batched((obs, request.steps, request.domain_id))
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _batched(self, items: list[tuple[Observation, Optional[int]]]) -> list[Reply]:
+    async def _batched(self, items: list[tuple[Observation, Optional[int], int]]) -> list[Reply]:
         replies: list[Optional[Reply]] = [None] * len(items)
         by_steps: dict[Optional[int], list[int]] = {}
-        for i, (_, steps) in enumerate(items):
+        for i, (_, steps, _) in enumerate(items):
             by_steps.setdefault(steps, []).append(i)
         for steps, rows in by_steps.items():
-            for i, reply in zip(rows, await asyncio.to_thread(self._run, [items[i][0] for i in rows], steps)):
+            batch = [items[i][0] for i in rows], [items[i][2] for i in rows]
+            for i, reply in zip(rows, await asyncio.to_thread(self._run, *batch, steps)):
                 replies[i] = reply
         return replies  # type: ignore[return-value]
 
-    def _run(self, observations: list[Observation], steps: Optional[int]) -> list[Reply]:
+    def _run(self, observations: list[Observation], domains: list[int], steps: Optional[int]) -> list[Reply]:
         """The batch's chunks; when an observation is refused, each runs alone so only it is answered 400."""
         try:
-            chunks = self.policy.act_batch(observations, steps=steps)
+            chunks = self.policy.act_batch(observations, steps=steps, domain_ids=domains)
             return [Reply(c.actions, self.bundle_id, len(chunks)) for c in chunks]
         except InputError:
             if len(observations) == 1:
                 raise
         replies = []
-        for obs in observations:
+        for obs, domain in zip(observations, domains):
             try:
-                replies.append(Reply(self.policy.act(obs, steps=steps).actions, self.bundle_id))
+                replies.append(Reply(self.policy.act(obs, steps=steps, domain_id=domain).actions, self.bundle_id))
             except InputError as exc:
                 replies.append(Reply(error=(400, "bad_request", str(exc))))
         return replies
@@ -139,8 +145,9 @@ class DeploymentBundles:
         self._metadata = metadata
         self.metrics = ServerMetrics(sorted(handles))
         for domain, meta in metadata.items():
-            m = meta["manifest"]
-            self.metrics.bundles.labels(str(domain), meta["bundle_id"], m["embodiment"], m["precision"], "ray").set(1)
+            m = Manifest.from_dict(meta["manifest"], f"domain {domain}'s deployment")
+            self.metrics.bundles.labels(str(domain), meta["bundle_id"], m.domains[domain].embodiment, m.precision,
+                                        "ray").set(1)
 
     @property
     def domains(self) -> list[int]:
@@ -179,7 +186,7 @@ class Ingress:
         self.allow_unauthenticated = allow_unauthenticated
 
     async def __serve_build_asgi_app__(self) -> Any:
-        metadata = {d: await h.metadata.remote() for d, h in self.handles.items()}
+        metadata = {d: await h.metadata.remote() for d, h in self.handles.items()}  # a server bundle's for each domain
         return create_app(DeploymentBundles(self.handles, metadata), self.limits, self.token,
                           allow_unauthenticated=self.allow_unauthenticated)
 
@@ -193,8 +200,8 @@ def ingress_limits(limits: dict[str, Any]) -> Limits:
 
 def build_app(args: dict[str, Any]) -> serve.Application:
     """The application for ``serve run`` / ``serve deploy`` (``args``: :class:`FleetOptions`' fields) and for
-    ``xvla-edge serve --ray``. Reads each bundle's manifest (files checked) for its domain; two bundles for one
-    domain are refused, naming both."""
+    ``xvla-edge serve --ray``. Reads each bundle's manifest (files checked) for its domains; two bundles claiming
+    one domain are refused, naming both."""
     opts = args if isinstance(args, FleetOptions) else FleetOptions(**args)
     if not opts.bundles:
         raise BundleError("serve --ray: no bundles given")
@@ -210,18 +217,19 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     for bundle in opts.bundles:
         manifest = Manifest.load(bundle)
         manifest.verify_files(bundle)
-        domain = manifest.domain_id
-        if domain in domains:
-            raise BundleError(f"serve --ray: {bundle} and {domains[domain]} are both exported for domain {domain}; "
-                              "serve one bundle per domain")
-        domains[domain] = bundle
+        for domain in manifest.domain_ids:
+            if domain in domains:
+                raise claimed_twice("serve --ray", domain, bundle, domains[domain])
+            domains[domain] = bundle
         scaling = ({"autoscaling_config": opts.autoscaling} if opts.autoscaling
                    else {"num_replicas": opts.num_replicas})
-        handles[domain] = PolicyDeployment.options(
-            name=f"domain-{domain}", max_ongoing_requests=opts.max_ongoing_requests,
+        handle = PolicyDeployment.options(
+            name=f"server-{manifest.bundle_id[:12]}" if manifest.is_server else f"domain-{manifest.domain_id}",
+            max_ongoing_requests=opts.max_ongoing_requests,
             ray_actor_options={"num_cpus": opts.num_cpus, "num_gpus": opts.num_gpus}, **scaling,
         ).bind(str(Path(bundle).resolve()), opts.backend, opts.device, opts.threads, opts.max_batch_size,
                opts.batch_wait_timeout_s)
+        handles.update(dict.fromkeys(manifest.domain_ids, handle))
     if opts.token and opts.token_file:
         raise BundleError("give one of token and token_file")
     if opts.allow_unauthenticated and (opts.token or opts.token_file):

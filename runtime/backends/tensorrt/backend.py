@@ -11,8 +11,8 @@ A batched bundle (``xvla-edge export --batch-sizes``) has one such plan per batc
 engines have one optimisation profile per size (pinned, min = opt = max), the encoder one context per profile,
 the denoiser two per profile (contexts ``2·i`` and ``2·i + 1`` for the i-th size), each with its own graph.
 
-A chunk: copy ``x1`` and ``proprio`` in, zero x0[0], then per step k a device-to-device copy of ``t`` from
-slot k of a per-step-count schedule (filled once) and a launch of graph k % 2, then copy ``action`` out and
+A chunk: copy ``x1`` and ``proprio`` (and a server bundle's ``domain_id``, one per row) in, zero x0[0], then per
+step k a device-to-device copy of ``t`` from slot k of a per-step-count schedule (filled once) and a launch of graph k % 2, then copy ``action`` out and
 synchronise once. The host enqueues the whole loop without waiting for the device; nothing inside it comes
 from the host. If capture fails (some engines are not capturable) the backend logs it once, records why in
 :attr:`TensorRTBackend.graph_fallback` and enqueues the contexts directly from then on; ``cuda_graph=False``
@@ -38,6 +38,7 @@ from runtime.backends.tensorrt import api as trt_api, cuda_graph
 from runtime.backends.tensorrt import cuda_graph as cuda  # the name inside TensorRTBackend.__init__, whose option is cuda_graph
 from runtime.backends.base import Backend, BackendError
 from runtime.manifest import ENGINES_DIR, GraphSpec, Manifest, TensorSpec
+from runtime.manifest_schema import DOMAIN_INPUT
 
 ENGINES_FILE = "engines.json"
 TIMING_CACHE = "timing.cache"
@@ -254,7 +255,7 @@ class TensorRTBackend(Backend):
                     plan.buffers[name] = cuda_graph.DeviceBuffer(_nbytes(spec, batch))
             plan.x0 = [cuda_graph.DeviceBuffer(_nbytes(self.specs["x0"], batch)) for _ in range(2)]
             plan.buffers["t"] = cuda_graph.DeviceBuffer(_nbytes(self.specs["t"], batch))
-            for name in self._HOST:
+            for name in (*self._HOST, DOMAIN_INPUT) if self.manifest.is_server else self._HOST:
                 plan.host[name] = cuda_graph.HostBuffer(self.specs[name].at(batch), self.specs[name].dtype)
             for s in (*self.manifest.encoder.inputs, *self.manifest.encoder.outputs):
                 self.engines["encoder"].set_address(s.name, plan.buffers[s.name].ptr, index)
@@ -308,7 +309,8 @@ class TensorRTBackend(Backend):
                 log.warning("tensorrt backend: %s; running without CUDA graphs from now on", self.graph_fallback)
         denoise.execute(self.stream.ptr, context)
 
-    def denoise(self, x1: np.ndarray, proprio: np.ndarray, steps: int) -> np.ndarray:
+    def denoise(self, x1: np.ndarray, proprio: np.ndarray, steps: int,
+                domain_ids: np.ndarray | None = None) -> np.ndarray:
         if not self._encoded:
             raise BackendError("denoise() called before encode()")
         if steps < 1:
@@ -316,8 +318,11 @@ class TensorRTBackend(Backend):
         plan = self.plan
         if x1.shape[0] != plan.batch:
             raise BackendError(f"denoise() of a batch of {x1.shape[0]} after encode() of {plan.batch}")
+        self.check_domains(domain_ids, plan.batch)
         self._upload("x1", x1)
         self._upload("proprio", proprio)
+        if domain_ids is not None:  # a server bundle: read by every step from its own device buffer
+            self._upload(DOMAIN_INPUT, domain_ids)
         schedule = self._t_slots(steps)
         plan.x0[0].memset(self.stream)
         for b in step_bindings(steps):

@@ -32,9 +32,9 @@ def payload(seed: int, domain_id: int = 3, proprio_dim: int = 20) -> dict:
             "proprio": json_numpy.dumps(rng.standard_normal(proprio_dim)), "seed": seed, "steps": 4}
 
 
-def expected(policy: Policy, seed: int) -> np.ndarray:
+def expected(policy: Policy, seed: int, domain_id: int = 3) -> np.ndarray:
     """``Policy.act`` of the observation :func:`payload` describes (the server's seed → noise rule)."""
-    body = payload(seed)
+    body = payload(seed, domain_id)
     obs = Observation([json_numpy.loads(body["image0"]), json_numpy.loads(body["image1"])],
                       body["language_instruction"], json_numpy.loads(body["proprio"]).astype(np.float32),
                       noise=np.random.default_rng(seed).standard_normal(policy.chunk_shape[1:], dtype=np.float32))
@@ -42,7 +42,7 @@ def expected(policy: Policy, seed: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def fleet(tiny_batch_bundle):
+def fleet(tiny_batch_bundle, tiny_server_bundle):
     from xvla_edge.serve.ray_app import build_app
 
     with socket.socket() as s:
@@ -51,7 +51,8 @@ def fleet(tiny_batch_bundle):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app({"bundles": [str(tiny_batch_bundle)], "num_cpus": 1, "batch_wait_timeout_s": 0.05}),
+        serve.run(build_app({"bundles": [str(tiny_batch_bundle), str(tiny_server_bundle)], "num_cpus": 1,
+                             "batch_wait_timeout_s": 0.05}),
                   name="xvla", route_prefix="/")
         yield f"127.0.0.1:{port}"
     finally:
@@ -98,9 +99,27 @@ def test_a_bad_request_in_a_batch_is_refused_alone_and_an_unknown_domain_is_name
     np.testing.assert_allclose(np.asarray(replies[2].json()["action"], np.float32), expected(local, 3), atol=1e-5)
     unknown = requests.post(f"http://{fleet}/act", json=payload(1, domain_id=7), timeout=60)
     assert unknown.status_code == 400
-    assert unknown.json() == {"error": "domain_id: 7 is not served here; domains served: 3"}
-    assert requests.get(f"http://{fleet}/healthz", timeout=10).json() == {"status": "ok", "domains": [3],
+    assert unknown.json() == {"error": "domain_id: 7 is not served here; domains served: 0, 3, 6, 17"}
+    assert requests.get(f"http://{fleet}/healthz", timeout=10).json() == {"status": "ok", "domains": [0, 3, 6, 17],
                                                                           "allow_unauthenticated": False}
+
+
+def test_a_server_bundle_deployment_routes_each_request_to_its_domain(fleet, tiny_folded_bundles):
+    """Concurrent requests for the three domains of one server bundle (one deployment, batches that may mix
+    domains): each answered as the robot's bundle of its domain answers."""
+    seeds = list(range(200, 200 + CLIENTS))
+    domains = {seed: (0, 6, 17)[seed % 3] for seed in seeds}
+    replies = concurrently(lambda seed: requests.post(f"http://{fleet}/act", json=payload(seed, domains[seed]),
+                                                      timeout=60), seeds)
+    assert [r.status_code for r in replies] == [200] * CLIENTS, [r.text for r in replies]
+    for seed, reply in zip(seeds, replies):
+        with Policy.load(tiny_folded_bundles[domains[seed]]) as folded:
+            np.testing.assert_allclose(np.asarray(reply.json()["action"], np.float32),
+                                       expected(folded, seed, domains[seed]), rtol=0, atol=1e-5)
+    assert len({r.headers["X-XVLA-Bundle"] for r in replies}) == 1  # one bundle served them all
+    replicas = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["name"].startswith("SERVE_REPLICA::xvla#server-")]
+    assert len(replicas) == 1
 
 
 def test_remote_policy_over_the_websocket_equals_policy_act(fleet, local):
@@ -157,7 +176,7 @@ def test_a_replica_killed_mid_stream_never_answers_with_another_requests_chunk(f
 @pytest.mark.parametrize("extra, message", [
     (["--replicas", "3", "--max-replicas", "2"], "--max-replicas 2 is below --replicas 3"),
     (["--num-gpus", "-1"], "--num-gpus -1.0: expected 0 ... 64"),
-    (["SECOND"], "are both exported for domain 3; serve one bundle per domain"),
+    (["SECOND"], "both serve domain 3; give one bundle per domain"),
 ])
 def test_serve_ray_refuses_bad_arguments_before_ray_starts(tiny_bundle, tmp_path, capsys, extra, message):
     from xvla_edge.cli import main

@@ -116,9 +116,9 @@ def test_a_late_reply_is_never_taken_for_the_next_observation(server, bundles, t
     policy = bundles.served[3].policy
     real_act = policy.act
 
-    def slow_act(obs, steps=None):
+    def slow_act(obs, **options):
         time.sleep(1.0)
-        return real_act(obs, steps=steps)
+        return real_act(obs, **options)
 
     with RemotePolicy(ws_url(server), domain_id=3, token=TOKEN, timeout_s=0.3) as remote:
         monkeypatch.setattr(policy, "act", slow_act)
