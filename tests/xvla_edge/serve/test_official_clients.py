@@ -58,14 +58,17 @@ def libero_act(host: str, port: int) -> np.ndarray:
 @pytest.fixture
 def serve_process(tmp_path):
     """``start(*args)``: ``xvla-edge serve ARGS`` in its own process, its output in a file (``log(proc)``);
-    every one still running is killed after the test."""
+    every one still running is killed after the test. The child gets SIGINT's default action back: a suite started
+    in the background by a non-interactive shell (``make test &``) runs with SIGINT ignored, which children inherit,
+    and a server that ignores Ctrl-C cannot show what Ctrl-C does."""
     procs: list[tuple[subprocess.Popen, Path]] = []
 
     def start(*args: str) -> subprocess.Popen:
         log = tmp_path / f"serve-{len(procs)}.log"
         with open(log, "w") as out:
             proc = subprocess.Popen([sys.executable, "-m", "xvla_edge", "serve", *args], stdout=out,
-                                    stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                                    stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         procs.append((proc, log))
         return proc
 

@@ -41,7 +41,8 @@ def folded_chunk(bundle, body: dict) -> np.ndarray:
 def test_serve_answers_two_domains_from_one_bundle(tiny_server_bundle, tiny_folded_bundles, spawn_server, free_port):
     spawn_server(tiny_server_bundle, free_port)
     url = f"http://127.0.0.1:{free_port}"
-    assert requests.get(f"{url}/healthz", timeout=10).json() == {"status": "ok", "domains": [0, 6, 17]}
+    assert requests.get(f"{url}/healthz", timeout=10).json() == {"status": "ok", "domains": [0, 6, 17],
+                                                                 "allow_unauthenticated": False}
     for domain, seed in ((0, 1), (17, 2), (0, 3)):
         body = payload(seed, domain)
         reply = requests.post(f"{url}/act", json=body, timeout=60)
@@ -58,6 +59,7 @@ def test_serve_answers_two_domains_from_one_bundle(tiny_server_bundle, tiny_fold
     assert 'domain="17",embodiment="robomind-franka-dual"' in metrics
 
 
+@pytest.mark.server
 def test_a_robot_served_one_domain_of_a_server_bundle_reads_it_as_its_own(tiny_server_bundle, tiny_folded_bundles):
     bundles = BundleSet.load([tiny_server_bundle])
     try:
