@@ -19,3 +19,23 @@ def inputs(model: Any, B: int = 1, views: tuple[bool, ...] = (True, True, True),
         image_mask=torch.tensor([list(views)] * B), domain_id=torch.arange(B) % cfg.num_domains,
         proprio=torch.randn(B, cfg.dim_action, generator=g),
     )
+
+
+def restated_sampler(model: Any, inp: dict, noise: torch.Tensor, steps: int,
+                     mix: Any = None) -> torch.Tensor:
+    """The released sampler written out from its definition (not an Euler step): the network predicts the clean
+    chunk, which is re-noised with the same ``noise`` at the next time; gripper channels 9/19 zeroed in x_t and
+    proprio, a sigmoid on them at the end. ``mix(a)``, if given, is applied to each prediction before re-noising."""
+    with torch.no_grad():
+        vlm, aux = model.encode(inp["input_ids"], inp["image_input"], inp["image_mask"])
+        keep = torch.ones(noise.shape[-1])
+        keep[[9, 19]] = 0
+        a = torch.zeros_like(noise)
+        for i in range(steps, 0, -1):
+            t = torch.tensor([i / steps])
+            x_t = t * noise + (1 - t) * a
+            a = model.transformer(inp["domain_id"], vlm, aux, x_t * keep, inp["proprio"] * keep, t)
+            if mix is not None:
+                a = mix(a)
+        a[..., [9, 19]] = torch.sigmoid(a[..., [9, 19]])
+    return a

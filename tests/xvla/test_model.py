@@ -10,7 +10,7 @@ from xvla import load_checkpoint, write_random_checkpoint
 from xvla.action_head import timestep_embedding
 from xvla.errors import InputError
 
-from tests.support.model_inputs import inputs
+from tests.support.model_inputs import inputs, restated_sampler
 
 
 @pytest.fixture(scope="module")
@@ -46,16 +46,7 @@ def test_sampler_is_x0_renoising_with_the_same_noise(model) -> None:
     inp = inputs(model, seed=3)
     noise = torch.randn(1, 30, 20)
     steps = 4
-    with torch.no_grad():
-        vlm, aux = model.encode(inp["input_ids"], inp["image_input"], inp["image_mask"])
-        keep = torch.ones(20)
-        keep[[9, 19]] = 0
-        a = torch.zeros_like(noise)
-        for i in range(steps, 0, -1):
-            t = torch.tensor([i / steps])
-            x_t = t * noise + (1 - t) * a
-            a = model.transformer(inp["domain_id"], vlm, aux, x_t * keep, inp["proprio"] * keep, t)
-        a[..., [9, 19]] = torch.sigmoid(a[..., [9, 19]])
+    a = restated_sampler(model, inp, noise, steps)
     torch.testing.assert_close(model.generate_actions(**inp, steps=steps, noise=noise), a, atol=1e-6, rtol=0)
 
 

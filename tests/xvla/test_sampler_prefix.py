@@ -12,7 +12,7 @@ from xvla import load_checkpoint
 from xvla.errors import InputError
 from xvla.realtime_chunking import prefix_weights
 
-from tests.support.model_inputs import inputs
+from tests.support.model_inputs import inputs, restated_sampler
 
 pytestmark = pytest.mark.model
 
@@ -52,17 +52,7 @@ def test_every_step_mixes_before_it_renoises(model) -> None:
     """The sampler re-stated with the mix x0 <- w * prefix + (1 - w) * x0 after each network call."""
     inp, noise, prefix, steps = inputs(model, seed=3), torch.randn(1, 30, 20), committed(7), 4
     w = schedule(3, 12)
-    with torch.no_grad():
-        vlm, aux = model.encode(inp["input_ids"], inp["image_input"], inp["image_mask"])
-        keep = torch.ones(20)
-        keep[[9, 19]] = 0
-        a = torch.zeros_like(noise)
-        for i in range(steps, 0, -1):
-            t = torch.tensor([i / steps])
-            x_t = t * noise + (1 - t) * a
-            a = model.transformer(inp["domain_id"], vlm, aux, x_t * keep, inp["proprio"] * keep, t)
-            a = w[..., None] * prefix + (1 - w[..., None]) * a
-        a[..., [9, 19]] = torch.sigmoid(a[..., [9, 19]])
+    a = restated_sampler(model, inp, noise, steps, mix=lambda x0: w[..., None] * prefix + (1 - w[..., None]) * x0)
     out = model.generate_actions(**inp, steps=steps, noise=noise, prefix=prefix, weights=w)
     torch.testing.assert_close(out, a, atol=1e-6, rtol=0)
 
