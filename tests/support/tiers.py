@@ -45,6 +45,16 @@ FIXTURE_MARKS = {  # fixtures that start processes or servers: a test requesting
 def pytest_configure(config: pytest.Config) -> None:
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
+    _warm_font_cache()
+
+
+def _warm_font_cache() -> None:
+    """matplotlib builds its font cache once per machine, running ``fc-list``: build it here, before any guard,
+    so that on a fresh machine the first test that draws a plot is not blamed for starting a process."""
+    try:
+        import matplotlib.font_manager  # noqa: F401 - imported for its side effect
+    except ImportError:  # the torch-free robot environment has no matplotlib
+        pass
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
