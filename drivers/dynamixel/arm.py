@@ -58,9 +58,8 @@ from drivers.arm import (
     JointLimit,
     Target,
 )
-from drivers.dynamixel import protocol as p
 from drivers.dynamixel import tables as t
-from drivers.dynamixel.bus import Bus, DynamixelLinkError, PendingRead, ServoError, sync_write_packet
+from drivers.dynamixel.bus import Bus, DynamixelLinkError, PendingRead, ServoError
 from drivers.dynamixel.joint_offsets import ArmCalibration, ArmCalibrationError
 
 _HW_TO_FAULT = {
@@ -236,7 +235,7 @@ class DynamixelArm(Arm):
                     self._polled = False  # the next poll_state leaves the next read to the next target
                     return
                 self._take(self._pending)
-            self._request(after=sync_write_packet(t.GOAL_POSITION, goals))
+            self._request(after=self.bus.sync_write_packet(t.GOAL_POSITION, goals))
 
     def hold(self) -> None:
         self._connected()
@@ -259,7 +258,54 @@ class DynamixelArm(Arm):
         self._pending = None
         self.bus.close()
 
+    def probe(self) -> dict[str, object]:
+        """What is on the bus, read-only: per configured motor whether it answers, its model and firmware, position
+        (ticks and rad, or the gripper's opening), torque, Operating_Mode, hardware errors, voltage and
+        temperature; ``problems`` lists what would stop :meth:`connect`. Writes nothing (no goal, no torque, no
+        watchdog). Raises ``ArmLinkError`` when the port cannot be opened."""
+        opened_here = not self.bus.is_open
+        with self._errors("probe"):
+            self.bus.open()
+        try:
+            self._settle()
+            names = [(j.name, j.motor_id) for j in self.calibration.joints]
+            names.append(("gripper", self.calibration.gripper.motor_id))
+            motors = [self._probe_motor(name, motor_id) for name, motor_id in names]
+        finally:
+            if opened_here:
+                self.bus.close()
+        problems = [f"motor {m['id']} ({m['name']}) does not answer" for m in motors if not m["found"]]
+        for m in motors:
+            if m["found"] and m["hardware_error"]:
+                problems.append(f"motor {m['id']} ({m['name']}) reports {m['errors']}")
+            if m["found"] and m["operating_mode"] not in t.POSITION_MODES:
+                problems.append(f"motor {m['id']} ({m['name']}): Operating_Mode is {m['operating_mode']}; expected a "
+                                f"position mode {[int(x) for x in t.POSITION_MODES]}")
+        return {"driver": "dynamixel", "port": self.bus.port, "baudrate": self.bus.baudrate,
+                "robot_id": self.calibration.robot_id, "link": any(m["found"] for m in motors), "motors": motors,
+                "problems": problems}
+
     # ---- helpers ---------------------------------------------------------------------------------
+
+    def _probe_motor(self, name: str, motor_id: int) -> dict[str, object]:
+        found: dict[str, object] = {"name": name, "id": motor_id, "found": False}
+        try:
+            model, firmware = self.bus.ping(motor_id)
+            values = {reg.name: self.bus.read(motor_id, reg) for reg in (
+                t.PRESENT_POSITION, t.TORQUE_ENABLE, t.OPERATING_MODE, t.HARDWARE_ERROR_STATUS,
+                t.PRESENT_INPUT_VOLTAGE, t.PRESENT_TEMPERATURE)}
+        except (DynamixelLinkError, ServoError) as exc:
+            found["why"] = str(exc)
+            return found
+        ticks, bits = values["Present_Position"], values["Hardware_Error_Status"]
+        joint = next((j for j in self.calibration.joints if j.motor_id == motor_id), None)
+        position = joint.to_rad(ticks) if joint is not None else self.calibration.gripper.to_opening(ticks)
+        found.update(found=True, model=t.MODEL_NUMBERS.get(model, model), firmware=firmware, position_ticks=ticks,
+                     position=round(position, 6), unit="rad" if joint is not None else "opening",
+                     torque=bool(values["Torque_Enable"]), operating_mode=values["Operating_Mode"],
+                     hardware_error=bits, errors=t.describe_hardware_error(bits),
+                     voltage_v=values["Present_Input_Voltage"] / 10, temperature_c=values["Present_Temperature"])
+        return found
 
     def _connected(self) -> None:
         if self._caps is None:
@@ -293,7 +339,7 @@ class DynamixelArm(Arm):
                     f"Min/Max_Position_Limit [{low}, {high}]; goals outside it would be dropped silently"
                 )
 
-    def _request(self, after: p.Packet | None = None) -> None:
+    def _request(self, after: bytes = b"") -> None:
         """Send the next pipelined read (after ``after``): hardware errors of alerted servos, every
         ``watchdog_check_every``-th time Bus_Watchdog, else Present_Velocity + Present_Position."""
         if self.bus.alerts:
@@ -307,7 +353,7 @@ class DynamixelArm(Arm):
         else:
             address, length, name = reg.address, reg.size, reg.name
         self._pending = self.bus.request_sync_read(address, length, ids, name=name, after=after)
-        self._polled = after is None
+        self._polled = not after
 
     def _take(self, pending: PendingRead) -> None:
         """Use ``pending``'s statuses that have arrived, without waiting; an incomplete read is a miss."""
