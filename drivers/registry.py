@@ -215,7 +215,7 @@ def _dynamixel_check(space: str, values: Values, limits: SafetyLimits) -> Iterat
 _VELOCITY = Field(float, low=SAFETY_LIMIT_MIN, high=MAX_JOINT_VELOCITY)
 _FEETECH = (
     _baud(FEETECH_BAUD_RATES, "the STS series' Baud_Rate settings"),
-    Option("calibration", Field(Path, expected="the arm's lerobot-calibrate file (JSON)"), required=True),
+    Option("calibration", Field(Path), required=True),
     Option("max_joint_velocity",
            Field((float, list), check=lambda v: all(map(_VELOCITY.accepts, v if isinstance(v, list) else [v])),
                  expected=f"rad/s {SAFETY_LIMIT_MIN:g} ... 4π: one number for every joint, or a list of one per "
