@@ -21,7 +21,7 @@ from drivers.feetech.bus import FeetechBus
 from drivers.feetech.emulator import ChainConfig, ServoChain
 
 scs = pytest.importorskip("scservo_sdk", reason="feetech-servo-sdk (the oracle of these tests) is not installed: "
-                          "`pip install feetech-servo-sdk==1.0.0` (the Makefile does so in .venv)")
+                          "`pip install feetech-servo-sdk==1.0.0` (the Makefile installs it in both venvs)")
 
 IDS = (1, 2, 3, 4, 5, 6)
 
