@@ -162,4 +162,5 @@ def test_sync_write_is_the_sdks(sdk, bus, goals):
         assert group.addParam(motor, [scs.SCS_LOBYTE(value), scs.SCS_HIBYTE(value)])
     assert group.txPacket() == scs.COMM_SUCCESS
     bus.sync_write(t.GOAL_POSITION, goals)
-    assert port.sent == bus.port_recorder.sent == [bus.sync_write_packet(t.GOAL_POSITION, goals)]
+    wire = p.sync_write(t.GOAL_POSITION.address, 2, {m: v.to_bytes(2, "little") for m, v in goals.items()}).encode()
+    assert port.sent == bus.port_recorder.sent == [wire]
