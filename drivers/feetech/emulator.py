@@ -132,6 +132,8 @@ class Servo:
                     continue  # the servo keeps torque off while the condition lasts
                 if value and not self.torque:
                     self.set(t.GOAL_POSITION, self.get(t.PRESENT_POSITION))
+            if reg is t.HOMING_OFFSET:  # the encoder stays where it is: what it reports moves
+                self.present = float((self.present - (value - self.get(t.HOMING_OFFSET))) % t.TICKS_PER_REV)
             if reg is t.GOAL_POSITION:
                 low, high = self.get(t.MIN_POSITION_LIMIT), self.get(t.MAX_POSITION_LIMIT)
                 self.angle_error = not low <= value <= high
