@@ -9,8 +9,9 @@ The rooms, each importing only what its own docstring allows (the room rules of 
 
 - this level, the ground floor every room stands on: :mod:`.arm` (the ``Arm`` interface and the values that
   cross it), :mod:`.errors`, :mod:`.transport`, :mod:`.stream_parser`, :mod:`.physical_ranges`, the rotation math
-  of :mod:`.quaternion` (the control path's and the simulated arm's), the servo-bus base the Dynamixel and Feetech
-  families share (:mod:`.serial_bus`) and LeRobot's calibration files (:mod:`.lerobot_calibration`); it imports
+  of :mod:`.quaternion` (the control path's and the simulated arm's), the servo bus and the servo-bus arm the
+  Dynamixel and Feetech families share (:mod:`.serial_bus`, :mod:`.servo_arm`) and LeRobot's calibration files
+  (:mod:`.lerobot_calibration`); it imports
   no room. :mod:`.registry` (the ``[arm]`` schema: the drivers by name) is the one exception, at the top: it
   assembles every arm family, the simulated arm and the control path's safety limits;
 - :mod:`.control`: the real-time control path (loop process, tick, splice, safety envelope, watchdog);

@@ -27,7 +27,8 @@ RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
 ALLOWED: dict[str, tuple[str, ...]] = {"drivers": ("xvla.validation",)}
 
 DRIVERS_GROUND = ("drivers.arm", "drivers.errors", "drivers.transport", "drivers.stream_parser",
-                  "drivers.physical_ranges", "drivers.quaternion", "drivers.serial_bus", "drivers.lerobot_calibration")
+                  "drivers.physical_ranges", "drivers.quaternion", "drivers.serial_bus", "drivers.servo_arm",
+                  "drivers.lerobot_calibration")
 DRIVERS_ROOMS = ("drivers.control", "drivers.emulation", "drivers.system", "drivers.dynamixel", "drivers.xvla_serial",
                  "drivers.feetech", "drivers.registry")
 

@@ -1,16 +1,9 @@
 """A joint-space :class:`~drivers.arm.Arm` on Feetech STS3215 servos: the SO-100 / SO-101 arms.
 
-The control tick never waits on the bus, as on the Dynamixel arm: the bus is half-duplex, so the tick's read is
-pipelined. :meth:`FeetechArm.poll_state` collects, without waiting, the statuses of the sync read sent in the
-previous tick (Present_Position + Present_Velocity, addresses 56-59) and returns the newest state (its
-``timestamp`` says when the statuses were collected, normally one tick old); :meth:`FeetechArm.send_target` writes
-the Goal_Position sync write and the next sync read in one write, so the servos answer after the goal while the
-host sends nothing until the next tick. A tick without a target has ``poll_state`` send the read itself; a target
-that follows such a read in the same tick is skipped while its replies may be on the wire (``targets_skipped``).
-A read whose statuses have not all arrived by the next ``poll_state`` is a miss (``reads_missed``), and so is one
-reporting what no servo can do (a position beyond a turn, a speed beyond two turns a second: a status
-well-formed on the wire, but not true); no complete
-read for ``(retries + 1) * timeout_s`` (150 ms by default, on the arm's clock) is a lost link (``ArmLinkError``).
+The control tick never waits on the bus: the pipelined read and the goal in one write are the servo-bus arm's
+(:mod:`drivers.servo_arm`), as on the Dynamixel arm. The tick's read is Present_Position + Present_Velocity
+(addresses 56-59). A read reporting what no servo can do (a position beyond a turn, a speed beyond two turns a
+second: a status well-formed on the wire, but not true) is a miss like an incomplete one.
 
 Every status carries the servo's error bits (voltage, angle limit, overheat, overcurrent, overload), so faults
 are seen in the tick's own read: a hardware bit latches a fault that refuses targets until :meth:`connect` (which
@@ -25,29 +18,19 @@ refuses by name otherwise; :meth:`FeetechArm.probe` reports the same without mov
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, Optional, Sequence, Union
+from typing import Callable, Dict, Optional, Sequence, Union
 
 import numpy as np
 
-from drivers.arm import (
-    Arm,
-    ArmCapabilities,
-    ArmConfigError,
-    ArmFault,
-    ArmLinkError,
-    ArmState,
-    FaultFlag,
-    Target,
-)
+from drivers.arm import ArmCapabilities, ArmConfigError, ArmFault, ArmState, FaultFlag, Target
 from drivers.feetech import protocol as p
 from drivers.feetech import tables as t
 from drivers.feetech.bus import FeetechBus, FeetechLinkError, PendingRead
 from drivers.feetech.calibration import FeetechCalibration, FeetechCalibrationError, load_calibration
+from drivers.servo_arm import ServoBusArm
 
 _BIT_TO_FAULT = {
     p.ErrorBit.VOLTAGE: FaultFlag.SUPPLY_VOLTAGE,
@@ -80,21 +63,15 @@ def _implausible(raw: dict[int, bytes]) -> str:
     return ""
 
 
-@dataclass(frozen=True)
-class _Measured:
-    timestamp: float
-    joint_positions: np.ndarray
-    joint_velocities: np.ndarray
-    gripper: float
-
-
-class FeetechArm(Arm):
+class FeetechArm(ServoBusArm):
     """One SO-100/SO-101 arm (joints + gripper) on one Feetech bus.
 
     ``calibration``: a :class:`~drivers.feetech.calibration.FeetechCalibration`, or the path of a
     ``lerobot-calibrate`` file together with ``max_velocity`` (rad/s, one or per joint) and ``gripper_open``.
     ``baudrate``: one of the STS rates (:data:`BAUD_RATES`). ``clock`` stamps the states.
     """
+
+    GOAL, PRESENT = t.GOAL_POSITION, t.PRESENT_POSITION
 
     def __init__(
         self,
@@ -119,28 +96,11 @@ class FeetechArm(Arm):
         if baudrate not in BAUD_RATES:
             raise ArmConfigError(f"FeetechArm.baudrate: expected one of {', '.join(map(str, BAUD_RATES))} (the STS "
                                  f"series' Baud_Rate settings), got {baudrate!r}")
-        self.link_timeout_s = (retries + 1) * timeout_s
-        self.bus = FeetechBus(port, baudrate=baudrate, timeout_s=timeout_s, retries=retries)
-        self._clock = clock
-        self._ids = self.calibration.motor_ids
-        self._caps: Optional[ArmCapabilities] = None
-        self._estopped = False
+        super().__init__(FeetechBus(port, baudrate=baudrate, timeout_s=timeout_s, retries=retries),
+                         self.calibration.motor_ids, len(self.calibration.joints), clock=clock)
         self._faults: dict[int, int] = {}  # motor id → latched hardware bits
-        self._measured: Optional[_Measured] = None
-        self._pending: Optional[PendingRead] = None
-        self._polled = False
-        self._misses = 0
-        self._missed = ""
-        self._last_read = 0.0
-        self._counters = {"reads_missed": 0, "targets_skipped": 0}
 
     # ---- Arm interface ---------------------------------------------------------------------------
-
-    @property
-    def capabilities(self) -> ArmCapabilities:
-        self._connected()
-        assert self._caps is not None
-        return self._caps
 
     def connect(self) -> ArmCapabilities:
         with self._errors("connect"):
@@ -174,75 +134,9 @@ class FeetechArm(Arm):
             why = _implausible(raw)
             if why:
                 raise FeetechLinkError(f"read state on {self.bus.port}: {why}")
-            self._measure(raw)
+            self._measure_state(raw)
             self._latch_errors()
         return self._state()
-
-    def poll_state(self) -> ArmState:
-        """The newest state, without waiting: collects the previous tick's read (see the module docstring)."""
-        self._connected()
-        if self._measured is None:
-            return self.read_state()
-        with self._errors("poll state"):
-            pending, by_poll = self._pending, self._polled
-            if pending is not None:
-                self._take(pending)
-            silent = self._clock() - self._last_read
-            if self._misses and silent > self.link_timeout_s:
-                raise FeetechLinkError(f"no complete sync read on {self.bus.port} for {silent * 1000:.0f} ms "
-                                       f"({self._misses} in a row without all their statuses by the next tick; the "
-                                       f"last one: {self._missed})")
-            if pending is None or by_poll:
-                self._request()
-        return self._state()
-
-    def counters(self) -> Dict[str, int]:
-        return dict(self._counters)
-
-    def send_target(self, target: Target) -> None:
-        self._connected()
-        if target.space != "joint" or target.joints is None:
-            raise ArmConfigError(f"FeetechArm({self.bus.port}) takes joint targets, got a {target.space!r} target")
-        joints = self.calibration.joints
-        if target.joints.shape != (len(joints),) or target.n_arms != 1:
-            raise ArmConfigError(f"FeetechArm({self.bus.port}): expected {len(joints)} joints and 1 gripper, got "
-                                 f"{target.joints.shape[0]} joints and {target.n_arms} gripper values")
-        self._refuse_if_blocked()
-        try:
-            goals = {j.motor_id: j.to_ticks(float(q)) for j, q in zip(joints, target.joints)}
-            goals[self.calibration.gripper.motor_id] = self.calibration.gripper.to_ticks(float(target.gripper[0]))
-        except FeetechCalibrationError as exc:
-            raise ArmFault(f"FeetechArm({self.bus.port}): refusing target: {exc}", reason="out_of_limits") from exc
-        with self._errors("send target"):
-            if self._pending is not None:  # a read is on the wire (poll_state sent it this tick)
-                self.bus.collect(self._pending)
-                if not self._pending.complete:
-                    self._counters["targets_skipped"] += 1
-                    self._polled = False
-                    return
-                self._take(self._pending)
-            self._request(after=self.bus.sync_write_packet(t.GOAL_POSITION, goals))
-
-    def hold(self) -> None:
-        self._connected()
-        with self._errors("hold"):
-            self._settle()
-            self.bus.sync_write(t.GOAL_POSITION, self.bus.sync_read(t.PRESENT_POSITION, self._ids))
-
-    def estop(self) -> None:
-        self._estopped = True
-        self.hold()
-
-    def clear_estop(self) -> None:
-        self._estopped = False
-
-    def close(self) -> None:
-        if self._caps is not None:
-            with contextlib.suppress(ArmLinkError, ArmFault):
-                self.hold()
-        self._caps = None
-        self._pending = None
-        self.bus.close()
 
     def probe(self) -> Dict[str, object]:
         """What is on the bus, read-only: per configured motor whether it answers, its model and firmware,
@@ -315,70 +209,38 @@ class FeetechArm(Arm):
                                 "(position) — LeRobot sets it when it configures the arm")
         return problems
 
-    def _connected(self) -> None:
-        if self._caps is None:
-            raise ArmConfigError(f"FeetechArm({self.bus.port}) is not connected. Run `.connect()` first.")
-
-    @contextlib.contextmanager
-    def _errors(self, what: str) -> Iterator[None]:
+    def _goals(self, target: Target) -> Dict[int, int]:
         try:
-            yield
-        except FeetechLinkError as exc:
-            raise ArmLinkError(f"FeetechArm {what}: {exc}") from exc
+            goals = {j.motor_id: j.to_ticks(float(q)) for j, q in zip(self.calibration.joints, target.joints)}
+            goals[self.calibration.gripper.motor_id] = self.calibration.gripper.to_ticks(float(target.gripper[0]))
+        except FeetechCalibrationError as exc:
+            raise ArmFault(f"FeetechArm({self.bus.port}): refusing target: {exc}", reason="out_of_limits") from exc
+        return goals
 
     def _request(self, after: bytes = b"") -> None:
-        self._pending = self.bus.request_sync_read(t.STATE_ADDRESS, t.STATE_LENGTH, self._ids,
-                                                   name="Present_Position+Velocity", after=after)
-        self._polled = not after
+        self._send_read(t.STATE_ADDRESS, t.STATE_LENGTH, self._ids, "Present_Position+Velocity", after)
 
-    def _take(self, pending: PendingRead) -> None:
-        """Use ``pending``'s statuses that have arrived, without waiting; an incomplete read is a miss."""
-        self._pending = None
-        self.bus.collect(pending)
-        raw = self.bus.result(pending)
-        why = _implausible(raw) if raw is not None else (
-            f"no status from motor(s) {[i for i in pending.motor_ids if i not in pending.statuses]}")
-        if why:
-            self._misses += 1
-            self._counters["reads_missed"] += 1
-            self._missed = why
-            return
-        assert raw is not None
-        self._misses = 0
-        self._measure(raw)
+    def _miss(self, pending: PendingRead, raw: Optional[Dict[int, bytes]]) -> str:
+        return super()._miss(pending, raw) or _implausible(raw or {})
+
+    def _use(self, pending: PendingRead, raw: Dict[int, bytes]) -> None:
+        self._measure_state(raw)
         self._latch_errors()
 
-    def _settle(self) -> None:
-        """Wait (up to ``timeout_s``) for the statuses of a pipelined read still on the wire, and drop it."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            self.bus.collect(pending, wait_s=self.bus.timeout_s)
-
-    def _measure(self, raw: dict[int, bytes]) -> None:
+    def _measure_state(self, raw: Dict[int, bytes]) -> None:
         ticks = {i: t.PRESENT_POSITION.decode(d[:2]) for i, d in raw.items()}
         speed = {i: t.PRESENT_VELOCITY.decode(d[2:]) for i, d in raw.items()}
         joints = self.calibration.joints
-        self._measured = _Measured(
-            timestamp=self._clock(),
-            joint_positions=np.array([j.to_rad(ticks[j.motor_id]) for j in joints]),
-            joint_velocities=np.array([speed[j.motor_id] * _RAD_PER_TICK for j in joints]),
-            gripper=self.calibration.gripper.to_opening(ticks[self.calibration.gripper.motor_id]))
-        self._last_read = self._measured.timestamp
+        self._measure(np.array([j.to_rad(ticks[j.motor_id]) for j in joints]),
+                      np.array([speed[j.motor_id] * _RAD_PER_TICK for j in joints]),
+                      self.calibration.gripper.to_opening(ticks[self.calibration.gripper.motor_id]))
 
     def _latch_errors(self) -> None:
         for motor_id, bits in self.bus.errors.items():
             if bits & HARDWARE_BITS:
                 self._faults[motor_id] = self._faults.get(motor_id, 0) | bits & HARDWARE_BITS
 
-    def _state(self) -> ArmState:
-        m = self._measured
-        assert m is not None
-        return ArmState(timestamp=m.timestamp, faults=self._flags(m.joint_positions),
-                        position=np.full((1, 3), np.nan), quaternion=np.full((1, 4), np.nan),
-                        gripper=np.array([m.gripper]), joint_positions=m.joint_positions,
-                        joint_velocities=m.joint_velocities, mode=self._mode())
-
-    def _flags(self, q: np.ndarray) -> FaultFlag:
+    def _fault_flags(self, q: np.ndarray) -> FaultFlag:
         flags = FaultFlag.ESTOP if self._estopped else FaultFlag(0)
         for bits in (*self._faults.values(), *(b & p.ErrorBit.ANGLE for b in self.bus.errors.values())):
             flags |= faults_of(bits)
