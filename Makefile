@@ -20,12 +20,16 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	# dependencies, whose numpy<2 pin the [dev] stack cannot take; its websocket client imports only msgpack,
 	# numpy, websockets and typing_extensions, all in [dev]
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps openpi-client==0.1.2
+	# Feetech's servo SDK, the oracle of the Feetech driver's packets (tests/drivers/feetech/test_feetech_protocol.py):
+	# test-only, pure Python, its one dependency (pyserial) already in the base
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps feetech-servo-sdk==1.0.0
 	touch $@
 
 $(ROBOT_VENV)/.installed: setup.cfg pyproject.toml
 	@test -n "$(PYTHON310)" || { echo "make: no python3.10 found (set PYTHON310=/path/to/python3.10)"; exit 1; }
 	$(PYTHON310) -m venv $(ROBOT_VENV)
 	$(ROBOT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[onnxruntime,serve,test]'
+	$(ROBOT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps feetech-servo-sdk==1.0.0
 	touch $@
 
 demo: $(VENV)/.installed

@@ -19,6 +19,7 @@ floor: issue 20's budget of 300 µs of work per tick (p99), against a period of 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import time
 from collections import defaultdict
@@ -68,7 +69,24 @@ def serial_port() -> Iterator[str]:
         proc.stop()
 
 
-def _arm(kind: str, port: Callable[[], str]) -> Arm:
+@pytest.fixture(scope="module")
+def feetech_arm(tmp_path_factory) -> Iterator[Callable[[], Arm]]:
+    """A factory of FeetechArms on an emulated SO-101 (its servos holding the emulator's SO-101 calibration)."""
+    from drivers.feetech import emulator
+    from drivers.feetech.arm import FeetechArm
+
+    path = tmp_path_factory.mktemp("so101") / "so101_follower.json"
+    path.write_text(json.dumps(emulator.SO101_CALIBRATION))
+    proc = emulator.start(emulator.ChainConfig.from_lerobot(emulator.SO101_CALIBRATION), seed=1)
+    try:
+        yield lambda: FeetechArm(proc.port, path, max_velocity=3.0, gripper_open="range_max")
+    finally:
+        proc.stop()
+
+
+def _arm(kind: str, port: Callable[[], str], feetech: Callable[[], Callable[[], Arm]]) -> Arm:
+    if kind == "feetech-joint":
+        return feetech()()
     if kind == "sim-ee":
         return SimArm(space="ee")
     if kind == "sim-joint":
@@ -137,9 +155,9 @@ def measure(arm: Arm, rate_hz: int, seconds: float) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("rate_hz", [200, 500])
-@pytest.mark.parametrize("kind", ["sim-ee", "sim-joint", "xvla-serial-ee"])
+@pytest.mark.parametrize("kind", ["sim-ee", "sim-joint", "xvla-serial-ee", "feetech-joint"])
 def test_tick_stages(benchmark, request, kind, rate_hz):
-    arm = _arm(kind, lambda: request.getfixturevalue("serial_port"))
+    arm = _arm(kind, lambda: request.getfixturevalue("serial_port"), lambda: request.getfixturevalue("feetech_arm"))
     result = benchmark.pedantic(lambda: measure(arm, rate_hz, SECONDS), rounds=1, iterations=1)
     benchmark.extra_info.update(result, arm=kind, rate_hz=rate_hz, seconds=SECONDS, budget_p99_us=BUDGET_US,
                                 period_us=1e6 / rate_hz, numpy=np.__version__)

@@ -11,6 +11,8 @@ thread at the control rate, so backends need no locking. The loop calls, in orde
     arm.hold() / arm.estop()      # when the watchdog says so
     arm.close()                   # on exit, after hold()
 
+``arm.probe()`` is apart from that sequence: an optional, read-only look at the link (``xvla-edge arm check``).
+
 Conventions (all backends):
 
 - Positions in metres in the arm's base frame; joint positions in rad (or m for prismatic joints).
@@ -71,6 +73,10 @@ class ArmLinkError(ArmError):
     The control loop stops streaming on this error; the controller's own deadman is then responsible for
     holding the arm.
     """
+
+
+class NoProbe(ArmError, NotImplementedError):
+    """The backend has no read-only probe (:meth:`Arm.probe`)."""
 
 
 class ArmFault(ArmError):
@@ -311,6 +317,17 @@ class Arm(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Hold (best effort), then release the link. Never removes torque. Safe to call twice."""
+
+    def probe(self) -> Dict[str, object]:
+        """What the backend finds on its link, read-only, as JSON-able values (optional; ``xvla-edge arm check``).
+
+        Works on an arm that is not connected (opening the link and closing it again). Moves nothing, writes no
+        target and never enables torque. ``link`` says whether anything answered, ``problems`` lists what would
+        stop :meth:`connect` (one sentence each), the rest is the backend's (e.g. ``motors``: per motor its id,
+        position and error bits). Raises :class:`ArmLinkError` when the link cannot be opened at all, and
+        :class:`NoProbe` for a backend without a probe.
+        """
+        raise NoProbe(f"no probe for this arm: {type(self).__name__} has no read-only check of its link")
 
     def __enter__(self) -> "Arm":
         self.connect()

@@ -19,9 +19,14 @@ from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, T
 from drivers.arm import Arm, ArmConfigError, ArmFactory
 from drivers.control.safety import SafetyLimits
 from drivers.dynamixel.arm import DynamixelArm
-from drivers.dynamixel.joint_offsets import GRIPPER_ENDS, ArmCalibration, load_calibration
+from drivers.dynamixel.joint_offsets import ArmCalibration, load_calibration
 from drivers.dynamixel.tables import BAUD_RATES as DYNAMIXEL_BAUD_RATES
 from drivers.emulation.sim_arm import MAX_TIME_CONSTANT_S, SimArm
+from drivers.feetech.arm import BAUD_RATES as FEETECH_BAUD_RATES
+from drivers.feetech.arm import FeetechArm
+from drivers.feetech.calibration import FeetechCalibration
+from drivers.feetech.calibration import load_calibration as load_feetech_calibration
+from drivers.lerobot_calibration import GRIPPER_ENDS
 from drivers.physical_ranges import MAX_ARMS, MAX_JOINT_VELOCITY, MAX_POSITION_M, SAFETY_LIMIT_MIN
 from drivers.xvla_serial.arm import BAUD_RATES as XVLA_SERIAL_BAUD_RATES
 from drivers.xvla_serial.arm import XvlaSerialArm
@@ -204,6 +209,51 @@ def _dynamixel_check(space: str, values: Values, limits: SafetyLimits) -> Iterat
                f"{len(limits.joint_limits)} entries, but the calibration {path.name} has {joints} joints")
 
 
+# -- feetech (SO-100 / SO-101) ---------------------------------------------------------------------------
+
+
+_VELOCITY = Field(float, low=SAFETY_LIMIT_MIN, high=MAX_JOINT_VELOCITY)
+_FEETECH = (
+    _baud(FEETECH_BAUD_RATES, "the STS series' Baud_Rate settings"),
+    Option("calibration", Field(Path), required=True),
+    Option("max_joint_velocity",
+           Field((float, list), check=lambda v: all(map(_VELOCITY.accepts, v if isinstance(v, list) else [v])),
+                 expected=f"rad/s {SAFETY_LIMIT_MIN:g} ... 4π: one number for every joint, or a list of one per "
+                          "joint (the calibration file has no velocity limits)"),
+           required=True, argument="max_velocity"),
+    Option("gripper_open", Field(str, choices=GRIPPER_ENDS,
+                                 expected=f"{' or '.join(repr(e) for e in GRIPPER_ENDS)}: the end of the gripper's "
+                                          "range that is open"), required=True),
+)
+
+
+def _feetech_calibration(values: Values) -> FeetechCalibration:
+    velocity = values["max_joint_velocity"]
+    return load_feetech_calibration(values["calibration"], gripper_open=values["gripper_open"],
+                                    max_velocity=velocity if isinstance(velocity, list) else float(velocity))
+
+
+def _feetech_factory(space: str, values: Values, limits: SafetyLimits) -> ArmFactory:
+    baud = {"baudrate": values["baud"]} if values.get("baud") is not None else {}
+    return functools.partial(FeetechArm, values["port"], _feetech_calibration(values), **baud)
+
+
+def _feetech_check(space: str, values: Values, limits: SafetyLimits) -> Iterator[Problem]:
+    path: Optional[Path] = values["calibration"]
+    if path is None or not path.is_file() or values["max_joint_velocity"] is None or values["gripper_open"] is None:
+        return  # already reported: missing, not a file, or refused
+    try:
+        calibration = _feetech_calibration(values)
+    except ArmConfigError as exc:
+        key = "max_joint_velocity" if "max_velocity" in str(exc) else "calibration"
+        yield key, f"not usable with this calibration: {exc}"
+        return
+    joints = len(calibration.joints)
+    if limits.joint_limits and len(limits.joint_limits) != joints:
+        yield ("[safety].joint_limits",
+               f"{len(limits.joint_limits)} entries, but the calibration {path.name} has {joints} joints")
+
+
 DRIVERS: Dict[str, Driver] = {d.name: d for d in (
     Driver("sim", SimArm, ("ee", "joint"), (_SIM,), _sim_factory, _sim_check),
     Driver("xvla-serial", XvlaSerialArm, ("ee", "joint"), (_port("xvla-serial"), *_XVLA_SERIAL_LINK),
@@ -212,6 +262,7 @@ DRIVERS: Dict[str, Driver] = {d.name: d for d in (
            (_port("dynamixel"), *_DYNAMIXEL_LINK, Option("calibration", Field(Path), required=True),
             *_LEROBOT_CALIBRATION),
            _dynamixel_factory, _dynamixel_check),
+    Driver("feetech", FeetechArm, ("joint",), (_port("feetech"), *_FEETECH), _feetech_factory, _feetech_check),
 )}
 
 

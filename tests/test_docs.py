@@ -1,6 +1,6 @@
 """The documentation stays true to the tree and to the command line.
 
-Pages checked: README.md, docs/*.md and benchmarks/results/*/README.md.
+Pages checked: README.md, docs/**/*.md and benchmarks/results/*/README.md.
 
 Links. Every relative link or image (``[text](target)``, ``![alt](target)``) outside code must name a file or
 folder that exists, relative to the page; a ``#anchor`` (alone, or after a Markdown file) must be the slug of
@@ -23,8 +23,8 @@ alternatives, so brackets are stripped and a word is split at ``|``. The rule th
   fine. A placeholder in the command's place (an upper-case word, ``xvla-edge COMMAND --help``) stands for
   any command, and its options must then be ones every command takes.
 
-Length. README.md is at most 250 lines and links every page of docs/; no line of these pages is over 120
-characters, table rows aside.
+Length. README.md is at most 250 lines and links every page in docs/ itself (the pages in its folders, such as
+docs/arms/, are linked from those pages); no line of these pages is over 120 characters, table rows aside.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ PLACEHOLDER = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 
 def pages() -> list[Path]:
-    found = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")),
+    found = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md")),
              *sorted((REPO / "benchmarks" / "results").glob("*/README.md"))]
     return [p for p in found if p.is_file()]
 

@@ -27,9 +27,10 @@ RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
 ALLOWED: dict[str, tuple[str, ...]] = {"drivers": ("xvla.validation",)}
 
 DRIVERS_GROUND = ("drivers.arm", "drivers.errors", "drivers.transport", "drivers.stream_parser",
-                  "drivers.physical_ranges", "drivers.quaternion")
+                  "drivers.physical_ranges", "drivers.quaternion", "drivers.serial_bus", "drivers.servo_arm",
+                  "drivers.lerobot_calibration")
 DRIVERS_ROOMS = ("drivers.control", "drivers.emulation", "drivers.system", "drivers.dynamixel", "drivers.xvla_serial",
-                 "drivers.registry")
+                 "drivers.feetech", "drivers.registry")
 
 # Rooms inside the packages, one rule a line: room (a module or sub-package, dotted) → rooms it may not import.
 ROOMS_APART: dict[str, tuple[str, ...]] = {
@@ -43,10 +44,16 @@ ROOMS_APART: dict[str, tuple[str, ...]] = {
     "xvla_edge.daemon.operator": ("xvla_edge.daemon.supervisor", "xvla_edge.daemon.views"),
     "xvla_edge.daemon.views": ("xvla_edge.daemon.supervisor", "xvla_edge.daemon.operator"),
     # drivers/: each room stands on the ground floor (DRIVERS_GROUND); arms reach the control path as factories
-    "drivers.control": ("drivers.dynamixel", "drivers.xvla_serial", "drivers.emulation", "drivers.registry"),
-    "drivers.emulation": ("drivers.control", "drivers.dynamixel", "drivers.xvla_serial", "drivers.registry"),
-    "drivers.dynamixel": ("drivers.control", "drivers.xvla_serial", "drivers.emulation.sim_arm", "drivers.registry"),
-    "drivers.xvla_serial": ("drivers.control", "drivers.dynamixel", "drivers.emulation.sim_arm", "drivers.registry"),
+    "drivers.control": ("drivers.dynamixel", "drivers.xvla_serial", "drivers.feetech", "drivers.emulation",
+                        "drivers.registry"),
+    "drivers.emulation": ("drivers.control", "drivers.dynamixel", "drivers.xvla_serial", "drivers.feetech",
+                          "drivers.registry"),
+    "drivers.dynamixel": ("drivers.control", "drivers.xvla_serial", "drivers.feetech", "drivers.emulation.sim_arm",
+                          "drivers.registry"),
+    "drivers.xvla_serial": ("drivers.control", "drivers.dynamixel", "drivers.feetech", "drivers.emulation.sim_arm",
+                            "drivers.registry"),
+    "drivers.feetech": ("drivers.control", "drivers.dynamixel", "drivers.xvla_serial", "drivers.emulation.sim_arm",
+                        "drivers.registry"),
     "drivers.system": (*DRIVERS_GROUND, *DRIVERS_ROOMS),
     **{ground: DRIVERS_ROOMS for ground in DRIVERS_GROUND},
 }

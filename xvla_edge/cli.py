@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "run": "the on-robot daemon: cameras, policy and arm, with health and metrics",
     "ctl": "operate a running daemon: status, instruction, start/stop, hold/resume, estop/clear-estop, record",
     "config": "validate a robot.toml without running (config check FILE)",
+    "arm": "look at a robot.toml's arm before enabling torque (arm check --config FILE): IDs, positions, errors",
     "flash": "install a verified bundle on a robot (atomic switch, previous kept)",
     "rollback": "make a robot's previous bundle active again",
     "fleet": "robots seen from a workstation: fleet status (bundle per robot); fleet agent (a flash's robot side)",

@@ -1,31 +1,13 @@
 """A joint-space :class:`~drivers.arm.Arm` on X-series Dynamixel servos (WidowX, Koch, ALOHA-style arms).
 
-The control tick never waits on the bus. The bus is half-duplex, so the tick's reads are pipelined and
-ordered so that nothing the host sends can collide with the servos' replies:
-
-1. :meth:`DynamixelArm.poll_state` collects, without waiting, the statuses of the Sync Read sent in the
-   previous tick (the bytes already in the serial input buffer) and returns the newest state; its
-   ``timestamp`` is when those statuses were collected (normally one tick old);
-2. :meth:`DynamixelArm.send_target` writes the Goal_Position Sync Write and the next Sync Read in one write:
-   the servos answer after the goal, while the host sends nothing until the next tick.
-
-A tick that sends no target (a stopped mode) has ``poll_state`` send the next Sync Read itself; when
-``send_target`` follows such a read in the same tick, its replies may still be on the wire, so that goal is
-not sent (``targets_skipped``; the next tick's goal is newer). A read whose statuses have not all arrived by
-the next ``poll_state`` is a miss (``reads_missed``); its late replies are dropped when the next read is sent,
-or, arriving after that, skipped unless they have the next read's length (then taken for its own: data a
-tick older). No complete read for ``(retries + 1) * timeout_s`` (150 ms by default, the bound the blocking
-read has; measured on the arm's clock, so the same at any control rate) is a lost link (``ArmLinkError``):
-the control loop stops streaming and the servos' Bus_Watchdog holds the arm.
+The control tick never waits on the bus: the pipelined read and the goal in one write are the servo-bus arm's
+(:mod:`drivers.servo_arm`). When the link is lost (no complete read for ``(retries + 1) * timeout_s``), the control
+loop stops streaming and the servos' Bus_Watchdog holds the arm.
 
 Most pipelined reads are Present_Velocity + Present_Position (addresses 128-135). Every status carries
 the hardware-alert bit: after a status with it set, the next read is Hardware_Error_Status of the
 alerted servos; every ``watchdog_check_every``-th read is Bus_Watchdog (a tripped watchdog). Those
 ticks keep the previous state.
-
-:meth:`DynamixelArm.read_state`, ``connect``, ``hold`` and ``estop`` wait for their replies (bounded by
-``timeout_s`` and ``retries``, after the statuses of a pipelined read still on the wire); they are for
-start-up, reconnects and mode changes.
 
 The servos' own deadman, Bus_Watchdog, is armed on connect: if the host stops sending instructions for
 ``watchdog_ms``, every servo stops where it is and refuses goal writes until the next
@@ -38,30 +20,18 @@ SDK opens ports with ``serial.Serial`` and so cannot use pyserial URLs (``loop:/
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Union
+from typing import Callable, Union
 
 import numpy as np
 
-from drivers.arm import (
-    Arm,
-    ArmCapabilities,
-    ArmConfigError,
-    ArmFault,
-    ArmLinkError,
-    ArmState,
-    FaultFlag,
-    JointLimit,
-    Target,
-)
-from drivers.dynamixel import protocol as p
+from drivers.arm import ArmCapabilities, ArmConfigError, ArmFault, ArmLinkError, ArmState, FaultFlag, JointLimit, Target
 from drivers.dynamixel import tables as t
-from drivers.dynamixel.bus import Bus, DynamixelLinkError, PendingRead, ServoError, sync_write_packet
+from drivers.dynamixel.bus import Bus, DynamixelLinkError, PendingRead, ServoError
 from drivers.dynamixel.joint_offsets import ArmCalibration, ArmCalibrationError
+from drivers.servo_arm import ServoBusArm
 
 _HW_TO_FAULT = {
     t.HardwareError.INPUT_VOLTAGE: FaultFlag.SUPPLY_VOLTAGE,
@@ -74,16 +44,6 @@ _AT_LIMIT_RAD = 0.01
 _RAD_S_PER_UNIT = t.VELOCITY_UNIT_RPM * 2 * math.pi / 60
 
 
-@dataclass(frozen=True)
-class _Measured:
-    """The newest joint measurement and when its statuses arrived."""
-
-    timestamp: float
-    joint_positions: np.ndarray
-    joint_velocities: np.ndarray
-    gripper: float
-
-
 def hardware_faults(bits: int) -> FaultFlag:
     """Arm fault flags for a Hardware_Error_Status value."""
     flags = FaultFlag(0)
@@ -93,7 +53,7 @@ def hardware_faults(bits: int) -> FaultFlag:
     return flags
 
 
-class DynamixelArm(Arm):
+class DynamixelArm(ServoBusArm):
     """One arm (joints + gripper) on one Dynamixel bus.
 
     ``baudrate``: one of the servos' rates (:data:`~drivers.dynamixel.tables.BAUD_RATES`). ``watchdog_ms``
@@ -101,6 +61,8 @@ class DynamixelArm(Arm):
     register is read every ``watchdog_check_every`` state reads. No complete pipelined read for
     ``(retries + 1) * timeout_s`` is a lost link (see the module docstring). ``clock`` stamps the states.
     """
+
+    GOAL, PRESENT = t.GOAL_POSITION, t.PRESENT_POSITION
 
     def __init__(
         self,
@@ -123,30 +85,13 @@ class DynamixelArm(Arm):
             raise ArmConfigError(f"DynamixelArm.watchdog_ms: expected 20..2540, got {watchdog_ms}")
         self._watchdog_units = units
         self._check_every = max(1, watchdog_check_every)
-        self.link_timeout_s = (retries + 1) * timeout_s
-        self._clock = clock
-        self._last_read = 0.0  # clock time of the last complete read
-        self.bus = Bus(port, baudrate=baudrate, timeout_s=timeout_s, retries=retries)
-        self._ids = self.calibration.motor_ids
-        self._caps: ArmCapabilities | None = None
+        super().__init__(Bus(port, baudrate=baudrate, timeout_s=timeout_s, retries=retries),
+                         self.calibration.motor_ids, len(self.calibration.joints), clock=clock)
         self._reads = 0
-        self._estopped = False
         self._hw_errors: dict[int, int] = {}
         self._tripped: list[int] = []
-        self._measured: _Measured | None = None
-        self._pending: PendingRead | None = None  # the pipelined sync read on the wire
-        self._polled = False  # whether poll_state (not send_target) sent it
-        self._misses = 0  # consecutive
-        self._missed = ""  # why the last missed read missed
-        self._counters = {"reads_missed": 0, "targets_skipped": 0}
 
     # ---- Arm interface ---------------------------------------------------------------------------
-
-    @property
-    def capabilities(self) -> ArmCapabilities:
-        if self._caps is None:
-            raise ArmConfigError(f"DynamixelArm({self.bus.port}) is not connected. Run `.connect()` first.")
-        return self._caps
 
     def connect(self) -> ArmCapabilities:
         with self._errors("connect"):
@@ -181,7 +126,7 @@ class DynamixelArm(Arm):
         with self._errors("read state"):
             self._settle()
             raw = self.bus.sync_read_bytes(t.PRESENT_VELOCITY.address, 8, self._ids, name="Present_Velocity+Position")
-            self._measure(raw)
+            self._measure_state(raw)
             self._reads += 1
             if self.bus.alerts:
                 self._read_hardware_errors()
@@ -189,90 +134,54 @@ class DynamixelArm(Arm):
                 self._check_watchdogs(self.bus.sync_read(t.BUS_WATCHDOG, self._ids))
         return self._state()
 
-    def poll_state(self) -> ArmState:
-        """The newest state, without waiting: collects the previous tick's read (see the module docstring)."""
-        self._connected()
-        if self._measured is None:
-            return self.read_state()  # nothing measured since connect: one bounded round trip
-        with self._errors("poll state"):
-            pending, by_poll = self._pending, self._polled
-            if pending is not None:
-                self._take(pending)
-            silent = self._clock() - self._last_read
-            if self._misses and silent > self.link_timeout_s:
-                raise DynamixelLinkError(
-                    f"no complete sync read on {self.bus.port} for {silent * 1000:.0f} ms ({self._misses} in a row "
-                    f"without all their statuses by the next tick; the last one: {self._missed})"
-                )
-            if pending is None or by_poll:  # the previous tick sent no target: none will carry the next read
-                self._request()
-        return self._state()
-
-    def counters(self) -> dict[str, int]:
-        return dict(self._counters)
-
-    def send_target(self, target: Target) -> None:
-        self._connected()
-        if target.space != "joint" or target.joints is None:
-            raise ArmConfigError(f"DynamixelArm({self.bus.port}) takes joint targets, got a {target.space!r} target")
-        joints = self.calibration.joints
-        if target.joints.shape != (len(joints),) or target.n_arms != 1:
-            raise ArmConfigError(
-                f"DynamixelArm({self.bus.port}): expected {len(joints)} joints and 1 gripper, "
-                f"got {target.joints.shape[0]} joints and {target.n_arms} gripper values"
-            )
-        self._refuse_if_blocked()
+    def probe(self) -> dict[str, object]:
+        """What is on the bus, read-only: per configured motor whether it answers, its model and firmware, position
+        (ticks and rad, or the gripper's opening), torque, Operating_Mode, hardware errors, voltage and
+        temperature; ``problems`` lists what would stop :meth:`connect`. Writes nothing (no goal, no torque, no
+        watchdog). Raises ``ArmLinkError`` when the port cannot be opened."""
+        opened_here = not self.bus.is_open
+        with self._errors("probe"):
+            self.bus.open()
         try:
-            goals = {j.motor_id: j.to_ticks(float(q)) for j, q in zip(joints, target.joints)}
-            gripper = self.calibration.gripper
-            goals[gripper.motor_id] = gripper.to_ticks(float(target.gripper[0]))
-        except ArmCalibrationError as exc:
-            raise ArmFault(f"DynamixelArm({self.bus.port}): refusing target: {exc}", reason="out_of_limits") from exc
-        with self._errors("send target"):
-            if self._pending is not None:  # a read is on the wire (poll_state sent it this tick): it may be answering
-                self.bus.collect(self._pending)
-                if not self._pending.complete:
-                    self._counters["targets_skipped"] += 1
-                    self._polled = False  # the next poll_state leaves the next read to the next target
-                    return
-                self._take(self._pending)
-            self._request(after=sync_write_packet(t.GOAL_POSITION, goals))
-
-    def hold(self) -> None:
-        self._connected()
-        with self._errors("hold"):
             self._settle()
-            self.bus.sync_write(t.GOAL_POSITION, self.bus.sync_read(t.PRESENT_POSITION, self._ids))
-
-    def estop(self) -> None:
-        self._estopped = True
-        self.hold()
-
-    def clear_estop(self) -> None:
-        self._estopped = False
-
-    def close(self) -> None:
-        if self._caps is not None:
-            with contextlib.suppress(ArmLinkError, ArmFault):
-                self.hold()
-        self._caps = None
-        self._pending = None
-        self.bus.close()
+            names = [(j.name, j.motor_id) for j in self.calibration.joints]
+            names.append(("gripper", self.calibration.gripper.motor_id))
+            motors = [self._probe_motor(name, motor_id) for name, motor_id in names]
+        finally:
+            if opened_here:
+                self.bus.close()
+        problems = [f"motor {m['id']} ({m['name']}) does not answer" for m in motors if not m["found"]]
+        for m in motors:
+            if m["found"] and m["hardware_error"]:
+                problems.append(f"motor {m['id']} ({m['name']}) reports {m['errors']}")
+            if m["found"] and m["operating_mode"] not in t.POSITION_MODES:
+                problems.append(f"motor {m['id']} ({m['name']}): Operating_Mode is {m['operating_mode']}; expected a "
+                                f"position mode {[int(x) for x in t.POSITION_MODES]}")
+        return {"driver": "dynamixel", "port": self.bus.port, "baudrate": self.bus.baudrate,
+                "robot_id": self.calibration.robot_id, "link": any(m["found"] for m in motors), "motors": motors,
+                "problems": problems}
 
     # ---- helpers ---------------------------------------------------------------------------------
 
-    def _connected(self) -> None:
-        if self._caps is None:
-            raise ArmConfigError(f"DynamixelArm({self.bus.port}) is not connected. Run `.connect()` first.")
-
-    @contextlib.contextmanager
-    def _errors(self, what: str) -> Iterator[None]:
+    def _probe_motor(self, name: str, motor_id: int) -> dict[str, object]:
+        found: dict[str, object] = {"name": name, "id": motor_id, "found": False}
         try:
-            yield
-        except DynamixelLinkError as exc:
-            raise ArmLinkError(f"DynamixelArm {what}: {exc}") from exc
-        except ServoError as exc:
-            raise ArmFault(f"DynamixelArm {what}: {exc}", reason="servo_error") from exc
+            model, firmware = self.bus.ping(motor_id)
+            values = {reg.name: self.bus.read(motor_id, reg) for reg in (
+                t.PRESENT_POSITION, t.TORQUE_ENABLE, t.OPERATING_MODE, t.HARDWARE_ERROR_STATUS,
+                t.PRESENT_INPUT_VOLTAGE, t.PRESENT_TEMPERATURE)}
+        except (DynamixelLinkError, ServoError) as exc:
+            found["why"] = str(exc)
+            return found
+        ticks, bits = values["Present_Position"], values["Hardware_Error_Status"]
+        joint = next((j for j in self.calibration.joints if j.motor_id == motor_id), None)
+        position = joint.to_rad(ticks) if joint is not None else self.calibration.gripper.to_opening(ticks)
+        found.update(found=True, model=t.MODEL_NUMBERS.get(model, model), firmware=firmware, position_ticks=ticks,
+                     position=round(position, 6), unit="rad" if joint is not None else "opening",
+                     torque=bool(values["Torque_Enable"]), operating_mode=values["Operating_Mode"],
+                     hardware_error=bits, errors=t.describe_hardware_error(bits),
+                     voltage_v=values["Present_Input_Voltage"] / 10, temperature_c=values["Present_Temperature"])
+        return found
 
     def _check_modes_and_limits(self) -> None:
         modes = self.bus.sync_read(t.OPERATING_MODE, self._ids)
@@ -293,7 +202,16 @@ class DynamixelArm(Arm):
                     f"Min/Max_Position_Limit [{low}, {high}]; goals outside it would be dropped silently"
                 )
 
-    def _request(self, after: p.Packet | None = None) -> None:
+    def _goals(self, target: Target) -> dict[int, int]:
+        try:
+            goals = {j.motor_id: j.to_ticks(float(q)) for j, q in zip(self.calibration.joints, target.joints)}
+            gripper = self.calibration.gripper
+            goals[gripper.motor_id] = gripper.to_ticks(float(target.gripper[0]))
+        except ArmCalibrationError as exc:
+            raise ArmFault(f"DynamixelArm({self.bus.port}): refusing target: {exc}", reason="out_of_limits") from exc
+        return goals
+
+    def _request(self, after: bytes = b"") -> None:
         """Send the next pipelined read (after ``after``): hardware errors of alerted servos, every
         ``watchdog_check_every``-th time Bus_Watchdog, else Present_Velocity + Present_Position."""
         if self.bus.alerts:
@@ -303,63 +221,31 @@ class DynamixelArm(Arm):
             ids = self._ids
             reg = t.BUS_WATCHDOG if self._reads % self._check_every == 0 else None
         if reg is None:
-            address, length, name = t.PRESENT_VELOCITY.address, 8, "Present_Velocity+Position"
+            self._send_read(t.PRESENT_VELOCITY.address, 8, ids, "Present_Velocity+Position", after)
         else:
-            address, length, name = reg.address, reg.size, reg.name
-        self._pending = self.bus.request_sync_read(address, length, ids, name=name, after=after)
-        self._polled = after is None
+            self._send_read(reg.address, reg.size, ids, reg.name, after)
 
-    def _take(self, pending: PendingRead) -> None:
-        """Use ``pending``'s statuses that have arrived, without waiting; an incomplete read is a miss."""
-        self._pending = None
-        self.bus.collect(pending)
-        raw = self.bus.result(pending)
-        if raw is None:  # its late replies, if any, are dropped by the next request
-            self._misses += 1
-            self._counters["reads_missed"] += 1
-            missing = [i for i in pending.motor_ids if i not in pending.statuses]
-            self._missed = f"no status from motor(s) {missing}" if missing else "a corrupted instruction (CRC_ERROR)"
-            return
-        self._misses, self._last_read = 0, self._clock()
+    def _miss(self, pending: PendingRead, raw: dict[int, bytes] | None) -> str:
+        if raw is None and all(i in pending.statuses for i in pending.motor_ids):
+            return "a corrupted instruction (CRC_ERROR)"
+        return super()._miss(pending, raw)
+
+    def _use(self, pending: PendingRead, raw: dict[int, bytes]) -> None:
         if pending.address == t.HARDWARE_ERROR_STATUS.address:
             self._hw_errors.update({i: t.HARDWARE_ERROR_STATUS.decode(v) for i, v in raw.items()})
             self.bus.alerts.difference_update(raw)
         elif pending.address == t.BUS_WATCHDOG.address:
             self._check_watchdogs({i: t.BUS_WATCHDOG.decode(v) for i, v in raw.items()})
         else:
-            self._measure(raw)
+            self._measure_state(raw)
 
-    def _settle(self) -> None:
-        """Wait (up to ``timeout_s``) for the statuses of a pipelined read still on the wire, and drop it."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            self.bus.collect(pending, wait_s=self.bus.timeout_s)
-
-    def _measure(self, raw: dict[int, bytes]) -> None:
+    def _measure_state(self, raw: dict[int, bytes]) -> None:
         ticks = {i: t.PRESENT_POSITION.decode(data[4:]) for i, data in raw.items()}
         units = {i: t.PRESENT_VELOCITY.decode(data[:4]) for i, data in raw.items()}
         joints = self.calibration.joints
-        self._measured = _Measured(
-            timestamp=self._clock(),
-            joint_positions=np.array([j.to_rad(ticks[j.motor_id]) for j in joints]),
-            joint_velocities=np.array([j.direction * units[j.motor_id] * _RAD_S_PER_UNIT for j in joints]),
-            gripper=self.calibration.gripper.to_opening(ticks[self.calibration.gripper.motor_id]),
-        )
-        self._last_read = self._measured.timestamp
-
-    def _state(self) -> ArmState:
-        m = self._measured
-        assert m is not None
-        return ArmState(
-            timestamp=m.timestamp,
-            faults=self._faults(m.joint_positions),
-            position=np.full((1, 3), np.nan),
-            quaternion=np.full((1, 4), np.nan),
-            gripper=np.array([m.gripper]),
-            joint_positions=m.joint_positions,
-            joint_velocities=m.joint_velocities,
-            mode=self._mode(),
-        )
+        self._measure(np.array([j.to_rad(ticks[j.motor_id]) for j in joints]),
+                      np.array([j.direction * units[j.motor_id] * _RAD_S_PER_UNIT for j in joints]),
+                      self.calibration.gripper.to_opening(ticks[self.calibration.gripper.motor_id]))
 
     def _check_watchdogs(self, values: dict[int, int]) -> None:
         self._tripped = [i for i, v in values.items() if v == t.WATCHDOG_TRIPPED]
@@ -375,7 +261,7 @@ class DynamixelArm(Arm):
             self._hw_errors[motor_id] = self.bus.read(motor_id, t.HARDWARE_ERROR_STATUS)
         self.bus.alerts.clear()
 
-    def _faults(self, q: np.ndarray) -> FaultFlag:
+    def _fault_flags(self, q: np.ndarray) -> FaultFlag:
         flags = FaultFlag.ESTOP if self._estopped else FaultFlag(0)
         if self._tripped:
             flags |= FaultFlag.HOST_TIMEOUT

@@ -34,6 +34,7 @@ from typing import Any, Optional, Union
 from drivers.arm import ArmConfigError
 from drivers.dynamixel.protocol import MAX_ID
 from drivers.dynamixel.tables import CENTER_TICK, TICKS_PER_REV
+from drivers.lerobot_calibration import GRIPPER_ENDS, CalibrationFileError, is_lerobot, read_json, read_motors
 from drivers.physical_ranges import MAX_JOINT_VELOCITY, SAFETY_LIMIT_MIN
 
 TICKS_PER_RAD = TICKS_PER_REV / (2 * math.pi)
@@ -187,17 +188,6 @@ def _build(kind: type, entry: Any, where: str) -> Any:
         raise ArmCalibrationError(f"{where}: {exc}") from None
 
 
-LEROBOT_KEYS = ("id", "drive_mode", "homing_offset", "range_min", "range_max")
-GRIPPER_ENDS = ("range_max", "range_min")
-
-
-def is_lerobot(data: Any) -> bool:
-    """Whether ``data`` looks like a LeRobot calibration file: motor name → an object with a ``range_min``
-    (:func:`from_lerobot` then checks every entry's keys)."""
-    return isinstance(data, dict) and bool(data) and all(isinstance(v, dict) and "range_min" in v
-                                                          for v in data.values())
-
-
 def from_lerobot(data: dict[str, Any], *, robot_id: str, max_velocity: float, gripper_open: str,
                  gripper: str = "gripper", source: str = "calibration") -> ArmCalibration:
     """An :class:`ArmCalibration` from a LeRobot calibration file's contents (module docstring): the joints in
@@ -212,32 +202,22 @@ def from_lerobot(data: dict[str, Any], *, robot_id: str, max_velocity: float, gr
                                   f"got {max_velocity!r}")
     if gripper not in data:
         raise ArmCalibrationError(f"{source}: no motor named {gripper!r} (the gripper); motors: {sorted(data)}")
-    values = {}
-    for name, entry in data.items():
-        if set(entry) != set(LEROBOT_KEYS):
-            raise ArmCalibrationError(f"{source}: {name}: a LeRobot calibration entry has exactly the keys "
-                                      f"{list(LEROBOT_KEYS)}; missing {sorted(set(LEROBOT_KEYS) - set(entry))}, "
-                                      f"unknown {sorted(set(entry) - set(LEROBOT_KEYS))}")
-        for key in LEROBOT_KEYS:
-            if isinstance(entry[key], bool) or not isinstance(entry[key], int):
-                raise ArmCalibrationError(f"{source}: {name}.{key} must be an integer (ticks), got {entry[key]!r}")
-        if not entry["range_min"] < entry["range_max"]:
-            raise ArmCalibrationError(f"{source}: {name}: need range_min < range_max, got "
-                                      f"[{entry['range_min']}, {entry['range_max']}]")
-        values[name] = entry
+    try:
+        values = {m.name: m for m in read_motors(data, source)}
+    except CalibrationFileError as exc:
+        raise ArmCalibrationError(str(exc)) from None
     joints = []
     for name, entry in values.items():
         if name == gripper:
             continue
-        low, high = entry["range_min"], entry["range_max"]
+        low, high = entry.range_min, entry.range_max
         offset = round((low + high) / 2) - CENTER_TICK
-        joints.append(JointCalibration(name, entry["id"], lower=(low - CENTER_TICK - offset) / TICKS_PER_RAD,
+        joints.append(JointCalibration(name, entry.id, lower=(low - CENTER_TICK - offset) / TICKS_PER_RAD,
                                        upper=(high - CENTER_TICK - offset) / TICKS_PER_RAD,
                                        max_velocity=float(max_velocity), offset=offset, direction=1))
     g = values[gripper]
-    closed, opened = (g["range_min"], g["range_max"]) if gripper_open == "range_max" else (g["range_max"],
-                                                                                           g["range_min"])
-    return ArmCalibration(robot_id, tuple(joints), GripperCalibration(g["id"], closed=closed, open=opened))
+    closed, opened = (g.range_min, g.range_max) if gripper_open == "range_max" else (g.range_max, g.range_min)
+    return ArmCalibration(robot_id, tuple(joints), GripperCalibration(g.id, closed=closed, open=opened))
 
 
 def load_calibration(path: Union[str, Path], *, max_velocity: Optional[float] = None,
@@ -269,9 +249,6 @@ def load_calibration(path: Union[str, Path], *, max_velocity: Optional[float] = 
 def _read(path: Union[str, Path]) -> dict[str, Any]:
     """A calibration file's JSON object."""
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError, RecursionError) as exc:
-        raise ArmCalibrationError(f"cannot read calibration {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ArmCalibrationError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
+        return read_json(path)
+    except CalibrationFileError as exc:
+        raise ArmCalibrationError(str(exc)) from None

@@ -8,7 +8,8 @@ Registers below address 64 are EEPROM: the servo refuses writes to them while to
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+
+from drivers import serial_bus
 
 TICKS_PER_REV = 4096
 CENTER_TICK = 2048
@@ -20,32 +21,12 @@ VELOCITY_UNIT_RPM = 0.229  # Present_Velocity / Goal_Velocity unit
 BAUD_RATES = (9600, 57600, 115200, 1_000_000, 2_000_000, 3_000_000, 4_000_000, 4_500_000)
 
 
-@dataclass(frozen=True)
-class Register:
-    """One control-table entry."""
-
-    name: str
-    address: int
-    size: int
-    writable: bool = True
-    signed: bool = False
+class Register(serial_bus.Register):
+    """One control-table entry (:class:`drivers.serial_bus.Register`); registers below 64 are EEPROM."""
 
     @property
     def eeprom(self) -> bool:
         return self.address < EEPROM_END
-
-    def encode(self, value: int) -> bytes:
-        """Little-endian bytes for ``value``; raises ``ValueError`` naming the register if it does not fit."""
-        try:
-            return int(value).to_bytes(self.size, "little", signed=self.signed)
-        except OverflowError:
-            kind = "signed" if self.signed else "unsigned"
-            raise ValueError(f"{self.name}: {value} does not fit in {self.size} {kind} byte(s)") from None
-
-    def decode(self, data: bytes) -> int:
-        if len(data) != self.size:
-            raise ValueError(f"{self.name}: expected {self.size} byte(s), got {len(data)}")
-        return int.from_bytes(data, "little", signed=self.signed)
 
 
 # EEPROM area

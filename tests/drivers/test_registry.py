@@ -17,7 +17,11 @@ from drivers.control.safety import SafetyLimits
 from drivers.dynamixel.arm import DynamixelArm
 from drivers.dynamixel.joint_offsets import ArmCalibration
 from drivers.emulation.sim_arm import SimArm
+from drivers.feetech.arm import FeetechArm
+from drivers.feetech.calibration import load_calibration as load_feetech
 from drivers.xvla_serial.arm import XvlaSerialArm
+
+from tests.support.so101 import write_calibration
 
 CALIBRATION = {"robot_id": "koch", "gripper": {"motor_id": 3, "closed": 2048, "open": 2900},
                "joints": [{"name": "shoulder", "motor_id": 1, "lower": -1.5, "upper": 1.5, "max_velocity": 3.0},
@@ -31,19 +35,21 @@ def samples(tmp_path: Path) -> Dict[str, Dict[str, Any]]:
         "sim": {"sim": {"n_arms": 2, "time_constant": None, "initial_position": [0.1, 0.0, 0.2]}},
         "xvla-serial": {"port": "loop://", "baud": None, "timeout_ms": 300},
         "dynamixel": {"port": "loop://", "baud": 57600, "timeout_ms": None, "calibration": tmp_path / "koch.json"},
+        "feetech": {"port": "loop://", "baud": None, "calibration": write_calibration(tmp_path),
+                    "max_joint_velocity": [2.0, 2.0, 3.0, 3.0, 4.0], "gripper_open": "range_min"},
     }
 
 
 def test_lookup_by_name():
-    assert registry.names() == ("sim", "xvla-serial", "dynamixel")
-    assert [registry.lookup(n).arm for n in registry.names()] == [SimArm, XvlaSerialArm, DynamixelArm]
+    assert registry.names() == ("sim", "xvla-serial", "dynamixel", "feetech")
+    assert [registry.lookup(n).arm for n in registry.names()] == [SimArm, XvlaSerialArm, DynamixelArm, FeetechArm]
     assert registry.lookup("dynamixel").spaces == ("joint",) and registry.lookup("sim").spaces == ("ee", "joint")
     for driver in registry.DRIVERS.values():
         assert set(driver.spaces) <= set(SPACES) and len(set(driver.keys)) == len(driver.keys), driver.name
 
 
 def test_an_unknown_name_lists_the_available_drivers():
-    with pytest.raises(ArmConfigError, match=r"^unknown driver 'x'; available: sim, xvla-serial, dynamixel$"):
+    with pytest.raises(ArmConfigError, match=r"^unknown driver 'x'; available: sim, xvla-serial, dynamixel, feetech$"):
         registry.lookup("x")
 
 
@@ -73,6 +79,12 @@ def test_the_factories_pass_only_given_values_under_the_constructors_names(tmp_p
     assert (serial.args, serial.keywords) == (("loop://",), {"space": "ee", "timeout_ms": 300})
     dxl = registry.lookup("dynamixel").factory("joint", values["dynamixel"], SafetyLimits())
     assert (dxl.args, dxl.keywords) == (("loop://", ArmCalibration.load(tmp_path / "koch.json")), {"baudrate": 57600})
+    ft = registry.lookup("feetech").factory("joint", values["feetech"], SafetyLimits())
+    want = load_feetech(tmp_path / "so101_follower.json", max_velocity=[2.0, 2.0, 3.0, 3.0, 4.0],
+                        gripper_open="range_min")
+    assert (ft.args, ft.keywords) == (("loop://", want), {})
+    arm = ft()
+    assert arm.calibration.gripper.open_end == "range_min" and arm.bus.baudrate == 1_000_000
 
 
 def test_a_constructor_refusal_names_its_key():
@@ -96,6 +108,15 @@ def test_checks_that_involve_the_safety_limits(tmp_path):
         ("[safety].joint_limits", "1 entries, but the calibration koch.json has 2 joints")]
     (tmp_path / "koch.json").write_text("{}")
     assert [where for where, _ in dxl.check("joint", values, SafetyLimits())] == ["calibration"]
+    ft = registry.lookup("feetech")
+    values = samples(tmp_path)["feetech"]
+    assert list(ft.check("joint", values, SafetyLimits())) == []
+    assert list(ft.check("joint", values, SafetyLimits(joint_limits=(JointLimit(-1, 1, 2),)))) == [
+        ("[safety].joint_limits", "1 entries, but the calibration so101_follower.json has 5 joints")]
+    assert [w for w, _ in ft.check("joint", {**values, "max_joint_velocity": [1.0, 2.0]}, SafetyLimits())] == [
+        "max_joint_velocity"]
+    (tmp_path / "so101_follower.json").write_text('{"gripper": {"id": 6}}')
+    assert [w for w, _ in ft.check("joint", values, SafetyLimits())] == ["calibration"]
 
 
 @pytest.mark.parametrize("name, key, accepted, refused", [
@@ -103,6 +124,7 @@ def test_checks_that_involve_the_safety_limits(tmp_path):
     ("dynamixel", "baud", [9600, 57600, 1_000_000, 4_500_000], [0, 921_600, 10**12]),
     ("xvla-serial", "timeout_ms", [0, 65535], [-1, 65536, 2**63]),
     ("dynamixel", "timeout_ms", [20, 2540], [0, -20, 2541, 10**6]),
+    ("feetech", "baud", [19_200, 115_200, 1_000_000], [0, 9600, 2_000_000, 10**12]),
 ])
 def test_an_option_and_its_constructor_agree_on_the_range(tmp_path, name, key, accepted, refused):
     """What robot.toml's check accepts the arm's constructor takes; what it refuses the constructor refuses too

@@ -4,7 +4,9 @@ from the commands the arm will execute to rows in the model's action layout (rea
 The proprio layout is the bundle's action layout (``manifest.action``): ``ee6d`` / ``agibot_ee6d`` hold
 position (3), rot6d (6, the manifest's ``rot6d_layout``) and gripper (1) per arm at offsets 0 and 10;
 ``joint`` holds 6 joints and a gripper per arm at offsets 0 and 7. Channels of arms the robot does not
-have stay zero, as in the training data of single-arm domains.
+have stay zero, as in the training data of single-arm domains; so do the last joint channels of an arm with fewer
+than 6 joints (an SO-101 fills 5: its joints in the controller's order, then zero, then its gripper), and their
+actions are dropped.
 
 :func:`trajectory_to_rows` inverts :func:`chunk_to_trajectory` together with the decoding and the model's output
 transform: positions and joints as they are, rotations as rot6d in the manifest's layout (the rotation itself,
@@ -51,9 +53,9 @@ def check_arm(action: dict, space: str, n_arms: int, n_joints: int) -> None:
                           f"controller takes {space!r} targets")
     if space == "ee" and n_arms != arms:
         raise BridgeError(f"the bundle drives {arms} arm(s); the controller has {n_arms}")
-    if space == "joint" and n_joints != JOINTS_PER_ARM * arms:
-        raise BridgeError(f"the bundle drives {arms} arm(s) of {JOINTS_PER_ARM} joints; the controller has "
-                          f"{n_joints} joints")
+    if space == "joint" and (n_joints % arms or not 1 <= n_joints // arms <= JOINTS_PER_ARM):
+        raise BridgeError(f"the bundle drives {arms} arm(s) of up to {JOINTS_PER_ARM} joints each; the controller "
+                          f"has {n_joints} joints")
 
 
 def proprio_from_state(state: ArmState, action: dict, proprio_dim: int) -> np.ndarray:
@@ -65,10 +67,11 @@ def proprio_from_state(state: ArmState, action: dict, proprio_dim: int) -> np.nd
         raise BridgeError(f"the bundle takes a state of {proprio_dim} values; the arm's {mode} layout of {arms} "
                           f"arm(s) fills {stride * arms} (a robot-specific state layout needs its own bridge)")
     out = np.zeros(proprio_dim, np.float32)
+    k = len(state.joint_positions) // arms  # joints per arm
     for arm in range(arms):
         base = stride * arm
         if mode == "joint":
-            out[base : base + 6] = state.joint_positions[JOINTS_PER_ARM * arm : JOINTS_PER_ARM * (arm + 1)]
+            out[base : base + k] = state.joint_positions[k * arm : k * (arm + 1)]
             out[base + 6] = state.gripper[arm]
         else:
             out[base : base + 3] = state.position[arm]
@@ -79,12 +82,13 @@ def proprio_from_state(state: ArmState, action: dict, proprio_dim: int) -> np.nd
     return out
 
 
-def chunk_to_trajectory(chunk: ActionChunk) -> Trajectory:
-    """The chunk's decoded poses at its time stamps (gripper clipped into 0..1)."""
+def chunk_to_trajectory(chunk: ActionChunk, joints_per_arm: int = JOINTS_PER_ARM) -> Trajectory:
+    """The chunk's decoded poses at its time stamps (gripper clipped into 0..1); of a joint chunk the first
+    ``joints_per_arm`` joints of each arm (the arm's)."""
     arms = chunk.arms
     gripper = np.clip(np.stack([a.gripper for a in arms], axis=1), 0.0, 1.0)
     if arms[0].joints is not None:
-        joints = np.concatenate([a.joints for a in arms], axis=1)
+        joints = np.concatenate([a.joints[:, :joints_per_arm] for a in arms], axis=1)
         return Trajectory.joint(chunk.timestamps, joints, gripper)
     position = np.stack([a.position for a in arms], axis=1)
     quaternion = np.stack([a.quaternion for a in arms], axis=1)
@@ -107,10 +111,11 @@ def trajectory_to_rows(trajectory: Trajectory, action: dict) -> np.ndarray:
         opening = np.clip(gripper, GRIPPER_EPS, 1.0 - GRIPPER_EPS)
         gripper = np.log(opening) - np.log1p(-opening)
     rows = np.zeros((trajectory.n_waypoints, dim), np.float64)
+    k = trajectory.n_joints // arms  # joints per arm
     for arm in range(arms):
         base = stride * arm
         if mode == "joint":
-            rows[:, base : base + 6] = trajectory.joints[:, JOINTS_PER_ARM * arm : JOINTS_PER_ARM * (arm + 1)]
+            rows[:, base : base + k] = trajectory.joints[:, k * arm : k * (arm + 1)]
             rows[:, base + 6] = gripper[:, arm]
         else:
             rows[:, base : base + 3] = trajectory.position[:, arm]

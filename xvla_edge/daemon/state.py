@@ -26,6 +26,7 @@ from drivers.control.loop_process import ControlLoopClient
 from runtime.policy import Policy
 from runtime.remote.client import RemotePolicy
 from runtime.types import Observation
+from xvla_edge.daemon.bridge import JOINTS_PER_ARM
 from xvla_edge.daemon.cameras import Camera
 from xvla_edge.daemon.config import RobotConfig
 from xvla_edge.daemon.control import ControlServer
@@ -67,6 +68,7 @@ class DaemonState:
         self._camera_stalls = 0
         self._inference_errors = 0
         self._failures_in_a_row = 0
+        self._joints_per_arm = JOINTS_PER_ARM  # of the arm: set when the control loop starts
         self._last_error: Tuple[float, str] = (-np.inf, "")
         self._last_reconnect = -np.inf
         self._retry_at = -np.inf

@@ -143,6 +143,7 @@ class Supervisor(DaemonState):
         caps = self.loop.start()
         try:
             check_arm(manifest.action, caps.space, caps.n_arms, caps.n_joints)
+            self._joints_per_arm = caps.n_joints // int(manifest.action.get("arms", 1))
         except ValueError:
             self.close()
             raise
@@ -292,7 +293,7 @@ class Supervisor(DaemonState):
         self._future = None
         try:
             chunk: ActionChunk = future.result()
-            trajectory = chunk_to_trajectory(chunk)
+            trajectory = chunk_to_trajectory(chunk, self._joints_per_arm)
         except BaseException as exc:  # noqa: B902 - raised in the worker thread (even SystemExit): a failed chunk
             self._inference_failed(exc)
             return

@@ -132,3 +132,23 @@ def test_ticks_without_targets_keep_reading_and_the_first_target_after_them_is_s
     tick(arm, port, clock, target(0.2))
     assert port.device.servos[1].get(t.GOAL_POSITION) == CAL.joints[0].to_ticks(0.2)
     assert arm.counters() == {"reads_missed": 0, "targets_skipped": 1}
+
+
+def test_the_probe_reads_and_moves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``xvla-edge arm check``'s probe on a Dynamixel arm: what answers, where it is, its errors; no register
+    written (torque, goal and watchdog as they were), and the bus closed again."""
+    clock = VirtualClock()
+    chain = emulator.ServoChain(emulator.ChainConfig(ids=(1, 2, 3, 4, 5, 6)), seed=1)
+    port = VirtualPort(chain, clock, timeout_s=PORT_TIMEOUT_S)
+    monkeypatch.setattr(serial, "serial_for_url", lambda *args, **kwargs: port)
+    chain.control("hardware_error", {"motor_id": 2, "bits": int(t.HardwareError.OVERLOAD)})
+    chain.control("silence", {"motor_id": 5})
+    before = chain.control("snapshot", {})
+    found = DynamixelArm("emulated", CAL, watchdog_ms=1000, clock=clock).probe()
+    assert chain.control("snapshot", {}) == before
+    assert found["link"] and [m["id"] for m in found["motors"]] == [1, 2, 3, 4, 5, 6]
+    first = found["motors"][0]
+    assert first["found"] and first["model"] == "XM430-W350" and first["torque"] is False
+    assert first["position"] == pytest.approx(CAL.joints[0].to_rad(first["position_ticks"]), abs=1e-6)
+    assert found["motors"][5]["unit"] == "opening" and not found["motors"][4]["found"]
+    assert found["problems"] == ["motor 5 (j5) does not answer", "motor 2 (j2) reports OVERLOAD"]
