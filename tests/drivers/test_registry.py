@@ -17,6 +17,7 @@ from drivers.control.safety import SafetyLimits
 from drivers.dynamixel.arm import DynamixelArm
 from drivers.dynamixel.joint_offsets import ArmCalibration
 from drivers.emulation.sim_arm import SimArm
+from drivers.piper.arm import PiperArm
 from drivers.xvla_serial.arm import XvlaSerialArm
 
 CALIBRATION = {"robot_id": "koch", "gripper": {"motor_id": 3, "closed": 2048, "open": 2900},
@@ -31,19 +32,21 @@ def samples(tmp_path: Path) -> Dict[str, Dict[str, Any]]:
         "sim": {"sim": {"n_arms": 2, "time_constant": None, "initial_position": [0.1, 0.0, 0.2]}},
         "xvla-serial": {"port": "loop://", "baud": None, "timeout_ms": 300},
         "dynamixel": {"port": "loop://", "baud": 57600, "timeout_ms": None, "calibration": tmp_path / "koch.json"},
+        "piper": {"interface": "socketcan", "channel": "can0", "timeout_ms": 200, "speed_percent": None,
+                  "gripper_open_mm": None, "gripper_effort": 2.0},
     }
 
 
 def test_lookup_by_name():
-    assert registry.names() == ("sim", "xvla-serial", "dynamixel")
-    assert [registry.lookup(n).arm for n in registry.names()] == [SimArm, XvlaSerialArm, DynamixelArm]
+    assert registry.names() == ("sim", "xvla-serial", "dynamixel", "piper")
+    assert [registry.lookup(n).arm for n in registry.names()] == [SimArm, XvlaSerialArm, DynamixelArm, PiperArm]
     assert registry.lookup("dynamixel").spaces == ("joint",) and registry.lookup("sim").spaces == ("ee", "joint")
     for driver in registry.DRIVERS.values():
         assert set(driver.spaces) <= set(SPACES) and len(set(driver.keys)) == len(driver.keys), driver.name
 
 
 def test_an_unknown_name_lists_the_available_drivers():
-    with pytest.raises(ArmConfigError, match=r"^unknown driver 'x'; available: sim, xvla-serial, dynamixel$"):
+    with pytest.raises(ArmConfigError, match=r"^unknown driver 'x'; available: sim, xvla-serial, dynamixel, piper$"):
         registry.lookup("x")
 
 
@@ -73,6 +76,9 @@ def test_the_factories_pass_only_given_values_under_the_constructors_names(tmp_p
     assert (serial.args, serial.keywords) == (("loop://",), {"space": "ee", "timeout_ms": 300})
     dxl = registry.lookup("dynamixel").factory("joint", values["dynamixel"], SafetyLimits())
     assert (dxl.args, dxl.keywords) == (("loop://", ArmCalibration.load(tmp_path / "koch.json")), {"baudrate": 57600})
+    piper = registry.lookup("piper").factory("joint", values["piper"], SafetyLimits())
+    assert (piper.args, piper.keywords) == (("can0",), {"space": "joint", "interface": "socketcan", "timeout_ms": 200,
+                                                        "gripper_effort": 2.0})
 
 
 def test_a_constructor_refusal_names_its_key():
@@ -103,6 +109,10 @@ def test_checks_that_involve_the_safety_limits(tmp_path):
     ("dynamixel", "baud", [9600, 57600, 1_000_000, 4_500_000], [0, 921_600, 10**12]),
     ("xvla-serial", "timeout_ms", [0, 65535], [-1, 65536, 2**63]),
     ("dynamixel", "timeout_ms", [20, 2540], [0, -20, 2541, 10**6]),
+    ("piper", "timeout_ms", [20, 1000], [0, 19, 1001, 2**63]),
+    ("piper", "speed_percent", [1, 100], [0, -1, 101]),
+    ("piper", "gripper_open_mm", [1, 70.0, 150], [0, 0.5, 150.5, 1e300]),
+    ("piper", "gripper_effort", [0.1, 5], [0, 5.01, -1]),
 ])
 def test_an_option_and_its_constructor_agree_on_the_range(tmp_path, name, key, accepted, refused):
     """What robot.toml's check accepts the arm's constructor takes; what it refuses the constructor refuses too
