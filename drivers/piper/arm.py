@@ -79,6 +79,7 @@ LINK_TIMEOUT_MS = (20, 1000)
 GRIPPER_OPEN_MM = (1.0, 150.0)
 GRIPPER_EFFORT_NM = (0.1, 5.0)
 PROBE_SECONDS = 0.5
+EMPTY_READS = 8  # a poll ends after this many reads in a row without a message (see PiperArm._drain)
 _AT_LIMIT_RAD = 0.01
 _SOCKETCAN_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,15}")  # a Linux interface name (IFNAMSIZ - 1)
 
@@ -358,20 +359,27 @@ class PiperArm(Arm):
             raise ArmLinkError(f"cannot open CAN {self.interface} channel {self.channel!r}: {exc}") from exc
 
     def _drain(self) -> int:
-        """Take up to ``max_frames_per_poll`` frames already received; never waits. Returns how many."""
+        """Take up to ``max_frames_per_poll`` frames already received; never waits. Returns how many.
+
+        It stops after :data:`EMPTY_READS` reads in a row without a message: python-can's slcan interface
+        answers an adapter's acknowledgement line (CR, BEL, ``z``) as no message, with frames behind it."""
         import can
 
-        now = self._clock()
+        now, empty = self._clock(), 0
         for n in range(self.max_frames_per_poll):
             try:
                 msg = self._bus.recv(timeout=0.0)
-            except ValueError as exc:  # an interface's own parser choking on garbage (slcan hex)
+            except (ValueError, IndexError) as exc:  # an interface's own parser choking on garbage (slcan lines)
                 self._refuse(f"unreadable frame: {exc}")
                 continue
             except (can.CanError, OSError) as exc:
                 raise ArmLinkError(f"{self._name()}: receiving failed: {exc}") from exc
             if msg is None:
-                return n
+                empty += 1
+                if empty == EMPTY_READS:
+                    return n
+                continue
+            empty = 0
             self._take(msg, now)
         self._counters["polls_full"] += 1  # more may be waiting: the next tick takes it
         return self.max_frames_per_poll
@@ -453,7 +461,7 @@ class PiperArm(Arm):
                 return False
             try:
                 msg = self._bus.recv(timeout=min(left, 0.005))
-            except ValueError as exc:
+            except (ValueError, IndexError) as exc:
                 self._refuse(f"unreadable frame: {exc}")
                 continue
             except (can.CanError, OSError) as exc:
