@@ -226,7 +226,7 @@ class PiperModel:
         frames.append(p.gripper_feedback(p.Gripper(round(self.gripper_mm * 1000), 0, grip_status)))
         velocities = self.velocities if self.velocity_override is None else self.velocity_override
         for m in range(p.N_JOINTS):
-            speed = max(-32_000, min(32_000, round(velocities[m] * 1000)))
+            speed = max(-20_000, min(20_000, round(velocities[m] * 1000)))
             frames.append(p.high_speed_frame(p.HighSpeed(m + 1, speed, 0, round(self.joints[m] * 1000))))
         if low_speed:
             enabled = p.ENABLED_BIT if self.enabled else 0

@@ -104,7 +104,7 @@ ENABLED_BIT = 1 << 6
 #: Bounds beyond which a feedback value is corruption, not an arm (the arm's own ranges are far inside):
 #: joints and pose angles in 0.001 degree, positions and the gripper stroke in 0.001 mm, speeds 0.001 rad/s.
 PLAUSIBLE = {"joint": 360_000, "angle": 360_000, "position": 2_000_000, "stroke": (-10_000, 200_000),
-             "speed": 50_000}
+             "speed": 20_000}
 
 
 class ProtocolError(ArmError, ValueError):

@@ -41,7 +41,7 @@ def expected(frame_id: int, data: bytes) -> Optional[Any]:
         return (stroke, effort, status) if -10_000 <= stroke <= 200_000 else None
     if frame_id in p.HIGH_SPEED:
         speed = struct.unpack(">h", data[:2])[0]
-        return speed if abs(speed) <= 50_000 else None
+        return speed if abs(speed) <= 20_000 else None
     return struct.unpack(">HhbBH", data)  # low speed: every value is in range
 
 
@@ -72,7 +72,7 @@ def _valid_data(rng: random.Random, frame_id: int) -> bytes:
     if frame_id == p.GRIPPER:
         return struct.pack(">ihBB", rng.randint(0, 100_000), rng.randint(-5000, 5000), rng.randrange(256), 0)
     if frame_id in p.HIGH_SPEED:
-        return struct.pack(">hhi", rng.randint(-30_000, 30_000), rng.randint(-5000, 5000), rng.randint(-10**6, 10**6))
+        return struct.pack(">hhi", rng.randint(-20_000, 20_000), rng.randint(-5000, 5000), rng.randint(-10**6, 10**6))
     return bytes(rng.randrange(256) for _ in range(8))
 
 
