@@ -216,13 +216,14 @@ class PiperArm(Arm):
         return self._caps
 
     def connect(self) -> ArmCapabilities:
-        """Wait for feedback, take command (CAN mode), command where the arm is, enable every motor and the
-        gripper, and wait until the motors report enabled (each wait bounded by ``connect_timeout_s``)."""
+        """Wait for feedback (three link timeouts at most), take command (CAN mode), command where the arm is,
+        enable every motor and the gripper, and wait until the motors report enabled (``connect_timeout_s``)."""
         if self._bus is None:
             self._bus = self._open()
         self._caps = None
         self._fb, self._bus_off, self._send_failing_since = _Feedback(), False, None
-        self._wait("the arm's feedback (status, end pose, joints, gripper)", lambda: not self._fb.missing())
+        self._wait("feedback from the arm (status, end pose, joints, gripper)", lambda: not self._fb.missing(),
+                   timeout_s=min(self.connect_timeout_s, 3 * self.link_timeout_s))  # short: the loop retries
         self._raise_if_faulted("connect", ignore=FaultFlag.HOST_TIMEOUT)  # not yet in CAN mode: that is next
         deadline = self._clock() + self.connect_timeout_s
         while True:  # the vendor's tools repeat the enable until every motor reports it
