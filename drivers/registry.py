@@ -213,7 +213,8 @@ _PIPER = (
                                        'serial-line CAN adapter)'), "socketcan"),
     Option("channel", Field(str, check=lambda c: 0 < len(c) <= MAX_PORT_CHARS and c.isprintable(),
                             expected=f'the CAN interface ("can0") or, with interface = "slcan", the adapter\'s serial '
-                                     f'device ("/dev/ttyACM0"), printable, at most {MAX_PORT_CHARS} characters'), "can0"),
+                                     f'device ("/dev/ttyACM0"), printable, at most {MAX_PORT_CHARS} characters'),
+           "can0"),
     Option("timeout_ms", Field(int, low=piper.LINK_TIMEOUT_MS[0], high=piper.LINK_TIMEOUT_MS[1],
                                expected=f"milliseconds {piper.LINK_TIMEOUT_MS[0]} ... {piper.LINK_TIMEOUT_MS[1]}: "
                                         "feedback older than this is a lost link")),
@@ -232,6 +233,10 @@ def _piper_factory(space: str, values: Values, limits: SafetyLimits) -> ArmFacto
 
 
 def _piper_check(space: str, values: Values, limits: SafetyLimits) -> Iterator[Problem]:
+    if space == "ee" and not limits.workspaces:
+        yield ("[safety].workspaces", "empty, but the Piper reports no workspace: end-effector control needs one box "
+                                      "(m, the arm's base frame), e.g. [{ lower = [0.1, -0.35, 0.05], upper = "
+                                      "[0.55, 0.35, 0.5] }]")
     if len(limits.workspaces) > 1:
         yield "[safety].workspaces", f"{len(limits.workspaces)} boxes, but a Piper is one arm (one box)"
     if limits.joint_limits and len(limits.joint_limits) != len(piper.JOINT_LIMITS):

@@ -79,7 +79,7 @@ LINK_TIMEOUT_MS = (20, 1000)
 GRIPPER_OPEN_MM = (1.0, 150.0)
 GRIPPER_EFFORT_NM = (0.1, 5.0)
 PROBE_SECONDS = 0.5
-EMPTY_READS = 8  # a poll ends after this many reads in a row without a message (see PiperArm._drain)
+EMPTY_READS = 8  # on slcan, a poll ends after this many reads in a row without a message (PiperArm._drain)
 _AT_LIMIT_RAD = 0.01
 _SOCKETCAN_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,15}")  # a Linux interface name (IFNAMSIZ - 1)
 
@@ -183,8 +183,8 @@ class PiperArm(Arm):
             raise ArmConfigError(f"PiperArm.gripper_open_mm: expected {GRIPPER_OPEN_MM[0]:g}..{GRIPPER_OPEN_MM[1]:g} "
                                  f"mm, got {gripper_open_mm!r}")
         if not GRIPPER_EFFORT_NM[0] <= gripper_effort <= GRIPPER_EFFORT_NM[1]:
-            raise ArmConfigError(f"PiperArm.gripper_effort: expected {GRIPPER_EFFORT_NM[0]:g}..{GRIPPER_EFFORT_NM[1]:g} "
-                                 f"N·m, got {gripper_effort!r}")
+            lo, hi = GRIPPER_EFFORT_NM
+            raise ArmConfigError(f"PiperArm.gripper_effort: expected {lo:g}..{hi:g} N·m, got {gripper_effort!r}")
         if importlib.util.find_spec("can") is None:
             raise ArmConfigError("PiperArm.interface: python-can is not installed; install the 'piper' extra: "
                                  "pip install 'xvla-edge[piper]'")
@@ -195,6 +195,7 @@ class PiperArm(Arm):
         self.gripper_effort = round(gripper_effort * 1000)
         self.connect_timeout_s = connect_timeout_s
         self.max_frames_per_poll = max_frames_per_poll
+        self._empty_reads = EMPTY_READS if interface == "slcan" else 1  # elsewhere no message means none waiting
         self._clock = clock
         self._bus: Any = None
         self._fb = _Feedback()
@@ -362,8 +363,8 @@ class PiperArm(Arm):
     def _drain(self) -> int:
         """Take up to ``max_frames_per_poll`` frames already received; never waits. Returns how many.
 
-        It stops after :data:`EMPTY_READS` reads in a row without a message: python-can's slcan interface
-        answers an adapter's acknowledgement line (CR, BEL, ``z``) as no message, with frames behind it."""
+        On slcan it stops only after :data:`EMPTY_READS` reads in a row without a message: python-can's slcan
+        interface answers an adapter's acknowledgement line (CR, BEL, ``z``) as no message, with frames behind it."""
         import can
 
         now, empty = self._clock(), 0
@@ -377,7 +378,7 @@ class PiperArm(Arm):
                 raise ArmLinkError(f"{self._name()}: receiving failed: {exc}") from exc
             if msg is None:
                 empty += 1
-                if empty == EMPTY_READS:
+                if empty == self._empty_reads:
                     return n
                 continue
             empty = 0

@@ -360,10 +360,15 @@ class VirtualBusEmulator:
             self.pump()
             time.sleep(0.0005)
 
-    def close(self) -> None:
+    def stop(self) -> None:
+        """Stop the thread (the bus stays open: :meth:`pump` may take over)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(2.0)
+            self._thread = None
+
+    def close(self) -> None:
+        self.stop()
         self.bus.shutdown()
 
     def __enter__(self) -> "VirtualBusEmulator":
@@ -428,7 +433,8 @@ class SlcanDevice:
 def start(config: Optional[PiperConfig] = None) -> EmulatorProcess:
     """Start the emulated arm in a child process behind a pty speaking slcan; ``.port`` is the pty path, for
     ``PiperArm(port, interface="slcan")``. Stop with ``.stop()``."""
-    proc = EmulatorProcess("drivers.piper.emulator", ["--config", json.dumps(dataclasses.asdict(config or PiperConfig()))])
+    fields = dataclasses.asdict(config or PiperConfig())
+    proc = EmulatorProcess("drivers.piper.emulator", ["--config", json.dumps(fields)])
     proc.start()
     return proc
 

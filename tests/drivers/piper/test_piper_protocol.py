@@ -68,7 +68,8 @@ def test_every_feedback_frame_the_emulator_writes_reads_back():
     assert p.decode(*p.status_frame(status)) == status
     assert p.decode(*p.gripper_feedback(p.Gripper(70_000, -1200, 0xC0))) == p.Gripper(70_000, -1200, 0xC0)
     assert p.decode(*p.high_speed_frame(p.HighSpeed(4, -3000, 12, 99))) == p.HighSpeed(4, -3000, 12, 99)
-    assert p.decode(*p.low_speed_frame(p.LowSpeed(6, 245, -3, 41, 0x50, 1500))) == p.LowSpeed(6, 245, -3, 41, 0x50, 1500)
+    low = p.LowSpeed(6, 245, -3, 41, 0x50, 1500)
+    assert p.decode(*p.low_speed_frame(low)) == low
     assert p.decode(0x2A4, bytes.fromhex("fffffc1800000001")) == p.Pair(2, -1000, 1)
     assert p.decode(0x123, bytes(8)) is None  # not feedback this driver reads
     assert p.bits(0x50, p.DRIVER_STATUS_BITS) == ("collision_protection", "enabled")

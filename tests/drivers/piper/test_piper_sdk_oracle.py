@@ -182,7 +182,8 @@ _SDK_DRIVER = {"voltage_low": "voltage_too_low", "motor_over_temperature": "moto
 _SDK_GRIPPER = {**_SDK_DRIVER, "sensor_error": "sensor_status", "homed": "homing_status"}
 # The SDK's enum names where they are spelt differently from ours.
 _SDK_NAMES = {"CAN_CTRL": "CAN_CTRL", "TEACHING_MODE": "TEACHING", "ETHERNET_CONTROL_MODE": "ETHERNET",
-              "WIFI_CONTROL_MODE": "WIFI", "REMOTE_CONTROL_MODE": "REMOTE", "OFFLINE_TRAJECTORY_MODE": "OFFLINE_TRAJECTORY",
+              "WIFI_CONTROL_MODE": "WIFI", "REMOTE_CONTROL_MODE": "REMOTE",
+              "OFFLINE_TRAJECTORY_MODE": "OFFLINE_TRAJECTORY",
               "SINGULARITY_POINT": "SINGULARITY", "TARGET_POS_EXCEEDS_LIMIT": "TARGET_EXCEEDS_LIMIT",
               "JOINT_COMMUNICATION_ERR": "JOINT_COMMUNICATION_ERROR", "COLLISION_OCCURRED": "COLLISION",
               "JOINT_STATUS_ERR": "JOINT_STATUS_ERROR", "OTHER_ERR": "OTHER_ERROR",

@@ -120,12 +120,16 @@ def test_ctl_estop_reaches_the_emulated_arm_within_two_control_periods(piper_dae
 @pytest.mark.parametrize("line, expected", [
     ('interface = "pcan"', '[arm].interface = "pcan": expected "socketcan" (a USB-CAN adapter'),
     ('channel = ""', '[arm].channel = "": expected the CAN interface ("can0")'),
-    ('channel = "can0 up"', "[arm].channel = \"can0 up\": PiperArm.channel: 'can0 up' is not a network interface name"),
-    ("timeout_ms = 5", "[arm].timeout_ms = 5: expected milliseconds 20 ... 1000: feedback older than this is a lost link"),
+    ('space = "joint"\nchannel = "can0 up"',
+     "[arm].channel = \"can0 up\": PiperArm.channel: 'can0 up' is not a network interface name"),
+    ("timeout_ms = 5",
+     "[arm].timeout_ms = 5: expected milliseconds 20 ... 1000: feedback older than this is a lost link"),
     ("speed_percent = 0", "[arm].speed_percent = 0: expected the arm's own speed scale, percent 1 ... 100"),
-    ("gripper_open_mm = 500.0", "[arm].gripper_open_mm = 500.0: expected mm 1 ... 150: the stroke of a fully open gripper"),
+    ("gripper_open_mm = 500.0",
+     "[arm].gripper_open_mm = 500.0: expected mm 1 ... 150: the stroke of a fully open gripper"),
     ("gripper_effort = 9", "[arm].gripper_effort = 9: expected N·m 0.1 ... 5"),
     ('port = "/dev/ttyUSB0"', '[arm].port: not used here: only for driver "xvla-serial" or "dynamixel"'),
+    ('space = "ee"', "[safety].workspaces: empty, but the Piper reports no workspace: end-effector control needs"),
 ])
 def test_config_check_names_each_piper_key_it_refuses(write, capsys, line, expected):
     path = write(MINIMAL.replace('driver = "sim"', f'driver = "piper"\n{line}'))
