@@ -69,7 +69,7 @@ def test_end_effector_chunks_stream_at_the_control_rate(piper_daemon, piper):
     intervals = np.diff(times)
     print(f"\npiper e2e: {len(times)} targets in {times[-1] - times[0]:.2f} s, median interval "
           f"{np.median(intervals) * 1e3:.2f} ms (period {PERIOD * 1e3:.0f} ms)")
-    assert len(times) > 0.7 * RATE_HZ and np.median(intervals) == pytest.approx(PERIOD, rel=0.2)
+    assert len(times) > 0.6 * RATE_HZ and np.median(intervals) == pytest.approx(PERIOD, rel=0.3)
     snap = piper.call("snapshot")
     assert snap["ctrl_mode"] == "CAN_CTRL" and snap["move_mode"] == "MOVE_P" and snap["enabled"]
     lower, upper = np.array(WORKSPACE["lower"]), np.array(WORKSPACE["upper"])
@@ -109,9 +109,10 @@ def test_ctl_estop_reaches_the_emulated_arm_within_two_control_periods(piper_dae
     time.sleep(0.5)
     after = targets_after(piper, sent)
     snap = piper.call("snapshot")
-    print(f"\npiper e-stop: ctl took {(returned - sent) * 1e3:.1f} ms; the arm's last target came "
-          f"{(after[-1] - sent) * 1e3:.1f} ms after it was sent (period {PERIOD * 1e3:.0f} ms)")
     assert "ok: estop" in capsys.readouterr().out
+    with capsys.disabled():
+        print(f"\npiper e-stop: ctl took {(returned - sent) * 1e3:.1f} ms; the arm's last target came "
+              f"{(after[-1] - sent) * 1e3:.1f} ms after it was sent (period {PERIOD * 1e3:.0f} ms)")
     assert after and after[-1] - returned <= 2 * PERIOD  # the hold, then nothing more
     assert snap["pose"] == pytest.approx(snap["pose_target"], abs=2e-3) and snap["enabled"]  # holding, power on
     assert drive(piper_daemon, 5.0, until=lambda d: d.status()["operator"] == "estopped")
