@@ -15,7 +15,8 @@ the control loop stops streaming and the arm holds its last target (the Piper ke
 it received; it has no deadman). Other CAN error frames are counted by kind.
 
 **Stopping** holds position with power on: :meth:`hold` commands the measured pose (joints in joint space,
-end pose in end-effector space) once; the arm keeps it. :meth:`estop` latches in this driver and holds:
+end pose in end-effector space) once; the arm keeps it. An arm that has left CAN command control (its teach
+button) is not taken back by a hold: only :meth:`connect` takes command. :meth:`estop` latches in this driver and holds:
 targets are refused until :meth:`clear_estop`. The vendor's own emergency stop (``0x150``) lets the arm sink
 and needs a power-cycling reset, so it is never sent (:mod:`.protocol`). Nothing here disables the motors.
 
@@ -271,9 +272,12 @@ class PiperArm(Arm):
         self._send(self._target_frames(target), skip_when_full=True)
 
     def hold(self) -> None:
+        """Command the measured pose, unless the arm has left CAN command control (teaching, another controller):
+        then it is in other hands and nothing is sent; only :meth:`connect` takes command again."""
         self._connected()
         self._check_link()
-        self._send(self._hold_frames())
+        if self._in_can_mode():
+            self._send(self._hold_frames())
 
     def estop(self) -> None:
         self._estopped = True

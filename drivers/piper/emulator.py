@@ -14,6 +14,7 @@ by side, each in its own move mode), the teach modes, MIT mode, the parameter fr
 
 Fault injection (:meth:`PiperModel.control`): ``silence`` (no feedback), ``press_estop`` / ``release_estop``
 (the arm's own emergency-stop status), ``set_status`` (any arm status code, e.g. ``0x07`` collision),
+``set_ctrl_mode`` (e.g. teaching: the arm leaves CAN command control),
 ``joint_limit`` and ``comm_error`` (status bits of joints), ``driver_fault`` (a motor's or the gripper's status
 bits by name), ``error_frames`` and ``bus_off`` (CAN error frames; python-can's virtual bus only),
 ``clear_faults``; ``set_state`` places the arm; ``snapshot`` says what it did, with the times of the host's
@@ -268,6 +269,12 @@ class PiperModel:
         if arm_status is not None and arm_status not in p.ARM_STATUSES:
             raise ValueError(f"set_status: {arm_status} is not an arm status code")
         self.status_override = arm_status
+
+    def _ctl_set_ctrl_mode(self, ctrl_mode: int) -> None:
+        """Leave (or take) CAN command control as the arm's own buttons do (e.g. ``0x02`` teaching)."""
+        if ctrl_mode not in p.CTRL_MODES:
+            raise ValueError(f"set_ctrl_mode: {ctrl_mode} is not a control mode code")
+        self.ctrl_mode = ctrl_mode
 
     def _ctl_joint_limit(self, joints: List[int]) -> None:
         self.limit_bits = sum(1 << (j - 1) for j in joints)

@@ -157,6 +157,24 @@ def test_the_arms_faults_are_flagged_and_named(joint_arm, command, args, flag, n
     arm.send_target(target)
 
 
+def test_an_arm_taken_out_of_can_control_is_a_fault_and_a_hold_does_not_take_it_back(joint_arm):
+    emulator, clock, arm = joint_arm
+    emulator.call("set_ctrl_mode", ctrl_mode=0x02)  # the teach button
+    clock.advance(PERIOD)
+    state = arm.poll_state()
+    assert state.faults & FaultFlag.HOST_TIMEOUT and "ctrl_mode=TEACHING" in state.mode.split()
+    received = emulator.call("snapshot")["received"]
+    arm.hold()
+    arm.estop()
+    clock.advance(PERIOD)
+    snap = emulator.call("snapshot")
+    assert snap["received"] == received and snap["ctrl_mode"] == "TEACHING"  # nothing sent: not ours now
+    with pytest.raises(ArmFault, match="ctrl_mode=TEACHING"):
+        arm.clear_estop() or arm.send_target(Target.joint([0.0, 0.3, -0.3, 0.0, 0.2, 0.0], [0.5]))
+    arm.connect()  # taking command again is connect's
+    assert emulator.call("snapshot")["ctrl_mode"] == "CAN_CTRL" and not arm.poll_state().faults & ~FaultFlag.AT_LIMIT
+
+
 def test_targets_the_arm_cannot_take_are_refused_before_anything_is_sent(joint_arm):
     emulator, clock, arm = joint_arm
     sent = emulator.call("snapshot")["received"]
