@@ -140,9 +140,10 @@ def test_the_sdk_reads_our_emulators_feedback_as_our_driver_does(rig):
         r.emulator.call("joint_limit", joints=rng.sample(range(1, 7), trial))
         r.emulator.call("comm_error", joints=rng.sample(range(1, 7), trial))
         r.emulator.call("set_status", arm_status=rng.choice(sorted(p.ARM_STATUSES)))
-        r.emulator.call("driver_fault", motor=rng.randint(1, 6), bits=rng.sample(
-            ["voltage_low", "motor_over_temperature", "over_current", "driver_over_temperature", "driver_error"], 2))
-        time.sleep(0.15)  # a low-speed period (50 ms) and then some: both have the newest frames
+        motor, bits = rng.randint(1, 6), rng.sample(
+            ["voltage_low", "motor_over_temperature", "over_current", "driver_over_temperature", "driver_error"], 2)
+        r.emulator.call("driver_fault", motor=motor, bits=bits)
+        settle(r, joints, motor, bits)
         state, report = r.arm.poll_state(), r.arm.probe()
         joints_sdk = r.sdk.GetArmJointMsgs().joint_state
         sdk_q = [getattr(joints_sdk, f"joint_{i}") for i in range(1, 7)]
@@ -173,6 +174,22 @@ def test_the_sdk_reads_our_emulators_feedback_as_our_driver_does(rig):
             assert decoded == set(driver["status"]) & set(_SDK_DRIVER), driver
             assert (driver["voltage_v"], driver["driver_temp_c"], driver["motor_temp_c"]) == (
                 theirs.vol / 10, theirs.foc_temp, theirs.motor_temp)
+
+
+def settle(r: Rig, joints: List[float], motor: int, bits: List[str], timeout_s: float = 10.0) -> None:
+    """Wait until the SDK's reading thread has caught up with what the emulator now sends (it parses each frame
+    in Python under locks: on a loaded machine it can lag the bus by a fraction of a second)."""
+    wanted = [p.millidegrees(q) for q in joints]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state = r.sdk.GetArmJointMsgs().joint_state
+        driver = getattr(r.sdk.GetArmLowSpdInfoMsgs(), f"motor_{motor}").foc_status
+        if [getattr(state, f"joint_{i}") for i in range(1, 7)] == wanted and all(
+                getattr(driver, _SDK_DRIVER[b]) for b in bits):
+            break
+        assert time.monotonic() < deadline, "the SDK did not catch up with the emulator"
+        time.sleep(0.02)
+    time.sleep(0.1)  # the last of the other frames
 
 
 # Our bit names → the SDK's attribute names (its foc_status objects).
