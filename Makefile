@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # The robot install as JetPack 6 runs it: Python 3.10, the package with ONNX Runtime (CPU), the policy server
-# and RemotePolicy ([serve]) and its test tools, no torch, transformers or onnx. `make test` runs the suite in it too (what needs those skips by name), then
+# and RemotePolicy ([serve]), python-can for the Piper ([piper]) and its test tools, no torch, transformers or onnx. `make test` runs the suite in it too (what needs those skips by name), then
 # the same profile from a built wheel, outside the source tree (tools/check_robot_wheel.py: flash, config
 # check, Policy.act, the daemon on the emulated arm).
 PYTHON310 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python3.10 /usr/bin/python3.10 /usr/local/bin/python3.10))
@@ -23,13 +23,17 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	# Feetech's servo SDK, the oracle of the Feetech driver's packets (tests/drivers/feetech/test_feetech_protocol.py):
 	# test-only, pure Python, its one dependency (pyserial) already in the base
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps feetech-servo-sdk==1.0.0
+	# AgileX's Piper SDK, a test oracle (tests/drivers/piper/test_piper_sdk_oracle.py): its one dependency,
+	# python-can, comes with the [piper] extra
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps piper_sdk==0.6.2
 	touch $@
 
 $(ROBOT_VENV)/.installed: setup.cfg pyproject.toml
 	@test -n "$(PYTHON310)" || { echo "make: no python3.10 found (set PYTHON310=/path/to/python3.10)"; exit 1; }
 	$(PYTHON310) -m venv $(ROBOT_VENV)
-	$(ROBOT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[onnxruntime,serve,test]'
-	$(ROBOT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps feetech-servo-sdk==1.0.0
+	$(ROBOT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[onnxruntime,serve,piper,test]'
+	$(ROBOT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps feetech-servo-sdk==1.0.0 \
+		piper_sdk==0.6.2
 	touch $@
 
 demo: $(VENV)/.installed

@@ -96,6 +96,24 @@ def slerp_row(q0: Sequence[float], rotvec: Sequence[float], u: float) -> Quat:
     return out
 
 
+def from_euler_xyz_row(rx: float, ry: float, rz: float) -> Quat:
+    """The unit quaternion of fixed-axis X-Y-Z Euler angles (rad): turn ``rx`` about x, then ``ry`` about y, then
+    ``rz`` about z, all about the fixed axes (R = Rz Ry Rx; scipy's ``from_euler("xyz", ...)``)."""
+    return _mul(_from_rotvec((0.0, 0.0, rz)), _mul(_from_rotvec((0.0, ry, 0.0)), _from_rotvec((rx, 0.0, 0.0))))
+
+
+def to_euler_xyz_row(q: Sequence[float]) -> Vec:
+    """The fixed-axis X-Y-Z Euler angles (rad) of ``q`` (normalised first): ``rx``, ``rz`` in [-pi, pi], ``ry`` in
+    [-pi/2, pi/2]; at ``ry`` = ±pi/2 (gimbal lock) ``rz`` is 0. The inverse of :func:`from_euler_xyz_row`."""
+    x, y, z, w = _normalised(q)
+    m00, m10, m20 = 1 - 2 * (y * y + z * z), 2 * (x * y + w * z), 2 * (x * z - w * y)
+    cos_ry = math.hypot(m00, m10)
+    if cos_ry > 1e-10:
+        return (math.atan2(2 * (y * z + w * x), 1 - 2 * (x * x + y * y)), math.atan2(-m20, cos_ry),
+                math.atan2(m10, m00))
+    return (math.atan2(-2 * (y * z - w * x), 1 - 2 * (x * x + z * z)), math.atan2(-m20, cos_ry), 0.0)
+
+
 def step(q_from: np.ndarray, q_to: np.ndarray) -> np.ndarray:
     """World-frame rotation vector taking ``q_from`` to ``q_to`` (shortest way, angle <= pi)."""
     return _rows(_step, 3, q_from, q_to)

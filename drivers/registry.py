@@ -28,6 +28,7 @@ from drivers.feetech.calibration import FeetechCalibration
 from drivers.feetech.calibration import load_calibration as load_feetech_calibration
 from drivers.lerobot_calibration import GRIPPER_ENDS
 from drivers.physical_ranges import MAX_ARMS, MAX_JOINT_VELOCITY, MAX_POSITION_M, SAFETY_LIMIT_MIN
+from drivers.piper import arm as piper
 from drivers.xvla_serial.arm import BAUD_RATES as XVLA_SERIAL_BAUD_RATES
 from drivers.xvla_serial.arm import XvlaSerialArm
 from xvla.validation import Field
@@ -252,6 +253,43 @@ def _feetech_check(space: str, values: Values, limits: SafetyLimits) -> Iterator
     if limits.joint_limits and len(limits.joint_limits) != joints:
         yield ("[safety].joint_limits",
                f"{len(limits.joint_limits)} entries, but the calibration {path.name} has {joints} joints")
+# -- piper ----------------------------------------------------------------------------------------------
+
+_PIPER = (
+    Option("interface", Field(str, choices=piper.INTERFACES,
+                              expected='"socketcan" (a USB-CAN adapter brought up with `ip link`) or "slcan" (a '
+                                       'serial-line CAN adapter)'), "socketcan"),
+    Option("channel", Field(str, check=lambda c: 0 < len(c) <= MAX_PORT_CHARS and c.isprintable(),
+                            expected=f'the CAN interface ("can0") or, with interface = "slcan", the adapter\'s serial '
+                                     f'device ("/dev/ttyACM0"), printable, at most {MAX_PORT_CHARS} characters'),
+           "can0"),
+    Option("timeout_ms", Field(int, low=piper.LINK_TIMEOUT_MS[0], high=piper.LINK_TIMEOUT_MS[1],
+                               expected=f"milliseconds {piper.LINK_TIMEOUT_MS[0]} ... {piper.LINK_TIMEOUT_MS[1]}: "
+                                        "feedback older than this is a lost link")),
+    Option("speed_percent", Field(int, low=1, high=100, expected="the arm's own speed scale, percent 1 ... 100")),
+    Option("gripper_open_mm", Field(float, low=piper.GRIPPER_OPEN_MM[0], high=piper.GRIPPER_OPEN_MM[1],
+                                    expected=f"mm {piper.GRIPPER_OPEN_MM[0]:g} ... {piper.GRIPPER_OPEN_MM[1]:g}: the "
+                                             "stroke of a fully open gripper (opening 1.0)")),
+    Option("gripper_effort", Field(float, low=piper.GRIPPER_EFFORT_NM[0], high=piper.GRIPPER_EFFORT_NM[1],
+                                   expected=f"N·m {piper.GRIPPER_EFFORT_NM[0]:g} ... {piper.GRIPPER_EFFORT_NM[1]:g}")),
+)
+
+
+def _piper_factory(space: str, values: Values, limits: SafetyLimits) -> ArmFactory:
+    others = [o for o in _PIPER if o.name != "channel"]
+    return functools.partial(piper.PiperArm, values["channel"], space=space, **_keywords(values, others))
+
+
+def _piper_check(space: str, values: Values, limits: SafetyLimits) -> Iterator[Problem]:
+    if space == "ee" and not limits.workspaces:
+        yield ("[safety].workspaces", "empty, but the Piper reports no workspace: end-effector control needs one box "
+                                      "(m, the arm's base frame), e.g. [{ lower = [0.1, -0.35, 0.05], upper = "
+                                      "[0.55, 0.35, 0.5] }]")
+    if len(limits.workspaces) > 1:
+        yield "[safety].workspaces", f"{len(limits.workspaces)} boxes, but a Piper is one arm (one box)"
+    if limits.joint_limits and len(limits.joint_limits) != len(piper.JOINT_LIMITS):
+        yield ("[safety].joint_limits",
+               f"{len(limits.joint_limits)} entries, but a Piper has {len(piper.JOINT_LIMITS)} joints")
 
 
 DRIVERS: Dict[str, Driver] = {d.name: d for d in (
@@ -263,6 +301,7 @@ DRIVERS: Dict[str, Driver] = {d.name: d for d in (
             *_LEROBOT_CALIBRATION),
            _dynamixel_factory, _dynamixel_check),
     Driver("feetech", FeetechArm, ("joint",), (_port("feetech"), *_FEETECH), _feetech_factory, _feetech_check),
+    Driver("piper", piper.PiperArm, ("ee", "joint"), _PIPER, _piper_factory, _piper_check),
 )}
 
 

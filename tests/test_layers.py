@@ -30,7 +30,8 @@ DRIVERS_GROUND = ("drivers.arm", "drivers.errors", "drivers.transport", "drivers
                   "drivers.physical_ranges", "drivers.quaternion", "drivers.serial_bus", "drivers.servo_arm",
                   "drivers.lerobot_calibration")
 DRIVERS_ROOMS = ("drivers.control", "drivers.emulation", "drivers.system", "drivers.dynamixel", "drivers.xvla_serial",
-                 "drivers.feetech", "drivers.registry")
+                 "drivers.feetech", "drivers.piper", "drivers.registry")
+ARM_ROOMS = ("drivers.dynamixel", "drivers.xvla_serial", "drivers.feetech", "drivers.piper")  # one arm each
 
 # Rooms inside the packages, one rule a line: room (a module or sub-package, dotted) → rooms it may not import.
 ROOMS_APART: dict[str, tuple[str, ...]] = {
@@ -44,16 +45,10 @@ ROOMS_APART: dict[str, tuple[str, ...]] = {
     "xvla_edge.daemon.operator": ("xvla_edge.daemon.supervisor", "xvla_edge.daemon.views"),
     "xvla_edge.daemon.views": ("xvla_edge.daemon.supervisor", "xvla_edge.daemon.operator"),
     # drivers/: each room stands on the ground floor (DRIVERS_GROUND); arms reach the control path as factories
-    "drivers.control": ("drivers.dynamixel", "drivers.xvla_serial", "drivers.feetech", "drivers.emulation",
-                        "drivers.registry"),
-    "drivers.emulation": ("drivers.control", "drivers.dynamixel", "drivers.xvla_serial", "drivers.feetech",
-                          "drivers.registry"),
-    "drivers.dynamixel": ("drivers.control", "drivers.xvla_serial", "drivers.feetech", "drivers.emulation.sim_arm",
-                          "drivers.registry"),
-    "drivers.xvla_serial": ("drivers.control", "drivers.dynamixel", "drivers.feetech", "drivers.emulation.sim_arm",
-                            "drivers.registry"),
-    "drivers.feetech": ("drivers.control", "drivers.dynamixel", "drivers.xvla_serial", "drivers.emulation.sim_arm",
-                        "drivers.registry"),
+    "drivers.control": (*ARM_ROOMS, "drivers.emulation", "drivers.registry"),
+    "drivers.emulation": ("drivers.control", *ARM_ROOMS, "drivers.registry"),
+    **{arm: ("drivers.control", *(other for other in ARM_ROOMS if other != arm), "drivers.emulation.sim_arm",
+             "drivers.registry") for arm in ARM_ROOMS},
     "drivers.system": (*DRIVERS_GROUND, *DRIVERS_ROOMS),
     **{ground: DRIVERS_ROOMS for ground in DRIVERS_GROUND},
 }
@@ -229,6 +224,17 @@ def test_every_room_and_ground_module_of_drivers_has_its_rule():
     found = {f"drivers.{p.parent.name}" for p in (REPO / "drivers").glob("*/__init__.py")}
     found |= {f"drivers.{p.stem}" for p in (REPO / "drivers").glob("*.py") if p.stem not in ("__init__", "registry")}
     assert sorted(found - set(ROOMS_APART)) == []
+
+def test_python_can_stays_in_the_piper_room_and_inside_functions():
+    """python-can is the [piper] extra: only drivers/piper imports it, and only inside functions, so the registry
+    (which names every driver) and the robot install load without it."""
+    outside = [module for module, path in sources() if "can" in imported_roots(path.read_text(), module)
+               and not is_under(module, "drivers.piper")]
+    top_level = [module for module, path in sources(packages=("drivers",)) if is_under(module, "drivers.piper")
+                 for node in ast.parse(path.read_text()).body if isinstance(node, (ast.Import, ast.ImportFrom))
+                 and "can" in imported_roots(ast.unparse(node), module)]
+    assert (outside, top_level) == ([], [])
+
 
 def test_the_checker_sees_imports_inside_functions_and_relative_ones(tmp_path):
     """The rules above are only worth something if a violation is found wherever the import hides; a module

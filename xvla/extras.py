@@ -31,6 +31,7 @@ EXTRAS = {
     "fleet": "serving on Ray Serve, one machine or a cluster (ray[serve])",
     "remote": "RemotePolicy, a policy served by another machine (msgpack, websockets)",
     "cameras": "OpenCV cameras (on Jetson use JetPack's OpenCV instead: it has GStreamer)",
+    "piper": "the AgileX Piper arm over CAN (python-can)",
     "test": "tests, benchmarks and plots (pytest, pytest-benchmark, matplotlib)",
 }
 #: Optional packages that come with the platform, not with an extra: name → (what it is, how to install it).

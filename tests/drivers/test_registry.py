@@ -4,6 +4,7 @@ names (picklable, for the control-loop process), the constructor refusals traced
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import pickle
 from pathlib import Path
@@ -19,8 +20,9 @@ from drivers.dynamixel.joint_offsets import ArmCalibration
 from drivers.emulation.sim_arm import SimArm
 from drivers.feetech.arm import FeetechArm
 from drivers.feetech.calibration import load_calibration as load_feetech
+from drivers.piper.arm import PiperArm
 from drivers.xvla_serial.arm import XvlaSerialArm
-
+from tests.support.piper_bus import NEEDS_CAN
 from tests.support.so101 import write_calibration
 
 CALIBRATION = {"robot_id": "koch", "gripper": {"motor_id": 3, "closed": 2048, "open": 2900},
@@ -37,19 +39,23 @@ def samples(tmp_path: Path) -> Dict[str, Dict[str, Any]]:
         "dynamixel": {"port": "loop://", "baud": 57600, "timeout_ms": None, "calibration": tmp_path / "koch.json"},
         "feetech": {"port": "loop://", "baud": None, "calibration": write_calibration(tmp_path),
                     "max_joint_velocity": [2.0, 2.0, 3.0, 3.0, 4.0], "gripper_open": "range_min"},
+        "piper": {"interface": "socketcan", "channel": "can0", "timeout_ms": 200, "speed_percent": None,
+                  "gripper_open_mm": None, "gripper_effort": 2.0},
     }
 
 
 def test_lookup_by_name():
-    assert registry.names() == ("sim", "xvla-serial", "dynamixel", "feetech")
-    assert [registry.lookup(n).arm for n in registry.names()] == [SimArm, XvlaSerialArm, DynamixelArm, FeetechArm]
+    assert registry.names() == ("sim", "xvla-serial", "dynamixel", "feetech", "piper")
+    assert [registry.lookup(n).arm for n in registry.names()] == [SimArm, XvlaSerialArm, DynamixelArm, FeetechArm,
+                                                                   PiperArm]
     assert registry.lookup("dynamixel").spaces == ("joint",) and registry.lookup("sim").spaces == ("ee", "joint")
     for driver in registry.DRIVERS.values():
         assert set(driver.spaces) <= set(SPACES) and len(set(driver.keys)) == len(driver.keys), driver.name
 
 
 def test_an_unknown_name_lists_the_available_drivers():
-    with pytest.raises(ArmConfigError, match=r"^unknown driver 'x'; available: sim, xvla-serial, dynamixel, feetech$"):
+    with pytest.raises(ArmConfigError,
+                       match=r"^unknown driver 'x'; available: sim, xvla-serial, dynamixel, feetech, piper$"):
         registry.lookup("x")
 
 
@@ -59,6 +65,10 @@ def test_each_factory_is_picklable_and_builds_the_arm_class_it_names(tmp_path):
     for name, driver in registry.DRIVERS.items():
         factory = pickle.loads(pickle.dumps(driver.factory(driver.spaces[0], values[name], SafetyLimits())))
         assert isinstance(factory, functools.partial) and factory.func is driver.arm, name
+        if name == "piper" and importlib.util.find_spec("can") is None:  # an install without the [piper] extra
+            with pytest.raises(ArmConfigError, match=r"python-can is not installed; install the 'piper' extra"):
+                factory()
+            continue
         assert isinstance(factory(), driver.arm), name  # no I/O: ports open on connect
 
 
@@ -85,6 +95,9 @@ def test_the_factories_pass_only_given_values_under_the_constructors_names(tmp_p
     assert (ft.args, ft.keywords) == (("loop://", want), {})
     arm = ft()
     assert arm.calibration.gripper.open_end == "range_min" and arm.bus.baudrate == 1_000_000
+    piper = registry.lookup("piper").factory("joint", values["piper"], SafetyLimits())
+    assert (piper.args, piper.keywords) == (("can0",), {"space": "joint", "interface": "socketcan", "timeout_ms": 200,
+                                                        "gripper_effort": 2.0})
 
 
 def test_a_constructor_refusal_names_its_key():
@@ -125,6 +138,10 @@ def test_checks_that_involve_the_safety_limits(tmp_path):
     ("xvla-serial", "timeout_ms", [0, 65535], [-1, 65536, 2**63]),
     ("dynamixel", "timeout_ms", [20, 2540], [0, -20, 2541, 10**6]),
     ("feetech", "baud", [19_200, 115_200, 1_000_000], [0, 9600, 2_000_000, 10**12]),
+    pytest.param("piper", "timeout_ms", [20, 1000], [0, 19, 1001, 2**63], marks=NEEDS_CAN),
+    pytest.param("piper", "speed_percent", [1, 100], [0, -1, 101], marks=NEEDS_CAN),
+    pytest.param("piper", "gripper_open_mm", [1, 70.0, 150], [0, 0.5, 150.5, 1e300], marks=NEEDS_CAN),
+    pytest.param("piper", "gripper_effort", [0.1, 5], [0, 5.01, -1], marks=NEEDS_CAN),
 ])
 def test_an_option_and_its_constructor_agree_on_the_range(tmp_path, name, key, accepted, refused):
     """What robot.toml's check accepts the arm's constructor takes; what it refuses the constructor refuses too
