@@ -73,7 +73,9 @@ def create_session(path: Path, device: str, threads: int | None, *, cuda_graph: 
     if wanted not in available:
         raise BackendError(f"onnxruntime has no {wanted} in this install (available: {available}); "
                            "for CUDA install onnxruntime-gpu instead of onnxruntime")
-    options = {"enable_cuda_graph": "1"} if cuda_graph and device == "cuda" else {}
+    # fp32 tensors run in fp32: the CUDA provider's default TF32 matmuls and convolutions (Ampere and newer) round
+    # their inputs to 10 mantissa bits, far outside an fp32 bundle's parity (1e-5)
+    options = {"use_tf32": "0", **({"enable_cuda_graph": "1"} if cuda_graph else {})}
     providers = [wanted] if device == "cpu" else [(wanted, options), "CPUExecutionProvider"]
     try:
         sess = ort.InferenceSession(str(path), sess_options=session_options(threads, spinning), providers=providers)
