@@ -7,8 +7,8 @@ On a Linux machine with an NVIDIA GPU and driver (a datacentre card or a Jetson)
    (torch from the index as setup.cfg pins it; cuda-python of the driver's CUDA major N), then TensorRT if
    ``import tensorrt`` already works there, else ``pip install tensorrt-cu<N>`` within what is left of the
    budget: it says which happened (present, installed, absent and why). ``--jetson``: the venv sees the system's
-   packages (JetPack's TensorRT, NVIDIA's torch and onnxruntime-gpu wheels for the JetPack, installed first) and
-   nothing of those is installed from the index. ``--env current``: this interpreter as it is. ``--wheels DIR``:
+   packages (JetPack's TensorRT, NVIDIA's torch and onnxruntime-gpu wheels for the JetPack, installed first),
+   nothing of those is installed from the index, and ``timing-full`` runs only when ``--steps`` names it. ``--env current``: this interpreter as it is. ``--wheels DIR``:
    install from DIR only (a machine without the index).
 2. the steps (:data:`STEPS`), each in its own process with its own timeout, each ending in one line
    ``PASS`` / ``FAIL`` / ``SKIPPED(reason)``: the machine and its libraries, the GPU's floor (measured matmul rate
@@ -552,10 +552,17 @@ def parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return args
 
 
+def selected_steps(args: argparse.Namespace) -> list[Step]:
+    """``--steps``, else every step; on a Jetson no timing-full unless named (the 0.9 B model's exports, several GB
+    per variant in its shared memory)."""
+    default = [s.name for s in STEPS if not (args.jetson and s.name == "timing-full")]
+    return [s for s in STEPS if s.name in (args.steps or default)]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse(argv)
     args.work.mkdir(parents=True, exist_ok=True)
-    steps = [s for s in STEPS if args.steps is None or s.name in args.steps]
+    steps = selected_steps(args)
     cuda = driver_cuda()
     if cuda is None or args.dry_run:
         dev = REPO / ".venv" / "bin" / "python"  # the development environment (make), where there is one

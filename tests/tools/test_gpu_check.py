@@ -128,3 +128,80 @@ def test_the_environment_budget_stops_a_command(tmp_path: Path) -> None:
 def test_results_go_under_the_gpus_name(tmp_path: Path) -> None:
     probe = {"machine": "x86_64", "gpu": {"name": "NVIDIA H100 80GB HBM3"}}
     assert gpu_check.results_dir(tmp_path, probe) == tmp_path / "x86_64-nvidia-h100-80gb-hbm3"
+
+
+@pytest.mark.parametrize("jetson, wheels", [(False, None), (True, None), (False, "wheels")])
+def test_the_environment_is_built_in_its_order_and_says_how_tensorrt_came(tmp_path: Path, monkeypatch, jetson: bool,
+                                                                          wheels: str | None) -> None:
+    ran: list[list[str]] = []
+
+    def run_logged(cmd, log, timeout):
+        ran.append([str(c) for c in cmd])
+        assert 0 < timeout <= 300
+        if cmd[1:3] == ["-m", "venv"]:
+            Path(cmd[-1]).mkdir(parents=True)
+        return (False, "failed: ERROR: No matching distribution found for tensorrt-cu12") if "tensorrt-cu12" in cmd \
+            else (True, "")
+
+    monkeypatch.setattr(gpu_check, "run_logged", run_logged)
+    monkeypatch.setattr(gpu_check, "tensorrt_version", lambda python: None)
+    args = gpu_check.parse(["--work", str(tmp_path), *(["--jetson"] if jetson else []),
+                            *(["--wheels", str(tmp_path / wheels)] if wheels else [])])
+    env, python = gpu_check.build_env(args, 12)
+    assert python == str(tmp_path / "venv" / "bin" / "python") and env.status == "PASS"
+    assert ran[0][1:] == ["-m", "venv", *(["--system-site-packages"] if jetson else []), str(tmp_path / "venv")]
+    offline = ["--no-index", "--find-links", str(tmp_path / "wheels")] if wheels else []
+    assert ran[1][:3] == [python, "-m", "pip"] and ran[1][7:7 + len(offline)] == offline
+    assert ran[1][7 + len(offline):] == [w for a in install_plan(12, jetson) for w in a]
+    if jetson:  # JetPack's TensorRT or none: never from the index
+        assert len(ran) == 2 and env.detail.endswith("TensorRT absent")
+    else:
+        assert ran[2][-1] == "tensorrt-cu12"
+        assert env.detail.endswith("TensorRT absent: `pip install tensorrt-cu12` failed: ERROR: No matching "
+                                   "distribution found for tensorrt-cu12")
+    ran.clear()
+    again, _ = gpu_check.build_env(args, 12)  # the same machine and setup.cfg: the venv is reused
+    assert not [c for c in ran if "venv" in c or "-e" in c]
+
+
+def test_an_environment_step_that_fails_stops_the_build_and_names_its_log(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(gpu_check, "run_logged", lambda cmd, log, timeout: (
+        ("-e" not in cmd), "" if "-e" not in cmd else "timed out after 299 s"))
+    env, python = gpu_check.build_env(gpu_check.parse(["--work", str(tmp_path)]), 13)
+    assert python is None and env.status == "FAIL"
+    assert "timed out after 299 s" in env.detail and str(tmp_path / "env.log") in env.detail
+
+
+@pytest.mark.subprocess
+def test_a_run_on_a_machine_whose_gpu_does_not_work_writes_its_results_and_fails(tmp_path: Path, monkeypatch,
+                                                                                  capsys) -> None:
+    """Everything after the driver check, on this CPU machine: the probe finds no CUDA in torch or ONNX Runtime
+    (FAIL), the GPU tests skip naming why (SKIPPED), the results are written, the summary ends the run, exit 1."""
+    monkeypatch.setattr(gpu_check, "driver_cuda", lambda: 12060)
+    rc = gpu_check.main(["--env", "current", "--python", sys.executable, "--work", str(tmp_path / "work"),
+                         "--results", str(tmp_path / "results"), "--steps", "machine", "cuda-graph-helper", "batched"])
+    out = capsys.readouterr().out.splitlines()
+    assert rc == 1
+    assert out[0].startswith("gpu-check: NVIDIA driver for CUDA 12.6")
+    lines = {line.split(":")[0]: line for line in out if line.split(":")[0] in ("env", "machine", "cuda-graph-helper",
+                                                                                "batched")}
+    assert lines["env"].startswith(f"env: PASS: this interpreter ({sys.executable}); TensorRT ")
+    assert lines["machine"].startswith("machine: FAIL: torch ") and "sees no CUDA device" in lines["machine"]
+    assert lines["cuda-graph-helper"].startswith("cuda-graph-helper: SKIPPED(no CUDA device")
+    assert lines["batched"].startswith("batched: SKIPPED(needs a CUDA device")
+    (folder,) = (tmp_path / "results").iterdir()
+    assert folder.name.endswith("-unknown-gpu")  # the probe found no GPU name
+    md = (folder / "gpu-check.md").read_text()
+    assert "| machine | FAIL |" in md and "| cuda-graph-helper | SKIPPED |" in md
+    assert "Driver: supports CUDA" in (folder / "ENVIRONMENT.md").read_text()
+    steps = {s["name"]: s["status"] for s in __import__("json").loads((folder / "gpu-check.json").read_text())["steps"]}
+    assert steps == {"env": "PASS", "machine": "FAIL", "cuda-graph-helper": "SKIPPED", "batched": "SKIPPED"}
+    assert out[-5].split() == ["step", "result", "seconds", "detail"]  # the summary table closes the run
+
+
+def test_a_jetson_runs_the_full_size_only_when_asked() -> None:
+    every = [s.name for s in STEPS]
+    assert [s.name for s in gpu_check.selected_steps(gpu_check.parse([]))] == every
+    assert [s.name for s in gpu_check.selected_steps(gpu_check.parse(["--jetson"]))] == every[:-1]
+    chosen = gpu_check.parse(["--jetson", "--steps", "timing-full", "gate"])
+    assert [s.name for s in gpu_check.selected_steps(chosen)] == ["gate", "timing-full"]  # in the steps' order
