@@ -130,10 +130,7 @@ def measure(benchmark, case: Case, stage: str, fn: Callable[[], None]) -> None:
         "step_weight_bytes": case.step.weight_bytes, "loadavg": list(os.getloadavg()),
     }
     if benchmark.stats is not None:  # None under --benchmark-disable
-        median = info["median_s"] = benchmark.stats.stats.median
-        if case.backend.startswith("official"):
-            info["official_over_ours"] = {r["backend"]: median / r["median_s"] for r in harness.RESULTS
-                                          if (r["size"], r["stage"]) == (case.size, stage)}
+        info["median_s"] = benchmark.stats.stats.median  # ratios between backends: test_side_by_side
         harness.RESULTS.append(info)
     harness.refloor(info, harness.best_machine())
     benchmark.extra_info.update(info)
