@@ -297,7 +297,7 @@ def run_step(step: Step, python: str, work: Path, timeout: float) -> Result:
     if timeout < 5:
         return Result(step.name, "SKIPPED", f"the {BUDGET} s budget is spent")
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "XVLA_GPU_TEST_CACHE": str(work / "test-cache"), "XVLA_BENCH_CACHE": str(work / "bench-cache"),
+           "XVLA_BENCH_CACHE": str(work / "bench-cache"),
            "XVLA_GPU_BENCH_INFO": str(work / f"{step.name}-info.json"), **dict(step.env)}
     t0 = time.monotonic()
     try:

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from runtime.types import Observation
 
-pytestmark = [pytest.mark.gpu, pytest.mark.model]
+pytestmark = [pytest.mark.gpu, pytest.mark.model, pytest.mark.subprocess]  # exports run `xvla-edge export`
 
 SIZES = ("tiny", "small")
 TORCH_ATOL = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 2e-2}  # graph vs eager, same dtype, same GPU
@@ -72,51 +70,22 @@ def need(reason: str | None) -> None:
         pytest.skip(reason)
 
 
-@functools.cache
-def _checkpoint(root: Path, size: str) -> Path:
-    from xvla.random_checkpoint import write_random_checkpoint
-
-    path = root / size / "checkpoint"
-    if not (path / "config.json").is_file():
-        shutil.rmtree(path, ignore_errors=True)
-        write_random_checkpoint(path, size, seed=0)
-    return path
-
-
-@functools.cache
-def _bundle(root: Path, size: str, precision: str, batch_sizes: tuple[int, ...] = (1,)) -> Path:
-    from export.bundle import ExportOptions, export_bundle
-
-    out = root / size / f"bundle-{precision}-b{'-'.join(map(str, batch_sizes))}"
-    if not (out / "manifest.json").is_file():  # an export writes its directory whole or not at all
-        export_bundle(_checkpoint(root, size), out, ExportOptions(domain_id=0, views=2, precision=precision,
-                                                                  batch_sizes=batch_sizes), progress=lambda line: None)
-    return out
-
-
-def built(path: Path) -> Path:
-    """The bundle with TensorRT engines built on this machine (again where the ones there do not run here)."""
-    from runtime.backends.tensorrt.backend import engines_problem
-    from xvla_edge.cli import main
-
-    if engines_problem(path) is not None:
-        assert main(["build", str(path), "--force"]) == 0
-    return path
-
-
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory):
-    """``bundle(size, precision, batch_sizes=(1,))``: a bundle (domain 0, two views) of the size's random
-    checkpoint, exported once per module, or once for every step of ``make gpu-check`` (into
-    ``XVLA_GPU_TEST_CACHE``, which it sets); ``bundle.checkpoint(size)`` the checkpoint."""
-    cache = os.environ.get("XVLA_GPU_TEST_CACHE")
-    root = Path(cache) if cache else tmp_path_factory.mktemp("gpu")
+    """``bundle(size, precision, batch_sizes=(1,))``: the benchmarks' cached bundle of the size's random checkpoint
+    (:func:`benchmarks.harness.bundle`: domain 0, every view slot, exported by ``xvla-edge export``), so every step
+    of ``make gpu-check`` and its timings export each bundle once (into ``XVLA_BENCH_CACHE``, which it sets; else a
+    temporary directory); ``bundle.checkpoint(size)`` the checkpoint, ``bundle.engines(...)`` the bundle with
+    TensorRT engines built here."""
+    from benchmarks import harness
 
-    def get(size: str, precision: str, batch_sizes: tuple[int, ...] = (1,)) -> Path:
-        return _bundle(root, size, precision, batch_sizes)
-
-    get.checkpoint = lambda size: _checkpoint(root, size)  # type: ignore[attr-defined]
-    return get
+    with pytest.MonkeyPatch.context() as mp:
+        if not os.environ.get("XVLA_BENCH_CACHE"):
+            mp.setenv("XVLA_BENCH_CACHE", str(tmp_path_factory.mktemp("gpu")))
+        get = functools.partial(harness.bundle)
+        get.checkpoint = harness.checkpoint  # type: ignore[attr-defined]
+        get.engines = harness.engines  # type: ignore[attr-defined]
+        yield get
 
 
 def observation(manifest, seed: int) -> Observation:
@@ -189,10 +158,8 @@ def test_batched_bundle_on_the_gpu_matches_one_by_one(bundle, backend: str) -> N
     need({"torch": torch_cuda_missing, "onnxruntime": ort_cuda_missing, "tensorrt": tensorrt_missing}[backend]())
     from runtime.policy import Policy
 
-    path = bundle("tiny", "fp32", (1, 2, 4))
+    path = (bundle.engines if backend == "tensorrt" else bundle)("tiny", "fp32", (1, 2, 4))
     options = {"checkpoint": bundle.checkpoint("tiny")} if backend == "torch" else {}
-    if backend == "tensorrt":
-        built(path)
     with Policy.load(path, backend="onnxruntime", device="cpu") as cpu, \
             Policy.load(path, backend=backend, device="cuda", **options) as gpu:
         observations = [observation(cpu.manifest, seed) for seed in range(3)]
@@ -211,9 +178,7 @@ def test_accuracy_gate_passes_the_fp16_bundle_on_the_gpu(bundle, backend: str) -
     from calibration.check import run_gate
     from runtime.manifest import Manifest
 
-    path = bundle("small", "fp16")
-    if backend == "tensorrt":
-        built(path)
+    path = (bundle.engines if backend == "tensorrt" else bundle)("small", "fp16")
     report = run_gate(path, synthetic(Manifest.load(path), 8), reference_bundle=bundle("small", "fp32"),
                       backend=backend, device="cuda")
     assert report.backend == f"{backend}-cuda"
