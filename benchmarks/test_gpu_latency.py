@@ -204,6 +204,8 @@ def test_side_by_side(size: str, stage: str) -> None:
     steps = harness.steps()
     calls = {v: (c.runner.step if stage == "step" else (lambda r=c.runner: r.chunk(steps))) for v, c in cases.items()}
     rounds, warmup = ROUNDS[size][stage]
+    if os.environ.get("XVLA_BENCH_ROUNDS"):
+        rounds = int(os.environ["XVLA_BENCH_ROUNDS"])
     times = interleave.interleaved(calls, rounds, warmup)
     INFO["side_by_side"].append({"size": size, "stage": stage, "order": list(calls), "rounds": rounds,
                                  "median_s": {v: statistics.median(t) for v, t in times.items()},
