@@ -66,3 +66,26 @@ def test_ratio_refuses_runs_of_different_lengths_and_zero_times() -> None:
         ratio({"A": [1.0], "B": [0.0]}, "A", "B")
     with pytest.raises(ValueError, match="needs at least one variant"):
         interleaved({}, 1)
+
+
+def test_the_latency_suite_compares_official_with_each_of_ours_and_ours_with_the_reference() -> None:
+    from benchmarks.test_xvla_latency import side_by_side_ratios
+
+    times = {"onnxruntime-fp32": [1.0, 2.0], "onnxruntime-fp16": [1.5, 3.0], "torch-fp32": [2.0, 2.0],
+             "official-fp32": [3.0, 4.0]}
+    got = {r.label: r.median for r in side_by_side_ratios(times)}
+    assert got == pytest.approx({"official-fp32 / onnxruntime-fp32": 2.5, "official-fp32 / onnxruntime-fp16": 5 / 3,
+                                 "official-fp32 / torch-fp32": 1.75, "onnxruntime-fp16 / onnxruntime-fp32": 1.5,
+                                 "torch-fp32 / onnxruntime-fp32": 1.5})
+
+
+def test_gpu_variants_are_compared_where_they_differ_in_one_thing() -> None:
+    from benchmarks.test_gpu_latency import pairs
+
+    variants = ["torch-eager-fp32", "torch-graph-fp32", "torch-graph-bf16", "onnxruntime-graph-fp32",
+                "tensorrt-graph-fp16", "onnxruntime-eager-fp16"]
+    assert sorted(pairs(variants)) == sorted([
+        ("torch-graph-fp32", "torch-eager-fp32"),  # graph / eager
+        ("torch-graph-bf16", "torch-graph-fp32"),  # bf16 / fp32
+        ("onnxruntime-graph-fp32", "torch-graph-fp32"),  # ONNX Runtime / torch
+    ])  # tensorrt-graph-fp16 and onnxruntime-eager-fp16 differ from every other in two things
