@@ -239,7 +239,8 @@ def build_env(args: argparse.Namespace, cuda_major: int) -> tuple[Result, Option
                       "wheels": str(args.wheels)})
     log = args.work / "env.log"
     left = lambda: args.env_budget - (time.monotonic() - t0)  # noqa: E731
-    if not (stamp.is_file() and stamp.read_text() == key):
+    reused = stamp.is_file() and stamp.read_text() == key
+    if not reused:
         shutil.rmtree(venv, ignore_errors=True)
         venv_cmd = [sys.executable, "-m", "venv", *(["--system-site-packages"] if args.jetson else []), str(venv)]
         pip = [python, "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off",
@@ -251,15 +252,22 @@ def build_env(args: argparse.Namespace, cuda_major: int) -> tuple[Result, Option
                               time.monotonic() - t0), None
         stamp.write_text(key)
     trt = tensorrt_status(python)
-    if trt == "absent" and not args.jetson:
+    tried = venv / ".tensorrt"  # why TensorRT did not install into this venv: not tried again when it is reused
+    if trt == "absent" and tried.is_file():
+        trt = tried.read_text()
+    elif trt == "absent" and not args.jetson:
         cmd = [python, "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off",
                *(["--no-index", "--find-links", str(args.wheels)] if args.wheels else []), f"tensorrt-cu{cuda_major}"]
         ok, tail = run_logged(cmd, log, min(TENSORRT_SHARE, left()))
-        trt = f"installed from the index ({tensorrt_version(python)})" if ok and tensorrt_version(python) \
-            else f"absent: `pip install tensorrt-cu{cuda_major}` {tail}"
+        version = tensorrt_version(python) if ok else None
+        trt = f"installed from the index ({version})" if version else f"absent: `pip install tensorrt-cu{cuda_major}` " \
+            + (tail or "installed nothing that imports")
+        if not version:
+            tried.write_text(trt)
     seconds = time.monotonic() - t0
     how = "venv seeing JetPack's packages" if args.jetson else "venv from the index" if not args.wheels \
         else f"venv from {args.wheels}"
+    how += " (reused)" if reused else ""
     status = "PASS" if seconds <= args.env_budget else "FAIL"
     return Result("env", status, f"{how} in {seconds:.0f} s (budget {args.env_budget} s); TensorRT {trt}", seconds,
                   {"python": python, "tensorrt": trt, "how": how}), python

@@ -160,8 +160,8 @@ def test_the_environment_is_built_in_its_order_and_says_how_tensorrt_came(tmp_pa
         assert env.detail.endswith("TensorRT absent: `pip install tensorrt-cu12` failed: ERROR: No matching "
                                    "distribution found for tensorrt-cu12")
     ran.clear()
-    again, _ = gpu_check.build_env(args, 12)  # the same machine and setup.cfg: the venv is reused
-    assert not [c for c in ran if "venv" in c or "-e" in c]
+    again, _ = gpu_check.build_env(args, 12)  # the same machine and setup.cfg: the venv is reused, TensorRT not retried
+    assert ran == [] and "(reused)" in again.detail and again.detail.endswith(env.detail.split("; ")[-1])
 
 
 def test_an_environment_step_that_fails_stops_the_build_and_names_its_log(tmp_path: Path, monkeypatch) -> None:
