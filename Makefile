@@ -11,7 +11,7 @@ ROBOT_VENV ?= .venv-robot310
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test quick slow-test bench clean-venv
+.PHONY: demo test quick slow-test bench gpu-check clean-venv
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,13 @@ slow-test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/xvla-edge bench --size tiny small
+
+# The GPU paths on the NVIDIA machine at hand, from a clean checkout, with the machine's own python3: builds its
+# environment from the index (<= 5 min), runs every GPU step with its own timeout (<= 8 min), writes
+# benchmarks/results/<arch>-<gpu>/ (docs/benchmarks.md#on-a-gpu-make-gpu-check). Without a GPU: the wiring only.
+# A Jetson: make gpu-check GPU_CHECK_ARGS=--jetson
+gpu-check:
+	$(PYTHON) tools/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean-venv:
 	rm -rf $(VENV) $(ROBOT_VENV)

@@ -22,7 +22,7 @@ import pytest  # noqa: E402
 
 from benchmarks import floor, harness  # noqa: E402
 from benchmarks.machine import cpu_flags, cpu_model  # noqa: E402
-from benchmarks.harness import RESULTS, SESSION  # noqa: E402
+from benchmarks.harness import RESULTS, SESSION, SIDE_BY_SIDE  # noqa: E402
 from benchmarks.names import FLOOR_STAGES  # noqa: E402
 
 PACKAGES = ("numpy", "onnxruntime", "torch", "transformers", "onnx", "pytest-benchmark", "matplotlib")
@@ -51,6 +51,22 @@ def versions() -> dict[str, str]:
     return out
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's own grouping by fixture parameters
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """In the latency suites, each size's side-by-side rounds right after that size's cases, while its runners are
+    still loaded (they keep one size loaded at a time)."""
+    for suite in ("test_xvla_latency.py", "test_gpu_latency.py"):
+        slots = [i for i, item in enumerate(items) if item.path.name == suite and hasattr(item, "callspec")]
+        ordered = sorted((items[i] for i in slots), key=lambda item: _size_rank(item.callspec.params))
+        for i, item in zip(slots, ordered):
+            items[i] = item
+
+
+def _size_rank(params: dict[str, Any]) -> int:
+    size = params["size"] if "size" in params else params["case"][0]
+    return harness.selected_sizes().index(size)
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     SESSION["loadavg_start"] = list(os.getloadavg())
 
@@ -74,7 +90,7 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     machine_info["xvla"] = {
         "cpu_model": cpu_model(), "cores": os.cpu_count(), "flags": cpu_flags(), "versions": versions(),
         **SESSION, "loadavg_end": list(os.getloadavg()),
-        "targets": target_floors(),
+        "targets": target_floors(), "side_by_side": SIDE_BY_SIDE,
     }
 
 
@@ -116,11 +132,14 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if machine:
         tr.write_line(f"this machine: {machine['gflops']:.1f} GFLOP/s fp32 GEMM, {machine['gbps']:.1f} GB/s copy; "
                       f"load average at start {SESSION['loadavg_start'][0]:.2f}")
-    official = {(r["size"], r["stage"]): r["median_s"] for r in RESULTS if r["backend"].startswith("official")}
-    header = ("stage", "size", "backend", "median", "floor", "ratio", "official/ours")
+    header = ("stage", "size", "backend", "median", "floor", "ratio")
     tr.write_line(f"{header[0]:<8} {header[1]:<6} {header[2]:<18} " + " ".join(f"{h:>10}" for h in header[3:]))
     for r in RESULTS:
-        off = official.get((r["size"], r["stage"]))
-        rel = f"{off / r['median_s']:.2f}" if off and not r["backend"].startswith("official") else ""
         tr.write_line(f"{r['stage']:<8} {r['size']:<6} {r['backend']:<18} {_fmt(r['median_s']):>10} "
-                      f"{_fmt(r['floor_s']):>10} {r['ratio']:>10.1f} {rel:>10}")
+                      f"{_fmt(r['floor_s']):>10} {r['ratio']:>10.1f}")
+    if SIDE_BY_SIDE:
+        tr.section("Side by side: backends round by round (A B A B ...); median of the per-round ratios (min–max)")
+        for c in SIDE_BY_SIDE:
+            for r in c["ratios"]:
+                tr.write_line(f"{c['stage']:<8} {c['size']:<6} {r['numerator'] + ' / ' + r['denominator']:<38} "
+                              f"{r['median']:>6.2f} ({r['min']:.2f}–{r['max']:.2f}, {r['rounds']} rounds)")

@@ -268,6 +268,49 @@ def measure_machine(threads: int | None = None, best: Machine | None = None) -> 
                    "the best of the measurements before every case and at the end of the session")
 
 
+def measure_cuda(precision: str = "fp16", n: int = 8192, copy_bytes: int = 1 << 30, runs: int = 10) -> Machine:
+    """The current CUDA device's matmul rate at ``precision`` (fp32: no TF32; fp16, bf16: tensor cores) and its
+    device-to-device copy bandwidth (bytes read + written), each the best of ``runs`` timed with CUDA events after
+    a warm-up, through torch (imported here). The roofline of that GPU as it runs now, not its datasheet."""
+    import torch
+
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 here, as in an fp32 bundle
+    try:
+        a = torch.randn(n, n, device="cuda", dtype=dtype)
+        b = torch.randn(n, n, device="cuda", dtype=dtype)
+        gemm = _best_cuda_seconds(lambda: torch.matmul(a, b), runs)
+        del a, b
+        src = torch.empty(copy_bytes // 4, device="cuda", dtype=torch.float32)
+        dst = torch.empty_like(src)
+        copy = _best_cuda_seconds(lambda: dst.copy_(src), runs)
+        del src, dst
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    return Machine(f"{props.name} (measured)", 2.0 * n ** 3 / gemm, 2.0 * copy_bytes / copy,
+                   f"torch {precision} matmul {n}x{n}x{n} and a {copy_bytes >> 20} MiB device copy, best of {runs} "
+                   f"(CUDA events); {props.multi_processor_count} SMs, {props.total_memory / 2**30:.0f} GiB",
+                   precision)
+
+
+def _best_cuda_seconds(fn, runs: int) -> float:
+    import torch
+
+    fn()
+    torch.cuda.synchronize()
+    best = math.inf
+    for _ in range(runs):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        best = min(best, start.elapsed_time(end) / 1e3)
+    return best
+
+
 # ---------------------------------------------------------------------------------------------------
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"

@@ -33,6 +33,7 @@ DOMAIN_ID = 0
 CAMERA_SHAPE = (480, 640, 3)  # raw images handed to Policy.act (resized by the checkpoint's preprocessing)
 
 RESULTS: list[dict[str, Any]] = []  # extra_info (with the median) of every latency benchmark of the session
+SIDE_BY_SIDE: list[dict[str, Any]] = []  # interleaved rounds of every backend per (size, stage), with their ratios
 SESSION: dict[str, Any] = {}  # measured machine rates, load averages, the official side's library versions
 _BEST: list[floor.Machine] = []  # the best rates measured so far this session
 
@@ -146,6 +147,19 @@ def bundle(size: str, precision: str, batch_sizes: tuple[int, ...] = (1,)) -> Pa
     return path
 
 
+def engines(size: str, precision: str, batch_sizes: tuple[int, ...] = (1,)) -> Path:
+    """The cached bundle of :func:`bundle` with TensorRT engines built on this machine (``xvla-edge build``; again
+    with ``--force`` when the engines there were built elsewhere or from another export)."""
+    from runtime.backends.tensorrt.backend import engines_problem
+
+    path = bundle(size, precision, batch_sizes)
+    if not (path / "engines").is_dir():
+        _xvla_edge("build", str(path))
+    elif engines_problem(path) is not None:
+        _xvla_edge("build", str(path), "--force")
+    return path
+
+
 @dataclass(frozen=True)
 class Inputs:
     """One observation at the network's shapes, and the same observation as a robot hands it over."""
@@ -179,10 +193,18 @@ class Inputs:
                  domain_id=np.array([DOMAIN_ID], dtype=np.int64), proprio=self.proprio, noise=self.noise)
 
 
-class OursRunner:
-    """Our Policy over one backend: the stages go through ``policy.backend`` / ``policy.act``."""
+TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}  # the torch backend's dtype per precision
 
-    def __init__(self, size: str, backend: str) -> None:
+
+class OursRunner:
+    """Our Policy over one backend: the stages go through ``policy.backend`` / ``policy.act``.
+
+    ``backend``: ``<name>-<precision>``; the torch backend runs the fp32 bundle's checkpoint in that precision's
+    dtype, ONNX Runtime the bundle of that precision, TensorRT its engines (built here on first use). ``device`` and
+    ``options`` go to :meth:`runtime.policy.Policy.load` (e.g. ``cuda_graph=True``).
+    """
+
+    def __init__(self, size: str, backend: str, device: str = "cpu", **options: Any) -> None:
         from runtime.policy import Policy
 
         name, precision = backend.rsplit("-", 1)
@@ -190,10 +212,14 @@ class OursRunner:
             import torch
 
             torch.set_num_threads(threads())
-            options: dict[str, Any] = {"checkpoint": checkpoint(size)}
+            options = {"checkpoint": checkpoint(size), "dtype": TORCH_DTYPES[precision], **options}
+            path = bundle(size, "fp32")
+        elif name == "tensorrt":
+            path = engines(size, precision)
         else:
-            options = {"threads": threads()}
-        self.policy = Policy.load(bundle(size, "fp32" if name == "torch" else precision), backend=name, **options)
+            options = {"threads": threads(), **options} if device == "cpu" else options
+            path = bundle(size, precision)
+        self.policy = Policy.load(path, backend=name, device=device, **options)
         self.manifest = self.policy.manifest
 
     def prepare(self, inputs: Inputs) -> None:

@@ -39,12 +39,22 @@ def write_results(data: dict[str, Any], root: Path, machine: str | None = None) 
 
 
 def result_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per benchmark: extra_info, stats and the official/ours ratio of its (stage, size)."""
+    """One row per benchmark: extra_info, stats and the official/ours ratio of its (stage, size): the side-by-side
+    one (median of the per-round ratios of interleaved rounds) where the run has it, else (runs before the
+    side-by-side rounds) the ratio of the two medians."""
     rows = [{**b["extra_info"], "median_s": b["stats"]["median"], "iqr_s": b["stats"]["iqr"],
              "rounds": b["stats"]["rounds"]} for b in data["benchmarks"] if "stage" in b["extra_info"]]
     official = {(r["stage"], r["size"]): r["median_s"] for r in rows if r["backend"].startswith("official")}
+    side = data["machine_info"]["xvla"].get("side_by_side")
+    paired = {(c["stage"], c["size"], r["denominator"]): r for c in side or [] for r in c["ratios"]
+              if r["numerator"].startswith("official")}
     for r in rows:
         r["ratio"] = r["median_s"] / r["floor_s"]
+        if side is not None:
+            pair = paired.get((r["stage"], r["size"], r["backend"]))
+            r["official_over_ours"] = pair["median"] if pair else None
+            r["official_spread"] = (pair["min"], pair["max"]) if pair else None
+            continue
         off = official.get((r["stage"], r["size"]))
         r["official_over_ours"] = off / r["median_s"] if off and not r["backend"].startswith("official") else None
     return sorted(rows, key=lambda r: (_order(SIZES, r["size"]), STAGES.index(r["stage"])))
@@ -90,8 +100,10 @@ def markdown(data: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"- Load average (1 min) {info['loadavg_start'][0]:.2f} at the start, {info['loadavg_end'][0]:.2f} at the "
         f"end, {max(r['loadavg'][0] for r in rows):.2f} at most after a benchmark (the benchmark itself accounts "
         f"for up to {rows[0]['threads']}). **This machine is shared**: "
-        "other processes may have run during the measurements, so absolute times are noisy; ratios taken "
-        "in this one run (official / ours, fp16 / fp32) are the figures to compare.",
+        "other processes may have run during the measurements, so absolute times are noisy; "
+        + ("the side-by-side ratios (backends round by round, A B A B ..., on the same inputs; the median of the "
+           "per-round ratios with its min–max) are the figures to compare." if "side_by_side" in info else
+           "ratios taken in this one run (official / ours, fp16 / fp32) are the figures to compare."),
     ]
     if "official" in info:
         o = info["official"]
@@ -108,6 +120,8 @@ def markdown(data: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     ]
     for r in rows:
         off = f"{r['official_over_ours']:.2f}" if r["official_over_ours"] else ""
+        if r.get("official_spread"):
+            off += f" ({r['official_spread'][0]:.2f}–{r['official_spread'][1]:.2f})"
         lines.append(f"| {r['stage']} | {r['size']} | {r['backend']} | {_t(r['median_s'])} | {_t(r['iqr_s'])} | "
                      f"{r['rounds']} | {_t(r['floor_s'])} | {r['ratio']:.1f} | {off} |")
     agreement = [f"{r['size']} {r['backend']}: {r['max_abs_diff_vs'][REFERENCE]:.1e}" for r in rows
@@ -115,6 +129,7 @@ def markdown(data: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     if agreement:
         lines += ["", f"Chunk agreement with {REFERENCE} (max |Δaction|, same weights, inputs and noise): "
                   + "; ".join(agreement)]
+    lines += side_by_side_lines(info.get("side_by_side") or [])
     for case, why in info.get("not_measured", {}).items():
         lines += ["", f"Not measured: {case}: {why}"]
     targets = [t for t in info["targets"] if t["size"] == "full"]
@@ -124,6 +139,21 @@ def markdown(data: dict[str, Any], rows: list[dict[str, Any]]) -> str:
               f"{_t(t['step_s'])} | {_t(t['chunk_s'])} |" for t in targets]
     lines += ["", "Sources: " + "; ".join(f"{t['target']}: {t['source']}" for t in targets) + "."]
     return "\n".join(lines) + "\n"
+
+
+def side_by_side_lines(comparisons: list[dict[str, Any]]) -> list[str]:
+    """The side-by-side section: every ratio of the interleaved rounds (none: no lines)."""
+    if not comparisons:
+        return []
+    lines = ["", "## Side by side", "",
+             "The backends of a size, round by round (A B A B ..., the same inputs), for each stage; a ratio is the "
+             "median of the per-round ratios (round i: the numerator's time over the denominator's in that round), "
+             "with the smallest and largest per-round ratio. official / ours > 1: ours is faster.", "",
+             "| stage | size | ratio | median | min–max | rounds |", "|---|---|---|---|---|---|"]
+    for c in comparisons:
+        lines += [f"| {c['stage']} | {c['size']} | {r['numerator']} / {r['denominator']} | {r['median']:.2f} | "
+                  f"{r['min']:.2f}–{r['max']:.2f} | {r['rounds']} |" for r in c["ratios"]]
+    return lines
 
 
 def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:

@@ -20,18 +20,24 @@ the size, backend, precision and steps in ``benchmark.extra_info``. The machine'
 are measured before every case and at the end; the floors in the JSON and the closing table use the best
 of those measurements (the least disturbed by other processes). Timings never fail a benchmark; a chunk
 that disagrees with the fp32 chunk of another backend does (wrong weights or inputs, not slowness).
+
+Comparisons between backends come from ``test_side_by_side``: per size and stage, every backend round by round
+(A B A B ..., same inputs; :mod:`benchmarks.interleave`), each ratio the median of the per-round ratios with its
+min–max, recorded in the JSON's ``machine_info.xvla.side_by_side``. The runners of one size stay loaded for it.
 """
 
 from __future__ import annotations
 
 import os
+import statistics
 from dataclasses import dataclass
 from typing import Callable, Union
 
 import numpy as np
 import pytest
 
-from benchmarks import floor, harness
+from benchmarks import floor, harness, interleave
+from benchmarks.names import REFERENCE, STAGES
 
 STEPS = harness.steps()
 # (rounds, warm-up rounds) per size and stage; every case has already run each stage once in ``prepare``.
@@ -55,14 +61,19 @@ class Case:
     step: floor.Work
 
 
-@pytest.fixture(scope="session", params=[(s, b) for s in harness.selected_sizes() for b in harness.selected_backends()],
-                ids=lambda p: f"{p[0]}-{p[1]}")
-def case(request: pytest.FixtureRequest):
-    """One (size, backend): a loaded runner with its inputs bound and its stages run once."""
+LOADED: dict[tuple[str, str], Case] = {}  # the cases of one size, kept loaded for the side-by-side rounds
+
+
+def load_case(size: str, backend: str) -> Case:
+    """One (size, backend): a loaded runner with its inputs bound and its stages run once; kept until a case of
+    another size is loaded (at most one size's runners in memory: the full size needs GBs per backend)."""
     from xvla.config import load_config
     from xvla.sizes import size_config
 
-    size, backend = request.param
+    if (size, backend) in LOADED:
+        return LOADED[(size, backend)]
+    for key in [k for k in LOADED if k[0] != size]:
+        LOADED.pop(key).runner.close()
     cfg, image_size = load_config(harness.checkpoint(size)), size_config(size)[1]
     if backend.startswith("official"):
         setup = harness.official_setup()
@@ -81,8 +92,21 @@ def case(request: pytest.FixtureRequest):
         shapes = floor.Shapes.from_manifest(runner.manifest)
     runner.prepare(harness.Inputs.make(cfg, image_size, views=shapes.views))
     harness.measure_machine()
-    yield Case(size, backend, runner, floor.encoder_work(cfg, shapes), floor.step_work(cfg, shapes))
-    runner.close()
+    LOADED[(size, backend)] = Case(size, backend, runner, floor.encoder_work(cfg, shapes), floor.step_work(cfg, shapes))
+    return LOADED[(size, backend)]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_loaded():
+    yield
+    while LOADED:
+        LOADED.popitem()[1].runner.close()
+
+
+@pytest.fixture(scope="session", params=[(s, b) for s in harness.selected_sizes() for b in harness.selected_backends()],
+                ids=lambda p: f"{p[0]}-{p[1]}")
+def case(request: pytest.FixtureRequest) -> Case:
+    return load_case(*request.param)
 
 
 def measure(benchmark, case: Case, stage: str, fn: Callable[[], None]) -> None:
@@ -106,10 +130,7 @@ def measure(benchmark, case: Case, stage: str, fn: Callable[[], None]) -> None:
         "step_weight_bytes": case.step.weight_bytes, "loadavg": list(os.getloadavg()),
     }
     if benchmark.stats is not None:  # None under --benchmark-disable
-        median = info["median_s"] = benchmark.stats.stats.median
-        if case.backend.startswith("official"):
-            info["official_over_ours"] = {r["backend"]: median / r["median_s"] for r in harness.RESULTS
-                                          if (r["size"], r["stage"]) == (case.size, stage)}
+        info["median_s"] = benchmark.stats.stats.median  # ratios between backends: test_side_by_side
         harness.RESULTS.append(info)
     harness.refloor(info, harness.best_machine())
     benchmark.extra_info.update(info)
@@ -140,3 +161,44 @@ def test_act(benchmark, case: Case) -> None:
     if not isinstance(case.runner, harness.OursRunner):
         pytest.skip("Policy.act (with preprocessing) is ours only")
     measure(benchmark, case, "act", lambda: case.runner.act(STEPS))
+
+
+def stage_call(case: Case, stage: str) -> Callable[[], None] | None:
+    """What a stage runs for a case (None: the stage is not this runner's, e.g. ``act`` of the official one)."""
+    r = case.runner
+    if stage == "act":
+        return (lambda: r.act(STEPS)) if isinstance(r, harness.OursRunner) else None
+    return {"encoder": r.encode, "step": r.step, "chunk": lambda: r.chunk(STEPS)}[stage]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("size", harness.selected_sizes())
+def test_side_by_side(size: str, stage: str) -> None:
+    """Every backend of a size round by round (A B A B ..., same inputs); each ratio the median of the per-round
+    ratios with its min–max (:mod:`benchmarks.interleave`): what the comparisons between backends report."""
+    cases = {}
+    for backend in harness.selected_backends():
+        try:
+            cases[backend] = load_case(size, backend)
+        except pytest.skip.Exception:
+            continue
+    calls = {b: fn for b, c in cases.items() if (fn := stage_call(c, stage)) is not None}
+    if len(calls) < 2:
+        pytest.skip(f"fewer than two backends run the {stage} of {size}")
+    rounds, warmup = ROUNDS[size][stage]
+    if os.environ.get("XVLA_BENCH_ROUNDS"):
+        rounds = int(os.environ["XVLA_BENCH_ROUNDS"])
+    times = interleave.interleaved(calls, rounds, warmup)
+    harness.SIDE_BY_SIDE.append({"size": size, "stage": stage, "order": list(calls), "rounds": rounds,
+                                 "warmup": warmup, "median_s": {b: statistics.median(t) for b, t in times.items()},
+                                 "ratios": [r.to_dict() for r in side_by_side_ratios(times)]})
+
+
+def side_by_side_ratios(times: dict[str, list[float]]) -> list[interleave.Ratio]:
+    """official / each of ours (> 1: ours is faster); each of ours other than the reference / the reference
+    (fp16 / fp32, torch / ONNX Runtime)."""
+    ours = [b for b in times if not b.startswith("official")]
+    out = [interleave.ratio(times, o, b) for o in times if o.startswith("official") for b in ours]
+    if REFERENCE in times:
+        out += [interleave.ratio(times, b, REFERENCE) for b in ours if b != REFERENCE]
+    return out

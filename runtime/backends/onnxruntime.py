@@ -62,6 +62,23 @@ def session_options(threads: int | None, spinning: bool = False) -> ort.SessionO
     return opts
 
 
+_CUDA_LIBRARIES: list[bool] = []  # [True] once the CUDA libraries were loaded for the CUDA provider
+
+
+def load_cuda_libraries() -> None:
+    """Load the CUDA runtime, cuBLAS and cuDNN the CUDA provider needs, once per process: where they come from the
+    package index (``onnxruntime-gpu[cuda,cudnn]``, or torch's ``nvidia-*`` wheels) they are not on the dynamic
+    loader's path, and ``onnxruntime.preload_dlls()`` (ONNX Runtime 1.21+) loads them from there. Builds without it
+    (older ones, JetPack's) find the system's libraries by themselves."""
+    if _CUDA_LIBRARIES or not hasattr(ort, "preload_dlls"):
+        return
+    _CUDA_LIBRARIES.append(True)
+    try:
+        ort.preload_dlls()
+    except Exception as exc:  # a library it looks for is not there: the provider may still find the system's
+        log.warning("onnxruntime.preload_dlls() failed (%s); the CUDA provider looks for the system's libraries", exc)
+
+
 def create_session(path: Path, device: str, threads: int | None, *, cuda_graph: bool = False,
                    spinning: bool = False) -> ort.InferenceSession:
     """A session on exactly the requested device, or :class:`BackendError` naming what is available
@@ -73,8 +90,12 @@ def create_session(path: Path, device: str, threads: int | None, *, cuda_graph: 
     if wanted not in available:
         raise BackendError(f"onnxruntime has no {wanted} in this install (available: {available}); "
                            "for CUDA install onnxruntime-gpu instead of onnxruntime")
-    options = {"enable_cuda_graph": "1"} if cuda_graph and device == "cuda" else {}
+    # fp32 tensors run in fp32: the CUDA provider's default TF32 matmuls and convolutions (Ampere and newer) round
+    # their inputs to 10 mantissa bits, far outside an fp32 bundle's parity (1e-5)
+    options = {"use_tf32": "0", **({"enable_cuda_graph": "1"} if cuda_graph else {})}
     providers = [wanted] if device == "cpu" else [(wanted, options), "CPUExecutionProvider"]
+    if device == "cuda":
+        load_cuda_libraries()
     try:
         sess = ort.InferenceSession(str(path), sess_options=session_options(threads, spinning), providers=providers)
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types

@@ -54,6 +54,32 @@ def test_results_table_has_floor_ratio_and_official_ratio(tmp_path) -> None:
     assert (out / "tiny.png").stat().st_size > 0 and (out / "tiny.json").is_file()
 
 
+def test_side_by_side_ratios_replace_the_ratio_of_medians(tmp_path) -> None:
+    """A run with interleaved rounds reports their per-round ratios: official / ours with its min–max, and every
+    ratio in its own section; the sentence naming the figures to compare says so."""
+    side = [{"size": "tiny", "stage": "chunk", "order": ["onnxruntime-fp32", "onnxruntime-fp16", "official-fp32"],
+             "rounds": 5, "warmup": 1, "median_s": {},
+             "ratios": [{"numerator": "official-fp32", "denominator": "onnxruntime-fp32", "median": 1.25, "min": 1.1,
+                         "max": 1.4, "rounds": 5},
+                        {"numerator": "onnxruntime-fp16", "denominator": "onnxruntime-fp32", "median": 1.5,
+                         "min": 1.45, "max": 1.62, "rounds": 5}]}]
+    data = {
+        "datetime": "2026-01-01T00:00:00.000000", "commit_info": {"id": "0123456789abcdef", "dirty": False},
+        "machine_info": {"machine": "x86_64", "release": "6.1", "xvla": {
+            "cpu_model": "AMD EPYC", "cores": 2, "flags": [], "versions": {"numpy": "2"},
+            "machine": {"gflops": 100.0, "gbps": 10.0, "method": "test"}, "loadavg_start": [0.5],
+            "loadavg_end": [2.0], "targets": [], "side_by_side": side}},
+        # sequential medians say 4.00: the side-by-side 1.25 is what the table must show
+        "benchmarks": [_benchmark("chunk", "onnxruntime-fp32", 0.02, 0.01),
+                       _benchmark("chunk", "official-fp32", 0.08, 0.01)],
+    }
+    out, label = write_results(data, tmp_path)
+    md = (out / f"{label}.md").read_text()
+    assert "| chunk | tiny | onnxruntime-fp32 | 20 ms | 2 ms | 5 | 10 ms | 2.0 | 1.25 (1.10–1.40) |" in md
+    assert "| chunk | tiny | onnxruntime-fp16 / onnxruntime-fp32 | 1.50 | 1.45–1.62 | 5 |" in md
+    assert "the side-by-side ratios (backends round by round" in md and "ratios taken in this one run" not in md
+
+
 @pytest.mark.parametrize("label", ["tiny-small", "full"])
 def test_recorded_run_renders_to_its_committed_files(tmp_path, label: str) -> None:
     """The committed JSON of a real run gives back the committed markdown and JSON, byte for byte."""

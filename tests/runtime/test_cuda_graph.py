@@ -265,3 +265,51 @@ def test_graph_replay_matches_eager_on_a_gpu() -> None:
         a.free()
         b.free()
         stream.free()
+
+
+@pytest.mark.gpu
+def test_a_ping_pong_loop_of_graph_launches_matches_eager_on_a_gpu() -> None:
+    """The TensorRT backend's loop shape: per step k, a device copy of slot k of a schedule into ``t`` outside any
+    graph, then the graph of key k % 2, which reads ``t`` and x0[k % 2] and writes x0[1 - k % 2]; replayed over
+    several chunks with new schedules, it leaves exactly what the same calls leave run eagerly."""
+    if cuda_graph.device_count() == 0:
+        pytest.skip("no CUDA device (needs cuda-python matching the driver and an NVIDIA GPU)")
+    rt = cuda_graph.runtime()
+    stream, slot = Stream(), 256
+    t, x0 = DeviceBuffer(slot), [DeviceBuffer(2 * slot), DeviceBuffer(2 * slot)]
+    schedule = DeviceBuffer(10 * slot)
+    graphs = CudaGraphs(stream, capacity=2)
+
+    def record(k: int) -> None:  # x0[1-k] = [t | x0[k]'s first half]
+        d2d = rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice
+        cuda_call(rt.cudaMemcpyAsync, x0[1 - k].ptr, t.ptr, slot, d2d, stream.handle)
+        cuda_call(rt.cudaMemcpyAsync, x0[1 - k].ptr + slot, x0[k].ptr, slot, d2d, stream.handle)
+
+    def chunk(steps: int, values: np.ndarray, graphed: bool) -> np.ndarray:
+        schedule.upload(np.repeat(values, slot).astype(np.uint8), stream)
+        x0[0].memset(stream)
+        for k in range(steps):
+            t.copy_from(schedule, k * slot, stream)
+            if graphed:
+                graphs.launch(k % 2, lambda key=k % 2: record(key))
+            else:
+                record(k % 2)
+        out = np.empty((2, 2 * slot), np.uint8)
+        x0[0].download(out[0], stream)
+        x0[1].download(out[1], stream)
+        stream.synchronize()
+        return out
+
+    try:
+        rng = np.random.default_rng(0)
+        for steps in (10, 3, 10):
+            values = rng.integers(1, 255, 10)
+            eager, replayed = chunk(steps, values, False), chunk(steps, values, True)
+            np.testing.assert_array_equal(replayed, eager)
+            assert (eager[steps % 2][:slot] == values[steps - 1]).all()  # the last step's t
+        assert graphs.keys == (0, 1)  # two graphs captured once, replayed for every chunk
+    finally:
+        graphs.clear()
+        for buf in (t, *x0, schedule):
+            buf.free()
+        stream.free()

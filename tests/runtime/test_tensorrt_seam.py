@@ -655,6 +655,7 @@ def test_build_engine_asks_for_a_strongly_typed_batch_1_engine(tmp_path: Path, f
     assert (tmp_path / "g.engine").read_bytes() == b"serialized plan"
     assert fake_trt.log[0] == ("flags", 1 << 1)  # STRONGLY_TYPED (kSTRONGLY_TYPED = 1), nothing else
     assert ("pool", "WORKSPACE", 2**30) in fake_trt.log
+    assert ("clear flag", "TF32") in fake_trt.log  # fp32 layers stay fp32
     assert ("profile", {"x": ((1, 3, 4),) * 3}) in fake_trt.log  # only the dynamic input, pinned at min=opt=max
     assert ("cache", b"", False) in fake_trt.log and cache.read_bytes() == b"+tuned;"
     assert lines[0] == "  Building engine (2 steps)" and lines[1] == "    Tactic selection (7 steps)"

@@ -109,6 +109,7 @@ def test_the_loop_matches_the_reference_sampler(bundles, mode) -> None:
     np.testing.assert_allclose(ours, expected[..., : model.action_space.output_dim].numpy(), rtol=0, atol=1e-6)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")
 def test_cuda_graph_chunk_equals_eager_on_the_gpu(bundles) -> None:
     rng = np.random.default_rng(2)

@@ -30,6 +30,7 @@ class FakeTensorRT(ModuleType):
         self.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, severity: None})
         self.NetworkDefinitionCreationFlag = SimpleNamespace(EXPLICIT_BATCH=0, STRONGLY_TYPED=1)
         self.MemoryPoolType = SimpleNamespace(WORKSPACE="WORKSPACE")
+        self.BuilderFlag = SimpleNamespace(TF32="TF32")
         self.TensorIOMode = SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
         self.nptype = lambda dtype: dtype
         self.IProgressMonitor = type("IProgressMonitor", (), {"__init__": lambda self: None})
@@ -43,6 +44,9 @@ class FakeTensorRT(ModuleType):
 
         class Config:
             progress_monitor: Any = None
+
+            def clear_flag(self, flag: str) -> None:
+                fake.log.append(("clear flag", flag))
 
             def set_memory_pool_limit(self, pool: str, size: int) -> None:
                 fake.log.append(("pool", pool, size))

@@ -9,7 +9,8 @@ pytest-benchmark, in the current directory (its checkpoints and bundles are cach
 and writes (:mod:`benchmarks.report`), under ``--out`` (default ``./benchmarks/results`` of the current
 directory) ``/<machine-id>/`` (machine-id: architecture, CPU model and core count), named after the sizes run:
 ``<sizes>.json`` (pytest-benchmark's JSON with machine_info), ``<sizes>.md`` (machine details and a table of
-median, floor, ratio and official/ours per stage, size and backend) and ``<sizes>.png``. The official
+median, floor, ratio and official/ours per stage, size and backend; the ratios between backends from side-by-side
+rounds, A B A B ..., each the median of the per-round ratios with its min–max) and ``<sizes>.png``. The official
 implementation runs beside ours when ``--official-src`` and ``--official-python`` (or ``XVLA_OFFICIAL_SRC`` /
 ``XVLA_OFFICIAL_PYTHON``) are given.
 """

@@ -75,6 +75,9 @@ def build_engine(onnx_path: Path, profiles: Sequence[Mapping[str, tuple[int, ...
         errors = [_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]
         raise TensorRTError(f"{onnx_path}: TensorRT's ONNX parser failed:\n  " + "\n  ".join(errors))
     config = builder.create_builder_config()
+    # fp32 layers in fp32: TF32 (on by default, Ampere and newer) rounds their matmul and convolution inputs to 10
+    # mantissa bits, outside an fp32 bundle's parity (1e-5) and what an fp16 bundle kept in fp32 for accuracy
+    config.clear_flag(trt.BuilderFlag.TF32)
     if workspace_bytes is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
     for profile in _profiles(builder, network, profiles, onnx_path):
