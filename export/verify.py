@@ -67,17 +67,20 @@ def ort_session(path: Path) -> ort.InferenceSession:
     return create_session(path, "cpu", None)
 
 
-#: the prefix rows :func:`parity_prefix` holds: the first ``length // PREFIX_DELAY`` rows frozen (the delay), guided
-#: up to row ``length // 2`` (the horizon)
-PREFIX_DELAY = 5
+def parity_schedule(length: int) -> tuple[int, int]:
+    """(delay, horizon) of the parity checks' prefix for a chunk of ``length`` rows: a fifth of the chunk frozen,
+    guided up to its middle."""
+    delay = length // 5
+    return delay, max(length // 2, delay)
 
 
 def parity_prefix(chunk: np.ndarray) -> Prefix:
     """A committed prefix for the parity checks from a chunk [T, A] of the model's representation: its rows from
-    the delay on (the executing chunk seen from the next chunk's first row), weighted by the soft mask."""
+    the delay on (the executing chunk seen from the next chunk's first row), weighted by the soft mask of
+    :func:`parity_schedule`."""
     T, A = chunk.shape
-    delay = T // PREFIX_DELAY
-    return scheduled_prefix(chunk[delay:], length=T, dim=A, delay=delay, horizon=max(T // 2, delay))
+    delay, horizon = parity_schedule(T)
+    return scheduled_prefix(chunk[delay:], length=T, dim=A, delay=delay, horizon=horizon)
 
 
 def run_bundle_graphs(encoder: ort.InferenceSession, denoise: ort.InferenceSession, obs: Observation, views: int,
@@ -187,8 +190,7 @@ def measure_parity(model: XVLA, ckpt_dir: Path, encoder_path: Path, denoise_path
                         "tolerance": {}, "passed": False, "failures": [overflow]}
     tolerance = TOLERANCES[precision]
     failures = errors.failures(tolerance)
-    T = model.config.num_actions
-    schedule = {"delay": T // PREFIX_DELAY, "horizon": max(T // 2, T // PREFIX_DELAY)}
+    schedule = dict(zip(("delay", "horizon"), parity_schedule(model.config.num_actions)))
     return {
         "observations": len(observations), "steps": steps, "max_abs": max_abs, "chunk": errors.summary(),
         "tolerance": {k: v for k, v in vars(tolerance).items() if v is not None},

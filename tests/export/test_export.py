@@ -136,8 +136,25 @@ def test_fp16_bundle_is_fp16_inside_with_fp32_islands(bundles) -> None:
 
 
 def test_the_fp16_bundle_mixes_the_prefix_in_fp32(bundles) -> None:
-    """The mix and the post-processing after the last MatMul stay fp32: a weight-1 row comes out as the prefix
-    to fp32 rounding (in fp16 it would be off by its half-precision rounding, ~1e-3 of its size)."""
+    """The mix and the post-processing after the last MatMul stay fp32: no Cast to fp16 downstream of the prefix
+    inputs (ONNX Runtime's CPU provider runs some fp16 ops in fp32 anyway; a strongly typed TensorRT network would
+    not), and a weight-1 row comes out as the prefix to fp32 rounding (in fp16 it would be off by its
+    half-precision rounding, ~1e-3 of its size)."""
+    graph = onnx.load(str(bundles["ee6d-fp16"] / "denoise.onnx"), load_external_data=False).graph
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    downstream, frontier = {}, ["prefix", "prefix_weights"]
+    while frontier:
+        for node in readers.get(frontier.pop(), []):
+            if node.name not in downstream:
+                downstream[node.name] = node
+                frontier.extend(node.output)
+    assert {"Mul", "Sub", "Add", "Sigmoid"} <= {n.op_type for n in downstream.values()}
+    halves = [n.name for n in downstream.values() if n.op_type == "Cast"
+              and onnx.helper.get_attribute_value(n.attribute[0]) == onnx.TensorProto.FLOAT16]
+    assert halves == []
     images, proprio, noise = observation(2, 20)
     prefix = (np.random.default_rng(4).standard_normal((1, 30, 20)) * 3 + 0.1).astype(np.float32)
     weights = np.zeros((1, 30), np.float32)
