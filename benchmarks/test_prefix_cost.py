@@ -12,7 +12,8 @@ Per size: the cached random-weight checkpoint of :mod:`benchmarks.harness`, two 
 views) exported once into ``XVLA_BENCH_CACHE``, both loaded in this process on ONNX Runtime (CPU,
 ``XVLA_BENCH_THREADS`` threads) with the same observation encoded. Then :data:`ROUNDS` interleaved rounds, A B A
 B: in each, one side's ``backend.denoise(x1, proprio, 1)`` (one step, through the backend's bound buffers) timed
-:data:`CALLS` times, then the other's; a round's ratio is the median step with the mix over the median without.
+:data:`CALLS` times, then the other's (the order swapped every round, so that neither side always runs first); a
+round's ratio is the median step with the mix over the median without.
 Reported: the median of the per-round ratios and their min–max spread, each side's median step, the CPU.
 """
 
@@ -29,8 +30,8 @@ import pytest
 from benchmarks.harness import cache_dir, checkpoint, selected_sizes, threads
 from benchmarks.machine import cpu_model
 
-ROUNDS = int(os.environ.get("XVLA_BENCH_ROUNDS") or 15)
-CALLS = {"tiny": 100, "small": 20, "full": 3}  # timed steps per side and round
+ROUNDS = int(os.environ.get("XVLA_BENCH_ROUNDS") or 41)
+CALLS = {"tiny": 400, "small": 30, "full": 3}  # timed steps per side and round
 TARGET = 1.02  # issue 36: the extra inputs add at most 2 % to a denoise step
 
 
@@ -79,8 +80,8 @@ def test_prefix_inputs_cost_per_denoise_step(benchmark, size):
     medians: dict[str, list[float]] = {"mix": [], "none": []}
 
     def rounds() -> None:
-        for _ in range(ROUNDS):
-            for name in ("mix", "none"):  # A B A B ...
+        for r in range(ROUNDS):
+            for name in ("mix", "none") if r % 2 == 0 else ("none", "mix"):  # A B, B A, ...: neither always first
                 medians[name].append(median_step(policies[name], inputs[name][4], inputs[name][3], calls))
 
     benchmark.pedantic(rounds, rounds=1, iterations=1)
