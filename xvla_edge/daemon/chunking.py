@@ -44,6 +44,7 @@ import numpy as np
 from drivers.control.interpolation import GripperPolicy, TrajectorySampler
 from drivers.control.splice import SplicePolicy
 from drivers.control.trajectory import Trajectory, TrajectoryError, chunk_times
+from runtime.types import PrefixUnsupported
 from xvla.errors import InputError
 from xvla.realtime_chunking import Prefix, delay_rows, scheduled_prefix
 
@@ -56,8 +57,7 @@ LATENCY_QUANTILE = 90.0
 
 class PrefixUnavailable(InputError):
     """No prefix can be built for the next chunk; ``reason``: ``"delay"`` (the expected delay is longer than a
-    chunk), ``"invalid"`` (the executing trajectory gives no valid rows) or ``"unsupported"`` (the bundle takes
-    none)."""
+    chunk) or ``"invalid"`` (the executing trajectory gives no valid rows)."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -65,14 +65,14 @@ class PrefixUnavailable(InputError):
 
 
 def resolve(chunking: Optional[str], supports_prefix: bool, bundle: str) -> str:
-    """The chunking to run: the configured one (``"rtc"`` refused by name for a bundle whose graphs take no prefix),
-    or when none is configured, ``"rtc"`` where the bundle supports it and ``"blend"`` where it does not."""
+    """The chunking to run: the configured one (``"rtc"`` refused by name for a bundle whose graphs take no prefix:
+    :class:`runtime.types.PrefixUnsupported`), or when none is configured, ``"rtc"`` where the bundle supports it and ``"blend"`` where it does not."""
     if chunking is None:
         return DEFAULT_CHUNKING if supports_prefix else FALLBACK_CHUNKING
     if chunking == "rtc" and not supports_prefix:
-        raise PrefixUnavailable("unsupported", f"[inference].chunking = \"rtc\": the bundle {bundle} was exported "
-                                "without real-time chunking's prefix inputs; re-export it with this version, or "
-                                "choose chunking = \"blend\" or \"replace\"")
+        raise PrefixUnsupported(f"[inference].chunking = \"rtc\": the bundle {bundle} was exported without real-time "
+                                "chunking's prefix inputs; re-export it (`xvla-edge export`), or set chunking = "
+                                "\"blend\" or \"replace\"")
     return chunking
 
 

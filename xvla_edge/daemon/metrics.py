@@ -27,7 +27,7 @@ from xvla_edge.web.metrics import new_registry
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 SEAM_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)  # m/s (rad/s): the seam's bound is 0.25 by default
-PREFIX_REASONS = ("delay", "invalid")  # PrefixUnavailable reasons while running ("unsupported" stops start-up)
+PREFIX_REASONS = ("delay", "invalid")  # the reasons of xvla_edge.daemon.chunking.PrefixUnavailable
 MODES = ("link_lost", "estopped", "fault", "idle", "holding", "tracking")
 
 

@@ -127,7 +127,11 @@ class Supervisor(DaemonState):
         self.metrics.set_bundle(bundle_id=manifest.bundle_id, embodiment=manifest.embodiment,
                                 domain=manifest.domain_id, precision=manifest.precision,
                                 backend=cfg.bundle.backend if cfg.bundle is not None else "remote")
-        mode = resolve(cfg.inference.chunking, bool(getattr(manifest, "supports_prefix", False)), cfg.source)
+        mode = resolve(cfg.inference.chunking, manifest.supports_prefix, cfg.source)
+        if cfg.inference.chunking is None:
+            log.info("chunking %s (%s)", mode, "the bundle supports real-time chunking" if mode == "rtc" else
+                     "the bundle was exported without real-time chunking's prefix inputs: re-export it for rtc",
+                     extra={"event": "chunking", "mode": mode})
         loop_config = cfg.loop_config(mode)
         self.chunking = Chunking(mode, manifest.action, loop_config.splice, loop_config.gripper)
         self.metrics.set_chunking(mode)

@@ -44,9 +44,11 @@ def test_every_chunk_after_the_first_continues_the_executing_one(tmp_path, bundl
         assert asked[0] is None and all(isinstance(p, Prefix) for p in asked[1:]), asked
         last = daemon.chunking.last
         period = 1.0 / daemon.policy.chunk_shape[1]  # the tiny bundle's chunk: 1 s
-        estimate = daemon.chunking.latency_estimate()
-        assert last.delay == int(np.ceil(last.latency_s / period - 1e-9)) and last.latency_s == estimate
+        latencies = list(daemon.chunking.latencies)
+        assert min(latencies) <= last.latency_s <= max(latencies)  # a percentile of the chunks' latencies
+        assert last.delay == int(np.ceil(last.latency_s / period - 1e-9)) >= 1
         assert last.delay <= last.horizon <= daemon.policy.chunk_shape[1]
+        assert len(last.prefix.weights) == last.horizon and (last.prefix.weights[: last.delay] == 1).all()
         assert daemon.seam_values and all(0 <= s < 0.3 for s in daemon.seam_values)  # the envelope's bound: 0.25
         text = daemon.status()["chunking"]["text"]
         assert text.startswith(f"rtc, delay {last.delay} rows") and "hand-overs" in text, text
