@@ -63,9 +63,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ev.add_argument("--latency", type=float, nargs="+", default=None, metavar="S",
                     help="inference latency, s, 0 ... 1: virtual (default 0.1), or with --daemon the latency its "
                          "inference is padded to (default: as this computer runs it); several: one run per latency")
-    ev.add_argument("--chunking", nargs="+", default=["blend"], choices=["rtc", "blend", "replace"],
-                    help="how the next chunk takes over (the daemon's [inference].chunking; rtc: real-time chunking, "
-                         "the bundle must support a prefix); several: one run per mode (default blend)")
+    ev.add_argument("--chunking", nargs="+", default=["blend"], choices=["rtc", "blend", "replace"],  # no import
+                    help="how the next chunk takes over (the daemon's [inference].chunking and its default; rtc: "  # here:
+                         "real-time chunking, the bundle must support a prefix); several: one run per mode "  # --help
+                         "(default blend)")  # stays light; tests/xvla_edge/test_cli.py checks these against the daemon's
     ev.add_argument("--out", type=Path, default=None, help="write NAME.json/.png/.gif here")
     ev.add_argument("--name", default=None, help="file name stem (default: the source)")
     ev.add_argument("--quiet", action="store_true", help="only the summary line")

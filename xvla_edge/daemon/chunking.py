@@ -49,8 +49,7 @@ from xvla.errors import InputError
 from xvla.realtime_chunking import Prefix, delay_rows, scheduled_prefix
 
 CHUNKING = ("rtc", "blend", "replace")
-DEFAULT_CHUNKING = "rtc"  # when [inference].chunking is not set and the bundle supports it (see resolve)
-FALLBACK_CHUNKING = "blend"  # ... and when the bundle does not
+DEFAULT_CHUNKING = "blend"  # measured on the sim task: docs/daemon.md#real-time-chunking (why not "rtc" yet)
 LATENCY_WINDOW = 20  # chunks: about 10 s of a 1 s chunk replanned at half its span
 LATENCY_QUANTILE = 90.0
 
@@ -64,16 +63,13 @@ class PrefixUnavailable(InputError):
         self.reason = reason
 
 
-def resolve(chunking: Optional[str], supports_prefix: bool, bundle: str) -> str:
-    """The chunking to run: the configured one (``"rtc"`` refused by name for a bundle whose graphs take no prefix:
-    :class:`runtime.types.PrefixUnsupported`), or when none is configured, ``"rtc"`` where the bundle supports it and ``"blend"`` where it does not."""
-    if chunking is None:
-        return DEFAULT_CHUNKING if supports_prefix else FALLBACK_CHUNKING
+def check_supported(chunking: str, supports_prefix: bool, bundle: str) -> None:
+    """Refuse ``"rtc"`` by name (:class:`runtime.types.PrefixUnsupported`) for a bundle whose denoise graph takes no
+    prefix (exported before real-time chunking)."""
     if chunking == "rtc" and not supports_prefix:
         raise PrefixUnsupported(f"[inference].chunking = \"rtc\": the bundle {bundle} was exported without real-time "
                                 "chunking's prefix inputs; re-export it (`xvla-edge export`), or set chunking = "
                                 "\"blend\" or \"replace\"")
-    return chunking
 
 
 def splice_mode(chunking: str) -> str:

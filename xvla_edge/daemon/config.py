@@ -150,7 +150,7 @@ class InferenceSection:
 
     start_fraction: float = 0.5
     max_latency_s: float = 1.0
-    chunking: Optional[str] = None  # None: "rtc" where the bundle supports it, else "blend" (chunking.resolve)
+    chunking: str = DEFAULT_CHUNKING
 
 
 @dataclass(frozen=True)
@@ -223,12 +223,11 @@ class RobotConfig:
     def steps(self) -> Optional[int]:
         return (self.bundle or self.remote).steps  # type: ignore[union-attr]
 
-    def loop_config(self, chunking: Optional[str] = None) -> LoopConfig:
-        """The control loop's settings: ``[control]``, ``[safety]``, ``[splice]`` (its mode that of ``chunking``, by
-        default the configured one) and ``[gripper]``."""
+    def loop_config(self) -> LoopConfig:
+        """The control loop's settings: ``[control]``, ``[safety]``, ``[splice]`` (its mode that of
+        ``[inference].chunking``) and ``[gripper]``."""
         c = self.control
-        splice = self.splice if chunking is None else dataclasses.replace(self.splice, mode=splice_mode(chunking))
-        return LoopConfig(rate_hz=c.rate_hz, limits=self.safety, splice=splice, gripper=self.gripper,
+        return LoopConfig(rate_hz=c.rate_hz, limits=self.safety, splice=self.splice, gripper=self.gripper,
                           realtime_priority=c.realtime_priority, cpu=c.cpu, max_trajectory_lag=c.max_trajectory_lag)
 
     def arm_factory(self) -> ArmFactory:
@@ -298,7 +297,7 @@ def _validated(data: Mapping[str, Any], file: Path) -> RobotConfig:
                               expected="a fraction 0 < f < 1 of the chunk's span"),
         max_latency_s=t.take("max_latency_s", float, 1.0, check=lambda x: 0.01 <= x <= 60,
                              expected="seconds 0.01 ... 60"),
-        chunking=t.take("chunking", str, None, choices=CHUNKING))
+        chunking=t.take("chunking", str, DEFAULT_CHUNKING, choices=CHUNKING))
     t.finish()
     splice = _splice(root.table("splice"), inference.chunking)
     gripper = _policy(root.table("gripper"), GripperPolicy)
@@ -649,21 +648,18 @@ def _entry(t: _Table, name: str, entry: Any, build: Callable[[_Table], Any]) -> 
     return built if len(t.problems) == before else None
 
 
-def _splice(t: _Table, chunking: Optional[str]) -> SplicePolicy:
-    """``[splice]``: the splice's numbers; its mode follows ``[inference].chunking`` (not set: as for ``"rtc"``, the
-    daemon replaces it when the bundle needs the fallback). Real-time chunking needs chunks anchored at their
-    observation (its prefix holds the rows the arm executes while the model runs)."""
+def _splice(t: _Table, chunking: str) -> SplicePolicy:
+    """``[splice]``: the splice's numbers; its mode follows ``[inference].chunking``. Real-time chunking needs
+    chunks anchored at their observation (its prefix holds the rows the arm executes while the model runs)."""
     if "mode" in t.data:
         t.read.append("mode")
         t.report("mode", f"moved: set [inference].chunking = {' | '.join(show(c) for c in CHUNKING)} "
                          "(it chooses the splice)")
-    splice = dataclasses.replace(_policy(t, SplicePolicy, skip=("mode",)),
-                                 mode=splice_mode(chunking or DEFAULT_CHUNKING))
-    if chunking in ("rtc", None) and splice.anchor != "observation":
-        default = " (its default)" if chunking is None else ""
-        t.report("anchor", f'expected "observation" with [inference].chunking = "rtc"{default}: real-time chunking '
-                           "freezes the rows the arm executes while the model runs, at their observed times (an "
-                           'arrival-anchored chunk executes them late); or set chunking = "blend" or "replace"')
+    splice = dataclasses.replace(_policy(t, SplicePolicy, skip=("mode",)), mode=splice_mode(chunking))
+    if chunking == "rtc" and splice.anchor != "observation":
+        t.report("anchor", 'expected "observation" with [inference].chunking = "rtc": real-time chunking freezes the '
+                           "rows the arm executes while the model runs, at their observed times (an arrival-anchored "
+                           'chunk executes them late); or set chunking = "blend" or "replace"')
     return splice
 
 

@@ -39,7 +39,7 @@ from xvla.errors import InputError, XVLAError
 from drivers.control.seam import SeamMeter
 from xvla_edge.daemon.bridge import check_arm, chunk_to_trajectory, proprio_from_state
 from xvla_edge.daemon.cameras import open_camera
-from xvla_edge.daemon.chunking import Chunking, PrefixUnavailable, resolve
+from xvla_edge.daemon.chunking import Chunking, PrefixUnavailable, check_supported
 from xvla_edge.daemon.config import RobotConfig
 from xvla_edge.daemon.control import ControlServer, claim, estop_socket_path
 from xvla_edge.daemon.health import HealthServer, Operator
@@ -127,12 +127,9 @@ class Supervisor(DaemonState):
         self.metrics.set_bundle(bundle_id=manifest.bundle_id, embodiment=manifest.embodiment,
                                 domain=manifest.domain_id, precision=manifest.precision,
                                 backend=cfg.bundle.backend if cfg.bundle is not None else "remote")
-        mode = resolve(cfg.inference.chunking, manifest.supports_prefix, cfg.source)
-        if cfg.inference.chunking is None:
-            log.info("chunking %s (%s)", mode, "the bundle supports real-time chunking" if mode == "rtc" else
-                     "the bundle was exported without real-time chunking's prefix inputs: re-export it for rtc",
-                     extra={"event": "chunking", "mode": mode})
-        loop_config = cfg.loop_config(mode)
+        mode = cfg.inference.chunking
+        check_supported(mode, manifest.supports_prefix, cfg.source)
+        loop_config = cfg.loop_config()
         self.chunking = Chunking(mode, manifest.action, loop_config.splice, loop_config.gripper)
         self.metrics.set_chunking(mode)
         phase("opening the cameras")

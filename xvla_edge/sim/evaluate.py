@@ -42,7 +42,7 @@ from runtime.types import ActionChunk, Observation
 from xvla.errors import XVLAError
 from xvla_edge.daemon.bridge import chunk_to_trajectory, proprio_from_state
 from xvla_edge.daemon.cameras import Camera
-from xvla_edge.daemon.chunking import CHUNKING, Chunking, splice_mode
+from xvla_edge.daemon.chunking import CHUNKING, DEFAULT_CHUNKING, Chunking, splice_mode
 from xvla_edge.daemon.robot_toml import emulated_robot
 from xvla_edge.sim import expert
 from xvla_edge.sim.demonstrations import VIEWS, ee6d, sim_arm, start_pose
@@ -60,7 +60,6 @@ SPLITS = ("random", "not-nearest")
 EPISODE_TIMEOUT_S = 8.0
 MAX_LATENCY_S = 1.0  # virtual inference latency: at most a chunk's span of the sim task (1 s)
 VIRTUAL_LATENCY_S = 0.1  # ... unless one is chosen
-SIM_CHUNKING = "blend"  # the sim robot.toml's chunking unless one is chosen
 MAX_EVAL_SEED = 9_999_999
 PATH_HZ = 20.0
 FRAME_HZ = 10.0
@@ -71,7 +70,7 @@ class EvaluationError(XVLAError, ValueError):
 
 
 def sim_robot(bundle: Path, port: str, recordings: Path, instruction: str,
-              chunking: str = SIM_CHUNKING) -> dict[str, Any]:
+              chunking: str = DEFAULT_CHUNKING) -> dict[str, Any]:
     """The daemon configuration of the simulated task (a ``robot.toml``'s data): the emulated robot's, with two
     camera slots (scene, wrist: the daemon is given the simulated cameras for them), a continuous gripper
     (the simulated gripper is position-controlled and the policy's opening ramps within the envelope's
@@ -88,7 +87,7 @@ def sim_robot(bundle: Path, port: str, recordings: Path, instruction: str,
 
 
 def sim_config(bundle: Path, instruction: str = "touch the red block", port: str = "/dev/null",
-               recordings: Path = Path("recordings"), chunking: str = SIM_CHUNKING) -> RobotConfig:
+               recordings: Path = Path("recordings"), chunking: str = DEFAULT_CHUNKING) -> RobotConfig:
     """:func:`sim_robot` validated: the virtual path takes its control-loop settings from here, so both paths
     run the same rate, splice, safety and gripper settings."""
     from xvla_edge.daemon.config import RobotConfig
@@ -123,7 +122,7 @@ def run_virtual(policy: Policy, seed: int, split: str, loop_config: LoopConfig, 
 
 def run_scene(policy: Policy, scene: Scene, start: np.ndarray, loop_config: LoopConfig, *, seed: int = 0,
               latency_s: float = 0.1, start_fraction: float = 0.5, timeout_s: float = EPISODE_TIMEOUT_S,
-              steps: Optional[int] = None, record_frames: bool = False, chunking: str = SIM_CHUNKING) -> EpisodeResult:
+              steps: Optional[int] = None, record_frames: bool = False, chunking: str = DEFAULT_CHUNKING) -> EpisodeResult:
     """One episode on ``scene`` from ``start``; ``seed`` seeds the policy's noise and names the result;
     ``chunking`` sets the splice's mode of ``loop_config`` and, for ``"rtc"``, the prefix of every chunk after
     the first; each hand-over's seam is measured (:mod:`drivers.control.seam`)."""
@@ -307,7 +306,7 @@ class PaddedPolicy:
 
 def run_daemon(bundle: Path, seed: int, split: str, emulator: EmulatorProcess, *, backend: str = "onnxruntime",
                workdir: Path, timeout_s: float = EPISODE_TIMEOUT_S, record_frames: bool = False,
-               chunking: str = SIM_CHUNKING, latency_s: Optional[float] = None) -> EpisodeResult:
+               chunking: str = DEFAULT_CHUNKING, latency_s: Optional[float] = None) -> EpisodeResult:
     """One episode through the real daemon in real time: ``emulator`` (a running xvla-serial emulator
     process, :func:`drivers.xvla_serial.emulator.start`) is the arm; the scene camera reads its pose; the daemon
     runs ``chunking`` and measures its seams itself; with ``latency_s`` its chunks are ready no sooner than that
@@ -358,7 +357,7 @@ def sim_emulator() -> EmulatorProcess:
 def run_episodes(bundle: Path, seeds: Sequence[int], *, split: str = "random", backend: str = "onnxruntime",
                  daemon: bool = False, expert: bool = False, latency_s: Optional[float] = None, frames_for: int = 4,
                  workdir: Optional[Path] = None, progress: Optional[Callable[[str], None]] = None,
-                 chunking: str = SIM_CHUNKING) -> Report:
+                 chunking: str = DEFAULT_CHUNKING) -> Report:
     """Episodes ``seeds`` of ``split`` with the bundle's policy (``backend``), through the daemon, or with the
     scripted expert, chunks taking over as ``chunking`` says; the first ``frames_for`` episodes keep their camera
     frames. ``latency_s``: the virtual inference latency (default :data:`VIRTUAL_LATENCY_S`); on the daemon path,
@@ -434,7 +433,7 @@ def check_latency(latency_s: object) -> float:
 
 def evaluate_cli(*, bundle: Optional[Path], backend: str, daemon: bool, expert: bool, episodes: int, seed: int,
                  split: str, latency_s: Optional[Sequence[float]], out: Optional[Path], name: Optional[str],
-                 progress: Optional[Callable[[str], None]], chunking: Sequence[str] = (SIM_CHUNKING,)) -> list[Report]:
+                 progress: Optional[Callable[[str], None]], chunking: Sequence[str] = (DEFAULT_CHUNKING,)) -> list[Report]:
     """``xvla-edge sim eval``: run every cell (each ``chunking`` at each latency, the same seeds), print, write the
     files (``NAME.*``; with several cells ``NAME-CHUNKING-LATENCYs.*``)."""
     if bundle is None:

@@ -16,7 +16,7 @@ from drivers.control.splice import SplicePolicy
 from runtime.types import PrefixUnsupported
 from xvla.errors import InputError
 from xvla_edge.daemon.bridge import chunk_to_trajectory
-from xvla_edge.daemon.chunking import Chunking, PrefixUnavailable, build_prefix, resolve
+from xvla_edge.daemon.chunking import Chunking, PrefixUnavailable, build_prefix, check_supported
 
 from tests.support.action_rows import SQUASHED, T, chunk_of, manifest_action, model_rows
 
@@ -170,10 +170,11 @@ def test_a_non_finite_latency_gives_no_prefix(latency):
     assert info.value.reason == "invalid"
 
 
-def test_the_mode_is_resolved_for_the_bundle():
-    assert resolve(None, True, "b") == "rtc" and resolve(None, False, "b") == "blend"
-    assert resolve("replace", False, "b") == "replace" and resolve("rtc", True, "b") == "rtc"
+def test_rtc_needs_a_bundle_with_prefix_inputs():
+    check_supported("rtc", True, "b")
+    for mode in ("blend", "replace"):
+        check_supported(mode, False, "b")
     with pytest.raises(PrefixUnsupported, match='chunking = "rtc": the bundle /robot/old was exported without'):
-        resolve("rtc", False, "/robot/old")
+        check_supported("rtc", False, "/robot/old")
     with pytest.raises(InputError, match="chunking = 'fade'"):
         Chunking("fade", action_of("ee6d", 1, "rows"), SplicePolicy(), GripperPolicy())

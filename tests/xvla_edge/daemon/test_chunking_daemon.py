@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -22,10 +23,11 @@ from tests.support.daemon_driving import accepted, drive
 from tests.support.robot_configs import SLOW_LOOP, SMALL_CAMERA
 
 
-def rtc_daemon(tmp_path: Path, bundle: Path, port: str, chunking: str = "rtc") -> Daemon:
+def rtc_daemon(tmp_path: Path, bundle: Path, port: str, chunking: Optional[str] = "rtc") -> Daemon:
+    """A daemon of ``chunking`` (None: the default)."""
     path = tmp_path / "robot.toml"
     path.write_text(robot_toml(bundle, port, tmp_path / "recordings", cameras=SMALL_CAMERA, arm={"timeout_ms": 300},
-                               control=SLOW_LOOP, inference={"chunking": chunking},
+                               control=SLOW_LOOP, inference={} if chunking is None else {"chunking": chunking},
                                splice={"max_latency_s": 5.0}, recorder={"seconds": 5}))
     return Daemon(load_config(path))
 
@@ -99,9 +101,10 @@ def test_rtc_on_a_bundle_without_prefix_inputs_does_not_start(tmp_path, tiny_che
     with pytest.raises(PrefixUnsupported, match=f'chunking = "rtc": the bundle {old} was exported without'):
         daemon.start()
     daemon.close()
-    fallback = rtc_daemon(tmp_path, old, emu.port, chunking="blend")
-    fallback.start()
+    default = rtc_daemon(tmp_path, old, emu.port, chunking=None)  # the default, blend, runs it as before
+    default.start()
     try:
-        assert fallback.chunking.mode == "blend" and fallback.loop.config.splice.mode == "blend"
+        assert default.chunking.mode == "blend" and default.loop.config.splice.mode == "blend"
+        assert drive(default, 20.0, until=lambda d: accepted(d) >= 2)
     finally:
-        fallback.close()
+        default.close()

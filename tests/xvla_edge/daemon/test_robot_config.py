@@ -148,8 +148,7 @@ def test_backends_are_the_runtimes(write):
     ('[arm]', '[inference]\nchunking = "fade"\n[arm]', '[inference].chunking = "fade": expected one of "rtc", "blend"'),
     ('[arm]', '[splice]\nanchor = "arrival"\n[inference]\nchunking = "rtc"\n[arm]',
      '[splice].anchor = "arrival": expected "observation" with [inference].chunking = "rtc": real-time chunking'),
-    ('[arm]', '[splice]\nanchor = "arrival"\n[arm]',
-     '[splice].anchor = "arrival": expected "observation" with [inference].chunking = "rtc" (its default)'),
+
     ('[arm]', '[gripper]\nclose_below = 0.7\n[arm]', "[gripper].close_below = 0.7: GripperPolicy: need 0 <= close_below"),
     ('[arm]', '[inference]\nstart_fraction = 1.5\n[arm]', "[inference].start_fraction = 1.5: expected a fraction 0 < f < 1"),
     ('[arm]', '[health]\nport = 70000\n[arm]', "[health].port = 70000: expected a TCP port"),

@@ -91,3 +91,34 @@ def test_rtc_at_0_4_s_hands_over_with_a_fraction_of_replace_s_seam():
     assert prefixes and all(int(np.count_nonzero(p.weights == 1.0)) in (12, 13) for p in prefixes)
     assert all(14 <= len(p.weights) <= 18 for p in prefixes)
     assert sum(len(p.weights) in (14, 15) for p in prefixes) >= len(prefixes) - len(policies)
+
+
+def test_with_a_real_bundle_the_frozen_rows_come_back_exactly(tiny_batch_bundle):
+    """The whole chain with an exported bundle (the tiny random model, two views, ONNX Runtime) at 0.4 s: the daemon's
+    prefix from the loop's executing trajectory, the mix inside the denoise graph, the decoding and the arm's
+    trajectory again: every chunk after the first holds the executing commands over its frozen rows (a float32
+    round trip), and its time stamps are the rows the prefix was sampled at."""
+    from runtime.policy import Policy
+    from xvla_edge.daemon.bridge import chunk_to_trajectory, trajectory_to_rows
+
+    policy = Policy.load(tiny_batch_bundle, backend="onnxruntime")
+    seen = []
+    act = policy.act
+
+    def spy(obs, **options):
+        chunk = act(obs, **options)
+        seen.append((options.get("prefix"), chunk))
+        return chunk
+
+    policy.act = spy  # type: ignore[method-assign]
+    scene, start = episode_spec(0, "random")
+    loop = sim_config(Path("bundle")).loop_config()
+    run_scene(policy, scene, start, loop, seed=0, latency_s=0.4, timeout_s=2.0, chunking="rtc")  # type: ignore[arg-type]
+    policy.close()
+    assert seen[0][0] is None and len(seen) >= 3
+    for prefix, chunk in seen[1:]:
+        frozen = int(np.count_nonzero(prefix.weights == 1.0))
+        assert frozen in (12, 13)
+        rows = trajectory_to_rows(chunk_to_trajectory(chunk), policy.manifest.action)
+        np.testing.assert_allclose(rows[:frozen, :9], prefix.rows[:frozen, :9], atol=2e-5, rtol=0)
+        np.testing.assert_allclose(rows[:frozen, 9], prefix.rows[:frozen, 9], atol=2e-3, rtol=0)  # a logit
