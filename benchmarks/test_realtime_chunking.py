@@ -81,6 +81,56 @@ def test_realtime_chunking_on_the_sim_task(bundle):
     assert not missed, missed
 
 
+def test_why_the_prefix_does_not_steer_this_policy(bundle):
+    """What the sim policy does with a prefix, on the observations of episodes 0-2 at 0.4 s (RTC): how far its
+    chunk moves when only the noise changes (a flow policy that uses its noisy input answers differently) or with
+    30 denoising steps instead of the manifest's, and how
+    far its free rows (weight 0) and its first guided row move when the prefix is shifted 5 cm along x (per metre
+    of shift: 1 would follow it fully, 0 ignores it; the guided row's own weight is what the mix alone gives).
+    Written to ``realtime-chunking-why.json`` with ``XVLA_RTC_OUT``."""
+    import dataclasses
+
+    import numpy as np
+
+    from runtime.policy import Policy
+    from xvla.realtime_chunking import Prefix
+    from xvla_edge.daemon.bridge import chunk_to_trajectory, trajectory_to_rows
+    from xvla_edge.sim.evaluate import episode_spec, run_scene, sim_config
+
+    policy = Policy.load(bundle, backend="onnxruntime")
+    seen, act = [], policy.act
+    policy.act = lambda obs, **kw: (seen.append((obs, kw.get("prefix"))), act(obs, **kw))[1]  # type: ignore
+    for seed in range(3):
+        scene, start = episode_spec(seed, "random")
+        run_scene(policy, scene, start, sim_config(bundle).loop_config(), seed=seed, latency_s=0.4, timeout_s=3.0,
+                  chunking="rtc")
+    rows = lambda chunk: trajectory_to_rows(chunk_to_trajectory(chunk), policy.manifest.action)  # noqa: E731
+    rng, noise_mm, steps_mm, free, guided, weight = np.random.default_rng(0), [], [], [], [], []
+    for obs, prefix in [s for s in seen if s[1] is not None]:
+        base = act(obs).actions[:, :3]
+        steps_mm.append(1e3 * float(np.abs(act(obs, steps=30).actions[:, :3] - base).max()))
+        for _ in range(3):
+            other = dataclasses.replace(obs, noise=rng.standard_normal(policy.chunk_shape[1:], dtype=np.float32))
+            noise_mm.append(1e3 * float(np.abs(act(other).actions[:, :3] - base).max()))
+        shifted = prefix.rows.copy()
+        shifted[:, 0] += 0.05
+        a = rows(act(obs, prefix=prefix))
+        b = rows(act(obs, prefix=Prefix(shifted, prefix.weights)))
+        n, d = len(prefix.weights), int(np.count_nonzero(prefix.weights == 1.0))
+        free.append(float(np.mean(b[n:, 0] - a[n:, 0])) / 0.05)
+        guided.append(float(b[d, 0] - a[d, 0]) / 0.05)
+        weight.append(float(prefix.weights[d]))
+    policy.close()
+    result = {"observations": len(free), "noise_change_mm": {"median": float(np.median(noise_mm)),
+                                                               "max": float(np.max(noise_mm))},
+              "steps_30_vs_default_mm": {"median": float(np.median(steps_mm)), "max": float(np.max(steps_mm))},
+              "free_rows_follow": {"mean": float(np.mean(free)), "max": float(np.max(np.abs(free)))},
+              "first_guided_row_follows": float(np.mean(guided)), "its_weight": float(np.mean(weight))}
+    print(result)
+    if OUT:
+        (Path(OUT) / "realtime-chunking-why.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
 def targets(cells: dict, daemon: dict) -> list[dict]:
     """Each target of the issue with the numbers it compares and whether it is met."""
     out = []

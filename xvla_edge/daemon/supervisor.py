@@ -32,11 +32,11 @@ from drivers import registry
 from drivers.system import sdnotify
 from drivers.control.control_loop import LoopStats
 from drivers.control.loop_process import ControlLoopClient, ControlLoopError
+from drivers.control.seam import SeamMeter
 from runtime.policy import Policy
 from runtime.remote.client import RemotePolicy, RemoteUnavailable
 from runtime.types import ActionChunk, Observation
 from xvla.errors import InputError, XVLAError
-from drivers.control.seam import SeamMeter
 from xvla_edge.daemon.bridge import check_arm, chunk_to_trajectory, proprio_from_state
 from xvla_edge.daemon.cameras import open_camera
 from xvla_edge.daemon.chunking import Chunking, PrefixUnavailable, check_supported

@@ -74,12 +74,10 @@ def sim_robot(bundle: Path, port: str, recordings: Path, instruction: str,
     """The daemon configuration of the simulated task (a ``robot.toml``'s data): the emulated robot's, with two
     camera slots (scene, wrist: the daemon is given the simulated cameras for them), a continuous gripper
     (the simulated gripper is position-controlled and the policy's opening ramps within the envelope's
-    rate), ``chunking`` (``[inference].chunking``), and chunks smoothed over 9 waypoints (blended in over 0.2 s
-    with ``"blend"``; the trained policy's waypoints
-    zig-zag by millimetres and successive chunks disagree by up to a centimetre where they meet: on seeds
-    0-19, raw and replaced, the envelope changed the command on 86 % of ticks, smoothed and blended on 24 %,
-    9 % in the successful episodes; see
-    docs/sim-task.md)."""
+    rate), ``chunking`` (``[inference].chunking``), and chunks smoothed over 9 waypoints, blended in over 0.2 s
+    with ``"blend"`` (the trained policy's waypoints zig-zag by millimetres and successive chunks disagree by up to
+    a centimetre where they meet: on seeds 0-19, raw and replaced, the envelope changed the command on 86 % of
+    ticks, smoothed and blended on 24 %, 9 % in the successful episodes; see docs/sim-task.md)."""
     camera = {"source": "synthetic", "width": RENDER_SIDE, "height": RENDER_SIDE, "fps": 30, "max_age_s": 0.5}
     return emulated_robot(bundle, port, recordings, instruction, gripper={"mode": "continuous"},
                           splice={"smooth_window": 9}, inference={"chunking": chunking},
@@ -122,7 +120,8 @@ def run_virtual(policy: Policy, seed: int, split: str, loop_config: LoopConfig, 
 
 def run_scene(policy: Policy, scene: Scene, start: np.ndarray, loop_config: LoopConfig, *, seed: int = 0,
               latency_s: float = 0.1, start_fraction: float = 0.5, timeout_s: float = EPISODE_TIMEOUT_S,
-              steps: Optional[int] = None, record_frames: bool = False, chunking: str = DEFAULT_CHUNKING) -> EpisodeResult:
+              steps: Optional[int] = None, record_frames: bool = False,
+              chunking: str = DEFAULT_CHUNKING) -> EpisodeResult:
     """One episode on ``scene`` from ``start``; ``seed`` seeds the policy's noise and names the result;
     ``chunking`` sets the splice's mode of ``loop_config`` and, for ``"rtc"``, the prefix of every chunk after
     the first; each hand-over's seam is measured (:mod:`drivers.control.seam`)."""
