@@ -60,6 +60,7 @@ from calibration.sets import CalibrationSet
 from runtime.backends.onnxruntime import create_session
 from runtime.backends.tensorrt.build import QDQ_PLACEMENT  # what `xvla-edge build` requires of an INT8 bundle
 from runtime.manifest import MANIFEST_FILE, Manifest
+from runtime.manifest_schema import PREFIX_INPUTS
 from runtime.policy import Policy
 from xvla.errors import XVLAError
 from xvla.files import atomic_directory, check_target, inventory, sha256_file
@@ -118,12 +119,16 @@ class Sample:
 def sample_chunk(encoder: ort.InferenceSession, denoiser: ort.InferenceSession, sample: Sample, steps: int,
                  record: list[dict[str, np.ndarray]] | None = None) -> np.ndarray:
     """The sampler loop of the runtime's backends (x0 from zeros, t = i / steps for i = steps..1) on plain
-    sessions; ``record`` collects every step's denoise feed."""
+    sessions; ``record`` collects every step's denoise feed. A denoise graph with real-time chunking's prefix
+    inputs gets zero weights: the chunk without a prefix (the mix after the last MatMul is not quantized)."""
     context = encoder.run(["context"], sample.encoder)[0]
     x0 = np.zeros_like(sample.x1)
+    B, T, A = sample.x1.shape
+    names = {i.name for i in denoiser.get_inputs()}
+    no_prefix = {PREFIX_INPUTS[0]: np.zeros((B, T, A), np.float32), PREFIX_INPUTS[1]: np.zeros((B, T), np.float32)}
     for i in range(steps, 0, -1):
         feed = {"context": context, "x1": sample.x1, "prev": x0, "proprio": sample.proprio,
-                "t": np.array([i / steps], np.float32)}
+                "t": np.array([i / steps], np.float32), **{k: v for k, v in no_prefix.items() if k in names}}
         if record is not None:
             record.append(feed)
         x0, action = denoiser.run(["x0", "action"], feed)

@@ -27,7 +27,7 @@ from export.options import PRECISIONS, ExportOptions
 from export.verify import measure_batch_parity, measure_parity
 from runtime.graph_stamp import DOMAIN_KEY, DOMAINS_KEY
 from runtime.manifest import MANIFEST_FILE, SCHEMA_VERSION
-from runtime.manifest_schema import MAX_BATCH, MAX_BATCH_SIZES
+from runtime.manifest_schema import DOMAIN_INPUT, MAX_BATCH, MAX_BATCH_SIZES, PREFIX_INPUTS
 from xvla.checkpoint import load_checkpoint
 from xvla.config import load_config
 from xvla.constants import (CONFIG_FILE, GRIPPER_CHANNELS, INDEX_FILE, MAX_STEPS, NUM_VIEWS, PREPROCESSOR_FILE,
@@ -162,7 +162,11 @@ def _build(ckpt_dir: Path, tmp: Path, opts: ExportOptions, progress: Callable[[s
     else:
         denoise, what = ServerDenoiseStepGraph(model, list(opts.domains)), f"{len(served)} domains, an input"
         den_args += (torch.tensor(served[:B] * B)[:B],)
-        den_inputs.append("domain_id")
+        den_inputs.append(DOMAIN_INPUT)
+    if opts.prefix_inputs:
+        den_args += (torch.zeros(B, T, A), torch.zeros(B, T))
+        den_inputs += PREFIX_INPUTS
+        what += ", real-time chunking's prefix inputs"
     with _step(progress, "tracing encoder (DaViT + BART encoder + context projections)"
                          + (f", batch sizes {list(opts.batch_sizes)}" if batched else "")):
         export_graph(encoder, enc_args, enc_path, enc_inputs, ["context"], batched=enc_inputs if batched else ())
@@ -172,7 +176,7 @@ def _build(ckpt_dir: Path, tmp: Path, opts: ExportOptions, progress: Callable[[s
     if opts.precision == "fp16":
         with _step(progress, "converting to fp16"):
             convert_fp16(enc_path)
-            convert_fp16(den_path, ["x1", "prev", "proprio", "t"])
+            convert_fp16(den_path, ["x1", "prev", "proprio", "t", *(PREFIX_INPUTS if opts.prefix_inputs else ())])
     stamp(den_path, {DOMAIN_KEY: str(opts.domain_id)} if opts.domains is None  # checked against the manifest
           else {DOMAINS_KEY: ",".join(map(str, served))})                      # when a policy loads
     with _step(progress, "checking both graphs with onnx.checker (full check)"):
@@ -183,8 +187,9 @@ def _build(ckpt_dir: Path, tmp: Path, opts: ExportOptions, progress: Callable[[s
                 raise ExportError(f"{exc}. Nothing was written.") from exc
     with _step(progress, "verifying in ONNX Runtime against PyTorch"):
         parity = measure_parity(model, ckpt_dir, enc_path, den_path, domains={d: _arms(opts, d) for d in served},
-                                server=opts.domains is not None, views=V, steps=opts.steps,
-                                precision=opts.precision, rot6d_layout=opts.rot6d_layout, processor=proc)
+                                server=opts.domains is not None, prefix=opts.prefix_inputs, views=V,
+                                steps=opts.steps, precision=opts.precision, rot6d_layout=opts.rot6d_layout,
+                                processor=proc)
     if not parity["passed"]:
         raise ExportError(f"parity check failed ({opts.precision}): {'; '.join(parity['failures'])}. "
                           f"Figures: {json.dumps(parity['max_abs'])}. Nothing was written.")
@@ -192,7 +197,7 @@ def _build(ckpt_dir: Path, tmp: Path, opts: ExportOptions, progress: Callable[[s
         with _step(progress, f"checking batches {list(opts.batch_sizes[1:])} against batch 1 in ONNX Runtime"):
             parity["batch"] = measure_batch_parity(model, ckpt_dir, enc_path, den_path, views=V, steps=opts.steps,
                                                    sizes=opts.batch_sizes, precision=opts.precision, processor=proc,
-                                                   domains=opts.domains)
+                                                   domains=opts.domains, prefix=opts.prefix_inputs)
         if not parity["batch"]["passed"]:
             raise ExportError(f"batch check failed ({opts.precision}): {'; '.join(parity['batch']['failures'])}. "
                               "Nothing was written.")

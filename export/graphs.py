@@ -5,17 +5,29 @@
                   masked view contributes zero features), BART encoder over [main view | text],
                   ``vlm_proj`` / ``aux_visual_proj``, constant zero features for the 3 − V view slots the
                   robot does not have, and the positional embedding of the context tokens.
-``DenoiseStepGraph`` (context, x1 [1, T, A], prev [1, T, A], proprio [1, P], t [1]; P: the proprio width)
+``DenoiseStepGraph`` (context, x1 [1, T, A], prev [1, T, A], proprio [1, P], t [1], prefix [1, T, A],
+                  prefix_weights [1, T]; P: the proprio width)
                   → (x0 [1, T, A], action [1, T, out]): the re-noise x_t = t·x1 + (1 − t)·prev, the
                   action mode's gripper masking, the transformer with the chosen domain's soft prompt and
                   per-domain encoder/decoder weights folded in as constants (no domain-id input; the
-                  other domains' rows are not in the graph), and the action mode's post-processing
-                  (``action``; the runtime returns it after the last step and feeds ``x0`` back as ``prev``).
-``ServerDenoiseStepGraph`` (the same inputs and ``domain_id`` [B] int64) → (x0, action): the denoising step of
-                  a server bundle, which serves several domains from one backbone: the listed domains' soft
-                  prompts and encoder/decoder weights are constants stacked one row per domain, and each batch
-                  row gathers its own through a map from domain id to row (a batch may mix domains). Domains
-                  not listed map past the last row, so ONNX Runtime refuses them rather than run another row.
+                  other domains' rows are not in the graph), real-time chunking's mix of the predicted clean
+                  chunk with the committed prefix, and the action mode's post-processing (``action``; the
+                  runtime returns it after the last step and feeds ``x0`` back as ``prev``).
+``ServerDenoiseStepGraph`` (the same inputs, ``domain_id`` [B] int64 before the prefix) → (x0, action): the
+                  denoising step of a server bundle, which serves several domains from one backbone: the listed
+                  domains' soft prompts and encoder/decoder weights are constants stacked one row per domain, and
+                  each batch row gathers its own through a map from domain id to row (a batch may mix domains).
+                  Domains not listed map past the last row, so ONNX Runtime refuses them rather than run another
+                  row.
+
+The prefix inputs (real-time chunking, :mod:`xvla.realtime_chunking`): ``prefix`` float32 [B, T, A], the committed
+rows in the model's own representation (the network's width, gripper channels as logits), zeros past the
+committed ones; ``prefix_weights`` float32 [B, T], each row's weight. The network's prediction is mixed row by row,
+``x0 = w·prefix + (1 − w)·x0`` (:func:`xvla.model.mix_prefix`, the reference sampler's mix, after every network
+call including the last), before the post-processing: the mixed ``x0`` is what the runtime feeds back as ``prev``
+and what ``action`` decodes. All-zero weights give the graph's chunk without a prefix, bit for bit. A graph traced
+without the two inputs (``prefix=None``; ``ExportOptions(prefix_inputs=False)``) is the denoise step of bundles
+made before real-time chunking, kept to test that such bundles still run and to measure what the mix costs.
 """
 
 from __future__ import annotations
@@ -24,7 +36,7 @@ import torch
 from torch import nn
 
 from xvla.action_head import timestep_embedding
-from xvla.model import XVLA
+from xvla.model import XVLA, mix_prefix
 
 
 class EncoderGraph(nn.Module):
@@ -86,8 +98,10 @@ class _DenoiseStep(nn.Module):
             return tuple(w.clone() for w in (w_enc, b_enc, w_dec, b_dec[:, None, :], head.prompts(ids)))
 
     def step(self, context: torch.Tensor, x1: torch.Tensor, prev: torch.Tensor, proprio: torch.Tensor,
-             t: torch.Tensor, weights: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``weights``: (w_enc, b_enc, w_dec, b_dec, prompts), each with a leading dimension of 1 or B."""
+             t: torch.Tensor, weights: tuple[torch.Tensor, ...], prefix: torch.Tensor | None,
+             prefix_weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``weights``: (w_enc, b_enc, w_dec, b_dec, prompts), each with a leading dimension of 1 or B; ``prefix``
+        and ``prefix_weights``: the committed prefix mixed into the prediction (None: no mix, no such inputs)."""
         w_enc, b_enc, w_dec, b_dec, prompts = weights
         B, T, _ = x1.shape
         tt = t.view(-1, 1, 1)
@@ -100,6 +114,8 @@ class _DenoiseStep(nn.Module):
         for block in self.blocks:
             x = block(x)
         x0 = self.norm(x[:, :T]) @ w_dec + b_dec
+        if prefix is not None:
+            x0 = mix_prefix(x0, prefix, prefix_weights)
         action = x0 * self.keep + torch.sigmoid(x0) * (1 - self.keep) if self.squash_gripper else x0
         return x0, action[..., : self.output_dim]
 
@@ -113,9 +129,10 @@ class DenoiseStepGraph(_DenoiseStep):
             self.register_buffer(name, value[0] if name != "prompts" else value)
 
     def forward(self, context: torch.Tensor, x1: torch.Tensor, prev: torch.Tensor, proprio: torch.Tensor,
-                t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                t: torch.Tensor, prefix: torch.Tensor | None = None,
+                prefix_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return self.step(context, x1, prev, proprio, t, (self.w_enc, self.b_enc, self.w_dec, self.b_dec,
-                                                         self.prompts))
+                                                         self.prompts), prefix, prefix_weights)
 
 
 class ServerDenoiseStepGraph(_DenoiseStep):
@@ -132,7 +149,8 @@ class ServerDenoiseStepGraph(_DenoiseStep):
         self.register_buffer("rows", rows)
 
     def forward(self, context: torch.Tensor, x1: torch.Tensor, prev: torch.Tensor, proprio: torch.Tensor,
-                t: torch.Tensor, domain_id: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                t: torch.Tensor, domain_id: torch.Tensor, prefix: torch.Tensor | None = None,
+                prefix_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         row = self.rows[domain_id]  # [B]
         return self.step(context, x1, prev, proprio, t, (self.w_enc[row], self.b_enc[row], self.w_dec[row],
-                                                         self.b_dec[row], self.prompts[row]))
+                                                         self.b_dec[row], self.prompts[row]), prefix, prefix_weights)

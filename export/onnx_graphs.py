@@ -7,9 +7,13 @@ protobuf's 2 GB limit).
 fp16: onnxruntime's converter (``onnxruntime.transformers.float16``), fp32 inputs and outputs, with these
 kept in fp32 because fp16 is known to go wrong there: LayerNormalization (variance), Softmax, Sigmoid (the
 gripper squash), and in the denoise graph every node between the graph inputs and the first MatMul (the
-re-noise t·x1 + (1 − t)·prev, the gripper mask and the time embedding's cos/sin). The converter takes
-node names for the last part; :func:`upstream_of_matmul` finds them — that is the one place we go beyond
-what the converter does by itself. The converter appends its Cast nodes at the end of the node list and
+re-noise t·x1 + (1 − t)·prev, the gripper mask and the time embedding's cos/sin) and every node downstream of
+real-time chunking's prefix inputs (the mix of the prediction with the committed prefix and the post-processing
+after it). The converter takes node names for those parts; :func:`upstream_of_matmul` finds them. The converter
+rounds a value to fp16 and back between two fp32 nodes (and after an fp32 graph input);
+:func:`drop_fp16_round_trips` removes those round trips, so the fp32 parts compute in fp32 from the inputs on (a
+weight-1 prefix row comes out as the prefix, not as its fp16 rounding). These are the places we go beyond what
+the converter does by itself. The converter appends its Cast nodes at the end of the node list and
 keeps the fp32 graph's value_info: the result is then sorted topologically and its value_info dropped
 (``onnxruntime.transformers.onnx_model.OnnxModel``), so that tools which validate before they load accept it.
 
@@ -83,12 +87,49 @@ def convert_fp16(path: Path, keep_fp32_from: list[str] = ()) -> None:
         if not node.name:
             node.name = f"node_{i}_{node.op_type}"
     blocked_nodes = upstream_of_matmul(model, list(keep_fp32_from)) if keep_fp32_from else []
+    original = {node.name for node in model.graph.node}
     half = convert_float_to_float16(model, keep_io_types=True, op_block_list=DEFAULT_OP_BLOCK_LIST + FP32_OPS,
                                     node_block_list=blocked_nodes, disable_shape_infer=True)
+    drop_fp16_round_trips(half, original)
     tidy_graph(half)
     remove_graph(path)
     onnx.save_model(half, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=path.name + ".data", size_threshold=1024)
+
+
+def drop_fp16_round_trips(model: onnx.ModelProto, original: set[str]) -> None:
+    """Keep fp32 values fp32 between fp32 nodes, in place. The converter casts every fp32 value it leaves (a graph
+    input, a kept node's output) to fp16, and casts it back for each kept consumer: a value passed from one fp32
+    node to the next is rounded to half precision on the way. Where a Cast to fp32 reads a Cast to fp16 the
+    converter added (not a node of the ``original`` graph, so its input is an fp32 value), the consumers read
+    that input directly (a graph output through an Identity), and Casts left unread are removed."""
+    to_fp16, to_fp32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+
+    def cast_to(node: onnx.NodeProto) -> int | None:
+        return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+    producer = {out: node for node in model.graph.node for out in node.output}
+    outputs = {o.name for o in model.graph.output}
+    source: dict[str, str] = {}  # output of a round trip -> the fp32 value before it
+    for node in model.graph.node:
+        first = producer.get(node.input[0]) if node.input else None
+        if (cast_to(node) == to_fp32 and first is not None and cast_to(first) == to_fp16
+                and first.name not in original):
+            source[node.output[0]] = first.input[0]
+    keep = []
+    for node in model.graph.node:
+        if node.output and node.output[0] in source:
+            if node.output[0] not in outputs:
+                continue
+            node.op_type, node.input[0] = "Identity", source[node.output[0]]
+            del node.attribute[:]
+        for i, name in enumerate(node.input):
+            node.input[i] = source.get(name, name) if name not in outputs else name
+        keep.append(node)
+    read = {name for node in keep for name in node.input} | outputs
+    keep = [node for node in keep if cast_to(node) != to_fp16 or node.name in original or node.output[0] in read]
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
 
 
 def stamp(path: Path, metadata: dict[str, str]) -> None:

@@ -25,6 +25,9 @@ class ExportOptions:
     batch_sizes: tuple[int, ...] = (1,)  # batch sizes the graphs run at (more than (1,): a dynamic batch dimension)
     lora: str | None = None  # a PEFT LoRA adapter directory merged into the checkpoint's weights
     domains: tuple[int, ...] | str | None = None  # a server bundle: these domain ids, or "all"
+    #: the denoise graph takes real-time chunking's prefix inputs (False: the graph of bundles made before them,
+    #: for the tests that such bundles still run and the benchmark of the mix's cost)
+    prefix_inputs: bool = True
 
 
 def parse_domains(text: str) -> tuple[int, ...] | str:

@@ -2,9 +2,13 @@
 
 Same generated observations, same noise, same steps. Records the max abs error of each output (context,
 x0, action) and, through :mod:`calibration.metrics`, the chunk error in physical units; a server bundle, for each
-domain it serves (the observation encoded once, then each domain's sampler). A bundle with batch
-sizes is also checked batch against batch 1: each row of a batched run must equal the same observation run
-alone within :data:`BATCH_TOLERANCE`.
+domain it serves (the observation encoded once, then each domain's sampler). A denoise graph with real-time
+chunking's prefix inputs is checked twice per observation and domain: with all-zero weights (today's chunk) and
+with a scheduled prefix (:func:`parity_prefix`: the reference chunk itself, shifted by the delay, as the daemon
+commits the executing one), against the reference sampler's mix (:func:`xvla.model.mix_prefix`); the second's
+largest differences are recorded as ``prefix``, and both count for the gate. A bundle with batch sizes is also
+checked batch against batch 1: each row of a batched run (rows with a prefix and rows without, when the graph
+takes one) must equal the same observation run alone within :data:`BATCH_TOLERANCE`.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import torch
 
 from calibration.metrics import TOLERANCES, ChunkErrors, accumulate
 from runtime.backends.onnxruntime import create_session
-from xvla.model import XVLA
+from runtime.manifest_schema import DOMAIN_INPUT, PREFIX_INPUTS
+from xvla.model import XVLA, mix_prefix
+from xvla.realtime_chunking import Prefix, scheduled_prefix, stack_prefixes
 from xvla.preprocessing import ImageProcessor, TextTokenizer
 from xvla.random_checkpoint import INSTRUCTIONS
 
@@ -61,13 +67,27 @@ def ort_session(path: Path) -> ort.InferenceSession:
     return create_session(path, "cpu", None)
 
 
+#: the prefix rows :func:`parity_prefix` holds: the first ``length // PREFIX_DELAY`` rows frozen (the delay), guided
+#: up to row ``length // 2`` (the horizon)
+PREFIX_DELAY = 5
+
+
+def parity_prefix(chunk: np.ndarray) -> Prefix:
+    """A committed prefix for the parity checks from a chunk [T, A] of the model's representation: its rows from
+    the delay on (the executing chunk seen from the next chunk's first row), weighted by the soft mask."""
+    T, A = chunk.shape
+    delay = T // PREFIX_DELAY
+    return scheduled_prefix(chunk[delay:], length=T, dim=A, delay=delay, horizon=max(T // 2, delay))
+
+
 def run_bundle_graphs(encoder: ort.InferenceSession, denoise: ort.InferenceSession, obs: Observation, views: int,
-                      steps: int, domain_id: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      steps: int, domain_id: int | None = None,
+                      prefix: Prefix | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(context, x0, action) of one observation through the ONNX graphs (``domain_id``: fed to a server
-    bundle's denoise graph)."""
+    bundle's denoise graph; ``prefix``: to one that takes a prefix)."""
     context = _encode(encoder, obs, views)
     return (context, *_denoise_loop(denoise, context, obs.noise[None], obs.proprio[None], steps,
-                                    None if domain_id is None else [domain_id]))
+                                    None if domain_id is None else [domain_id], [prefix]))
 
 
 def _encode(encoder: ort.InferenceSession, obs: Observation, views: int) -> np.ndarray:
@@ -77,10 +97,15 @@ def _encode(encoder: ort.InferenceSession, obs: Observation, views: int) -> np.n
 
 
 def _denoise_loop(denoise: ort.InferenceSession, context: np.ndarray, x1: np.ndarray, proprio: np.ndarray, steps: int,
-                  domain_ids: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray]:
+                  domain_ids: Sequence[int] | None,
+                  prefixes: Sequence[Prefix | None] = ()) -> tuple[np.ndarray, np.ndarray]:
     """(x0, action) of the sampler's ``steps`` denoise-graph runs on ``context`` (``domain_ids``: one per row, for a
-    server bundle's graph)."""
-    feed = {} if domain_ids is None else {"domain_id": np.asarray(domain_ids, np.int64)}
+    server bundle's graph; ``prefixes``: one per row or none, for a graph that takes a prefix: zero weights where
+    None or not given)."""
+    feed = {} if domain_ids is None else {DOMAIN_INPUT: np.asarray(domain_ids, np.int64)}
+    if PREFIX_INPUTS[0] in {i.name for i in denoise.get_inputs()}:
+        feed.update(zip(PREFIX_INPUTS, stack_prefixes(prefixes or [None] * x1.shape[0], length=x1.shape[1],
+                                                          dim=x1.shape[2])))
     x0 = np.zeros_like(x1)
     for i in range(steps, 0, -1):
         x0, action = denoise.run(None, {"context": context, "x1": x1, "prev": x0, "proprio": proprio,
@@ -89,10 +114,10 @@ def _denoise_loop(denoise: ort.InferenceSession, context: np.ndarray, x1: np.nda
 
 
 @torch.no_grad()
-def reference(model: XVLA, obs: Observation, domain_ids: Sequence[int],
-              steps: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def reference(model: XVLA, obs: Observation, domain_ids: Sequence[int], steps: int,
+              prefixes: Mapping[int, Prefix] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(context, x0, action) of the PyTorch model for the same observation and noise, for each of ``domain_ids``
-    (the observation encoded once).
+    (the observation encoded once), with each domain's prefix of ``prefixes`` mixed into every prediction.
 
     The loop is the sampler of :meth:`XVLA.generate_actions`, written out to keep the last x0.
     """
@@ -104,49 +129,71 @@ def reference(model: XVLA, obs: Observation, domain_ids: Sequence[int],
     context = model.transformer.context(*enc, model.config.num_actions).numpy()
     for domain_id in domain_ids:
         d = torch.tensor([domain_id])
+        prefix = (prefixes or {}).get(domain_id)
+        if prefix is not None:
+            rows, weights = (torch.from_numpy(a)[None] for a in prefix.padded(x1.shape[1]))
         a = torch.zeros_like(x1)
         for i in range(steps, 0, -1):
             t = torch.full((1,), i / steps)
             a = model.denoise_step(enc, x1 * t + a * (1 - t), proprio, t, d)
+            if prefix is not None:
+                a = mix_prefix(a, rows, weights)
         yield context, a.numpy(), model.action_space.postprocess(a).numpy()
 
 
 def measure_parity(model: XVLA, ckpt_dir: Path, encoder_path: Path, denoise_path: Path, *, domains: Mapping[int, int],
                    server: bool, views: int, steps: int, precision: str, rot6d_layout: str = "rows",
-                   processor: ImageProcessor | None = None) -> dict:
+                   processor: ImageProcessor | None = None, prefix: bool = False) -> dict:
     """Parity figures of a pair of graphs for each of ``domains`` (domain id → the arms it drives; ``server``: the
-    denoise graph takes the domain as an input); ``passed`` and ``failures`` against the precision's tolerance,
-    scored on the arms each domain drives (an unused arm's channels are whatever the network left there: a
-    near-zero rot6d has no meaningful rotation, and its error would fail a sound bundle). A server bundle's
-    figures also hold each domain's own largest differences (``domains``)."""
+    denoise graph takes the domain as an input; ``prefix``: it takes a prefix, checked as well with
+    :func:`parity_prefix`); ``passed`` and ``failures`` against the precision's tolerance, scored on the arms each
+    domain drives (an unused arm's channels are whatever the network left there: a near-zero rot6d has no
+    meaningful rotation, and its error would fail a sound bundle). A server bundle's figures also hold each
+    domain's own largest differences (``domains``); with ``prefix``, ``prefix`` holds the largest differences of
+    the runs with one and the delay and horizon of its schedule."""
     encoder, denoise = ort_session(encoder_path), ort_session(denoise_path)
     observations = generated_observations(ckpt_dir, model, views, processor=processor)
     max_abs = {"context": 0.0, "x0": 0.0, "action": 0.0}
     per_domain = {str(d): {"x0": 0.0, "action": 0.0} for d in domains}
+    with_prefix = {"x0": 0.0, "action": 0.0}
     errors = ChunkErrors()
+
+    def compare(ours: tuple[np.ndarray, ...], ref: tuple[np.ndarray, ...], domain_id: int,
+                figures: list[dict[str, float]]) -> str | None:
+        for name, value in zip(max_abs, ours):
+            if not np.isfinite(value).all():
+                return f"the {precision} graphs produced non-finite values in '{name}' (overflow)"
+        for name, a, b in zip(max_abs, ours, ref):
+            diff = float(np.max(np.abs(a - b)))
+            for table in figures:
+                if name in table:
+                    table[name] = max(table[name], diff)
+        accumulate(errors, ref[2], ours[2], model.config.action_mode, rot6d_layout, tuple(range(domains[domain_id])))
+        return None
+
     for obs in observations:
         context = _encode(encoder, obs, views)
-        for domain_id, ref in zip(domains, reference(model, obs, list(domains), steps)):
+        refs = dict(zip(domains, reference(model, obs, list(domains), steps)))
+        prefixes = {d: parity_prefix(ref[1][0]) for d, ref in refs.items()} if prefix else {}
+        runs = [(d, refs[d], None, [max_abs, per_domain[str(d)]]) for d in domains]
+        runs += [(d, ref, prefixes[d], [with_prefix]) for d, ref in
+                 zip(prefixes, reference(model, obs, list(prefixes), steps, prefixes))]
+        for domain_id, ref, committed, figures in runs:
             ours = (context, *_denoise_loop(denoise, context, obs.noise[None], obs.proprio[None], steps,
-                                            [domain_id] if server else None))
-            for name, value in zip(max_abs, ours):
-                if not np.isfinite(value).all():
-                    return {"observations": len(observations), "steps": steps, "max_abs": max_abs, "chunk": {},
-                            "tolerance": {}, "passed": False,
-                            "failures": [f"the {precision} graphs produced non-finite values in '{name}' (overflow)"]}
-            for name, a, b in zip(max_abs, ours, ref):
-                diff = float(np.max(np.abs(a - b)))
-                max_abs[name] = max(max_abs[name], diff)
-                if name in per_domain[str(domain_id)]:
-                    per_domain[str(domain_id)][name] = max(per_domain[str(domain_id)][name], diff)
-            accumulate(errors, ref[2], ours[2], model.config.action_mode, rot6d_layout,
-                       tuple(range(domains[domain_id])))
+                                            [domain_id] if server else None, [committed]))
+            overflow = compare(ours, ref, domain_id, figures)
+            if overflow:
+                return {"observations": len(observations), "steps": steps, "max_abs": max_abs, "chunk": {},
+                        "tolerance": {}, "passed": False, "failures": [overflow]}
     tolerance = TOLERANCES[precision]
     failures = errors.failures(tolerance)
+    T = model.config.num_actions
+    schedule = {"delay": T // PREFIX_DELAY, "horizon": max(T // 2, T // PREFIX_DELAY)}
     return {
         "observations": len(observations), "steps": steps, "max_abs": max_abs, "chunk": errors.summary(),
         "tolerance": {k: v for k, v in vars(tolerance).items() if v is not None},
         "passed": not failures, "failures": failures, **({"domains": per_domain} if server else {}),
+        **({"prefix": {**schedule, "max_abs": with_prefix}} if prefix else {}),
     }
 
 
@@ -156,15 +203,20 @@ BATCH_TOLERANCE = {"fp32": 1e-5, "fp16": 2e-3}
 
 def measure_batch_parity(model: XVLA, ckpt_dir: Path, encoder_path: Path, denoise_path: Path, *, views: int,
                          steps: int, sizes: tuple[int, ...], precision: str,
-                         processor: ImageProcessor | None = None, domains: Sequence[int] | None = None) -> dict:
+                         processor: ImageProcessor | None = None, domains: Sequence[int] | None = None,
+                         prefix: bool = False) -> dict:
     """For each batch size above 1: ``size`` different observations (images, instructions, view masks, proprio,
     noise) in one batched run against each alone; the largest difference per output and ``passed``. A server
-    bundle's (``domains``) rows take its domains in turn, so a batch mixes them."""
+    bundle's (``domains``) rows take its domains in turn, so a batch mixes them; with ``prefix`` (the graph takes
+    one) every other row has a prefix (:func:`parity_prefix` of random rows), the others none."""
     encoder, denoise = ort_session(encoder_path), ort_session(denoise_path)
     observations = generated_observations(ckpt_dir, model, views, count=max(sizes), seed=1, processor=processor)
     row_domains = None if domains is None else [domains[i % len(domains)] for i in range(len(observations))]
-    alone = [run_bundle_graphs(encoder, denoise, obs, views, steps, None if domains is None else row_domains[i])
-             for i, obs in enumerate(observations)]
+    rng = np.random.default_rng(2)
+    prefixes = [parity_prefix(rng.normal(0, 0.5, obs.noise.shape).astype(np.float32)) if prefix and i % 2 == 0
+                else None for i, obs in enumerate(observations)]
+    alone = [run_bundle_graphs(encoder, denoise, obs, views, steps, None if domains is None else row_domains[i],
+                               prefixes[i]) for i, obs in enumerate(observations)]
     max_abs = {"context": 0.0, "x0": 0.0, "action": 0.0}
     for size in sizes[1:]:
         batch = observations[:size]
@@ -172,7 +224,7 @@ def measure_batch_parity(model: XVLA, ckpt_dir: Path, encoder_path: Path, denois
                               input_ids=np.stack([o.input_ids for o in batch]),
                               proprio=np.stack([o.proprio for o in batch]), noise=np.stack([o.noise for o in batch]))
         together = run_batch_graphs(encoder, denoise, stacked, views, steps,
-                                    None if row_domains is None else row_domains[:size])
+                                    None if row_domains is None else row_domains[:size], prefixes[:size])
         for k, name in enumerate(max_abs):
             for row in range(size):
                 diff = np.abs(together[k][row] - alone[row][k][0])
@@ -185,8 +237,10 @@ def measure_batch_parity(model: XVLA, ckpt_dir: Path, encoder_path: Path, denois
 
 
 def run_batch_graphs(encoder: ort.InferenceSession, denoise: ort.InferenceSession, obs: Observation, views: int,
-                     steps: int, domain_ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(context, x0, action) of a stacked batch ``obs`` (every field with a leading batch dimension)."""
+                     steps: int, domain_ids: Sequence[int] | None = None,
+                     prefixes: Sequence[Prefix | None] = ()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(context, x0, action) of a stacked batch ``obs`` (every field with a leading batch dimension; ``prefixes``:
+    one per row, or none)."""
     context = encoder.run(None, {"pixel_values": obs.pixels[:, :views], "image_mask": obs.mask[:, :views],
                                  "input_ids": obs.input_ids})[0]
-    return (context, *_denoise_loop(denoise, context, obs.noise, obs.proprio, steps, domain_ids))
+    return (context, *_denoise_loop(denoise, context, obs.noise, obs.proprio, steps, domain_ids, prefixes))

@@ -14,7 +14,7 @@ on load (:mod:`runtime.manifest_schema`: types, ranges, shapes against each othe
 | ``inputs`` | ``token_length``, ``image_size``, ``view_slots`` (3), ``views`` (slots the encoder computes; the rest get zero features), ``proprio_dim`` |
 | ``precision`` | ``fp32`` / ``fp16`` / ``int8`` |
 | ``export`` | ``opset``, ``exporter``, library ``versions`` |
-| ``graphs`` | ``encoder`` / ``denoise``: ``file`` and the ``inputs`` / ``outputs`` (name, shape, dtype) |
+| ``graphs`` | ``encoder`` / ``denoise``: ``file`` and the ``inputs`` / ``outputs`` (name, shape, dtype); a denoise graph with the inputs ``prefix`` and ``prefix_weights`` supports real-time chunking (:attr:`Manifest.supports_prefix`; bundles exported before it have neither and run as before) |
 | ``batch_sizes`` | optional: the batch sizes the graphs were exported and checked for, ``[1, ...]`` increasing; then dimension 0 of every tensor but ``t`` is ``"batch"`` (absent: batch 1 only, every dimension a number) |
 | ``files`` | every file of the bundle except the manifest: ``sha256`` and ``bytes`` (nothing else may be in the directory but ``engines/``) |
 | ``parity`` | figures measured at export time against the PyTorch checkpoint, and the tolerances they met |
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime import manifest_schema
-from runtime.manifest_schema import BATCH_DIM
+from runtime.manifest_schema import BATCH_DIM, PREFIX_INPUTS
 from xvla.errors import XVLAError
 from xvla.files import file_problem
 
@@ -140,6 +140,12 @@ class Manifest:
         view = Manifest(raw=raw, encoder=self.encoder, denoise=self.denoise)
         view.__dict__["bundle_id"] = self.bundle_id  # the bundle it runs is this one
         return view
+
+    @property
+    def supports_prefix(self) -> bool:
+        """The denoise graph takes real-time chunking's committed prefix and its weights
+        (:data:`~runtime.manifest_schema.PREFIX_INPUTS`): the bundle was exported with them."""
+        return PREFIX_INPUTS[0] in {s.name for s in self.denoise.inputs}
 
     @property
     def embodiment(self) -> str:

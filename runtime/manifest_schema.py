@@ -18,7 +18,7 @@ with, graph files against the ``files`` inventory, file names are plain names. T
 | ``inputs`` | ``token_length`` 1 … 1024, ``image_size`` 16 … 2048, ``view_slots`` 1 … 3 (3 for official checkpoints; LeRobot's ``num_image_views``), ``views`` 1 … ``view_slots``, ``proprio_dim`` 1 … 1024 (``action.dim``, or wider: LeRobot's ``max_state_dim``; above the gripper channels), optional ``state_dim`` 1 … ``proprio_dim`` − 1 (the robot's state, zero-padded to ``proprio_dim``) |
 | ``precision`` | ``fp32``, ``fp16`` or ``int8`` |
 | ``batch_sizes`` | optional: 1 … :data:`MAX_BATCH` increasing, starting with 1, at most :data:`MAX_BATCH_SIZES` of them |
-| ``graphs.*`` | a ``file`` listed in ``files``; the tensors the runtime binds, with the shapes the fields above imply (dimension 0 ``"batch"`` for every tensor but ``t`` when ``batch_sizes`` is given) and at most :data:`MAX_TENSOR_ELEMENTS` elements each at the largest batch size |
+| ``graphs.*`` | a ``file`` listed in ``files``; the tensors the runtime binds, with the shapes the fields above imply (dimension 0 ``"batch"`` for every tensor but ``t`` when ``batch_sizes`` is given) and at most :data:`MAX_TENSOR_ELEMENTS` elements each at the largest batch size; the denoise graph's inputs with both or neither of :data:`PREFIX_INPUTS` (float32 ``prefix`` [batch, chunk_length, dim], ``prefix_weights`` [batch, chunk_length]: a bundle that supports real-time chunking) |
 | ``files`` | plain names (no ``/``, no ``..``, not ``manifest.json``) → ``sha256`` (64 hex digits) and ``bytes`` (integer ≥ 0) |
 | ``source.lora`` | optional (a LoRA adapter was merged): ``name`` (its directory's name), ``path``, ``files`` (exactly ``adapter_config.json`` and ``adapter_model.safetensors``, each ``sha256`` and ``bytes``), ``r`` 1 … :data:`MAX_LORA_RANK`, ``lora_alpha`` finite and non-zero, ``target_modules`` (a non-empty list of names), ``modules_to_save`` (a list of names), ``layers`` (integer ≥ 0), ``base_model_name_or_path`` (a string or null) |
 """
@@ -52,6 +52,9 @@ GRAPH_TENSORS = {
     "denoise": (("context", "x1", "prev", "proprio", "t"), ("x0", "action")),
 }
 DOMAIN_INPUT = "domain_id"  # the server bundle's extra denoise input: each batch row's domain
+#: real-time chunking's denoise inputs, both or neither (bundles exported before them have neither): the committed
+#: prefix [batch, chunk_length, dim] and its row weights [batch, chunk_length], float32 (export/graphs.py)
+PREFIX_INPUTS = ("prefix", "prefix_weights")
 _DOMAIN = Field(int, low=0, high=MAX_DOMAINS - 1)
 
 
@@ -125,10 +128,12 @@ def problems(d: Any, manifest_file: str) -> list[str]:
     b = BATCH_DIM if batched else 1
     shapes = {"pixel_values": [b, views, 3, size, size], "image_mask": [b, views], "input_ids": [b, tokens],
               "x1": [b, length, dim], "prev": [b, length, dim], "x0": [b, length, dim], "proprio": [b, proprio], "t": [1],
-              "action": [b, length, action.data["output_dim"]], DOMAIN_INPUT: [b]}
+              "action": [b, length, action.data["output_dim"]], DOMAIN_INPUT: [b],
+              PREFIX_INPUTS[0]: [b, length, dim], PREFIX_INPUTS[1]: [b, length]}
     graphs = root.table("graphs", required=True, expected="an object").data
     for graph, (ins, outs) in GRAPH_TENSORS.items():
-        ins = (*ins, DOMAIN_INPUT) if server and graph == "denoise" else ins
+        if graph == "denoise":
+            ins = (*ins, *((DOMAIN_INPUT,) if server else ()), *(PREFIX_INPUTS if _takes_prefix(graphs) else ()))
         _graph(found, graphs.get(graph), f"graphs.{graph}", ins, outs, shapes, files, b, sizes[-1])
     if not found and graphs["encoder"]["outputs"][0]["shape"] != _context_shape(graphs["denoise"]):
         found.other("graphs.denoise.inputs context", f"shape {show(_context_shape(graphs['denoise']))}; the "
@@ -222,6 +227,9 @@ def _graph(found: Problems, g: Any, where: str, ins: tuple[str, ...], outs: tupl
                 found.value(f"{where}.{key} {name} dtype", t.get("dtype"), f"expected {one_of(DTYPES)}")
             elif name == DOMAIN_INPUT and t["dtype"] != "int64":
                 found.value(f"{where}.{key} {name} dtype", t["dtype"], "expected 'int64' (domain ids)")
+            elif name in PREFIX_INPUTS and t["dtype"] != "float32":
+                found.value(f"{where}.{key} {name} dtype", t["dtype"], "expected 'float32' (the prefix is mixed "
+                                                                       "in fp32 at every precision)")
             if not (isinstance(shape, list) and shape and all(_SIZE.accepts(n) or (i == 0 and lead == n == BATCH_DIM)
                                                                for i, n in enumerate(shape))
                     and math.prod(largest if n == BATCH_DIM else n for n in shape) <= MAX_TENSOR_ELEMENTS):
@@ -233,6 +241,13 @@ def _graph(found: Problems, g: Any, where: str, ins: tuple[str, ...], outs: tupl
                                                                    "inputs)")
             elif name == "context" and (len(shape) != 3 or shape[0] != lead):
                 found.value(f"{where}.{key} context shape", shape, f"expected [{show(lead)}, tokens, width]")
+
+
+def _takes_prefix(graphs: Any) -> bool:
+    """Whether the manifest declares a prefix input of the denoise graph (then it must declare both)."""
+    denoise = graphs.get("denoise") if isinstance(graphs, dict) else None
+    inputs = denoise.get("inputs") if isinstance(denoise, dict) else None
+    return isinstance(inputs, list) and any(isinstance(t, dict) and t.get("name") in PREFIX_INPUTS for t in inputs)
 
 
 def _context_shape(denoise: dict[str, Any]) -> Any:

@@ -6,6 +6,8 @@
     future = policy.act_async(next_obs)                     # start the next chunk while this one executes
     chunks = policy.act_batch([obs_a, obs_b, obs_c])        # a bundle exported with --batch-sizes
     chunk = server.act(obs, domain_id=0)                    # a server bundle (export --domains): any domain it lists
+    chunk = policy.act(obs, prefix=scheduled_prefix(rows, length=30, dim=20, delay=3, horizon=15))
+                                                            # real-time chunking: continue the executing chunk
 
 Preprocessing is the checkpoint's own (:mod:`xvla.preprocessing`: numpy + Pillow + tokenizers); the
 instruction's token ids are cached while it does not change. This module imports neither torch nor
@@ -26,9 +28,10 @@ from runtime.backends.base import Backend, BackendError, BackendUnavailable
 from runtime.decode import chunk_timestamps, decode_arms
 from runtime.graph_stamp import check_stamp
 from runtime.manifest import BundleError, Manifest
-from runtime.types import (ActionChunk, CheckedObservation, Observation, UnknownDomain, check_timestamp,
-                           checked_proprio)
+from runtime.types import (ActionChunk, CheckedObservation, Observation, PrefixUnsupported, UnknownDomain,
+                           check_timestamp, checked_proprio)
 from xvla.errors import InputError
+from xvla.realtime_chunking import Prefix, check_prefix, stack_prefixes
 from xvla.constants import MAX_STEPS, NUM_VIEWS
 from xvla.instruction import check_instruction
 from xvla.preprocessing import ImageProcessor, TextTokenizer, check_views
@@ -167,21 +170,43 @@ class Policy:
             raise InputError(f"steps = {steps!r}: expected an integer 1 ... {MAX_STEPS}")
         return int(steps)
 
-    def act(self, obs: Observation, *, steps: int | None = None, domain_id: int | None = None) -> ActionChunk:
-        """One action chunk for ``obs`` (``steps`` defaults to the manifest's; ``domain_id``: see :meth:`domain`)."""
-        steps, domain = self._steps(steps), self.domain(domain_id)
+    def checked_prefix(self, prefix: Prefix | None, where: str = "prefix") -> Prefix | None:
+        """``prefix`` re-checked against this bundle (:func:`xvla.realtime_chunking.check_prefix`: it may be built
+        by hand): rows of the network's width ``action.dim`` in the model's representation, at most
+        ``chunk_length`` of them, weights in [0, 1] not increasing. :class:`PrefixUnsupported` when the bundle's
+        denoise graph takes none, :class:`InputError` naming ``where`` otherwise; None passes."""
+        if prefix is None:
+            return None
+        if not self.manifest.supports_prefix:
+            raise PrefixUnsupported(f"{where}: bundle {self.bundle_dir.name} (id {self.manifest.bundle_id[:12]}) was "
+                                    "exported before real-time chunking: its denoise graph takes no prefix. Re-export "
+                                    "it (`xvla-edge export`) to continue chunks with a prefix; without one it runs "
+                                    "as before")
+        if not isinstance(prefix, Prefix):
+            raise InputError(f"{where}: expected an xvla.realtime_chunking.Prefix (made by scheduled_prefix or "
+                             f"check_prefix), got {type(prefix).__name__}")
+        return check_prefix(prefix.rows, prefix.weights, length=self.chunk_shape[1], dim=self.chunk_shape[2],
+                            where=where)
+
+    def act(self, obs: Observation, *, steps: int | None = None, domain_id: int | None = None,
+            prefix: Prefix | None = None) -> ActionChunk:
+        """One action chunk for ``obs`` (``steps`` defaults to the manifest's; ``domain_id``: see :meth:`domain`;
+        ``prefix``: real-time chunking's committed prefix, which the chunk continues, see :meth:`checked_prefix`)."""
+        steps, domain, prefix = self._steps(steps), self.domain(domain_id), self.checked_prefix(prefix)
         t0 = time.perf_counter()
-        return self._run([obs], [self.preprocess(obs)], 1, steps, t0, [domain])[0]
+        return self._run([obs], [self.preprocess(obs)], 1, steps, t0, [domain], [prefix])[0]
 
     def act_batch(self, observations: Sequence[Observation], *, steps: int | None = None,
-                  domain_ids: Sequence[int | None] | int | None = None) -> list[ActionChunk]:
+                  domain_ids: Sequence[int | None] | int | None = None,
+                  prefixes: Sequence[Prefix | None] | None = None) -> list[ActionChunk]:
         """One chunk per observation, computed together: up to the bundle's largest batch size at once (more as
         several batches), as a batch of exactly ``n`` on ONNX Runtime and torch (dynamic shapes), on TensorRT as
         the smallest listed size that holds them (the free rows repeat the last observation; their chunks are
         dropped). Each chunk equals :meth:`act` of its observation with the
         same noise (within the bundle's recorded batch tolerance, ``parity.batch``); ``timings`` are the batch's.
-        ``domain_ids``: one per observation, or one for all (a server bundle's batch may mix its domains). Every
-        observation is checked before anything runs."""
+        ``domain_ids``: one per observation, or one for all (a server bundle's batch may mix its domains).
+        ``prefixes``: one per observation (None: that chunk without one; see :meth:`checked_prefix`). Every
+        observation and prefix is checked before anything runs."""
         steps = self._steps(steps)
         t0 = time.perf_counter()
         if domain_ids is None or isinstance(domain_ids, (int, np.integer)):
@@ -189,6 +214,13 @@ class Policy:
         if len(domain_ids) != len(observations):
             raise InputError(f"domain_ids: {len(domain_ids)} for {len(observations)} observations; give one per "
                              "observation, or one for all")
+        if prefixes is None:
+            prefixes = [None] * len(observations)
+        if not isinstance(prefixes, (list, tuple)) or len(prefixes) != len(observations):
+            raise InputError(f"prefixes: expected a list of one prefix (or None) per observation "
+                             f"({len(observations)}), got {type(prefixes).__name__}"
+                             + (f" of {len(prefixes)}" if isinstance(prefixes, (list, tuple)) else ""))
+        prefixes = [self.checked_prefix(p, f"prefixes[{i}]") for i, p in enumerate(prefixes)]
         rows, domains = [], []
         for i, (obs, domain_id) in enumerate(zip(observations, domain_ids)):
             try:
@@ -202,22 +234,27 @@ class Policy:
         for start in range(0, len(rows), largest):
             part = slice(start, start + largest)
             batch = self.backend.batch_for(len(rows[part]))
-            chunks += self._run(list(observations[part]), rows[part], batch, steps, t0, domains[part])
+            chunks += self._run(list(observations[part]), rows[part], batch, steps, t0, domains[part], prefixes[part])
             t0 = time.perf_counter()
         return chunks
 
     def _run(self, observations: list[Observation], rows: list[tuple[np.ndarray, ...]], batch: int, steps: int,
-             t0: float, domains: list[int]) -> list[ActionChunk]:
-        """Chunks for ``observations`` (preprocessed: ``rows``; for ``domains``) run as one batch of ``batch``
-        rows; ``t0``: when their preprocessing began."""
+             t0: float, domains: list[int], prefixes: list[Prefix | None]) -> list[ActionChunk]:
+        """Chunks for ``observations`` (preprocessed: ``rows``; for ``domains``, continuing ``prefixes``, checked)
+        run as one batch of ``batch`` rows; ``t0``: when their preprocessing began."""
         rows = rows + [rows[-1]] * (batch - len(rows))
         pixels, mask, ids, proprio, x1 = (np.concatenate(parts) if batch > 1 else parts[0] for parts in zip(*rows))
         domain_ids = np.array(domains + [domains[-1]] * (batch - len(domains)), np.int64)
+        committed = {}
+        if any(p is not None for p in prefixes):  # padding rows: none
+            T, A = self.chunk_shape[1:]
+            committed = dict(zip(("prefix", "weights"),
+                                 stack_prefixes(prefixes + [None] * (batch - len(prefixes)), length=T, dim=A)))
         t1 = time.perf_counter()
         self.backend.encode(pixels, mask, ids)
         t2 = time.perf_counter()
-        actions = np.array(self.backend.denoise(x1, proprio, steps, domain_ids if self.manifest.is_server else None)
-                           [: len(observations)])
+        actions = np.array(self.backend.denoise(x1, proprio, steps, domain_ids if self.manifest.is_server else None,
+                                                **committed)[: len(observations)])
         t3 = time.perf_counter()
         timings = {"preprocess_s": t1 - t0, "encode_s": t2 - t1, "denoise_s": t3 - t2, "total_s": t3 - t0}
         chunks = []
@@ -228,12 +265,12 @@ class Policy:
                                                                   a.shape[0]), timings=dict(timings)))
         return chunks
 
-    def act_async(self, obs: Observation, *, steps: int | None = None,
-                  domain_id: int | None = None) -> Future[ActionChunk]:
+    def act_async(self, obs: Observation, *, steps: int | None = None, domain_id: int | None = None,
+                  prefix: Prefix | None = None) -> Future[ActionChunk]:
         """Start :meth:`act` on a worker thread (the backends release the GIL while they compute)."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xvla-policy")
-        named = {} if domain_id is None else {"domain_id": domain_id}  # a robot's bundle: called as before
+        named = {k: v for k, v in (("domain_id", domain_id), ("prefix", prefix)) if v is not None}  # as before
         return self._executor.submit(self.act, obs, steps=steps, **named)
 
     def close(self) -> None:

@@ -20,6 +20,11 @@ class UnknownDomain(InputError):
     """A domain the bundle does not serve (a robot's bundle serves its one domain; a server bundle those it lists)."""
 
 
+class PrefixUnsupported(InputError):
+    """A real-time chunking prefix given to a bundle whose denoise graph takes none (exported before it; it runs
+    as before without one): re-export the bundle."""
+
+
 @dataclass
 class Observation:
     """One observation of the robot.

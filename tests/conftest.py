@@ -45,6 +45,18 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint):
 
 
 @pytest.fixture(scope="session")
+def tiny_bundle_before_prefix(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint):
+    """:func:`tiny_bundle` as exported before real-time chunking (a denoise graph without the prefix inputs)."""
+    pytest.importorskip("onnx")
+    from export.bundle import ExportOptions, export_bundle
+
+    out = tmp_path_factory.mktemp("bundle") / "tiny-before-prefix"
+    export_bundle(tiny_checkpoint, out, ExportOptions(domain_id=3, views=1, prefix_inputs=False),
+                  progress=lambda line: None)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_batch_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint):
     """A tiny fp32 bundle (domain 3, two views) exported for batch sizes 1, 2 and 4; copy it before changing it."""
     pytest.importorskip("onnx")

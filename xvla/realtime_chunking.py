@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -144,3 +144,13 @@ def scheduled_prefix(rows: Any, *, length: int, dim: int, delay: int, horizon: i
                          f"at least {max(delay, 1)} (every row executed before the chunk arrives)")
     n = max(min(array.shape[0], horizon), delay, 1)
     return check_prefix(array[:n], weights[:n], length=length, dim=dim, where=where)
+
+
+def stack_prefixes(prefixes: Sequence[Prefix | None], *, length: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows float32 [B, length, dim], weights float32 [B, length]) of a batch: each row's prefix padded to the
+    chunk (:meth:`Prefix.padded`), zeros for a row without one (None: weight 0, the chunk as without a prefix)."""
+    rows, weights = np.zeros((len(prefixes), length, dim), np.float32), np.zeros((len(prefixes), length), np.float32)
+    for b, prefix in enumerate(prefixes):
+        if prefix is not None:
+            rows[b], weights[b] = prefix.padded(length)
+    return rows, weights

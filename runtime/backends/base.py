@@ -55,11 +55,14 @@ class Backend(ABC):
         """Compute the context of B observations ([B, V, 3, S, S] float32, [B, V] bool, [B, L] int64)."""
 
     @abstractmethod
-    def denoise(self, x1: np.ndarray, proprio: np.ndarray, steps: int,
-                domain_ids: np.ndarray | None = None) -> np.ndarray:
+    def denoise(self, x1: np.ndarray, proprio: np.ndarray, steps: int, domain_ids: np.ndarray | None = None,
+                prefix: np.ndarray | None = None, weights: np.ndarray | None = None) -> np.ndarray:
         """The whole N-step loop on the last encoded context ([B, T, A], [B, P]) → post-processed actions
         [B, T, out]. ``domain_ids`` [B] int64: each row's domain, given to a server bundle only (its denoise graph
-        takes them; the policy checked that the bundle serves them)."""
+        takes them; the policy checked that the bundle serves them). ``prefix`` [B, T, A] and ``weights`` [B, T]
+        float32: real-time chunking's committed prefix, mixed into every step's prediction (a row of zero weights
+        has none), given to a bundle that supports it only (:attr:`Manifest.supports_prefix`; the policy checked
+        the rows); None: no prefix, the chunk of a bundle without one."""
 
     def check_domains(self, domain_ids: np.ndarray | None, batch: int) -> None:
         """:class:`BackendError` unless ``domain_ids`` is given exactly when the bundle is a server bundle, one per
@@ -69,6 +72,22 @@ class Backend(ABC):
                                else "denoise(): a robot's bundle has its domain folded in; give no domain_ids")
         if domain_ids is not None and np.shape(domain_ids) != (batch,):
             raise BackendError(f"denoise(): domain_ids of shape {np.shape(domain_ids)} for a batch of {batch}")
+
+    def check_prefix(self, prefix: np.ndarray | None, weights: np.ndarray | None, batch: int) -> None:
+        """:class:`BackendError` unless ``prefix`` and ``weights`` are both None, or both given to a bundle that
+        supports a prefix, float32 of shapes [batch, T, A] and [batch, T]."""
+        if (prefix is None) != (weights is None):
+            raise BackendError("denoise(): give prefix and weights together, or neither")
+        if prefix is None:
+            return
+        if not self.manifest.supports_prefix:
+            raise BackendError("denoise(): this bundle's denoise graph takes no prefix (exported before real-time "
+                               "chunking); give none")
+        T, A = int(self.manifest.action["chunk_length"]), int(self.manifest.action["dim"])
+        for name, value, shape in (("prefix", prefix, (batch, T, A)), ("weights", weights, (batch, T))):
+            if not isinstance(value, np.ndarray) or value.shape != shape or value.dtype != np.float32:
+                raise BackendError(f"denoise(): {name} must be float32 {list(shape)}; got "
+                                   f"{getattr(value, 'dtype', type(value).__name__)} {list(np.shape(value))}")
 
     def close(self) -> None:
         """Release sessions, engines and device memory."""

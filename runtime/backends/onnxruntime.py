@@ -3,7 +3,9 @@
 Static memory plan: every input and output of both graphs is a buffer allocated once and bound by
 address (IO binding), so a chunk allocates nothing per step; a bundle with batch sizes gets one such plan per
 size, made on first use. The denoise loop ping-pongs two x0 buffers:
-step i reads ``prev`` from one and writes ``x0`` into the other; ``t`` is written in place.
+step i reads ``prev`` from one and writes ``x0`` into the other; ``t`` is written in place. A bundle that supports
+real-time chunking binds ``prefix`` and ``prefix_weights`` like the other inputs: written once per chunk, read by
+every step; zeros when a chunk has no prefix (the buffers are zeroed in place, once, after a chunk that had one).
 
 On CPU the buffers are numpy arrays (zero copy). With ``device_buffers`` (the default on CUDA) they are
 ``OrtValue``s on the session's device: inputs are copied in with ``update_inplace``, the loop's ``context``,
@@ -30,7 +32,7 @@ import numpy as np
 
 from runtime.backends.base import Backend, BackendError, BackendUnavailable
 from runtime.manifest import GraphSpec, Manifest
-from runtime.manifest_schema import DOMAIN_INPUT
+from runtime.manifest_schema import DOMAIN_INPUT, PREFIX_INPUTS
 
 #: Both wheels provide the module ``onnxruntime``; xvla-edge depends on neither, so that installing it never
 #: replaces a GPU build with the CPU one (see setup.cfg's extras).
@@ -109,6 +111,7 @@ class _Plan:
         self.buffers = buffers
         self.batch = int(buffers["x0"].shape[0])
         self.x0 = [np.zeros_like(buffers["x0"]), np.zeros_like(buffers["x0"])]  # ping-pong
+        self.prefixed = False  # the prefix buffers hold a prefix (else zeros)
         self.values: dict[str, ort.OrtValue] = {}
         self.x0_values: list[ort.OrtValue] = []
         self.enc_binding: ort.IOBinding | None = None
@@ -173,8 +176,8 @@ class OnnxRuntimeBackend(Backend):
 
     def _denoise_bindings(self, plan: _Plan) -> list[ort.IOBinding]:
         """binding[k] reads ``prev`` from x0[k] and writes ``x0`` into x0[1 - k] (a server bundle's also read
-        ``domain_id``)."""
-        common = {n: n for n in ("context", "x1", "proprio", "t", DOMAIN_INPUT) if n in plan.buffers}
+        ``domain_id``, a bundle's with real-time chunking the prefix inputs)."""
+        common = {n: n for n in ("context", "x1", "proprio", "t", DOMAIN_INPUT, *PREFIX_INPUTS) if n in plan.buffers}
         return [self._bind(plan, self.denoiser, {**common, "prev": k}, {"action": "action", "x0": 1 - k})
                 for k in (0, 1)]
 
@@ -207,16 +210,23 @@ class OnnxRuntimeBackend(Backend):
             self._put(name, value)
         self.encoder.run_with_iobinding(self.plan.enc_binding)
 
-    def denoise(self, x1: np.ndarray, proprio: np.ndarray, steps: int,
-                domain_ids: np.ndarray | None = None) -> np.ndarray:
+    def denoise(self, x1: np.ndarray, proprio: np.ndarray, steps: int, domain_ids: np.ndarray | None = None,
+                prefix: np.ndarray | None = None, weights: np.ndarray | None = None) -> np.ndarray:
         plan = self.plan
         if x1.shape[0] != plan.batch:
             raise BackendError(f"denoise() of a batch of {x1.shape[0]} after encode() of {plan.batch}")
         self.check_domains(domain_ids, plan.batch)
+        self.check_prefix(prefix, weights, plan.batch)
         self._put("x1", x1)
         self._put("proprio", proprio)
         if domain_ids is not None:
             self._put(DOMAIN_INPUT, domain_ids)
+        if prefix is not None or plan.prefixed:
+            for name, value in zip(PREFIX_INPUTS, (prefix, weights)):
+                if value is None:
+                    plan.buffers[name].fill(0.0)
+                self._put(name, value)
+            plan.prefixed = prefix is not None
         plan.x0[0].fill(0.0)
         if self.on_device:
             plan.x0_values[0].update_inplace(plan.x0[0])

@@ -6,7 +6,9 @@ Eager on CPU and GPU. On CUDA, ``cuda_graph=True`` captures the whole N-step loo
 warm-up on a side stream, a device synchronisation, capture, then copy-in and replay per chunk. Everything the
 captured loop runs is a device operation on tensors made before capture (the step times per step count, the
 action space's masks) — no tensor from host data, no scalar read back — so nothing inside it copies to or
-waits for the host. If capture fails anyway, the backend runs the eager loop from then on (logged once, the
+waits for the host. A bundle that supports real-time chunking gets two more static buffers, the prefix rows and
+weights, mixed into every step's prediction as the reference sampler does (:func:`xvla.model.mix_prefix`; zeros
+when a chunk has none). If capture fails anyway, the backend runs the eager loop from then on (logged once, the
 reason in :attr:`TorchBackend.graph_fallback`).
 """
 
@@ -22,6 +24,7 @@ from runtime.backends.base import Backend, BackendError
 from runtime.manifest import Manifest
 from xvla.checkpoint import load_checkpoint
 from xvla.lora import LoraAdapter, read_adapter
+from xvla.model import mix_prefix
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,10 @@ class TorchBackend(Backend):
         self.proprio = torch.zeros(batch, P, device=self.device, dtype=self.dtype)
         folded = self.manifest.domain_ids[0]  # a server bundle's rows are set per chunk
         self.domain = torch.full((batch,), folded, dtype=torch.long, device=self.device)
+        self.prefix = self.weights = None
+        if self.manifest.supports_prefix:  # zeros: no prefix
+            self.prefix = torch.zeros(batch, T, A, device=self.device, dtype=self.dtype)
+            self.weights = torch.zeros(batch, T, device=self.device, dtype=self.dtype)
 
     def encode(self, pixel_values: np.ndarray, image_mask: np.ndarray, input_ids: np.ndarray) -> None:
         B, V, slots = pixel_values.shape[0], pixel_values.shape[1], self.model.config.view_slots
@@ -108,6 +115,8 @@ class TorchBackend(Backend):
         for k in range(steps):
             t = times[k]
             a = self.model.denoise_step(self.enc, self.x1 * t + a * (1 - t), self.proprio, t, self.domain)
+            if self.prefix is not None:
+                a = mix_prefix(a, self.prefix, self.weights)
         return self.model.action_space.postprocess(a)
 
     def _graphed(self, steps: int) -> torch.Tensor:
@@ -138,16 +147,24 @@ class TorchBackend(Backend):
             out = self._loop(steps)
         return graph, out
 
-    def denoise(self, x1: np.ndarray, proprio: np.ndarray, steps: int,
-                domain_ids: np.ndarray | None = None) -> np.ndarray:
+    def denoise(self, x1: np.ndarray, proprio: np.ndarray, steps: int, domain_ids: np.ndarray | None = None,
+                prefix: np.ndarray | None = None, weights: np.ndarray | None = None) -> np.ndarray:
         if self.enc is None:
             raise BackendError("denoise() called before encode()")
         if x1.shape[0] != self.x1.shape[0]:
             raise BackendError(f"denoise() of a batch of {x1.shape[0]} after encode() of {self.x1.shape[0]}")
         self.check_domains(domain_ids, x1.shape[0])
+        self.check_prefix(prefix, weights, x1.shape[0])
         self.x1.copy_(torch.from_numpy(x1))
         self.proprio.copy_(torch.from_numpy(proprio))
         if domain_ids is not None:  # a server bundle: the checkpoint holds every domain's rows
             self.domain.copy_(torch.from_numpy(np.asarray(domain_ids, np.int64)))
+        if self.prefix is not None:  # the captured loop reads these buffers: written in place
+            if prefix is None:
+                self.prefix.zero_()
+                self.weights.zero_()
+            else:
+                self.prefix.copy_(torch.from_numpy(prefix))
+                self.weights.copy_(torch.from_numpy(weights))
         out = self._graphed(steps) if self.use_graph else self._loop(steps)
         return out.float().cpu().numpy()

@@ -58,8 +58,9 @@ def bundles(work, checkpoints) -> dict[str, Path]:
     return out
 
 
-def run_bundle(bundle: Path, images, text, proprio, noise, steps=10) -> np.ndarray:
-    """Drive the two graphs with onnxruntime directly (independent of the export code's own check)."""
+def run_bundle(bundle: Path, images, text, proprio, noise, steps=10, prefix=None, weights=None) -> np.ndarray:
+    """Drive the two graphs with onnxruntime directly (independent of the export code's own check); ``prefix``
+    [1, T, A] and ``weights`` [1, T]: real-time chunking's inputs (zeros when not given)."""
     man = json.loads((bundle / "manifest.json").read_text())
     views = man["inputs"]["views"]
     pixels, mask = ImageProcessor.from_dir(bundle)(images)
@@ -68,9 +69,11 @@ def run_bundle(bundle: Path, images, text, proprio, noise, steps=10) -> np.ndarr
     den = ort.InferenceSession(str(bundle / "denoise.onnx"), providers=["CPUExecutionProvider"])
     (context,) = enc.run(None, {"pixel_values": pixels[None, :views], "image_mask": mask[None, :views], "input_ids": ids[None]})
     prev = np.zeros_like(noise)
+    mix = {"prefix": np.zeros_like(noise) if prefix is None else prefix,
+           "prefix_weights": np.zeros(noise.shape[:2], np.float32) if weights is None else weights}
     for i in range(steps, 0, -1):
         prev, action = den.run(None, {"context": context, "x1": noise, "prev": prev, "proprio": proprio,
-                                      "t": np.array([i / steps], np.float32)})
+                                      "t": np.array([i / steps], np.float32), **mix})
     return action
 
 
@@ -103,7 +106,8 @@ def test_files_and_manifest_are_consistent(bundles, checkpoints) -> None:
     assert raw["export"]["opset"] == 18 and raw["precision"] == "fp32"
     assert [s.name for s in man.encoder.inputs] == ["pixel_values", "image_mask", "input_ids"]
     assert man.encoder.inputs[0].shape == (1, 3, 3, 64, 64)
-    assert [s.name for s in man.denoise.inputs] == ["context", "x1", "prev", "proprio", "t"]
+    assert [s.name for s in man.denoise.inputs] == ["context", "x1", "prev", "proprio", "t", "prefix", "prefix_weights"]
+    assert man.supports_prefix and raw["parity"]["prefix"]["max_abs"]["action"] <= 1e-5
     assert man.denoise.outputs[1].shape == (1, 30, 20)
     assert raw["parity"]["passed"] and raw["parity"]["max_abs"]["action"] <= 1e-5
     from xvla.files import sha256_file
@@ -129,6 +133,21 @@ def test_fp16_bundle_is_fp16_inside_with_fp32_islands(bundles) -> None:
     assert all(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for i in model.graph.input if i.name != "t")
     parity = Manifest.load(bundles["ee6d-fp16"]).raw["parity"]
     assert parity["passed"] and parity["chunk"]["position_mm"]["max"] <= 1.0 and parity["chunk"]["gripper_flips"] == 0
+
+
+def test_the_fp16_bundle_mixes_the_prefix_in_fp32(bundles) -> None:
+    """The mix and the post-processing after the last MatMul stay fp32: a weight-1 row comes out as the prefix
+    to fp32 rounding (in fp16 it would be off by its half-precision rounding, ~1e-3 of its size)."""
+    images, proprio, noise = observation(2, 20)
+    prefix = (np.random.default_rng(4).standard_normal((1, 30, 20)) * 3 + 0.1).astype(np.float32)
+    weights = np.zeros((1, 30), np.float32)
+    weights[0, :8] = 1
+    ours = run_bundle(bundles["ee6d-fp16"], images, "open the top drawer", proprio, noise, 4, prefix, weights)
+    expected = prefix[0, :8].astype(np.float64)
+    expected[:, [9, 19]] = 1 / (1 + np.exp(-expected[:, [9, 19]]))
+    np.testing.assert_allclose(ours[0, :8], expected, rtol=0, atol=2e-6)
+    half = expected.astype(np.float16).astype(np.float64)
+    assert np.abs(half - expected).max() > 1e-3  # what an fp16 mix would have lost
 
 
 def test_every_bundle_graph_passes_onnx_full_check(bundles) -> None:
@@ -161,7 +180,7 @@ def test_domain_is_folded_in_without_the_other_rows(bundles, checkpoints) -> Non
     state = load_checkpoint(checkpoints["ee6d"]).state_dict()
     prompts = state["transformer.soft_prompt_hub.weight"].view(30, 32, -1).numpy()
     model = onnx.load(str(bundles["ee6d-d3"] / "denoise.onnx"))
-    assert [i.name for i in model.graph.input] == ["context", "x1", "prev", "proprio", "t"]
+    assert [i.name for i in model.graph.input] == ["context", "x1", "prev", "proprio", "t", "prefix", "prefix_weights"]
     arrays = [numpy_helper.to_array(i) for i in model.graph.initializer]
     tables = [state[f"transformer.{k}.weight"].numpy() for k in ("soft_prompt_hub", "action_encoder.fc",
                                                                    "action_decoder.fc", "action_decoder.bias")]

@@ -147,6 +147,7 @@ def test_info_shows_the_id_and_refuses_a_lying_bundle(tiny_bundle, raw, tmp_path
     out = capsys.readouterr().out
     assert out.startswith(f"{tiny_bundle}: bundle {expected}\n") and "sizes and sha256 verified" in out
     assert f"engines:   none (TensorRT engines are built on the robot: `xvla-edge build {tiny_bundle}`)" in out
+    assert "chunking:  real-time chunking supported (the denoise graph takes a prefix)" in out
     assert main(["info", str(tiny_bundle), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["bundle_id"] == expected
     bundle = shutil.copytree(tiny_bundle, tmp_path / "b")

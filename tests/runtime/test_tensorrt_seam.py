@@ -40,9 +40,9 @@ def _specs(*specs: tuple[str, list[int], str]) -> list[dict[str, Any]]:
 
 
 def make_bundle(root: Path, precision: str = "fp16", quantization: Any = None,
-                batch_sizes: tuple[int, ...] = (1,), domains: tuple[int, ...] = ()) -> Path:
+                batch_sizes: tuple[int, ...] = (1,), domains: tuple[int, ...] = (), prefix: bool = False) -> Path:
     """A bundle directory with a real manifest (tiny shapes) and stand-in graph files; ``domains``: a server
-    bundle's."""
+    bundle's; ``prefix``: its denoise graph takes real-time chunking's prefix inputs."""
     bundle = root / "bundle"
     bundle.mkdir()
     files = {}
@@ -80,6 +80,9 @@ def make_bundle(root: Path, precision: str = "fp16", quantization: Any = None,
         manifest["domains"] = [{"domain_id": d, "embodiment": f"robot-{d}", "chunk_seconds": 1.0 + d, "arms": 1}
                                for d in domains]
         manifest["graphs"]["denoise"]["inputs"] += _specs(("domain_id", [b], "int64"))
+    if prefix:
+        manifest["graphs"]["denoise"]["inputs"] += _specs(("prefix", [b, T, A], "float32"),
+                                                          ("prefix_weights", [b, T], "float32"))
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     return bundle
 
@@ -100,8 +103,10 @@ def add_engines(bundle: Path, machine: Mapping[str, str] = MACHINE) -> None:
 @pytest.fixture
 def bundle(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
     """A batch-1 bundle, or one for the batch sizes (and a server bundle's domains) given by indirect
-    parametrisation."""
+    parametrisation, or :func:`make_bundle`'s keyword arguments (a dict)."""
     param = getattr(request, "param", (1,))
+    if isinstance(param, dict):
+        return make_bundle(tmp_path, **param)
     sizes, domains = param if isinstance(param[0], tuple) else (param, ())
     return make_bundle(tmp_path, batch_sizes=sizes, domains=domains)
 
@@ -357,21 +362,27 @@ def encoder_fn(px: np.ndarray, mask: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 
 def denoise_fn(context: np.ndarray, x1: np.ndarray, prev: np.ndarray, proprio: np.ndarray,
-               t: np.ndarray, domain_id: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """One row's step; a server bundle's ``domain_id`` [1] shifts it by the domain."""
+               t: np.ndarray, domain_id: np.ndarray | None = None, prefix: np.ndarray | None = None,
+               weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One row's step; a server bundle's ``domain_id`` [1] shifts it by the domain; a ``prefix`` [1, T, A] is mixed
+    in with its ``weights`` [1, T] before the output transform, as the exported graph does."""
     shift = 0.0 if domain_id is None else 0.25 * float(domain_id[0])
     x0 = (0.5 * prev + t[0] * x1 + context.mean() + proprio.mean() + shift).astype(np.float32)
+    if prefix is not None:
+        x0 = (weights[..., None] * prefix + (1 - weights[..., None]) * x0).astype(np.float32)
     return x0, (2 * x0 + 1).astype(np.float32)
 
 
 def reference(px: np.ndarray, mask: np.ndarray, ids: np.ndarray, x1: np.ndarray, proprio: np.ndarray,
-              steps: int, domain_id: int | None = None) -> np.ndarray:
+              steps: int, domain_id: int | None = None, prefix: np.ndarray | None = None,
+              weights: np.ndarray | None = None) -> np.ndarray:
     """The sampler as the ONNX Runtime backend runs it."""
     context = encoder_fn(px, mask, ids)
     prev = np.zeros_like(x1)
     domain = None if domain_id is None else np.array([domain_id])
     for i in range(steps, 0, -1):
-        prev, action = denoise_fn(context, x1, prev, proprio, np.array([i / steps], np.float32), domain)
+        prev, action = denoise_fn(context, x1, prev, proprio, np.array([i / steps], np.float32), domain, prefix,
+                                  weights)
     return action
 
 
@@ -427,8 +438,8 @@ def fakes(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
                     rt.write(bound["context"], np.concatenate([encoder_fn(r["pixel_values"], r["image_mask"],
                                                                           r["input_ids"]) for r in row]))
                 else:
-                    out = [denoise_fn(r["context"], r["x1"], r["prev"], r["proprio"], r["t"], r.get("domain_id"))
-                           for r in row]
+                    out = [denoise_fn(r["context"], r["x1"], r["prev"], r["proprio"], r["t"], r.get("domain_id"),
+                                      r.get("prefix"), r.get("prefix_weights")) for r in row]
                     rt.write(bound["x0"], np.concatenate([o[0] for o in out]))
                     rt.write(bound["action"], np.concatenate([o[1] for o in out]))
 
@@ -513,6 +524,77 @@ def test_a_server_bundle_gives_each_row_its_domain_on_every_captured_step(bundle
         backend.denoise(x1[:1], proprio[:1], 3, np.array([0, 6], np.int64))
     backend.close()
     assert rt.memory == {} and rt.execs == {} and rt.streams == set() and rt.pinned == {}
+
+
+@pytest.mark.parametrize("bundle", [{"batch_sizes": (1, 2), "prefix": True}], indirect=True)
+def test_a_prefix_reaches_every_captured_step_from_its_bound_buffers(bundle: Path, fakes: dict[str, Any]) -> None:
+    """Real-time chunking's prefix and weights are copied in per chunk (pinned) into the buffers both denoise
+    contexts were bound to at load: the graphs captured with the first chunk read the next chunk's prefix; a
+    chunk without one reads zeros (the device buffers start undefined: NaN in the fake) and is the plain chunk."""
+    rt = fakes["rt"]
+    backend = create_backend(fakes["manifest"], bundle, "tensorrt", "cuda")
+    denoise = backend.engines["denoise"]
+    for plan in backend.plans.values():
+        for k in (0, 1):
+            bound = denoise.addresses[2 * plan.index + k]
+            assert bound["prefix"] == plan.buffers["prefix"].ptr
+            assert bound["prefix_weights"] == plan.buffers["prefix_weights"].ptr
+    rng = np.random.default_rng(7)
+    for batch, seed, mixed in [(1, 0, False), (1, 1, True), (2, 2, True), (1, 3, False), (2, 4, False),
+                               (2, 5, True), (1, 6, True)]:
+        rows = [_inputs(10 * seed + i) for i in range(batch)]
+        px, mask, ids, x1, proprio = (np.concatenate(parts) for parts in zip(*rows))
+        prefix = rng.standard_normal((batch, T, A)).astype(np.float32) if mixed else None
+        weights = np.tile(np.linspace(1, 0, T, dtype=np.float32), (batch, 1)) if mixed else None
+        backend.encode(px, mask, ids)
+        actions = backend.denoise(x1, proprio, 3, prefix=prefix, weights=weights)
+        for i, row in enumerate(rows):
+            one = {} if prefix is None else {"prefix": prefix[i:i + 1], "weights": weights[i:i + 1]}
+            np.testing.assert_allclose(actions[i:i + 1], reference(*row, 3, **one), rtol=1e-6)
+        if mixed:
+            np.testing.assert_allclose(actions[:, 0], 2 * prefix[:, 0] + 1, rtol=1e-6)  # weight 1: the prefix
+    assert backend.graph_fallback is None and rt.pageable_copies == 0
+    assert rt.calls.count("cudaStreamBeginCapture") == 4  # two contexts per batch size, captured once
+    with pytest.raises(BackendError, match=r"give prefix and weights together"):
+        backend.denoise(x1, proprio, 3, prefix=prefix)
+    assert x1.shape[0] == 1  # the last chunk's batch
+    with pytest.raises(BackendError, match=r"prefix must be float32 \[1, 6, 4\]; got float64 \[1, 6, 4\]"):
+        backend.denoise(x1, proprio, 3, prefix=np.zeros((1, T, A)), weights=np.zeros((1, T), np.float32))
+    with pytest.raises(BackendError, match=r"weights must be float32 \[1, 6\]; got float32 \[2, 6\]"):
+        backend.denoise(x1, proprio, 3, prefix=np.zeros((1, T, A), np.float32), weights=np.zeros((2, T), np.float32))
+    backend.close()
+    assert rt.memory == {} and rt.execs == {} and rt.streams == set() and rt.pinned == {}
+
+
+def test_a_bundle_without_the_prefix_inputs_refuses_one_and_binds_none(bundle: Path, fakes: dict[str, Any]) -> None:
+    backend = TensorRTBackend(fakes["manifest"], bundle)
+    assert "prefix" not in backend.plan.buffers and "prefix" not in backend.plan.host
+    px, mask, ids, x1, proprio = _inputs(1)
+    backend.encode(px, mask, ids)
+    with pytest.raises(BackendError, match="takes no prefix .* give none"):
+        backend.denoise(x1, proprio, 2, prefix=np.zeros((1, T, A), np.float32), weights=np.ones((1, T), np.float32))
+    np.testing.assert_allclose(backend.denoise(x1, proprio, 2), reference(px, mask, ids, x1, proprio, 2), rtol=1e-6)
+    backend.close()
+
+
+@pytest.mark.parametrize("bundle", [{"prefix": True}], indirect=True)
+def test_an_engine_built_without_the_prefix_inputs_is_refused(bundle: Path, fakes: dict[str, Any],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Engines built from a graph before real-time chunking under a manifest that has it: named, not run."""
+    engine_cls = trt_api.Engine
+
+    def older_engine(path: Path, shapes: list, contexts: int = 1, stream: int = 0) -> Any:
+        engine = engine_cls(path, shapes, contexts, stream)
+        if engine.graph == "denoise":
+            for name in ("prefix", "prefix_weights"):
+                del engine.tensors[name]
+        return engine
+
+    monkeypatch.setattr(trt_api, "Engine", older_engine)
+    with pytest.raises(BackendError, match=r"denoise: the manifest has 'prefix', the engine does not\n  denoise: the "
+                                           r"manifest has 'prefix_weights', the engine does not"):
+        TensorRTBackend(fakes["manifest"], bundle)
+    assert fakes["rt"].memory == {} and fakes["rt"].streams == set()
 
 
 def test_a_build_starts_from_a_given_timing_cache_when_the_bundle_has_none(bundle: Path, tmp_path: Path,
@@ -716,6 +798,7 @@ def test_engine_binds_by_name_and_names_the_tensor_on_failure(tmp_path: Path, fa
         engine.set_address("y", 0)
     with pytest.raises(trt_api.TensorRTError, match="no I/O tensor 'z'"):
         engine.set_address("z", 0x1000)
+    assert engine._contexts[0].set_tensor_address("z", 0x1000) is False  # the fake refuses it too, as TensorRT does
     with pytest.raises(trt_api.TensorRTError, match="execute_async_v3 failed"):
         engine.execute(0)
     with pytest.raises(trt_api.TensorRTError, match=r"cannot set the shape of input 'x' to None"):

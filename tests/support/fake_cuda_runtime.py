@@ -86,7 +86,7 @@ class FakeRuntime:
         if r := self._failed("cudaMalloc", 1):
             return r
         ptr = self._handle()
-        self.memory[ptr] = bytearray(size)
+        self.memory[ptr] = bytearray(b"\xff" * size)  # cudaMalloc does not clear memory: NaN as float32
         return Err.cudaSuccess, ptr
 
     def cudaMallocHost(self, size: int) -> tuple[Any, ...]:

@@ -135,7 +135,7 @@ class FakeTensorRT(ModuleType):
             def set_tensor_address(self, name: str, ptr: int) -> bool:
                 assert isinstance(ptr, int), f"set_tensor_address takes an int address; got {type(ptr).__name__}"
                 fake.log.append(("address", self.index, name, ptr))
-                return ptr != 0
+                return ptr != 0 and name in tensors  # False for a tensor the engine does not have
 
             def execute_async_v3(self, stream: int) -> bool:
                 assert isinstance(stream, int), f"execute_async_v3 takes an int stream handle; got {type(stream)}"

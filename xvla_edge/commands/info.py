@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def summary(manifest: Manifest, bundle: Path, *, verified: bool) -> str:
-    """A few lines: id, robot, action, inputs, files, export-time parity."""
+    """A few lines: id, robot, action, inputs, files, real-time chunking, export-time parity."""
     a, i = manifest.action, manifest.inputs
     total = sum(entry["bytes"] for entry in manifest.files.values())
     if manifest.is_server:
@@ -61,6 +61,9 @@ def summary(manifest: Manifest, bundle: Path, *, verified: bool) -> str:
     if lora:
         lines.append(f"  lora:      {lora['name']} merged (r {lora['r']}, alpha {lora['lora_alpha']:g}, "
                      f"{lora['layers']} layers; saved {', '.join(lora['modules_to_save']) or 'nothing'})")
+    lines.append("  chunking:  " + ("real-time chunking supported (the denoise graph takes a prefix)"
+                                    if manifest.supports_prefix else "no real-time chunking (exported before it: "
+                                    "re-export the bundle to continue chunks with a prefix)"))
     lines.append(f"  engines:   {_engines(manifest, bundle)}")
     parity = manifest.raw.get("parity")
     if isinstance(parity, dict) and isinstance(parity.get("max_abs"), dict):

@@ -11,7 +11,9 @@ A batched bundle (``xvla-edge export --batch-sizes``) has one such plan per batc
 engines have one optimisation profile per size (pinned, min = opt = max), the encoder one context per profile,
 the denoiser two per profile (contexts ``2·i`` and ``2·i + 1`` for the i-th size), each with its own graph.
 
-A chunk: copy ``x1`` and ``proprio`` (and a server bundle's ``domain_id``, one per row) in, zero x0[0], then per
+A chunk: copy ``x1`` and ``proprio`` (and a server bundle's ``domain_id``, one per row, and a real-time chunking
+prefix, ``prefix`` and ``prefix_weights``, into the buffers every context reads: bound once like the others; a
+chunk without a prefix zeroes them on the device, once after a chunk that had one) in, zero x0[0], then per
 step k a device-to-device copy of ``t`` from slot k of a per-step-count schedule (filled once) and a launch of graph k % 2, then copy ``action`` out and
 synchronise once. The host enqueues the whole loop without waiting for the device; nothing inside it comes
 from the host. If capture fails (some engines are not capturable) the backend logs it once, records why in
@@ -38,7 +40,7 @@ from runtime.backends.tensorrt import api as trt_api, cuda_graph
 from runtime.backends.tensorrt import cuda_graph as cuda  # the name inside TensorRTBackend.__init__, whose option is cuda_graph
 from runtime.backends.base import Backend, BackendError
 from runtime.manifest import ENGINES_DIR, GraphSpec, Manifest, TensorSpec
-from runtime.manifest_schema import DOMAIN_INPUT
+from runtime.manifest_schema import DOMAIN_INPUT, PREFIX_INPUTS
 
 ENGINES_FILE = "engines.json"
 TIMING_CACHE = "timing.cache"
@@ -195,6 +197,7 @@ class _Plan:
     buffers: dict[str, cuda_graph.DeviceBuffer] = field(default_factory=dict)
     host: dict[str, cuda_graph.HostBuffer] = field(default_factory=dict)
     x0: list[cuda_graph.DeviceBuffer] = field(default_factory=list)
+    prefixed: bool = True  # the prefix buffers may hold other than zeros (device memory starts undefined)
 
     def free(self) -> None:
         for buf in (*self.buffers.values(), *self.x0, *self.host.values()):
@@ -255,7 +258,7 @@ class TensorRTBackend(Backend):
                     plan.buffers[name] = cuda_graph.DeviceBuffer(_nbytes(spec, batch))
             plan.x0 = [cuda_graph.DeviceBuffer(_nbytes(self.specs["x0"], batch)) for _ in range(2)]
             plan.buffers["t"] = cuda_graph.DeviceBuffer(_nbytes(self.specs["t"], batch))
-            for name in (*self._HOST, DOMAIN_INPUT) if self.manifest.is_server else self._HOST:
+            for name in (*self._HOST, *(name for name in (DOMAIN_INPUT, *PREFIX_INPUTS) if name in self.specs)):
                 plan.host[name] = cuda_graph.HostBuffer(self.specs[name].at(batch), self.specs[name].dtype)
             for s in (*self.manifest.encoder.inputs, *self.manifest.encoder.outputs):
                 self.engines["encoder"].set_address(s.name, plan.buffers[s.name].ptr, index)
@@ -309,8 +312,8 @@ class TensorRTBackend(Backend):
                 log.warning("tensorrt backend: %s; running without CUDA graphs from now on", self.graph_fallback)
         denoise.execute(self.stream.ptr, context)
 
-    def denoise(self, x1: np.ndarray, proprio: np.ndarray, steps: int,
-                domain_ids: np.ndarray | None = None) -> np.ndarray:
+    def denoise(self, x1: np.ndarray, proprio: np.ndarray, steps: int, domain_ids: np.ndarray | None = None,
+                prefix: np.ndarray | None = None, weights: np.ndarray | None = None) -> np.ndarray:
         if not self._encoded:
             raise BackendError("denoise() called before encode()")
         if steps < 1:
@@ -319,10 +322,18 @@ class TensorRTBackend(Backend):
         if x1.shape[0] != plan.batch:
             raise BackendError(f"denoise() of a batch of {x1.shape[0]} after encode() of {plan.batch}")
         self.check_domains(domain_ids, plan.batch)
+        self.check_prefix(prefix, weights, plan.batch)
         self._upload("x1", x1)
         self._upload("proprio", proprio)
         if domain_ids is not None:  # a server bundle: read by every step from its own device buffer
             self._upload(DOMAIN_INPUT, domain_ids)
+        if prefix is not None:  # read by every step from their own device buffers, like domain_id
+            self._upload(PREFIX_INPUTS[0], prefix)
+            self._upload(PREFIX_INPUTS[1], weights)
+        elif self.manifest.supports_prefix and plan.prefixed:
+            for name in PREFIX_INPUTS:
+                plan.buffers[name].memset(self.stream)
+        plan.prefixed = prefix is not None
         schedule = self._t_slots(steps)
         plan.x0[0].memset(self.stream)
         for b in step_bindings(steps):
