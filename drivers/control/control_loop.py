@@ -279,6 +279,14 @@ class ControlLoop:
         self.last_latency = result.latency
         return True
 
+    def executing(self) -> Optional[Trajectory]:
+        """The trajectory the arm is commanded along from now on, on the wall clock (the spliced chunk, smoothed,
+        blended, delayed as the loop runs it), before the gripper policy and the safety envelope; ``None`` when
+        nothing is executing or the loop is stopped. Real-time chunking builds its prefix from it."""
+        if self.watchdog.mode in STOPPED_MODES:
+            return None
+        return self.streamer.executing()
+
     def hold(self) -> None:
         """Drop the executing trajectory and hold the last safe command (not latched: a new chunk resumes).
 

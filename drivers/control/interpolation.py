@@ -256,6 +256,13 @@ class GripperPolicy:
             )
 
 
+    @property
+    def sampling(self) -> Literal["hold", "linear"]:
+        """How a :class:`TrajectorySampler` takes the gripper between waypoints under this policy: interpolated
+        when the value passes through (``"continuous"``), else held (the latch decides open or closed)."""
+        return "linear" if self.mode == "continuous" else "hold"
+
+
 class GripperLatch:
     """Applies a :class:`GripperPolicy` sample by sample, remembering each arm's open/closed state."""
 

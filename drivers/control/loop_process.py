@@ -232,6 +232,8 @@ def _handle_messages(
                 return False
         elif kind == "timing":
             conn.send(("reply", message[1], {"interval_error": timer.interval_errors(), "timing": timer.summary()}))
+        elif kind == "executing":
+            conn.send(("reply", message[1], loop.executing()))
         else:
             raise ControlLoopError(f"unknown control-loop message {kind!r}")
     return True
@@ -362,6 +364,10 @@ class ControlLoopClient:
         if self._caps is None:
             raise ControlLoopError("control loop not started")
         return self._trace.read()
+
+    def executing(self, timeout: float = 2.0) -> Optional[Trajectory]:
+        """The trajectory the arm is commanded along from now on (:meth:`ControlLoop.executing`), or None."""
+        return self._request("executing", timeout)
 
     def timing(self, timeout: float = 2.0) -> Dict[str, Any]:
         """``interval_error`` (the stats window's tick-interval errors, seconds, oldest first) and ``timing``

@@ -68,12 +68,20 @@ class Streamer:
 
     def _new_sampler(self, trajectory: Trajectory) -> TrajectorySampler:
         """A sampler interpolating the gripper when the gripper policy passes values through."""
-        return TrajectorySampler(trajectory, gripper="linear" if self.gripper_policy.mode == "continuous" else "hold")
+        return TrajectorySampler(trajectory, gripper=self.gripper_policy.sampling)
 
     @property
     def trajectory(self) -> Optional[Trajectory]:
         """The executing trajectory, or ``None`` (nothing submitted since the last :meth:`reset`)."""
         return None if self._sampler is None else self._sampler.trajectory
+
+    def executing(self) -> Optional[Trajectory]:
+        """The executing trajectory on the wall clock (shifted by the lag): what :meth:`sample` commands from now
+        on, before the gripper policy; ``None`` without one."""
+        if self._sampler is None:
+            return None
+        trajectory = self._sampler.trajectory
+        return trajectory.shifted(self.lag) if self.lag > 0 else trajectory
 
     @property
     def end(self) -> Optional[float]:

@@ -117,6 +117,24 @@ def test_bisection_finds_the_fewest_exclusions(n, needed) -> None:
         assert q._fewest_exclusions(order, lambda k: k >= needed, lambda _: None) == order[:needed]
 
 
+def test_an_int8_bundle_keeps_real_time_chunking_and_its_mix_in_fp32(int8, fp32_bundle, calib_set) -> None:
+    """The Q/DQ graph keeps the prefix inputs (calibrated with zero weights) and mixes outside any quantized
+    op: a weight-1 row is the decoded prefix to fp32 rounding, the rest within the INT8 gate of the fp32 bundle."""
+    from xvla.realtime_chunking import scheduled_prefix
+
+    bundle, _, _ = int8
+    rows = (np.random.default_rng(3).standard_normal((12, 20)) * 0.8).astype(np.float32)
+    prefix = scheduled_prefix(rows, length=30, dim=20, delay=5, horizon=12)
+    obs = load_set(calib_set).observation(1, (30, 20))
+    with Policy.load(bundle) as int8_policy, Policy.load(fp32_bundle) as fp32_policy:
+        assert int8_policy.manifest.supports_prefix
+        ours, theirs = (p.act(obs, prefix=prefix).actions for p in (int8_policy, fp32_policy))
+    decoded = rows[:5].astype(np.float64)
+    decoded[:, [9, 19]] = 1 / (1 + np.exp(-decoded[:, [9, 19]]))
+    np.testing.assert_allclose(ours[:5], decoded, rtol=0, atol=1e-6)
+    assert 1e-4 < np.abs(ours[5:] - theirs[5:]).max() < 0.05  # INT8 where the network decides
+
+
 def test_sampler_loop_matches_the_runtime(fp32_bundle, calib_set) -> None:
     """The calibration data and the search's reference come from the same loop the robot runs."""
     s = load_set(calib_set)

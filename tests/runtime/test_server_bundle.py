@@ -110,6 +110,11 @@ def refused(d: dict) -> str:
     return str(info.value)
 
 
+def domain_input(d: dict) -> dict:
+    """The denoise graph's ``domain_id`` input in manifest ``d``."""
+    return next(i for i in d["graphs"]["denoise"]["inputs"] if i["name"] == "domain_id")
+
+
 def _with(raw: dict, change) -> dict:
     d = copy.deepcopy(raw)
     change(d)
@@ -129,13 +134,13 @@ def _with(raw: dict, change) -> dict:
     (lambda d: d.update(domains={"0": {}}), "domains = "),
     (lambda d: d.update(domain_id=0), "domain_id = 0: a server bundle names its domains in domains"),
     (lambda d: d["action"].update(arms=1), "action.arms = 1: a server bundle gives it per domain"),
-    (lambda d: d["graphs"]["denoise"]["inputs"].pop(), "graphs.denoise.inputs names"),
-    (lambda d: d["graphs"]["denoise"]["inputs"][-1].update(dtype="float32"),
+    (lambda d: d["graphs"]["denoise"]["inputs"].remove(domain_input(d)), "graphs.denoise.inputs names"),
+    (lambda d: domain_input(d).update(dtype="float32"),
      "graphs.denoise.inputs domain_id dtype = \"float32\": expected 'int64'"),
-    (lambda d: d["graphs"]["denoise"]["inputs"][-1].update(shape=[1]), "graphs.denoise.inputs domain_id shape = [1]"),
+    (lambda d: domain_input(d).update(shape=[1]), "graphs.denoise.inputs domain_id shape = [1]"),
 ])
 def test_every_domain_field_is_validated_by_name(raw, change, named):
-    assert raw["graphs"]["denoise"]["inputs"][-1]["name"] == "domain_id"
+    assert domain_input(raw)["shape"] == ["batch"]
     assert named in refused(_with(raw, change))
 
 
@@ -168,7 +173,7 @@ def test_a_server_graph_under_a_robots_manifest_is_refused(tiny_server_bundle, t
     robot = json.loads((tiny_folded_bundles[0] / "manifest.json").read_text())
     server = json.loads((bundle / "manifest.json").read_text())
     robot["files"], robot["graphs"] = server["files"], server["graphs"]
-    robot["graphs"]["denoise"]["inputs"].pop()  # as a robot's graph would declare
+    robot["graphs"]["denoise"]["inputs"].remove(domain_input(robot))  # as a robot's graph would declare
     robot["batch_sizes"] = server["batch_sizes"]
     (bundle / "manifest.json").write_text(json.dumps(robot))
     with pytest.raises(BundleError, match=r"domain_id = 0, but denoise.onnx was exported for the domains 0,6,17 of a "

@@ -43,6 +43,19 @@ def test_robot_side_commands_import_no_heavy_library(args, also_absent):
     assert modules.isdisjoint(HEAVY + also_absent), sorted(modules & set(HEAVY + also_absent))
 
 
+def test_sim_eval_takes_the_daemon_s_chunking_modes_and_default():
+    """``sim eval --chunking`` lists its choices without importing the daemon (``--help`` stays light): they are the
+    daemon's, default included."""
+    from xvla_edge.daemon.chunking import CHUNKING, DEFAULT_CHUNKING
+
+    parser, _ = cli.build_parser()
+    args = parser.parse_args(["sim", "eval"])
+    assert args.chunking == [DEFAULT_CHUNKING] and args.latency is None
+    action = next(a for a in parser._subparsers._group_actions[0].choices["sim"]._subparsers._group_actions[0]
+                  .choices["eval"]._actions if a.dest == "chunking")
+    assert tuple(action.choices) == CHUNKING
+
+
 def test_every_command_is_a_module_of_its_name_and_parses_its_own_help():
     parser, runners = cli.build_parser()
     assert set(runners) == set(cli.COMMANDS)

@@ -72,7 +72,8 @@ def summary(config: RobotConfig) -> str:
     theirs = "the controller's"
     lines.append(f"  safety:    {s.max_linear_speed:g} m/s, {s.max_angular_speed:g} rad/s; workspace boxes: "
                  f"{len(s.workspaces) or theirs}, joint limits: {len(s.joint_limits) or theirs}")
-    lines.append(f"  chunks:    next at {c.inference.start_fraction:g} of the span left, splice {c.splice.mode}, "
+    lines.append(f"  chunks:    next at {c.inference.start_fraction:g} of the span left, chunking "
+                 f"{c.inference.chunking}, "
                  f"gripper {c.gripper.mode}, degraded above {c.inference.max_latency_s:g} s")
     h, r = c.health, c.recorder
     auth = "; POST needs the token" if h.token else ""

@@ -91,6 +91,7 @@ def describe(action: str, reply: dict) -> str:
                    f"({s.get('embodiment')}) from {s.get('source')}",
              f"instruction: {s.get('instruction')!r}", f"episode:     {ep.get('number')}",
              f"chunks:      {s.get('chunks')}" + (f", latency p50 {p50 * 1e3:.0f} ms" if p50 is not None else ""),
+             f"chunking:    {(s.get('chunking') or {}).get('text')}",
              f"ticks:       {s.get('ticks')}, missed deadlines {s.get('missed_deadlines')}"]
     lines += [f"reason:      {r}" for r in s.get("reasons", [])]
     lines += [f"fault:       {f['reason']}" for f in s.get("faults", [])[-3:]]

@@ -7,6 +7,7 @@ Examples::
     xvla-edge sim eval --bundle ./sim-bundle --backend torch  # the PyTorch checkpoint behind the bundle
     xvla-edge sim eval --bundle ./sim-bundle --daemon         # the real daemon, emulated arm on a pty
     xvla-edge sim eval --bundle ./sim-bundle --expert         # the scripted expert through the same chain
+    xvla-edge sim eval --bundle ./sim-bundle --chunking rtc blend replace --latency 0.1 0.25 0.4  # 9 cells
     xvla-edge sim calibration-set --out ./sim-set --count 256 # INT8 calibration observations of the task
 
 The committed checkpoint (``xvla-edge sim checkpoint`` prints its directory) was trained by ``sim train``
@@ -14,7 +15,8 @@ with the seed and settings in its ``PROVENANCE.json``; export it like any checkp
 
     xvla-edge export "$(xvla-edge sim checkpoint)" --domain-id 3 --views 2 --out sim-bundle
  ``eval`` prints one line per episode and the summary
-(success rate with its 95 % interval, mean time to success, safety clamps per episode) and writes
+(success rate with its 95 % interval, mean time to success, safety clamps per episode, the seams of the chunk
+hand-overs) and writes
 ``NAME.json``, ``NAME.png`` (every episode: the scene, the gripper's path, the outcome) and ``NAME.gif``
 (the first episodes as the camera saw them) into ``--out``.
 """
@@ -58,7 +60,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ev.add_argument("--seed", type=int, default=0, help="first episode seed; episode i has seed SEED + i")
     ev.add_argument("--split", default="random", choices=["random", "not-nearest"],
                     help="not-nearest: the named block is never the one nearest the gripper")
-    ev.add_argument("--latency", type=float, default=0.1, help="virtual inference latency, s (default 0.1)")
+    ev.add_argument("--latency", type=float, nargs="+", default=None, metavar="S",
+                    help="inference latency, s, 0 ... 1: virtual (default 0.1), or with --daemon the latency its "
+                         "inference is padded to (default: as this computer runs it); several: one run per latency")
+    ev.add_argument("--chunking", nargs="+", default=["blend"], choices=["rtc", "blend", "replace"],  # no import
+                    help="how the next chunk takes over (the daemon's [inference].chunking and its default; rtc: "  # here:
+                         "real-time chunking, the bundle must support a prefix); several: one run per mode "  # --help
+                         "(default blend)")  # stays light; tests/xvla_edge/test_cli.py checks these against the daemon's
     ev.add_argument("--out", type=Path, default=None, help="write NAME.json/.png/.gif here")
     ev.add_argument("--name", default=None, help="file name stem (default: the source)")
     ev.add_argument("--quiet", action="store_true", help="only the summary line")
@@ -95,11 +103,12 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from xvla_edge.sim import evaluate
 
-    report = evaluate.evaluate_cli(
+    reports = evaluate.evaluate_cli(
         bundle=args.bundle, backend=args.backend, daemon=args.daemon, expert=args.expert, episodes=args.episodes,
         seed=args.seed, split=args.split, latency_s=args.latency, out=args.out, name=args.name,
-        progress=None if args.quiet else print)
-    print(report.line())
+        progress=None if args.quiet else print, chunking=args.chunking)
+    for report in reports:
+        print(report.line())
     return 0
 
 

@@ -44,6 +44,7 @@ from xvla.constants import MAX_IMAGE_SIDE, MAX_STEPS
 from xvla.errors import ConfigError, InputError
 from xvla.instruction import check_instruction
 from xvla.validation import Problems, Table, show
+from xvla_edge.daemon.chunking import CHUNKING, DEFAULT_CHUNKING, splice_mode
 from xvla_edge.web.auth import MIN_TOKEN_CHARS, TokenError, is_loopback, read_token_file, token_required
 
 LEVELS = ("debug", "info", "warning", "error")
@@ -143,10 +144,13 @@ class ControlSection:
 @dataclass(frozen=True)
 class InferenceSection:
     """``[inference]``: the next chunk starts when the executing one has ``start_fraction`` of its span
-    left; a chunk taking longer than ``max_latency_s`` seconds marks health degraded."""
+    left; a chunk taking longer than ``max_latency_s`` seconds marks health degraded; ``chunking``: how the next
+    chunk takes over (:mod:`xvla_edge.daemon.chunking`: ``"rtc"``, ``"blend"`` or ``"replace"``; it sets the
+    splice's mode)."""
 
     start_fraction: float = 0.5
     max_latency_s: float = 1.0
+    chunking: str = DEFAULT_CHUNKING
 
 
 @dataclass(frozen=True)
@@ -220,7 +224,8 @@ class RobotConfig:
         return (self.bundle or self.remote).steps  # type: ignore[union-attr]
 
     def loop_config(self) -> LoopConfig:
-        """The control loop's settings: ``[control]``, ``[safety]``, ``[splice]`` and ``[gripper]``."""
+        """The control loop's settings: ``[control]``, ``[safety]``, ``[splice]`` (its mode that of
+        ``[inference].chunking``) and ``[gripper]``."""
         c = self.control
         return LoopConfig(rate_hz=c.rate_hz, limits=self.safety, splice=self.splice, gripper=self.gripper,
                           realtime_priority=c.realtime_priority, cpu=c.cpu, max_trajectory_lag=c.max_trajectory_lag)
@@ -286,16 +291,19 @@ def _validated(data: Mapping[str, Any], file: Path) -> RobotConfig:
     safety = _safety(root.table("safety"))
     arm = _arm(root.table("arm", required=True), safety)
     control = _control(root.table("control"))
-    splice = _policy(root.table("splice"), SplicePolicy)
-    gripper = _policy(root.table("gripper"), GripperPolicy)
-
     t = root.table("inference")
     inference = InferenceSection(
         start_fraction=t.take("start_fraction", float, 0.5, check=lambda x: 0 < x < 1,
                               expected="a fraction 0 < f < 1 of the chunk's span"),
         max_latency_s=t.take("max_latency_s", float, 1.0, check=lambda x: 0.01 <= x <= 60,
-                             expected="seconds 0.01 ... 60"))
+                             expected="seconds 0.01 ... 60"),
+        chunking=t.take("chunking", str, DEFAULT_CHUNKING, choices=CHUNKING))
+    if inference.chunking == "rtc" and remote is not None:
+        t.report("chunking", 'expected "blend" or "replace" with a policy server ([policy]): its protocol carries no '
+                             "real-time chunking prefix yet (run the bundle on this computer, [bundle], for rtc)")
     t.finish()
+    splice = _splice(root.table("splice"), inference.chunking)
+    gripper = _policy(root.table("gripper"), GripperPolicy)
     health = _health(root.table("health"))
     operator = _operator(root.table("operator"))
     t = root.table("logging")
@@ -643,11 +651,29 @@ def _entry(t: _Table, name: str, entry: Any, build: Callable[[_Table], Any]) -> 
     return built if len(t.problems) == before else None
 
 
-def _policy(t: _Table, cls: type) -> Any:
-    """A drivers policy dataclass whose fields are the table's keys (kinds and choices from its type hints)."""
+def _splice(t: _Table, chunking: str) -> SplicePolicy:
+    """``[splice]``: the splice's numbers; its mode follows ``[inference].chunking``. Real-time chunking needs
+    chunks anchored at their observation (its prefix holds the rows the arm executes while the model runs)."""
+    if "mode" in t.data:
+        t.read.append("mode")
+        t.report("mode", f"moved: set [inference].chunking = {' | '.join(show(c) for c in CHUNKING)} "
+                         "(it chooses the splice)")
+    splice = dataclasses.replace(_policy(t, SplicePolicy, skip=("mode",)), mode=splice_mode(chunking))
+    if chunking == "rtc" and splice.anchor != "observation":
+        t.report("anchor", 'expected "observation" with [inference].chunking = "rtc": real-time chunking freezes the '
+                           "rows the arm executes while the model runs, at their observed times (an arrival-anchored "
+                           'chunk executes them late); or set chunking = "blend" or "replace"')
+    return splice
+
+
+def _policy(t: _Table, cls: type, skip: Sequence[str] = ()) -> Any:
+    """A drivers policy dataclass whose fields are the table's keys (kinds and choices from its type hints),
+    but the fields ``skip``."""
     hints = typing.get_type_hints(cls)
     values = {}
     for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
         hint = hints[f.name]
         choices = typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else ()
         value = t.take(f.name, str if choices else hint, None, choices=choices)

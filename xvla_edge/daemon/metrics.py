@@ -26,6 +26,8 @@ from drivers.control.safety import CLIP_KINDS, REJECT_KINDS
 from xvla_edge.web.metrics import new_registry
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+SEAM_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)  # m/s (rad/s): the seam's bound is 0.25 by default
+PREFIX_REASONS = ("delay", "invalid")  # the reasons of xvla_edge.daemon.chunking.PrefixUnavailable
 MODES = ("link_lost", "estopped", "fault", "idle", "holding", "tracking")
 
 
@@ -103,12 +105,42 @@ class DaemonMetrics:
         self.graph_fallback = Gauge("xvla_backend_graph_fallback", "1 while the backend runs without the CUDA "
                                     "graphs it would replay (capture failed on this machine; the daemon's log says "
                                     "why), else 0.", registry=r)
+        self.chunking = Info("xvla_chunking", "How the next chunk takes over: rtc (real-time chunking), blend or "
+                             "replace ([inference].chunking, resolved for the bundle).", registry=r)
+        self.seams = Histogram("xvla_chunk_seam", "The command's velocity jump across a chunk hand-over: mean "
+                               "velocity over the 50 ms after minus the 50 ms before (m/s; rad/s for joints; "
+                               "drivers/control/seam.py).", buckets=SEAM_BUCKETS, registry=r)
+        self.delay_rows = Gauge("xvla_chunk_delay_rows", "Real-time chunking: the inference delay in rows of the "
+                                "last prefix (frozen rows).", registry=r)
+        self.horizon_rows = Gauge("xvla_chunk_horizon_rows", "Real-time chunking: the last prefix's horizon in "
+                                  "rows (its guided rows end there).", registry=r)
+        self.latency_estimate = Gauge("xvla_chunk_latency_estimate_seconds", "Real-time chunking: the latency "
+                                      "the last prefix's delay was computed from (p90 of recent chunks).", registry=r)
+        self.prefix_errors = Counter("xvla_chunk_prefix_unavailable", "Real-time chunking: prefixes that could "
+                                     "not be built (nothing was sent, the arm held), by reason.", ["reason"],
+                                     registry=r)
+        for reason in PREFIX_REASONS:
+            self.prefix_errors.labels(reason=reason)
         self.loop = LoopCollector()
         r.register(self.loop)
 
     def set_bundle(self, *, bundle_id: str, embodiment: str, domain: int, precision: str, backend: str) -> None:
         self.bundle.info({"bundle_id": bundle_id, "embodiment": embodiment, "domain": str(domain),
                           "precision": precision, "backend": backend})
+
+    def set_chunking(self, mode: str) -> None:
+        self.chunking.info({"mode": mode})
+
+    def prefix(self, delay: int, horizon: int, latency_s: float) -> None:
+        self.delay_rows.set(delay)
+        self.horizon_rows.set(horizon)
+        self.latency_estimate.set(latency_s)
+
+    def prefix_unavailable(self, reason: str) -> None:
+        self.prefix_errors.labels(reason=reason).inc()
+
+    def seam(self, value: float) -> None:
+        self.seams.observe(value)
 
     def observe_loop(self, stats: LoopStats) -> None:
         self.loop.update(stats)

@@ -23,14 +23,16 @@ import numpy as np
 
 from drivers.control.control_loop import LoopStats
 from drivers.control.loop_process import ControlLoopClient
+from drivers.control.seam import SeamMeter
 from runtime.policy import Policy
 from runtime.remote.client import RemotePolicy
 from runtime.types import Observation
 from xvla_edge.daemon.cameras import Camera
+from xvla_edge.daemon.chunking import Chunking
 from xvla_edge.daemon.config import RobotConfig
 from xvla_edge.daemon.control import ControlServer
 from xvla_edge.daemon.health import HealthServer
-from xvla_edge.daemon.metrics import DaemonMetrics
+from xvla_edge.daemon.metrics import PREFIX_REASONS, DaemonMetrics
 from xvla_edge.daemon.recorder import Recorder
 
 FAULT_MODES = ("fault", "estopped", "link_lost")
@@ -58,6 +60,10 @@ class DaemonState:
         self.loop: Optional[ControlLoopClient] = None
         self.health_server: Optional[HealthServer] = None
         self.latencies: deque = deque(maxlen=10_000)
+        self.chunking: Optional[Chunking] = None  # the mode, the latency estimate, the executing chunk (start())
+        self.seams: Optional[SeamMeter] = None  # hand-overs waiting for their seam (start())
+        self.seam_values: deque = deque(maxlen=10_000)  # the seams measured (drivers/control/seam.py)
+        self._prefix_refused = {reason: 0 for reason in PREFIX_REASONS}  # real-time chunking, by reason
         self.stats: Optional[LoopStats] = None
         self._future: Optional[Future] = None
         self._future_obs: Optional[Observation] = None

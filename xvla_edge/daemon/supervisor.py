@@ -32,12 +32,14 @@ from drivers import registry
 from drivers.system import sdnotify
 from drivers.control.control_loop import LoopStats
 from drivers.control.loop_process import ControlLoopClient, ControlLoopError
+from drivers.control.seam import SeamMeter
 from runtime.policy import Policy
 from runtime.remote.client import RemotePolicy, RemoteUnavailable
 from runtime.types import ActionChunk, Observation
 from xvla.errors import InputError, XVLAError
 from xvla_edge.daemon.bridge import check_arm, chunk_to_trajectory, proprio_from_state
 from xvla_edge.daemon.cameras import open_camera
+from xvla_edge.daemon.chunking import Chunking, PrefixUnavailable, check_supported
 from xvla_edge.daemon.config import RobotConfig
 from xvla_edge.daemon.control import ControlServer, claim, estop_socket_path
 from xvla_edge.daemon.health import HealthServer, Operator
@@ -125,6 +127,11 @@ class Supervisor(DaemonState):
         self.metrics.set_bundle(bundle_id=manifest.bundle_id, embodiment=manifest.embodiment,
                                 domain=manifest.domain_id, precision=manifest.precision,
                                 backend=cfg.bundle.backend if cfg.bundle is not None else "remote")
+        mode = cfg.inference.chunking
+        check_supported(mode, manifest.supports_prefix, cfg.source)
+        loop_config = cfg.loop_config()
+        self.chunking = Chunking(mode, manifest.action, loop_config.splice, loop_config.gripper)
+        self.metrics.set_chunking(mode)
         phase("opening the cameras")
         if self.cameras is None:
             self.cameras = {cam.slot: open_camera(cam) for cam in cfg.cameras}
@@ -138,7 +145,7 @@ class Supervisor(DaemonState):
         operator = cfg.operator
         if operator.socket is not None:
             claim(operator.socket)  # before the loop replaces the e-stop socket beside it: never a live daemon's
-        self.loop = ControlLoopClient(cfg.arm_factory(), cfg.loop_config(), estop_group=operator.socket_group,
+        self.loop = ControlLoopClient(cfg.arm_factory(), loop_config, estop_group=operator.socket_group,
                                       estop_socket=None if operator.socket is None else estop_socket_path(operator.socket))
         caps = self.loop.start()
         try:
@@ -146,6 +153,7 @@ class Supervisor(DaemonState):
         except ValueError:
             self.close()
             raise
+        self.seams = SeamMeter(caps.space, caps.n_arms)
         phase("serving health")
         if cfg.health.port:
             self.health_server = HealthServer(cfg.health.host, cfg.health.port, self.health, self.metrics.render,
@@ -193,6 +201,8 @@ class Supervisor(DaemonState):
         while not stop.is_set() and (end is None or self.clock() < end):
             self.step()
             stop.wait(POLL_S)
+        if self.loop.running:
+            self._read_trace()  # the seams of the last hand-overs
         return self.summary()
 
     def step(self) -> None:
@@ -222,8 +232,16 @@ class Supervisor(DaemonState):
             except RuntimeError as exc:  # the worker thread cannot be started or its executor is gone
                 self._inference_failed(exc)
         if now - self._last_trace >= TRACE_EVERY_S:
-            self.recorder.add_commands(self.loop.trace())
+            self._read_trace()
             self._last_trace = now
+
+    def _read_trace(self) -> None:
+        """The loop's recent commands into the recorder, and the seams of the hand-overs they now cover."""
+        trace = self.loop.trace()  # type: ignore[union-attr]
+        self.recorder.add_commands(trace)
+        for value in self.seams.collect(trace):  # type: ignore[union-attr]
+            self.seam_values.append(value)
+            self.metrics.seam(value)
 
     def _watch_loop(self, stats: LoopStats, now: float) -> None:
         mode = stats.mode
@@ -278,8 +296,20 @@ class Supervisor(DaemonState):
         proprio = proprio_from_state(stats.last_state, manifest.action, policy.state_dim)
         obs = Observation(images=images, instruction=self.instruction, proprio=proprio,
                           timestamp=min(f.timestamp for f in frames.values()))  # type: ignore[attr-defined]
+        chunking = self.chunking
+        assert chunking is not None and self.loop is not None
+        try:  # nothing executing (a hold, a stop): the next chunk starts from rest, without a prefix
+            executing = self.loop.executing() if chunking.mode == "rtc" and self._executing_end is not None else None
+            planned = chunking.prefix(obs.timestamp, executing)
+        except PrefixUnavailable as exc:
+            self._prefix_unavailable(exc)
+            return
         self.recorder.add_observation(obs.timestamp, images, proprio, obs.instruction, int(manifest.domain_id))
-        self._future = policy.act_async(obs, steps=self.config.steps)
+        if planned is None:
+            self._future = policy.act_async(obs, steps=self.config.steps)
+        else:
+            self.metrics.prefix(planned.delay, planned.horizon, planned.latency_s)
+            self._future = policy.act_async(obs, steps=self.config.steps, prefix=planned.prefix)
         self._future_generation = self._generation
         self._future_obs = obs
         self._future_started = self.clock()
@@ -313,6 +343,8 @@ class Supervisor(DaemonState):
                 return  # held, stopped or e-stopped while the model ran
             self.loop.submit(trajectory, obs.timestamp)  # type: ignore[union-attr]
             self._executing_end = float(chunk.timestamps[-1])
+            self.chunking.arrived(latency)  # type: ignore[union-attr]
+            self.seams.handover(self.clock())  # type: ignore[union-attr]
         log.debug("chunk", extra={"event": "chunk", "latency_s": round(latency, 4)})
 
     def _inference_failed(self, exc: BaseException) -> None:
@@ -337,6 +369,18 @@ class Supervisor(DaemonState):
                        "the control loop holds the arm")
             log.error(message, extra={"event": InferenceFailing.event, "failures": self._failures_in_a_row})
             raise InferenceFailing(message)
+
+    def _prefix_unavailable(self, exc: PrefixUnavailable) -> None:
+        """Real-time chunking cannot build the next chunk's prefix (a delay longer than a chunk, an executing
+        trajectory that gives no valid rows): nothing is sent; hold (the executing chunk is dropped), count it
+        by reason, say why in health and the log, and try again in ``RECONNECT_S`` (from rest, without a
+        prefix)."""
+        self._hold_and_retry()
+        self._prefix_refused[exc.reason] = self._prefix_refused.get(exc.reason, 0) + 1
+        self.metrics.prefix_unavailable(exc.reason)
+        log.error("real-time chunking: no prefix (%s): %s; holding the arm", exc.reason, exc,
+                  extra={"event": "prefix_unavailable", "reason": exc.reason})
+        self._fault(f"inference error: {exc}")
 
     def _refused_input(self, exc: InputError) -> None:
         """The policy refused the observation (e.g. a state the arm reported that it cannot take): hold, say why

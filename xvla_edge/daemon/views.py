@@ -33,10 +33,12 @@ class Summary:
     scheduler: str
     interventions: Dict[str, int] = field(default_factory=dict)
     events: Dict[str, int] = field(default_factory=dict)
+    chunking: Dict[str, object] = field(default_factory=dict)  # StatusViews.chunking_status()
+    seams: List[float] = field(default_factory=list)  # every hand-over's seam (drivers/control/seam.py)
 
     def lines(self) -> List[str]:
         ms = 1e3
-        return [
+        return [f"chunking: {self.chunking.get('text', 'not started')}",
             f"ran {self.seconds:.1f} s, control loop {self.scheduler}, final mode {self.mode}",
             f"chunks: {self.chunks}, latency p50 {self.chunk_latency_p50 * ms:.1f} ms, "
             f"p99 {self.chunk_latency_p99 * ms:.1f} ms",
@@ -69,8 +71,33 @@ class StatusViews(DaemonState):
             "chunk_latency_p99_s": None if lat is None else float(np.percentile(lat, 99)),
             "ticks": int(timing.get("ticks", 0)), "missed_deadlines": int(timing.get("missed_deadlines", 0)),
             "interval_error_p99_s": timing.get("interval_error_p99"),
-            "cameras": sorted(self.cameras or {}),
+            "cameras": sorted(self.cameras or {}), "chunking": self.chunking_status(),
         }
+
+    def chunking_status(self) -> Dict[str, object]:
+        """The chunking mode, the last prefix's delay and horizon (rows) and latency estimate, the seams of the
+        hand-overs so far (p50, p99, count; m/s) and the prefixes refused, with ``text``: all of it in one line."""
+        c = self.chunking
+        if c is None:
+            return {"mode": None, "text": "not started"}
+        last, seams = c.last, np.array(self.seam_values, float)
+        refused = dict(self._prefix_refused)
+        out: Dict[str, object] = {
+            "mode": c.mode, "delay_rows": None if last is None else last.delay,
+            "horizon_rows": None if last is None else last.horizon,
+            "latency_estimate_s": None if last is None else round(last.latency_s, 4),
+            "handovers": len(seams), "seam_p50": None if not len(seams) else float(np.percentile(seams, 50)),
+            "seam_p99": None if not len(seams) else float(np.percentile(seams, 99)), "prefix_unavailable": refused}
+        text = c.mode
+        if last is not None:
+            text += (f", delay {last.delay} rows (latency estimate {last.latency_s * 1e3:.0f} ms), horizon "
+                     f"{last.horizon} rows")
+        if len(seams):
+            text += f"; seam p50 {out['seam_p50']:.3f}, p99 {out['seam_p99']:.3f} m/s over {len(seams)} hand-overs"
+        if any(refused.values()):
+            text += f"; prefixes refused {refused}"
+        out["text"] = text
+        return out
 
     def series(self, seconds: float = 5.0, points: int = 400) -> Dict[str, object]:
         """For the status page: commanded and measured positions (first arm) over the last ``seconds``
@@ -148,6 +175,8 @@ class StatusViews(DaemonState):
             scheduler=stats.scheduler if stats else "unknown",
             interventions=interventions,
             events=dict(events),
+            chunking=self.chunking_status(),
+            seams=list(self.seam_values),
         )
 
 

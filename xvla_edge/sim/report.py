@@ -53,6 +53,7 @@ class EpisodeResult:
     empty_closings: int = 0  # gripper closings with no block within reach
     clamped_ticks: Optional[int] = None  # control ticks whose command the envelope changed or refused (virtual
     ticks: Optional[int] = None  # time only: the daemon's control loop counts clamps by kind, not by tick)
+    seams: list[float] = field(default_factory=list)  # each hand-over's seam, m/s (drivers/control/seam.py)
 
 
 @dataclass
@@ -84,10 +85,19 @@ class Report:
             "clamps_per_episode": round(float(np.mean([e.clamps for e in self.episodes])), 2) if n else None,
             "clamped_tick_share": self._clamped_share(),
             "chunks_per_episode": round(float(np.mean([e.chunks for e in self.episodes])), 2) if n else None,
+            **self._seams(),
             "empty_closings": sum(e.empty_closings for e in self.episodes),
             "outcomes": outcomes, "seeds": [e.seed for e in self.episodes],
             "failed_seeds": [e.seed for e in self.episodes if not e.success],
         }
+
+    def _seams(self) -> dict:
+        """The seam over all hand-overs of all episodes: count, p50 and p99 (m/s; None without hand-overs)."""
+        seams = np.array([s for e in self.episodes for s in e.seams], float)
+        if not len(seams):
+            return {"handovers": 0, "seam_p50": None, "seam_p99": None}
+        return {"handovers": len(seams), "seam_p50": round(float(np.percentile(seams, 50)), 4),
+                "seam_p99": round(float(np.percentile(seams, 99)), 4)}
 
     def _clamped_share(self) -> Optional[float]:
         """Share of control ticks whose command the envelope changed or refused (None on the daemon path)."""
@@ -103,6 +113,8 @@ class Report:
                 f"(95 % CI {100 * s['ci95'][0]:.1f}-{100 * s['ci95'][1]:.1f} %), mean time to success {t}, "
                 f"safety clamps {s['clamps_per_episode']}/episode"
                 + ("" if s["clamped_tick_share"] is None else f" (on {100 * s['clamped_tick_share']:.0f} % of ticks)")
+                + ("" if s["seam_p50"] is None else f", seam p50 {s['seam_p50']:.3f} p99 {s['seam_p99']:.3f} m/s "
+                   f"({s['handovers']} hand-overs)")
                 + f", gripper closed on nothing {s['empty_closings']}x, "
                 f"outcomes {s['outcomes']}")
 
@@ -166,7 +178,7 @@ def write(report: Report, out: Path, name: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     rows = [{"seed": e.seed, "instruction": e.instruction, "outcome": e.outcome, "seconds": round(e.seconds, 3),
              "clamps": e.clamps, "clamped_ticks": e.clamped_ticks, "ticks": e.ticks, "chunks": e.chunks,
-             "empty_closings": e.empty_closings} for e in report.episodes]
+             "empty_closings": e.empty_closings, "seams": [round(x, 5) for x in e.seams]} for e in report.episodes]
     data = {"summary": report.summary(), "settings": report.settings, "episodes": rows}
     written = [out / f"{name}.json"]
     written[0].write_text(json.dumps(data, indent=2) + "\n")

@@ -47,8 +47,8 @@ def configs(draw) -> dict:
                            "max_velocity": draw(in_range(SAFETY_LIMIT_MIN, MAX_JOINT_VELOCITY))})
         safety["joint_limits"] = joints
     splice = {name: draw(in_range(lower, upper)) for name, (lower, upper, _) in POLICY_RANGES.items()}
-    splice.update(mode=draw(st.sampled_from(["replace", "blend"])),
-                  anchor=draw(st.sampled_from(["observation", "arrival"])),
+    chunking = draw(st.sampled_from(["rtc", "blend", "replace"]))  # the splice's mode; rtc needs observation anchors
+    splice.update(anchor=draw(st.sampled_from(["observation"] + ([] if chunking == "rtc" else ["arrival"]))),
                   smooth_window=draw(st.sampled_from([0, 3, 5, 99])))
     low, high = sorted(draw(st.lists(in_range(0.0, 1.0), min_size=2, max_size=2)))
     closed = draw(in_range(0.0, 0.99))
@@ -60,7 +60,7 @@ def configs(draw) -> dict:
             "arm": {"driver": "sim", "space": space, "sim": sim},
             "control": {"rate_hz": draw(in_range(MIN_RATE_HZ, MAX_RATE_HZ)), "realtime_priority": 0,
                         "max_trajectory_lag": draw(in_range(*MAX_TRAJECTORY_LAG))},
-            "safety": safety, "splice": splice, "gripper": gripper}
+            "safety": safety, "splice": splice, "gripper": gripper, "inference": {"chunking": chunking}}
 
 
 def chunk(rng: np.random.Generator, t_obs: float, span: float, space: str, n_arms: int, limits) -> Trajectory:

@@ -21,7 +21,7 @@ BAUDS = ("50, 75, 110, 134, 150, 200, 300, 600, 1200, 1800, 2400, 4800, 9600, 19
      ["[splice].blend_window_s = 1e+300: SplicePolicy.blend_window_s: expected 0.01 ... 1 s, got 1e+300"]),
     ("[arm]", "[splice]\nblend_step_s = 1e-300\n[arm]",
      ["[splice].blend_step_s = 1e-300: SplicePolicy.blend_step_s: expected 0.005 ... 0.1 s, got 1e-300"]),
-    ("[arm]", '[splice]\nmode = "blend"\nblend_window_s = 5\nblend_step_s = 1e-6\n[arm]',
+    ("[arm]", '[splice]\nblend_window_s = 5\nblend_step_s = 1e-6\n[inference]\nchunking = "blend"\n[arm]',
      ["[splice].blend_window_s = 5: SplicePolicy.blend_window_s: expected 0.01 ... 1 s, got 5.0",
       "[splice].blend_step_s = 1e-06: SplicePolicy.blend_step_s: expected 0.005 ... 0.1 s, got 1e-06"]),
     ("[arm]", "[control]\nmax_trajectory_lag = 1e12\n[arm]",

@@ -32,8 +32,10 @@ def test_not_nearest_never_names_the_block_nearest_the_gripper():
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(latency_s=math.nan), "latency nan"), (dict(latency_s=-0.1), "latency -0.1"),
-    (dict(latency_s=3.0), "latency 3.0"), (dict(seeds=[]), "0 episodes"),
-    (dict(seeds=[0, -5]), "seed -5"), (dict(daemon=True, expert=True), "not both"),
+    (dict(latency_s=3.0), "latency 3.0 s: expected a number 0 ... 1"), (dict(latency_s=True), "latency True"),
+    (dict(seeds=[]), "0 episodes"), (dict(seeds=[0, -5]), "seed -5"), (dict(daemon=True, expert=True), "not both"),
+    (dict(chunking="fade"), "chunking 'fade': expected one of rtc, blend, replace"),
+    (dict(expert=True, chunking="rtc"), "the scripted expert plans from the table and takes no prefix"),
 ])
 def test_run_episodes_refuses_bad_settings(tiny_bundle, kwargs, match):
     kwargs = {"seeds": [0], **kwargs}
@@ -49,13 +51,28 @@ def test_a_missing_bundle_is_named(tmp_path):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(episodes=0), "--episodes = 0"), (dict(episodes=10**9), "--episodes"), (dict(seed=-3), "--seed = -3"),
     (dict(name="../up"), "--name '../up'"), (dict(bundle=None), "--bundle is required"),
+    (dict(latency_s=[0.1, 7.0]), "latency 7.0"), (dict(latency_s=[0.01 * i for i in range(33)],
+                                                       chunking=["blend", "replace"]), "66 cells"),
 ])
 def test_eval_command_refuses_bad_arguments(tiny_bundle, tmp_path, kwargs, match):
     args = dict(bundle=tiny_bundle, backend="onnxruntime", daemon=False, expert=True, episodes=1, seed=0,
-                split="random", latency_s=0.1, out=tmp_path / "out", name=None, progress=None)
+                split="random", latency_s=[0.1], out=tmp_path / "out", name=None, progress=None)
     args.update(kwargs)
     with pytest.raises(EvaluationError, match=match):
         evaluate_cli(**args)
+
+
+def test_the_eval_command_runs_a_grid_of_cells_on_the_same_seeds(tiny_bundle, tmp_path):
+    """Each chunking at each latency, the same episodes, one set of files per cell named by it."""
+    reports = evaluate_cli(bundle=tiny_bundle, backend="onnxruntime", daemon=False, expert=True, episodes=2, seed=3,
+                           split="random", latency_s=[0.1, 0.3], out=tmp_path, name="grid", progress=None,
+                           chunking=["blend", "replace"])
+    cells = [(r.settings["chunking"], r.settings["latency_s"]) for r in reports]
+    assert cells == [("blend", 0.1), ("blend", 0.3), ("replace", 0.1), ("replace", 0.3)]
+    assert all([e.seed for e in r.episodes] == [3, 4] for r in reports)
+    assert {p.name for p in tmp_path.glob("*.json")} == {f"grid-{c}-{x:g}s.json" for c, x in cells}
+    for r in reports:  # every hand-over after the first chunk has its seam
+        assert all(len(e.seams) >= e.chunks - 2 for e in r.episodes) and r.summary()["handovers"] > 0
 
 
 def test_train_options_are_checked():
