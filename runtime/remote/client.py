@@ -30,10 +30,11 @@ from runtime.backends.base import BackendError
 from runtime.decode import chunk_timestamps, decode_arms
 from runtime.manifest import BundleError, Manifest, canonical_sha256
 from runtime.remote.wire import MAX_MESSAGE_BYTES, PROTOCOL, WireError, pack, unpack
-from runtime.types import ActionChunk, Observation, check_timestamp, checked_proprio
+from runtime.types import ActionChunk, Observation, PrefixUnsupported, check_timestamp, checked_proprio
 from xvla.constants import MAX_STEPS
 from xvla.errors import InputError
 from xvla.instruction import check_instruction
+from xvla.realtime_chunking import Prefix, check_prefix
 
 
 
@@ -148,14 +149,15 @@ class RemotePolicy:
             conn.close()
 
     # -- the Policy API --------------------------------------------------------------------------------
-    def act(self, obs: Observation, *, steps: Optional[int] = None) -> ActionChunk:
-        """One chunk for ``obs`` from the server; raises :class:`RemoteUnavailable` (reconnect on the next
-        call), :class:`BundleChanged`, :class:`InputError` (the server refused the observation) or
-        :class:`BackendError`."""
+    def act(self, obs: Observation, *, steps: Optional[int] = None, prefix: Optional[Prefix] = None) -> ActionChunk:
+        """One chunk for ``obs`` from the server (``prefix``: real-time chunking's committed prefix, checked here
+        against the served bundle as ``Policy.act`` checks it); raises :class:`RemoteUnavailable` (reconnect on
+        the next call), :class:`BundleChanged`, :class:`InputError` (the server refused the observation, or a
+        prefix :class:`~runtime.types.PrefixUnsupported` by its bundle) or :class:`BackendError`."""
         if steps is not None and (not isinstance(steps, (int, np.integer)) or isinstance(steps, bool)
                                   or not 1 <= steps <= MAX_STEPS):
             raise InputError(f"steps = {steps!r}: expected an integer 1 ... {MAX_STEPS}")
-        message = self._message(obs, steps)
+        message = self._message(obs, steps, prefix)
         with self._lock:
             t0 = time.perf_counter()
             if self._conn is None:
@@ -180,7 +182,7 @@ class RemotePolicy:
             arms=decode_arms(actions, self.manifest.action),
             timings={"total_s": total, "server_s": float(timing.get("infer_ms", np.nan)) / 1e3})
 
-    def _message(self, obs: Observation, steps: Optional[int]) -> bytes:
+    def _message(self, obs: Observation, steps: Optional[int], prefix: Optional[Prefix]) -> bytes:
         images = list(obs.images)
         while images and images[-1] is None:  # absent trailing views, as Policy takes them
             images.pop()
@@ -199,11 +201,25 @@ class RemotePolicy:
             if noise.shape not in (self.chunk_shape, self.chunk_shape[1:]):
                 raise InputError(f"observation.noise: expected shape {self.chunk_shape[1:]}, got {noise.shape}")
             message["noise"] = noise.reshape(self.chunk_shape[1:])
+        if prefix is not None:
+            prefix = self._prefix(prefix)
+            message["prefix"] = {"rows": prefix.rows, "weights": prefix.weights}
         packed = pack(message)
         if self.max_frame_bytes is not None and len(packed) > self.max_frame_bytes:
             raise InputError(f"observation: {len(packed)} bytes as a frame; {self.url} takes at most "
                              f"{self.max_frame_bytes} (its --max-frame-mb): send smaller camera images")
         return packed
+
+    def _prefix(self, prefix: Any) -> Prefix:
+        """``prefix`` re-checked against the served bundle (it may be hand-built), before anything is sent."""
+        if not isinstance(prefix, Prefix):
+            raise InputError(f"prefix: expected an xvla.realtime_chunking.Prefix (scheduled_prefix / check_prefix), "
+                             f"got {type(prefix).__name__}")
+        if not self.manifest.supports_prefix:
+            raise PrefixUnsupported(f"prefix: {self.url} serves bundle {self.bundle_id[:12]} for domain "
+                                    f"{self.domain_id}, exported before real-time chunking; re-export it with "
+                                    "xvla-edge export, or call act() without a prefix")
+        return check_prefix(prefix.rows, prefix.weights, length=self.chunk_shape[1], dim=self.chunk_shape[2])
 
     def _actions(self, reply: Any) -> np.ndarray:
         actions = reply.get("action") if isinstance(reply, dict) else None
@@ -214,11 +230,12 @@ class RemotePolicy:
                                f"from bundle {self.bundle_id[:12]}")
         return np.array(actions)
 
-    def act_async(self, obs: Observation, *, steps: Optional[int] = None) -> Future[ActionChunk]:
+    def act_async(self, obs: Observation, *, steps: Optional[int] = None,
+                  prefix: Optional[Prefix] = None) -> Future[ActionChunk]:
         """Start :meth:`act` on a worker thread."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xvla-remote")
-        return self._executor.submit(self.act, obs, steps=steps)
+        return self._executor.submit(self.act, obs, steps=steps, prefix=prefix)
 
     def close(self) -> None:
         if self._executor is not None:

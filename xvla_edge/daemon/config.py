@@ -298,9 +298,6 @@ def _validated(data: Mapping[str, Any], file: Path) -> RobotConfig:
         max_latency_s=t.take("max_latency_s", float, 1.0, check=lambda x: 0.01 <= x <= 60,
                              expected="seconds 0.01 ... 60"),
         chunking=t.take("chunking", str, DEFAULT_CHUNKING, choices=CHUNKING))
-    if inference.chunking == "rtc" and remote is not None:
-        t.report("chunking", 'expected "blend" or "replace" with a policy server ([policy]): its protocol carries no '
-                             "real-time chunking prefix yet (run the bundle on this computer, [bundle], for rtc)")
     t.finish()
     splice = _splice(root.table("splice"), inference.chunking)
     gripper = _policy(root.table("gripper"), GripperPolicy)

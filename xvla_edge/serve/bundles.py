@@ -24,8 +24,10 @@ from starlette.concurrency import run_in_threadpool
 
 from runtime.manifest import BundleError
 from runtime.policy import Policy
-from runtime.types import ActionChunk, Observation
+from runtime.types import ActionChunk, Observation, PrefixUnsupported
 from runtime.remote.wire import PROTOCOL
+from xvla.errors import InputError
+from xvla.realtime_chunking import Prefix, check_prefix
 from xvla_edge.serve.request import ActRequest, RequestError
 from xvla_edge.web.metrics import new_registry, package_version
 
@@ -139,9 +141,10 @@ class BundleSet:
         """One chunk for ``request`` (blocking; requests for one domain run one at a time)."""
         served = self.get(request.domain_id)
         obs = self.observation(request, served)
+        prefix = prefix_of(request, served.policy, served.path.name)
         with served.lock:
             t0 = time.perf_counter()
-            chunk = served.policy.act(obs, steps=request.steps, domain_id=request.domain_id)
+            chunk = served.policy.act(obs, steps=request.steps, domain_id=request.domain_id, prefix=prefix)
             self.metrics.inference.labels(str(request.domain_id)).observe(time.perf_counter() - t0)
         return chunk, served
 
@@ -201,3 +204,20 @@ def observation(request: ActRequest, policy: Policy, bundle_name: str) -> Observ
         raise RequestError(f"noise: domain {request.domain_id} takes shape {list(shape)}, got {list(noise.shape)}")
     return policy.check(Observation(images=images, instruction=request.instruction, proprio=request.proprio,
                                     timestamp=0.0, noise=noise))
+
+
+def prefix_of(request: ActRequest, policy: Policy, bundle_name: str) -> Prefix | None:
+    """``request.prefix`` checked against the domain's bundle (:func:`xvla.realtime_chunking.check_prefix`: the
+    action width, at most the chunk's rows, weights in [0, 1] not increasing), or a :class:`RequestError` naming
+    the field; a bundle exported before real-time chunking refuses one by name."""
+    if request.prefix is None:
+        return None
+    if not policy.manifest.supports_prefix:
+        raise RequestError(f"prefix: domain {request.domain_id} (bundle {bundle_name}) was exported before real-time "
+                           "chunking and takes no prefix; re-export it with xvla-edge export, or send none",
+                           400, "bad_request")
+    T, A = policy.chunk_shape[1:]
+    try:
+        return check_prefix(*request.prefix, length=T, dim=A, where="prefix")
+    except InputError as exc:
+        raise RequestError(str(exc)) from None

@@ -40,7 +40,7 @@ from xvla_edge.serve.request import IMAGE_KEYS, RequestError
 
 KeyPath = Union[str, tuple[str, ...]]
 NATIVE_KEYS = (*IMAGE_KEYS, "language_instruction", "proprio")  # a message with any of them is read as sent
-PASSED_ON = ("steps", "seed", "noise")  # the websocket's optional fields, taken as they are
+PASSED_ON = ("steps", "seed", "noise", "prefix")  # the websocket's optional fields, taken as they are
 MAX_FILE_BYTES = 64 << 10
 MAX_KEY_CHARS = 256
 MAX_DEPTH = 8

@@ -42,8 +42,9 @@ from runtime.manifest import BundleError, Manifest
 from runtime.policy import Policy
 from runtime.types import Observation
 from xvla.errors import InputError
+from xvla.realtime_chunking import Prefix
 from xvla_edge.serve.app import create_app
-from xvla_edge.serve.bundles import (Answer, ServerMetrics, claimed_twice, observation, server_metadata,
+from xvla_edge.serve.bundles import (Answer, ServerMetrics, claimed_twice, observation, prefix_of, server_metadata,
                                      unknown_domain)
 from xvla_edge.serve.request import ActRequest, Limits, RequestError
 from xvla_edge.web import auth
@@ -104,34 +105,37 @@ class PolicyDeployment:
     async def act(self, request: ActRequest) -> Reply:
         try:
             obs = observation(request, self.policy, self.path.name)
+            prefix = prefix_of(request, self.policy, self.path.name)
         except RequestError as exc:
             return Reply(error=(exc.status, exc.kind, str(exc)))
-        return await self._batched((obs, request.steps, request.domain_id))
+        return await self._batched((obs, request.steps, request.domain_id, prefix))
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _batched(self, items: list[tuple[Observation, Optional[int], int]]) -> list[Reply]:
+    async def _batched(self, items: list[tuple[Observation, Optional[int], int, Optional[Prefix]]]) -> list[Reply]:
         replies: list[Optional[Reply]] = [None] * len(items)
         by_steps: dict[Optional[int], list[int]] = {}
-        for i, (_, steps, _) in enumerate(items):
-            by_steps.setdefault(steps, []).append(i)
+        for i, item in enumerate(items):
+            by_steps.setdefault(item[1], []).append(i)
         for steps, rows in by_steps.items():
-            batch = [items[i][0] for i in rows], [items[i][2] for i in rows]
+            batch = [items[i][0] for i in rows], [items[i][2] for i in rows], [items[i][3] for i in rows]
             for i, reply in zip(rows, await asyncio.to_thread(self._run, *batch, steps)):
                 replies[i] = reply
         return replies  # type: ignore[return-value]
 
-    def _run(self, observations: list[Observation], domains: list[int], steps: Optional[int]) -> list[Reply]:
+    def _run(self, observations: list[Observation], domains: list[int], prefixes: list[Optional[Prefix]],
+             steps: Optional[int]) -> list[Reply]:
         """The batch's chunks; when an observation is refused, each runs alone so only it is answered 400."""
         try:
-            chunks = self.policy.act_batch(observations, steps=steps, domain_ids=domains)
+            chunks = self.policy.act_batch(observations, steps=steps, domain_ids=domains, prefixes=prefixes)
             return [Reply(c.actions, self.bundle_id, len(chunks)) for c in chunks]
         except InputError:
             if len(observations) == 1:
                 raise
         replies = []
-        for obs, domain in zip(observations, domains):
+        for obs, domain, prefix in zip(observations, domains, prefixes):
             try:
-                replies.append(Reply(self.policy.act(obs, steps=steps, domain_id=domain).actions, self.bundle_id))
+                replies.append(Reply(self.policy.act(obs, steps=steps, domain_id=domain, prefix=prefix).actions,
+                                     self.bundle_id))
             except InputError as exc:
                 replies.append(Reply(error=(400, "bad_request", str(exc))))
         return replies

@@ -6,7 +6,9 @@ strings of an HxWx3 uint8 array, of a 1-D uint8 array of encoded image bytes, or
 ``domain_id`` (int) and optionally ``steps``; images fill the view slots in key order (``image0`` and
 ``image2`` alone fill slots 0 and 1). Extensions: ``seed`` (the chunk's initial noise is
 ``numpy.random.default_rng(seed).standard_normal((chunk_length, dim), dtype=numpy.float32)``, so a client can
-reproduce it with ``Policy.act``), ``noise`` (that array itself), and plain JSON lists where the official clients send ``json_numpy`` strings.
+reproduce it with ``Policy.act``), ``noise`` (that array itself), ``prefix`` (real-time chunking: an object of
+``rows``, [n, action dim] in the model's action representation, and ``weights``, [n]; see
+:mod:`xvla.realtime_chunking`), and plain JSON lists where the official clients send ``json_numpy`` strings.
 
 Where the official server differs: encoded image bytes are decoded to RGB (it passes OpenCV's BGR on), file
 paths are refused unless the operator names a directory they must lie in, and every fault is a 400 (413 for
@@ -103,6 +105,9 @@ class ActRequest:
     steps: Optional[int]
     seed: Optional[int]
     noise: Optional[np.ndarray] = None
+    #: real-time chunking's committed prefix as sent: (rows [n, dim], weights [n]), finite float64; checked against
+    #: the domain's bundle by :func:`xvla_edge.serve.bundles.prefix_of`
+    prefix: Optional[tuple[np.ndarray, np.ndarray]] = None
 
 
 # ------------------------------------------------------------------------------------------------ JSON
@@ -216,6 +221,7 @@ def _request(payload: dict, decode: Any, limits: Limits, *, slots: bool) -> ActR
         steps=None if payload.get("steps") is None else _integer(payload["steps"], "steps", 1, MAX_STEPS),
         seed=None if payload.get("seed") is None else _integer(payload["seed"], "seed", 0, MAX_SEED),
         noise=None if payload.get("noise") is None else _noise(decode(payload["noise"], "noise")),
+        prefix=None if payload.get("prefix") is None else _prefix(payload["prefix"], decode),
     )
 
 
@@ -276,6 +282,34 @@ def _noise(value: Any) -> np.ndarray:
     if not np.isfinite(out).all():
         raise RequestError("noise: contains NaN or Inf, or a value too large for float32")
     return out
+
+
+PREFIX_KEYS = ("rows", "weights")
+
+
+def _prefix(value: Any, decode: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``prefix``: an object of exactly ``rows`` (2-D) and ``weights`` (1-D), numeric and finite; the bundle's
+    shape, the weights' range and order are checked against the domain's bundle later."""
+    if not isinstance(value, dict) or set(value) != set(PREFIX_KEYS):
+        keys = sorted(map(str, value)) if isinstance(value, dict) else None
+        raise RequestError(f"prefix: expected an object of exactly {' and '.join(PREFIX_KEYS)}, got "
+                           + (f"keys {keys}" if keys is not None else show(value)))
+    arrays = []
+    for key, ndim in zip(PREFIX_KEYS, (2, 1)):
+        where = f"prefix.{key}"
+        array = decode(value[key], where)
+        if isinstance(array, list):
+            array = _list_array(array, where)
+        if not isinstance(array, np.ndarray) or array.dtype.kind not in "iuf" or array.ndim != ndim \
+                or not 1 <= array.size <= 1 << 16:
+            raise RequestError(f"{where}: expected a {ndim}-D numeric array of 1 ... {1 << 16} values, got "
+                               f"{show(array)}")
+        with np.errstate(over="ignore"):
+            array = array.astype(np.float64)
+        if not np.isfinite(array).all():
+            raise RequestError(f"{where}: contains NaN or Inf")
+        arrays.append(array)
+    return arrays[0], arrays[1]
 
 
 def _list_array(value: list, key: str) -> np.ndarray:

@@ -146,8 +146,6 @@ def test_backends_are_the_runtimes(write):
     ('[arm]', '[splice]\nmode = "blend"\n[arm]',
      '[splice].mode = "blend": moved: set [inference].chunking = "rtc" | "blend" | "replace"'),
     ('[arm]', '[inference]\nchunking = "fade"\n[arm]', '[inference].chunking = "fade": expected one of "rtc", "blend"'),
-    ('[bundle]\npath = "bundle"', '[policy]\nurl = "ws://127.0.0.1:8000"\n[inference]\nchunking = "rtc"',
-     '[inference].chunking = "rtc": expected "blend" or "replace" with a policy server ([policy])'),
     ('[arm]', '[splice]\nanchor = "arrival"\n[inference]\nchunking = "rtc"\n[arm]',
      '[splice].anchor = "arrival": expected "observation" with [inference].chunking = "rtc": real-time chunking'),
 

@@ -68,9 +68,12 @@ def test_openpi_aloha_images_come_channels_first_and_four_cameras_fill_three_vie
 
 
 def test_extensions_pass_through_and_own_messages_are_not_translated():
-    msg = {**openpi_libero(), "seed": 7, "steps": 4}
+    rows, weights = np.ones((3, 20), np.float32), np.array([1, 1, 0.5], np.float32)
+    msg = {**openpi_libero(), "seed": 7, "steps": 4, "prefix": {"rows": rows, "weights": weights}}
     r = translated("openpi-libero", msg)
     assert (r.seed, r.steps) == (7, 4)
+    np.testing.assert_array_equal(r.prefix[0], rows)  # real-time chunking's prefix, as sent
+    np.testing.assert_array_equal(r.prefix[1], weights)
     own = {"image0": msg["observation/image"], "language_instruction": "x", "proprio": np.zeros(20), "domain_id": 3}
     assert not PRESETS["openpi-libero"].applies_to(own)  # RemotePolicy's messages are read as they are
     assert not PRESETS["openpi-libero"].applies_to([1, 2])

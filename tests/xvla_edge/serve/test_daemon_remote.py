@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from drivers.xvla_serial import emulator
+from xvla.realtime_chunking import Prefix
 from xvla_edge.daemon.config import load_config
 from xvla_edge.daemon.robot_toml import robot_toml
 from xvla_edge.daemon.service import Daemon
@@ -56,3 +57,29 @@ def test_a_served_policy_drives_the_arm_and_an_outage_holds_it_until_the_server_
     finally:
         daemon.close()
         emu.stop()
+
+
+def test_real_time_chunking_over_a_policy_server(tiny_bundle, tmp_path, spawn_server, free_port):
+    """``[inference] chunking = "rtc"`` with ``[policy]``: every chunk after the first is asked for with the prefix of
+    what the loop executes, over the websocket, and arrives (the server checks it against its bundle)."""
+    server = spawn_server(tiny_bundle, free_port)
+    emu = emulator.start(emulator.ControllerConfig(n_arms=1), seed=4)
+    text = robot_toml(tiny_bundle, emu.port, tmp_path / "recordings", cameras={"width": 96, "height": 64},
+                      control={"rate_hz": 100, "realtime_priority": 0}, arm={"timeout_ms": 300},
+                      inference={"chunking": "rtc"}, splice={"max_latency_s": 5.0},
+                      policy={"url": f"ws://127.0.0.1:{free_port}", "timeout_s": 5.0})
+    (tmp_path / "robot.toml").write_text(re.sub(r"\n\[bundle\]\n(?:[^\[\n].*\n)*", "\n", text))
+    daemon = Daemon(load_config(tmp_path / "robot.toml"))
+    try:
+        daemon.start()
+        asked = []
+        act_async = daemon.policy.act_async
+        daemon.policy.act_async = lambda obs, **kw: (asked.append(kw.get("prefix")), act_async(obs, **kw))[1]
+        assert drive(daemon, 60.0, until=lambda d: accepted(d) >= 4)
+        assert asked[0] is None and len(asked) >= 4 and all(isinstance(p, Prefix) for p in asked[1:]), asked
+        assert daemon.summary().inference_errors == 0 and daemon.chunking.last.delay >= 1
+        assert daemon.status()["chunking"]["text"].startswith("rtc, delay")
+    finally:
+        daemon.close()
+        emu.stop()
+        server.kill()

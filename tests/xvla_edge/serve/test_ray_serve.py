@@ -19,6 +19,7 @@ json_numpy = pytest.importorskip("json_numpy")
 from runtime.policy import Policy  # noqa: E402
 from runtime.remote.client import RemotePolicy  # noqa: E402
 from runtime.types import Observation  # noqa: E402
+from xvla.realtime_chunking import Prefix, scheduled_prefix  # noqa: E402
 
 CLIENTS = 8
 
@@ -32,13 +33,13 @@ def payload(seed: int, domain_id: int = 3, proprio_dim: int = 20) -> dict:
             "proprio": json_numpy.dumps(rng.standard_normal(proprio_dim)), "seed": seed, "steps": 4}
 
 
-def expected(policy: Policy, seed: int, domain_id: int = 3) -> np.ndarray:
+def expected(policy: Policy, seed: int, domain_id: int = 3, prefix: Prefix | None = None) -> np.ndarray:
     """``Policy.act`` of the observation :func:`payload` describes (the server's seed → noise rule)."""
     body = payload(seed, domain_id)
     obs = Observation([json_numpy.loads(body["image0"]), json_numpy.loads(body["image1"])],
                       body["language_instruction"], json_numpy.loads(body["proprio"]).astype(np.float32),
                       noise=np.random.default_rng(seed).standard_normal(policy.chunk_shape[1:], dtype=np.float32))
-    return policy.act(obs, steps=4).actions
+    return policy.act(obs, steps=4, prefix=prefix).actions
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +90,27 @@ def test_concurrent_clients_get_their_own_chunks_computed_in_batches(fleet, loca
                                    rtol=0, atol=1e-5)
         assert reply.headers["X-XVLA-Bundle"] == local.manifest.bundle_id
     assert max(int(r.headers["X-XVLA-Batch"]) for r in replies) > 1  # computed together, not one by one
+
+
+def test_prefixes_in_a_batch_each_reach_their_own_row(fleet, local):
+    """Requests with and without a prefix of real-time chunking batched together: each gets its own chunk."""
+    seeds = list(range(300, 300 + CLIENTS))
+    T, A = local.chunk_shape[1:]
+    prefixes = {seed: None if seed % 2 else scheduled_prefix(np.random.default_rng(seed).standard_normal((T, A)),
+                                                             length=T, dim=A, delay=3, horizon=15) for seed in seeds}
+
+    def send(seed: int) -> requests.Response:
+        p = prefixes[seed]
+        body = payload(seed) if p is None else {**payload(seed), "prefix": {"rows": p.rows.tolist(),
+                                                                            "weights": p.weights.tolist()}}
+        return requests.post(f"http://{fleet}/act", json=body, timeout=60)
+
+    replies = concurrently(send, seeds)
+    assert [r.status_code for r in replies] == [200] * CLIENTS, [r.text for r in replies]
+    for seed, reply in zip(seeds, replies):
+        np.testing.assert_allclose(np.asarray(reply.json()["action"], np.float32),
+                                   expected(local, seed, prefix=prefixes[seed]), rtol=0, atol=1e-5)
+    assert max(int(r.headers["X-XVLA-Batch"]) for r in replies) > 1
 
 
 def test_a_bad_request_in_a_batch_is_refused_alone_and_an_unknown_domain_is_named(fleet, local):

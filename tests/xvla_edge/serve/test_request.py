@@ -222,6 +222,41 @@ class TestFilePathImages:
         assert "no such image file" in refused(official(image0=json_numpy.dumps(".")), limits, status=404)
 
 
+PREFIX_ROWS = RNG.standard_normal((4, 20))
+PREFIX_WEIGHTS = np.array([1.0, 1.0, 0.5, 0.1])
+
+
+def test_a_prefix_arrives_as_sent_in_json_numpy_plain_lists_and_msgpack():
+    sent = {"rows": json_numpy.dumps(PREFIX_ROWS), "weights": json_numpy.dumps(PREFIX_WEIGHTS)}
+    listed = {"rows": PREFIX_ROWS.tolist(), "weights": PREFIX_WEIGHTS.tolist()}
+    good = {"image0": IMG, "language_instruction": "x", "proprio": PROPRIO, "domain_id": 3,
+            "prefix": {"rows": PREFIX_ROWS.astype(np.float32), "weights": PREFIX_WEIGHTS.astype(np.float32)}}
+    for request, tol in ((parse(official(prefix=sent)), 0), (parse(official(prefix=listed)), 0),
+                         (from_message(good, Limits()), 1e-7)):
+        rows, weights = request.prefix
+        np.testing.assert_allclose(rows, PREFIX_ROWS, rtol=tol, atol=tol)
+        np.testing.assert_allclose(weights, PREFIX_WEIGHTS, rtol=tol, atol=tol)
+    assert parse(official()).prefix is None
+
+
+@pytest.mark.parametrize("prefix, message", [
+    ([1, 2], "prefix: expected an object of exactly rows and weights"),
+    ({"rows": PREFIX_ROWS.tolist()}, "prefix: expected an object of exactly rows and weights, got keys ['rows']"),
+    ({"rows": PREFIX_ROWS.tolist(), "weights": [1.0] * 4, "delay": 2}, "got keys ['delay', 'rows', 'weights']"),
+    ({"rows": PREFIX_ROWS[0].tolist(), "weights": [1.0]}, "prefix.rows: expected a 2-D numeric array"),
+    ({"rows": PREFIX_ROWS.tolist(), "weights": [[1.0]]}, "prefix.weights: expected a 1-D numeric array"),
+    ({"rows": [[]], "weights": [1.0]}, "prefix.rows: expected a 2-D numeric array of 1 ... 65536 values"),
+    ({"rows": json_numpy.dumps(np.zeros((300, 300))), "weights": [1.0]}, "prefix.rows: expected a 2-D numeric"),
+    ({"rows": json_numpy.dumps(np.full((2, 20), np.nan)), "weights": [1.0, 1.0]}, "prefix.rows: contains NaN"),
+    ({"rows": PREFIX_ROWS.tolist(), "weights": json_numpy.dumps(np.array([1.0, np.inf, 0, 0]))},
+     "prefix.weights: contains NaN or Inf"),
+    ({"rows": [["a"] * 20], "weights": [1.0]}, "prefix.rows: the list is not a rectangular array of numbers"),
+    ({"rows": "not json", "weights": [1.0]}, "prefix.rows: not valid JSON"),
+])
+def test_a_malformed_prefix_is_400_naming_the_field(prefix, message):
+    assert message in refused(official(prefix=prefix))
+
+
 def test_websocket_messages_are_checked_by_the_same_rules():
     good = {"image0": IMG, "language_instruction": "x", "proprio": PROPRIO, "domain_id": np.int64(3)}
     assert from_message(good, Limits()).domain_id == 3
@@ -258,7 +293,10 @@ JSON_NUMPY = st.fixed_dictionaries({
 })
 VALUE = JSON_NUMPY.map(json.dumps) | JSON_NUMPY | JSON | JSON.map(json.dumps) | st.text(max_size=12)
 FIELDS = ("image0", "image1", "image2", "language_instruction", "proprio", "domain_id", "steps", "seed", "noise")
-BODY = st.fixed_dictionaries({}, optional={key: VALUE for key in FIELDS})
+PREFIX = st.fixed_dictionaries({}, optional={"rows": VALUE, "weights": VALUE})
+PREFIX_AND_MORE = st.builds(lambda p, more: {**p, **more}, PREFIX,
+                            st.dictionaries(st.text(max_size=6), JSON, max_size=2))
+BODY = st.fixed_dictionaries({}, optional={**{key: VALUE for key in FIELDS}, "prefix": PREFIX | PREFIX_AND_MORE})
 
 
 def total(call) -> None:
@@ -293,7 +331,10 @@ MESSAGE_VALUE = ARRAYS | JSON | st.binary(max_size=16) | ARRAYS.map(lambda a: a.
 
 
 @FUZZ
-@given(st.fixed_dictionaries({}, optional={key: MESSAGE_VALUE for key in FIELDS}))
+@given(st.fixed_dictionaries({}, optional={**{key: MESSAGE_VALUE for key in FIELDS},
+                                           "prefix": st.fixed_dictionaries({}, optional={"rows": MESSAGE_VALUE,
+                                                                                         "weights": MESSAGE_VALUE})
+                                           | MESSAGE_VALUE}))
 def test_any_websocket_message_is_a_request_or_a_request_error(fields):
     total(lambda: from_message({"image0": IMG, "language_instruction": "x", "proprio": PROPRIO, "domain_id": 3,
                                 **fields}, Limits()))
