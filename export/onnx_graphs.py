@@ -13,6 +13,9 @@ what the converter does by itself. The converter appends its Cast nodes at the e
 keeps the fp32 graph's value_info: the result is then sorted topologically and its value_info dropped
 (``onnxruntime.transformers.onnx_model.OnnxModel``), so that tools which validate before they load accept it.
 
+When these islands are not enough for the parity gate, :mod:`export.mixed_precision` searches for the nodes
+to keep in fp32 besides them.
+
 Every graph a bundle ships passes :func:`calibration.graph_check.check_graph` (ONNX's full checker) before
 the bundle is written.
 """
@@ -70,8 +73,10 @@ def upstream_of_matmul(model: onnx.ModelProto, input_names: list[str]) -> list[s
     return list(found)
 
 
-def convert_fp16(path: Path, keep_fp32_from: list[str] = ()) -> None:
-    """Rewrite the fp32 graph at ``path`` (+ ``.data``) as fp16 with fp32 I/O; the ops above stay fp32."""
+def convert_fp16(path: Path, keep_fp32_from: list[str] = (), keep_nodes: Sequence[str] = (),
+                 out: Path | None = None) -> None:
+    """Rewrite the fp32 graph at ``path`` (+ ``.data``) as fp16 with fp32 I/O, in place or into ``out``; the ops
+    above stay fp32, and the nodes named in ``keep_nodes`` (chosen by :mod:`export.mixed_precision`'s search)."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     # Shape inference on the file, not in memory: a full-size encoder is over protobuf's 2 GB limit.
@@ -84,11 +89,38 @@ def convert_fp16(path: Path, keep_fp32_from: list[str] = ()) -> None:
             node.name = f"node_{i}_{node.op_type}"
     blocked_nodes = upstream_of_matmul(model, list(keep_fp32_from)) if keep_fp32_from else []
     half = convert_float_to_float16(model, keep_io_types=True, op_block_list=DEFAULT_OP_BLOCK_LIST + FP32_OPS,
-                                    node_block_list=blocked_nodes, disable_shape_infer=True)
+                                    node_block_list=blocked_nodes + list(keep_nodes), disable_shape_infer=True)
+    drop_round_trips(half)
     tidy_graph(half)
-    remove_graph(path)
-    onnx.save_model(half, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=path.name + ".data", size_threshold=1024)
+    out = path if out is None else out
+    remove_graph(out)
+    onnx.save_model(half, str(out), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=out.name + ".data", size_threshold=1024)
+
+
+def drop_round_trips(model: onnx.ModelProto) -> None:
+    """Make every fp32 → fp16 → fp32 Cast pair read the fp32 tensor, in place (before :func:`tidy_graph`: it
+    reads the converter's value_info), and drop the fp16 Casts left unused.
+
+    The converter casts each fp32 graph input to fp16 and back for the fp32 nodes that read it, and each fp32
+    node's output that is a graph output to fp16 and back: the fp32 islands at the denoise graph's inputs would
+    read x1 and prev rounded to fp16, and an output computed in fp32 would be rounded on its way out."""
+    fp32 = {v.name for v in (*model.graph.input, *model.graph.value_info, *model.graph.initializer)
+            if (v.data_type if isinstance(v, onnx.TensorProto) else v.type.tensor_type.elem_type)
+            == onnx.TensorProto.FLOAT}
+    to_half = {n.output[0]: n for n in model.graph.node if n.op_type == "Cast" and _cast_to(n) == onnx.TensorProto.FLOAT16
+               and n.input[0] in fp32}
+    for node in model.graph.node:
+        if node.op_type == "Cast" and _cast_to(node) == onnx.TensorProto.FLOAT and node.input[0] in to_half:
+            node.input[0] = to_half[node.input[0]].input[0]
+    used = {name for n in model.graph.node for name in n.input} | {o.name for o in model.graph.output}
+    dead = [n for n in to_half.values() if n.output[0] not in used]
+    for node in dead:
+        model.graph.node.remove(node)
+
+
+def _cast_to(node: onnx.NodeProto) -> int | None:
+    return next((a.i for a in node.attribute if a.name == "to"), None)
 
 
 def stamp(path: Path, metadata: dict[str, str]) -> None:
