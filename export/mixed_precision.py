@@ -121,6 +121,8 @@ def errors_line(parity: dict) -> str:
 
 
 class _Search:
+    """One search over a pair of fp32 graphs (moved into ``work``), its candidates built once each and counted."""
+
     def __init__(self, paths: Mapping[str, Path], keep_fp32_from: Mapping[str, Sequence[str]], gate: Gate,
                  work: Path, max_candidates: int, max_seconds: float) -> None:
         self.paths, self.keep_from, self.gate, self.work = dict(paths), keep_fp32_from, gate, work
