@@ -117,7 +117,8 @@ def errors_line(parity: dict) -> str:
         return "; ".join(parity.get("failures", [])) or "no figures"
     parts = [f"{k.split('_')[0]} max {chunk[k]['max']:.4g} {'mm' if k == 'position_mm' else 'deg'}"
              for k in ("position_mm", "rotation_deg", "joint_deg") if k in chunk]
-    return ", ".join(parts + [f"gripper flips {chunk.get('gripper_flips', 0)}", f"max abs {chunk.get('max_abs', 0):.3g}"])
+    parts += [f"gripper flips {chunk.get('gripper_flips', 0)}", f"max abs {chunk.get('max_abs', 0):.3g}"]
+    return ", ".join(parts)
 
 
 class _Search:

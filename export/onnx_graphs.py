@@ -8,8 +8,9 @@ fp16: onnxruntime's converter (``onnxruntime.transformers.float16``), fp32 input
 kept in fp32 because fp16 is known to go wrong there: LayerNormalization (variance), Softmax, Sigmoid (the
 gripper squash), and in the denoise graph every node between the graph inputs and the first MatMul (the
 re-noise t·x1 + (1 − t)·prev, the gripper mask and the time embedding's cos/sin). The converter takes
-node names for the last part; :func:`upstream_of_matmul` finds them — that is the one place we go beyond
-what the converter does by itself. The converter appends its Cast nodes at the end of the node list and
+node names for the last part; :func:`upstream_of_matmul` finds them. The converter also rounds what fp32 nodes
+read from the graph's inputs and write to its outputs (a Cast to fp16 and back): :func:`drop_round_trips`
+reconnects them to the fp32 tensors. The converter appends its Cast nodes at the end of the node list and
 keeps the fp32 graph's value_info: the result is then sorted topologically and its value_info dropped
 (``onnxruntime.transformers.onnx_model.OnnxModel``), so that tools which validate before they load accept it.
 
@@ -108,8 +109,8 @@ def drop_round_trips(model: onnx.ModelProto) -> None:
     fp32 = {v.name for v in (*model.graph.input, *model.graph.value_info, *model.graph.initializer)
             if (v.data_type if isinstance(v, onnx.TensorProto) else v.type.tensor_type.elem_type)
             == onnx.TensorProto.FLOAT}
-    to_half = {n.output[0]: n for n in model.graph.node if n.op_type == "Cast" and _cast_to(n) == onnx.TensorProto.FLOAT16
-               and n.input[0] in fp32}
+    to_half = {n.output[0]: n for n in model.graph.node
+               if n.op_type == "Cast" and _cast_to(n) == onnx.TensorProto.FLOAT16 and n.input[0] in fp32}
     for node in model.graph.node:
         if node.op_type == "Cast" and _cast_to(node) == onnx.TensorProto.FLOAT and node.input[0] in to_half:
             node.input[0] = to_half[node.input[0]].input[0]

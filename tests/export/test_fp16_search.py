@@ -129,7 +129,8 @@ def test_the_search_keeps_few_nodes_in_fp32_and_the_manifest_names_them(exported
     rule = rule_graphs
     for graph in ("encoder", "denoise"):
         searched, before = precisions(exported["fp16"] / f"{graph}.onnx"), precisions(rule / f"{graph}.onnx")
-        added = {n for n, t in searched.items() if t == onnx.TensorProto.FLOAT and before[n] == onnx.TensorProto.FLOAT16}
+        added = {n for n, t in searched.items()
+                 if t == onnx.TensorProto.FLOAT and before[n] == onnx.TensorProto.FLOAT16}
         assert added == set(raw["mixed_precision"]["search"]["nodes"][graph]), graph
         assert set(raw["mixed_precision"]["rule"]["nodes"][graph]) == fp32_nodes(rule / f"{graph}.onnx")
         assert fp32_nodes(exported["fp16"] / f"{graph}.onnx") < set(precisions(exported["fp32"] / f"{graph}.onnx"))
