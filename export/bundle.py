@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import datetime as dt
 import json
 import shutil
@@ -22,7 +23,8 @@ import torch
 from export.domains import domain_defaults
 from export.graphs import DenoiseStepGraph, EncoderGraph, ServerDenoiseStepGraph
 from calibration.graph_check import GraphCheckError, check_graph
-from export.onnx_graphs import OPSET, convert_fp16, export_graph, io_specs, stamp
+from export.mixed_precision import Fp16Refused, fp16_graphs, record
+from export.onnx_graphs import OPSET, export_graph, io_specs, stamp
 from export.options import PRECISIONS, ExportOptions
 from export.verify import measure_batch_parity, measure_parity
 from runtime.graph_stamp import DOMAIN_KEY, DOMAINS_KEY
@@ -173,10 +175,20 @@ def _build(ckpt_dir: Path, tmp: Path, opts: ExportOptions, progress: Callable[[s
     with _step(progress, f"tracing denoise step ({what})"):
         export_graph(denoise, den_args, den_path, den_inputs, ["x0", "action"],
                      batched=[n for n in den_inputs if n != "t"] if batched else ())  # t: one for the whole batch
+    parity_of = functools.partial(measure_parity, model, ckpt_dir, domains={d: _arms(opts, d) for d in served},
+                                  server=opts.domains is not None, prefix=opts.prefix_inputs, views=V,
+                                  steps=opts.steps, precision=opts.precision, rot6d_layout=opts.rot6d_layout,
+                                  processor=proc)
+    parity = mixed = None
     if opts.precision == "fp16":
-        with _step(progress, "converting to fp16"):
-            convert_fp16(enc_path)
-            convert_fp16(den_path, ["x1", "prev", "proprio", "t", *(PREFIX_INPUTS if opts.prefix_inputs else ())])
+        keep_fp32_from = {"encoder": [],
+                          "denoise": ["x1", "prev", "proprio", "t", *(PREFIX_INPUTS if opts.prefix_inputs else ())]}
+        with _step(progress, "converting to fp16 and verifying in ONNX Runtime against PyTorch"):
+            try:
+                outcome = fp16_graphs({"encoder": enc_path, "denoise": den_path}, keep_fp32_from, parity_of, progress)
+            except Fp16Refused as exc:
+                raise ExportError(f"{exc}. Nothing was written.") from exc
+        parity, mixed = outcome.parity, record(outcome, keep_fp32_from)
     stamp(den_path, {DOMAIN_KEY: str(opts.domain_id)} if opts.domains is None  # checked against the manifest
           else {DOMAINS_KEY: ",".join(map(str, served))})                      # when a policy loads
     with _step(progress, "checking both graphs with onnx.checker (full check)"):
@@ -185,11 +197,9 @@ def _build(ckpt_dir: Path, tmp: Path, opts: ExportOptions, progress: Callable[[s
                 check_graph(path)
             except GraphCheckError as exc:
                 raise ExportError(f"{exc}. Nothing was written.") from exc
-    with _step(progress, "verifying in ONNX Runtime against PyTorch"):
-        parity = measure_parity(model, ckpt_dir, enc_path, den_path, domains={d: _arms(opts, d) for d in served},
-                                server=opts.domains is not None, prefix=opts.prefix_inputs, views=V,
-                                steps=opts.steps, precision=opts.precision, rot6d_layout=opts.rot6d_layout,
-                                processor=proc)
+    if parity is None:
+        with _step(progress, "verifying in ONNX Runtime against PyTorch"):
+            parity = parity_of(enc_path, den_path)
     if not parity["passed"]:
         raise ExportError(f"parity check failed ({opts.precision}): {'; '.join(parity['failures'])}. "
                           f"Figures: {json.dumps(parity['max_abs'])}. Nothing was written.")
@@ -209,6 +219,8 @@ def _build(ckpt_dir: Path, tmp: Path, opts: ExportOptions, progress: Callable[[s
     if not (tmp / PREPROCESSOR_FILE).is_file():  # made from --image-size: the bundle says what it was
         (tmp / PREPROCESSOR_FILE).write_text(json.dumps(proc.to_dict(), indent=2))
     manifest = _manifest(ckpt_dir, tmp, cfg, opts, size, parity, adapter)
+    if mixed is not None:
+        manifest["mixed_precision"] = mixed
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
     return manifest
 

@@ -17,6 +17,9 @@ the converter does by itself. The converter appends its Cast nodes at the end of
 keeps the fp32 graph's value_info: the result is then sorted topologically and its value_info dropped
 (``onnxruntime.transformers.onnx_model.OnnxModel``), so that tools which validate before they load accept it.
 
+When these islands are not enough for the parity gate, :mod:`export.mixed_precision` searches for the nodes
+to keep in fp32 besides them.
+
 Every graph a bundle ships passes :func:`calibration.graph_check.check_graph` (ONNX's full checker) before
 the bundle is written.
 """
@@ -74,8 +77,10 @@ def upstream_of_matmul(model: onnx.ModelProto, input_names: list[str]) -> list[s
     return list(found)
 
 
-def convert_fp16(path: Path, keep_fp32_from: list[str] = ()) -> None:
-    """Rewrite the fp32 graph at ``path`` (+ ``.data``) as fp16 with fp32 I/O; the ops above stay fp32."""
+def convert_fp16(path: Path, keep_fp32_from: list[str] = (), keep_nodes: Sequence[str] = (),
+                 out: Path | None = None) -> None:
+    """Rewrite the fp32 graph at ``path`` (+ ``.data``) as fp16 with fp32 I/O, in place or into ``out``; the ops
+    above stay fp32, and the nodes named in ``keep_nodes`` (chosen by :mod:`export.mixed_precision`'s search)."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     # Shape inference on the file, not in memory: a full-size encoder is over protobuf's 2 GB limit.
@@ -89,12 +94,13 @@ def convert_fp16(path: Path, keep_fp32_from: list[str] = ()) -> None:
     blocked_nodes = upstream_of_matmul(model, list(keep_fp32_from)) if keep_fp32_from else []
     original = {node.name for node in model.graph.node}
     half = convert_float_to_float16(model, keep_io_types=True, op_block_list=DEFAULT_OP_BLOCK_LIST + FP32_OPS,
-                                    node_block_list=blocked_nodes, disable_shape_infer=True)
+                                    node_block_list=blocked_nodes + list(keep_nodes), disable_shape_infer=True)
     drop_fp16_round_trips(half, original)
     tidy_graph(half)
-    remove_graph(path)
-    onnx.save_model(half, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=path.name + ".data", size_threshold=1024)
+    out = path if out is None else out
+    remove_graph(out)
+    onnx.save_model(half, str(out), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=out.name + ".data", size_threshold=1024)
 
 
 def drop_fp16_round_trips(model: onnx.ModelProto, original: set[str]) -> None:

@@ -13,6 +13,7 @@ on load (:mod:`runtime.manifest_schema`: types, ranges, shapes against each othe
 | ``sampler`` | ``default_steps`` |
 | ``inputs`` | ``token_length``, ``image_size``, ``view_slots`` (3), ``views`` (slots the encoder computes; the rest get zero features), ``proprio_dim`` |
 | ``precision`` | ``fp32`` / ``fp16`` / ``int8`` |
+| ``mixed_precision`` | fp16 bundles: the nodes kept in fp32 and why — ``rule`` (the op types and inputs the rules name, and the nodes they kept) and ``search`` (null when the rules passed the gate; else the gate's figures before and after, each block's sensitivity, the bisection's trials, the nodes kept) |
 | ``export`` | ``opset``, ``exporter``, library ``versions`` |
 | ``graphs`` | ``encoder`` / ``denoise``: ``file`` and the ``inputs`` / ``outputs`` (name, shape, dtype); a denoise graph with the inputs ``prefix`` and ``prefix_weights`` supports real-time chunking (:attr:`Manifest.supports_prefix`; bundles exported before it have neither and run as before) |
 | ``batch_sizes`` | optional: the batch sizes the graphs were exported and checked for, ``[1, ...]`` increasing; then dimension 0 of every tensor but ``t`` is ``"batch"`` (absent: batch 1 only, every dimension a number) |

@@ -17,6 +17,7 @@ with, graph files against the ``files`` inventory, file names are plain names. T
 | ``sampler.default_steps`` | integer 1 … :data:`MAX_STEPS` |
 | ``inputs`` | ``token_length`` 1 … 1024, ``image_size`` 16 … 2048, ``view_slots`` 1 … 3 (3 for official checkpoints; LeRobot's ``num_image_views``), ``views`` 1 … ``view_slots``, ``proprio_dim`` 1 … 1024 (``action.dim``, or wider: LeRobot's ``max_state_dim``; above the gripper channels), optional ``state_dim`` 1 … ``proprio_dim`` − 1 (the robot's state, zero-padded to ``proprio_dim``) |
 | ``precision`` | ``fp32``, ``fp16`` or ``int8`` |
+| ``mixed_precision`` | optional, fp16 only: ``rule`` and ``search`` (null: the rule islands passed), each with ``nodes``: graph (``encoder``, ``denoise``) → the names of its nodes kept in fp32 |
 | ``batch_sizes`` | optional: 1 … :data:`MAX_BATCH` increasing, starting with 1, at most :data:`MAX_BATCH_SIZES` of them |
 | ``graphs.*`` | a ``file`` listed in ``files``; the tensors the runtime binds, with the shapes the fields above imply (dimension 0 ``"batch"`` for every tensor but ``t`` when ``batch_sizes`` is given) and at most :data:`MAX_TENSOR_ELEMENTS` elements each at the largest batch size; the denoise graph's inputs with both or neither of :data:`PREFIX_INPUTS` (float32 ``prefix`` [batch, chunk_length, dim], ``prefix_weights`` [batch, chunk_length]: a bundle that supports real-time chunking) |
 | ``files`` | plain names (no ``/``, no ``..``, not ``manifest.json``) → ``sha256`` (64 hex digits) and ``bytes`` (integer ≥ 0) |
@@ -121,6 +122,8 @@ def problems(d: Any, manifest_file: str) -> list[str]:
                       expected=f"a list of 1 ... {MAX_BATCH} sizes, increasing, starting with 1, at most "
                                f"{MAX_BATCH_SIZES} of them") if batched else [1]
     files = _files(found, d.get("files"), manifest_file)
+    if "mixed_precision" in d:  # optional: an fp16 bundle's fp32 nodes and why (export/mixed_precision.py)
+        _mixed_precision(found, d["mixed_precision"], d.get("precision"))
     if isinstance(d.get("source"), dict) and "lora" in d["source"]:  # optional: a LoRA adapter merged at export
         _lora(Table(found, "source.", d["source"]).table("lora", expected="an object"))
     if found:  # the shapes below are built from the fields above
@@ -164,6 +167,31 @@ def _domains(found: Problems, domains: Any) -> None:
             found.value(f"domains[{i}].domain_id", domain, f"listed twice (also domains[{first[domain]}])")
         elif domain is not None:
             first[domain] = i
+
+
+def _mixed_precision(found: Problems, mixed: Any, precision: Any) -> None:
+    """``mixed_precision``: only in an fp16 bundle; ``rule.nodes`` and ``search.nodes`` (``search`` null when the
+    rule islands passed) name each graph's fp32 nodes."""
+    if precision != "fp16":
+        found.other("mixed_precision", f"only an fp16 bundle records one (precision is {show(precision)})")
+        return
+    if not isinstance(mixed, dict):
+        found.value("mixed_precision", mixed, "expected an object {rule, search}")
+        return
+    table = Table(found, "mixed_precision.", mixed)
+    for key, optional in (("rule", False), ("search", True)):
+        if optional and key in mixed and mixed[key] is None:
+            continue
+        expected = "an object" + (" or null" if optional else "")
+        if not isinstance(mixed.get(key), dict):
+            table.take(key, dict, required=True, expected=expected)
+            continue
+        table.table(key, expected=expected).take("nodes", dict, required=True, check=_graph_nodes,
+                     expected=f"an object {{graph: [node names]}} for graphs of {list(GRAPH_TENSORS)}")
+
+
+def _graph_nodes(v: dict[str, Any]) -> bool:
+    return set(v) <= set(GRAPH_TENSORS) and all(isinstance(names, list) and _names(names) for names in v.values())
 
 
 def _files(found: Problems, files: Any, manifest_file: str) -> dict[str, Any]:

@@ -100,6 +100,19 @@ def summary(manifest: dict, out: Path, seconds: float) -> str:
     if "domains" in p:
         lines.append(f"  each of the {len(p['domains'])} domains checked; the largest action max abs "
                      f"{max(d['action'] for d in p['domains'].values()):.2e}")
+    mixed = manifest.get("mixed_precision")
+    if mixed:
+        rule = sum(map(len, mixed["rule"]["nodes"].values()))
+        search = mixed["search"]
+        if search is None:
+            lines.append(f"fp16: the rule islands ({rule} nodes in fp32) passed the gate; no search")
+        else:
+            kept = sum(map(len, search["nodes"].values()))
+            before = search["before"]["chunk"].get("position_mm", {}).get("max")
+            lines.append(f"fp16: the rule islands ({rule} nodes in fp32) missed the gate (severity "
+                         f"{search['before']['severity']:.3g}{f', position max {before:.3g} mm' if before else ''}); "
+                         f"the search kept {kept} more nodes in fp32 ({', '.join(search['kept_blocks'])}) after "
+                         f"{search['candidates']} gated candidates in {search['seconds']:.0f} s")
     if "batch" in p:
         b = p["batch"]
         lines.append(f"batch sizes {b['sizes']}: each row against the observation alone, "
