@@ -56,6 +56,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # benchmarks.machine: standard library only, like this script
+from benchmarks.machine import cpu_model  # noqa: E402 - after the checkout is on the path
 ENV_BUDGET = 300  # seconds for the environment (issue 38: <= 5 min)
 BUDGET = 480  # seconds for every step after it (<= 8 min on an H100-class machine)
 TENSORRT_SHARE = 150  # at most this much of the environment's budget for trying TensorRT from the index
@@ -497,16 +499,6 @@ def environment_md(env: Result, probe: dict[str, Any], floors: dict[str, Any]) -
     for precision, f in floors.items():
         lines.append(f"- Floor ({precision}): {f['tflops']:.1f} TFLOP/s, {f['gbps']:.0f} GB/s ({f['method']})")
     return "\n".join(lines) + "\n"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def write_results(root: Path, results: Sequence[Result]) -> Path:

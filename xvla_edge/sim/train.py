@@ -32,6 +32,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from benchmarks.machine import cpu_model
 from xvla.action_head import DomainAwareLinear
 from xvla.constants import CONFIG_FILE, NUM_VIEWS, PREPROCESSOR_FILE, WEIGHTS_FILE
 from xvla.errors import ConfigError
@@ -187,7 +188,7 @@ def train(out_dir: str | Path, options: TrainOptions = TrainOptions(), *, force:
                                "layout_seeds": [train_seeds(options).start, train_seeds(options).stop - 1]},
             "final_losses": losses, "seconds": {"data": round(t_data, 1),
                                                 "total": round(time.perf_counter() - t0, 1)},
-            "machine": {"processor": _cpu_name(), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "machine": {"processor": cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version(),
                         "torch": torch.__version__},
         }
         (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
@@ -277,13 +278,3 @@ def _schedule(step: int, options: TrainOptions) -> float:
         return step / max(options.warmup_steps, 1)
     progress = (step - options.warmup_steps) / max(options.steps - options.warmup_steps, 1)
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
