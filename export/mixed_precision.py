@@ -82,14 +82,15 @@ def fp16_graphs(paths: Mapping[str, Path], keep_fp32_from: Mapping[str, Sequence
 
 def node_precisions(path: Path) -> dict[str, str]:
     """Node name → ``"float16"`` / ``"float32"``: the float type a node computes in (its float outputs; fp16 if
-    any is). Cast nodes and nodes without float outputs are left out."""
+    any is). Casts, Identities (the fp16 conversion's own plumbing: a round trip it removed leaves one at a graph
+    output) and nodes without float outputs are left out."""
     model = onnx.load(str(path), load_external_data=False)
     inferred = onnx.shape_inference.infer_shapes(model)
     types = {v.name: v.type.tensor_type.elem_type
              for v in (*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input)}
     out = {}
     for node in inferred.graph.node:
-        if node.op_type == "Cast":
+        if node.op_type in ("Cast", "Identity"):
             continue
         kinds = {types.get(name) for name in node.output}
         if onnx.TensorProto.FLOAT16 in kinds:

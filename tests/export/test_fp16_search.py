@@ -25,13 +25,14 @@ from onnx import numpy_helper
 from safetensors.torch import load_file, save_file
 
 from runtime.manifest import Manifest
+from runtime.manifest_schema import PREFIX_INPUTS
 from xvla import load_checkpoint, write_random_checkpoint
 from xvla.preprocessing import ImageProcessor, TextTokenizer
 from xvla_edge.cli import main
 
 DOMAIN, VIEWS, SHIFT_M = 3, 2, 4.0
 DECODER_BIAS = "transformer.action_decoder.bias.weight"  # the official key: [domains, 20]
-DENOISE_RULE_INPUTS = ["x1", "prev", "proprio", "t"]
+DENOISE_RULE_INPUTS = ["x1", "prev", "proprio", "t", *PREFIX_INPUTS]  # as export keeps them
 
 
 @pytest.fixture(scope="module")
@@ -73,14 +74,14 @@ def rule_only(fp32_bundle: Path, out: Path) -> Path:
 
 
 def precisions(path: Path) -> dict[str, int]:
-    """Node name → the float element type it computes in (fp16 if any float output is), Casts left out: read
-    from ONNX's own shape inference of the file."""
+    """Node name → the float element type it computes in (fp16 if any float output is), Casts and Identities (the
+    conversion's plumbing) left out: read from ONNX's own shape inference of the file."""
     model = onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False))
     types = {v.name: v.type.tensor_type.elem_type for v in (*model.graph.value_info, *model.graph.output)}
     out = {}
     for node in model.graph.node:
         kinds = {types.get(o) for o in node.output} & {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
-        if node.op_type != "Cast" and kinds:
+        if node.op_type not in ("Cast", "Identity") and kinds:
             out[node.name] = onnx.TensorProto.FLOAT16 if onnx.TensorProto.FLOAT16 in kinds else onnx.TensorProto.FLOAT
     return out
 
@@ -105,7 +106,8 @@ def position_error_mm(graphs: Path, ckpt: Path, seed: int = 5) -> float:
     prev = np.zeros_like(noise)
     for i in range(10, 0, -1):
         prev, ours = den.run(None, {"context": context, "x1": noise, "prev": prev, "proprio": proprio,
-                                    "t": np.array([i / 10], np.float32)})
+                                    "t": np.array([i / 10], np.float32), "prefix": np.zeros_like(noise),
+                                    "prefix_weights": np.zeros(noise.shape[:2], np.float32)})  # no prefix
     ref = load_checkpoint(ckpt).generate_actions(
         torch.from_numpy(ids)[None], torch.from_numpy(pixels)[None], torch.from_numpy(mask)[None],
         torch.tensor([DOMAIN]), torch.from_numpy(proprio), steps=10, noise=torch.from_numpy(noise)).numpy()
@@ -152,7 +154,8 @@ def test_the_search_is_deterministic_and_bounded(exported, sensitive_checkpoint,
 
     raw = Manifest.load(exported["fp16"]).raw
     gate = functools.partial(measure_parity, load_checkpoint(sensitive_checkpoint), sensitive_checkpoint,
-                             domains={DOMAIN: 1}, server=False, views=VIEWS, steps=10, precision="fp16")
+                             domains={DOMAIN: 1}, server=False, prefix=True, views=VIEWS, steps=10,
+                             precision="fp16")
     def graphs(folder: Path) -> dict[str, Path]:
         folder.mkdir()
         for name in ("encoder.onnx", "encoder.onnx.data", "denoise.onnx", "denoise.onnx.data"):
