@@ -4,7 +4,7 @@ The emulator process opens a pty pair in raw mode, prints the slave path (``/dev
 first stdout line and serves the device on the master end; the code under test opens that path with
 pyserial like a real port. Control commands (fault injection, snapshots) travel as JSON lines:
 ``["command", {args}]`` on stdin, ``["ok", result]`` or ``["error", text]`` back on stdout.
-Used by the xvla-serial and the Dynamixel emulators; :class:`EmulatorProcess` drives it from tests.
+Used by the xvla-serial, Dynamixel, Feetech and Piper emulators; :class:`EmulatorProcess` drives it from tests.
 """
 
 from __future__ import annotations
