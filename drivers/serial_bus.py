@@ -12,6 +12,7 @@ packet builders and parser, see :class:`FamilyProtocol`), fills in the hooks (:m
 
 :class:`Register` is a control-table entry of either family: little-endian, unsigned, two's complement
 (``signed``) or sign-magnitude (``sign_bit``: the bit that carries the sign, as Feetech's registers do).
+:class:`Status` is a status packet of either family, :func:`sync_write_blocks` the body their Sync Writes share.
 """
 
 from __future__ import annotations
@@ -40,12 +41,14 @@ class BusServoError(ArmError, RuntimeError):
         self.status = status
 
 
-class Status(Protocol):
-    """What the base reads of a family's status packet."""
+@dataclass(frozen=True)
+class Status:
+    """A status packet: the servo's id, its error byte and the returned data. A family subclasses it with the
+    conversions from and to its packets (``from_packet``, ``to_packet``) and what its error byte means."""
 
     id: int
     error: int
-    data: bytes
+    data: bytes = b""
 
 
 class Packet(Protocol):
@@ -323,3 +326,16 @@ class SerialBus(abc.ABC):
             return op()
         except (serial.SerialException, OSError) as exc:
             raise self.LINK_ERROR(f"{self.FAMILY} bus {self.port}: serial I/O failed: {exc}") from exc
+
+
+def sync_write_blocks(length: int, data: dict[int, bytes], error: Callable[[str], Exception],
+                      motor_id: Callable[[int], int] = int) -> bytes:
+    """The blocks of a Sync Write: each motor's id (checked by ``motor_id``) and then its ``length`` data bytes;
+    raises ``error(message)`` for data of another length."""
+    blocks = bytearray()
+    for i, value in data.items():
+        if len(value) != length:
+            raise error(f"sync write to id {i}: expected {length} data bytes, got {len(value)}")
+        blocks.append(motor_id(i))
+        blocks += value
+    return bytes(blocks)
