@@ -125,8 +125,9 @@ class PendingRead:
 class SerialBus(abc.ABC):
     """One half-duplex servo bus; use as a context manager or call :meth:`open`/:meth:`close`.
 
-    ``FAMILY`` names the servos in messages; ``PROTOCOL`` is the family's protocol module; ``LINK_ERROR`` and ``SERVO_ERROR`` are the family's subclasses of
-    :class:`BusLinkError` and :class:`BusServoError`; ``RETRY_WORDS`` says what a status asking for a retry means.
+    ``FAMILY`` names the servos in messages; ``PROTOCOL`` is the family's protocol module; ``LINK_ERROR`` and
+    ``SERVO_ERROR`` are the family's subclasses of :class:`BusLinkError` and :class:`BusServoError`;
+    ``RETRY_WORDS`` says what a status asking for a retry means.
     """
 
     FAMILY: ClassVar[str]
