@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import select
 import subprocess
 import sys
@@ -46,6 +47,12 @@ def open_raw_pty() -> tuple[int, int, str]:
     tty.setraw(slave)
     os.set_blocking(master, False)
     return master, slave, os.ttyname(slave)
+
+
+def flip_random_bit(data: bytes, rng: random.Random) -> bytes:
+    """``data`` with one bit, chosen by ``rng``, flipped: a reply corrupted on the wire (fault injection)."""
+    index = rng.randrange(len(data))
+    return data[:index] + bytes([data[index] ^ (1 << rng.randrange(8))]) + data[index + 1 :]
 
 
 def _reply(obj: Any) -> None:

@@ -18,7 +18,7 @@ import math
 import random
 from typing import Any, Callable, ClassVar, Optional
 
-from drivers.emulation.pty_emulator import EmulatorProcess
+from drivers.emulation.pty_emulator import EmulatorProcess, flip_random_bit
 from drivers.serial_bus import Register
 from drivers.stream_parser import StreamParser
 
@@ -112,8 +112,7 @@ class ServoChain(abc.ABC):
             return
         if self._corrupt:
             self._corrupt -= 1
-            index = self._rng.randrange(len(wire))
-            wire = wire[:index] + bytes([wire[index] ^ (1 << self._rng.randrange(8))]) + wire[index + 1 :]
+            wire = flip_random_bit(wire, self._rng)
         self._queue(due, wire)
 
     def _queue(self, due: float, data: bytes) -> None:
