@@ -6,12 +6,13 @@ and parsed, which status means "send it again" or "refused", and what a status r
 hardware. :class:`SerialBus` holds everything else once: opening the port with pyserial (so URLs such as
 ``loop://``, ``socket://`` and ``spy://`` work, and emulators on a pty), ping/read/write/sync read/sync write
 with retries, and the pipelined sync read of a control tick that never waits (:meth:`SerialBus.request_sync_read`,
-:meth:`SerialBus.collect`, :meth:`SerialBus.result`). A family subclasses it and fills in the hooks (the
-``_..._packet`` builders, :meth:`SerialBus._parser`, :meth:`SerialBus._status`, :meth:`SerialBus._retry`,
-:meth:`SerialBus._refusal`, :meth:`SerialBus._note`) and names its error classes.
+:meth:`SerialBus.collect`, :meth:`SerialBus.result`). A family subclasses it, names its ``PROTOCOL`` module (its
+packet builders and parser, see :class:`FamilyProtocol`), fills in the hooks (:meth:`SerialBus._status`,
+:meth:`SerialBus._retry`, :meth:`SerialBus._refusal`, :meth:`SerialBus._note`) and names its error classes.
 
 :class:`Register` is a control-table entry of either family: little-endian, unsigned, two's complement
 (``signed``) or sign-magnitude (``sign_bit``: the bit that carries the sign, as Feetech's registers do).
+:class:`Status` is a status packet of either family, :func:`sync_write_blocks` the body their Sync Writes share.
 """
 
 from __future__ import annotations
@@ -40,12 +41,34 @@ class BusServoError(ArmError, RuntimeError):
         self.status = status
 
 
-class Status(Protocol):
-    """What the base reads of a family's status packet."""
+@dataclass(frozen=True)
+class Status:
+    """A status packet: the servo's id, its error byte and the returned data. A family subclasses it with the
+    conversions from and to its packets (``from_packet``, ``to_packet``) and what its error byte means."""
 
     id: int
     error: int
-    data: bytes
+    data: bytes = b""
+
+
+class Packet(Protocol):
+    """What the base does with a family's instruction packet: send its bytes."""
+
+    def encode(self) -> bytes: ...
+
+
+class FamilyProtocol(Protocol):
+    """A family's protocol module, as the base uses it: the packet parser and the instruction builders."""
+
+    PacketParser: Callable[[], StreamParser[Any]]
+
+    def read(self, motor_id: int, address: int, length: int) -> Packet: ...
+
+    def write(self, motor_id: int, address: int, data: bytes) -> Packet: ...
+
+    def sync_read(self, address: int, length: int, motor_ids: list[int]) -> Packet: ...
+
+    def sync_write(self, address: int, length: int, data: dict[int, bytes]) -> Packet: ...
 
 
 @dataclass(frozen=True)
@@ -102,11 +125,13 @@ class PendingRead:
 class SerialBus(abc.ABC):
     """One half-duplex servo bus; use as a context manager or call :meth:`open`/:meth:`close`.
 
-    ``FAMILY`` names the servos in messages; ``LINK_ERROR`` and ``SERVO_ERROR`` are the family's subclasses of
-    :class:`BusLinkError` and :class:`BusServoError`; ``RETRY_WORDS`` says what a status asking for a retry means.
+    ``FAMILY`` names the servos in messages; ``PROTOCOL`` is the family's protocol module; ``LINK_ERROR`` and
+    ``SERVO_ERROR`` are the family's subclasses of :class:`BusLinkError` and :class:`BusServoError`;
+    ``RETRY_WORDS`` says what a status asking for a retry means.
     """
 
     FAMILY: ClassVar[str]
+    PROTOCOL: ClassVar[FamilyProtocol]
     LINK_ERROR: ClassVar[type[BusLinkError]] = BusLinkError
     SERVO_ERROR: ClassVar[type[BusServoError]] = BusServoError
     RETRY_WORDS: ClassVar[str] = "asked for the instruction again"
@@ -119,10 +144,6 @@ class SerialBus(abc.ABC):
         self._link: Optional[Transport] = None
 
     # ---- the protocol's hooks ------------------------------------------------------------------------
-
-    @abc.abstractmethod
-    def _parser(self) -> StreamParser[Any]:
-        """A fresh streaming parser of the packets on this bus."""
 
     @abc.abstractmethod
     def _status(self, frame: Any) -> Optional[Status]:
@@ -139,17 +160,23 @@ class SerialBus(abc.ABC):
     def _note(self, status: Status) -> None:
         """See every status taken (a family records hardware alerts here)."""
 
-    @abc.abstractmethod
-    def _read_packet(self, motor_id: int, address: int, length: int) -> bytes: ...
+    # ---- packets, from the family's protocol module ------------------------------------------------
 
-    @abc.abstractmethod
-    def _write_packet(self, motor_id: int, address: int, data: bytes) -> bytes: ...
+    def _parser(self) -> StreamParser[Any]:
+        """A fresh streaming parser of the packets on this bus."""
+        return self.PROTOCOL.PacketParser()
 
-    @abc.abstractmethod
-    def _sync_read_packet(self, address: int, length: int, motor_ids: list[int]) -> bytes: ...
+    def _read_packet(self, motor_id: int, address: int, length: int) -> bytes:
+        return self.PROTOCOL.read(motor_id, address, length).encode()
 
-    @abc.abstractmethod
-    def _sync_write_packet(self, address: int, length: int, data: dict[int, bytes]) -> bytes: ...
+    def _write_packet(self, motor_id: int, address: int, data: bytes) -> bytes:
+        return self.PROTOCOL.write(motor_id, address, data).encode()
+
+    def _sync_read_packet(self, address: int, length: int, motor_ids: list[int]) -> bytes:
+        return self.PROTOCOL.sync_read(address, length, motor_ids).encode()
+
+    def _sync_write_packet(self, address: int, length: int, data: dict[int, bytes]) -> bytes:
+        return self.PROTOCOL.sync_write(address, length, data).encode()
 
     # ---- port ------------------------------------------------------------------------------------
 
@@ -300,3 +327,16 @@ class SerialBus(abc.ABC):
             return op()
         except (serial.SerialException, OSError) as exc:
             raise self.LINK_ERROR(f"{self.FAMILY} bus {self.port}: serial I/O failed: {exc}") from exc
+
+
+def sync_write_blocks(length: int, data: dict[int, bytes], error: Callable[[str], Exception],
+                      motor_id: Callable[[int], int] = int) -> bytes:
+    """The blocks of a Sync Write: each motor's id (checked by ``motor_id``) and then its ``length`` data bytes;
+    raises ``error(message)`` for data of another length."""
+    blocks = bytearray()
+    for i, value in data.items():
+        if len(value) != length:
+            raise error(f"sync write to id {i}: expected {length} data bytes, got {len(value)}")
+        blocks.append(motor_id(i))
+        blocks += value
+    return bytes(blocks)

@@ -19,10 +19,11 @@ clock, so the same at any control rate) is a lost link (``ArmLinkError``). ``rea
 and ``estop`` wait for their replies (bounded by the bus's timeout and retries, after the statuses of a pipelined
 read still on the wire); they are for start-up, reconnects and mode changes.
 
-A family subclasses :class:`ServoBusArm` with its bus, its calibration and its hooks: ``connect``,
-``read_state``, :meth:`ServoBusArm._goals` (a target in ticks), :meth:`ServoBusArm._request` (which read goes
-next), :meth:`ServoBusArm._miss` and :meth:`ServoBusArm._use` (what a read's statuses mean),
-:meth:`ServoBusArm._fault_flags`, :meth:`ServoBusArm._mode` and :meth:`ServoBusArm._refuse_if_blocked`.
+A family subclasses :class:`ServoBusArm` with its bus, its calibration (a :class:`ServoCalibration`: the base turns
+targets into goal ticks and ticks into the state with it) and its hooks: ``connect``, ``read_state``, ``probe``
+(with :meth:`ServoBusArm._probe_motors`), :meth:`ServoBusArm._request` (which read goes next),
+:meth:`ServoBusArm._miss` and :meth:`ServoBusArm._use` (what a read's statuses mean),
+:meth:`ServoBusArm._servo_faults`, :meth:`ServoBusArm._mode` and :meth:`ServoBusArm._refuse_if_blocked`.
 """
 
 from __future__ import annotations
@@ -30,12 +31,59 @@ from __future__ import annotations
 import abc
 import contextlib
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Dict, Iterator, Optional
+from typing import Callable, ClassVar, Dict, Iterator, Optional, Protocol, Sequence
 
 import numpy as np
 
 from drivers.arm import Arm, ArmCapabilities, ArmConfigError, ArmFault, ArmLinkError, ArmState, FaultFlag, Target
 from drivers.serial_bus import BusLinkError, BusServoError, PendingRead, Register, SerialBus
+
+_AT_LIMIT_RAD = 0.01  # a joint this close to its calibrated limit reports AT_LIMIT
+
+
+class ServoJoint(Protocol):
+    """A calibrated joint, as the base uses it: its motor, its limits (rad) and the tick conversions."""
+
+    @property
+    def motor_id(self) -> int: ...
+
+    @property
+    def lower(self) -> float: ...
+
+    @property
+    def upper(self) -> float: ...
+
+    def to_ticks(self, rad: float) -> int:
+        """Goal ticks; raises ``ArmConfigError`` outside the limits."""
+
+    def to_rad(self, ticks: int) -> float: ...
+
+
+class ServoGripper(Protocol):
+    """A calibrated gripper: its motor and the conversions between ticks and opening (0 closed ... 1 open)."""
+
+    @property
+    def motor_id(self) -> int: ...
+
+    def to_ticks(self, opening: float) -> int: ...
+
+    def to_opening(self, ticks: int) -> float: ...
+
+
+class ServoCalibration(Protocol):
+    """A family's calibration of one arm: its joints in the control loop's order, then its gripper."""
+
+    @property
+    def robot_id(self) -> str: ...
+
+    @property
+    def joints(self) -> Sequence[ServoJoint]: ...
+
+    @property
+    def gripper(self) -> ServoGripper: ...
+
+    @property
+    def motor_ids(self) -> list[int]: ...
 
 
 @dataclass(frozen=True)
@@ -49,7 +97,7 @@ class Measured:
 
 
 class ServoBusArm(Arm):
-    """One arm (``n_joints`` joints + a gripper) of servos ``motor_ids`` on ``bus``; see the module docstring.
+    """One arm (the joints + the gripper of ``calibration``) on ``bus``; see the module docstring.
 
     ``GOAL`` and ``PRESENT`` are the family's goal and present position registers (``hold`` writes the one
     from the other); ``clock`` stamps the states.
@@ -58,11 +106,14 @@ class ServoBusArm(Arm):
     GOAL: ClassVar[Register]
     PRESENT: ClassVar[Register]
 
-    def __init__(self, bus: SerialBus, motor_ids: list[int], n_joints: int, *, clock: Callable[[], float]) -> None:
+    def __init__(self, bus: SerialBus, calibration: ServoCalibration, *, clock: Callable[[], float]) -> None:
         self.bus = bus
         self.link_timeout_s = (bus.retries + 1) * bus.timeout_s
-        self._ids = motor_ids
-        self._n_joints = n_joints
+        self._ids = calibration.motor_ids
+        self._n_joints = len(calibration.joints)
+        self._lower = np.array([j.lower for j in calibration.joints])
+        self._upper = np.array([j.upper for j in calibration.joints])
+        self.calibration = calibration
         self._clock = clock
         self._caps: Optional[ArmCapabilities] = None
         self._estopped = False
@@ -75,10 +126,6 @@ class ServoBusArm(Arm):
         self._counters = {"reads_missed": 0, "targets_skipped": 0}
 
     # ---- the family's hooks ----------------------------------------------------------------------
-
-    @abc.abstractmethod
-    def _goals(self, target: Target) -> Dict[int, int]:
-        """Goal ticks per motor for a target of the right shape; ``ArmFault`` (``out_of_limits``) for one outside."""
 
     @abc.abstractmethod
     def _request(self, after: bytes = b"") -> None:
@@ -95,8 +142,13 @@ class ServoBusArm(Arm):
         """Take a complete, usable read (a state read: :meth:`_measure` it)."""
 
     @abc.abstractmethod
-    def _fault_flags(self, joint_positions: np.ndarray) -> FaultFlag:
-        """The state's fault flags (``self._estopped`` included)."""
+    def _servo_faults(self) -> FaultFlag:
+        """The fault flags the servos report (hardware errors, a tripped watchdog, ...)."""
+
+    @abc.abstractmethod
+    def _probe_motor(self, name: str, motor_id: int) -> Dict[str, object]:
+        """What ``probe`` reports of one motor, read-only: ``name``, ``id``, ``found`` and, when found, its readings
+        (:meth:`_position` gives its position); when not, ``why``."""
 
     @abc.abstractmethod
     def _mode(self) -> str:
@@ -192,6 +244,54 @@ class ServoBusArm(Arm):
         except BusServoError as exc:
             raise ArmFault(f"{type(self).__name__} {what}: {exc}", reason="servo_error") from exc
 
+    def _goals(self, target: Target) -> Dict[int, int]:
+        """Goal ticks per motor for a target of the right shape; ``ArmFault`` (``out_of_limits``) for one outside."""
+        cal = self.calibration
+        try:
+            goals = {j.motor_id: j.to_ticks(float(q)) for j, q in zip(cal.joints, target.joints)}
+            goals[cal.gripper.motor_id] = cal.gripper.to_ticks(float(target.gripper[0]))
+        except ArmConfigError as exc:
+            raise ArmFault(f"{type(self).__name__}({self.bus.port}): refusing target: {exc}",
+                           reason="out_of_limits") from exc
+        return goals
+
+    def _fault_flags(self, q: np.ndarray) -> FaultFlag:
+        """The state's fault flags: the e-stop latch, the servos' faults, a joint at its limit."""
+        flags = FaultFlag.ESTOP if self._estopped else FaultFlag(0)
+        flags |= self._servo_faults()
+        if np.any(q <= self._lower + _AT_LIMIT_RAD) or np.any(q >= self._upper - _AT_LIMIT_RAD):
+            flags |= FaultFlag.AT_LIMIT
+        return flags
+
+    def _refuse_if_estopped(self) -> None:
+        if self._estopped:
+            raise ArmFault(f"{type(self).__name__}({self.bus.port}): e-stop latch is set; call clear_estop() first",
+                           flags=FaultFlag.ESTOP, reason="estopped")
+
+    def _probe_motors(self, driver: str, names: list[tuple[str, int]],
+                      problems: Callable[[list[Dict[str, object]]], list[str]]) -> Dict[str, object]:
+        """``probe``'s report: each (name, motor id) of ``names`` by :meth:`_probe_motor`, the bus opened for it if
+        it was closed; ``problems``: what else the family finds in the motors' readings."""
+        opened_here = not self.bus.is_open
+        with self._errors("probe"):
+            self.bus.open()
+        try:
+            self._settle()
+            motors = [self._probe_motor(name, motor_id) for name, motor_id in names]
+        finally:
+            if opened_here:
+                self.bus.close()
+        silent = [f"motor {m['id']} ({m['name']}) does not answer" for m in motors if not m["found"]]
+        return {"driver": driver, "port": self.bus.port, "baudrate": self.bus.baudrate,
+                "robot_id": self.calibration.robot_id, "link": any(m["found"] for m in motors), "motors": motors,
+                "problems": silent + problems(motors)}
+
+    def _position(self, motor_id: int, ticks: int) -> Dict[str, object]:
+        """A probed motor's position: ``position`` (rad for a joint, the opening for the gripper) and its ``unit``."""
+        joint = next((j for j in self.calibration.joints if j.motor_id == motor_id), None)
+        position = joint.to_rad(ticks) if joint is not None else self.calibration.gripper.to_opening(ticks)
+        return {"position": round(position, 6), "unit": "rad" if joint is not None else "opening"}
+
     def _send_read(self, address: int, length: int, ids: list[int], name: str, after: bytes) -> None:
         self._pending = self.bus.request_sync_read(address, length, ids, name=name, after=after)
         self._polled = not after
@@ -217,8 +317,11 @@ class ServoBusArm(Arm):
         if pending is not None:
             self.bus.collect(pending, wait_s=self.bus.timeout_s)
 
-    def _measure(self, positions: np.ndarray, velocities: np.ndarray, gripper: float) -> None:
-        self._measured = Measured(self._clock(), positions, velocities, gripper)
+    def _measure(self, ticks: Dict[int, int], velocities: np.ndarray) -> None:
+        """Take a measurement: the present ``ticks`` of every motor and the joints' ``velocities`` (rad/s)."""
+        cal = self.calibration
+        self._measured = Measured(self._clock(), np.array([j.to_rad(ticks[j.motor_id]) for j in cal.joints]),
+                                  velocities, cal.gripper.to_opening(ticks[cal.gripper.motor_id]))
         self._last_read = self._measured.timestamp
 
     def _state(self) -> ArmState:

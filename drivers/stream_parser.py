@@ -3,13 +3,13 @@
 A subclass names its ``HEADER`` bytes and the ``HEAD_SIZE`` of a frame's head (through its length field and
 any check of the head), and supplies two hooks: :meth:`StreamParser._frame_size` (the whole frame's size
 from its head, or None for a bad head) and :meth:`StreamParser._decode` (the decoded frame, or None when its
-checks fail). Pure, no I/O, no numpy.
+checks fail). :func:`decode_one` decodes a buffer that must hold exactly one frame. Pure, no I/O, no numpy.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import ClassVar, Generic, TypeVar
+from typing import Callable, ClassVar, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -84,3 +84,13 @@ class StreamParser(abc.ABC, Generic[T]):
             if self._buf.endswith(self.HEADER[:n]):
                 return n
         return 0
+
+
+def decode_one(parser: StreamParser[T], data: bytes, error: Callable[[str], Exception], what: str) -> T:
+    """The one ``what`` (a frame, a packet) in ``data``, decoded by a fresh ``parser``; raises ``error(message)``
+    when ``data`` holds none, several, or bytes besides it."""
+    frames = parser.feed(data)
+    if len(frames) != 1 or parser.pending or parser.discarded:
+        raise error(f"expected exactly one valid {what} in {len(data)} bytes, found {len(frames)} "
+                    f"({parser.discarded} bytes discarded, {parser.pending} left over)")
+    return frames[0]

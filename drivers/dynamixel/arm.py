@@ -27,10 +27,10 @@ from typing import Callable, Union
 
 import numpy as np
 
-from drivers.arm import ArmCapabilities, ArmConfigError, ArmFault, ArmLinkError, ArmState, FaultFlag, JointLimit, Target
+from drivers.arm import ArmCapabilities, ArmConfigError, ArmFault, ArmLinkError, ArmState, FaultFlag, JointLimit
 from drivers.dynamixel import tables as t
 from drivers.dynamixel.bus import Bus, DynamixelLinkError, PendingRead, ServoError
-from drivers.dynamixel.joint_offsets import ArmCalibration, ArmCalibrationError
+from drivers.dynamixel.joint_offsets import ArmCalibration
 from drivers.servo_arm import ServoBusArm
 
 _HW_TO_FAULT = {
@@ -40,8 +40,19 @@ _HW_TO_FAULT = {
     t.HardwareError.ELECTRICAL_SHOCK: FaultFlag.SUPPLY_VOLTAGE,
     t.HardwareError.OVERLOAD: FaultFlag.OVER_CURRENT,
 }
-_AT_LIMIT_RAD = 0.01
 _RAD_S_PER_UNIT = t.VELOCITY_UNIT_RPM * 2 * math.pi / 60
+
+
+def _probe_problems(motors: list[dict[str, object]]) -> list[str]:
+    """What in the probed motors' readings would stop :meth:`DynamixelArm.connect` (besides silence)."""
+    problems = []
+    for m in motors:
+        if m["found"] and m["hardware_error"]:
+            problems.append(f"motor {m['id']} ({m['name']}) reports {m['errors']}")
+        if m["found"] and m["operating_mode"] not in t.POSITION_MODES:
+            problems.append(f"motor {m['id']} ({m['name']}): Operating_Mode is {m['operating_mode']}; expected a "
+                            f"position mode {[int(x) for x in t.POSITION_MODES]}")
+    return problems
 
 
 def hardware_faults(bits: int) -> FaultFlag:
@@ -85,8 +96,8 @@ class DynamixelArm(ServoBusArm):
             raise ArmConfigError(f"DynamixelArm.watchdog_ms: expected 20..2540, got {watchdog_ms}")
         self._watchdog_units = units
         self._check_every = max(1, watchdog_check_every)
-        super().__init__(Bus(port, baudrate=baudrate, timeout_s=timeout_s, retries=retries),
-                         self.calibration.motor_ids, len(self.calibration.joints), clock=clock)
+        super().__init__(Bus(port, baudrate=baudrate, timeout_s=timeout_s, retries=retries), self.calibration,
+                         clock=clock)
         self._reads = 0
         self._hw_errors: dict[int, int] = {}
         self._tripped: list[int] = []
@@ -139,27 +150,9 @@ class DynamixelArm(ServoBusArm):
         (ticks and rad, or the gripper's opening), torque, Operating_Mode, hardware errors, voltage and
         temperature; ``problems`` lists what would stop :meth:`connect`. Writes nothing (no goal, no torque, no
         watchdog). Raises ``ArmLinkError`` when the port cannot be opened."""
-        opened_here = not self.bus.is_open
-        with self._errors("probe"):
-            self.bus.open()
-        try:
-            self._settle()
-            names = [(j.name, j.motor_id) for j in self.calibration.joints]
-            names.append(("gripper", self.calibration.gripper.motor_id))
-            motors = [self._probe_motor(name, motor_id) for name, motor_id in names]
-        finally:
-            if opened_here:
-                self.bus.close()
-        problems = [f"motor {m['id']} ({m['name']}) does not answer" for m in motors if not m["found"]]
-        for m in motors:
-            if m["found"] and m["hardware_error"]:
-                problems.append(f"motor {m['id']} ({m['name']}) reports {m['errors']}")
-            if m["found"] and m["operating_mode"] not in t.POSITION_MODES:
-                problems.append(f"motor {m['id']} ({m['name']}): Operating_Mode is {m['operating_mode']}; expected a "
-                                f"position mode {[int(x) for x in t.POSITION_MODES]}")
-        return {"driver": "dynamixel", "port": self.bus.port, "baudrate": self.bus.baudrate,
-                "robot_id": self.calibration.robot_id, "link": any(m["found"] for m in motors), "motors": motors,
-                "problems": problems}
+        names = [(j.name, j.motor_id) for j in self.calibration.joints]
+        names.append(("gripper", self.calibration.gripper.motor_id))
+        return self._probe_motors("dynamixel", names, _probe_problems)
 
     # ---- helpers ---------------------------------------------------------------------------------
 
@@ -174,12 +167,10 @@ class DynamixelArm(ServoBusArm):
             found["why"] = str(exc)
             return found
         ticks, bits = values["Present_Position"], values["Hardware_Error_Status"]
-        joint = next((j for j in self.calibration.joints if j.motor_id == motor_id), None)
-        position = joint.to_rad(ticks) if joint is not None else self.calibration.gripper.to_opening(ticks)
         found.update(found=True, model=t.MODEL_NUMBERS.get(model, model), firmware=firmware, position_ticks=ticks,
-                     position=round(position, 6), unit="rad" if joint is not None else "opening",
-                     torque=bool(values["Torque_Enable"]), operating_mode=values["Operating_Mode"],
-                     hardware_error=bits, errors=t.describe_hardware_error(bits),
+                     **self._position(motor_id, ticks), torque=bool(values["Torque_Enable"]),
+                     operating_mode=values["Operating_Mode"], hardware_error=bits,
+                     errors=t.describe_hardware_error(bits),
                      voltage_v=values["Present_Input_Voltage"] / 10, temperature_c=values["Present_Temperature"])
         return found
 
@@ -201,15 +192,6 @@ class DynamixelArm(ServoBusArm):
                     f"joint {j.name!r} (motor {j.motor_id}): calibrated range {ends} ticks exceeds the servo's "
                     f"Min/Max_Position_Limit [{low}, {high}]; goals outside it would be dropped silently"
                 )
-
-    def _goals(self, target: Target) -> dict[int, int]:
-        try:
-            goals = {j.motor_id: j.to_ticks(float(q)) for j, q in zip(self.calibration.joints, target.joints)}
-            gripper = self.calibration.gripper
-            goals[gripper.motor_id] = gripper.to_ticks(float(target.gripper[0]))
-        except ArmCalibrationError as exc:
-            raise ArmFault(f"DynamixelArm({self.bus.port}): refusing target: {exc}", reason="out_of_limits") from exc
-        return goals
 
     def _request(self, after: bytes = b"") -> None:
         """Send the next pipelined read (after ``after``): hardware errors of alerted servos, every
@@ -243,9 +225,7 @@ class DynamixelArm(ServoBusArm):
         ticks = {i: t.PRESENT_POSITION.decode(data[4:]) for i, data in raw.items()}
         units = {i: t.PRESENT_VELOCITY.decode(data[:4]) for i, data in raw.items()}
         joints = self.calibration.joints
-        self._measure(np.array([j.to_rad(ticks[j.motor_id]) for j in joints]),
-                      np.array([j.direction * units[j.motor_id] * _RAD_S_PER_UNIT for j in joints]),
-                      self.calibration.gripper.to_opening(ticks[self.calibration.gripper.motor_id]))
+        self._measure(ticks, np.array([j.direction * units[j.motor_id] * _RAD_S_PER_UNIT for j in joints]))
 
     def _check_watchdogs(self, values: dict[int, int]) -> None:
         self._tripped = [i for i, v in values.items() if v == t.WATCHDOG_TRIPPED]
@@ -261,16 +241,8 @@ class DynamixelArm(ServoBusArm):
             self._hw_errors[motor_id] = self.bus.read(motor_id, t.HARDWARE_ERROR_STATUS)
         self.bus.alerts.clear()
 
-    def _fault_flags(self, q: np.ndarray) -> FaultFlag:
-        flags = FaultFlag.ESTOP if self._estopped else FaultFlag(0)
-        if self._tripped:
-            flags |= FaultFlag.HOST_TIMEOUT
-        flags |= self._hw_flags()
-        lower = np.array([j.lower for j in self.calibration.joints])
-        upper = np.array([j.upper for j in self.calibration.joints])
-        if np.any(q <= lower + _AT_LIMIT_RAD) or np.any(q >= upper - _AT_LIMIT_RAD):
-            flags |= FaultFlag.AT_LIMIT
-        return flags
+    def _servo_faults(self) -> FaultFlag:
+        return self._hw_flags() | (FaultFlag.HOST_TIMEOUT if self._tripped else FaultFlag(0))
 
     def _mode(self) -> str:
         if self._estopped:
@@ -294,9 +266,7 @@ class DynamixelArm(ServoBusArm):
         return flags
 
     def _refuse_if_blocked(self) -> None:
-        if self._estopped:
-            raise ArmFault(f"DynamixelArm({self.bus.port}): e-stop latch is set; call clear_estop() first",
-                           flags=FaultFlag.ESTOP, reason="estopped")
+        self._refuse_if_estopped()
         if self._hw_errors:
             raise self._fault("send target")
         if self._tripped:

@@ -39,6 +39,7 @@ class Bus(SerialBus):
     """One half-duplex Dynamixel bus; use as a context manager or call :meth:`open`/:meth:`close`."""
 
     FAMILY = "Dynamixel"
+    PROTOCOL = p
     LINK_ERROR = DynamixelLinkError
     SERVO_ERROR = ServoError
     RETRY_WORDS = "received a corrupted instruction (CRC_ERROR)"
@@ -59,9 +60,6 @@ class Bus(SerialBus):
 
     # ---- Protocol 2.0 hooks ----------------------------------------------------------------------
 
-    def _parser(self) -> p.PacketParser:
-        return p.PacketParser()
-
     def _status(self, frame: p.Packet) -> Optional[p.Status]:
         if frame.instruction != p.Instruction.STATUS or not frame.params:
             return None
@@ -76,15 +74,3 @@ class Bus(SerialBus):
     def _note(self, status: p.Status) -> None:
         if status.alert:
             self.alerts.add(status.id)
-
-    def _read_packet(self, motor_id: int, address: int, length: int) -> bytes:
-        return p.read(motor_id, address, length).encode()
-
-    def _write_packet(self, motor_id: int, address: int, data: bytes) -> bytes:
-        return p.write(motor_id, address, data).encode()
-
-    def _sync_read_packet(self, address: int, length: int, motor_ids: list[int]) -> bytes:
-        return p.sync_read(address, length, motor_ids).encode()
-
-    def _sync_write_packet(self, address: int, length: int, data: dict[int, bytes]) -> bytes:
-        return p.sync_write(address, length, data).encode()

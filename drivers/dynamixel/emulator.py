@@ -23,18 +23,15 @@ replies (corrupted instructions are dropped), REG_WRITE/ACTION, bulk and fast sy
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import math
-import random
 from typing import Any
 
 from drivers.dynamixel import protocol as p
 from drivers.dynamixel import tables as t
+from drivers.emulation import servo_chain
 from drivers.emulation.pty_emulator import EmulatorProcess, run
 
-MEMORY_SIZE = 256
+MEMORY_SIZE = servo_chain.ChainServo.MEMORY_SIZE
 _BY_ADDRESS = {reg.address: reg for reg in t.X_SERIES}
 _E = p.ResultError
 
@@ -52,16 +49,15 @@ class ChainConfig:
     max_speed_ticks_s: float = 4096.0
 
 
-class Servo:
+class Servo(servo_chain.ChainServo):
     """One servo: control-table memory plus the continuous present position."""
 
+    REGISTERS = t.X_SERIES
+    TORQUE_ENABLE, GOAL_POSITION = t.TORQUE_ENABLE, t.GOAL_POSITION
+
     def __init__(self, motor_id: int, config: ChainConfig) -> None:
-        self.id = motor_id
-        self.config = config
-        self.memory = bytearray(MEMORY_SIZE)
-        self.present = float(config.start_ticks)
+        super().__init__(motor_id, config)
         self.last_instruction = 0.0
-        self.silent = False
         self.limit_refusals = 0  # goal writes outside Min/Max_Position_Limit
         self.watchdog_refusals = 0  # goal writes while the Bus_Watchdog is tripped
         for reg, value in (
@@ -73,12 +69,6 @@ class Servo:
             self.set(reg, value)
         self.reboot()
 
-    def get(self, reg: t.Register) -> int:
-        return reg.decode(bytes(self.memory[reg.address : reg.address + reg.size]))
-
-    def set(self, reg: t.Register, value: int) -> None:
-        self.memory[reg.address : reg.address + reg.size] = reg.encode(value)
-
     def reboot(self) -> None:
         """RAM back to defaults: torque off, watchdog off, hardware errors cleared, goal = present."""
         self.memory[t.EEPROM_END :] = bytes(MEMORY_SIZE - t.EEPROM_END)
@@ -89,10 +79,6 @@ class Servo:
             self.set(reg, value)
         self._sync_present(0.0)
         self.set(t.GOAL_POSITION, round(self.present))
-
-    @property
-    def torque(self) -> bool:
-        return bool(self.get(t.TORQUE_ENABLE))
 
     @property
     def error_byte(self) -> int:
@@ -153,15 +139,7 @@ class Servo:
         if self.torque and watchdog > 0 and now - self.last_instruction > watchdog * t.WATCHDOG_UNIT_S:
             self.set(t.BUS_WATCHDOG, t.WATCHDOG_TRIPPED)
             self.set(t.GOAL_POSITION, round(self.present))  # stop where it is
-        before = self.present
-        if self.torque and dt > 0:
-            goal = self.get(t.GOAL_POSITION)
-            step = (goal - self.present) * (1.0 - math.exp(-dt / self.config.tau_s))
-            limit = self.config.max_speed_ticks_s * dt
-            self.present += max(-limit, min(limit, step))
-            if abs(goal - self.present) < 0.5:
-                self.present = float(goal)
-        self._sync_present((self.present - before) / dt if dt > 0 else 0.0)
+        super().tick(now, dt)
 
     def _sync_present(self, ticks_per_s: float) -> None:
         self.set(t.PRESENT_POSITION, round(self.present))
@@ -169,37 +147,22 @@ class Servo:
         self.set(t.MOVING, int(abs(self.get(t.GOAL_POSITION) - self.present) > 1 and self.torque))
 
     def snapshot(self) -> dict[str, Any]:
-        out: dict[str, Any] = {reg.name: self.get(reg) for reg in t.X_SERIES}
-        out.update(present_exact=self.present, limit_refusals=self.limit_refusals,
-                   watchdog_refusals=self.watchdog_refusals, silent=self.silent)
+        out = super().snapshot()
+        out.update(limit_refusals=self.limit_refusals, watchdog_refusals=self.watchdog_refusals)
         return out
 
 
-class ServoChain:
+class ServoChain(servo_chain.ServoChain):
     """All servos on one bus (implements ``pty_emulator.Device``)."""
 
-    def __init__(self, config: ChainConfig | None = None, *, seed: int | None = None) -> None:
-        self.config = config or ChainConfig()
-        self.servos = {i: Servo(i, self.config) for i in self.config.ids}
-        self.outbox: list[tuple[float, bytes]] = []
-        self._parser = p.PacketParser()
-        self._rng = random.Random(seed)
-        self._last_tick: float | None = None
-        self._drop = self._corrupt = 0
-        self._echo = False
+    CONFIG, SERVO, PARSER = ChainConfig, Servo, p.PacketParser
+    servos: dict[int, Servo]
+    _echo = False  # a half-duplex adapter's echo of what the host sends (``echo``)
 
     def feed(self, data: bytes, now: float) -> None:
         if self._echo:
             self._queue(now, data)
-        for packet in self._parser.feed(data):
-            if packet.instruction != p.Instruction.STATUS:
-                self._handle(packet, now)
-
-    def tick(self, now: float) -> None:
-        dt = 0.0 if self._last_tick is None else min(now - self._last_tick, 0.05)
-        self._last_tick = now
-        for servo in self.servos.values():
-            servo.tick(now, dt)
+        super().feed(data, now)
 
     # ---- instruction handling --------------------------------------------------------------------
 
@@ -208,6 +171,8 @@ class ServoChain:
         return None if servo is None or servo.silent else servo
 
     def _handle(self, packet: p.Packet, now: float) -> None:
+        if packet.instruction == p.Instruction.STATUS:
+            return
         broadcast = packet.id == p.BROADCAST_ID
         addressed = [s for s in self.servos.values() if not s.silent and (broadcast or s.id == packet.id)]
         for servo in addressed:
@@ -269,44 +234,9 @@ class ServoChain:
         if servo.get(t.STATUS_RETURN_LEVEL) < level:
             return
         wire = p.Status(servo.id, error | servo.error_byte, data).to_packet().encode()
-        if self._drop:
-            self._drop -= 1
-            return
-        if self._corrupt:
-            self._corrupt -= 1
-            index = self._rng.randrange(len(wire))
-            wire = wire[:index] + bytes([wire[index] ^ (1 << self._rng.randrange(8))]) + wire[index + 1 :]
-        self._queue(now + servo.get(t.RETURN_DELAY_TIME) * t.RETURN_DELAY_UNIT_S, wire)
+        self._reply(now + servo.get(t.RETURN_DELAY_TIME) * t.RETURN_DELAY_UNIT_S, wire)
 
-    def _queue(self, due: float, data: bytes) -> None:
-        if self.outbox:
-            due = max(due, self.outbox[-1][0])  # the bus is half-duplex: one reply after the other
-        self.outbox.append((due, data))
-
-    # ---- control commands from the test ----------------------------------------------------------
-
-    def control(self, command: str, args: dict[str, Any]) -> Any:
-        handler = getattr(self, f"_ctl_{command}", None)
-        if handler is None:
-            raise ValueError(f"unknown emulator command {command!r}")
-        return handler(**args)
-
-    def _servo(self, motor_id: int) -> Servo:
-        if motor_id not in self.servos:
-            raise ValueError(f"no emulated servo with id {motor_id} (ids: {sorted(self.servos)})")
-        return self.servos[motor_id]
-
-    def _ctl_snapshot(self) -> dict[str, Any]:
-        return {str(i): servo.snapshot() for i, servo in self.servos.items()}
-
-    def _ctl_drop_replies(self, n: int = 1) -> None:
-        self._drop = n
-
-    def _ctl_corrupt_replies(self, n: int = 1) -> None:
-        self._corrupt = n
-
-    def _ctl_silence(self, motor_id: int, on: bool = True) -> None:
-        self._servo(motor_id).silent = on
+    # ---- control commands from the test (the shared ones: servo_chain.ServoChain) -----------------
 
     def _ctl_echo(self, on: bool = True) -> None:
         self._echo = on
@@ -317,30 +247,15 @@ class ServoChain:
         if bits & servo.get(t.SHUTDOWN):
             servo.set(t.TORQUE_ENABLE, 0)
 
-    def _ctl_set_register(self, motor_id: int, name: str, value: int) -> None:
-        regs = {reg.name: reg for reg in t.X_SERIES}
-        if name not in regs:
-            raise ValueError(f"unknown register {name!r}; known: {sorted(regs)}")
-        self._servo(motor_id).set(regs[name], value)
-
 
 def start(config: ChainConfig | None = None, *, seed: int | None = None) -> EmulatorProcess:
     """Start an emulated servo chain in a child process; ``.port`` is its pty path. Stop with ``.stop()``."""
-    args = ["--config", json.dumps(dataclasses.asdict(config or ChainConfig()))]
-    proc = EmulatorProcess("drivers.dynamixel.emulator", args + ([] if seed is None else ["--seed", str(seed)]))
-    proc.start()
-    return proc
+    return servo_chain.start("drivers.dynamixel.emulator", config or ChainConfig(), seed)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="{}", help='ChainConfig fields as JSON, e.g. \'{"ids": [1, 2, 3]}\'')
-    parser.add_argument("--seed", type=int, default=None, help="seed for fault injection")
-    args = parser.parse_args(argv)
-    fields = json.loads(args.config)
-    if "ids" in fields:
-        fields["ids"] = tuple(fields["ids"])
-    run(ServoChain(ChainConfig(**fields), seed=args.seed))
+    args = servo_chain.arguments(__doc__).parse_args(argv)
+    run(ServoChain(ChainConfig(**servo_chain.config_fields(args.config)), seed=args.seed))
 
 
 if __name__ == "__main__":

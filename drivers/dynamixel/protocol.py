@@ -15,8 +15,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from drivers import serial_bus
 from drivers.errors import ArmError
-from drivers.stream_parser import StreamParser
+from drivers.stream_parser import StreamParser, decode_one
 
 HEADER = b"\xff\xff\xfd\x00"
 BROADCAST_ID = 0xFE
@@ -135,13 +136,8 @@ class Packet:
         return head + body + crc.to_bytes(2, "little")
 
 
-@dataclass(frozen=True)
-class Status:
+class Status(serial_bus.Status):
     """A status packet: the servo's id, its error byte and the returned data."""
-
-    id: int
-    error: int
-    data: bytes = b""
 
     @classmethod
     def from_packet(cls, packet: Packet) -> Status:
@@ -176,14 +172,7 @@ class Status:
 
 def decode_packet(data: bytes) -> Packet:
     """Decode exactly one packet; raises :class:`PacketError` if ``data`` is anything else."""
-    parser = PacketParser()
-    packets = parser.feed(data)
-    if len(packets) != 1 or parser.pending or parser.discarded:
-        raise PacketError(
-            f"expected exactly one valid packet in {len(data)} bytes, found {len(packets)} "
-            f"({parser.discarded} bytes discarded, {parser.pending} left over)"
-        )
-    return packets[0]
+    return decode_one(PacketParser(), data, PacketError, "packet")
 
 
 class PacketParser(StreamParser[Packet]):
@@ -244,10 +233,5 @@ def sync_read(address: int, length: int, motor_ids: list[int]) -> Packet:
 
 def sync_write(address: int, length: int, data: dict[int, bytes]) -> Packet:
     """Broadcast ``data[id]`` (each exactly ``length`` bytes) to ``address`` on every listed motor."""
-    params = bytearray(_u16(address) + _u16(length))
-    for motor_id, value in data.items():
-        if len(value) != length:
-            raise PacketError(f"sync write to id {motor_id}: expected {length} data bytes, got {len(value)}")
-        params.append(motor_id)
-        params += value
-    return Packet(BROADCAST_ID, Instruction.SYNC_WRITE, bytes(params))
+    blocks = serial_bus.sync_write_blocks(length, data, PacketError)
+    return Packet(BROADCAST_ID, Instruction.SYNC_WRITE, _u16(address) + _u16(length) + blocks)

@@ -4,13 +4,14 @@ The emulator process opens a pty pair in raw mode, prints the slave path (``/dev
 first stdout line and serves the device on the master end; the code under test opens that path with
 pyserial like a real port. Control commands (fault injection, snapshots) travel as JSON lines:
 ``["command", {args}]`` on stdin, ``["ok", result]`` or ``["error", text]`` back on stdout.
-Used by the xvla-serial and the Dynamixel emulators; :class:`EmulatorProcess` drives it from tests.
+Used by the xvla-serial, Dynamixel, Feetech and Piper emulators; :class:`EmulatorProcess` drives it from tests.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import select
 import subprocess
 import sys
@@ -46,6 +47,12 @@ def open_raw_pty() -> tuple[int, int, str]:
     tty.setraw(slave)
     os.set_blocking(master, False)
     return master, slave, os.ttyname(slave)
+
+
+def flip_random_bit(data: bytes, rng: random.Random) -> bytes:
+    """``data`` with one bit, chosen by ``rng``, flipped: a reply corrupted on the wire (fault injection)."""
+    index = rng.randrange(len(data))
+    return data[:index] + bytes([data[index] ^ (1 << rng.randrange(8))]) + data[index + 1 :]
 
 
 def _reply(obj: Any) -> None:

@@ -25,11 +25,11 @@ from typing import Callable, Dict, Optional, Sequence, Union
 
 import numpy as np
 
-from drivers.arm import ArmCapabilities, ArmConfigError, ArmFault, ArmState, FaultFlag, Target
+from drivers.arm import ArmCapabilities, ArmConfigError, ArmFault, ArmState, FaultFlag
 from drivers.feetech import protocol as p
 from drivers.feetech import tables as t
 from drivers.feetech.bus import FeetechBus, FeetechLinkError, PendingRead
-from drivers.feetech.calibration import FeetechCalibration, FeetechCalibrationError, load_calibration
+from drivers.feetech.calibration import FeetechCalibration, load_calibration
 from drivers.servo_arm import ServoBusArm
 
 _BIT_TO_FAULT = {
@@ -39,7 +39,6 @@ _BIT_TO_FAULT = {
     p.ErrorBit.OVERLOAD: FaultFlag.OVER_CURRENT,
 }
 HARDWARE_BITS = p.ErrorBit.VOLTAGE | p.ErrorBit.OVERHEAT | p.ErrorBit.OVERCURRENT | p.ErrorBit.OVERLOAD
-_AT_LIMIT_RAD = 0.01
 _RAD_PER_TICK = 2 * math.pi / t.TICKS_PER_REV
 BAUD_RATES = tuple(sorted(t.BAUD_RATES.values()))
 
@@ -96,8 +95,8 @@ class FeetechArm(ServoBusArm):
         if baudrate not in BAUD_RATES:
             raise ArmConfigError(f"FeetechArm.baudrate: expected one of {', '.join(map(str, BAUD_RATES))} (the STS "
                                  f"series' Baud_Rate settings), got {baudrate!r}")
-        super().__init__(FeetechBus(port, baudrate=baudrate, timeout_s=timeout_s, retries=retries),
-                         self.calibration.motor_ids, len(self.calibration.joints), clock=clock)
+        super().__init__(FeetechBus(port, baudrate=baudrate, timeout_s=timeout_s, retries=retries), self.calibration,
+                         clock=clock)
         self._faults: dict[int, int] = {}  # motor id → latched hardware bits
 
     # ---- Arm interface ---------------------------------------------------------------------------
@@ -143,22 +142,9 @@ class FeetechArm(ServoBusArm):
         position (ticks and rad, or the gripper's opening), torque, error bits, voltage, temperature, and whether
         its registers hold the calibration; ``problems`` lists what would stop :meth:`connect`. Writes nothing
         (no goal, no torque). Raises ``ArmLinkError`` when the port cannot be opened."""
-        opened_here = not self.bus.is_open
-        with self._errors("probe"):
-            self.bus.open()
-        try:
-            self._settle()
-            motors = [self._probe_motor(m.name, m.id) for m in self.calibration.motors]
-        finally:
-            if opened_here:
-                self.bus.close()
-        problems = [f"motor {m['id']} ({m['name']}) does not answer" for m in motors if not m["found"]]
-        problems += self._check_servos(motors)
-        problems += [f"motor {m['id']} ({m['name']}) reports {m['errors']}" for m in motors
-                     if m["found"] and m["error_bits"] & HARDWARE_BITS]
-        return {"driver": "feetech", "port": self.bus.port, "baudrate": self.bus.baudrate,
-                "robot_id": self.calibration.robot_id, "link": any(m["found"] for m in motors),
-                "motors": motors, "problems": problems}
+        return self._probe_motors("feetech", [(m.name, m.id) for m in self.calibration.motors], lambda motors: [
+            *self._check_servos(motors), *(f"motor {m['id']} ({m['name']}) reports {m['errors']}" for m in motors
+                                           if m["found"] and m["error_bits"] & HARDWARE_BITS)])
 
     # ---- helpers ---------------------------------------------------------------------------------
 
@@ -174,12 +160,9 @@ class FeetechArm(ServoBusArm):
             return found
         bits = self.bus.errors.get(motor_id, 0)
         ticks = values["Present_Position"]
-        joint = next((j for j in self.calibration.joints if j.motor_id == motor_id), None)
-        position = joint.to_rad(ticks) if joint is not None else self.calibration.gripper.to_opening(ticks)
         found.update(found=True, model=t.MODEL_NUMBERS.get(model, model),
                      firmware=f"{values['Firmware_Major_Version']}.{values['Firmware_Minor_Version']}",
-                     position_ticks=ticks, position=round(position, 6),
-                     unit="rad" if joint is not None else "opening", torque=bool(values["Torque_Enable"]),
+                     position_ticks=ticks, **self._position(motor_id, ticks), torque=bool(values["Torque_Enable"]),
                      operating_mode=values["Operating_Mode"], error_bits=bits, errors=p.describe_error(bits),
                      voltage_v=values["Present_Voltage"] / 10, temperature_c=values["Present_Temperature"],
                      registers={reg.name: values[reg.name] for reg in t.CALIBRATION_REGISTERS})
@@ -209,14 +192,6 @@ class FeetechArm(ServoBusArm):
                                 "(position) — LeRobot sets it when it configures the arm")
         return problems
 
-    def _goals(self, target: Target) -> Dict[int, int]:
-        try:
-            goals = {j.motor_id: j.to_ticks(float(q)) for j, q in zip(self.calibration.joints, target.joints)}
-            goals[self.calibration.gripper.motor_id] = self.calibration.gripper.to_ticks(float(target.gripper[0]))
-        except FeetechCalibrationError as exc:
-            raise ArmFault(f"FeetechArm({self.bus.port}): refusing target: {exc}", reason="out_of_limits") from exc
-        return goals
-
     def _request(self, after: bytes = b"") -> None:
         self._send_read(t.STATE_ADDRESS, t.STATE_LENGTH, self._ids, "Present_Position+Velocity", after)
 
@@ -230,24 +205,17 @@ class FeetechArm(ServoBusArm):
     def _measure_state(self, raw: Dict[int, bytes]) -> None:
         ticks = {i: t.PRESENT_POSITION.decode(d[:2]) for i, d in raw.items()}
         speed = {i: t.PRESENT_VELOCITY.decode(d[2:]) for i, d in raw.items()}
-        joints = self.calibration.joints
-        self._measure(np.array([j.to_rad(ticks[j.motor_id]) for j in joints]),
-                      np.array([speed[j.motor_id] * _RAD_PER_TICK for j in joints]),
-                      self.calibration.gripper.to_opening(ticks[self.calibration.gripper.motor_id]))
+        self._measure(ticks, np.array([speed[j.motor_id] * _RAD_PER_TICK for j in self.calibration.joints]))
 
     def _latch_errors(self) -> None:
         for motor_id, bits in self.bus.errors.items():
             if bits & HARDWARE_BITS:
                 self._faults[motor_id] = self._faults.get(motor_id, 0) | bits & HARDWARE_BITS
 
-    def _fault_flags(self, q: np.ndarray) -> FaultFlag:
-        flags = FaultFlag.ESTOP if self._estopped else FaultFlag(0)
+    def _servo_faults(self) -> FaultFlag:
+        flags = FaultFlag(0)
         for bits in (*self._faults.values(), *(b & p.ErrorBit.ANGLE for b in self.bus.errors.values())):
             flags |= faults_of(bits)
-        lower = np.array([j.lower for j in self.calibration.joints])
-        upper = np.array([j.upper for j in self.calibration.joints])
-        if np.any(q <= lower + _AT_LIMIT_RAD) or np.any(q >= upper - _AT_LIMIT_RAD):
-            flags |= FaultFlag.AT_LIMIT
         return flags
 
     def _mode(self) -> str:
@@ -262,8 +230,6 @@ class FeetechArm(ServoBusArm):
                         "connect again", flags=flags, reason="faulted")
 
     def _refuse_if_blocked(self) -> None:
-        if self._estopped:
-            raise ArmFault(f"FeetechArm({self.bus.port}): e-stop latch is set; call clear_estop() first",
-                           flags=FaultFlag.ESTOP, reason="estopped")
+        self._refuse_if_estopped()
         if self._faults:
             raise self._fault("send target")

@@ -30,6 +30,7 @@ class FeetechBus(SerialBus):
     """One half-duplex Feetech bus; use as a context manager or call :meth:`open`/:meth:`close`."""
 
     FAMILY = "Feetech"
+    PROTOCOL = p
     LINK_ERROR = FeetechLinkError
 
     def __init__(self, port: str, *, baudrate: int = 1_000_000, timeout_s: float = 0.05, retries: int = 2) -> None:
@@ -43,9 +44,6 @@ class FeetechBus(SerialBus):
 
     # ---- protocol hooks --------------------------------------------------------------------------
 
-    def _parser(self) -> p.PacketParser:
-        return p.PacketParser()
-
     def _status(self, frame: p.Packet) -> Optional[p.Status]:
         if frame.id == p.BROADCAST_ID or frame.code & 0x80:
             return None  # an instruction (a broadcast, or a sync instruction's code), not a servo's status
@@ -53,15 +51,3 @@ class FeetechBus(SerialBus):
 
     def _note(self, status: p.Status) -> None:
         self.errors[status.id] = status.error
-
-    def _read_packet(self, motor_id: int, address: int, length: int) -> bytes:
-        return p.read(motor_id, address, length).encode()
-
-    def _write_packet(self, motor_id: int, address: int, data: bytes) -> bytes:
-        return p.write(motor_id, address, data).encode()
-
-    def _sync_read_packet(self, address: int, length: int, motor_ids: list[int]) -> bytes:
-        return p.sync_read(address, length, motor_ids).encode()
-
-    def _sync_write_packet(self, address: int, length: int, data: dict[int, bytes]) -> bytes:
-        return p.sync_write(address, length, data).encode()

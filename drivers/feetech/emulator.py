@@ -23,19 +23,17 @@ REG_WRITE/ACTION, EEPROM persistence and Lock.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import json
-import math
-import random
 from typing import Any, Optional
 
+from drivers.emulation import servo_chain
 from drivers.emulation.pty_emulator import EmulatorProcess, run
 from drivers.feetech import protocol as p
 from drivers.feetech import tables as t
 
-MEMORY_SIZE = 256
+MEMORY_SIZE = servo_chain.ChainServo.MEMORY_SIZE
 GOAL_LOG = 4096  # goal writes kept for ``goal_log``
 _BY_ADDRESS = {reg.address: reg for reg in t.STS_SERIES}
 _I = p.Instruction
@@ -72,15 +70,15 @@ class ChainConfig:
         return cls(ids=tuple(m["id"] for m in data.values()), calibration=calibration, **fields)
 
 
-class Servo:
+class Servo(servo_chain.ChainServo):
     """One servo: control-table memory plus the continuous position (ticks, in the frame Present_Position reports:
     after the homing offset, where goals are taken)."""
 
+    REGISTERS = t.STS_SERIES
+    TORQUE_ENABLE, GOAL_POSITION = t.TORQUE_ENABLE, t.GOAL_POSITION
+
     def __init__(self, motor_id: int, config: ChainConfig) -> None:
-        self.id = motor_id
-        self.config = config
-        self.memory = bytearray(MEMORY_SIZE)
-        self.silent = False
+        super().__init__(motor_id, config)
         self.errors = 0  # hardware bits injected (voltage, overheat, overcurrent, overload)
         self.angle_error = False
         offset, low, high = (config.calibration or {}).get(str(motor_id), (0, 0, t.MAX_TICK))
@@ -91,19 +89,8 @@ class Servo:
                            (t.UNLOADING_CONDITION, 0x2C), (t.OPERATING_MODE, t.OperatingMode.POSITION),
                            (t.P_COEFFICIENT, 32), (t.LOCK, 1), (t.PRESENT_VOLTAGE, 120), (t.PRESENT_TEMPERATURE, 30)):
             self.set(reg, value)
-        self.present = float(config.start_ticks)
         self._sync_present(0.0)
         self.set(t.GOAL_POSITION, self.get(t.PRESENT_POSITION))
-
-    def get(self, reg: t.Register) -> int:
-        return reg.decode(bytes(self.memory[reg.address : reg.address + reg.size]))
-
-    def set(self, reg: t.Register, value: int) -> None:
-        self.memory[reg.address : reg.address + reg.size] = reg.encode(value)
-
-    @property
-    def torque(self) -> bool:
-        return bool(self.get(t.TORQUE_ENABLE))
 
     @property
     def error_byte(self) -> int:
@@ -146,17 +133,6 @@ class Servo:
         """The encoder's own reading: Present_Position + Homing_Offset, within a turn."""
         return (round(self.present) + self.get(t.HOMING_OFFSET)) % t.TICKS_PER_REV
 
-    def tick(self, dt: float) -> None:
-        before = self.present
-        if self.torque and dt > 0:
-            goal = self.get(t.GOAL_POSITION)
-            step = (goal - self.present) * (1.0 - math.exp(-dt / self.config.tau_s))
-            limit = self.config.max_speed_ticks_s * dt
-            self.present += max(-limit, min(limit, step))
-            if abs(goal - self.present) < 0.5:
-                self.present = float(goal)
-        self._sync_present((self.present - before) / dt if dt > 0 else 0.0)
-
     def _sync_present(self, ticks_per_s: float) -> None:
         present = round(self.present) % t.TICKS_PER_REV
         self.set(t.PRESENT_POSITION, present)
@@ -165,33 +141,20 @@ class Servo:
         self.set(t.STATUS, self.error_byte)
 
     def snapshot(self) -> dict[str, Any]:
-        out: dict[str, Any] = {reg.name: self.get(reg) for reg in t.STS_SERIES}
-        out.update(present_exact=self.present, actual=self.actual, silent=self.silent, error_bits=self.error_byte)
+        out = super().snapshot()
+        out.update(actual=self.actual, error_bits=self.error_byte)
         return out
 
 
-class ServoChain:
+class ServoChain(servo_chain.ServoChain):
     """All servos on one bus (implements ``pty_emulator.Device``)."""
 
+    CONFIG, SERVO, PARSER = ChainConfig, Servo, p.PacketParser
+    servos: dict[int, Servo]
+
     def __init__(self, config: ChainConfig | None = None, *, seed: int | None = None) -> None:
-        self.config = config or ChainConfig()
-        self.servos = {i: Servo(i, self.config) for i in self.config.ids}
-        self.outbox: list[tuple[float, bytes]] = []
+        super().__init__(config, seed=seed)
         self.goal_log: collections.deque = collections.deque(maxlen=GOAL_LOG)
-        self._parser = p.PacketParser()
-        self._rng = random.Random(seed)
-        self._last_tick: float | None = None
-        self._drop = self._corrupt = 0
-
-    def feed(self, data: bytes, now: float) -> None:
-        for packet in self._parser.feed(data):
-            self._handle(packet, now)
-
-    def tick(self, now: float) -> None:
-        dt = 0.0 if self._last_tick is None else min(now - self._last_tick, 0.05)
-        self._last_tick = now
-        for servo in self.servos.values():
-            servo.tick(dt)
 
     def _handle(self, packet: p.Packet, now: float) -> None:
         broadcast = packet.id == p.BROADCAST_ID
@@ -238,45 +201,12 @@ class ServoChain:
         if not always and servo.get(t.RESPONSE_STATUS_LEVEL) == 0:
             return
         wire = p.Status(servo.id, servo.error_byte, data).to_packet().encode()
-        if self._drop:
-            self._drop -= 1
-            return
-        if self._corrupt:
-            self._corrupt -= 1
-            index = self._rng.randrange(len(wire))
-            wire = wire[:index] + bytes([wire[index] ^ (1 << self._rng.randrange(8))]) + wire[index + 1 :]
-        due = now + servo.get(t.RETURN_DELAY_TIME) * t.RETURN_DELAY_UNIT_S
-        if self.outbox:
-            due = max(due, self.outbox[-1][0])  # half-duplex: one reply after the other
-        self.outbox.append((due, wire))
+        self._reply(now + servo.get(t.RETURN_DELAY_TIME) * t.RETURN_DELAY_UNIT_S, wire)
 
-    # ---- control commands from the test ----------------------------------------------------------
-
-    def control(self, command: str, args: dict[str, Any]) -> Any:
-        handler = getattr(self, f"_ctl_{command}", None)
-        if handler is None:
-            raise ValueError(f"unknown emulator command {command!r}")
-        return handler(**args)
-
-    def _servo(self, motor_id: int) -> Servo:
-        if motor_id not in self.servos:
-            raise ValueError(f"no emulated servo with id {motor_id} (ids: {sorted(self.servos)})")
-        return self.servos[motor_id]
-
-    def _ctl_snapshot(self) -> dict[str, Any]:
-        return {str(i): servo.snapshot() for i, servo in self.servos.items()}
+    # ---- control commands from the test (the shared ones: servo_chain.ServoChain) -----------------
 
     def _ctl_goal_log(self) -> list:
         return list(self.goal_log)
-
-    def _ctl_drop_replies(self, n: int = 1) -> None:
-        self._drop = n
-
-    def _ctl_corrupt_replies(self, n: int = 1) -> None:
-        self._corrupt = n
-
-    def _ctl_silence(self, motor_id: int, on: bool = True) -> None:
-        self._servo(motor_id).silent = on
 
     def _ctl_hardware_error(self, motor_id: int, bits: int) -> None:
         """Set the servo's hardware bits (0 clears them); a bit of Unloading_Condition turns torque off."""
@@ -286,31 +216,16 @@ class ServoChain:
         if servo.errors & servo.get(t.UNLOADING_CONDITION):
             servo.set(t.TORQUE_ENABLE, 0)
 
-    def _ctl_set_register(self, motor_id: int, name: str, value: int) -> None:
-        regs = {reg.name: reg for reg in t.STS_SERIES}
-        if name not in regs:
-            raise ValueError(f"unknown register {name!r}; known: {sorted(regs)}")
-        self._servo(motor_id).set(regs[name], value)
-
 
 def start(config: ChainConfig | None = None, *, seed: int | None = None) -> EmulatorProcess:
     """Start an emulated servo chain in a child process; ``.port`` is its pty path. Stop with ``.stop()``."""
-    args = ["--config", json.dumps(dataclasses.asdict(config or ChainConfig()))]
-    proc = EmulatorProcess("drivers.feetech.emulator", args + ([] if seed is None else ["--seed", str(seed)]))
-    proc.start()
-    return proc
+    return servo_chain.start("drivers.feetech.emulator", config or ChainConfig(), seed)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="{}", help='ChainConfig fields as JSON, e.g. \'{"ids": [1, 2, 3]}\'')
-    parser.add_argument("--lerobot", metavar="FILE", help="servos holding this lerobot-calibrate file's calibration")
-    parser.add_argument("--seed", type=int, default=None, help="seed for fault injection")
-    args = parser.parse_args(argv)
-    fields = json.loads(args.config)
-    for key in ("ids", "firmware"):
-        if key in fields:
-            fields[key] = tuple(fields[key])
+    lerobot = ("--lerobot", {"metavar": "FILE", "help": "servos holding this lerobot-calibrate file's calibration"})
+    args = servo_chain.arguments(__doc__, lerobot).parse_args(argv)
+    fields = servo_chain.config_fields(args.config, ("ids", "firmware"))
     if args.lerobot:
         with open(args.lerobot) as f:
             config = ChainConfig.from_lerobot(json.load(f), **fields)

@@ -16,8 +16,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from drivers import serial_bus
 from drivers.errors import ArmError
-from drivers.stream_parser import StreamParser
+from drivers.stream_parser import StreamParser, decode_one
 
 HEADER = b"\xff\xff"
 BROADCAST_ID = 0xFE
@@ -88,13 +89,8 @@ class Packet:
         return HEADER + body + bytes([checksum(body)])
 
 
-@dataclass(frozen=True)
-class Status:
+class Status(serial_bus.Status):
     """A status packet: the servo's id, its error bits and the returned data."""
-
-    id: int
-    error: int
-    data: bytes = b""
 
     @classmethod
     def from_packet(cls, packet: Packet) -> Status:
@@ -125,12 +121,7 @@ class PacketParser(StreamParser[Packet]):
 
 def decode_packet(data: bytes) -> Packet:
     """Decode exactly one packet; raises :class:`PacketError` if ``data`` is anything else."""
-    parser = PacketParser()
-    packets = parser.feed(data)
-    if len(packets) != 1 or parser.pending or parser.discarded:
-        raise PacketError(f"expected exactly one valid packet in {len(data)} bytes, found {len(packets)} "
-                          f"({parser.discarded} bytes discarded, {parser.pending} left over)")
-    return packets[0]
+    return decode_one(PacketParser(), data, PacketError, "packet")
 
 
 # ---- instruction builders ------------------------------------------------------------------------
@@ -168,10 +159,6 @@ def sync_read(address: int, length: int, motor_ids: list[int]) -> Packet:
 
 def sync_write(address: int, length: int, data: dict[int, bytes]) -> Packet:
     """Broadcast ``data[id]`` (each exactly ``length`` bytes) to ``address`` on every listed motor."""
-    params = bytearray([_byte("address", address), _byte("length", length)])
-    for motor_id, value in data.items():
-        if len(value) != length:
-            raise PacketError(f"sync write to id {motor_id}: expected {length} data bytes, got {len(value)}")
-        params.append(_unicast(motor_id))
-        params += value
-    return Packet(BROADCAST_ID, Instruction.SYNC_WRITE, bytes(params))
+    head = bytes([_byte("address", address), _byte("length", length)])
+    blocks = serial_bus.sync_write_blocks(length, data, PacketError, _unicast)
+    return Packet(BROADCAST_ID, Instruction.SYNC_WRITE, head + blocks)

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, TypeVar, Union
 
 from drivers.errors import ArmError
 from drivers.physical_ranges import MAX_ARMS, MAX_JOINTS
-from drivers.stream_parser import StreamParser
+from drivers.stream_parser import StreamParser, decode_one
 
 VERSION = 1
 SYNC = b"\xa5\x5a"
@@ -130,14 +130,7 @@ class Frame:
 
 def decode_frame(data: bytes) -> Frame:
     """Decode exactly one frame; raises :class:`ProtocolError` otherwise."""
-    parser = FrameParser()
-    frames = parser.feed(data)
-    if len(frames) != 1 or parser.pending or parser.discarded:
-        raise ProtocolError(
-            f"expected exactly one valid frame in {len(data)} bytes, found {len(frames)} "
-            f"({parser.discarded} bytes discarded, {parser.pending} left over)"
-        )
-    return frames[0]
+    return decode_one(FrameParser(), data, ProtocolError, "frame")
 
 
 class FrameParser(StreamParser[Frame]):

@@ -26,7 +26,7 @@ import time
 from collections import deque
 from typing import Any
 
-from drivers.emulation.pty_emulator import EmulatorProcess, run
+from drivers.emulation.pty_emulator import EmulatorProcess, flip_random_bit, run
 from drivers.xvla_serial import codec as c
 
 HISTORY = 1000  # accepted sequence numbers and NACKs kept for ``snapshot`` (the counts cover every one)
@@ -140,8 +140,7 @@ class ControllerEmulator:
             return
         if self._corrupt_tx:
             self._corrupt_tx -= 1
-            index = self._rng.randrange(len(wire))
-            wire = wire[:index] + bytes([wire[index] ^ (1 << self._rng.randrange(8))]) + wire[index + 1 :]
+            wire = flip_random_bit(wire, self._rng)
         self.outbox.append((now + self._latency_s, wire))
 
     def _handle(self, frame: c.Frame, now: float) -> c.Message:

@@ -106,7 +106,7 @@ def test_backends_are_the_runtimes(write):
 
 @pytest.mark.parametrize(("old", "new", "expected"), [
     ('driver = "sim"', 'driver = "dynamixl"',
-     '[arm].driver = "dynamixl": expected one of "sim", "xvla-serial", "dynamixel", "piper"'),
+     '[arm].driver = "dynamixl": expected one of ' + ", ".join(f'"{name}"' for name in registry.names())),
     ('slot = 0', 'slot = 5', "[[cameras]] #1.slot = 5: expected a view slot 0 ... 2 (0: the main view)"),
     ('source = "synthetic"', 'source = "synthetic"\nfsp = 30', '[[cameras]] #1.fsp: unknown key (did you mean "fps"?)'),
     ('source = "synthetic"', 'source = "synthetic"\npipeline = "x ! appsink"',
