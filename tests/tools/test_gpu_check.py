@@ -186,9 +186,10 @@ def test_a_run_on_a_machine_whose_gpu_does_not_work_writes_its_results_and_fails
     lines = {line.split(":")[0]: line for line in out if line.split(":")[0] in ("env", "machine", "cuda-graph-helper",
                                                                                 "batched")}
     assert lines["env"].startswith(f"env: PASS: this interpreter ({sys.executable}); TensorRT ")
-    assert lines["machine"].startswith("machine: FAIL: torch ") and "sees no CUDA device" in lines["machine"]
+    assert lines["machine"].startswith("machine: FAIL: torch ")  # the robot venv has no torch: it says that instead
+    assert "sees no CUDA device" in lines["machine"] or "torch does not import" in lines["machine"]
     assert lines["cuda-graph-helper"].startswith("cuda-graph-helper: SKIPPED(no CUDA device")
-    assert lines["batched"].startswith("batched: SKIPPED(needs a CUDA device")
+    assert lines["batched"].startswith("batched: SKIPPED(needs ")  # a CUDA device; in the robot venv torch first
     (folder,) = (tmp_path / "results").iterdir()
     assert folder.name.endswith("-unknown-gpu")  # the probe found no GPU name
     md = (folder / "gpu-check.md").read_text()

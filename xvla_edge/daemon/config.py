@@ -2,7 +2,7 @@
 
 Every problem is reported (with the project's validation kit, :mod:`xvla.validation`), all together, one per
 line, naming the file, the key path, the value and what is allowed, e.g. ``robot.toml: [arm].driver =
-"dynamixl": expected one of "sim", "xvla-serial", "dynamixel", "piper"``. Unknown keys are errors too (with a "did you mean" when one is close). ``[arm]`` is read
+"dynamixl": expected one of "sim", "xvla-serial", "dynamixel", "feetech", "piper"``. Unknown keys are errors too (with a "did you mean" when one is close). ``[arm]`` is read
 from the driver's entry in :mod:`drivers.registry` (its keys, spaces and checks). Values that the drivers
 check themselves (:class:`~drivers.control.control_loop.LoopConfig`, :class:`~drivers.control.safety.SafetyLimits`,
 :class:`~drivers.control.splice.SplicePolicy`, :class:`~drivers.control.interpolation.GripperPolicy`, the arm driver's
