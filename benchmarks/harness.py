@@ -19,7 +19,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -65,25 +65,26 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XVLA_BENCH_CACHE", Path.cwd() / "benchmarks" / ".cache"))
 
 
+def selected(variable: str, default: Sequence[str], allowed: Sequence[str], what: str) -> list[str]:
+    """The comma-separated names of environment ``variable``, else ``default``; a name outside ``allowed`` is a
+    ValueError naming the variable and the ``what`` it lists."""
+    env = os.environ.get(variable)
+    names = env.split(",") if env else list(default)
+    unknown = set(names) - set(allowed)
+    if unknown:
+        raise ValueError(f"{variable}: unknown {what} {sorted(unknown)}; expected some of {tuple(allowed)}")
+    return names
+
+
 def selected_sizes() -> list[str]:
     """``XVLA_BENCH_SIZES`` (comma-separated), else tiny and small, plus full with ``XVLA_BENCH_FULL=1``."""
-    env = os.environ.get("XVLA_BENCH_SIZES")
     full = ["full"] if os.environ.get("XVLA_BENCH_FULL") == "1" else []
-    sizes = env.split(",") if env else [*DEFAULT_SIZES, *full]
-    unknown = set(sizes) - set(SIZES)
-    if unknown:
-        raise ValueError(f"XVLA_BENCH_SIZES: unknown sizes {sorted(unknown)}; expected some of {SIZES}")
-    return sizes
+    return selected("XVLA_BENCH_SIZES", [*DEFAULT_SIZES, *full], SIZES, "sizes")
 
 
 def selected_backends() -> list[str]:
     """``XVLA_BENCH_BACKENDS`` (comma-separated), else every backend (official only when configured)."""
-    env = os.environ.get("XVLA_BENCH_BACKENDS")
-    backends = env.split(",") if env else list(BACKENDS)
-    unknown = set(backends) - set(BACKENDS)
-    if unknown:
-        raise ValueError(f"XVLA_BENCH_BACKENDS: unknown backends {sorted(unknown)}; expected some of {BACKENDS}")
-    return backends
+    return selected("XVLA_BENCH_BACKENDS", BACKENDS, BACKENDS, "backends")
 
 
 def steps() -> int:

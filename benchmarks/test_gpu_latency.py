@@ -49,12 +49,7 @@ CHUNKS: dict[tuple[str, str], np.ndarray] = {}
 
 
 def selected_variants() -> list[str]:
-    env = os.environ.get("XVLA_GPU_BENCH_VARIANTS")
-    names = env.split(",") if env else list(VARIANTS)
-    unknown = set(names) - set(VARIANTS)
-    if unknown:
-        raise ValueError(f"XVLA_GPU_BENCH_VARIANTS: unknown variants {sorted(unknown)}; expected some of {VARIANTS}")
-    return names
+    return harness.selected("XVLA_GPU_BENCH_VARIANTS", VARIANTS, VARIANTS, "variants")
 
 
 def missing() -> str | None:
